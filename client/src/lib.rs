@@ -1,0 +1,578 @@
+//! Headless Tessera client: connects to a router over QUIC (`tessera/1`),
+//! logs in, sends movement inputs, and keeps a local view of the world from
+//! the entity messages and snapshots it receives. Tests and bot swarms use
+//! it; the 3D viewer builds on it. No graphics dependencies here.
+
+use parking_lot::Mutex;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_proto::frame::{self, FrameBuffer, MAX_CONTROL_FRAME, MAX_DATAGRAM};
+use tessera_proto::msg::{
+    ClientDatagram, ClientMsg, EntityKind, ErrorCode, Input, ServerDatagram, ServerMsg,
+};
+use tessera_proto::{CellId, EntityId, PlayerId, ShardId, Vec3, ALPN, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("the server's certificate does not match the pinned one")]
+    CertificateMismatch,
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("server refused: {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("timed out waiting for the server")]
+    Timeout,
+}
+
+/// Accepts exactly one certificate: the router's self-signed one.
+#[derive(Debug)]
+struct PinnedCert {
+    cert: CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A QUIC client endpoint pinned to one server certificate. One endpoint
+/// (one UDP socket) can carry many connections.
+pub fn endpoint(server_cert: CertificateDer<'static>) -> Result<quinn::Endpoint, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Connect(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCert {
+            cert: server_cert,
+            provider,
+        }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(Some(
+            Duration::from_secs(30)
+                .try_into()
+                .expect("30 s is a valid idle timeout"),
+        ));
+    cfg.transport_config(Arc::new(transport));
+    let mut ep = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid address"))
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    ep.set_default_client_config(cfg);
+    Ok(ep)
+}
+
+/// An entity this client knows about.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KnownEntity {
+    pub id: EntityId,
+    pub kind: EntityKind,
+    pub name: String,
+    pub pos: Vec3,
+    pub vel: Vec3,
+    pub yaw: f32,
+    /// Server tick of the newest update.
+    pub tick: u64,
+    pub updated: Instant,
+}
+
+/// What the client has learnt about the world.
+#[derive(Debug, Default)]
+pub struct WorldState {
+    pub entities: HashMap<EntityId, KnownEntity>,
+    /// Newest input the server has applied.
+    pub ack_input: u32,
+    pub cell: Option<CellId>,
+    pub shard: Option<ShardId>,
+    pub bytes_in: u64,
+    pub snapshots: u64,
+}
+
+/// Things that happen, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientEvent {
+    Chat {
+        from: String,
+        entity: Option<EntityId>,
+        text: String,
+    },
+    Text(String),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Appeared(EntityId),
+    Gone(EntityId),
+    CellChanged {
+        cell: CellId,
+        shard: ShardId,
+    },
+    Pong(u64),
+    Closed(String),
+}
+
+/// The answer to a login.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggedIn {
+    pub player: PlayerId,
+    pub entity: EntityId,
+    pub name: String,
+    pub token: String,
+    pub pos: Vec3,
+    pub cell: CellId,
+    pub shard: ShardId,
+    pub tick_hz: u32,
+}
+
+/// A connection to a router.
+pub struct Client {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    /// Control messages before login are read here directly; afterwards a
+    /// background task owns the stream.
+    recv: Option<(quinn::RecvStream, FrameBuffer)>,
+    pub world: Arc<Mutex<WorldState>>,
+    events: Option<mpsc::UnboundedReceiver<ClientEvent>>,
+    pub me: Option<LoggedIn>,
+    input_seq: u32,
+}
+
+impl Client {
+    /// Connects and exchanges hello/welcome.
+    pub async fn connect(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+    ) -> Result<Client, ClientError> {
+        let connecting = endpoint
+            .connect(addr, "localhost")
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let conn = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+            Err(_) => return Err(ClientError::Timeout),
+            Ok(Err(quinn::ConnectionError::TransportError(e)))
+                if e.to_string().contains("certificate") =>
+            {
+                return Err(ClientError::CertificateMismatch)
+            }
+            Ok(Err(e)) => return Err(ClientError::Connect(e.to_string())),
+            Ok(Ok(c)) => c,
+        };
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Lost(e.to_string()))?;
+        let mut client = Client {
+            conn,
+            send,
+            recv: Some((recv, FrameBuffer::new(MAX_CONTROL_FRAME))),
+            world: Arc::new(Mutex::new(WorldState::default())),
+            events: None,
+            me: None,
+            input_seq: 0,
+        };
+        client
+            .write(&ClientMsg::Hello {
+                version: PROTOCOL_VERSION,
+                client: format!("tessera-client {}", env!("CARGO_PKG_VERSION")),
+            })
+            .await?;
+        match client.read_direct().await? {
+            ServerMsg::Welcome { .. } => Ok(client),
+            ServerMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends raw bytes on the control stream (for tests of bad input).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|e| ClientError::Lost(e.to_string()))
+    }
+
+    /// Sends a raw datagram (for tests of bad input).
+    pub fn send_raw_datagram(&self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.conn
+            .send_datagram(bytes.into())
+            .map_err(|e| ClientError::Lost(e.to_string()))
+    }
+
+    async fn write(&mut self, msg: &ClientMsg) -> Result<(), ClientError> {
+        let bytes = frame::encode_frame(msg, MAX_CONTROL_FRAME)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.write_raw(&bytes).await
+    }
+
+    /// Reads one control message before the background reader runs.
+    pub async fn read_direct(&mut self) -> Result<ServerMsg, ClientError> {
+        let (recv, buf) = self
+            .recv
+            .as_mut()
+            .ok_or_else(|| ClientError::Protocol("already logged in".into()))?;
+        read_msg(recv, buf).await
+    }
+
+    /// Creates an account and enters the world.
+    pub async fn create(&mut self, name: &str, password: &str) -> Result<LoggedIn, ClientError> {
+        self.write(&ClientMsg::Create {
+            name: name.into(),
+            password: password.into(),
+        })
+        .await?;
+        self.await_login().await
+    }
+
+    /// Logs in to an existing account and enters the world.
+    pub async fn login(&mut self, name: &str, password: &str) -> Result<LoggedIn, ClientError> {
+        self.write(&ClientMsg::Connect {
+            name: name.into(),
+            password: password.into(),
+        })
+        .await?;
+        self.await_login().await
+    }
+
+    async fn await_login(&mut self) -> Result<LoggedIn, ClientError> {
+        let msg = tokio::time::timeout(Duration::from_secs(30), self.read_direct())
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        match msg {
+            ServerMsg::LoggedIn {
+                player,
+                entity,
+                name,
+                token,
+                pos,
+                cell,
+                shard,
+                tick_hz,
+            } => {
+                let me = LoggedIn {
+                    player,
+                    entity,
+                    name,
+                    token,
+                    pos,
+                    cell,
+                    shard,
+                    tick_hz,
+                };
+                {
+                    let mut w = self.world.lock();
+                    w.cell = Some(cell);
+                    w.shard = Some(me.shard.clone());
+                }
+                self.me = Some(me.clone());
+                self.start_reader();
+                Ok(me)
+            }
+            ServerMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected LoggedIn, got {other:?}"
+            ))),
+        }
+    }
+
+    fn start_reader(&mut self) {
+        let Some((mut recv, mut buf)) = self.recv.take() else {
+            return;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events = Some(rx);
+        let world = self.world.clone();
+        let tx2 = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match read_msg(&mut recv, &mut buf).await {
+                    Ok(msg) => {
+                        if let Some(ev) = apply_msg(&world, msg) {
+                            let _ = tx.send(ev);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(ClientEvent::Closed(e.to_string()));
+                        break;
+                    }
+                }
+            }
+        });
+        let conn = self.conn.clone();
+        let world = self.world.clone();
+        tokio::spawn(async move {
+            while let Ok(bytes) = conn.read_datagram().await {
+                let len = bytes.len() as u64;
+                match frame::decode::<ServerDatagram>(&bytes, MAX_DATAGRAM) {
+                    Ok(ServerDatagram::Snapshot {
+                        tick,
+                        ack_input,
+                        entities,
+                    }) => {
+                        let mut w = world.lock();
+                        w.bytes_in += len;
+                        w.snapshots += 1;
+                        if ack_input > w.ack_input {
+                            w.ack_input = ack_input;
+                        }
+                        let now = Instant::now();
+                        for u in entities {
+                            if let Some(e) = w.entities.get_mut(&u.entity) {
+                                if tick >= e.tick {
+                                    e.pos = u.pos;
+                                    e.vel = u.vel;
+                                    e.yaw = u.yaw;
+                                    e.tick = tick;
+                                    e.updated = now;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "bad snapshot datagram"),
+                }
+            }
+            drop(tx2);
+        });
+    }
+
+    /// Sends a movement intent (unreliable); returns its sequence number.
+    pub fn send_input(&mut self, move_x: f32, move_z: f32, yaw: f32) -> Result<u32, ClientError> {
+        self.input_seq = self.input_seq.wrapping_add(1);
+        let input = Input {
+            seq: self.input_seq,
+            move_x,
+            move_z,
+            yaw,
+            jump: false,
+        };
+        let bytes = frame::encode(&ClientDatagram::Input(input))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.send_raw_datagram(bytes)?;
+        Ok(self.input_seq)
+    }
+
+    pub async fn say(&mut self, text: &str) -> Result<(), ClientError> {
+        self.write(&ClientMsg::Say { text: text.into() }).await
+    }
+
+    /// Runs a text command (`who`, `where`, `look`, ...) and returns its
+    /// answer. Other events that arrive meanwhile are kept.
+    pub async fn command(&mut self, line: &str) -> Result<String, ClientError> {
+        self.write(&ClientMsg::Command { line: line.into() })
+            .await?;
+        let mut kept = Vec::new();
+        let result = loop {
+            match self.next_event(Duration::from_secs(10)).await {
+                Some(ClientEvent::Text(t)) => break Ok(t),
+                Some(ClientEvent::Closed(e)) => break Err(ClientError::Lost(e)),
+                Some(other) => kept.push(other),
+                None => break Err(ClientError::Timeout),
+            }
+        };
+        self.requeue(kept);
+        result
+    }
+
+    fn requeue(&mut self, kept: Vec<ClientEvent>) {
+        if kept.is_empty() {
+            return;
+        }
+        // Put the kept events back in front of any newer ones.
+        let Some(mut rx) = self.events.take() else {
+            return;
+        };
+        let (tx, new_rx) = mpsc::unbounded_channel();
+        for ev in kept {
+            let _ = tx.send(ev);
+        }
+        while let Ok(ev) = rx.try_recv() {
+            let _ = tx.send(ev);
+        }
+        // Forward the rest of the old channel into the new one.
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        });
+        self.events = Some(new_rx);
+    }
+
+    /// The next event, or `None` after `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<ClientEvent> {
+        let rx = self.events.as_mut()?;
+        tokio::time::timeout(timeout, rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits for an event `pick` accepts, discarding others.
+    pub async fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        mut pick: impl FnMut(&ClientEvent) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let ev = self.next_event(left).await?;
+            if let Some(t) = pick(&ev) {
+                return Some(t);
+            }
+        }
+    }
+
+    /// The entity named `name`, if in view.
+    pub fn find(&self, name: &str) -> Option<KnownEntity> {
+        self.world
+            .lock()
+            .entities
+            .values()
+            .find(|e| e.name.eq_ignore_ascii_case(name))
+            .cloned()
+    }
+
+    /// This player's own entity as last seen.
+    pub fn me_entity(&self) -> Option<KnownEntity> {
+        let id = self.me.as_ref()?.entity;
+        self.world.lock().entities.get(&id).cloned()
+    }
+
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Logs out and closes the connection.
+    pub async fn logout(mut self) {
+        let _ = self.write(&ClientMsg::Logout).await;
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.closed()).await;
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+async fn read_msg(
+    recv: &mut quinn::RecvStream,
+    buf: &mut FrameBuffer,
+) -> Result<ServerMsg, ClientError> {
+    loop {
+        if let Some(payload) = buf
+            .next_frame()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+        {
+            return frame::decode(&payload, MAX_CONTROL_FRAME)
+                .map_err(|e| ClientError::Protocol(e.to_string()));
+        }
+        let mut chunk = [0u8; 4096];
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => buf.extend(&chunk[..n]),
+            Ok(None) => return Err(ClientError::Lost("control stream finished".into())),
+            Err(e) => return Err(ClientError::Lost(e.to_string())),
+        }
+    }
+}
+
+fn apply_msg(world: &Mutex<WorldState>, msg: ServerMsg) -> Option<ClientEvent> {
+    match msg {
+        ServerMsg::EntityAppeared {
+            entity,
+            kind,
+            name,
+            pos,
+        } => {
+            world.lock().entities.insert(
+                entity,
+                KnownEntity {
+                    id: entity,
+                    kind,
+                    name,
+                    pos,
+                    vel: Vec3::ZERO,
+                    yaw: 0.0,
+                    tick: 0,
+                    updated: Instant::now(),
+                },
+            );
+            Some(ClientEvent::Appeared(entity))
+        }
+        ServerMsg::EntityGone { entity } => {
+            world.lock().entities.remove(&entity);
+            Some(ClientEvent::Gone(entity))
+        }
+        ServerMsg::Chat { from, entity, text } => Some(ClientEvent::Chat { from, entity, text }),
+        ServerMsg::Text { text } => Some(ClientEvent::Text(text)),
+        ServerMsg::Error { code, message } => Some(ClientEvent::Error { code, message }),
+        ServerMsg::CellChanged { cell, shard } => {
+            let mut w = world.lock();
+            w.cell = Some(cell);
+            w.shard = Some(shard.clone());
+            Some(ClientEvent::CellChanged { cell, shard })
+        }
+        ServerMsg::Pong { nonce } => Some(ClientEvent::Pong(nonce)),
+        ServerMsg::Welcome { .. } | ServerMsg::LoggedIn { .. } => None,
+    }
+}

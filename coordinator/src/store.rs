@@ -1,0 +1,352 @@
+//! The narrow cluster-store interface (get, put, compare-and-set on revision,
+//! prefix list and watch, leases) and its in-process implementation.
+//!
+//! The interface is etcd's data model: every write bumps a global revision;
+//! each key remembers the revision that last modified it; a compare-and-set
+//! succeeds only if that revision is still the one the caller read. A key
+//! written under a lease disappears when the lease expires or is revoked.
+
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cluster store unavailable: {0}")]
+    Unavailable(String),
+    #[error("lease {0} not found or expired")]
+    LeaseNotFound(i64),
+}
+
+/// A lease: keys attached to it vanish when it expires.
+pub type LeaseId = i64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision of the write that last modified this key.
+    pub mod_revision: i64,
+    pub lease: Option<LeaseId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(KeyValue),
+    Delete { key: String, revision: i64 },
+}
+
+/// Expected state of a key for a compare-and-set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The key must not exist.
+    Absent,
+    /// The key must exist and have been last modified at this revision.
+    ModRevision(i64),
+}
+
+/// The cluster store. Implemented by [`MemStore`] and, in a cluster, etcd.
+pub trait ClusterStore: Send + Sync + 'static {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>, StoreError>>;
+    /// Every key starting with `prefix`, in key order.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<KeyValue>, StoreError>>;
+    /// Unconditional write; returns the new revision.
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> BoxFuture<'a, Result<i64, StoreError>>;
+    /// Write only if the key is as expected; `Ok(None)` if it was not.
+    fn compare_and_put<'a>(
+        &'a self,
+        key: &'a str,
+        expect: Expect,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> BoxFuture<'a, Result<Option<i64>, StoreError>>;
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Changes under `prefix` from now on, in revision order.
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<mpsc::UnboundedReceiver<WatchEvent>, StoreError>>;
+    fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId, StoreError>>;
+    fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn revoke(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+struct Lease {
+    ttl: Duration,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct MemInner {
+    revision: i64,
+    next_lease: LeaseId,
+    kv: BTreeMap<String, KeyValue>,
+    leases: HashMap<LeaseId, Lease>,
+    watchers: Vec<(String, mpsc::UnboundedSender<WatchEvent>)>,
+}
+
+impl MemInner {
+    /// Drops expired leases and their keys. Called on every operation, so
+    /// expiry needs no background task.
+    fn expire(&mut self, now: Instant) {
+        let dead: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.drop_lease(id);
+        }
+    }
+
+    fn drop_lease(&mut self, id: LeaseId) {
+        self.leases.remove(&id);
+        let keys: Vec<String> = self
+            .kv
+            .values()
+            .filter(|kv| kv.lease == Some(id))
+            .map(|kv| kv.key.clone())
+            .collect();
+        for k in keys {
+            self.delete(&k);
+        }
+    }
+
+    fn notify(&mut self, key: &str, ev: WatchEvent) {
+        self.watchers.retain(|(prefix, tx)| {
+            !key.starts_with(prefix.as_str()) || tx.send(ev.clone()).is_ok()
+        });
+    }
+
+    fn put(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<i64, StoreError> {
+        if let Some(id) = lease {
+            if !self.leases.contains_key(&id) {
+                return Err(StoreError::LeaseNotFound(id));
+            }
+        }
+        self.revision += 1;
+        let kv = KeyValue {
+            key: key.to_string(),
+            value,
+            mod_revision: self.revision,
+            lease,
+        };
+        self.kv.insert(key.to_string(), kv.clone());
+        self.notify(key, WatchEvent::Put(kv));
+        Ok(self.revision)
+    }
+
+    fn delete(&mut self, key: &str) -> bool {
+        if self.kv.remove(key).is_none() {
+            return false;
+        }
+        self.revision += 1;
+        let ev = WatchEvent::Delete {
+            key: key.to_string(),
+            revision: self.revision,
+        };
+        self.notify(key, ev);
+        true
+    }
+}
+
+/// The in-process cluster store used by `tessera up`: etcd's semantics in a
+/// mutex. Clones share one store.
+#[derive(Clone, Default)]
+pub struct MemStore {
+    inner: Arc<Mutex<MemInner>>,
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut MemInner) -> T) -> T {
+        let mut inner = self.inner.lock();
+        inner.expire(Instant::now());
+        f(&mut inner)
+    }
+}
+
+impl ClusterStore for MemStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>, StoreError>> {
+        let r = self.with(|s| s.kv.get(key).cloned());
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<KeyValue>, StoreError>> {
+        let r = self.with(|s| {
+            s.kv.range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v.clone())
+                .collect()
+        });
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        let r = self.with(|s| s.put(key, value, lease));
+        Box::pin(async move { r })
+    }
+
+    fn compare_and_put<'a>(
+        &'a self,
+        key: &'a str,
+        expect: Expect,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> BoxFuture<'a, Result<Option<i64>, StoreError>> {
+        let r = self.with(|s| {
+            let current = s.kv.get(key).map(|kv| kv.mod_revision);
+            let ok = match expect {
+                Expect::Absent => current.is_none(),
+                Expect::ModRevision(rev) => current == Some(rev),
+            };
+            if ok {
+                s.put(key, value, lease).map(Some)
+            } else {
+                Ok(None)
+            }
+        });
+        Box::pin(async move { r })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let r = self.with(|s| s.delete(key));
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<mpsc::UnboundedReceiver<WatchEvent>, StoreError>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.with(|s| s.watchers.push((prefix.to_string(), tx)));
+        Box::pin(async move { Ok(rx) })
+    }
+
+    fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId, StoreError>> {
+        let id = self.with(|s| {
+            s.next_lease += 1;
+            let id = s.next_lease;
+            s.leases.insert(
+                id,
+                Lease {
+                    ttl,
+                    deadline: Instant::now() + ttl,
+                },
+            );
+            id
+        });
+        Box::pin(async move { Ok(id) })
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
+        let r = self.with(|s| match s.leases.get_mut(&lease) {
+            Some(l) => {
+                l.deadline = Instant::now() + l.ttl;
+                Ok(())
+            }
+            None => Err(StoreError::LeaseNotFound(lease)),
+        });
+        Box::pin(async move { r })
+    }
+
+    fn revoke(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.with(|s| s.drop_lease(lease));
+        Box::pin(async move { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cas_on_revision() {
+        let s = MemStore::new();
+        let r1 = s
+            .compare_and_put("/t/a", Expect::Absent, b"1".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s
+            .compare_and_put("/t/a", Expect::Absent, b"2".to_vec(), None)
+            .await
+            .unwrap()
+            .is_none());
+        let r2 = s
+            .compare_and_put("/t/a", Expect::ModRevision(r1), b"2".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r2 > r1);
+        assert!(s
+            .compare_and_put("/t/a", Expect::ModRevision(r1), b"3".to_vec(), None)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(s.get("/t/a").await.unwrap().unwrap().value, b"2");
+    }
+
+    #[tokio::test]
+    async fn list_and_watch_prefix() {
+        let s = MemStore::new();
+        let mut w = s.watch("/t/cells/").await.unwrap();
+        s.put("/t/cells/0,0", b"a".to_vec(), None).await.unwrap();
+        s.put("/t/other", b"b".to_vec(), None).await.unwrap();
+        s.put("/t/cells/1,0", b"c".to_vec(), None).await.unwrap();
+        s.delete("/t/cells/0,0").await.unwrap();
+        let keys: Vec<_> = s
+            .list("/t/cells/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, vec!["/t/cells/1,0"]);
+        assert!(matches!(w.recv().await, Some(WatchEvent::Put(kv)) if kv.key == "/t/cells/0,0"));
+        assert!(matches!(w.recv().await, Some(WatchEvent::Put(kv)) if kv.key == "/t/cells/1,0"));
+        assert!(
+            matches!(w.recv().await, Some(WatchEvent::Delete { key, .. }) if key == "/t/cells/0,0")
+        );
+    }
+
+    #[tokio::test]
+    async fn lease_expiry_removes_keys() {
+        let s = MemStore::new();
+        let lease = s.grant_lease(Duration::from_millis(50)).await.unwrap();
+        s.put("/t/shards/a", b"x".to_vec(), Some(lease))
+            .await
+            .unwrap();
+        s.keep_alive(lease).await.unwrap();
+        assert!(s.get("/t/shards/a").await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(s.get("/t/shards/a").await.unwrap().is_none());
+        assert!(s.keep_alive(lease).await.is_err());
+        assert!(s.put("/t/x", vec![], Some(lease)).await.is_err());
+    }
+}

@@ -1,0 +1,250 @@
+//! Messages between cluster members: router -> shard, shard -> shard and
+//! shard -> router. In `tessera up` they travel over the in-process bus; in a
+//! cluster the same values travel as bincode frames over QUIC.
+
+use crate::geometry::{CellId, Compass, Vec3};
+use crate::ids::{EntityId, Epoch, PlayerId, RouterId, SessionId, ShardId};
+use crate::msg::{EntityKind, Input};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Where a player's session lives: events for the player go there.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionRef {
+    pub router: RouterId,
+    pub session: SessionId,
+}
+
+/// A script's state as it travels with its entity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScriptState {
+    pub script: String,
+    /// The script's `state` map, as JSON text.
+    pub state_json: String,
+    /// Why the script was disabled, if it was.
+    pub disabled: Option<String>,
+}
+
+/// Everything needed to re-create an entity in another cell: the hand-off
+/// and migration payload. Nothing about an entity lives outside it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntityTransfer {
+    pub id: EntityId,
+    pub kind: EntityKind,
+    pub name: String,
+    pub description: String,
+    pub pos: Vec3,
+    pub vel: Vec3,
+    pub yaw: f32,
+    pub home: Vec3,
+    pub player: Option<PlayerId>,
+    pub session: Option<SessionRef>,
+    /// The newest movement input, still being applied.
+    pub input: Input,
+    /// Where a scripted NPC is walking to.
+    pub walk_target: Option<Vec3>,
+    pub script: Option<ScriptState>,
+}
+
+/// A read-only copy of an entity near a border, shown in the neighbour cell.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GhostState {
+    pub id: EntityId,
+    pub kind: EntityKind,
+    pub pos: Vec3,
+    pub yaw: f32,
+}
+
+/// Messages a shard receives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToShard {
+    /// A player logs in at `pos` (their saved position or the spawn).
+    Join {
+        session: SessionRef,
+        player: PlayerId,
+        name: String,
+        pos: Vec3,
+    },
+    /// Continuous movement intent (QUIC players).
+    Input {
+        entity: EntityId,
+        input: Input,
+    },
+    /// One step of a few metres (text players); answered with `StepDone`.
+    Step {
+        entity: EntityId,
+        dir: Compass,
+    },
+    Say {
+        entity: EntityId,
+        text: String,
+    },
+    /// The player logs out; answered with `Left`.
+    Leave {
+        entity: EntityId,
+    },
+    /// An entity crossing into `to`, owned by the receiver at `epoch`.
+    Handoff {
+        to: CellId,
+        epoch: Epoch,
+        entity: EntityTransfer,
+    },
+    /// The border entities of cell `from` that lie within the ghost margin
+    /// of cell `to`, at `tick`. Replaces the previous set.
+    Ghosts {
+        from: CellId,
+        to: CellId,
+        tick: u64,
+        ghosts: Vec<GhostState>,
+    },
+    /// Speech to deliver to listeners in `cells` within `radius` of `origin`.
+    Speech {
+        cells: Vec<CellId>,
+        origin: Vec3,
+        radius: f32,
+        speaker: EntityId,
+        name: String,
+        text: String,
+    },
+}
+
+/// What happened to a player, sent to their session's router.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PlayerEvent {
+    Joined {
+        entity: EntityId,
+        pos: Vec3,
+        cell: CellId,
+        shard: ShardId,
+    },
+    /// The player's entity is now owned by `shard` (hand-off): route its
+    /// traffic there.
+    OwnerChanged {
+        cell: CellId,
+        shard: ShardId,
+    },
+    StepDone {
+        pos: Vec3,
+        blocked: bool,
+    },
+    Heard {
+        speaker: EntityId,
+        name: String,
+        text: String,
+    },
+    /// The entity was removed on logout, at `pos`.
+    Left {
+        pos: Vec3,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// One entity as routers see it, for interest management and text views.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ViewEntity {
+    pub id: EntityId,
+    pub kind: EntityKind,
+    pub name: Arc<str>,
+    pub pos: Vec3,
+    pub vel: Vec3,
+    pub yaw: f32,
+    /// Newest input applied (players), for client reconciliation.
+    pub ack_input: u32,
+}
+
+/// The state of one cell at one tick, published to routers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellFrame {
+    pub cell: CellId,
+    pub shard: ShardId,
+    pub epoch: Epoch,
+    pub tick: u64,
+    pub entities: Vec<ViewEntity>,
+}
+
+/// Messages a router receives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToRouter {
+    Player {
+        session: SessionId,
+        event: PlayerEvent,
+    },
+    Frame(Arc<CellFrame>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{decode, encode, MAX_CLUSTER_FRAME};
+
+    #[test]
+    fn cluster_messages_round_trip_through_the_codec() {
+        let transfer = EntityTransfer {
+            id: EntityId(9),
+            kind: EntityKind::Npc,
+            name: "Mira".into(),
+            description: "A baker.".into(),
+            pos: Vec3::new(1.0, 0.0, 2.0),
+            vel: Vec3::ZERO,
+            yaw: 0.5,
+            home: Vec3::new(1.0, 0.0, 2.0),
+            player: None,
+            session: Some(SessionRef {
+                router: RouterId("r1".into()),
+                session: SessionId(3),
+            }),
+            input: Input::default(),
+            walk_target: Some(Vec3::new(4.0, 0.0, 4.0)),
+            script: Some(ScriptState {
+                script: "greeter".into(),
+                state_json: "{\"greeted\":2}".into(),
+                disabled: None,
+            }),
+        };
+        let msgs = vec![
+            ToShard::Handoff {
+                to: CellId::new(0, -1),
+                epoch: Epoch(4),
+                entity: transfer,
+            },
+            ToShard::Step {
+                entity: EntityId(1),
+                dir: Compass::East,
+            },
+            ToShard::Speech {
+                cells: vec![CellId::new(0, 0)],
+                origin: Vec3::ZERO,
+                radius: 30.0,
+                speaker: EntityId(1),
+                name: "Ann".into(),
+                text: "hi".into(),
+            },
+        ];
+        for m in msgs {
+            let bytes = encode(&m).unwrap();
+            assert_eq!(decode::<ToShard>(&bytes, MAX_CLUSTER_FRAME).unwrap(), m);
+        }
+        let frame = ToRouter::Frame(Arc::new(CellFrame {
+            cell: CellId::new(1, 1),
+            shard: ShardId::new("shard-1"),
+            epoch: Epoch(1),
+            tick: 99,
+            entities: vec![ViewEntity {
+                id: EntityId(1),
+                kind: EntityKind::Player,
+                name: "Ann".into(),
+                pos: Vec3::ZERO,
+                vel: Vec3::ZERO,
+                yaw: 0.0,
+                ack_input: 7,
+            }],
+        }));
+        let bytes = encode(&frame).unwrap();
+        assert_eq!(
+            decode::<ToRouter>(&bytes, MAX_CLUSTER_FRAME).unwrap(),
+            frame
+        );
+    }
+}

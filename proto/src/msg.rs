@@ -1,0 +1,184 @@
+//! Client <-> router messages (docs/protocol.md).
+//!
+//! Reliable messages travel as length-prefixed frames on one bidirectional
+//! QUIC stream that the client opens first (the control stream); inputs and
+//! position snapshots travel as unreliable QUIC datagrams.
+
+use crate::geometry::{CellId, Vec3};
+use crate::ids::{EntityId, PlayerId, ShardId};
+use serde::{Deserialize, Serialize};
+
+/// Longest `say` text, in characters.
+pub const MAX_SAY_CHARS: usize = 500;
+/// Longest command line a client may send, in bytes.
+pub const MAX_LINE_BYTES: usize = 2048;
+
+/// Client -> router, on the control stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// First message: the protocol version the client speaks.
+    Hello {
+        version: u32,
+        client: String,
+    },
+    Create {
+        name: String,
+        password: String,
+    },
+    Connect {
+        name: String,
+        password: String,
+    },
+    /// Say something to everyone within hearing range.
+    Say {
+        text: String,
+    },
+    /// Any text command the telnet interface accepts (`who`, `where`, ...);
+    /// answered with `ServerMsg::Text`.
+    Command {
+        line: String,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Logout,
+}
+
+/// What kind of thing an entity is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntityKind {
+    Player,
+    Npc,
+}
+
+/// Machine-readable error classes; the message says the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    VersionMismatch,
+    Malformed,
+    BadCredentials,
+    NameTaken,
+    InvalidName,
+    InvalidPassword,
+    RateLimited,
+    NotLoggedIn,
+    AlreadyLoggedIn,
+    TooLong,
+    Unavailable,
+    Internal,
+}
+
+/// Router -> client, on the control stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    Welcome {
+        version: u32,
+        server: String,
+        world: String,
+    },
+    LoggedIn {
+        player: PlayerId,
+        entity: EntityId,
+        name: String,
+        token: String,
+        pos: Vec3,
+        cell: CellId,
+        shard: ShardId,
+        tick_hz: u32,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    /// An entity came into view; its updates follow in snapshots.
+    EntityAppeared {
+        entity: EntityId,
+        kind: EntityKind,
+        name: String,
+        pos: Vec3,
+    },
+    /// An entity left the view (moved away, logged out, removed).
+    EntityGone {
+        entity: EntityId,
+    },
+    /// Speech heard by this player.
+    Chat {
+        from: String,
+        entity: Option<EntityId>,
+        text: String,
+    },
+    /// Answer to a `ClientMsg::Command`, or a notice.
+    Text {
+        text: String,
+    },
+    /// The player's own entity is now simulated in another cell (hand-off).
+    CellChanged {
+        cell: CellId,
+        shard: ShardId,
+    },
+    Pong {
+        nonce: u64,
+    },
+}
+
+/// Movement intent, sent as a datagram many times a second. The newest one
+/// wins; the server clamps it (server-authoritative movement).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Input {
+    /// Increases with every input; acknowledged in snapshots.
+    pub seq: u32,
+    /// Desired direction on the ground plane; length is clamped to 1.
+    pub move_x: f32,
+    pub move_z: f32,
+    /// Facing, radians, 0 = north (-Z), clockwise.
+    pub yaw: f32,
+    pub jump: bool,
+}
+
+impl Input {
+    /// Replace non-finite numbers and clamp the direction to unit length, so
+    /// the simulation never sees garbage.
+    pub fn sanitized(mut self) -> Input {
+        if !self.move_x.is_finite() || !self.move_z.is_finite() {
+            self.move_x = 0.0;
+            self.move_z = 0.0;
+        }
+        if !self.yaw.is_finite() {
+            self.yaw = 0.0;
+        }
+        let len = (self.move_x * self.move_x + self.move_z * self.move_z).sqrt();
+        if len > 1.0 {
+            self.move_x /= len;
+            self.move_z /= len;
+        }
+        self
+    }
+}
+
+/// Client -> router datagrams.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientDatagram {
+    Input(Input),
+}
+
+/// One entity's state in a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntityUpdate {
+    pub entity: EntityId,
+    pub pos: Vec3,
+    pub vel: Vec3,
+    pub yaw: f32,
+}
+
+/// Router -> client datagrams.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerDatagram {
+    /// Positions of (some of) the entities in view at a tick. A view larger
+    /// than one datagram is split over several snapshots with the same tick.
+    Snapshot {
+        tick: u64,
+        /// Newest input of this client the simulation has applied.
+        ack_input: u32,
+        entities: Vec<EntityUpdate>,
+    },
+}

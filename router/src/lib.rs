@@ -1,0 +1,369 @@
+//! The router: the players' gateway. It terminates telnet (RFC 854) and QUIC
+//! (`tessera/1`) connections, logs players in through auth, and routes each
+//! player's traffic to the shard that owns the player's cell, following the
+//! player across cell and shard borders. It never simulates anything.
+//!
+//! Both gateways share one session model ([`session::Player`]), so a text
+//! player and a 3D player are the same thing to the rest of the cluster.
+
+pub mod command;
+pub mod play;
+pub mod quic;
+pub mod session;
+pub mod telnet;
+pub mod telnet_gateway;
+pub mod text;
+pub mod tls;
+pub mod view;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_auth::{Auth, AuthError};
+use tessera_coordinator::{Bus, CellMap};
+use tessera_persistence::{Database, StoreError};
+use tessera_proto::cluster::{PlayerEvent, ToRouter, ToShard};
+use tessera_proto::world::WorldDef;
+use tessera_proto::{EntityId, Grid, PlayerId, RouterId, SessionId, ShardId, Vec3};
+use tokio::sync::mpsc;
+
+pub use view::WorldView;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("that character is already playing")]
+    AlreadyPlaying,
+}
+
+/// How a router runs.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    pub id: RouterId,
+    pub telnet: SocketAddr,
+    pub quic: SocketAddr,
+    /// Where the QUIC certificate is kept.
+    pub data_dir: PathBuf,
+    /// Longest telnet line, bytes.
+    pub max_line: usize,
+    /// Telnet connections idle this long are closed.
+    pub idle_timeout: Duration,
+    /// Players see entities this far away, metres.
+    pub interest_radius: f32,
+    /// Snapshots per second to QUIC clients.
+    pub snapshot_hz: u32,
+    /// The shards' tick rate (told to clients).
+    pub tick_hz: u32,
+    /// Speech carries this far (for help texts; shards enforce it).
+    pub hearing_radius: f32,
+    /// How often online players' positions are saved.
+    pub save_interval: Duration,
+}
+
+impl RouterConfig {
+    pub fn new(id: RouterId, data_dir: PathBuf) -> RouterConfig {
+        RouterConfig {
+            id,
+            telnet: "0.0.0.0:4000".parse().expect("valid address"),
+            quic: "0.0.0.0:4433".parse().expect("valid address"),
+            data_dir,
+            max_line: 1024,
+            idle_timeout: Duration::from_secs(30 * 60),
+            interest_radius: 100.0,
+            snapshot_hz: 20,
+            tick_hz: 30,
+            hearing_radius: 30.0,
+            save_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A player's saved record (`player/<id>` in persistence).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlayerRecord {
+    pub pos: Vec3,
+    pub last_seen_unix: u64,
+}
+
+fn player_key(id: PlayerId) -> Vec<u8> {
+    format!("player/{:020}", id.0).into_bytes()
+}
+
+/// Shared state of one router.
+pub struct Router {
+    pub config: RouterConfig,
+    pub world: Arc<WorldDef>,
+    pub grid: Grid,
+    pub view: WorldView,
+    pub auth: Arc<Auth>,
+    bus: Arc<dyn Bus>,
+    map: CellMap,
+    db: Database,
+    sessions: Mutex<HashMap<SessionId, SessionEntry>>,
+    next_session: AtomicU64,
+}
+
+struct SessionEntry {
+    tx: mpsc::UnboundedSender<PlayerEvent>,
+    playing: Option<Playing>,
+}
+
+#[derive(Clone)]
+struct Playing {
+    player: PlayerId,
+    name: String,
+    entity: EntityId,
+    shard: ShardId,
+    pos: Vec3,
+}
+
+impl Router {
+    pub fn new(
+        config: RouterConfig,
+        world: Arc<WorldDef>,
+        bus: Arc<dyn Bus>,
+        map: CellMap,
+        auth: Arc<Auth>,
+        db: Database,
+    ) -> Arc<Router> {
+        let grid = Grid::new(world.cell_size);
+        Arc::new(Router {
+            config,
+            world,
+            grid,
+            view: WorldView::default(),
+            auth,
+            bus,
+            map,
+            db,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// Registers a connection; its player events arrive on the receiver.
+    pub fn open_session(&self) -> (SessionId, mpsc::UnboundedReceiver<PlayerEvent>) {
+        let id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.sessions
+            .lock()
+            .insert(id, SessionEntry { tx, playing: None });
+        metrics::gauge!("tessera_router_connections").increment(1.0);
+        (id, rx)
+    }
+
+    pub fn close_session(&self, id: SessionId) {
+        if self.sessions.lock().remove(&id).is_some() {
+            metrics::gauge!("tessera_router_connections").decrement(1.0);
+        }
+    }
+
+    /// Names of the players online on this router, sorted.
+    pub fn online(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .sessions
+            .lock()
+            .values()
+            .filter_map(|s| s.playing.as_ref().map(|p| p.name.clone()))
+            .collect();
+        names.sort_by_key(|n| n.to_lowercase());
+        names
+    }
+
+    fn is_playing(&self, player: PlayerId) -> bool {
+        self.sessions
+            .lock()
+            .values()
+            .any(|s| s.playing.as_ref().is_some_and(|p| p.player == player))
+    }
+
+    fn set_playing(&self, id: SessionId, playing: Option<Playing>) -> Result<(), RouterError> {
+        let mut sessions = self.sessions.lock();
+        if let Some(p) = &playing {
+            let taken = sessions.iter().any(|(sid, s)| {
+                *sid != id && s.playing.as_ref().is_some_and(|q| q.player == p.player)
+            });
+            if taken {
+                return Err(RouterError::AlreadyPlaying);
+            }
+        }
+        if let Some(s) = sessions.get_mut(&id) {
+            s.playing = playing;
+        }
+        Ok(())
+    }
+
+    fn update_playing(&self, id: SessionId, f: impl FnOnce(&mut Playing)) {
+        if let Some(p) = self
+            .sessions
+            .lock()
+            .get_mut(&id)
+            .and_then(|s| s.playing.as_mut())
+        {
+            f(p);
+        }
+    }
+
+    fn to_shard(&self, shard: &ShardId, msg: ToShard) -> Result<(), RouterError> {
+        self.bus.to_shard(shard, msg).map_err(|e| {
+            RouterError::Unavailable(format!("the world is not reachable right now ({e})"))
+        })
+    }
+
+    /// The saved position of a player, if any.
+    pub fn load_player(&self, id: PlayerId) -> Result<Option<PlayerRecord>, RouterError> {
+        let key = player_key(id);
+        let bytes = self.db.transact(|tx| tx.get(&key))?;
+        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    pub fn save_player(&self, id: PlayerId, pos: Vec3) -> Result<(), RouterError> {
+        let rec = PlayerRecord {
+            pos,
+            last_seen_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let value = serde_json::to_vec(&rec).expect("player record serialises");
+        let key = player_key(id);
+        self.db.transact(|tx| tx.set(&key, &value))?;
+        Ok(())
+    }
+
+    /// Saves the position of every player online, from the newest view.
+    pub fn save_all(&self) {
+        let playing: Vec<Playing> = self
+            .sessions
+            .lock()
+            .values()
+            .filter_map(|s| s.playing.clone())
+            .collect();
+        for p in playing {
+            let pos = self
+                .view
+                .find(&self.grid, p.entity, p.pos)
+                .map(|e| e.pos)
+                .unwrap_or(p.pos);
+            self.update_playing_by_player(p.player, pos);
+            if let Err(e) = self.save_player(p.player, pos) {
+                tracing::error!(player = %p.player, error = %e, "cannot save player");
+            }
+        }
+    }
+
+    fn update_playing_by_player(&self, player: PlayerId, pos: Vec3) {
+        for s in self.sessions.lock().values_mut() {
+            if let Some(p) = s.playing.as_mut().filter(|p| p.player == player) {
+                p.pos = pos;
+            }
+        }
+    }
+
+    /// Delivers what the bus brings: frames into the view, player events to
+    /// their sessions.
+    fn dispatch(&self, msg: ToRouter) {
+        match msg {
+            ToRouter::Frame(frame) => self.view.update(frame),
+            ToRouter::Player { session, event } => {
+                let sessions = self.sessions.lock();
+                match sessions.get(&session) {
+                    Some(s) => {
+                        let _ = s.tx.send(event);
+                    }
+                    None => tracing::debug!(session = %session, "event for a closed session"),
+                }
+            }
+        }
+    }
+}
+
+/// Where a running router listens.
+pub struct RouterAddrs {
+    pub telnet: SocketAddr,
+    pub quic: SocketAddr,
+    pub cert_path: PathBuf,
+}
+
+/// Binds both gateways and serves until `shutdown` resolves; then saves
+/// every online player's position.
+pub async fn run(
+    router: Arc<Router>,
+    inbox: mpsc::UnboundedReceiver<ToRouter>,
+    ready: tokio::sync::oneshot::Sender<RouterAddrs>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RouterError> {
+    let telnet = tokio::net::TcpListener::bind(router.config.telnet)
+        .await
+        .map_err(|source| RouterError::Bind {
+            addr: router.config.telnet,
+            source,
+        })?;
+    let identity = tls::load_or_create(&router.config.data_dir)?;
+    let endpoint = quinn::Endpoint::server(tls::server_config(&identity)?, router.config.quic)
+        .map_err(|source| RouterError::Bind {
+            addr: router.config.quic,
+            source,
+        })?;
+    let addrs = RouterAddrs {
+        telnet: telnet.local_addr().map_err(|source| RouterError::Bind {
+            addr: router.config.telnet,
+            source,
+        })?,
+        quic: endpoint.local_addr().map_err(|source| RouterError::Bind {
+            addr: router.config.quic,
+            source,
+        })?,
+        cert_path: identity.cert_path.clone(),
+    };
+    tracing::info!(router = %router.config.id, telnet = %addrs.telnet, quic = %addrs.quic, "router listening");
+    let _ = ready.send(addrs);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let r = router.clone();
+    tasks.spawn(async move {
+        let mut inbox = inbox;
+        while let Some(msg) = inbox.recv().await {
+            r.dispatch(msg);
+        }
+    });
+    let r = router.clone();
+    tasks.spawn(async move { telnet_gateway::serve(r, telnet).await });
+    let r = router.clone();
+    let ep = endpoint.clone();
+    tasks.spawn(async move { quic::serve(r, ep).await });
+    let r = router.clone();
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(r.config.save_interval);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let r2 = r.clone();
+            let _ = tokio::task::spawn_blocking(move || r2.save_all()).await;
+        }
+    });
+    shutdown.await;
+    tracing::info!(router = %router.config.id, "router stopping; saving players");
+    endpoint.close(0u32.into(), b"server shutting down");
+    let r = router.clone();
+    let _ = tokio::task::spawn_blocking(move || r.save_all()).await;
+    tasks.abort_all();
+    Ok(())
+}

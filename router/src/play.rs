@@ -1,0 +1,90 @@
+//! Text commands of a player in the world, shared by the telnet gateway and
+//! the QUIC control stream (`ClientMsg::Command`), so both behave alike.
+
+use crate::command::{Command, HELP};
+use crate::session::Player;
+use crate::text;
+
+/// What a command produced.
+pub struct Outcome {
+    /// Text to show the player (no trailing newline; may be empty).
+    pub text: String,
+    /// The player asked to leave.
+    pub quit: bool,
+}
+
+impl Outcome {
+    fn text(text: impl Into<String>) -> Outcome {
+        Outcome {
+            text: text.into(),
+            quit: false,
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub async fn execute(player: &mut Player, cmd: Command) -> Outcome {
+    let router = player.router.clone();
+    match cmd {
+        Command::Empty => Outcome::text(""),
+        Command::Help => Outcome::text(HELP.trim_end()),
+        Command::Quit => Outcome {
+            text: "Goodbye. Your position is saved.".into(),
+            quit: true,
+        },
+        Command::Say(t) => match player.say(&t) {
+            Ok(()) => Outcome::text(format!("You say, \"{t}\"")),
+            Err(e) => Outcome::text(format!("Nobody hears you: {e}.")),
+        },
+        Command::Shout(_) | Command::Tell { .. } => {
+            Outcome::text("Shouting and tells need the chat service, which is not available yet.")
+        }
+        Command::Who => Outcome::text(text::who(&router.online())),
+        Command::Where => {
+            let pos = player.position();
+            let cell = router.grid.cell_of(pos);
+            Outcome::text(text::where_text(pos, cell, &player.shard))
+        }
+        Command::Look => {
+            let pos = player.position();
+            let around = router.view.around(&router.grid, pos, text::LOOK_RADIUS);
+            Outcome::text(text::look(&router.world, player.entity, pos, &around))
+        }
+        Command::Map => {
+            let pos = player.position();
+            let around = router.view.around(&router.grid, pos, 70.0);
+            Outcome::text(text::map(
+                &router.world,
+                &router.grid,
+                player.entity,
+                pos,
+                &around,
+            ))
+        }
+        Command::Move(dir) => {
+            let from = player.position();
+            let before = router.world.zone_at(from).name.clone();
+            match player.step(dir).await {
+                Ok((pos, blocked)) => {
+                    let moved = pos.distance_xz(from);
+                    let mut out = if !blocked {
+                        format!("You walk {}.", dir.name())
+                    } else if moved < 0.2 {
+                        format!("Something blocks your way {}.", dir.name())
+                    } else {
+                        format!(
+                            "You walk {} but something stops you after {moved:.0} m.",
+                            dir.name()
+                        )
+                    };
+                    let zone = router.world.zone_at(pos);
+                    if zone.name != before {
+                        out.push_str(&format!("\nYou enter {}.", zone.name));
+                    }
+                    Outcome::text(out)
+                }
+                Err(e) => Outcome::text(format!("You cannot move right now: {e}.")),
+            }
+        }
+    }
+}

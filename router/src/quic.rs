@@ -1,0 +1,504 @@
+//! The QUIC gateway (ALPN `tessera/1`, docs/protocol.md): a control stream
+//! the client opens first, carrying length-prefixed bincode frames (login,
+//! chat, entity appear/gone), and unreliable datagrams for inputs and
+//! position snapshots. Interest management happens here: each client gets
+//! only the entities within the interest radius.
+
+use crate::command;
+use crate::play;
+use crate::session::{self, Player};
+use crate::{Router, RouterError};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_auth::AuthError;
+use tessera_proto::cluster::PlayerEvent;
+use tessera_proto::frame::{self, FrameBuffer, FrameError, MAX_CONTROL_FRAME, MAX_DATAGRAM};
+use tessera_proto::msg::{
+    ClientDatagram, ClientMsg, EntityUpdate, ErrorCode, ServerDatagram, ServerMsg, MAX_LINE_BYTES,
+    MAX_SAY_CHARS,
+};
+use tessera_proto::{EntityId, PROTOCOL_VERSION};
+
+/// Application close codes.
+pub const CLOSE_NORMAL: u32 = 0;
+pub const CLOSE_PROTOCOL: u32 = 1;
+pub const CLOSE_VERSION: u32 = 2;
+
+/// A client must say hello this soon after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until the endpoint closes.
+pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let r = router.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "QUIC handshake failed");
+                    return;
+                }
+            };
+            let peer = conn.remote_address();
+            let (session, events) = r.open_session();
+            tracing::info!(peer = %peer, session = %session, "QUIC connection");
+            let mut c = ClientConn {
+                router: r.clone(),
+                conn: conn.clone(),
+                session,
+                events: Some(events),
+                ctl: None,
+            };
+            match c.run().await {
+                Ok(()) => conn.close(CLOSE_NORMAL.into(), b"bye"),
+                Err(ConnError::Protocol(msg)) => {
+                    tracing::info!(peer = %peer, error = %msg, "closing QUIC connection: protocol error");
+                    conn.close(CLOSE_PROTOCOL.into(), msg.as_bytes());
+                }
+                Err(ConnError::Version) => conn.close(CLOSE_VERSION.into(), b"protocol version"),
+                Err(ConnError::Closed(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "QUIC connection closed")
+                }
+            }
+            r.close_session(session);
+        });
+    }
+}
+
+#[derive(Debug)]
+enum ConnError {
+    Protocol(String),
+    Version,
+    Closed(String),
+}
+
+impl From<quinn::ConnectionError> for ConnError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        ConnError::Closed(e.to_string())
+    }
+}
+
+/// The control stream: framed, size-limited messages.
+struct Control {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: FrameBuffer,
+}
+
+impl Control {
+    async fn write(&mut self, msg: &ServerMsg) -> Result<(), ConnError> {
+        let bytes = frame::encode_frame(msg, MAX_CONTROL_FRAME)
+            .map_err(|e| ConnError::Protocol(e.to_string()))?;
+        self.send
+            .write_all(&bytes)
+            .await
+            .map_err(|e| ConnError::Closed(e.to_string()))
+    }
+
+    /// Reads the next message. Garbage is a protocol error.
+    async fn read(&mut self) -> Result<ClientMsg, ConnError> {
+        loop {
+            match self.buf.next_frame() {
+                Ok(Some(payload)) => {
+                    return frame::decode::<ClientMsg>(&payload, MAX_CONTROL_FRAME)
+                        .map_err(|e| ConnError::Protocol(e.to_string()));
+                }
+                Ok(None) => {}
+                Err(e @ FrameError::TooLarge { .. }) => {
+                    return Err(ConnError::Protocol(e.to_string()))
+                }
+                Err(e) => return Err(ConnError::Protocol(e.to_string())),
+            }
+            let mut chunk = [0u8; 4096];
+            match self.recv.read(&mut chunk).await {
+                Ok(Some(n)) => self.buf.extend(&chunk[..n]),
+                Ok(None) => return Err(ConnError::Closed("control stream finished".into())),
+                Err(e) => return Err(ConnError::Closed(e.to_string())),
+            }
+        }
+    }
+
+    async fn error(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Result<(), ConnError> {
+        self.write(&ServerMsg::Error {
+            code,
+            message: message.into(),
+        })
+        .await
+    }
+}
+
+struct ClientConn {
+    router: Arc<Router>,
+    conn: quinn::Connection,
+    session: tessera_proto::SessionId,
+    events: Option<tokio::sync::mpsc::UnboundedReceiver<PlayerEvent>>,
+    ctl: Option<Control>,
+}
+
+impl ClientConn {
+    async fn run(&mut self) -> Result<(), ConnError> {
+        let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, self.conn.accept_bi())
+            .await
+            .map_err(|_| ConnError::Protocol("no control stream".into()))??;
+        let mut ctl = Control {
+            send,
+            recv,
+            buf: FrameBuffer::new(MAX_CONTROL_FRAME),
+        };
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, ctl.read())
+            .await
+            .map_err(|_| ConnError::Protocol("no hello".into()));
+        let hello = match hello.and_then(|r| r) {
+            Ok(h) => h,
+            Err(ConnError::Protocol(msg)) => {
+                let _ = ctl
+                    .error(ErrorCode::Malformed, format!("malformed frame: {msg}"))
+                    .await;
+                return Err(ConnError::Protocol(msg));
+            }
+            Err(e) => return Err(e),
+        };
+        match hello {
+            ClientMsg::Hello { version, .. } if version == PROTOCOL_VERSION => {}
+            ClientMsg::Hello { version, .. } => {
+                ctl.error(
+                    ErrorCode::VersionMismatch,
+                    format!(
+                        "this server speaks protocol version {PROTOCOL_VERSION}, not {version}"
+                    ),
+                )
+                .await?;
+                let _ = ctl.send.finish();
+                return Err(ConnError::Version);
+            }
+            _ => {
+                ctl.error(ErrorCode::Malformed, "the first message must be Hello")
+                    .await?;
+                return Err(ConnError::Protocol("no hello".into()));
+            }
+        }
+        ctl.write(&ServerMsg::Welcome {
+            version: PROTOCOL_VERSION,
+            server: format!("tessera {}", env!("CARGO_PKG_VERSION")),
+            world: self.router.world.name.clone(),
+        })
+        .await?;
+        self.ctl = Some(ctl);
+        let Some(mut player) = self.login().await? else {
+            return Ok(());
+        };
+        let result = self.play(&mut player).await;
+        player.leave().await;
+        result
+    }
+
+    fn ctl(&mut self) -> &mut Control {
+        self.ctl
+            .as_mut()
+            .expect("control stream is open after hello")
+    }
+
+    /// Runs the login exchange until the player is in the world.
+    async fn login(&mut self) -> Result<Option<Player>, ConnError> {
+        let peer = self.conn.remote_address().ip();
+        loop {
+            let msg = match self.ctl().read().await {
+                Ok(m) => m,
+                Err(ConnError::Protocol(msg)) => {
+                    let _ = self
+                        .ctl()
+                        .error(ErrorCode::Malformed, format!("malformed frame: {msg}"))
+                        .await;
+                    return Err(ConnError::Protocol(msg));
+                }
+                Err(e) => return Err(e),
+            };
+            let (create, name, password) = match msg {
+                ClientMsg::Create { name, password } => (true, name, password),
+                ClientMsg::Connect { name, password } => (false, name, password),
+                ClientMsg::Ping { nonce } => {
+                    self.ctl().write(&ServerMsg::Pong { nonce }).await?;
+                    continue;
+                }
+                ClientMsg::Logout => return Ok(None),
+                _ => {
+                    self.ctl()
+                        .error(ErrorCode::NotLoggedIn, "log in first")
+                        .await?;
+                    continue;
+                }
+            };
+            let account = match session::login(&self.router, create, &name, &password, peer).await {
+                Ok(a) => a,
+                Err(e) => {
+                    let code = match &e {
+                        AuthError::InvalidName(_) => ErrorCode::InvalidName,
+                        AuthError::InvalidPassword(_) => ErrorCode::InvalidPassword,
+                        AuthError::NameTaken => ErrorCode::NameTaken,
+                        AuthError::BadCredentials => ErrorCode::BadCredentials,
+                        AuthError::RateLimited { .. } => ErrorCode::RateLimited,
+                        _ => ErrorCode::Unavailable,
+                    };
+                    self.ctl().error(code, e.to_string()).await?;
+                    continue;
+                }
+            };
+            let events = self
+                .events
+                .take()
+                .expect("events are here until the player enters");
+            match Player::enter(self.router.clone(), self.session, events, account.clone()).await {
+                Ok(player) => {
+                    let token = self
+                        .router
+                        .auth
+                        .issue_token(&account, Duration::from_secs(24 * 3600));
+                    let msg = ServerMsg::LoggedIn {
+                        player: tessera_proto::PlayerId(account.id),
+                        entity: player.entity,
+                        name: account.name.clone(),
+                        token,
+                        pos: player.pos,
+                        cell: player.cell,
+                        shard: player.shard.clone(),
+                        tick_hz: self.router.config.tick_hz,
+                    };
+                    self.ctl().write(&msg).await?;
+                    return Ok(Some(player));
+                }
+                Err((e, events)) => {
+                    self.events = Some(events);
+                    let code = match e {
+                        RouterError::AlreadyPlaying => ErrorCode::AlreadyLoggedIn,
+                        _ => ErrorCode::Unavailable,
+                    };
+                    self.ctl().error(code, e.to_string()).await?;
+                }
+            }
+        }
+    }
+
+    async fn play(&mut self, player: &mut Player) -> Result<(), ConnError> {
+        let mut ctl = self.ctl.take().expect("control stream");
+        let period = Duration::from_secs_f64(1.0 / self.router.config.snapshot_hz.max(1) as f64);
+        let mut snapshots = tokio::time::interval(period);
+        snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut known: HashSet<EntityId> = HashSet::new();
+        let result = loop {
+            tokio::select! {
+                msg = ctl.read() => {
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(ConnError::Protocol(m)) => {
+                            let _ = ctl.error(ErrorCode::Malformed, format!("malformed frame: {m}")).await;
+                            break Err(ConnError::Protocol(m));
+                        }
+                        Err(e) => break Err(e),
+                    };
+                    match self.on_message(player, &mut ctl, msg).await {
+                        Ok(true) => {}
+                        Ok(false) => break Ok(()),
+                        Err(e) => break Err(e),
+                    }
+                }
+                dg = self.conn.read_datagram() => {
+                    match dg {
+                        Ok(bytes) => match frame::decode::<ClientDatagram>(&bytes, MAX_DATAGRAM) {
+                            Ok(ClientDatagram::Input(input)) => {
+                                let _ = player.input(input);
+                            }
+                            Err(e) => {
+                                // A bad datagram is dropped; datagrams are
+                                // unreliable anyway, so this is not fatal.
+                                tracing::debug!(session = %self.session, error = %e, "bad datagram dropped");
+                                metrics::counter!("tessera_router_bad_datagrams_total").increment(1);
+                            }
+                        },
+                        Err(e) => break Err(e.into()),
+                    }
+                }
+                ev = player.next_event() => {
+                    let Some(ev) = ev else { break Ok(()) };
+                    let msg = match ev {
+                        PlayerEvent::Heard { speaker, name, text } => Some(ServerMsg::Chat { from: name, entity: Some(speaker), text }),
+                        PlayerEvent::OwnerChanged { cell, shard } => Some(ServerMsg::CellChanged { cell, shard }),
+                        PlayerEvent::Error { message } => Some(ServerMsg::Text { text: message }),
+                        _ => None,
+                    };
+                    if let Some(m) = msg {
+                        if let Err(e) = ctl.write(&m).await { break Err(e); }
+                    }
+                }
+                _ = snapshots.tick() => {
+                    if let Err(e) = self.snapshot(player, &mut ctl, &mut known).await {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        self.ctl = Some(ctl);
+        result
+    }
+
+    /// Handles one control message; false when the client logs out.
+    async fn on_message(
+        &mut self,
+        player: &mut Player,
+        ctl: &mut Control,
+        msg: ClientMsg,
+    ) -> Result<bool, ConnError> {
+        match msg {
+            ClientMsg::Say { text } => {
+                let text = text.trim();
+                if text.is_empty() {
+                    return Ok(true);
+                }
+                if text.chars().count() > MAX_SAY_CHARS {
+                    ctl.error(
+                        ErrorCode::TooLong,
+                        format!("say at most {MAX_SAY_CHARS} characters"),
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+                if let Err(e) = player.say(text) {
+                    ctl.error(ErrorCode::Unavailable, e.to_string()).await?;
+                }
+            }
+            ClientMsg::Command { line } => {
+                if line.len() > MAX_LINE_BYTES {
+                    ctl.error(
+                        ErrorCode::TooLong,
+                        format!("commands are at most {MAX_LINE_BYTES} bytes"),
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+                match command::parse_command(&line) {
+                    Ok(cmd) => {
+                        let out = play::execute(player, cmd).await;
+                        ctl.write(&ServerMsg::Text { text: out.text }).await?;
+                        if out.quit {
+                            return Ok(false);
+                        }
+                    }
+                    Err(e) => {
+                        ctl.write(&ServerMsg::Text {
+                            text: e.to_string(),
+                        })
+                        .await?
+                    }
+                }
+            }
+            ClientMsg::Ping { nonce } => ctl.write(&ServerMsg::Pong { nonce }).await?,
+            ClientMsg::Logout => return Ok(false),
+            ClientMsg::Hello { .. } | ClientMsg::Create { .. } | ClientMsg::Connect { .. } => {
+                ctl.error(ErrorCode::AlreadyLoggedIn, "already logged in")
+                    .await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Interest management: what this player can see, as reliable
+    /// appear/gone messages and unreliable position datagrams.
+    async fn snapshot(
+        &mut self,
+        player: &Player,
+        ctl: &mut Control,
+        known: &mut HashSet<EntityId>,
+    ) -> Result<(), ConnError> {
+        let router = &self.router;
+        let pos = player.position();
+        let visible = router
+            .view
+            .around(&router.grid, pos, router.config.interest_radius);
+        let now: HashSet<EntityId> = visible.iter().map(|e| e.id).collect();
+        for e in &visible {
+            if known.insert(e.id) {
+                ctl.write(&ServerMsg::EntityAppeared {
+                    entity: e.id,
+                    kind: e.kind,
+                    name: e.name.to_string(),
+                    pos: e.pos,
+                })
+                .await?;
+            }
+        }
+        let gone: Vec<EntityId> = known.difference(&now).copied().collect();
+        for id in gone {
+            known.remove(&id);
+            ctl.write(&ServerMsg::EntityGone { entity: id }).await?;
+        }
+        let ack = visible
+            .iter()
+            .find(|e| e.id == player.entity)
+            .map(|e| e.ack_input)
+            .unwrap_or(0);
+        let tick = router.view.latest_tick();
+        let max = self
+            .conn
+            .max_datagram_size()
+            .unwrap_or(MAX_DATAGRAM)
+            .min(MAX_DATAGRAM);
+        let updates: Vec<EntityUpdate> = visible
+            .iter()
+            .map(|e| EntityUpdate {
+                entity: e.id,
+                pos: e.pos,
+                vel: e.vel,
+                yaw: e.yaw,
+            })
+            .collect();
+        // The own entity first, then nearest first; split to fit datagrams.
+        let mut chunk: Vec<EntityUpdate> = Vec::new();
+        let mut sent = 0u64;
+        for u in updates {
+            chunk.push(u);
+            let dg = ServerDatagram::Snapshot {
+                tick,
+                ack_input: ack,
+                entities: chunk.clone(),
+            };
+            let size = frame::encode(&dg).map(|b| b.len()).unwrap_or(usize::MAX);
+            if size > max {
+                let last = chunk.pop().expect("just pushed");
+                sent += self.send_snapshot(tick, ack, std::mem::take(&mut chunk))?;
+                chunk.push(last);
+            }
+        }
+        if !chunk.is_empty() {
+            sent += self.send_snapshot(tick, ack, chunk)?;
+        }
+        metrics::counter!("tessera_router_snapshot_bytes_total").increment(sent);
+        Ok(())
+    }
+
+    fn send_snapshot(
+        &self,
+        tick: u64,
+        ack: u32,
+        entities: Vec<EntityUpdate>,
+    ) -> Result<u64, ConnError> {
+        let dg = ServerDatagram::Snapshot {
+            tick,
+            ack_input: ack,
+            entities,
+        };
+        let bytes = frame::encode(&dg).map_err(|e| ConnError::Protocol(e.to_string()))?;
+        let n = bytes.len() as u64;
+        match self.conn.send_datagram(bytes.into()) {
+            Ok(()) => Ok(n),
+            Err(quinn::SendDatagramError::ConnectionLost(e)) => Err(e.into()),
+            Err(e) => {
+                tracing::debug!(error = %e, "snapshot datagram not sent");
+                Ok(0)
+            }
+        }
+    }
+}

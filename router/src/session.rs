@@ -1,0 +1,332 @@
+//! One logged-in player, as both gateways drive it: login, entering the
+//! world on the shard that owns the player's cell, following the player
+//! across hand-offs, and leaving with the position saved.
+
+use crate::{Playing, Router, RouterError};
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_auth::{Account, AuthError};
+use tessera_proto::cluster::{PlayerEvent, SessionRef, ToShard};
+use tessera_proto::msg::Input;
+use tessera_proto::{CellId, Compass, EntityId, PlayerId, SessionId, ShardId, Vec3};
+use tokio::sync::mpsc;
+
+/// How long the router waits for a shard to answer a join, step or leave.
+const SHARD_ANSWER: Duration = Duration::from_secs(5);
+
+/// Creates an account or checks a password, off the async threads (argon2id
+/// is deliberately slow).
+pub async fn login(
+    router: &Arc<Router>,
+    create: bool,
+    name: &str,
+    password: &str,
+    from: IpAddr,
+) -> Result<Account, AuthError> {
+    let auth = router.auth.clone();
+    let (name, password) = (name.to_string(), password.to_string());
+    let result = tokio::task::spawn_blocking(move || {
+        if create {
+            auth.create_account(&name, &password)
+        } else {
+            auth.login(&name, &password, from)
+        }
+    })
+    .await;
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "login task failed");
+            Err(AuthError::Key("login failed unexpectedly".into()))
+        }
+    }
+}
+
+/// A player in the world.
+pub struct Player {
+    pub router: Arc<Router>,
+    pub session: SessionId,
+    pub account: Account,
+    pub entity: EntityId,
+    pub shard: ShardId,
+    pub cell: CellId,
+    /// Last position the shard told us (the view has fresher ones).
+    pub pos: Vec3,
+    events: mpsc::UnboundedReceiver<PlayerEvent>,
+    /// Events that arrived while waiting for a specific answer.
+    pending: VecDeque<PlayerEvent>,
+    left: bool,
+}
+
+impl Player {
+    /// Puts the account's avatar into the world at its saved position (or
+    /// the spawn) and waits until its shard confirms.
+    pub async fn enter(
+        router: Arc<Router>,
+        session: SessionId,
+        mut events: mpsc::UnboundedReceiver<PlayerEvent>,
+        account: Account,
+    ) -> Result<Player, (RouterError, mpsc::UnboundedReceiver<PlayerEvent>)> {
+        let player = PlayerId(account.id);
+        let entity = EntityId::for_player(player);
+        if router.is_playing(player) {
+            return Err((RouterError::AlreadyPlaying, events));
+        }
+        let saved = {
+            let r = router.clone();
+            tokio::task::spawn_blocking(move || r.load_player(player))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .flatten()
+        };
+        let pos = saved.map(|s| s.pos).unwrap_or(router.world.spawn);
+        let pos = router.world.extent.clamp_position(&router.grid, pos);
+        let cell = router.grid.cell_of(pos);
+        let Some(owner) = router.map.owner(cell) else {
+            return Err((
+                RouterError::Unavailable(format!("no shard simulates cell {cell} right now")),
+                events,
+            ));
+        };
+        let playing = Playing {
+            player,
+            name: account.name.clone(),
+            entity,
+            shard: owner.owner.clone(),
+            pos,
+        };
+        if let Err(e) = router.set_playing(session, Some(playing)) {
+            return Err((e, events));
+        }
+        let join = ToShard::Join {
+            session: SessionRef {
+                router: router.config.id.clone(),
+                session,
+            },
+            player,
+            name: account.name.clone(),
+            pos,
+        };
+        if let Err(e) = router.to_shard(&owner.owner, join) {
+            let _ = router.set_playing(session, None);
+            return Err((e, events));
+        }
+        let mut pending = VecDeque::new();
+        let answer = tokio::time::timeout(SHARD_ANSWER, async {
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    PlayerEvent::Joined {
+                        pos, cell, shard, ..
+                    } => return Ok((pos, cell, shard)),
+                    PlayerEvent::Error { message } => return Err(message),
+                    other => pending.push_back(other),
+                }
+            }
+            Err("session closed".to_string())
+        })
+        .await;
+        match answer {
+            Ok(Ok((pos, cell, shard))) => {
+                router.update_playing(session, |p| {
+                    p.shard = shard.clone();
+                    p.pos = pos;
+                });
+                tracing::info!(session = %session, player = %player, cell = %cell, shard = %shard, "player entered the world");
+                Ok(Player {
+                    router,
+                    session,
+                    account,
+                    entity,
+                    shard,
+                    cell,
+                    pos,
+                    events,
+                    pending,
+                    left: false,
+                })
+            }
+            Ok(Err(message)) => {
+                let _ = router.set_playing(session, None);
+                Err((RouterError::Unavailable(message), events))
+            }
+            Err(_) => {
+                let _ = router.set_playing(session, None);
+                Err((
+                    RouterError::Unavailable("the world did not answer in time".into()),
+                    events,
+                ))
+            }
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.account.name
+    }
+
+    /// Applies routing and position updates carried by an event.
+    fn observe(&mut self, ev: &PlayerEvent) {
+        match ev {
+            PlayerEvent::OwnerChanged { cell, shard } => {
+                tracing::debug!(session = %self.session, cell = %cell, shard = %shard, "player handed over");
+                self.cell = *cell;
+                if *shard != self.shard {
+                    self.shard = shard.clone();
+                    let s = shard.clone();
+                    self.router.update_playing(self.session, |p| p.shard = s);
+                }
+            }
+            PlayerEvent::StepDone { pos, .. } | PlayerEvent::Left { pos } => {
+                self.pos = *pos;
+                let p = *pos;
+                self.router.update_playing(self.session, |pl| pl.pos = p);
+            }
+            PlayerEvent::Joined {
+                pos, cell, shard, ..
+            } => {
+                self.pos = *pos;
+                self.cell = *cell;
+                self.shard = shard.clone();
+            }
+            _ => {}
+        }
+    }
+
+    /// The next event for this player (speech, hand-offs, ...). Routing
+    /// updates are applied before the event is returned.
+    pub async fn next_event(&mut self) -> Option<PlayerEvent> {
+        let ev = match self.pending.pop_front() {
+            Some(ev) => ev,
+            None => self.events.recv().await?,
+        };
+        self.observe(&ev);
+        Some(ev)
+    }
+
+    fn send(&self, msg: ToShard) -> Result<(), RouterError> {
+        self.router.to_shard(&self.shard, msg)
+    }
+
+    /// Waits for the first event `pick` accepts, keeping the others.
+    async fn wait_for<T>(
+        &mut self,
+        mut pick: impl FnMut(&PlayerEvent) -> Option<T>,
+    ) -> Result<T, RouterError> {
+        let deadline = tokio::time::Instant::now() + SHARD_ANSWER;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .map_err(|_| RouterError::Unavailable("the world did not answer in time".into()))?
+                .ok_or_else(|| RouterError::Unavailable("session closed".into()))?;
+            self.observe(&ev);
+            if let Some(t) = pick(&ev) {
+                return Ok(t);
+            }
+            if let PlayerEvent::Error { message } = &ev {
+                return Err(RouterError::Unavailable(message.clone()));
+            }
+            self.pending.push_back(ev);
+        }
+    }
+
+    /// One step of a text player; returns the new position and whether
+    /// something blocked the way.
+    pub async fn step(&mut self, dir: Compass) -> Result<(Vec3, bool), RouterError> {
+        self.send(ToShard::Step {
+            entity: self.entity,
+            dir,
+        })?;
+        self.wait_for(|ev| match ev {
+            PlayerEvent::StepDone { pos, blocked } => Some((*pos, *blocked)),
+            _ => None,
+        })
+        .await
+    }
+
+    pub fn say(&self, text: &str) -> Result<(), RouterError> {
+        self.send(ToShard::Say {
+            entity: self.entity,
+            text: text.to_string(),
+        })
+    }
+
+    pub fn input(&self, input: Input) -> Result<(), RouterError> {
+        self.send(ToShard::Input {
+            entity: self.entity,
+            input: input.sanitized(),
+        })
+    }
+
+    /// The freshest known position: the newest frame, else the last answer.
+    pub fn position(&self) -> Vec3 {
+        self.router
+            .view
+            .find(&self.router.grid, self.entity, self.pos)
+            .map(|e| e.pos)
+            .unwrap_or(self.pos)
+    }
+
+    /// Takes the avatar out of the world and saves where it was.
+    pub async fn leave(mut self) {
+        self.leave_inner().await;
+    }
+
+    async fn leave_inner(&mut self) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        let mut pos = self.position();
+        if self
+            .send(ToShard::Leave {
+                entity: self.entity,
+            })
+            .is_ok()
+        {
+            match self
+                .wait_for(|ev| match ev {
+                    PlayerEvent::Left { pos } => Some(*pos),
+                    _ => None,
+                })
+                .await
+            {
+                Ok(p) => pos = p,
+                Err(e) => {
+                    tracing::warn!(session = %self.session, error = %e, "no answer to leave; saving the last known position")
+                }
+            }
+        }
+        let player = PlayerId(self.account.id);
+        let r = self.router.clone();
+        let saved = tokio::task::spawn_blocking(move || r.save_player(player, pos)).await;
+        if !matches!(saved, Ok(Ok(()))) {
+            tracing::error!(player = %player, "cannot save player on leave");
+        }
+        let _ = self.router.set_playing(self.session, None);
+        tracing::info!(session = %self.session, player = %player, "player left the world");
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        if !self.left {
+            // The connection died without a goodbye: leave in the background.
+            let router = self.router.clone();
+            let entity = self.entity;
+            let shard = self.shard.clone();
+            let player = PlayerId(self.account.id);
+            let session = self.session;
+            let pos = self.position();
+            let _ = router.to_shard(&shard, ToShard::Leave { entity });
+            let r = router.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = r.save_player(player, pos) {
+                    tracing::error!(player = %player, error = %e, "cannot save player");
+                }
+            });
+            let _ = router.set_playing(session, None);
+        }
+    }
+}

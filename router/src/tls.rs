@@ -1,0 +1,84 @@
+//! The router's TLS identity for QUIC: a self-signed certificate generated
+//! on first start and kept in the data dir, so clients can pin it.
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::path::{Path, PathBuf};
+
+use crate::RouterError;
+
+pub struct Identity {
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+    /// Where the certificate is, in DER (what clients pin).
+    pub cert_path: PathBuf,
+}
+
+/// Loads `dir/quic-cert.der` and `dir/quic-key.der`, creating them (and a
+/// PEM copy of the certificate) if missing.
+pub fn load_or_create(dir: &Path) -> Result<Identity, RouterError> {
+    let cert_path = dir.join("quic-cert.der");
+    let key_path = dir.join("quic-key.der");
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        RouterError::Tls(format!("{what} {}: {e}", p.display()))
+    };
+    if !cert_path.exists() || !key_path.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+        let names = vec!["localhost".to_string(), "tessera".to_string()];
+        let ck = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| RouterError::Tls(format!("cannot generate certificate: {e}")))?;
+        write_private(&key_path, &ck.signing_key.serialize_der())
+            .map_err(|e| io("cannot write", &key_path, e))?;
+        std::fs::write(&cert_path, ck.cert.der().as_ref())
+            .map_err(|e| io("cannot write", &cert_path, e))?;
+        let pem_path = dir.join("quic-cert.pem");
+        std::fs::write(&pem_path, ck.cert.pem()).map_err(|e| io("cannot write", &pem_path, e))?;
+        tracing::info!(cert = %cert_path.display(), "generated a self-signed QUIC certificate");
+    }
+    let cert = std::fs::read(&cert_path).map_err(|e| io("cannot read", &cert_path, e))?;
+    let key = std::fs::read(&key_path).map_err(|e| io("cannot read", &key_path, e))?;
+    Ok(Identity {
+        cert: CertificateDer::from(cert),
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        cert_path,
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(bytes)
+}
+
+/// A QUIC server configuration with the `tessera/1` ALPN.
+pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, RouterError> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| RouterError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![id.cert.clone()], id.key.clone_key())
+        .map_err(|e| RouterError::Tls(format!("bad certificate or key: {e}")))?;
+    tls.alpn_protocols = vec![tessera_proto::ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| RouterError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            std::time::Duration::from_secs(30)
+                .try_into()
+                .expect("30 s is a valid idle timeout"),
+        ))
+        .keep_alive_interval(Some(std::time::Duration::from_secs(5)))
+        .max_concurrent_uni_streams(0u32.into())
+        .max_concurrent_bidi_streams(4u32.into());
+    cfg.transport_config(std::sync::Arc::new(transport));
+    Ok(cfg)
+}

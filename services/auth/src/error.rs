@@ -1,0 +1,55 @@
+//! The one error type of this crate.
+
+use tessera_persistence::StoreError;
+
+/// Why an auth call failed. `Display` is one sentence fit to show a player; operators find the
+/// underlying cause of [`AuthError::Storage`] in its `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The name breaks the naming rules; the string says which rule, as a sentence.
+    #[error("{0}")]
+    InvalidName(String),
+
+    /// The password breaks the password rules; the string says which rule, as a sentence.
+    #[error("{0}")]
+    InvalidPassword(String),
+
+    #[error("That name is taken.")]
+    NameTaken,
+
+    /// Unknown name or wrong password: deliberately the same error, so names cannot be probed.
+    #[error("Wrong name or password.")]
+    BadCredentials,
+
+    /// Too many failed logins recently; the password was not checked.
+    #[error(
+        "Too many failed logins; try again in {retry_after_secs} {}.",
+        seconds_word(*.retry_after_secs)
+    )]
+    RateLimited { retry_after_secs: u64 },
+
+    #[error("Your session token is invalid; please log in again.")]
+    TokenInvalid,
+
+    #[error("Your session has expired; please log in again.")]
+    TokenExpired,
+
+    #[error("The account service cannot reach its storage; please try again later.")]
+    Storage(#[from] StoreError),
+
+    /// The signing key file could not be read or created (an operator problem, at startup).
+    #[error("The session signing key is unusable: {0}.")]
+    Key(String),
+
+    /// Hashing a password failed; not expected with the fixed parameters.
+    #[error("The account service could not process the password; please try again later.")]
+    PasswordHashing(String),
+}
+
+fn seconds_word(n: u64) -> &'static str {
+    if n == 1 {
+        "second"
+    } else {
+        "seconds"
+    }
+}

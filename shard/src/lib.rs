@@ -1,0 +1,112 @@
+//! A shard simulates the cells it owns: each cell is a legion ECS world, a
+//! rapier3d physics world and the rhai scripts of its NPCs, ticked at a fixed
+//! rate on the shard's own thread.
+//!
+//! Entities cross cell borders by hand-off ([`tessera_proto::cluster::ToShard::Handoff`]),
+//! locally or to another shard over the bus; entities near a border appear in
+//! the neighbour cell as ghosts (kinematic colliders).
+
+pub mod cell;
+pub mod script;
+pub mod sim;
+pub mod worldfile;
+
+use crossbeam_channel::Receiver;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tessera_coordinator::{Bus, CellMap};
+use tessera_proto::cluster::ToShard;
+use tessera_proto::world::WorldDef;
+use tessera_proto::ShardId;
+
+pub use cell::Movement;
+pub use script::ScriptLimits;
+pub use sim::Shard;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("cannot start the simulation thread: {0}")]
+    Thread(#[from] std::io::Error),
+    #[error(transparent)]
+    World(#[from] worldfile::WorldFileError),
+}
+
+/// How a shard runs.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub id: ShardId,
+    /// Simulation ticks per second.
+    pub tick_hz: u32,
+    /// How often NPC scripts think (`on_tick`), per second.
+    pub think_hz: u32,
+    /// Speech carries this far, metres.
+    pub hearing_radius: f32,
+    /// Entities this close to a neighbour cell appear there as ghosts.
+    pub ghost_margin: f32,
+    /// An entity changes cell when this far past the border.
+    pub hysteresis: f32,
+    pub movement: Movement,
+    pub script_limits: ScriptLimits,
+}
+
+impl ShardConfig {
+    pub fn new(id: ShardId) -> ShardConfig {
+        ShardConfig {
+            id,
+            tick_hz: 30,
+            think_hz: 3,
+            hearing_radius: 30.0,
+            ghost_margin: 4.0,
+            hysteresis: 1.0,
+            movement: Movement::default(),
+            script_limits: ScriptLimits::default(),
+        }
+    }
+}
+
+/// A running shard thread.
+pub struct ShardHandle {
+    pub id: ShardId,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ShardHandle {
+    /// Stops the tick loop and waits for the thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ShardHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts a shard on its own thread. `inbox` is where the bus delivers its
+/// messages.
+pub fn spawn(
+    config: ShardConfig,
+    world: Arc<WorldDef>,
+    bus: Arc<dyn Bus>,
+    map: CellMap,
+    inbox: Receiver<ToShard>,
+) -> Result<ShardHandle, ShardError> {
+    let id = config.id.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let shard = Shard::new(config, world, bus, map)?;
+    let thread = std::thread::Builder::new()
+        .name(format!("sim-{id}"))
+        .spawn(move || shard.run(inbox, s))?;
+    Ok(ShardHandle {
+        id,
+        stop,
+        thread: Some(thread),
+    })
+}

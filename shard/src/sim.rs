@@ -1,0 +1,625 @@
+//! The shard: the cells one shard owns, the messages it handles and its
+//! fixed-rate tick loop, on a dedicated simulation thread (never on the tokio
+//! I/O threads).
+
+use crate::cell::{Cell, CellEvent, Movement};
+use crate::script::{ScriptEngine, ScriptInstance};
+use crate::{ShardConfig, ShardError};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_coordinator::{Bus, CellMap};
+use tessera_proto::cluster::{
+    CellFrame, EntityTransfer, PlayerEvent, ScriptState, SessionRef, ToRouter, ToShard,
+};
+use tessera_proto::msg::{EntityKind, Input, MAX_SAY_CHARS};
+use tessera_proto::world::WorldDef;
+use tessera_proto::{CellId, EntityId, Epoch, Grid, ShardId, Vec3};
+
+/// How long a shard remembers where it handed an entity, to forward
+/// messages that were already on their way.
+const FORWARD_MEMORY: Duration = Duration::from_secs(30);
+
+pub struct Shard {
+    pub id: ShardId,
+    config: ShardConfig,
+    world: Arc<WorldDef>,
+    grid: Grid,
+    bus: Arc<dyn Bus>,
+    map: CellMap,
+    cells: BTreeMap<CellId, Cell>,
+    scripts: ScriptEngine,
+    movement: Movement,
+    tick: u64,
+    /// Where entities this shard handed to other shards went.
+    forwarded: HashMap<EntityId, (ShardId, Instant)>,
+    events: Vec<CellEvent>,
+    /// Cells that had ghosts to send to each neighbour last tick, so an
+    /// emptied set is sent once to clear them.
+    ghost_links: HashMap<(CellId, CellId), bool>,
+}
+
+impl Shard {
+    /// Builds the shard's cells from the cell map and spawns the world's
+    /// NPCs that start in them.
+    pub fn new(
+        config: ShardConfig,
+        world: Arc<WorldDef>,
+        bus: Arc<dyn Bus>,
+        map: CellMap,
+    ) -> Result<Shard, ShardError> {
+        let mut scripts = ScriptEngine::new(config.script_limits.clone());
+        for (name, source) in &world.scripts {
+            if let Err(e) = scripts.compile(name, source) {
+                // Instances of a broken script start disabled; the shard runs.
+                tracing::error!(script = %name, error = %e, "script does not compile");
+            }
+        }
+        let grid = Grid::new(world.cell_size);
+        let mut shard = Shard {
+            id: config.id.clone(),
+            world,
+            grid,
+            bus,
+            map,
+            cells: BTreeMap::new(),
+            scripts,
+            movement: config.movement,
+            tick: 0,
+            forwarded: HashMap::new(),
+            events: Vec::new(),
+            ghost_links: HashMap::new(),
+            config,
+        };
+        for (cell, epoch) in shard.map.cells_of(&shard.id) {
+            shard.open_cell(cell, epoch);
+        }
+        if shard.cells.is_empty() {
+            tracing::warn!(shard = %shard.id, "shard owns no cells");
+        }
+        Ok(shard)
+    }
+
+    fn open_cell(&mut self, id: CellId, epoch: Epoch) {
+        let mut cell = Cell::new(id, epoch, &self.world);
+        for (index, (name, pos, def)) in self.world.npc_spawns().into_iter().enumerate() {
+            if self.grid.cell_of(pos) != id {
+                continue;
+            }
+            let entity = EntityId(EntityId::NPC_BIT | index as u64);
+            let mut script = ScriptInstance::new(&def.script);
+            if !self.world.scripts.contains_key(&def.script) {
+                script.disabled = Some(format!("unknown script {}", def.script));
+            }
+            cell.insert(EntityTransfer {
+                id: entity,
+                kind: EntityKind::Npc,
+                name,
+                description: def.description.clone(),
+                pos,
+                vel: Vec3::ZERO,
+                yaw: 0.0,
+                home: pos,
+                player: None,
+                session: None,
+                input: Input::default(),
+                walk_target: None,
+                script: Some(ScriptState {
+                    script: script.script,
+                    state_json: script.state.to_string(),
+                    disabled: script.disabled,
+                }),
+            });
+        }
+        tracing::info!(shard = %self.id, cell = %id, epoch = %epoch, entities = cell.entity_count(), "cell opened");
+        self.cells.insert(id, cell);
+    }
+
+    pub fn cells(&self) -> impl Iterator<Item = &Cell> {
+        self.cells.values()
+    }
+
+    pub fn tick(&self) -> u64 {
+        self.tick
+    }
+
+    /// Number of entities owned by this shard.
+    pub fn entity_count(&self) -> usize {
+        self.cells.values().map(|c| c.entity_count()).sum()
+    }
+
+    fn cell_of_entity(&self, id: EntityId) -> Option<CellId> {
+        self.cells
+            .iter()
+            .find(|(_, c)| c.contains(id))
+            .map(|(id, _)| *id)
+    }
+
+    fn send_player(&self, session: &SessionRef, event: PlayerEvent) {
+        let msg = ToRouter::Player {
+            session: session.session,
+            event,
+        };
+        if let Err(e) = self.bus.to_router(&session.router, msg) {
+            tracing::debug!(shard = %self.id, error = %e, "player event not delivered");
+        }
+    }
+
+    /// Forwards a message for an entity this shard no longer has. Returns
+    /// false if we never knew where it went.
+    fn forward(&self, entity: EntityId, msg: ToShard) -> bool {
+        match self.forwarded.get(&entity) {
+            Some((shard, _)) => {
+                if let Err(e) = self.bus.to_shard(shard, msg) {
+                    tracing::warn!(shard = %self.id, entity = %entity, error = %e, "forward failed");
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Handles one message.
+    pub fn handle(&mut self, msg: ToShard) {
+        match msg {
+            ToShard::Join {
+                session,
+                player,
+                name,
+                pos,
+            } => self.join(session, player, name, pos),
+            ToShard::Input { entity, input } => {
+                let cell = self.cell_of_entity(entity);
+                match cell {
+                    Some(c) => {
+                        if let Some(cell) = self.cells.get_mut(&c) {
+                            if !cell.set_input(entity, input) {
+                                tracing::warn!(shard = %self.id, entity = %entity, "input for a non-player refused");
+                            }
+                        }
+                    }
+                    None => {
+                        self.forward(entity, ToShard::Input { entity, input });
+                    }
+                }
+            }
+            ToShard::Step { entity, dir } => match self.cell_of_entity(entity) {
+                Some(c) => {
+                    let step = self.movement.step;
+                    let Some(cell) = self.cells.get_mut(&c) else {
+                        return;
+                    };
+                    let session = cell.session(entity);
+                    match (cell.step(entity, dir, step), session) {
+                        (Some((pos, blocked)), Some(session)) => {
+                            self.send_player(&session, PlayerEvent::StepDone { pos, blocked });
+                            // Hand off at once so the next command goes to
+                            // the right cell.
+                            self.handoffs_of(c);
+                        }
+                        _ => {
+                            tracing::warn!(shard = %self.id, entity = %entity, "step for a non-player refused")
+                        }
+                    }
+                }
+                None => {
+                    self.forward(entity, ToShard::Step { entity, dir });
+                }
+            },
+            ToShard::Say { entity, text } => match self.cell_of_entity(entity) {
+                Some(c) => {
+                    let Some(cell) = self.cells.get(&c) else {
+                        return;
+                    };
+                    let (Some(pos), Some(identity)) =
+                        (cell.position(entity), cell.identity(entity))
+                    else {
+                        return;
+                    };
+                    let text: String = text.chars().take(MAX_SAY_CHARS).collect();
+                    self.speak(entity, identity.name.to_string(), pos, text);
+                }
+                None => {
+                    self.forward(entity, ToShard::Say { entity, text });
+                }
+            },
+            ToShard::Leave { entity } => match self.cell_of_entity(entity) {
+                Some(c) => {
+                    let Some(cell) = self.cells.get_mut(&c) else {
+                        return;
+                    };
+                    if let Some(t) = cell.extract(entity) {
+                        tracing::info!(shard = %self.id, cell = %c, entity = %entity, "player left");
+                        if let Some(session) = &t.session {
+                            self.send_player(session, PlayerEvent::Left { pos: t.pos });
+                        }
+                    }
+                }
+                None => {
+                    self.forward(entity, ToShard::Leave { entity });
+                }
+            },
+            ToShard::Handoff { to, epoch, entity } => self.accept(to, epoch, entity),
+            ToShard::Ghosts {
+                from, to, ghosts, ..
+            } => {
+                if let Some(cell) = self.cells.get_mut(&to) {
+                    cell.set_ghosts(from, &ghosts);
+                }
+            }
+            ToShard::Speech {
+                cells,
+                origin,
+                radius,
+                speaker,
+                name,
+                text,
+            } => self.deliver_speech(&cells, origin, radius, speaker, &name, &text),
+        }
+    }
+
+    fn join(
+        &mut self,
+        session: SessionRef,
+        player: tessera_proto::PlayerId,
+        name: String,
+        pos: Vec3,
+    ) {
+        let entity = EntityId::for_player(player);
+        // A reconnect while the old avatar is still in the world takes it over.
+        if let Some(c) = self.cell_of_entity(entity) {
+            if let Some(cell) = self.cells.get_mut(&c) {
+                cell.rebind(entity, session.clone());
+                let pos = cell.position(entity).unwrap_or(pos);
+                self.send_player(
+                    &session,
+                    PlayerEvent::Joined {
+                        entity,
+                        pos,
+                        cell: c,
+                        shard: self.id.clone(),
+                    },
+                );
+            }
+            return;
+        }
+        let mut pos = if pos.is_finite() {
+            self.world.extent.clamp_position(&self.grid, pos)
+        } else {
+            self.world.spawn
+        };
+        pos.y = pos.y.max(0.0);
+        let cell_id = self.grid.cell_of(pos);
+        if !self.cells.contains_key(&cell_id) {
+            // Not ours (the map changed under the router): pass it on.
+            if let Some(owner) = self.map.owner(cell_id) {
+                if owner.owner != self.id {
+                    let msg = ToShard::Join {
+                        session,
+                        player,
+                        name,
+                        pos,
+                    };
+                    let _ = self.bus.to_shard(&owner.owner, msg);
+                    return;
+                }
+            }
+            self.send_player(
+                &session,
+                PlayerEvent::Error {
+                    message: format!("cell {cell_id} is not being simulated right now"),
+                },
+            );
+            return;
+        }
+        let transfer = EntityTransfer {
+            id: entity,
+            kind: EntityKind::Player,
+            name,
+            description: String::new(),
+            pos,
+            vel: Vec3::ZERO,
+            yaw: 0.0,
+            home: pos,
+            player: Some(player),
+            session: Some(session.clone()),
+            input: Input::default(),
+            walk_target: None,
+            script: None,
+        };
+        if let Some(cell) = self.cells.get_mut(&cell_id) {
+            cell.insert(transfer);
+            tracing::info!(shard = %self.id, cell = %cell_id, player = %player, "player joined");
+        }
+        self.send_player(
+            &session,
+            PlayerEvent::Joined {
+                entity,
+                pos,
+                cell: cell_id,
+                shard: self.id.clone(),
+            },
+        );
+    }
+
+    /// Takes an entity handed to cell `to`.
+    fn accept(&mut self, to: CellId, epoch: Epoch, entity: EntityTransfer) {
+        self.forwarded.remove(&entity.id);
+        let Some(cell) = self.cells.get_mut(&to) else {
+            // Not ours any more: pass it to the owner. Never drop it.
+            match self.map.owner(to) {
+                Some(owner) if owner.owner != self.id => {
+                    let msg = ToShard::Handoff {
+                        to,
+                        epoch: owner.epoch,
+                        entity,
+                    };
+                    if let Err(e) = self.bus.to_shard(&owner.owner, msg) {
+                        tracing::error!(shard = %self.id, cell = %to, error = %e, "cannot pass hand-off on");
+                    }
+                }
+                _ => {
+                    // Nobody owns it: keep the entity in our nearest cell.
+                    let nearest = self
+                        .cells
+                        .keys()
+                        .min_by_key(|c| (c.x - to.x).abs() + (c.z - to.z).abs())
+                        .copied();
+                    tracing::error!(shard = %self.id, cell = %to, entity = %entity.id, "hand-off to an unowned cell; keeping it");
+                    if let Some(c) = nearest {
+                        let mut e = entity;
+                        e.pos = self.grid.centre(c);
+                        if let Some(cell) = self.cells.get_mut(&c) {
+                            cell.insert(e);
+                        }
+                    }
+                }
+            }
+            return;
+        };
+        if epoch < cell.epoch {
+            tracing::warn!(shard = %self.id, cell = %to, epoch = %epoch, current = %cell.epoch, "hand-off with an old epoch; accepted (entity is never dropped)");
+        }
+        let session = entity.session.clone();
+        cell.insert(entity);
+        if let Some(session) = session {
+            self.send_player(
+                &session,
+                PlayerEvent::OwnerChanged {
+                    cell: to,
+                    shard: self.id.clone(),
+                },
+            );
+        }
+    }
+
+    /// Moves the entities that left cell `c` to their new cells.
+    fn handoffs_of(&mut self, c: CellId) {
+        let hysteresis = self.config.hysteresis;
+        let Some(cell) = self.cells.get(&c) else {
+            return;
+        };
+        for (entity, to) in cell.leavers(hysteresis) {
+            let owner = self.map.owner(to);
+            let local = self.cells.contains_key(&to);
+            if !local && owner.is_none() {
+                // Outside the world or unowned: stay (walls keep players in).
+                continue;
+            }
+            let Some(transfer) = self.cells.get_mut(&c).and_then(|cell| cell.extract(entity))
+            else {
+                continue;
+            };
+            if local {
+                self.accept(to, self.cells[&to].epoch, transfer);
+            } else if let Some(owner) = owner {
+                tracing::debug!(shard = %self.id, from = %c, to = %to, entity = %entity, target = %owner.owner, "hand-off to another shard");
+                self.forwarded
+                    .insert(entity, (owner.owner.clone(), Instant::now()));
+                let msg = ToShard::Handoff {
+                    to,
+                    epoch: owner.epoch,
+                    entity: transfer.clone(),
+                };
+                if let Err(e) = self.bus.to_shard(&owner.owner, msg) {
+                    // The neighbour is gone: keep the entity here.
+                    tracing::error!(shard = %self.id, error = %e, "hand-off failed; keeping entity");
+                    self.forwarded.remove(&entity);
+                    if let Some(cell) = self.cells.get_mut(&c) {
+                        cell.insert(transfer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends speech to every cell within hearing range, on whichever shard.
+    fn speak(&mut self, speaker: EntityId, name: String, origin: Vec3, text: String) {
+        let radius = self.config.hearing_radius;
+        let mut by_shard: BTreeMap<ShardId, Vec<CellId>> = BTreeMap::new();
+        for c in self.grid.cells_within(origin, radius) {
+            if self.cells.contains_key(&c) {
+                by_shard.entry(self.id.clone()).or_default().push(c);
+            } else if let Some(owner) = self.map.owner(c) {
+                by_shard.entry(owner.owner).or_default().push(c);
+            }
+        }
+        for (shard, cells) in by_shard {
+            if shard == self.id {
+                self.deliver_speech(&cells, origin, radius, speaker, &name, &text);
+            } else {
+                let msg = ToShard::Speech {
+                    cells,
+                    origin,
+                    radius,
+                    speaker,
+                    name: name.clone(),
+                    text: text.clone(),
+                };
+                if let Err(e) = self.bus.to_shard(&shard, msg) {
+                    tracing::warn!(shard = %self.id, error = %e, "speech not delivered");
+                }
+            }
+        }
+    }
+
+    fn deliver_speech(
+        &mut self,
+        cells: &[CellId],
+        origin: Vec3,
+        radius: f32,
+        speaker: EntityId,
+        name: &str,
+        text: &str,
+    ) {
+        let mut events = std::mem::take(&mut self.events);
+        for c in cells {
+            let Some(cell) = self.cells.get_mut(c) else {
+                continue;
+            };
+            for session in cell.listeners(origin, radius, speaker) {
+                let event = PlayerEvent::Heard {
+                    speaker,
+                    name: name.to_string(),
+                    text: text.to_string(),
+                };
+                let msg = ToRouter::Player {
+                    session: session.session,
+                    event,
+                };
+                let _ = self.bus.to_router(&session.router, msg);
+            }
+            // Only players make NPCs answer, so NPCs cannot talk in a loop.
+            if speaker.is_player() {
+                cell.hear(
+                    &self.scripts,
+                    self.tick,
+                    origin,
+                    radius,
+                    speaker,
+                    name,
+                    text,
+                    &mut events,
+                );
+            }
+        }
+        self.events = events;
+    }
+
+    /// One simulation tick of every cell.
+    pub fn step(&mut self) {
+        self.tick += 1;
+        let dt = 1.0 / self.config.tick_hz as f32;
+        let think_every = (self.config.tick_hz as u64 / self.config.think_hz.max(1) as u64).max(1);
+        let mut events = std::mem::take(&mut self.events);
+        for cell in self.cells.values_mut() {
+            cell.think(&self.scripts, self.tick, think_every, &mut events);
+            cell.simulate(dt, &self.movement);
+        }
+        let ids: Vec<CellId> = self.cells.keys().copied().collect();
+        for c in &ids {
+            self.handoffs_of(*c);
+        }
+        self.exchange_ghosts(&ids);
+        for ev in events.drain(..) {
+            match ev {
+                CellEvent::Say {
+                    speaker,
+                    name,
+                    pos,
+                    text,
+                } => self.speak(speaker, name, pos, text),
+            }
+        }
+        events.extend(std::mem::take(&mut self.events));
+        self.events = events;
+        self.publish();
+        let now = Instant::now();
+        self.forwarded
+            .retain(|_, (_, at)| now.duration_since(*at) < FORWARD_MEMORY);
+    }
+
+    fn exchange_ghosts(&mut self, ids: &[CellId]) {
+        let margin = self.config.ghost_margin;
+        for c in ids {
+            for n in c.neighbours() {
+                let Some(states) = self.cells.get(c).map(|cell| cell.border_states(n, margin))
+                else {
+                    continue;
+                };
+                let had = self.ghost_links.get(&(*c, n)).copied().unwrap_or(false);
+                if states.is_empty() && !had {
+                    continue;
+                }
+                self.ghost_links.insert((*c, n), !states.is_empty());
+                if let Some(cell) = self.cells.get_mut(&n) {
+                    cell.set_ghosts(*c, &states);
+                } else if let Some(owner) = self.map.owner(n) {
+                    let msg = ToShard::Ghosts {
+                        from: *c,
+                        to: n,
+                        tick: self.tick,
+                        ghosts: states,
+                    };
+                    let _ = self.bus.to_shard(&owner.owner, msg);
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let shard = self.id.0.clone();
+        for cell in self.cells.values() {
+            let frame = CellFrame {
+                cell: cell.id,
+                shard: self.id.clone(),
+                epoch: cell.epoch,
+                tick: self.tick,
+                entities: cell.view(),
+            };
+            let labels = [("shard", shard.clone()), ("cell", cell.id.to_string())];
+            metrics::gauge!("tessera_shard_entities", &labels).set(cell.entity_count() as f64);
+            metrics::gauge!("tessera_shard_players", &labels).set(cell.player_count() as f64);
+            metrics::gauge!("tessera_shard_ghosts", &labels).set(cell.ghost_count() as f64);
+            self.bus.publish_frame(Arc::new(frame));
+        }
+    }
+
+    /// Runs the tick loop until `stop` is set. Messages are handled as they
+    /// arrive between ticks, so a text player's step is answered at once.
+    pub fn run(mut self, inbox: Receiver<ToShard>, stop: Arc<AtomicBool>) {
+        let period = Duration::from_secs_f64(1.0 / self.config.tick_hz as f64);
+        let shard_label = self.id.0.clone();
+        let mut next = Instant::now() + period;
+        tracing::info!(shard = %self.id, cells = self.cells.len(), tick_hz = self.config.tick_hz, "shard running");
+        while !stop.load(Ordering::Relaxed) {
+            // Ticks come first: a flood of messages must not starve them.
+            if Instant::now() < next {
+                match inbox.recv_deadline(next) {
+                    Ok(msg) => {
+                        self.handle(msg);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            let started = Instant::now();
+            self.step();
+            let took = started.elapsed();
+            metrics::histogram!("tessera_shard_tick_seconds", "shard" => shard_label.clone())
+                .record(took.as_secs_f64());
+            next += period;
+            let now = Instant::now();
+            if now > next + period * 5 {
+                // Far behind (a stall): skip ticks rather than racing.
+                tracing::warn!(shard = %self.id, behind_ms = (now - next).as_millis() as u64, "tick overrun");
+                metrics::counter!("tessera_shard_tick_overruns_total", "shard" => shard_label.clone()).increment(1);
+                next = now + period;
+            }
+        }
+        tracing::info!(shard = %self.id, tick = self.tick, "shard stopped");
+    }
+}

@@ -1,0 +1,80 @@
+//! `tessera`: the one command. It only parses flags and hands them to the
+//! role libraries; `tessera up` (the default) wires every role into one
+//! process.
+
+mod metrics_http;
+mod up;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: a sharded spatial simulation cluster",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Without a command, `tessera` runs `up` with these flags.
+    #[command(flatten)]
+    up: UpArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the whole cluster in one process (coordinator, shards, router,
+    /// auth, persistence) and print where to connect.
+    Up(UpArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Telnet gateway address.
+    #[arg(long, default_value = "0.0.0.0:4000")]
+    telnet: SocketAddr,
+    /// QUIC gateway address (UDP).
+    #[arg(long, default_value = "0.0.0.0:4433")]
+    quic: SocketAddr,
+    /// Prometheus metrics address (serves /metrics and /healthz).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    metrics: SocketAddr,
+    /// Where accounts, player positions and the QUIC certificate are kept.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// The world definition directory.
+    #[arg(long, default_value = "worlds/default")]
+    world: PathBuf,
+    /// Number of shards to split the world between.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    shards: u32,
+    /// Simulation ticks per second.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=240))]
+    tick_hz: u32,
+    /// Close telnet connections idle this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    idle_timeout_secs: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match cli.command {
+        Some(Command::Up(a)) => a,
+        None => cli.up,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tessera-io")
+        .build()?;
+    runtime.block_on(up::run(args))
+}

@@ -1,0 +1,184 @@
+//! `tessera up`: every role in one process, wired through the in-process
+//! cluster store and bus. The same role libraries run as separate processes
+//! in a cluster.
+
+use crate::UpArgs;
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::sync::Arc;
+use tessera_auth::Auth;
+use tessera_coordinator::{cellmap, placement, Bus, CellMap, ClusterStore, LocalBus, MemStore};
+use tessera_persistence::Database;
+use tessera_proto::{RouterId, ShardId};
+use tessera_router::{Router, RouterConfig};
+use tessera_shard::ShardConfig;
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Metrics first, so every role records from the start.
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.033, 0.066, 0.1, 0.25, 0.5, 1.0,
+            ],
+        )
+        .context("metrics buckets")?
+        .build_recorder();
+    let metrics_handle = recorder.handle();
+    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
+    describe_metrics();
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {}", args.metrics))?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    tokio::spawn(crate::metrics_http::serve(metrics_listener, metrics_handle));
+
+    let world = tessera_shard::worldfile::load_world_dir(&args.world)
+        .with_context(|| format!("cannot load the world from {}", args.world.display()))?;
+    let world = Arc::new(world);
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let db = Database::open_redb(&args.data_dir.join("tessera.redb"))
+        .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
+    let auth = Arc::new(
+        Auth::open(db.clone(), &args.data_dir.join("auth-signing.key"))
+            .context("cannot open auth")?,
+    );
+
+    // Coordinator: place every cell of the world on the shards.
+    let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+    let prefix = tessera_coordinator::DEFAULT_PREFIX;
+    let shard_ids: Vec<ShardId> = (1..=args.shards)
+        .map(|i| ShardId::new(format!("shard-{i}")))
+        .collect();
+    let cells: Vec<_> = world.extent.cells().collect();
+    let plan = placement::stripes(&cells, &shard_ids);
+    cellmap::place_unowned(&*store, prefix, &plan).await?;
+    let map = CellMap::watch(store.clone(), prefix).await?;
+
+    let bus = LocalBus::new();
+    let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
+    let mut shards = Vec::new();
+    for id in &shard_ids {
+        let inbox = bus.add_shard(id.clone());
+        let mut config = ShardConfig::new(id.clone());
+        config.tick_hz = args.tick_hz;
+        let handle =
+            tessera_shard::spawn(config, world.clone(), dyn_bus.clone(), map.clone(), inbox)
+                .with_context(|| format!("cannot start {id}"))?;
+        shards.push(handle);
+    }
+
+    let router_id = RouterId("router-1".into());
+    let mut rc = RouterConfig::new(router_id.clone(), args.data_dir.clone());
+    rc.telnet = args.telnet;
+    rc.quic = args.quic;
+    rc.tick_hz = args.tick_hz;
+    rc.idle_timeout = std::time::Duration::from_secs(args.idle_timeout_secs.max(1));
+    let router_inbox = bus.add_router(router_id);
+    let router = Router::new(rc, world.clone(), dyn_bus.clone(), map.clone(), auth, db);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let router_task = tokio::spawn(tessera_router::run(
+        router,
+        router_inbox,
+        ready_tx,
+        shutdown_signal(),
+    ));
+    let addrs = match ready_rx.await {
+        Ok(a) => a,
+        Err(_) => {
+            // The router failed before binding; its error says why.
+            return match router_task.await {
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok(())) => Err(anyhow::anyhow!("router stopped before it was ready")),
+                Err(e) => Err(e.into()),
+            };
+        }
+    };
+    println!(
+        "Tessera is up: world '{}', {} cells on {} shards, {} Hz.",
+        world.name,
+        cells.len(),
+        shard_ids.len(),
+        args.tick_hz
+    );
+    println!(
+        "telnet listening on {}   (try: telnet {} {})",
+        addrs.telnet,
+        connect_host(addrs.telnet),
+        addrs.telnet.port()
+    );
+    println!(
+        "quic listening on {}   (certificate to pin: {})",
+        addrs.quic,
+        addrs.cert_path.display()
+    );
+    println!("metrics on http://{metrics_addr}/metrics");
+    println!("Press Ctrl-C to stop; state is saved on the way out.");
+    router_task.await??;
+    for s in shards {
+        s.stop();
+    }
+    println!("Tessera stopped; state saved.");
+    Ok(())
+}
+
+fn connect_host(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        "localhost".into()
+    } else {
+        addr.ip().to_string()
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_histogram!(
+        "tessera_shard_tick_seconds",
+        metrics::Unit::Seconds,
+        "Time to simulate one tick of all of a shard's cells"
+    );
+    metrics::describe_gauge!("tessera_shard_entities", "Entities owned by a cell");
+    metrics::describe_gauge!("tessera_shard_players", "Players in a cell");
+    metrics::describe_gauge!(
+        "tessera_shard_ghosts",
+        "Ghost copies of neighbours' entities in a cell"
+    );
+    metrics::describe_counter!(
+        "tessera_shard_tick_overruns_total",
+        "Ticks skipped because the shard fell behind"
+    );
+    metrics::describe_gauge!(
+        "tessera_router_connections",
+        "Open player connections (telnet and QUIC)"
+    );
+    metrics::describe_counter!(
+        "tessera_router_snapshot_bytes_total",
+        "Bytes of snapshot datagrams sent to QUIC clients"
+    );
+    metrics::describe_counter!(
+        "tessera_router_bad_datagrams_total",
+        "Malformed datagrams dropped"
+    );
+}
