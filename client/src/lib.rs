@@ -157,6 +157,7 @@ pub enum ClientEvent {
         from: String,
         entity: Option<EntityId>,
         text: String,
+        emote: bool,
     },
     Text(String),
     Error {
@@ -563,7 +564,17 @@ fn apply_msg(world: &Mutex<WorldState>, msg: ServerMsg) -> Option<ClientEvent> {
             world.lock().entities.remove(&entity);
             Some(ClientEvent::Gone(entity))
         }
-        ServerMsg::Chat { from, entity, text } => Some(ClientEvent::Chat { from, entity, text }),
+        ServerMsg::Chat {
+            from,
+            entity,
+            text,
+            emote,
+        } => Some(ClientEvent::Chat {
+            from,
+            entity,
+            text,
+            emote,
+        }),
         ServerMsg::Text { text } => Some(ClientEvent::Text(text)),
         ServerMsg::Error { code, message } => Some(ClientEvent::Error { code, message }),
         ServerMsg::CellChanged { cell, shard } => {

@@ -105,6 +105,8 @@ pub enum ToShard {
         speaker: EntityId,
         name: String,
         text: String,
+        /// An emote (`Mira waves.`) rather than speech.
+        emote: bool,
     },
 }
 
@@ -131,6 +133,7 @@ pub enum PlayerEvent {
         speaker: EntityId,
         name: String,
         text: String,
+        emote: bool,
     },
     /// The entity was removed on logout, at `pos`.
     Left {
@@ -220,6 +223,7 @@ mod tests {
                 speaker: EntityId(1),
                 name: "Ann".into(),
                 text: "hi".into(),
+                emote: false,
             },
         ];
         for m in msgs {

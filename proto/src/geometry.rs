@@ -48,16 +48,22 @@ impl Vec3 {
         (self.x * self.x + self.z * self.z).sqrt()
     }
 
-    pub fn add(self, o: Vec3) -> Vec3 {
-        Vec3::new(self.x + o.x, self.y + o.y, self.z + o.z)
-    }
-
-    pub fn sub(self, o: Vec3) -> Vec3 {
-        Vec3::new(self.x - o.x, self.y - o.y, self.z - o.z)
-    }
-
     pub fn scale(self, s: f32) -> Vec3 {
         Vec3::new(self.x * s, self.y * s, self.z * s)
+    }
+}
+
+impl std::ops::Add for Vec3 {
+    type Output = Vec3;
+    fn add(self, o: Vec3) -> Vec3 {
+        Vec3::new(self.x + o.x, self.y + o.y, self.z + o.z)
+    }
+}
+
+impl std::ops::Sub for Vec3 {
+    type Output = Vec3;
+    fn sub(self, o: Vec3) -> Vec3 {
+        Vec3::new(self.x - o.x, self.y - o.y, self.z - o.z)
     }
 }
 
@@ -82,9 +88,9 @@ impl CellId {
     /// The eight cells around this one.
     pub fn neighbours(self) -> impl Iterator<Item = CellId> {
         (-1..=1).flat_map(move |dz| {
-            (-1..=1).filter_map(move |dx| {
-                (dx != 0 || dz != 0).then(|| CellId::new(self.x + dx, self.z + dz))
-            })
+            (-1..=1)
+                .filter(move |dx| *dx != 0 || dz != 0)
+                .map(move |dx| CellId::new(self.x + dx, self.z + dz))
         })
     }
 }

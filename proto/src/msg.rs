@@ -106,6 +106,8 @@ pub enum ServerMsg {
         from: String,
         entity: Option<EntityId>,
         text: String,
+        /// An emote: show as `<from> <text>`.
+        emote: bool,
     },
     /// Answer to a `ClientMsg::Command`, or a notice.
     Text {

@@ -14,6 +14,7 @@
 use crate::geometry::{CellId, Grid, Vec3};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::{Add, Sub};
 
 /// Positions are kept this far inside the world's outer bounds.
 pub const EDGE_MARGIN: f32 = 0.5;

@@ -325,7 +325,7 @@ impl ClientConn {
                 ev = player.next_event() => {
                     let Some(ev) = ev else { break Ok(()) };
                     let msg = match ev {
-                        PlayerEvent::Heard { speaker, name, text } => Some(ServerMsg::Chat { from: name, entity: Some(speaker), text }),
+                        PlayerEvent::Heard { speaker, name, text, emote } => Some(ServerMsg::Chat { from: name, entity: Some(speaker), text, emote }),
                         PlayerEvent::OwnerChanged { cell, shard } => Some(ServerMsg::CellChanged { cell, shard }),
                         PlayerEvent::Error { message } => Some(ServerMsg::Text { text: message }),
                         _ => None,

@@ -163,8 +163,14 @@ impl Connection {
 
     async fn on_player_event(&mut self, ev: PlayerEvent) -> std::io::Result<()> {
         match ev {
-            PlayerEvent::Heard { name, text, .. } => {
-                self.notify(&format!("{name} says, \"{text}\"")).await
+            PlayerEvent::Heard {
+                name, text, emote, ..
+            } => {
+                if emote {
+                    self.notify(&format!("{name} {text}")).await
+                } else {
+                    self.notify(&format!("{name} says, \"{text}\"")).await
+                }
             }
             PlayerEvent::Error { message } => self.notify(&format!("[{message}]")).await,
             _ => Ok(()),

@@ -100,6 +100,7 @@ pub enum CellEvent {
         name: String,
         pos: Vec3,
         text: String,
+        emote: bool,
     },
 }
 
@@ -483,7 +484,7 @@ impl Cell {
     ) {
         let mut query = <(&Identity, &Motion, &mut Npc)>::query();
         for (identity, motion, npc) in query.iter_mut(&mut self.ecs) {
-            if (tick + identity.id.0) % think_every.max(1) != 0 {
+            if !(tick + identity.id.0).is_multiple_of(think_every.max(1)) {
                 continue;
             }
             let Some(script) = npc.script.as_mut() else {
@@ -566,7 +567,7 @@ impl Cell {
                 let Some(target) = npc.walk_target else {
                     continue;
                 };
-                let d = target.sub(motion.pos);
+                let d = target - motion.pos;
                 let dist = d.length_xz();
                 if dist < 0.2 {
                     continue;
@@ -599,7 +600,7 @@ impl Cell {
                     let Ok(m) = entry.get_component_mut::<Motion>() else {
                         continue;
                     };
-                    m.vel = pos.sub(m.pos).scale(1.0 / dt);
+                    m.vel = (pos - m.pos).scale(1.0 / dt);
                     m.pos = pos;
                     m.yaw = yaw;
                     pos
@@ -762,12 +763,14 @@ fn apply_actions(
                 name: identity.name.to_string(),
                 pos: motion.pos,
                 text,
+                emote: false,
             }),
             ScriptAction::Emote(text) => events.push(CellEvent::Say {
                 speaker: identity.id,
                 name: identity.name.to_string(),
                 pos: motion.pos,
-                text: format!("*{text}*"),
+                text,
+                emote: true,
             }),
             ScriptAction::WalkTo(target) => {
                 if target.is_finite() {

@@ -90,8 +90,27 @@ impl Shard {
             }
             let entity = EntityId(EntityId::NPC_BIT | index as u64);
             let mut script = ScriptInstance::new(&def.script);
+            let mut walk_target = None;
             if !self.world.scripts.contains_key(&def.script) {
                 script.disabled = Some(format!("unknown script {}", def.script));
+            } else {
+                let ctx = crate::script::ScriptCtx {
+                    entity,
+                    name: &name,
+                    pos,
+                    home: pos,
+                    tick: self.tick,
+                    seed: crate::script::derive_seed(entity, self.tick, 0),
+                };
+                // A new world: nobody is around to hear, so only movement
+                // matters.
+                for action in self.scripts.init(&mut script, &ctx) {
+                    match action {
+                        crate::script::ScriptAction::WalkTo(t) => walk_target = Some(t),
+                        crate::script::ScriptAction::Stop => walk_target = None,
+                        _ => {}
+                    }
+                }
             }
             cell.insert(EntityTransfer {
                 id: entity,
@@ -105,7 +124,7 @@ impl Shard {
                 player: None,
                 session: None,
                 input: Input::default(),
-                walk_target: None,
+                walk_target,
                 script: Some(ScriptState {
                     script: script.script,
                     state_json: script.state.to_string(),
@@ -219,7 +238,7 @@ impl Shard {
                         return;
                     };
                     let text: String = text.chars().take(MAX_SAY_CHARS).collect();
-                    self.speak(entity, identity.name.to_string(), pos, text);
+                    self.speak(entity, identity.name.to_string(), pos, text, false);
                 }
                 None => {
                     self.forward(entity, ToShard::Say { entity, text });
@@ -256,7 +275,8 @@ impl Shard {
                 speaker,
                 name,
                 text,
-            } => self.deliver_speech(&cells, origin, radius, speaker, &name, &text),
+                emote,
+            } => self.deliver_speech(&cells, origin, radius, speaker, &name, &text, emote),
         }
     }
 
@@ -436,7 +456,7 @@ impl Shard {
     }
 
     /// Sends speech to every cell within hearing range, on whichever shard.
-    fn speak(&mut self, speaker: EntityId, name: String, origin: Vec3, text: String) {
+    fn speak(&mut self, speaker: EntityId, name: String, origin: Vec3, text: String, emote: bool) {
         let radius = self.config.hearing_radius;
         let mut by_shard: BTreeMap<ShardId, Vec<CellId>> = BTreeMap::new();
         for c in self.grid.cells_within(origin, radius) {
@@ -448,7 +468,7 @@ impl Shard {
         }
         for (shard, cells) in by_shard {
             if shard == self.id {
-                self.deliver_speech(&cells, origin, radius, speaker, &name, &text);
+                self.deliver_speech(&cells, origin, radius, speaker, &name, &text, emote);
             } else {
                 let msg = ToShard::Speech {
                     cells,
@@ -457,6 +477,7 @@ impl Shard {
                     speaker,
                     name: name.clone(),
                     text: text.clone(),
+                    emote,
                 };
                 if let Err(e) = self.bus.to_shard(&shard, msg) {
                     tracing::warn!(shard = %self.id, error = %e, "speech not delivered");
@@ -465,6 +486,7 @@ impl Shard {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn deliver_speech(
         &mut self,
         cells: &[CellId],
@@ -473,6 +495,7 @@ impl Shard {
         speaker: EntityId,
         name: &str,
         text: &str,
+        emote: bool,
     ) {
         let mut events = std::mem::take(&mut self.events);
         for c in cells {
@@ -484,6 +507,7 @@ impl Shard {
                     speaker,
                     name: name.to_string(),
                     text: text.to_string(),
+                    emote,
                 };
                 let msg = ToRouter::Player {
                     session: session.session,
@@ -491,8 +515,9 @@ impl Shard {
                 };
                 let _ = self.bus.to_router(&session.router, msg);
             }
-            // Only players make NPCs answer, so NPCs cannot talk in a loop.
-            if speaker.is_player() {
+            // Only players' speech makes NPCs answer, so NPCs cannot talk in
+            // a loop.
+            if speaker.is_player() && !emote {
                 cell.hear(
                     &self.scripts,
                     self.tick,
@@ -530,7 +555,8 @@ impl Shard {
                     name,
                     pos,
                     text,
-                } => self.speak(speaker, name, pos, text),
+                    emote,
+                } => self.speak(speaker, name, pos, text, emote),
             }
         }
         events.extend(std::mem::take(&mut self.events));
