@@ -59,6 +59,13 @@ impl CellMap {
         Ok(map)
     }
 
+    /// A map that never changes (benchmarks, unit tests of other crates).
+    pub fn fixed(entries: impl IntoIterator<Item = (CellId, CellOwner)>) -> CellMap {
+        let map = CellMap::default();
+        map.cells.write().extend(entries);
+        map
+    }
+
     fn apply(&self, prefix: &str, ev: &WatchEvent) {
         match ev {
             WatchEvent::Put(kv) => {

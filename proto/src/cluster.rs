@@ -125,9 +125,13 @@ pub enum PlayerEvent {
         cell: CellId,
         shard: ShardId,
     },
+    /// A step's result, sent after any hand-off it caused: `cell` and
+    /// `shard` say where the entity is simulated now.
     StepDone {
         pos: Vec3,
         blocked: bool,
+        cell: CellId,
+        shard: ShardId,
     },
     Heard {
         speaker: EntityId,

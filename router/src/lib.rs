@@ -310,6 +310,24 @@ pub async fn run(
     ready: tokio::sync::oneshot::Sender<RouterAddrs>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RouterError> {
+    // Ready means the world is visible: wait (briefly) for a frame of every
+    // cell, so the first player does not find an empty world.
+    let mut inbox = inbox;
+    let expected = router.map.all().len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while router.view.cell_count() < expected {
+        match tokio::time::timeout_at(deadline, inbox.recv()).await {
+            Ok(Some(msg)) => router.dispatch(msg),
+            _ => {
+                tracing::warn!(
+                    have = router.view.cell_count(),
+                    expected,
+                    "not every cell has reported yet; starting anyway"
+                );
+                break;
+            }
+        }
+    }
     let telnet = tokio::net::TcpListener::bind(router.config.telnet)
         .await
         .map_err(|source| RouterError::Bind {
@@ -339,7 +357,6 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let r = router.clone();
     tasks.spawn(async move {
-        let mut inbox = inbox;
         while let Some(msg) = inbox.recv().await {
             r.dispatch(msg);
         }

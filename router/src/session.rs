@@ -57,6 +57,8 @@ pub struct Player {
     events: mpsc::UnboundedReceiver<PlayerEvent>,
     /// Events that arrived while waiting for a specific answer.
     pending: VecDeque<PlayerEvent>,
+    /// When `pos` was last set from a direct answer.
+    pos_at: std::time::Instant,
     left: bool,
 }
 
@@ -145,6 +147,7 @@ impl Player {
                     pos,
                     events,
                     pending,
+                    pos_at: std::time::Instant::now(),
                     left: false,
                 })
             }
@@ -178,15 +181,22 @@ impl Player {
                     self.router.update_playing(self.session, |p| p.shard = s);
                 }
             }
-            PlayerEvent::StepDone { pos, .. } | PlayerEvent::Left { pos } => {
-                self.pos = *pos;
-                let p = *pos;
-                self.router.update_playing(self.session, |pl| pl.pos = p);
+            PlayerEvent::StepDone {
+                pos, cell, shard, ..
+            } => {
+                self.set_pos(*pos);
+                self.cell = *cell;
+                if *shard != self.shard {
+                    self.shard = shard.clone();
+                    let s = shard.clone();
+                    self.router.update_playing(self.session, |p| p.shard = s);
+                }
             }
+            PlayerEvent::Left { pos } => self.set_pos(*pos),
             PlayerEvent::Joined {
                 pos, cell, shard, ..
             } => {
-                self.pos = *pos;
+                self.set_pos(*pos);
                 self.cell = *cell;
                 self.shard = shard.clone();
             }
@@ -239,7 +249,7 @@ impl Player {
             dir,
         })?;
         self.wait_for(|ev| match ev {
-            PlayerEvent::StepDone { pos, blocked } => Some((*pos, *blocked)),
+            PlayerEvent::StepDone { pos, blocked, .. } => Some((*pos, *blocked)),
             _ => None,
         })
         .await
@@ -259,13 +269,24 @@ impl Player {
         })
     }
 
-    /// The freshest known position: the newest frame, else the last answer.
+    fn set_pos(&mut self, pos: Vec3) {
+        self.pos = pos;
+        self.pos_at = std::time::Instant::now();
+        self.router.update_playing(self.session, |pl| pl.pos = pos);
+    }
+
+    /// The freshest known position: a frame that arrived after the shard's
+    /// last direct answer (step, join), else that answer. Frames and
+    /// answers come from a shard in the order it produced them.
     pub fn position(&self) -> Vec3 {
-        self.router
+        match self
+            .router
             .view
-            .find(&self.router.grid, self.entity, self.pos)
-            .map(|e| e.pos)
-            .unwrap_or(self.pos)
+            .find_with_time(&self.router.grid, self.entity, self.pos)
+        {
+            Some((e, at)) if at > self.pos_at => e.pos,
+            _ => self.pos,
+        }
     }
 
     /// Takes the avatar out of the world and saves where it was.

@@ -4,41 +4,44 @@
 
 use parking_lot::RwLock;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tessera_proto::cluster::{CellFrame, ViewEntity};
 use tessera_proto::{CellId, EntityId, Grid, Vec3};
 
 #[derive(Default)]
 pub struct WorldView {
-    frames: RwLock<HashMap<CellId, Arc<CellFrame>>>,
-    latest_tick: std::sync::atomic::AtomicU64,
+    /// Each cell's newest frame and when it arrived.
+    frames: RwLock<HashMap<CellId, (Arc<CellFrame>, Instant)>>,
+    latest_tick: AtomicU64,
 }
 
 impl WorldView {
     /// Takes a cell's frame unless a newer one (higher epoch, or same epoch
-    /// and later tick) is already there.
+    /// and later tick, from the same shard) is already there.
     pub fn update(&self, frame: Arc<CellFrame>) {
-        self.latest_tick
-            .fetch_max(frame.tick, std::sync::atomic::Ordering::Relaxed);
+        self.latest_tick.fetch_max(frame.tick, Ordering::Relaxed);
         let mut frames = self.frames.write();
         let newer = match frames.get(&frame.cell) {
-            Some(old) => {
+            Some((old, _)) => {
                 (frame.epoch, frame.tick) >= (old.epoch, old.tick) || frame.shard != old.shard
             }
             None => true,
         };
         if newer {
-            frames.insert(frame.cell, frame);
+            frames.insert(frame.cell, (frame, Instant::now()));
         }
     }
 
     /// Entities within `radius` of `pos`, each once (an entity being handed
-    /// over can show up in two frames: the later tick wins).
+    /// over can show up in two frames: the later arrival wins), nearest
+    /// first.
     pub fn around(&self, grid: &Grid, pos: Vec3, radius: f32) -> Vec<ViewEntity> {
         let frames = self.frames.read();
-        let mut seen: HashMap<EntityId, (u64, ViewEntity)> = HashMap::new();
+        let mut seen: HashMap<EntityId, (Instant, ViewEntity)> = HashMap::new();
         for cell in grid.cells_within(pos, radius) {
-            let Some(frame) = frames.get(&cell) else {
+            let Some((frame, at)) = frames.get(&cell) else {
                 continue;
             };
             for e in &frame.entities {
@@ -46,9 +49,9 @@ impl WorldView {
                     continue;
                 }
                 match seen.get(&e.id) {
-                    Some((tick, _)) if *tick >= frame.tick => {}
+                    Some((t, _)) if t >= at => {}
                     _ => {
-                        seen.insert(e.id, (frame.tick, e.clone()));
+                        seen.insert(e.id, (*at, e.clone()));
                     }
                 }
             }
@@ -65,27 +68,46 @@ impl WorldView {
 
     /// Finds one entity near where it was last seen.
     pub fn find(&self, grid: &Grid, id: EntityId, near: Vec3) -> Option<ViewEntity> {
+        self.find_with_time(grid, id, near).map(|(e, _)| e)
+    }
+
+    /// Like [`WorldView::find`], with the arrival time of its frame.
+    pub fn find_with_time(
+        &self,
+        grid: &Grid,
+        id: EntityId,
+        near: Vec3,
+    ) -> Option<(ViewEntity, Instant)> {
         let frames = self.frames.read();
-        let mut best: Option<(u64, ViewEntity)> = None;
+        let mut best: Option<(Instant, ViewEntity)> = None;
         for cell in grid.cells_within(near, grid.cell_size) {
-            if let Some(frame) = frames.get(&cell) {
+            if let Some((frame, at)) = frames.get(&cell) {
                 if let Some(e) = frame.entities.iter().find(|e| e.id == id) {
-                    if best.as_ref().is_none_or(|(t, _)| frame.tick > *t) {
-                        best = Some((frame.tick, e.clone()));
+                    if best.as_ref().is_none_or(|(t, _)| at > t) {
+                        best = Some((*at, e.clone()));
                     }
                 }
             }
         }
-        best.map(|(_, e)| e)
+        best.map(|(at, e)| (e, at))
     }
 
     /// The newest tick seen in any frame.
     pub fn latest_tick(&self) -> u64 {
-        self.latest_tick.load(std::sync::atomic::Ordering::Relaxed)
+        self.latest_tick.load(Ordering::Relaxed)
+    }
+
+    /// Number of cells with a frame.
+    pub fn cell_count(&self) -> usize {
+        self.frames.read().len()
     }
 
     /// Total entities in all frames (for metrics and tests).
     pub fn entity_count(&self) -> usize {
-        self.frames.read().values().map(|f| f.entities.len()).sum()
+        self.frames
+            .read()
+            .values()
+            .map(|(f, _)| f.entities.len())
+            .sum()
     }
 }

@@ -25,6 +25,30 @@ const CAPSULE_CENTRE: f32 = CAPSULE_HALF + CAPSULE_RADIUS + 0.05;
 /// Static geometry this far outside a cell is still added to it, so that
 /// entities near a border collide with what lies just across it.
 const STATIC_MARGIN: f32 = 8.0;
+/// Collision groups: players bump into everything; NPCs bump into statics
+/// and players but walk through each other (the usual MMO trade: crowds of
+/// NPCs would otherwise cost most of a tick in contact resolution).
+const PLAYER_GROUP: Group = Group::GROUP_2;
+const NPC_GROUP: Group = Group::GROUP_3;
+
+fn groups_of(kind: EntityKind) -> InteractionGroups {
+    let member = match kind {
+        EntityKind::Player => PLAYER_GROUP,
+        EntityKind::Npc => NPC_GROUP,
+    };
+    InteractionGroups::new(member, Group::ALL, InteractionTestMode::And)
+}
+
+/// What a moving character of a group sweeps against.
+fn sweep_groups(member: Group) -> InteractionGroups {
+    let filter = if member == NPC_GROUP {
+        Group::ALL & !NPC_GROUP
+    } else {
+        Group::ALL
+    };
+    InteractionGroups::new(member, filter, InteractionTestMode::And)
+}
+
 /// How fast characters fall (kinematic, constant speed), m/s.
 const FALL_SPEED: f32 = 6.0;
 
@@ -219,13 +243,15 @@ impl Cell {
         ids
     }
 
-    fn add_body(&mut self, id: EntityId, pos: Vec3) -> RigidBodyHandle {
+    fn add_body(&mut self, id: EntityId, kind: EntityKind, pos: Vec3) -> RigidBodyHandle {
         let body = RigidBodyBuilder::kinematic_position_based()
             .can_sleep(false)
             .translation(Vector::new(pos.x, pos.y + CAPSULE_CENTRE, pos.z))
             .user_data(id.0 as u128)
             .build();
-        let collider = ColliderBuilder::capsule_y(CAPSULE_HALF, CAPSULE_RADIUS).build();
+        let collider = ColliderBuilder::capsule_y(CAPSULE_HALF, CAPSULE_RADIUS)
+            .collision_groups(groups_of(kind))
+            .build();
         self.physics.insert(body, collider).0
     }
 
@@ -236,7 +262,7 @@ impl Cell {
             return;
         }
         self.remove_ghost(t.id);
-        let handle = self.add_body(t.id, t.pos);
+        let handle = self.add_body(t.id, t.kind, t.pos);
         let identity = Identity {
             id: t.id,
             kind: t.kind,
@@ -384,7 +410,9 @@ impl Cell {
     fn sweep(&self, handle: RigidBodyHandle, desired: Vec3, dt: f32) -> Option<Vec3> {
         let body = self.physics.bodies.get(handle)?;
         let collider = self.physics.colliders.get(*body.colliders().first()?)?;
-        let filter = QueryFilter::default().exclude_rigid_body(handle);
+        let filter = QueryFilter::default()
+            .exclude_rigid_body(handle)
+            .groups(sweep_groups(collider.collision_groups().memberships));
         let queries = self.physics.query_pipeline_with_filter(filter);
         let pos = *body.position();
         let moved = self.controller.move_shape(
@@ -411,7 +439,9 @@ impl Cell {
         }
         let body = self.physics.bodies.get(handle)?;
         let collider = self.physics.colliders.get(*body.colliders().first()?)?;
-        let filter = QueryFilter::default().exclude_rigid_body(handle);
+        let filter = QueryFilter::default()
+            .exclude_rigid_body(handle)
+            .groups(sweep_groups(collider.collision_groups().memberships));
         let queries = self.physics.query_pipeline_with_filter(filter);
         let from = Pose::from_parts(
             Vector::new(pos.x, pos.y + CAPSULE_CENTRE, pos.z),
@@ -692,7 +722,7 @@ impl Cell {
                     }
                 }
                 None => {
-                    let handle = self.add_body(g.id, g.pos);
+                    let handle = self.add_body(g.id, g.kind, g.pos);
                     let entity = self.ecs.push((
                         Identity {
                             id: g.id,

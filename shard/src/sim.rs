@@ -213,10 +213,23 @@ impl Shard {
                     let session = cell.session(entity);
                     match (cell.step(entity, dir, step), session) {
                         (Some((pos, blocked)), Some(session)) => {
-                            self.send_player(&session, PlayerEvent::StepDone { pos, blocked });
-                            // Hand off at once so the next command goes to
-                            // the right cell.
+                            // Hand off at once, and say where the entity is
+                            // now, so the next command goes straight there.
                             self.handoffs_of(c);
+                            let (cell, shard) = match self.cell_of_entity(entity) {
+                                Some(now) => (now, self.id.clone()),
+                                None => match self.forwarded.get(&entity) {
+                                    Some((shard, _)) => (self.grid.cell_of(pos), shard.clone()),
+                                    None => (c, self.id.clone()),
+                                },
+                            };
+                            let done = PlayerEvent::StepDone {
+                                pos,
+                                blocked,
+                                cell,
+                                shard,
+                            };
+                            self.send_player(&session, done);
                         }
                         _ => {
                             tracing::warn!(shard = %self.id, entity = %entity, "step for a non-player refused")

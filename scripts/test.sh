@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every check and test of Tessera: formatting, clippy, unit, property,
+# in-process and real-process tests. Installs what the tests need when it is
+# missing (a fresh Debian machine, as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_updated=0
+need_pkg() { # need_pkg <command> <debian package>
+    if ! command -v "$1" >/dev/null 2>&1; then
+        if [ "$apt_updated" = 0 ]; then
+            apt-get update -qq
+            apt_updated=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2"
+    fi
+}
+need_pkg cc build-essential
+need_pkg pkg-config pkg-config
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+export RUST_BACKTRACE=1
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build (one build shared by all tests)"
+cargo build --workspace --all-targets --locked
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
+echo "== doc tests"
+cargo test --workspace --doc --locked

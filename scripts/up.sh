@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds and runs the whole world in one process (`tessera up`), installing
+# the few system packages the build needs when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v cc >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential pkg-config
+fi
+exec cargo run --release -- "$@"
