@@ -237,15 +237,30 @@ impl TelnetCodec {
         }
     }
 
-    /// The bytes to send when the connection opens: IAC WILL SGA, IAC DO
-    /// NAWS, IAC DO TTYPE. The client's answers to them are confirmations and
-    /// are not answered again. A second call returns nothing.
+    /// The bytes to send when the connection opens: IAC DO NAWS, IAC DO
+    /// TTYPE. The client's answers to them are confirmations and are not
+    /// answered again. A second call returns nothing.
+    ///
+    /// SGA is accepted when the client asks but not offered: BSD `telnet`
+    /// switches to character-at-a-time mode (echoing `^M`) when a server
+    /// offers it, while MUD clients work either way. Without SGA, prompts
+    /// end with IAC GA ([`TelnetCodec::prompt_end`]), which MUD clients use to
+    /// spot a prompt.
     pub fn greeting(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
-        self.request(Side::Us, SGA, true, &mut out);
         self.request(Side::Him, NAWS, true, &mut out);
         self.request(Side::Him, TTYPE, true, &mut out);
         out
+    }
+
+    /// What to send after a prompt: IAC GA unless go-aheads are suppressed
+    /// (SGA agreed), per RFC 854.
+    pub fn prompt_end(&self) -> &'static [u8] {
+        if self.us[usize::from(SGA)].q == Q::Yes {
+            &[]
+        } else {
+            &[IAC, GA]
+        }
     }
 
     /// Ask the client to stop echoing locally (IAC WILL ECHO: "the server
@@ -646,12 +661,9 @@ mod tests {
     // ---- negotiation ----
 
     #[test]
-    fn greeting_offers_sga_and_asks_for_naws_and_ttype() {
+    fn greeting_asks_for_naws_and_ttype() {
         let mut c = TelnetCodec::new(100);
-        assert_eq!(
-            c.greeting(),
-            vec![IAC, WILL, SGA, IAC, DO, NAWS, IAC, DO, TTYPE]
-        );
+        assert_eq!(c.greeting(), vec![IAC, DO, NAWS, IAC, DO, TTYPE]);
         assert!(c.greeting().is_empty(), "asking twice sends nothing");
     }
 
@@ -688,6 +700,15 @@ mod tests {
             c.feed(&[IAC, WILL, NAWS, IAC, WILL, TTYPE]),
             Feed::default()
         );
+    }
+
+    #[test]
+    fn prompts_end_with_go_ahead_until_sga_is_agreed() {
+        let mut c = TelnetCodec::new(100);
+        c.greeting();
+        assert_eq!(c.prompt_end(), &[IAC, GA]);
+        c.feed(&[IAC, DO, SGA]);
+        assert!(c.prompt_end().is_empty());
     }
 
     #[test]
@@ -1261,9 +1282,14 @@ mod tests {
         let s = session();
         let feed = run_session(&[&s]);
         assert_eq!(feed.events, expected_session_events());
+        // The client's DO SGA is a request now (we do not offer SGA), so it
+        // is answered.
         assert_eq!(
             feed.reply,
-            vec![IAC, SB, TTYPE, TTYPE_SEND, IAC, SE, IAC, DONT, LINEMODE, IAC, WONT, ECHO]
+            vec![
+                IAC, WILL, SGA, IAC, SB, TTYPE, TTYPE_SEND, IAC, SE, IAC, DONT, LINEMODE, IAC,
+                WONT, ECHO
+            ]
         );
     }
 

@@ -56,6 +56,8 @@ struct Connection {
     codec: TelnetCodec,
     out: OwnedWriteHalf,
     session: tessera_proto::SessionId,
+    /// Text is wrapped to this many columns (NAWS, else 80).
+    width: usize,
     /// The session's event receiver while not playing (the player owns it
     /// once in the world).
     events: Option<tokio::sync::mpsc::UnboundedReceiver<PlayerEvent>>,
@@ -72,6 +74,7 @@ impl Connection {
             out,
             session,
             events: Some(events),
+            width: 80,
         };
         tracing::info!(peer = %peer, session = %session, "telnet connection");
         let result = conn.serve(&mut input).await;
@@ -87,17 +90,21 @@ impl Connection {
     async fn reply(&mut self, text: &str) -> std::io::Result<()> {
         let mut s = String::new();
         if !text.is_empty() {
-            s.push_str(text);
+            s.push_str(&crate::text::wrap(text, self.width - 1));
             s.push('\n');
         }
         s.push_str(PROMPT);
-        self.write(&encode_text(&s)).await
+        let mut bytes = encode_text(&s);
+        bytes.extend_from_slice(self.codec.prompt_end());
+        self.write(&bytes).await
     }
 
     /// Prints something that happened while the player was at the prompt.
     async fn notify(&mut self, text: &str) -> std::io::Result<()> {
-        self.write(&encode_text(&format!("\n{text}\n{PROMPT}")))
-            .await
+        let text = crate::text::wrap(text, self.width - 1);
+        let mut bytes = encode_text(&format!("\n{text}\n{PROMPT}"));
+        bytes.extend_from_slice(self.codec.prompt_end());
+        self.write(&bytes).await
     }
 
     async fn serve(&mut self, input: &mut tokio::net::tcp::OwnedReadHalf) -> std::io::Result<()> {
@@ -199,9 +206,14 @@ impl Connection {
                     .await?;
                 Ok(stage)
             }
-            TelnetEvent::WindowSize { .. }
-            | TelnetEvent::TerminalType(_)
-            | TelnetEvent::Interrupt => Ok(stage),
+            TelnetEvent::WindowSize { width, .. } => {
+                // 0 means unknown; keep sane bounds for tiny or huge windows.
+                if width > 0 {
+                    self.width = usize::from(width).clamp(40, 250);
+                }
+                Ok(stage)
+            }
+            TelnetEvent::TerminalType(_) | TelnetEvent::Interrupt => Ok(stage),
         }
     }
 
@@ -283,7 +295,9 @@ impl Connection {
                 } else {
                     "Password: ".to_string()
                 };
-                self.write(&encode_text(&ask)).await?;
+                let mut bytes = encode_text(&ask);
+                bytes.extend_from_slice(self.codec.prompt_end());
+                self.write(&bytes).await?;
                 Ok(Stage::Password { create, name })
             }
         }

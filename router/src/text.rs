@@ -163,6 +163,54 @@ pub fn map(
     out
 }
 
+/// Word-wraps every line of `text` to at most `width` columns (counted in
+/// characters), keeping existing line breaks and leading indentation. Words
+/// longer than a line are split. Used for text players' screens.
+pub fn wrap(text: &str, width: usize) -> String {
+    let width = width.max(20);
+    let mut out = String::with_capacity(text.len() + text.len() / width);
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if line.chars().count() <= width {
+            out.push_str(line);
+            continue;
+        }
+        let indent: String = line.chars().take_while(|c| *c == ' ').collect();
+        let mut col = 0;
+        for word in line.split_whitespace() {
+            let mut word: Vec<char> = word.chars().collect();
+            loop {
+                let room = if col == 0 { width } else { width - col - 1 };
+                if word.len() <= room {
+                    if col > 0 {
+                        out.push(' ');
+                        col += 1;
+                    } else if !indent.is_empty() {
+                        out.push_str(&indent);
+                        col = indent.chars().count();
+                    }
+                    out.extend(word.iter());
+                    col += word.len();
+                    break;
+                }
+                if col > 0 {
+                    out.push('\n');
+                    col = 0;
+                    continue;
+                }
+                // A word longer than a whole line: split it.
+                let rest = word.split_off(width);
+                out.extend(word.iter());
+                out.push('\n');
+                word = rest;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +258,25 @@ mod tests {
         assert_eq!(nums.len(), 3);
         assert!((nums[2] - 5.2).abs() < 0.11);
         assert_eq!(lines.next().unwrap(), "cell -1,0 shard shard-1");
+    }
+
+    #[test]
+    fn wrap_breaks_long_lines_at_words() {
+        let t = "You see a very long description that goes on and on past the edge";
+        let w = wrap(t, 20);
+        assert!(w.lines().all(|l| l.chars().count() <= 20), "{w}");
+        assert_eq!(
+            w.split_whitespace().collect::<Vec<_>>(),
+            t.split_whitespace().collect::<Vec<_>>()
+        );
+        assert_eq!(wrap("short\nlines stay", 20), "short\nlines stay");
+        let long = "x".repeat(50);
+        assert!(wrap(&long, 20).lines().all(|l| l.len() <= 20));
+        let indented = wrap(
+            "  Mira (a local), 9 m northwest, and many more words here",
+            24,
+        );
+        assert!(indented.lines().all(|l| l.starts_with("  ")), "{indented}");
     }
 
     #[test]
