@@ -54,6 +54,9 @@ pub struct UpArgs {
     /// Simulation ticks per second.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=240))]
     tick_hz: u32,
+    /// Refuse connections (telnet and QUIC together) beyond this many.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
     /// Close telnet connections idle this many seconds.
     #[arg(long, default_value_t = 1800)]
     idle_timeout_secs: u64,

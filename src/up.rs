@@ -74,6 +74,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     rc.telnet = args.telnet;
     rc.quic = args.quic;
     rc.tick_hz = args.tick_hz;
+    rc.max_connections = args.max_connections;
     rc.idle_timeout = std::time::Duration::from_secs(args.idle_timeout_secs.max(1));
     let router_inbox = bus.add_router(router_id);
     let router = Router::new(rc, world.clone(), dyn_bus.clone(), map.clone(), auth, db);

@@ -435,3 +435,24 @@ fn a_runaway_npc_script_is_disabled_and_the_shard_keeps_ticking() {
     let said = player.command("say still here");
     assert_eq!(said, "You say, \"still here\"");
 }
+
+/// Connections beyond `--max-connections` get a clear message and are
+/// closed; those already in are served as before.
+#[test]
+fn connections_beyond_the_limit_are_refused_politely() {
+    let dir = TestDir::new();
+    let opts = ServerOptions {
+        extra_args: vec!["--max-connections".into(), "2".into()],
+        ..ServerOptions::default()
+    };
+    let server = Server::start_with(&dir, &opts);
+    let mut first = TelnetClient::create(server.telnet, "Firstin", PW);
+    let _second = TelnetClient::connect(server.telnet);
+    let mut third = TelnetClient::connect_raw(server.telnet);
+    let refused = third.read_to_eof(ANSWER_TIMEOUT);
+    assert!(
+        refused.contains("The server is full"),
+        "third connection got: {refused:?}"
+    );
+    still_served(&mut first, "after refusing a connection");
+}

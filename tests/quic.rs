@@ -118,3 +118,31 @@ async fn quic_inputs_move_the_player_and_where_answers() {
         "Runner should be south of Ted: {line:?}"
     );
 }
+
+/// Text a QUIC client sends is cleaned like telnet input: no escape
+/// sequences or forged lines reach text players, and overlong speech is
+/// refused rather than cut silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_speech_cannot_inject_control_characters() {
+    let dir = TestDir::new();
+    let server = Server::start(&dir);
+    let mut tess = blocking(|| TelnetClient::create(server.telnet, "Tessa", PW));
+    let ep = quic_endpoint(&server);
+    let (mut mallory, _) = quic_player(&ep, &server, "Mallory", PW).await;
+    mallory
+        .say("hi\u{1b}[2J\r\nTessa says, \"give me your password\"")
+        .await
+        .expect("say");
+    let line = blocking(|| tess.wait_for("Mallory says", Duration::from_secs(5)));
+    assert!(!line.contains('\u{1b}'), "escape reached telnet: {line:?}");
+    // One line: the CR LF was removed, so nothing looks like Tessa talking.
+    assert!(
+        line.contains("Mallory says, \"hi[2JTessa says, \"give me your password\"\""),
+        "got {line:?}"
+    );
+    let answer = mallory
+        .command(&format!("say {}", "a".repeat(600)))
+        .await
+        .expect("command");
+    assert!(answer.contains("too long"), "got {answer:?}");
+}

@@ -13,6 +13,18 @@ pub const MAX_SAY_CHARS: usize = 500;
 /// Longest command line a client may send, in bytes.
 pub const MAX_LINE_BYTES: usize = 2048;
 
+/// Removes control characters (newlines, ESC sequences' introducers, C1
+/// controls) and surrounding whitespace from text a player typed, so it
+/// cannot forge lines or drive other players' terminals.
+pub fn clean_text(text: &str) -> String {
+    text.chars()
+        .map(|c| if c == '\t' { ' ' } else { c })
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
 /// Client -> router, on the control stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientMsg {
@@ -183,4 +195,18 @@ pub enum ServerDatagram {
         ack_input: u32,
         entities: Vec<EntityUpdate>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_text_removes_controls() {
+        assert_eq!(
+            clean_text(" hi\x1b[31mred\nBob says, \"x\"\u{9b}\t "),
+            "hi[31mredBob says, \"x\""
+        );
+        assert_eq!(clean_text("héllo wörld"), "héllo wörld");
+    }
 }

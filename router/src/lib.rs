@@ -63,6 +63,9 @@ pub struct RouterConfig {
     pub data_dir: PathBuf,
     /// Longest telnet line, bytes.
     pub max_line: usize,
+    /// Connections (telnet and QUIC together) beyond this are refused with
+    /// a message.
+    pub max_connections: usize,
     /// Telnet connections idle this long are closed.
     pub idle_timeout: Duration,
     /// Players see entities this far away, metres.
@@ -85,6 +88,7 @@ impl RouterConfig {
             quic: "0.0.0.0:4433".parse().expect("valid address"),
             data_dir,
             max_line: 1024,
+            max_connections: 10_000,
             idle_timeout: Duration::from_secs(30 * 60),
             interest_radius: 100.0,
             snapshot_hz: 20,
@@ -118,6 +122,10 @@ pub struct Router {
     db: Database,
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
     next_session: AtomicU64,
+    /// Bounds concurrent password hashing: argon2id takes ~19 MiB and a
+    /// core's worth of time each, so a login flood must queue, not fan out
+    /// over the whole blocking pool.
+    pub(crate) hashing: tokio::sync::Semaphore,
 }
 
 struct SessionEntry {
@@ -155,18 +163,29 @@ impl Router {
             db,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
+            ),
         })
     }
 
     /// Registers a connection; its player events arrive on the receiver.
-    pub fn open_session(&self) -> (SessionId, mpsc::UnboundedReceiver<PlayerEvent>) {
+    /// `None` when the router is full.
+    pub fn open_session(&self) -> Option<(SessionId, mpsc::UnboundedReceiver<PlayerEvent>)> {
         let id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::unbounded_channel();
-        self.sessions
-            .lock()
-            .insert(id, SessionEntry { tx, playing: None });
+        {
+            let mut sessions = self.sessions.lock();
+            if sessions.len() >= self.config.max_connections {
+                metrics::counter!("tessera_router_refused_connections_total").increment(1);
+                return None;
+            }
+            sessions.insert(id, SessionEntry { tx, playing: None });
+        }
         metrics::gauge!("tessera_router_connections").increment(1.0);
-        (id, rx)
+        Some((id, rx))
     }
 
     pub fn close_session(&self, id: SessionId) {

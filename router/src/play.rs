@@ -4,6 +4,7 @@
 use crate::command::{Command, HELP};
 use crate::session::Player;
 use crate::text;
+use tessera_proto::msg::{clean_text, MAX_SAY_CHARS};
 
 /// What a command produced.
 pub struct Outcome {
@@ -32,18 +33,30 @@ pub async fn execute(player: &mut Player, cmd: Command) -> Outcome {
             text: "Goodbye. Your position is saved.".into(),
             quit: true,
         },
-        Command::Say(t) => match player.say(&t) {
-            Ok(()) => Outcome::text(format!("You say, \"{t}\"")),
-            Err(e) => Outcome::text(format!("Nobody hears you: {e}.")),
-        },
+        Command::Say(t) => {
+            let t = clean_text(&t);
+            if t.chars().count() > MAX_SAY_CHARS {
+                return Outcome::text(format!(
+                    "That is too long to say in one breath (at most {MAX_SAY_CHARS} characters)."
+                ));
+            }
+            if t.is_empty() {
+                return Outcome::text("Say what?");
+            }
+            match player.say(&t) {
+                Ok(()) => Outcome::text(format!("You say, \"{t}\"")),
+                Err(e) => Outcome::text(format!("Nobody hears you: {e}.")),
+            }
+        }
         Command::Shout(_) | Command::Tell { .. } => {
             Outcome::text("Shouting and tells need the chat service, which is not available yet.")
         }
         Command::Who => Outcome::text(text::who(&router.online())),
         Command::Where => {
+            // The owning cell (it differs from the geometric one within the
+            // hand-off hysteresis band).
             let pos = player.position();
-            let cell = router.grid.cell_of(pos);
-            Outcome::text(text::where_text(pos, cell, &player.shard))
+            Outcome::text(text::where_text(pos, player.cell, &player.shard))
         }
         Command::Look => {
             let pos = player.position();

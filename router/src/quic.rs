@@ -15,8 +15,8 @@ use tessera_auth::AuthError;
 use tessera_proto::cluster::PlayerEvent;
 use tessera_proto::frame::{self, FrameBuffer, FrameError, MAX_CONTROL_FRAME, MAX_DATAGRAM};
 use tessera_proto::msg::{
-    ClientDatagram, ClientMsg, EntityUpdate, ErrorCode, ServerDatagram, ServerMsg, MAX_LINE_BYTES,
-    MAX_SAY_CHARS,
+    clean_text, ClientDatagram, ClientMsg, EntityUpdate, ErrorCode, ServerDatagram, ServerMsg,
+    MAX_LINE_BYTES, MAX_SAY_CHARS,
 };
 use tessera_proto::{EntityId, PROTOCOL_VERSION};
 
@@ -24,6 +24,25 @@ use tessera_proto::{EntityId, PROTOCOL_VERSION};
 pub const CLOSE_NORMAL: u32 = 0;
 pub const CLOSE_PROTOCOL: u32 = 1;
 pub const CLOSE_VERSION: u32 = 2;
+pub const CLOSE_FULL: u32 = 3;
+
+/// Text answers are cut to fit one control frame (a `who` of thousands of
+/// players would not).
+fn clip_text(mut text: String) -> String {
+    const MAX: usize = MAX_CONTROL_FRAME - 512;
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("\n[...]");
+    }
+    text
+}
+
+/// A client must log in this soon after saying hello.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A client must say hello this soon after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,7 +60,10 @@ pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
                 }
             };
             let peer = conn.remote_address();
-            let (session, events) = r.open_session();
+            let Some((session, events)) = r.open_session() else {
+                conn.close(CLOSE_FULL.into(), b"server full; try again later");
+                return;
+            };
             tracing::info!(peer = %peer, session = %session, "QUIC connection");
             let mut c = ClientConn {
                 router: r.clone(),
@@ -156,9 +178,7 @@ impl ClientConn {
         let hello = match hello.and_then(|r| r) {
             Ok(h) => h,
             Err(ConnError::Protocol(msg)) => {
-                let _ = ctl
-                    .error(ErrorCode::Malformed, format!("malformed frame: {msg}"))
-                    .await;
+                let _ = ctl.error(ErrorCode::Malformed, msg.clone()).await;
                 return Err(ConnError::Protocol(msg));
             }
             Err(e) => return Err(e),
@@ -189,7 +209,10 @@ impl ClientConn {
         })
         .await?;
         self.ctl = Some(ctl);
-        let Some(mut player) = self.login().await? else {
+        let login = tokio::time::timeout(LOGIN_TIMEOUT, self.login()).await;
+        let Some(mut player) =
+            login.map_err(|_| ConnError::Protocol("no login in time".into()))??
+        else {
             return Ok(());
         };
         let result = self.play(&mut player).await;
@@ -210,10 +233,7 @@ impl ClientConn {
             let msg = match self.ctl().read().await {
                 Ok(m) => m,
                 Err(ConnError::Protocol(msg)) => {
-                    let _ = self
-                        .ctl()
-                        .error(ErrorCode::Malformed, format!("malformed frame: {msg}"))
-                        .await;
+                    let _ = self.ctl().error(ErrorCode::Malformed, msg.clone()).await;
                     return Err(ConnError::Protocol(msg));
                 }
                 Err(e) => return Err(e),
@@ -295,7 +315,7 @@ impl ClientConn {
                     let msg = match msg {
                         Ok(m) => m,
                         Err(ConnError::Protocol(m)) => {
-                            let _ = ctl.error(ErrorCode::Malformed, format!("malformed frame: {m}")).await;
+                            let _ = ctl.error(ErrorCode::Malformed, m.clone()).await;
                             break Err(ConnError::Protocol(m));
                         }
                         Err(e) => break Err(e),
@@ -354,7 +374,8 @@ impl ClientConn {
     ) -> Result<bool, ConnError> {
         match msg {
             ClientMsg::Say { text } => {
-                let text = text.trim();
+                let text = clean_text(&text);
+                let text = text.as_str();
                 if text.is_empty() {
                     return Ok(true);
                 }
@@ -379,10 +400,13 @@ impl ClientConn {
                     .await?;
                     return Ok(true);
                 }
-                match command::parse_command(&line) {
+                match command::parse_command(&clean_text(&line)) {
                     Ok(cmd) => {
                         let out = play::execute(player, cmd).await;
-                        ctl.write(&ServerMsg::Text { text: out.text }).await?;
+                        ctl.write(&ServerMsg::Text {
+                            text: clip_text(out.text),
+                        })
+                        .await?;
                         if out.quit {
                             return Ok(false);
                         }
@@ -500,5 +524,19 @@ impl ClientConn {
                 Ok(0)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_are_clipped_to_fit_a_frame() {
+        let long = "é".repeat(20_000);
+        let clipped = clip_text(long);
+        let frame = frame::encode_frame(&ServerMsg::Text { text: clipped }, MAX_CONTROL_FRAME);
+        assert!(frame.is_ok());
+        assert_eq!(clip_text("short".into()), "short");
     }
 }

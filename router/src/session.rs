@@ -27,6 +27,9 @@ pub async fn login(
 ) -> Result<Account, AuthError> {
     let auth = router.auth.clone();
     let (name, password) = (name.to_string(), password.to_string());
+    let Ok(_permit) = router.hashing.acquire().await else {
+        return Err(AuthError::Key("login is shutting down".into()));
+    };
     let result = tokio::task::spawn_blocking(move || {
         if create {
             auth.create_account(&name, &password)

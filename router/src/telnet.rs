@@ -8,9 +8,11 @@
 //! * **Option negotiation** with the "Q method" of RFC 1143, so that neither
 //!   side can start a negotiation loop: a request is answered only when it
 //!   changes an option's state, and a confirmation of our own request is never
-//!   answered. We offer SGA and (while a password is typed) ECHO, and accept the
-//!   client's NAWS (RFC 1073), TTYPE (RFC 1091) and SGA; everything else is
-//!   refused, once. DO TIMING-MARK (RFC 860) is answered every time.
+//!   answered. We offer ECHO while a password is typed, agree to SGA when the
+//!   client asks (we do not offer it: see [`TelnetCodec::greeting`]), and ask
+//!   for and accept the client's NAWS (RFC 1073) and TTYPE (RFC 1091);
+//!   everything else is refused, once. DO TIMING-MARK (RFC 860) is answered
+//!   every time.
 //! * **Subnegotiation**: window size and terminal type become events; the
 //!   buffer is capped at [`MAX_SUBNEGOTIATION_BYTES`] and longer ones are
 //!   dropped whole.

@@ -66,7 +66,12 @@ struct Connection {
 impl Connection {
     async fn run(router: Arc<Router>, stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
         let (mut input, out) = stream.into_split();
-        let (session, events) = router.open_session();
+        let Some((session, events)) = router.open_session() else {
+            let mut out = out;
+            out.write_all(b"The server is full; please try again later.\r\n")
+                .await?;
+            return Ok(());
+        };
         let mut conn = Connection {
             codec: TelnetCodec::new(router.config.max_line),
             router: router.clone(),
@@ -119,15 +124,19 @@ impl Connection {
         let mut stage = Stage::Login;
         let mut buf = vec![0u8; 4096];
         let idle = self.router.config.idle_timeout;
+        // Only the player's own input counts as activity, not chatter they
+        // receive.
+        let mut last_input = tokio::time::Instant::now();
         loop {
+            let deadline = last_input + idle;
             let event = match &mut stage {
                 Stage::Playing(player) => {
                     tokio::select! {
-                        n = tokio::time::timeout(idle, input.read(&mut buf)) => Input::Read(n),
+                        n = tokio::time::timeout_at(deadline, input.read(&mut buf)) => Input::Read(n),
                         ev = player.next_event() => Input::Event(ev),
                     }
                 }
-                _ => Input::Read(tokio::time::timeout(idle, input.read(&mut buf)).await),
+                _ => Input::Read(tokio::time::timeout_at(deadline, input.read(&mut buf)).await),
             };
             match event {
                 Input::Read(Err(_)) => {
@@ -142,6 +151,7 @@ impl Connection {
                 }
                 Input::Read(Ok(Ok(0))) => break,
                 Input::Read(Ok(Ok(n))) => {
+                    last_input = tokio::time::Instant::now();
                     let feed = self.codec.feed(&buf[..n]);
                     if !feed.reply.is_empty() {
                         self.write(&feed.reply).await?;

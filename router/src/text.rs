@@ -177,31 +177,43 @@ pub fn wrap(text: &str, width: usize) -> String {
             out.push_str(line);
             continue;
         }
-        let indent: String = line.chars().take_while(|c| *c == ' ').collect();
+        let indent: String = line
+            .chars()
+            .take_while(|c| *c == ' ')
+            .take(width / 2)
+            .collect();
+        let indent_len = indent.len();
+        // Column of the output line; 0 means nothing written on it yet.
         let mut col = 0;
         for word in line.split_whitespace() {
             let mut word: Vec<char> = word.chars().collect();
             loop {
-                let room = if col == 0 { width } else { width - col - 1 };
-                if word.len() <= room {
-                    if col > 0 {
+                let at_start = col == 0;
+                let needed = if at_start {
+                    indent_len + word.len()
+                } else {
+                    col + 1 + word.len()
+                };
+                if needed <= width {
+                    if at_start {
+                        out.push_str(&indent);
+                        col = indent_len;
+                    } else {
                         out.push(' ');
                         col += 1;
-                    } else if !indent.is_empty() {
-                        out.push_str(&indent);
-                        col = indent.chars().count();
                     }
                     out.extend(word.iter());
                     col += word.len();
                     break;
                 }
-                if col > 0 {
+                if !at_start {
                     out.push('\n');
                     col = 0;
                     continue;
                 }
                 // A word longer than a whole line: split it.
-                let rest = word.split_off(width);
+                let rest = word.split_off(width - indent_len);
+                out.push_str(&indent);
                 out.extend(word.iter());
                 out.push('\n');
                 word = rest;
@@ -277,6 +289,19 @@ mod tests {
             24,
         );
         assert!(indented.lines().all(|l| l.starts_with("  ")), "{indented}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn wrap_never_panics_and_respects_the_width(text in "[ a-zA-Z\n]{0,300}", width in 0usize..120) {
+            let w = wrap(&text, width);
+            let limit = width.max(20);
+            for line in w.lines() {
+                proptest::prop_assert!(line.chars().count() <= limit, "{:?}", line);
+            }
+            let words = |t: &str| t.split_whitespace().map(str::to_string).collect::<Vec<_>>().concat();
+            proptest::prop_assert_eq!(words(&w), words(&text));
+        }
     }
 
     #[test]

@@ -250,7 +250,13 @@ impl Shard {
                     else {
                         return;
                     };
-                    let text: String = text.chars().take(MAX_SAY_CHARS).collect();
+                    let text: String = tessera_proto::msg::clean_text(&text)
+                        .chars()
+                        .take(MAX_SAY_CHARS)
+                        .collect();
+                    if text.is_empty() {
+                        return;
+                    }
                     self.speak(entity, identity.name.to_string(), pos, text, false);
                 }
                 None => {

@@ -77,6 +77,8 @@ pub struct ServerOptions {
     pub world: PathBuf,
     pub shards: Option<u32>,
     pub tick_hz: Option<u32>,
+    /// Any further flags.
+    pub extra_args: Vec<String>,
     /// `RUST_LOG` for the server; its stderr goes to a file in the test dir.
     pub rust_log: String,
 }
@@ -87,6 +89,7 @@ impl Default for ServerOptions {
             world: PathBuf::from(DEFAULT_WORLD),
             shards: None,
             tick_hz: None,
+            extra_args: Vec::new(),
             // TESSERA_TEST_RUST_LOG=debug makes the logs useful for diagnosis.
             rust_log: std::env::var("TESSERA_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
         }
@@ -129,6 +132,7 @@ impl Server {
         if let Some(hz) = opts.tick_hz {
             cmd.args(["--tick-hz", &hz.to_string()]);
         }
+        cmd.args(&opts.extra_args);
         cmd.current_dir(dir.path())
             .env("RUST_LOG", &opts.rust_log)
             .env("NO_COLOR", "1")
