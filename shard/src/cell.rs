@@ -5,7 +5,7 @@
 //! Positions are the entity's feet; the physics body of a character is a
 //! kinematic capsule whose centre is `CAPSULE_CENTRE` above them.
 
-use crate::script::{ScriptAction, ScriptCtx, ScriptEngine, ScriptInstance};
+use crate::script::{derive_seed, ScriptAction, ScriptCtx, ScriptEngine, ScriptInstance};
 use legion::{Entity, EntityStore, IntoQuery, World};
 use rapier3d::control::{CharacterAutostep, CharacterLength, KinematicCharacterController};
 use rapier3d::prelude::*;
@@ -512,25 +512,14 @@ impl Cell {
         think_every: u64,
         events: &mut Vec<CellEvent>,
     ) {
-        let mut query = <(&Identity, &Motion, &mut Npc)>::query();
-        for (identity, motion, npc) in query.iter_mut(&mut self.ecs) {
-            if !(tick + identity.id.0).is_multiple_of(think_every.max(1)) {
-                continue;
-            }
-            let Some(script) = npc.script.as_mut() else {
-                continue;
-            };
-            let ctx = ScriptCtx {
-                entity: identity.id,
-                name: &identity.name,
-                pos: motion.pos,
-                home: npc.home,
-                tick,
-                seed: tick.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ identity.id.0,
-            };
-            let actions = scripts.on_tick(script, &ctx);
-            apply_actions(identity, motion, &mut npc.walk_target, actions, events);
-        }
+        let every = think_every.max(1);
+        self.run_scripts(
+            tick,
+            0,
+            |i, _| (tick + i.id.0).is_multiple_of(every),
+            |script, ctx| scripts.on_tick(script, ctx),
+            events,
+        );
     }
 
     /// Delivers speech to the NPCs of this cell within `radius` of `origin`
@@ -547,9 +536,29 @@ impl Cell {
         text: &str,
         events: &mut Vec<CellEvent>,
     ) {
+        self.run_scripts(
+            tick,
+            1 + speaker.0,
+            |i, m| i.id != speaker && m.pos.distance(origin) <= radius,
+            |script, ctx| scripts.on_hear(script, ctx, speaker_name, text),
+            events,
+        );
+    }
+
+    /// Calls `call` on the script of every NPC `wants` picks and applies
+    /// the actions it returns. `salt` keeps calls of one tick apart in
+    /// their random numbers.
+    fn run_scripts(
+        &mut self,
+        tick: u64,
+        salt: u64,
+        wants: impl Fn(&Identity, &Motion) -> bool,
+        mut call: impl FnMut(&mut ScriptInstance, &ScriptCtx) -> Vec<ScriptAction>,
+        events: &mut Vec<CellEvent>,
+    ) {
         let mut query = <(&Identity, &Motion, &mut Npc)>::query();
         for (identity, motion, npc) in query.iter_mut(&mut self.ecs) {
-            if identity.id == speaker || motion.pos.distance(origin) > radius {
+            if !wants(identity, motion) {
                 continue;
             }
             let Some(script) = npc.script.as_mut() else {
@@ -561,9 +570,9 @@ impl Cell {
                 pos: motion.pos,
                 home: npc.home,
                 tick,
-                seed: tick.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ identity.id.0,
+                seed: derive_seed(identity.id, tick, salt),
             };
-            let actions = scripts.on_hear(script, &ctx, speaker_name, text);
+            let actions = call(script, &ctx);
             apply_actions(identity, motion, &mut npc.walk_target, actions, events);
         }
     }
