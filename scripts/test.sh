@@ -17,6 +17,10 @@ need_pkg() { # need_pkg <command> <debian package>
 }
 need_pkg cc build-essential
 need_pkg pkg-config pkg-config
+# etcd-client's build compiles etcd's protobuf files.
+need_pkg protoc protobuf-compiler
+# The real etcd the cluster-store tests start (Debian installs /usr/bin/etcd).
+need_pkg etcd etcd-server
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export RUST_BACKTRACE=1

@@ -3,6 +3,7 @@
 //! process.
 
 mod metrics_http;
+mod roles;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,24 @@ enum Command {
     /// Run the whole cluster in one process (coordinator, shards, router,
     /// auth, persistence) and print where to connect.
     Up(UpArgs),
+    /// Run a coordinator: leader election and cell placement (against etcd).
+    Coordinator(roles::CoordinatorArgs),
+    /// Run a shard process that simulates the cells the coordinator gives it.
+    Shard(roles::ShardArgs),
+    /// Run a router process: the telnet and QUIC gateways.
+    Router(roles::RouterArgs),
+    /// Manage the cluster certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create a new cluster CA in DIR (ca-cert.pem, ca-key.pem); give the
+    /// directory to every role with --cluster-ca.
+    Init { dir: PathBuf },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -71,13 +90,18 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = match cli.command {
-        Some(Command::Up(a)) => a,
-        None => cli.up,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tessera-io")
         .build()?;
-    runtime.block_on(up::run(args))
+    match cli.command {
+        None => runtime.block_on(up::run(cli.up)),
+        Some(Command::Up(a)) => runtime.block_on(up::run(a)),
+        Some(Command::Coordinator(a)) => runtime.block_on(roles::coordinator(a)),
+        Some(Command::Shard(a)) => runtime.block_on(roles::shard(a)),
+        Some(Command::Router(a)) => runtime.block_on(roles::router(a)),
+        Some(Command::Ca {
+            command: CaCommand::Init { dir },
+        }) => roles::ca_init(dir),
+    }
 }

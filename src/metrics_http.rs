@@ -2,11 +2,37 @@
 //! `/healthz`. Written here rather than using the exporter's listener so the
 //! bound address (port 0 in tests) can be printed.
 
-use metrics_exporter_prometheus::PrometheusHandle;
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+/// Installs the global metrics recorder (duration histograms with buckets
+/// around the tick budget), describes Tessera's metrics and serves them on
+/// `addr`. Returns the bound address.
+pub async fn install(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.033, 0.066, 0.1, 0.25, 0.5, 1.0,
+            ],
+        )
+        .context("metrics buckets")?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
+    describe_metrics();
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(serve(listener, handle));
+    Ok(bound)
+}
+
+async fn serve(listener: TcpListener, handle: PrometheusHandle) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
@@ -47,4 +73,34 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
             let _ = stream.shutdown().await;
         });
     }
+}
+
+fn describe_metrics() {
+    metrics::describe_histogram!(
+        "tessera_shard_tick_seconds",
+        metrics::Unit::Seconds,
+        "Time to simulate one tick of all of a shard's cells"
+    );
+    metrics::describe_gauge!("tessera_shard_entities", "Entities owned by a cell");
+    metrics::describe_gauge!("tessera_shard_players", "Players in a cell");
+    metrics::describe_gauge!(
+        "tessera_shard_ghosts",
+        "Ghost copies of neighbours' entities in a cell"
+    );
+    metrics::describe_counter!(
+        "tessera_shard_tick_overruns_total",
+        "Ticks skipped because the shard fell behind"
+    );
+    metrics::describe_gauge!(
+        "tessera_router_connections",
+        "Open player connections (telnet and QUIC)"
+    );
+    metrics::describe_counter!(
+        "tessera_router_snapshot_bytes_total",
+        "Bytes of snapshot datagrams sent to QUIC clients"
+    );
+    metrics::describe_counter!(
+        "tessera_router_bad_datagrams_total",
+        "Malformed datagrams dropped"
+    );
 }

@@ -4,7 +4,6 @@
 
 use crate::UpArgs;
 use anyhow::Context;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::sync::Arc;
 use tessera_auth::Auth;
 use tessera_coordinator::{cellmap, placement, Bus, CellMap, ClusterStore, LocalBus, MemStore};
@@ -15,23 +14,7 @@ use tessera_shard::ShardConfig;
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Metrics first, so every role records from the start.
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[
-                0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.033, 0.066, 0.1, 0.25, 0.5, 1.0,
-            ],
-        )
-        .context("metrics buckets")?
-        .build_recorder();
-    let metrics_handle = recorder.handle();
-    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
-    describe_metrics();
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {}", args.metrics))?;
-    let metrics_addr = metrics_listener.local_addr()?;
-    tokio::spawn(crate::metrics_http::serve(metrics_listener, metrics_handle));
+    let metrics_addr = crate::metrics_http::install(args.metrics).await?;
 
     let world = tessera_shard::worldfile::load_world_dir(&args.world)
         .with_context(|| format!("cannot load the world from {}", args.world.display()))?;
@@ -132,7 +115,7 @@ fn connect_host(addr: std::net::SocketAddr) -> String {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -152,34 +135,4 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-fn describe_metrics() {
-    metrics::describe_histogram!(
-        "tessera_shard_tick_seconds",
-        metrics::Unit::Seconds,
-        "Time to simulate one tick of all of a shard's cells"
-    );
-    metrics::describe_gauge!("tessera_shard_entities", "Entities owned by a cell");
-    metrics::describe_gauge!("tessera_shard_players", "Players in a cell");
-    metrics::describe_gauge!(
-        "tessera_shard_ghosts",
-        "Ghost copies of neighbours' entities in a cell"
-    );
-    metrics::describe_counter!(
-        "tessera_shard_tick_overruns_total",
-        "Ticks skipped because the shard fell behind"
-    );
-    metrics::describe_gauge!(
-        "tessera_router_connections",
-        "Open player connections (telnet and QUIC)"
-    );
-    metrics::describe_counter!(
-        "tessera_router_snapshot_bytes_total",
-        "Bytes of snapshot datagrams sent to QUIC clients"
-    );
-    metrics::describe_counter!(
-        "tessera_router_bad_datagrams_total",
-        "Malformed datagrams dropped"
-    );
 }

@@ -4,7 +4,7 @@
 //! see docs/etcd-keys.md). Readers keep a local copy that a watch keeps up
 //! to date.
 
-use crate::store::{ClusterStore, Expect, WatchEvent};
+use crate::store::{follow, ClusterStore, Expect, Follow, WatchEvent};
 use crate::CoordinatorError;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,8 @@ fn parse_cell_key(prefix: &str, key: &str) -> Option<CellId> {
 #[derive(Clone, Default)]
 pub struct CellMap {
     cells: Arc<RwLock<HashMap<CellId, CellOwner>>>,
+    /// Bumped on every change, so readers can notice changes cheaply.
+    version: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl CellMap {
@@ -43,19 +45,23 @@ impl CellMap {
         prefix: &str,
     ) -> Result<CellMap, CoordinatorError> {
         let map = CellMap::default();
-        let watch_prefix = format!("{prefix}cells/");
-        // Subscribe before listing so no change falls between the two.
-        let mut events = store.watch(&watch_prefix).await?;
-        for kv in store.list(&watch_prefix).await? {
-            map.apply(prefix, &WatchEvent::Put(kv));
-        }
         let m = map.clone();
-        let prefix = prefix.to_string();
-        tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                m.apply(&prefix, &ev);
+        let p = prefix.to_string();
+        follow(store, format!("{prefix}cells/"), move |f| match f {
+            Follow::Snapshot(kvs) => {
+                // Build the new map aside and swap it in at once: a reader
+                // (a shard reconciling its cells) must never see it empty.
+                let fresh = CellMap::default();
+                for kv in kvs {
+                    fresh.apply(&p, &WatchEvent::Put(kv));
+                }
+                let fresh = std::mem::take(&mut *fresh.cells.write());
+                *m.cells.write() = fresh;
+                m.bump();
             }
-        });
+            Follow::Event(ev) => m.apply(&p, &ev),
+        })
+        .await?;
         Ok(map)
     }
 
@@ -79,6 +85,7 @@ impl CellMap {
                         // race with the initial list).
                         if cells.get(&cell).is_none_or(|o| o.epoch <= owner.epoch) {
                             cells.insert(cell, owner);
+                            self.bump();
                         }
                     }
                     Err(e) => tracing::warn!(key = %kv.key, error = %e, "bad cell owner value"),
@@ -87,9 +94,20 @@ impl CellMap {
             WatchEvent::Delete { key, .. } => {
                 if let Some(cell) = parse_cell_key(prefix, key) {
                     self.cells.write().remove(&cell);
+                    self.bump();
                 }
             }
         }
+    }
+
+    fn bump(&self) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Changes with every update of the map.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn owner(&self, cell: CellId) -> Option<CellOwner> {

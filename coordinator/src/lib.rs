@@ -7,11 +7,18 @@
 
 pub mod bus;
 pub mod cellmap;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod control;
+pub mod etcd;
+pub mod membership;
 pub mod placement;
 pub mod store;
+pub mod transport;
 
 pub use bus::{Bus, BusError, LocalBus};
 pub use cellmap::{CellMap, CellOwner};
+pub use etcd::EtcdStore;
 pub use store::{ClusterStore, MemStore, StoreError};
 
 /// Default key prefix in the cluster store.

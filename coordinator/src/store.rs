@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -261,7 +261,11 @@ impl ClusterStore for MemStore {
             );
             id
         });
-        Box::pin(async move { Ok(id) })
+        let inner = Arc::downgrade(&self.inner);
+        Box::pin(async move {
+            tokio::spawn(expire_when_due(inner, id, ttl));
+            Ok(id)
+        })
     }
 
     fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -278,6 +282,24 @@ impl ClusterStore for MemStore {
     fn revoke(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
         self.with(|s| s.drop_lease(lease));
         Box::pin(async move { Ok(()) })
+    }
+}
+
+/// Expires lease `id` when its deadline passes, so its keys vanish (and
+/// watchers hear of it) even if nobody uses the store meanwhile. Sleeps again
+/// when a keep-alive moved the deadline; ends when the lease or the store is
+/// gone.
+async fn expire_when_due(inner: Weak<Mutex<MemInner>>, id: LeaseId, mut wait: Duration) {
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut s = inner.lock();
+        let now = Instant::now();
+        s.expire(now);
+        match s.leases.get(&id) {
+            Some(lease) => wait = lease.deadline.saturating_duration_since(now),
+            None => return,
+        }
     }
 }
 
@@ -349,4 +371,54 @@ mod tests {
         assert!(s.keep_alive(lease).await.is_err());
         assert!(s.put("/t/x", vec![], Some(lease)).await.is_err());
     }
+}
+
+/// What [`follow`] hands its callback.
+#[derive(Debug)]
+pub enum Follow {
+    /// The complete current contents of the prefix: replace what you had.
+    Snapshot(Vec<KeyValue>),
+    /// A change after the last snapshot.
+    Event(WatchEvent),
+}
+
+/// Lists `prefix` and then follows its changes for as long as the process
+/// lives. When the watch breaks (etcd restarted, network cut), it lists and
+/// watches again with backoff and hands `apply` a fresh snapshot, so changes
+/// missed in between (deletions included) are not lost. Returns once the
+/// first snapshot has been applied.
+pub async fn follow(
+    store: Arc<dyn ClusterStore>,
+    prefix: String,
+    apply: impl Fn(Follow) + Send + Sync + 'static,
+) -> Result<(), StoreError> {
+    // Subscribe before listing so no change falls between the two.
+    let events = store.watch(&prefix).await?;
+    apply(Follow::Snapshot(store.list(&prefix).await?));
+    tokio::spawn(async move {
+        let mut events = events;
+        loop {
+            while let Some(ev) = events.recv().await {
+                apply(Follow::Event(ev));
+            }
+            tracing::warn!(prefix = %prefix, "cluster store watch ended; re-syncing");
+            let mut backoff = std::time::Duration::from_millis(100);
+            events = loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                let Ok(w) = store.watch(&prefix).await else {
+                    continue;
+                };
+                match store.list(&prefix).await {
+                    Ok(kvs) => {
+                        apply(Follow::Snapshot(kvs));
+                        break w;
+                    }
+                    Err(_) => continue,
+                }
+            };
+            tracing::info!(prefix = %prefix, "cluster store watch re-established");
+        }
+    });
+    Ok(())
 }

@@ -181,6 +181,13 @@ pub enum ToRouter {
     Frame(Arc<CellFrame>),
 }
 
+/// What travels on a cluster link: a message and its addressee.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Envelope {
+    Shard { to: ShardId, msg: ToShard },
+    Router { to: RouterId, msg: ToRouter },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -332,8 +332,8 @@ pub async fn run(
     // Ready means the world is visible: wait (briefly) for a frame of every
     // cell, so the first player does not find an empty world.
     let mut inbox = inbox;
-    let expected = router.map.all().len();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let expected = router.world.extent.cells().count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while router.view.cell_count() < expected {
         match tokio::time::timeout_at(deadline, inbox.recv()).await {
             Ok(Some(msg)) => router.dispatch(msg),

@@ -39,6 +39,8 @@ pub struct Shard {
     /// Cells that had ghosts to send to each neighbour last tick, so an
     /// emptied set is sent once to clear them.
     ghost_links: HashMap<(CellId, CellId), bool>,
+    /// The cell map version the shard's cells were last reconciled with.
+    map_version: u64,
 }
 
 impl Shard {
@@ -71,15 +73,39 @@ impl Shard {
             forwarded: HashMap::new(),
             events: Vec::new(),
             ghost_links: HashMap::new(),
+            map_version: 0,
             config,
         };
-        for (cell, epoch) in shard.map.cells_of(&shard.id) {
-            shard.open_cell(cell, epoch);
-        }
+        shard.reconcile();
         if shard.cells.is_empty() {
             tracing::warn!(shard = %shard.id, "shard owns no cells");
         }
         Ok(shard)
+    }
+
+    /// Makes the simulated cells match the cell map: opens cells assigned
+    /// to this shard, and stops simulating cells assigned elsewhere (fencing:
+    /// a shard simulates a cell only while the map says it owns it).
+    fn reconcile(&mut self) {
+        self.map_version = self.map.version();
+        let mine: BTreeMap<CellId, Epoch> = self.map.cells_of(&self.id).into_iter().collect();
+        for (cell, epoch) in &mine {
+            match self.cells.get_mut(cell) {
+                Some(c) => c.epoch = *epoch,
+                None => self.open_cell(*cell, *epoch),
+            }
+        }
+        let lost: Vec<CellId> = self
+            .cells
+            .keys()
+            .filter(|c| !mine.contains_key(c))
+            .copied()
+            .collect();
+        for cell in lost {
+            if let Some(c) = self.cells.remove(&cell) {
+                tracing::error!(shard = %self.id, cell = %cell, entities = c.entity_count(), "cell assigned elsewhere; no longer simulating it");
+            }
+        }
     }
 
     fn open_cell(&mut self, id: CellId, epoch: Epoch) {
@@ -554,6 +580,9 @@ impl Shard {
 
     /// One simulation tick of every cell.
     pub fn step(&mut self) {
+        if self.map.version() != self.map_version {
+            self.reconcile();
+        }
         self.tick += 1;
         let dt = 1.0 / self.config.tick_hz as f32;
         let think_every = (self.config.tick_hz as u64 / self.config.think_hz.max(1) as u64).max(1);

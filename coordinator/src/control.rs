@@ -1,0 +1,315 @@
+//! The coordinator's control loop: leader election, then placing cells on
+//! live shards. Run several coordinators; one leads (`coordinator/leader`
+//! under its lease), the others wait and take over when its lease expires.
+//!
+//! Placement, as leader, every `interval`:
+//! - cells nobody owns go to live shards (X stripes over the live shards);
+//!   the first placement waits `settle` after the first shard appears, so
+//!   shards starting together share the world;
+//! - cells owned by a shard that is no longer registered (its lease
+//!   expired) are reassigned to a live shard with the next epoch, by
+//!   compare-and-set on the cell key's revision.
+
+use crate::cellmap::{cell_key, CellOwner};
+use crate::membership::live_shards;
+use crate::placement;
+use crate::store::{ClusterStore, Expect};
+use crate::CoordinatorError;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::{CellId, Epoch, ShardId};
+
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub id: String,
+    pub prefix: String,
+    /// Every cell of the world.
+    pub cells: Vec<CellId>,
+    pub lease_ttl: Duration,
+    pub interval: Duration,
+    pub settle: Duration,
+}
+
+/// The leader key's value.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Leader {
+    pub id: String,
+    pub since_unix: u64,
+}
+
+pub fn leader_key(prefix: &str) -> String {
+    format!("{prefix}coordinator/leader")
+}
+
+/// Runs until `shutdown` resolves; gives up leadership on the way out.
+pub async fn run(
+    config: CoordinatorConfig,
+    store: Arc<dyn ClusterStore>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), CoordinatorError> {
+    tokio::pin!(shutdown);
+    loop {
+        let lease = tokio::select! {
+            l = campaign(&config, &*store) => l?,
+            _ = &mut shutdown => return Ok(()),
+        };
+        tracing::info!(coordinator = %config.id, "became leader");
+        let lost = tokio::select! {
+            r = lead(&config, &*store, lease) => r,
+            _ = &mut shutdown => {
+                let _ = store.revoke(lease).await;
+                tracing::info!(coordinator = %config.id, "stepped down");
+                return Ok(());
+            }
+        };
+        if let Err(e) = lost {
+            tracing::error!(coordinator = %config.id, error = %e, "lost leadership");
+        }
+    }
+}
+
+/// Waits until this coordinator holds the leader key.
+async fn campaign(
+    config: &CoordinatorConfig,
+    store: &dyn ClusterStore,
+) -> Result<i64, CoordinatorError> {
+    let key = leader_key(&config.prefix);
+    loop {
+        match try_lead(config, store, &key).await {
+            Ok(Some(lease)) => return Ok(lease),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(coordinator = %config.id, error = %e, "cannot campaign; retrying")
+            }
+        }
+        tokio::time::sleep(config.interval).await;
+    }
+}
+
+async fn try_lead(
+    config: &CoordinatorConfig,
+    store: &dyn ClusterStore,
+    key: &str,
+) -> Result<Option<i64>, CoordinatorError> {
+    if store.get(key).await?.is_some() {
+        return Ok(None);
+    }
+    let lease = store.grant_lease(config.lease_ttl).await?;
+    let value = serde_json::to_vec(&Leader {
+        id: config.id.clone(),
+        since_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    })
+    .expect("leader serialises");
+    match store
+        .compare_and_put(key, Expect::Absent, value, Some(lease))
+        .await?
+    {
+        Some(_) => Ok(Some(lease)),
+        None => {
+            let _ = store.revoke(lease).await;
+            Ok(None)
+        }
+    }
+}
+
+/// Leads until the lease cannot be kept.
+async fn lead(
+    config: &CoordinatorConfig,
+    store: &dyn ClusterStore,
+    lease: i64,
+) -> Result<(), CoordinatorError> {
+    let mut first_shard_seen: Option<tokio::time::Instant> = None;
+    let mut last_renewal = tokio::time::Instant::now();
+    loop {
+        match store.keep_alive(lease).await {
+            Ok(()) => last_renewal = tokio::time::Instant::now(),
+            Err(e @ crate::StoreError::LeaseNotFound(_)) => return Err(e.into()),
+            Err(e) => {
+                if last_renewal.elapsed() >= config.lease_ttl {
+                    return Err(e.into());
+                }
+                // The store is down: do nothing until it is back.
+                tokio::time::sleep(config.interval).await;
+                continue;
+            }
+        }
+        if let Err(e) = place(config, store, &mut first_shard_seen).await {
+            tracing::warn!(coordinator = %config.id, error = %e, "placement round failed");
+        }
+        tokio::time::sleep(config.interval).await;
+    }
+}
+
+/// One placement round.
+async fn place(
+    config: &CoordinatorConfig,
+    store: &dyn ClusterStore,
+    first_shard_seen: &mut Option<tokio::time::Instant>,
+) -> Result<(), CoordinatorError> {
+    let live: Vec<ShardId> = live_shards(store, &config.prefix)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    let seen = *first_shard_seen.get_or_insert_with(tokio::time::Instant::now);
+    let cells_prefix = format!("{}cells/", config.prefix);
+    let mut current: HashMap<CellId, (CellOwner, i64)> = HashMap::new();
+    for kv in store.list(&cells_prefix).await? {
+        let Some(cell) = kv
+            .key
+            .strip_prefix(&cells_prefix)
+            .and_then(|c| c.parse::<CellId>().ok())
+        else {
+            continue;
+        };
+        match serde_json::from_slice::<CellOwner>(&kv.value) {
+            Ok(o) => {
+                current.insert(cell, (o, kv.mod_revision));
+            }
+            Err(e) => {
+                return Err(CoordinatorError::BadValue {
+                    key: kv.key,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+    if current.is_empty() && seen.elapsed() < config.settle {
+        return Ok(());
+    }
+    let mut sorted = live.clone();
+    sorted.sort();
+    let plan: HashMap<CellId, ShardId> = placement::stripes(&config.cells, &sorted)
+        .into_iter()
+        .collect();
+    for cell in &config.cells {
+        let target = plan.get(cell).cloned().unwrap_or_else(|| sorted[0].clone());
+        let key = cell_key(&config.prefix, *cell);
+        match current.get(cell) {
+            None => {
+                let value = owner_json(&target, Epoch(1));
+                if store
+                    .compare_and_put(&key, Expect::Absent, value, None)
+                    .await?
+                    .is_some()
+                {
+                    tracing::info!(cell = %cell, shard = %target, epoch = 1, "cell placed");
+                }
+            }
+            Some((owner, rev)) if !live.contains(&owner.owner) => {
+                let epoch = owner.epoch.next();
+                let value = owner_json(&target, epoch);
+                if store
+                    .compare_and_put(&key, Expect::ModRevision(*rev), value, None)
+                    .await?
+                    .is_some()
+                {
+                    tracing::warn!(cell = %cell, from = %owner.owner, to = %target, epoch = %epoch, "owner is gone; cell reassigned");
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn owner_json(shard: &ShardId, epoch: Epoch) -> Vec<u8> {
+    serde_json::to_vec(&CellOwner {
+        owner: shard.clone(),
+        epoch,
+    })
+    .expect("cell owner serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{shard_key, ShardRegistration};
+    use crate::store::MemStore;
+    use crate::CellMap;
+
+    fn config(id: &str) -> CoordinatorConfig {
+        CoordinatorConfig {
+            id: id.into(),
+            prefix: "/t/".into(),
+            cells: (-2..2)
+                .flat_map(|x| (0..2).map(move |z| CellId::new(x, z)))
+                .collect(),
+            lease_ttl: Duration::from_millis(600),
+            interval: Duration::from_millis(50),
+            settle: Duration::from_millis(100),
+        }
+    }
+
+    async fn register(store: &Arc<dyn ClusterStore>, id: &str, ttl: Duration) -> i64 {
+        let lease = store.grant_lease(ttl).await.unwrap();
+        let reg = ShardRegistration {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            node: "n".into(),
+            capacity: 1,
+            version: "0".into(),
+        };
+        store
+            .put(
+                &shard_key("/t/", &ShardId::new(id)),
+                serde_json::to_vec(&reg).unwrap(),
+                Some(lease),
+            )
+            .await
+            .unwrap();
+        lease
+    }
+
+    #[tokio::test]
+    async fn one_leader_places_cells_and_reassigns_a_dead_shards_cells() {
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let (stop_a, a_rx) = tokio::sync::oneshot::channel::<()>();
+        let (_stop_b, b_rx) = tokio::sync::oneshot::channel::<()>();
+        let a = tokio::spawn(run(config("a"), store.clone(), async move {
+            let _ = a_rx.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _b = tokio::spawn(run(config("b"), store.clone(), async move {
+            let _ = b_rx.await;
+        }));
+        let leader = store.get(&leader_key("/t/")).await.unwrap().unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Leader>(&leader.value).unwrap().id,
+            "a"
+        );
+
+        let s1 = register(&store, "s1", Duration::from_secs(60)).await;
+        let s2 = register(&store, "s2", Duration::from_millis(300)).await;
+        let _ = s1;
+        let map = CellMap::watch(store.clone(), "/t/").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Placed on both shards (s2's lease is still alive at first)...
+        let all = map.all();
+        assert_eq!(all.len(), 8);
+        let _ = s2;
+        // ...then s2's lease expires and its cells move to s1, epoch 2.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        for (cell, owner) in map.all() {
+            assert_eq!(owner.owner.0, "s1", "{cell}");
+        }
+        assert!(map.all().iter().any(|(_, o)| o.epoch == Epoch(2)));
+
+        // The leader steps down; the other coordinator takes over.
+        stop_a.send(()).unwrap();
+        a.await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let leader = store.get(&leader_key("/t/")).await.unwrap().unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Leader>(&leader.value).unwrap().id,
+            "b"
+        );
+    }
+}

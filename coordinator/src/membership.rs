@@ -1,0 +1,213 @@
+//! Cluster membership: every shard and router registers itself under a
+//! lease (`shards/<id>`, `routers/<id>`, docs/cluster-keys.md) and keeps the
+//! lease alive; everyone watches the registrations to know where to send
+//! cluster messages ([`Directory`]).
+
+use crate::store::{follow, ClusterStore, Follow, LeaseId, WatchEvent};
+use crate::transport::{Directory, Member};
+use crate::CoordinatorError;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::{RouterId, ShardId};
+use tokio::sync::watch;
+
+/// A shard's registration (`<prefix>shards/<id>`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardRegistration {
+    /// Cluster (QUIC) address peers dial.
+    pub addr: SocketAddr,
+    /// The machine it runs on (k8s node name, hostname).
+    pub node: String,
+    /// Relative capacity; placement gives bigger shards more cells.
+    pub capacity: u32,
+    pub version: String,
+}
+
+/// A router's registration (`<prefix>routers/<id>`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterRegistration {
+    pub addr: SocketAddr,
+    pub telnet: SocketAddr,
+    pub quic: SocketAddr,
+    pub version: String,
+}
+
+pub fn shard_key(prefix: &str, id: &ShardId) -> String {
+    format!("{prefix}shards/{id}")
+}
+
+pub fn router_key(prefix: &str, id: &RouterId) -> String {
+    format!("{prefix}routers/{id}")
+}
+
+/// A registration kept alive in the background. `lost` turns true when the
+/// lease could not be renewed before it expired: the member must then stop
+/// acting as a member (a shard stops simulating).
+pub struct Registration {
+    pub lease: LeaseId,
+    pub lost: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+    store: Arc<dyn ClusterStore>,
+}
+
+impl Registration {
+    /// Puts `value` at `key` under a new lease of `ttl` and renews it every
+    /// third of the TTL.
+    pub async fn register(
+        store: Arc<dyn ClusterStore>,
+        key: String,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Registration, CoordinatorError> {
+        let lease = store.grant_lease(ttl).await?;
+        store.put(&key, value, Some(lease)).await?;
+        let (tx, rx) = watch::channel(false);
+        let s = store.clone();
+        let task = tokio::spawn(async move {
+            let period = ttl / 3;
+            let mut last_ok = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(period).await;
+                match s.keep_alive(lease).await {
+                    Ok(()) => last_ok = tokio::time::Instant::now(),
+                    Err(e) => {
+                        tracing::warn!(key = %key, error = %e, "lease keep-alive failed");
+                        // Expired for sure once the TTL has passed since the
+                        // last renewal, or at once if the store says so.
+                        let gone = matches!(e, crate::StoreError::LeaseNotFound(_));
+                        if gone || last_ok.elapsed() >= ttl {
+                            let _ = tx.send(true);
+                            tracing::error!(key = %key, "registration lost");
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Registration {
+            lease,
+            lost: rx,
+            task,
+            store,
+        })
+    }
+
+    /// Revokes the lease: the registration disappears at once.
+    pub async fn revoke(self) {
+        self.task.abort();
+        let _ = self.store.revoke(self.lease).await;
+    }
+}
+
+/// Keeps `directory` equal to the registrations under `prefix`.
+pub async fn watch_directory(
+    store: Arc<dyn ClusterStore>,
+    prefix: &str,
+    directory: Directory,
+) -> Result<(), CoordinatorError> {
+    let p = prefix.to_string();
+    follow(store, prefix.to_string(), move |f| match f {
+        Follow::Snapshot(kvs) => {
+            let fresh = Directory::default();
+            for kv in kvs {
+                apply(&p, &fresh, &WatchEvent::Put(kv));
+            }
+            directory.replace_with(&fresh);
+        }
+        Follow::Event(ev) => apply(&p, &directory, &ev),
+    })
+    .await?;
+    Ok(())
+}
+
+fn member_of(prefix: &str, key: &str) -> Option<Member> {
+    let rest = key.strip_prefix(prefix)?;
+    if let Some(id) = rest.strip_prefix("shards/") {
+        return Some(Member::Shard(ShardId::new(id)));
+    }
+    rest.strip_prefix("routers/")
+        .map(|id| Member::Router(RouterId(id.to_string())))
+}
+
+fn apply(prefix: &str, directory: &Directory, ev: &WatchEvent) {
+    match ev {
+        WatchEvent::Put(kv) => {
+            let Some(member) = member_of(prefix, &kv.key) else {
+                return;
+            };
+            let addr = match &member {
+                Member::Shard(_) => serde_json::from_slice::<ShardRegistration>(&kv.value)
+                    .map(|r| r.addr)
+                    .ok(),
+                Member::Router(_) => serde_json::from_slice::<RouterRegistration>(&kv.value)
+                    .map(|r| r.addr)
+                    .ok(),
+            };
+            match addr {
+                Some(a) => directory.set(member, a),
+                None => tracing::warn!(key = %kv.key, "bad registration value"),
+            }
+        }
+        WatchEvent::Delete { key, .. } => {
+            if let Some(member) = member_of(prefix, key) {
+                directory.remove(&member);
+            }
+        }
+    }
+}
+
+/// The live shards and their registrations.
+pub async fn live_shards(
+    store: &dyn ClusterStore,
+    prefix: &str,
+) -> Result<Vec<(ShardId, ShardRegistration)>, CoordinatorError> {
+    let shard_prefix = format!("{prefix}shards/");
+    let mut out = Vec::new();
+    for kv in store.list(&shard_prefix).await? {
+        let Some(id) = kv.key.strip_prefix(&shard_prefix) else {
+            continue;
+        };
+        match serde_json::from_slice::<ShardRegistration>(&kv.value) {
+            Ok(r) => out.push((ShardId::new(id), r)),
+            Err(e) => tracing::warn!(key = %kv.key, error = %e, "bad shard registration"),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    #[tokio::test]
+    async fn directory_follows_registrations() {
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let dir = Directory::default();
+        watch_directory(store.clone(), "/t/", dir.clone())
+            .await
+            .unwrap();
+        let reg = ShardRegistration {
+            addr: "127.0.0.1:7000".parse().unwrap(),
+            node: "n1".into(),
+            capacity: 1,
+            version: "0".into(),
+        };
+        let r = Registration::register(
+            store.clone(),
+            shard_key("/t/", &ShardId::new("s1")),
+            serde_json::to_vec(&reg).unwrap(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(dir.get(&Member::Shard(ShardId::new("s1"))), Some(reg.addr));
+        assert_eq!(live_shards(&*store, "/t/").await.unwrap().len(), 1);
+        r.revoke().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(dir.get(&Member::Shard(ShardId::new("s1"))), None);
+    }
+}

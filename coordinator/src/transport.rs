@@ -1,0 +1,644 @@
+//! The networked bus: cluster messages between processes over QUIC with
+//! mutual TLS (ALPN `tessera-cluster/1`).
+//!
+//! Only cluster members can connect: every member holds a certificate
+//! signed by the cluster CA (`tessera ca init DIR` creates one; in k8s it is
+//! a mounted secret) and both ends of every connection verify the other's
+//! against it.
+//!
+//! Delivery: one long-lived unidirectional stream per (sender, receiver)
+//! pair carries length-prefixed bincode [`Envelope`]s, so messages from one
+//! sender to one receiver arrive in order (the invariant the router and the
+//! shards rely on). Messages to a member that is unreachable wait in its
+//! queue while the link reconnects with backoff; a message being written
+//! when a connection breaks is sent again on the next one.
+
+use crate::bus::{Bus, BusError};
+use parking_lot::{Mutex, RwLock};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::cluster::{CellFrame, Envelope, ToRouter, ToShard};
+use tessera_proto::frame::{self, FrameBuffer, MAX_CLUSTER_FRAME};
+use tessera_proto::{RouterId, ShardId};
+use tokio::sync::mpsc;
+
+/// ALPN of the cluster protocol.
+pub const CLUSTER_ALPN: &[u8] = b"tessera-cluster/1";
+/// The name every member certificate carries and every client checks.
+const CLUSTER_NAME: &str = "tessera-cluster";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cluster CA in {dir}: {reason}")]
+    Ca { dir: PathBuf, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+}
+
+/// The cluster certificate authority.
+pub struct ClusterCa {
+    cert: CertificateDer<'static>,
+    key: KeyPair,
+}
+
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, "Tessera cluster CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+impl ClusterCa {
+    /// Creates a new CA in `dir` (`ca-cert.pem`, `ca-key.pem`), refusing to
+    /// overwrite an existing one.
+    pub fn create(dir: &Path) -> Result<ClusterCa, TransportError> {
+        let err = |reason: String| TransportError::Ca {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let (cert_path, key_path) = (dir.join("ca-cert.pem"), dir.join("ca-key.pem"));
+        if cert_path.exists() || key_path.exists() {
+            return Err(err("a CA already exists here; not overwriting it".into()));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let key = KeyPair::generate().map_err(|e| err(e.to_string()))?;
+        let cert = ca_params()
+            .self_signed(&key)
+            .map_err(|e| err(e.to_string()))?;
+        write_private(&key_path, key.serialize_pem().as_bytes()).map_err(|e| err(e.to_string()))?;
+        std::fs::write(&cert_path, cert.pem()).map_err(|e| err(e.to_string()))?;
+        Ok(ClusterCa {
+            cert: cert.der().clone(),
+            key,
+        })
+    }
+
+    /// Loads the CA from `dir`.
+    pub fn load(dir: &Path) -> Result<ClusterCa, TransportError> {
+        let err = |reason: String| TransportError::Ca {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let cert_pem = std::fs::read_to_string(dir.join("ca-cert.pem")).map_err(|e| {
+            err(format!(
+                "ca-cert.pem: {e} (create one with `tessera ca init`)"
+            ))
+        })?;
+        let key_pem = std::fs::read_to_string(dir.join("ca-key.pem"))
+            .map_err(|e| err(format!("ca-key.pem: {e}")))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| err(format!("ca-key.pem: {e}")))?;
+        let cert = rustls_pemfile_cert(&cert_pem).map_err(err)?;
+        Ok(ClusterCa { cert, key })
+    }
+
+    /// Loads the CA, creating it first if `dir` has none.
+    pub fn load_or_create(dir: &Path) -> Result<ClusterCa, TransportError> {
+        if dir.join("ca-cert.pem").exists() {
+            ClusterCa::load(dir)
+        } else {
+            ClusterCa::create(dir)
+        }
+    }
+
+    /// A fresh member identity (key and certificate signed by this CA).
+    pub fn member(&self, member: &str) -> Result<MemberIdentity, TransportError> {
+        let tls = |e: rcgen::Error| TransportError::Tls(e.to_string());
+        let key = KeyPair::generate().map_err(tls)?;
+        let mut params = CertificateParams::new(vec![CLUSTER_NAME.to_string()]).map_err(tls)?;
+        params.distinguished_name.push(DnType::CommonName, member);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let issuer = Issuer::new(ca_params(), &self.key);
+        let cert = params.signed_by(&key, &issuer).map_err(tls)?;
+        Ok(MemberIdentity {
+            chain: vec![cert.der().clone(), self.cert.clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            root: self.cert.clone(),
+        })
+    }
+}
+
+fn rustls_pemfile_cert(pem: &str) -> Result<CertificateDer<'static>, String> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("ca-cert.pem is not a PEM certificate: {e}"))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(bytes)
+}
+
+/// A member's certificate chain and key, plus the CA root it trusts.
+pub struct MemberIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    root: CertificateDer<'static>,
+}
+
+impl MemberIdentity {
+    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TransportError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.root.clone())
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        Ok(Arc::new(roots))
+    }
+
+    /// Server side: requires a client certificate from the same CA.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, TransportError> {
+        let tls = |e: rustls::Error| TransportError::Tls(e.to_string());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots()?,
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls)?;
+        cfg.alpn_protocols = vec![CLUSTER_ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(Arc::new(transport()));
+        Ok(server)
+    }
+
+    /// Client side: verifies the server against the CA, shows our own
+    /// certificate.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, TransportError> {
+        let tls = |e: rustls::Error| TransportError::Tls(e.to_string());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls)?;
+        cfg.alpn_protocols = vec![CLUSTER_ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(Arc::new(transport()));
+        Ok(client)
+    }
+}
+
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(1)))
+        .max_idle_timeout(Some(
+            Duration::from_secs(5)
+                .try_into()
+                .expect("5 s is a valid idle timeout"),
+        ))
+        .max_concurrent_uni_streams(64u32.into());
+    t
+}
+
+/// Who a bus belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Member {
+    Shard(ShardId),
+    Router(RouterId),
+}
+
+impl Member {
+    fn key(&self) -> String {
+        match self {
+            Member::Shard(id) => format!("shard/{id}"),
+            Member::Router(id) => format!("router/{id}"),
+        }
+    }
+}
+
+/// Where members listen, kept current by membership (etcd registrations).
+#[derive(Clone, Default)]
+pub struct Directory {
+    addrs: Arc<RwLock<HashMap<Member, SocketAddr>>>,
+}
+
+impl Directory {
+    pub fn set(&self, member: Member, addr: SocketAddr) {
+        self.addrs.write().insert(member, addr);
+    }
+
+    /// Makes this directory equal to `other` in one step.
+    pub fn replace_with(&self, other: &Directory) {
+        let fresh = other.addrs.read().clone();
+        *self.addrs.write() = fresh;
+    }
+
+    pub fn remove(&self, member: &Member) {
+        self.addrs.write().remove(member);
+    }
+
+    pub fn get(&self, member: &Member) -> Option<SocketAddr> {
+        self.addrs.read().get(member).copied()
+    }
+
+    pub fn routers(&self) -> Vec<RouterId> {
+        self.addrs
+            .read()
+            .keys()
+            .filter_map(|m| match m {
+                Member::Router(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Where messages for this process go once they arrive.
+#[derive(Clone)]
+pub enum LocalInbox {
+    Shard(ShardId, crossbeam_channel::Sender<ToShard>),
+    Router(RouterId, mpsc::UnboundedSender<ToRouter>),
+}
+
+/// The networked [`Bus`].
+pub struct QuicBus {
+    inbox: LocalInbox,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    directory: Directory,
+    links: Mutex<HashMap<Member, mpsc::UnboundedSender<Arc<Vec<u8>>>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl QuicBus {
+    /// Listens on `listen` for cluster connections and delivers what
+    /// arrives for this member into `inbox`. Must be called inside a tokio
+    /// runtime.
+    pub fn start(
+        identity: &MemberIdentity,
+        listen: SocketAddr,
+        inbox: LocalInbox,
+        directory: Directory,
+    ) -> Result<Arc<QuicBus>, TransportError> {
+        let mut endpoint =
+            quinn::Endpoint::server(identity.server_config()?, listen).map_err(|e| {
+                TransportError::Bind {
+                    addr: listen,
+                    reason: e.to_string(),
+                }
+            })?;
+        let client = identity.client_config()?;
+        endpoint.set_default_client_config(client.clone());
+        let bus = Arc::new(QuicBus {
+            inbox,
+            endpoint: endpoint.clone(),
+            client,
+            directory,
+            links: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let b = bus.clone();
+        tokio::spawn(async move { b.accept_loop().await });
+        Ok(bus)
+    }
+
+    /// The address cluster peers should dial.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let bus = self.clone();
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster connection refused (not a cluster member?)");
+                        return;
+                    }
+                };
+                while let Ok(stream) = conn.accept_uni().await {
+                    let bus = bus.clone();
+                    tokio::spawn(async move { bus.read_stream(stream).await });
+                }
+            });
+        }
+    }
+
+    async fn read_stream(&self, mut stream: quinn::RecvStream) {
+        let mut buf = FrameBuffer::new(MAX_CLUSTER_FRAME);
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            loop {
+                match buf.next_frame() {
+                    Ok(Some(payload)) => {
+                        match frame::decode::<Envelope>(&payload, MAX_CLUSTER_FRAME) {
+                            Ok(env) => self.deliver_local(env),
+                            Err(e) => {
+                                tracing::error!(error = %e, "malformed cluster message; closing the stream");
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "bad cluster frame; closing the stream");
+                        return;
+                    }
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(Some(n)) => buf.extend(&chunk[..n]),
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    fn deliver_local(&self, env: Envelope) {
+        match (env, &self.inbox) {
+            (Envelope::Shard { to, msg }, LocalInbox::Shard(me, tx)) if &to == me => {
+                let _ = tx.send(msg);
+            }
+            (Envelope::Router { to, msg }, LocalInbox::Router(me, tx)) if &to == me => {
+                let _ = tx.send(msg);
+            }
+            (env, _) => {
+                tracing::warn!(to = ?envelope_target(&env), "cluster message for another member dropped")
+            }
+        }
+    }
+
+    fn link(&self, to: &Member) -> mpsc::UnboundedSender<Arc<Vec<u8>>> {
+        let mut links = self.links.lock();
+        if let Some(tx) = links.get(to) {
+            if !tx.is_closed() {
+                return tx.clone();
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        links.insert(to.clone(), tx.clone());
+        let link = Link {
+            to: to.clone(),
+            endpoint: self.endpoint.clone(),
+            client: self.client.clone(),
+            directory: self.directory.clone(),
+        };
+        self.runtime.spawn(link.run(rx));
+        tx
+    }
+
+    fn send(&self, to: Member, env: &Envelope) -> Result<(), BusError> {
+        let bytes = match frame::encode_frame(env, MAX_CLUSTER_FRAME) {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode cluster message");
+                return Ok(());
+            }
+        };
+        let missing = || match &to {
+            Member::Shard(id) => BusError::NoShard(id.clone()),
+            Member::Router(id) => BusError::NoRouter(id.clone()),
+        };
+        if self.directory.get(&to).is_none() {
+            return Err(missing());
+        }
+        self.link(&to).send(bytes).map_err(|_| missing())
+    }
+}
+
+fn envelope_target(env: &Envelope) -> String {
+    match env {
+        Envelope::Shard { to, .. } => format!("shard {to}"),
+        Envelope::Router { to, .. } => format!("router {to}"),
+    }
+}
+
+/// One outgoing link: connects, opens a stream, writes queued frames in
+/// order; reconnects with backoff when the connection breaks.
+struct Link {
+    to: Member,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    directory: Directory,
+}
+
+impl Link {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Arc<Vec<u8>>>) {
+        let mut pending: Option<Arc<Vec<u8>>> = None;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if pending.is_none() {
+                match rx.recv().await {
+                    Some(b) => pending = Some(b),
+                    None => return,
+                }
+            }
+            let Some(addr) = self.directory.get(&self.to) else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            };
+            let stream = async {
+                let conn = self
+                    .endpoint
+                    .connect_with(self.client.clone(), addr, CLUSTER_NAME)
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.open_uni().await.map_err(|e| e.to_string())
+            };
+            let mut stream = match tokio::time::timeout(Duration::from_secs(5), stream).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!(to = %self.to.key(), addr = %addr, error = %e, "cluster link cannot connect; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(to = %self.to.key(), addr = %addr, "cluster link connect timed out; retrying");
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            tracing::debug!(to = %self.to.key(), addr = %addr, "cluster link up");
+            // Write the pending frame, then everything that follows.
+            loop {
+                let Some(bytes) = pending.take() else {
+                    match rx.recv().await {
+                        Some(b) => {
+                            pending = Some(b);
+                            continue;
+                        }
+                        None => {
+                            let _ = stream.finish();
+                            return;
+                        }
+                    }
+                };
+                if let Err(e) = stream.write_all(&bytes).await {
+                    tracing::warn!(to = %self.to.key(), error = %e, "cluster link broke; reconnecting");
+                    pending = Some(bytes);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Bus for QuicBus {
+    fn to_shard(&self, shard: &ShardId, msg: ToShard) -> Result<(), BusError> {
+        if let LocalInbox::Shard(me, tx) = &self.inbox {
+            if me == shard {
+                return tx.send(msg).map_err(|_| BusError::NoShard(shard.clone()));
+            }
+        }
+        let env = Envelope::Shard {
+            to: shard.clone(),
+            msg,
+        };
+        self.send(Member::Shard(shard.clone()), &env)
+    }
+
+    fn to_router(&self, router: &RouterId, msg: ToRouter) -> Result<(), BusError> {
+        if let LocalInbox::Router(me, tx) = &self.inbox {
+            if me == router {
+                return tx.send(msg).map_err(|_| BusError::NoRouter(router.clone()));
+            }
+        }
+        let env = Envelope::Router {
+            to: router.clone(),
+            msg,
+        };
+        self.send(Member::Router(router.clone()), &env)
+    }
+
+    fn publish_frame(&self, frame: Arc<CellFrame>) {
+        for router in self.directory.routers() {
+            let _ = self.to_router(&router, ToRouter::Frame(frame.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_is_saved_and_loaded_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(dir.path()).unwrap();
+        let again = ClusterCa::load(dir.path()).unwrap();
+        assert_eq!(ca.cert, again.cert);
+        assert!(
+            ClusterCa::create(dir.path()).is_err(),
+            "never overwrites a CA"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_exchange_messages_in_order_and_strangers_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(dir.path()).unwrap();
+        let directory = Directory::default();
+        let (shard_tx, shard_rx) = crossbeam_channel::unbounded();
+        let a = ShardId::new("a");
+        let shard_bus = QuicBus::start(
+            &ca.member("shard a").unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            LocalInbox::Shard(a.clone(), shard_tx),
+            directory.clone(),
+        )
+        .unwrap();
+        directory.set(Member::Shard(a.clone()), shard_bus.local_addr().unwrap());
+        let (router_tx, _router_rx) = mpsc::unbounded_channel();
+        let r = RouterId("r".into());
+        let router_bus = QuicBus::start(
+            &ca.member("router r").unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            LocalInbox::Router(r.clone(), router_tx),
+            directory.clone(),
+        )
+        .unwrap();
+        for i in 0..200u64 {
+            router_bus
+                .to_shard(
+                    &a,
+                    ToShard::Leave {
+                        entity: tessera_proto::EntityId(i),
+                    },
+                )
+                .unwrap();
+        }
+        let got: Vec<u64> = tokio::task::spawn_blocking(move || {
+            (0..200)
+                .map(|_| match shard_rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(ToShard::Leave { entity }) => entity.0,
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect()
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, (0..200).collect::<Vec<_>>(), "in order, none lost");
+        // A member of another cluster (another CA) cannot connect.
+        let other_dir = tempfile::tempdir().unwrap();
+        let stranger_ca = ClusterCa::create(other_dir.path()).unwrap();
+        let stranger = stranger_ca.member("stranger").unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(stranger.client_config().unwrap());
+        let conn = ep
+            .connect(shard_bus.local_addr().unwrap(), CLUSTER_NAME)
+            .unwrap()
+            .await;
+        let refused = match conn {
+            Err(_) => true,
+            Ok(c) => {
+                // TLS 1.3: the client may finish before the server rejects
+                // its certificate; the connection then dies at once.
+                let stream = c.open_uni().await;
+                match stream {
+                    Err(_) => true,
+                    Ok(mut s) => {
+                        let _ = s.write_all(b"hello").await;
+                        tokio::time::timeout(Duration::from_secs(5), c.closed())
+                            .await
+                            .is_ok()
+                    }
+                }
+            }
+        };
+        assert!(refused, "a stranger's connection was accepted");
+    }
+}

@@ -1,0 +1,265 @@
+//! A real, single-member etcd for tests: started from Debian's `etcd-server`
+//! binary on free loopback ports with a temporary data dir, stopped (killed)
+//! and restarted on the same ports and data, and always killed on drop, even
+//! when the test panics.
+//!
+//! Blocking: call it from a multi-threaded tokio test (or before the runtime
+//! starts); `start` and `restart` wait until etcd answers `/health`.
+//!
+//! The binary is `$TESSERA_ETCD_BIN` if set, else `etcd` on `PATH`, else
+//! `/usr/bin/etcd` or `/usr/local/bin/etcd`. When none exists, `start`
+//! panics telling to run `scripts/test.sh`, which installs it: a test that
+//! needs etcd fails rather than passes without it.
+
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long etcd may take to answer `/health` after a start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const MEMBER_NAME: &str = "tessera-test";
+
+pub struct EtcdServer {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl EtcdServer {
+    /// Starts a fresh etcd and waits until it answers. Panics (with the tail
+    /// of etcd's log) if it does not.
+    pub fn start() -> EtcdServer {
+        let bin = find_etcd().unwrap_or_else(|looked| {
+            panic!(
+                "the etcd server binary is missing (looked at {looked}). Run scripts/test.sh, \
+                 which installs it (Debian package etcd-server), or `apt-get install \
+                 etcd-server`, or point TESSERA_ETCD_BIN at an etcd binary."
+            )
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-etcd-")
+            .tempdir()
+            .expect("create a temp dir for etcd");
+        let (client_port, peer_port) = free_ports();
+        let mut server = EtcdServer {
+            bin,
+            dir,
+            client_port,
+            peer_port,
+            child: None,
+            starts: 0,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The client URL, `http://127.0.0.1:<port>`.
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The client URL as the endpoint list `EtcdStore::connect` takes.
+    pub fn endpoints(&self) -> Vec<String> {
+        vec![self.client_url()]
+    }
+
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Kills etcd (SIGKILL, like a crash or a lost machine) and waits until
+    /// it is gone. The data dir and ports stay for [`EtcdServer::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data dir (stopping it first
+    /// if it runs) and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The logs of every start so far, concatenated.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for n in 1..=self.starts {
+            let path = self.log_path(n);
+            all.push_str(&format!("--- {}\n", path.display()));
+            all.push_str(&fs::read_to_string(&path).unwrap_or_default());
+        }
+        all
+    }
+
+    fn log_path(&self, start: u32) -> PathBuf {
+        self.dir.path().join(format!("etcd-{start}.log"))
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = File::create(self.log_path(self.starts)).expect("create the etcd log");
+        let client = self.client_url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new(&self.bin);
+        // etcd also reads its flags from ETCD_* variables and refuses a flag
+        // given both ways: only the flags below count.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(&name);
+            }
+        }
+        // etcd 3.4 runs on arm64 (the Orange Pi boards) only when told to.
+        if std::env::consts::ARCH != "x86_64" {
+            let arch = match std::env::consts::ARCH {
+                "aarch64" => "arm64",
+                other => other,
+            };
+            cmd.env("ETCD_UNSUPPORTED_ARCH", arch);
+        }
+        cmd.arg("--name")
+            .arg(MEMBER_NAME)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("{MEMBER_NAME}={peer}"))
+            .arg("--initial-cluster-token")
+            .arg("tessera-test")
+            .arg("--logger")
+            .arg("zap")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(child) = &mut self.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    panic!(
+                        "etcd exited during startup ({status}):\n{}",
+                        self.log_tail()
+                    );
+                }
+            }
+            if healthy(self.client_port) {
+                return;
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                let tail = self.log_tail();
+                self.stop();
+                panic!("etcd did not become healthy within {READY_TIMEOUT:?}:\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = self.logs();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Asks etcd's `/health` endpoint (HTTP/1.1 on the client port); true once
+/// the member has a leader and serves requests.
+fn healthy(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request =
+        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") && answer.contains("\"health\":\"true\"")
+}
+
+/// Two distinct free loopback ports: bound at once, then released.
+fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let ports = (
+        a.local_addr().expect("local address").port(),
+        b.local_addr().expect("local address").port(),
+    );
+    drop((a, b));
+    ports
+}
+
+/// The etcd binary, or where it was looked for.
+fn find_etcd() -> Result<PathBuf, String> {
+    let mut looked = Vec::new();
+    if let Some(bin) = std::env::var_os("TESSERA_ETCD_BIN") {
+        let bin = PathBuf::from(bin);
+        if is_file(&bin) {
+            return Ok(bin);
+        }
+        looked.push(format!("$TESSERA_ETCD_BIN={}", bin.display()));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(bin) = std::env::split_paths(&path)
+            .map(|dir| dir.join("etcd"))
+            .find(|bin| is_file(bin))
+        {
+            return Ok(bin);
+        }
+    }
+    looked.push("`etcd` on PATH".into());
+    for fixed in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if is_file(Path::new(fixed)) {
+            return Ok(PathBuf::from(fixed));
+        }
+        looked.push(fixed.into());
+    }
+    Err(looked.join(", "))
+}
+
+fn is_file(path: &Path) -> bool {
+    path.metadata().is_ok_and(|m| m.is_file())
+}

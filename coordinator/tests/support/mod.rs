@@ -1,0 +1,3 @@
+//! Helpers shared by the coordinator's integration tests.
+
+pub mod etcd;

@@ -1,0 +1,303 @@
+//! The cluster roles as separate processes: `tessera coordinator`,
+//! `tessera shard`, `tessera router`, and `tessera ca init`. Each wires the
+//! same role libraries `tessera up` uses to a real etcd and the QUIC cluster
+//! bus.
+
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_auth::Auth;
+use tessera_coordinator::control::{self, CoordinatorConfig};
+use tessera_coordinator::membership::{
+    self, router_key, shard_key, Registration, RouterRegistration, ShardRegistration,
+};
+use tessera_coordinator::transport::{ClusterCa, Directory, LocalInbox, QuicBus};
+use tessera_coordinator::{Bus, CellMap, ClusterStore, EtcdStore};
+use tessera_persistence::Database;
+use tessera_proto::{RouterId, ShardId};
+use tessera_router::{Router, RouterConfig};
+use tessera_shard::ShardConfig;
+
+/// Flags every cluster role takes.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// etcd endpoints, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Prometheus metrics address.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    metrics: SocketAddr,
+    /// The world definition directory.
+    #[arg(long, default_value = "worlds/default")]
+    world: PathBuf,
+}
+
+/// Flags of roles that speak the cluster protocol.
+#[derive(Args, Debug, Clone)]
+pub struct MemberArgs {
+    /// Directory with the cluster CA (`ca-cert.pem`, `ca-key.pem`).
+    #[arg(long)]
+    cluster_ca: PathBuf,
+    /// Where to listen for cluster (QUIC) connections.
+    #[arg(long, default_value = "0.0.0.0:7000")]
+    cluster_listen: SocketAddr,
+    /// The address peers should dial (default: the listen address, with
+    /// 127.0.0.1 for an unspecified IP).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Lease TTL of this member's registration, seconds.
+    #[arg(long, default_value_t = 3)]
+    lease_ttl_secs: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// This coordinator's name (leader election).
+    #[arg(long, default_value = "coordinator")]
+    id: String,
+    /// Wait this long after the first shard registers before placing cells,
+    /// so shards starting together share the world.
+    #[arg(long, default_value_t = 2000)]
+    settle_ms: u64,
+    #[arg(long, default_value_t = 3)]
+    lease_ttl_secs: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ShardArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    member: MemberArgs,
+    /// The shard's id (unique in the cluster).
+    #[arg(long)]
+    id: String,
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=240))]
+    tick_hz: u32,
+    /// Relative capacity of this machine.
+    #[arg(long, default_value_t = 1)]
+    capacity: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RouterArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    member: MemberArgs,
+    #[arg(long, default_value = "router-1")]
+    id: String,
+    #[arg(long, default_value = "0.0.0.0:4000")]
+    telnet: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:4433")]
+    quic: SocketAddr,
+    /// Accounts, player positions and the QUIC certificate.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    tick_hz: u32,
+}
+
+async fn connect_store(args: &ClusterArgs) -> anyhow::Result<Arc<dyn ClusterStore>> {
+    let store = EtcdStore::connect(&args.etcd, Duration::from_secs(5))
+        .await
+        .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
+    Ok(Arc::new(store))
+}
+
+fn advertise(member: &MemberArgs, bound: SocketAddr) -> SocketAddr {
+    member.advertise.unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            SocketAddr::new([127, 0, 0, 1].into(), bound.port())
+        } else {
+            bound
+        }
+    })
+}
+
+fn load_world(args: &ClusterArgs) -> anyhow::Result<Arc<tessera_proto::world::WorldDef>> {
+    let world = tessera_shard::worldfile::load_world_dir(&args.world)
+        .with_context(|| format!("cannot load the world from {}", args.world.display()))?;
+    Ok(Arc::new(world))
+}
+
+fn node_name() -> String {
+    std::env::var("NODE_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// `tessera ca init DIR`.
+pub fn ca_init(dir: PathBuf) -> anyhow::Result<()> {
+    ClusterCa::create(&dir)?;
+    println!("cluster CA created in {}", dir.display());
+    Ok(())
+}
+
+/// `tessera coordinator`.
+pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let metrics = crate::metrics_http::install(args.cluster.metrics).await?;
+    let world = load_world(&args.cluster)?;
+    let store = connect_store(&args.cluster).await?;
+    println!(
+        "coordinator {} running; metrics on http://{metrics}/metrics",
+        args.id
+    );
+    let config = CoordinatorConfig {
+        id: args.id,
+        prefix: args.cluster.prefix,
+        cells: world.extent.cells().collect(),
+        lease_ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),
+        interval: Duration::from_millis(250),
+        settle: Duration::from_millis(args.settle_ms),
+    };
+    control::run(config, store, crate::up::shutdown_signal()).await?;
+    println!("coordinator stopped.");
+    Ok(())
+}
+
+/// `tessera shard`.
+pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
+    let metrics = crate::metrics_http::install(args.cluster.metrics).await?;
+    let world = load_world(&args.cluster)?;
+    let store = connect_store(&args.cluster).await?;
+    let prefix = args.cluster.prefix.clone();
+    let id = ShardId::new(args.id.clone());
+    let ca = ClusterCa::load(&args.member.cluster_ca)?;
+    let identity = ca.member(&format!("shard {id}"))?;
+    let directory = Directory::default();
+    membership::watch_directory(store.clone(), &prefix, directory.clone()).await?;
+    let (tx, inbox) = crossbeam_channel::unbounded();
+    let bus = QuicBus::start(
+        &identity,
+        args.member.cluster_listen,
+        LocalInbox::Shard(id.clone(), tx),
+        directory,
+    )?;
+    let addr = advertise(&args.member, bus.local_addr()?);
+    let map = CellMap::watch(store.clone(), &prefix).await?;
+    let mut config = ShardConfig::new(id.clone());
+    config.tick_hz = args.tick_hz;
+    let dyn_bus: Arc<dyn Bus> = bus.clone();
+    let handle = tessera_shard::spawn(config, world, dyn_bus, map, inbox)?;
+    let registration = ShardRegistration {
+        addr,
+        node: node_name(),
+        capacity: args.capacity,
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut reg = Registration::register(
+        store.clone(),
+        shard_key(&prefix, &id),
+        serde_json::to_vec(&registration)?,
+        Duration::from_secs(args.member.lease_ttl_secs.max(1)),
+    )
+    .await?;
+    println!("shard {id} running; cluster address {addr}; metrics on http://{metrics}/metrics");
+    let lost = tokio::select! {
+        _ = crate::up::shutdown_signal() => false,
+        _ = reg.lost.wait_for(|l| *l) => true,
+    };
+    handle.stop();
+    if lost {
+        anyhow::bail!("shard {id} lost its etcd lease and stopped simulating");
+    }
+    reg.revoke().await;
+    println!("shard {id} stopped.");
+    Ok(())
+}
+
+/// `tessera router`.
+pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
+    let metrics = crate::metrics_http::install(args.cluster.metrics).await?;
+    let world = load_world(&args.cluster)?;
+    let store = connect_store(&args.cluster).await?;
+    let prefix = args.cluster.prefix.clone();
+    let id = RouterId(args.id.clone());
+    let ca = ClusterCa::load(&args.member.cluster_ca)?;
+    let identity = ca.member(&format!("router {id}"))?;
+    let directory = Directory::default();
+    membership::watch_directory(store.clone(), &prefix, directory.clone()).await?;
+    let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
+    let bus = QuicBus::start(
+        &identity,
+        args.member.cluster_listen,
+        LocalInbox::Router(id.clone(), tx),
+        directory,
+    )?;
+    let addr = advertise(&args.member, bus.local_addr()?);
+    let map = CellMap::watch(store.clone(), &prefix).await?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let db = Database::open_redb(&args.data_dir.join("tessera.redb"))?;
+    let auth = Arc::new(Auth::open(
+        db.clone(),
+        &args.data_dir.join("auth-signing.key"),
+    )?);
+    let mut rc = RouterConfig::new(id.clone(), args.data_dir.clone());
+    rc.telnet = args.telnet;
+    rc.quic = args.quic;
+    rc.tick_hz = args.tick_hz;
+    let dyn_bus: Arc<dyn Bus> = bus.clone();
+    let router = Router::new(rc, world, dyn_bus, map, auth, db);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(tessera_router::run(
+        router,
+        inbox,
+        ready_tx,
+        crate::up::shutdown_signal(),
+    ));
+    // Register first (shards send frames to registered routers only), then
+    // wait for the router to be ready.
+    let reg_value = |telnet, quic| RouterRegistration {
+        addr,
+        telnet,
+        quic,
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let reg = Registration::register(
+        store.clone(),
+        router_key(&prefix, &id),
+        serde_json::to_vec(&reg_value(args.telnet, args.quic))?,
+        Duration::from_secs(args.member.lease_ttl_secs.max(1)),
+    )
+    .await?;
+    let addrs = match ready_rx.await {
+        Ok(a) => a,
+        Err(_) => {
+            reg.revoke().await;
+            return match task.await {
+                Ok(Err(e)) => Err(e.into()),
+                _ => Err(anyhow::anyhow!("router stopped before it was ready")),
+            };
+        }
+    };
+    // Record the real addresses (ports may have been 0).
+    store
+        .put(
+            &router_key(&prefix, &id),
+            serde_json::to_vec(&reg_value(addrs.telnet, addrs.quic))?,
+            Some(reg.lease),
+        )
+        .await?;
+    println!("router {id} running; cluster address {addr}");
+    println!("telnet listening on {}", addrs.telnet);
+    println!(
+        "quic listening on {}   (certificate to pin: {})",
+        addrs.quic,
+        addrs.cert_path.display()
+    );
+    println!("metrics on http://{metrics}/metrics");
+    task.await??;
+    reg.revoke().await;
+    println!("router {id} stopped; state saved.");
+    Ok(())
+}

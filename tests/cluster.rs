@@ -1,0 +1,294 @@
+//! The cluster as separate processes against a real etcd: a coordinator
+//! (two, for leader election), two shard processes and a router, talking
+//! over the QUIC cluster bus with mutual TLS. A telnet player walks across
+//! the shard border; the world's entity count does not change.
+
+mod common;
+#[path = "../coordinator/tests/support/etcd.rs"]
+mod etcd;
+
+use common::{metric_samples, scrape, TelnetClient, TestDir};
+use etcd::EtcdServer;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const WORLD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/worlds/default");
+const PW: &str = "correct-horse";
+
+/// One `tessera <role>` process; killed on drop.
+struct Role {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr_log: PathBuf,
+}
+
+impl Role {
+    fn start(dir: &Path, name: &str, args: &[String]) -> Role {
+        let stderr_log = dir.join(format!("{name}.stderr.log"));
+        let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("start tessera");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Role {
+            name: name.into(),
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            stderr_log,
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns the rest.
+    fn wait_line(&mut self, prefix: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+            return l[prefix.len()..].to_string();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_string();
+                    }
+                }
+                Err(_) => panic!(
+                    "{} never printed {prefix:?}; stdout {:?}; stderr:\n{}",
+                    self.name,
+                    self.seen,
+                    std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn addr_after(&mut self, prefix: &str) -> SocketAddr {
+        let rest = self.wait_line(prefix);
+        let word = rest.split_whitespace().next().unwrap_or("");
+        word.trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .trim_end_matches(';')
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: bad address in {rest:?}: {e}", self.name))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn common_args(etcd: &EtcdServer, role: &str) -> Vec<String> {
+    vec![
+        role.into(),
+        "--etcd".into(),
+        etcd.client_url(),
+        "--world".into(),
+        WORLD.into(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+    ]
+}
+
+fn member_args(ca: &Path) -> Vec<String> {
+    vec![
+        "--cluster-ca".into(),
+        ca.display().to_string(),
+        "--cluster-listen".into(),
+        "127.0.0.1:0".into(),
+        "--lease-ttl-secs".into(),
+        "2".into(),
+    ]
+}
+
+fn shard(dir: &Path, etcd: &EtcdServer, ca: &Path, id: &str) -> (Role, SocketAddr) {
+    let mut args = common_args(etcd, "shard");
+    args.extend(member_args(ca));
+    args.extend(["--id".into(), id.into()]);
+    let mut role = Role::start(dir, id, &args);
+    let rest = role.wait_line(&format!("shard {id} running; cluster address "));
+    let metrics = rest
+        .split_once("metrics on http://")
+        .map(|(_, m)| {
+            m.trim_end_matches("/metrics")
+                .parse()
+                .expect("metrics address")
+        })
+        .expect("metrics address printed");
+    (role, metrics)
+}
+
+fn ticks(metrics: SocketAddr) -> f64 {
+    metric_samples(&scrape(metrics), "tessera_shard_tick_seconds_count")
+        .iter()
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn entities(shards: &[SocketAddr]) -> f64 {
+    shards
+        .iter()
+        .map(|m| {
+            metric_samples(&scrape(*m), "tessera_shard_entities")
+                .iter()
+                .map(|(_, v)| v)
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+fn settled_entities(shards: &[SocketAddr]) -> f64 {
+    let mut last = entities(shards);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = entities(shards);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[test]
+fn a_player_walks_across_shard_processes_and_a_standby_coordinator_takes_over() {
+    let dir = TestDir::new();
+    let etcd = EtcdServer::start();
+    let ca = dir.path().join("ca");
+    let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ca", "init"])
+        .arg(&ca)
+        .status()
+        .expect("tessera ca init");
+    assert!(status.success());
+
+    let mut coord_args = common_args(&etcd, "coordinator");
+    coord_args.extend([
+        "--settle-ms".into(),
+        "1500".into(),
+        "--lease-ttl-secs".into(),
+        "2".into(),
+    ]);
+    let mut c1 = Role::start(dir.path(), "coordinator-a", &{
+        let mut a = coord_args.clone();
+        a.extend(["--id".into(), "coordinator-a".into()]);
+        a
+    });
+    c1.wait_line("coordinator coordinator-a running");
+    let (_s1, m1) = shard(dir.path(), &etcd, &ca, "shard-1");
+    let (_s2, m2) = shard(dir.path(), &etcd, &ca, "shard-2");
+    let mut c2 = Role::start(dir.path(), "coordinator-b", &{
+        let mut a = coord_args.clone();
+        a.extend(["--id".into(), "coordinator-b".into()]);
+        a
+    });
+    c2.wait_line("coordinator coordinator-b running");
+
+    let mut router_args = common_args(&etcd, "router");
+    router_args.extend(member_args(&ca));
+    router_args.extend([
+        "--telnet".into(),
+        "127.0.0.1:0".into(),
+        "--quic".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.path().join("router-data").display().to_string(),
+    ]);
+    let mut router = Role::start(dir.path(), "router", &router_args);
+    let telnet = router.addr_after("telnet listening on ");
+
+    // Both shards simulate (the coordinator split the world between them).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ticks(m1) < 10.0 || ticks(m2) < 10.0 {
+        assert!(Instant::now() < deadline, "shards are not both ticking");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let mut ann = TelnetClient::create(telnet, "Ann", PW);
+    let start = ann.where_();
+    assert_eq!(
+        (start.cell.as_str(), start.shard.as_str()),
+        ("-1,0", "shard-1")
+    );
+    let before = settled_entities(&[m1, m2]);
+    for _ in 0..3 {
+        ann.command("e");
+    }
+    let after_walk = ann.where_();
+    assert_eq!(
+        (after_walk.cell.as_str(), after_walk.shard.as_str()),
+        ("0,0", "shard-2"),
+        "Ann should now be simulated by the other shard process"
+    );
+    // Speech reaches an NPC on the other shard process and comes back.
+    for _ in 0..3 {
+        ann.command("w");
+    }
+    ann.command("say hello Mira");
+    ann.wait_for("Mira says,", Duration::from_secs(5));
+    let after = settled_entities(&[m1, m2]);
+    assert_eq!(
+        before, after,
+        "entities lost or duplicated across processes"
+    );
+
+    // Kill the leading coordinator; the standby takes over within the
+    // lease TTL (2 s) plus a little.
+    c1.kill();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let leader = loop {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &etcd.client_url(),
+                "get",
+                "--print-value-only",
+            ])
+            .arg("/tessera/coordinator/leader")
+            .output()
+            .expect("etcdctl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("coordinator-b") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "coordinator-b did not take over: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(leader.contains("coordinator-b"));
+    let _ = (router.pid(), c2.pid());
+}
