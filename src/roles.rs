@@ -12,7 +12,7 @@ use std::time::Duration;
 use tessera_auth::Auth;
 use tessera_coordinator::control::{self, CoordinatorConfig};
 use tessera_coordinator::membership::{
-    self, router_key, shard_key, Registration, RouterRegistration, ShardRegistration,
+    self, load_key, router_key, shard_key, Registration, RouterRegistration, ShardRegistration,
 };
 use tessera_coordinator::transport::{ClusterCa, Directory, LocalInbox, QuicBus};
 use tessera_coordinator::{Bus, CellMap, ClusterStore, EtcdStore};
@@ -194,17 +194,33 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         capacity: args.capacity,
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    let mut reg = Registration::register(
+    let reg = Registration::register(
         store.clone(),
         shard_key(&prefix, &id),
         serde_json::to_vec(&registration)?,
         Duration::from_secs(args.member.lease_ttl_secs.max(1)),
     )
     .await?;
+    // Publish the load report every second, under the registration lease.
+    let board = handle.load.clone();
+    let (s, key, lease) = (store.clone(), load_key(&prefix, &id), reg.lease);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            let report = board.lock().clone();
+            if let Ok(value) = serde_json::to_vec(&report) {
+                if let Err(e) = s.put(&key, value, Some(lease)).await {
+                    tracing::debug!(error = %e, "load report not written");
+                }
+            }
+        }
+    });
     println!("shard {id} running; cluster address {addr}; metrics on http://{metrics}/metrics");
+    let mut lost_rx = reg.lost.clone();
     let lost = tokio::select! {
         _ = crate::up::shutdown_signal() => false,
-        _ = reg.lost.wait_for(|l| *l) => true,
+        _ = lost_rx.wait_for(|l| *l) => true,
     };
     handle.stop();
     if lost {
@@ -299,5 +315,53 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     task.await??;
     reg.revoke().await;
     println!("router {id} stopped; state saved.");
+    Ok(())
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CtlArgs {
+    /// etcd endpoints, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        global = true
+    )]
+    etcd: Vec<String>,
+    #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX, global = true)]
+    prefix: String,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum CtlCommand {
+    /// Leader, members, totals.
+    Status,
+    /// Every shard: address, cells, entities, tick times.
+    Shards,
+    /// Every cell: owner, epoch, entities, players, tick p99.
+    Cells,
+}
+
+/// `tessera ctl`.
+pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
+    use tessera_coordinator::ctl;
+    let store = EtcdStore::connect(&args.etcd, Duration::from_secs(3))
+        .await
+        .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
+    let snap = ctl::snapshot(&store, &args.prefix).await?;
+    let out = match (&args.command, args.json) {
+        (CtlCommand::Status, false) => ctl::render_status(&snap),
+        (CtlCommand::Shards, false) => ctl::render_shards(&snap),
+        (CtlCommand::Cells, false) => ctl::render_cells(&snap),
+        (CtlCommand::Status, true) => serde_json::to_string_pretty(&snap.status)? + "\n",
+        (CtlCommand::Shards, true) => serde_json::to_string_pretty(&snap.status.shards)? + "\n",
+        (CtlCommand::Cells, true) => serde_json::to_string_pretty(&snap.cells)? + "\n",
+    };
+    print!("{out}");
     Ok(())
 }

@@ -181,6 +181,19 @@ fn settled_entities(shards: &[SocketAddr]) -> f64 {
     }
 }
 
+fn ctl(etcd: &EtcdServer, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ctl", "--etcd", &etcd.client_url()])
+        .args(args)
+        .output()
+        .expect("run tessera ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 #[test]
 fn a_player_walks_across_shard_processes_and_a_standby_coordinator_takes_over() {
     let dir = TestDir::new();
@@ -261,6 +274,42 @@ fn a_player_walks_across_shard_processes_and_a_standby_coordinator_takes_over() 
     assert_eq!(
         before, after,
         "entities lost or duplicated across processes"
+    );
+
+    // The operator's view agrees: 16 cells split between the two shards,
+    // and the load reports count the same entities as the metrics.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, cells_json, _) = ctl(&etcd, &["cells", "--json"]);
+    assert!(ok);
+    let cells: serde_json::Value = serde_json::from_str(&cells_json).expect("ctl cells --json");
+    let cells = cells.as_array().expect("an array of cells");
+    assert_eq!(cells.len(), 16);
+    let reported: u64 = cells
+        .iter()
+        .map(|c| c["entities"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(reported as f64, after, "ctl cells entities vs metrics");
+    for c in cells {
+        let owner = c["owner"].as_str().unwrap();
+        let x = c["cell"]["x"].as_i64().unwrap();
+        assert_eq!(owner, if x < 0 { "shard-1" } else { "shard-2" }, "{c}");
+    }
+    let (ok, shards, _) = ctl(&etcd, &["shards"]);
+    assert!(ok);
+    assert!(shards.starts_with("SHARD"), "{shards}");
+    assert_eq!(shards.lines().count(), 3, "{shards}");
+    let (ok, status, _) = ctl(&etcd, &["status"]);
+    assert!(ok && status.contains("leader: coordinator-a"), "{status}");
+    // A wrong etcd address is a clear error, not a hang or a panic.
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ctl", "--etcd", "http://127.0.0.1:1", "status"])
+        .output()
+        .expect("run ctl");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach etcd at http://127.0.0.1:1"),
+        "{err}"
     );
 
     // Kill the leading coordinator; the standby takes over within the

@@ -10,6 +10,7 @@ pub mod cellmap;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod control;
+pub mod ctl;
 pub mod etcd;
 pub mod membership;
 pub mod placement;

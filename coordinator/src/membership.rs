@@ -34,6 +34,34 @@ pub struct RouterRegistration {
     pub version: String,
 }
 
+/// A shard's load report (`<prefix>load/<id>`, under the shard's lease),
+/// refreshed about once a second.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardLoad {
+    pub tick: u64,
+    /// Tick durations over the last few seconds, milliseconds.
+    pub tick_p50_ms: f64,
+    pub tick_p99_ms: f64,
+    /// 1 / tick rate, milliseconds.
+    pub tick_budget_ms: f64,
+    pub entities: usize,
+    pub players: usize,
+    pub cells: Vec<CellLoad>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellLoad {
+    pub cell: tessera_proto::CellId,
+    pub epoch: tessera_proto::Epoch,
+    pub entities: usize,
+    pub players: usize,
+    pub ghosts: usize,
+}
+
+pub fn load_key(prefix: &str, id: &ShardId) -> String {
+    format!("{prefix}load/{id}")
+}
+
 pub fn shard_key(prefix: &str, id: &ShardId) -> String {
     format!("{prefix}shards/{id}")
 }

@@ -68,6 +68,8 @@ impl ShardConfig {
 /// A running shard thread.
 pub struct ShardHandle {
     pub id: ShardId,
+    /// The shard's latest load report.
+    pub load: Arc<parking_lot::Mutex<tessera_coordinator::membership::ShardLoad>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -101,11 +103,13 @@ pub fn spawn(
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let shard = Shard::new(config, world, bus, map)?;
+    let load = shard.load_board();
     let thread = std::thread::Builder::new()
         .name(format!("sim-{id}"))
         .spawn(move || shard.run(inbox, s))?;
     Ok(ShardHandle {
         id,
+        load,
         stop,
         thread: Some(thread),
     })

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera_coordinator::membership::{CellLoad, ShardLoad};
 use tessera_coordinator::{Bus, CellMap};
 use tessera_proto::cluster::{
     CellFrame, EntityTransfer, PlayerEvent, ScriptState, SessionRef, ToRouter, ToShard,
@@ -41,6 +42,10 @@ pub struct Shard {
     ghost_links: HashMap<(CellId, CellId), bool>,
     /// The cell map version the shard's cells were last reconciled with.
     map_version: u64,
+    /// Recent tick durations (microseconds), for load reports.
+    recent_ticks: std::collections::VecDeque<u32>,
+    /// Where the latest load report is published for the process to send.
+    load: Arc<parking_lot::Mutex<ShardLoad>>,
 }
 
 impl Shard {
@@ -74,6 +79,8 @@ impl Shard {
             events: Vec::new(),
             ghost_links: HashMap::new(),
             map_version: 0,
+            recent_ticks: std::collections::VecDeque::new(),
+            load: Arc::new(parking_lot::Mutex::new(ShardLoad::default())),
             config,
         };
         shard.reconcile();
@@ -160,6 +167,57 @@ impl Shard {
         }
         tracing::info!(shard = %self.id, cell = %id, epoch = %epoch, entities = cell.entity_count(), "cell opened");
         self.cells.insert(id, cell);
+    }
+
+    /// The latest load report, refreshed about once a second by the tick
+    /// loop.
+    pub fn load_board(&self) -> Arc<parking_lot::Mutex<ShardLoad>> {
+        self.load.clone()
+    }
+
+    fn record_tick(&mut self, took: Duration) {
+        const KEEP: usize = 300;
+        if self.recent_ticks.len() == KEEP {
+            self.recent_ticks.pop_front();
+        }
+        self.recent_ticks
+            .push_back(took.as_micros().min(u32::MAX as u128) as u32);
+        if self.tick.is_multiple_of(self.config.tick_hz.max(1) as u64) {
+            *self.load.lock() = self.load_report();
+        }
+    }
+
+    /// Load of this shard and its cells now.
+    pub fn load_report(&self) -> ShardLoad {
+        let mut sorted: Vec<u32> = self.recent_ticks.iter().copied().collect();
+        sorted.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            if sorted.is_empty() {
+                return 0.0;
+            }
+            let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+            sorted[i] as f64 / 1000.0
+        };
+        let cells: Vec<CellLoad> = self
+            .cells
+            .values()
+            .map(|c| CellLoad {
+                cell: c.id,
+                epoch: c.epoch,
+                entities: c.entity_count(),
+                players: c.player_count(),
+                ghosts: c.ghost_count(),
+            })
+            .collect();
+        ShardLoad {
+            tick: self.tick,
+            tick_p50_ms: pct(0.5),
+            tick_p99_ms: pct(0.99),
+            tick_budget_ms: 1000.0 / self.config.tick_hz.max(1) as f64,
+            entities: cells.iter().map(|c| c.entities).sum(),
+            players: cells.iter().map(|c| c.players).sum(),
+            cells,
+        }
     }
 
     pub fn cells(&self) -> impl Iterator<Item = &Cell> {
@@ -683,6 +741,7 @@ impl Shard {
             let started = Instant::now();
             self.step();
             let took = started.elapsed();
+            self.record_tick(took);
             metrics::histogram!("tessera_shard_tick_seconds", "shard" => shard_label.clone())
                 .record(took.as_secs_f64());
             next += period;

@@ -1,0 +1,359 @@
+//! `tessera ctl`: what operators ask the cluster. Reads the cluster store
+//! (registrations, load reports, the cell map, the leader) and renders
+//! human tables or JSON. Read-only for now: `move`, `drain` and `rebalance`
+//! arrive with live migration.
+
+use crate::cellmap::CellOwner;
+use crate::control::{leader_key, Leader};
+use crate::membership::{RouterRegistration, ShardLoad, ShardRegistration};
+use crate::store::ClusterStore;
+use crate::CoordinatorError;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use tessera_proto::{CellId, Epoch};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ShardRow {
+    pub id: String,
+    pub addr: String,
+    pub node: String,
+    pub cells: usize,
+    pub entities: usize,
+    pub players: usize,
+    pub tick_p50_ms: f64,
+    pub tick_p99_ms: f64,
+    pub tick_budget_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CellRow {
+    pub cell: CellId,
+    pub owner: String,
+    pub epoch: Epoch,
+    /// Whether the owner is registered (alive).
+    pub owner_live: bool,
+    pub entities: Option<usize>,
+    pub players: Option<usize>,
+    /// The owning shard's tick p99 (a shard ticks all its cells together).
+    pub tick_p99_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RouterRow {
+    pub id: String,
+    pub addr: String,
+    pub telnet: String,
+    pub quic: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub leader: Option<String>,
+    pub shards: Vec<ShardRow>,
+    pub routers: Vec<RouterRow>,
+    pub cells: usize,
+    pub cells_without_live_owner: usize,
+    pub entities: usize,
+    pub players: usize,
+    pub worst_tick_p99_ms: f64,
+}
+
+/// Everything `ctl` shows, read in one go.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub status: Status,
+    pub cells: Vec<CellRow>,
+}
+
+fn under<'a>(key: &'a str, prefix: &str, dir: &str) -> Option<&'a str> {
+    key.strip_prefix(prefix)?.strip_prefix(dir)
+}
+
+/// Reads the cluster's state.
+pub async fn snapshot(
+    store: &dyn ClusterStore,
+    prefix: &str,
+) -> Result<Snapshot, CoordinatorError> {
+    let mut regs: BTreeMap<String, ShardRegistration> = BTreeMap::new();
+    let mut loads: BTreeMap<String, ShardLoad> = BTreeMap::new();
+    let mut routers = Vec::new();
+    let mut owners: BTreeMap<CellId, CellOwner> = BTreeMap::new();
+    for kv in store.list(prefix).await? {
+        let bad = |reason: String| CoordinatorError::BadValue {
+            key: kv.key.clone(),
+            reason,
+        };
+        if let Some(id) = under(&kv.key, prefix, "shards/") {
+            let r = serde_json::from_slice(&kv.value).map_err(|e| bad(e.to_string()))?;
+            regs.insert(id.to_string(), r);
+        } else if let Some(id) = under(&kv.key, prefix, "load/") {
+            let l = serde_json::from_slice(&kv.value).map_err(|e| bad(e.to_string()))?;
+            loads.insert(id.to_string(), l);
+        } else if let Some(id) = under(&kv.key, prefix, "routers/") {
+            let r: RouterRegistration =
+                serde_json::from_slice(&kv.value).map_err(|e| bad(e.to_string()))?;
+            routers.push(RouterRow {
+                id: id.to_string(),
+                addr: r.addr.to_string(),
+                telnet: r.telnet.to_string(),
+                quic: r.quic.to_string(),
+            });
+        } else if let Some(cell) = under(&kv.key, prefix, "cells/") {
+            let cell: CellId = cell.parse().map_err(|e| bad(format!("{e}")))?;
+            let o = serde_json::from_slice(&kv.value).map_err(|e| bad(e.to_string()))?;
+            owners.insert(cell, o);
+        }
+    }
+    let leader = match store.get(&leader_key(prefix)).await? {
+        Some(kv) => serde_json::from_slice::<Leader>(&kv.value)
+            .ok()
+            .map(|l| l.id),
+        None => None,
+    };
+    let shards: Vec<ShardRow> = regs
+        .iter()
+        .map(|(id, r)| {
+            let load = loads.get(id).cloned().unwrap_or_default();
+            ShardRow {
+                id: id.clone(),
+                addr: r.addr.to_string(),
+                node: r.node.clone(),
+                cells: owners.values().filter(|o| &o.owner.0 == id).count(),
+                entities: load.entities,
+                players: load.players,
+                tick_p50_ms: load.tick_p50_ms,
+                tick_p99_ms: load.tick_p99_ms,
+                tick_budget_ms: load.tick_budget_ms,
+            }
+        })
+        .collect();
+    let cells: Vec<CellRow> = owners
+        .iter()
+        .map(|(cell, o)| {
+            let load = loads.get(&o.owner.0);
+            let cell_load = load.and_then(|l| l.cells.iter().find(|c| c.cell == *cell));
+            CellRow {
+                cell: *cell,
+                owner: o.owner.0.clone(),
+                epoch: o.epoch,
+                owner_live: regs.contains_key(&o.owner.0),
+                entities: cell_load.map(|c| c.entities),
+                players: cell_load.map(|c| c.players),
+                tick_p99_ms: load.map(|l| l.tick_p99_ms),
+            }
+        })
+        .collect();
+    let status = Status {
+        leader,
+        cells: cells.len(),
+        cells_without_live_owner: cells.iter().filter(|c| !c.owner_live).count(),
+        entities: shards.iter().map(|s| s.entities).sum(),
+        players: shards.iter().map(|s| s.players).sum(),
+        worst_tick_p99_ms: shards.iter().map(|s| s.tick_p99_ms).fold(0.0, f64::max),
+        shards,
+        routers,
+    };
+    Ok(Snapshot { status, cells })
+}
+
+/// Renders rows as an aligned text table.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>, out: &mut String| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        let _ = writeln!(out, "{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect(), &mut out);
+    for row in rows {
+        line(row.clone(), &mut out);
+    }
+    out
+}
+
+fn ms(v: f64) -> String {
+    format!("{v:.1}")
+}
+
+pub fn render_shards(s: &Snapshot) -> String {
+    let rows: Vec<Vec<String>> = s
+        .status
+        .shards
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.addr.clone(),
+                r.node.clone(),
+                r.cells.to_string(),
+                r.entities.to_string(),
+                r.players.to_string(),
+                ms(r.tick_p50_ms),
+                ms(r.tick_p99_ms),
+                ms(r.tick_budget_ms),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SHARD",
+            "ADDRESS",
+            "NODE",
+            "CELLS",
+            "ENTITIES",
+            "PLAYERS",
+            "TICK_P50_MS",
+            "TICK_P99_MS",
+            "BUDGET_MS",
+        ],
+        &rows,
+    )
+}
+
+pub fn render_cells(s: &Snapshot) -> String {
+    let opt = |v: Option<usize>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = s
+        .cells
+        .iter()
+        .map(|c| {
+            vec![
+                c.cell.to_string(),
+                if c.owner_live {
+                    c.owner.clone()
+                } else {
+                    format!("{} (gone)", c.owner)
+                },
+                c.epoch.to_string(),
+                opt(c.entities),
+                opt(c.players),
+                c.tick_p99_ms.map(ms).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "CELL",
+            "OWNER",
+            "EPOCH",
+            "ENTITIES",
+            "PLAYERS",
+            "TICK_P99_MS",
+        ],
+        &rows,
+    )
+}
+
+pub fn render_status(s: &Snapshot) -> String {
+    let st = &s.status;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "leader: {}",
+        st.leader
+            .as_deref()
+            .unwrap_or("none (no coordinator running)")
+    );
+    let _ = writeln!(
+        out,
+        "shards: {}   routers: {}   cells: {} ({} without a live owner)",
+        st.shards.len(),
+        st.routers.len(),
+        st.cells,
+        st.cells_without_live_owner
+    );
+    let _ = writeln!(
+        out,
+        "entities: {}   players: {}   worst tick p99: {} ms",
+        st.entities,
+        st.players,
+        ms(st.worst_tick_p99_ms)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{load_key, shard_key, CellLoad};
+    use crate::store::MemStore;
+    use tessera_proto::ShardId;
+
+    #[tokio::test]
+    async fn snapshot_joins_registrations_loads_and_cells() {
+        let store = MemStore::new();
+        let s1 = ShardId::new("s1");
+        let reg = ShardRegistration {
+            addr: "127.0.0.1:7000".parse().unwrap(),
+            node: "opi-1".into(),
+            capacity: 1,
+            version: "0".into(),
+        };
+        store
+            .put(
+                &shard_key("/t/", &s1),
+                serde_json::to_vec(&reg).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        let load = ShardLoad {
+            tick: 90,
+            tick_p50_ms: 1.5,
+            tick_p99_ms: 3.25,
+            tick_budget_ms: 33.3,
+            entities: 7,
+            players: 2,
+            cells: vec![CellLoad {
+                cell: CellId::new(0, 0),
+                epoch: Epoch(1),
+                entities: 7,
+                players: 2,
+                ghosts: 0,
+            }],
+        };
+        store
+            .put(
+                &load_key("/t/", &s1),
+                serde_json::to_vec(&load).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        for (cell, owner) in [(CellId::new(0, 0), "s1"), (CellId::new(1, 0), "dead")] {
+            let o = CellOwner {
+                owner: ShardId::new(owner),
+                epoch: Epoch(1),
+            };
+            store
+                .put(
+                    &crate::cellmap::cell_key("/t/", cell),
+                    serde_json::to_vec(&o).unwrap(),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        let snap = snapshot(&store, "/t/").await.unwrap();
+        assert_eq!(snap.status.shards.len(), 1);
+        assert_eq!(snap.status.shards[0].cells, 1);
+        assert_eq!(snap.status.entities, 7);
+        assert_eq!(snap.status.cells_without_live_owner, 1);
+        assert_eq!(snap.cells[0].entities, Some(7));
+        assert_eq!(snap.cells[1].entities, None);
+        let cells = render_cells(&snap);
+        assert!(cells.contains("dead (gone)"), "{cells}");
+        let shards = render_shards(&snap);
+        assert!(shards.lines().nth(1).unwrap().starts_with("s1"), "{shards}");
+        assert!(render_status(&snap).contains("leader: none"));
+    }
+}
