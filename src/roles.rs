@@ -14,6 +14,7 @@ use tessera_coordinator::control::{self, CoordinatorConfig};
 use tessera_coordinator::membership::{
     self, load_key, router_key, shard_key, Registration, RouterRegistration, ShardRegistration,
 };
+use tessera_coordinator::migration::{mark_restored, MigrationBoard};
 use tessera_coordinator::transport::{ClusterCa, Directory, LocalInbox, QuicBus};
 use tessera_coordinator::{Bus, CellMap, ClusterStore, EtcdStore};
 use tessera_persistence::Database;
@@ -187,7 +188,27 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
     let mut config = ShardConfig::new(id.clone());
     config.tick_hz = args.tick_hz;
     let dyn_bus: Arc<dyn Bus> = bus.clone();
-    let handle = tessera_shard::spawn(config, world, dyn_bus, map, inbox)?;
+    let board = MigrationBoard::watch(store.clone(), &prefix).await?;
+    let (notice_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let sim =
+        tessera_shard::Shard::new(config, world, dyn_bus, map)?.with_migrations(board, notice_tx);
+    let handle = tessera_shard::spawn_shard(sim, inbox)?;
+    // Record migration progress the simulation reports.
+    let (s, p, me) = (store.clone(), prefix.clone(), id.clone());
+    tokio::spawn(async move {
+        while let Some(notice) = notices.recv().await {
+            let tessera_shard::sim::ShardNotice::Restored { cell, epoch } = notice;
+            for attempt in 0..20 {
+                match mark_restored(&*s, &p, cell, &me, epoch).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(cell = %cell, attempt, error = %e, "cannot record a restored migration; retrying");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+        }
+    });
     let registration = ShardRegistration {
         addr,
         node: node_name(),
@@ -345,6 +366,14 @@ pub enum CtlCommand {
     Shards,
     /// Every cell: owner, epoch, entities, players, tick p99.
     Cells,
+    /// Live-migrate a cell (`x,z`) to a shard, and wait until it is there.
+    Move {
+        /// The cell, `x,z` (negative coordinates are fine: `-1,0`).
+        #[arg(allow_hyphen_values = true)]
+        cell: tessera_proto::CellId,
+        /// The target shard's id.
+        shard: String,
+    },
 }
 
 /// `tessera ctl`.
@@ -353,8 +382,19 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     let store = EtcdStore::connect(&args.etcd, Duration::from_secs(3))
         .await
         .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
+    if let CtlCommand::Move { cell, shard } = &args.command {
+        return ctl_move(
+            &store,
+            &args.prefix,
+            *cell,
+            &ShardId::new(shard.clone()),
+            args.json,
+        )
+        .await;
+    }
     let snap = ctl::snapshot(&store, &args.prefix).await?;
     let out = match (&args.command, args.json) {
+        (CtlCommand::Move { .. }, _) => unreachable!("handled above"),
         (CtlCommand::Status, false) => ctl::render_status(&snap),
         (CtlCommand::Shards, false) => ctl::render_shards(&snap),
         (CtlCommand::Cells, false) => ctl::render_cells(&snap),
@@ -363,5 +403,68 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         (CtlCommand::Cells, true) => serde_json::to_string_pretty(&snap.cells)? + "\n",
     };
     print!("{out}");
+    Ok(())
+}
+
+/// `tessera ctl move`: requests the migration and waits until the cell is
+/// owned by the target, then reports the stall the target measured.
+async fn ctl_move(
+    store: &EtcdStore,
+    prefix: &str,
+    cell: tessera_proto::CellId,
+    to: &ShardId,
+    json: bool,
+) -> anyhow::Result<()> {
+    use tessera_coordinator::membership::{load_key, ShardLoad};
+    let started = std::time::Instant::now();
+    let m = tessera_coordinator::migration::request_move(store, prefix, cell, to).await?;
+    let key = tessera_coordinator::cellmap::cell_key(prefix, cell);
+    let deadline = started + Duration::from_secs(30);
+    loop {
+        if let Some(kv) = store.get(&key).await? {
+            let o: tessera_coordinator::CellOwner = serde_json::from_slice(&kv.value)?;
+            if &o.owner == to && o.epoch == m.epoch {
+                break;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("cell {cell} did not reach {to} within 30 s (is a coordinator running?)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took_ms = started.elapsed().as_millis() as u64;
+    // The target reports the stall in its next load report (every second).
+    let mut stall = None;
+    for _ in 0..30 {
+        if let Some(kv) = store.get(&load_key(prefix, to)).await? {
+            let load: ShardLoad = serde_json::from_slice(&kv.value)?;
+            if load
+                .cells
+                .iter()
+                .any(|c| c.cell == cell && c.epoch == m.epoch)
+            {
+                stall = load.last_migration_stall_ms;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "cell": cell, "from": m.from, "to": to, "epoch": m.epoch,
+                "took_ms": took_ms, "stall_ms": stall,
+            })
+        );
+    } else {
+        let stall = stall
+            .map(|s| format!("{s} ms"))
+            .unwrap_or_else(|| "unknown".into());
+        println!(
+            "moved cell {cell} from {} to {to} (epoch {}) in {took_ms} ms; simulation stall {stall}",
+            m.from, m.epoch
+        );
+    }
     Ok(())
 }

@@ -312,6 +312,53 @@ fn a_player_walks_across_shard_processes_and_a_standby_coordinator_takes_over() 
         "{err}"
     );
 
+    // Live-migrate Ann's cell (with Mira and the other locals) to shard-2
+    // while she is connected: nothing is lost, she stays connected, and her
+    // commands now go to shard-2.
+    let here = ann.where_();
+    assert_eq!(
+        (here.cell.as_str(), here.shard.as_str()),
+        ("-1,0", "shard-1")
+    );
+    let (ok, moved, err) = ctl(&etcd, &["move", "-1,0", "shard-2"]);
+    assert!(ok, "ctl move failed: {moved} {err}");
+    eprintln!("{}", moved.trim());
+    assert!(
+        moved.starts_with("moved cell -1,0 from shard-1 to shard-2 (epoch 2)"),
+        "{moved}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let w = ann.where_();
+        if w.shard == "shard-2" {
+            assert_eq!(w.cell, "-1,0");
+            assert!(
+                w.distance_xz(&here) < 0.01,
+                "Ann moved during the migration"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Ann's commands never went to shard-2"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ann.command("n");
+    ann.command("say hello again Mira");
+    ann.wait_for("Mira says,", Duration::from_secs(5));
+    assert_eq!(
+        settled_entities(&[m1, m2]),
+        after,
+        "entities lost or duplicated by the migration"
+    );
+    // Moving it to where it already is, or to a shard that does not
+    // exist, is a clear error.
+    let (ok, _, err) = ctl(&etcd, &["move", "-1,0", "shard-2"]);
+    assert!(!ok && err.contains("already owned by shard-2"), "{err}");
+    let (ok, _, err) = ctl(&etcd, &["move", "-1,0", "shard-9"]);
+    assert!(!ok && err.contains("shard-9 is not registered"), "{err}");
+
     // Kill the leading coordinator; the standby takes over within the
     // lease TTL (2 s) plus a little.
     c1.kill();

@@ -12,6 +12,7 @@
 
 use crate::cellmap::{cell_key, CellOwner};
 use crate::membership::live_shards;
+use crate::migration::{self, Migration, MigrationState};
 use crate::placement;
 use crate::store::{ClusterStore, Expect};
 use crate::CoordinatorError;
@@ -125,23 +126,37 @@ async fn lead(
 ) -> Result<(), CoordinatorError> {
     let mut first_shard_seen: Option<tokio::time::Instant> = None;
     let mut last_renewal = tokio::time::Instant::now();
+    // Migration progress wakes the loop at once (it is on the migration's
+    // critical path); everything else is polled every `interval`.
+    let mut changes = store
+        .watch(&format!("{}migrations/", config.prefix))
+        .await
+        .ok();
     loop {
-        match store.keep_alive(lease).await {
-            Ok(()) => last_renewal = tokio::time::Instant::now(),
-            Err(e @ crate::StoreError::LeaseNotFound(_)) => return Err(e.into()),
-            Err(e) => {
-                if last_renewal.elapsed() >= config.lease_ttl {
-                    return Err(e.into());
+        if last_renewal.elapsed() >= config.lease_ttl / 3 {
+            match store.keep_alive(lease).await {
+                Ok(()) => last_renewal = tokio::time::Instant::now(),
+                Err(e @ crate::StoreError::LeaseNotFound(_)) => return Err(e.into()),
+                Err(e) => {
+                    if last_renewal.elapsed() >= config.lease_ttl {
+                        return Err(e.into());
+                    }
+                    // The store is down: do nothing until it is back.
+                    tokio::time::sleep(config.interval).await;
+                    continue;
                 }
-                // The store is down: do nothing until it is back.
-                tokio::time::sleep(config.interval).await;
-                continue;
             }
         }
         if let Err(e) = place(config, store, &mut first_shard_seen).await {
             tracing::warn!(coordinator = %config.id, error = %e, "placement round failed");
         }
-        tokio::time::sleep(config.interval).await;
+        match changes.as_mut() {
+            Some(rx) => tokio::select! {
+                _ = tokio::time::sleep(config.interval) => {}
+                ev = rx.recv() => if ev.is_none() { changes = None },
+            },
+            None => tokio::time::sleep(config.interval).await,
+        }
     }
 }
 
@@ -182,6 +197,7 @@ async fn place(
             }
         }
     }
+    finish_migrations(config, store, &current, &live).await?;
     if current.is_empty() && seen.elapsed() < config.settle {
         return Ok(());
     }
@@ -216,6 +232,58 @@ async fn place(
                 }
             }
             Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Flips the owner of every restored migration (one compare-and-set on the
+/// cell key) and clears migrations that can no longer complete.
+async fn finish_migrations(
+    config: &CoordinatorConfig,
+    store: &dyn ClusterStore,
+    current: &HashMap<CellId, (CellOwner, i64)>,
+    live: &[ShardId],
+) -> Result<(), CoordinatorError> {
+    let dir = format!("{}migrations/", config.prefix);
+    for kv in store.list(&dir).await? {
+        let Some(cell) = kv
+            .key
+            .strip_prefix(&dir)
+            .and_then(|c| c.parse::<CellId>().ok())
+        else {
+            continue;
+        };
+        let Ok(m) = serde_json::from_slice::<Migration>(&kv.value) else {
+            tracing::warn!(key = %kv.key, "bad migration value; removing it");
+            store.delete(&kv.key).await?;
+            continue;
+        };
+        let Some((owner, rev)) = current.get(&cell) else {
+            store.delete(&kv.key).await?;
+            continue;
+        };
+        let stale = owner.owner != m.from || owner.epoch.next() != m.epoch;
+        let age_ms = migration::now_unix_ms().saturating_sub(m.requested_unix_ms);
+        if stale
+            || !live.contains(&m.to)
+            || (m.state == MigrationState::Requested && age_ms > 30_000)
+        {
+            tracing::warn!(cell = %cell, from = %m.from, to = %m.to, state = ?m.state, "migration cannot complete; cancelled");
+            store.delete(&kv.key).await?;
+            continue;
+        }
+        if m.state == MigrationState::Restored {
+            let value = owner_json(&m.to, m.epoch);
+            let key = cell_key(&config.prefix, cell);
+            if store
+                .compare_and_put(&key, Expect::ModRevision(*rev), value, None)
+                .await?
+                .is_some()
+            {
+                tracing::info!(cell = %cell, from = %m.from, to = %m.to, epoch = %m.epoch, "cell migrated");
+            }
+            store.delete(&kv.key).await?;
         }
     }
     Ok(())

@@ -313,6 +313,7 @@ mod tests {
             tick_budget_ms: 33.3,
             entities: 7,
             players: 2,
+            last_migration_stall_ms: None,
             cells: vec![CellLoad {
                 cell: CellId::new(0, 0),
                 epoch: Epoch(1),

@@ -13,6 +13,7 @@ pub mod control;
 pub mod ctl;
 pub mod etcd;
 pub mod membership;
+pub mod migration;
 pub mod placement;
 pub mod store;
 pub mod transport;

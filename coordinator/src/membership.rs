@@ -46,6 +46,10 @@ pub struct ShardLoad {
     pub tick_budget_ms: f64,
     pub entities: usize,
     pub players: usize,
+    /// Stall of the last cell migrated into this shard: the old owner's
+    /// last tick of it to this shard's first, milliseconds.
+    #[serde(default)]
+    pub last_migration_stall_ms: Option<u64>,
     pub cells: Vec<CellLoad>,
 }
 

@@ -97,6 +97,17 @@ pub enum ToShard {
         tick: u64,
         ghosts: Vec<GhostState>,
     },
+    /// A whole cell, frozen at a tick boundary by its old owner during a
+    /// live migration; the receiver opens it once it owns the cell at
+    /// `epoch`.
+    CellSnapshot {
+        cell: CellId,
+        epoch: Epoch,
+        /// The old owner's last tick of the cell, and when (unix ms).
+        frozen_tick: u64,
+        frozen_unix_ms: u64,
+        entities: Vec<EntityTransfer>,
+    },
     /// Speech to deliver to listeners in `cells` within `radius` of `origin`.
     Speech {
         cells: Vec<CellId>,

@@ -99,10 +99,16 @@ pub fn spawn(
     map: CellMap,
     inbox: Receiver<ToShard>,
 ) -> Result<ShardHandle, ShardError> {
-    let id = config.id.clone();
+    let shard = Shard::new(config, world, bus, map)?;
+    spawn_shard(shard, inbox)
+}
+
+/// Starts an already built shard (e.g. one following migrations) on its
+/// own thread.
+pub fn spawn_shard(shard: Shard, inbox: Receiver<ToShard>) -> Result<ShardHandle, ShardError> {
+    let id = shard.id.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    let shard = Shard::new(config, world, bus, map)?;
     let load = shard.load_board();
     let thread = std::thread::Builder::new()
         .name(format!("sim-{id}"))

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_coordinator::membership::{CellLoad, ShardLoad};
+use tessera_coordinator::migration::{now_unix_ms, MigrationBoard};
 use tessera_coordinator::{Bus, CellMap};
 use tessera_proto::cluster::{
     CellFrame, EntityTransfer, PlayerEvent, ScriptState, SessionRef, ToRouter, ToShard,
@@ -46,6 +47,32 @@ pub struct Shard {
     recent_ticks: std::collections::VecDeque<u32>,
     /// Where the latest load report is published for the process to send.
     load: Arc<parking_lot::Mutex<ShardLoad>>,
+    /// Migrations in flight (from the cluster store).
+    migrations: MigrationBoard,
+    /// Tells the shard's process what it must record in the cluster store.
+    notices: Option<tokio::sync::mpsc::UnboundedSender<ShardNotice>>,
+    /// Cells this shard froze and shipped, and to whom; not simulated here
+    /// any more, whatever the map still says.
+    shipped: HashMap<CellId, ShardId>,
+    /// Cells shipped to this shard, waiting for the map to make it owner.
+    incoming: HashMap<CellId, Incoming>,
+    /// Messages for entities of incoming cells, replayed once they open.
+    deferred: Vec<ToShard>,
+    /// Stall of the last migration into this shard, ms.
+    last_stall_ms: Option<u64>,
+}
+
+/// What a shard asks its process to record in the cluster store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ShardNotice {
+    /// A migrating cell's snapshot arrived here.
+    Restored { cell: CellId, epoch: Epoch },
+}
+
+struct Incoming {
+    epoch: Epoch,
+    frozen_unix_ms: u64,
+    entities: Vec<EntityTransfer>,
 }
 
 impl Shard {
@@ -81,6 +108,12 @@ impl Shard {
             map_version: 0,
             recent_ticks: std::collections::VecDeque::new(),
             load: Arc::new(parking_lot::Mutex::new(ShardLoad::default())),
+            migrations: MigrationBoard::default(),
+            notices: None,
+            shipped: HashMap::new(),
+            incoming: HashMap::new(),
+            deferred: Vec::new(),
+            last_stall_ms: None,
             config,
         };
         shard.reconcile();
@@ -96,10 +129,19 @@ impl Shard {
     fn reconcile(&mut self) {
         self.map_version = self.map.version();
         let mine: BTreeMap<CellId, Epoch> = self.map.cells_of(&self.id).into_iter().collect();
+        // Shipped cells stay shipped: the map still names this shard until
+        // the coordinator flips the owner.
+        self.shipped.retain(|c, _| mine.contains_key(c));
         for (cell, epoch) in &mine {
+            if self.shipped.contains_key(cell) {
+                continue;
+            }
             match self.cells.get_mut(cell) {
                 Some(c) => c.epoch = *epoch,
-                None => self.open_cell(*cell, *epoch),
+                None => match self.incoming.remove(cell) {
+                    Some(inc) if inc.epoch == *epoch => self.open_migrated(*cell, inc),
+                    _ => self.open_cell(*cell, *epoch),
+                },
             }
         }
         let lost: Vec<CellId> = self
@@ -113,6 +155,89 @@ impl Shard {
                 tracing::error!(shard = %self.id, cell = %cell, entities = c.entity_count(), "cell assigned elsewhere; no longer simulating it");
             }
         }
+    }
+
+    /// Opens a cell from a migration snapshot: its entities exactly as the
+    /// old owner froze them, then the messages that waited for them.
+    fn open_migrated(&mut self, id: CellId, inc: Incoming) {
+        let mut cell = Cell::new(id, inc.epoch, &self.world);
+        let mut sessions = Vec::new();
+        for t in inc.entities {
+            self.forwarded.remove(&t.id);
+            if let Some(s) = &t.session {
+                sessions.push(s.clone());
+            }
+            cell.insert(t);
+        }
+        let stall_ms = now_unix_ms().saturating_sub(inc.frozen_unix_ms);
+        metrics::histogram!("tessera_shard_migration_stall_seconds", "shard" => self.id.0.clone())
+            .record(stall_ms as f64 / 1000.0);
+        tracing::info!(shard = %self.id, cell = %id, epoch = %inc.epoch, entities = cell.entity_count(), stall_ms, "migrated cell opened");
+        self.last_stall_ms = Some(stall_ms);
+        self.cells.insert(id, cell);
+        for s in sessions {
+            self.send_player(
+                &s,
+                PlayerEvent::OwnerChanged {
+                    cell: id,
+                    shard: self.id.clone(),
+                },
+            );
+        }
+        for msg in std::mem::take(&mut self.deferred) {
+            self.handle(msg);
+        }
+    }
+
+    /// Freezes and ships the cells the board says are leaving this shard.
+    fn ship_migrations(&mut self) {
+        for (cell_id, m) in self.migrations.outgoing(&self.id) {
+            if self.shipped.contains_key(&cell_id) || !self.cells.contains_key(&cell_id) {
+                continue;
+            }
+            let Some(mut cell) = self.cells.remove(&cell_id) else {
+                continue;
+            };
+            let entities: Vec<EntityTransfer> = cell
+                .entity_ids()
+                .into_iter()
+                .filter_map(|id| cell.extract(id))
+                .collect();
+            let msg = ToShard::CellSnapshot {
+                cell: cell_id,
+                epoch: m.epoch,
+                frozen_tick: self.tick,
+                frozen_unix_ms: now_unix_ms(),
+                entities: entities.clone(),
+            };
+            match self.bus.to_shard(&m.to, msg) {
+                Ok(()) => {
+                    let now = Instant::now();
+                    for e in &entities {
+                        self.forwarded.insert(e.id, (m.to.clone(), now));
+                    }
+                    self.shipped.insert(cell_id, m.to.clone());
+                    let labels = [("shard", self.id.0.clone()), ("cell", cell_id.to_string())];
+                    metrics::gauge!("tessera_shard_entities", &labels).set(0.0);
+                    metrics::gauge!("tessera_shard_players", &labels).set(0.0);
+                    tracing::info!(shard = %self.id, cell = %cell_id, to = %m.to, entities = entities.len(), tick = self.tick, "cell frozen and shipped");
+                }
+                Err(e) => {
+                    tracing::error!(shard = %self.id, cell = %cell_id, error = %e, "cannot ship cell; keeping it");
+                    for t in entities {
+                        cell.insert(t);
+                    }
+                    self.cells.insert(cell_id, cell);
+                }
+            }
+        }
+    }
+
+    /// True if `entity` is in a cell shipped here that has not opened yet.
+    fn is_incoming(&self, entity: EntityId) -> bool {
+        self.incoming
+            .values()
+            .any(|inc| inc.entities.iter().any(|e| e.id == entity))
     }
 
     fn open_cell(&mut self, id: CellId, epoch: Epoch) {
@@ -169,6 +294,17 @@ impl Shard {
         self.cells.insert(id, cell);
     }
 
+    /// Follows migrations on `board` and reports progress on `notices`.
+    pub fn with_migrations(
+        mut self,
+        board: MigrationBoard,
+        notices: tokio::sync::mpsc::UnboundedSender<ShardNotice>,
+    ) -> Shard {
+        self.migrations = board;
+        self.notices = Some(notices);
+        self
+    }
+
     /// The latest load report, refreshed about once a second by the tick
     /// loop.
     pub fn load_board(&self) -> Arc<parking_lot::Mutex<ShardLoad>> {
@@ -216,6 +352,7 @@ impl Shard {
             tick_budget_ms: 1000.0 / self.config.tick_hz.max(1) as f64,
             entities: cells.iter().map(|c| c.entities).sum(),
             players: cells.iter().map(|c| c.players).sum(),
+            last_migration_stall_ms: self.last_stall_ms,
             cells,
         }
     }
@@ -252,12 +389,18 @@ impl Shard {
 
     /// Forwards a message for an entity this shard no longer has. Returns
     /// false if we never knew where it went.
-    fn forward(&self, entity: EntityId, msg: ToShard) -> bool {
+    /// Messages for an entity of a migrating cell that has not opened here
+    /// yet wait for it.
+    fn forward(&mut self, entity: EntityId, msg: ToShard) -> bool {
         match self.forwarded.get(&entity) {
             Some((shard, _)) => {
                 if let Err(e) = self.bus.to_shard(shard, msg) {
                     tracing::warn!(shard = %self.id, entity = %entity, error = %e, "forward failed");
                 }
+                true
+            }
+            None if self.is_incoming(entity) => {
+                self.deferred.push(msg);
                 true
             }
             None => false,
@@ -363,7 +506,46 @@ impl Shard {
                     self.forward(entity, ToShard::Leave { entity });
                 }
             },
-            ToShard::Handoff { to, epoch, entity } => self.accept(to, epoch, entity),
+            ToShard::Handoff { to, epoch, entity } => {
+                if self.incoming.contains_key(&to) {
+                    // Into a cell still migrating here: wait for it.
+                    self.deferred.push(ToShard::Handoff { to, epoch, entity });
+                } else if let Some(target) = self.shipped.get(&to).cloned() {
+                    // Into a cell this shard just shipped: follow the cell.
+                    let _ = self
+                        .bus
+                        .to_shard(&target, ToShard::Handoff { to, epoch, entity });
+                } else {
+                    self.accept(to, epoch, entity);
+                }
+            }
+            ToShard::CellSnapshot {
+                cell,
+                epoch,
+                frozen_tick,
+                frozen_unix_ms,
+                entities,
+            } => {
+                tracing::info!(shard = %self.id, cell = %cell, epoch = %epoch, frozen_tick, entities = entities.len(), "migrating cell received");
+                self.incoming.insert(
+                    cell,
+                    Incoming {
+                        epoch,
+                        frozen_unix_ms,
+                        entities,
+                    },
+                );
+                match &self.notices {
+                    Some(tx) => {
+                        let _ = tx.send(ShardNotice::Restored { cell, epoch });
+                    }
+                    None => {
+                        tracing::warn!(shard = %self.id, cell = %cell, "no way to report the migration; it will time out")
+                    }
+                }
+                // The map may already say so (a fast coordinator).
+                self.reconcile();
+            }
             ToShard::Ghosts {
                 from, to, ghosts, ..
             } => {
@@ -641,6 +823,7 @@ impl Shard {
         if self.map.version() != self.map_version {
             self.reconcile();
         }
+        self.ship_migrations();
         self.tick += 1;
         let dt = 1.0 / self.config.tick_hz as f32;
         let think_every = (self.config.tick_hz as u64 / self.config.think_hz.max(1) as u64).max(1);

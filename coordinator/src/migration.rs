@@ -1,0 +1,210 @@
+//! Live cell migration, as recorded in the cluster store
+//! (`<prefix>migrations/<x>,<z>`, docs/cluster-keys.md).
+//!
+//! 1. Someone (`tessera ctl move`, later the hot-cell detector) creates the
+//!    key: `{from, to, epoch: current + 1, state: "requested"}`.
+//! 2. The source shard, at its next tick boundary, freezes the cell: it
+//!    extracts every entity and ships them to the target in one
+//!    `ToShard::CellSnapshot`, stops simulating the cell and forwards
+//!    anything for those entities to the target.
+//! 3. The target keeps the snapshot (not simulating yet: it is not the
+//!    owner), defers messages for its entities, and sets the state to
+//!    `"restored"`.
+//! 4. The leading coordinator flips the owner to the target with the new
+//!    epoch in one compare-and-set and deletes the migration key.
+//! 5. The target sees it owns the cell, opens it from the snapshot, replays
+//!    the deferred messages and tells routers (`OwnerChanged`).
+//!
+//! The stall, from the source's last tick of the cell to the target's first,
+//! is measured by the target (`tessera_shard_migration_stall_seconds`).
+
+use crate::cellmap::CellOwner;
+use crate::store::{follow, ClusterStore, Expect, Follow, WatchEvent};
+use crate::CoordinatorError;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tessera_proto::{CellId, Epoch, ShardId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationState {
+    Requested,
+    Restored,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Migration {
+    pub from: ShardId,
+    pub to: ShardId,
+    /// The epoch the target will own the cell at.
+    pub epoch: Epoch,
+    pub state: MigrationState,
+    /// When it was requested (unix milliseconds).
+    pub requested_unix_ms: u64,
+}
+
+pub fn migration_key(prefix: &str, cell: CellId) -> String {
+    format!("{prefix}migrations/{cell}")
+}
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A watch-maintained copy of the migrations in flight. Clones share it.
+#[derive(Clone, Default)]
+pub struct MigrationBoard {
+    entries: Arc<RwLock<HashMap<CellId, Migration>>>,
+}
+
+impl MigrationBoard {
+    pub async fn watch(
+        store: Arc<dyn ClusterStore>,
+        prefix: &str,
+    ) -> Result<MigrationBoard, CoordinatorError> {
+        let board = MigrationBoard::default();
+        let b = board.clone();
+        let dir = format!("{prefix}migrations/");
+        let d = dir.clone();
+        follow(store, dir, move |f| {
+            let parse = |kv: &crate::store::KeyValue| -> Option<(CellId, Migration)> {
+                let cell = kv.key.strip_prefix(&d)?.parse().ok()?;
+                Some((cell, serde_json::from_slice(&kv.value).ok()?))
+            };
+            match f {
+                Follow::Snapshot(kvs) => {
+                    let fresh: HashMap<CellId, Migration> = kvs.iter().filter_map(parse).collect();
+                    *b.entries.write() = fresh;
+                }
+                Follow::Event(WatchEvent::Put(kv)) => {
+                    if let Some((cell, m)) = parse(&kv) {
+                        b.entries.write().insert(cell, m);
+                    }
+                }
+                Follow::Event(WatchEvent::Delete { key, .. }) => {
+                    if let Some(cell) = key.strip_prefix(&d).and_then(|c| c.parse().ok()) {
+                        b.entries.write().remove(&cell);
+                    }
+                }
+            }
+        })
+        .await?;
+        Ok(board)
+    }
+
+    /// Sets an entry directly (tests, single-process use).
+    pub fn set(&self, cell: CellId, m: Migration) {
+        self.entries.write().insert(cell, m);
+    }
+
+    pub fn remove(&self, cell: CellId) {
+        self.entries.write().remove(&cell);
+    }
+
+    /// Requested migrations out of `shard`.
+    pub fn outgoing(&self, shard: &ShardId) -> Vec<(CellId, Migration)> {
+        self.entries
+            .read()
+            .iter()
+            .filter(|(_, m)| &m.from == shard && m.state == MigrationState::Requested)
+            .map(|(c, m)| (*c, m.clone()))
+            .collect()
+    }
+
+    pub fn get(&self, cell: CellId) -> Option<Migration> {
+        self.entries.read().get(&cell).cloned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("cell {0} is not in the cluster map")]
+    UnknownCell(CellId),
+    #[error("shard {0} is not registered (is it running?)")]
+    UnknownShard(ShardId),
+    #[error("cell {cell} is already owned by {shard}")]
+    AlreadyThere { cell: CellId, shard: ShardId },
+    #[error("cell {0} is already migrating")]
+    InProgress(CellId),
+    #[error(transparent)]
+    Cluster(#[from] CoordinatorError),
+}
+
+/// Requests a move of `cell` to `to` (what `tessera ctl move` does).
+pub async fn request_move(
+    store: &dyn ClusterStore,
+    prefix: &str,
+    cell: CellId,
+    to: &ShardId,
+) -> Result<Migration, MoveError> {
+    let Some(kv) = store
+        .get(&crate::cellmap::cell_key(prefix, cell))
+        .await
+        .map_err(CoordinatorError::from)?
+    else {
+        return Err(MoveError::UnknownCell(cell));
+    };
+    let owner: CellOwner =
+        serde_json::from_slice(&kv.value).map_err(|e| CoordinatorError::BadValue {
+            key: kv.key.clone(),
+            reason: e.to_string(),
+        })?;
+    if &owner.owner == to {
+        return Err(MoveError::AlreadyThere {
+            cell,
+            shard: to.clone(),
+        });
+    }
+    let live = crate::membership::live_shards(store, prefix).await?;
+    if !live.iter().any(|(id, _)| id == to) {
+        return Err(MoveError::UnknownShard(to.clone()));
+    }
+    let m = Migration {
+        from: owner.owner,
+        to: to.clone(),
+        epoch: owner.epoch.next(),
+        state: MigrationState::Requested,
+        requested_unix_ms: now_unix_ms(),
+    };
+    let value = serde_json::to_vec(&m).expect("migration serialises");
+    let put = store
+        .compare_and_put(&migration_key(prefix, cell), Expect::Absent, value, None)
+        .await
+        .map_err(CoordinatorError::from)?;
+    match put {
+        Some(_) => Ok(m),
+        None => Err(MoveError::InProgress(cell)),
+    }
+}
+
+/// Marks a migration restored (the target holds the snapshot). Only moves
+/// `Requested` -> `Restored` for the same target and epoch.
+pub async fn mark_restored(
+    store: &dyn ClusterStore,
+    prefix: &str,
+    cell: CellId,
+    to: &ShardId,
+    epoch: Epoch,
+) -> Result<bool, CoordinatorError> {
+    let key = migration_key(prefix, cell);
+    let Some(kv) = store.get(&key).await? else {
+        return Ok(false);
+    };
+    let Ok(mut m) = serde_json::from_slice::<Migration>(&kv.value) else {
+        return Ok(false);
+    };
+    if &m.to != to || m.epoch != epoch || m.state != MigrationState::Requested {
+        return Ok(false);
+    }
+    m.state = MigrationState::Restored;
+    let value = serde_json::to_vec(&m).expect("migration serialises");
+    Ok(store
+        .compare_and_put(&key, Expect::ModRevision(kv.mod_revision), value, None)
+        .await?
+        .is_some())
+}
