@@ -14,7 +14,7 @@ use tessera_coordinator::control::{self, CoordinatorConfig};
 use tessera_coordinator::membership::{
     self, load_key, router_key, shard_key, Registration, RouterRegistration, ShardRegistration,
 };
-use tessera_coordinator::migration::{mark_restored, MigrationBoard};
+use tessera_coordinator::migration::{drain, mark_restored, MigrationBoard};
 use tessera_coordinator::transport::{ClusterCa, Directory, LocalInbox, QuicBus};
 use tessera_coordinator::{Bus, CellMap, ClusterStore, EtcdStore};
 use tessera_persistence::Database;
@@ -86,6 +86,9 @@ pub struct ShardArgs {
     /// Relative capacity of this machine.
     #[arg(long, default_value_t = 1)]
     capacity: u32,
+    /// On SIGTERM, wait this long for the cells to move to other shards.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_secs: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -243,6 +246,24 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         _ = crate::up::shutdown_signal() => false,
         _ = lost_rx.wait_for(|l| *l) => true,
     };
+    if !lost {
+        // Graceful drain: hand every cell to the other shards (live
+        // migration, players stay connected), then stop.
+        println!("shard {id} draining");
+        match drain(
+            &*store,
+            &prefix,
+            &id,
+            Duration::from_secs(args.drain_timeout_secs),
+        )
+        .await
+        {
+            Ok(n) => println!("shard {id} drained: {n} cells moved"),
+            Err(e) => eprintln!("shard {id}: drain incomplete: {e}"),
+        }
+        // Let forwarded messages reach the new owners.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     handle.stop();
     if lost {
         anyhow::bail!("shard {id} lost its etcd lease and stopped simulating");
@@ -366,6 +387,8 @@ pub enum CtlCommand {
     Shards,
     /// Every cell: owner, epoch, entities, players, tick p99.
     Cells,
+    /// Move every cell of a shard to the other shards (live migration).
+    Drain { shard: String },
     /// Live-migrate a cell (`x,z`) to a shard, and wait until it is there.
     Move {
         /// The cell, `x,z` (negative coordinates are fine: `-1,0`).
@@ -382,6 +405,21 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     let store = EtcdStore::connect(&args.etcd, Duration::from_secs(3))
         .await
         .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
+    if let CtlCommand::Drain { shard } = &args.command {
+        let started = std::time::Instant::now();
+        let n = drain(
+            &store,
+            &args.prefix,
+            &ShardId::new(shard.clone()),
+            Duration::from_secs(60),
+        )
+        .await?;
+        println!(
+            "drained {shard}: {n} cells moved in {} ms",
+            started.elapsed().as_millis()
+        );
+        return Ok(());
+    }
     if let CtlCommand::Move { cell, shard } = &args.command {
         return ctl_move(
             &store,
@@ -394,7 +432,7 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     }
     let snap = ctl::snapshot(&store, &args.prefix).await?;
     let out = match (&args.command, args.json) {
-        (CtlCommand::Move { .. }, _) => unreachable!("handled above"),
+        (CtlCommand::Move { .. } | CtlCommand::Drain { .. }, _) => unreachable!("handled above"),
         (CtlCommand::Status, false) => ctl::render_status(&snap),
         (CtlCommand::Shards, false) => ctl::render_shards(&snap),
         (CtlCommand::Cells, false) => ctl::render_cells(&snap),

@@ -1,7 +1,10 @@
-//! The cluster as separate processes against a real etcd: a coordinator
-//! (two, for leader election), two shard processes and a router, talking
-//! over the QUIC cluster bus with mutual TLS. A telnet player walks across
-//! the shard border; the world's entity count does not change.
+//! The cluster as separate processes against a real etcd: two coordinators
+//! (leader election), two shard processes and a router, talking over the
+//! QUIC cluster bus with mutual TLS. A connected telnet player walks across
+//! the shard border, has her cell live-migrated (`tessera ctl move`) and
+//! then her shard drained by SIGTERM; the world's entity count never
+//! changes and she never disconnects. Then the leading coordinator dies and
+//! the standby takes over.
 
 mod common;
 #[path = "../coordinator/tests/support/etcd.rs"]
@@ -101,6 +104,25 @@ impl Role {
     fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGTERM, then waits up to `timeout` for the exit.
+    fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit after SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Role {
@@ -195,7 +217,7 @@ fn ctl(etcd: &EtcdServer, args: &[&str]) -> (bool, String, String) {
 }
 
 #[test]
-fn a_player_walks_across_shard_processes_and_a_standby_coordinator_takes_over() {
+fn processes_walk_migrate_drain_and_fail_over_the_leader() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
     let ca = dir.path().join("ca");
@@ -220,7 +242,7 @@ fn a_player_walks_across_shard_processes_and_a_standby_coordinator_takes_over() 
     });
     c1.wait_line("coordinator coordinator-a running");
     let (_s1, m1) = shard(dir.path(), &etcd, &ca, "shard-1");
-    let (_s2, m2) = shard(dir.path(), &etcd, &ca, "shard-2");
+    let (mut s2, m2) = shard(dir.path(), &etcd, &ca, "shard-2");
     let mut c2 = Role::start(dir.path(), "coordinator-b", &{
         let mut a = coord_args.clone();
         a.extend(["--id".into(), "coordinator-b".into()]);
@@ -358,6 +380,36 @@ fn a_player_walks_across_shard_processes_and_a_standby_coordinator_takes_over() 
     assert!(!ok && err.contains("already owned by shard-2"), "{err}");
     let (ok, _, err) = ctl(&etcd, &["move", "-1,0", "shard-9"]);
     assert!(!ok && err.contains("shard-9 is not registered"), "{err}");
+
+    // SIGTERM on shard-2 drains it: its cells, Ann's included, move to
+    // shard-1 by live migration; Ann stays connected; nothing is lost.
+    let status = s2.terminate(Duration::from_secs(30));
+    assert!(status.success(), "shard-2 exited with {status}");
+    assert!(
+        s2.wait_line("shard shard-2 drained: ")
+            .starts_with("9 cells moved"),
+        "shard-2 owned its 8 cells and -1,0"
+    );
+    let w = ann.where_();
+    assert_eq!(
+        (w.cell.as_str(), w.shard.as_str()),
+        ("-1,0", "shard-1"),
+        "after the drain"
+    );
+    ann.command("s");
+    assert_eq!(ann.where_().shard, "shard-1");
+    assert_eq!(
+        settled_entities(&[m1]),
+        after,
+        "entities lost or duplicated by the drain"
+    );
+    let (_, cells_json, _) = ctl(&etcd, &["cells", "--json"]);
+    let cells: serde_json::Value = serde_json::from_str(&cells_json).unwrap();
+    assert!(cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["owner"] == "shard-1"));
 
     // Kill the leading coordinator; the standby takes over within the
     // lease TTL (2 s) plus a little.

@@ -208,3 +208,92 @@ pub async fn mark_restored(
         .await?
         .is_some())
 }
+
+/// Moves every cell of `shard` to the other live shards (fewest cells
+/// first) and waits until `shard` owns none, up to `timeout`. This is the
+/// graceful drain: SIGTERM on a shard, or `tessera ctl drain`. Returns the
+/// number of cells moved.
+pub async fn drain(
+    store: &dyn ClusterStore,
+    prefix: &str,
+    shard: &ShardId,
+    timeout: std::time::Duration,
+) -> Result<usize, DrainError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut moved = std::collections::HashSet::new();
+    loop {
+        let owners = cell_owners(store, prefix).await?;
+        let mine: Vec<CellId> = owners
+            .iter()
+            .filter(|(_, o)| &o.owner == shard)
+            .map(|(c, _)| *c)
+            .collect();
+        if mine.is_empty() {
+            return Ok(moved.len());
+        }
+        let mut load: HashMap<ShardId, usize> = crate::membership::live_shards(store, prefix)
+            .await?
+            .into_iter()
+            .filter(|(id, _)| id != shard)
+            .map(|(id, _)| (id, 0))
+            .collect();
+        if load.is_empty() {
+            return Err(DrainError::NowhereToGo(shard.clone()));
+        }
+        for o in owners.values() {
+            if let Some(n) = load.get_mut(&o.owner) {
+                *n += 1;
+            }
+        }
+        for cell in &mine {
+            let target = load
+                .iter()
+                .min_by_key(|(id, n)| (**n, (*id).clone()))
+                .map(|(id, _)| id.clone())
+                .expect("load is not empty");
+            match request_move(store, prefix, *cell, &target).await {
+                Ok(_) => {
+                    moved.insert(*cell);
+                    *load.entry(target).or_default() += 1;
+                }
+                Err(MoveError::InProgress(_)) => {}
+                Err(MoveError::Cluster(e)) => return Err(e.into()),
+                Err(e) => tracing::warn!(cell = %cell, error = %e, "drain: cannot move cell yet"),
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(DrainError::Timeout {
+                shard: shard.clone(),
+                left: mine.len(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn cell_owners(
+    store: &dyn ClusterStore,
+    prefix: &str,
+) -> Result<HashMap<CellId, CellOwner>, CoordinatorError> {
+    let dir = format!("{prefix}cells/");
+    let mut out = HashMap::new();
+    for kv in store.list(&dir).await? {
+        let Some(cell) = kv.key.strip_prefix(&dir).and_then(|c| c.parse().ok()) else {
+            continue;
+        };
+        if let Ok(o) = serde_json::from_slice::<CellOwner>(&kv.value) {
+            out.insert(cell, o);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("no other live shard to take the cells of {0}")]
+    NowhereToGo(ShardId),
+    #[error("{shard} still owns {left} cells after the drain timeout")]
+    Timeout { shard: ShardId, left: usize },
+    #[error(transparent)]
+    Cluster(#[from] CoordinatorError),
+}
