@@ -65,6 +65,12 @@ impl CellMap {
         Ok(map)
     }
 
+    /// Sets one cell's owner directly (benchmarks, in-process tests).
+    pub fn set(&self, cell: CellId, owner: CellOwner) {
+        self.cells.write().insert(cell, owner);
+        self.bump();
+    }
+
     /// A map that never changes (benchmarks, unit tests of other crates).
     pub fn fixed(entries: impl IntoIterator<Item = (CellId, CellOwner)>) -> CellMap {
         let map = CellMap::default();
