@@ -139,6 +139,41 @@ fn node_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// What every cluster member sets up first: metrics, the world, etcd, its
+/// certificate, and the directory of the other members.
+struct Member {
+    metrics: SocketAddr,
+    world: Arc<tessera_proto::world::WorldDef>,
+    store: Arc<dyn ClusterStore>,
+    prefix: String,
+    identity: tessera_coordinator::transport::MemberIdentity,
+    directory: Directory,
+}
+
+impl Member {
+    async fn join(
+        cluster: &ClusterArgs,
+        member: &MemberArgs,
+        name: &str,
+    ) -> anyhow::Result<Member> {
+        let metrics = crate::metrics_http::install(cluster.metrics).await?;
+        let world = load_world(cluster)?;
+        let store = connect_store(cluster).await?;
+        let prefix = cluster.prefix.clone();
+        let identity = ClusterCa::load(&member.cluster_ca)?.member(name)?;
+        let directory = Directory::default();
+        membership::watch_directory(store.clone(), &prefix, directory.clone()).await?;
+        Ok(Member {
+            metrics,
+            world,
+            store,
+            prefix,
+            identity,
+            directory,
+        })
+    }
+}
+
 /// `tessera ca init DIR`.
 pub fn ca_init(dir: PathBuf) -> anyhow::Result<()> {
     ClusterCa::create(&dir)?;
@@ -170,15 +205,15 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 
 /// `tessera shard`.
 pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
-    let metrics = crate::metrics_http::install(args.cluster.metrics).await?;
-    let world = load_world(&args.cluster)?;
-    let store = connect_store(&args.cluster).await?;
-    let prefix = args.cluster.prefix.clone();
     let id = ShardId::new(args.id.clone());
-    let ca = ClusterCa::load(&args.member.cluster_ca)?;
-    let identity = ca.member(&format!("shard {id}"))?;
-    let directory = Directory::default();
-    membership::watch_directory(store.clone(), &prefix, directory.clone()).await?;
+    let Member {
+        metrics,
+        world,
+        store,
+        prefix,
+        identity,
+        directory,
+    } = Member::join(&args.cluster, &args.member, &format!("shard {id}")).await?;
     let (tx, inbox) = crossbeam_channel::unbounded();
     let bus = QuicBus::start(
         &identity,
@@ -275,15 +310,15 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
 
 /// `tessera router`.
 pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
-    let metrics = crate::metrics_http::install(args.cluster.metrics).await?;
-    let world = load_world(&args.cluster)?;
-    let store = connect_store(&args.cluster).await?;
-    let prefix = args.cluster.prefix.clone();
     let id = RouterId(args.id.clone());
-    let ca = ClusterCa::load(&args.member.cluster_ca)?;
-    let identity = ca.member(&format!("router {id}"))?;
-    let directory = Directory::default();
-    membership::watch_directory(store.clone(), &prefix, directory.clone()).await?;
+    let Member {
+        metrics,
+        world,
+        store,
+        prefix,
+        identity,
+        directory,
+    } = Member::join(&args.cluster, &args.member, &format!("router {id}")).await?;
     let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
     let bus = QuicBus::start(
         &identity,

@@ -144,6 +144,32 @@ impl CellMap {
     }
 }
 
+/// Every cell's owner, with the revision of its key (for compare-and-set).
+pub async fn list_owners(
+    store: &dyn ClusterStore,
+    prefix: &str,
+) -> Result<Vec<(CellId, CellOwner, i64)>, CoordinatorError> {
+    let dir = format!("{prefix}cells/");
+    let mut out = Vec::new();
+    for kv in store.list(&dir).await? {
+        let Some(cell) = kv
+            .key
+            .strip_prefix(&dir)
+            .and_then(|c| c.parse::<CellId>().ok())
+        else {
+            continue;
+        };
+        let owner = serde_json::from_slice::<CellOwner>(&kv.value).map_err(|e| {
+            CoordinatorError::BadValue {
+                key: kv.key.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        out.push((cell, owner, kv.mod_revision));
+    }
+    Ok(out)
+}
+
 /// Claims unowned cells for the planned shards (epoch 1). Cells that already
 /// have an owner are left alone: placement never steals.
 pub async fn place_unowned(

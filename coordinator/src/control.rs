@@ -10,7 +10,7 @@
 //!   expired) are reassigned to a live shard with the next epoch, by
 //!   compare-and-set on the cell key's revision.
 
-use crate::cellmap::{cell_key, CellOwner};
+use crate::cellmap::{cell_key, list_owners, CellOwner};
 use crate::membership::live_shards;
 use crate::migration::{self, Migration, MigrationState};
 use crate::placement;
@@ -175,28 +175,11 @@ async fn place(
         return Ok(());
     }
     let seen = *first_shard_seen.get_or_insert_with(tokio::time::Instant::now);
-    let cells_prefix = format!("{}cells/", config.prefix);
-    let mut current: HashMap<CellId, (CellOwner, i64)> = HashMap::new();
-    for kv in store.list(&cells_prefix).await? {
-        let Some(cell) = kv
-            .key
-            .strip_prefix(&cells_prefix)
-            .and_then(|c| c.parse::<CellId>().ok())
-        else {
-            continue;
-        };
-        match serde_json::from_slice::<CellOwner>(&kv.value) {
-            Ok(o) => {
-                current.insert(cell, (o, kv.mod_revision));
-            }
-            Err(e) => {
-                return Err(CoordinatorError::BadValue {
-                    key: kv.key,
-                    reason: e.to_string(),
-                })
-            }
-        }
-    }
+    let current: HashMap<CellId, (CellOwner, i64)> = list_owners(store, &config.prefix)
+        .await?
+        .into_iter()
+        .map(|(cell, owner, rev)| (cell, (owner, rev)))
+        .collect();
     finish_migrations(config, store, &current, &live).await?;
     if current.is_empty() && seen.elapsed() < config.settle {
         return Ok(());

@@ -275,17 +275,11 @@ async fn cell_owners(
     store: &dyn ClusterStore,
     prefix: &str,
 ) -> Result<HashMap<CellId, CellOwner>, CoordinatorError> {
-    let dir = format!("{prefix}cells/");
-    let mut out = HashMap::new();
-    for kv in store.list(&dir).await? {
-        let Some(cell) = kv.key.strip_prefix(&dir).and_then(|c| c.parse().ok()) else {
-            continue;
-        };
-        if let Ok(o) = serde_json::from_slice::<CellOwner>(&kv.value) {
-            out.insert(cell, o);
-        }
-    }
-    Ok(out)
+    Ok(crate::cellmap::list_owners(store, prefix)
+        .await?
+        .into_iter()
+        .map(|(cell, owner, _)| (cell, owner))
+        .collect())
 }
 
 #[derive(Debug, thiserror::Error)]
