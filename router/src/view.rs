@@ -18,14 +18,19 @@ pub struct WorldView {
 }
 
 impl WorldView {
-    /// Takes a cell's frame unless a newer one (higher epoch, or same epoch
-    /// and later tick, from the same shard) is already there.
+    /// Takes a cell's frame unless a newer one is already there: a higher
+    /// epoch always wins (a late frame from a cell's old owner never
+    /// overrides the new owner's); within an epoch, the later tick (ticks of
+    /// different shards are not comparable, so another shard's frame is
+    /// taken).
     pub fn update(&self, frame: Arc<CellFrame>) {
         self.latest_tick.fetch_max(frame.tick, Ordering::Relaxed);
         let mut frames = self.frames.write();
         let newer = match frames.get(&frame.cell) {
             Some((old, _)) => {
-                (frame.epoch, frame.tick) >= (old.epoch, old.tick) || frame.shard != old.shard
+                frame.epoch > old.epoch
+                    || (frame.epoch == old.epoch
+                        && (frame.tick >= old.tick || frame.shard != old.shard))
             }
             None => true,
         };
@@ -109,5 +114,50 @@ impl WorldView {
             .values()
             .map(|(f, _)| f.entities.len())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_proto::{Epoch, ShardId};
+
+    fn frame(shard: &str, epoch: u64, tick: u64, x: f32) -> Arc<CellFrame> {
+        Arc::new(CellFrame {
+            cell: CellId::new(0, 0),
+            shard: ShardId::new(shard),
+            epoch: Epoch(epoch),
+            tick,
+            entities: vec![ViewEntity {
+                id: EntityId(1),
+                kind: tessera_proto::msg::EntityKind::Player,
+                name: Arc::from("Ann"),
+                pos: Vec3::new(x, 0.0, 1.0),
+                vel: Vec3::ZERO,
+                yaw: 0.0,
+                ack_input: 0,
+            }],
+        })
+    }
+
+    #[test]
+    fn a_late_frame_from_the_old_owner_does_not_override_the_new_one() {
+        let view = WorldView::default();
+        let grid = Grid::new(64.0);
+        view.update(frame("a", 1, 500, 1.0));
+        view.update(frame("b", 2, 10, 2.0)); // migrated: new owner, new epoch
+        view.update(frame("a", 1, 501, 9.0)); // late frame from the old owner
+        let e = view.find(&grid, EntityId(1), Vec3::ZERO).unwrap();
+        assert_eq!(e.pos.x, 2.0);
+        view.update(frame("b", 2, 9, 3.0)); // older tick of the same owner
+        assert_eq!(
+            view.find(&grid, EntityId(1), Vec3::ZERO).unwrap().pos.x,
+            2.0
+        );
+        view.update(frame("b", 2, 11, 4.0));
+        assert_eq!(
+            view.find(&grid, EntityId(1), Vec3::ZERO).unwrap().pos.x,
+            4.0
+        );
     }
 }
