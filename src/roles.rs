@@ -52,8 +52,10 @@ pub struct MemberArgs {
     /// 127.0.0.1 for an unspecified IP).
     #[arg(long)]
     advertise: Option<SocketAddr>,
-    /// Lease TTL of this member's registration, seconds.
-    #[arg(long, default_value_t = 3)]
+    /// Lease TTL of this member's registration, seconds. A dead member's
+    /// cells fail over after about this long; an etcd outage shorter than
+    /// three quarters of it is ridden out.
+    #[arg(long, default_value_t = 15)]
     lease_ttl_secs: u64,
 }
 

@@ -241,7 +241,7 @@ fn processes_walk_migrate_drain_and_fail_over_the_leader() {
         a
     });
     c1.wait_line("coordinator coordinator-a running");
-    let (_s1, m1) = shard(dir.path(), &etcd, &ca, "shard-1");
+    let (s1, m1) = shard(dir.path(), &etcd, &ca, "shard-1");
     let (mut s2, m2) = shard(dir.path(), &etcd, &ca, "shard-2");
     let mut c2 = Role::start(dir.path(), "coordinator-b", &{
         let mut a = coord_args.clone();
@@ -410,6 +410,37 @@ fn processes_walk_migrate_drain_and_fail_over_the_leader() {
         .unwrap()
         .iter()
         .all(|c| c["owner"] == "shard-1"));
+
+    // A new shard joins; then kill -9 the shard Ann is on. Its cells go to
+    // the new shard when its lease (2 s) expires, and the router puts Ann
+    // back into the world there on her next command. (Without checkpoints
+    // yet, the cells restart fresh: the NPCs respawn.)
+    let (_s3, m3) = shard(dir.path(), &etcd, &ca, "shard-3");
+    let mut s1 = s1;
+    let killed = Instant::now();
+    s1.kill();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let back = loop {
+        let answer = ann.command("where");
+        if answer.contains("shard shard-3") {
+            break killed.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Ann was not put back into the world: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("kill -9 to serving again: {} ms", back.as_millis());
+    assert!(
+        back < Duration::from_secs(2 + 2 + 1),
+        "failover took {back:?}"
+    );
+    assert_eq!(
+        settled_entities(&[m3]),
+        after,
+        "every cell serves again on shard-3"
+    );
 
     // Kill the leading coordinator; the standby takes over within the
     // lease TTL (2 s) plus a little.

@@ -26,6 +26,8 @@ pub trait Bus: Send + Sync + 'static {
     fn to_router(&self, router: &RouterId, msg: ToRouter) -> Result<(), BusError>;
     /// Sends a cell's frame to every router (routers filter by interest).
     fn publish_frame(&self, frame: Arc<CellFrame>);
+    /// Whether `shard` is a current member (registered and not gone).
+    fn has_shard(&self, shard: &ShardId) -> bool;
 }
 
 /// In-process bus: shard inboxes are crossbeam channels (the shard's
@@ -86,5 +88,9 @@ impl Bus for LocalBus {
         for tx in self.routers.read().values() {
             let _ = tx.send(ToRouter::Frame(frame.clone()));
         }
+    }
+
+    fn has_shard(&self, shard: &ShardId) -> bool {
+        self.shards.read().contains_key(shard)
     }
 }

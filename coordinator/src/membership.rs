@@ -75,8 +75,11 @@ pub fn router_key(prefix: &str, id: &RouterId) -> String {
 }
 
 /// A registration kept alive in the background. `lost` turns true when the
-/// lease could not be renewed before it expired: the member must then stop
-/// acting as a member (a shard stops simulating).
+/// lease has not been renewed for its TTL minus a safety margin (a quarter
+/// of the TTL, at least 500 ms), that is *before* etcd can expire it and
+/// let another member take over: the member must then stop acting as one (a
+/// shard stops simulating). An etcd outage shorter than that is ridden out
+/// (etcd extends leases when it comes back).
 pub struct Registration {
     pub lease: LeaseId,
     pub lost: watch::Receiver<bool>,
@@ -99,6 +102,7 @@ impl Registration {
         let s = store.clone();
         let task = tokio::spawn(async move {
             let period = ttl / 3;
+            let margin = (ttl / 4).max(Duration::from_millis(500)).min(ttl / 2);
             let mut last_ok = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(period).await;
@@ -109,7 +113,7 @@ impl Registration {
                         // Expired for sure once the TTL has passed since the
                         // last renewal, or at once if the store says so.
                         let gone = matches!(e, crate::StoreError::LeaseNotFound(_));
-                        if gone || last_ok.elapsed() >= ttl {
+                        if gone || last_ok.elapsed() >= ttl - margin {
                             let _ = tx.send(true);
                             tracing::error!(key = %key, "registration lost");
                             return;

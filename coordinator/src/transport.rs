@@ -549,6 +549,11 @@ impl Bus for QuicBus {
             let _ = self.to_router(&router, ToRouter::Frame(frame.clone()));
         }
     }
+
+    fn has_shard(&self, shard: &ShardId) -> bool {
+        matches!(&self.inbox, LocalInbox::Shard(me, _) if me == shard)
+            || self.directory.get(&Member::Shard(shard.clone())).is_some()
+    }
 }
 
 #[cfg(test)]

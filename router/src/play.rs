@@ -25,6 +25,22 @@ impl Outcome {
 
 /// Runs one parsed command.
 pub async fn execute(player: &mut Player, cmd: Command) -> Outcome {
+    let notice = match player.ensure_in_world().await {
+        Ok(n) => n,
+        Err(e) => return Outcome::text(format!("{e}.")),
+    };
+    let mut out = run(player, cmd).await;
+    if let Some(n) = notice {
+        out.text = if out.text.is_empty() {
+            n
+        } else {
+            format!("{n}\n{}", out.text)
+        };
+    }
+    out
+}
+
+async fn run(player: &mut Player, cmd: Command) -> Outcome {
     let router = player.router.clone();
     match cmd {
         Command::Empty => Outcome::text(""),

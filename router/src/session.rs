@@ -172,6 +172,50 @@ impl Player {
         &self.account.name
     }
 
+    /// If the shard simulating this player is gone (crashed; its cells were
+    /// given to other shards), puts the player back into the world on the
+    /// cell's new owner at the last known position. Returns a notice for
+    /// the player when that happened, an error while the cell has no live
+    /// owner yet.
+    pub async fn ensure_in_world(&mut self) -> Result<Option<String>, RouterError> {
+        if self.router.bus.has_shard(&self.shard) {
+            return Ok(None);
+        }
+        let pos = self.position();
+        let cell = self.router.grid.cell_of(pos);
+        let owner = match self.router.map.owner(cell) {
+            Some(o) if o.owner != self.shard && self.router.bus.has_shard(&o.owner) => o.owner,
+            _ => {
+                return Err(RouterError::Unavailable(
+                    "the part of the world you are in is recovering; try again in a moment".into(),
+                ))
+            }
+        };
+        tracing::warn!(session = %self.session, from = %self.shard, to = %owner, "player's shard is gone; re-joining");
+        let join = ToShard::Join {
+            session: SessionRef {
+                router: self.router.config.id.clone(),
+                session: self.session,
+            },
+            player: PlayerId(self.account.id),
+            name: self.account.name.clone(),
+            pos,
+        };
+        self.router.to_shard(&owner, join)?;
+        self.shard = owner.clone();
+        self.router
+            .update_playing(self.session, |p| p.shard = owner);
+        self.wait_for(|ev| match ev {
+            PlayerEvent::Joined { .. } => Some(()),
+            _ => None,
+        })
+        .await?;
+        metrics::counter!("tessera_router_rejoins_total").increment(1);
+        Ok(Some(
+            "[The world hiccuped and you blinked: you are back where you last stood.]".into(),
+        ))
+    }
+
     /// Applies routing and position updates carried by an event.
     fn observe(&mut self, ev: &PlayerEvent) {
         match ev {
