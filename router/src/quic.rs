@@ -357,11 +357,10 @@ impl ClientConn {
                 _ = snapshots.tick() => {
                     // A QUIC player may only send inputs: notice a dead
                     // shard here too.
-                    match player.ensure_in_world().await {
-                        Ok(Some(text)) => {
-                            if let Err(e) = ctl.write(&ServerMsg::Text { text }).await { break Err(e); }
+                    if let Ok(Some(text)) = player.ensure_in_world().await {
+                        if let Err(e) = ctl.write(&ServerMsg::Text { text }).await {
+                            break Err(e);
                         }
-                        Ok(None) | Err(_) => {}
                     }
                     if let Err(e) = self.snapshot(player, &mut ctl, &mut known).await {
                         break Err(e);
