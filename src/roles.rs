@@ -176,6 +176,22 @@ impl Member {
     }
 }
 
+/// Starts the member's cluster bus and follows the cell map. Returns the
+/// bus, the address peers should dial, and the map.
+async fn member_bus(
+    identity: &tessera_coordinator::transport::MemberIdentity,
+    member: &MemberArgs,
+    inbox: LocalInbox,
+    directory: Directory,
+    store: &Arc<dyn ClusterStore>,
+    prefix: &str,
+) -> anyhow::Result<(Arc<QuicBus>, SocketAddr, CellMap)> {
+    let bus = QuicBus::start(identity, member.cluster_listen, inbox, directory)?;
+    let addr = advertise(member, bus.local_addr()?);
+    let map = CellMap::watch(store.clone(), prefix).await?;
+    Ok((bus, addr, map))
+}
+
 /// `tessera ca init DIR`.
 pub fn ca_init(dir: PathBuf) -> anyhow::Result<()> {
     ClusterCa::create(&dir)?;
@@ -217,14 +233,15 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         directory,
     } = Member::join(&args.cluster, &args.member, &format!("shard {id}")).await?;
     let (tx, inbox) = crossbeam_channel::unbounded();
-    let bus = QuicBus::start(
+    let (bus, addr, map) = member_bus(
         &identity,
-        args.member.cluster_listen,
+        &args.member,
         LocalInbox::Shard(id.clone(), tx),
         directory,
-    )?;
-    let addr = advertise(&args.member, bus.local_addr()?);
-    let map = CellMap::watch(store.clone(), &prefix).await?;
+        &store,
+        &prefix,
+    )
+    .await?;
     let mut config = ShardConfig::new(id.clone());
     config.tick_hz = args.tick_hz;
     let dyn_bus: Arc<dyn Bus> = bus.clone();
@@ -322,14 +339,15 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         directory,
     } = Member::join(&args.cluster, &args.member, &format!("router {id}")).await?;
     let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
-    let bus = QuicBus::start(
+    let (bus, addr, map) = member_bus(
         &identity,
-        args.member.cluster_listen,
+        &args.member,
         LocalInbox::Router(id.clone(), tx),
         directory,
-    )?;
-    let addr = advertise(&args.member, bus.local_addr()?);
-    let map = CellMap::watch(store.clone(), &prefix).await?;
+        &store,
+        &prefix,
+    )
+    .await?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
     let db = Database::open_redb(&args.data_dir.join("tessera.redb"))?;
