@@ -55,7 +55,7 @@ pub struct MemberArgs {
     /// Lease TTL of this member's registration, seconds. A dead member's
     /// cells fail over after about this long; an etcd outage shorter than
     /// three quarters of it is ridden out.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 20)]
     lease_ttl_secs: u64,
 }
 

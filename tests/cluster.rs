@@ -143,20 +143,30 @@ fn common_args(etcd: &EtcdServer, role: &str) -> Vec<String> {
     ]
 }
 
-fn member_args(ca: &Path) -> Vec<String> {
+fn member_args(ca: &Path, ttl_secs: u64) -> Vec<String> {
     vec![
         "--cluster-ca".into(),
         ca.display().to_string(),
         "--cluster-listen".into(),
         "127.0.0.1:0".into(),
         "--lease-ttl-secs".into(),
-        "2".into(),
+        ttl_secs.to_string(),
     ]
 }
 
 fn shard(dir: &Path, etcd: &EtcdServer, ca: &Path, id: &str) -> (Role, SocketAddr) {
+    shard_with_ttl(dir, etcd, ca, id, 2)
+}
+
+fn shard_with_ttl(
+    dir: &Path,
+    etcd: &EtcdServer,
+    ca: &Path,
+    id: &str,
+    ttl_secs: u64,
+) -> (Role, SocketAddr) {
     let mut args = common_args(etcd, "shard");
-    args.extend(member_args(ca));
+    args.extend(member_args(ca, ttl_secs));
     args.extend(["--id".into(), id.into()]);
     let mut role = Role::start(dir, id, &args);
     let rest = role.wait_line(&format!("shard {id} running; cluster address "));
@@ -251,7 +261,7 @@ fn processes_walk_migrate_drain_and_fail_over_the_leader() {
     c2.wait_line("coordinator coordinator-b running");
 
     let mut router_args = common_args(&etcd, "router");
-    router_args.extend(member_args(&ca));
+    router_args.extend(member_args(&ca, 2));
     router_args.extend([
         "--telnet".into(),
         "127.0.0.1:0".into(),
@@ -470,4 +480,116 @@ fn processes_walk_migrate_drain_and_fail_over_the_leader() {
     };
     assert!(leader.contains("coordinator-b"));
     let _ = (router.pid(), c2.pid());
+}
+
+fn ca_init(dir: &Path) -> PathBuf {
+    let ca = dir.join("ca");
+    let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ca", "init"])
+        .arg(&ca)
+        .status()
+        .expect("tessera ca init");
+    assert!(status.success());
+    ca
+}
+
+/// (cell, owner, epoch) of every cell, from `tessera ctl cells --json`.
+fn owners(etcd: &EtcdServer) -> Vec<(String, String, u64)> {
+    let (ok, json, err) = ctl(etcd, &["cells", "--json"]);
+    assert!(ok, "ctl cells: {err}");
+    let cells: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let mut out: Vec<_> = cells
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| {
+            (
+                format!("{},{}", c["cell"]["x"], c["cell"]["z"]),
+                c["owner"].as_str().unwrap_or("").to_string(),
+                c["epoch"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// etcd stopped for 10 s and started again: the shards keep simulating and
+/// serving players meanwhile (their 20 s leases outlive the outage), no cell
+/// changes owner, and afterwards the cluster answers again.
+#[test]
+fn an_etcd_outage_of_ten_seconds_changes_nothing() {
+    let dir = TestDir::new();
+    let mut etcd = EtcdServer::start();
+    let ca = ca_init(dir.path());
+    let mut coord = common_args(&etcd, "coordinator");
+    coord.extend([
+        "--settle-ms".into(),
+        "1000".into(),
+        "--id".into(),
+        "coordinator".into(),
+    ]);
+    let mut c = Role::start(dir.path(), "coordinator", &coord);
+    c.wait_line("coordinator coordinator running");
+    let (_s1, m1) = shard_with_ttl(dir.path(), &etcd, &ca, "shard-1", 20);
+    let (_s2, m2) = shard_with_ttl(dir.path(), &etcd, &ca, "shard-2", 20);
+    let mut router_args = common_args(&etcd, "router");
+    router_args.extend(member_args(&ca, 20));
+    router_args.extend([
+        "--telnet".into(),
+        "127.0.0.1:0".into(),
+        "--quic".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.path().join("router-data").display().to_string(),
+    ]);
+    let mut router = Role::start(dir.path(), "router", &router_args);
+    let telnet = router.addr_after("telnet listening on ");
+    let mut bob = TelnetClient::create(telnet, "Bob", PW);
+    let before = owners(&etcd);
+    assert_eq!(before.len(), 16);
+
+    let ticks_before = ticks(m1) + ticks(m2);
+    let outage = Instant::now();
+    etcd.stop();
+    // Players are served throughout: nothing on the player path needs etcd.
+    let mut steps = 0;
+    while outage.elapsed() < Duration::from_secs(10) {
+        let dir = if steps % 2 == 0 { "e" } else { "w" };
+        let answer = bob.command(dir);
+        assert!(
+            answer.starts_with("You walk"),
+            "during the outage: {answer:?}"
+        );
+        steps += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ticked = ticks(m1) + ticks(m2) - ticks_before;
+    // Two shards at 30 Hz for 10 s: 600 ticks; allow for a slow machine.
+    assert!(
+        ticked > 400.0,
+        "shards stopped simulating: {ticked} ticks in 10 s"
+    );
+    etcd.restart();
+
+    // The cluster converges: the map is readable, nothing moved.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, status, _) = ctl(&etcd, &["status"]);
+        if ok && status.contains("leader: coordinator") && status.contains("shards: 2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence after etcd came back: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        owners(&etcd),
+        before,
+        "a cell changed owner around the outage"
+    );
+    assert!(bob.command("where").contains("shard shard-1"));
+    let _ = router.pid();
 }
