@@ -3,8 +3,10 @@
 # the few system packages the build needs when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v cc >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1; then
+# cc and pkg-config for -sys crates; protoc for etcd-client's build.
+if ! command -v cc >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1 \
+    || ! command -v protoc >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential pkg-config
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential pkg-config protobuf-compiler
 fi
 exec cargo run --release -- "$@"

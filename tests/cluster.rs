@@ -433,21 +433,10 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
         ok,
         "the move did not complete after the leader died: {moved} {err}"
     );
-    let leader = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &etcd.client_url(),
-            "get",
-            "--print-value-only",
-        ])
-        .arg("/tessera/coordinator/leader")
-        .output()
-        .expect("etcdctl");
-    let leader = String::from_utf8_lossy(&leader.stdout).to_string();
+    let (_, status, _) = ctl(&etcd, &["status"]);
     assert!(
-        leader.contains("coordinator-b"),
-        "standby did not take over: {leader:?}"
+        status.contains("leader: coordinator-b"),
+        "standby did not take over: {status:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     while ann.where_().shard != "shard-3" {
