@@ -21,6 +21,8 @@ need_pkg pkg-config pkg-config
 need_pkg protoc protobuf-compiler
 # The real etcd the cluster-store tests start (Debian installs /usr/bin/etcd).
 need_pkg etcd etcd-server
+# The real-process tests signal servers with kill(1).
+need_pkg kill procps
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export RUST_BACKTRACE=1
