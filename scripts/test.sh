@@ -21,8 +21,12 @@ need_pkg pkg-config pkg-config
 need_pkg protoc protobuf-compiler
 # The real etcd the cluster-store tests start (Debian installs /usr/bin/etcd).
 need_pkg etcd etcd-server
-# The real-process tests signal servers with kill(1).
-need_pkg kill procps
+# The real-process tests signal servers with kill(1) (not the shell builtin).
+if [ ! -x /bin/kill ] && [ ! -x /usr/bin/kill ]; then
+    apt_updated=1
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq procps
+fi
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export RUST_BACKTRACE=1
