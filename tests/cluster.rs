@@ -183,6 +183,23 @@ fn shard_with_ttl(
     (role, metrics)
 }
 
+/// A router on free loopback ports; returns it and its telnet address.
+fn router(dir: &Path, etcd: &EtcdServer, ca: &Path, ttl_secs: u64) -> (Role, SocketAddr) {
+    let mut args = common_args(etcd, "router");
+    args.extend(member_args(ca, ttl_secs));
+    args.extend([
+        "--telnet".into(),
+        "127.0.0.1:0".into(),
+        "--quic".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.join("router-data").display().to_string(),
+    ]);
+    let mut role = Role::start(dir, "router", &args);
+    let telnet = role.addr_after("telnet listening on ");
+    (role, telnet)
+}
+
 fn ticks(metrics: SocketAddr) -> f64 {
     metric_samples(&scrape(metrics), "tessera_shard_tick_seconds_count")
         .iter()
@@ -232,13 +249,7 @@ fn ctl(etcd: &EtcdServer, args: &[&str]) -> (bool, String, String) {
 fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = dir.path().join("ca");
-    let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["ca", "init"])
-        .arg(&ca)
-        .status()
-        .expect("tessera ca init");
-    assert!(status.success());
+    let ca = ca_init(dir.path());
 
     let mut coord_args = common_args(&etcd, "coordinator");
     coord_args.extend([
@@ -262,18 +273,7 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     });
     c2.wait_line("coordinator coordinator-b running");
 
-    let mut router_args = common_args(&etcd, "router");
-    router_args.extend(member_args(&ca, 2));
-    router_args.extend([
-        "--telnet".into(),
-        "127.0.0.1:0".into(),
-        "--quic".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        dir.path().join("router-data").display().to_string(),
-    ]);
-    let mut router = Role::start(dir.path(), "router", &router_args);
-    let telnet = router.addr_after("telnet listening on ");
+    let (_router, telnet) = router(dir.path(), &etcd, &ca, 2);
 
     // Both shards simulate (the coordinator split the world between them).
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -482,7 +482,6 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
         "every cell serves again on shard-1"
     );
     drop(s1);
-    let _ = (router.pid(), c2.pid());
 }
 
 fn ca_init(dir: &Path) -> PathBuf {
@@ -536,18 +535,7 @@ fn an_etcd_outage_of_ten_seconds_changes_nothing() {
     c.wait_line("coordinator coordinator running");
     let (_s1, m1) = shard_with_ttl(dir.path(), &etcd, &ca, "shard-1", 20);
     let (_s2, m2) = shard_with_ttl(dir.path(), &etcd, &ca, "shard-2", 20);
-    let mut router_args = common_args(&etcd, "router");
-    router_args.extend(member_args(&ca, 20));
-    router_args.extend([
-        "--telnet".into(),
-        "127.0.0.1:0".into(),
-        "--quic".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        dir.path().join("router-data").display().to_string(),
-    ]);
-    let mut router = Role::start(dir.path(), "router", &router_args);
-    let telnet = router.addr_after("telnet listening on ");
+    let (_router, telnet) = router(dir.path(), &etcd, &ca, 20);
     let mut bob = TelnetClient::create(telnet, "Bob", PW);
     let before = owners(&etcd);
     assert_eq!(before.len(), 16);
@@ -594,5 +582,4 @@ fn an_etcd_outage_of_ten_seconds_changes_nothing() {
         "a cell changed owner around the outage"
     );
     assert!(bob.command("where").contains("shard shard-1"));
-    let _ = router.pid();
 }

@@ -23,11 +23,13 @@ pub fn cell_key(prefix: &str, cell: CellId) -> String {
     format!("{prefix}cells/{cell}")
 }
 
+/// The cell a key names, if the key is `<dir><x>,<z>` (cells/, migrations/).
+pub(crate) fn cell_under(key: &str, dir: &str) -> Option<CellId> {
+    key.strip_prefix(dir)?.parse().ok()
+}
+
 fn parse_cell_key(prefix: &str, key: &str) -> Option<CellId> {
-    key.strip_prefix(prefix)?
-        .strip_prefix("cells/")?
-        .parse()
-        .ok()
+    cell_under(key.strip_prefix(prefix)?, "cells/")
 }
 
 /// A local, watch-maintained copy of the cell map. Clones share it.
@@ -152,11 +154,7 @@ pub async fn list_owners(
     let dir = format!("{prefix}cells/");
     let mut out = Vec::new();
     for kv in store.list(&dir).await? {
-        let Some(cell) = kv
-            .key
-            .strip_prefix(&dir)
-            .and_then(|c| c.parse::<CellId>().ok())
-        else {
+        let Some(cell) = cell_under(&kv.key, &dir) else {
             continue;
         };
         let owner = serde_json::from_slice::<CellOwner>(&kv.value).map_err(|e| {

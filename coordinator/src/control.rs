@@ -10,7 +10,7 @@
 //!   expired) are reassigned to a live shard with the next epoch, by
 //!   compare-and-set on the cell key's revision.
 
-use crate::cellmap::{cell_key, list_owners, CellOwner};
+use crate::cellmap::{cell_key, cell_under, list_owners, CellOwner};
 use crate::membership::live_shards;
 use crate::migration::{self, Migration, MigrationState};
 use crate::placement;
@@ -230,11 +230,7 @@ async fn finish_migrations(
 ) -> Result<(), CoordinatorError> {
     let dir = format!("{}migrations/", config.prefix);
     for kv in store.list(&dir).await? {
-        let Some(cell) = kv
-            .key
-            .strip_prefix(&dir)
-            .and_then(|c| c.parse::<CellId>().ok())
-        else {
+        let Some(cell) = cell_under(&kv.key, &dir) else {
             continue;
         };
         let Ok(m) = serde_json::from_slice::<Migration>(&kv.value) else {

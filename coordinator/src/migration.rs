@@ -18,7 +18,7 @@
 //! The stall, from the source's last tick of the cell to the target's first,
 //! is measured by the target (`tessera_shard_migration_stall_seconds`).
 
-use crate::cellmap::CellOwner;
+use crate::cellmap::{cell_under, CellOwner};
 use crate::store::{follow, ClusterStore, Expect, Follow, WatchEvent};
 use crate::CoordinatorError;
 use parking_lot::RwLock;
@@ -73,7 +73,7 @@ impl MigrationBoard {
         let d = dir.clone();
         follow(store, dir, move |f| {
             let parse = |kv: &crate::store::KeyValue| -> Option<(CellId, Migration)> {
-                let cell = kv.key.strip_prefix(&d)?.parse().ok()?;
+                let cell = cell_under(&kv.key, &d)?;
                 Some((cell, serde_json::from_slice(&kv.value).ok()?))
             };
             match f {
@@ -87,7 +87,7 @@ impl MigrationBoard {
                     }
                 }
                 Follow::Event(WatchEvent::Delete { key, .. }) => {
-                    if let Some(cell) = key.strip_prefix(&d).and_then(|c| c.parse().ok()) {
+                    if let Some(cell) = cell_under(&key, &d) {
                         b.entries.write().remove(&cell);
                     }
                 }
