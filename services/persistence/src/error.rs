@@ -45,6 +45,12 @@ pub enum StoreError {
     /// says what was being done and why it failed.
     #[error("storage backend failed: {0}")]
     Backend(String),
+
+    /// The persistence service could not be reached or did not answer. Not retried by
+    /// `transact`: the caller decides whether to wait (a commit whose answer was lost may or may
+    /// not have been applied; the message says so).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {

@@ -57,6 +57,7 @@ mod error;
 mod keys;
 mod limits;
 mod redb_backend;
+pub mod remote;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

@@ -1,0 +1,975 @@
+//! The persistence service: this crate's storage API over QUIC, so that every shard, router and
+//! service of a cluster shares one store (`tessera persistence`).
+//!
+//! **Model.** The server owns a [`Database`] (redb) and a commit version that goes up by one with
+//! every commit. Clients run transactions optimistically, as FoundationDB does:
+//!
+//! - reads go to the server and record a *read conflict range*; the first read fixes the
+//!   transaction's read version (the server's commit version when it served that read);
+//! - writes stay in the client (reads see them) until commit;
+//! - commit sends the read version, the read conflict ranges and the ordered writes. The server
+//!   refuses the commit with [`StoreError::Conflict`] if any key in a read range was written by
+//!   a commit newer than the read version, so committed transactions are serialisable, and
+//!   [`Database::transact`] runs the closure again. Write-only transactions never conflict.
+//!
+//! Reads inside one transaction are not a snapshot: a later read may see a newer commit than an
+//! earlier one. Such a transaction can never commit (its reads conflict), but its closure may
+//! see the inconsistent values before that, so closures must not panic on them.
+//!
+//! The server remembers the write ranges of the last [`CONFLICT_WINDOW`]; a transaction whose
+//! read version is older than that is refused as a conflict too (FoundationDB's "transaction too
+//! old"), so transactions must be short.
+//!
+//! **Wire.** One QUIC bidirectional stream per request (ALPN [`PERSISTENCE_ALPN`]); the request
+//! and the response are each one bincode message (`tessera_proto::frame`) read to the end of the
+//! stream under a size limit. TLS is whatever the caller's quinn configs say; Tessera uses the
+//! cluster CA with client certificates, so only cluster members reach the store.
+//!
+//! **Failures.** An unreachable server is [`StoreError::Unavailable`], never retried silently
+//! by `transact`. A commit whose answer is lost may or may not have been applied; it is reported
+//! as `Unavailable` with that said.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Backend, Database, KeyValue, StoreError, Transaction, MAX_TRANSACTION_BYTES};
+
+/// ALPN of the persistence protocol.
+pub const PERSISTENCE_ALPN: &[u8] = b"tessera-persistence/1";
+
+/// How long the server remembers what commits wrote; older read versions are refused.
+pub const CONFLICT_WINDOW: Duration = Duration::from_secs(5);
+
+/// Largest request: a commit carries at most a transaction's worth of writes plus its read
+/// ranges and framing.
+const MAX_REQUEST: usize = MAX_TRANSACTION_BYTES + 2 * 1024 * 1024;
+
+/// Largest response. A range read that would return more fails with a clear error; read it in
+/// pages with a limit.
+pub const MAX_RESPONSE: usize = 32 * 1024 * 1024;
+
+/// How long a client waits for one answer before calling the service unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    Get {
+        key: Vec<u8>,
+    },
+    GetRange {
+        begin: Vec<u8>,
+        end: Vec<u8>,
+        limit: u64,
+    },
+    Commit {
+        read_version: Option<u64>,
+        reads: Vec<(Vec<u8>, Vec<u8>)>,
+        mutations: Vec<Mutation>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Mutation {
+    Set { key: Vec<u8>, value: Vec<u8> },
+    Clear { key: Vec<u8> },
+    ClearRange { begin: Vec<u8>, end: Vec<u8> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Response {
+    Value {
+        version: u64,
+        value: Option<Vec<u8>>,
+    },
+    Range {
+        version: u64,
+        entries: Vec<KeyValue>,
+    },
+    Committed {
+        version: u64,
+    },
+    Failed(WireError),
+}
+
+/// [`StoreError`] as it crosses the wire.
+#[derive(Debug, Serialize, Deserialize)]
+enum WireError {
+    KeyTooLarge { len: u64, max: u64 },
+    ValueTooLarge { len: u64, max: u64 },
+    TransactionTooLarge { len: u64, max: u64 },
+    ReservedKey,
+    Conflict,
+    Corrupt(String),
+    Backend(String),
+}
+
+impl From<StoreError> for WireError {
+    fn from(e: StoreError) -> WireError {
+        match e {
+            StoreError::KeyTooLarge { len, max } => WireError::KeyTooLarge {
+                len: len as u64,
+                max: max as u64,
+            },
+            StoreError::ValueTooLarge { len, max } => WireError::ValueTooLarge {
+                len: len as u64,
+                max: max as u64,
+            },
+            StoreError::TransactionTooLarge { len, max } => WireError::TransactionTooLarge {
+                len: len as u64,
+                max: max as u64,
+            },
+            StoreError::ReservedKey => WireError::ReservedKey,
+            StoreError::Conflict | StoreError::RetriesExhausted { .. } => WireError::Conflict,
+            StoreError::Corrupt(s) => WireError::Corrupt(s),
+            StoreError::Backend(s) => WireError::Backend(s),
+            StoreError::Unavailable(s) => WireError::Backend(s),
+        }
+    }
+}
+
+impl From<WireError> for StoreError {
+    fn from(e: WireError) -> StoreError {
+        match e {
+            WireError::KeyTooLarge { len, max } => StoreError::KeyTooLarge {
+                len: len as usize,
+                max: max as usize,
+            },
+            WireError::ValueTooLarge { len, max } => StoreError::ValueTooLarge {
+                len: len as usize,
+                max: max as usize,
+            },
+            WireError::TransactionTooLarge { len, max } => StoreError::TransactionTooLarge {
+                len: len as usize,
+                max: max as usize,
+            },
+            WireError::ReservedKey => StoreError::ReservedKey,
+            WireError::Conflict => StoreError::Conflict,
+            WireError::Corrupt(s) => StoreError::Corrupt(s),
+            WireError::Backend(s) => StoreError::Backend(format!("persistence service: {s}")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conflict detection: a pure state machine, tested without sockets.
+
+/// What recent commits wrote, to decide whether a transaction's reads are still current.
+#[derive(Debug)]
+struct ConflictLog {
+    /// The newest committed version.
+    committed: u64,
+    /// Write ranges `[begin, end)` of recent commits, oldest first, with their version and when
+    /// they were committed.
+    writes: VecDeque<(u64, Instant, Vec<u8>, Vec<u8>)>,
+    /// Versions at or below this are forgotten: reads at them cannot be checked.
+    floor: u64,
+    window: Duration,
+}
+
+/// The smallest key after `key`: `[key, after(key))` holds exactly `key`.
+fn after(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.extend_from_slice(key);
+    k.push(0);
+    k
+}
+
+impl Mutation {
+    fn range(&self) -> (Vec<u8>, Vec<u8>) {
+        match self {
+            Mutation::Set { key, .. } | Mutation::Clear { key } => (key.clone(), after(key)),
+            Mutation::ClearRange { begin, end } => (begin.clone(), end.clone()),
+        }
+    }
+}
+
+impl ConflictLog {
+    fn new(window: Duration) -> ConflictLog {
+        ConflictLog {
+            committed: 0,
+            writes: VecDeque::new(),
+            floor: 0,
+            window,
+        }
+    }
+
+    /// Whether a transaction that read `reads` at `read_version` may commit.
+    fn check(&self, read_version: u64, reads: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        if read_version < self.floor {
+            return Err(StoreError::Conflict);
+        }
+        for (version, _, wb, we) in self.writes.iter().rev() {
+            if *version <= read_version {
+                break;
+            }
+            if reads.iter().any(|(rb, re)| rb < we && wb < re) {
+                return Err(StoreError::Conflict);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a commit's writes; returns its version.
+    fn record(&mut self, mutations: &[Mutation], now: Instant) -> u64 {
+        self.committed += 1;
+        let v = self.committed;
+        for m in mutations {
+            let (b, e) = m.range();
+            self.writes.push_back((v, now, b, e));
+        }
+        while let Some((version, at, _, _)) = self.writes.front() {
+            if now.duration_since(*at) <= self.window {
+                break;
+            }
+            self.floor = self.floor.max(*version);
+            self.writes.pop_front();
+        }
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server.
+
+struct ServerState {
+    db: Database,
+    log: parking_lot::Mutex<ConflictLog>,
+}
+
+impl ServerState {
+    fn serve(&self, req: Request) -> Response {
+        match req {
+            Request::Get { key } => {
+                let version = self.log.lock().committed;
+                match self.db.get(&key) {
+                    Ok(value) => Response::Value { version, value },
+                    Err(e) => Response::Failed(e.into()),
+                }
+            }
+            Request::GetRange { begin, end, limit } => {
+                let version = self.log.lock().committed;
+                match self.db.get_range(&begin, &end, limit as usize) {
+                    Ok(entries) => {
+                        let bytes: usize =
+                            entries.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+                        if bytes > MAX_RESPONSE - 1024 {
+                            Response::Failed(WireError::Backend(format!(
+                                "the range read returns {bytes} bytes, more than the {MAX_RESPONSE} \
+                                 bytes one answer may carry; read it in pages with a limit"
+                            )))
+                        } else {
+                            Response::Range { version, entries }
+                        }
+                    }
+                    Err(e) => Response::Failed(e.into()),
+                }
+            }
+            Request::Commit {
+                read_version,
+                reads,
+                mutations,
+            } => {
+                // One commit at a time: check, apply and record atomically.
+                let mut log = self.log.lock();
+                if let Some(rv) = read_version {
+                    if let Err(e) = log.check(rv, &reads) {
+                        return Response::Failed(e.into());
+                    }
+                }
+                let applied = self.db.transact(|tx| {
+                    for m in &mutations {
+                        match m {
+                            Mutation::Set { key, value } => tx.set(key, value)?,
+                            Mutation::Clear { key } => tx.clear(key)?,
+                            Mutation::ClearRange { begin, end } => tx.clear_range(begin, end),
+                        }
+                    }
+                    Ok(())
+                });
+                match applied {
+                    Ok(()) => Response::Committed {
+                        version: log.record(&mutations, Instant::now()),
+                    },
+                    Err(e) => Response::Failed(e.into()),
+                }
+            }
+        }
+    }
+}
+
+/// A running persistence service.
+pub struct PersistenceServer {
+    endpoint: quinn::Endpoint,
+}
+
+impl PersistenceServer {
+    /// Serves `db` on `listen` with `config` (whose TLS must offer [`PERSISTENCE_ALPN`]). Must be
+    /// called inside a tokio runtime; requests are served until [`PersistenceServer::close`].
+    pub fn start(
+        db: Database,
+        listen: SocketAddr,
+        config: quinn::ServerConfig,
+    ) -> Result<PersistenceServer, StoreError> {
+        let endpoint = quinn::Endpoint::server(config, listen)
+            .map_err(|e| StoreError::backend(format!("listening on {listen}"), e))?;
+        let state = Arc::new(ServerState {
+            db,
+            log: parking_lot::Mutex::new(ConflictLog::new(CONFLICT_WINDOW)),
+        });
+        let ep = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let conn = match incoming.await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "persistence connection refused (not a cluster member?)");
+                            return;
+                        }
+                    };
+                    while let Ok((send, recv)) = conn.accept_bi().await {
+                        let state = state.clone();
+                        tokio::spawn(serve_stream(state, send, recv));
+                    }
+                });
+            }
+        });
+        Ok(PersistenceServer { endpoint })
+    }
+
+    /// Where the service listens.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Stops accepting requests and closes every connection.
+    pub fn close(&self) {
+        self.endpoint
+            .close(0u32.into(), b"persistence service stopping");
+    }
+}
+
+async fn serve_stream(
+    state: Arc<ServerState>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let response = match recv.read_to_end(MAX_REQUEST).await {
+        Err(e) => Response::Failed(WireError::Backend(format!("cannot read the request: {e}"))),
+        Ok(bytes) => match tessera_proto::frame::decode::<Request>(&bytes, MAX_REQUEST) {
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed persistence request");
+                Response::Failed(WireError::Backend(format!("malformed request: {e}")))
+            }
+            Ok(req) => {
+                // redb calls block: keep them off the I/O threads.
+                match tokio::task::spawn_blocking(move || state.serve(req)).await {
+                    Ok(r) => r,
+                    Err(e) => Response::Failed(WireError::Backend(format!("request failed: {e}"))),
+                }
+            }
+        },
+    };
+    let bytes = match tessera_proto::frame::encode(&response) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a persistence response");
+            return;
+        }
+    };
+    if send.write_all(&bytes).await.is_ok() {
+        let _ = send.finish();
+        // Wait until the client has the answer (or is gone) before dropping the stream.
+        let _ = send.stopped().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client.
+
+type Job = (
+    Request,
+    std::sync::mpsc::Sender<Result<Response, StoreError>>,
+);
+
+/// A [`Backend`] that runs transactions against a persistence service.
+pub struct RemoteBackend {
+    addr: SocketAddr,
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+}
+
+impl RemoteBackend {
+    /// A client of the service at `addr`, whose certificate must name `server_name`. It connects
+    /// on first use and reconnects after failures; it runs its own I/O thread, so its blocking
+    /// calls work from any thread (from async code, call them in `spawn_blocking`, as for redb).
+    pub fn new(
+        addr: SocketAddr,
+        server_name: &str,
+        config: quinn::ClientConfig,
+    ) -> Result<RemoteBackend, StoreError> {
+        let (jobs, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::backend("starting the persistence client", e))?;
+        let bind: SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let endpoint = {
+            let _guard = runtime.enter();
+            let mut ep = quinn::Endpoint::client(bind)
+                .map_err(|e| StoreError::backend("opening the persistence client socket", e))?;
+            ep.set_default_client_config(config);
+            ep
+        };
+        let name = server_name.to_string();
+        std::thread::Builder::new()
+            .name("persistence-client".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let link = Arc::new(Link {
+                        addr,
+                        name,
+                        endpoint,
+                        conn: tokio::sync::Mutex::new(None),
+                    });
+                    while let Some((req, reply)) = rx.recv().await {
+                        let link = link.clone();
+                        tokio::spawn(async move {
+                            let _ = reply.send(link.call(req).await);
+                        });
+                    }
+                    link.endpoint.close(0u32.into(), b"client dropped");
+                })
+            })
+            .map_err(|e| StoreError::backend("starting the persistence client thread", e))?;
+        Ok(RemoteBackend { addr, jobs })
+    }
+
+    /// A [`Database`] on this backend.
+    pub fn database(self) -> Database {
+        Database::new(Arc::new(self))
+    }
+
+    fn call(&self, req: Request) -> Result<Response, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs.send((req, tx)).map_err(|_| {
+            StoreError::Unavailable(format!("persistence client for {} has stopped", self.addr))
+        })?;
+        match rx.recv_timeout(CALL_TIMEOUT) {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "persistence service at {} did not answer within {} s",
+                self.addr,
+                CALL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+struct Link {
+    addr: SocketAddr,
+    name: String,
+    endpoint: quinn::Endpoint,
+    conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+}
+
+impl Link {
+    async fn connection(&self) -> Result<quinn::Connection, StoreError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = conn.as_ref() {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let unavailable = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!(
+                "persistence service at {} is unreachable: {e}",
+                self.addr
+            ))
+        };
+        let connecting = self
+            .endpoint
+            .connect(self.addr, &self.name)
+            .map_err(|e| unavailable(&e))?;
+        let c = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .map_err(|_| unavailable(&"connection timed out"))?
+            .map_err(|e| unavailable(&e))?;
+        *conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Sends one request; a request that cannot have reached the server (or a read) is tried
+    /// once more on a fresh connection.
+    async fn call(&self, req: Request) -> Result<Response, StoreError> {
+        let bytes = tessera_proto::frame::encode(&req)
+            .map_err(|e| StoreError::backend("encoding a persistence request", e))?;
+        let is_commit = matches!(req, Request::Commit { .. });
+        let mut last = None;
+        for _ in 0..2 {
+            let conn = self.connection().await?;
+            match self.exchange(&conn, &bytes).await {
+                Ok(r) => return Ok(r),
+                Err((sent, e)) => {
+                    conn.close(0u32.into(), b"request failed");
+                    if sent && is_commit {
+                        return Err(StoreError::Unavailable(format!(
+                            "lost the answer of a commit to {}; it may or may not have been \
+                             applied: {e}",
+                            self.addr
+                        )));
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "persistence service at {}: {}",
+            self.addr,
+            last.unwrap_or_default()
+        )))
+    }
+
+    /// One request on its own stream. On failure says whether the request may have been sent.
+    async fn exchange(
+        &self,
+        conn: &quinn::Connection,
+        bytes: &[u8],
+    ) -> Result<Response, (bool, String)> {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| (false, e.to_string()))?;
+        send.write_all(bytes)
+            .await
+            .map_err(|e| (true, e.to_string()))?;
+        send.finish().map_err(|e| (true, e.to_string()))?;
+        let answer = tokio::time::timeout(CALL_TIMEOUT, recv.read_to_end(MAX_RESPONSE))
+            .await
+            .map_err(|_| (true, "no answer in time".to_string()))?
+            .map_err(|e| (true, e.to_string()))?;
+        tessera_proto::frame::decode::<Response>(&answer, MAX_RESPONSE)
+            .map_err(|e| (true, format!("malformed answer: {e}")))
+    }
+}
+
+/// One attempt of a transaction on the client: reads from the server, writes kept here.
+struct RemoteTxn<'a> {
+    backend: &'a RemoteBackend,
+    read_version: Option<u64>,
+    reads: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys this transaction set (`Some`) or cleared (`None`).
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Ranges this transaction cleared; `writes` holds what was set in them afterwards.
+    cleared: Vec<(Vec<u8>, Vec<u8>)>,
+    mutations: Vec<Mutation>,
+}
+
+impl RemoteTxn<'_> {
+    fn note_version(&mut self, version: u64) {
+        self.read_version.get_or_insert(version);
+    }
+
+    fn is_cleared(&self, key: &[u8]) -> bool {
+        self.cleared
+            .iter()
+            .any(|(b, e)| b.as_slice() <= key && key < e.as_slice())
+    }
+
+    fn touches(&self, begin: &[u8], end: &[u8]) -> bool {
+        self.writes
+            .range(begin.to_vec()..end.to_vec())
+            .next()
+            .is_some()
+            || self
+                .cleared
+                .iter()
+                .any(|(b, e)| b.as_slice() < end && begin < e.as_slice())
+    }
+}
+
+impl Transaction for RemoteTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
+        }
+        if self.is_cleared(key) {
+            return Ok(None);
+        }
+        match self.backend.call(Request::Get { key: key.to_vec() })? {
+            Response::Value { version, value } => {
+                self.note_version(version);
+                self.reads.push((key.to_vec(), after(key)));
+                Ok(value)
+            }
+            Response::Failed(e) => Err(e.into()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        self.mutations.push(Mutation::Set {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.writes.insert(key.to_vec(), None);
+        self.mutations.push(Mutation::Clear { key: key.to_vec() });
+        Ok(())
+    }
+
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
+        if begin >= end {
+            return;
+        }
+        self.writes
+            .retain(|k, _| !(begin <= k.as_slice() && k.as_slice() < end));
+        self.cleared.push((begin.to_vec(), end.to_vec()));
+        self.mutations.push(Mutation::ClearRange {
+            begin: begin.to_vec(),
+            end: end.to_vec(),
+        });
+    }
+
+    fn get_range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        if begin >= end {
+            return Ok(Vec::new());
+        }
+        // With local writes in the range the server's first `limit` entries may not be the
+        // merged first `limit`: read the whole range then.
+        let local = self.touches(begin, end);
+        let server_limit = if local { 0 } else { limit as u64 };
+        let entries = match self.backend.call(Request::GetRange {
+            begin: begin.to_vec(),
+            end: end.to_vec(),
+            limit: server_limit,
+        })? {
+            Response::Range { version, entries } => {
+                self.note_version(version);
+                self.reads.push((begin.to_vec(), end.to_vec()));
+                entries
+            }
+            Response::Failed(e) => return Err(e.into()),
+            other => return Err(unexpected(&other)),
+        };
+        if !local {
+            return Ok(entries);
+        }
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = entries
+            .into_iter()
+            .filter(|(k, _)| !self.is_cleared(k))
+            .collect();
+        for (k, v) in self.writes.range(begin.to_vec()..end.to_vec()) {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        let take = if limit == 0 { usize::MAX } else { limit };
+        Ok(merged.into_iter().take(take).collect())
+    }
+}
+
+fn unexpected(r: &Response) -> StoreError {
+    StoreError::Backend(format!(
+        "persistence service answered out of turn: {}",
+        match r {
+            Response::Value { .. } => "a value",
+            Response::Range { .. } => "a range",
+            Response::Committed { .. } => "a commit",
+            Response::Failed(_) => "an error",
+        }
+    ))
+}
+
+impl Backend for RemoteBackend {
+    fn attempt(
+        &self,
+        body: &mut dyn FnMut(&mut dyn Transaction) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut tx = RemoteTxn {
+            backend: self,
+            read_version: None,
+            reads: Vec::new(),
+            writes: BTreeMap::new(),
+            cleared: Vec::new(),
+            mutations: Vec::new(),
+        };
+        body(&mut tx)?;
+        if tx.mutations.is_empty() {
+            return Ok(());
+        }
+        match self.call(Request::Commit {
+            read_version: tx.read_version,
+            reads: tx.reads,
+            mutations: tx.mutations,
+        })? {
+            Response::Committed { .. } => Ok(()),
+            Response::Failed(e) => Err(e.into()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("persistence service at {}", self.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(k: &[u8]) -> Mutation {
+        Mutation::Set {
+            key: k.to_vec(),
+            value: vec![1],
+        }
+    }
+
+    #[test]
+    fn reads_conflict_only_with_newer_overlapping_writes() {
+        let mut log = ConflictLog::new(Duration::from_secs(5));
+        let now = Instant::now();
+        let v1 = log.record(&[set(b"a")], now);
+        let read = vec![(b"a".to_vec(), after(b"a"))];
+        assert!(log.check(v1, &read).is_ok(), "read after the write");
+        assert!(log.check(v1 - 1, &read).is_err(), "read before the write");
+        let other = vec![(b"b".to_vec(), after(b"b"))];
+        assert!(log.check(0, &other).is_ok(), "a different key");
+        log.record(
+            &[Mutation::ClearRange {
+                begin: b"m".to_vec(),
+                end: b"p".to_vec(),
+            }],
+            now,
+        );
+        let inside = vec![(b"n".to_vec(), after(b"n"))];
+        assert!(log.check(v1, &inside).is_err(), "key in a cleared range");
+        let range = vec![(b"o".to_vec(), b"z".to_vec())];
+        assert!(log.check(v1, &range).is_err(), "overlapping ranges");
+        let touching = vec![(b"p".to_vec(), b"z".to_vec())];
+        assert!(log.check(v1, &touching).is_ok(), "ranges are half-open");
+    }
+
+    #[test]
+    fn forgotten_versions_are_refused() {
+        let mut log = ConflictLog::new(Duration::from_millis(10));
+        let t0 = Instant::now();
+        log.record(&[set(b"a")], t0);
+        let v2 = log.record(&[set(b"b")], t0 + Duration::from_secs(1));
+        // The first write fell out of the window: a read at version 0 can no longer be checked.
+        assert!(log.check(0, &[(b"z".to_vec(), after(b"z"))]).is_err());
+        assert!(log.check(v2, &[(b"a".to_vec(), after(b"a"))]).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    //! The conformance suite against a real service on loopback (QUIC, TLS, a redb file).
+    use super::*;
+    use crate::conformance::{self, ModelOp};
+    use proptest::prelude::*;
+
+    const NAME: &str = "persistence.test";
+
+    /// TLS for the tests: a self-signed server certificate the client pins. (The cluster uses
+    /// its CA with client certificates; see `tessera persistence`.)
+    fn tls() -> (quinn::ServerConfig, quinn::ClientConfig) {
+        let cert = rcgen::generate_simple_self_signed(vec![NAME.to_string()]).unwrap();
+        let der = cert.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            rustls::pki_types::PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()),
+        );
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![PERSISTENCE_ALPN.to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![PERSISTENCE_ALPN.to_vec()];
+        (
+            quinn::ServerConfig::with_crypto(Arc::new(
+                quinn::crypto::rustls::QuicServerConfig::try_from(server).unwrap(),
+            )),
+            quinn::ClientConfig::new(Arc::new(
+                quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap(),
+            )),
+        )
+    }
+
+    /// A service on a fresh redb file, on its own runtime; dropped with the returned guard.
+    struct Service {
+        _dir: tempfile::TempDir,
+        _runtime: tokio::runtime::Runtime,
+        server: PersistenceServer,
+        client: quinn::ClientConfig,
+    }
+
+    impl Service {
+        fn start() -> Service {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Database::open_redb(&dir.path().join("store.redb")).unwrap();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (server_cfg, client) = tls();
+            let server = {
+                let _g = runtime.enter();
+                PersistenceServer::start(db, ([127, 0, 0, 1], 0).into(), server_cfg).unwrap()
+            };
+            Service {
+                _dir: dir,
+                _runtime: runtime,
+                server,
+                client,
+            }
+        }
+
+        fn database(&self) -> Database {
+            RemoteBackend::new(self.server.local_addr().unwrap(), NAME, self.client.clone())
+                .unwrap()
+                .database()
+        }
+    }
+
+    #[test]
+    fn whole_suite_over_quic() {
+        let service = Service::start();
+        // Every `open` is a new client of the same service.
+        conformance::run_all(&|| service.database());
+    }
+
+    #[test]
+    fn two_clients_see_each_others_commits() {
+        let service = Service::start();
+        let (a, b) = (service.database(), service.database());
+        a.set(b"shared", b"1").unwrap();
+        assert_eq!(b.get(b"shared").unwrap().as_deref(), Some(&b"1"[..]));
+        conformance::concurrent_increments_are_exact(&a, 4, 25);
+    }
+
+    #[test]
+    fn a_stale_read_conflicts_and_the_retry_sees_the_new_value() {
+        let service = Service::start();
+        let (a, b) = (service.database(), service.database());
+        a.set(b"k", b"old").unwrap();
+        let mut attempts = 0;
+        let seen = a
+            .transact(|tx| {
+                attempts += 1;
+                let v = tx.get(b"k")?;
+                if attempts == 1 {
+                    // Another client commits between our read and our commit.
+                    b.set(b"k", b"new").unwrap();
+                }
+                tx.set(b"copy", v.as_deref().unwrap_or_default())?;
+                Ok(v)
+            })
+            .unwrap();
+        assert_eq!(attempts, 2, "the first attempt must conflict");
+        assert_eq!(seen.as_deref(), Some(&b"new"[..]));
+        assert_eq!(a.get(b"copy").unwrap().as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn a_dead_service_is_a_clear_unavailable_error() {
+        let service = Service::start();
+        let db = service.database();
+        db.set(b"k", b"v").unwrap();
+        service.server.close();
+        let err = db.get(b"k").unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(err.to_string().contains("unavailable"), "{err}");
+    }
+
+    #[test]
+    fn garbage_requests_get_an_error_and_the_service_keeps_serving() {
+        let service = Service::start();
+        let db = service.database();
+        db.set(b"k", b"v").unwrap();
+        let addr = service.server.local_addr().unwrap();
+        let client = service.client.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answer = runtime.block_on(async move {
+            let mut ep = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+            ep.set_default_client_config(client);
+            let conn = ep.connect(addr, NAME).unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&[0xFF; 64]).await.unwrap();
+            send.finish().unwrap();
+            let bytes = recv.read_to_end(MAX_RESPONSE).await.unwrap();
+            tessera_proto::frame::decode::<Response>(&bytes, MAX_RESPONSE).unwrap()
+        });
+        match answer {
+            Response::Failed(WireError::Backend(msg)) => {
+                assert!(msg.contains("malformed request"), "{msg}")
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    fn small_key() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(prop::sample::select(vec![0u8, 1, 2, 0xFF]), 0..4)
+    }
+
+    fn model_op() -> impl Strategy<Value = ModelOp> {
+        prop_oneof![
+            4 => (small_key(), prop::collection::vec(any::<u8>(), 0..8))
+                .prop_map(|(k, v)| ModelOp::Set(k, v)),
+            2 => small_key().prop_map(ModelOp::Clear),
+            1 => (small_key(), small_key()).prop_map(|(b, e)| ModelOp::ClearRange(b, e)),
+            2 => small_key().prop_map(ModelOp::Get),
+            2 => (small_key(), small_key(), 0usize..4)
+                .prop_map(|(b, e, limit)| ModelOp::GetRange(b, e, limit)),
+            1 => Just(ModelOp::Commit),
+            1 => Just(ModelOp::Abort),
+        ]
+    }
+
+    #[test]
+    fn random_operations_match_a_btreemap_over_quic() {
+        // The client keeps writes locally and merges them into range reads: the model check is
+        // what shows that merge right.
+        let service = Service::start();
+        let db = service.database();
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 64,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&prop::collection::vec(model_op(), 0..40), |ops| {
+                conformance::check_against_model(&db, &ops);
+                Ok(())
+            })
+            .unwrap();
+    }
+}
