@@ -36,6 +36,8 @@ enum Command {
     Shard(roles::ShardArgs),
     /// Run a router process: the telnet and QUIC gateways.
     Router(roles::RouterArgs),
+    /// Run the persistence service (cell checkpoints, accounts, players) for the cluster.
+    Persistence(roles::PersistenceArgs),
     /// Ask the cluster: status, shards, cells.
     Ctl(roles::CtlArgs),
     /// Manage the cluster certificate authority.
@@ -102,6 +104,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Coordinator(a)) => runtime.block_on(roles::coordinator(a)),
         Some(Command::Shard(a)) => runtime.block_on(roles::shard(a)),
         Some(Command::Router(a)) => runtime.block_on(roles::router(a)),
+        Some(Command::Persistence(a)) => runtime.block_on(roles::persistence(a)),
         Some(Command::Ctl(a)) => runtime.block_on(roles::ctl(a)),
         Some(Command::Ca {
             command: CaCommand::Init { dir },

@@ -91,6 +91,57 @@ pub struct ShardArgs {
     /// On SIGTERM, wait this long for the cells to move to other shards.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Checkpoint every cell to persistence this often, milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
+    checkpoint_interval_ms: u64,
+}
+
+/// Where a member keeps durable state.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// The persistence service (`tessera persistence`), as host:port. Without it a shard
+    /// cannot checkpoint its cells (a failover reopens them from the world file) and a router
+    /// keeps accounts and players in its own data dir.
+    #[arg(long)]
+    persistence: Option<SocketAddr>,
+}
+
+impl StoreArgs {
+    /// A client of the persistence service, if one was named.
+    fn connect(
+        &self,
+        identity: &tessera_coordinator::transport::MemberIdentity,
+    ) -> anyhow::Result<Option<Database>> {
+        let Some(addr) = self.persistence else {
+            return Ok(None);
+        };
+        let config = identity.client_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
+        let backend = tessera_persistence::remote::RemoteBackend::new(
+            addr,
+            tessera_coordinator::transport::CLUSTER_NAME,
+            config,
+        )?;
+        Ok(Some(backend.database()))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PersistenceArgs {
+    /// Directory with the cluster CA (`ca-cert.pem`, `ca-key.pem`): only cluster members
+    /// (client certificates from this CA) may connect.
+    #[arg(long)]
+    cluster_ca: PathBuf,
+    /// Where to listen (QUIC, UDP).
+    #[arg(long, default_value = "0.0.0.0:7100")]
+    listen: SocketAddr,
+    /// Where the store file (`persistence.redb`) lives.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Prometheus metrics address.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    metrics: SocketAddr,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -110,6 +161,8 @@ pub struct RouterArgs {
     data_dir: PathBuf,
     #[arg(long, default_value_t = 30)]
     tick_hz: u32,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 async fn connect_store(args: &ClusterArgs) -> anyhow::Result<Arc<dyn ClusterStore>> {
@@ -192,6 +245,28 @@ async fn member_bus(
     Ok((bus, addr, map))
 }
 
+/// `tessera persistence`: the storage API as a service for the cluster.
+pub async fn persistence(args: PersistenceArgs) -> anyhow::Result<()> {
+    let metrics = crate::metrics_http::install(args.metrics).await?;
+    let identity = ClusterCa::load(&args.cluster_ca)?.member("persistence")?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let path = args.data_dir.join("persistence.redb");
+    let db = Database::open_redb(&path)
+        .with_context(|| format!("cannot open the store {}", path.display()))?;
+    let config = identity.server_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
+    let server = tessera_persistence::remote::PersistenceServer::start(db, args.listen, config)?;
+    println!(
+        "persistence listening on {}   (store {}); metrics on http://{metrics}/metrics",
+        server.local_addr()?,
+        path.display()
+    );
+    crate::up::shutdown_signal().await;
+    server.close();
+    println!("persistence stopped.");
+    Ok(())
+}
+
 /// `tessera ca init DIR`.
 pub fn ca_init(dir: PathBuf) -> anyhow::Result<()> {
     ClusterCa::create(&dir)?;
@@ -244,6 +319,18 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
     .await?;
     let mut config = ShardConfig::new(id.clone());
     config.tick_hz = args.tick_hz;
+    match args.store.connect(&identity)? {
+        Some(db) => {
+            config.checkpoints = Some(tessera_shard::checkpoint::Checkpointing {
+                db,
+                interval: Duration::from_millis(args.checkpoint_interval_ms),
+            })
+        }
+        None => tracing::warn!(
+            shard = %id,
+            "no --persistence: cells are not checkpointed; a failover reopens them from the world file"
+        ),
+    }
     let dyn_bus: Arc<dyn Bus> = bus.clone();
     let board = MigrationBoard::watch(store.clone(), &prefix).await?;
     let (notice_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
@@ -350,7 +437,10 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     .await?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
-    let db = Database::open_redb(&args.data_dir.join("tessera.redb"))?;
+    let db = match args.store.connect(&identity)? {
+        Some(db) => db,
+        None => Database::open_redb(&args.data_dir.join("tessera.redb"))?,
+    };
     let auth = Arc::new(Auth::open(
         db.clone(),
         &args.data_dir.join("auth-signing.key"),

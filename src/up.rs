@@ -46,6 +46,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let inbox = bus.add_shard(id.clone());
         let mut config = ShardConfig::new(id.clone());
         config.tick_hz = args.tick_hz;
+        // The world persists across restarts: cells reopen from their checkpoints.
+        config.checkpoints = Some(tessera_shard::checkpoint::Checkpointing {
+            db: db.clone(),
+            interval: std::time::Duration::from_secs(1),
+        });
         let handle =
             tessera_shard::spawn(config, world.clone(), dyn_bus.clone(), map.clone(), inbox)
                 .with_context(|| format!("cannot start {id}"))?;

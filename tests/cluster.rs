@@ -145,25 +145,53 @@ fn common_args(etcd: &EtcdServer, role: &str) -> Vec<String> {
     ]
 }
 
-fn member_args(ca: &Path, ttl_secs: u64) -> Vec<String> {
-    vec![
+/// Where the cluster's roles find their CA and, if one runs, the persistence service.
+struct Cluster {
+    ca: PathBuf,
+    persistence: Option<SocketAddr>,
+}
+
+fn member_args(cluster: &Cluster, ttl_secs: u64) -> Vec<String> {
+    let mut args = vec![
         "--cluster-ca".into(),
-        ca.display().to_string(),
+        cluster.ca.display().to_string(),
         "--cluster-listen".into(),
         "127.0.0.1:0".into(),
         "--lease-ttl-secs".into(),
         ttl_secs.to_string(),
-    ]
+    ];
+    if let Some(p) = cluster.persistence {
+        args.extend(["--persistence".into(), p.to_string()]);
+    }
+    args
 }
 
-fn shard(dir: &Path, etcd: &EtcdServer, ca: &Path, id: &str) -> (Role, SocketAddr) {
+fn shard(dir: &Path, etcd: &EtcdServer, ca: &Cluster, id: &str) -> (Role, SocketAddr) {
     shard_with_ttl(dir, etcd, ca, id, 2)
+}
+
+/// `tessera persistence` on a free loopback port; returns it and its address.
+fn persistence(dir: &Path, ca: &Path) -> (Role, SocketAddr) {
+    let args: Vec<String> = vec![
+        "persistence".into(),
+        "--cluster-ca".into(),
+        ca.display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.join("persistence-data").display().to_string(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let mut role = Role::start(dir, "persistence", &args);
+    let addr = role.addr_after("persistence listening on ");
+    (role, addr)
 }
 
 fn shard_with_ttl(
     dir: &Path,
     etcd: &EtcdServer,
-    ca: &Path,
+    ca: &Cluster,
     id: &str,
     ttl_secs: u64,
 ) -> (Role, SocketAddr) {
@@ -184,7 +212,7 @@ fn shard_with_ttl(
 }
 
 /// A router on free loopback ports; returns it and its telnet address.
-fn router(dir: &Path, etcd: &EtcdServer, ca: &Path, ttl_secs: u64) -> (Role, SocketAddr) {
+fn router(dir: &Path, etcd: &EtcdServer, ca: &Cluster, ttl_secs: u64) -> (Role, SocketAddr) {
     let mut args = common_args(etcd, "router");
     args.extend(member_args(ca, ttl_secs));
     args.extend([
@@ -249,7 +277,12 @@ fn ctl(etcd: &EtcdServer, args: &[&str]) -> (bool, String, String) {
 fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    let ca_dir = ca_init(dir.path());
+    let (_store, store_addr) = persistence(dir.path(), &ca_dir);
+    let ca = Cluster {
+        ca: ca_dir,
+        persistence: Some(store_addr),
+    };
 
     let mut coord_args = common_args(&etcd, "coordinator");
     coord_args.extend([
@@ -380,7 +413,9 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     }
     ann.command("n");
     ann.command("say hello again Mira");
-    ann.wait_for("Mira says,", Duration::from_secs(5));
+    // Mira's script state came along: she remembers being greeted.
+    let greeted = ann.wait_for("Mira says,", Duration::from_secs(5));
+    let greetings = greeting_count(&greeted);
     assert_eq!(
         settled_entities(&[m1, m2]),
         after,
@@ -453,9 +488,8 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     );
 
     // kill -9 the shard Ann is on. Its cell goes to a live shard when its
-    // lease (2 s) expires, and the router puts Ann back into the world
-    // there on her next command. (Without checkpoints yet, the cell
-    // restarts fresh: its NPCs respawn.)
+    // lease (2 s) expires, restored from its last checkpoint, and the
+    // router puts Ann back into the world there on her next command.
     let mut s3 = s3;
     let killed = Instant::now();
     s3.kill();
@@ -481,7 +515,25 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
         after,
         "every cell serves again on shard-1"
     );
+    // Mira came back from the checkpoint, not from the world file: she
+    // still counts Ann's greetings.
+    ann.command("say hello Mira");
+    let greeted = ann.wait_for("Mira says,", Duration::from_secs(5));
+    assert_eq!(
+        greeting_count(&greeted),
+        greetings + 1,
+        "Mira's state after the failover: {greeted}"
+    );
     drop(s1);
+}
+
+/// The count in Mira's "You again, Ann? That's N greetings so far." line.
+fn greeting_count(line: &str) -> u32 {
+    line.split("That's ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a repeat greeting: {line:?}"))
 }
 
 fn ca_init(dir: &Path) -> PathBuf {
@@ -523,7 +575,11 @@ fn owners(etcd: &EtcdServer) -> Vec<(String, String, u64)> {
 fn an_etcd_outage_of_ten_seconds_changes_nothing() {
     let dir = TestDir::new();
     let mut etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    // No persistence service here: shards run without checkpoints.
+    let ca = Cluster {
+        ca: ca_init(dir.path()),
+        persistence: None,
+    };
     let mut coord = common_args(&etcd, "coordinator");
     coord.extend([
         "--settle-ms".into(),

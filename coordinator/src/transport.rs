@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 /// ALPN of the cluster protocol.
 pub const CLUSTER_ALPN: &[u8] = b"tessera-cluster/1";
 /// The name every member certificate carries and every client checks.
-const CLUSTER_NAME: &str = "tessera-cluster";
+pub const CLUSTER_NAME: &str = "tessera-cluster";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -170,8 +170,14 @@ impl MemberIdentity {
         Ok(Arc::new(roots))
     }
 
-    /// Server side: requires a client certificate from the same CA.
+    /// Server side of the cluster bus: requires a client certificate from the same CA.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, TransportError> {
+        self.server_config_for(CLUSTER_ALPN)
+    }
+
+    /// Server side of another cluster-internal protocol (such as the persistence service),
+    /// with the same mutual TLS.
+    pub fn server_config_for(&self, alpn: &[u8]) -> Result<quinn::ServerConfig, TransportError> {
         let tls = |e: rustls::Error| TransportError::Tls(e.to_string());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -186,7 +192,7 @@ impl MemberIdentity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(tls)?;
-        cfg.alpn_protocols = vec![CLUSTER_ALPN.to_vec()];
+        cfg.alpn_protocols = vec![alpn.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -197,6 +203,12 @@ impl MemberIdentity {
     /// Client side: verifies the server against the CA, shows our own
     /// certificate.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, TransportError> {
+        self.client_config_for(CLUSTER_ALPN)
+    }
+
+    /// Client side of another cluster-internal protocol; the server's certificate names
+    /// [`CLUSTER_NAME`].
+    pub fn client_config_for(&self, alpn: &[u8]) -> Result<quinn::ClientConfig, TransportError> {
         let tls = |e: rustls::Error| TransportError::Tls(e.to_string());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -205,7 +217,7 @@ impl MemberIdentity {
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(tls)?;
-        cfg.alpn_protocols = vec![CLUSTER_ALPN.to_vec()];
+        cfg.alpn_protocols = vec![alpn.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));

@@ -309,15 +309,27 @@ impl Cell {
 
     /// Removes an entity and returns everything needed to re-create it.
     pub fn extract(&mut self, id: EntityId) -> Option<EntityTransfer> {
+        let transfer = self.export(id)?;
         let entity = self.index.remove(&id)?;
-        let entry = self.ecs.entry(entity)?;
-        let identity = entry.get_component::<Identity>().ok()?.clone();
-        let motion = *entry.get_component::<Motion>().ok()?;
-        let body = *entry.get_component::<Body>().ok()?;
-        let pilot = entry.get_component::<Pilot>().ok().cloned();
-        let npc = entry.get_component::<Npc>().ok().cloned();
+        let body = *self
+            .ecs
+            .entry_ref(entity)
+            .ok()?
+            .get_component::<Body>()
+            .ok()?;
         self.ecs.remove(entity);
         self.physics.remove_body_with_colliders(body.0, true);
+        Some(transfer)
+    }
+
+    /// Everything needed to re-create an entity, leaving it in place (checkpoints).
+    pub fn export(&self, id: EntityId) -> Option<EntityTransfer> {
+        let entity = *self.index.get(&id)?;
+        let entry = self.ecs.entry_ref(entity).ok()?;
+        let identity = entry.get_component::<Identity>().ok()?.clone();
+        let motion = *entry.get_component::<Motion>().ok()?;
+        let pilot = entry.get_component::<Pilot>().ok().cloned();
+        let npc = entry.get_component::<Npc>().ok().cloned();
         let script = npc
             .as_ref()
             .and_then(|n| n.script.as_ref())

@@ -7,6 +7,7 @@
 //! the neighbour cell as ghosts (kinematic colliders).
 
 pub mod cell;
+pub mod checkpoint;
 pub mod script;
 pub mod sim;
 pub mod worldfile;
@@ -48,6 +49,8 @@ pub struct ShardConfig {
     pub hysteresis: f32,
     pub movement: Movement,
     pub script_limits: ScriptLimits,
+    /// Cell checkpoints to persistence (`None`: a failover reopens cells from the world file).
+    pub checkpoints: Option<checkpoint::Checkpointing>,
 }
 
 impl ShardConfig {
@@ -61,6 +64,7 @@ impl ShardConfig {
             hysteresis: 1.0,
             movement: Movement::default(),
             script_limits: ScriptLimits::default(),
+            checkpoints: None,
         }
     }
 }

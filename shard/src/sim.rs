@@ -60,6 +60,8 @@ pub struct Shard {
     deferred: Vec<ToShard>,
     /// Stall of the last migration into this shard, ms.
     last_stall_ms: Option<u64>,
+    /// Where checkpoints go, and when the next round is due.
+    checkpoints: Option<(crate::checkpoint::Writer, Instant)>,
 }
 
 /// What a shard asks its process to record in the cluster store.
@@ -114,8 +116,13 @@ impl Shard {
             incoming: HashMap::new(),
             deferred: Vec::new(),
             last_stall_ms: None,
+            checkpoints: None,
             config,
         };
+        if let Some(c) = &shard.config.checkpoints {
+            let writer = crate::checkpoint::Writer::start(shard.id.clone(), c.db.clone())?;
+            shard.checkpoints = Some((writer, Instant::now() + c.interval));
+        }
         shard.reconcile();
         if shard.cells.is_empty() {
             tracing::warn!(shard = %shard.id, "shard owns no cells");
@@ -175,6 +182,8 @@ impl Shard {
         tracing::info!(shard = %self.id, cell = %id, epoch = %inc.epoch, entities = cell.entity_count(), stall_ms, "migrated cell opened");
         self.last_stall_ms = Some(stall_ms);
         self.cells.insert(id, cell);
+        // The new owner's checkpoint, at once: it also fences the old owner's late writes.
+        self.checkpoint(&[id]);
         for s in sessions {
             self.send_player(
                 &s,
@@ -240,7 +249,46 @@ impl Shard {
             .any(|inc| inc.entities.iter().any(|e| e.id == entity))
     }
 
+    /// Opens a cell this shard was given without a migration: from its last checkpoint if
+    /// there is one (a failover, or a restart of the whole world), else from the world file.
     fn open_cell(&mut self, id: CellId, epoch: Epoch) {
+        let Some(c) = &self.config.checkpoints else {
+            return self.open_fresh(id, epoch);
+        };
+        match crate::checkpoint::claim(&c.db, id, epoch) {
+            Ok(Some(cp)) => self.open_checkpoint(id, epoch, cp),
+            Ok(None) => self.open_fresh(id, epoch),
+            Err(e) => {
+                // Availability over state: the cell runs, from the world file.
+                metrics::counter!("tessera_shard_checkpoint_errors_total", "shard" => self.id.0.clone())
+                    .increment(1);
+                tracing::error!(shard = %self.id, cell = %id, epoch = %epoch, error = %e, "cannot read the cell's checkpoint; opening it from the world file");
+                self.open_fresh(id, epoch);
+            }
+        }
+    }
+
+    /// Opens a cell as its last checkpoint left it, without its players (their routers re-join
+    /// them here).
+    fn open_checkpoint(&mut self, id: CellId, epoch: Epoch, cp: crate::checkpoint::CellCheckpoint) {
+        let mut cell = Cell::new(id, epoch, &self.world);
+        let age_ms = now_unix_ms().saturating_sub(cp.saved_unix_ms);
+        let mut players = 0;
+        for t in cp.entities {
+            if t.player.is_some() {
+                players += 1;
+                continue;
+            }
+            self.forwarded.remove(&t.id);
+            cell.insert(t);
+        }
+        tracing::info!(shard = %self.id, cell = %id, epoch = %epoch, entities = cell.entity_count(), players_left_to_routers = players, from_shard = %cp.shard, from_epoch = %cp.epoch, checkpoint_tick = cp.tick, age_ms, "cell restored from its checkpoint");
+        metrics::counter!("tessera_shard_cells_restored_total", "shard" => self.id.0.clone())
+            .increment(1);
+        self.cells.insert(id, cell);
+    }
+
+    fn open_fresh(&mut self, id: CellId, epoch: Epoch) {
         let mut cell = Cell::new(id, epoch, &self.world);
         for (index, (name, pos, def)) in self.world.npc_spawns().into_iter().enumerate() {
             if self.grid.cell_of(pos) != id {
@@ -925,6 +973,7 @@ impl Shard {
             self.step();
             let took = started.elapsed();
             self.record_tick(took);
+            self.checkpoint_if_due();
             metrics::histogram!("tessera_shard_tick_seconds", "shard" => shard_label.clone())
                 .record(took.as_secs_f64());
             next += period;
@@ -936,6 +985,74 @@ impl Shard {
                 next = now + period;
             }
         }
+        self.final_checkpoint();
         tracing::info!(shard = %self.id, tick = self.tick, "shard stopped");
+    }
+
+    /// The current state of `cells`, as checkpoints.
+    fn capture(&self, cells: &[CellId]) -> Vec<crate::checkpoint::CellCheckpoint> {
+        let saved_unix_ms = now_unix_ms();
+        cells
+            .iter()
+            .filter_map(|id| self.cells.get(id))
+            .map(|cell| crate::checkpoint::CellCheckpoint {
+                cell: cell.id,
+                epoch: cell.epoch,
+                shard: self.id.clone(),
+                tick: self.tick,
+                saved_unix_ms,
+                entities: cell
+                    .entity_ids()
+                    .into_iter()
+                    .filter_map(|e| cell.export(e))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Queues checkpoints of `cells` for the writer thread.
+    fn checkpoint(&self, cells: &[CellId]) {
+        if let Some((writer, _)) = &self.checkpoints {
+            writer.submit(self.capture(cells));
+        }
+    }
+
+    fn checkpoint_if_due(&mut self) {
+        let Some((_, due)) = &self.checkpoints else {
+            return;
+        };
+        let now = Instant::now();
+        if now < *due {
+            return;
+        }
+        let ids: Vec<CellId> = self.cells.keys().copied().collect();
+        self.checkpoint(&ids);
+        if let (Some((_, due)), Some(c)) = (&mut self.checkpoints, &self.config.checkpoints) {
+            *due = now + c.interval;
+        }
+    }
+
+    /// On a clean stop, the cells still here are written before the thread ends.
+    fn final_checkpoint(&self) {
+        let Some(c) = &self.config.checkpoints else {
+            return;
+        };
+        if self.cells.is_empty() {
+            return;
+        }
+        let ids: Vec<CellId> = self.cells.keys().copied().collect();
+        let round: Vec<_> = self
+            .capture(&ids)
+            .into_iter()
+            .filter_map(|cp| tessera_proto::frame::encode(&cp).ok().map(|b| (cp, b)))
+            .collect();
+        match crate::checkpoint::save(&c.db, &round) {
+            Ok(_) => {
+                tracing::info!(shard = %self.id, cells = round.len(), "final checkpoint written")
+            }
+            Err(e) => {
+                tracing::error!(shard = %self.id, error = %e, "cannot write the final checkpoint")
+            }
+        }
     }
 }

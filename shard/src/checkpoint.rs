@@ -1,0 +1,291 @@
+//! Cell checkpoints: every cell's entities, written to persistence at a fixed interval and after
+//! a migration, so that a cell whose shard dies reopens elsewhere as it was at its last
+//! checkpoint (docs/ARCHITECTURE.md, "Failover").
+//!
+//! **Keys** (tuple-encoded, `tessera_persistence::key`):
+//! - `("checkpoint", "<cx>,<cz>", "owner")`: the epoch of the owner that last claimed or wrote the
+//!   cell, 8 bytes big-endian;
+//! - `("checkpoint", "<cx>,<cz>", "state")`: the [`CellCheckpoint`], bincode, chunked.
+//!
+//! **Fencing.** Epochs only grow while a cluster lives, so a write is refused when the stored
+//! owner epoch is newer than the writer's: a shard that lost a cell (to a migration or a
+//! failover) can never overwrite the new owner's checkpoint. A shard opening a cell that did
+//! not arrive by migration *claims* it: in one transaction it reads the checkpoint and sets the
+//! owner epoch to its own, whatever was stored (a cluster started on a fresh etcd counts epochs
+//! from 1 again, and the map is the authority).
+//!
+//! Players are not restored from checkpoints: routers re-join their players on the new owner at
+//! their last known position, so a restored copy would be a duplicate.
+//!
+//! Writes run on their own thread, never the simulation thread; if the store falls behind, a
+//! round of checkpoints is skipped (and counted), never queued without bound.
+
+use crossbeam_channel::{Sender, TrySendError};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tessera_persistence::{get_chunked, key, set_chunked, Database, StoreError, Transaction};
+use tessera_proto::cluster::EntityTransfer;
+use tessera_proto::{CellId, Epoch, ShardId};
+
+/// Largest checkpoint we decode (a cell of ~100k entities).
+const MAX_CHECKPOINT: usize = 64 * 1024 * 1024;
+
+/// Stop adding cells to one transaction past this many bytes (the limit is 10 MB).
+const BATCH_BYTES: usize = 6 * 1024 * 1024;
+
+/// How a shard checkpoints its cells.
+#[derive(Clone, Debug)]
+pub struct Checkpointing {
+    pub db: Database,
+    /// Time between checkpoints of every cell.
+    pub interval: Duration,
+}
+
+/// One cell as it was at a tick.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellCheckpoint {
+    pub cell: CellId,
+    pub epoch: Epoch,
+    pub shard: ShardId,
+    pub tick: u64,
+    pub saved_unix_ms: u64,
+    pub entities: Vec<EntityTransfer>,
+}
+
+fn owner_key(cell: CellId) -> Vec<u8> {
+    key(&[b"checkpoint", cell.to_string().as_bytes(), b"owner"])
+}
+
+fn state_key(cell: CellId) -> Vec<u8> {
+    key(&[b"checkpoint", cell.to_string().as_bytes(), b"state"])
+}
+
+fn read_owner(tx: &mut dyn Transaction, cell: CellId) -> Result<Option<Epoch>, StoreError> {
+    match tx.get(&owner_key(cell))? {
+        None => Ok(None),
+        Some(bytes) => {
+            let raw: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt(format!("checkpoint owner of cell {cell} is not 8 bytes"))
+            })?;
+            Ok(Some(Epoch(u64::from_be_bytes(raw))))
+        }
+    }
+}
+
+fn read_state(
+    tx: &mut dyn Transaction,
+    cell: CellId,
+) -> Result<Option<CellCheckpoint>, StoreError> {
+    match get_chunked(tx, &state_key(cell))? {
+        None => Ok(None),
+        Some(bytes) => tessera_proto::frame::decode(&bytes, MAX_CHECKPOINT)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("checkpoint of cell {cell}: {e}"))),
+    }
+}
+
+/// Claims `cell` for the owner at `epoch` and returns its last checkpoint, if any, in one
+/// transaction.
+pub fn claim(
+    db: &Database,
+    cell: CellId,
+    epoch: Epoch,
+) -> Result<Option<CellCheckpoint>, StoreError> {
+    db.transact(|tx| {
+        let state = read_state(tx, cell)?;
+        tx.set(&owner_key(cell), &epoch.0.to_be_bytes())?;
+        Ok(state)
+    })
+}
+
+/// The last checkpoint of `cell`, if any (for operators and tests).
+pub fn load(db: &Database, cell: CellId) -> Result<Option<CellCheckpoint>, StoreError> {
+    db.transact(|tx| read_state(tx, cell))
+}
+
+/// What became of one cell's checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Saved {
+    Written,
+    /// A newer owner holds the cell; nothing was written.
+    Fenced {
+        owner: Epoch,
+    },
+}
+
+/// Writes checkpoints, each unless a newer owner holds its cell, in one transaction.
+pub fn save(
+    db: &Database,
+    checkpoints: &[(CellCheckpoint, Vec<u8>)],
+) -> Result<Vec<Saved>, StoreError> {
+    db.transact(|tx| {
+        let mut out = Vec::with_capacity(checkpoints.len());
+        for (cp, bytes) in checkpoints {
+            match read_owner(tx, cp.cell)? {
+                Some(owner) if owner > cp.epoch => out.push(Saved::Fenced { owner }),
+                _ => {
+                    tx.set(&owner_key(cp.cell), &cp.epoch.0.to_be_bytes())?;
+                    set_chunked(tx, &state_key(cp.cell), bytes)?;
+                    out.push(Saved::Written);
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// The thread that writes a shard's checkpoints.
+pub struct Writer {
+    tx: Sender<Vec<CellCheckpoint>>,
+    shard: ShardId,
+}
+
+impl Writer {
+    pub fn start(shard: ShardId, db: Database) -> std::io::Result<Writer> {
+        // Room for one round in flight and one waiting: a slow store skips rounds.
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<CellCheckpoint>>(1);
+        let id = shard.clone();
+        std::thread::Builder::new()
+            .name(format!("checkpoint-{shard}"))
+            .spawn(move || {
+                for round in rx {
+                    write_round(&id, &db, round);
+                }
+            })?;
+        Ok(Writer { tx, shard })
+    }
+
+    /// Queues a round of checkpoints; skips it if the previous rounds are still being written.
+    pub fn submit(&self, round: Vec<CellCheckpoint>) {
+        match self.tx.try_send(round) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("tessera_shard_checkpoints_skipped_total", "shard" => self.shard.0.clone())
+                    .increment(1);
+                tracing::warn!(shard = %self.shard, "persistence is behind; skipping a round of checkpoints");
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::error!(shard = %self.shard, "checkpoint writer has stopped");
+            }
+        }
+    }
+}
+
+fn write_round(shard: &ShardId, db: &Database, round: Vec<CellCheckpoint>) {
+    let started = std::time::Instant::now();
+    let mut batch: Vec<(CellCheckpoint, Vec<u8>)> = Vec::new();
+    let mut bytes = 0;
+    let mut written = 0;
+    let mut flush = |batch: &mut Vec<(CellCheckpoint, Vec<u8>)>| {
+        if batch.is_empty() {
+            return;
+        }
+        match save(db, batch) {
+            Ok(results) => {
+                for ((cp, _), saved) in batch.iter().zip(results) {
+                    match saved {
+                        Saved::Written => written += 1,
+                        Saved::Fenced { owner } => {
+                            tracing::warn!(shard = %shard, cell = %cp.cell, epoch = %cp.epoch, owner = %owner, "checkpoint refused: a newer owner holds the cell")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::counter!("tessera_shard_checkpoint_errors_total", "shard" => shard.0.clone())
+                    .increment(1);
+                tracing::error!(shard = %shard, cells = batch.len(), error = %e, "cannot write checkpoints");
+            }
+        }
+        batch.clear();
+    };
+    for cp in round {
+        let encoded = match tessera_proto::frame::encode(&cp) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(shard = %shard, cell = %cp.cell, error = %e, "cannot encode a checkpoint");
+                continue;
+            }
+        };
+        if bytes + encoded.len() > BATCH_BYTES {
+            flush(&mut batch);
+            bytes = 0;
+        }
+        bytes += encoded.len();
+        batch.push((cp, encoded));
+    }
+    flush(&mut batch);
+    metrics::histogram!("tessera_shard_checkpoint_seconds", "shard" => shard.0.clone())
+        .record(started.elapsed().as_secs_f64());
+    tracing::trace!(shard = %shard, written, "checkpoints written");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cp(cell: CellId, epoch: u64, tick: u64) -> CellCheckpoint {
+        CellCheckpoint {
+            cell,
+            epoch: Epoch(epoch),
+            shard: ShardId::new("shard-1"),
+            tick,
+            saved_unix_ms: 0,
+            entities: Vec::new(),
+        }
+    }
+
+    fn encoded(c: CellCheckpoint) -> (CellCheckpoint, Vec<u8>) {
+        let b = tessera_proto::frame::encode(&c).unwrap();
+        (c, b)
+    }
+
+    #[test]
+    fn an_older_owner_cannot_overwrite_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open_redb(&dir.path().join("s.redb")).unwrap();
+        let cell = CellId::new(-1, 0);
+        assert_eq!(
+            save(&db, &[encoded(cp(cell, 1, 10))]).unwrap(),
+            vec![Saved::Written]
+        );
+        // The cell migrates: the new owner (epoch 2) claims it and sees epoch 1's state.
+        let seen = claim(&db, cell, Epoch(2)).unwrap().unwrap();
+        assert_eq!(seen.tick, 10);
+        // The old owner's late write is refused; the new owner's goes through.
+        assert_eq!(
+            save(&db, &[encoded(cp(cell, 1, 11))]).unwrap(),
+            vec![Saved::Fenced { owner: Epoch(2) }]
+        );
+        assert_eq!(
+            save(&db, &[encoded(cp(cell, 2, 12))]).unwrap(),
+            vec![Saved::Written]
+        );
+        assert_eq!(load(&db, cell).unwrap().unwrap().tick, 12);
+    }
+
+    #[test]
+    fn a_claim_wins_over_epochs_of_an_earlier_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open_redb(&dir.path().join("s.redb")).unwrap();
+        let cell = CellId::new(0, 0);
+        save(&db, &[encoded(cp(cell, 7, 1))]).unwrap();
+        // A fresh etcd counts from 1 again; the owner at epoch 1 claims the cell.
+        assert!(claim(&db, cell, Epoch(1)).unwrap().is_some());
+        assert_eq!(
+            save(&db, &[encoded(cp(cell, 1, 2))]).unwrap(),
+            vec![Saved::Written]
+        );
+    }
+
+    #[test]
+    fn a_corrupt_checkpoint_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open_redb(&dir.path().join("s.redb")).unwrap();
+        let cell = CellId::new(0, 0);
+        db.transact(|tx| set_chunked(tx, &state_key(cell), b"not a checkpoint"))
+            .unwrap();
+        let err = load(&db, cell).unwrap_err().to_string();
+        assert!(err.contains("checkpoint of cell 0,0"), "{err}");
+    }
+}
