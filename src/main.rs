@@ -52,6 +52,17 @@ enum CaCommand {
     /// Create a new cluster CA in DIR (ca-cert.pem, ca-key.pem); give the
     /// directory to every role with --cluster-ca.
     Init { dir: PathBuf },
+    /// Issue an operator credential (for `tessera ctl move|drain|rebalance`).
+    Operator {
+        /// The operator's name, shown in logs of every request they make.
+        name: String,
+        /// The cluster CA directory.
+        #[arg(long)]
+        cluster_ca: PathBuf,
+        /// Where to write the credential (default: NAME.credential).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -109,5 +120,13 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Ca {
             command: CaCommand::Init { dir },
         }) => roles::ca_init(dir),
+        Some(Command::Ca {
+            command:
+                CaCommand::Operator {
+                    name,
+                    cluster_ca,
+                    out,
+                },
+        }) => roles::ca_operator(name, cluster_ca, out),
     }
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_auth::Auth;
+use tessera_coordinator::authority::{ClusterKey, OperatorCredential, Signer};
 use tessera_coordinator::control::{self, CoordinatorConfig};
 use tessera_coordinator::membership::{
     self, load_key, router_key, shard_key, Registration, RouterRegistration, ShardRegistration,
@@ -72,6 +73,10 @@ pub struct CoordinatorArgs {
     settle_ms: u64,
     #[arg(long, default_value_t = 3)]
     lease_ttl_secs: u64,
+    /// Directory with the cluster CA: its key checks who asked for each
+    /// migration (operators' credentials, members' signatures).
+    #[arg(long)]
+    cluster_ca: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -267,6 +272,37 @@ pub async fn persistence(args: PersistenceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The signer of an operator command, from `--credential`.
+fn operator(args: &CtlArgs) -> anyhow::Result<Signer> {
+    let Some(path) = &args.credential else {
+        anyhow::bail!(
+            "this command changes the cluster and needs an operator credential: \
+             --credential FILE or TESSERA_CREDENTIAL (create one with `tessera ca operator NAME`)"
+        );
+    };
+    Ok(OperatorCredential::load(path)?.signer()?)
+}
+
+/// `tessera ca operator NAME`: an operator credential signed off by the
+/// cluster CA.
+pub fn ca_operator(name: String, cluster_ca: PathBuf, out: Option<PathBuf>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
+        "operator names are letters, digits, '-', '_' and '.'"
+    );
+    let key = ClusterKey::from_ca_dir(&cluster_ca)?;
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.credential")));
+    key.operator(&name).save(&out)?;
+    println!(
+        "operator credential for {name} written to {} (keep it private; pass it with --credential or TESSERA_CREDENTIAL)",
+        out.display()
+    );
+    Ok(())
+}
+
 /// `tessera ca init DIR`.
 pub fn ca_init(dir: PathBuf) -> anyhow::Result<()> {
     ClusterCa::create(&dir)?;
@@ -290,6 +326,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         lease_ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),
         interval: Duration::from_millis(250),
         settle: Duration::from_millis(args.settle_ms),
+        authority: Some(ClusterKey::from_ca_dir(&args.cluster_ca)?),
     };
     control::run(config, store, crate::up::shutdown_signal()).await?;
     println!("coordinator stopped.");
@@ -332,7 +369,8 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         ),
     }
     let dyn_bus: Arc<dyn Bus> = bus.clone();
-    let board = MigrationBoard::watch(store.clone(), &prefix).await?;
+    let cluster_key = ClusterKey::from_ca_dir(&args.member.cluster_ca)?;
+    let board = MigrationBoard::watch(store.clone(), &prefix, Some(cluster_key.clone())).await?;
     let (notice_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
     let sim =
         tessera_shard::Shard::new(config, world, dyn_bus, map)?.with_migrations(board, notice_tx);
@@ -396,6 +434,7 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
             &prefix,
             &id,
             Duration::from_secs(args.drain_timeout_secs),
+            &cluster_key.member(format!("shard:{id}")),
         )
         .await
         {
@@ -520,6 +559,10 @@ pub struct CtlArgs {
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
+    /// Operator credential (`tessera ca operator NAME`), needed by the
+    /// commands that change the cluster (move, drain).
+    #[arg(long, env = "TESSERA_CREDENTIAL", global = true)]
+    credential: Option<PathBuf>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -551,12 +594,14 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
     if let CtlCommand::Drain { shard } = &args.command {
+        let signer = operator(&args)?;
         let started = std::time::Instant::now();
         let n = drain(
             &store,
             &args.prefix,
             &ShardId::new(shard.clone()),
             Duration::from_secs(60),
+            &signer,
         )
         .await?;
         println!(
@@ -566,12 +611,14 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if let CtlCommand::Move { cell, shard } = &args.command {
+        let signer = operator(&args)?;
         return ctl_move(
             &store,
             &args.prefix,
             *cell,
             &ShardId::new(shard.clone()),
             args.json,
+            &signer,
         )
         .await;
     }
@@ -597,18 +644,32 @@ async fn ctl_move(
     cell: tessera_proto::CellId,
     to: &ShardId,
     json: bool,
+    signer: &Signer,
 ) -> anyhow::Result<()> {
     use tessera_coordinator::membership::{load_key, ShardLoad};
     let started = std::time::Instant::now();
-    let m = tessera_coordinator::migration::request_move(store, prefix, cell, to).await?;
+    let m = tessera_coordinator::migration::request_move(store, prefix, cell, to, signer).await?;
     let key = tessera_coordinator::cellmap::cell_key(prefix, cell);
+    let request = tessera_coordinator::migration::migration_key(prefix, cell);
     let deadline = started + Duration::from_secs(30);
     loop {
+        // The request first: the coordinator flips the owner before it
+        // deletes the request, so a missing request and an unchanged owner
+        // mean the move was refused or cancelled.
+        let pending = store.get(&request).await?.is_some();
+        let mut arrived = false;
         if let Some(kv) = store.get(&key).await? {
             let o: tessera_coordinator::CellOwner = serde_json::from_slice(&kv.value)?;
-            if &o.owner == to && o.epoch == m.epoch {
-                break;
-            }
+            arrived = &o.owner == to && o.epoch == m.epoch;
+        }
+        if arrived {
+            break;
+        }
+        if !pending {
+            anyhow::bail!(
+                "the cluster refused or cancelled the move of cell {cell} to {to} \
+                 (see the coordinator's log: a credential it does not accept, or the cell changed owner meanwhile)"
+            );
         }
         if std::time::Instant::now() > deadline {
             anyhow::bail!("cell {cell} did not reach {to} within 30 s (is a coordinator running?)");

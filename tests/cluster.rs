@@ -261,11 +261,19 @@ fn settled_entities(shards: &[SocketAddr]) -> f64 {
 }
 
 fn ctl(etcd: &EtcdServer, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["ctl", "--etcd", &etcd.client_url()])
+    ctl_as(etcd, None, args)
+}
+
+/// `tessera ctl` with an operator credential.
+fn ctl_as(etcd: &EtcdServer, credential: Option<&Path>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(["ctl", "--etcd", &etcd.client_url()])
         .args(args)
-        .output()
-        .expect("run tessera ctl");
+        .env_remove("TESSERA_CREDENTIAL");
+    if let Some(c) = credential {
+        cmd.arg("--credential").arg(c);
+    }
+    let out = cmd.output().expect("run tessera ctl");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -284,12 +292,16 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
         persistence: Some(store_addr),
     };
 
+    let ops = operator_credential(&ca.ca, dir.path(), "ops");
+    let ops = Some(ops.as_path());
     let mut coord_args = common_args(&etcd, "coordinator");
     coord_args.extend([
         "--settle-ms".into(),
         "1500".into(),
         "--lease-ttl-secs".into(),
         "2".into(),
+        "--cluster-ca".into(),
+        ca.ca.display().to_string(),
     ]);
     let mut c1 = Role::start(dir.path(), "coordinator-a", &{
         let mut a = coord_args.clone();
@@ -387,7 +399,24 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
         (here.cell.as_str(), here.shard.as_str()),
         ("-1,0", "shard-1")
     );
-    let (ok, moved, err) = ctl(&etcd, &["move", "-1,0", "shard-2"]);
+    // Moves need an operator credential of this cluster.
+    let (ok, _, err) = ctl(&etcd, &["move", "-1,0", "shard-2"]);
+    assert!(!ok && err.contains("needs an operator credential"), "{err}");
+    let stranger_ca = dir.path().join("stranger");
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ca", "init"])
+        .arg(&stranger_ca)
+        .status()
+        .expect("tessera ca init");
+    let stranger = operator_credential(&stranger_ca, dir.path(), "mallory");
+    let (ok, _, err) = ctl_as(&etcd, Some(&stranger), &["move", "-1,0", "shard-2"]);
+    assert!(!ok && err.contains("refused"), "{err}");
+    assert_eq!(
+        ann.where_().shard,
+        "shard-1",
+        "a refused move moved nothing"
+    );
+    let (ok, moved, err) = ctl_as(&etcd, ops, &["move", "-1,0", "shard-2"]);
     assert!(ok, "ctl move failed: {moved} {err}");
     eprintln!("{}", moved.trim());
     assert!(
@@ -423,9 +452,9 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     );
     // Moving it to where it already is, or to a shard that does not
     // exist, is a clear error.
-    let (ok, _, err) = ctl(&etcd, &["move", "-1,0", "shard-2"]);
+    let (ok, _, err) = ctl_as(&etcd, ops, &["move", "-1,0", "shard-2"]);
     assert!(!ok && err.contains("already owned by shard-2"), "{err}");
-    let (ok, _, err) = ctl(&etcd, &["move", "-1,0", "shard-9"]);
+    let (ok, _, err) = ctl_as(&etcd, ops, &["move", "-1,0", "shard-9"]);
     assert!(!ok && err.contains("shard-9 is not registered"), "{err}");
 
     // SIGTERM on shard-2 drains it: its cells, Ann's included, move to
@@ -463,7 +492,7 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     // it completes once the standby takes over (its lease: 2 s).
     let (s3, m3) = shard(dir.path(), &etcd, &ca, "shard-3");
     c1.kill();
-    let (ok, moved, err) = ctl(&etcd, &["move", "-1,0", "shard-3"]);
+    let (ok, moved, err) = ctl_as(&etcd, ops, &["move", "-1,0", "shard-3"]);
     assert!(
         ok,
         "the move did not complete after the leader died: {moved} {err}"
@@ -536,6 +565,20 @@ fn greeting_count(line: &str) -> u32 {
         .unwrap_or_else(|| panic!("not a repeat greeting: {line:?}"))
 }
 
+/// `tessera ca operator NAME`; returns the credential file.
+fn operator_credential(ca: &Path, dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(format!("{name}.credential"));
+    let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ca", "operator", name, "--cluster-ca"])
+        .arg(ca)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("tessera ca operator");
+    assert!(status.success());
+    out
+}
+
 fn ca_init(dir: &Path) -> PathBuf {
     let ca = dir.join("ca");
     let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -586,6 +629,8 @@ fn an_etcd_outage_of_ten_seconds_changes_nothing() {
         "1000".into(),
         "--id".into(),
         "coordinator".into(),
+        "--cluster-ca".into(),
+        ca.ca.display().to_string(),
     ]);
     let mut c = Role::start(dir.path(), "coordinator", &coord);
     c.wait_line("coordinator coordinator running");

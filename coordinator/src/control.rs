@@ -31,6 +31,9 @@ pub struct CoordinatorConfig {
     pub lease_ttl: Duration,
     pub interval: Duration,
     pub settle: Duration,
+    /// Checks who asked for each migration; `None` trusts every request
+    /// (single-process use).
+    pub authority: Option<crate::authority::ClusterKey>,
 }
 
 /// The leader key's value.
@@ -238,6 +241,13 @@ async fn finish_migrations(
             store.delete(&kv.key).await?;
             continue;
         };
+        if let Some(key) = &config.authority {
+            if let Err(e) = key.verify(&config.prefix, cell, &m) {
+                tracing::warn!(cell = %cell, from = %m.from, to = %m.to, error = %e, "migration request refused");
+                store.delete(&kv.key).await?;
+                continue;
+            }
+        }
         let Some((owner, rev)) = current.get(&cell) else {
             store.delete(&kv.key).await?;
             continue;
@@ -293,7 +303,52 @@ mod tests {
             lease_ttl: Duration::from_millis(600),
             interval: Duration::from_millis(50),
             settle: Duration::from_millis(100),
+            authority: Some(crate::authority::ClusterKey::from_secret(b"test CA key")),
         }
+    }
+
+    #[tokio::test]
+    async fn requests_without_a_valid_signature_are_refused() {
+        use crate::authority::ClusterKey;
+        use crate::migration::{migration_key, request_move};
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let _c = tokio::spawn(run(config("a"), store.clone(), async move {
+            let _ = rx.await;
+        }));
+        register(&store, "s1", Duration::from_secs(60)).await;
+        register(&store, "s2", Duration::from_secs(60)).await;
+        let map = CellMap::watch(store.clone(), "/t/").await.unwrap();
+        while map.all().len() < 8 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (cell, owner) = map.all()[0].clone();
+        let to = ShardId::new(if owner.owner.0 == "s1" { "s2" } else { "s1" });
+        // Signed by an operator of another cluster: deleted, owner unchanged.
+        let stranger = ClusterKey::from_secret(b"another CA").operator("mallory");
+        request_move(&*store, "/t/", cell, &to, &stranger.signer().unwrap())
+            .await
+            .unwrap();
+        let key = migration_key("/t/", cell);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while store.get(&key).await.unwrap().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "forged request kept"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(map.owner(cell).unwrap(), owner);
+        // This cluster's operator: the request stays until a shard takes it.
+        let alice = ClusterKey::from_secret(b"test CA key").operator("alice");
+        request_move(&*store, "/t/", cell, &to, &alice.signer().unwrap())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            store.get(&key).await.unwrap().is_some(),
+            "valid request dropped"
+        );
     }
 
     async fn register(store: &Arc<dyn ClusterStore>, id: &str, ttl: Duration) -> i64 {

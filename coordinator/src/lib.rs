@@ -5,6 +5,7 @@
 //! Only this crate writes cell ownership (`cells/<x>,<z>` keys). Shards and
 //! routers read the map through [`CellMap`].
 
+pub mod authority;
 pub mod bus;
 pub mod cellmap;
 #[cfg(any(test, feature = "conformance"))]

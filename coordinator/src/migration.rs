@@ -18,6 +18,7 @@
 //! The stall, from the source's last tick of the cell to the target's first,
 //! is measured by the target (`tessera_shard_migration_stall_seconds`).
 
+use crate::authority::{Authority, ClusterKey, Signer};
 use crate::cellmap::{cell_under, CellOwner};
 use crate::store::{follow, ClusterStore, Expect, Follow, WatchEvent};
 use crate::CoordinatorError;
@@ -43,6 +44,9 @@ pub struct Migration {
     pub state: MigrationState,
     /// When it was requested (unix milliseconds).
     pub requested_unix_ms: u64,
+    /// Who asked, and the proof ([`crate::authority`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<Authority>,
 }
 
 pub fn migration_key(prefix: &str, cell: CellId) -> String {
@@ -63,18 +67,29 @@ pub struct MigrationBoard {
 }
 
 impl MigrationBoard {
+    /// Follows `migrations/`. With `key`, requests that do not verify
+    /// ([`ClusterKey::verify`]) are left off the board, with a log line.
     pub async fn watch(
         store: Arc<dyn ClusterStore>,
         prefix: &str,
+        key: Option<ClusterKey>,
     ) -> Result<MigrationBoard, CoordinatorError> {
         let board = MigrationBoard::default();
         let b = board.clone();
         let dir = format!("{prefix}migrations/");
         let d = dir.clone();
+        let p = prefix.to_string();
         follow(store, dir, move |f| {
             let parse = |kv: &crate::store::KeyValue| -> Option<(CellId, Migration)> {
                 let cell = cell_under(&kv.key, &d)?;
-                Some((cell, serde_json::from_slice(&kv.value).ok()?))
+                let m: Migration = serde_json::from_slice(&kv.value).ok()?;
+                if let Some(key) = &key {
+                    if let Err(e) = key.verify(&p, cell, &m) {
+                        tracing::warn!(cell = %cell, from = %m.from, to = %m.to, error = %e, "migration request ignored");
+                        return None;
+                    }
+                }
+                Some((cell, m))
             };
             match f {
                 Follow::Snapshot(kvs) => {
@@ -135,12 +150,14 @@ pub enum MoveError {
     Cluster(#[from] CoordinatorError),
 }
 
-/// Requests a move of `cell` to `to` (what `tessera ctl move` does).
+/// Requests a move of `cell` to `to` (what `tessera ctl move` does),
+/// signed by `signer`.
 pub async fn request_move(
     store: &dyn ClusterStore,
     prefix: &str,
     cell: CellId,
     to: &ShardId,
+    signer: &Signer,
 ) -> Result<Migration, MoveError> {
     let Some(kv) = store
         .get(&crate::cellmap::cell_key(prefix, cell))
@@ -164,13 +181,15 @@ pub async fn request_move(
     if !live.iter().any(|(id, _)| id == to) {
         return Err(MoveError::UnknownShard(to.clone()));
     }
-    let m = Migration {
+    let mut m = Migration {
         from: owner.owner,
         to: to.clone(),
         epoch: owner.epoch.next(),
         state: MigrationState::Requested,
         requested_unix_ms: now_unix_ms(),
+        authority: None,
     };
+    m.authority = Some(signer.sign(prefix, cell, &m));
     let value = serde_json::to_vec(&m).expect("migration serialises");
     let put = store
         .compare_and_put(&migration_key(prefix, cell), Expect::Absent, value, None)
@@ -218,6 +237,7 @@ pub async fn drain(
     prefix: &str,
     shard: &ShardId,
     timeout: std::time::Duration,
+    signer: &Signer,
 ) -> Result<usize, DrainError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut moved = std::collections::HashSet::new();
@@ -251,7 +271,7 @@ pub async fn drain(
                 .min_by_key(|(id, n)| (**n, (*id).clone()))
                 .map(|(id, _)| id.clone())
                 .expect("load is not empty");
-            match request_move(store, prefix, *cell, &target).await {
+            match request_move(store, prefix, *cell, &target, signer).await {
                 Ok(_) => {
                     moved.insert(*cell);
                     *load.entry(target).or_default() += 1;

@@ -102,6 +102,7 @@ fn main() {
                     epoch,
                     state: MigrationState::Requested,
                     requested_unix_ms: 0,
+                    authority: None,
                 },
             );
             let started = Instant::now();

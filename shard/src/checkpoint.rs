@@ -155,17 +155,20 @@ impl Writer {
         Ok(Writer { tx, shard })
     }
 
-    /// Queues a round of checkpoints; skips it if the previous rounds are still being written.
-    pub fn submit(&self, round: Vec<CellCheckpoint>) {
+    /// Queues a round of checkpoints; skips it (and returns false) if the previous rounds are
+    /// still being written.
+    pub fn submit(&self, round: Vec<CellCheckpoint>) -> bool {
         match self.tx.try_send(round) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 metrics::counter!("tessera_shard_checkpoints_skipped_total", "shard" => self.shard.0.clone())
                     .increment(1);
-                tracing::warn!(shard = %self.shard, "persistence is behind; skipping a round of checkpoints");
+                tracing::debug!(shard = %self.shard, "persistence is behind; skipping a round of checkpoints");
+                false
             }
             Err(TrySendError::Disconnected(_)) => {
                 tracing::error!(shard = %self.shard, "checkpoint writer has stopped");
+                false
             }
         }
     }

@@ -62,6 +62,10 @@ pub struct Shard {
     last_stall_ms: Option<u64>,
     /// Where checkpoints go, and when the next round is due.
     checkpoints: Option<(crate::checkpoint::Writer, Instant)>,
+    /// Cells an NPC entered from, or left to, another shard since their
+    /// last checkpoint: written at the end of the tick, so a failover
+    /// neither loses nor duplicates that NPC.
+    dirty: std::collections::BTreeSet<CellId>,
 }
 
 /// What a shard asks its process to record in the cluster store.
@@ -117,6 +121,7 @@ impl Shard {
             deferred: Vec::new(),
             last_stall_ms: None,
             checkpoints: None,
+            dirty: Default::default(),
             config,
         };
         if let Some(c) = &shard.config.checkpoints {
@@ -273,10 +278,15 @@ impl Shard {
     fn open_checkpoint(&mut self, id: CellId, epoch: Epoch, cp: crate::checkpoint::CellCheckpoint) {
         let mut cell = Cell::new(id, epoch, &self.world);
         let age_ms = now_unix_ms().saturating_sub(cp.saved_unix_ms);
+        let elsewhere = self.entities_that_moved_on(id, cp.saved_unix_ms);
         let mut players = 0;
         for t in cp.entities {
             if t.player.is_some() {
                 players += 1;
+                continue;
+            }
+            if elsewhere.contains(&t.id) {
+                tracing::info!(shard = %self.id, cell = %id, entity = %t.id, "not restored: it is in a neighbour cell now");
                 continue;
             }
             self.forwarded.remove(&t.id);
@@ -286,6 +296,36 @@ impl Shard {
         metrics::counter!("tessera_shard_cells_restored_total", "shard" => self.id.0.clone())
             .increment(1);
         self.cells.insert(id, cell);
+    }
+
+    /// Entities in the neighbours of `id` as they are now: simulated here,
+    /// or in a checkpoint newer than `since` (unix ms). An entity of an
+    /// older checkpoint of `id` that is among them walked on after it.
+    fn entities_that_moved_on(
+        &self,
+        id: CellId,
+        since: u64,
+    ) -> std::collections::HashSet<EntityId> {
+        let mut ids = std::collections::HashSet::new();
+        let Some(c) = &self.config.checkpoints else {
+            return ids;
+        };
+        for dx in -1..=1 {
+            for dz in -1..=1 {
+                let n = CellId::new(id.x + dx, id.z + dz);
+                if n == id {
+                    continue;
+                }
+                if let Some(cell) = self.cells.get(&n) {
+                    ids.extend(cell.entity_ids());
+                } else if let Ok(Some(other)) = crate::checkpoint::load(&c.db, n) {
+                    if other.saved_unix_ms > since {
+                        ids.extend(other.entities.iter().map(|e| e.id));
+                    }
+                }
+            }
+        }
+        ids
     }
 
     fn open_fresh(&mut self, id: CellId, epoch: Epoch) {
@@ -564,6 +604,9 @@ impl Shard {
                         .bus
                         .to_shard(&target, ToShard::Handoff { to, epoch, entity });
                 } else {
+                    if entity.player.is_none() {
+                        self.dirty.insert(to);
+                    }
                     self.accept(to, epoch, entity);
                 }
             }
@@ -769,6 +812,9 @@ impl Shard {
                 self.accept(to, self.cells[&to].epoch, transfer);
             } else if let Some(owner) = owner {
                 tracing::debug!(shard = %self.id, from = %c, to = %to, entity = %entity, target = %owner.owner, "hand-off to another shard");
+                if transfer.player.is_none() {
+                    self.dirty.insert(c);
+                }
                 self.forwarded
                     .insert(entity, (owner.owner.clone(), Instant::now()));
                 let msg = ToShard::Handoff {
@@ -1010,10 +1056,12 @@ impl Shard {
             .collect()
     }
 
-    /// Queues checkpoints of `cells` for the writer thread.
-    fn checkpoint(&self, cells: &[CellId]) {
-        if let Some((writer, _)) = &self.checkpoints {
-            writer.submit(self.capture(cells));
+    /// Queues checkpoints of `cells` for the writer thread; false if the
+    /// writer is still busy with earlier ones.
+    fn checkpoint(&self, cells: &[CellId]) -> bool {
+        match &self.checkpoints {
+            Some((writer, _)) => writer.submit(self.capture(cells)),
+            None => true,
         }
     }
 
@@ -1022,13 +1070,19 @@ impl Shard {
             return;
         };
         let now = Instant::now();
-        if now < *due {
-            return;
-        }
-        let ids: Vec<CellId> = self.cells.keys().copied().collect();
-        self.checkpoint(&ids);
-        if let (Some((_, due)), Some(c)) = (&mut self.checkpoints, &self.config.checkpoints) {
-            *due = now + c.interval;
+        if now >= *due {
+            let ids: Vec<CellId> = self.cells.keys().copied().collect();
+            if self.checkpoint(&ids) {
+                self.dirty.clear();
+            }
+            if let (Some((_, due)), Some(c)) = (&mut self.checkpoints, &self.config.checkpoints) {
+                *due = now + c.interval;
+            }
+        } else if !self.dirty.is_empty() {
+            let ids: Vec<CellId> = self.dirty.iter().copied().collect();
+            if self.checkpoint(&ids) {
+                self.dirty.clear();
+            }
         }
     }
 
