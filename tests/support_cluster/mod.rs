@@ -191,7 +191,7 @@ impl Drop for Role {
                 "---- {} stderr ({}), last lines ----\n{}\n---- end ----",
                 self.name,
                 self.stderr_log.display(),
-                self.stderr_tail(30)
+                self.stderr_tail(400)
             );
         }
     }
@@ -269,7 +269,7 @@ impl<'a> ShardSpec<'a> {
             etcd_url: etcd.client_url(),
             ip: LOCALHOST,
             netns: None,
-            rust_log: "warn",
+            rust_log: "warn,tessera_shard=info",
         }
     }
 }
@@ -304,6 +304,7 @@ pub struct RouterProc {
     pub telnet: SocketAddr,
     pub quic: SocketAddr,
     pub cert: PathBuf,
+    pub metrics: SocketAddr,
 }
 
 /// A router on free loopback ports (its cluster bus on `bus_ip`).
@@ -328,12 +329,69 @@ pub fn router(
     let telnet = role.addr_after("telnet listening on ");
     let quic = role.addr_after("quic listening on ");
     let cert = dir.join("router-data").join("quic-cert.der");
+    let metrics = role.addr_after("metrics on http://");
     RouterProc {
         role,
         telnet,
         quic,
         cert,
+        metrics,
     }
+}
+
+/// Open player connections of a router (`tessera_router_connections`).
+pub fn router_connections(metrics: SocketAddr) -> f64 {
+    metric_samples(&scrape(metrics), "tessera_router_connections")
+        .iter()
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Reads etcd directly, for what `tessera ctl` does not show (the
+/// records under `migrations/`). One connection, reused: quick enough to
+/// poll every millisecond.
+pub struct EtcdPeek {
+    rt: tokio::runtime::Runtime,
+    store: tessera_coordinator::EtcdStore,
+}
+
+impl EtcdPeek {
+    pub fn connect(etcd: &EtcdServer) -> EtcdPeek {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let store = rt
+            .block_on(tessera_coordinator::EtcdStore::connect(
+                &etcd.endpoints(),
+                Duration::from_secs(5),
+            ))
+            .expect("connect to etcd");
+        EtcdPeek { rt, store }
+    }
+
+    /// `(key, value)` of every record under `migrations/`.
+    pub fn migrations(&self) -> Vec<(String, String)> {
+        use tessera_coordinator::ClusterStore;
+        self.rt
+            .block_on(self.store.list("/tessera/migrations/"))
+            .expect("list migrations")
+            .into_iter()
+            .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
+            .collect()
+    }
+}
+
+/// The leading coordinator's id, from `tessera ctl status`.
+pub fn leader(etcd: &EtcdServer) -> Option<String> {
+    let (ok, out, _) = ctl(etcd, &["status"]);
+    if !ok {
+        return None;
+    }
+    out.lines()
+        .find_map(|l| l.strip_prefix("leader: "))
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && l != "none")
 }
 
 /// Ticks a shard has simulated so far.
@@ -362,6 +420,31 @@ pub fn entities_by_cell(shards: &[SocketAddr]) -> Vec<(SocketAddr, String, f64)>
         }
     }
     out
+}
+
+/// Entities per (shard, cell) and their total, every shard scraped at the
+/// same time (one thread each), so that an entity handed from one shard to
+/// another cannot be counted twice by the reading (it is in flight, in
+/// neither count, for at least a bus round trip; the source's count drops
+/// in the same tick it sends the entity).
+pub fn entities_at_once(shards: &[SocketAddr]) -> (f64, Vec<(SocketAddr, String, f64)>) {
+    let texts: Vec<(SocketAddr, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = shards
+            .iter()
+            .map(|m| s.spawn(move || (*m, scrape(*m))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("scrape thread"))
+            .collect()
+    });
+    let mut rows = Vec::new();
+    for (m, text) in texts {
+        for (labels, v) in metric_samples(&text, "tessera_shard_entities") {
+            rows.push((m, labels, v));
+        }
+    }
+    (rows.iter().map(|(_, _, v)| v).sum(), rows)
 }
 
 /// The world's entity count: the sum of `tessera_shard_entities` over the
