@@ -425,8 +425,8 @@ impl Walker {
         }
     }
 
+    /// Joins the walker (after `stop` was set).
     fn finish(mut self) -> (TelnetClient, usize) {
-        self.check();
         let thread = self.thread.take().expect("thread");
         match thread.join() {
             Ok(Ok(done)) => done,
@@ -532,15 +532,19 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
     }
     std::thread::sleep(Duration::from_secs(1));
     flags.stop.store(true, Ordering::Relaxed);
+    // (The clients stay connected until the end: a quit is a logout.)
+    let mut clients = Vec::new();
     for w in walkers {
         let name = w.name.clone();
         let (mut client, steps) = w.finish();
         assert!(steps > 10, "{name} walked only {steps} steps");
         let at = client.where_();
         eprintln!("rolling restart: {name} took {steps} steps; now in {} on {}", at.cell, at.shard);
+        clients.push(client);
     }
     assert_eq!(router_connections(router.metrics), 4.0, "a player was disconnected");
     assert_eq!(settled_entities(&metrics(&shards)), world);
+    drop(clients);
 }
 
 /// How a QUIC bot paces: a direction (x, z), walked for `half` and then
@@ -675,7 +679,10 @@ fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
     let fewest = samples.iter().map(|(_, n)| *n).fold(world, f64::min);
     let most = samples.iter().map(|(_, n)| *n).fold(world, f64::max);
 
+    // (Every client stays connected until the end: a quit is a logout.)
     let mut everyone_seen = BTreeSet::new();
+    let mut clients = Vec::new();
+    let mut telnets = Vec::new();
     for task in tasks {
         let (name, mut client, seen) = rt
             .block_on(task)
@@ -688,12 +695,14 @@ fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
         let text = rt.block_on(client.command("where")).expect("where");
         assert!(common::Where::parse(&text).is_some(), "{name}: {text:?}");
         everyone_seen.extend(seen);
+        clients.push(client);
     }
     let mut steps = 0;
     for w in walkers {
         let (mut client, n) = w.finish();
         steps += n;
         everyone_seen.insert(client.where_().shard);
+        telnets.push(client);
     }
     assert_eq!(
         everyone_seen.len(),
@@ -709,4 +718,5 @@ fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
         samples.len()
     );
     assert_eq!(settled, world, "entities lost or duplicated");
+    drop((clients, telnets));
 }
