@@ -607,7 +607,14 @@ impl Netns {
         let steps: Vec<Vec<&str>> = vec![
             vec!["netns", "add", &ns.name],
             vec![
-                "link", "add", &ns.host_if, "type", "veth", "peer", "name", &inner_if,
+                "link",
+                "add",
+                &ns.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &inner_if,
             ],
             vec!["link", "set", &inner_if, "netns", &ns.name],
             vec!["addr", "add", &h1, "dev", &ns.host_if],
