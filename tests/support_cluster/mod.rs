@@ -191,7 +191,7 @@ impl Drop for Role {
                 "---- {} stderr ({}), last lines ----\n{}\n---- end ----",
                 self.name,
                 self.stderr_log.display(),
-                self.stderr_tail(400)
+                self.stderr_tail(60)
             );
         }
     }
