@@ -21,6 +21,8 @@ need_pkg pkg-config pkg-config
 need_pkg protoc protobuf-compiler
 # The real etcd the cluster-store tests start (Debian installs /usr/bin/etcd).
 need_pkg etcd etcd-server
+# The fault tests put a shard in a network namespace (ip netns, as root).
+need_pkg ip iproute2
 # The real-process tests signal servers with kill(1) (not the shell builtin).
 if [ ! -x /bin/kill ] && [ ! -x /usr/bin/kill ]; then
     apt_updated=1

@@ -76,10 +76,13 @@ pub fn router_key(prefix: &str, id: &RouterId) -> String {
 
 /// A registration kept alive in the background. `lost` turns true when the
 /// lease has not been renewed for its TTL minus a safety margin (a quarter
-/// of the TTL, at least 500 ms), that is *before* etcd can expire it and
-/// let another member take over: the member must then stop acting as one (a
-/// shard stops simulating). An etcd outage shorter than that is ridden out
-/// (etcd extends leases when it comes back).
+/// of the TTL, at least 500 ms), counted from when the last successful
+/// renewal was sent, that is *before* etcd can expire it and let another
+/// member take over: the member must then stop acting as one (a shard stops
+/// simulating). This holds even when a renewal hangs (a partition that
+/// drops packets): the wait for it is cut at that deadline. An etcd outage
+/// shorter than that is ridden out (etcd extends leases when it comes
+/// back).
 pub struct Registration {
     pub lease: LeaseId,
     pub lost: watch::Receiver<bool>,
@@ -96,6 +99,9 @@ impl Registration {
         value: Vec<u8>,
         ttl: Duration,
     ) -> Result<Registration, CoordinatorError> {
+        // The lease lives at least `ttl` from the moment a grant or renewal
+        // was *sent* (etcd starts the TTL when it handles the request).
+        let granted = tokio::time::Instant::now();
         let lease = store.grant_lease(ttl).await?;
         store.put(&key, value, Some(lease)).await?;
         let (tx, rx) = watch::channel(false);
@@ -103,21 +109,46 @@ impl Registration {
         let task = tokio::spawn(async move {
             let period = ttl / 3;
             let margin = (ttl / 4).max(Duration::from_millis(500)).min(ttl / 2);
-            let mut last_ok = tokio::time::Instant::now();
+            let mut renewed = granted;
+            let mut next = granted + period;
             loop {
-                tokio::time::sleep(period).await;
-                match s.keep_alive(lease).await {
-                    Ok(()) => last_ok = tokio::time::Instant::now(),
-                    Err(e) => {
-                        tracing::warn!(key = %key, error = %e, "lease keep-alive failed");
-                        // Expired for sure once the TTL has passed since the
-                        // last renewal, or at once if the store says so.
-                        let gone = matches!(e, crate::StoreError::LeaseNotFound(_));
-                        if gone || last_ok.elapsed() >= ttl - margin {
-                            let _ = tx.send(true);
-                            tracing::error!(key = %key, "registration lost");
-                            return;
-                        }
+                // Lost at `deadline` whatever the store does: a renewal
+                // that hangs (a partition drops packets silently) must not
+                // keep the member acting past its lease.
+                let deadline = renewed + ttl - margin;
+                tokio::time::sleep_until(next.min(deadline)).await;
+                let sent = tokio::time::Instant::now();
+                let outcome = if sent >= deadline {
+                    Err(None)
+                } else {
+                    match tokio::time::timeout_at(deadline, s.keep_alive(lease)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(Some(e)),
+                        Err(_) => Err(None),
+                    }
+                };
+                match outcome {
+                    Ok(()) => {
+                        renewed = sent;
+                        next = sent + period;
+                    }
+                    Err(Some(e @ crate::StoreError::LeaseNotFound(_))) => {
+                        tracing::error!(key = %key, error = %e, "registration lost");
+                        let _ = tx.send(true);
+                        return;
+                    }
+                    Err(Some(e)) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(key = %key, error = %e, "lease keep-alive failed; retrying");
+                        next = tokio::time::Instant::now() + period.min(Duration::from_millis(250));
+                    }
+                    Err(_) => {
+                        tracing::error!(
+                            key = %key,
+                            unrenewed_ms = renewed.elapsed().as_millis() as u64,
+                            "registration lost: the lease was not renewed in time"
+                        );
+                        let _ = tx.send(true);
+                        return;
                     }
                 }
             }

@@ -11,7 +11,11 @@
 //! sender to one receiver arrive in order (the invariant the router and the
 //! shards rely on). Messages to a member that is unreachable wait in its
 //! queue while the link reconnects with backoff; a message being written
-//! when a connection breaks is sent again on the next one.
+//! when a connection breaks is sent again on the next one. A link checks
+//! the member's address in the directory before every message and
+//! reconnects when it changed (a member restarted under the same id), so
+//! nothing is written into a dead process's connection once its successor
+//! has registered.
 
 use crate::bus::{Bus, BusError};
 use parking_lot::{Mutex, RwLock};
@@ -519,6 +523,14 @@ impl Link {
                         }
                     }
                 };
+                // A member that left, or came back elsewhere (a restarted
+                // shard under the same id), is not behind this connection
+                // any more: writes into it would vanish. Reconnect.
+                if self.directory.get(&self.to) != Some(addr) {
+                    tracing::info!(to = %self.to.key(), old = %addr, "member left or moved; reconnecting");
+                    pending = Some(bytes);
+                    break;
+                }
                 if let Err(e) = stream.write_all(&bytes).await {
                     tracing::warn!(to = %self.to.key(), error = %e, "cluster link broke; reconnecting");
                     pending = Some(bytes);

@@ -15,7 +15,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,12 +31,22 @@ pub struct EtcdServer {
     peer_port: u16,
     child: Option<Child>,
     starts: u32,
+    /// Further addresses the client port listens on (besides 127.0.0.1).
+    also_on: Vec<IpAddr>,
 }
 
 impl EtcdServer {
     /// Starts a fresh etcd and waits until it answers. Panics (with the tail
     /// of etcd's log) if it does not.
     pub fn start() -> EtcdServer {
+        EtcdServer::start_also_on(&[])
+    }
+
+    /// Like [`EtcdServer::start`], with the client port also listening on
+    /// `ips` (addresses of this machine, e.g. the host end of a veth pair a
+    /// test created, so that a process in a network namespace can reach
+    /// etcd).
+    pub fn start_also_on(ips: &[IpAddr]) -> EtcdServer {
         let bin = find_etcd().unwrap_or_else(|looked| {
             panic!(
                 "the etcd server binary is missing (looked at {looked}). Run scripts/test.sh, \
@@ -56,6 +66,7 @@ impl EtcdServer {
             peer_port,
             child: None,
             starts: 0,
+            also_on: ips.to_vec(),
         };
         server.spawn();
         server
@@ -64,6 +75,12 @@ impl EtcdServer {
     /// The client URL, `http://127.0.0.1:<port>`.
     pub fn client_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The client URL on one of the extra addresses of
+    /// [`EtcdServer::start_also_on`].
+    pub fn client_url_on(&self, ip: IpAddr) -> String {
+        format!("http://{}", SocketAddr::new(ip, self.client_port))
     }
 
     /// The client URL as the endpoint list `EtcdStore::connect` takes.
@@ -121,6 +138,9 @@ impl EtcdServer {
         self.starts += 1;
         let log = File::create(self.log_path(self.starts)).expect("create the etcd log");
         let client = self.client_url();
+        let listen: Vec<String> = std::iter::once(client.clone())
+            .chain(self.also_on.iter().map(|ip| self.client_url_on(*ip)))
+            .collect();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(&self.bin);
         // etcd also reads its flags from ETCD_* variables and refuses a flag
@@ -143,7 +163,7 @@ impl EtcdServer {
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen-client-urls")
-            .arg(&client)
+            .arg(listen.join(","))
             .arg("--advertise-client-urls")
             .arg(&client)
             .arg("--listen-peer-urls")

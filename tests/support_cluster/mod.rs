@@ -1,0 +1,670 @@
+//! Start and stop the cluster roles as separate `tessera` processes for the
+//! real-process cluster tests (`cluster_faults.rs`): coordinators, shards
+//! (optionally inside a network namespace), routers, `tessera ctl`, and the
+//! readings the tests take (ticks and entities from the shards' metrics,
+//! owners from `ctl cells --json`). Every process and every network
+//! namespace started here is removed on drop, even when a test panics.
+//!
+//! It uses `crate::common` (TestDir, metrics scraping) and `crate::etcd`
+//! (the real etcd); include both next to it.
+
+#![allow(dead_code)]
+
+use crate::common::{metric_samples, scrape};
+use crate::etcd::EtcdServer;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const WORLD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/worlds/default");
+pub const PW: &str = "correct-horse";
+pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// One `tessera <role>` process; killed on drop. Its stdout lines are kept
+/// with the time they were read; its stderr (the tracing log) goes to a file.
+pub struct Role {
+    pub name: String,
+    child: Child,
+    lines: mpsc::Receiver<(SystemTime, String)>,
+    seen: Vec<(SystemTime, String)>,
+    pub stderr_log: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Role {
+    pub fn start(dir: &Path, name: &str, args: &[String]) -> Role {
+        Role::start_in(dir, name, None, "warn", args)
+    }
+
+    /// Starts `tessera args...`, inside network namespace `netns` if given
+    /// (`ip netns exec` execs the binary, so the pid is tessera's own).
+    pub fn start_in(
+        dir: &Path,
+        name: &str,
+        netns: Option<&str>,
+        rust_log: &str,
+        args: &[String],
+    ) -> Role {
+        let stderr_log = dir.join(format!("{name}.stderr.log"));
+        // A restarted role appends to the same log.
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_log)
+            .expect("stderr log");
+        let bin = env!("CARGO_BIN_EXE_tessera");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("start tessera");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send((SystemTime::now(), line));
+            }
+        });
+        Role {
+            name: name.into(),
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            stderr_log,
+            exit: None,
+        }
+    }
+
+    /// Waits (20 s at most) for a stdout line starting with `prefix`;
+    /// returns the rest.
+    pub fn wait_line(&mut self, prefix: &str) -> String {
+        self.wait_line_timed(prefix, Duration::from_secs(20)).1
+    }
+
+    /// Like [`Role::wait_line`]: when the line was read, and its rest.
+    pub fn wait_line_timed(&mut self, prefix: &str, timeout: Duration) -> (SystemTime, String) {
+        if let Some((at, l)) = self.seen.iter().find(|(_, l)| l.starts_with(prefix)) {
+            return (*at, l[prefix.len()..].to_string());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((at, line)) => {
+                    self.seen.push((at, line.clone()));
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return (at, rest.to_string());
+                    }
+                }
+                Err(_) => panic!(
+                    "{} never printed {prefix:?}; stdout {:?}; stderr:\n{}",
+                    self.name,
+                    self.seen.iter().map(|(_, l)| l).collect::<Vec<_>>(),
+                    self.stderr_tail(40)
+                ),
+            }
+        }
+    }
+
+    pub fn addr_after(&mut self, prefix: &str) -> SocketAddr {
+        let rest = self.wait_line(prefix);
+        let word = rest.split_whitespace().next().unwrap_or("");
+        word.trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .trim_end_matches(';')
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: bad address in {rest:?}: {e}", self.name))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL (no-op once it exited).
+    pub fn kill(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            self.exit = self.child.wait().ok();
+        }
+    }
+
+    /// The exit status, if it has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?} of SIGTERM; stderr:\n{}",
+                self.name,
+                self.stderr_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn stderr_tail(&self, n: usize) -> String {
+        let all = self.stderr();
+        let v: Vec<&str> = all.lines().collect();
+        v[v.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} stderr ({}), last lines ----\n{}\n---- end ----",
+                self.name,
+                self.stderr_log.display(),
+                self.stderr_tail(60)
+            );
+        }
+    }
+}
+
+pub fn ca_init(dir: &Path) -> PathBuf {
+    let ca = dir.join("ca");
+    let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ca", "init"])
+        .arg(&ca)
+        .stdout(Stdio::null())
+        .status()
+        .expect("tessera ca init");
+    assert!(status.success());
+    ca
+}
+
+/// `role --etcd URL --world W --metrics IP:0`.
+pub fn common_args(etcd_url: &str, role: &str, metrics_ip: IpAddr) -> Vec<String> {
+    vec![
+        role.into(),
+        "--etcd".into(),
+        etcd_url.into(),
+        "--world".into(),
+        WORLD.into(),
+        "--metrics".into(),
+        SocketAddr::new(metrics_ip, 0).to_string(),
+    ]
+}
+
+pub fn member_args(ca: &Path, listen_ip: IpAddr, ttl_secs: u64) -> Vec<String> {
+    vec![
+        "--cluster-ca".into(),
+        ca.display().to_string(),
+        "--cluster-listen".into(),
+        SocketAddr::new(listen_ip, 0).to_string(),
+        "--lease-ttl-secs".into(),
+        ttl_secs.to_string(),
+    ]
+}
+
+/// A coordinator with a leadership lease of `ttl_secs`; waits until it runs.
+pub fn coordinator(dir: &Path, etcd: &EtcdServer, id: &str, ttl_secs: u64) -> Role {
+    let mut args = common_args(&etcd.client_url(), "coordinator", LOCALHOST);
+    args.extend([
+        "--settle-ms".into(),
+        "1000".into(),
+        "--lease-ttl-secs".into(),
+        ttl_secs.to_string(),
+        "--id".into(),
+        id.into(),
+    ]);
+    let mut role = Role::start_in(dir, id, None, "warn,tessera_coordinator=info", &args);
+    role.wait_line(&format!("coordinator {id} running"));
+    role
+}
+
+/// Where and how a shard runs.
+pub struct ShardSpec<'a> {
+    pub id: &'a str,
+    pub lease_ttl_secs: u64,
+    /// The etcd URL it uses.
+    pub etcd_url: String,
+    /// The address its cluster bus and metrics listen on.
+    pub ip: IpAddr,
+    pub netns: Option<&'a str>,
+    pub rust_log: &'a str,
+}
+
+impl<'a> ShardSpec<'a> {
+    pub fn local(etcd: &EtcdServer, id: &'a str) -> ShardSpec<'a> {
+        ShardSpec {
+            id,
+            lease_ttl_secs: 2,
+            etcd_url: etcd.client_url(),
+            ip: LOCALHOST,
+            netns: None,
+            rust_log: "warn,tessera_shard=info",
+        }
+    }
+}
+
+/// A running shard process and its metrics address.
+pub struct ShardProc {
+    pub role: Role,
+    pub metrics: SocketAddr,
+}
+
+/// Starts a shard and waits until it printed its addresses.
+pub fn shard(dir: &Path, ca: &Path, spec: &ShardSpec) -> ShardProc {
+    let mut args = common_args(&spec.etcd_url, "shard", spec.ip);
+    args.extend(member_args(ca, spec.ip, spec.lease_ttl_secs));
+    args.extend(["--id".into(), spec.id.into()]);
+    let mut role = Role::start_in(dir, spec.id, spec.netns, spec.rust_log, &args);
+    let rest = role.wait_line(&format!("shard {} running; cluster address ", spec.id));
+    let metrics = rest
+        .split_once("metrics on http://")
+        .map(|(_, m)| {
+            m.trim_end_matches("/metrics")
+                .parse()
+                .expect("metrics address")
+        })
+        .expect("metrics address printed");
+    ShardProc { role, metrics }
+}
+
+/// A running router and where it listens.
+pub struct RouterProc {
+    pub role: Role,
+    pub telnet: SocketAddr,
+    pub quic: SocketAddr,
+    pub cert: PathBuf,
+    pub metrics: SocketAddr,
+}
+
+/// A router on free loopback ports (its cluster bus on `bus_ip`).
+pub fn router(
+    dir: &Path,
+    etcd: &EtcdServer,
+    ca: &Path,
+    bus_ip: IpAddr,
+    ttl_secs: u64,
+) -> RouterProc {
+    let mut args = common_args(&etcd.client_url(), "router", LOCALHOST);
+    args.extend(member_args(ca, bus_ip, ttl_secs));
+    args.extend([
+        "--telnet".into(),
+        "127.0.0.1:0".into(),
+        "--quic".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.join("router-data").display().to_string(),
+    ]);
+    let mut role = Role::start(dir, "router", &args);
+    let telnet = role.addr_after("telnet listening on ");
+    let quic = role.addr_after("quic listening on ");
+    let cert = dir.join("router-data").join("quic-cert.der");
+    let metrics = role.addr_after("metrics on http://");
+    RouterProc {
+        role,
+        telnet,
+        quic,
+        cert,
+        metrics,
+    }
+}
+
+/// Open player connections of a router (`tessera_router_connections`).
+pub fn router_connections(metrics: SocketAddr) -> f64 {
+    metric_samples(&scrape(metrics), "tessera_router_connections")
+        .iter()
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Reads etcd directly, for what `tessera ctl` does not show (the
+/// records under `migrations/`). One connection, reused: quick enough to
+/// poll every millisecond.
+pub struct EtcdPeek {
+    rt: tokio::runtime::Runtime,
+    store: tessera_coordinator::EtcdStore,
+}
+
+impl EtcdPeek {
+    pub fn connect(etcd: &EtcdServer) -> EtcdPeek {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let store = rt
+            .block_on(tessera_coordinator::EtcdStore::connect(
+                &etcd.endpoints(),
+                Duration::from_secs(5),
+            ))
+            .expect("connect to etcd");
+        EtcdPeek { rt, store }
+    }
+
+    /// `(key, value)` of every record under `migrations/`.
+    pub fn migrations(&self) -> Vec<(String, String)> {
+        use tessera_coordinator::ClusterStore;
+        self.rt
+            .block_on(self.store.list("/tessera/migrations/"))
+            .expect("list migrations")
+            .into_iter()
+            .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
+            .collect()
+    }
+}
+
+/// The leading coordinator's id, from `tessera ctl status`.
+pub fn leader(etcd: &EtcdServer) -> Option<String> {
+    let (ok, out, _) = ctl(etcd, &["status"]);
+    if !ok {
+        return None;
+    }
+    out.lines()
+        .find_map(|l| l.strip_prefix("leader: "))
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && l != "none")
+}
+
+/// Ticks a shard has simulated so far.
+pub fn ticks(metrics: SocketAddr) -> f64 {
+    metric_samples(&scrape(metrics), "tessera_shard_tick_seconds_count")
+        .iter()
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Waits until every shard has ticked at least `n` times.
+pub fn wait_ticking(shards: &[SocketAddr], n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shards.iter().any(|m| ticks(*m) < n) {
+        assert!(Instant::now() < deadline, "shards are not all ticking");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Entities per (shard metrics address, cell label), from the gauges.
+pub fn entities_by_cell(shards: &[SocketAddr]) -> Vec<(SocketAddr, String, f64)> {
+    let mut out = Vec::new();
+    for m in shards {
+        for (labels, v) in metric_samples(&scrape(*m), "tessera_shard_entities") {
+            out.push((*m, labels, v));
+        }
+    }
+    out
+}
+
+/// Entities per (shard, cell) and their total, every shard scraped at the
+/// same time (one thread each), so that an entity handed from one shard to
+/// another cannot be counted twice by the reading (it is in flight, in
+/// neither count, for at least a bus round trip; the source's count drops
+/// in the same tick it sends the entity).
+pub fn entities_at_once(shards: &[SocketAddr]) -> (f64, Vec<(SocketAddr, String, f64)>) {
+    let texts: Vec<(SocketAddr, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = shards
+            .iter()
+            .map(|m| s.spawn(move || (*m, scrape(*m))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("scrape thread"))
+            .collect()
+    });
+    let mut rows = Vec::new();
+    for (m, text) in texts {
+        for (labels, v) in metric_samples(&text, "tessera_shard_entities") {
+            rows.push((m, labels, v));
+        }
+    }
+    (rows.iter().map(|(_, _, v)| v).sum(), rows)
+}
+
+/// The world's entity count: the sum of `tessera_shard_entities` over the
+/// shards (read one after the other, so an entity in flight between two
+/// shards can be missed or, rarely, counted twice by one reading).
+pub fn entities(shards: &[SocketAddr]) -> f64 {
+    entities_by_cell(shards).iter().map(|(_, _, v)| v).sum()
+}
+
+/// The entity count once two readings 300 ms apart agree (10 s at most).
+pub fn settled_entities(shards: &[SocketAddr]) -> f64 {
+    let mut last = entities(shards);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = entities(shards);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// `tessera ctl --etcd URL args...`: (success, stdout, stderr).
+pub fn ctl(etcd: &EtcdServer, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ctl", "--etcd", &etcd.client_url()])
+        .args(args)
+        .output()
+        .expect("run tessera ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// One row of `tessera ctl cells --json`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnerRow {
+    pub cell: String,
+    pub owner: String,
+    pub epoch: u64,
+    pub owner_live: bool,
+}
+
+/// Every cell's owner, sorted by cell.
+pub fn owners(etcd: &EtcdServer) -> Vec<OwnerRow> {
+    let (ok, json, err) = ctl(etcd, &["cells", "--json"]);
+    assert!(ok, "ctl cells: {err}");
+    let cells: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let mut out: Vec<_> = cells
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| OwnerRow {
+            cell: format!("{},{}", c["cell"]["x"], c["cell"]["z"]),
+            owner: c["owner"].as_str().unwrap_or("").to_string(),
+            epoch: c["epoch"].as_u64().unwrap_or(0),
+            owner_live: c["owner_live"].as_bool().unwrap_or(false),
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until `ctl shards` lists `id` (it registered).
+pub fn wait_registered(etcd: &EtcdServer, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ok, out, _) = ctl(etcd, &["shards"]);
+        if ok && out.lines().any(|l| l.split_whitespace().next() == Some(id)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} never registered: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The timestamp at the start of a tracing log line
+/// (`2026-11-25T10:04:07.123456Z  INFO ...`), in Unix milliseconds.
+pub fn log_line_unix_ms(line: &str) -> Option<i64> {
+    let stamp = line.split_whitespace().next()?;
+    let (date, time) = stamp.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let secs: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + min * 60) as f64 * 1000.0 + secs * 1000.0) as i64)
+}
+
+/// A network namespace joined to the host by a veth pair:
+/// `<prefix>.1` (and `<prefix>.3`, an extra host address) on the host end,
+/// `<prefix>.2` inside. Removed on drop (deleting the namespace's end of
+/// the pair deletes both ends).
+pub struct Netns {
+    pub name: String,
+    host_if: String,
+    pub host_ip: IpAddr,
+    /// A second host address, e.g. for etcd only, so that a route to it
+    /// can be cut without cutting the cluster bus.
+    pub host_ip2: IpAddr,
+    pub inner_ip: IpAddr,
+}
+
+fn ip_cmd(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// Creates `tsr<pid>` with a veth pair on 10.200.<pid % 250>.0/24.
+    pub fn create() -> Netns {
+        let pid = std::process::id();
+        let net = pid % 250;
+        let ns = Netns {
+            name: format!("tsr{pid}"),
+            host_if: format!("tsh{pid}"),
+            host_ip: IpAddr::V4(Ipv4Addr::new(10, 200, net as u8, 1)),
+            host_ip2: IpAddr::V4(Ipv4Addr::new(10, 200, net as u8, 3)),
+            inner_ip: IpAddr::V4(Ipv4Addr::new(10, 200, net as u8, 2)),
+        };
+        let inner_if = format!("tsn{pid}");
+        let (h1, h2, i) = (
+            format!("{}/24", ns.host_ip),
+            format!("{}/24", ns.host_ip2),
+            format!("{}/24", ns.inner_ip),
+        );
+        // From here on, drop removes whatever was created.
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", &ns.name],
+            vec![
+                "link",
+                "add",
+                &ns.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &inner_if,
+            ],
+            vec!["link", "set", &inner_if, "netns", &ns.name],
+            vec!["addr", "add", &h1, "dev", &ns.host_if],
+            vec!["addr", "add", &h2, "dev", &ns.host_if],
+            vec!["link", "set", &ns.host_if, "up"],
+            vec!["-n", &ns.name, "addr", "add", &i, "dev", &inner_if],
+            vec!["-n", &ns.name, "link", "set", &inner_if, "up"],
+            vec!["-n", &ns.name, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            if let Err(e) = ip_cmd(&step) {
+                panic!("cannot set up the network namespace (root and iproute2 needed): {e}");
+            }
+        }
+        ns
+    }
+
+    /// Inside the namespace, drops everything sent to `ip` (a blackhole
+    /// route): packets vanish without an error, as in a partition.
+    pub fn cut_off(&self, ip: IpAddr) {
+        let dst = format!("{ip}/32");
+        ip_cmd(&["-n", &self.name, "route", "add", "blackhole", &dst]).expect("blackhole route");
+    }
+
+    pub fn heal(&self, ip: IpAddr) {
+        let dst = format!("{ip}/32");
+        ip_cmd(&["-n", &self.name, "route", "del", "blackhole", &dst]).expect("remove the route");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip_cmd(&["link", "del", &self.host_if]);
+        let _ = ip_cmd(&["netns", "del", &self.name]);
+    }
+}
+
+/// `GET /metrics`, or `None` if the process does not answer (it exited).
+pub fn try_scrape(addr: SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
