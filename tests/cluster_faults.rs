@@ -257,6 +257,8 @@ fn killing_the_leading_coordinator_during_a_migration_leaves_one_owner_per_cell(
         }
         let mut mv = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["ctl", "--etcd", &etcd.client_url(), "move", cell, to])
+            .arg("--credential")
+            .arg(operator_credential(&ca))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -484,7 +486,7 @@ fn three_shards(dir: &TestDir, etcd: &EtcdServer, ca: &std::path::Path) -> Vec<S
         std::thread::sleep(Duration::from_millis(100));
     }
     for cell in ["-1,-1", "0,-1"] {
-        let (ok, out, err) = ctl(etcd, &["move", cell, "shard-3"]);
+        let (ok, out, err) = ops(etcd, ca, &["move", cell, "shard-3"]);
         assert!(ok, "ctl move {cell}: {out} {err}");
     }
     shards

@@ -197,6 +197,8 @@ impl Drop for Role {
     }
 }
 
+/// `tessera ca init DIR/ca`, and an operator credential next to it
+/// ([`operator_credential`]).
 pub fn ca_init(dir: &Path) -> PathBuf {
     let ca = dir.join("ca");
     let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -206,7 +208,21 @@ pub fn ca_init(dir: &Path) -> PathBuf {
         .status()
         .expect("tessera ca init");
     assert!(status.success());
+    let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ca", "operator", "ops", "--cluster-ca"])
+        .arg(&ca)
+        .arg("--out")
+        .arg(operator_credential(&ca))
+        .stdout(Stdio::null())
+        .status()
+        .expect("tessera ca operator");
+    assert!(status.success());
     ca
+}
+
+/// The operator credential [`ca_init`] issued for the CA in `ca`.
+pub fn operator_credential(ca: &Path) -> PathBuf {
+    ca.with_file_name("ops.credential")
 }
 
 /// `role --etcd URL --world W --metrics IP:0`.
@@ -243,6 +259,9 @@ pub fn coordinator(dir: &Path, etcd: &EtcdServer, id: &str, ttl_secs: u64) -> Ro
         ttl_secs.to_string(),
         "--id".into(),
         id.into(),
+        // ca_init's CA: checks who signed each migration request.
+        "--cluster-ca".into(),
+        dir.join("ca").display().to_string(),
     ]);
     let mut role = Role::start_in(dir, id, None, "warn,tessera_coordinator=info", &args);
     role.wait_line(&format!("coordinator {id} running"));
@@ -470,11 +489,24 @@ pub fn settled_entities(shards: &[SocketAddr]) -> f64 {
 
 /// `tessera ctl --etcd URL args...`: (success, stdout, stderr).
 pub fn ctl(etcd: &EtcdServer, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["ctl", "--etcd", &etcd.client_url()])
+    run_ctl(etcd, None, args)
+}
+
+/// `tessera ctl` as the operator [`ca_init`] issued a credential for (the
+/// commands that change the cluster need one).
+pub fn ops(etcd: &EtcdServer, ca: &Path, args: &[&str]) -> (bool, String, String) {
+    run_ctl(etcd, Some(&operator_credential(ca)), args)
+}
+
+fn run_ctl(etcd: &EtcdServer, credential: Option<&Path>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(["ctl", "--etcd", &etcd.client_url()])
         .args(args)
-        .output()
-        .expect("run tessera ctl");
+        .env_remove("TESSERA_CREDENTIAL");
+    if let Some(c) = credential {
+        cmd.arg("--credential").arg(c);
+    }
+    let out = cmd.output().expect("run tessera ctl");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
