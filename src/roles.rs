@@ -656,7 +656,15 @@ async fn ctl_move(
         // The request first: the coordinator flips the owner before it
         // deletes the request, so a missing request and an unchanged owner
         // mean the move was refused or cancelled.
-        let pending = store.get(&request).await?.is_some();
+        let record = store.get(&request).await?;
+        let cancelled = record.as_ref().is_some_and(|kv| {
+            serde_json::from_slice::<tessera_coordinator::migration::Migration>(&kv.value)
+                .is_ok_and(|r| {
+                    r.epoch == m.epoch
+                        && r.state == tessera_coordinator::migration::MigrationState::Cancelled
+                })
+        });
+        let pending = record.is_some() && !cancelled;
         let mut arrived = false;
         if let Some(kv) = store.get(&key).await? {
             let o: tessera_coordinator::CellOwner = serde_json::from_slice(&kv.value)?;

@@ -247,6 +247,7 @@ mod tests {
             state: MigrationState::Requested,
             requested_unix_ms: 1_700_000_000_000,
             authority: None,
+            cancelled_unix_ms: None,
         }
     }
 

@@ -252,14 +252,35 @@ async fn finish_migrations(
             store.delete(&kv.key).await?;
             continue;
         };
+        let now = migration::now_unix_ms();
+        if m.state == MigrationState::Cancelled {
+            // Kept long enough for both shards to see it.
+            if now.saturating_sub(m.cancelled_unix_ms.unwrap_or(0)) > CANCELLED_KEEP_MS {
+                store.delete(&kv.key).await?;
+            }
+            continue;
+        }
+        if owner.owner == m.to && owner.epoch == m.epoch {
+            // Flipped already (by an earlier leader): done.
+            store.delete(&kv.key).await?;
+            continue;
+        }
         let stale = owner.owner != m.from || owner.epoch.next() != m.epoch;
-        let age_ms = migration::now_unix_ms().saturating_sub(m.requested_unix_ms);
+        let age_ms = now.saturating_sub(m.requested_unix_ms);
         if stale
             || !live.contains(&m.to)
             || (m.state == MigrationState::Requested && age_ms > 30_000)
         {
+            // Not deleted at once: a source that already shipped the cell
+            // must learn that the owner will not flip, to take it back.
             tracing::warn!(cell = %cell, from = %m.from, to = %m.to, state = ?m.state, "migration cannot complete; cancelled");
-            store.delete(&kv.key).await?;
+            let mut cancelled = m.clone();
+            cancelled.state = MigrationState::Cancelled;
+            cancelled.cancelled_unix_ms = Some(now);
+            let value = serde_json::to_vec(&cancelled).expect("migration serialises");
+            store
+                .compare_and_put(&kv.key, Expect::ModRevision(kv.mod_revision), value, None)
+                .await?;
             continue;
         }
         if m.state == MigrationState::Restored {
@@ -277,6 +298,9 @@ async fn finish_migrations(
     }
     Ok(())
 }
+
+/// How long a cancelled migration stays visible before it is deleted.
+const CANCELLED_KEEP_MS: u64 = 5_000;
 
 fn owner_json(shard: &ShardId, epoch: Epoch) -> Vec<u8> {
     serde_json::to_vec(&CellOwner {

@@ -33,6 +33,10 @@ use tessera_proto::{CellId, Epoch, ShardId};
 pub enum MigrationState {
     Requested,
     Restored,
+    /// The coordinator gave up on it: the owner will not flip for this
+    /// epoch, so the source takes the cell back and the target forgets its
+    /// snapshot. Deleted a few seconds later.
+    Cancelled,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,6 +51,9 @@ pub struct Migration {
     /// Who asked, and the proof ([`crate::authority`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<Authority>,
+    /// When the coordinator cancelled it (unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_unix_ms: Option<u64>,
 }
 
 pub fn migration_key(prefix: &str, cell: CellId) -> String {
@@ -121,6 +128,18 @@ impl MigrationBoard {
         self.entries.write().remove(&cell);
     }
 
+    /// Cancelled migrations from or to `shard`.
+    pub fn cancelled(&self, shard: &ShardId) -> Vec<(CellId, Migration)> {
+        self.entries
+            .read()
+            .iter()
+            .filter(|(_, m)| {
+                m.state == MigrationState::Cancelled && (&m.from == shard || &m.to == shard)
+            })
+            .map(|(c, m)| (*c, m.clone()))
+            .collect()
+    }
+
     /// Requested migrations out of `shard`.
     pub fn outgoing(&self, shard: &ShardId) -> Vec<(CellId, Migration)> {
         self.entries
@@ -188,6 +207,7 @@ pub async fn request_move(
         state: MigrationState::Requested,
         requested_unix_ms: now_unix_ms(),
         authority: None,
+        cancelled_unix_ms: None,
     };
     m.authority = Some(signer.sign(prefix, cell, &m));
     let value = serde_json::to_vec(&m).expect("migration serialises");

@@ -103,6 +103,7 @@ fn main() {
                     state: MigrationState::Requested,
                     requested_unix_ms: 0,
                     authority: None,
+                    cancelled_unix_ms: None,
                 },
             );
             let started = Instant::now();

@@ -53,7 +53,7 @@ pub struct Shard {
     notices: Option<tokio::sync::mpsc::UnboundedSender<ShardNotice>>,
     /// Cells this shard froze and shipped, and to whom; not simulated here
     /// any more, whatever the map still says.
-    shipped: HashMap<CellId, ShardId>,
+    shipped: HashMap<CellId, Shipped>,
     /// Cells shipped to this shard, waiting for the map to make it owner.
     incoming: HashMap<CellId, Incoming>,
     /// Messages for entities of incoming cells, replayed once they open.
@@ -73,6 +73,15 @@ pub struct Shard {
 pub enum ShardNotice {
     /// A migrating cell's snapshot arrived here.
     Restored { cell: CellId, epoch: Epoch },
+}
+
+/// A cell this shard froze and shipped, kept until the map names the
+/// target, so a cancelled migration can take it back.
+struct Shipped {
+    to: ShardId,
+    epoch: Epoch,
+    frozen_unix_ms: u64,
+    entities: Vec<EntityTransfer>,
 }
 
 struct Incoming {
@@ -203,8 +212,49 @@ impl Shard {
         }
     }
 
+    /// Undoes what cancelled migrations left: a cell this shard shipped
+    /// opens here again from what it shipped (the owner never flipped), and
+    /// a snapshot shipped here is forgotten.
+    fn settle_cancelled(&mut self) {
+        for (cell, m) in self.migrations.cancelled(&self.id) {
+            if m.from == self.id && self.shipped.get(&cell).is_some_and(|s| s.epoch == m.epoch) {
+                let Some(s) = self.shipped.remove(&cell) else {
+                    continue;
+                };
+                let Some(owner) = self.map.owner(cell).filter(|o| o.owner == self.id) else {
+                    continue;
+                };
+                tracing::warn!(shard = %self.id, cell = %cell, to = %s.to, entities = s.entities.len(), "migration cancelled after the cell was shipped; taking it back");
+                self.open_migrated(
+                    cell,
+                    Incoming {
+                        epoch: owner.epoch,
+                        frozen_unix_ms: s.frozen_unix_ms,
+                        entities: s.entities,
+                    },
+                );
+            }
+            if m.to == self.id && self.incoming.get(&cell).is_some_and(|i| i.epoch == m.epoch) {
+                self.incoming.remove(&cell);
+                // Hand-offs that waited for the cell go back to its owner.
+                for msg in std::mem::take(&mut self.deferred) {
+                    match msg {
+                        ToShard::Handoff { to, epoch, entity } if to == cell => {
+                            let _ = self
+                                .bus
+                                .to_shard(&m.from, ToShard::Handoff { to, epoch, entity });
+                        }
+                        other => self.deferred.push(other),
+                    }
+                }
+                tracing::warn!(shard = %self.id, cell = %cell, from = %m.from, "migration cancelled; snapshot dropped");
+            }
+        }
+    }
+
     /// Freezes and ships the cells the board says are leaving this shard.
     fn ship_migrations(&mut self) {
+        self.settle_cancelled();
         for (cell_id, m) in self.migrations.outgoing(&self.id) {
             if self.shipped.contains_key(&cell_id) || !self.cells.contains_key(&cell_id) {
                 continue;
@@ -217,11 +267,12 @@ impl Shard {
                 .into_iter()
                 .filter_map(|id| cell.extract(id))
                 .collect();
+            let frozen_unix_ms = now_unix_ms();
             let msg = ToShard::CellSnapshot {
                 cell: cell_id,
                 epoch: m.epoch,
                 frozen_tick: self.tick,
-                frozen_unix_ms: now_unix_ms(),
+                frozen_unix_ms,
                 entities: entities.clone(),
             };
             match self.bus.to_shard(&m.to, msg) {
@@ -230,11 +281,19 @@ impl Shard {
                     for e in &entities {
                         self.forwarded.insert(e.id, (m.to.clone(), now));
                     }
-                    self.shipped.insert(cell_id, m.to.clone());
+                    tracing::info!(shard = %self.id, cell = %cell_id, to = %m.to, entities = entities.len(), tick = self.tick, "cell frozen and shipped");
+                    self.shipped.insert(
+                        cell_id,
+                        Shipped {
+                            to: m.to.clone(),
+                            epoch: m.epoch,
+                            frozen_unix_ms,
+                            entities,
+                        },
+                    );
                     let labels = [("shard", self.id.0.clone()), ("cell", cell_id.to_string())];
                     metrics::gauge!("tessera_shard_entities", &labels).set(0.0);
                     metrics::gauge!("tessera_shard_players", &labels).set(0.0);
-                    tracing::info!(shard = %self.id, cell = %cell_id, to = %m.to, entities = entities.len(), tick = self.tick, "cell frozen and shipped");
                 }
                 Err(e) => {
                     tracing::error!(shard = %self.id, cell = %cell_id, error = %e, "cannot ship cell; keeping it");
@@ -598,7 +657,7 @@ impl Shard {
                 if self.incoming.contains_key(&to) {
                     // Into a cell still migrating here: wait for it.
                     self.deferred.push(ToShard::Handoff { to, epoch, entity });
-                } else if let Some(target) = self.shipped.get(&to).cloned() {
+                } else if let Some(target) = self.shipped.get(&to).map(|s| s.to.clone()) {
                     // Into a cell this shard just shipped: follow the cell.
                     let _ = self
                         .bus
