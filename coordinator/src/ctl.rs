@@ -320,6 +320,8 @@ mod tests {
                 entities: 7,
                 players: 2,
                 ghosts: 0,
+                tick_ms: 0.75,
+                tick_p99_ms: 1.5,
             }],
         };
         store

@@ -7,6 +7,7 @@
 //! the neighbour cell as ghosts (kinematic colliders).
 
 pub mod cell;
+pub mod cost;
 pub mod script;
 pub mod sim;
 pub mod worldfile;
