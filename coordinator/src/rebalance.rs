@@ -385,7 +385,12 @@ impl Rebalancer {
         // Join balance: shards far below their share of the cells.
         let ids: Vec<ShardId> = model.budget.keys().cloned().collect();
         for id in &ids {
-            if (model.count(id) as f64) < model.share(id) / 2.0 {
+            // A shard that is busy simulating what it has (a hot cell left
+            // alone on it, say) is not short of cells.
+            if (model.count(id) as f64) < model.share(id) / 2.0
+                && model.util(id) < cfg.low_watermark
+                && !self.relieving.contains(id)
+            {
                 self.filling.insert(id.clone());
             }
         }
@@ -830,7 +835,8 @@ mod tests {
             .iter()
             .flatten()
             .all(|m| m.reason == Reason::HotCell && m.to_load_after < 0.6));
-        // Once alone, it is reported, not bounced around.
+        // Once alone, it is reported (once: a shard that busy is not
+        // short of cells), not bounced around.
         assert_eq!(all.blocked.len(), 1, "{:?}", all.blocked);
         assert!(all.blocked[0].why.contains("cell 0,0 alone"));
         assert_eq!(
