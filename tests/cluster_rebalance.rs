@@ -221,7 +221,11 @@ async fn crowds(
     // each crowd in its cell.
     let mut tick = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let dir = if (tick / 3).is_multiple_of(2) { 1.0 } else { -1.0 };
+        let dir = if (tick / 3).is_multiple_of(2) {
+            1.0
+        } else {
+            -1.0
+        };
         for c in clients.iter_mut() {
             let _ = c.send_input(dir, 0.0, 0.0);
         }
