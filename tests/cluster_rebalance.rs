@@ -451,3 +451,58 @@ fn crowds_on_one_shard_get_spread_over_shards() {
     let n = runtime.block_on(bots).expect("bots");
     assert_eq!(n, 30);
 }
+
+/// `tessera ctl rebalance` (not a dry run) carries out its plan wave by
+/// wave while the coordinator itself does not rebalance: a second shard
+/// joins a world placed on one, and gets half of it.
+#[test]
+fn ctl_rebalance_carries_out_its_plan() {
+    let dir = TestDir::new();
+    let etcd = EtcdServer::start();
+    let ca = ca_init(dir.path());
+    let _c = coordinator(dir.path(), &etcd, "coordinator", &["--no-rebalance"]);
+    let (_s1, _) = shard(dir.path(), &etcd, &ca, "shard-1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        if per_owner(&cells(&etcd)).get("shard-1") == Some(&16) {
+            if let Some(e) = reported_entities(&etcd) {
+                break e;
+            }
+        }
+        assert!(Instant::now() < deadline, "no placement");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (_s2, _) = shard(dir.path(), &etcd, &ca, "shard-2");
+    // Wait for shard-2's first load report: the planner needs it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, plan, _) = ctl(&etcd, &["rebalance", "--dry-run"]);
+        if plan.contains("join-balance") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no plan for shard-2: {plan}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The coordinator does not move anything on its own...
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(per_owner(&cells(&etcd)).get("shard-2"), None);
+    // ...ctl rebalance does, and says so.
+    let started = Instant::now();
+    let (ok, out, err) = ctl(&etcd, &["rebalance"]);
+    assert!(ok, "{out}\n{err}");
+    eprintln!(
+        "{out}ctl rebalance took {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(out.contains("rebalanced: 8 cells moved"), "{out}");
+    assert_eq!(out.matches("join-balance)").count(), 8, "{out}");
+    let n = per_owner(&cells(&etcd));
+    assert_eq!((n["shard-1"], n["shard-2"]), (8, 8));
+    let (_, plan, _) = ctl(&etcd, &["rebalance", "--dry-run"]);
+    assert!(plan.starts_with("nothing to move"), "{plan}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reported_entities(&etcd) != Some(before) {
+        assert!(Instant::now() < deadline, "entities lost or duplicated");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

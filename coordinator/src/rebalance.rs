@@ -33,9 +33,9 @@
 //! - **Which cell.** A cell whose move alone brings the shard back to the
 //!   high watermark, with the fewest players (each player in a moving cell
 //!   sees the stall), then the cheapest; otherwise the cell that relieves
-//!   the most per player (`cost / (1 + players)`). Among equal choices, a
-//!   target that already owns a neighbouring cell (fewer cross-shard
-//!   borders), then the least loaded target.
+//!   the most per player (`cost / (1 + players)`). Among equal choices, the
+//!   target that already owns most of the cell's border (2 per shared edge,
+//!   1 per corner: fewer cross-shard borders), then the least loaded.
 //! - **Hot cells.** A cell whose cost alone is above the high watermark
 //!   cannot be split; the same rule moves every other cell off its shard
 //!   (the hot cell fits under no other shard's low watermark unless that
@@ -47,8 +47,9 @@
 //!   shard with the most cells per capacity, a few at a time, for as long
 //!   as the source keeps at least as many cells per capacity as the target
 //!   would have, and only while the target stays under the low watermark.
-//!   Cells next to the ones it already got are preferred, so it grows a
-//!   region rather than a scatter.
+//!   Cells sharing the most border with the ones it already got come first
+//!   (then the fewest players, then the cheapest), so it grows a region
+//!   rather than a scatter.
 //! - **Pacing.** At most one migration in flight per shard (as source or
 //!   target); a shard that received a cell takes no other for
 //!   `shard_cooldown` (its next report must show what it got); a cell that
@@ -310,8 +311,13 @@ impl Model {
         self.total_cells as f64 * self.capacity[s] / total
     }
 
-    fn borders(&self, cell: CellId, s: &ShardId) -> bool {
-        cell.neighbours().any(|n| self.cells[s].contains(&n))
+    /// How much of `cell`'s border `s` already owns: 2 per shared edge, 1
+    /// per shared corner. More contact, fewer cross-shard borders.
+    fn contact(&self, cell: CellId, s: &ShardId) -> u32 {
+        cell.neighbours()
+            .filter(|n| self.cells[s].contains(n))
+            .map(|n| if n.x == cell.x || n.z == cell.z { 2 } else { 1 })
+            .sum()
     }
 
     fn apply(&mut self, cell: CellId, from: &ShardId, to: &ShardId) {
@@ -488,7 +494,7 @@ impl Rebalancer {
             .map(|(c, _)| c);
         let cells = self.movable(model, s);
         // (rank, cell, target, to-load after); lower rank is better.
-        type Rank = (u8, f64, f64, u8, f64);
+        type Rank = (u8, f64, f64, u32, f64);
         let mut best: Option<(Rank, CellId, ShardId, f64)> = None;
         let mut waiting = false;
         for (cell, cost) in &cells {
@@ -513,7 +519,7 @@ impl Rebalancer {
                     u8::from(!fixes),
                     a,
                     b,
-                    u8::from(!model.borders(*cell, t)),
+                    u32::MAX - model.contact(*cell, t),
                     after,
                 );
                 let better = match &best {
@@ -589,8 +595,9 @@ impl Rebalancer {
             let mut cells = self.movable(model, s);
             cells.retain(|(_, cost)| self.fits(model, t, cost.ms).is_some());
             let Some((cell, cost)) = cells.into_iter().min_by(|(ca, ka), (cb, kb)| {
-                u8::from(!model.borders(*ca, t))
-                    .cmp(&u8::from(!model.borders(*cb, t)))
+                model
+                    .contact(*cb, t)
+                    .cmp(&model.contact(*ca, t))
                     .then(ka.players.cmp(&kb.players))
                     .then(ka.ms.total_cmp(&kb.ms))
                     .then(ca.cmp(cb))
@@ -618,7 +625,7 @@ impl Rebalancer {
     }
 }
 
-fn cmp_rank(a: &(u8, f64, f64, u8, f64), b: &(u8, f64, f64, u8, f64)) -> std::cmp::Ordering {
+fn cmp_rank(a: &(u8, f64, f64, u32, f64), b: &(u8, f64, f64, u32, f64)) -> std::cmp::Ordering {
     a.0.cmp(&b.0)
         .then(a.1.total_cmp(&b.1))
         .then(a.2.total_cmp(&b.2))
@@ -918,7 +925,11 @@ mod tests {
 
     #[test]
     fn capacity_sets_the_share() {
-        let cells_a: Vec<_> = (0..12).map(|i| (c(i, 0), 0.1, 0)).collect();
+        // A 4 x 3 block of cells whose costs differ a little, in no
+        // geometric order.
+        let cells_a: Vec<_> = (0..12)
+            .map(|i| (c(i % 4, i / 4), 0.1 + ((i * 7) % 12) as f64 * 0.01, 0))
+            .collect();
         let v = view(&[("a", 1, cells_a), ("big", 2, vec![])]);
         let all = plan_all(&RebalanceConfig::default(), &v, 50);
         let big = all
@@ -928,11 +939,14 @@ mod tests {
             .filter(|s| s.0 == "big")
             .count();
         assert_eq!(big, 8, "two thirds of 12");
-        // It grows a region: each cell borders one it already got.
+        // It grows a region: each cell shares an edge with one it already
+        // got.
         let moved: Vec<CellId> = all.waves.iter().flatten().map(|m| m.cell).collect();
         for (i, cell) in moved.iter().enumerate().skip(1) {
             assert!(
-                cell.neighbours().any(|n| moved[..i].contains(&n)),
+                moved[..i]
+                    .iter()
+                    .any(|m| m.x.abs_diff(cell.x) + m.z.abs_diff(cell.z) == 1),
                 "{cell} is not next to {:?}",
                 &moved[..i]
             );
