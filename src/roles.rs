@@ -16,6 +16,7 @@ use tessera_coordinator::membership::{
     self, load_key, router_key, shard_key, Registration, RouterRegistration, ShardRegistration,
 };
 use tessera_coordinator::migration::{drain, mark_restored, MigrationBoard};
+use tessera_coordinator::rebalance::RebalanceConfig;
 use tessera_coordinator::transport::{ClusterCa, Directory, LocalInbox, QuicBus};
 use tessera_coordinator::{Bus, CellMap, ClusterStore, EtcdStore};
 use tessera_persistence::Database;
@@ -77,6 +78,61 @@ pub struct CoordinatorArgs {
     /// migration (operators' credentials, members' signatures).
     #[arg(long)]
     cluster_ca: PathBuf,
+    /// Move cells to relieve overloaded shards and to fill shards that join
+    /// (the default).
+    #[arg(long, overrides_with = "no_rebalance")]
+    rebalance: bool,
+    /// Never move cells on the coordinator's own initiative.
+    #[arg(long, overrides_with = "rebalance")]
+    no_rebalance: bool,
+    /// Consecutive load reports (one a second) above the high watermark
+    /// before a shard counts as overloaded.
+    #[arg(long, default_value_t = 3)]
+    sustain_reports: u32,
+    #[command(flatten)]
+    planner: PlannerArgs,
+}
+
+/// How the rebalancer judges load (docs/operations.md).
+#[derive(Args, Debug, Clone)]
+pub struct PlannerArgs {
+    /// Tick budget (ms) loads are measured against, instead of each shard's
+    /// own (1000 / its tick rate).
+    #[arg(long, value_parser = positive_f64)]
+    tick_budget_ms: Option<f64>,
+    /// A shard whose cells cost more than this fraction of its tick budget
+    /// is overloaded.
+    #[arg(long, default_value_t = 0.8, value_parser = positive_f64)]
+    high_watermark: f64,
+    /// A cell moves only to a shard that stays under this fraction of its
+    /// budget with it.
+    #[arg(long, default_value_t = 0.6, value_parser = positive_f64)]
+    low_watermark: f64,
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a positive number, got {s:?}")),
+    }
+}
+
+impl PlannerArgs {
+    fn config(&self) -> anyhow::Result<RebalanceConfig> {
+        if self.low_watermark >= self.high_watermark {
+            anyhow::bail!(
+                "--low-watermark ({}) must be below --high-watermark ({})",
+                self.low_watermark,
+                self.high_watermark
+            );
+        }
+        Ok(RebalanceConfig {
+            high_watermark: self.high_watermark,
+            low_watermark: self.low_watermark,
+            tick_budget_ms: self.tick_budget_ms,
+            ..RebalanceConfig::default()
+        })
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -312,6 +368,14 @@ pub fn ca_init(dir: PathBuf) -> anyhow::Result<()> {
 
 /// `tessera coordinator`.
 pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let rebalance = if args.no_rebalance {
+        None
+    } else {
+        Some(RebalanceConfig {
+            sustain: args.sustain_reports.max(1),
+            ..args.planner.config()?
+        })
+    };
     let metrics = crate::metrics_http::install(args.cluster.metrics).await?;
     let world = load_world(&args.cluster)?;
     let store = connect_store(&args.cluster).await?;
@@ -327,6 +391,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         interval: Duration::from_millis(250),
         settle: Duration::from_millis(args.settle_ms),
         authority: Some(ClusterKey::from_ca_dir(&args.cluster_ca)?),
+        rebalance,
     };
     control::run(config, store, crate::up::shutdown_signal()).await?;
     println!("coordinator stopped.");
@@ -585,6 +650,28 @@ pub enum CtlCommand {
         /// The target shard's id.
         shard: String,
     },
+    /// Plan moves that relieve overloaded shards and fill shards that own
+    /// less than their share, print the plan, and carry it out wave by
+    /// wave (one migration per shard at a time) unless `--dry-run`.
+    Rebalance {
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        planner: PlannerArgs,
+    },
+    /// A refreshing view of shards and the most expensive cells.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_parser = positive_f64)]
+        interval: f64,
+        /// Stop after this many refreshes (default: until Ctrl-C).
+        #[arg(long)]
+        iterations: Option<u64>,
+        /// How many cells to list.
+        #[arg(long, default_value_t = 10)]
+        cells: usize,
+    },
 }
 
 /// `tessera ctl`.
@@ -622,9 +709,47 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         )
         .await;
     }
+    if let CtlCommand::Rebalance { dry_run, planner } = &args.command {
+        // Printing the plan is for anyone; carrying it out is an operator's.
+        let signer = if *dry_run {
+            None
+        } else {
+            Some(operator(&args)?)
+        };
+        return ctl_rebalance(
+            &store,
+            &args.prefix,
+            planner.config()?,
+            signer.as_ref(),
+            args.json,
+        )
+        .await;
+    }
+    if let CtlCommand::Top {
+        interval,
+        iterations,
+        cells,
+    } = &args.command
+    {
+        return ctl_top(
+            &store,
+            &args.prefix,
+            *interval,
+            *iterations,
+            *cells,
+            args.json,
+        )
+        .await;
+    }
     let snap = ctl::snapshot(&store, &args.prefix).await?;
     let out = match (&args.command, args.json) {
-        (CtlCommand::Move { .. } | CtlCommand::Drain { .. }, _) => unreachable!("handled above"),
+        (
+            CtlCommand::Move { .. }
+            | CtlCommand::Drain { .. }
+            | CtlCommand::Rebalance { .. }
+            | CtlCommand::Top { .. },
+            _,
+        ) => unreachable!("handled above"),
         (CtlCommand::Status, false) => ctl::render_status(&snap),
         (CtlCommand::Shards, false) => ctl::render_shards(&snap),
         (CtlCommand::Cells, false) => ctl::render_cells(&snap),
@@ -716,6 +841,143 @@ async fn ctl_move(
         println!(
             "moved cell {cell} from {} to {to} (epoch {}) in {took_ms} ms; simulation stall {stall}",
             m.from, m.epoch
+        );
+    }
+    Ok(())
+}
+
+/// `tessera ctl top`: clears the screen and shows shards and the hottest
+/// cells every `interval` seconds; with `--json`, one JSON object per line
+/// and refresh.
+async fn ctl_top(
+    store: &EtcdStore,
+    prefix: &str,
+    interval: f64,
+    iterations: Option<u64>,
+    cells: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use tessera_coordinator::ctl;
+    let mut n = 0u64;
+    loop {
+        let top = ctl::top(&ctl::snapshot(store, prefix).await?, cells);
+        let mut out = std::io::stdout().lock();
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&top)?)?;
+        } else {
+            // Clear the screen, cursor home.
+            write!(out, "\x1b[2J\x1b[H")?;
+            writeln!(
+                out,
+                "tessera top: every {interval} s (Ctrl-C to quit); LOAD = CELLS_MS / BUDGET_MS"
+            )?;
+            write!(out, "{}", ctl::render_top(&top))?;
+        }
+        out.flush()?;
+        drop(out);
+        n += 1;
+        if iterations.is_some_and(|max| n >= max) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(interval)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// `tessera ctl rebalance`: plans on the current cluster with a one-shot
+/// planner (one load report above the high watermark is enough: the
+/// operator asked), prints the plan, and unless `dry_run` requests the
+/// moves wave by wave, waiting for each wave like `ctl move` does.
+async fn ctl_rebalance(
+    store: &EtcdStore,
+    prefix: &str,
+    config: RebalanceConfig,
+    signer: Option<&Signer>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let dry_run = signer.is_none();
+    use tessera_coordinator::rebalance::{loads, plan_all};
+    use tessera_coordinator::{ctl, migration};
+    let view = tessera_coordinator::control::read_cluster_view(store, prefix).await?;
+    if !view.in_flight.is_empty() && !dry_run {
+        anyhow::bail!(
+            "{} migration(s) in flight; try again when they are done (or use --dry-run)",
+            view.in_flight.len()
+        );
+    }
+    let plan = plan_all(&config, &view, 256);
+    let (now, after) = (loads(&view, &config), loads(&plan.projected, &config));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "dry_run": dry_run,
+                "waves": plan.waves,
+                "blocked": plan.blocked,
+                "loads_now": now,
+                "loads_after": after,
+            }))?
+        );
+    } else {
+        print!("{}", ctl::render_plan(&plan, &now, &after));
+    }
+    let Some(signer) = signer else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let mut moved = 0;
+    for wave in &plan.waves {
+        let mut waiting = Vec::new();
+        for m in wave {
+            match migration::request_move(store, prefix, m.cell, &m.to, signer).await {
+                Ok(req) => waiting.push((m, req.epoch)),
+                Err(e) => eprintln!("cell {} not moved: {e}", m.cell),
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !waiting.is_empty() {
+            let mut left = Vec::new();
+            for (m, epoch) in waiting {
+                let key = tessera_coordinator::cellmap::cell_key(prefix, m.cell);
+                let owner = match store.get(&key).await? {
+                    Some(kv) => Some(serde_json::from_slice::<tessera_coordinator::CellOwner>(
+                        &kv.value,
+                    )?),
+                    None => None,
+                };
+                if owner.is_some_and(|o| o.owner == m.to && o.epoch == epoch) {
+                    moved += 1;
+                    if !json {
+                        println!(
+                            "moved cell {} from {} to {} ({})",
+                            m.cell, m.from, m.to, m.reason
+                        );
+                    }
+                } else {
+                    left.push((m, epoch));
+                }
+            }
+            waiting = left;
+            if waiting.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "cell {} did not reach {} within 30 s (is a coordinator running?)",
+                    waiting[0].0.cell,
+                    waiting[0].0.to
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if !json {
+        println!(
+            "rebalanced: {moved} cells moved in {} ms",
+            started.elapsed().as_millis()
         );
     }
     Ok(())

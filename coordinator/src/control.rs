@@ -9,15 +9,22 @@
 //! - cells owned by a shard that is no longer registered (its lease
 //!   expired) are reassigned to a live shard with the next epoch, by
 //!   compare-and-set on the cell key's revision.
+//!
+//! Rebalancing, as leader, once every cell is placed and at most once a
+//! second (load reports come every second): the [`Rebalancer`] (see
+//! `rebalance.rs` for its rules) plans moves from the cell map, the live
+//! shards, their load reports and the migrations in flight, and each move
+//! is requested like `tessera ctl move` does ([`migration::request_move`]).
 
 use crate::cellmap::{cell_key, cell_under, list_owners, CellOwner};
 use crate::membership::live_shards;
 use crate::migration::{self, Migration, MigrationState};
 use crate::placement;
+use crate::rebalance::{ClusterView, InFlight, RebalanceConfig, Rebalancer, ShardView};
 use crate::store::{ClusterStore, Expect};
 use crate::CoordinatorError;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::{CellId, Epoch, ShardId};
@@ -34,7 +41,13 @@ pub struct CoordinatorConfig {
     /// Checks who asked for each migration; `None` trusts every request
     /// (single-process use).
     pub authority: Option<crate::authority::ClusterKey>,
+    /// Move cells to relieve overloaded shards and fill joining ones;
+    /// `None` turns the rebalancer off.
+    pub rebalance: Option<RebalanceConfig>,
 }
+
+/// How often the leader plans moves (shards report load every second).
+pub const REBALANCE_EVERY: Duration = Duration::from_secs(1);
 
 /// The leader key's value.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -135,6 +148,11 @@ async fn lead(
         .watch(&format!("{}migrations/", config.prefix))
         .await
         .ok();
+    // A new leader starts with fresh hysteresis: streaks and cooldowns are
+    // rebuilt from the reports it sees.
+    let mut rebalancer = config.rebalance.clone().map(Rebalancer::new);
+    let mut blocked: BTreeSet<ShardId> = BTreeSet::new();
+    let mut last_rebalance = tokio::time::Instant::now();
     loop {
         if last_renewal.elapsed() >= config.lease_ttl / 3 {
             match store.keep_alive(lease).await {
@@ -150,8 +168,20 @@ async fn lead(
                 }
             }
         }
-        if let Err(e) = place(config, store, &mut first_shard_seen).await {
-            tracing::warn!(coordinator = %config.id, error = %e, "placement round failed");
+        match place(config, store, &mut first_shard_seen).await {
+            Ok(placed) => {
+                if let Some(r) = rebalancer.as_mut() {
+                    if placed && last_rebalance.elapsed() >= REBALANCE_EVERY {
+                        last_rebalance = tokio::time::Instant::now();
+                        if let Err(e) = rebalance(config, store, r, &mut blocked).await {
+                            tracing::warn!(coordinator = %config.id, error = %e, "rebalance round failed");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(coordinator = %config.id, error = %e, "placement round failed")
+            }
         }
         match changes.as_mut() {
             Some(rx) => tokio::select! {
@@ -163,19 +193,20 @@ async fn lead(
     }
 }
 
-/// One placement round.
+/// One placement round. True when every cell had a live owner at the
+/// start of it (the rebalancer runs only then).
 async fn place(
     config: &CoordinatorConfig,
     store: &dyn ClusterStore,
     first_shard_seen: &mut Option<tokio::time::Instant>,
-) -> Result<(), CoordinatorError> {
+) -> Result<bool, CoordinatorError> {
     let live: Vec<ShardId> = live_shards(store, &config.prefix)
         .await?
         .into_iter()
         .map(|(id, _)| id)
         .collect();
     if live.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let seen = *first_shard_seen.get_or_insert_with(tokio::time::Instant::now);
     let current: HashMap<CellId, (CellOwner, i64)> = list_owners(store, &config.prefix)
@@ -185,8 +216,13 @@ async fn place(
         .collect();
     finish_migrations(config, store, &current, &live).await?;
     if current.is_empty() && seen.elapsed() < config.settle {
-        return Ok(());
+        return Ok(false);
     }
+    let placed = config.cells.iter().all(|c| {
+        current
+            .get(c)
+            .is_some_and(|(owner, _)| live.contains(&owner.owner))
+    });
     let mut sorted = live.clone();
     sorted.sort();
     let plan: HashMap<CellId, ShardId> = placement::stripes(&config.cells, &sorted)
@@ -218,6 +254,97 @@ async fn place(
                 }
             }
             Some(_) => {}
+        }
+    }
+    Ok(placed)
+}
+
+/// Reads what the rebalancer plans from: the cell map, the live shards
+/// with their capacities and latest load reports, and the migrations in
+/// flight.
+pub async fn read_cluster_view(
+    store: &dyn ClusterStore,
+    prefix: &str,
+) -> Result<ClusterView, CoordinatorError> {
+    let mut view = ClusterView::default();
+    for (id, reg) in live_shards(store, prefix).await? {
+        view.shards.insert(
+            id,
+            ShardView {
+                capacity: reg.capacity,
+                load: None,
+            },
+        );
+    }
+    let loads = format!("{prefix}load/");
+    for kv in store.list(&loads).await? {
+        let Some(id) = kv.key.strip_prefix(&loads) else {
+            continue;
+        };
+        if let Some(s) = view.shards.get_mut(&ShardId::new(id)) {
+            match serde_json::from_slice(&kv.value) {
+                Ok(load) => s.load = Some(load),
+                Err(e) => tracing::warn!(key = %kv.key, error = %e, "bad load report"),
+            }
+        }
+    }
+    for (cell, owner, _) in list_owners(store, prefix).await? {
+        view.owners.insert(cell, owner.owner);
+    }
+    let dir = format!("{prefix}migrations/");
+    for kv in store.list(&dir).await? {
+        let (Some(cell), Ok(m)) = (
+            cell_under(&kv.key, &dir),
+            serde_json::from_slice::<Migration>(&kv.value),
+        ) else {
+            continue;
+        };
+        view.in_flight.push(InFlight {
+            cell,
+            from: m.from,
+            to: m.to,
+        });
+    }
+    Ok(view)
+}
+
+/// One rebalancing round: plan, then request each move.
+async fn rebalance(
+    config: &CoordinatorConfig,
+    store: &dyn ClusterStore,
+    rebalancer: &mut Rebalancer,
+    blocked: &mut BTreeSet<ShardId>,
+) -> Result<(), CoordinatorError> {
+    let view = read_cluster_view(store, &config.prefix).await?;
+    let plan = rebalancer.plan(&view, std::time::Instant::now());
+    // Say once that a shard cannot be helped, until it is fine again.
+    let loads = crate::rebalance::loads(&view, rebalancer.config());
+    let high = rebalancer.config().high_watermark;
+    blocked.retain(|s| loads.get(s).is_some_and(|l| *l > high));
+    for b in &plan.blocked {
+        if blocked.insert(b.shard.clone()) {
+            tracing::warn!(shard = %b.shard, why = %b.why, "rebalance: shard needs help and cannot get it");
+        }
+    }
+    // The coordinator signs as a member; without a cluster key (single
+    // process) nobody checks, and any key will do.
+    let signer = config
+        .authority
+        .clone()
+        .unwrap_or_else(|| crate::authority::ClusterKey::from_secret(b"unchecked"))
+        .member(format!("coordinator:{}", config.id));
+    for m in plan.moves {
+        match migration::request_move(store, &config.prefix, m.cell, &m.to, &signer).await {
+            Ok(req) => tracing::info!(
+                cell = %m.cell, from = %m.from, to = %m.to, reason = %m.reason,
+                epoch = %req.epoch, cost_ms = m.cost_ms, players = m.players,
+                from_load = m.from_load_after, to_load = m.to_load_after,
+                "rebalance: moving cell"
+            ),
+            Err(migration::MoveError::Cluster(e)) => return Err(e),
+            Err(e) => {
+                tracing::info!(cell = %m.cell, from = %m.from, to = %m.to, reason = %m.reason, error = %e, "rebalance: move not requested")
+            }
         }
     }
     Ok(())
@@ -328,6 +455,7 @@ mod tests {
             interval: Duration::from_millis(50),
             settle: Duration::from_millis(100),
             authority: Some(crate::authority::ClusterKey::from_secret(b"test CA key")),
+            rebalance: None,
         }
     }
 
@@ -392,6 +520,68 @@ mod tests {
             .await
             .unwrap();
         lease
+    }
+
+    async fn report(store: &Arc<dyn ClusterStore>, id: &str, cells: &[CellId]) {
+        use crate::membership::{load_key, CellLoad, ShardLoad};
+        let load = ShardLoad {
+            tick: 1,
+            tick_budget_ms: 33.3,
+            cells: cells
+                .iter()
+                .map(|c| CellLoad {
+                    cell: *c,
+                    epoch: Epoch(1),
+                    entities: 1,
+                    players: 0,
+                    ghosts: 0,
+                    tick_ms: 0.5,
+                    tick_p99_ms: 0.7,
+                })
+                .collect(),
+            ..ShardLoad::default()
+        };
+        store
+            .put(
+                &load_key("/t/", &ShardId::new(id)),
+                serde_json::to_vec(&load).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_leader_requests_moves_to_a_shard_that_joins() {
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let mut cfg = config("a");
+        cfg.rebalance = Some(RebalanceConfig::default());
+        let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let _a = tokio::spawn(run(cfg.clone(), store.clone(), async move {
+            let _ = rx.await;
+        }));
+        register(&store, "s1", Duration::from_secs(60)).await;
+        let map = CellMap::watch(store.clone(), "/t/").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(map.all().len(), 8);
+        report(&store, "s1", &cfg.cells).await;
+        register(&store, "s2", Duration::from_secs(60)).await;
+        report(&store, "s2", &[]).await;
+        // Within a rebalance round or two, a migration to s2 is requested
+        // (nobody completes it here: there are no shard processes).
+        let dir = "/t/migrations/";
+        let mut found = None;
+        for _ in 0..40 {
+            if let Some(kv) = store.list(dir).await.unwrap().into_iter().next() {
+                found = Some(serde_json::from_slice::<Migration>(&kv.value).unwrap());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let m = found.expect("no migration requested for the new shard");
+        assert_eq!((m.from.0.as_str(), m.to.0.as_str()), ("s1", "s2"));
+        // One at a time: s2 is busy with it.
+        assert_eq!(store.list(dir).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! `tessera ctl`: what operators ask the cluster. Reads the cluster store
 //! (registrations, load reports, the cell map, the leader) and renders
-//! human tables or JSON. Read-only for now: `move`, `drain` and `rebalance`
-//! arrive with live migration.
+//! human tables or JSON: `status`, `shards`, `cells`, `top`, and the plan
+//! of `rebalance`. (`move`, `drain` and the execution of a rebalance plan
+//! are in the binary's `roles.rs`.)
 
 use crate::cellmap::CellOwner;
 use crate::control::{leader_key, Leader};
@@ -24,6 +25,9 @@ pub struct ShardRow {
     pub tick_p50_ms: f64,
     pub tick_p99_ms: f64,
     pub tick_budget_ms: f64,
+    /// Sum of the mean step times of the cells in its report: the load
+    /// the rebalancer works with, milliseconds per tick.
+    pub cells_tick_ms: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -37,6 +41,10 @@ pub struct CellRow {
     pub players: Option<usize>,
     /// The owning shard's tick p99 (a shard ticks all its cells together).
     pub tick_p99_ms: Option<f64>,
+    /// This cell's own step time (scripts + physics), mean and p99 over
+    /// the last 64 ticks, as its owner reports it.
+    pub cell_tick_ms: Option<f64>,
+    pub cell_tick_p99_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -125,6 +133,7 @@ pub async fn snapshot(
                 tick_p50_ms: load.tick_p50_ms,
                 tick_p99_ms: load.tick_p99_ms,
                 tick_budget_ms: load.tick_budget_ms,
+                cells_tick_ms: load.cells.iter().map(|c| c.tick_ms).sum(),
             }
         })
         .collect();
@@ -141,6 +150,8 @@ pub async fn snapshot(
                 entities: cell_load.map(|c| c.entities),
                 players: cell_load.map(|c| c.players),
                 tick_p99_ms: load.map(|l| l.tick_p99_ms),
+                cell_tick_ms: cell_load.map(|c| c.tick_ms),
+                cell_tick_p99_ms: cell_load.map(|c| c.tick_p99_ms),
             }
         })
         .collect();
@@ -201,6 +212,7 @@ pub fn render_shards(s: &Snapshot) -> String {
                 ms(r.tick_p50_ms),
                 ms(r.tick_p99_ms),
                 ms(r.tick_budget_ms),
+                ms(r.cells_tick_ms),
             ]
         })
         .collect();
@@ -215,6 +227,7 @@ pub fn render_shards(s: &Snapshot) -> String {
             "TICK_P50_MS",
             "TICK_P99_MS",
             "BUDGET_MS",
+            "CELLS_MS",
         ],
         &rows,
     )
@@ -237,6 +250,7 @@ pub fn render_cells(s: &Snapshot) -> String {
                 opt(c.entities),
                 opt(c.players),
                 c.tick_p99_ms.map(ms).unwrap_or_else(|| "-".into()),
+                c.cell_tick_ms.map(ms2).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -248,9 +262,182 @@ pub fn render_cells(s: &Snapshot) -> String {
             "ENTITIES",
             "PLAYERS",
             "TICK_P99_MS",
+            "STEP_MS",
         ],
         &rows,
     )
+}
+
+fn ms2(v: f64) -> String {
+    format!("{v:.2}")
+}
+
+/// What one refresh of `tessera ctl top` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Top {
+    pub leader: Option<String>,
+    pub shards: Vec<ShardRow>,
+    /// The most expensive cells first.
+    pub hottest_cells: Vec<CellRow>,
+}
+
+/// Shards, and the `cells` most expensive cells.
+pub fn top(s: &Snapshot, cells: usize) -> Top {
+    let mut hot: Vec<CellRow> = s.cells.clone();
+    hot.sort_by(|a, b| {
+        b.cell_tick_ms
+            .unwrap_or(0.0)
+            .total_cmp(&a.cell_tick_ms.unwrap_or(0.0))
+            .then(a.cell.cmp(&b.cell))
+    });
+    hot.truncate(cells);
+    Top {
+        leader: s.status.leader.clone(),
+        shards: s.status.shards.clone(),
+        hottest_cells: hot,
+    }
+}
+
+pub fn render_top(t: &Top) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "leader: {}",
+        t.leader
+            .as_deref()
+            .unwrap_or("none (no coordinator running)")
+    );
+    let rows: Vec<Vec<String>> = t
+        .shards
+        .iter()
+        .map(|r| {
+            let load = if r.tick_budget_ms > 0.0 {
+                format!("{:.0}%", 100.0 * r.cells_tick_ms / r.tick_budget_ms)
+            } else {
+                "-".into()
+            };
+            vec![
+                r.id.clone(),
+                r.cells.to_string(),
+                r.entities.to_string(),
+                r.players.to_string(),
+                ms2(r.cells_tick_ms),
+                load,
+                ms(r.tick_p99_ms),
+                ms(r.tick_budget_ms),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "SHARD",
+            "CELLS",
+            "ENTITIES",
+            "PLAYERS",
+            "CELLS_MS",
+            "LOAD",
+            "TICK_P99_MS",
+            "BUDGET_MS",
+        ],
+        &rows,
+    ));
+    out.push('\n');
+    let opt = |v: Option<usize>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    let optms = |v: Option<f64>| v.map(ms2).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = t
+        .hottest_cells
+        .iter()
+        .map(|c| {
+            vec![
+                c.cell.to_string(),
+                c.owner.clone(),
+                opt(c.entities),
+                opt(c.players),
+                optms(c.cell_tick_ms),
+                optms(c.cell_tick_p99_ms),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "CELL",
+            "OWNER",
+            "ENTITIES",
+            "PLAYERS",
+            "STEP_MS",
+            "STEP_P99_MS",
+        ],
+        &rows,
+    ));
+    out
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.0}%", v * 100.0)
+}
+
+/// `tessera ctl rebalance` as a table: the moves wave by wave, then each
+/// shard's load now and after the plan, then what cannot be helped.
+pub fn render_plan(
+    plan: &crate::rebalance::PlanAll,
+    now: &std::collections::BTreeMap<tessera_proto::ShardId, f64>,
+    after: &std::collections::BTreeMap<tessera_proto::ShardId, f64>,
+) -> String {
+    let mut out = String::new();
+    let moves: Vec<Vec<String>> = plan
+        .waves
+        .iter()
+        .enumerate()
+        .flat_map(|(i, wave)| {
+            wave.iter().map(move |m| {
+                vec![
+                    (i + 1).to_string(),
+                    m.cell.to_string(),
+                    m.from.to_string(),
+                    m.to.to_string(),
+                    m.reason.to_string(),
+                    m.players.to_string(),
+                    ms2(m.cost_ms),
+                    format!("{} -> {}", pct(m.from_load_before), pct(m.from_load_after)),
+                    format!("{} -> {}", pct(m.to_load_before), pct(m.to_load_after)),
+                ]
+            })
+        })
+        .collect();
+    if moves.is_empty() {
+        out.push_str("nothing to move\n");
+    } else {
+        out.push_str(&table(
+            &[
+                "STEP",
+                "CELL",
+                "FROM",
+                "TO",
+                "REASON",
+                "PLAYERS",
+                "COST_MS",
+                "FROM_LOAD",
+                "TO_LOAD",
+            ],
+            &moves,
+        ));
+    }
+    out.push('\n');
+    let shards: Vec<Vec<String>> = now
+        .iter()
+        .map(|(id, l)| {
+            vec![
+                id.to_string(),
+                pct(*l),
+                after.get(id).map(|a| pct(*a)).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["SHARD", "LOAD_NOW", "LOAD_AFTER"], &shards));
+    for b in &plan.blocked {
+        let _ = writeln!(out, "cannot help {}: {}", b.shard, b.why);
+    }
+    out
 }
 
 pub fn render_status(s: &Snapshot) -> String {
@@ -320,6 +507,8 @@ mod tests {
                 entities: 7,
                 players: 2,
                 ghosts: 0,
+                tick_ms: 0.75,
+                tick_p99_ms: 1.5,
             }],
         };
         store

@@ -16,6 +16,7 @@ pub mod etcd;
 pub mod membership;
 pub mod migration;
 pub mod placement;
+pub mod rebalance;
 pub mod store;
 pub mod transport;
 

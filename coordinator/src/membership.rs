@@ -60,6 +60,13 @@ pub struct CellLoad {
     pub entities: usize,
     pub players: usize,
     pub ghosts: usize,
+    /// This cell's step (scripts + physics) over the last 64 ticks,
+    /// milliseconds: mean and 99th percentile. Zero from shards that
+    /// predate per-cell costs.
+    #[serde(default)]
+    pub tick_ms: f64,
+    #[serde(default)]
+    pub tick_p99_ms: f64,
 }
 
 pub fn load_key(prefix: &str, id: &ShardId) -> String {

@@ -137,6 +137,8 @@ pub struct Cell {
     index: HashMap<EntityId, Entity>,
     ghosts: HashMap<EntityId, Entity>,
     grid: Grid,
+    /// Recent step durations (load reports).
+    pub cost: crate::cost::StepCost,
 }
 
 fn to_vector(v: Vec3) -> Vector {
@@ -221,6 +223,7 @@ impl Cell {
             index: HashMap::new(),
             ghosts: HashMap::new(),
             grid,
+            cost: Default::default(),
         }
     }
 

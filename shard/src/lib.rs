@@ -8,6 +8,7 @@
 
 pub mod cell;
 pub mod checkpoint;
+pub mod cost;
 pub mod script;
 pub mod sim;
 pub mod worldfile;

@@ -490,6 +490,8 @@ impl Shard {
                 entities: c.entity_count(),
                 players: c.player_count(),
                 ghosts: c.ghost_count(),
+                tick_ms: c.cost.mean_ms(),
+                tick_p99_ms: c.cost.p99_ms(),
             })
             .collect();
         ShardLoad {
@@ -982,8 +984,10 @@ impl Shard {
         let think_every = (self.config.tick_hz as u64 / self.config.think_hz.max(1) as u64).max(1);
         let mut events = std::mem::take(&mut self.events);
         for cell in self.cells.values_mut() {
+            let started = Instant::now();
             cell.think(&self.scripts, self.tick, think_every, &mut events);
             cell.simulate(dt, &self.movement);
+            cell.cost.record(started.elapsed());
         }
         let ids: Vec<CellId> = self.cells.keys().copied().collect();
         for c in &ids {

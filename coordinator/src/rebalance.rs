@@ -1,0 +1,1064 @@
+//! The rebalancer: which cells to move, and where, so that no shard stays
+//! overloaded and a shard that joins gets its share of the world. A pure
+//! state machine (no I/O, the time is an input): the leading coordinator
+//! feeds it the cluster as it reads it every second and requests the moves
+//! it returns through [`crate::migration::request_move`]; `tessera ctl
+//! rebalance` runs a fresh one on a snapshot.
+//!
+//! ## The load model
+//!
+//! Shards report, per cell, the mean time the cell's step (scripts and
+//! physics) took over the last 64 ticks (`CellLoad::tick_ms`). A shard's
+//! load is the sum of the costs of the cells the *cell map* gives it, as a
+//! fraction of its tick budget (1 / tick rate, or `--tick-budget-ms`). Means
+//! are used rather than percentiles because they add up: the effect of a
+//! move can be projected (the source loses the cell's cost, the target gains
+//! it), and because the map, not the shard's last report, says who owns a
+//! cell, a move counts the moment it completes. The watermarks sit well
+//! below the budget to leave the tail (the p99 that `ctl shards` shows) its
+//! headroom. A cell no report lists yet has an unknown cost and is not moved.
+//!
+//! ## Rules
+//!
+//! - **Overload, with hysteresis.** A shard is overloaded once its load has
+//!   been above the high watermark (default 80 %) in `sustain` consecutive
+//!   fresh load reports (default 3, a report is fresh when its tick number
+//!   changed). From then on it is relieved, one cell at a time, until its
+//!   load is at or below the high watermark.
+//! - **Moves cannot bounce back.** A cell moves only to a shard whose load,
+//!   with the cell, stays under the low watermark (default 60 %): the target
+//!   ends far from overload, and the gap between the watermarks is what a
+//!   move back would have to cross. A shard that is itself being relieved
+//!   is never a target.
+//! - **Which cell.** A cell whose move alone brings the shard back to the
+//!   high watermark, with the fewest players (each player in a moving cell
+//!   sees the stall), then the cheapest; otherwise the cell that relieves
+//!   the most per player (`cost / (1 + players)`). Among equal choices, the
+//!   target that already owns most of the cell's border (2 per shared edge,
+//!   1 per corner: fewer cross-shard borders), then the least loaded.
+//! - **Hot cells.** A cell whose cost alone is above the high watermark
+//!   cannot be split; the same rule moves every other cell off its shard
+//!   (the hot cell fits under no other shard's low watermark unless that
+//!   shard has a larger budget, in which case it moves there). Once nothing
+//!   else can move the shard is reported blocked and its streak restarts.
+//! - **Join balance.** A shard that owns fewer than half its capacity share
+//!   of the cells (`cells * capacity / total capacity`; a shard that just
+//!   joined or restarted owns none) is *filled*: cells move to it from the
+//!   shard with the most cells per capacity, a few at a time, for as long
+//!   as the source keeps at least as many cells per capacity as the target
+//!   would have, and only while the target stays under the low watermark.
+//!   Cells sharing the most border with the ones it already got come first
+//!   (then the fewest players, then the cheapest), so it grows a region
+//!   rather than a scatter.
+//! - **Pacing.** At most one migration in flight per shard (as source or
+//!   target); a shard that received a cell takes no other for
+//!   `shard_cooldown` (its next report must show what it got); a cell that
+//!   moved does not move again for `cell_cooldown`; at most `max_moves` new
+//!   moves per round.
+//!
+//! Relief comes before balance. [`plan_all`] runs the planner to a fixed
+//! point on projected loads (what `ctl rebalance` prints).
+
+use crate::membership::{CellLoad, ShardLoad};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+use tessera_proto::{CellId, ShardId};
+
+/// The rebalancer's knobs (docs/operations.md).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RebalanceConfig {
+    /// Load (fraction of the tick budget) above which a shard is overloaded.
+    pub high_watermark: f64,
+    /// A target's load, with the moved cell, must stay under this.
+    pub low_watermark: f64,
+    /// Consecutive fresh reports above the high watermark before a shard
+    /// counts as overloaded.
+    pub sustain: u32,
+    /// A shard that received a cell is not a target again for this long.
+    pub shard_cooldown: Duration,
+    /// A cell that moved does not move again for this long.
+    pub cell_cooldown: Duration,
+    /// Overrides every shard's reported tick budget, milliseconds.
+    pub tick_budget_ms: Option<f64>,
+    /// New moves per round, at most.
+    pub max_moves: usize,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            high_watermark: 0.8,
+            low_watermark: 0.6,
+            sustain: 3,
+            shard_cooldown: Duration::from_secs(2),
+            cell_cooldown: Duration::from_secs(30),
+            tick_budget_ms: None,
+            max_moves: 4,
+        }
+    }
+}
+
+/// A live shard as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardView {
+    /// Relative capacity (registration).
+    pub capacity: u32,
+    /// Its latest load report, if it has published one.
+    pub load: Option<ShardLoad>,
+}
+
+/// A migration in flight.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InFlight {
+    pub cell: CellId,
+    pub from: ShardId,
+    pub to: ShardId,
+}
+
+/// The cluster as read from the store.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterView {
+    /// Every placed cell and its owner.
+    pub owners: BTreeMap<CellId, ShardId>,
+    /// Live (registered) shards only.
+    pub shards: BTreeMap<ShardId, ShardView>,
+    pub in_flight: Vec<InFlight>,
+}
+
+impl ClusterView {
+    /// The view after `moves` completed: the owners change; the cells'
+    /// costs go with them (they are keyed by cell); every report counts as
+    /// fresh again.
+    pub fn after(&self, moves: &[Move]) -> ClusterView {
+        let mut next = self.clone();
+        for m in moves {
+            next.owners.insert(m.cell, m.to.clone());
+        }
+        next.in_flight.clear();
+        for s in next.shards.values_mut() {
+            if let Some(l) = s.load.as_mut() {
+                l.tick += 1;
+            }
+        }
+        next
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The source is above the high watermark.
+    Overloaded,
+    /// The source holds a cell that alone is above the high watermark;
+    /// this moves one of its other cells away.
+    HotCell,
+    /// The target owns less than its share of the cells.
+    JoinBalance,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Overloaded => "overloaded",
+            Reason::HotCell => "hot-cell",
+            Reason::JoinBalance => "join-balance",
+        })
+    }
+}
+
+/// One planned move. Loads are fractions of the shard's tick budget.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Move {
+    pub cell: CellId,
+    pub from: ShardId,
+    pub to: ShardId,
+    pub reason: Reason,
+    /// The cell's cost, milliseconds per tick.
+    pub cost_ms: f64,
+    pub players: usize,
+    pub from_load_before: f64,
+    pub from_load_after: f64,
+    pub to_load_before: f64,
+    pub to_load_after: f64,
+}
+
+/// Why a shard that needs help gets none this round.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Blocked {
+    pub shard: ShardId,
+    pub why: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub moves: Vec<Move>,
+    pub blocked: Vec<Blocked>,
+}
+
+/// The planner and the state its hysteresis needs.
+#[derive(Clone, Debug)]
+pub struct Rebalancer {
+    config: RebalanceConfig,
+    /// Per shard: tick of the last report counted, consecutive reports over
+    /// the high watermark.
+    streaks: HashMap<ShardId, (u64, u32)>,
+    relieving: BTreeSet<ShardId>,
+    filling: BTreeSet<ShardId>,
+    shard_until: HashMap<ShardId, Instant>,
+    cell_until: HashMap<CellId, Instant>,
+}
+
+/// A cell's cost and players, from the newest report that lists it.
+#[derive(Clone, Copy, Debug)]
+struct Cost {
+    ms: f64,
+    players: usize,
+}
+
+/// One round's working copy of the cluster.
+struct Model {
+    budget: BTreeMap<ShardId, f64>,
+    capacity: BTreeMap<ShardId, f64>,
+    load_ms: BTreeMap<ShardId, f64>,
+    cells: BTreeMap<ShardId, BTreeSet<CellId>>,
+    cost: HashMap<CellId, Cost>,
+    busy: HashSet<ShardId>,
+    migrating: HashSet<CellId>,
+    total_cells: usize,
+}
+
+impl Model {
+    fn build(view: &ClusterView, config: &RebalanceConfig) -> Model {
+        let mut newest: HashMap<CellId, &CellLoad> = HashMap::new();
+        for s in view.shards.values() {
+            for c in s.load.iter().flat_map(|l| l.cells.iter()) {
+                match newest.get(&c.cell) {
+                    Some(old) if old.epoch >= c.epoch => {}
+                    _ => {
+                        newest.insert(c.cell, c);
+                    }
+                }
+            }
+        }
+        let cost: HashMap<CellId, Cost> = newest
+            .into_iter()
+            .filter(|(_, c)| c.tick_ms.is_finite() && c.tick_ms >= 0.0)
+            .map(|(id, c)| {
+                (
+                    id,
+                    Cost {
+                        ms: c.tick_ms,
+                        players: c.players,
+                    },
+                )
+            })
+            .collect();
+        let mut m = Model {
+            budget: BTreeMap::new(),
+            capacity: BTreeMap::new(),
+            load_ms: BTreeMap::new(),
+            cells: BTreeMap::new(),
+            cost,
+            busy: HashSet::new(),
+            migrating: HashSet::new(),
+            total_cells: 0,
+        };
+        // Only shards with a report and a budget take part.
+        for (id, s) in &view.shards {
+            let Some(load) = &s.load else { continue };
+            let budget = config.tick_budget_ms.unwrap_or(load.tick_budget_ms);
+            if !(budget.is_finite() && budget > 0.0) {
+                continue;
+            }
+            m.budget.insert(id.clone(), budget);
+            m.capacity.insert(id.clone(), s.capacity.max(1) as f64);
+            m.load_ms.insert(id.clone(), 0.0);
+            m.cells.insert(id.clone(), BTreeSet::new());
+        }
+        for (cell, owner) in &view.owners {
+            if let Some(set) = m.cells.get_mut(owner) {
+                set.insert(*cell);
+                m.total_cells += 1;
+                let c = m.cost.get(cell).map(|c| c.ms).unwrap_or(0.0);
+                *m.load_ms.get_mut(owner).expect("same keys") += c;
+            }
+        }
+        for f in &view.in_flight {
+            m.busy.insert(f.from.clone());
+            m.busy.insert(f.to.clone());
+            m.migrating.insert(f.cell);
+        }
+        m
+    }
+
+    fn util(&self, s: &ShardId) -> f64 {
+        self.load_ms[s] / self.budget[s]
+    }
+
+    fn count(&self, s: &ShardId) -> usize {
+        self.cells[s].len()
+    }
+
+    /// Cells per unit of capacity.
+    fn density(&self, s: &ShardId, count: usize) -> f64 {
+        count as f64 / self.capacity[s]
+    }
+
+    fn share(&self, s: &ShardId) -> f64 {
+        let total: f64 = self.capacity.values().sum();
+        self.total_cells as f64 * self.capacity[s] / total
+    }
+
+    /// How much of `cell`'s border `s` already owns: 2 per shared edge, 1
+    /// per shared corner. More contact, fewer cross-shard borders.
+    fn contact(&self, cell: CellId, s: &ShardId) -> u32 {
+        cell.neighbours()
+            .filter(|n| self.cells[s].contains(n))
+            .map(|n| if n.x == cell.x || n.z == cell.z { 2 } else { 1 })
+            .sum()
+    }
+
+    fn apply(&mut self, cell: CellId, from: &ShardId, to: &ShardId) {
+        let c = self.cost.get(&cell).map(|c| c.ms).unwrap_or(0.0);
+        *self.load_ms.get_mut(from).expect("known shard") -= c;
+        *self.load_ms.get_mut(to).expect("known shard") += c;
+        self.cells.get_mut(from).expect("known shard").remove(&cell);
+        self.cells.get_mut(to).expect("known shard").insert(cell);
+        self.busy.insert(from.clone());
+        self.busy.insert(to.clone());
+        self.migrating.insert(cell);
+    }
+}
+
+impl Rebalancer {
+    pub fn new(config: RebalanceConfig) -> Rebalancer {
+        Rebalancer {
+            config,
+            streaks: HashMap::new(),
+            relieving: BTreeSet::new(),
+            filling: BTreeSet::new(),
+            shard_until: HashMap::new(),
+            cell_until: HashMap::new(),
+        }
+    }
+
+    /// A planner for a one-shot plan (`ctl rebalance`): one report above
+    /// the high watermark is enough.
+    pub fn one_shot(config: RebalanceConfig) -> Rebalancer {
+        Rebalancer::new(RebalanceConfig {
+            sustain: 1,
+            ..config
+        })
+    }
+
+    pub fn config(&self) -> &RebalanceConfig {
+        &self.config
+    }
+
+    /// One round: updates the hysteresis state from `view` and returns the
+    /// moves to request now. The returned moves are assumed requested
+    /// (their cooldowns start).
+    pub fn plan(&mut self, view: &ClusterView, now: Instant) -> Plan {
+        let cfg = self.config.clone();
+        let mut model = Model::build(view, &cfg);
+        self.shard_until.retain(|_, until| *until > now);
+        self.cell_until.retain(|_, until| *until > now);
+        self.streaks.retain(|s, _| model.budget.contains_key(s));
+        self.relieving.retain(|s| model.budget.contains_key(s));
+        self.filling.retain(|s| model.budget.contains_key(s));
+
+        // Hysteresis: count fresh reports over the high watermark.
+        for (id, s) in &view.shards {
+            let Some(load) = &s.load else { continue };
+            if !model.budget.contains_key(id) {
+                continue;
+            }
+            let over = model.util(id) > cfg.high_watermark;
+            if !over {
+                self.relieving.remove(id);
+            }
+            let streak = self.streaks.entry(id.clone()).or_insert((u64::MAX, 0));
+            if streak.0 != load.tick {
+                streak.0 = load.tick;
+                streak.1 = if over { streak.1.saturating_add(1) } else { 0 };
+            }
+            if over && streak.1 >= cfg.sustain.max(1) {
+                self.relieving.insert(id.clone());
+            }
+        }
+        // Join balance: shards far below their share of the cells.
+        let ids: Vec<ShardId> = model.budget.keys().cloned().collect();
+        for id in &ids {
+            // A shard that is busy simulating what it has (a hot cell left
+            // alone on it, say) is not short of cells.
+            if (model.count(id) as f64) < model.share(id) / 2.0
+                && model.util(id) < cfg.low_watermark
+                && !self.relieving.contains(id)
+            {
+                self.filling.insert(id.clone());
+            }
+        }
+
+        let mut plan = Plan::default();
+        // Relief first, the most loaded shard first.
+        let mut over: Vec<ShardId> = self.relieving.iter().cloned().collect();
+        over.sort_by(|a, b| model.util(b).total_cmp(&model.util(a)).then(a.cmp(b)));
+        for s in over {
+            if plan.moves.len() >= cfg.max_moves {
+                break;
+            }
+            if model.busy.contains(&s) {
+                continue;
+            }
+            match self.relief(&model, &s) {
+                Ok(m) => {
+                    self.commit(&mut model, &m, now);
+                    plan.moves.push(m);
+                }
+                Err(Some(why)) => {
+                    // Nothing can take any of its cells: stop trying until
+                    // it is overloaded again for `sustain` reports.
+                    self.relieving.remove(&s);
+                    if let Some(st) = self.streaks.get_mut(&s) {
+                        st.1 = 0;
+                    }
+                    plan.blocked.push(Blocked { shard: s, why });
+                }
+                Err(None) => {}
+            }
+        }
+        let filling: Vec<ShardId> = self.filling.iter().cloned().collect();
+        for t in filling {
+            if plan.moves.len() >= cfg.max_moves {
+                break;
+            }
+            if model.busy.contains(&t) || self.shard_until.contains_key(&t) {
+                continue;
+            }
+            match self.fill(&model, &t) {
+                Ok(m) => {
+                    self.commit(&mut model, &m, now);
+                    plan.moves.push(m);
+                }
+                Err(why) => {
+                    self.filling.remove(&t);
+                    if let Some(why) = why {
+                        plan.blocked.push(Blocked { shard: t, why });
+                    }
+                }
+            }
+        }
+        plan
+    }
+
+    fn commit(&mut self, model: &mut Model, m: &Move, now: Instant) {
+        model.apply(m.cell, &m.from, &m.to);
+        self.shard_until
+            .insert(m.to.clone(), now + self.config.shard_cooldown);
+        self.cell_until
+            .insert(m.cell, now + self.config.cell_cooldown);
+    }
+
+    /// Cells of `s` that may move now, with their costs.
+    fn movable(&self, model: &Model, s: &ShardId) -> Vec<(CellId, Cost)> {
+        model.cells[s]
+            .iter()
+            .filter(|c| !model.migrating.contains(c) && !self.cell_until.contains_key(c))
+            .filter_map(|c| model.cost.get(c).map(|cost| (*c, *cost)))
+            .collect()
+    }
+
+    /// Whether `t` may receive a cell of `cost_ms` now: `Some(load after)`.
+    fn fits(&self, model: &Model, t: &ShardId, cost_ms: f64) -> Option<f64> {
+        let after = (model.load_ms[t] + cost_ms) / model.budget[t];
+        (after < self.config.low_watermark).then_some(after)
+    }
+
+    fn target_free(&self, model: &Model, t: &ShardId) -> bool {
+        !model.busy.contains(t) && !self.shard_until.contains_key(t) && !self.relieving.contains(t)
+    }
+
+    /// The best move off the overloaded shard `s`. `Err(Some(why))` when
+    /// no shard could take any of its cells even once the ones busy or
+    /// cooling down are free; `Err(None)` when it must only wait.
+    fn relief(&self, model: &Model, s: &ShardId) -> Result<Move, Option<String>> {
+        let high = self.config.high_watermark;
+        let budget = model.budget[s];
+        let hot: Option<CellId> = model.cells[s]
+            .iter()
+            .filter_map(|c| model.cost.get(c).map(|k| (*c, k.ms)))
+            .filter(|(_, ms)| ms / budget > high)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(c, _)| c);
+        let cells = self.movable(model, s);
+        // (rank, cell, target, to-load after); lower rank is better.
+        type Rank = (u8, f64, f64, u32, f64);
+        let mut best: Option<(Rank, CellId, ShardId, f64)> = None;
+        let mut waiting = false;
+        for (cell, cost) in &cells {
+            if cost.ms <= 0.0 {
+                continue;
+            }
+            let fixes = (model.load_ms[s] - cost.ms) / budget <= high;
+            let (a, b) = if fixes {
+                (cost.players as f64, cost.ms)
+            } else {
+                (0.0, -(cost.ms / (1.0 + cost.players as f64)))
+            };
+            for t in model.budget.keys().filter(|t| *t != s) {
+                let Some(after) = self.fits(model, t, cost.ms) else {
+                    continue;
+                };
+                if !self.target_free(model, t) {
+                    waiting |= !self.relieving.contains(t);
+                    continue;
+                }
+                let rank: Rank = (
+                    u8::from(!fixes),
+                    a,
+                    b,
+                    u32::MAX - model.contact(*cell, t),
+                    after,
+                );
+                let better = match &best {
+                    None => true,
+                    Some((r, c, bt, _)) => {
+                        cmp_rank(&rank, r).then_with(|| (cell, t).cmp(&(c, bt)))
+                            == std::cmp::Ordering::Less
+                    }
+                };
+                if better {
+                    best = Some((rank, *cell, t.clone(), after));
+                }
+            }
+        }
+        if let Some((_, cell, to, to_after)) = best {
+            let cost = model.cost[&cell];
+            return Ok(Move {
+                cell,
+                from: s.clone(),
+                to: to.clone(),
+                reason: if hot.is_some_and(|h| h != cell) {
+                    Reason::HotCell
+                } else {
+                    Reason::Overloaded
+                },
+                cost_ms: cost.ms,
+                players: cost.players,
+                from_load_before: model.util(s),
+                from_load_after: (model.load_ms[s] - cost.ms) / budget,
+                to_load_before: model.util(&to),
+                to_load_after: to_after,
+            });
+        }
+        let cooling = model.cells[s]
+            .iter()
+            .any(|c| model.migrating.contains(c) || self.cell_until.contains_key(c));
+        if waiting || cooling {
+            return Err(None);
+        }
+        Err(Some(match hot {
+            Some(h) => format!(
+                "at {:.0}% of its budget; cell {h} alone costs more than the high watermark and no other cell can move under the low watermark elsewhere",
+                model.util(s) * 100.0
+            ),
+            None => format!(
+                "at {:.0}% of its budget; no shard can take one of its cells under the low watermark",
+                model.util(s) * 100.0
+            ),
+        }))
+    }
+
+    /// The next cell for the under-filled shard `t`. `Err(None)` when it
+    /// has its share; `Err(Some(why))` when the watermarks stop it.
+    fn fill(&self, model: &Model, t: &ShardId) -> Result<Move, Option<String>> {
+        let after_t = model.density(t, model.count(t) + 1);
+        let mut sources: Vec<&ShardId> = model
+            .budget
+            .keys()
+            .filter(|s| *s != t && !model.busy.contains(*s))
+            .filter(|s| model.density(s, model.count(s).saturating_sub(1)) >= after_t)
+            .filter(|s| model.count(s) > 0)
+            .collect();
+        if sources.is_empty() {
+            return Err(None);
+        }
+        sources.sort_by(|a, b| {
+            model
+                .density(b, model.count(b))
+                .total_cmp(&model.density(a, model.count(a)))
+                .then(a.cmp(b))
+        });
+        for s in sources {
+            let mut cells = self.movable(model, s);
+            cells.retain(|(_, cost)| self.fits(model, t, cost.ms).is_some());
+            let Some((cell, cost)) = cells.into_iter().min_by(|(ca, ka), (cb, kb)| {
+                model
+                    .contact(*cb, t)
+                    .cmp(&model.contact(*ca, t))
+                    .then(ka.players.cmp(&kb.players))
+                    .then(ka.ms.total_cmp(&kb.ms))
+                    .then(ca.cmp(cb))
+            }) else {
+                continue;
+            };
+            return Ok(Move {
+                cell,
+                from: s.clone(),
+                to: t.clone(),
+                reason: Reason::JoinBalance,
+                cost_ms: cost.ms,
+                players: cost.players,
+                from_load_before: model.util(s),
+                from_load_after: (model.load_ms[s] - cost.ms) / model.budget[s],
+                to_load_before: model.util(t),
+                to_load_after: (model.load_ms[t] + cost.ms) / model.budget[t],
+            });
+        }
+        Err(Some(format!(
+            "owns {} of its share of {:.1} cells; no cell of a fuller shard fits under the low watermark",
+            model.count(t),
+            model.share(t)
+        )))
+    }
+}
+
+fn cmp_rank(a: &(u8, f64, f64, u32, f64), b: &(u8, f64, f64, u32, f64)) -> std::cmp::Ordering {
+    a.0.cmp(&b.0)
+        .then(a.1.total_cmp(&b.1))
+        .then(a.2.total_cmp(&b.2))
+        .then(a.3.cmp(&b.3))
+        .then(a.4.total_cmp(&b.4))
+}
+
+/// Plans to a fixed point on projected loads: each wave is one round of a
+/// one-shot planner on the view after the previous waves completed (and
+/// their shard cooldowns passed). What `tessera ctl rebalance` shows and
+/// executes, wave after wave. A cell moves at most once in it. Stops after
+/// `max_waves`.
+pub fn plan_all(config: &RebalanceConfig, view: &ClusterView, max_waves: usize) -> PlanAll {
+    // Within one plan a cell moves at most once.
+    let mut r = Rebalancer::one_shot(RebalanceConfig {
+        cell_cooldown: Duration::from_secs(24 * 3600),
+        ..config.clone()
+    });
+    let mut view = view.clone();
+    let mut now = Instant::now();
+    let mut out = PlanAll::default();
+    for _ in 0..max_waves {
+        let plan = r.plan(&view, now);
+        out.blocked = plan.blocked;
+        if plan.moves.is_empty() {
+            break;
+        }
+        view = view.after(&plan.moves);
+        out.waves.push(plan.moves);
+        now += config.shard_cooldown + Duration::from_millis(1);
+    }
+    out.projected = view;
+    out
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PlanAll {
+    /// Moves wave by wave; the moves of one wave can run together.
+    pub waves: Vec<Vec<Move>>,
+    /// What still needs help and cannot get it, after the last wave.
+    pub blocked: Vec<Blocked>,
+    /// The cluster once every wave completed.
+    pub projected: ClusterView,
+}
+
+/// Each shard's load (fraction of its budget) in `view`, as the planner
+/// models it; shards without a report are left out.
+pub fn loads(view: &ClusterView, config: &RebalanceConfig) -> BTreeMap<ShardId, f64> {
+    let m = Model::build(view, config);
+    m.budget.keys().map(|s| (s.clone(), m.util(s))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tessera_proto::Epoch;
+
+    fn sid(s: &str) -> ShardId {
+        ShardId::new(s)
+    }
+
+    /// A view: `(shard, capacity, [(cell, cost_ms, players)])`, budget 10 ms.
+    fn view(shards: &[(&str, u32, Vec<(CellId, f64, usize)>)]) -> ClusterView {
+        let mut v = ClusterView::default();
+        for (id, cap, cells) in shards {
+            let load = ShardLoad {
+                tick: 1,
+                tick_budget_ms: 10.0,
+                cells: cells
+                    .iter()
+                    .map(|(c, ms, players)| CellLoad {
+                        cell: *c,
+                        epoch: Epoch(1),
+                        entities: *players,
+                        players: *players,
+                        ghosts: 0,
+                        tick_ms: *ms,
+                        tick_p99_ms: *ms,
+                    })
+                    .collect(),
+                ..ShardLoad::default()
+            };
+            for (c, _, _) in cells {
+                v.owners.insert(*c, sid(id));
+            }
+            v.shards.insert(
+                sid(id),
+                ShardView {
+                    capacity: *cap,
+                    load: Some(load),
+                },
+            );
+        }
+        v
+    }
+
+    fn c(x: i32, z: i32) -> CellId {
+        CellId::new(x, z)
+    }
+
+    fn fresh(v: &ClusterView) -> ClusterView {
+        v.after(&[])
+    }
+
+    #[test]
+    fn overload_must_be_sustained_over_fresh_reports() {
+        let v = view(&[
+            ("a", 1, vec![(c(0, 0), 5.0, 0), (c(0, 1), 4.0, 0)]),
+            ("b", 1, vec![(c(1, 0), 1.0, 0)]),
+        ]);
+        let mut r = Rebalancer::new(RebalanceConfig::default());
+        let t = Instant::now();
+        assert!(r.plan(&v, t).moves.is_empty(), "one report");
+        // The same report again is not a new sample.
+        assert!(r.plan(&v, t).moves.is_empty());
+        let v2 = fresh(&v);
+        assert!(r.plan(&v2, t).moves.is_empty(), "two reports");
+        let plan = r.plan(&fresh(&v2), t);
+        assert_eq!(plan.moves.len(), 1, "{plan:?}");
+        let m = &plan.moves[0];
+        assert_eq!((m.from.0.as_str(), m.to.0.as_str()), ("a", "b"));
+        assert_eq!(m.reason, Reason::Overloaded);
+        // Moving 0,1 (4 ms) fixes it and costs less than 0,0 (5 ms).
+        assert_eq!(m.cell, c(0, 1));
+        assert!((m.from_load_after - 0.5).abs() < 1e-9);
+        assert!((m.to_load_after - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_dip_below_the_watermark_restarts_the_streak() {
+        let hot = view(&[
+            ("a", 1, vec![(c(0, 0), 5.0, 0), (c(0, 1), 4.0, 0)]),
+            ("b", 1, vec![(c(1, 0), 1.0, 0)]),
+        ]);
+        let cool = view(&[
+            ("a", 1, vec![(c(0, 0), 2.0, 0), (c(0, 1), 4.0, 0)]),
+            ("b", 1, vec![(c(1, 0), 1.0, 0)]),
+        ]);
+        let mut r = Rebalancer::new(RebalanceConfig::default());
+        let t = Instant::now();
+        let mut v = hot.clone();
+        for (i, src) in [&hot, &hot, &cool, &hot, &hot].into_iter().enumerate() {
+            v = ClusterView {
+                shards: src.shards.clone(),
+                ..v
+            };
+            for s in v.shards.values_mut() {
+                s.load.as_mut().unwrap().tick = i as u64 + 10;
+            }
+            assert!(r.plan(&v, t).moves.is_empty(), "report {i}");
+        }
+    }
+
+    #[test]
+    fn players_weigh_against_a_move_and_neighbours_break_ties() {
+        // Either cell fixes `a`; 0,1 has players, so 0,2 goes. Targets b
+        // and c are equally loaded; c owns a neighbour of 0,2.
+        let v = view(&[
+            (
+                "a",
+                1,
+                vec![(c(0, 0), 4.0, 0), (c(0, 1), 3.0, 5), (c(0, 2), 3.0, 0)],
+            ),
+            ("b", 1, vec![(c(5, 5), 2.0, 0)]),
+            ("c", 1, vec![(c(1, 2), 2.0, 0)]),
+        ]);
+        let plan = Rebalancer::one_shot(RebalanceConfig::default()).plan(&v, Instant::now());
+        assert_eq!(plan.moves.len(), 1, "{plan:?}");
+        assert_eq!(plan.moves[0].cell, c(0, 2));
+        assert_eq!(plan.moves[0].to, sid("c"));
+    }
+
+    #[test]
+    fn no_move_would_put_a_target_over_the_low_watermark() {
+        let v = view(&[
+            ("a", 1, vec![(c(0, 0), 4.5, 0), (c(0, 1), 4.5, 0)]),
+            ("b", 1, vec![(c(1, 0), 2.0, 0)]),
+        ]);
+        let mut r = Rebalancer::one_shot(RebalanceConfig::default());
+        let plan = r.plan(&v, Instant::now());
+        assert!(plan.moves.is_empty(), "{plan:?}");
+        assert_eq!(plan.blocked.len(), 1);
+        assert_eq!(plan.blocked[0].shard, sid("a"));
+        assert!(
+            plan.blocked[0].why.contains("low watermark"),
+            "{:?}",
+            plan.blocked
+        );
+    }
+
+    #[test]
+    fn a_hot_cell_keeps_its_shard_to_itself() {
+        let v = view(&[
+            (
+                "a",
+                1,
+                vec![
+                    (c(0, 0), 8.5, 30),
+                    (c(0, 1), 0.5, 0),
+                    (c(0, 2), 0.5, 0),
+                    (c(0, 3), 0.5, 1),
+                ],
+            ),
+            ("b", 1, vec![(c(1, 0), 0.5, 0)]),
+            ("c", 1, vec![(c(2, 0), 0.5, 0)]),
+        ]);
+        let all = plan_all(&RebalanceConfig::default(), &v, 50);
+        let moved: Vec<CellId> = all.waves.iter().flatten().map(|m| m.cell).collect();
+        assert_eq!(moved.len(), 3, "{:?}", all.waves);
+        assert!(!moved.contains(&c(0, 0)), "the hot cell stays");
+        assert!(all
+            .waves
+            .iter()
+            .flatten()
+            .all(|m| m.reason == Reason::HotCell && m.to_load_after < 0.6));
+        // Once alone, it is reported (once: a shard that busy is not
+        // short of cells), not bounced around.
+        assert_eq!(all.blocked.len(), 1, "{:?}", all.blocked);
+        assert!(all.blocked[0].why.contains("cell 0,0 alone"));
+        assert_eq!(
+            all.projected
+                .owners
+                .iter()
+                .filter(|(_, o)| o.0 == "a")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_bigger_shard_takes_the_hot_cell() {
+        let mut v = view(&[
+            ("a", 1, vec![(c(0, 0), 9.0, 30)]),
+            ("big", 4, vec![(c(1, 0), 1.0, 0)]),
+        ]);
+        v.shards
+            .get_mut(&sid("big"))
+            .unwrap()
+            .load
+            .as_mut()
+            .unwrap()
+            .tick_budget_ms = 40.0;
+        let plan = Rebalancer::one_shot(RebalanceConfig::default()).plan(&v, Instant::now());
+        assert_eq!(plan.moves.len(), 1);
+        assert_eq!(
+            (plan.moves[0].cell, plan.moves[0].to.clone()),
+            (c(0, 0), sid("big"))
+        );
+        assert_eq!(plan.moves[0].reason, Reason::Overloaded);
+    }
+
+    #[test]
+    fn one_migration_in_flight_per_shard_and_cooldowns() {
+        let cells: Vec<_> = (0..6).map(|i| (c(0, i), 1.7, 0)).collect();
+        let v = view(&[("a", 1, cells), ("b", 1, vec![])]);
+        let cfg = RebalanceConfig::default();
+        let mut r = Rebalancer::one_shot(cfg.clone());
+        let t = Instant::now();
+        let mut busy = v.clone();
+        busy.in_flight.push(InFlight {
+            cell: c(0, 0),
+            from: sid("a"),
+            to: sid("x"),
+        });
+        assert!(r.plan(&busy, t).moves.is_empty(), "a is busy");
+        let plan = r.plan(&fresh(&v), t);
+        assert_eq!(plan.moves.len(), 1, "one move off a per round: {plan:?}");
+        let first = plan.moves[0].clone();
+        // Completed; a is still over the watermark, but b cools down.
+        let after = v.after(&plan.moves);
+        let plan = r.plan(&after, t + Duration::from_millis(100));
+        assert!(plan.moves.is_empty(), "{plan:?}");
+        assert!(plan.blocked.is_empty(), "waiting is not blocked");
+        let plan = r.plan(&fresh(&after), t + cfg.shard_cooldown);
+        assert_eq!(plan.moves.len(), 1, "{plan:?}");
+        assert_eq!(plan.moves[0].to, sid("b"));
+        assert_ne!(plan.moves[0].cell, first.cell);
+    }
+
+    #[test]
+    fn a_joining_shard_gets_its_share_a_few_cells_at_a_time() {
+        let cells_a: Vec<_> = (0..8).map(|i| (c(i % 2 - 2, i / 2 - 2), 0.5, 0)).collect();
+        let cells_b: Vec<_> = (0..8).map(|i| (c(i % 2, i / 2 - 2), 0.5, 0)).collect();
+        let v = view(&[("a", 1, cells_a), ("b", 1, cells_b), ("new", 1, vec![])]);
+        let all = plan_all(&RebalanceConfig::default(), &v, 50);
+        assert!(all.waves.iter().all(|w| w.len() == 1), "one at a time");
+        let counts = |o: &str| all.projected.owners.values().filter(|s| s.0 == o).count();
+        assert_eq!(counts("new"), 5, "{:?}", all.waves);
+        assert_eq!(counts("a") + counts("b"), 11);
+        assert!(counts("a").abs_diff(counts("b")) <= 1);
+        for m in all.waves.iter().flatten() {
+            assert_eq!(m.reason, Reason::JoinBalance);
+            assert_eq!(m.to, sid("new"));
+        }
+    }
+
+    #[test]
+    fn capacity_sets_the_share() {
+        // A 4 x 3 block of cells whose costs differ a little, in no
+        // geometric order.
+        let cells_a: Vec<_> = (0..12)
+            .map(|i| (c(i % 4, i / 4), 0.1 + ((i * 7) % 12) as f64 * 0.01, 0))
+            .collect();
+        let v = view(&[("a", 1, cells_a), ("big", 2, vec![])]);
+        let all = plan_all(&RebalanceConfig::default(), &v, 50);
+        let big = all
+            .projected
+            .owners
+            .values()
+            .filter(|s| s.0 == "big")
+            .count();
+        assert_eq!(big, 8, "two thirds of 12");
+        // It grows a region: each cell shares an edge with one it already
+        // got.
+        let moved: Vec<CellId> = all.waves.iter().flatten().map(|m| m.cell).collect();
+        for (i, cell) in moved.iter().enumerate().skip(1) {
+            assert!(
+                moved[..i]
+                    .iter()
+                    .any(|m| m.x.abs_diff(cell.x) + m.z.abs_diff(cell.z) == 1),
+                "{cell} is not next to {:?}",
+                &moved[..i]
+            );
+        }
+    }
+
+    #[test]
+    fn a_balance_move_never_crosses_the_low_watermark() {
+        let cells_a: Vec<_> = (0..6).map(|i| (c(i, 0), 1.0, 0)).collect();
+        let mut v = view(&[("a", 1, cells_a), ("new", 1, vec![(c(9, 9), 5.5, 0)])]);
+        // `new` is nearly full of one expensive cell: it gets nothing.
+        v.owners.insert(c(9, 9), sid("new"));
+        let all = plan_all(&RebalanceConfig::default(), &v, 50);
+        assert!(all.waves.is_empty(), "{:?}", all.waves);
+        assert_eq!(all.blocked.len(), 1, "{:?}", all.blocked);
+    }
+
+    #[test]
+    fn cells_without_a_cost_or_shards_without_a_report_are_left_alone() {
+        let mut v = view(&[
+            ("a", 1, vec![(c(0, 0), 9.0, 0), (c(0, 1), 0.0, 0)]),
+            ("b", 1, vec![]),
+        ]);
+        // 0,1 is placed but no report lists it yet; b has not reported.
+        v.owners.insert(c(0, 2), sid("a"));
+        v.shards.get_mut(&sid("b")).unwrap().load = None;
+        let plan = Rebalancer::one_shot(RebalanceConfig::default()).plan(&v, Instant::now());
+        assert!(plan.moves.is_empty(), "{plan:?}");
+    }
+
+    /// Shards with equal budgets (10 ms) and cells of random costs and
+    /// players, placed at random.
+    fn arb_view() -> impl Strategy<Value = ClusterView> {
+        (2usize..5, 1usize..40).prop_flat_map(|(shards, cells)| {
+            (
+                Just(shards),
+                prop::collection::vec((0..shards, 0.0f64..3.0, 0usize..5), cells),
+                prop::collection::vec(1u32..3, shards),
+            )
+                .prop_map(|(shards, cells, caps)| {
+                    let mut spec: Vec<(String, u32, Vec<(CellId, f64, usize)>)> = (0..shards)
+                        .map(|i| (format!("s{i}"), caps[i], Vec::new()))
+                        .collect();
+                    for (i, (owner, ms, players)) in cells.into_iter().enumerate() {
+                        let cell = CellId::new(i as i32 % 6, i as i32 / 6);
+                        spec[owner].2.push((cell, ms, players));
+                    }
+                    let borrowed: Vec<(&str, u32, Vec<(CellId, f64, usize)>)> = spec
+                        .iter()
+                        .map(|(id, cap, cells)| (id.as_str(), *cap, cells.clone()))
+                        .collect();
+                    view(&borrowed)
+                })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn no_move_back_after_the_plan_completes(v in arb_view()) {
+            let cfg = RebalanceConfig::default();
+            let all = plan_all(&cfg, &v, 200);
+            let moves: Vec<&Move> = all.waves.iter().flatten().collect();
+            // Each cell moves at most once in a plan.
+            let mut seen = HashSet::new();
+            for m in &moves {
+                prop_assert!(seen.insert(m.cell), "{} moved twice", m.cell);
+                prop_assert!(m.to_load_after < cfg.low_watermark);
+            }
+            // A fresh planner on the projected loads moves nothing back.
+            let again = Rebalancer::one_shot(cfg.clone()).plan(&fresh(&all.projected), Instant::now());
+            for m2 in &again.moves {
+                prop_assert!(
+                    !moves.iter().any(|m| m.cell == m2.cell && m.from == m2.to),
+                    "{} bounces back to {}", m2.cell, m2.to
+                );
+            }
+            // Nobody the plan moved cells onto ends over the high watermark.
+            let loads = loads(&all.projected, &cfg);
+            for m in &moves {
+                prop_assert!(loads[&m.to] <= cfg.high_watermark);
+            }
+        }
+
+        #[test]
+        fn overloaded_shards_are_relieved_when_others_have_room(
+            costs in prop::collection::vec(0.25f64..0.5, 20..60),
+            shards in 2usize..5,
+        ) {
+            // Everything starts on s0 at 85 % of its budget, which is at
+            // most half of the cluster's; every cell costs under 10 %, so
+            // some other shard always has room under the low watermark.
+            let total: f64 = costs.iter().sum();
+            let cells: Vec<_> = costs
+                .iter()
+                .enumerate()
+                .map(|(i, ms)| (CellId::new(i as i32 % 8, i as i32 / 8), ms * 8.5 / total, 0))
+                .collect();
+            let mut spec = vec![("s0".to_string(), 1, cells)];
+            for i in 1..shards {
+                spec.push((format!("s{i}"), 1, Vec::new()));
+            }
+            let borrowed: Vec<(&str, u32, Vec<(CellId, f64, usize)>)> = spec
+                .iter()
+                .map(|(id, cap, cells)| (id.as_str(), *cap, cells.clone()))
+                .collect();
+            let v = view(&borrowed);
+            let cfg = RebalanceConfig::default();
+            prop_assert!(loads(&v, &cfg)[&sid("s0")] > cfg.high_watermark);
+            let all = plan_all(&cfg, &v, 500);
+            for (s, load) in loads(&all.projected, &cfg) {
+                prop_assert!(load <= cfg.high_watermark, "{s} at {load}");
+            }
+        }
+    }
+}
