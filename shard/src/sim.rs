@@ -989,6 +989,11 @@ impl Shard {
             cell.simulate(dt, &self.movement);
             cell.cost.record(started.elapsed());
         }
+        // Frames go out before hand-offs: an entity leaving for another
+        // shard is still in this tick's frame of the cell that simulated it,
+        // so viewers lose sight of it only until the new owner's next tick
+        // (under one tick), not for two (benches/handoff.rs).
+        self.publish();
         let ids: Vec<CellId> = self.cells.keys().copied().collect();
         for c in &ids {
             self.handoffs_of(*c);
@@ -1007,7 +1012,7 @@ impl Shard {
         }
         events.extend(std::mem::take(&mut self.events));
         self.events = events;
-        self.publish();
+        self.record_counts();
         let now = Instant::now();
         self.forwarded
             .retain(|_, (_, at)| now.duration_since(*at) < FORWARD_MEMORY);
@@ -1042,7 +1047,6 @@ impl Shard {
     }
 
     fn publish(&self) {
-        let shard = self.id.0.clone();
         for cell in self.cells.values() {
             let frame = CellFrame {
                 cell: cell.id,
@@ -1051,11 +1055,18 @@ impl Shard {
                 tick: self.tick,
                 entities: cell.view(),
             };
+            self.bus.publish_frame(Arc::new(frame));
+        }
+    }
+
+    /// Entity, player and ghost gauges per cell, after the tick's hand-offs.
+    fn record_counts(&self) {
+        let shard = self.id.0.clone();
+        for cell in self.cells.values() {
             let labels = [("shard", shard.clone()), ("cell", cell.id.to_string())];
             metrics::gauge!("tessera_shard_entities", &labels).set(cell.entity_count() as f64);
             metrics::gauge!("tessera_shard_players", &labels).set(cell.player_count() as f64);
             metrics::gauge!("tessera_shard_ghosts", &labels).set(cell.ghost_count() as f64);
-            self.bus.publish_frame(Arc::new(frame));
         }
     }
 
