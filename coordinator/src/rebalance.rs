@@ -688,8 +688,13 @@ mod tests {
         ShardId::new(s)
     }
 
-    /// A view: `(shard, capacity, [(cell, cost_ms, players)])`, budget 10 ms.
-    fn view(shards: &[(&str, u32, Vec<(CellId, f64, usize)>)]) -> ClusterView {
+    /// A test cell: `(cell, cost_ms, players)`.
+    type CellSpec = (CellId, f64, usize);
+    /// A test shard: `(shard, capacity, cells)`.
+    type ShardSpec<'a> = (&'a str, u32, Vec<CellSpec>);
+
+    /// A view of `shards`, budget 10 ms.
+    fn view(shards: &[ShardSpec]) -> ClusterView {
         let mut v = ClusterView::default();
         for (id, cap, cells) in shards {
             let load = ShardLoad {
@@ -987,14 +992,14 @@ mod tests {
                 prop::collection::vec(1u32..3, shards),
             )
                 .prop_map(|(shards, cells, caps)| {
-                    let mut spec: Vec<(String, u32, Vec<(CellId, f64, usize)>)> = (0..shards)
+                    let mut spec: Vec<(String, u32, Vec<CellSpec>)> = (0..shards)
                         .map(|i| (format!("s{i}"), caps[i], Vec::new()))
                         .collect();
                     for (i, (owner, ms, players)) in cells.into_iter().enumerate() {
                         let cell = CellId::new(i as i32 % 6, i as i32 / 6);
                         spec[owner].2.push((cell, ms, players));
                     }
-                    let borrowed: Vec<(&str, u32, Vec<(CellId, f64, usize)>)> = spec
+                    let borrowed: Vec<ShardSpec> = spec
                         .iter()
                         .map(|(id, cap, cells)| (id.as_str(), *cap, cells.clone()))
                         .collect();
@@ -1048,7 +1053,7 @@ mod tests {
             for i in 1..shards {
                 spec.push((format!("s{i}"), 1, Vec::new()));
             }
-            let borrowed: Vec<(&str, u32, Vec<(CellId, f64, usize)>)> = spec
+            let borrowed: Vec<ShardSpec> = spec
                 .iter()
                 .map(|(id, cap, cells)| (id.as_str(), *cap, cells.clone()))
                 .collect();
