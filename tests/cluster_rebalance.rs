@@ -6,28 +6,23 @@
 mod common;
 #[path = "../coordinator/tests/support/etcd.rs"]
 mod etcd;
-#[path = "support/cluster.rs"]
 mod support_cluster;
 
 use common::TestDir;
 use etcd::EtcdServer;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
-use support_cluster::{ca_init, common_args, ctl, router, shard, Role, PW};
+use support_cluster::{
+    ca_init, coordinator, ctl, ops, router, shard, CoordinatorSpec, RouterSpec, ShardSpec, PW,
+};
 
-fn coordinator(dir: &Path, etcd: &EtcdServer, id: &str, extra: &[&str]) -> Role {
-    let mut args = common_args(etcd, "coordinator");
-    args.extend(
-        ["--settle-ms", "1500", "--lease-ttl-secs", "2", "--id", id]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let mut role = Role::start(dir, id, &args);
-    role.wait_line(&format!("coordinator {id} running"));
-    role
+/// A coordinator that places cells 1.5 s after the first shard registers.
+fn spec<'a>(etcd: &EtcdServer, id: &'a str) -> CoordinatorSpec<'a> {
+    CoordinatorSpec {
+        settle_ms: 1500,
+        ..CoordinatorSpec::local(etcd, id)
+    }
 }
 
 /// `ctl cells --json`.
@@ -75,9 +70,9 @@ fn a_joining_shard_gets_its_share_by_live_migration() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
     let ca = ca_init(dir.path());
-    let _c = coordinator(dir.path(), &etcd, "coordinator", &[]);
-    let (_s1, _) = shard(dir.path(), &etcd, &ca, "shard-1");
-    let (_s2, _) = shard(dir.path(), &etcd, &ca, "shard-2");
+    let _c = coordinator(dir.path(), &ca, &spec(&etcd, "coordinator"));
+    let _s1 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-1"));
+    let _s2 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-2"));
 
     // The first placement splits the 16 cells 8/8, and every cell reports.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -101,7 +96,7 @@ fn a_joining_shard_gets_its_share_by_live_migration() {
     // A third shard joins; it gets its share (16/3, rounded down), a cell
     // at a time, by live migration.
     let joined = Instant::now();
-    let (_s3, _) = shard(dir.path(), &etcd, &ca, "shard-3");
+    let _s3 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-3"));
     let deadline = Instant::now() + Duration::from_secs(40);
     let counts = loop {
         let n = per_owner(&cells(&etcd));
@@ -255,20 +250,11 @@ fn crowds_on_one_shard_get_spread_over_shards() {
     let etcd = EtcdServer::start();
     let ca = ca_init(dir.path());
     // First without rebalancing, to measure what the crowds cost.
-    let mut quiet = coordinator(dir.path(), &etcd, "quiet", &["--no-rebalance"]);
-    let (_s1, _) = shard(dir.path(), &etcd, &ca, "shard-1");
-    let (_s2, _) = shard(dir.path(), &etcd, &ca, "shard-2");
-    let (mut router, _) = router(dir.path(), &etcd, &ca, 2);
-    let rest = router.wait_line("quic listening on ");
-    let (quic, cert) = rest
-        .split_once("(certificate to pin: ")
-        .map(|(a, c)| {
-            (
-                a.trim().parse().expect("quic address"),
-                std::path::PathBuf::from(c.trim_end_matches(')')),
-            )
-        })
-        .expect("quic line");
+    let mut quiet = coordinator(dir.path(), &ca, &spec(&etcd, "quiet").not_rebalancing());
+    let _s1 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-1"));
+    let _s2 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-2"));
+    let router = router(dir.path(), &ca, &RouterSpec::local(&etcd));
+    let (quic, cert) = (router.quic, router.cert.clone());
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -387,9 +373,11 @@ fn crowds_on_one_shard_get_spread_over_shards() {
     let started = Instant::now();
     let _c = coordinator(
         dir.path(),
-        &etcd,
-        "rebalancer",
-        &["--tick-budget-ms", &budget_arg, "--sustain-reports", "2"],
+        &ca,
+        &CoordinatorSpec {
+            extra: &["--tick-budget-ms", &budget_arg, "--sustain-reports", "2"],
+            ..spec(&etcd, "rebalancer")
+        },
     );
     // Relieved: a crowd moved to shard-2, and no shard is over its budget
     // in three reads in a row.
@@ -460,8 +448,12 @@ fn ctl_rebalance_carries_out_its_plan() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
     let ca = ca_init(dir.path());
-    let _c = coordinator(dir.path(), &etcd, "coordinator", &["--no-rebalance"]);
-    let (_s1, _) = shard(dir.path(), &etcd, &ca, "shard-1");
+    let _c = coordinator(
+        dir.path(),
+        &ca,
+        &spec(&etcd, "coordinator").not_rebalancing(),
+    );
+    let _s1 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-1"));
     let deadline = Instant::now() + Duration::from_secs(20);
     let before = loop {
         if per_owner(&cells(&etcd)).get("shard-1") == Some(&16) {
@@ -472,7 +464,7 @@ fn ctl_rebalance_carries_out_its_plan() {
         assert!(Instant::now() < deadline, "no placement");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let (_s2, _) = shard(dir.path(), &etcd, &ca, "shard-2");
+    let _s2 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-2"));
     // Wait for shard-2's first load report: the planner needs it.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -486,9 +478,9 @@ fn ctl_rebalance_carries_out_its_plan() {
     // The coordinator does not move anything on its own...
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(per_owner(&cells(&etcd)).get("shard-2"), None);
-    // ...ctl rebalance does, and says so.
+    // ...ctl rebalance does (as an operator: it moves cells), and says so.
     let started = Instant::now();
-    let (ok, out, err) = ctl(&etcd, &["rebalance"]);
+    let (ok, out, err) = ops(&etcd, &ca, &["rebalance"]);
     assert!(ok, "{out}\n{err}");
     eprintln!(
         "{out}ctl rebalance took {} ms",

@@ -1,12 +1,17 @@
 //! Start and stop the cluster roles as separate `tessera` processes for the
-//! real-process cluster tests (`cluster_faults.rs`): coordinators, shards
-//! (optionally inside a network namespace), routers, `tessera ctl`, and the
-//! readings the tests take (ticks and entities from the shards' metrics,
-//! owners from `ctl cells --json`). Every process and every network
-//! namespace started here is removed on drop, even when a test panics.
+//! real-process cluster tests (`cluster.rs`, `cluster_faults.rs`,
+//! `cluster_rebalance.rs`): the cluster CA and an operator credential,
+//! coordinators, the persistence service, shards (optionally inside a
+//! network namespace), routers, `tessera ctl` (read-only) and `ops` (as the
+//! operator, for what changes the cluster), and the readings the tests take
+//! (ticks and entities from the shards' metrics, owners from
+//! `ctl cells --json`). Every process and every network namespace started
+//! here is removed on drop, even when a test panics.
 //!
-//! It uses `crate::common` (TestDir, metrics scraping) and `crate::etcd`
-//! (the real etcd); include both next to it.
+//! Include it with `mod support_cluster;` next to `mod common;` (TestDir,
+//! metrics scraping) and `mod etcd;` (the real etcd,
+//! `coordinator/tests/support/etcd.rs`). It is a directory module so that
+//! cargo does not build it as a test of its own.
 
 #![allow(dead_code)]
 
@@ -198,7 +203,7 @@ impl Drop for Role {
 }
 
 /// `tessera ca init DIR/ca`, and an operator credential next to it
-/// ([`operator_credential`]).
+/// ([`operator_credential`]). Every role of the cluster is given this CA.
 pub fn ca_init(dir: &Path) -> PathBuf {
     let ca = dir.join("ca");
     let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -207,7 +212,7 @@ pub fn ca_init(dir: &Path) -> PathBuf {
         .stdout(Stdio::null())
         .status()
         .expect("tessera ca init");
-    assert!(status.success());
+    assert!(status.success(), "tessera ca init {}", ca.display());
     let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["ca", "operator", "ops", "--cluster-ca"])
         .arg(&ca)
@@ -238,34 +243,120 @@ pub fn common_args(etcd_url: &str, role: &str, metrics_ip: IpAddr) -> Vec<String
     ]
 }
 
-pub fn member_args(ca: &Path, listen_ip: IpAddr, ttl_secs: u64) -> Vec<String> {
-    vec![
+/// The flags of a cluster member (shard or router): the CA, a cluster bus
+/// on `listen_ip`, its registration lease and, if one runs, the
+/// persistence service.
+pub fn member_args(
+    ca: &Path,
+    listen_ip: IpAddr,
+    ttl_secs: u64,
+    persistence: Option<SocketAddr>,
+) -> Vec<String> {
+    let mut args = vec![
         "--cluster-ca".into(),
         ca.display().to_string(),
         "--cluster-listen".into(),
         SocketAddr::new(listen_ip, 0).to_string(),
         "--lease-ttl-secs".into(),
         ttl_secs.to_string(),
-    ]
+    ];
+    if let Some(p) = persistence {
+        args.extend(["--persistence".into(), p.to_string()]);
+    }
+    args
 }
 
-/// A coordinator with a leadership lease of `ttl_secs`; waits until it runs.
-pub fn coordinator(dir: &Path, etcd: &EtcdServer, id: &str, ttl_secs: u64) -> Role {
-    let mut args = common_args(&etcd.client_url(), "coordinator", LOCALHOST);
+/// How a coordinator runs.
+pub struct CoordinatorSpec<'a> {
+    pub id: &'a str,
+    /// The etcd URL it uses.
+    pub etcd_url: String,
+    /// How long it waits after the first shard registers before placing
+    /// cells.
+    pub settle_ms: u64,
+    /// Its leadership lease; `None` keeps the binary's default.
+    pub lease_ttl_secs: Option<u64>,
+    /// Whether it moves cells on its own (join balance, relief of
+    /// overloaded shards; the binary's default). Off (`--no-rebalance`)
+    /// where a test moves cells itself and counts what each shard owns.
+    pub rebalance: bool,
+    /// Further flags (`--tick-budget-ms MS`, ...).
+    pub extra: &'a [&'a str],
+}
+
+impl<'a> CoordinatorSpec<'a> {
+    /// On loopback; places cells 1 s after the first shard registers; a
+    /// 2 s lease; rebalances.
+    pub fn local(etcd: &EtcdServer, id: &'a str) -> CoordinatorSpec<'a> {
+        CoordinatorSpec {
+            id,
+            etcd_url: etcd.client_url(),
+            settle_ms: 1000,
+            lease_ttl_secs: Some(2),
+            rebalance: true,
+            extra: &[],
+        }
+    }
+
+    /// The same, moving no cell on its own (`--no-rebalance`).
+    pub fn not_rebalancing(self) -> CoordinatorSpec<'a> {
+        CoordinatorSpec {
+            rebalance: false,
+            ..self
+        }
+    }
+}
+
+/// Starts a coordinator and waits until it runs. It is given the cluster
+/// CA `ca`, which checks who signed each migration request.
+pub fn coordinator(dir: &Path, ca: &Path, spec: &CoordinatorSpec) -> Role {
+    let id = spec.id;
+    let mut args = common_args(&spec.etcd_url, "coordinator", LOCALHOST);
     args.extend([
-        "--settle-ms".into(),
-        "1000".into(),
-        "--lease-ttl-secs".into(),
-        ttl_secs.to_string(),
         "--id".into(),
         id.into(),
-        // ca_init's CA: checks who signed each migration request.
         "--cluster-ca".into(),
-        dir.join("ca").display().to_string(),
+        ca.display().to_string(),
+        "--settle-ms".into(),
+        spec.settle_ms.to_string(),
     ]);
+    if let Some(ttl) = spec.lease_ttl_secs {
+        args.extend(["--lease-ttl-secs".into(), ttl.to_string()]);
+    }
+    if !spec.rebalance {
+        args.push("--no-rebalance".into());
+    }
+    args.extend(spec.extra.iter().map(|a| a.to_string()));
     let mut role = Role::start_in(dir, id, None, "warn,tessera_coordinator=info", &args);
     role.wait_line(&format!("coordinator {id} running"));
     role
+}
+
+/// A running persistence service and where it listens.
+pub struct PersistenceProc {
+    pub role: Role,
+    pub addr: SocketAddr,
+}
+
+/// `tessera persistence` on a free loopback port, its store under
+/// `dir/persistence-data`; only members with certificates from `ca` may
+/// connect. Give its address to shards and routers
+/// ([`ShardSpec::persistence`], [`RouterSpec::persistence`]).
+pub fn persistence(dir: &Path, ca: &Path) -> PersistenceProc {
+    let args: Vec<String> = vec![
+        "persistence".into(),
+        "--cluster-ca".into(),
+        ca.display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.join("persistence-data").display().to_string(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let mut role = Role::start(dir, "persistence", &args);
+    let addr = role.addr_after("persistence listening on ");
+    PersistenceProc { role, addr }
 }
 
 /// Where and how a shard runs.
@@ -278,9 +369,12 @@ pub struct ShardSpec<'a> {
     pub ip: IpAddr,
     pub netns: Option<&'a str>,
     pub rust_log: &'a str,
+    /// The persistence service it checkpoints its cells to, if any.
+    pub persistence: Option<SocketAddr>,
 }
 
 impl<'a> ShardSpec<'a> {
+    /// On loopback, a 2 s lease, no persistence.
     pub fn local(etcd: &EtcdServer, id: &'a str) -> ShardSpec<'a> {
         ShardSpec {
             id,
@@ -289,6 +383,7 @@ impl<'a> ShardSpec<'a> {
             ip: LOCALHOST,
             netns: None,
             rust_log: "warn,tessera_shard=info",
+            persistence: None,
         }
     }
 }
@@ -302,7 +397,12 @@ pub struct ShardProc {
 /// Starts a shard and waits until it printed its addresses.
 pub fn shard(dir: &Path, ca: &Path, spec: &ShardSpec) -> ShardProc {
     let mut args = common_args(&spec.etcd_url, "shard", spec.ip);
-    args.extend(member_args(ca, spec.ip, spec.lease_ttl_secs));
+    args.extend(member_args(
+        ca,
+        spec.ip,
+        spec.lease_ttl_secs,
+        spec.persistence,
+    ));
     args.extend(["--id".into(), spec.id.into()]);
     let mut role = Role::start_in(dir, spec.id, spec.netns, spec.rust_log, &args);
     let rest = role.wait_line(&format!("shard {} running; cluster address ", spec.id));
@@ -326,16 +426,40 @@ pub struct RouterProc {
     pub metrics: SocketAddr,
 }
 
-/// A router on free loopback ports (its cluster bus on `bus_ip`).
-pub fn router(
-    dir: &Path,
-    etcd: &EtcdServer,
-    ca: &Path,
-    bus_ip: IpAddr,
-    ttl_secs: u64,
-) -> RouterProc {
-    let mut args = common_args(&etcd.client_url(), "router", LOCALHOST);
-    args.extend(member_args(ca, bus_ip, ttl_secs));
+/// How a router runs.
+pub struct RouterSpec {
+    /// The etcd URL it uses.
+    pub etcd_url: String,
+    /// The address its cluster bus listens on.
+    pub bus_ip: IpAddr,
+    pub lease_ttl_secs: u64,
+    /// The persistence service it keeps accounts and players in; without
+    /// one, its own data dir.
+    pub persistence: Option<SocketAddr>,
+}
+
+impl RouterSpec {
+    /// On loopback, a 2 s lease, no persistence.
+    pub fn local(etcd: &EtcdServer) -> RouterSpec {
+        RouterSpec {
+            etcd_url: etcd.client_url(),
+            bus_ip: LOCALHOST,
+            lease_ttl_secs: 2,
+            persistence: None,
+        }
+    }
+}
+
+/// A router with telnet, QUIC and metrics on free loopback ports; waits
+/// until it printed them.
+pub fn router(dir: &Path, ca: &Path, spec: &RouterSpec) -> RouterProc {
+    let mut args = common_args(&spec.etcd_url, "router", LOCALHOST);
+    args.extend(member_args(
+        ca,
+        spec.bus_ip,
+        spec.lease_ttl_secs,
+        spec.persistence,
+    ));
     args.extend([
         "--telnet".into(),
         "127.0.0.1:0".into(),
@@ -487,18 +611,28 @@ pub fn settled_entities(shards: &[SocketAddr]) -> f64 {
     }
 }
 
-/// `tessera ctl --etcd URL args...`: (success, stdout, stderr).
+/// `tessera ctl --etcd URL args...` without a credential, for the
+/// read-only commands: (success, stdout, stderr).
 pub fn ctl(etcd: &EtcdServer, args: &[&str]) -> (bool, String, String) {
-    run_ctl(etcd, None, args)
+    run(ctl_command(etcd, None, args))
 }
 
-/// `tessera ctl` as the operator [`ca_init`] issued a credential for (the
-/// commands that change the cluster need one).
+/// `tessera ctl` as the operator [`ca_init`] issued a credential for, for
+/// the commands that change the cluster (`move`, `drain`, `rebalance`
+/// without `--dry-run`).
 pub fn ops(etcd: &EtcdServer, ca: &Path, args: &[&str]) -> (bool, String, String) {
-    run_ctl(etcd, Some(&operator_credential(ca)), args)
+    ctl_as(etcd, &operator_credential(ca), args)
 }
 
-fn run_ctl(etcd: &EtcdServer, credential: Option<&Path>, args: &[&str]) -> (bool, String, String) {
+/// `tessera ctl --credential CREDENTIAL args...`.
+pub fn ctl_as(etcd: &EtcdServer, credential: &Path, args: &[&str]) -> (bool, String, String) {
+    run(ctl_command(etcd, Some(credential), args))
+}
+
+/// The `tessera ctl` command line, to spawn it and not wait (the
+/// environment's TESSERA_CREDENTIAL is not passed on: only `credential`
+/// counts).
+pub fn ctl_command(etcd: &EtcdServer, credential: Option<&Path>, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.args(["ctl", "--etcd", &etcd.client_url()])
         .args(args)
@@ -506,6 +640,10 @@ fn run_ctl(etcd: &EtcdServer, credential: Option<&Path>, args: &[&str]) -> (bool
     if let Some(c) = credential {
         cmd.arg("--credential").arg(c);
     }
+    cmd
+}
+
+fn run(mut cmd: Command) -> (bool, String, String) {
     let out = cmd.output().expect("run tessera ctl");
     (
         out.status.success(),
