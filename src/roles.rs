@@ -456,6 +456,10 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
             }
         }
     });
+    // A (re)started shard takes cells again, whatever drain cordoned it.
+    store
+        .delete(&tessera_coordinator::migration::draining_key(&prefix, &id))
+        .await?;
     let registration = ShardRegistration {
         addr,
         node: node_name(),

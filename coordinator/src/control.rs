@@ -288,6 +288,14 @@ pub async fn read_cluster_view(
             }
         }
     }
+    // Draining (cordoned) shards are left out: they get no cells, and
+    // their own cells are the drain's to move.
+    let draining = format!("{prefix}draining/");
+    for kv in store.list(&draining).await? {
+        if let Some(id) = kv.key.strip_prefix(&draining) {
+            view.shards.remove(&ShardId::new(id));
+        }
+    }
     for (cell, owner, _) in list_owners(store, prefix).await? {
         view.owners.insert(cell, owner.owner);
     }
@@ -457,6 +465,43 @@ mod tests {
             authority: Some(crate::authority::ClusterKey::from_secret(b"test CA key")),
             rebalance: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_draining_shard_is_left_out_of_rebalancing_until_it_restarts() {
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        register(&store, "s1", Duration::from_secs(60)).await;
+        register(&store, "s2", Duration::from_secs(60)).await;
+        let view = read_cluster_view(&*store, "/t/").await.unwrap();
+        assert_eq!(view.shards.len(), 2);
+        // Draining s2 cordons it first, whatever becomes of its cells.
+        let key = crate::authority::ClusterKey::from_secret(b"k");
+        let _ = crate::migration::drain(
+            &*store,
+            "/t/",
+            &ShardId::new("s2"),
+            Duration::from_millis(1),
+            &key.member("shard:s2".into()),
+        )
+        .await;
+        let view = read_cluster_view(&*store, "/t/").await.unwrap();
+        assert!(
+            view.shards.keys().all(|s| s.0 == "s1"),
+            "{:?}",
+            view.shards.keys()
+        );
+        store
+            .delete(&crate::migration::draining_key("/t/", &ShardId::new("s2")))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_cluster_view(&*store, "/t/")
+                .await
+                .unwrap()
+                .shards
+                .len(),
+            2
+        );
     }
 
     #[tokio::test]

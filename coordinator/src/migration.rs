@@ -56,6 +56,13 @@ pub struct Migration {
     pub cancelled_unix_ms: Option<u64>,
 }
 
+/// `draining/<shard>`: the shard is being drained (cordoned). The
+/// rebalancer neither gives it cells nor moves its cells; the shard deletes
+/// the key when it starts again.
+pub fn draining_key(prefix: &str, shard: &ShardId) -> String {
+    format!("{prefix}draining/{shard}")
+}
+
 pub fn migration_key(prefix: &str, cell: CellId) -> String {
     format!("{prefix}migrations/{cell}")
 }
@@ -260,6 +267,16 @@ pub async fn drain(
     signer: &Signer,
 ) -> Result<usize, DrainError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    // Cordon first, so the rebalancer does not hand the shard cells back.
+    let since = serde_json::json!({ "since_unix_ms": now_unix_ms(), "by": signer.by() });
+    store
+        .put(
+            &draining_key(prefix, shard),
+            since.to_string().into_bytes(),
+            None,
+        )
+        .await
+        .map_err(CoordinatorError::from)?;
     let mut moved = std::collections::HashSet::new();
     loop {
         let owners = cell_owners(store, prefix).await?;
