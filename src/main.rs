@@ -94,6 +94,15 @@ pub struct UpArgs {
     /// Close telnet connections idle this many seconds.
     #[arg(long, default_value_t = 1800)]
     idle_timeout_secs: u64,
+    /// Run the same roles against this etcd (comma-separated endpoints)
+    /// instead of the in-process store: a coordinator, the shards, the
+    /// router and the persistence service, each a cluster member that other
+    /// processes (`tessera shard`, `tessera ctl`) can join or steer.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix in etcd (with --etcd).
+    #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
+    prefix: String,
 }
 
 fn main() -> anyhow::Result<()> {

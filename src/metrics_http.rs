@@ -8,22 +8,33 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
 /// Installs the global metrics recorder (duration histograms with buckets
-/// around the tick budget), describes Tessera's metrics and serves them on
-/// `addr`. Returns the bound address.
+/// around the tick budget) once per process, describes Tessera's metrics and
+/// serves them on `addr` (every call serves the same metrics on one more
+/// address: `tessera up --etcd` runs several roles in one process). Returns
+/// the bound address.
 pub async fn install(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[
-                0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.033, 0.066, 0.1, 0.25, 0.5, 1.0,
-            ],
-        )
-        .context("metrics buckets")?
-        .build_recorder();
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
-    describe_metrics();
+    let handle = match HANDLE.get() {
+        Some(h) => h.clone(),
+        None => {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.033, 0.066, 0.1, 0.25, 0.5,
+                        1.0,
+                    ],
+                )
+                .context("metrics buckets")?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
+            describe_metrics();
+            HANDLE.get_or_init(|| handle).clone()
+        }
+    };
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;

@@ -149,7 +149,8 @@ pub struct ShardArgs {
     /// Relative capacity of this machine.
     #[arg(long, default_value_t = 1)]
     capacity: u32,
-    /// On SIGTERM, wait this long for the cells to move to other shards.
+    /// On SIGTERM, wait this long for the cells to move to other shards
+    /// (0: stop at once; the cells then fail over from their checkpoints).
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
     #[command(flatten)]
@@ -494,7 +495,7 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         _ = crate::up::shutdown_signal() => false,
         _ = lost_rx.wait_for(|l| *l) => true,
     };
-    if !lost {
+    if !lost && args.drain_timeout_secs > 0 {
         // Graceful drain: hand every cell to the other shards (live
         // migration, players stay connected), then stop.
         println!("shard {id} draining");

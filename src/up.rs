@@ -13,6 +13,9 @@ use tessera_router::{Router, RouterConfig};
 use tessera_shard::ShardConfig;
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    if !args.etcd.is_empty() {
+        return run_on_etcd(args).await;
+    }
     // Metrics first, so every role records from the start.
     let metrics_addr = crate::metrics_http::install(args.metrics).await?;
 
@@ -110,6 +113,128 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("Tessera stopped; state saved.");
     Ok(())
+}
+
+/// `tessera up --etcd URL`: the cluster roles, each a real member (QUIC
+/// bus with mutual TLS, registrations under leases, signed migrations), in
+/// one process against a real etcd. The cluster CA is created in
+/// `<data-dir>/cluster-ca` if missing; the persistence service serves
+/// `<data-dir>/tessera.redb` to the shards (checkpoints) and the router.
+async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
+    use clap::Parser;
+    use tessera_coordinator::transport::ClusterCa;
+    let metrics_addr = crate::metrics_http::install(args.metrics).await?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let ca_dir = args.data_dir.join("cluster-ca");
+    let ca = ClusterCa::load_or_create(&ca_dir)?;
+    let db = Database::open_redb(&args.data_dir.join("tessera.redb"))
+        .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
+    let persistence = tessera_persistence::remote::PersistenceServer::start(
+        db,
+        "127.0.0.1:0".parse()?,
+        ca.member("persistence")?
+            .server_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?,
+    )?;
+    let store_addr = persistence.local_addr()?.to_string();
+
+    // The roles take the same flags as their own commands.
+    #[derive(clap::Parser)]
+    struct Role<T: clap::Args> {
+        #[command(flatten)]
+        args: T,
+    }
+    fn parse<T: clap::Args>(role: &str, flags: &[String]) -> anyhow::Result<T> {
+        let argv = std::iter::once(role.to_string()).chain(flags.iter().cloned());
+        Ok(Role::<T>::try_parse_from(argv)?.args)
+    }
+    let etcd = args.etcd.join(",");
+    let world = args.world.display().to_string();
+    let ca_flag = ca_dir.display().to_string();
+    let cluster = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "--etcd".into(),
+            etcd.clone(),
+            "--prefix".into(),
+            args.prefix.clone(),
+            "--world".into(),
+            world.clone(),
+            "--metrics".into(),
+            "127.0.0.1:0".into(),
+            "--cluster-ca".into(),
+            ca_flag.clone(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let tick_hz = args.tick_hz.to_string();
+    let mut roles = tokio::task::JoinSet::new();
+    let coordinator: crate::roles::CoordinatorArgs = parse(
+        "coordinator",
+        &cluster(&["--id", "coordinator-up", "--settle-ms", "500"]),
+    )?;
+    roles.spawn(crate::roles::coordinator(coordinator));
+    for i in 1..=args.shards {
+        let id = format!("shard-{i}");
+        let shard: crate::roles::ShardArgs = parse(
+            "shard",
+            &cluster(&[
+                "--id",
+                &id,
+                "--cluster-listen",
+                "127.0.0.1:0",
+                "--tick-hz",
+                &tick_hz,
+                "--persistence",
+                &store_addr,
+                // Everything stops together: nowhere to drain to.
+                "--drain-timeout-secs",
+                "0",
+            ]),
+        )?;
+        roles.spawn(crate::roles::shard(shard));
+    }
+    let router: crate::roles::RouterArgs = parse(
+        "router",
+        &cluster(&[
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--telnet",
+            &args.telnet.to_string(),
+            "--quic",
+            &args.quic.to_string(),
+            "--data-dir",
+            &args.data_dir.display().to_string(),
+            "--tick-hz",
+            &tick_hz,
+            "--persistence",
+            &store_addr,
+        ]),
+    )?;
+    roles.spawn(crate::roles::router(router));
+    println!(
+        "Tessera is up on etcd {etcd} (prefix {}): a coordinator, {} shards, a router and \
+         persistence at {store_addr}; cluster CA in {}; metrics on http://{metrics_addr}/metrics",
+        args.prefix,
+        args.shards,
+        ca_dir.display()
+    );
+    // Every role stops on Ctrl-C or SIGTERM; the first failure stops the rest.
+    let mut result = Ok(());
+    while let Some(done) = roles.join_next().await {
+        let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            if result.is_ok() {
+                result = Err(e);
+                roles.abort_all();
+            }
+        }
+    }
+    persistence.close();
+    if result.is_ok() {
+        println!("Tessera stopped; state saved.");
+    }
+    result
 }
 
 fn connect_host(addr: std::net::SocketAddr) -> String {

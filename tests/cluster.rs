@@ -384,3 +384,76 @@ fn placement(etcd: &EtcdServer) -> Vec<(String, String, u64)> {
         .map(|r| (r.cell, r.owner, r.epoch))
         .collect()
 }
+
+/// `tessera up --etcd`: the same roles in one process against a real etcd.
+/// They are real members: `tessera ctl` sees the leader and both shards, an
+/// operator credential from the CA `up` created moves a cell, a player
+/// crosses the shard border, and SIGTERM stops everything cleanly.
+#[test]
+fn up_runs_the_cluster_roles_in_one_process_against_etcd() {
+    let dir = TestDir::new();
+    let etcd = EtcdServer::start();
+    let data = dir.path().join("up-data");
+    let mut up = Role::start(
+        dir.path(),
+        "up",
+        &[
+            "up".into(),
+            "--etcd".into(),
+            etcd.client_url(),
+            "--world".into(),
+            WORLD.into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--telnet".into(),
+            "127.0.0.1:0".into(),
+            "--quic".into(),
+            "127.0.0.1:0".into(),
+            "--metrics".into(),
+            "127.0.0.1:0".into(),
+        ],
+    );
+    let telnet = up.addr_after("telnet listening on ");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, status, _) = ctl(&etcd, &["status"]);
+        if ok && status.contains("leader: coordinator-up") && status.contains("shards: 2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader and two shards: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut ann = TelnetClient::create(telnet, "Ann", PW);
+    let start = ann.where_();
+    assert_eq!(
+        (start.cell.as_str(), start.shard.as_str()),
+        ("-1,0", "shard-1")
+    );
+    for _ in 0..3 {
+        ann.command("e");
+    }
+    assert_eq!(ann.where_().shard, "shard-2", "across the shard border");
+
+    // The CA `up` created issues operator credentials that its coordinator
+    // and shards accept.
+    let ca = data.join("cluster-ca");
+    let credential = dir.path().join("alice.credential");
+    let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ca", "operator", "alice", "--cluster-ca"])
+        .arg(&ca)
+        .arg("--out")
+        .arg(&credential)
+        .status()
+        .expect("tessera ca operator");
+    assert!(status.success());
+    let (ok, moved, err) = ctl_as(&etcd, &credential, &["move", "0,0", "shard-1"]);
+    assert!(ok, "{moved} {err}");
+    assert_eq!(ann.where_().shard, "shard-1", "her cell moved");
+
+    let status = up.terminate(Duration::from_secs(20));
+    assert!(status.success(), "up exited with {status}");
+    up.wait_line("Tessera stopped");
+}
