@@ -24,6 +24,10 @@ use tessera_proto::{CellId, EntityId, Epoch, Grid, ShardId, Vec3};
 /// messages that were already on their way.
 const FORWARD_MEMORY: Duration = Duration::from_secs(30);
 
+/// How long a join waits for this shard's map to name a live owner of its
+/// cell before it is refused.
+const JOIN_PATIENCE: Duration = Duration::from_secs(10);
+
 pub struct Shard {
     pub id: ShardId,
     config: ShardConfig,
@@ -66,6 +70,12 @@ pub struct Shard {
     /// last checkpoint: written at the end of the tick, so a failover
     /// neither loses nor duplicates that NPC.
     dirty: std::collections::BTreeSet<CellId>,
+    /// Joins for cells whose owner, as far as this shard's map knows, is
+    /// gone: the map is about to catch up (a router re-joining a player
+    /// after a failover may see the new owner first). Retried every tick.
+    pending_joins: Vec<(Instant, ToShard)>,
+    /// While a pending join is retried: when it first arrived.
+    retrying_since: Option<Instant>,
 }
 
 /// What a shard asks its process to record in the cluster store.
@@ -131,6 +141,8 @@ impl Shard {
             last_stall_ms: None,
             checkpoints: None,
             dirty: Default::default(),
+            pending_joins: Vec::new(),
+            retrying_since: None,
             config,
         };
         if let Some(c) = &shard.config.checkpoints {
@@ -387,6 +399,52 @@ impl Shard {
         ids
     }
 
+    /// Keeps a join for a later tick (see `pending_joins`), at most
+    /// [`JOIN_PATIENCE`] after it first arrived.
+    fn defer_join(&mut self, msg: ToShard) {
+        let ToShard::Join { session, .. } = &msg else {
+            return;
+        };
+        // A newer join of the same session replaces an older one.
+        self.pending_joins
+            .retain(|(_, m)| !matches!(m, ToShard::Join { session: s, .. } if s == session));
+        let since = self.retrying_since.unwrap_or_else(Instant::now);
+        if since.elapsed() > JOIN_PATIENCE {
+            let cell = match &msg {
+                ToShard::Join { pos, .. } => self.grid.cell_of(*pos),
+                _ => return,
+            };
+            tracing::warn!(shard = %self.id, cell = %cell, "join refused: the cell has no live owner");
+            self.send_player(
+                session,
+                PlayerEvent::Error {
+                    message: format!("cell {cell} is not being simulated right now"),
+                },
+            );
+            return;
+        }
+        self.pending_joins.push((since, msg));
+    }
+
+    /// Tries the joins that waited for the map again.
+    fn retry_joins(&mut self) {
+        for (since, msg) in std::mem::take(&mut self.pending_joins) {
+            // `join` defers it again (keeping its first arrival) if the map
+            // still has no live owner for it.
+            if let ToShard::Join {
+                session,
+                player,
+                name,
+                pos,
+            } = msg
+            {
+                self.retrying_since = Some(since);
+                self.join(session, player, name, pos);
+                self.retrying_since = None;
+            }
+        }
+    }
+
     fn open_fresh(&mut self, id: CellId, epoch: Epoch) {
         let mut cell = Cell::new(id, epoch, &self.world);
         for (index, (name, pos, def)) in self.world.npc_spawns().into_iter().enumerate() {
@@ -558,6 +616,11 @@ impl Shard {
 
     /// Handles one message.
     pub fn handle(&mut self, msg: ToShard) {
+        // Act on the newest map: a router may already know of a cell this
+        // shard was just given.
+        if self.map.version() != self.map_version {
+            self.reconcile();
+        }
         match msg {
             ToShard::Join {
                 session,
@@ -750,18 +813,36 @@ impl Shard {
         pos.y = pos.y.max(0.0);
         let cell_id = self.grid.cell_of(pos);
         if !self.cells.contains_key(&cell_id) {
-            // Not ours (the map changed under the router): pass it on.
-            if let Some(owner) = self.map.owner(cell_id) {
-                if owner.owner != self.id {
-                    let msg = ToShard::Join {
-                        session,
-                        player,
-                        name,
-                        pos,
-                    };
-                    let _ = self.bus.to_shard(&owner.owner, msg);
+            let msg = ToShard::Join {
+                session: session.clone(),
+                player,
+                name: name.clone(),
+                pos,
+            };
+            match self.map.owner(cell_id) {
+                // Not ours (the map changed under the router): pass it on.
+                Some(owner) if owner.owner != self.id && self.bus.has_shard(&owner.owner) => {
+                    if self.bus.to_shard(&owner.owner, msg.clone()).is_ok() {
+                        return;
+                    }
+                    self.defer_join(msg);
                     return;
                 }
+                // Its owner is gone, or nobody owns it yet: this shard's
+                // map is behind the router's. Wait for it.
+                Some(owner) if owner.owner != self.id => {
+                    self.defer_join(msg);
+                    return;
+                }
+                None => {
+                    self.defer_join(msg);
+                    return;
+                }
+                Some(_) if self.incoming.contains_key(&cell_id) => {
+                    self.deferred.push(msg);
+                    return;
+                }
+                Some(_) => {}
             }
             self.send_player(
                 &session,
@@ -979,6 +1060,9 @@ impl Shard {
             self.reconcile();
         }
         self.ship_migrations();
+        if !self.pending_joins.is_empty() {
+            self.retry_joins();
+        }
         self.tick += 1;
         let dt = 1.0 / self.config.tick_hz as f32;
         let think_every = (self.config.tick_hz as u64 / self.config.think_hz.max(1) as u64).max(1);
