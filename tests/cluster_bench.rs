@@ -44,7 +44,7 @@ fn failover_after_kill_9() {
         lease_ttl_secs: TTL_SECS,
         ..ShardSpec::local(&etcd, id)
     };
-    let mut shards = vec![
+    let mut shards = [
         shard(dir.path(), &ca, &spec("shard-1")),
         shard(dir.path(), &ca, &spec("shard-2")),
     ];
