@@ -457,3 +457,130 @@ fn up_runs_the_cluster_roles_in_one_process_against_etcd() {
     assert!(status.success(), "up exited with {status}");
     up.wait_line("Tessera stopped");
 }
+
+/// `tessera ctl move` of a cell holding 1,000 NPCs while three connected
+/// players walk in it: no entity is lost or duplicated, the players stay
+/// connected and keep walking, and the stall the target measured is
+/// reported.
+#[test]
+fn moving_a_cell_of_a_thousand_entities_under_movement_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = TestDir::new();
+    // The default world plus a crowd of 1,000 wanderers in cell -1,0 (the
+    // spawn's cell).
+    let world = dir.path().join("crowded-world");
+    std::fs::create_dir_all(world.join("scripts")).unwrap();
+    for entry in std::fs::read_dir(format!("{WORLD}/scripts")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), world.join("scripts").join(entry.file_name())).unwrap();
+    }
+    let mut toml = std::fs::read_to_string(format!("{WORLD}/world.toml")).unwrap();
+    toml.push_str(
+        "\n[[npc]]\nname = \"Pilgrim\"\ndescription = \"One of a crowd of pilgrims.\"\n\
+         pos = [-32, 0, 32]\nscript = \"wanderer\"\ncount = 1000\nscatter = 18\n",
+    );
+    std::fs::write(world.join("world.toml"), toml).unwrap();
+    let world = world.display().to_string();
+
+    let etcd = EtcdServer::start();
+    let ca = ca_init(dir.path());
+    let store = persistence(dir.path(), &ca);
+    let _coord = coordinator(
+        dir.path(),
+        &ca,
+        &CoordinatorSpec {
+            world: world.clone(),
+            ..CoordinatorSpec::local(&etcd, "coordinator").not_rebalancing()
+        },
+    );
+    let spec = |id| ShardSpec {
+        world: world.clone(),
+        persistence: Some(store.addr),
+        ..ShardSpec::local(&etcd, id)
+    };
+    let s1 = shard(dir.path(), &ca, &spec("shard-1"));
+    let s2 = shard(dir.path(), &ca, &spec("shard-2"));
+    let router = router(
+        dir.path(),
+        &ca,
+        &RouterSpec {
+            world: world.clone(),
+            persistence: Some(store.addr),
+            ..RouterSpec::local(&etcd)
+        },
+    );
+    let metrics = [s1.metrics, s2.metrics];
+    wait_ticking(&metrics, 10.0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let crowd = loop {
+        let crowd = entities_by_cell(&metrics)
+            .iter()
+            .filter(|(_, labels, _)| labels.ends_with("cell=\"-1,0\""))
+            .map(|(_, _, n)| *n)
+            .sum::<f64>();
+        if crowd >= 900.0 {
+            break crowd;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the crowd is not in -1,0: {crowd} ({:?})",
+            entities_by_cell(&metrics)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    // Three players pace north and south in the cell all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let steps = Arc::new(AtomicUsize::new(0));
+    let walkers: Vec<_> = ["Wan", "Wen", "Win"]
+        .iter()
+        .map(|name| {
+            let mut client = TelnetClient::create(router.telnet, name, PW);
+            let (stop, steps) = (stop.clone(), steps.clone());
+            std::thread::spawn(move || {
+                let mut north = true;
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = client.command(if north { "n" } else { "s" });
+                    assert!(!answer.is_empty(), "no answer to a step");
+                    steps.fetch_add(1, Ordering::Relaxed);
+                    north = !north;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                client
+            })
+        })
+        .collect();
+    let before = settled_entities(&metrics);
+    std::thread::sleep(Duration::from_millis(500));
+    let steps_before = steps.load(Ordering::Relaxed);
+    let (ok, out, err) = ops(&etcd, &ca, &["move", "-1,0", "shard-2", "--json"]);
+    assert!(ok, "ctl move: {out} {err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("ctl move --json");
+    eprintln!(
+        "move of a cell with {crowd} entities and 3 walking players: ctl took {} ms, simulation stall {} ms",
+        report["took_ms"], report["stall_ms"]
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let mut clients: Vec<TelnetClient> = walkers
+        .into_iter()
+        .map(|w| w.join().expect("a walker failed"))
+        .collect();
+    assert!(
+        steps.load(Ordering::Relaxed) > steps_before,
+        "the players stopped walking during the move"
+    );
+    assert_eq!(
+        settled_entities(&metrics),
+        before,
+        "entities lost or duplicated by the move"
+    );
+    for c in &mut clients {
+        let w = c.where_();
+        if w.cell == "-1,0" {
+            assert_eq!(w.shard, "shard-2", "a player left behind");
+        }
+    }
+    assert_eq!(router_connections(router.metrics), 3.0);
+}

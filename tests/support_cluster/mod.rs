@@ -231,13 +231,13 @@ pub fn operator_credential(ca: &Path) -> PathBuf {
 }
 
 /// `role --etcd URL --world W --metrics IP:0`.
-pub fn common_args(etcd_url: &str, role: &str, metrics_ip: IpAddr) -> Vec<String> {
+pub fn common_args(etcd_url: &str, role: &str, metrics_ip: IpAddr, world: &str) -> Vec<String> {
     vec![
         role.into(),
         "--etcd".into(),
         etcd_url.into(),
         "--world".into(),
-        WORLD.into(),
+        world.into(),
         "--metrics".into(),
         SocketAddr::new(metrics_ip, 0).to_string(),
     ]
@@ -282,6 +282,8 @@ pub struct CoordinatorSpec<'a> {
     pub rebalance: bool,
     /// Further flags (`--tick-budget-ms MS`, ...).
     pub extra: &'a [&'a str],
+    /// The world definition directory.
+    pub world: String,
 }
 
 impl<'a> CoordinatorSpec<'a> {
@@ -295,6 +297,7 @@ impl<'a> CoordinatorSpec<'a> {
             lease_ttl_secs: Some(2),
             rebalance: true,
             extra: &[],
+            world: WORLD.into(),
         }
     }
 
@@ -311,7 +314,7 @@ impl<'a> CoordinatorSpec<'a> {
 /// CA `ca`, which checks who signed each migration request.
 pub fn coordinator(dir: &Path, ca: &Path, spec: &CoordinatorSpec) -> Role {
     let id = spec.id;
-    let mut args = common_args(&spec.etcd_url, "coordinator", LOCALHOST);
+    let mut args = common_args(&spec.etcd_url, "coordinator", LOCALHOST, &spec.world);
     args.extend([
         "--id".into(),
         id.into(),
@@ -371,6 +374,8 @@ pub struct ShardSpec<'a> {
     pub rust_log: &'a str,
     /// The persistence service it checkpoints its cells to, if any.
     pub persistence: Option<SocketAddr>,
+    /// The world definition directory.
+    pub world: String,
 }
 
 impl<'a> ShardSpec<'a> {
@@ -384,6 +389,7 @@ impl<'a> ShardSpec<'a> {
             netns: None,
             rust_log: "warn,tessera_shard=info",
             persistence: None,
+            world: WORLD.into(),
         }
     }
 }
@@ -396,7 +402,7 @@ pub struct ShardProc {
 
 /// Starts a shard and waits until it printed its addresses.
 pub fn shard(dir: &Path, ca: &Path, spec: &ShardSpec) -> ShardProc {
-    let mut args = common_args(&spec.etcd_url, "shard", spec.ip);
+    let mut args = common_args(&spec.etcd_url, "shard", spec.ip, &spec.world);
     args.extend(member_args(
         ca,
         spec.ip,
@@ -436,6 +442,8 @@ pub struct RouterSpec {
     /// The persistence service it keeps accounts and players in; without
     /// one, its own data dir.
     pub persistence: Option<SocketAddr>,
+    /// The world definition directory.
+    pub world: String,
 }
 
 impl RouterSpec {
@@ -446,6 +454,7 @@ impl RouterSpec {
             bus_ip: LOCALHOST,
             lease_ttl_secs: 2,
             persistence: None,
+            world: WORLD.into(),
         }
     }
 }
@@ -453,7 +462,7 @@ impl RouterSpec {
 /// A router with telnet, QUIC and metrics on free loopback ports; waits
 /// until it printed them.
 pub fn router(dir: &Path, ca: &Path, spec: &RouterSpec) -> RouterProc {
-    let mut args = common_args(&spec.etcd_url, "router", LOCALHOST);
+    let mut args = common_args(&spec.etcd_url, "router", LOCALHOST, &spec.world);
     args.extend(member_args(
         ca,
         spec.bus_ip,
