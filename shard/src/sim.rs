@@ -884,6 +884,12 @@ impl Shard {
 
     /// Takes an entity handed to cell `to`.
     fn accept(&mut self, to: CellId, epoch: Epoch, entity: EntityTransfer) {
+        // A hand-off delivered twice (the cluster bus re-sends the frame in
+        // flight when a stream breaks) must not create a second copy.
+        if let Some(here) = self.cell_of_entity(entity.id) {
+            tracing::warn!(shard = %self.id, cell = %here, entity = %entity.id, "duplicate hand-off ignored: the entity is already here");
+            return;
+        }
         self.forwarded.remove(&entity.id);
         let Some(cell) = self.cells.get_mut(&to) else {
             // Not ours any more: pass it to the owner. Never drop it.

@@ -264,3 +264,28 @@ fn ghosts_and_speech_cross_the_shard_border() {
         .x;
     assert!(bob_x > 0.0, "Bob walked through Ann's ghost: x = {bob_x}");
 }
+
+#[test]
+fn a_hand_off_delivered_twice_creates_one_entity() {
+    let mut c = Cluster::new();
+    let ann = join(&mut c, 0, 7, "Ann", Vec3::new(-4.0, 0.0, -8.0));
+    let transfer = c.shards[0]
+        .cells()
+        .find(|cell| cell.contains(ann))
+        .and_then(|cell| cell.export(ann))
+        .expect("Ann is on shard a");
+    // Pretend shard a handed her over and the bus delivered it twice, the
+    // second time after she had walked on into the next cell.
+    let handoff = |x| ToShard::Handoff {
+        to: CellId::new(x, -1),
+        epoch: Epoch(1),
+        entity: transfer.clone(),
+    };
+    c.send(1, handoff(0));
+    c.send(1, handoff(1));
+    let on_b = c.shards[1]
+        .cells()
+        .filter(|cell| cell.contains(ann))
+        .count();
+    assert_eq!(on_b, 1, "one copy on shard b");
+}
