@@ -331,13 +331,18 @@ pub async fn persistence(args: PersistenceArgs) -> anyhow::Result<()> {
 
 /// The signer of an operator command, from `--credential`.
 fn operator(args: &CtlArgs) -> anyhow::Result<Signer> {
+    Ok(operator_credential(args)?.signer()?)
+}
+
+/// The operator credential from `--credential`.
+fn operator_credential(args: &CtlArgs) -> anyhow::Result<OperatorCredential> {
     let Some(path) = &args.credential else {
         anyhow::bail!(
-            "this command changes the cluster and needs an operator credential: \
-             --credential FILE or TESSERA_CREDENTIAL (create one with `tessera ca operator NAME`)"
+            "this command needs an operator credential: --credential FILE or \
+             TESSERA_CREDENTIAL (create one with `tessera ca operator NAME`)"
         );
     };
-    Ok(OperatorCredential::load(path)?.signer()?)
+    Ok(OperatorCredential::load(path)?)
 }
 
 /// `tessera ca operator NAME`: an operator credential signed off by the
@@ -641,6 +646,20 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Leader, members, totals.
     Status,
+    /// Copy everything in the persistence service (accounts, players, cell
+    /// checkpoints) to FILE.
+    Backup {
+        file: PathBuf,
+        #[command(flatten)]
+        store: BackupStore,
+    },
+    /// Replace everything in the persistence service with the backup FILE
+    /// (run it with the cluster stopped).
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        store: BackupStore,
+    },
     /// Every shard: address, cells, entities, tick times.
     Shards,
     /// Every cell: owner, epoch, entities, players, tick p99.
@@ -679,9 +698,96 @@ pub enum CtlCommand {
     },
 }
 
+/// Where `ctl backup` and `ctl restore` find the store.
+#[derive(Args, Debug, Clone)]
+pub struct BackupStore {
+    /// The persistence service, host:port.
+    #[arg(long)]
+    persistence: SocketAddr,
+    /// The cluster CA directory (the service admits cluster members only).
+    #[arg(long)]
+    cluster_ca: PathBuf,
+}
+
+impl BackupStore {
+    /// A client of the service, for an operator of this cluster only.
+    fn connect(&self, args: &CtlArgs) -> anyhow::Result<Database> {
+        let credential = operator_credential(args)?;
+        let key = ClusterKey::from_ca_dir(&self.cluster_ca)?;
+        anyhow::ensure!(
+            key.operator(&credential.operator).matches(&credential),
+            "the credential of {} was not issued by the cluster CA in {}",
+            credential.operator,
+            self.cluster_ca.display()
+        );
+        let identity =
+            ClusterCa::load(&self.cluster_ca)?.member(&format!("ctl {}", credential.operator))?;
+        let config = identity.client_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
+        Ok(tessera_persistence::remote::RemoteBackend::new(
+            self.persistence,
+            tessera_coordinator::transport::CLUSTER_NAME,
+            config,
+        )?
+        .database())
+    }
+}
+
+/// `tessera ctl backup|restore`: blocking file and store work, off the
+/// async threads.
+async fn ctl_backup(args: &CtlArgs) -> anyhow::Result<()> {
+    use tessera_persistence::backup;
+    let started = std::time::Instant::now();
+    match &args.command {
+        CtlCommand::Backup { file, store } => {
+            let db = store.connect(args)?;
+            let file = file.clone();
+            let tmp = file.with_extension("partial");
+            let n = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+                let f = std::fs::File::create(&tmp)
+                    .with_context(|| format!("cannot create {}", tmp.display()))?;
+                let mut out = std::io::BufWriter::new(f);
+                let n = backup::dump(&db, &mut out)?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                std::fs::rename(&tmp, &file)?;
+                Ok(n)
+            })
+            .await??;
+            println!(
+                "backed up {n} entries in {} ms",
+                started.elapsed().as_millis()
+            );
+        }
+        CtlCommand::Restore { file, store } => {
+            let db = store.connect(args)?;
+            let file = file.clone();
+            let n = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+                let mut open = || -> std::io::Result<Box<dyn std::io::BufRead>> {
+                    Ok(Box::new(std::io::BufReader::new(std::fs::File::open(
+                        &file,
+                    )?)))
+                };
+                Ok(backup::restore(&db, &mut open)?)
+            })
+            .await??;
+            println!(
+                "restored {n} entries in {} ms",
+                started.elapsed().as_millis()
+            );
+        }
+        _ => unreachable!("only backup and restore come here"),
+    }
+    Ok(())
+}
+
 /// `tessera ctl`.
 pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     use tessera_coordinator::ctl;
+    if matches!(
+        args.command,
+        CtlCommand::Backup { .. } | CtlCommand::Restore { .. }
+    ) {
+        return ctl_backup(&args).await;
+    }
     let store = EtcdStore::connect(&args.etcd, Duration::from_secs(3))
         .await
         .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
@@ -750,6 +856,8 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     let out = match (&args.command, args.json) {
         (
             CtlCommand::Move { .. }
+            | CtlCommand::Backup { .. }
+            | CtlCommand::Restore { .. }
             | CtlCommand::Drain { .. }
             | CtlCommand::Rebalance { .. }
             | CtlCommand::Top { .. },

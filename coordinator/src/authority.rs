@@ -188,6 +188,15 @@ impl std::fmt::Debug for OperatorCredential {
 }
 
 impl OperatorCredential {
+    /// Whether `other` is this same credential (same operator, same key).
+    pub fn matches(&self, other: &OperatorCredential) -> bool {
+        // Without an early exit on the first differing byte.
+        let (a, b) = (self.key.as_bytes(), other.key.as_bytes());
+        self.operator == other.operator
+            && a.len() == b.len()
+            && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
     pub fn signer(&self) -> Result<Signer, AuthorityError> {
         let raw = unhex(&self.key).filter(|k| k.len() == 32).ok_or_else(|| {
             AuthorityError::Credential {

@@ -52,6 +52,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod backup;
 mod chunked;
 mod error;
 mod keys;
