@@ -23,6 +23,15 @@ need_pkg protoc protobuf-compiler
 need_pkg etcd etcd-server
 # The fault tests put a shard in a network namespace (ip netns, as root).
 need_pkg ip iproute2
+# The FoundationDB bindings (feature fdb) run bindgen, which needs libclang.
+# No package here ships libfdb_c, so that feature is only checked, not linked.
+if ! dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q 'install ok installed'; then
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev
+fi
 # The real-process tests signal servers with kill(1) (not the shell builtin).
 if [ ! -x /bin/kill ] && [ ! -x /usr/bin/kill ]; then
     apt_updated=1
@@ -37,6 +46,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== FoundationDB backend (feature fdb): type-check and clippy only, no libfdb_c here"
+cargo check -p tessera-persistence --features fdb --all-targets --locked
+cargo clippy -p tessera-persistence --features fdb --all-targets --locked -- -D warnings
 echo "== build (one build shared by all tests)"
 cargo build --workspace --all-targets --locked
 echo "== tests"

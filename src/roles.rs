@@ -204,6 +204,11 @@ pub struct PersistenceArgs {
     /// Prometheus metrics address.
     #[arg(long, default_value = "127.0.0.1:9100")]
     metrics: SocketAddr,
+    /// Store in the FoundationDB cluster this cluster file names, instead of
+    /// `<data-dir>/persistence.redb`. Only in builds with the cargo feature `fdb`.
+    #[cfg(feature = "fdb")]
+    #[arg(long)]
+    fdb_cluster_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -311,22 +316,37 @@ async fn member_bus(
 pub async fn persistence(args: PersistenceArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
     let identity = ClusterCa::load(&args.cluster_ca)?.member("persistence")?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
-    let path = args.data_dir.join("persistence.redb");
-    let db = Database::open_redb(&path)
-        .with_context(|| format!("cannot open the store {}", path.display()))?;
+    let db = persistence_store(&args)?;
+    let store = db.describe();
     let config = identity.server_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
     let server = tessera_persistence::remote::PersistenceServer::start(db, args.listen, config)?;
     println!(
         "persistence listening on {}   (store {}); metrics on http://{metrics}/metrics",
         server.local_addr()?,
-        path.display()
+        store
     );
     crate::up::shutdown_signal().await;
     server.close();
     println!("persistence stopped.");
     Ok(())
+}
+
+/// The service's store: the FoundationDB cluster of `--fdb-cluster-file` (feature `fdb`), or
+/// else `<data-dir>/persistence.redb`.
+fn persistence_store(args: &PersistenceArgs) -> anyhow::Result<Database> {
+    #[cfg(feature = "fdb")]
+    if let Some(cluster_file) = &args.fdb_cluster_file {
+        return Database::open_fdb(Some(cluster_file)).with_context(|| {
+            format!(
+                "cannot open FoundationDB with cluster file {}",
+                cluster_file.display()
+            )
+        });
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let path = args.data_dir.join("persistence.redb");
+    Database::open_redb(&path).with_context(|| format!("cannot open the store {}", path.display()))
 }
 
 /// The signer of an operator command, from `--credential`.

@@ -485,6 +485,30 @@ pub enum ModelOp {
     Abort,
 }
 
+/// Random [`ModelOp`] sequences over a handful of short keys (so operations collide), for a
+/// backend's proptest of [`check_against_model`]. Only in this crate's tests: proptest is a
+/// dev-dependency.
+#[cfg(test)]
+pub(crate) fn model_ops() -> impl proptest::strategy::Strategy<Value = Vec<ModelOp>> {
+    use proptest::prelude::*;
+
+    fn small_key() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(prop::sample::select(vec![0u8, 1, 2, 0xFF]), 0..4)
+    }
+    let op = prop_oneof![
+        4 => (small_key(), prop::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(k, v)| ModelOp::Set(k, v)),
+        2 => small_key().prop_map(ModelOp::Clear),
+        1 => (small_key(), small_key()).prop_map(|(b, e)| ModelOp::ClearRange(b, e)),
+        2 => small_key().prop_map(ModelOp::Get),
+        2 => (small_key(), small_key(), 0usize..4)
+            .prop_map(|(b, e, limit)| ModelOp::GetRange(b, e, limit)),
+        1 => Just(ModelOp::Commit),
+        1 => Just(ModelOp::Abort),
+    ];
+    prop::collection::vec(op, 0..40)
+}
+
 fn example_model_ops() -> Vec<ModelOp> {
     use ModelOp::*;
     vec![

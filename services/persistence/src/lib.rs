@@ -19,11 +19,17 @@
 //!   returns its error and also stops the commit, even if the closure ignores the error.
 //!   Values too big for one key go through [`set_chunked`] / [`get_chunked`].
 //!
-//! Backends implement [`Backend`]: run one attempt of a transaction, nothing more. The only
-//! backend today is redb ([`Database::open_redb`]), an embedded single-file store with a single
-//! writer: attempts run one at a time inside a redb write transaction, so they never conflict,
-//! and a long transaction delays all others. Keep transactions short and do heavy work (such
-//! as password hashing) outside them. The FoundationDB backend will sit behind a cargo feature.
+//! Backends implement [`Backend`]: run one attempt of a transaction, nothing more. There are
+//! three:
+//!
+//! - redb ([`Database::open_redb`]), an embedded single-file store with a single writer:
+//!   attempts run one at a time inside a redb write transaction, so they never conflict, and a
+//!   long transaction delays all others. Keep transactions short and do heavy work (such as
+//!   password hashing) outside them.
+//! - the persistence service over QUIC ([`remote::RemoteBackend`]).
+//! - FoundationDB (`Database::open_fdb`, behind the cargo feature `fdb`, which needs libclang
+//!   to build and libfdb_c to link): each attempt is one FoundationDB transaction, and
+//!   FoundationDB's retryable errors become [`StoreError::Conflict`].
 //!
 //! The `conformance` module (feature `conformance`, always on in this crate's tests) is the
 //! contract: every backend must pass it.
@@ -55,6 +61,8 @@ use std::time::Duration;
 pub mod backup;
 mod chunked;
 mod error;
+#[cfg(feature = "fdb")]
+mod fdb_backend;
 mod keys;
 mod limits;
 mod redb_backend;

@@ -152,7 +152,7 @@ impl Transaction for RedbTransaction<'_> {
 mod tests {
     use proptest::prelude::*;
 
-    use crate::conformance::{self, ModelOp};
+    use crate::conformance;
     use crate::Database;
 
     fn fresh() -> (tempfile::TempDir, Database) {
@@ -225,24 +225,6 @@ mod tests {
         assert!(format!("{db:?}").contains("redb"));
     }
 
-    fn small_key() -> impl Strategy<Value = Vec<u8>> {
-        prop::collection::vec(prop::sample::select(vec![0u8, 1, 2, 0xFF]), 0..4)
-    }
-
-    fn model_op() -> impl Strategy<Value = ModelOp> {
-        prop_oneof![
-            4 => (small_key(), prop::collection::vec(any::<u8>(), 0..8))
-                .prop_map(|(k, v)| ModelOp::Set(k, v)),
-            2 => small_key().prop_map(ModelOp::Clear),
-            1 => (small_key(), small_key()).prop_map(|(b, e)| ModelOp::ClearRange(b, e)),
-            2 => small_key().prop_map(ModelOp::Get),
-            2 => (small_key(), small_key(), 0usize..4)
-                .prop_map(|(b, e, limit)| ModelOp::GetRange(b, e, limit)),
-            1 => Just(ModelOp::Commit),
-            1 => Just(ModelOp::Abort),
-        ]
-    }
-
     #[test]
     fn random_operations_match_a_btreemap() {
         // One file for all cases: the check clears its key space before each run.
@@ -252,7 +234,7 @@ mod tests {
             ..ProptestConfig::default()
         });
         runner
-            .run(&prop::collection::vec(model_op(), 0..40), |ops| {
+            .run(&conformance::model_ops(), |ops| {
                 conformance::check_against_model(&db, &ops);
                 Ok(())
             })

@@ -781,7 +781,7 @@ mod tests {
 mod service_tests {
     //! The conformance suite against a real service on loopback (QUIC, TLS, a redb file).
     use super::*;
-    use crate::conformance::{self, ModelOp};
+    use crate::conformance;
     use proptest::prelude::*;
 
     const NAME: &str = "persistence.test";
@@ -937,24 +937,6 @@ mod service_tests {
         assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
-    fn small_key() -> impl Strategy<Value = Vec<u8>> {
-        prop::collection::vec(prop::sample::select(vec![0u8, 1, 2, 0xFF]), 0..4)
-    }
-
-    fn model_op() -> impl Strategy<Value = ModelOp> {
-        prop_oneof![
-            4 => (small_key(), prop::collection::vec(any::<u8>(), 0..8))
-                .prop_map(|(k, v)| ModelOp::Set(k, v)),
-            2 => small_key().prop_map(ModelOp::Clear),
-            1 => (small_key(), small_key()).prop_map(|(b, e)| ModelOp::ClearRange(b, e)),
-            2 => small_key().prop_map(ModelOp::Get),
-            2 => (small_key(), small_key(), 0usize..4)
-                .prop_map(|(b, e, limit)| ModelOp::GetRange(b, e, limit)),
-            1 => Just(ModelOp::Commit),
-            1 => Just(ModelOp::Abort),
-        ]
-    }
-
     #[test]
     fn random_operations_match_a_btreemap_over_quic() {
         // The client keeps writes locally and merges them into range reads: the model check is
@@ -966,7 +948,7 @@ mod service_tests {
             ..ProptestConfig::default()
         });
         runner
-            .run(&prop::collection::vec(model_op(), 0..40), |ops| {
+            .run(&conformance::model_ops(), |ops| {
                 conformance::check_against_model(&db, &ops);
                 Ok(())
             })
