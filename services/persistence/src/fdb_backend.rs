@@ -16,10 +16,10 @@
 //! attempt run one after another, as the closure issues them.
 //!
 //! **Unknown commit results.** FoundationDB reports `commit_unknown_result` (1021) when it
-//! cannot tell whether a commit was applied; like FoundationDB's own retry loop we retry it, so
-//! a transaction may then be applied twice. Transactions that must not be (blind increments)
-//! should check what they read; everything Tessera writes today (fenced checkpoints, player
-//! records) is idempotent.
+//! cannot tell whether a commit was applied. FoundationDB's own retry loop retries it, which may
+//! apply a transaction twice; here it is `StoreError::Unavailable` saying the outcome is
+//! unknown, as on the persistence service's client, so every backend behaves alike and
+//! `transact` never applies a blind increment twice. The caller decides whether to retry.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -284,6 +284,10 @@ fn map_error(context: &str, err: FdbError) -> StoreError {
 /// The decision of [`map_error`], on plain values so it can be tested without libfdb_c.
 fn classify(context: &str, code: i32, retryable: bool, message: &str) -> StoreError {
     match code {
+        code::COMMIT_UNKNOWN_RESULT => StoreError::Unavailable(format!(
+            "{context}: FoundationDB cannot tell whether the commit was applied (error {code}: \
+             {message}); it may or may not have been"
+        )),
         code::TRANSACTION_TIMED_OUT => StoreError::Unavailable(format!(
             "{context}: FoundationDB did not finish the transaction within {} s (error \
              {code}, {message}); is the cluster up and reachable? A commit may or may not have \
@@ -292,7 +296,6 @@ fn classify(context: &str, code: i32, retryable: bool, message: &str) -> StoreEr
         )),
         code::NOT_COMMITTED
         | code::TRANSACTION_TOO_OLD
-        | code::COMMIT_UNKNOWN_RESULT
         | code::FUTURE_VERSION
         | code::PROCESS_BEHIND => StoreError::Conflict,
         _ if retryable => StoreError::Conflict,
@@ -333,7 +336,11 @@ mod tests {
 
     #[test]
     fn retryable_errors_are_conflicts() {
-        for code in [1007, 1009, 1020, 1021, 1037] {
+        assert!(matches!(
+            classify("c", 1021, true, "commit_unknown_result"),
+            StoreError::Unavailable(_)
+        ));
+        for code in [1007, 1009, 1020, 1037] {
             assert!(
                 matches!(classify("c", code, false, "m"), StoreError::Conflict),
                 "{code}"
