@@ -485,11 +485,25 @@ pub enum ModelOp {
     Abort,
 }
 
-/// Random [`ModelOp`] sequences over a handful of short keys (so operations collide), for a
-/// backend's proptest of [`check_against_model`]. Only in this crate's tests: proptest is a
-/// dev-dependency.
+/// Runs [`check_against_model`] on `cases` random [`ModelOp`] sequences (proptest, shrinking a
+/// failure to a small case). Only in this crate's tests: proptest is a dev-dependency.
 #[cfg(test)]
-pub(crate) fn model_ops() -> impl proptest::strategy::Strategy<Value = Vec<ModelOp>> {
+pub(crate) fn random_operations_match_a_btreemap(db: &Database, cases: u32) {
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        ..proptest::test_runner::Config::default()
+    });
+    runner
+        .run(&model_ops(), |ops| {
+            check_against_model(db, &ops);
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Random [`ModelOp`] sequences over a handful of short keys (so operations collide).
+#[cfg(test)]
+fn model_ops() -> impl proptest::strategy::Strategy<Value = Vec<ModelOp>> {
     use proptest::prelude::*;
 
     fn small_key() -> impl Strategy<Value = Vec<u8>> {

@@ -314,7 +314,6 @@ fn fdb_failure(context: &str, err: FdbError) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
 
     use super::*;
     use crate::conformance;
@@ -383,15 +382,6 @@ mod tests {
     fn random_operations_match_a_btreemap() {
         let Some(path) = cluster() else { return };
         let db = Database::open_fdb(Some(&path)).unwrap();
-        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-            cases: 64,
-            ..ProptestConfig::default()
-        });
-        runner
-            .run(&conformance::model_ops(), |ops| {
-                conformance::check_against_model(&db, &ops);
-                Ok(())
-            })
-            .unwrap();
+        conformance::random_operations_match_a_btreemap(&db, 64);
     }
 }

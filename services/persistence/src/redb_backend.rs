@@ -150,7 +150,6 @@ impl Transaction for RedbTransaction<'_> {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
 
     use crate::conformance;
     use crate::Database;
@@ -229,15 +228,6 @@ mod tests {
     fn random_operations_match_a_btreemap() {
         // One file for all cases: the check clears its key space before each run.
         let (_dir, db) = fresh();
-        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-            cases: 128,
-            ..ProptestConfig::default()
-        });
-        runner
-            .run(&conformance::model_ops(), |ops| {
-                conformance::check_against_model(&db, &ops);
-                Ok(())
-            })
-            .unwrap();
+        conformance::random_operations_match_a_btreemap(&db, 128);
     }
 }
