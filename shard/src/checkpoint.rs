@@ -138,6 +138,7 @@ pub fn save(
 pub struct Writer {
     tx: Sender<Vec<CellCheckpoint>>,
     shard: ShardId,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Writer {
@@ -145,14 +146,32 @@ impl Writer {
         // Room for one round in flight and one waiting: a slow store skips rounds.
         let (tx, rx) = crossbeam_channel::bounded::<Vec<CellCheckpoint>>(1);
         let id = shard.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("checkpoint-{shard}"))
             .spawn(move || {
                 for round in rx {
-                    write_round(&id, &db, round);
+                    let written = write_round(&id, &db, round);
+                    tracing::trace!(shard = %id, written, "checkpoints written");
                 }
             })?;
-        Ok(Writer { tx, shard })
+        Ok(Writer { tx, shard, thread })
+    }
+
+    /// Writes a last round after every round queued before it (so an older
+    /// round can never overwrite it), then stops the thread. Returns when it
+    /// is written.
+    pub fn finish(self, last: Vec<CellCheckpoint>) {
+        let Writer { tx, shard, thread } = self;
+        let cells = last.len();
+        if tx.send(last).is_err() {
+            tracing::error!(shard = %shard, "checkpoint writer has stopped; final checkpoint not written");
+        }
+        drop(tx);
+        if thread.join().is_err() {
+            tracing::error!(shard = %shard, "checkpoint writer panicked");
+        } else if cells > 0 {
+            tracing::info!(shard = %shard, cells, "final checkpoint written");
+        }
     }
 
     /// Queues a round of checkpoints; skips it (and returns false) if the previous rounds are
@@ -174,7 +193,9 @@ impl Writer {
     }
 }
 
-fn write_round(shard: &ShardId, db: &Database, round: Vec<CellCheckpoint>) {
+/// Writes a round in transactions of at most [`BATCH_BYTES`]; returns how
+/// many checkpoints were written (errors and fenced cells are logged).
+fn write_round(shard: &ShardId, db: &Database, round: Vec<CellCheckpoint>) -> usize {
     let started = std::time::Instant::now();
     let mut batch: Vec<(CellCheckpoint, Vec<u8>)> = Vec::new();
     let mut bytes = 0;
@@ -220,7 +241,7 @@ fn write_round(shard: &ShardId, db: &Database, round: Vec<CellCheckpoint>) {
     flush(&mut batch);
     metrics::histogram!("tessera_shard_checkpoint_seconds", "shard" => shard.0.clone())
         .record(started.elapsed().as_secs_f64());
-    tracing::trace!(shard = %shard, written, "checkpoints written");
+    written
 }
 
 #[cfg(test)]

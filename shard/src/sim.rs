@@ -1251,26 +1251,11 @@ impl Shard {
     }
 
     /// On a clean stop, the cells still here are written before the thread ends.
-    fn final_checkpoint(&self) {
-        let Some(c) = &self.config.checkpoints else {
-            return;
-        };
-        if self.cells.is_empty() {
-            return;
-        }
+    fn final_checkpoint(&mut self) {
         let ids: Vec<CellId> = self.cells.keys().copied().collect();
-        let round: Vec<_> = self
-            .capture(&ids)
-            .into_iter()
-            .filter_map(|cp| tessera_proto::frame::encode(&cp).ok().map(|b| (cp, b)))
-            .collect();
-        match crate::checkpoint::save(&c.db, &round) {
-            Ok(_) => {
-                tracing::info!(shard = %self.id, cells = round.len(), "final checkpoint written")
-            }
-            Err(e) => {
-                tracing::error!(shard = %self.id, error = %e, "cannot write the final checkpoint")
-            }
+        let last = self.capture(&ids);
+        if let Some((writer, _)) = self.checkpoints.take() {
+            writer.finish(last);
         }
     }
 }
