@@ -74,8 +74,6 @@ pub struct Shard {
     /// gone: the map is about to catch up (a router re-joining a player
     /// after a failover may see the new owner first). Retried every tick.
     pending_joins: Vec<(Instant, ToShard)>,
-    /// While a pending join is retried: when it first arrived.
-    retrying_since: Option<Instant>,
 }
 
 /// What a shard asks its process to record in the cluster store.
@@ -142,7 +140,6 @@ impl Shard {
             checkpoints: None,
             dirty: Default::default(),
             pending_joins: Vec::new(),
-            retrying_since: None,
             config,
         };
         if let Some(c) = &shard.config.checkpoints {
@@ -400,15 +397,14 @@ impl Shard {
     }
 
     /// Keeps a join for a later tick (see `pending_joins`), at most
-    /// [`JOIN_PATIENCE`] after it first arrived.
-    fn defer_join(&mut self, msg: ToShard) {
+    /// [`JOIN_PATIENCE`] after it first arrived (`since`).
+    fn defer_join(&mut self, msg: ToShard, since: Instant) {
         let ToShard::Join { session, .. } = &msg else {
             return;
         };
         // A newer join of the same session replaces an older one.
         self.pending_joins
             .retain(|(_, m)| !matches!(m, ToShard::Join { session: s, .. } if s == session));
-        let since = self.retrying_since.unwrap_or_else(Instant::now);
         if since.elapsed() > JOIN_PATIENCE {
             let cell = match &msg {
                 ToShard::Join { pos, .. } => self.grid.cell_of(*pos),
@@ -438,9 +434,7 @@ impl Shard {
                 pos,
             } = msg
             {
-                self.retrying_since = Some(since);
-                self.join(session, player, name, pos);
-                self.retrying_since = None;
+                self.join(session, player, name, pos, since);
             }
         }
     }
@@ -627,7 +621,7 @@ impl Shard {
                 player,
                 name,
                 pos,
-            } => self.join(session, player, name, pos),
+            } => self.join(session, player, name, pos, Instant::now()),
             ToShard::Input { entity, input } => {
                 let cell = self.cell_of_entity(entity);
                 match cell {
@@ -780,12 +774,15 @@ impl Shard {
         }
     }
 
+    /// Puts a player into the world; `arrived` is when the join first
+    /// reached this shard (it may have waited for the map).
     fn join(
         &mut self,
         session: SessionRef,
         player: tessera_proto::PlayerId,
         name: String,
         pos: Vec3,
+        arrived: Instant,
     ) {
         let entity = EntityId::for_player(player);
         // A reconnect while the old avatar is still in the world takes it over.
@@ -825,17 +822,17 @@ impl Shard {
                     if self.bus.to_shard(&owner.owner, msg.clone()).is_ok() {
                         return;
                     }
-                    self.defer_join(msg);
+                    self.defer_join(msg, arrived);
                     return;
                 }
                 // Its owner is gone, or nobody owns it yet: this shard's
                 // map is behind the router's. Wait for it.
                 Some(owner) if owner.owner != self.id => {
-                    self.defer_join(msg);
+                    self.defer_join(msg, arrived);
                     return;
                 }
                 None => {
-                    self.defer_join(msg);
+                    self.defer_join(msg, arrived);
                     return;
                 }
                 Some(_) if self.incoming.contains_key(&cell_id) => {
