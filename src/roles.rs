@@ -176,17 +176,25 @@ impl StoreArgs {
         &self,
         identity: &tessera_coordinator::transport::MemberIdentity,
     ) -> anyhow::Result<Option<Database>> {
-        let Some(addr) = self.persistence else {
-            return Ok(None);
-        };
-        let config = identity.client_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
-        let backend = tessera_persistence::remote::RemoteBackend::new(
-            addr,
-            tessera_coordinator::transport::CLUSTER_NAME,
-            config,
-        )?;
-        Ok(Some(backend.database()))
+        self.persistence
+            .map(|addr| persistence_client(identity, addr))
+            .transpose()
     }
+}
+
+/// A client of the persistence service at `addr`, as the cluster member
+/// `identity` (the service admits cluster members only).
+fn persistence_client(
+    identity: &tessera_coordinator::transport::MemberIdentity,
+    addr: SocketAddr,
+) -> anyhow::Result<Database> {
+    let config = identity.client_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
+    let backend = tessera_persistence::remote::RemoteBackend::new(
+        addr,
+        tessera_coordinator::transport::CLUSTER_NAME,
+        config,
+    )?;
+    Ok(backend.database())
 }
 
 #[derive(Args, Debug, Clone)]
@@ -742,13 +750,7 @@ impl BackupStore {
         );
         let identity =
             ClusterCa::load(&self.cluster_ca)?.member(&format!("ctl {}", credential.operator))?;
-        let config = identity.client_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
-        Ok(tessera_persistence::remote::RemoteBackend::new(
-            self.persistence,
-            tessera_coordinator::transport::CLUSTER_NAME,
-            config,
-        )?
-        .database())
+        persistence_client(&identity, self.persistence)
     }
 }
 
