@@ -24,6 +24,10 @@ use tessera_proto::{CellId, EntityId, Epoch, Grid, ShardId, Vec3};
 /// messages that were already on their way.
 const FORWARD_MEMORY: Duration = Duration::from_secs(30);
 
+/// Neighbour cells' checkpoints as a restore reads them (saved at, entity
+/// ids), kept for one reconcile so each is read at most once.
+type NeighbourCheckpoints = HashMap<CellId, Option<(u64, Vec<EntityId>)>>;
+
 /// How long a join waits for this shard's map to name a live owner of its
 /// cell before it is refused.
 const JOIN_PATIENCE: Duration = Duration::from_secs(10);
@@ -162,6 +166,8 @@ impl Shard {
         // Shipped cells stay shipped: the map still names this shard until
         // the coordinator flips the owner.
         self.shipped.retain(|c, _| mine.contains_key(c));
+        // Neighbour checkpoints read while restoring cells, read once.
+        let mut neighbours = NeighbourCheckpoints::new();
         for (cell, epoch) in &mine {
             if self.shipped.contains_key(cell) {
                 continue;
@@ -170,7 +176,7 @@ impl Shard {
                 Some(c) => c.epoch = *epoch,
                 None => match self.incoming.remove(cell) {
                     Some(inc) if inc.epoch == *epoch => self.open_migrated(*cell, inc),
-                    _ => self.open_cell(*cell, *epoch),
+                    _ => self.open_cell(*cell, *epoch, &mut neighbours),
                 },
             }
         }
@@ -324,12 +330,12 @@ impl Shard {
 
     /// Opens a cell this shard was given without a migration: from its last checkpoint if
     /// there is one (a failover, or a restart of the whole world), else from the world file.
-    fn open_cell(&mut self, id: CellId, epoch: Epoch) {
+    fn open_cell(&mut self, id: CellId, epoch: Epoch, neighbours: &mut NeighbourCheckpoints) {
         let Some(c) = &self.config.checkpoints else {
             return self.open_fresh(id, epoch);
         };
         match crate::checkpoint::claim(&c.db, id, epoch) {
-            Ok(Some(cp)) => self.open_checkpoint(id, epoch, cp),
+            Ok(Some(cp)) => self.open_checkpoint(id, epoch, cp, neighbours),
             Ok(None) => self.open_fresh(id, epoch),
             Err(e) => {
                 // Availability over state: the cell runs, from the world file.
@@ -343,10 +349,16 @@ impl Shard {
 
     /// Opens a cell as its last checkpoint left it, without its players (their routers re-join
     /// them here).
-    fn open_checkpoint(&mut self, id: CellId, epoch: Epoch, cp: crate::checkpoint::CellCheckpoint) {
+    fn open_checkpoint(
+        &mut self,
+        id: CellId,
+        epoch: Epoch,
+        cp: crate::checkpoint::CellCheckpoint,
+        neighbours: &mut NeighbourCheckpoints,
+    ) {
         let mut cell = Cell::new(id, epoch, &self.world);
         let age_ms = now_unix_ms().saturating_sub(cp.saved_unix_ms);
-        let elsewhere = self.entities_that_moved_on(id, cp.saved_unix_ms);
+        let elsewhere = self.entities_that_moved_on(id, cp.saved_unix_ms, neighbours);
         let mut players = 0;
         for t in cp.entities {
             if t.player.is_some() {
@@ -373,6 +385,7 @@ impl Shard {
         &self,
         id: CellId,
         since: u64,
+        neighbours: &mut NeighbourCheckpoints,
     ) -> std::collections::HashSet<EntityId> {
         let mut ids = std::collections::HashSet::new();
         let Some(c) = &self.config.checkpoints else {
@@ -386,9 +399,17 @@ impl Shard {
                 }
                 if let Some(cell) = self.cells.get(&n) {
                     ids.extend(cell.entity_ids());
-                } else if let Ok(Some(other)) = crate::checkpoint::load(&c.db, n) {
-                    if other.saved_unix_ms > since {
-                        ids.extend(other.entities.iter().map(|e| e.id));
+                    continue;
+                }
+                let other = neighbours.entry(n).or_insert_with(|| {
+                    crate::checkpoint::load(&c.db, n)
+                        .ok()
+                        .flatten()
+                        .map(|cp| (cp.saved_unix_ms, cp.entities.iter().map(|e| e.id).collect()))
+                });
+                if let Some((saved, entities)) = other {
+                    if *saved > since {
+                        ids.extend(entities.iter().copied());
                     }
                 }
             }
