@@ -1248,23 +1248,22 @@ impl Shard {
     }
 
     fn checkpoint_if_due(&mut self) {
-        let Some((_, due)) = &self.checkpoints else {
+        let (Some((_, due)), Some(c)) = (&mut self.checkpoints, &self.config.checkpoints) else {
             return;
         };
         let now = Instant::now();
-        if now >= *due {
-            let ids: Vec<CellId> = self.cells.keys().copied().collect();
-            if self.checkpoint(&ids) {
-                self.dirty.clear();
-            }
-            if let (Some((_, due)), Some(c)) = (&mut self.checkpoints, &self.config.checkpoints) {
-                *due = now + c.interval;
-            }
+        // A full round when one is due, else the cells NPCs crossed into or
+        // out of since the last round.
+        let ids: Vec<CellId> = if now >= *due {
+            *due = now + c.interval;
+            self.cells.keys().copied().collect()
         } else if !self.dirty.is_empty() {
-            let ids: Vec<CellId> = self.dirty.iter().copied().collect();
-            if self.checkpoint(&ids) {
-                self.dirty.clear();
-            }
+            self.dirty.iter().copied().collect()
+        } else {
+            return;
+        };
+        if self.checkpoint(&ids) {
+            self.dirty.clear();
         }
     }
 
