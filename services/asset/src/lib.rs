@@ -1,0 +1,1 @@
+//! Assets for Tessera: content-addressed files over HTTP (`tessera asset`).

@@ -1,0 +1,1 @@
+//! Chat for Tessera: channels, shouts and tells across routers (`tessera chat`).
