@@ -4,6 +4,7 @@
 
 mod metrics_http;
 mod roles;
+mod services;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ enum Command {
     Router(roles::RouterArgs),
     /// Run the persistence service (cell checkpoints, accounts, players) for the cluster.
     Persistence(roles::PersistenceArgs),
+    /// Run the account service (accounts, logins, sessions) for the routers.
+    Auth(services::AuthArgs),
     /// Ask the cluster: status, shards, cells.
     Ctl(roles::CtlArgs),
     /// Manage the cluster certificate authority.
@@ -125,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Shard(a)) => runtime.block_on(roles::shard(a)),
         Some(Command::Router(a)) => runtime.block_on(roles::router(a)),
         Some(Command::Persistence(a)) => runtime.block_on(roles::persistence(a)),
+        Some(Command::Auth(a)) => runtime.block_on(services::auth(a)),
         Some(Command::Ctl(a)) => runtime.block_on(roles::ctl(a)),
         Some(Command::Ca {
             command: CaCommand::Init { dir },

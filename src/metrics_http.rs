@@ -5,10 +5,48 @@
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
+/// A readiness check: `Err(reason)` while the role cannot serve.
+type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+static READINESS: std::sync::Mutex<Vec<(String, Check)>> = std::sync::Mutex::new(Vec::new());
+
+/// How long `/readyz` waits for all checks.
+const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Adds a check that `/readyz` runs (blocking is fine: checks run off the
+/// async threads). With none, `/readyz` answers like `/healthz`.
+pub fn set_readiness(name: &str, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+    let mut checks = READINESS.lock().unwrap_or_else(|e| e.into_inner());
+    checks.retain(|(n, _)| n != name);
+    checks.push((name.to_string(), Arc::new(check)));
+}
+
+/// Runs every readiness check; the failures, one line each.
+async fn readiness() -> Result<(), String> {
+    let checks: Vec<(String, Check)> = READINESS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let run = tokio::task::spawn_blocking(move || {
+        let failures: Vec<String> = checks
+            .iter()
+            .filter_map(|(name, check)| check().err().map(|e| format!("{name}: {e}")))
+            .collect();
+        failures
+    });
+    match tokio::time::timeout(READINESS_TIMEOUT, run).await {
+        Ok(Ok(failures)) if failures.is_empty() => Ok(()),
+        Ok(Ok(failures)) => Err(failures.join("\n")),
+        Ok(Err(e)) => Err(format!("readiness check failed: {e}")),
+        Err(_) => Err(format!(
+            "readiness checks did not finish within {} s",
+            READINESS_TIMEOUT.as_secs()
+        )),
+    }
+}
 
 /// Installs the global metrics recorder (duration histograms with buckets
 /// around the tick budget) once per process, describes Tessera's metrics and
@@ -73,7 +111,11 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle) {
             let path = head.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = match path {
                 "/metrics" => ("200 OK", handle.render()),
-                "/healthz" | "/readyz" => ("200 OK", "ok\n".to_string()),
+                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/readyz" => match readiness().await {
+                    Ok(()) => ("200 OK", "ok\n".to_string()),
+                    Err(why) => ("503 Service Unavailable", format!("not ready\n{why}\n")),
+                },
                 _ => ("404 Not Found", "not found; try /metrics\n".to_string()),
             };
             let resp = format!(

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_auth::Auth;
+use tessera_auth::{Accounts, Auth};
 use tessera_coordinator::authority::{ClusterKey, OperatorCredential, Signer};
 use tessera_coordinator::control::{self, CoordinatorConfig};
 use tessera_coordinator::membership::{
@@ -184,7 +184,7 @@ impl StoreArgs {
 
 /// A client of the persistence service at `addr`, as the cluster member
 /// `identity` (the service admits cluster members only).
-fn persistence_client(
+pub(crate) fn persistence_client(
     identity: &tessera_coordinator::transport::MemberIdentity,
     addr: SocketAddr,
 ) -> anyhow::Result<Database> {
@@ -238,6 +238,11 @@ pub struct RouterArgs {
     tick_hz: u32,
     #[command(flatten)]
     store: StoreArgs,
+    /// The account service (`tessera auth`), host:port. Without it the
+    /// router keeps accounts itself (in the persistence service if named,
+    /// else in its data dir), signing sessions with its own key.
+    #[arg(long)]
+    auth: Option<SocketAddr>,
 }
 
 async fn connect_store(args: &ClusterArgs) -> anyhow::Result<Arc<dyn ClusterStore>> {
@@ -583,16 +588,19 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         Some(db) => db,
         None => Database::open_redb(&args.data_dir.join("tessera.redb"))?,
     };
-    let auth = Arc::new(Auth::open(
-        db.clone(),
-        &args.data_dir.join("auth-signing.key"),
-    )?);
+    let accounts = match args.auth {
+        Some(addr) => Accounts::remote(crate::services::auth_client(&identity, addr)?),
+        None => Accounts::local(Arc::new(Auth::open(
+            db.clone(),
+            &args.data_dir.join("auth-signing.key"),
+        )?)),
+    };
     let mut rc = RouterConfig::new(id.clone(), args.data_dir.clone());
     rc.telnet = args.telnet;
     rc.quic = args.quic;
     rc.tick_hz = args.tick_hz;
     let dyn_bus: Arc<dyn Bus> = bus.clone();
-    let router = Router::new(rc, world, dyn_bus, map, auth, db);
+    let router = Router::new(rc, world, dyn_bus, map, accounts, db);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(tessera_router::run(
         router,

@@ -68,7 +68,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     rc.max_connections = args.max_connections;
     rc.idle_timeout = std::time::Duration::from_secs(args.idle_timeout_secs.max(1));
     let router_inbox = bus.add_router(router_id);
-    let router = Router::new(rc, world.clone(), dyn_bus.clone(), map.clone(), auth, db);
+    let router = Router::new(
+        rc,
+        world.clone(),
+        dyn_bus.clone(),
+        map.clone(),
+        tessera_auth::Accounts::local(auth),
+        db,
+    );
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let router_task = tokio::spawn(tessera_router::run(
         router,

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_auth::{Auth, AuthError};
+use tessera_auth::{Accounts, AuthError};
 use tessera_coordinator::{Bus, CellMap};
 use tessera_persistence::{Database, StoreError};
 use tessera_proto::cluster::{PlayerEvent, ToRouter, ToShard};
@@ -116,16 +116,12 @@ pub struct Router {
     pub world: Arc<WorldDef>,
     pub grid: Grid,
     pub view: WorldView,
-    pub auth: Arc<Auth>,
+    pub accounts: Accounts,
     bus: Arc<dyn Bus>,
     map: CellMap,
     db: Database,
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
     next_session: AtomicU64,
-    /// Bounds concurrent password hashing: argon2id takes ~19 MiB and a
-    /// core's worth of time each, so a login flood must queue, not fan out
-    /// over the whole blocking pool.
-    pub(crate) hashing: tokio::sync::Semaphore,
 }
 
 struct SessionEntry {
@@ -148,7 +144,7 @@ impl Router {
         world: Arc<WorldDef>,
         bus: Arc<dyn Bus>,
         map: CellMap,
-        auth: Arc<Auth>,
+        accounts: Accounts,
         db: Database,
     ) -> Arc<Router> {
         let grid = Grid::new(world.cell_size);
@@ -157,17 +153,12 @@ impl Router {
             world,
             grid,
             view: WorldView::default(),
-            auth,
+            accounts,
             bus,
             map,
             db,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
-            hashing: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2),
-            ),
         })
     }
 

@@ -253,7 +253,7 @@ impl ClientConn {
                     continue;
                 }
             };
-            let account = match session::login(&self.router, create, &name, &password, peer).await {
+            let login = match session::login(&self.router, create, &name, &password, peer).await {
                 Ok(a) => a,
                 Err(e) => {
                     let code = match &e {
@@ -272,12 +272,9 @@ impl ClientConn {
                 .events
                 .take()
                 .expect("events are here until the player enters");
-            match Player::enter(self.router.clone(), self.session, events, account.clone()).await {
+            let (account, token) = (login.account.clone(), login.token.clone());
+            match Player::enter(self.router.clone(), self.session, events, login).await {
                 Ok(player) => {
-                    let token = self
-                        .router
-                        .auth
-                        .issue_token(&account, Duration::from_secs(24 * 3600));
                     let msg = ServerMsg::LoggedIn {
                         player: tessera_proto::PlayerId(account.id),
                         entity: player.entity,

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_auth::{Account, AuthError};
+use tessera_auth::{Account, AuthError, Session};
 use tessera_proto::cluster::{PlayerEvent, SessionRef, ToShard};
 use tessera_proto::msg::Input;
 use tessera_proto::{CellId, Compass, EntityId, PlayerId, SessionId, ShardId, Vec3};
@@ -16,34 +16,18 @@ use tokio::sync::mpsc;
 /// How long the router waits for a shard to answer a join, step or leave.
 const SHARD_ANSWER: Duration = Duration::from_secs(5);
 
-/// Creates an account or checks a password, off the async threads (argon2id
-/// is deliberately slow).
+/// Creates an account or checks a password, and starts a session.
 pub async fn login(
     router: &Arc<Router>,
     create: bool,
     name: &str,
     password: &str,
     from: IpAddr,
-) -> Result<Account, AuthError> {
-    let auth = router.auth.clone();
-    let (name, password) = (name.to_string(), password.to_string());
-    let Ok(_permit) = router.hashing.acquire().await else {
-        return Err(AuthError::Key("login is shutting down".into()));
-    };
-    let result = tokio::task::spawn_blocking(move || {
-        if create {
-            auth.create_account(&name, &password)
-        } else {
-            auth.login(&name, &password, from)
-        }
-    })
-    .await;
-    match result {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "login task failed");
-            Err(AuthError::Key("login failed unexpectedly".into()))
-        }
+) -> Result<Session, AuthError> {
+    if create {
+        router.accounts.create(name, password).await
+    } else {
+        router.accounts.login(name, password, from).await
     }
 }
 
@@ -52,6 +36,8 @@ pub struct Player {
     pub router: Arc<Router>,
     pub session: SessionId,
     pub account: Account,
+    /// The session's token (logged out when the player leaves).
+    pub token: String,
     pub entity: EntityId,
     pub shard: ShardId,
     pub cell: CellId,
@@ -72,8 +58,9 @@ impl Player {
         router: Arc<Router>,
         session: SessionId,
         mut events: mpsc::UnboundedReceiver<PlayerEvent>,
-        account: Account,
+        login: Session,
     ) -> Result<Player, (RouterError, mpsc::UnboundedReceiver<PlayerEvent>)> {
+        let Session { account, token } = login;
         let player = PlayerId(account.id);
         let entity = EntityId::for_player(player);
         if router.is_playing(player) {
@@ -144,6 +131,7 @@ impl Player {
                     router,
                     session,
                     account,
+                    token,
                     entity,
                     shard,
                     cell,
@@ -373,6 +361,9 @@ impl Player {
             tracing::error!(player = %player, "cannot save player on leave");
         }
         let _ = self.router.set_playing(self.session, None);
+        if let Err(e) = self.router.accounts.logout(&self.token).await {
+            tracing::warn!(player = %player, error = %e, "cannot end the session");
+        }
         tracing::info!(session = %self.session, player = %player, "player left the world");
     }
 }
@@ -395,6 +386,14 @@ impl Drop for Player {
                 }
             });
             let _ = router.set_playing(session, None);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (accounts, token) = (router.accounts.clone(), std::mem::take(&mut self.token));
+                rt.spawn(async move {
+                    if let Err(e) = accounts.logout(&token).await {
+                        tracing::warn!(player = %player, error = %e, "cannot end the session");
+                    }
+                });
+            }
         }
     }
 }

@@ -324,7 +324,7 @@ impl Connection {
                 Ok(a) => a,
                 Err(e) => {
                     let msg = match e {
-                        AuthError::Storage(_) | AuthError::Key(_) => {
+                        AuthError::Storage(_) | AuthError::Key(_) | AuthError::Unavailable(_) => {
                             tracing::error!(error = %e, "login failed");
                             "Login is not available right now; please try again later.".to_string()
                         }

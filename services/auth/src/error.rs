@@ -34,6 +34,17 @@ pub enum AuthError {
     #[error("Your session has expired; please log in again.")]
     TokenExpired,
 
+    /// The token's session was logged out.
+    #[error("That session has ended; please log in again.")]
+    SessionEnded,
+
+    #[error("There is no account called {0}.")]
+    NoSuchAccount(String),
+
+    /// The account service could not be reached (a remote auth service is down).
+    #[error("The account service is unavailable; please try again in a moment.")]
+    Unavailable(String),
+
     #[error("The account service cannot reach its storage; please try again later.")]
     Storage(#[from] StoreError),
 

@@ -68,7 +68,13 @@ pub use rules::{
     PASSWORD_MIN_BYTES,
 };
 pub use throttle::RateLimits;
-pub use token::{verify_token_with, Claims, MAX_TOKEN_LEN};
+pub use token::{verify_token_with, Claims, Role, MAX_TOKEN_LEN};
+
+mod accounts;
+pub mod remote;
+
+pub use accounts::Accounts;
+pub use remote::{AuthClient, Session};
 
 use throttle::{Attempt, Throttle};
 
@@ -91,6 +97,8 @@ pub struct Account {
     /// As the player typed it at creation.
     pub name: String,
     pub created_unix: u64,
+    #[serde(default)]
+    pub role: Role,
 }
 
 /// The stored record of an account.
@@ -100,6 +108,8 @@ struct AccountRecord {
     name: String,
     created_unix: u64,
     password_hash: String,
+    #[serde(default)]
+    role: Role,
 }
 
 impl AccountRecord {
@@ -108,6 +118,7 @@ impl AccountRecord {
             id: self.id,
             name: self.name.clone(),
             created_unix: self.created_unix,
+            role: self.role,
         }
     }
 }
@@ -118,6 +129,10 @@ fn last_id_key() -> Vec<u8> {
 
 fn account_key(id: u64) -> Vec<u8> {
     key(&[b"auth", b"account", &id.to_be_bytes()])
+}
+
+fn revoked_key(session: &str) -> Vec<u8> {
+    key(&[b"auth", b"revoked", session.as_bytes()])
 }
 
 fn name_key(canonical: &str) -> Vec<u8> {
@@ -255,6 +270,7 @@ impl Auth {
                 name: name.to_owned(),
                 created_unix,
                 password_hash: password_hash.clone(),
+                role: Role::Player,
             };
             let json = serde_json::to_vec(&record)
                 .map_err(|e| StoreError::Backend(format!("encoding account record: {e}")))?;
@@ -341,15 +357,70 @@ impl Auth {
         Ok(record.map(|r| r.account()))
     }
 
-    /// A session token for `account`, valid for `ttl` (rounded up to whole seconds).
+    /// A session token for `account` (with its role and a fresh session id), valid for `ttl`
+    /// (rounded up to whole seconds).
     pub fn issue_token(&self, account: &Account, ttl: Duration) -> String {
         let ttl_secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let mut sid = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut OsRng, &mut sid);
         let claims = Claims {
             account_id: account.id,
             name: account.name.clone(),
             expires_unix: self.clock.unix_secs().saturating_add(ttl_secs),
+            role: account.role,
+            session: token::hex_encode(&sid),
         };
         token::issue(&self.signing_key, &claims)
+    }
+
+    /// Ends the session of `token` (logout): [`Auth::check_session`] refuses it from now on,
+    /// on every replica (the revocation is stored). An expired token needs nothing.
+    pub fn revoke(&self, token: &str) -> Result<(), AuthError> {
+        let claims = match self.verify_token(token) {
+            Ok(c) => c,
+            Err(AuthError::TokenExpired) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if claims.session.is_empty() {
+            return Err(AuthError::TokenInvalid);
+        }
+        self.db.set(
+            &revoked_key(&claims.session),
+            &claims.expires_unix.to_be_bytes(),
+        )?;
+        tracing::info!(player = claims.account_id, "session ended");
+        Ok(())
+    }
+
+    /// Like [`Auth::verify_token`], and also refuses sessions that were logged out.
+    pub fn check_session(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims = self.verify_token(token)?;
+        if claims.session.is_empty() || self.db.get(&revoked_key(&claims.session))?.is_some() {
+            return Err(AuthError::SessionEnded);
+        }
+        Ok(claims)
+    }
+
+    /// Gives the account called `name` the role `role`. Tokens issued before keep their old
+    /// role until they expire.
+    pub fn set_role(&self, name: &str, role: Role) -> Result<Account, AuthError> {
+        if validate_name(name).is_err() {
+            return Err(AuthError::NoSuchAccount(name.to_string()));
+        }
+        let canonical = rules::canonical_name(name);
+        let updated = self.db.transact(|tx| {
+            let Some(mut record) = find_record(tx, &canonical)? else {
+                return Ok(None);
+            };
+            record.role = role;
+            let json = serde_json::to_vec(&record)
+                .map_err(|e| StoreError::Backend(format!("encoding account record: {e}")))?;
+            tx.set(&account_key(record.id), &json)?;
+            Ok(Some(record.account()))
+        })?;
+        let account = updated.ok_or_else(|| AuthError::NoSuchAccount(name.to_string()))?;
+        tracing::info!(player = account.id, %role, "role changed");
+        Ok(account)
     }
 
     /// Checks a token issued by this service (or another holding the same key file):

@@ -90,7 +90,8 @@ fn create_then_login() {
         Account {
             id: 1,
             name: "Alice_1".into(),
-            created_unix: T0
+            created_unix: T0,
+            role: Role::Player,
         }
     );
     let second = f.auth.create_account("Bob", "pass word").unwrap();
@@ -291,9 +292,12 @@ fn tokens_round_trip() {
         Claims {
             account_id: account.id,
             name: "Kim".into(),
-            expires_unix: T0 + 3600
+            expires_unix: T0 + 3600,
+            role: Role::Player,
+            session: claims.session.clone(),
         }
     );
+    assert_eq!(claims.session.len(), 32, "a 128-bit session id");
     let local = verify_token_with(&f.auth.verifying_key(), &token, T0).unwrap();
     assert_eq!(local, claims);
 }
@@ -305,6 +309,7 @@ fn tampered_tokens_are_rejected() {
         id: 5,
         name: "Lee".into(),
         created_unix: T0,
+        role: Role::Player,
     };
     let token = f.auth.issue_token(&account, Duration::from_secs(60));
     let (_, payload, signature) = {
@@ -320,6 +325,8 @@ fn tampered_tokens_are_rejected() {
         account_id: 1,
         name: "Lee".into(),
         expires_unix: T0 + 60,
+        role: Role::Operator,
+        session: String::new(),
     };
     let forged_payload = token::hex_encode(&serde_json::to_vec(&forged_claims).unwrap());
     let mut flipped = token.clone().into_bytes();
@@ -344,6 +351,7 @@ fn expired_tokens_are_rejected() {
         id: 1,
         name: "Mia".into(),
         created_unix: T0,
+        role: Role::Player,
     };
     let token = f.auth.issue_token(&account, Duration::from_secs(30));
     f.clock.advance(Duration::from_secs(29));
@@ -428,4 +436,47 @@ fn messages_are_sentences() {
     for (err, text) in cases {
         assert_eq!(err.to_string(), text);
     }
+}
+
+#[test]
+fn a_logged_out_session_is_refused_but_others_are_not() {
+    let f = Fixture::new(RateLimits::default());
+    let account = f.auth.create_account("Noa", "password").unwrap();
+    let first = f.auth.issue_token(&account, Duration::from_secs(60));
+    let second = f.auth.issue_token(&account, Duration::from_secs(60));
+    f.auth.check_session(&first).unwrap();
+    f.auth.revoke(&first).unwrap();
+    assert!(matches!(
+        f.auth.check_session(&first),
+        Err(AuthError::SessionEnded)
+    ));
+    // The signature still holds (routers verify offline); only the session check refuses.
+    f.auth.verify_token(&first).unwrap();
+    f.auth.check_session(&second).unwrap();
+    assert!(matches!(
+        f.auth.revoke("t1.garbage"),
+        Err(AuthError::TokenInvalid)
+    ));
+}
+
+#[test]
+fn roles_are_stored_and_carried_by_new_tokens() {
+    let f = Fixture::new(RateLimits::default());
+    let account = f.auth.create_account("Oda", "password").unwrap();
+    assert_eq!(account.role, Role::Player);
+    let before = f.auth.issue_token(&account, Duration::from_secs(60));
+    let promoted = f.auth.set_role("oda", Role::Operator).unwrap();
+    assert_eq!(promoted.role, Role::Operator);
+    let again = f
+        .auth
+        .login("Oda", "password", "10.0.0.1".parse().unwrap())
+        .unwrap();
+    assert_eq!(again.role, Role::Operator);
+    let after = f.auth.issue_token(&again, Duration::from_secs(60));
+    assert_eq!(f.auth.verify_token(&before).unwrap().role, Role::Player);
+    assert_eq!(f.auth.verify_token(&after).unwrap().role, Role::Operator);
+    assert!(matches!(
+        f.auth.set_role("nobody", Role::Operator),
+        Err(AuthError::NoSuchAccount(_))
+    ));
 }

@@ -29,6 +29,41 @@ pub struct Claims {
     /// The token is valid while the Unix time is below this.
     #[serde(rename = "exp")]
     pub expires_unix: u64,
+    /// What the holder may do.
+    #[serde(rename = "r", default)]
+    pub role: Role,
+    /// This session's id (random, hex): logging out revokes it.
+    #[serde(rename = "sid", default)]
+    pub session: String,
+}
+
+/// What an account may do. Operators may also mute and kick players in chat and grant roles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Player,
+    Operator,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Player => "player",
+            Role::Operator => "operator",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "player" => Ok(Role::Player),
+            "operator" => Ok(Role::Operator),
+            other => Err(format!("unknown role {other:?}: use player or operator")),
+        }
+    }
 }
 
 fn signed_message(payload: &[u8]) -> Vec<u8> {
@@ -122,6 +157,8 @@ mod tests {
             account_id: 42,
             name: "Bob".into(),
             expires_unix: 1_000,
+            role: Role::Player,
+            session: "00ff".into(),
         }
     }
 

@@ -1,0 +1,100 @@
+//! The front services as their own processes: `tessera auth` (and, beside
+//! it, `tessera chat` and `tessera asset`). Each wires its service library to
+//! the cluster CA, the persistence service and a metrics endpoint.
+
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tessera_auth::remote::{AuthServer, AUTH_ALPN};
+use tessera_auth::Auth;
+use tessera_coordinator::transport::{ClusterCa, MemberIdentity, CLUSTER_NAME};
+use tessera_persistence::Database;
+
+#[derive(Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// Directory with the cluster CA: only cluster members (routers, and
+    /// `tessera ctl` for an operator) may connect.
+    #[arg(long)]
+    cluster_ca: PathBuf,
+    /// Where to listen (QUIC, UDP).
+    #[arg(long, default_value = "0.0.0.0:7200")]
+    listen: SocketAddr,
+    /// Share the listening port with other auth replicas on this host
+    /// (SO_REUSEPORT); the kernel spreads connections over them.
+    #[arg(long)]
+    reuse_port: bool,
+    /// The persistence service, host:port, where accounts live. Replicas
+    /// must share it. Without it, accounts are kept in `<data-dir>/auth.redb`
+    /// (one replica only).
+    #[arg(long)]
+    persistence: Option<SocketAddr>,
+    /// The session signing key (ed25519; created if missing, mode 0600).
+    /// Replicas must share it. Default: `<data-dir>/auth-signing.key`.
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Health and Prometheus metrics address.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    metrics: SocketAddr,
+}
+
+/// The store of a service: the persistence service if named, else a redb
+/// file in its data dir.
+fn service_store(
+    identity: &MemberIdentity,
+    persistence: Option<SocketAddr>,
+    data_dir: &std::path::Path,
+    file: &str,
+) -> anyhow::Result<Database> {
+    if let Some(addr) = persistence {
+        return crate::roles::persistence_client(identity, addr);
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let path = data_dir.join(file);
+    Database::open_redb(&path).with_context(|| format!("cannot open the store {}", path.display()))
+}
+
+/// `tessera auth`: accounts, logins and sessions for the routers.
+pub async fn auth(args: AuthArgs) -> anyhow::Result<()> {
+    let metrics = crate::metrics_http::install(args.metrics).await?;
+    let identity = ClusterCa::load(&args.cluster_ca)?.member("auth")?;
+    let db = service_store(&identity, args.persistence, &args.data_dir, "auth.redb")?;
+    let key = args
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("auth-signing.key"));
+    let auth = Arc::new(Auth::open(db.clone(), &key).context("cannot open auth")?);
+    let probe = db.clone();
+    crate::metrics_http::set_readiness("auth", move || {
+        probe
+            .get(b"\x00readiness-probe")
+            .map(|_| ())
+            .map_err(|e| format!("store: {e}"))
+    });
+    let config = identity.server_config_for(AUTH_ALPN)?;
+    let server = AuthServer::start(auth, args.listen, config, args.reuse_port)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!(
+        "auth listening on {}   (store {}); metrics on http://{metrics}/metrics",
+        server.local_addr()?,
+        db.describe()
+    );
+    crate::up::shutdown_signal().await;
+    server.close();
+    println!("auth stopped.");
+    Ok(())
+}
+
+/// A client of the account service at `addr`, as cluster member `identity`.
+pub fn auth_client(
+    identity: &MemberIdentity,
+    addr: SocketAddr,
+) -> anyhow::Result<tessera_auth::AuthClient> {
+    let config = identity.client_config_for(AUTH_ALPN)?;
+    tessera_auth::AuthClient::new(addr, CLUSTER_NAME, config)
+        .with_context(|| format!("cannot open a client of the auth service at {addr}"))
+}
