@@ -122,6 +122,8 @@ pub struct Router {
     db: Database,
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
     next_session: AtomicU64,
+    /// Player records the store refused (it was down), newest per player.
+    unsaved: Mutex<HashMap<PlayerId, PlayerRecord>>,
 }
 
 struct SessionEntry {
@@ -159,6 +161,7 @@ impl Router {
             db,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            unsaved: Mutex::new(HashMap::new()),
         })
     }
 
@@ -237,13 +240,21 @@ impl Router {
         })
     }
 
-    /// The saved position of a player, if any.
+    /// The saved position of a player, if any: the one this router could
+    /// not write yet, else the stored one.
     pub fn load_player(&self, id: PlayerId) -> Result<Option<PlayerRecord>, RouterError> {
+        if let Some(rec) = self.unsaved.lock().get(&id) {
+            return Ok(Some(rec.clone()));
+        }
         let key = player_key(id);
         let bytes = self.db.transact(|tx| tx.get(&key))?;
         Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
     }
 
+    /// Saves a player's position. When the store cannot take it, the record
+    /// is kept and written by the next [`Router::save_all`] (and served by
+    /// [`Router::load_player`] meanwhile), so a position the player saw is
+    /// not lost while persistence is down.
     pub fn save_player(&self, id: PlayerId, pos: Vec3) -> Result<(), RouterError> {
         let rec = PlayerRecord {
             pos,
@@ -252,14 +263,53 @@ impl Router {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         };
-        let value = serde_json::to_vec(&rec).expect("player record serialises");
-        let key = player_key(id);
-        self.db.transact(|tx| tx.set(&key, &value))?;
-        Ok(())
+        self.write_player(id, rec)
     }
 
-    /// Saves the position of every player online, from the newest view.
+    fn write_player(&self, id: PlayerId, rec: PlayerRecord) -> Result<(), RouterError> {
+        let value = serde_json::to_vec(&rec).expect("player record serialises");
+        let key = player_key(id);
+        match self.db.transact(|tx| tx.set(&key, &value)) {
+            Ok(()) => {
+                self.unsaved.lock().remove(&id);
+                Ok(())
+            }
+            Err(e) => {
+                let mut unsaved = self.unsaved.lock();
+                unsaved.insert(id, rec);
+                metrics::gauge!("tessera_router_unsaved_players").set(unsaved.len() as f64);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Writes the records of players who left while the store was down.
+    fn retry_unsaved(&self) {
+        let waiting: Vec<(PlayerId, PlayerRecord)> = self
+            .unsaved
+            .lock()
+            .iter()
+            .map(|(id, rec)| (*id, rec.clone()))
+            .collect();
+        let mut left = waiting.len();
+        for (id, rec) in waiting {
+            if self.is_playing(id) {
+                continue; // saved with the online players
+            }
+            if self.write_player(id, rec).is_err() {
+                break; // still down; try again next time
+            }
+            left -= 1;
+        }
+        if left == 0 {
+            metrics::gauge!("tessera_router_unsaved_players").set(0.0);
+        }
+    }
+
+    /// Saves the position of every player online, from the newest view,
+    /// and the records still waiting for the store.
     pub fn save_all(&self) {
+        self.retry_unsaved();
         let playing: Vec<Playing> = self
             .sessions
             .lock()

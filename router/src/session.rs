@@ -68,11 +68,21 @@ impl Player {
         }
         let saved = {
             let r = router.clone();
-            tokio::task::spawn_blocking(move || r.load_player(player))
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .flatten()
+            match tokio::task::spawn_blocking(move || r.load_player(player)).await {
+                Ok(Ok(saved)) => saved,
+                // Entering at the spawn would later overwrite the saved position.
+                Ok(Err(e)) => {
+                    tracing::warn!(player = %player, error = %e, "cannot load the player record");
+                    return Err((
+                        RouterError::Unavailable(
+                            "your character cannot be loaded right now; try again in a moment"
+                                .into(),
+                        ),
+                        events,
+                    ));
+                }
+                Err(_) => None,
+            }
         };
         let pos = saved.map(|s| s.pos).unwrap_or(router.world.spawn);
         let pos = router.world.extent.clamp_position(&router.grid, pos);

@@ -22,6 +22,7 @@
 
 use crossbeam_channel::{Sender, TrySendError};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tessera_persistence::{get_chunked, key, set_chunked, Database, StoreError, Transaction};
 use tessera_proto::cluster::EntityTransfer;
@@ -149,9 +150,21 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name(format!("checkpoint-{shard}"))
             .spawn(move || {
+                // Checkpoints the store has not taken yet (it was down), newest per cell. A
+                // newer round replaces them, so a store that comes back gets each cell's
+                // latest state, and nothing older than what it already had.
+                let mut pending: BTreeMap<CellId, CellCheckpoint> = BTreeMap::new();
                 for round in rx {
-                    let written = write_round(&id, &db, round);
-                    tracing::trace!(shard = %id, written, "checkpoints written");
+                    for cp in round {
+                        pending.insert(cp.cell, cp);
+                    }
+                    let written = write_round(&id, &db, &mut pending);
+                    metrics::gauge!("tessera_shard_checkpoints_pending", "shard" => id.0.clone())
+                        .set(pending.len() as f64);
+                    tracing::trace!(shard = %id, written, pending = pending.len(), "checkpoints written");
+                }
+                if !pending.is_empty() {
+                    tracing::error!(shard = %id, cells = pending.len(), "stopping with checkpoints the store never took");
                 }
             })?;
         Ok(Writer { tx, shard, thread })
@@ -193,15 +206,28 @@ impl Writer {
     }
 }
 
-/// Writes a round in transactions of at most [`BATCH_BYTES`]; returns how
-/// many checkpoints were written (errors and fenced cells are logged).
-fn write_round(shard: &ShardId, db: &Database, round: Vec<CellCheckpoint>) -> usize {
+/// Writes the pending checkpoints in transactions of at most
+/// [`BATCH_BYTES`] and removes the ones the store took (or fenced off);
+/// returns how many were written. Errors are logged and leave the rest
+/// pending.
+fn write_round(
+    shard: &ShardId,
+    db: &Database,
+    pending: &mut BTreeMap<CellId, CellCheckpoint>,
+) -> usize {
     let started = std::time::Instant::now();
     let mut batch: Vec<(CellCheckpoint, Vec<u8>)> = Vec::new();
     let mut bytes = 0;
     let mut written = 0;
-    let mut flush = |batch: &mut Vec<(CellCheckpoint, Vec<u8>)>| {
+    let mut down = false;
+    // Writes a batch; a batch the store did not take goes back to `pending`.
+    let mut flush = |batch: &mut Vec<(CellCheckpoint, Vec<u8>)>,
+                     pending: &mut BTreeMap<CellId, CellCheckpoint>| {
         if batch.is_empty() {
+            return;
+        }
+        if down {
+            pending.extend(batch.drain(..).map(|(cp, _)| (cp.cell, cp)));
             return;
         }
         match save(db, batch) {
@@ -214,16 +240,20 @@ fn write_round(shard: &ShardId, db: &Database, round: Vec<CellCheckpoint>) -> us
                         }
                     }
                 }
+                batch.clear();
             }
             Err(e) => {
                 metrics::counter!("tessera_shard_checkpoint_errors_total", "shard" => shard.0.clone())
                     .increment(1);
-                tracing::error!(shard = %shard, cells = batch.len(), error = %e, "cannot write checkpoints");
+                tracing::error!(shard = %shard, cells = batch.len(), error = %e, "cannot write checkpoints; keeping them for the next round");
+                // The store is down: keep everything for the next round rather than wait for
+                // each remaining batch to time out too.
+                down = true;
+                pending.extend(batch.drain(..).map(|(cp, _)| (cp.cell, cp)));
             }
         }
-        batch.clear();
     };
-    for cp in round {
+    for (_, cp) in std::mem::take(pending) {
         let encoded = match tessera_proto::frame::encode(&cp) {
             Ok(b) => b,
             Err(e) => {
@@ -232,13 +262,13 @@ fn write_round(shard: &ShardId, db: &Database, round: Vec<CellCheckpoint>) -> us
             }
         };
         if bytes + encoded.len() > BATCH_BYTES {
-            flush(&mut batch);
+            flush(&mut batch, pending);
             bytes = 0;
         }
         bytes += encoded.len();
         batch.push((cp, encoded));
     }
-    flush(&mut batch);
+    flush(&mut batch, pending);
     metrics::histogram!("tessera_shard_checkpoint_seconds", "shard" => shard.0.clone())
         .record(started.elapsed().as_secs_f64());
     written
@@ -262,6 +292,66 @@ mod tests {
     fn encoded(c: CellCheckpoint) -> (CellCheckpoint, Vec<u8>) {
         let b = tessera_proto::frame::encode(&c).unwrap();
         (c, b)
+    }
+
+    /// A store that refuses everything while `down` is set, as an
+    /// unreachable persistence service does.
+    struct Outage {
+        inner: Database,
+        down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl tessera_persistence::Backend for Outage {
+        fn attempt(
+            &self,
+            body: &mut dyn FnMut(&mut dyn Transaction) -> Result<(), StoreError>,
+        ) -> Result<(), StoreError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the store is down".into()));
+            }
+            self.inner.transact(|tx| body(tx))
+        }
+
+        fn describe(&self) -> String {
+            "outage wrapper".into()
+        }
+    }
+
+    #[test]
+    fn checkpoints_wait_out_an_outage_and_land_when_the_store_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Database::open_redb(&dir.path().join("s.redb")).unwrap();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let db = Database::new(std::sync::Arc::new(Outage {
+            inner: inner.clone(),
+            down: down.clone(),
+        }));
+        let (a, b) = (CellId::new(0, 0), CellId::new(1, 0));
+        let writer = Writer::start(ShardId::new("shard-1"), db).unwrap();
+        let submit = |round: Vec<CellCheckpoint>| {
+            // The writer may still be busy with the previous round.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !writer.submit(round.clone()) {
+                assert!(std::time::Instant::now() < deadline, "writer stuck");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        submit(vec![cp(a, 1, 10), cp(b, 1, 10)]);
+        submit(vec![cp(a, 1, 11)]);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            load(&inner, a).unwrap().is_none(),
+            "nothing lands while down"
+        );
+        down.store(false, std::sync::atomic::Ordering::SeqCst);
+        // The next round carries the buffered cells along with its own.
+        writer.finish(vec![cp(a, 1, 12)]);
+        assert_eq!(load(&inner, a).unwrap().unwrap().tick, 12);
+        assert_eq!(
+            load(&inner, b).unwrap().unwrap().tick,
+            10,
+            "the cell checkpointed only during the outage is not lost"
+        );
     }
 
     #[test]
