@@ -592,6 +592,20 @@ impl Cell {
         }
     }
 
+    /// Gives every instance of `script` that stopped on an error a fresh
+    /// start (a new version was loaded); returns how many instances run it.
+    pub fn script_reloaded(&mut self, script: &str) -> usize {
+        let mut query = <&mut Npc>::query();
+        let mut n = 0;
+        for npc in query.iter_mut(&mut self.ecs) {
+            if let Some(inst) = npc.script.as_mut().filter(|i| i.script == script) {
+                inst.disabled = None;
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Players of this cell within `radius` of `origin`, except `speaker`.
     pub fn listeners(&self, origin: Vec3, radius: f32, speaker: EntityId) -> Vec<SessionRef> {
         let mut query = <(&Identity, &Motion, &Pilot)>::query();

@@ -52,6 +52,15 @@ pub struct ShardConfig {
     pub script_limits: ScriptLimits,
     /// Cell checkpoints to persistence (`None`: a failover reopens cells from the world file).
     pub checkpoints: Option<checkpoint::Checkpointing>,
+    /// New versions of NPC scripts (hot reload), applied between ticks.
+    pub script_updates: Option<crossbeam_channel::Receiver<ScriptUpdate>>,
+}
+
+/// A new version of a script, by name (the stem of `scripts/<name>.rhai`).
+#[derive(Clone, Debug)]
+pub struct ScriptUpdate {
+    pub name: String,
+    pub source: String,
 }
 
 impl ShardConfig {
@@ -66,6 +75,7 @@ impl ShardConfig {
             movement: Movement::default(),
             script_limits: ScriptLimits::default(),
             checkpoints: None,
+            script_updates: None,
         }
     }
 }

@@ -361,6 +361,15 @@ impl ScriptEngine {
         }
     }
 
+    /// Replaces a script with a new version (hot reload). Instances keep
+    /// their state and call the new code from their next call. A version
+    /// that does not compile is refused and the old one keeps running.
+    pub fn reload(&mut self, name: &str, source: &str) -> Result<(), ScriptError> {
+        let compiled = self.try_compile(name, source)?;
+        self.scripts.insert(name.to_string(), compiled);
+        Ok(())
+    }
+
     /// Compile every script of a world; returns the failures (the other
     /// scripts are usable).
     pub fn compile_all(&mut self, scripts: &BTreeMap<String, String>) -> Vec<ScriptError> {

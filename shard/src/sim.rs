@@ -3,7 +3,7 @@
 //! I/O threads).
 
 use crate::cell::{Cell, CellEvent, Movement};
-use crate::script::{ScriptEngine, ScriptInstance};
+use crate::script::{ScriptEngine, ScriptError, ScriptInstance};
 use crate::{ShardConfig, ShardError};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::{BTreeMap, HashMap};
@@ -1202,6 +1202,7 @@ impl Shard {
             let took = started.elapsed();
             self.record_tick(took);
             self.checkpoint_if_due();
+            self.apply_script_updates();
             metrics::histogram!("tessera_shard_tick_seconds", "shard" => shard_label.clone())
                 .record(took.as_secs_f64());
             next += period;
@@ -1215,6 +1216,37 @@ impl Shard {
         }
         self.final_checkpoint();
         tracing::info!(shard = %self.id, tick = self.tick, "shard stopped");
+    }
+
+    /// Loads a new version of script `name` (hot reload): every NPC running
+    /// it keeps its state and runs the new code from its next call. Returns
+    /// how many NPCs of this shard run it; a version that does not compile
+    /// is refused and the old one keeps running.
+    pub fn reload_script(&mut self, name: &str, source: &str) -> Result<usize, ScriptError> {
+        self.scripts.reload(name, source)?;
+        Ok(self
+            .cells
+            .values_mut()
+            .map(|cell| cell.script_reloaded(name))
+            .sum())
+    }
+
+    fn apply_script_updates(&mut self) {
+        let Some(updates) = self.config.script_updates.clone() else {
+            return;
+        };
+        while let Ok(update) = updates.try_recv() {
+            match self.reload_script(&update.name, &update.source) {
+                Ok(npcs) => {
+                    metrics::counter!("tessera_shard_script_reloads_total", "shard" => self.id.0.clone())
+                        .increment(1);
+                    tracing::info!(shard = %self.id, script = %update.name, npcs, "script reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(shard = %self.id, script = %update.name, error = %e, "new script version refused; the old one keeps running")
+                }
+            }
+        }
     }
 
     /// The current state of `cells`, as checkpoints.
