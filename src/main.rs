@@ -41,6 +41,8 @@ enum Command {
     Persistence(roles::PersistenceArgs),
     /// Run the account service (accounts, logins, sessions) for the routers.
     Auth(services::AuthArgs),
+    /// Run the chat service (shouts, tells, channels) for the routers.
+    Chat(services::ChatArgs),
     /// Ask the cluster: status, shards, cells.
     Ctl(roles::CtlArgs),
     /// Manage the cluster certificate authority.
@@ -129,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Router(a)) => runtime.block_on(roles::router(a)),
         Some(Command::Persistence(a)) => runtime.block_on(roles::persistence(a)),
         Some(Command::Auth(a)) => runtime.block_on(services::auth(a)),
+        Some(Command::Chat(a)) => runtime.block_on(services::chat(a)),
         Some(Command::Ctl(a)) => runtime.block_on(roles::ctl(a)),
         Some(Command::Ca {
             command: CaCommand::Init { dir },

@@ -243,6 +243,10 @@ pub struct RouterArgs {
     /// else in its data dir), signing sessions with its own key.
     #[arg(long)]
     auth: Option<SocketAddr>,
+    /// The chat service (`tessera chat`), host:port. Without it `shout`,
+    /// `tell` and channels answer that chat is unavailable.
+    #[arg(long)]
+    chat: Option<SocketAddr>,
 }
 
 async fn connect_store(args: &ClusterArgs) -> anyhow::Result<Arc<dyn ClusterStore>> {
@@ -600,7 +604,11 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     rc.quic = args.quic;
     rc.tick_hz = args.tick_hz;
     let dyn_bus: Arc<dyn Bus> = bus.clone();
-    let router = Router::new(rc, world, dyn_bus, map, accounts, db);
+    let chat = args
+        .chat
+        .map(|addr| crate::services::chat_client(&identity, addr, &id.0))
+        .transpose()?;
+    let router = Router::new(rc, world, dyn_bus, map, accounts, chat, db);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(tessera_router::run(
         router,
@@ -696,6 +704,15 @@ pub enum CtlCommand {
         #[command(flatten)]
         store: BackupStore,
     },
+    /// Give an account a role (`operator` may mute and kick players in
+    /// chat; `player` takes that back). Takes effect at its next login.
+    Role {
+        /// The account's name.
+        name: String,
+        role: tessera_auth::Role,
+        #[command(flatten)]
+        service: AuthService,
+    },
     /// Every shard: address, cells, entities, tick times.
     Shards,
     /// Every cell: owner, epoch, entities, players, tick p99.
@@ -762,6 +779,48 @@ impl BackupStore {
     }
 }
 
+/// Where `ctl role` finds the account service.
+#[derive(Args, Debug, Clone)]
+pub struct AuthService {
+    /// The account service, host:port.
+    #[arg(long)]
+    auth: SocketAddr,
+    /// The cluster CA directory (the service admits cluster members only).
+    #[arg(long)]
+    cluster_ca: PathBuf,
+}
+
+/// `tessera ctl role NAME ROLE`, for an operator of this cluster only.
+async fn ctl_role(
+    args: &CtlArgs,
+    name: &str,
+    role: tessera_auth::Role,
+    service: &AuthService,
+) -> anyhow::Result<()> {
+    let credential = operator_credential(args)?;
+    let key = ClusterKey::from_ca_dir(&service.cluster_ca)?;
+    anyhow::ensure!(
+        key.operator(&credential.operator).matches(&credential),
+        "the credential of {} was not issued by the cluster CA in {}",
+        credential.operator,
+        service.cluster_ca.display()
+    );
+    let identity =
+        ClusterCa::load(&service.cluster_ca)?.member(&format!("ctl {}", credential.operator))?;
+    let client = crate::services::auth_client(&identity, service.auth)?;
+    let account = client.set_role(name, role).await?;
+    println!(
+        "{} is now {} {role} (from their next login)",
+        account.name,
+        if role == tessera_auth::Role::Operator {
+            "an"
+        } else {
+            "a"
+        }
+    );
+    Ok(())
+}
+
 /// `tessera ctl backup|restore`: blocking file and store work, off the
 /// async threads.
 async fn ctl_backup(args: &CtlArgs) -> anyhow::Result<()> {
@@ -817,6 +876,14 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Backup { .. } | CtlCommand::Restore { .. }
     ) {
         return ctl_backup(&args).await;
+    }
+    if let CtlCommand::Role {
+        name,
+        role,
+        service,
+    } = &args.command
+    {
+        return ctl_role(&args, name, *role, service).await;
     }
     let store = EtcdStore::connect(&args.etcd, Duration::from_secs(3))
         .await
@@ -888,6 +955,7 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             CtlCommand::Move { .. }
             | CtlCommand::Backup { .. }
             | CtlCommand::Restore { .. }
+            | CtlCommand::Role { .. }
             | CtlCommand::Drain { .. }
             | CtlCommand::Rebalance { .. }
             | CtlCommand::Top { .. },

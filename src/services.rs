@@ -89,6 +89,71 @@ pub async fn auth(args: AuthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    /// Directory with the cluster CA: only cluster members (routers) may
+    /// connect.
+    #[arg(long)]
+    cluster_ca: PathBuf,
+    /// Where to listen (QUIC, UDP).
+    #[arg(long, default_value = "0.0.0.0:7300")]
+    listen: SocketAddr,
+    /// The persistence service, host:port, where channel history and mutes
+    /// live. Without it they are kept in `<data-dir>/chat.redb`.
+    #[arg(long)]
+    persistence: Option<SocketAddr>,
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Messages a player may send at once.
+    #[arg(long, default_value_t = 5)]
+    burst: u32,
+    /// Messages per second a player regains, up to the burst.
+    #[arg(long, default_value_t = 1.0)]
+    refill_per_second: f64,
+    /// Health and Prometheus metrics address.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    metrics: SocketAddr,
+}
+
+/// `tessera chat`: shouts, tells and channels across every router.
+pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    let metrics = crate::metrics_http::install(args.metrics).await?;
+    let identity = ClusterCa::load(&args.cluster_ca)?.member("chat")?;
+    let db = service_store(&identity, args.persistence, &args.data_dir, "chat.redb")?;
+    let limits = tessera_chat::ChatLimits {
+        burst: args.burst.max(1),
+        refill_per_second: args.refill_per_second,
+        ..tessera_chat::ChatLimits::default()
+    };
+    let config = identity.server_config_for(tessera_chat::CHAT_ALPN)?;
+    let server = tessera_chat::ChatServer::start(db.clone(), args.listen, config, limits)?;
+    println!(
+        "chat listening on {}   (store {}); metrics on http://{metrics}/metrics",
+        server.local_addr()?,
+        db.describe()
+    );
+    crate::up::shutdown_signal().await;
+    server.close();
+    println!("chat stopped.");
+    Ok(())
+}
+
+/// A client of the chat service at `addr` for router `router`, as cluster
+/// member `identity`. It connects (and reconnects) in the background.
+pub fn chat_client(
+    identity: &MemberIdentity,
+    addr: SocketAddr,
+    router: &str,
+) -> anyhow::Result<tessera_router::chat::ChatLink> {
+    let config = identity.client_config_for(tessera_chat::CHAT_ALPN)?;
+    Ok(tessera_chat::ChatClient::start(
+        addr,
+        CLUSTER_NAME,
+        config,
+        router.to_string(),
+    ))
+}
+
 /// A client of the account service at `addr`, as cluster member `identity`.
 pub fn auth_client(
     identity: &MemberIdentity,

@@ -68,12 +68,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     rc.max_connections = args.max_connections;
     rc.idle_timeout = std::time::Duration::from_secs(args.idle_timeout_secs.max(1));
     let router_inbox = bus.add_router(router_id);
+    // The chat service, in this process but over real QUIC like anywhere
+    // else (its certificates come from the CA in <data-dir>/cluster-ca).
+    let ca = tessera_coordinator::transport::ClusterCa::load_or_create(
+        &args.data_dir.join("cluster-ca"),
+    )?;
+    let chat = tessera_chat::ChatServer::start(
+        db.clone(),
+        "127.0.0.1:0".parse()?,
+        ca.member("chat")?
+            .server_config_for(tessera_chat::CHAT_ALPN)?,
+        tessera_chat::ChatLimits::default(),
+    )?;
+    let chat_link =
+        crate::services::chat_client(&ca.member("router-1")?, chat.local_addr()?, "router-1")?;
     let router = Router::new(
         rc,
         world.clone(),
         dyn_bus.clone(),
         map.clone(),
         tessera_auth::Accounts::local(auth),
+        Some(chat_link),
         db,
     );
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -137,6 +152,26 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
     let ca = ClusterCa::load_or_create(&ca_dir)?;
     let db = Database::open_redb(&args.data_dir.join("tessera.redb"))
         .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
+    // The front services, each on its own QUIC port with the cluster's TLS.
+    let auth = tessera_auth::remote::AuthServer::start(
+        Arc::new(tessera_auth::Auth::open(
+            db.clone(),
+            &args.data_dir.join("auth-signing.key"),
+        )?),
+        "127.0.0.1:0".parse()?,
+        ca.member("auth")?
+            .server_config_for(tessera_auth::remote::AUTH_ALPN)?,
+        false,
+    )?;
+    let auth_addr = auth.local_addr()?.to_string();
+    let chat = tessera_chat::ChatServer::start(
+        db.clone(),
+        "127.0.0.1:0".parse()?,
+        ca.member("chat")?
+            .server_config_for(tessera_chat::CHAT_ALPN)?,
+        tessera_chat::ChatLimits::default(),
+    )?;
+    let chat_addr = chat.local_addr()?.to_string();
     let persistence = tessera_persistence::remote::PersistenceServer::start(
         db,
         "127.0.0.1:0".parse()?,
@@ -216,12 +251,17 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
             &tick_hz,
             "--persistence",
             &store_addr,
+            "--auth",
+            &auth_addr,
+            "--chat",
+            &chat_addr,
         ]),
     )?;
     roles.spawn(crate::roles::router(router));
     println!(
-        "Tessera is up on etcd {etcd} (prefix {}): a coordinator, {} shards, a router and \
-         persistence at {store_addr}; cluster CA in {}; metrics on http://{metrics_addr}/metrics",
+        "Tessera is up on etcd {etcd} (prefix {}): a coordinator, {} shards, a router, \
+         persistence at {store_addr}, auth at {auth_addr}, chat at {chat_addr}; cluster CA in \
+         {}; metrics on http://{metrics_addr}/metrics",
         args.prefix,
         args.shards,
         ca_dir.display()
@@ -237,6 +277,8 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
+    chat.close();
+    auth.close();
     persistence.close();
     if result.is_ok() {
         println!("Tessera stopped; state saved.");

@@ -160,6 +160,13 @@ pub enum ClientEvent {
         emote: bool,
     },
     Text(String),
+    /// A line from the chat service (shout, tell, channel, notice).
+    ChatLine {
+        kind: tessera_proto::msg::ChatKind,
+        from: String,
+        to: Option<String>,
+        text: String,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -576,6 +583,18 @@ fn apply_msg(world: &Mutex<WorldState>, msg: ServerMsg) -> Option<ClientEvent> {
             emote,
         }),
         ServerMsg::Text { text } => Some(ClientEvent::Text(text)),
+        ServerMsg::ChatLine {
+            kind,
+            from,
+            to,
+            text,
+            ..
+        } => Some(ClientEvent::ChatLine {
+            kind,
+            from,
+            to,
+            text,
+        }),
         ServerMsg::Error { code, message } => Some(ClientEvent::Error { code, message }),
         ServerMsg::CellChanged { cell, shard } => {
             let mut w = world.lock();

@@ -157,6 +157,21 @@ pub enum PlayerEvent {
     Error {
         message: String,
     },
+    /// A line from the chat service. Routers make these from what the chat
+    /// service delivers; shards never send them.
+    Chat {
+        kind: crate::msg::ChatKind,
+        from: String,
+        to: Option<String>,
+        text: String,
+        at_unix_ms: u64,
+    },
+    /// An operator kicked the player (from the chat service; shards never
+    /// send it): the router ends the session.
+    Kicked {
+        by: String,
+        reason: String,
+    },
 }
 
 /// One entity as routers see it, for interest management and text views.

@@ -78,6 +78,49 @@ pub enum ErrorCode {
     TooLong,
     Unavailable,
     Internal,
+    /// An operator removed the player; the connection closes.
+    Kicked,
+}
+
+/// Where a chat line (from the chat service) was said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChatKind {
+    /// To everyone online.
+    Shout,
+    /// From one player to another.
+    Tell,
+    /// In a named channel.
+    Channel(String),
+    /// From the service itself.
+    System,
+}
+
+/// A chat line as `viewer` reads it: `Ann shouts, "hi"`, `Ann tells you,
+/// "hi"` / `You tell Bob, "hi"`, `[trade] Ann: rope`; system lines as they
+/// are. Telnet prints exactly this; 3D clients may style it.
+pub fn render_chat(
+    kind: &ChatKind,
+    from: &str,
+    to: Option<&str>,
+    text: &str,
+    viewer: &str,
+) -> String {
+    let same = |a: &str, b: &str| a.to_lowercase() == b.to_lowercase();
+    match kind {
+        ChatKind::Shout => format!("{from} shouts, \"{text}\""),
+        ChatKind::Tell => {
+            let to = to.unwrap_or_default();
+            if same(to, viewer) {
+                format!("{from} tells you, \"{text}\"")
+            } else if same(from, viewer) {
+                format!("You tell {to}, \"{text}\"")
+            } else {
+                format!("{from} tells {to}, \"{text}\"")
+            }
+        }
+        ChatKind::Channel(channel) => format!("[{channel}] {from}: {text}"),
+        ChatKind::System => text.to_string(),
+    }
 }
 
 /// Router -> client, on the control stream.
@@ -124,6 +167,15 @@ pub enum ServerMsg {
     /// Answer to a `ClientMsg::Command`, or a notice.
     Text {
         text: String,
+    },
+    /// A line from the chat service: a shout, a tell, a channel message or
+    /// a notice (`render_chat` gives the text telnet shows).
+    ChatLine {
+        kind: ChatKind,
+        from: String,
+        to: Option<String>,
+        text: String,
+        at_unix_ms: u64,
     },
     /// The player's own entity is now simulated in another cell (hand-off).
     CellChanged {

@@ -46,6 +46,29 @@ pub enum Command {
         to: String,
         text: String,
     },
+    /// `channel join <name>`, `channel leave <name>`, `channel list`
+    /// (`channels` works too).
+    Channel(ChannelOp),
+    /// `chat <channel> <text>`: say something in a channel.
+    Chat {
+        channel: String,
+        text: String,
+    },
+    /// `history [<channel>]`: the last messages of a channel (shouts without
+    /// one).
+    History(Option<String>),
+    /// `mute <name> [<minutes>]` (operators).
+    Mute {
+        name: String,
+        minutes: u64,
+    },
+    /// `unmute <name>` (operators).
+    Unmute(String),
+    /// `kick <name> [<reason>]` (operators).
+    Kick {
+        name: String,
+        reason: String,
+    },
     Who,
     Where,
     Map,
@@ -54,6 +77,17 @@ pub enum Command {
     /// A blank line.
     Empty,
 }
+
+/// What `channel` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChannelOp {
+    Join(String),
+    Leave(String),
+    List,
+}
+
+/// Minutes a `mute` lasts when none are given.
+pub const DEFAULT_MUTE_MINUTES: u64 = 10;
 
 /// Why a line is not a command. The `Display` text is meant for the player.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -91,6 +125,10 @@ Commands:
   say <text>               speak to everyone near you ('<text> works too)
   shout <text>             call out to everyone in a wider area
   tell <name> <text>       send a private message to one player
+  channel join <name>      join a chat channel (channel leave <name> leaves;
+                           channel list shows yours)
+  chat <channel> <text>    say something in a channel you joined
+  history [<channel>]      the last messages of a channel (shouts without one)
   who                      list the players in the world
   where                    show your position and the cell you are in
   map                      draw the area around you (north is up)
@@ -193,6 +231,79 @@ pub fn parse_command(line: &str) -> Result<Command, CommandError> {
                 text: text(said.trim(), USAGE)?,
             })
         }
+        "channel" | "channels" => {
+            const USAGE: &str = "channel join|leave <name>, or channel list";
+            let mut words = rest.split_whitespace();
+            let op = words.next().map(str::to_lowercase);
+            match (op.as_deref(), words.next(), words.next()) {
+                (None | Some("list"), None, None) => Ok(Command::Channel(ChannelOp::List)),
+                (Some("join"), Some(name), None) => {
+                    Ok(Command::Channel(ChannelOp::Join(name.to_owned())))
+                }
+                (Some("leave"), Some(name), None) => {
+                    Ok(Command::Channel(ChannelOp::Leave(name.to_owned())))
+                }
+                _ => Err(CommandError::Usage(USAGE)),
+            }
+        }
+        "chat" => {
+            const USAGE: &str = "chat <channel> <text>";
+            let (channel, said) = rest
+                .split_once(char::is_whitespace)
+                .ok_or(CommandError::Usage(USAGE))?;
+            Ok(Command::Chat {
+                channel: channel.to_owned(),
+                text: text(said.trim(), USAGE)?,
+            })
+        }
+        "history" => {
+            let mut words = rest.split_whitespace();
+            match (words.next(), words.next()) {
+                (channel, None) => Ok(Command::History(channel.map(str::to_owned))),
+                _ => Err(CommandError::Usage("history [<channel>]")),
+            }
+        }
+        "mute" => {
+            const USAGE: &str = "mute <name> [<minutes>]";
+            let mut words = rest.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some(name), minutes, None) => {
+                    let minutes = match minutes {
+                        None => DEFAULT_MUTE_MINUTES,
+                        Some(m) => m
+                            .parse()
+                            .ok()
+                            .filter(|m| (1..=7 * 24 * 60).contains(m))
+                            .ok_or(CommandError::Usage(USAGE))?,
+                    };
+                    Ok(Command::Mute {
+                        name: name.to_owned(),
+                        minutes,
+                    })
+                }
+                _ => Err(CommandError::Usage(USAGE)),
+            }
+        }
+        "unmute" => {
+            let mut words = rest.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some(name), None) => Ok(Command::Unmute(name.to_owned())),
+                _ => Err(CommandError::Usage("unmute <name>")),
+            }
+        }
+        "kick" => {
+            let (name, reason) = match rest.split_once(char::is_whitespace) {
+                Some((name, reason)) => (name, reason.trim()),
+                None => (rest, ""),
+            };
+            if name.is_empty() {
+                return Err(CommandError::Usage("kick <name> [<reason>]"));
+            }
+            Ok(Command::Kick {
+                name: name.to_owned(),
+                reason: reason.to_owned(),
+            })
+        }
         "who" => Ok(Command::Who),
         "where" => Ok(Command::Where),
         "map" => Ok(Command::Map),
@@ -223,6 +334,81 @@ mod tests {
 
     fn say(s: &str) -> Result<Command, CommandError> {
         Ok(Command::Say(s.into()))
+    }
+
+    // ---- chat ----
+
+    #[test]
+    fn chat_commands_parse() {
+        let join = |n: &str| Ok(Command::Channel(ChannelOp::Join(n.into())));
+        assert_eq!(parse_command("channel join trade"), join("trade"));
+        assert_eq!(parse_command("CHANNEL Join Trade"), join("Trade"));
+        assert_eq!(
+            parse_command("channel leave trade"),
+            Ok(Command::Channel(ChannelOp::Leave("trade".into())))
+        );
+        assert_eq!(
+            parse_command("channel list"),
+            Ok(Command::Channel(ChannelOp::List))
+        );
+        assert_eq!(
+            parse_command("channels"),
+            Ok(Command::Channel(ChannelOp::List))
+        );
+        assert!(matches!(
+            parse_command("channel join"),
+            Err(CommandError::Usage(_))
+        ));
+        assert!(matches!(
+            parse_command("channel frobnicate x"),
+            Err(CommandError::Usage(_))
+        ));
+        assert_eq!(
+            parse_command("chat trade  selling  rope "),
+            Ok(Command::Chat {
+                channel: "trade".into(),
+                text: "selling  rope".into()
+            })
+        );
+        assert!(matches!(
+            parse_command("chat trade"),
+            Err(CommandError::Usage(_))
+        ));
+        assert_eq!(parse_command("history"), Ok(Command::History(None)));
+        assert_eq!(
+            parse_command("history trade"),
+            Ok(Command::History(Some("trade".into())))
+        );
+        assert_eq!(
+            parse_command("mute Bob"),
+            Ok(Command::Mute {
+                name: "Bob".into(),
+                minutes: DEFAULT_MUTE_MINUTES
+            })
+        );
+        assert_eq!(
+            parse_command("mute Bob 5"),
+            Ok(Command::Mute {
+                name: "Bob".into(),
+                minutes: 5
+            })
+        );
+        assert!(matches!(
+            parse_command("mute Bob forever"),
+            Err(CommandError::Usage(_))
+        ));
+        assert_eq!(
+            parse_command("unmute Bob"),
+            Ok(Command::Unmute("Bob".into()))
+        );
+        assert_eq!(
+            parse_command("kick Bob spamming the square"),
+            Ok(Command::Kick {
+                name: "Bob".into(),
+                reason: "spamming the square".into()
+            })
+        );
+        assert!(matches!(parse_command("kick"), Err(CommandError::Usage(_))));
     }
 
     // ---- before login ----

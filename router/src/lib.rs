@@ -6,6 +6,7 @@
 //! Both gateways share one session model ([`session::Player`]), so a text
 //! player and a 3D player are the same thing to the rest of the cluster.
 
+pub mod chat;
 pub mod command;
 pub mod play;
 pub mod quic;
@@ -117,6 +118,10 @@ pub struct Router {
     pub grid: Grid,
     pub view: WorldView,
     pub accounts: Accounts,
+    /// The chat service, if this router has one.
+    pub chat: Option<tessera_chat::ChatClient>,
+    /// Its deliveries, until `run` starts handing them out.
+    chat_deliveries: Mutex<Option<mpsc::UnboundedReceiver<tessera_chat::Delivery>>>,
     bus: Arc<dyn Bus>,
     map: CellMap,
     db: Database,
@@ -147,8 +152,13 @@ impl Router {
         bus: Arc<dyn Bus>,
         map: CellMap,
         accounts: Accounts,
+        chat: Option<chat::ChatLink>,
         db: Database,
     ) -> Arc<Router> {
+        let (chat, chat_deliveries) = match chat {
+            Some((client, rx)) => (Some(client), Some(rx)),
+            None => (None, None),
+        };
         let grid = Grid::new(world.cell_size);
         Arc::new(Router {
             config,
@@ -156,6 +166,8 @@ impl Router {
             grid,
             view: WorldView::default(),
             accounts,
+            chat,
+            chat_deliveries: Mutex::new(chat_deliveries),
             bus,
             map,
             db,
@@ -421,6 +433,9 @@ pub async fn run(
             r.dispatch(msg);
         }
     });
+    if let Some(rx) = router.chat_deliveries.lock().take() {
+        tasks.spawn(chat::pump(router.clone(), rx));
+    }
     let r = router.clone();
     tasks.spawn(async move { telnet_gateway::serve(r, telnet).await });
     let r = router.clone();

@@ -64,9 +64,14 @@ async fn run(player: &mut Player, cmd: Command) -> Outcome {
                 Err(e) => Outcome::text(format!("Nobody hears you: {e}.")),
             }
         }
-        Command::Shout(_) | Command::Tell { .. } => {
-            Outcome::text("Shouting and tells need the chat service, which is not available yet.")
-        }
+        cmd @ (Command::Shout(_)
+        | Command::Tell { .. }
+        | Command::Chat { .. }
+        | Command::Channel(_)
+        | Command::History(_)
+        | Command::Mute { .. }
+        | Command::Unmute(_)
+        | Command::Kick { .. }) => Outcome::text(crate::chat::execute(player, cmd).await),
         Command::Who => Outcome::text(text::who(&router.online())),
         Command::Where => {
             // The owning cell (it differs from the geometric one within the

@@ -345,6 +345,12 @@ impl ClientConn {
                         PlayerEvent::Heard { speaker, name, text, emote } => Some(ServerMsg::Chat { from: name, entity: Some(speaker), text, emote }),
                         PlayerEvent::OwnerChanged { cell, shard } => Some(ServerMsg::CellChanged { cell, shard }),
                         PlayerEvent::Error { message } => Some(ServerMsg::Text { text: message }),
+                        PlayerEvent::Chat { kind, from, to, text, at_unix_ms } => Some(ServerMsg::ChatLine { kind, from, to, text, at_unix_ms }),
+                        PlayerEvent::Kicked { by, reason } => {
+                            let why = if reason.is_empty() { String::new() } else { format!(" ({reason})") };
+                            let _ = ctl.error(ErrorCode::Kicked, format!("{by} has kicked you out of the game{why}")).await;
+                            break Ok(());
+                        }
                         _ => None,
                     };
                     if let Some(m) = msg {

@@ -137,6 +137,8 @@ impl Player {
                     p.pos = pos;
                 });
                 tracing::info!(session = %session, player = %player, cell = %cell, shard = %shard, "player entered the world");
+                let operator = account.role == tessera_auth::Role::Operator;
+                router.chat_online(player, &account.name, operator).await;
                 Ok(Player {
                     router,
                     session,
@@ -371,6 +373,7 @@ impl Player {
             tracing::error!(player = %player, "cannot save player on leave");
         }
         let _ = self.router.set_playing(self.session, None);
+        self.router.chat_offline(player).await;
         if let Err(e) = self.router.accounts.logout(&self.token).await {
             tracing::warn!(player = %player, error = %e, "cannot end the session");
         }
@@ -397,9 +400,11 @@ impl Drop for Player {
             });
             let _ = router.set_playing(session, None);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let (accounts, token) = (router.accounts.clone(), std::mem::take(&mut self.token));
+                let token = std::mem::take(&mut self.token);
+                let router = router.clone();
                 rt.spawn(async move {
-                    if let Err(e) = accounts.logout(&token).await {
+                    router.chat_offline(player).await;
+                    if let Err(e) = router.accounts.logout(&token).await {
                         tracing::warn!(player = %player, error = %e, "cannot end the session");
                     }
                 });

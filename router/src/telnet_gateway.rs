@@ -164,6 +164,39 @@ impl Connection {
                         }
                     }
                 }
+                Input::Event(Some(PlayerEvent::Kicked { by, reason })) => {
+                    let why = if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({reason})")
+                    };
+                    let _ = self
+                        .write(&encode_text(&format!(
+                            "\n{by} has kicked you out of the game{why}. Goodbye.\n"
+                        )))
+                        .await;
+                    break;
+                }
+                Input::Event(Some(PlayerEvent::Chat {
+                    kind,
+                    from,
+                    to,
+                    text,
+                    ..
+                })) => {
+                    let viewer = match &stage {
+                        Stage::Playing(p) => p.name().to_string(),
+                        _ => String::new(),
+                    };
+                    let line = tessera_proto::msg::render_chat(
+                        &kind,
+                        &from,
+                        to.as_deref(),
+                        &text,
+                        &viewer,
+                    );
+                    self.notify(&line).await?
+                }
                 Input::Event(Some(ev)) => self.on_player_event(ev).await?,
                 Input::Event(None) => break,
             }

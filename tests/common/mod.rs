@@ -685,27 +685,35 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 
 // ------------------------------------------------------------------- metrics
 
-/// `GET /metrics`: the Prometheus text.
-pub fn scrape(addr: SocketAddr) -> String {
+/// A GET of `path` on an HTTP address: the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("metrics connect to {addr}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot reach {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
-    .expect("send the metrics request");
+    .expect("send the request");
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).expect("read the metrics response");
+    s.read_to_end(&mut resp).expect("read the response");
     let resp = String::from_utf8_lossy(&resp).into_owned();
     let (head, body) = resp
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP response: {resp:?}"));
-    assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "metrics answered {head:?}"
-    );
-    body.to_string()
+        .unwrap_or_else(|| panic!("not an HTTP response from {addr}{path}: {resp:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_string())
+}
+
+/// `GET /metrics`: the Prometheus text.
+pub fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "metrics answered {status}: {body}");
+    body
 }
 
 /// Every sample of metric `name`: `(labels, value)`, labels as written

@@ -362,6 +362,50 @@ pub fn persistence(dir: &Path, ca: &Path) -> PersistenceProc {
     PersistenceProc { role, addr }
 }
 
+/// A running front service (`tessera auth`, `tessera chat`) and where it
+/// listens.
+pub struct ServiceProc {
+    pub role: Role,
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// `tessera auth` listening on `listen` (port 0: a free one) with
+/// `--reuse-port`, keeping accounts in the persistence service at `store`
+/// and signing with `dir/auth-signing.key` (shared by every replica).
+pub fn auth(
+    dir: &Path,
+    ca: &Path,
+    name: &str,
+    listen: SocketAddr,
+    store: SocketAddr,
+) -> ServiceProc {
+    let args: Vec<String> = vec![
+        "auth".into(),
+        "--cluster-ca".into(),
+        ca.display().to_string(),
+        "--listen".into(),
+        listen.to_string(),
+        "--reuse-port".into(),
+        "--persistence".into(),
+        store.to_string(),
+        "--signing-key".into(),
+        dir.join("auth-signing.key").display().to_string(),
+        "--data-dir".into(),
+        dir.join(format!("{name}-data")).display().to_string(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let mut role = Role::start(dir, name, &args);
+    let addr = role.addr_after("auth listening on ");
+    let metrics = role.addr_after("metrics on http://");
+    ServiceProc {
+        role,
+        addr,
+        metrics,
+    }
+}
+
 /// Where and how a shard runs.
 pub struct ShardSpec<'a> {
     pub id: &'a str,
@@ -444,10 +488,15 @@ pub struct RouterSpec {
     pub persistence: Option<SocketAddr>,
     /// The world definition directory.
     pub world: String,
+    /// Its id; its data dir is `<dir>/router-data` for `router-1`, else
+    /// `<dir>/<id>-data`.
+    pub id: String,
+    /// More flags (`--auth ADDR`, `--chat ADDR`, ...).
+    pub extra: Vec<String>,
 }
 
 impl RouterSpec {
-    /// On loopback, a 2 s lease, no persistence.
+    /// `router-1` on loopback, a 2 s lease, no persistence.
     pub fn local(etcd: &EtcdServer) -> RouterSpec {
         RouterSpec {
             etcd_url: etcd.client_url(),
@@ -455,6 +504,8 @@ impl RouterSpec {
             lease_ttl_secs: 2,
             persistence: None,
             world: WORLD.into(),
+            id: "router-1".into(),
+            extra: Vec::new(),
         }
     }
 }
@@ -469,18 +520,31 @@ pub fn router(dir: &Path, ca: &Path, spec: &RouterSpec) -> RouterProc {
         spec.lease_ttl_secs,
         spec.persistence,
     ));
+    let data = if spec.id == "router-1" {
+        dir.join("router-data")
+    } else {
+        dir.join(format!("{}-data", spec.id))
+    };
     args.extend([
+        "--id".into(),
+        spec.id.clone(),
         "--telnet".into(),
         "127.0.0.1:0".into(),
         "--quic".into(),
         "127.0.0.1:0".into(),
         "--data-dir".into(),
-        dir.join("router-data").display().to_string(),
+        data.display().to_string(),
     ]);
-    let mut role = Role::start(dir, "router", &args);
+    args.extend(spec.extra.iter().cloned());
+    let name = if spec.id == "router-1" {
+        "router"
+    } else {
+        &spec.id
+    };
+    let mut role = Role::start(dir, name, &args);
     let telnet = role.addr_after("telnet listening on ");
     let quic = role.addr_after("quic listening on ");
-    let cert = dir.join("router-data").join("quic-cert.der");
+    let cert = data.join("quic-cert.der");
     let metrics = role.addr_after("metrics on http://");
     RouterProc {
         role,

@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::rules::same_name;
 use crate::ChatError;
 
 /// Largest request frame a router may send (one request per bi stream).
@@ -136,16 +135,9 @@ pub enum Delivery {
     },
 }
 
-/// What kind of line a [`ChatLine`] is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LineKind {
-    Shout,
-    Tell,
-    /// A channel message; the channel's (lowercase) name.
-    Channel(String),
-    /// A message from the service itself (kicks, mutes).
-    System,
-}
+/// What kind of line a [`ChatLine`] is: the client protocol's own type, so
+/// routers pass it on unchanged.
+pub use tessera_proto::msg::ChatKind as LineKind;
 
 /// One line of chat, as stored in history and delivered to routers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,22 +154,13 @@ pub struct ChatLine {
 impl ChatLine {
     /// The exact text the player called `viewer_name` sees.
     pub fn render_for(&self, viewer_name: &str) -> String {
-        let (from, text) = (&self.from, &self.text);
-        match &self.kind {
-            LineKind::Shout => format!("{from} shouts, \"{text}\""),
-            LineKind::Tell => {
-                let to = self.to.as_deref().unwrap_or_default();
-                if same_name(to, viewer_name) {
-                    format!("{from} tells you, \"{text}\"")
-                } else if same_name(from, viewer_name) {
-                    format!("You tell {to}, \"{text}\"")
-                } else {
-                    format!("{from} tells {to}, \"{text}\"")
-                }
-            }
-            LineKind::Channel(channel) => format!("[{channel}] {from}: {text}"),
-            LineKind::System => text.clone(),
-        }
+        tessera_proto::msg::render_chat(
+            &self.kind,
+            &self.from,
+            self.to.as_deref(),
+            &self.text,
+            viewer_name,
+        )
     }
 }
 
