@@ -1,1 +1,51 @@
 //! Assets for Tessera: content-addressed files over HTTP (`tessera asset`).
+//!
+//! Assets are the world definition, NPC scripts (`scripts/<name>.rhai`), meshes and textures.
+//! Operators upload them (`tessera ctl asset put`, [`AssetClient::put`]); shards poll the
+//! manifest to hot-reload scripts, and 3D clients fetch blobs by hash and cache them forever.
+//!
+//! - [`router`] / [`serve`]: the HTTP service (axum). Replicas are stateless: everything lives
+//!   in a [`tessera_persistence::Database`], so any number of them can run behind a load
+//!   balancer.
+//! - [`AssetClient`]: a blocking client (ureq) that checks what it downloads against its hash.
+//! - [`AssetStore`]: the storage layout, blocking.
+//!
+//! **Storage.** A blob is stored once per content under `("asset", "blob", <blake3 hex>)` with
+//! [`tessera_persistence::set_chunked`]; a name points at its current blob through a JSON
+//! [`AssetRecord`] under `("asset", "name", <name>)`; `("asset", "manifest-version")` counts
+//! changes. A put writes all three in one transaction, and one transaction may write at most
+//! 10 MB, so assets are limited to [`MAX_ASSET_BYTES`] (8 MiB). Blobs are never deleted.
+//!
+//! **HTTP.** Everything is under `/v1`; errors are JSON `{"error": "..."}`. See
+//! `docs/assets.md` for the full API, the caching rules and the upload signature
+//! ([`upload_auth`]).
+//!
+//! This crate must not depend on the shard, router or client crates: it only serves bytes.
+
+mod client;
+mod conditional;
+mod error;
+mod name;
+mod server;
+mod store;
+pub mod upload_auth;
+
+pub use client::{AssetClient, ManifestFetch, PutResult};
+pub use error::AssetError;
+pub use name::{AssetName, MAX_NAME_LEN};
+pub use server::{router, serve, AssetConfig, MetricsRender};
+pub use store::{AssetRecord, AssetStore, Manifest, ManifestEntry, PutOutcome};
+
+/// Largest asset, in bytes: a put writes the whole blob in one transaction, and transactions
+/// are limited to 10 MB (`tessera_persistence::MAX_TRANSACTION_BYTES`).
+pub const MAX_ASSET_BYTES: usize = 8 * 1024 * 1024;
+
+/// The blake3 hash of `bytes`, lowercase hex: the address of a blob.
+pub fn hash_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// Whether `s` looks like a blob address (64 lowercase hex digits).
+pub fn is_hash_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}

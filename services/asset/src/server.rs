@@ -1,0 +1,552 @@
+//! The HTTP service: axum handlers that only move bytes between HTTP and [`AssetStore`].
+
+use crate::conditional::{self, RangeRequest};
+use crate::upload_auth::{Claim, Refusal, SCHEME};
+use crate::{
+    hash_hex, is_hash_hex, AssetError, AssetName, AssetStore, PutOutcome, MAX_ASSET_BYTES,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tessera_coordinator::authority::ClusterKey;
+use tessera_persistence::{Database, StoreError};
+
+/// Renders the metrics page (`GET /metrics`), typically a Prometheus exporter's handle.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// How much a PUT body may exceed the asset limit before the connection-level limit cuts it
+/// off; between the two the handler answers with a precise message.
+const BODY_SLACK: usize = 64 * 1024;
+
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+const NO_CACHE: &str = "no-cache";
+
+/// What the asset service needs besides its store.
+#[derive(Clone)]
+pub struct AssetConfig {
+    /// Checks operators' upload signatures.
+    pub cluster_key: ClusterKey,
+    /// Serves `GET /metrics`; `None` answers 404.
+    pub metrics: Option<MetricsRender>,
+    /// Largest accepted upload; capped at [`MAX_ASSET_BYTES`].
+    pub max_asset_bytes: usize,
+}
+
+impl AssetConfig {
+    /// No metrics page, the largest possible assets.
+    pub fn new(cluster_key: ClusterKey) -> AssetConfig {
+        AssetConfig {
+            cluster_key,
+            metrics: None,
+            max_asset_bytes: MAX_ASSET_BYTES,
+        }
+    }
+}
+
+impl std::fmt::Debug for AssetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssetConfig")
+            .field("metrics", &self.metrics.is_some())
+            .field("max_asset_bytes", &self.max_asset_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+struct App {
+    store: AssetStore,
+    cluster_key: ClusterKey,
+    metrics: Option<MetricsRender>,
+    max_asset_bytes: usize,
+}
+
+type Shared = Arc<App>;
+
+/// Serves the asset API on `listener` until the task is dropped or aborted.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    db: Database,
+    config: AssetConfig,
+) -> std::io::Result<()> {
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        store = %db.describe(),
+        "asset service listening"
+    );
+    axum::serve(listener, router(db, config)).await
+}
+
+/// The asset API as a router, for embedding or for tests.
+pub fn router(db: Database, config: AssetConfig) -> Router {
+    describe_metrics();
+    let max_asset_bytes = config.max_asset_bytes.min(MAX_ASSET_BYTES);
+    let app = Arc::new(App {
+        store: AssetStore::new(db),
+        cluster_key: config.cluster_key,
+        metrics: config.metrics,
+        max_asset_bytes,
+    });
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_page))
+        .route("/v1/manifest", get(manifest))
+        .route("/v1/blobs/{hash}", get(blob))
+        .route(
+            "/v1/assets/{*name}",
+            get(get_asset)
+                .put(put_asset)
+                .layer(DefaultBodyLimit::max(max_asset_bytes + BODY_SLACK)),
+        )
+        .route_layer(middleware::from_fn(count_requests))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "tessera_asset_requests_total",
+        "HTTP requests answered by the asset service, by route and status"
+    );
+    metrics::describe_counter!(
+        "tessera_asset_bytes_sent_total",
+        metrics::Unit::Bytes,
+        "Asset content bytes sent in response bodies"
+    );
+    metrics::describe_counter!(
+        "tessera_asset_uploads_total",
+        "Accepted asset uploads, by outcome (changed or unchanged)"
+    );
+}
+
+async fn count_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let response = next.run(req).await;
+    count(route, response.status());
+    response
+}
+
+fn count(route: String, status: StatusCode) {
+    metrics::counter!(
+        "tessera_asset_requests_total",
+        "route" => route,
+        "status" => status.as_str().to_owned()
+    )
+    .increment(1);
+}
+
+/// An error answer: `{"error": message}` with `status`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn too_large(size: Option<u64>, max: usize) -> ApiError {
+        let size = size.map_or_else(|| "larger".to_string(), |s| format!("{s} bytes,"));
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the asset is {size} more than the limit of {max} bytes ({} MiB); split it \
+                 into smaller assets",
+                max / (1024 * 1024)
+            ),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(SCHEME));
+        }
+        response
+    }
+}
+
+impl From<AssetError> for ApiError {
+    fn from(err: AssetError) -> ApiError {
+        let status = match &err {
+            AssetError::InvalidName { .. } => StatusCode::BAD_REQUEST,
+            AssetError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AssetError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %err, "asset request failed");
+        }
+        ApiError::new(status, err.to_string())
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::Missing(message) => ApiError::new(StatusCode::UNAUTHORIZED, message),
+            Refusal::Bad(message) => ApiError::new(StatusCode::FORBIDDEN, message),
+        }
+    }
+}
+
+/// Runs a blocking store call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AssetError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(err) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the store call failed: {err}"),
+        )),
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn readyz(State(app): State<Shared>) -> Result<&'static str, ApiError> {
+    let store = app.store.clone();
+    blocking(move || store.check()).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the asset store is not readable: {}", e.message),
+        )
+    })?;
+    Ok("ready")
+}
+
+async fn metrics_page(State(app): State<Shared>) -> Result<Response, ApiError> {
+    let render = app.metrics.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this asset service exports no metrics page",
+        )
+    })?;
+    let page = tokio::task::spawn_blocking(move || render())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response())
+}
+
+async fn not_found(req: Request) -> ApiError {
+    count("unmatched".into(), StatusCode::NOT_FOUND);
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such endpoint: {} (the API lives under /v1)",
+            req.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed here"),
+    )
+}
+
+async fn manifest(State(app): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let store = app.store.clone();
+    let manifest = blocking(move || store.manifest()).await?;
+    let body = serde_json::to_vec(&manifest)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let etag = format!("\"{}-{}\"", manifest.version, &hash_hex(&body)[..16]);
+    let mut response = if header_str(&headers, header::IF_NONE_MATCH)
+        .is_some_and(|inm| conditional::none_match(inm, &etag))
+    {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = Body::from(body).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_CACHE));
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+async fn blob(
+    State(app): State<Shared>,
+    Path(hash): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let hash = hash.to_ascii_lowercase();
+    if !is_hash_hex(&hash) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{hash:?} is not a blob address (64 hex digits of blake3)"),
+        ));
+    }
+    let etag = format!("\"{hash}\"");
+    let store = app.store.clone();
+    let wanted = hash.clone();
+    let not_modified = header_str(&headers, header::IF_NONE_MATCH)
+        .is_some_and(|inm| conditional::none_match(inm, &etag));
+    let content = blocking(move || {
+        if not_modified {
+            // Blobs are immutable: existing is all a revalidation needs.
+            return Ok(store.has_blob(&wanted)?.then(Vec::new));
+        }
+        store.blob(&wanted)
+    })
+    .await?
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no blob {hash}")))?;
+    Ok(content_response(
+        &method,
+        &headers,
+        content,
+        &etag,
+        IMMUTABLE,
+        "application/octet-stream",
+    ))
+}
+
+async fn get_asset(
+    State(app): State<Shared>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = parse_name(&name)?;
+    let store = app.store.clone();
+    let wanted = name.clone();
+    let inm = header_str(&headers, header::IF_NONE_MATCH).map(str::to_owned);
+    let found = blocking(move || {
+        let Some(record) = store.record(&wanted)? else {
+            return Ok(None);
+        };
+        let etag = format!("\"{}\"", record.hash);
+        if inm.is_some_and(|inm| conditional::none_match(&inm, &etag)) {
+            return Ok(Some((record, Vec::new())));
+        }
+        let content = store.blob(&record.hash)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "asset {wanted} points at blob {} which is missing",
+                record.hash
+            ))
+        })?;
+        Ok(Some((record, content)))
+    })
+    .await?;
+    let (record, content) = found
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no asset named {name}")))?;
+    Ok(content_response(
+        &method,
+        &headers,
+        content,
+        &format!("\"{}\"", record.hash),
+        NO_CACHE,
+        &record.content_type,
+    ))
+}
+
+fn parse_name(name: &str) -> Result<AssetName, ApiError> {
+    AssetName::parse(name).map_err(|reason| {
+        ApiError::from(AssetError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
+    })
+}
+
+/// The answer for content with `etag`: 304 if the client has it, else the content or the
+/// requested range of it. (For a 304, `content` may be empty: it is not sent.)
+fn content_response(
+    method: &Method,
+    headers: &HeaderMap,
+    content: Vec<u8>,
+    etag: &str,
+    cache_control: &'static str,
+    content_type: &str,
+) -> Response {
+    let total = content.len() as u64;
+    let not_modified = header_str(headers, header::IF_NONE_MATCH)
+        .is_some_and(|inm| conditional::none_match(inm, etag));
+    let range = match header_str(headers, header::RANGE) {
+        Some(range)
+            if conditional::if_range_allows(header_str(headers, header::IF_RANGE), etag) =>
+        {
+            conditional::parse_range(range, total)
+        }
+        _ => RangeRequest::Full,
+    };
+    let mut response = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let content = Bytes::from(content);
+        let (status, body, content_range) = match range {
+            RangeRequest::Full => (StatusCode::OK, content, None),
+            RangeRequest::Partial { start, end } => {
+                // parse_range guarantees start <= end < total.
+                let body = content.slice(start as usize..=end as usize);
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    body,
+                    Some(format!("bytes {start}-{end}/{total}")),
+                )
+            }
+            RangeRequest::Unsatisfiable => {
+                let mut r = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    format!(
+                        "the range {:?} lies outside the {total} bytes",
+                        header_str(headers, header::RANGE).unwrap_or_default()
+                    ),
+                )
+                .into_response();
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return with_cache_headers(r, etag, cache_control);
+            }
+        };
+        if method != Method::HEAD {
+            metrics::counter!("tessera_asset_bytes_sent_total").increment(body.len() as u64);
+        }
+        let mut r = (status, body).into_response();
+        let h = r.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(content_type) {
+            h.insert(header::CONTENT_TYPE, v);
+        }
+        if let Some(v) = content_range.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+        r
+    };
+    response
+        .headers_mut()
+        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    with_cache_headers(response, etag, cache_control)
+}
+
+fn with_cache_headers(mut response: Response, etag: &str, cache_control: &'static str) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    response
+}
+
+/// What a PUT is checked for before its body is read: the name, the credential's form and
+/// time, and the declared size.
+struct Upload {
+    name: AssetName,
+    claim: Claim,
+}
+
+impl FromRequestParts<Shared> for Upload {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Upload, ApiError> {
+        let claim = Claim::parse(
+            header_str(&parts.headers, header::AUTHORIZATION),
+            now_unix_ms(),
+        )?;
+        let Path(name) = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        let name = parse_name(&name)?;
+        let declared =
+            header_str(&parts.headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+        if let Some(size) = declared.filter(|&s| s > app.max_asset_bytes as u64) {
+            return Err(ApiError::too_large(Some(size), app.max_asset_bytes));
+        }
+        Ok(Upload { name, claim })
+    }
+}
+
+async fn put_asset(
+    State(app): State<Shared>,
+    upload: Upload,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(None, app.max_asset_bytes)
+        } else {
+            ApiError::new(rejection.status(), rejection.body_text())
+        }
+    })?;
+    if body.len() > app.max_asset_bytes {
+        return Err(ApiError::too_large(
+            Some(body.len() as u64),
+            app.max_asset_bytes,
+        ));
+    }
+    let hash = hash_hex(&body);
+    upload
+        .claim
+        .verify(&app.cluster_key, upload.name.as_str(), &hash)?;
+    let by = format!("operator:{}", upload.claim.operator);
+    let store = app.store.clone();
+    let name = upload.name.clone();
+    let outcome = blocking(move || store.put(&name, &body, &by, now_unix_ms())).await?;
+    let (status, record, outcome_label) = match outcome {
+        PutOutcome::Changed(record) => (StatusCode::CREATED, record, "changed"),
+        PutOutcome::Unchanged(record) => (StatusCode::OK, record, "unchanged"),
+    };
+    metrics::counter!("tessera_asset_uploads_total", "outcome" => outcome_label).increment(1);
+    tracing::info!(
+        asset = %upload.name,
+        hash = %record.hash,
+        size = record.size,
+        operator = %upload.claim.operator,
+        outcome = outcome_label,
+        "asset upload"
+    );
+    Ok((
+        status,
+        Json(serde_json::json!({
+            "name": upload.name.as_str(),
+            "hash": record.hash,
+            "size": record.size,
+        })),
+    )
+        .into_response())
+}
