@@ -43,6 +43,8 @@ enum Command {
     Auth(services::AuthArgs),
     /// Run the chat service (shouts, tells, channels) for the routers.
     Chat(services::ChatArgs),
+    /// Run the asset service (world, scripts, meshes over HTTP).
+    Asset(services::AssetArgs),
     /// Ask the cluster: status, shards, cells.
     Ctl(roles::CtlArgs),
     /// Manage the cluster certificate authority.
@@ -81,6 +83,10 @@ pub struct UpArgs {
     /// Prometheus metrics address (serves /metrics and /healthz).
     #[arg(long, default_value = "127.0.0.1:9100")]
     metrics: SocketAddr,
+    /// The asset service's HTTP address (upload with `tessera ctl asset
+    /// put`; the shards reload changed scripts from it).
+    #[arg(long, default_value = "0.0.0.0:7400")]
+    assets_listen: SocketAddr,
     /// Where accounts, player positions and the QUIC certificate are kept.
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
@@ -132,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Persistence(a)) => runtime.block_on(roles::persistence(a)),
         Some(Command::Auth(a)) => runtime.block_on(services::auth(a)),
         Some(Command::Chat(a)) => runtime.block_on(services::chat(a)),
+        Some(Command::Asset(a)) => runtime.block_on(services::asset(a)),
         Some(Command::Ctl(a)) => runtime.block_on(roles::ctl(a)),
         Some(Command::Ca {
             command: CaCommand::Init { dir },

@@ -19,6 +19,11 @@ static READINESS: std::sync::Mutex<Vec<(String, Check)>> = std::sync::Mutex::new
 /// How long `/readyz` waits for all checks.
 const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// This process's metrics in the Prometheus text format, once installed.
+pub fn render() -> Option<String> {
+    HANDLE.get().map(|h| h.render())
+}
+
 /// Adds a check that `/readyz` runs (blocking is fine: checks run off the
 /// async threads). With none, `/readyz` answers like `/healthz`.
 pub fn set_readiness(name: &str, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) {

@@ -158,6 +158,11 @@ pub struct ShardArgs {
     /// Checkpoint every cell to persistence this often, milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
     checkpoint_interval_ms: u64,
+    /// The asset service's URL (`http://host:port`): new versions of NPC
+    /// scripts uploaded there (`scripts/<name>.rhai`) are loaded within a
+    /// second or two, without a restart.
+    #[arg(long)]
+    assets: Option<String>,
 }
 
 /// Where a member keeps durable state.
@@ -476,6 +481,11 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
             "no --persistence: cells are not checkpointed; a failover reopens them from the world file"
         ),
     }
+    if let Some(url) = &args.assets {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        crate::services::watch_scripts(url.clone(), &world.scripts, tx)?;
+        config.script_updates = Some(rx);
+    }
     let dyn_bus: Arc<dyn Bus> = bus.clone();
     let cluster_key = ClusterKey::from_ca_dir(&args.member.cluster_ca)?;
     let board = MigrationBoard::watch(store.clone(), &prefix, Some(cluster_key.clone())).await?;
@@ -713,6 +723,14 @@ pub enum CtlCommand {
         #[command(flatten)]
         service: AuthService,
     },
+    /// Assets: upload (operators), list, download.
+    Asset {
+        /// The asset service's URL.
+        #[arg(long, env = "TESSERA_ASSETS", default_value = "http://127.0.0.1:7400")]
+        assets: String,
+        #[command(subcommand)]
+        command: AssetCommand,
+    },
     /// Every shard: address, cells, entities, tick times.
     Shards,
     /// Every cell: owner, epoch, entities, players, tick p99.
@@ -777,6 +795,80 @@ impl BackupStore {
             ClusterCa::load(&self.cluster_ca)?.member(&format!("ctl {}", credential.operator))?;
         persistence_client(&identity, self.persistence)
     }
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum AssetCommand {
+    /// Upload FILE as asset NAME (e.g. `scripts/guard.rhai`); shards running
+    /// a script reload it within seconds.
+    Put { name: String, file: PathBuf },
+    /// Every asset: name, size, hash, last change.
+    Ls,
+    /// Download asset NAME to FILE (`-`: standard output).
+    Get { name: String, file: PathBuf },
+}
+
+/// `tessera ctl asset ...`: blocking HTTP, off the async threads.
+async fn ctl_asset(args: &CtlArgs, url: &str, command: &AssetCommand) -> anyhow::Result<()> {
+    let client = tessera_asset::AssetClient::new(url);
+    let credential = match command {
+        AssetCommand::Put { .. } => Some(operator_credential(args)?),
+        _ => None,
+    };
+    let (command, json) = (command.clone(), args.json);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        match command {
+            AssetCommand::Put { name, file } => {
+                let bytes = std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let credential = credential.expect("an operator's credential");
+                let put = client.put(&name, &bytes, &credential)?;
+                println!(
+                    "{} {} ({} bytes, blake3 {})",
+                    if put.changed {
+                        "uploaded"
+                    } else {
+                        "unchanged:"
+                    },
+                    put.name,
+                    put.size,
+                    put.hash
+                );
+            }
+            AssetCommand::Ls => {
+                let tessera_asset::ManifestFetch::Fresh { manifest, .. } = client.manifest(None)?
+                else {
+                    anyhow::bail!("the asset service answered 'not modified' to a plain request");
+                };
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&manifest)?);
+                    return Ok(());
+                }
+                println!("manifest version {}", manifest.version);
+                for (name, e) in &manifest.assets {
+                    println!(
+                        "{name:<40} {:>10} B  {}  {}",
+                        e.size,
+                        &e.hash[..16.min(e.hash.len())],
+                        e.updated_unix_ms
+                    );
+                }
+            }
+            AssetCommand::Get { name, file } => {
+                let bytes = client.get(&name)?;
+                if file.as_os_str() == "-" {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes)?;
+                } else {
+                    std::fs::write(&file, &bytes)
+                        .with_context(|| format!("cannot write {}", file.display()))?;
+                    eprintln!("wrote {} bytes to {}", bytes.len(), file.display());
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?
 }
 
 /// Where `ctl role` finds the account service.
@@ -885,6 +977,9 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     {
         return ctl_role(&args, name, *role, service).await;
     }
+    if let CtlCommand::Asset { assets, command } = &args.command {
+        return ctl_asset(&args, assets, command).await;
+    }
     let store = EtcdStore::connect(&args.etcd, Duration::from_secs(3))
         .await
         .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
@@ -956,6 +1051,7 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             | CtlCommand::Backup { .. }
             | CtlCommand::Restore { .. }
             | CtlCommand::Role { .. }
+            | CtlCommand::Asset { .. }
             | CtlCommand::Drain { .. }
             | CtlCommand::Rebalance { .. }
             | CtlCommand::Top { .. },

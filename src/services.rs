@@ -163,3 +163,133 @@ pub fn auth_client(
     tessera_auth::AuthClient::new(addr, CLUSTER_NAME, config)
         .with_context(|| format!("cannot open a client of the auth service at {addr}"))
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct AssetArgs {
+    /// Directory with the cluster CA: uploads must be signed by an operator
+    /// credential it issued (`tessera ca operator NAME`).
+    #[arg(long)]
+    cluster_ca: PathBuf,
+    /// Where to serve HTTP (TCP).
+    #[arg(long, default_value = "0.0.0.0:7400")]
+    listen: SocketAddr,
+    /// The persistence service, host:port, where assets live (replicas must
+    /// share it). Without it they are kept in `<data-dir>/assets.redb`.
+    #[arg(long)]
+    persistence: Option<SocketAddr>,
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Health and Prometheus metrics address (the asset port serves
+    /// `/healthz`, `/readyz` and `/metrics` too).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    metrics: SocketAddr,
+}
+
+/// `tessera asset`: content-addressed assets over HTTP.
+pub async fn asset(args: AssetArgs) -> anyhow::Result<()> {
+    let metrics = crate::metrics_http::install(args.metrics).await?;
+    let identity = ClusterCa::load(&args.cluster_ca)?.member("asset")?;
+    let db = service_store(&identity, args.persistence, &args.data_dir, "assets.redb")?;
+    let key = tessera_coordinator::authority::ClusterKey::from_ca_dir(&args.cluster_ca)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "asset listening on http://{addr}   (store {}); metrics on http://{metrics}/metrics",
+        db.describe()
+    );
+    tokio::select! {
+        r = tessera_asset::serve(listener, db, asset_config(key)) => r.context("asset service failed")?,
+        _ = crate::up::shutdown_signal() => {}
+    }
+    println!("asset stopped.");
+    Ok(())
+}
+
+/// The asset service's settings: uploads checked with `key`, `/metrics`
+/// from this process's recorder.
+pub fn asset_config(key: tessera_coordinator::authority::ClusterKey) -> tessera_asset::AssetConfig {
+    let mut config = tessera_asset::AssetConfig::new(key);
+    config.metrics = Some(Arc::new(|| {
+        crate::metrics_http::render().unwrap_or_default()
+    }));
+    config
+}
+
+/// How often shards ask the asset service for a new manifest.
+const SCRIPT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Follows the asset service's manifest and sends every new version of a
+/// script (`scripts/<name>.rhai`) to the shard. `world_scripts` are the
+/// versions the shard started with, so only real changes are sent. Runs on
+/// its own thread until the shard stops listening.
+pub fn watch_scripts(
+    url: String,
+    world_scripts: &std::collections::BTreeMap<String, String>,
+    updates: crossbeam_channel::Sender<tessera_shard::ScriptUpdate>,
+) -> std::io::Result<()> {
+    let mut known: std::collections::HashMap<String, String> = world_scripts
+        .iter()
+        .map(|(name, source)| (name.clone(), tessera_asset::hash_hex(source.as_bytes())))
+        .collect();
+    std::thread::Builder::new()
+        .name("script-watch".into())
+        .spawn(move || {
+            let client = tessera_asset::AssetClient::new(&url);
+            let mut etag: Option<String> = None;
+            let mut failing = false;
+            loop {
+                match client.manifest(etag.as_deref()) {
+                    Ok(tessera_asset::ManifestFetch::NotModified) => failing = false,
+                    Ok(tessera_asset::ManifestFetch::Fresh { manifest, etag: e }) => {
+                        failing = false;
+                        let mut complete = true;
+                        for (name, entry) in &manifest.assets {
+                            let Some(script) = name
+                                .strip_prefix("scripts/")
+                                .and_then(|n| n.strip_suffix(".rhai"))
+                            else {
+                                continue;
+                            };
+                            if known.get(script) == Some(&entry.hash) {
+                                continue;
+                            }
+                            let source = match client.blob(&entry.hash).map(String::from_utf8) {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(_)) => {
+                                    tracing::error!(asset = %name, "script is not UTF-8; ignored");
+                                    known.insert(script.to_string(), entry.hash.clone());
+                                    continue;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(asset = %name, error = %e, "cannot fetch a new script version");
+                                    complete = false;
+                                    continue;
+                                }
+                            };
+                            tracing::info!(script, hash = %entry.hash, "new script version");
+                            let update = tessera_shard::ScriptUpdate {
+                                name: script.to_string(),
+                                source,
+                            };
+                            if updates.send(update).is_err() {
+                                return; // the shard stopped
+                            }
+                            known.insert(script.to_string(), entry.hash.clone());
+                        }
+                        // Fetch the manifest in full again until every change got through.
+                        etag = complete.then_some(e);
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(url = %url, error = %e, "cannot read the asset manifest; scripts stay as they are");
+                        }
+                        failing = true;
+                    }
+                }
+                std::thread::sleep(SCRIPT_POLL);
+            }
+        })?;
+    Ok(())
+}

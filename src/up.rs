@@ -45,10 +45,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let bus = LocalBus::new();
     let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
     let mut shards = Vec::new();
+    // The cluster CA (in <data-dir>/cluster-ca): the chat service's TLS and
+    // the operators' credentials (`tessera ca operator NAME --cluster-ca ...`).
+    let ca_dir = args.data_dir.join("cluster-ca");
+    let ca = tessera_coordinator::transport::ClusterCa::load_or_create(&ca_dir)?;
+    let assets_url = serve_assets(&args, &db, &ca_dir).await?;
+
     for id in &shard_ids {
         let inbox = bus.add_shard(id.clone());
         let mut config = ShardConfig::new(id.clone());
         config.tick_hz = args.tick_hz;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        crate::services::watch_scripts(assets_url.clone(), &world.scripts, tx)?;
+        config.script_updates = Some(rx);
         // The world persists across restarts: cells reopen from their checkpoints.
         config.checkpoints = Some(tessera_shard::checkpoint::Checkpointing {
             db: db.clone(),
@@ -69,10 +78,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     rc.idle_timeout = std::time::Duration::from_secs(args.idle_timeout_secs.max(1));
     let router_inbox = bus.add_router(router_id);
     // The chat service, in this process but over real QUIC like anywhere
-    // else (its certificates come from the CA in <data-dir>/cluster-ca).
-    let ca = tessera_coordinator::transport::ClusterCa::load_or_create(
-        &args.data_dir.join("cluster-ca"),
-    )?;
+    // else.
     let chat = tessera_chat::ChatServer::start(
         db.clone(),
         "127.0.0.1:0".parse()?,
@@ -137,6 +143,38 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the asset service on `--assets-listen` (uploads signed by
+/// operators of the CA in `ca_dir`); returns its URL for the shards.
+async fn serve_assets(
+    args: &UpArgs,
+    db: &Database,
+    ca_dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    let key = tessera_coordinator::authority::ClusterKey::from_ca_dir(ca_dir)?;
+    let listener = tokio::net::TcpListener::bind(args.assets_listen)
+        .await
+        .with_context(|| format!("cannot listen for assets on {}", args.assets_listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!(
+        "http://{}:{}",
+        if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        },
+        addr.port()
+    );
+    let config = crate::services::asset_config(key);
+    let db = db.clone();
+    tokio::spawn(async move {
+        if let Err(e) = tessera_asset::serve(listener, db, config).await {
+            tracing::error!(error = %e, "asset service stopped");
+        }
+    });
+    println!("assets on {url}   (upload: tessera ctl asset --assets {url} put NAME FILE)");
+    Ok(url)
+}
+
 /// `tessera up --etcd URL`: the cluster roles, each a real member (QUIC
 /// bus with mutual TLS, registrations under leases, signed migrations), in
 /// one process against a real etcd. The cluster CA is created in
@@ -172,6 +210,7 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         tessera_chat::ChatLimits::default(),
     )?;
     let chat_addr = chat.local_addr()?.to_string();
+    let assets_url = serve_assets(&args, &db, &ca_dir).await?;
     let persistence = tessera_persistence::remote::PersistenceServer::start(
         db,
         "127.0.0.1:0".parse()?,
@@ -229,6 +268,8 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
                 &tick_hz,
                 "--persistence",
                 &store_addr,
+                "--assets",
+                &assets_url,
                 // Everything stops together: nowhere to drain to.
                 "--drain-timeout-secs",
                 "0",

@@ -122,6 +122,7 @@ impl Server {
         cmd.args(["--telnet", "127.0.0.1:0"])
             .args(["--quic", "127.0.0.1:0"])
             .args(["--metrics", "127.0.0.1:0"])
+            .args(["--assets-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.data_dir())
             .arg("--world")
