@@ -59,6 +59,7 @@ fn a_shard_cut_off_from_etcd_stops_simulating_before_its_cells_move() {
             rust_log: "warn,tessera_shard::sim=info",
             persistence: None,
             world: WORLD.into(),
+            assets: None,
         },
     );
     wait_ticking(&[s1.metrics, s2.metrics], 10.0);

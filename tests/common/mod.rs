@@ -452,6 +452,28 @@ impl TelnetClient {
     pub fn connect_raw(addr: SocketAddr) -> TelnetClient {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("telnet connect to {addr}: {e}"));
+        TelnetClient::over(stream)
+    }
+
+    /// Connects from the local address `from` (any of 127.0.0.0/8 works on
+    /// loopback: another player's machine, as the server sees it) and reads
+    /// the banner.
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> TelnetClient {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SocketAddr::new(from, 0).into())
+            .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("telnet connect from {from} to {addr}: {e}"));
+        let mut c = TelnetClient::over(socket.into());
+        let banner = c.read_until_prompt(ANSWER_TIMEOUT);
+        assert!(banner.contains("Welcome to Tessera"), "{banner:?}");
+        c
+    }
+
+    fn over(stream: TcpStream) -> TelnetClient {
         stream.set_nodelay(true).ok();
         TelnetClient {
             stream,

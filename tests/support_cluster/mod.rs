@@ -346,12 +346,17 @@ pub struct PersistenceProc {
 /// connect. Give its address to shards and routers
 /// ([`ShardSpec::persistence`], [`RouterSpec::persistence`]).
 pub fn persistence(dir: &Path, ca: &Path) -> PersistenceProc {
+    persistence_at(dir, ca, "127.0.0.1:0".parse().expect("an address"))
+}
+
+/// [`persistence`] on `listen` (to restart it on the same address).
+pub fn persistence_at(dir: &Path, ca: &Path, listen: SocketAddr) -> PersistenceProc {
     let args: Vec<String> = vec![
         "persistence".into(),
         "--cluster-ca".into(),
         ca.display().to_string(),
         "--listen".into(),
-        "127.0.0.1:0".into(),
+        listen.to_string(),
         "--data-dir".into(),
         dir.join("persistence-data").display().to_string(),
         "--metrics".into(),
@@ -370,9 +375,48 @@ pub struct ServiceProc {
     pub metrics: SocketAddr,
 }
 
-/// `tessera auth` listening on `listen` (port 0: a free one) with
-/// `--reuse-port`, keeping accounts in the persistence service at `store`
-/// and signing with `dir/auth-signing.key` (shared by every replica).
+/// `tessera <role>` (auth, chat, asset) listening on `listen` (port 0: a
+/// free one), keeping its state in the persistence service at `store`;
+/// `extra` adds flags. Waits until it printed where it listens.
+pub fn service(
+    dir: &Path,
+    ca: &Path,
+    role: &str,
+    name: &str,
+    listen: SocketAddr,
+    store: SocketAddr,
+    extra: &[&str],
+) -> ServiceProc {
+    let mut args: Vec<String> = vec![
+        role.into(),
+        "--cluster-ca".into(),
+        ca.display().to_string(),
+        "--listen".into(),
+        listen.to_string(),
+        "--persistence".into(),
+        store.to_string(),
+        "--data-dir".into(),
+        dir.join(format!("{name}-data")).display().to_string(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut role_proc = Role::start(dir, name, &args);
+    let addr = role_proc.addr_after(&format!("{role} listening on "));
+    let line = role_proc.wait_line(&format!("{role} listening on "));
+    let metrics = line
+        .split_once("metrics on http://")
+        .and_then(|(_, m)| m.trim_end_matches("/metrics").parse().ok())
+        .unwrap_or_else(|| panic!("{name}: no metrics address in {line:?}"));
+    ServiceProc {
+        role: role_proc,
+        addr,
+        metrics,
+    }
+}
+
+/// `tessera auth` replica `name` on `listen`, sharing the port with other
+/// replicas (`--reuse-port`) and the signing key `dir/auth-signing.key`.
 pub fn auth(
     dir: &Path,
     ca: &Path,
@@ -380,30 +424,23 @@ pub fn auth(
     listen: SocketAddr,
     store: SocketAddr,
 ) -> ServiceProc {
-    let args: Vec<String> = vec![
-        "auth".into(),
-        "--cluster-ca".into(),
-        ca.display().to_string(),
-        "--listen".into(),
-        listen.to_string(),
-        "--reuse-port".into(),
-        "--persistence".into(),
-        store.to_string(),
-        "--signing-key".into(),
-        dir.join("auth-signing.key").display().to_string(),
-        "--data-dir".into(),
-        dir.join(format!("{name}-data")).display().to_string(),
-        "--metrics".into(),
-        "127.0.0.1:0".into(),
-    ];
-    let mut role = Role::start(dir, name, &args);
-    let addr = role.addr_after("auth listening on ");
-    let metrics = role.addr_after("metrics on http://");
-    ServiceProc {
-        role,
-        addr,
-        metrics,
-    }
+    let key = dir.join("auth-signing.key").display().to_string();
+    service(
+        dir,
+        ca,
+        "auth",
+        name,
+        listen,
+        store,
+        &["--reuse-port", "--signing-key", &key],
+    )
+}
+
+/// A free loopback UDP port (for a service restarted on the same address).
+pub fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
 }
 
 /// Where and how a shard runs.
@@ -420,6 +457,8 @@ pub struct ShardSpec<'a> {
     pub persistence: Option<SocketAddr>,
     /// The world definition directory.
     pub world: String,
+    /// The asset service's URL, to hot-reload scripts from.
+    pub assets: Option<String>,
 }
 
 impl<'a> ShardSpec<'a> {
@@ -434,6 +473,7 @@ impl<'a> ShardSpec<'a> {
             rust_log: "warn,tessera_shard=info",
             persistence: None,
             world: WORLD.into(),
+            assets: None,
         }
     }
 }
@@ -454,6 +494,9 @@ pub fn shard(dir: &Path, ca: &Path, spec: &ShardSpec) -> ShardProc {
         spec.persistence,
     ));
     args.extend(["--id".into(), spec.id.into()]);
+    if let Some(url) = &spec.assets {
+        args.extend(["--assets".into(), url.clone()]);
+    }
     let mut role = Role::start_in(dir, spec.id, spec.netns, spec.rust_log, &args);
     let rest = role.wait_line(&format!("shard {} running; cluster address ", spec.id));
     let metrics = rest

@@ -1,0 +1,499 @@
+//! Every front service as its own process beside the cluster: `tessera
+//! persistence`, `tessera auth` (two replicas on one address), `tessera
+//! chat` and `tessera asset`, with a coordinator, two shards and one or two
+//! routers against a real etcd. Players play full sessions through them;
+//! chat and persistence are killed and come back; an NPC script changes
+//! through `tessera ctl asset put`; a brute-force login is slowed.
+
+mod common;
+#[path = "../coordinator/tests/support/etcd.rs"]
+mod etcd;
+mod support_cluster;
+
+use common::{http_get, metric_samples, scrape, TelnetClient, TestDir};
+use etcd::EtcdServer;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support_cluster::*;
+use tessera_client::{Client, ClientEvent};
+use tessera_proto::msg::ChatKind;
+
+/// A cluster with every service as its own process.
+struct Cluster {
+    dir: TestDir,
+    _etcd: EtcdServer,
+    ca: PathBuf,
+    store: PersistenceProc,
+    auths: Vec<ServiceProc>,
+    chat: ServiceProc,
+    asset: ServiceProc,
+    _coordinator: Role,
+    shards: Vec<ShardProc>,
+    routers: Vec<RouterProc>,
+}
+
+impl Cluster {
+    fn start(routers: usize, auth_replicas: usize) -> Cluster {
+        let dir = TestDir::new();
+        let etcd = EtcdServer::start();
+        let ca = ca_init(dir.path());
+        // Fixed addresses, so that a killed service comes back where the
+        // others look for it.
+        let store = persistence_at(dir.path(), &ca, free_udp());
+        let auth_addr = free_udp();
+        let auths: Vec<ServiceProc> = (1..=auth_replicas)
+            .map(|i| auth(dir.path(), &ca, &format!("auth-{i}"), auth_addr, store.addr))
+            .collect();
+        let chat = service(dir.path(), &ca, "chat", "chat", free_udp(), store.addr, &[]);
+        let asset = service(
+            dir.path(),
+            &ca,
+            "asset",
+            "asset",
+            "127.0.0.1:0".parse().unwrap(),
+            store.addr,
+            &[],
+        );
+        let coordinator = coordinator(
+            dir.path(),
+            &ca,
+            &CoordinatorSpec::local(&etcd, "coordinator-a").not_rebalancing(),
+        );
+        let assets_url = format!("http://{}", asset.addr);
+        let shards: Vec<ShardProc> = ["shard-1", "shard-2"]
+            .into_iter()
+            .map(|id| {
+                shard(
+                    dir.path(),
+                    &ca,
+                    &ShardSpec {
+                        persistence: Some(store.addr),
+                        assets: Some(assets_url.clone()),
+                        ..ShardSpec::local(&etcd, id)
+                    },
+                )
+            })
+            .collect();
+        let routers = (1..=routers)
+            .map(|i| {
+                router(
+                    dir.path(),
+                    &ca,
+                    &RouterSpec {
+                        persistence: Some(store.addr),
+                        id: format!("router-{i}"),
+                        extra: vec![
+                            "--auth".into(),
+                            auth_addr.to_string(),
+                            "--chat".into(),
+                            chat.addr.to_string(),
+                        ],
+                        ..RouterSpec::local(&etcd)
+                    },
+                )
+            })
+            .collect();
+        let shard_metrics: Vec<SocketAddr> = shards.iter().map(|s: &ShardProc| s.metrics).collect();
+        wait_ticking(&shard_metrics, 10.0);
+        Cluster {
+            dir,
+            _etcd: etcd,
+            ca,
+            store,
+            auths,
+            chat,
+            asset,
+            _coordinator: coordinator,
+            shards,
+            routers,
+        }
+    }
+
+    fn shard_metrics(&self) -> Vec<SocketAddr> {
+        self.shards.iter().map(|s| s.metrics).collect()
+    }
+
+    fn telnet(&self, router: usize) -> SocketAddr {
+        self.routers[router].telnet
+    }
+
+    /// The chat service again, on the address the routers know.
+    fn restart_chat(&mut self) {
+        let addr = self.chat.addr;
+        self.chat = service(
+            self.dir.path(),
+            &self.ca,
+            "chat",
+            "chat",
+            addr,
+            self.store.addr,
+            &[],
+        );
+    }
+}
+
+/// A QUIC player on a router of `cluster`, with its own runtime.
+struct QuicPlayer {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl QuicPlayer {
+    fn create(router: &RouterProc, name: &str) -> QuicPlayer {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let cert = std::fs::read(&router.cert).expect("the router's certificate");
+        let client = rt.block_on(async {
+            let ep = tessera_client::endpoint(rustls::pki_types::CertificateDer::from(cert))
+                .expect("a QUIC endpoint");
+            let mut c = Client::connect(&ep, router.quic)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: connect: {e}"));
+            c.create(name, PW)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: create: {e}"));
+            c
+        });
+        QuicPlayer { rt, client }
+    }
+
+    fn command(&mut self, line: &str) -> String {
+        self.rt
+            .block_on(self.client.command(line))
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    /// Waits for a chat line of `kind` from `from` and returns its text.
+    fn heard(&mut self, kind: ChatKind, from: &str) -> String {
+        let from = from.to_string();
+        self.rt
+            .block_on(
+                self.client
+                    .wait_for(Duration::from_secs(10), |ev| match ev {
+                        ClientEvent::ChatLine {
+                            kind: k,
+                            from: f,
+                            text,
+                            ..
+                        } if *k == kind && *f == from => Some(text.clone()),
+                        _ => None,
+                    }),
+            )
+            .unwrap_or_else(|| panic!("no {kind:?} line from {from}"))
+    }
+}
+
+/// `/healthz`, `/readyz` and `/metrics` of a role's metrics address.
+fn assert_healthy(what: &str, addr: SocketAddr) {
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, body) = http_get(addr, path);
+        assert_eq!(status, 200, "{what} {path}: {body}");
+    }
+}
+
+#[test]
+fn a_full_session_through_every_service_with_two_routers_and_two_auth_replicas() {
+    let mut c = Cluster::start(2, 2);
+    for s in &c.auths {
+        assert_healthy("auth", s.metrics);
+    }
+    assert_healthy("chat", c.chat.metrics);
+    assert_healthy("asset", c.asset.metrics);
+    assert_healthy("router", c.routers[0].metrics);
+    // The asset service answers on its own port too.
+    assert_eq!(http_get(c.asset.addr, "/readyz").0, 200);
+
+    // Ann plays over telnet on router-1, Bob over QUIC on router-2.
+    let mut ann = TelnetClient::create(c.telnet(0), "Ann", PW);
+    let mut bob = QuicPlayer::create(&c.routers[1], "Bob");
+    let before = ann.where_();
+    let walked = ann.command("n");
+    assert!(walked.contains("You walk north"), "{walked}");
+    assert!(ann.where_().distance_xz(&before) > 1.0);
+    assert!(ann.command("say nice weather").contains("You say"));
+
+    // A shout reaches everyone on every router, in the same words.
+    ann.command("shout Hello everyone");
+    ann.wait_for("Ann shouts, \"Hello everyone\"", Duration::from_secs(10));
+    assert_eq!(bob.heard(ChatKind::Shout, "Ann"), "Hello everyone");
+
+    // A tell crosses routers and echoes to the sender.
+    bob.command("tell ann psst, over here");
+    ann.wait_for(
+        "Bob tells you, \"psst, over here\"",
+        Duration::from_secs(10),
+    );
+    assert_eq!(bob.heard(ChatKind::Tell, "Bob"), "psst, over here");
+
+    // Channels.
+    assert!(ann
+        .command("channel join trade")
+        .contains("You join [trade]"));
+    assert!(bob
+        .command("channel join Trade")
+        .contains("You join [trade]"));
+    let list = ann.command("channel list");
+    assert!(
+        list.contains("trade") && list.contains("2 online"),
+        "{list}"
+    );
+    ann.command("chat trade rope for sale");
+    ann.wait_for("[trade] Ann: rope for sale", Duration::from_secs(10));
+    assert_eq!(
+        bob.heard(ChatKind::Channel("trade".into()), "Ann"),
+        "rope for sale"
+    );
+    // History comes from the chat service's store.
+    let history = bob.command("history");
+    assert!(
+        history.contains("Ann shouts, \"Hello everyone\""),
+        "{history}"
+    );
+    // Bad input gets a clear answer.
+    let no_one = ann.command("tell Zed hello?");
+    assert!(no_one.contains("No one called Zed is online."), "{no_one}");
+    assert!(ann
+        .command("mute Bob")
+        .contains("Only operators can do that."));
+
+    // Lose one auth replica: logins go on through the other one.
+    c.auths[0].role.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    for (i, name) in ["Cyd", "Dee"].into_iter().enumerate() {
+        let mut p = TelnetClient::create(c.telnet(i % 2), name, PW);
+        p.quit();
+    }
+    // Sessions were logged out, and a known player comes back on the other
+    // router at her saved position.
+    let at = ann.where_();
+    let bye = ann.quit();
+    assert!(bye.contains("Goodbye"), "{bye}");
+    let mut ann = TelnetClient::login(c.telnet(1), "Ann", PW);
+    assert!(ann.where_().distance_xz(&at) < 1.0);
+    // With no replica left, a login says so and nothing else breaks.
+    c.auths[1].role.kill();
+    let mut eve = TelnetClient::connect(c.telnet(0));
+    let refused = eve.command(&format!("create Eve {PW}"));
+    assert!(
+        refused.contains("not available right now"),
+        "login with auth down: {refused}"
+    );
+    assert!(ann.command("n").contains("You walk north"));
+}
+
+#[test]
+fn players_keep_playing_while_chat_is_down_and_shout_comes_back_by_itself() {
+    let mut c = Cluster::start(1, 1);
+    let mut ann = TelnetClient::create(c.telnet(0), "Ann", PW);
+    let mut bob = TelnetClient::create(c.telnet(0), "Bob", PW);
+    ann.command("shout one");
+    bob.wait_for("Ann shouts, \"one\"", Duration::from_secs(10));
+
+    c.chat.role.kill();
+    // Movement and local speech do not need chat.
+    assert!(ann.command("e").contains("You walk east"));
+    assert!(ann.command("say still here").contains("You say"));
+    let down = ann.command("shout anyone?");
+    assert!(
+        down.contains("Chat is unavailable; try again in a moment"),
+        "shout with chat down: {down}"
+    );
+    let tell = ann.command("tell Bob hi");
+    assert!(tell.contains("Chat is unavailable"), "{tell}");
+
+    // Back on the same address: the routers reconnect and register their
+    // players again; nobody reconnects.
+    c.restart_chat();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = ann.command("shout two");
+        if !answer.contains("unavailable") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "chat never came back: {answer}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    bob.wait_for("Ann shouts, \"two\"", Duration::from_secs(10));
+    bob.command("tell ann welcome back");
+    ann.wait_for("Bob tells you, \"welcome back\"", Duration::from_secs(10));
+}
+
+/// Sum of a shard metric over the shards.
+fn shard_metric(c: &Cluster, name: &str) -> f64 {
+    c.shard_metrics()
+        .iter()
+        .flat_map(|m| metric_samples(&scrape(*m), name))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_persistence_outage_is_buffered_and_loses_nothing_a_player_saw() {
+    let mut c = Cluster::start(1, 1);
+    let mut ann = TelnetClient::create(c.telnet(0), "Ann", PW);
+    ann.command("e");
+
+    let store_addr = c.store.addr;
+    c.store.role.kill();
+    // The world goes on: Ann walks and is told where she is.
+    for _ in 0..3 {
+        assert!(ann.command("n").contains("You walk north"));
+    }
+    let seen = ann.where_();
+    let ticks = shard_metric(&c, "tessera_shard_tick_seconds_count");
+    // Checkpoints pile up instead of being dropped.
+    wait_until("checkpoints to be pending", Duration::from_secs(30), || {
+        shard_metric(&c, "tessera_shard_checkpoints_pending") > 0.0
+    });
+    assert!(
+        shard_metric(&c, "tessera_shard_tick_seconds_count") > ticks + 30.0,
+        "shards must keep simulating"
+    );
+    // Ann leaves while her record cannot be written.
+    assert!(ann.quit().contains("Goodbye"));
+
+    c.store = persistence_at(c.dir.path(), &c.ca, store_addr);
+    wait_until(
+        "buffered checkpoints to land",
+        Duration::from_secs(40),
+        || shard_metric(&c, "tessera_shard_checkpoints_pending") == 0.0,
+    );
+    let router_metrics = c.routers[0].metrics;
+    wait_until("Ann's record to land", Duration::from_secs(40), || {
+        metric_samples(&scrape(router_metrics), "tessera_router_unsaved_players")
+            .iter()
+            .all(|(_, v)| *v == 0.0)
+    });
+    // She comes back exactly where she was told she stood.
+    let mut ann = TelnetClient::login(c.telnet(0), "Ann", PW);
+    let back = ann.where_();
+    assert!(
+        back.distance_xz(&seen) < 0.5,
+        "Ann was at {seen:?} before the outage and is at {back:?} after"
+    );
+}
+
+#[test]
+fn an_npc_script_changes_through_ctl_asset_put_without_losing_its_state() {
+    let c = Cluster::start(1, 1);
+    let url = format!("http://{}", c.asset.addr);
+    let mut ann = TelnetClient::create(c.telnet(0), "Ann", PW);
+    ann.command("say hello Mira");
+    ann.wait_for("Mira says,", Duration::from_secs(5));
+    ann.command("say hello again Mira");
+    let second = ann.wait_for("Mira says,", Duration::from_secs(5));
+    assert!(second.contains("2 greetings"), "{second}");
+
+    let original = std::fs::read_to_string(format!("{WORLD}/scripts/greeter.rhai")).unwrap();
+    let v1_line =
+        "say(`You again, ${speaker}? That's ${state.greeted} greetings so far. I'm flattered.`);";
+    assert!(original.contains(v1_line), "the greeter script changed");
+    let v2 = original.replace(
+        v1_line,
+        "say(`Version two, ${speaker}: greeting number ${state.greeted}.`);",
+    );
+    let file = c.dir.path().join("greeter-v2.rhai");
+    std::fs::write(&file, v2).unwrap();
+    let put = |file: &std::path::Path, credential: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        cmd.args([
+            "ctl",
+            "asset",
+            "--assets",
+            &url,
+            "put",
+            "scripts/greeter.rhai",
+        ])
+        .arg(file)
+        .env_remove("TESSERA_CREDENTIAL");
+        if credential {
+            cmd.arg("--credential").arg(operator_credential(&c.ca));
+        }
+        let out = cmd.output().expect("tessera ctl asset put");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // Only operators upload.
+    let (ok, text) = put(&file, false);
+    assert!(!ok && text.contains("operator credential"), "{text}");
+    let (ok, text) = put(&file, true);
+    assert!(
+        ok && text.contains("uploaded scripts/greeter.rhai"),
+        "{text}"
+    );
+
+    let logs = |needle: &str| {
+        c.shards
+            .iter()
+            .all(|s| std::fs::read_to_string(&s.role.stderr_log).is_ok_and(|l| l.contains(needle)))
+    };
+    wait_until(
+        "every shard to reload the script",
+        Duration::from_secs(15),
+        || logs("script reloaded"),
+    );
+    ann.command("say hello Mira");
+    let third = ann.wait_for("Mira says,", Duration::from_secs(5));
+    assert!(
+        third.contains("Version two, Ann: greeting number 3."),
+        "the new code runs with the old state: {third}"
+    );
+
+    // A broken version is refused; Mira keeps the working one.
+    let broken = c.dir.path().join("greeter-broken.rhai");
+    std::fs::write(&broken, "fn on_hear(speaker, text) { say(").unwrap();
+    assert!(put(&broken, true).0);
+    wait_until(
+        "the shards to refuse the broken script",
+        Duration::from_secs(15),
+        || logs("new script version refused"),
+    );
+    ann.command("say hello Mira");
+    let fourth = ann.wait_for("Mira says,", Duration::from_secs(5));
+    assert!(fourth.contains("greeting number 4."), "{fourth}");
+    // No shard restarted.
+    for s in &c.shards {
+        assert!(scrape(s.metrics).contains("tessera_shard_script_reloads_total"));
+    }
+}
+
+#[test]
+fn a_brute_force_from_one_address_is_refused_while_the_owner_logs_in() {
+    let c = Cluster::start(1, 1);
+    let mut cyd = TelnetClient::create(c.telnet(0), "Cyd", PW);
+    cyd.quit();
+    let attacker: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut conn = TelnetClient::connect_from(c.telnet(0), attacker);
+    let mut limited = 0;
+    for i in 0..100 {
+        let answer = conn.command(&format!("connect Cyd guess{i:03}"));
+        if answer.contains("Too many failed logins") {
+            limited += 1;
+        } else {
+            assert!(answer.contains("Wrong name or password."), "{answer}");
+        }
+    }
+    assert!(limited >= 90, "only {limited} of 100 guesses were refused");
+    // Not even the right password gets through from there...
+    let answer = conn.command(&format!("connect Cyd {PW}"));
+    assert!(answer.contains("Too many failed logins"), "{answer}");
+    // ...but the owner, at another address, logs in.
+    let mut owner = TelnetClient::connect_from(c.telnet(0), "127.0.0.2".parse().unwrap());
+    let welcome = owner.command(&format!("connect Cyd {PW}"));
+    assert!(welcome.contains("Welcome back, Cyd."), "{welcome}");
+}
