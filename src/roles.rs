@@ -339,6 +339,7 @@ pub async fn persistence(args: PersistenceArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
     let identity = ClusterCa::load(&args.cluster_ca)?.member("persistence")?;
     let db = persistence_store(&args)?;
+    crate::services::store_readiness("persistence", &db);
     let store = db.describe();
     let config = identity.server_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
     let server = tessera_persistence::remote::PersistenceServer::start(db, args.listen, config)?;

@@ -41,6 +41,17 @@ pub struct AuthArgs {
     metrics: SocketAddr,
 }
 
+/// `/readyz` of role `role` fails while its store does not answer a read.
+pub fn store_readiness(role: &str, db: &Database) {
+    let probe = db.clone();
+    crate::metrics_http::set_readiness(role, move || {
+        probe
+            .get(b"\x00readiness-probe")
+            .map(|_| ())
+            .map_err(|e| format!("store: {e}"))
+    });
+}
+
 /// The store of a service: the persistence service if named, else a redb
 /// file in its data dir.
 fn service_store(
@@ -68,13 +79,7 @@ pub async fn auth(args: AuthArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("auth-signing.key"));
     let auth = Arc::new(Auth::open(db.clone(), &key).context("cannot open auth")?);
-    let probe = db.clone();
-    crate::metrics_http::set_readiness("auth", move || {
-        probe
-            .get(b"\x00readiness-probe")
-            .map(|_| ())
-            .map_err(|e| format!("store: {e}"))
-    });
+    store_readiness("auth", &db);
     let config = identity.server_config_for(AUTH_ALPN)?;
     let server = AuthServer::start(auth, args.listen, config, args.reuse_port)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -120,6 +125,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
     let identity = ClusterCa::load(&args.cluster_ca)?.member("chat")?;
     let db = service_store(&identity, args.persistence, &args.data_dir, "chat.redb")?;
+    store_readiness("chat", &db);
     let limits = tessera_chat::ChatLimits {
         burst: args.burst.max(1),
         refill_per_second: args.refill_per_second,
@@ -190,6 +196,7 @@ pub async fn asset(args: AssetArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
     let identity = ClusterCa::load(&args.cluster_ca)?.member("asset")?;
     let db = service_store(&identity, args.persistence, &args.data_dir, "assets.redb")?;
+    store_readiness("asset", &db);
     let key = tessera_coordinator::authority::ClusterKey::from_ca_dir(&args.cluster_ca)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -88,6 +88,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     )?;
     let chat_link =
         crate::services::chat_client(&ca.member("router-1")?, chat.local_addr()?, "router-1")?;
+    // The account service on a loopback port too, for `tessera ctl role`
+    // (the router itself keeps using the same accounts in process).
+    let auth_server = tessera_auth::remote::AuthServer::start(
+        auth.clone(),
+        "127.0.0.1:0".parse()?,
+        ca.member("auth")?
+            .server_config_for(tessera_auth::remote::AUTH_ALPN)?,
+        false,
+    )?;
     let router = Router::new(
         rc,
         world.clone(),
@@ -134,8 +143,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         addrs.cert_path.display()
     );
     println!("metrics on http://{metrics_addr}/metrics");
+    println!(
+        "auth on {}, chat on {}   (cluster CA {}; e.g. tessera ctl role NAME operator --auth {} --cluster-ca {})",
+        auth_server.local_addr()?,
+        chat.local_addr()?,
+        ca_dir.display(),
+        auth_server.local_addr()?,
+        ca_dir.display()
+    );
     println!("Press Ctrl-C to stop; state is saved on the way out.");
     router_task.await??;
+    auth_server.close();
+    chat.close();
     for s in shards {
         s.stop();
     }

@@ -320,6 +320,43 @@ fn players_keep_playing_while_chat_is_down_and_shout_comes_back_by_itself() {
     bob.wait_for("Ann shouts, \"two\"", Duration::from_secs(10));
     bob.command("tell ann welcome back");
     ann.wait_for("Bob tells you, \"welcome back\"", Duration::from_secs(10));
+
+    // An operator (made one by `tessera ctl role`) mutes and kicks.
+    let auth_addr = c.auths[0].addr.to_string();
+    let ca = c.ca.display().to_string();
+    let role = |credential: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        cmd.args(["ctl", "role", "Ann", "operator", "--auth", &auth_addr])
+            .args(["--cluster-ca", &ca])
+            .env_remove("TESSERA_CREDENTIAL");
+        if credential {
+            cmd.arg("--credential").arg(operator_credential(&c.ca));
+        }
+        let out = cmd.output().expect("tessera ctl role");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = role(false);
+    assert!(!ok && text.contains("operator credential"), "{text}");
+    let (ok, text) = role(true);
+    assert!(ok && text.contains("Ann is now an operator"), "{text}");
+    assert!(ann.quit().contains("Goodbye"));
+    let mut ann = TelnetClient::login(c.telnet(0), "Ann", PW);
+    let muted = ann.command("mute Bob 5");
+    assert!(muted.contains("Bob is muted for 5 minutes."), "{muted}");
+    let refused = bob.command("shout let me speak");
+    assert!(refused.contains("You are muted for"), "{refused}");
+    assert!(ann
+        .command("kick Bob enough")
+        .contains("Bob has been kicked."));
+    let gone = bob.read_to_eof(Duration::from_secs(10));
+    assert!(
+        gone.contains("Ann has kicked you out of the game (enough)"),
+        "{gone}"
+    );
 }
 
 /// Sum of a shard metric over the shards.
