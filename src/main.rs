@@ -2,6 +2,7 @@
 //! role libraries; `tessera up` (the default) wires every role into one
 //! process.
 
+mod bots;
 mod metrics_http;
 mod roles;
 mod services;
@@ -45,6 +46,9 @@ enum Command {
     Chat(services::ChatArgs),
     /// Run the asset service (world, scripts, meshes over HTTP).
     Asset(services::AssetArgs),
+    /// A headless bot swarm against a running Tessera: QUIC and telnet bots
+    /// playing a scenario, measured (latencies, bytes, errors).
+    Bots(bots::BotsArgs),
     /// Ask the cluster: status, shards, cells.
     Ctl(roles::CtlArgs),
     /// Manage the cluster certificate authority.
@@ -118,10 +122,16 @@ pub struct UpArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // A swarm's own output is its table; keep the log to what went wrong.
+    let default_log = if matches!(cli.command, Some(Command::Bots(_))) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -139,6 +149,13 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Auth(a)) => runtime.block_on(services::auth(a)),
         Some(Command::Chat(a)) => runtime.block_on(services::chat(a)),
         Some(Command::Asset(a)) => runtime.block_on(services::asset(a)),
+        Some(Command::Bots(a)) => {
+            let code = runtime.block_on(bots::run(a))?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Some(Command::Ctl(a)) => runtime.block_on(roles::ctl(a)),
         Some(Command::Ca {
             command: CaCommand::Init { dir },

@@ -144,10 +144,26 @@ pub struct WorldState {
     pub entities: HashMap<EntityId, KnownEntity>,
     /// Newest input the server has applied.
     pub ack_input: u32,
+    /// When `ack_input` last went up (the snapshot that carried it arrived).
+    pub ack_at: Option<Instant>,
+    /// The player's own entity, once logged in.
+    pub me: Option<EntityId>,
+    /// When a snapshot last carried the player's own entity.
+    pub self_updated: Option<Instant>,
+    /// Gaps between consecutive snapshots carrying the player's own entity,
+    /// not yet taken by [`WorldState::take_self_gaps`] (at most 1,024 kept).
+    pub self_gaps: Vec<Duration>,
     pub cell: Option<CellId>,
     pub shard: Option<ShardId>,
     pub bytes_in: u64,
     pub snapshots: u64,
+}
+
+impl WorldState {
+    /// The gaps between own-entity updates seen since the last call.
+    pub fn take_self_gaps(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.self_gaps)
+    }
 }
 
 /// Things that happen, in order.
@@ -333,6 +349,7 @@ impl Client {
                     let mut w = self.world.lock();
                     w.cell = Some(cell);
                     w.shard = Some(me.shard.clone());
+                    w.me = Some(me.entity);
                 }
                 self.me = Some(me.clone());
                 self.start_reader();
@@ -382,10 +399,20 @@ impl Client {
                         let mut w = world.lock();
                         w.bytes_in += len;
                         w.snapshots += 1;
+                        let now = Instant::now();
                         if ack_input > w.ack_input {
                             w.ack_input = ack_input;
+                            w.ack_at = Some(now);
                         }
-                        let now = Instant::now();
+                        let me = w.me;
+                        if me.is_some() && entities.iter().any(|u| Some(u.entity) == me) {
+                            if let Some(last) = w.self_updated {
+                                if w.self_gaps.len() < 1024 {
+                                    w.self_gaps.push(now - last);
+                                }
+                            }
+                            w.self_updated = Some(now);
+                        }
                         for u in entities {
                             if let Some(e) = w.entities.get_mut(&u.entity) {
                                 if tick >= e.tick {

@@ -592,6 +592,48 @@ impl Cell {
         }
     }
 
+    /// The nearest place to `want` in this cell where a character fits:
+    /// clear of every other character (by distance, so characters that
+    /// arrived since the last physics step count too) and of static
+    /// geometry. Searched on a spiral out to about 20 m; `want` itself if
+    /// nothing is free. Players arriving at one spot (a crowd logging in at
+    /// the spawn) would otherwise be pushed apart by the physics for many
+    /// ticks.
+    pub fn free_spot(&self, want: Vec3) -> Vec3 {
+        const CLEARANCE: f32 = 2.0 * CAPSULE_RADIUS + 0.2;
+        const TRIES: u32 = 400;
+        let others: Vec<Vec3> = <&Motion>::query().iter(&self.ecs).map(|m| m.pos).collect();
+        let (x0, z0, x1, z1) = self.grid.bounds(self.id);
+        let margin = CAPSULE_RADIUS + 0.1;
+        let filter = QueryFilter::only_fixed();
+        let statics = self.physics.query_pipeline_with_filter(filter);
+        let shape = Capsule::new_y(CAPSULE_HALF, CAPSULE_RADIUS);
+        for k in 0..TRIES {
+            // Golden-angle spiral: evenly spread, about 1 m apart.
+            let r = (k as f32).sqrt();
+            let a = k as f32 * 2.399_963;
+            let c = Vec3::new(want.x + r * a.cos(), want.y, want.z + r * a.sin());
+            if c.x < x0 + margin || c.x > x1 - margin || c.z < z0 + margin || c.z > z1 - margin {
+                continue;
+            }
+            if others
+                .iter()
+                .any(|o| o.distance_xz(c) < CLEARANCE && (o.y - c.y).abs() < 2.0)
+            {
+                continue;
+            }
+            let pose = Pose::from_parts(
+                Vector::new(c.x, c.y + CAPSULE_CENTRE, c.z),
+                Rotation::IDENTITY,
+            );
+            if statics.intersect_shape(pose, &shape).next().is_some() {
+                continue;
+            }
+            return c;
+        }
+        want
+    }
+
     /// Gives every instance of `script` that stopped on an error a fresh
     /// start (a new version was loaded); returns how many instances run it.
     pub fn script_reloaded(&mut self, script: &str) -> usize {

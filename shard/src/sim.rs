@@ -870,6 +870,12 @@ impl Shard {
             );
             return;
         }
+        // Not on top of someone else (a crowd logging in at the spawn).
+        let pos = self
+            .cells
+            .get(&cell_id)
+            .map(|c| c.free_spot(pos))
+            .unwrap_or(pos);
         let transfer = EntityTransfer {
             id: entity,
             kind: EntityKind::Player,

@@ -106,3 +106,42 @@ fn a_join_that_arrives_before_the_shards_map_caught_up_waits_for_it() {
     shard.step();
     assert!(in_world(&shard, 2), "{:?}", joined(&mut router));
 }
+
+#[test]
+fn a_crowd_joining_at_one_spot_is_placed_side_by_side() {
+    let (mut shard, _map, mut router) = setup();
+    // 1,0 is b's: the crowd arrives there between two ticks, all at once.
+    let at = Vec3::new(96.0, 0.0, 32.0);
+    for p in 100..130u64 {
+        let ToShard::Join {
+            session,
+            player,
+            name,
+            ..
+        } = join(p)
+        else {
+            unreachable!()
+        };
+        shard.handle(ToShard::Join {
+            session,
+            player,
+            name,
+            pos: at,
+        });
+    }
+    let places: Vec<Vec3> = joined(&mut router)
+        .into_iter()
+        .filter_map(|e| match e {
+            PlayerEvent::Joined { pos, .. } => Some(pos),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(places.len(), 30);
+    assert_eq!(places[0], at, "the first one gets the spot it asked for");
+    for (i, a) in places.iter().enumerate() {
+        assert!(a.distance_xz(at) < 20.0, "{a:?} is far from the spot");
+        for b in &places[i + 1..] {
+            assert!(a.distance_xz(*b) >= 0.99, "{a:?} and {b:?} overlap");
+        }
+    }
+}
