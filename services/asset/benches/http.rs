@@ -105,7 +105,11 @@ fn main() {
         assert!(put.changed);
     }
     let mb_per_s = MIB as f64 / 1e6 / (hist.mean() / 1e6);
-    row(&format!("PUT 1 MiB, new content ({puts} puts)"), &hist, Some(mb_per_s));
+    row(
+        &format!("PUT 1 MiB, new content ({puts} puts)"),
+        &hist,
+        Some(mb_per_s),
+    );
     println!(
         "\nthe one 8 MiB put of the setup took {:.1} ms",
         eight_put.as_secs_f64() * 1000.0

@@ -82,7 +82,10 @@ fn main() {
     });
 
     println!("auth service on loopback, {} cores", cores());
-    println!("{:<44} {:>9} {:>9} {:>9} {:>9}", "", "p50", "p90", "p99", "max");
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>9}",
+        "", "p50", "p90", "p99", "max"
+    );
 
     // A request that does no work: the floor under every call.
     let mut rtt = histogram();

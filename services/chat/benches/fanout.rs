@@ -50,8 +50,8 @@ fn main() {
     );
     for (round, &per_router) in sizes.iter().enumerate() {
         runtime.block_on(async {
-            let db = Database::open_redb(&dir.path().join(format!("chat-{round}.redb")))
-                .expect("store");
+            let db =
+                Database::open_redb(&dir.path().join(format!("chat-{round}.redb"))).expect("store");
             let limits = ChatLimits {
                 burst: 1_000_000,
                 refill_per_second: 1e6,
@@ -115,7 +115,9 @@ fn main() {
                     }
                 }
                 let last = got.iter().flatten().max().expect("both routers");
-                shouts.record(micros(last.duration_since(t))).expect("record");
+                shouts
+                    .record(micros(last.duration_since(t)))
+                    .expect("record");
             }
             row(&format!("shout to 2 x {per_router} players"), &shouts);
 
@@ -143,7 +145,10 @@ fn main() {
                     }
                 }
             }
-            row(&format!("tell across routers ({per_router}/router)"), &tells);
+            row(
+                &format!("tell across routers ({per_router}/router)"),
+                &tells,
+            );
 
             for r in &routers {
                 r.close();
