@@ -62,13 +62,19 @@ impl Backend for RedbBackend {
                 let mut tx = RedbTransaction {
                     table,
                     deferred: None,
+                    wrote: false,
                 };
-                body(&mut tx).and_then(|()| tx.deferred.map_or(Ok(()), Err))
+                body(&mut tx).and_then(|()| tx.deferred.map_or(Ok(tx.wrote), Err))
             }
             Err(e) => Err(StoreError::backend("opening the redb table", e)),
         };
         match outcome {
-            Ok(()) => write
+            // A transaction that only read has nothing to make durable:
+            // committing would still sync the file, once per read.
+            Ok(false) => write
+                .abort()
+                .map_err(|e| StoreError::backend("ending a read-only redb transaction", e)),
+            Ok(true) => write
                 .commit()
                 .map_err(|e| StoreError::backend("committing a redb transaction", e)),
             Err(err) => {
@@ -89,6 +95,8 @@ struct RedbTransaction<'txn> {
     table: redb::Table<'txn, &'static [u8], &'static [u8]>,
     /// An error from `clear_range`, which cannot return one; it stops the commit.
     deferred: Option<StoreError>,
+    /// Whether anything was written (else the transaction ends without a commit).
+    wrote: bool,
 }
 
 impl Transaction for RedbTransaction<'_> {
@@ -101,6 +109,7 @@ impl Transaction for RedbTransaction<'_> {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.wrote = true;
         self.table
             .insert(key, value)
             .map_err(|e| StoreError::backend("writing a key to redb", e))?;
@@ -108,6 +117,7 @@ impl Transaction for RedbTransaction<'_> {
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.wrote = true;
         self.table
             .remove(key)
             .map_err(|e| StoreError::backend("clearing a key in redb", e))?;
@@ -118,6 +128,7 @@ impl Transaction for RedbTransaction<'_> {
         if begin >= end || self.deferred.is_some() {
             return;
         }
+        self.wrote = true;
         if let Err(e) = self.table.retain_in(begin..end, |_, _| false) {
             self.deferred = Some(StoreError::backend("clearing a key range in redb", e));
         }
