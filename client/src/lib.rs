@@ -218,7 +218,8 @@ pub struct Client {
     /// background task owns the stream.
     recv: Option<(quinn::RecvStream, FrameBuffer)>,
     pub world: Arc<Mutex<WorldState>>,
-    events: Option<mpsc::UnboundedReceiver<ClientEvent>>,
+    /// Events with the time they arrived.
+    events: Option<mpsc::UnboundedReceiver<(Instant, ClientEvent)>>,
     pub me: Option<LoggedIn>,
     input_seq: u32,
 }
@@ -375,11 +376,11 @@ impl Client {
                 match read_msg(&mut recv, &mut buf).await {
                     Ok(msg) => {
                         if let Some(ev) = apply_msg(&world, msg) {
-                            let _ = tx.send(ev);
+                            let _ = tx.send((Instant::now(), ev));
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(ClientEvent::Closed(e.to_string()));
+                        let _ = tx.send((Instant::now(), ClientEvent::Closed(e.to_string())));
                         break;
                     }
                 }
@@ -459,9 +460,9 @@ impl Client {
             .await?;
         let mut kept = Vec::new();
         let result = loop {
-            match self.next_event(Duration::from_secs(10)).await {
-                Some(ClientEvent::Text(t)) => break Ok(t),
-                Some(ClientEvent::Closed(e)) => break Err(ClientError::Lost(e)),
+            match self.next_event_timed(Duration::from_secs(10)).await {
+                Some((_, ClientEvent::Text(t))) => break Ok(t),
+                Some((_, ClientEvent::Closed(e))) => break Err(ClientError::Lost(e)),
                 Some(other) => kept.push(other),
                 None => break Err(ClientError::Timeout),
             }
@@ -470,7 +471,7 @@ impl Client {
         result
     }
 
-    fn requeue(&mut self, kept: Vec<ClientEvent>) {
+    fn requeue(&mut self, kept: Vec<(Instant, ClientEvent)>) {
         if kept.is_empty() {
             return;
         }
@@ -498,6 +499,11 @@ impl Client {
 
     /// The next event, or `None` after `timeout`.
     pub async fn next_event(&mut self, timeout: Duration) -> Option<ClientEvent> {
+        self.next_event_timed(timeout).await.map(|(_, ev)| ev)
+    }
+
+    /// The next event and when it arrived, or `None` after `timeout`.
+    pub async fn next_event_timed(&mut self, timeout: Duration) -> Option<(Instant, ClientEvent)> {
         let rx = self.events.as_mut()?;
         tokio::time::timeout(timeout, rx.recv())
             .await

@@ -151,7 +151,7 @@ impl Heard {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut sent = self.sent.lock();
-        if n % 1024 == 0 {
+        if n.is_multiple_of(1024) {
             sent.retain(|_, at| now.duration_since(*at) < TOKEN_TTL);
         }
         sent.insert(n, now);

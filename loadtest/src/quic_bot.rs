@@ -170,19 +170,19 @@ async fn play(
             pending.pop_front();
             ctx.stats.count("inputs_unacknowledged", 1);
         }
-        while let Some(ev) = client.next_event(Duration::ZERO).await {
+        while let Some((at, ev)) = client.next_event_timed(Duration::ZERO).await {
             match ev {
                 ClientEvent::Chat { text, .. } => {
                     if let Some(sent) = ctx.heard.sent_at(&text) {
                         ctx.stats
-                            .record(Metric::SayHeard, now.saturating_duration_since(sent));
+                            .record(Metric::SayHeard, at.saturating_duration_since(sent));
                         ctx.stats.count("heard", 1);
                     }
                 }
                 ClientEvent::ChatLine { text, .. } => {
                     if let Some(sent) = ctx.heard.sent_at(&text) {
                         ctx.stats
-                            .record(Metric::ChatHeard, now.saturating_duration_since(sent));
+                            .record(Metric::ChatHeard, at.saturating_duration_since(sent));
                         ctx.stats.count("chat_heard", 1);
                     }
                 }
@@ -215,8 +215,8 @@ async fn play(
             next_chat = now + chat_delay(ctx, &mut steering);
             chats += 1;
             let token = ctx.heard.token();
-            if chats % 4 == 0 {
-                let line = if chats % 8 == 0 {
+            if chats.is_multiple_of(4) {
+                let line = if chats.is_multiple_of(8) {
                     let other = steering.rng().gen_range(0..ctx.config.quic_bots.max(1));
                     format!("tell {} {token}", bot_name(ctx.config.seed, 'q', other))
                 } else {

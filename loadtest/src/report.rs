@@ -43,7 +43,7 @@ pub(crate) async fn live(config: Arc<SwarmConfig>, stats: Arc<Stats>, deadline: 
                 b.set_position(n.min(secs));
                 b.set_message(line);
             }
-            None if n % 5 == 0 => eprintln!("[{n:>4} s] {line}"),
+            None if n.is_multiple_of(5) => eprintln!("[{n:>4} s] {line}"),
             None => {}
         }
     }
@@ -128,6 +128,9 @@ pub fn table(r: &Report) -> String {
     out
 }
 
+/// Draws one plot of a report into an SVG file.
+type Plot = fn(&Path, &Report) -> Result<(), String>;
+
 /// Writes `report.json`, the plots and `index.html` into `dir`.
 pub fn write_dir(dir: &Path, r: &Report) -> Result<(), SwarmError> {
     let err = |reason: String| SwarmError::Report {
@@ -137,7 +140,7 @@ pub fn write_dir(dir: &Path, r: &Report) -> Result<(), SwarmError> {
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let json = serde_json::to_vec_pretty(r).map_err(|e| err(e.to_string()))?;
     std::fs::write(dir.join("report.json"), json).map_err(|e| err(e.to_string()))?;
-    let plots: [(&str, &str, fn(&Path, &Report) -> Result<(), String>); 4] = [
+    let plots: [(&str, &str, Plot); 4] = [
         (
             "latency.svg",
             "Latency over time (p99 per second)",

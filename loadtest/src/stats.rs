@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 pub enum Metric {
     /// Connect (QUIC handshake + hello, or TCP + banner) to logged in.
     Login,
-    /// A movement input sent to the snapshot that acknowledged it (QUIC), or
-    /// a movement command sent to its answer (telnet).
+    /// A movement input sent to the snapshot that acknowledged it (QUIC).
     InputAck,
     /// `say` sent by one bot to heard by another.
     SayHeard,
@@ -28,7 +27,9 @@ pub enum Metric {
     HandoffGap,
     /// Any gap between two updates of a bot's own entity (QUIC).
     UpdateGap,
-    /// A text command sent to its answer (telnet and QUIC `Command`).
+    /// A text command sent to its answer (telnet and QUIC `Command`); for
+    /// a telnet step, the answer carries the new position, so this is a text
+    /// player's input-to-ack.
     Command,
 }
 

@@ -37,7 +37,7 @@ enum Iac {
     /// Inside IAC SB ... IAC SE.
     Sub,
     /// IAC inside a subnegotiation.
-    SubIac,
+    SubCommand,
 }
 
 /// A piece of output: the answer to a command, or a notification.
@@ -57,7 +57,9 @@ impl Segmenter {
                     if b != b'\r' {
                         self.text.push(b);
                     }
-                    if self.text.ends_with(b"> ") {
+                    // The prompt starts a line; `> ` inside text (as in
+                    // `create <name> [<password>]`) is not one.
+                    if self.text == b"> " || self.text.ends_with(b"\n> ") {
                         out.push(self.take());
                     }
                     Iac::Data
@@ -70,10 +72,10 @@ impl Segmenter {
                 (Iac::Command, 250) => Iac::Sub,
                 (Iac::Command, _) => Iac::Data,
                 (Iac::Option, _) => Iac::Data,
-                (Iac::Sub, 255) => Iac::SubIac,
+                (Iac::Sub, 255) => Iac::SubCommand,
                 (Iac::Sub, _) => Iac::Sub,
-                (Iac::SubIac, 240) => Iac::Data,
-                (Iac::SubIac, _) => Iac::Sub,
+                (Iac::SubCommand, 240) => Iac::Data,
+                (Iac::SubCommand, _) => Iac::Sub,
             };
         }
         out
@@ -94,7 +96,8 @@ impl Segmenter {
 struct Conn {
     out: OwnedWriteHalf,
     answers: mpsc::UnboundedReceiver<String>,
-    notes: mpsc::UnboundedReceiver<String>,
+    /// Notifications with the time they arrived.
+    notes: mpsc::UnboundedReceiver<(Instant, String)>,
 }
 
 impl Conn {
@@ -117,7 +120,7 @@ impl Conn {
                 for s in seg.feed(&buf[..n]) {
                     let _ = match s {
                         Segment::Answer(a) => atx.send(a).map_err(drop),
-                        Segment::Note(n) => ntx.send(n).map_err(drop),
+                        Segment::Note(n) => ntx.send((Instant::now(), n)).map_err(drop),
                     };
                 }
             }
@@ -238,7 +241,7 @@ async fn play(
         let think = Duration::from_millis(steering.rng().gen_range(600..1_400));
         ctx.sleep(think).await;
         let now = Instant::now();
-        while let Ok(note) = conn.notes.try_recv() {
+        while let Ok((at, note)) = conn.notes.try_recv() {
             for line in note.lines() {
                 if let Some(sent) = ctx.heard.sent_at(line) {
                     let metric = if line.contains(" says, ") {
@@ -246,8 +249,7 @@ async fn play(
                     } else {
                         Metric::ChatHeard
                     };
-                    ctx.stats
-                        .record(metric, now.saturating_duration_since(sent));
+                    ctx.stats.record(metric, at.saturating_duration_since(sent));
                     ctx.stats.count("heard", 1);
                 }
             }
@@ -291,16 +293,16 @@ async fn play(
         };
         let sent = Instant::now();
         let answer = conn.command(step.short()).await?;
-        let took = sent.elapsed();
-        ctx.stats.record(Metric::InputAck, took);
-        ctx.stats.record(Metric::Command, took);
+        // A text player's step is acknowledged by its answer (with the new
+        // position): that is its input-to-ack, kept apart from QUIC's.
+        ctx.stats.record(Metric::Command, sent.elapsed());
         ctx.stats.count("steps", 1);
         if !answer.starts_with("You walk") && !answer.starts_with("Something blocks") {
             ctx.stats.error(format!("step: {}", short(&answer)));
         }
         steps += 1;
         // Know where we are now and then (the steering needs it).
-        if steps % 3 == 0 {
+        if steps.is_multiple_of(3) {
             if let Some(p) = parse_where(&conn.command("where").await?) {
                 pos = p;
             }
@@ -324,6 +326,12 @@ mod tests {
         out = s.feed(b"You walk north.\r\n");
         assert!(out.is_empty());
         out = s.feed(b"> \xff\xf9\r\nMira says, \"hi\"\r\n> ");
+        // `> ` inside a line is text.
+        assert!(s.feed(b"  create <name> [<password>]").is_empty());
+        assert_eq!(
+            s.feed(b"\r\n> "),
+            vec![Segment::Answer("  create <name> [<password>]".into())]
+        );
         assert_eq!(
             out,
             vec![
