@@ -1,0 +1,99 @@
+//! `tessera bots` against `tessera up`: 50 QUIC and 50 telnet bots play
+//! every scenario for 20 s each, with no errors, sane latencies, and a
+//! report directory a person can open.
+
+mod common;
+
+use common::{Server, ServerOptions, TestDir};
+use std::path::Path;
+use std::process::Command;
+
+/// Runs one swarm; returns its report.
+fn swarm(server: &Server, dir: &Path, scenario: &str, seed: u64) -> serde_json::Value {
+    let report = dir.join(format!("report-{scenario}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["bots", "--quic", "50", "--telnet", "50", "--duration", "20"])
+        .args(["--ramp", "100", "--scenario", scenario])
+        .args(["--seed", &seed.to_string()])
+        .args(["--quic-addr", &server.quic.to_string()])
+        .args(["--telnet-addr", &server.telnet.to_string()])
+        .arg("--cert")
+        .arg(&server.cert_path)
+        // Limits a healthy server on this machine keeps with room to spare
+        // (the CI machine runs other tests beside this one).
+        .args(["--max-errors", "0", "--max-p99-ms", "500"])
+        .args(["--max-login-p99-ms", "5000", "--max-say-p99-ms", "1000"])
+        .arg("--report")
+        .arg(&report)
+        .arg("--no-progress")
+        .output()
+        .expect("run tessera bots");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{scenario}: exit {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("errors and disconnects: none"), "{stdout}");
+    for file in [
+        "report.json",
+        "index.html",
+        "latency.svg",
+        "percentiles.svg",
+        "connections.svg",
+        "bytes.svg",
+    ] {
+        assert!(report.join(file).is_file(), "{scenario}: no {file}");
+    }
+    serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap()
+}
+
+fn count(r: &serde_json::Value, key: &str) -> u64 {
+    r["counts"][key].as_u64().unwrap_or(0)
+}
+
+fn p99(r: &serde_json::Value, key: &str) -> f64 {
+    r["latency"][key]["p99_ms"].as_f64().unwrap_or(0.0)
+}
+
+#[test]
+fn every_scenario_runs_clean_against_tessera_up() {
+    let dir = TestDir::new();
+    let server = Server::start_with(&dir, &ServerOptions::default());
+    for (i, scenario) in [
+        "wander",
+        "flock",
+        "border",
+        "chat",
+        "login-storm",
+        "churn",
+        "mix",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = swarm(&server, dir.path(), scenario, 100 + i as u64);
+        assert_eq!(r["scenario"], scenario);
+        // Churning and storming bots are not all in at once.
+        let peak = r["peak_connected"].as_i64().unwrap_or(0);
+        if matches!(scenario, "churn" | "login-storm" | "mix") {
+            assert!(peak >= 50, "{scenario}: peak {peak}");
+        } else {
+            assert_eq!(peak, 100, "{scenario}: every bot logged in");
+        }
+        assert!(count(&r, "logins") >= 100, "{scenario}");
+        assert!(count(&r, "inputs") > 1_000, "{scenario}: QUIC bots moved");
+        assert!(p99(&r, "input_ack") > 0.0, "{scenario}: acks measured");
+        match scenario {
+            "border" => assert!(count(&r, "handoffs") >= 50, "{scenario}: {r}"),
+            "chat" => {
+                assert!(count(&r, "heard") > 100, "{scenario}: {r}");
+                assert!(count(&r, "chat_heard") > 10, "{scenario}: {r}");
+            }
+            "login-storm" => assert!(count(&r, "logins") > 300, "{scenario}: {r}"),
+            "churn" => assert!(count(&r, "churn_drops") > 0, "{scenario}: {r}"),
+            _ => {}
+        }
+    }
+}
