@@ -66,6 +66,12 @@ async fn quic_inputs_move_the_player_and_where_answers() {
     let dir = TestDir::new();
     let server = Server::start(&dir);
     let mut ted = blocking(|| TelnetClient::create(server.telnet, "Ted", PW));
+    // Off the spawn point, so that Runner arrives on it (the shard puts a
+    // newcomer next to whoever stands there) with clear ground south.
+    blocking(|| {
+        ted.command("e");
+        ted.command("e");
+    });
     let ep = quic_endpoint(&server);
     let (mut runner, me) = quic_player(&ep, &server, "Runner", PW).await;
 

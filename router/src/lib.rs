@@ -8,6 +8,7 @@
 
 pub mod chat;
 pub mod command;
+pub mod interest;
 pub mod play;
 pub mod quic;
 pub mod session;

@@ -5,10 +5,10 @@
 //! only the entities within the interest radius.
 
 use crate::command;
+use crate::interest::Interest;
 use crate::play;
 use crate::session::{self, Player};
 use crate::{Router, RouterError};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_auth::AuthError;
@@ -18,7 +18,7 @@ use tessera_proto::msg::{
     clean_text, ClientDatagram, ClientMsg, EntityUpdate, ErrorCode, ServerDatagram, ServerMsg,
     MAX_LINE_BYTES, MAX_SAY_CHARS,
 };
-use tessera_proto::{EntityId, PROTOCOL_VERSION};
+use tessera_proto::PROTOCOL_VERSION;
 
 /// Application close codes.
 pub const CLOSE_NORMAL: u32 = 0;
@@ -305,7 +305,7 @@ impl ClientConn {
         let period = Duration::from_secs_f64(1.0 / self.router.config.snapshot_hz.max(1) as f64);
         let mut snapshots = tokio::time::interval(period);
         snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut known: HashSet<EntityId> = HashSet::new();
+        let mut interest = Interest::default();
         let result = loop {
             tokio::select! {
                 msg = ctl.read() => {
@@ -365,7 +365,7 @@ impl ClientConn {
                             break Err(e);
                         }
                     }
-                    if let Err(e) = self.snapshot(player, &mut ctl, &mut known).await {
+                    if let Err(e) = self.snapshot(player, &mut ctl, &mut interest).await {
                         break Err(e);
                     }
                 }
@@ -439,76 +439,61 @@ impl ClientConn {
         Ok(true)
     }
 
-    /// Interest management: what this player can see, as reliable
-    /// appear/gone messages and unreliable position datagrams.
+    /// Interest management (`interest.rs`): what this player can see, as
+    /// reliable appear/gone messages and unreliable position datagrams.
     async fn snapshot(
         &mut self,
         player: &Player,
         ctl: &mut Control,
-        known: &mut HashSet<EntityId>,
+        interest: &mut Interest,
     ) -> Result<(), ConnError> {
         let router = &self.router;
         let pos = player.position();
         let visible = router
             .view
             .around(&router.grid, pos, router.config.interest_radius);
-        let now: HashSet<EntityId> = visible.iter().map(|e| e.id).collect();
-        for e in &visible {
-            if known.insert(e.id) {
-                ctl.write(&ServerMsg::EntityAppeared {
-                    entity: e.id,
-                    kind: e.kind,
-                    name: e.name.to_string(),
-                    pos: e.pos,
-                })
-                .await?;
-            }
+        let plan = interest.plan(player.entity, pos, &visible);
+        for e in &plan.appeared {
+            ctl.write(&ServerMsg::EntityAppeared {
+                entity: e.id,
+                kind: e.kind,
+                name: e.name.to_string(),
+                pos: e.pos,
+            })
+            .await?;
         }
-        let gone: Vec<EntityId> = known.difference(&now).copied().collect();
-        for id in gone {
-            known.remove(&id);
-            ctl.write(&ServerMsg::EntityGone { entity: id }).await?;
+        for id in &plan.gone {
+            ctl.write(&ServerMsg::EntityGone { entity: *id }).await?;
         }
-        let ack = visible
-            .iter()
-            .find(|e| e.id == player.entity)
-            .map(|e| e.ack_input)
-            .unwrap_or(0);
         let tick = router.view.latest_tick();
+        let ack = plan.ack_input;
         let max = self
             .conn
             .max_datagram_size()
             .unwrap_or(MAX_DATAGRAM)
             .min(MAX_DATAGRAM);
-        let updates: Vec<EntityUpdate> = visible
-            .iter()
-            .map(|e| EntityUpdate {
-                entity: e.id,
-                pos: e.pos,
-                vel: e.vel,
-                yaw: e.yaw,
-            })
-            .collect();
-        // The own entity first, then nearest first; split to fit datagrams.
+        // Split to fit datagrams: the empty snapshot's size, plus each
+        // update's, plus room for the length prefix of the list.
+        let empty = ServerDatagram::Snapshot {
+            tick,
+            ack_input: ack,
+            entities: Vec::new(),
+        };
+        let base = frame::encode(&empty).map(|b| b.len()).unwrap_or(0) + 4;
         let mut chunk: Vec<EntityUpdate> = Vec::new();
+        let mut size = base;
         let mut sent = 0u64;
-        for u in updates {
-            chunk.push(u);
-            let dg = ServerDatagram::Snapshot {
-                tick,
-                ack_input: ack,
-                entities: chunk.clone(),
-            };
-            let size = frame::encode(&dg).map(|b| b.len()).unwrap_or(usize::MAX);
-            if size > max {
-                let last = chunk.pop().expect("just pushed");
+        for u in plan.updates {
+            let len = frame::encode(&u).map(|b| b.len()).unwrap_or(usize::MAX);
+            if !chunk.is_empty() && size + len > max {
                 sent += self.send_snapshot(tick, ack, std::mem::take(&mut chunk))?;
-                chunk.push(last);
+                size = base;
             }
+            size += len;
+            chunk.push(u);
         }
-        if !chunk.is_empty() {
-            sent += self.send_snapshot(tick, ack, chunk)?;
-        }
+        // An empty snapshot still carries the tick and the input ack.
+        sent += self.send_snapshot(tick, ack, chunk)?;
         metrics::counter!("tessera_router_snapshot_bytes_total").increment(sent);
         Ok(())
     }

@@ -16,7 +16,10 @@ use tokio::sync::mpsc;
 /// How long the router waits for a shard to answer a join, step or leave.
 const SHARD_ANSWER: Duration = Duration::from_secs(5);
 
-/// Creates an account or checks a password, and starts a session.
+/// Creates an account or checks a password, and starts a session. The
+/// session's token is checked here with the account service's public key
+/// (it must be the service's, for this account, and unexpired), and its
+/// role is what the player may do.
 pub async fn login(
     router: &Arc<Router>,
     create: bool,
@@ -24,11 +27,22 @@ pub async fn login(
     password: &str,
     from: IpAddr,
 ) -> Result<Session, AuthError> {
-    if create {
-        router.accounts.create(name, password).await
+    let mut session = if create {
+        router.accounts.create(name, password).await?
     } else {
-        router.accounts.login(name, password, from).await
+        router.accounts.login(name, password, from).await?
+    };
+    let claims = router.accounts.verify(&session.token).await?;
+    if claims.account_id != session.account.id {
+        tracing::error!(
+            account = session.account.id,
+            token_account = claims.account_id,
+            "the account service answered a token for another account"
+        );
+        return Err(AuthError::TokenInvalid);
     }
+    session.account.role = claims.role;
+    Ok(session)
 }
 
 /// A player in the world.

@@ -1,0 +1,221 @@
+//! Interest management for one QUIC player: which entities the player
+//! knows (appear/gone on the control stream) and which of them each
+//! snapshot carries. Pure: fed the entities in view, it decides.
+//!
+//! What bounds a client's bandwidth (docs/protocol.md, "Interest
+//! management"):
+//! - at most [`MAX_VISIBLE`] entities, the nearest, are known at once, so a
+//!   crowd costs no more than this many;
+//! - the nearer an entity, the more often it is sent: every snapshot within
+//!   [`NEAR`], every second one within [`MID`], every fourth beyond (phased
+//!   by entity id, so the load is spread over snapshots); the player's own
+//!   entity is in every snapshot;
+//! - an entity that has not changed since it was last sent is skipped, but
+//!   sent again at least every [`REFRESH`] snapshots, since datagrams can
+//!   be lost.
+
+use std::collections::{HashMap, HashSet};
+use tessera_proto::cluster::ViewEntity;
+use tessera_proto::msg::EntityUpdate;
+use tessera_proto::{EntityId, Vec3};
+
+/// Most entities a player knows at once (the nearest).
+pub const MAX_VISIBLE: usize = 64;
+/// Within this distance (m) an entity is sent in every snapshot.
+pub const NEAR: f32 = 16.0;
+/// Within this distance, in every second snapshot; beyond, every fourth.
+pub const MID: f32 = 40.0;
+/// An unchanged entity is sent again after this many snapshots (1 s at
+/// 20 Hz).
+pub const REFRESH: u64 = 20;
+
+/// What the player was last sent of an entity.
+struct Sent {
+    update: Option<EntityUpdate>,
+    /// The snapshot number it was sent in.
+    at: u64,
+}
+
+/// One player's interest state.
+#[derive(Default)]
+pub struct Interest {
+    known: HashMap<EntityId, Sent>,
+    /// Snapshots built so far.
+    n: u64,
+}
+
+/// What to send for one snapshot.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Newly visible entities: send `EntityAppeared` first.
+    pub appeared: Vec<ViewEntity>,
+    /// No longer visible: send `EntityGone`.
+    pub gone: Vec<EntityId>,
+    /// The snapshot's updates, the player's own first, then nearest first.
+    pub updates: Vec<EntityUpdate>,
+    /// The input of the player's own entity the shard has applied.
+    pub ack_input: u32,
+}
+
+fn update_of(e: &ViewEntity) -> EntityUpdate {
+    EntityUpdate {
+        entity: e.id,
+        pos: e.pos,
+        vel: e.vel,
+        yaw: e.yaw,
+    }
+}
+
+impl Interest {
+    pub fn known(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Plans the next snapshot for a player whose entity is `me`, standing
+    /// at `at`, given `visible` (every entity in range, nearest first).
+    pub fn plan(&mut self, me: EntityId, at: Vec3, visible: &[ViewEntity]) -> Plan {
+        let n = self.n;
+        self.n += 1;
+        let mut plan = Plan::default();
+        // The player's own entity, then the nearest others.
+        let mine = visible.iter().find(|e| e.id == me);
+        let chosen: Vec<&ViewEntity> = mine
+            .into_iter()
+            .chain(visible.iter().filter(|e| e.id != me).take(MAX_VISIBLE - 1))
+            .collect();
+        let ids: HashSet<EntityId> = chosen.iter().map(|e| e.id).collect();
+        let mut gone: Vec<EntityId> = self
+            .known
+            .keys()
+            .filter(|id| !ids.contains(id))
+            .copied()
+            .collect();
+        gone.sort();
+        for id in &gone {
+            self.known.remove(id);
+        }
+        plan.gone = gone;
+        plan.ack_input = mine.map(|e| e.ack_input).unwrap_or(0);
+        for e in chosen {
+            let update = update_of(e);
+            let sent = match self.known.get_mut(&e.id) {
+                Some(s) => s,
+                None => {
+                    plan.appeared.push(e.clone());
+                    self.known.entry(e.id).or_insert(Sent {
+                        update: None,
+                        at: 0,
+                    })
+                }
+            };
+            let period = if e.id == me {
+                1
+            } else {
+                let d = e.pos.distance_xz(at);
+                if d < NEAR {
+                    1
+                } else if d < MID {
+                    2
+                } else {
+                    4
+                }
+            };
+            let due = (n + e.id.0 % period) % period == 0;
+            let stale = n - sent.at >= REFRESH;
+            let fresh = sent.update.is_none();
+            let changed = sent.update.as_ref() != Some(&update);
+            if fresh || e.id == me || stale || (due && changed) {
+                sent.update = Some(update);
+                sent.at = n;
+                plan.updates.push(update);
+            }
+        }
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_proto::msg::EntityKind;
+
+    fn entity(id: u64, x: f32) -> ViewEntity {
+        ViewEntity {
+            id: EntityId(id),
+            kind: EntityKind::Npc,
+            name: format!("e{id}").into(),
+            pos: Vec3::new(x, 0.0, 0.0),
+            vel: Vec3::ZERO,
+            yaw: 0.0,
+            ack_input: 0,
+        }
+    }
+
+    fn ids(updates: &[EntityUpdate]) -> Vec<u64> {
+        updates.iter().map(|u| u.entity.0).collect()
+    }
+
+    #[test]
+    fn a_crowd_is_capped_to_the_nearest_and_the_player_comes_first() {
+        let mut i = Interest::default();
+        let me = EntityId(1);
+        let mut visible: Vec<ViewEntity> = (2..500).map(|k| entity(k, k as f32 * 0.1)).collect();
+        visible.push(entity(1, 0.0));
+        let plan = i.plan(me, Vec3::ZERO, &visible);
+        assert_eq!(plan.appeared.len(), MAX_VISIBLE);
+        assert_eq!(plan.updates.len(), MAX_VISIBLE, "all new: all sent");
+        assert_eq!(plan.updates[0].entity, me);
+        assert_eq!(plan.updates[1].entity, EntityId(2));
+        assert_eq!(i.known(), MAX_VISIBLE);
+    }
+
+    #[test]
+    fn nearer_is_sent_more_often_and_unchanged_is_skipped_until_refreshed() {
+        let mut i = Interest::default();
+        let me = EntityId(1);
+        // Moving entities: near (5 m), mid (30 m) and far (80 m).
+        let at = |n: u64| {
+            vec![
+                entity(1, 0.0),
+                ViewEntity {
+                    pos: Vec3::new(5.0, 0.0, n as f32),
+                    ..entity(10, 5.0)
+                },
+                ViewEntity {
+                    pos: Vec3::new(30.0, 0.0, n as f32),
+                    ..entity(20, 30.0)
+                },
+                ViewEntity {
+                    pos: Vec3::new(80.0, 0.0, n as f32),
+                    ..entity(40, 80.0)
+                },
+                entity(99, 6.0), // stands still
+            ]
+        };
+        let mut counts: HashMap<u64, usize> = HashMap::new();
+        for n in 0..40u64 {
+            let plan = i.plan(me, Vec3::ZERO, &at(n));
+            for id in ids(&plan.updates) {
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+        assert_eq!(counts[&1], 40, "own entity: every snapshot");
+        assert_eq!(counts[&10], 40, "near: every snapshot");
+        assert_eq!(counts[&20], 20, "mid: every second");
+        assert_eq!(counts[&40], 10, "far: every fourth");
+        // Still: once when it appeared, then once per refresh.
+        assert_eq!(counts[&99], 2);
+    }
+
+    #[test]
+    fn entities_out_of_view_are_gone_and_come_back_as_new() {
+        let mut i = Interest::default();
+        let me = EntityId(1);
+        i.plan(me, Vec3::ZERO, &[entity(1, 0.0), entity(7, 3.0)]);
+        let plan = i.plan(me, Vec3::ZERO, &[entity(1, 0.0)]);
+        assert_eq!(plan.gone, vec![EntityId(7)]);
+        let plan = i.plan(me, Vec3::ZERO, &[entity(1, 0.0), entity(7, 3.0)]);
+        assert_eq!(plan.appeared.len(), 1);
+        assert!(ids(&plan.updates).contains(&7));
+    }
+}
