@@ -120,7 +120,7 @@ impl Interest {
                     4
                 }
             };
-            let due = (n + e.id.0 % period) % period == 0;
+            let due = (n + e.id.0 % period).is_multiple_of(period);
             let stale = n - sent.at >= REFRESH;
             let fresh = sent.update.is_none();
             let changed = sent.update.as_ref() != Some(&update);
