@@ -178,15 +178,15 @@ mod tests {
             vec![
                 entity(1, 0.0),
                 ViewEntity {
-                    pos: Vec3::new(5.0, 0.0, n as f32),
+                    pos: Vec3::new(5.0, 0.0, n as f32 * 0.1),
                     ..entity(10, 5.0)
                 },
                 ViewEntity {
-                    pos: Vec3::new(30.0, 0.0, n as f32),
+                    pos: Vec3::new(30.0, 0.0, n as f32 * 0.1),
                     ..entity(20, 30.0)
                 },
                 ViewEntity {
-                    pos: Vec3::new(80.0, 0.0, n as f32),
+                    pos: Vec3::new(80.0, 0.0, n as f32 * 0.1),
                     ..entity(40, 80.0)
                 },
                 entity(99, 6.0), // stands still
