@@ -14,9 +14,7 @@ use divan::counter::{BytesCount, ItemsCount};
 use divan::Bencher;
 use std::sync::Arc;
 use tessera_proto::cluster::{CellFrame, Envelope, ToRouter, ViewEntity};
-use tessera_proto::frame::{
-    self, MAX_CLUSTER_FRAME, MAX_CONTROL_FRAME, MAX_DATAGRAM,
-};
+use tessera_proto::frame::{self, MAX_CLUSTER_FRAME, MAX_CONTROL_FRAME, MAX_DATAGRAM};
 use tessera_proto::msg::{
     ClientDatagram, ClientMsg, EntityKind, EntityUpdate, Input, ServerDatagram, ServerMsg,
 };
@@ -180,7 +178,9 @@ impl Built {
     fn decode(&self, bytes: &[u8]) -> bool {
         match self {
             // Over one datagram: see the module docs.
-            Built::ToClient(_) => frame::decode::<ServerDatagram>(bytes, bytes.len().max(MAX_DATAGRAM)).is_ok(),
+            Built::ToClient(_) => {
+                frame::decode::<ServerDatagram>(bytes, bytes.len().max(MAX_DATAGRAM)).is_ok()
+            }
             Built::FromClient(_) => frame::decode::<ClientDatagram>(bytes, MAX_DATAGRAM).is_ok(),
             Built::Control(_) => frame::decode::<ClientMsg>(&bytes[4..], MAX_CONTROL_FRAME).is_ok(),
             Built::ControlReply(_) => {

@@ -37,7 +37,11 @@ fn main() {
     println!("|---|---|---|---|---|");
     for visible in [10usize, 100, 1000] {
         let view = world_view(&grid, player, visible);
-        let rounds = if quick { 3 } else { (200_000 / visible).clamp(200, 20_000) };
+        let rounds = if quick {
+            3
+        } else {
+            (200_000 / visible).clamp(200, 20_000)
+        };
         // Warm up, and check what is seen.
         let seen = view.around(&grid, player, INTEREST_RADIUS).len();
         assert_eq!(seen, visible, "the view holds what it should");
@@ -79,15 +83,18 @@ fn world_view(grid: &Grid, player: Vec3, visible: usize) -> WorldView {
         let r = r0 + (r1 - r0) * (k / visible as f32).sqrt();
         let (s, c) = (k * 2.399_963).sin_cos();
         let pos = Vec3::new(player.x + r * c, 0.0, player.z + r * s);
-        cells.entry(grid.cell_of(pos)).or_default().push(ViewEntity {
-            id: EntityId(EntityId::NPC_BIT | i as u64),
-            kind: EntityKind::Npc,
-            name: name.clone(),
-            pos,
-            vel: Vec3::new(1.0, 0.0, -0.5),
-            yaw: 1.25,
-            ack_input: 0,
-        });
+        cells
+            .entry(grid.cell_of(pos))
+            .or_default()
+            .push(ViewEntity {
+                id: EntityId(EntityId::NPC_BIT | i as u64),
+                kind: EntityKind::Npc,
+                name: name.clone(),
+                pos,
+                vel: Vec3::new(1.0, 0.0, -0.5),
+                yaw: 1.25,
+                ack_input: 0,
+            });
     }
     let view = WorldView::default();
     for (cell, entities) in cells {

@@ -183,8 +183,8 @@ fn by_cell_size(quick: bool) {
         let bus = LocalBus::new();
         let _inbox = bus.add_shard(id.clone());
         let bus: Arc<dyn Bus> = Arc::new(bus);
-        let mut shard = Shard::new(ShardConfig::new(id), Arc::new(world.clone()), bus, map)
-            .expect("shard");
+        let mut shard =
+            Shard::new(ShardConfig::new(id), Arc::new(world.clone()), bus, map).expect("shard");
         for _ in 0..10 {
             shard.step();
         }
@@ -236,8 +236,7 @@ fn by_cell_size(quick: bool) {
             bytes = wire.len();
 
             let t = Instant::now();
-            let decoded: Envelope =
-                frame::decode(&wire[4..], MAX_CLUSTER_FRAME).expect("decodes");
+            let decoded: Envelope = frame::decode(&wire[4..], MAX_CLUSTER_FRAME).expect("decodes");
             times[3].push(t.elapsed());
             let Envelope::Shard {
                 msg: ToShard::CellSnapshot { entities, .. },

@@ -17,9 +17,11 @@
 //! - `rapier+legion`: both in one loop, i.e. `Cell::simulate` rebuilt from
 //!   the bare libraries. `shard ÷ (rapier+legion)` is the overhead.
 //!
-//! It also times, outside the shard's ticks, the parts the bare loop does
-//! not do: the scripts' `on_tick` calls (the same `ScriptEngine`, the same
-//! share of NPCs per tick) and building the cell frames (`Cell::view`).
+//! It also times, outside the shard's ticks, parts the bare loop does not
+//! do: the scripts' `on_tick` calls (the same `ScriptEngine`, the same
+//! share of NPCs per tick), building the cell frames (`Cell::view`), and
+//! finding leavers and the ghost states for the eight neighbours of every
+//! cell (`Cell::leavers`, `Cell::border_states`).
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) it does 1,000 NPCs
 //! for a few ticks only.
@@ -33,6 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_proto::msg::EntityKind;
+use tessera_proto::world::{StaticShape, WorldDef};
 use tessera_proto::{CellId, EntityId, Grid, Vec3};
 use tessera_shard::cell::{Body, Identity, Motion, Npc};
 use tessera_shard::script::{derive_seed, ScriptCtx, ScriptEngine, ScriptInstance};
@@ -93,9 +96,9 @@ fn main() {
         ]
     };
     println!(
-        "| NPCs (total) | moving | shard | rapier | legion | rapier+legion | shard ÷ (rapier+legion) | scripts | frames |"
+        "| NPCs (total) | moving | shard | rapier | legion | rapier+legion | shard ÷ (rapier+legion) | scripts | frames | leavers + ghost states | ghosts |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for run in runs {
         measure(&run);
     }
@@ -110,13 +113,14 @@ fn measure(run: &Run) {
     let total = world.npc_total();
     let wanderer = world.scripts.get("wanderer").expect("wanderer").clone();
     let grid = Grid::new(world.cell_size);
-    let mut shard = common::shard(world, run.warm);
+    let mut shard = common::shard(world.clone(), run.warm);
 
     // The shard, tick by tick; between ticks (untimed) who moved, and the
     // frames' cost.
     let mut before = positions(&shard);
     let mut shard_times = Vec::new();
     let mut frame_times = Vec::new();
+    let mut border_times = Vec::new();
     let mut moved_total = 0usize;
     for _ in 0..run.ticks {
         let t = Instant::now();
@@ -126,6 +130,16 @@ fn measure(run: &Run) {
         let frames: usize = shard.cells().map(|c| c.view().len()).sum();
         frame_times.push(t.elapsed());
         std::hint::black_box(frames);
+        let t = Instant::now();
+        let mut borders = 0;
+        for c in shard.cells() {
+            borders += c.leavers(1.0).len();
+            for n in c.id.neighbours() {
+                borders += c.border_states(n, 4.0).len();
+            }
+        }
+        border_times.push(t.elapsed());
+        std::hint::black_box(borders);
         let after = positions(&shard);
         moved_total += after
             .iter()
@@ -134,9 +148,10 @@ fn measure(run: &Run) {
         before = after;
     }
     let moving = moved_total as f64 / run.ticks as f64 / before.len().max(1) as f64;
+    let ghosts: usize = shard.cells().map(|c| c.ghost_count()).sum();
 
     // The same bodies in bare rapier + legion, split into the same cells.
-    let mut bare = Bare::new(&shard, &grid, moving);
+    let mut bare = Bare::new(&shard, &world, &grid, moving);
     drop(shard);
     let rapier = time_ticks(run.ticks, |tick| bare.rapier_tick(tick));
     let legion = time_ticks(run.ticks, |_| bare.legion_tick());
@@ -148,7 +163,7 @@ fn measure(run: &Run) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let shard_mean = mean(&shard_times);
     println!(
-        "| {} ({total}) | {:.0} % | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}× | {:.2} ms | {:.2} ms |",
+        "| {} ({total}) | {:.0} % | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}× | {:.2} ms | {:.2} ms | {:.2} ms | {ghosts} |",
         run.n,
         moving * 100.0,
         ms(shard_mean),
@@ -158,6 +173,7 @@ fn measure(run: &Run) {
         shard_mean.as_secs_f64() / both.as_secs_f64(),
         ms(scripts),
         ms(mean(&frame_times)),
+        ms(mean(&border_times)),
     );
 }
 
@@ -187,7 +203,9 @@ fn positions(shard: &Shard) -> HashMap<EntityId, Vec3> {
 /// for the tenth whose think slot it is (as `Cell::think` picks them).
 fn time_scripts(source: &str, n: usize, ticks: u32) -> Duration {
     let mut engine = ScriptEngine::new(ScriptLimits::default());
-    engine.compile("wanderer", source).expect("wanderer compiles");
+    engine
+        .compile("wanderer", source)
+        .expect("wanderer compiles");
     let mut npcs: Vec<(EntityId, String, ScriptInstance)> = (0..n)
         .map(|i| {
             (
@@ -245,7 +263,7 @@ struct Bare {
 impl Bare {
     /// Every entity of `shard` at its place; the first `moving` share of
     /// each cell walks.
-    fn new(shard: &Shard, grid: &Grid, moving: f64) -> Bare {
+    fn new(shard: &Shard, world: &WorldDef, grid: &Grid, moving: f64) -> Bare {
         let mut cells = BTreeMap::new();
         for cell in shard.cells() {
             let (x0, z0, x1, z1) = grid.bounds(cell.id);
@@ -256,6 +274,15 @@ impl Bare {
                 .translation(Vector::new((x0 + x1) / 2.0, -0.5, (z0 + z1) / 2.0))
                 .build();
             physics.colliders.insert(ground);
+            // The world's static geometry near the cell, as `Cell::new`
+            // adds it (the world's edge walls are left out).
+            for shape in &world.statics {
+                let (fx0, fz0, fx1, fz1) = shape.footprint();
+                if fx1 < x0 - 8.0 || fx0 > x1 + 8.0 || fz1 < z0 - 8.0 || fz0 > z1 + 8.0 {
+                    continue;
+                }
+                physics.colliders.insert(static_collider(shape));
+            }
             physics.step();
             let controller = KinematicCharacterController {
                 offset: CharacterLength::Absolute(0.02),
@@ -385,13 +412,14 @@ impl BareCell {
     fn sweep(&self, handle: RigidBodyHandle, desired: Vec3, dt: f32) -> Option<Vec3> {
         let body = self.physics.bodies.get(handle)?;
         let collider = self.physics.colliders.get(*body.colliders().first()?)?;
-        let filter = QueryFilter::default()
-            .exclude_rigid_body(handle)
-            .groups(InteractionGroups::new(
-                NPC_GROUP,
-                Group::ALL & !NPC_GROUP,
-                InteractionTestMode::And,
-            ));
+        let filter =
+            QueryFilter::default()
+                .exclude_rigid_body(handle)
+                .groups(InteractionGroups::new(
+                    NPC_GROUP,
+                    Group::ALL & !NPC_GROUP,
+                    InteractionTestMode::And,
+                ));
         let queries = self.physics.query_pipeline_with_filter(filter);
         let pos = *body.position();
         let moved = self.controller.move_shape(
@@ -462,5 +490,35 @@ impl BareCell {
         for m in rest.iter_mut(&mut self.ecs) {
             m.vel = m.vel.scale(0.0f32.max(1.0 - 10.0 * dt));
         }
+    }
+}
+
+/// As `static_collider` in shard/src/cell.rs (private there).
+fn static_collider(shape: &StaticShape) -> Collider {
+    match shape {
+        StaticShape::Box {
+            center,
+            half_extents,
+            yaw_deg,
+            ..
+        } => ColliderBuilder::cuboid(half_extents.x, half_extents.y, half_extents.z)
+            .position(Pose::from_parts(
+                Vector::new(center.x, center.y, center.z),
+                Rotation::from_rotation_y(yaw_deg.to_radians()),
+            ))
+            .build(),
+        StaticShape::Ramp {
+            center,
+            half_extents,
+            yaw_deg,
+            pitch_deg,
+            ..
+        } => ColliderBuilder::cuboid(half_extents.x, half_extents.y, half_extents.z)
+            .position(Pose::from_parts(
+                Vector::new(center.x, center.y, center.z),
+                Rotation::from_rotation_y(yaw_deg.to_radians())
+                    * Rotation::from_rotation_x(pitch_deg.to_radians()),
+            ))
+            .build(),
     }
 }
