@@ -9,6 +9,12 @@ use tessera_proto::{Epoch, ShardId, Vec3};
 use tessera_shard::{Shard, ShardConfig};
 
 pub fn world_with_wanderers(extra: u32) -> WorldDef {
+    world_with_wanderers_scattered(extra, 110.0)
+}
+
+/// The default world plus `extra` wanderers spread over a disc of radius
+/// `scatter` around the origin (the world is 256 m square).
+pub fn world_with_wanderers_scattered(extra: u32, scatter: f32) -> WorldDef {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../worlds/default");
     let mut world =
         tessera_shard::worldfile::load_world_dir(std::path::Path::new(dir)).expect("default world");
@@ -19,7 +25,7 @@ pub fn world_with_wanderers(extra: u32) -> WorldDef {
             pos: Vec3::new(0.0, 0.0, 0.0),
             script: "wanderer".into(),
             count: extra,
-            scatter: 110.0,
+            scatter,
         });
     }
     world
