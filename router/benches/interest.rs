@@ -5,13 +5,12 @@
 //! A `WorldView` holds one frame per 64 m cell; V entities lie within the
 //! default interest radius (100 m) of the player, spread over the cells
 //! around it, and as many again lie in those cells but beyond the radius
-//! (they are scanned and dropped). One snapshot is `WorldView::around` plus
-//! the datagram loop of `router/src/quic.rs` `snapshot()` (private there,
-//! so it is rebuilt here): the player's updates, split into datagrams of at
-//! most `MAX_DATAGRAM` bytes by encoding the growing chunk after every
-//! entity, then each datagram encoded once more to send. Sending itself and
-//! the `EntityAppeared`/`EntityGone` control messages (only on changes) are
-//! left out.
+//! (they are scanned and dropped). One snapshot is `WorldView::around`, the
+//! player's interest plan (`tessera_router::interest`: the 64 nearest) and
+//! its datagrams (`encode_snapshot`), for a player who sees all of it for
+//! the first time, so every known entity is sent: the most one snapshot
+//! costs. Sending itself and the `EntityAppeared`/`EntityGone` control
+//! messages are left out.
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) it does a few
 //! rounds of each size only.
@@ -19,18 +18,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_proto::cluster::{CellFrame, ViewEntity};
-use tessera_proto::frame::{self, MAX_DATAGRAM};
-use tessera_proto::msg::{EntityKind, EntityUpdate, ServerDatagram};
+use tessera_proto::frame::MAX_DATAGRAM;
+use tessera_proto::msg::EntityKind;
 use tessera_proto::{EntityId, Epoch, Grid, ShardId, Vec3};
+use tessera_router::interest::{encode_snapshot, Interest};
 use tessera_router::WorldView;
 
 const INTEREST_RADIUS: f32 = 100.0;
 const CELL_SIZE: f32 = 64.0;
+const PLAYER: Vec3 = Vec3::new(10.0, 0.0, 10.0);
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let grid = Grid::new(CELL_SIZE);
-    let player = Vec3::new(10.0, 0.0, 10.0);
+    let player = PLAYER;
     println!(
         "| visible entities | µs per player per snapshot | of which `around` | datagrams | bytes per snapshot |"
     );
@@ -109,44 +110,11 @@ fn world_view(grid: &Grid, player: Vec3, visible: usize) -> WorldView {
     view
 }
 
-/// The datagrams of one snapshot, as `quic.rs` `snapshot()` builds them.
+/// The datagrams of one snapshot, as `quic.rs` `snapshot()` builds them:
+/// the interest plan of a player seeing this for the first time (every
+/// known entity is sent: the most a snapshot carries), then the encoding.
 fn datagrams(tick: u64, visible: &[ViewEntity]) -> Vec<Vec<u8>> {
-    let ack = 0;
-    let updates: Vec<EntityUpdate> = visible
-        .iter()
-        .map(|e| EntityUpdate {
-            entity: e.id,
-            pos: e.pos,
-            vel: e.vel,
-            yaw: e.yaw,
-        })
-        .collect();
-    let mut out = Vec::new();
-    let send = |entities: Vec<EntityUpdate>, out: &mut Vec<Vec<u8>>| {
-        let dg = ServerDatagram::Snapshot {
-            tick,
-            ack_input: ack,
-            entities,
-        };
-        out.push(frame::encode(&dg).expect("encodes"));
-    };
-    let mut chunk: Vec<EntityUpdate> = Vec::new();
-    for u in updates {
-        chunk.push(u);
-        let dg = ServerDatagram::Snapshot {
-            tick,
-            ack_input: ack,
-            entities: chunk.clone(),
-        };
-        let size = frame::encode(&dg).map(|b| b.len()).unwrap_or(usize::MAX);
-        if size > MAX_DATAGRAM {
-            let last = chunk.pop().expect("just pushed");
-            send(std::mem::take(&mut chunk), &mut out);
-            chunk.push(last);
-        }
-    }
-    if !chunk.is_empty() {
-        send(chunk, &mut out);
-    }
-    out
+    let me = visible.first().map(|e| e.id).unwrap_or(EntityId(0));
+    let plan = Interest::default().plan(me, PLAYER, visible);
+    encode_snapshot(tick, plan.ack_input, plan.updates, MAX_DATAGRAM)
 }

@@ -16,7 +16,8 @@
 
 use std::collections::{HashMap, HashSet};
 use tessera_proto::cluster::ViewEntity;
-use tessera_proto::msg::EntityUpdate;
+use tessera_proto::frame;
+use tessera_proto::msg::{EntityUpdate, ServerDatagram};
 use tessera_proto::{EntityId, Vec3};
 
 /// Most entities a player knows at once (the nearest).
@@ -134,6 +135,42 @@ impl Interest {
     }
 }
 
+/// A snapshot's updates as encoded datagrams of at most `max` bytes each,
+/// in order; at least one (an empty snapshot still carries the tick and the
+/// input ack).
+pub fn encode_snapshot(
+    tick: u64,
+    ack_input: u32,
+    updates: Vec<EntityUpdate>,
+    max: usize,
+) -> Vec<Vec<u8>> {
+    let encode = |entities: Vec<EntityUpdate>| {
+        frame::encode(&ServerDatagram::Snapshot {
+            tick,
+            ack_input,
+            entities,
+        })
+        .expect("a snapshot encodes")
+    };
+    // The empty snapshot's size, plus each update's, plus room for the
+    // length prefix of the list.
+    let base = encode(Vec::new()).len() + 4;
+    let mut out = Vec::new();
+    let mut chunk: Vec<EntityUpdate> = Vec::new();
+    let mut size = base;
+    for u in updates {
+        let len = frame::encode(&u).map(|b| b.len()).unwrap_or(max);
+        if !chunk.is_empty() && size + len > max {
+            out.push(encode(std::mem::take(&mut chunk)));
+            size = base;
+        }
+        size += len;
+        chunk.push(u);
+    }
+    out.push(encode(chunk));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +242,28 @@ mod tests {
         assert_eq!(counts[&40], 10, "far: every fourth");
         // Still: once when it appeared, then once per refresh.
         assert_eq!(counts[&99], 2);
+    }
+
+    #[test]
+    fn snapshots_split_into_datagrams_that_fit_and_keep_every_update() {
+        let updates: Vec<EntityUpdate> = (0..500u64)
+            .map(|k| update_of(&entity(k | (1 << 63), k as f32)))
+            .collect();
+        let dgs = encode_snapshot(7, 3, updates.clone(), 1200);
+        assert!(dgs.len() > 1);
+        let mut back = Vec::new();
+        for d in &dgs {
+            assert!(d.len() <= 1200, "{} bytes", d.len());
+            let ServerDatagram::Snapshot {
+                tick,
+                ack_input,
+                entities,
+            } = frame::decode(d, 1200).unwrap();
+            assert_eq!((tick, ack_input), (7, 3));
+            back.extend(entities);
+        }
+        assert_eq!(back, updates);
+        assert_eq!(encode_snapshot(7, 3, Vec::new(), 1200).len(), 1);
     }
 
     #[test]

@@ -15,8 +15,7 @@ use tessera_auth::AuthError;
 use tessera_proto::cluster::PlayerEvent;
 use tessera_proto::frame::{self, FrameBuffer, FrameError, MAX_CONTROL_FRAME, MAX_DATAGRAM};
 use tessera_proto::msg::{
-    clean_text, ClientDatagram, ClientMsg, EntityUpdate, ErrorCode, ServerDatagram, ServerMsg,
-    MAX_LINE_BYTES, MAX_SAY_CHARS,
+    clean_text, ClientDatagram, ClientMsg, ErrorCode, ServerMsg, MAX_LINE_BYTES, MAX_SAY_CHARS,
 };
 use tessera_proto::PROTOCOL_VERSION;
 
@@ -472,44 +471,15 @@ impl ClientConn {
             .max_datagram_size()
             .unwrap_or(MAX_DATAGRAM)
             .min(MAX_DATAGRAM);
-        // Split to fit datagrams: the empty snapshot's size, plus each
-        // update's, plus room for the length prefix of the list.
-        let empty = ServerDatagram::Snapshot {
-            tick,
-            ack_input: ack,
-            entities: Vec::new(),
-        };
-        let base = frame::encode(&empty).map(|b| b.len()).unwrap_or(0) + 4;
-        let mut chunk: Vec<EntityUpdate> = Vec::new();
-        let mut size = base;
         let mut sent = 0u64;
-        for u in plan.updates {
-            let len = frame::encode(&u).map(|b| b.len()).unwrap_or(usize::MAX);
-            if !chunk.is_empty() && size + len > max {
-                sent += self.send_snapshot(tick, ack, std::mem::take(&mut chunk))?;
-                size = base;
-            }
-            size += len;
-            chunk.push(u);
+        for dg in crate::interest::encode_snapshot(tick, ack, plan.updates, max) {
+            sent += self.send_datagram(dg)?;
         }
-        // An empty snapshot still carries the tick and the input ack.
-        sent += self.send_snapshot(tick, ack, chunk)?;
         metrics::counter!("tessera_router_snapshot_bytes_total").increment(sent);
         Ok(())
     }
 
-    fn send_snapshot(
-        &self,
-        tick: u64,
-        ack: u32,
-        entities: Vec<EntityUpdate>,
-    ) -> Result<u64, ConnError> {
-        let dg = ServerDatagram::Snapshot {
-            tick,
-            ack_input: ack,
-            entities,
-        };
-        let bytes = frame::encode(&dg).map_err(|e| ConnError::Protocol(e.to_string()))?;
+    fn send_datagram(&self, bytes: Vec<u8>) -> Result<u64, ConnError> {
         let n = bytes.len() as u64;
         match self.conn.send_datagram(bytes.into()) {
             Ok(()) => Ok(n),
