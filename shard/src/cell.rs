@@ -704,6 +704,17 @@ impl Cell {
         }
         self.physics.integration_parameters.dt = dt;
         self.physics.step();
+        // Everything slows towards rest; what moved this tick gets its
+        // velocity from the move below.
+        let mut rest = <&mut Motion>::query();
+        for m in rest.iter_mut(&mut self.ecs) {
+            m.vel = m.vel.scale(0.0f32.max(1.0 - 10.0 * dt));
+            // Exactly at rest, so that an idle entity's frame stops
+            // changing (routers skip unchanged entities).
+            if m.vel.length_xz() < 0.01 && m.vel.y.abs() < 0.01 {
+                m.vel = Vec3::ZERO;
+            }
+        }
         for (entity, _, pos, yaw) in results {
             if let Some(mut entry) = self.ecs.entry(entity) {
                 let arrived = {
@@ -724,11 +735,6 @@ impl Cell {
                     }
                 }
             }
-        }
-        // Entities that did not move this tick are at rest.
-        let mut rest = <&mut Motion>::query();
-        for m in rest.iter_mut(&mut self.ecs) {
-            m.vel = m.vel.scale(0.0f32.max(1.0 - 10.0 * dt));
         }
     }
 
@@ -1007,6 +1013,36 @@ size = [1, 4, 10]
         }
         let pos = c.position(EntityId(1)).unwrap();
         assert!((pos.x - 16.0).abs() < 0.3, "one second at 6 m/s: {pos:?}");
+        // Frames report the speed it moves at (clients extrapolate with it).
+        let vel = c
+            .view()
+            .into_iter()
+            .find(|e| e.id == EntityId(1))
+            .unwrap()
+            .vel;
+        assert!(
+            (vel.x - 6.0).abs() < 0.1,
+            "moving at 6 m/s, reported {vel:?}"
+        );
+        // Standing still, the velocity decays to nothing.
+        assert!(c.set_input(
+            EntityId(1),
+            Input {
+                seq: 2,
+                move_x: 0.0,
+                ..input
+            }
+        ));
+        for _ in 0..30 {
+            c.simulate(1.0 / 30.0, &m);
+        }
+        let vel = c
+            .view()
+            .into_iter()
+            .find(|e| e.id == EntityId(1))
+            .unwrap()
+            .vel;
+        assert!(vel.length_xz() < 0.01, "at rest, reported {vel:?}");
         let mut npc = player(2, Vec3::new(30.0, 0.0, 30.0));
         npc.kind = EntityKind::Npc;
         npc.player = None;
