@@ -109,6 +109,10 @@ pub struct UpArgs {
     /// Close telnet connections idle this many seconds.
     #[arg(long, default_value_t = 1800)]
     idle_timeout_secs: u64,
+    /// New characters appear within this many metres of the world's spawn
+    /// (0: on it), spread over the cells (and shards) around it.
+    #[arg(long, default_value_t = 0.0)]
+    spawn_radius: f32,
     /// Run the same roles against this etcd (comma-separated endpoints)
     /// instead of the in-process store: a coordinator, the shards, the
     /// router and the persistence service, each a cluster member that other

@@ -252,6 +252,10 @@ pub struct RouterArgs {
     /// `tell` and channels answer that chat is unavailable.
     #[arg(long)]
     chat: Option<SocketAddr>,
+    /// New characters appear within this many metres of the world's spawn
+    /// (0: on it).
+    #[arg(long, default_value_t = 0.0)]
+    spawn_radius: f32,
 }
 
 async fn connect_store(args: &ClusterArgs) -> anyhow::Result<Arc<dyn ClusterStore>> {
@@ -614,6 +618,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     rc.telnet = args.telnet;
     rc.quic = args.quic;
     rc.tick_hz = args.tick_hz;
+    rc.spawn_radius = args.spawn_radius.max(0.0);
     let dyn_bus: Arc<dyn Bus> = bus.clone();
     let chat = args
         .chat

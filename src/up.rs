@@ -76,6 +76,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     rc.tick_hz = args.tick_hz;
     rc.max_connections = args.max_connections;
     rc.idle_timeout = std::time::Duration::from_secs(args.idle_timeout_secs.max(1));
+    rc.spawn_radius = args.spawn_radius.max(0.0);
     let router_inbox = bus.add_router(router_id);
     // The chat service, in this process but over real QUIC like anywhere
     // else.

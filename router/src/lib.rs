@@ -80,6 +80,10 @@ pub struct RouterConfig {
     pub hearing_radius: f32,
     /// How often online players' positions are saved.
     pub save_interval: Duration,
+    /// New characters appear anywhere within this many metres of the
+    /// world's spawn (0: on it). Spreads a crowd of newcomers over several
+    /// cells, and so over several shards.
+    pub spawn_radius: f32,
 }
 
 impl RouterConfig {
@@ -97,8 +101,24 @@ impl RouterConfig {
             tick_hz: 30,
             hearing_radius: 30.0,
             save_interval: Duration::from_secs(5),
+            spawn_radius: 0.0,
         }
     }
+}
+
+/// Where a new character `player` appears: within `radius` of `spawn`,
+/// spread evenly over the disc by account id (the same place every time).
+pub fn spawn_point(spawn: Vec3, radius: f32, player: PlayerId) -> Vec3 {
+    if radius <= 0.0 {
+        return spawn;
+    }
+    // Golden-angle spiral over 1,024 places, in an order scrambled by a
+    // multiplicative hash so consecutive ids land far apart.
+    const PLACES: u64 = 1024;
+    let k = (player.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) % PLACES;
+    let r = radius * ((k as f32 + 0.5) / PLACES as f32).sqrt();
+    let a = k as f32 * 2.399_963;
+    Vec3::new(spawn.x + r * a.cos(), spawn.y, spawn.z + r * a.sin())
 }
 
 /// A player's saved record (`player/<id>` in persistence).
@@ -459,4 +479,31 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || r.save_all()).await;
     tasks.abort_all();
     Ok(())
+}
+
+#[cfg(test)]
+mod spawn_tests {
+    use super::*;
+
+    #[test]
+    fn newcomers_spread_over_the_spawn_disc_and_always_land_in_the_same_place() {
+        let spawn = Vec3::new(-5.0, 0.0, 5.0);
+        assert_eq!(spawn_point(spawn, 0.0, PlayerId(7)), spawn);
+        let points: Vec<Vec3> = (1..=400)
+            .map(|id| spawn_point(spawn, 100.0, PlayerId(id)))
+            .collect();
+        assert!(points.iter().all(|p| p.distance_xz(spawn) <= 100.0));
+        assert_eq!(spawn_point(spawn, 100.0, PlayerId(3)), points[2]);
+        // Spread: about as many in the outer half of the disc's area as in
+        // the inner half, and consecutive ids not side by side.
+        let inner = points
+            .iter()
+            .filter(|p| p.distance_xz(spawn) < 100.0 / 2f32.sqrt())
+            .count();
+        assert!(
+            (150..250).contains(&inner),
+            "{inner} of 400 in the inner half"
+        );
+        assert!(points[0].distance_xz(points[1]) > 5.0);
+    }
 }

@@ -98,7 +98,9 @@ impl Player {
                 Err(_) => None,
             }
         };
-        let pos = saved.map(|s| s.pos).unwrap_or(router.world.spawn);
+        let pos = saved.map(|s| s.pos).unwrap_or_else(|| {
+            crate::spawn_point(router.world.spawn, router.config.spawn_radius, player)
+        });
         let pos = router.world.extent.clamp_position(&router.grid, pos);
         let cell = router.grid.cell_of(pos);
         let Some(owner) = router.map.owner(cell) else {
