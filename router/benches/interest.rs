@@ -21,7 +21,7 @@ use tessera_proto::cluster::{CellFrame, ViewEntity};
 use tessera_proto::frame::MAX_DATAGRAM;
 use tessera_proto::msg::EntityKind;
 use tessera_proto::{EntityId, Epoch, Grid, ShardId, Vec3};
-use tessera_router::interest::{encode_snapshot, Interest};
+use tessera_router::interest::{encode_snapshot, Interest, MAX_VISIBLE};
 use tessera_router::WorldView;
 
 const INTEREST_RADIUS: f32 = 100.0;
@@ -51,7 +51,7 @@ fn main() {
         let mut sizes = (0usize, 0usize);
         for _ in 0..rounds {
             let t = Instant::now();
-            let entities = view.around(&grid, player, INTEREST_RADIUS);
+            let entities = view.nearest(&grid, player, INTEREST_RADIUS, MAX_VISIBLE + 1);
             around_total += t.elapsed();
             let datagrams = datagrams(view.latest_tick(), &entities);
             total += t.elapsed();

@@ -448,9 +448,13 @@ impl ClientConn {
     ) -> Result<(), ConnError> {
         let router = &self.router;
         let pos = player.position();
-        let visible = router
-            .view
-            .around(&router.grid, pos, router.config.interest_radius);
+        // The player's own entity (at distance 0) and the nearest others.
+        let visible = router.view.nearest(
+            &router.grid,
+            pos,
+            router.config.interest_radius,
+            crate::interest::MAX_VISIBLE + 1,
+        );
         let plan = interest.plan(player.entity, pos, &visible);
         for e in &plan.appeared {
             ctl.write(&ServerMsg::EntityAppeared {

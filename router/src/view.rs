@@ -43,6 +43,13 @@ impl WorldView {
     /// over can show up in two frames: the later arrival wins), nearest
     /// first.
     pub fn around(&self, grid: &Grid, pos: Vec3, radius: f32) -> Vec<ViewEntity> {
+        self.nearest(grid, pos, radius, usize::MAX)
+    }
+
+    /// The `limit` entities nearest to `pos` within `radius`, nearest
+    /// first: [`WorldView::around`] without sorting what is cut off (a
+    /// crowd of thousands costs a selection, not a sort).
+    pub fn nearest(&self, grid: &Grid, pos: Vec3, radius: f32, limit: usize) -> Vec<ViewEntity> {
         let frames = self.frames.read();
         let mut seen: HashMap<EntityId, (Instant, ViewEntity)> = HashMap::new();
         for cell in grid.cells_within(pos, radius) {
@@ -62,12 +69,17 @@ impl WorldView {
             }
         }
         let mut out: Vec<ViewEntity> = seen.into_values().map(|(_, e)| e).collect();
-        out.sort_by(|a, b| {
+        let order = |a: &ViewEntity, b: &ViewEntity| {
             a.pos
                 .distance_xz(pos)
                 .total_cmp(&b.pos.distance_xz(pos))
                 .then(a.id.cmp(&b.id))
-        });
+        };
+        if out.len() > limit {
+            out.select_nth_unstable_by(limit, order);
+            out.truncate(limit);
+        }
+        out.sort_by(order);
         out
     }
 
@@ -159,5 +171,36 @@ mod tests {
             view.find(&grid, EntityId(1), Vec3::ZERO).unwrap().pos.x,
             4.0
         );
+    }
+
+    #[test]
+    fn nearest_is_the_head_of_around() {
+        let view = WorldView::default();
+        let grid = Grid::new(64.0);
+        let entities: Vec<ViewEntity> = (0..200u64)
+            .map(|k| ViewEntity {
+                id: EntityId(k),
+                kind: tessera_proto::msg::EntityKind::Npc,
+                name: Arc::from("N"),
+                // Scrambled distances, some out of range.
+                pos: Vec3::new(((k * 37) % 150) as f32, 0.0, 1.0),
+                vel: Vec3::ZERO,
+                yaw: 0.0,
+                ack_input: 0,
+            })
+            .collect();
+        view.update(Arc::new(CellFrame {
+            cell: CellId::new(0, 0),
+            shard: ShardId::new("a"),
+            epoch: Epoch(1),
+            tick: 1,
+            entities,
+        }));
+        let all = view.around(&grid, Vec3::ZERO, 100.0);
+        assert!(all.len() > 100 && all.len() < 200);
+        for limit in [0, 1, 10, 64, 500] {
+            let n = view.nearest(&grid, Vec3::ZERO, 100.0, limit);
+            assert_eq!(n, all[..limit.min(all.len())].to_vec(), "limit {limit}");
+        }
     }
 }
