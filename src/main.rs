@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the whole cluster in one process (coordinator, shards, router,
-    /// auth, persistence) and print where to connect.
+    /// auth, chat, asset, persistence) and print where to connect.
     Up(UpArgs),
     /// Run a coordinator: leader election and cell placement (against etcd).
     Coordinator(roles::CoordinatorArgs),
@@ -49,7 +49,8 @@ enum Command {
     /// A headless bot swarm against a running Tessera: QUIC and telnet bots
     /// playing a scenario, measured (latencies, bytes, errors).
     Bots(bots::BotsArgs),
-    /// Ask the cluster: status, shards, cells.
+    /// Ask and steer the cluster: status, shards, cells, moves, drains,
+    /// rebalancing, roles, assets, backups.
     Ctl(roles::CtlArgs),
     /// Manage the cluster certificate authority.
     Ca {
