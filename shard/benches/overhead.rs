@@ -35,16 +35,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_proto::msg::EntityKind;
-use tessera_proto::world::{StaticShape, WorldDef};
+use tessera_proto::world::WorldDef;
 use tessera_proto::{CellId, EntityId, Grid, Vec3};
-use tessera_shard::cell::{Body, Identity, Motion, Npc};
+use tessera_shard::cell::{
+    static_collider, Body, Identity, Motion, Npc, CAPSULE_CENTRE, CAPSULE_HALF, CAPSULE_RADIUS,
+};
 use tessera_shard::script::{derive_seed, ScriptCtx, ScriptEngine, ScriptInstance};
 use tessera_shard::{ScriptLimits, Shard};
 
-// As in shard/src/cell.rs (private there).
-const CAPSULE_HALF: f32 = 0.5;
-const CAPSULE_RADIUS: f32 = 0.4;
-const CAPSULE_CENTRE: f32 = CAPSULE_HALF + CAPSULE_RADIUS + 0.05;
 const NPC_GROUP: Group = Group::GROUP_3;
 const NPC_SPEED: f32 = 1.5;
 const TICK_HZ: u32 = 30;
@@ -490,35 +488,5 @@ impl BareCell {
         for m in rest.iter_mut(&mut self.ecs) {
             m.vel = m.vel.scale(0.0f32.max(1.0 - 10.0 * dt));
         }
-    }
-}
-
-/// As `static_collider` in shard/src/cell.rs (private there).
-fn static_collider(shape: &StaticShape) -> Collider {
-    match shape {
-        StaticShape::Box {
-            center,
-            half_extents,
-            yaw_deg,
-            ..
-        } => ColliderBuilder::cuboid(half_extents.x, half_extents.y, half_extents.z)
-            .position(Pose::from_parts(
-                Vector::new(center.x, center.y, center.z),
-                Rotation::from_rotation_y(yaw_deg.to_radians()),
-            ))
-            .build(),
-        StaticShape::Ramp {
-            center,
-            half_extents,
-            yaw_deg,
-            pitch_deg,
-            ..
-        } => ColliderBuilder::cuboid(half_extents.x, half_extents.y, half_extents.z)
-            .position(Pose::from_parts(
-                Vector::new(center.x, center.y, center.z),
-                Rotation::from_rotation_y(yaw_deg.to_radians())
-                    * Rotation::from_rotation_x(pitch_deg.to_radians()),
-            ))
-            .build(),
     }
 }

@@ -17,11 +17,11 @@ use tessera_proto::world::{StaticShape, WorldDef};
 use tessera_proto::{CellId, Compass, EntityId, Epoch, Grid, PlayerId, Vec3};
 
 /// Half height of the cylinder part of a character capsule.
-const CAPSULE_HALF: f32 = 0.5;
-const CAPSULE_RADIUS: f32 = 0.4;
+pub const CAPSULE_HALF: f32 = 0.5;
+pub const CAPSULE_RADIUS: f32 = 0.4;
 /// Height of the capsule centre above the feet (it hovers 5 cm, so a
 /// character sliding over flat ground never scrapes it).
-const CAPSULE_CENTRE: f32 = CAPSULE_HALF + CAPSULE_RADIUS + 0.05;
+pub const CAPSULE_CENTRE: f32 = CAPSULE_HALF + CAPSULE_RADIUS + 0.05;
 /// Static geometry this far outside a cell is still added to it, so that
 /// entities near a border collide with what lies just across it.
 const STATIC_MARGIN: f32 = 8.0;
@@ -898,7 +898,9 @@ fn apply_actions(
     }
 }
 
-fn static_collider(shape: &StaticShape) -> Collider {
+/// The fixed collider of a piece of static geometry (also what the
+/// overhead bench's bare physics is built from).
+pub fn static_collider(shape: &StaticShape) -> Collider {
     match shape {
         StaticShape::Box {
             center,
