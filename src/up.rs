@@ -79,25 +79,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     rc.spawn_radius = args.spawn_radius.max(0.0);
     let router_inbox = bus.add_router(router_id);
     // The chat service, in this process but over real QUIC like anywhere
-    // else.
-    let chat = tessera_chat::ChatServer::start(
-        db.clone(),
-        "127.0.0.1:0".parse()?,
-        ca.member("chat")?
-            .server_config_for(tessera_chat::CHAT_ALPN)?,
-        tessera_chat::ChatLimits::default(),
-    )?;
+    // else; the account service on a loopback port too, for `tessera ctl
+    // role` (the router itself keeps using the same accounts in process).
+    let (auth_server, chat) = front_services(&ca, auth.clone(), &db)?;
     let chat_link =
         crate::services::chat_client(&ca.member("router-1")?, chat.local_addr()?, "router-1")?;
-    // The account service on a loopback port too, for `tessera ctl role`
-    // (the router itself keeps using the same accounts in process).
-    let auth_server = tessera_auth::remote::AuthServer::start(
-        auth.clone(),
-        "127.0.0.1:0".parse()?,
-        ca.member("auth")?
-            .server_config_for(tessera_auth::remote::AUTH_ALPN)?,
-        false,
-    )?;
     let router = Router::new(
         rc,
         world.clone(),
@@ -163,6 +149,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The account and chat services of `tessera up`, on loopback ports, with
+/// certificates from the cluster CA `ca`.
+fn front_services(
+    ca: &tessera_coordinator::transport::ClusterCa,
+    auth: Arc<Auth>,
+    db: &Database,
+) -> anyhow::Result<(tessera_auth::remote::AuthServer, tessera_chat::ChatServer)> {
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    let auth = tessera_auth::remote::AuthServer::start(
+        auth,
+        loopback,
+        ca.member("auth")?
+            .server_config_for(tessera_auth::remote::AUTH_ALPN)?,
+        false,
+    )?;
+    let chat = tessera_chat::ChatServer::start(
+        db.clone(),
+        loopback,
+        ca.member("chat")?
+            .server_config_for(tessera_chat::CHAT_ALPN)?,
+        tessera_chat::ChatLimits::default(),
+    )?;
+    Ok((auth, chat))
+}
+
 /// Starts the asset service on `--assets-listen` (uploads signed by
 /// operators of the CA in `ca_dir`); returns its URL for the shards.
 async fn serve_assets(
@@ -211,24 +222,12 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
     let db = Database::open_redb(&args.data_dir.join("tessera.redb"))
         .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
     // The front services, each on its own QUIC port with the cluster's TLS.
-    let auth = tessera_auth::remote::AuthServer::start(
-        Arc::new(tessera_auth::Auth::open(
-            db.clone(),
-            &args.data_dir.join("auth-signing.key"),
-        )?),
-        "127.0.0.1:0".parse()?,
-        ca.member("auth")?
-            .server_config_for(tessera_auth::remote::AUTH_ALPN)?,
-        false,
-    )?;
-    let auth_addr = auth.local_addr()?.to_string();
-    let chat = tessera_chat::ChatServer::start(
+    let accounts = Arc::new(Auth::open(
         db.clone(),
-        "127.0.0.1:0".parse()?,
-        ca.member("chat")?
-            .server_config_for(tessera_chat::CHAT_ALPN)?,
-        tessera_chat::ChatLimits::default(),
-    )?;
+        &args.data_dir.join("auth-signing.key"),
+    )?);
+    let (auth, chat) = front_services(&ca, accounts, &db)?;
+    let auth_addr = auth.local_addr()?.to_string();
     let chat_addr = chat.local_addr()?.to_string();
     let assets_url = serve_assets(&args, &db, &ca_dir).await?;
     let persistence = tessera_persistence::remote::PersistenceServer::start(
