@@ -22,7 +22,7 @@ use tessera_proto::msg::ChatKind;
 /// A cluster with every service as its own process.
 struct Cluster {
     dir: TestDir,
-    _etcd: EtcdServer,
+    etcd: EtcdServer,
     ca: PathBuf,
     store: PersistenceProc,
     auths: Vec<ServiceProc>,
@@ -98,7 +98,7 @@ impl Cluster {
         wait_ticking(&shard_metrics, 10.0);
         Cluster {
             dir,
-            _etcd: etcd,
+            etcd,
             ca,
             store,
             auths,
@@ -116,6 +116,17 @@ impl Cluster {
 
     fn telnet(&self, router: usize) -> SocketAddr {
         self.routers[router].telnet
+    }
+
+    /// `tessera ctl args...`, as the operator or without a credential:
+    /// whether it succeeded, and everything it printed.
+    fn ctl(&self, operator: bool, args: &[&str]) -> (bool, String) {
+        let (ok, out, err) = if operator {
+            ops(&self.etcd, &self.ca, args)
+        } else {
+            ctl(&self.etcd, args)
+        };
+        (ok, out + &err)
     }
 
     /// The chat service again, on the address the routers know.
@@ -325,18 +336,17 @@ fn players_keep_playing_while_chat_is_down_and_shout_comes_back_by_itself() {
     let auth_addr = c.auths[0].addr.to_string();
     let ca = c.ca.display().to_string();
     let role = |credential: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
-        cmd.args(["ctl", "role", "Ann", "operator", "--auth", &auth_addr])
-            .args(["--cluster-ca", &ca])
-            .env_remove("TESSERA_CREDENTIAL");
-        if credential {
-            cmd.arg("--credential").arg(operator_credential(&c.ca));
-        }
-        let out = cmd.output().expect("tessera ctl role");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
+        c.ctl(
+            credential,
+            &[
+                "role",
+                "Ann",
+                "operator",
+                "--auth",
+                &auth_addr,
+                "--cluster-ca",
+                &ca,
+            ],
         )
     };
     let (ok, text) = role(false);
@@ -444,28 +454,17 @@ fn an_npc_script_changes_through_ctl_asset_put_without_losing_its_state() {
     let file = c.dir.path().join("greeter-v2.rhai");
     std::fs::write(&file, v2).unwrap();
     let put = |file: &std::path::Path, credential: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
-        cmd.args([
-            "ctl",
+        let file = file.display().to_string();
+        let args = [
             "asset",
             "--assets",
             &url,
             "put",
             "scripts/greeter.rhai",
-        ])
-        .arg(file)
-        .env_remove("TESSERA_CREDENTIAL");
-        if credential {
-            cmd.arg("--credential").arg(operator_credential(&c.ca));
-        }
-        let out = cmd.output().expect("tessera ctl asset put");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+            &file,
+        ];
+        c.ctl(credential, &args)
     };
-    // Only operators upload.
     let (ok, text) = put(&file, false);
     assert!(!ok && text.contains("operator credential"), "{text}");
     let (ok, text) = put(&file, true);

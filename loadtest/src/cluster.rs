@@ -53,5 +53,4 @@ pub(crate) async fn watch(etcd: Vec<String>, prefix: String, stats: Arc<Stats>, 
         }
         first = false;
     }
-    stats.count("cluster_migrations", 0);
 }

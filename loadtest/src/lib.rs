@@ -184,6 +184,28 @@ impl BotCtx {
         Instant::now() >= self.deadline
     }
 
+    /// Plays sessions one after another until the run is over: each gets a
+    /// new seed; a failed one is counted by its cause and retried after a
+    /// second; one that asks to come back does so after its pause.
+    pub async fn keep_playing<F, Fut>(&self, mut seed: u64, mut session: F)
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<SessionEnd, String>>,
+    {
+        while !self.over() {
+            seed = seed.wrapping_add(1);
+            let pause = match session(seed).await {
+                Ok(SessionEnd::Done) => break,
+                Ok(SessionEnd::Again(after)) => after,
+                Err(cause) => {
+                    self.stats.error(cause);
+                    Duration::from_secs(1)
+                }
+            };
+            self.sleep(pause).await;
+        }
+    }
+
     /// Sleeps, but not past the end of the run.
     pub async fn sleep(&self, d: Duration) {
         let until = (Instant::now() + d).min(self.deadline);

@@ -19,20 +19,9 @@ const ACK_GIVE_UP: Duration = Duration::from_secs(5);
 pub(crate) async fn run(ctx: BotCtx, index: usize, endpoint: quinn::Endpoint) {
     let scenario = ctx.config.scenario.for_bot(index);
     let name = bot_name(ctx.config.seed, 'q', index);
-    let mut seed = ctx.config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    while !ctx.over() {
-        seed = seed.wrapping_add(1);
-        let end = session(&ctx, &endpoint, &name, scenario, seed).await;
-        let pause = match end {
-            Ok(SessionEnd::Done) => break,
-            Ok(SessionEnd::Again(after)) => after,
-            Err(cause) => {
-                ctx.stats.error(cause);
-                Duration::from_secs(1)
-            }
-        };
-        ctx.sleep(pause).await;
-    }
+    let seed = ctx.config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ctx.keep_playing(seed, |seed| session(&ctx, &endpoint, &name, scenario, seed))
+        .await;
 }
 
 fn describe(stage: &str, e: &ClientError) -> String {

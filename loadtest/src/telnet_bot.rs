@@ -157,19 +157,9 @@ impl Conn {
 pub(crate) async fn run(ctx: BotCtx, index: usize) {
     let scenario = ctx.config.scenario.for_bot(index);
     let name = bot_name(ctx.config.seed, 't', index);
-    let mut seed = ctx.config.seed ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-    while !ctx.over() {
-        seed = seed.wrapping_add(1);
-        let pause = match session(&ctx, &name, scenario, seed).await {
-            Ok(SessionEnd::Done) => break,
-            Ok(SessionEnd::Again(after)) => after,
-            Err(cause) => {
-                ctx.stats.error(cause);
-                Duration::from_secs(1)
-            }
-        };
-        ctx.sleep(pause).await;
-    }
+    let seed = ctx.config.seed ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    ctx.keep_playing(seed, |seed| session(&ctx, &name, scenario, seed))
+        .await;
 }
 
 async fn session(

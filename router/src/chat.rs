@@ -6,7 +6,7 @@
 use crate::command::{ChannelOp, Command};
 use crate::session::Player;
 use crate::Router;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use tessera_chat::{ChatClient, ChatError, Delivery, Reply, Request};
 use tessera_proto::cluster::PlayerEvent;
@@ -148,14 +148,14 @@ fn capitalised(s: &str) -> String {
 impl Router {
     /// The event senders of the sessions playing `players`.
     fn senders_of(&self, players: &[u64]) -> Vec<mpsc::UnboundedSender<PlayerEvent>> {
-        let wanted: HashMap<u64, ()> = players.iter().map(|p| (*p, ())).collect();
+        let wanted: HashSet<u64> = players.iter().copied().collect();
         self.sessions
             .lock()
             .values()
             .filter(|s| {
                 s.playing
                     .as_ref()
-                    .is_some_and(|p| wanted.contains_key(&p.player.0))
+                    .is_some_and(|p| wanted.contains(&p.player.0))
             })
             .map(|s| s.tx.clone())
             .collect()
