@@ -12,9 +12,12 @@
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) every loop is a few iterations.
 
-use std::time::{Duration, Instant};
+#[path = "../../bench_support/latency.rs"]
+mod latency;
 
-use hdrhistogram::Histogram;
+use latency::{histogram, micros, Table};
+use std::time::Instant;
+
 use tessera_asset::{serve, AssetClient, AssetConfig, ManifestFetch};
 use tessera_coordinator::authority::ClusterKey;
 use tessera_persistence::Database;
@@ -59,10 +62,7 @@ fn main() {
     let eight_put = t.elapsed();
 
     println!("asset service on loopback (redb), one client, one request at a time");
-    println!(
-        "{:<36} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "", "p50", "p90", "p99", "max", "MB/s"
-    );
+    let table = Table::start(36, Some("MB/s"));
 
     for (label, hash, size, n) in [
         ("GET 1 MiB blob", &one_hash, MIB, gets),
@@ -76,7 +76,11 @@ fn main() {
             assert_eq!(body.len(), size);
         }
         let mb_per_s = size as f64 / 1e6 / (hist.mean() / 1e6);
-        row(&format!("{label} ({n} GETs)"), &hist, Some(mb_per_s));
+        table.row_with(
+            &format!("{label} ({n} GETs)"),
+            &hist,
+            Some(format!("{mb_per_s:.0}")),
+        );
     }
 
     let etag = match client.manifest(None).expect("manifest") {
@@ -90,7 +94,7 @@ fn main() {
         hist.record(micros(t.elapsed())).expect("record");
         assert_eq!(answer, ManifestFetch::NotModified);
     }
-    row(&format!("manifest poll, 304 ({polls} polls)"), &hist, None);
+    table.row(&format!("manifest poll, 304 ({polls} polls)"), &hist);
 
     let mut hist = histogram();
     let mut content = one.clone();
@@ -105,10 +109,10 @@ fn main() {
         assert!(put.changed);
     }
     let mb_per_s = MIB as f64 / 1e6 / (hist.mean() / 1e6);
-    row(
+    table.row_with(
         &format!("PUT 1 MiB, new content ({puts} puts)"),
         &hist,
-        Some(mb_per_s),
+        Some(format!("{mb_per_s:.0}")),
     );
     println!(
         "\nthe one 8 MiB put of the setup took {:.1} ms",
@@ -128,25 +132,4 @@ fn random_bytes(len: usize, state: &mut u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new(3).expect("histogram")
-}
-
-fn micros(d: Duration) -> u64 {
-    d.as_micros() as u64
-}
-
-/// One table row of microsecond percentiles, printed in milliseconds, and a rate.
-fn row(label: &str, h: &Histogram<u64>, mb_per_s: Option<f64>) {
-    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
-    println!(
-        "{label:<36} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        ms(h.value_at_quantile(0.5)),
-        ms(h.value_at_quantile(0.9)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.max()),
-        mb_per_s.map_or(String::new(), |r| format!("{r:.0}"))
-    );
 }

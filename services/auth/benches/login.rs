@@ -14,12 +14,15 @@
 //! attempts together. Without `--bench` (as `cargo test --benches` runs it) every loop is
 //! a few iterations only.
 
+#[path = "../../bench_support/latency.rs"]
+mod latency;
+
+use latency::{histogram, micros, Table};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use hdrhistogram::Histogram;
 use tessera_auth::remote::{AuthClient, AuthServer, AUTH_ALPN};
 use tessera_auth::{verify_token_with, Auth};
 use tessera_coordinator::transport::{ClusterCa, CLUSTER_NAME};
@@ -82,10 +85,7 @@ fn main() {
     });
 
     println!("auth service on loopback, {} cores", cores());
-    println!(
-        "{:<44} {:>9} {:>9} {:>9} {:>9}",
-        "", "p50", "p90", "p99", "max"
-    );
+    let table = Table::start(44, None);
 
     // A request that does no work: the floor under every call.
     let mut rtt = histogram();
@@ -96,7 +96,7 @@ fn main() {
             rtt.record(micros(t.elapsed())).expect("record");
         }
     });
-    row(&format!("verifying_key round trip ({serial} calls)"), &rtt);
+    table.row(&format!("verifying_key round trip ({serial} calls)"), &rtt);
 
     let mut one = histogram();
     runtime.block_on(async {
@@ -109,7 +109,7 @@ fn main() {
             one.record(micros(t.elapsed())).expect("record");
         }
     });
-    row(&format!("login, one at a time ({serial} logins)"), &one);
+    table.row(&format!("login, one at a time ({serial} logins)"), &one);
 
     let mut rates = Vec::new();
     for clients in [2usize, 8] {
@@ -145,7 +145,7 @@ fn main() {
             (all, start.elapsed())
         });
         let logins = each * clients;
-        row(
+        table.row(
             &format!("login, {clients} clients at once ({logins} logins)"),
             &hist,
         );
@@ -177,26 +177,6 @@ fn main() {
         check.max()
     );
     server.close();
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new(3).expect("histogram")
-}
-
-fn micros(d: Duration) -> u64 {
-    d.as_micros() as u64
-}
-
-/// One table row of microsecond percentiles, printed in milliseconds.
-fn row(label: &str, h: &Histogram<u64>) {
-    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
-    println!(
-        "{label:<44} {:>9} {:>9} {:>9} {:>9}",
-        ms(h.value_at_quantile(0.5)),
-        ms(h.value_at_quantile(0.9)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.max())
-    );
 }
 
 fn cores() -> usize {

@@ -12,9 +12,12 @@
 //! Deliveries are timestamped by a task per router as they come off the client's channel.
 //! Without `--bench` (as `cargo test --benches` runs it) it sends a few lines with N = 10.
 
+#[path = "../../bench_support/latency.rs"]
+mod latency;
+
+use latency::{histogram, micros, Table};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use tessera_chat::{ChatClient, ChatLimits, ChatServer, Delivery, LineKind, Request, CHAT_ALPN};
 use tessera_coordinator::transport::{ClusterCa, CLUSTER_NAME};
 use tessera_persistence::Database;
@@ -44,10 +47,7 @@ fn main() {
     let client_config = member.client_config_for(CHAT_ALPN).expect("client TLS");
 
     println!("chat service on loopback, two routers, {lines} lines per row");
-    println!(
-        "{:<34} {:>9} {:>9} {:>9} {:>9}",
-        "", "p50", "p90", "p99", "max"
-    );
+    let table = Table::start(34, None);
     for (round, &per_router) in sizes.iter().enumerate() {
         runtime.block_on(async {
             let db =
@@ -119,7 +119,7 @@ fn main() {
                     .record(micros(last.duration_since(t)))
                     .expect("record");
             }
-            row(&format!("shout to 2 x {per_router} players"), &shouts);
+            table.row(&format!("shout to 2 x {per_router} players"), &shouts);
 
             let mut tells = histogram();
             for i in 0..lines {
@@ -145,7 +145,7 @@ fn main() {
                     }
                 }
             }
-            row(
+            table.row(
                 &format!("tell across routers ({per_router}/router)"),
                 &tells,
             );
@@ -168,24 +168,4 @@ async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
         .await
         .expect("a delivery in time")
         .expect("the routers are up")
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new(3).expect("histogram")
-}
-
-fn micros(d: Duration) -> u64 {
-    d.as_micros() as u64
-}
-
-/// One table row of microsecond percentiles, printed in milliseconds.
-fn row(label: &str, h: &Histogram<u64>) {
-    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
-    println!(
-        "{label:<34} {:>9} {:>9} {:>9} {:>9}",
-        ms(h.value_at_quantile(0.5)),
-        ms(h.value_at_quantile(0.9)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.max())
-    );
 }
