@@ -603,10 +603,12 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     .await?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
-    let db = match args.store.connect(&identity)? {
-        Some(db) => db,
-        None => Database::open_redb(&args.data_dir.join("tessera.redb"))?,
-    };
+    let db = crate::services::service_store(
+        &identity,
+        args.store.persistence,
+        &args.data_dir,
+        "tessera.redb",
+    )?;
     let accounts = match args.auth {
         Some(addr) => Accounts::remote(crate::services::auth_client(&identity, addr)?),
         None => Accounts::local(Arc::new(Auth::open(

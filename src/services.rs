@@ -52,9 +52,9 @@ pub fn store_readiness(role: &str, db: &Database) {
     });
 }
 
-/// The store of a service: the persistence service if named, else a redb
+/// The store of a service or router: the persistence service if named, else a redb
 /// file in its data dir.
-fn service_store(
+pub(crate) fn service_store(
     identity: &MemberIdentity,
     persistence: Option<SocketAddr>,
     data_dir: &std::path::Path,

@@ -119,6 +119,15 @@ pub(crate) async fn execute(player: &Player, cmd: Command) -> String {
     }
 }
 
+/// What a kicked player is told (both gateways; telnet adds a goodbye).
+pub(crate) fn kicked_text(by: &str, reason: &str) -> String {
+    if reason.is_empty() {
+        format!("{by} has kicked you out of the game")
+    } else {
+        format!("{by} has kicked you out of the game ({reason})")
+    }
+}
+
 /// What a successful request that is not a message did, for the player.
 fn describe(req: &Request) -> String {
     match req {

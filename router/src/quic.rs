@@ -346,8 +346,7 @@ impl ClientConn {
                         PlayerEvent::Error { message } => Some(ServerMsg::Text { text: message }),
                         PlayerEvent::Chat { kind, from, to, text, at_unix_ms } => Some(ServerMsg::ChatLine { kind, from, to, text, at_unix_ms }),
                         PlayerEvent::Kicked { by, reason } => {
-                            let why = if reason.is_empty() { String::new() } else { format!(" ({reason})") };
-                            let _ = ctl.error(ErrorCode::Kicked, format!("{by} has kicked you out of the game{why}")).await;
+                            let _ = ctl.error(ErrorCode::Kicked, crate::chat::kicked_text(&by, &reason)).await;
                             break Ok(());
                         }
                         _ => None,

@@ -165,15 +165,9 @@ impl Connection {
                     }
                 }
                 Input::Event(Some(PlayerEvent::Kicked { by, reason })) => {
-                    let why = if reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({reason})")
-                    };
+                    let text = crate::chat::kicked_text(&by, &reason);
                     let _ = self
-                        .write(&encode_text(&format!(
-                            "\n{by} has kicked you out of the game{why}. Goodbye.\n"
-                        )))
+                        .write(&encode_text(&format!("\n{text}. Goodbye.\n")))
                         .await;
                     break;
                 }
