@@ -488,7 +488,7 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
     }
     if let Some(url) = &args.assets {
         let (tx, rx) = crossbeam_channel::unbounded();
-        crate::services::watch_scripts(url.clone(), &world.scripts, tx)?;
+        crate::services::watch_scripts(url.clone(), &world.scripts, vec![tx])?;
         config.script_updates = Some(rx);
     }
     let dyn_bus: Arc<dyn Bus> = bus.clone();

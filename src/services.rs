@@ -228,13 +228,14 @@ pub fn asset_config(key: tessera_coordinator::authority::ClusterKey) -> tessera_
 const SCRIPT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Follows the asset service's manifest and sends every new version of a
-/// script (`scripts/<name>.rhai`) to the shard. `world_scripts` are the
-/// versions the shard started with, so only real changes are sent. Runs on
-/// its own thread until the shard stops listening.
+/// script (`scripts/<name>.rhai`) to the shards of this process (one poller
+/// for all of them). `world_scripts` are the versions the shards started
+/// with, so only real changes are sent. Runs on its own thread until no
+/// shard listens any more.
 pub fn watch_scripts(
     url: String,
     world_scripts: &std::collections::BTreeMap<String, String>,
-    updates: crossbeam_channel::Sender<tessera_shard::ScriptUpdate>,
+    mut updates: Vec<crossbeam_channel::Sender<tessera_shard::ScriptUpdate>>,
 ) -> std::io::Result<()> {
     let mut known: std::collections::HashMap<String, String> = world_scripts
         .iter()
@@ -280,8 +281,10 @@ pub fn watch_scripts(
                                 name: script.to_string(),
                                 source,
                             };
-                            if updates.send(update).is_err() {
-                                return; // the shard stopped
+                            // A shard that stopped listening is forgotten.
+                            updates.retain(|tx| tx.send(update.clone()).is_ok());
+                            if updates.is_empty() {
+                                return;
                             }
                             known.insert(script.to_string(), entry.hash.clone());
                         }

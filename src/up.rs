@@ -51,12 +51,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let ca = tessera_coordinator::transport::ClusterCa::load_or_create(&ca_dir)?;
     let assets_url = serve_assets(&args, &db, &ca_dir).await?;
 
+    let mut script_updates = Vec::new();
     for id in &shard_ids {
         let inbox = bus.add_shard(id.clone());
         let mut config = ShardConfig::new(id.clone());
         config.tick_hz = args.tick_hz;
         let (tx, rx) = crossbeam_channel::unbounded();
-        crate::services::watch_scripts(assets_url.clone(), &world.scripts, tx)?;
+        script_updates.push(tx);
         config.script_updates = Some(rx);
         // The world persists across restarts: cells reopen from their checkpoints.
         config.checkpoints = Some(tessera_shard::checkpoint::Checkpointing {
@@ -68,6 +69,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot start {id}"))?;
         shards.push(handle);
     }
+    // One manifest poller for every shard of this process.
+    crate::services::watch_scripts(assets_url, &world.scripts, script_updates)?;
 
     let router_id = RouterId("router-1".into());
     let mut rc = RouterConfig::new(router_id.clone(), args.data_dir.clone());
