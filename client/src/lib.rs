@@ -13,7 +13,7 @@ use tessera_proto::frame::{self, FrameBuffer, MAX_CONTROL_FRAME, MAX_DATAGRAM};
 use tessera_proto::msg::{
     ClientDatagram, ClientMsg, EntityKind, ErrorCode, Input, ServerDatagram, ServerMsg,
 };
-use tessera_proto::{CellId, EntityId, PlayerId, ShardId, Vec3, ALPN, PROTOCOL_VERSION};
+use tessera_proto::{snapshot, CellId, EntityId, PlayerId, ShardId, Vec3, ALPN, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +142,9 @@ pub struct KnownEntity {
 #[derive(Debug, Default)]
 pub struct WorldState {
     pub entities: HashMap<EntityId, KnownEntity>,
+    /// Which entity each snapshot slot names (from `EntityAppeared`, until
+    /// its `EntityGone`).
+    pub slots: HashMap<u16, EntityId>,
     /// Newest input the server has applied.
     pub ack_input: u32,
     /// When `ack_input` last went up (the snapshot that carried it arrived).
@@ -395,8 +398,16 @@ impl Client {
                     Ok(ServerDatagram::Snapshot {
                         tick,
                         ack_input,
+                        origin,
                         entities,
                     }) => {
+                        let entities = match snapshot::decode_updates(origin, &entities) {
+                            Ok(u) => u,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "bad snapshot datagram");
+                                continue;
+                            }
+                        };
                         let mut w = world.lock();
                         w.bytes_in += len;
                         w.snapshots += 1;
@@ -406,7 +417,10 @@ impl Client {
                             w.ack_at = Some(now);
                         }
                         let me = w.me;
-                        if me.is_some() && entities.iter().any(|u| Some(u.entity) == me) {
+                        let mine = |u: &snapshot::EntityUpdate| {
+                            me.is_some() && w.slots.get(&u.slot).copied() == me
+                        };
+                        if entities.iter().any(mine) {
                             if let Some(last) = w.self_updated {
                                 if w.self_gaps.len() < 1024 {
                                     w.self_gaps.push(now - last);
@@ -415,11 +429,14 @@ impl Client {
                             w.self_updated = Some(now);
                         }
                         for u in entities {
-                            if let Some(e) = w.entities.get_mut(&u.entity) {
+                            let Some(id) = w.slots.get(&u.slot).copied() else {
+                                continue;
+                            };
+                            if let Some(e) = w.entities.get_mut(&id) {
                                 if tick >= e.tick {
-                                    e.pos = u.pos;
-                                    e.vel = u.vel;
-                                    e.yaw = u.yaw;
+                                    e.pos = u.pos();
+                                    e.vel = u.vel();
+                                    e.yaw = u.yaw();
                                     e.tick = tick;
                                     e.updated = now;
                                 }
@@ -581,11 +598,14 @@ fn apply_msg(world: &Mutex<WorldState>, msg: ServerMsg) -> Option<ClientEvent> {
     match msg {
         ServerMsg::EntityAppeared {
             entity,
+            slot,
             kind,
             name,
             pos,
         } => {
-            world.lock().entities.insert(
+            let mut w = world.lock();
+            w.slots.insert(slot, entity);
+            w.entities.insert(
                 entity,
                 KnownEntity {
                     id: entity,
@@ -601,7 +621,9 @@ fn apply_msg(world: &Mutex<WorldState>, msg: ServerMsg) -> Option<ClientEvent> {
             Some(ClientEvent::Appeared(entity))
         }
         ServerMsg::EntityGone { entity } => {
-            world.lock().entities.remove(&entity);
+            let mut w = world.lock();
+            w.entities.remove(&entity);
+            w.slots.retain(|_, e| *e != entity);
             Some(ClientEvent::Gone(entity))
         }
         ServerMsg::Chat {

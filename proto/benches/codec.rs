@@ -7,17 +7,17 @@
 //! streams carry them. Decodes use the limit the receiver uses, except that
 //! a snapshot of 50 or 100 entities is over `MAX_DATAGRAM` (routers split a
 //! view over several datagrams), so those decode with their own length as
-//! the limit. Divan reports bytes/s and messages/s; the message sizes are
-//! printed first.
+//! the limit. A snapshot's encode and decode include packing its updates
+//! (`tessera_proto::snapshot`). Divan reports bytes/s and messages/s; the
+//! message sizes are printed first.
 
 use divan::counter::{BytesCount, ItemsCount};
 use divan::Bencher;
 use std::sync::Arc;
 use tessera_proto::cluster::{CellFrame, Envelope, ToRouter, ViewEntity};
 use tessera_proto::frame::{self, MAX_CLUSTER_FRAME, MAX_CONTROL_FRAME, MAX_DATAGRAM};
-use tessera_proto::msg::{
-    ClientDatagram, ClientMsg, EntityKind, EntityUpdate, Input, ServerDatagram, ServerMsg,
-};
+use tessera_proto::msg::{ClientDatagram, ClientMsg, EntityKind, Input, ServerDatagram, ServerMsg};
+use tessera_proto::snapshot::{self, EntityUpdate};
 use tessera_proto::{CellId, EntityId, Epoch, PlayerId, RouterId, ShardId, Vec3};
 
 #[derive(Clone, Copy, Debug)]
@@ -74,20 +74,14 @@ fn pos(i: u64) -> Vec3 {
     Vec3::new(i as f32 * 0.37 - 20.0, 0.0, 13.5 - i as f32 * 0.21)
 }
 
-fn snapshot(n: u64) -> ServerDatagram {
-    ServerDatagram::Snapshot {
-        tick: 123_456,
-        ack_input: 4_321,
-        entities: (0..n)
-            .map(|i| EntityUpdate {
-                entity: npc(i),
-                pos: pos(i),
-                vel: Vec3::new(1.0, 0.0, -0.5),
-                yaw: 1.25,
-            })
-            .collect(),
-    }
+/// A snapshot's moving entities, seen from the origin.
+fn snapshot(n: u64) -> Vec<EntityUpdate> {
+    (0..n)
+        .map(|i| EntityUpdate::quantize(i as u16, pos(i), Vec3::new(1.0, 0.0, -0.5), 1.25))
+        .collect()
 }
+
+const ORIGIN: [i32; 3] = [-1000, 0, 500];
 
 fn cell_frame(n: u64) -> Envelope {
     let name: Arc<str> = Arc::from("Rambler");
@@ -115,7 +109,7 @@ fn cell_frame(n: u64) -> Envelope {
 
 /// A built message, of whichever type it is.
 enum Built {
-    ToClient(ServerDatagram),
+    ToClient(Vec<EntityUpdate>),
     FromClient(ClientDatagram),
     Control(ClientMsg),
     ControlReply(ServerMsg),
@@ -145,6 +139,7 @@ impl Msg {
             Msg::Ping => Built::Control(ClientMsg::Ping { nonce: 1 << 40 }),
             Msg::EntityAppeared => Built::ControlReply(ServerMsg::EntityAppeared {
                 entity: EntityId::for_player(PlayerId(42)),
+                slot: 3,
                 kind: EntityKind::Player,
                 name: "Ann".into(),
                 pos: pos(7),
@@ -164,7 +159,12 @@ impl Built {
     /// The message's bytes as they travel.
     fn encode(&self) -> Vec<u8> {
         let bytes = match self {
-            Built::ToClient(m) => frame::encode(m),
+            Built::ToClient(updates) => frame::encode(&ServerDatagram::Snapshot {
+                tick: 123_456,
+                ack_input: 4_321,
+                origin: ORIGIN,
+                entities: snapshot::encode_updates(ORIGIN, updates),
+            }),
             Built::FromClient(m) => frame::encode(m),
             Built::Control(m) => frame::encode_frame(m, MAX_CONTROL_FRAME),
             Built::ControlReply(m) => frame::encode_frame(m, MAX_CONTROL_FRAME),
@@ -179,7 +179,12 @@ impl Built {
         match self {
             // Over one datagram: see the module docs.
             Built::ToClient(_) => {
-                frame::decode::<ServerDatagram>(bytes, bytes.len().max(MAX_DATAGRAM)).is_ok()
+                match frame::decode::<ServerDatagram>(bytes, bytes.len().max(MAX_DATAGRAM)) {
+                    Ok(ServerDatagram::Snapshot {
+                        origin, entities, ..
+                    }) => snapshot::decode_updates(origin, &entities).is_ok(),
+                    Err(_) => false,
+                }
             }
             Built::FromClient(_) => frame::decode::<ClientDatagram>(bytes, MAX_DATAGRAM).is_ok(),
             Built::Control(_) => frame::decode::<ClientMsg>(&bytes[4..], MAX_CONTROL_FRAME).is_ok(),

@@ -9,6 +9,7 @@ pub mod frame;
 pub mod geometry;
 pub mod ids;
 pub mod msg;
+pub mod snapshot;
 pub mod world;
 
 pub use frame::{decode, encode, FrameError};
@@ -17,7 +18,7 @@ pub use ids::{EntityId, Epoch, PlayerId, RouterId, SessionId, ShardId};
 
 /// Version of the client <-> router protocol. Bumped on every incompatible
 /// change; the handshake refuses a peer with another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// QUIC ALPN of the client protocol.
 pub const ALPN: &[u8] = b"tessera/1";

@@ -148,6 +148,9 @@ pub enum ServerMsg {
     /// An entity came into view; its updates follow in snapshots.
     EntityAppeared {
         entity: EntityId,
+        /// The entity's number in this connection's snapshots, until its
+        /// `EntityGone` (docs/protocol.md, "Snapshot encoding").
+        slot: u16,
         kind: EntityKind,
         name: String,
         pos: Vec3,
@@ -227,15 +230,6 @@ pub enum ClientDatagram {
     Input(Input),
 }
 
-/// One entity's state in a snapshot.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EntityUpdate {
-    pub entity: EntityId,
-    pub pos: Vec3,
-    pub vel: Vec3,
-    pub yaw: f32,
-}
-
 /// Router -> client datagrams.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ServerDatagram {
@@ -245,7 +239,12 @@ pub enum ServerDatagram {
         tick: u64,
         /// Newest input of this client the simulation has applied.
         ack_input: u32,
-        entities: Vec<EntityUpdate>,
+        /// The receiving player's position in centimetres: the updates'
+        /// positions are relative to it.
+        origin: [i32; 3],
+        /// The updates, packed by [`crate::snapshot::encode_updates`];
+        /// decode with [`crate::snapshot::decode_updates`] and `origin`.
+        entities: Vec<u8>,
     },
 }
 

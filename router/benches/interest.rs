@@ -116,5 +116,5 @@ fn world_view(grid: &Grid, player: Vec3, visible: usize) -> WorldView {
 fn datagrams(tick: u64, visible: &[ViewEntity]) -> Vec<Vec<u8>> {
     let me = visible.first().map(|e| e.id).unwrap_or(EntityId(0));
     let plan = Interest::default().plan(me, PLAYER, visible);
-    encode_snapshot(tick, plan.ack_input, plan.updates, MAX_DATAGRAM)
+    encode_snapshot(tick, plan.ack_input, PLAYER, &plan.updates, MAX_DATAGRAM)
 }

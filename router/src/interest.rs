@@ -12,12 +12,17 @@
 //!   entity is in every snapshot;
 //! - an entity that has not changed since it was last sent is skipped, but
 //!   sent again at least every [`REFRESH`] snapshots, since datagrams can
-//!   be lost.
+//!   be lost;
+//! - updates are packed by `tessera_proto::snapshot`: each entity is named
+//!   by a small slot given here (and in its `EntityAppeared`), and a slot
+//!   freed by `EntityGone` is not given again for [`SLOT_QUARANTINE`]
+//!   snapshots, so a late datagram cannot move the wrong entity.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use tessera_proto::cluster::ViewEntity;
 use tessera_proto::frame;
-use tessera_proto::msg::{EntityUpdate, ServerDatagram};
+use tessera_proto::msg::ServerDatagram;
+use tessera_proto::snapshot::{self, EntityUpdate, MAX_SLOT};
 use tessera_proto::{EntityId, Vec3};
 
 /// Most entities a player knows at once (the nearest).
@@ -29,9 +34,13 @@ pub const MID: f32 = 40.0;
 /// An unchanged entity is sent again after this many snapshots (1 s at
 /// 20 Hz).
 pub const REFRESH: u64 = 20;
+/// A freed slot is given to another entity only after this many snapshots
+/// (5 s at 20 Hz): far longer than a datagram can trail the control stream.
+pub const SLOT_QUARANTINE: u64 = 100;
 
 /// What the player was last sent of an entity.
 struct Sent {
+    slot: u16,
     update: Option<EntityUpdate>,
     /// The snapshot number it was sent in.
     at: u64,
@@ -43,13 +52,19 @@ pub struct Interest {
     known: HashMap<EntityId, Sent>,
     /// Snapshots built so far.
     n: u64,
+    /// Slots free to give, lowest first (fewest bytes).
+    free: BTreeSet<u16>,
+    /// Slots freed, with the snapshot they were freed in, oldest first.
+    quarantine: VecDeque<(u16, u64)>,
+    /// Slots never given yet start here.
+    next_slot: u16,
 }
 
 /// What to send for one snapshot.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
-    /// Newly visible entities: send `EntityAppeared` first.
-    pub appeared: Vec<ViewEntity>,
+    /// Newly visible entities and their slots: send `EntityAppeared` first.
+    pub appeared: Vec<(ViewEntity, u16)>,
     /// No longer visible: send `EntityGone`.
     pub gone: Vec<EntityId>,
     /// The snapshot's updates, the player's own first, then nearest first.
@@ -58,18 +73,39 @@ pub struct Plan {
     pub ack_input: u32,
 }
 
-fn update_of(e: &ViewEntity) -> EntityUpdate {
-    EntityUpdate {
-        entity: e.id,
-        pos: e.pos,
-        vel: e.vel,
-        yaw: e.yaw,
-    }
+fn update_of(slot: u16, e: &ViewEntity) -> EntityUpdate {
+    EntityUpdate::quantize(slot, e.pos, e.vel, e.yaw)
 }
 
 impl Interest {
     pub fn known(&self) -> usize {
         self.known.len()
+    }
+
+    /// The slot of a known entity.
+    pub fn slot(&self, id: EntityId) -> Option<u16> {
+        self.known.get(&id).map(|s| s.slot)
+    }
+
+    /// A slot for a newly visible entity: the lowest free one, else a new
+    /// one. None only if every slot is known or in quarantine, which takes
+    /// far more churn than [`MAX_VISIBLE`] entities can make.
+    fn take_slot(&mut self, n: u64) -> Option<u16> {
+        while let Some(&(slot, freed)) = self.quarantine.front() {
+            if n - freed < SLOT_QUARANTINE {
+                break;
+            }
+            self.quarantine.pop_front();
+            self.free.insert(slot);
+        }
+        if let Some(slot) = self.free.pop_first() {
+            return Some(slot);
+        }
+        if self.next_slot > MAX_SLOT {
+            return None;
+        }
+        self.next_slot += 1;
+        Some(self.next_slot - 1)
     }
 
     /// Plans the next snapshot for a player whose entity is `me`, standing
@@ -93,22 +129,29 @@ impl Interest {
             .collect();
         gone.sort();
         for id in &gone {
-            self.known.remove(id);
+            if let Some(sent) = self.known.remove(id) {
+                self.quarantine.push_back((sent.slot, n));
+            }
         }
         plan.gone = gone;
         plan.ack_input = mine.map(|e| e.ack_input).unwrap_or(0);
         for e in chosen {
-            let update = update_of(e);
-            let sent = match self.known.get_mut(&e.id) {
-                Some(s) => s,
-                None => {
-                    plan.appeared.push(e.clone());
-                    self.known.entry(e.id).or_insert(Sent {
+            if !self.known.contains_key(&e.id) {
+                let Some(slot) = self.take_slot(n) else {
+                    continue;
+                };
+                plan.appeared.push((e.clone(), slot));
+                self.known.insert(
+                    e.id,
+                    Sent {
+                        slot,
                         update: None,
                         at: 0,
-                    })
-                }
-            };
+                    },
+                );
+            }
+            let sent = self.known.get_mut(&e.id).expect("known above");
+            let update = update_of(sent.slot, e);
             let period = if e.id == me {
                 1
             } else {
@@ -135,37 +178,36 @@ impl Interest {
     }
 }
 
-/// A snapshot's updates as encoded datagrams of at most `max` bytes each,
-/// in order; at least one (an empty snapshot still carries the tick and the
-/// input ack).
+/// A snapshot's updates, relative to `origin` (the player's own position),
+/// as encoded datagrams of at most `max` bytes each, in order; at least one
+/// (an empty snapshot still carries the tick and the input ack).
 pub fn encode_snapshot(
     tick: u64,
     ack_input: u32,
-    updates: Vec<EntityUpdate>,
+    origin: Vec3,
+    updates: &[EntityUpdate],
     max: usize,
 ) -> Vec<Vec<u8>> {
-    let encode = |entities: Vec<EntityUpdate>| {
+    let origin = snapshot::quantize_pos(origin);
+    let encode = |entities: Vec<u8>| {
         frame::encode(&ServerDatagram::Snapshot {
             tick,
             ack_input,
+            origin,
             entities,
         })
         .expect("a snapshot encodes")
     };
     // The empty snapshot's size, plus each update's, plus room for the
-    // length prefix of the list.
+    // length prefix of the bytes.
     let base = encode(Vec::new()).len() + 4;
     let mut out = Vec::new();
-    let mut chunk: Vec<EntityUpdate> = Vec::new();
-    let mut size = base;
+    let mut chunk: Vec<u8> = Vec::new();
     for u in updates {
-        let len = frame::encode(&u).map(|b| b.len()).unwrap_or(max);
-        if !chunk.is_empty() && size + len > max {
+        if !chunk.is_empty() && base + chunk.len() + u.encoded_len(origin) > max {
             out.push(encode(std::mem::take(&mut chunk)));
-            size = base;
         }
-        size += len;
-        chunk.push(u);
+        u.encode(origin, &mut chunk);
     }
     out.push(encode(chunk));
     out
@@ -188,8 +230,18 @@ mod tests {
         }
     }
 
-    fn ids(updates: &[EntityUpdate]) -> Vec<u64> {
-        updates.iter().map(|u| u.entity.0).collect()
+    /// The entities the updates name, through the slots `i` gave them.
+    fn ids(i: &Interest, updates: &[EntityUpdate]) -> Vec<u64> {
+        updates
+            .iter()
+            .map(|u| {
+                i.known
+                    .iter()
+                    .find(|(_, s)| s.slot == u.slot)
+                    .map(|(id, _)| id.0)
+                    .expect("an update names a known entity")
+            })
+            .collect()
     }
 
     #[test]
@@ -201,9 +253,14 @@ mod tests {
         let plan = i.plan(me, Vec3::ZERO, &visible);
         assert_eq!(plan.appeared.len(), MAX_VISIBLE);
         assert_eq!(plan.updates.len(), MAX_VISIBLE, "all new: all sent");
-        assert_eq!(plan.updates[0].entity, me);
-        assert_eq!(plan.updates[1].entity, EntityId(2));
+        assert_eq!(ids(&i, &plan.updates)[..2], [1, 2]);
         assert_eq!(i.known(), MAX_VISIBLE);
+        let slots: HashSet<u16> = plan.appeared.iter().map(|(_, s)| *s).collect();
+        assert_eq!(slots.len(), MAX_VISIBLE, "every entity its own slot");
+        assert!(
+            slots.iter().all(|s| usize::from(*s) < MAX_VISIBLE),
+            "lowest first"
+        );
     }
 
     #[test]
@@ -232,7 +289,7 @@ mod tests {
         let mut counts: HashMap<u64, usize> = HashMap::new();
         for n in 0..40u64 {
             let plan = i.plan(me, Vec3::ZERO, &at(n));
-            for id in ids(&plan.updates) {
+            for id in ids(&i, &plan.updates) {
                 *counts.entry(id).or_default() += 1;
             }
         }
@@ -246,10 +303,19 @@ mod tests {
 
     #[test]
     fn snapshots_split_into_datagrams_that_fit_and_keep_every_update() {
+        // Near and far (wide positions), at rest and moving, small and
+        // two-byte slots.
         let updates: Vec<EntityUpdate> = (0..500u64)
-            .map(|k| update_of(&entity(k | (1 << 63), k as f32)))
+            .map(|k| {
+                let e = ViewEntity {
+                    vel: Vec3::new(k as f32 % 3.0, 0.0, 0.0),
+                    ..entity(k | (1 << 63), k as f32 * 2.0)
+                };
+                update_of(k as u16 * 7, &e)
+            })
             .collect();
-        let dgs = encode_snapshot(7, 3, updates.clone(), 1200);
+        let origin = Vec3::new(10.0, 0.0, 0.0);
+        let dgs = encode_snapshot(7, 3, origin, &updates, 1200);
         assert!(dgs.len() > 1);
         let mut back = Vec::new();
         for d in &dgs {
@@ -257,13 +323,14 @@ mod tests {
             let ServerDatagram::Snapshot {
                 tick,
                 ack_input,
+                origin,
                 entities,
             } = frame::decode(d, 1200).unwrap();
             assert_eq!((tick, ack_input), (7, 3));
-            back.extend(entities);
+            back.extend(snapshot::decode_updates(origin, &entities).unwrap());
         }
         assert_eq!(back, updates);
-        assert_eq!(encode_snapshot(7, 3, Vec::new(), 1200).len(), 1);
+        assert_eq!(encode_snapshot(7, 3, origin, &[], 1200).len(), 1);
     }
 
     #[test]
@@ -275,6 +342,27 @@ mod tests {
         assert_eq!(plan.gone, vec![EntityId(7)]);
         let plan = i.plan(me, Vec3::ZERO, &[entity(1, 0.0), entity(7, 3.0)]);
         assert_eq!(plan.appeared.len(), 1);
-        assert!(ids(&plan.updates).contains(&7));
+        assert!(ids(&i, &plan.updates).contains(&7));
+    }
+
+    #[test]
+    fn a_freed_slot_waits_out_its_quarantine_before_another_entity_gets_it() {
+        let mut i = Interest::default();
+        let me = EntityId(1);
+        i.plan(me, Vec3::ZERO, &[entity(1, 0.0), entity(7, 3.0)]);
+        let seven = i.slot(EntityId(7)).unwrap();
+        i.plan(me, Vec3::ZERO, &[entity(1, 0.0)]);
+        // Entity 8 appears while 7's slot is in quarantine: a new slot.
+        let plan = i.plan(me, Vec3::ZERO, &[entity(1, 0.0), entity(8, 3.0)]);
+        assert_ne!(plan.appeared[0].1, seven);
+        for _ in 0..SLOT_QUARANTINE {
+            i.plan(me, Vec3::ZERO, &[entity(1, 0.0), entity(8, 3.0)]);
+        }
+        let plan = i.plan(
+            me,
+            Vec3::ZERO,
+            &[entity(1, 0.0), entity(8, 3.0), entity(9, 4.0)],
+        );
+        assert_eq!(plan.appeared[0].1, seven, "reused after the quarantine");
     }
 }

@@ -455,9 +455,10 @@ impl ClientConn {
             crate::interest::MAX_VISIBLE + 1,
         );
         let plan = interest.plan(player.entity, pos, &visible);
-        for e in &plan.appeared {
+        for (e, slot) in &plan.appeared {
             ctl.write(&ServerMsg::EntityAppeared {
                 entity: e.id,
+                slot: *slot,
                 kind: e.kind,
                 name: e.name.to_string(),
                 pos: e.pos,
@@ -475,7 +476,7 @@ impl ClientConn {
             .unwrap_or(MAX_DATAGRAM)
             .min(MAX_DATAGRAM);
         let mut sent = 0u64;
-        for dg in crate::interest::encode_snapshot(tick, ack, plan.updates, max) {
+        for dg in crate::interest::encode_snapshot(tick, ack, pos, &plan.updates, max) {
             sent += self.send_datagram(dg)?;
         }
         metrics::counter!("tessera_router_snapshot_bytes_total").increment(sent);
