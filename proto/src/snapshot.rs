@@ -142,9 +142,8 @@ impl EntityUpdate {
                 .iter()
                 .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
             None => {
-                for k in 0..3 {
-                    let d = self.pos[k].wrapping_sub(origin[k]);
-                    out.extend_from_slice(&d.to_le_bytes());
+                for (p, o) in self.pos.iter().zip(origin) {
+                    out.extend_from_slice(&p.wrapping_sub(o).to_le_bytes());
                 }
             }
         }
