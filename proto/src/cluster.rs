@@ -172,6 +172,9 @@ pub enum PlayerEvent {
         by: String,
         reason: String,
     },
+    /// The session's event queue is full (routers only; never on the bus):
+    /// the router ends the session rather than hold events without limit.
+    Lagged,
 }
 
 /// One entity as routers see it, for interest management and text views.

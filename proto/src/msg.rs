@@ -80,6 +80,9 @@ pub enum ErrorCode {
     Internal,
     /// An operator removed the player; the connection closes.
     Kicked,
+    /// The player read too slowly: more events waited for it than the
+    /// router keeps (`EVENT_QUEUE`); the connection closes.
+    Lagged,
 }
 
 /// Where a chat line (from the chat service) was said.

@@ -23,7 +23,7 @@ pub(crate) async fn pump(router: Arc<Router>, mut deliveries: mpsc::UnboundedRec
             Delivery::Deliver { to, line } => {
                 let senders = router.senders_of(&to);
                 for tx in senders {
-                    let _ = tx.send(PlayerEvent::Chat {
+                    tx.send(PlayerEvent::Chat {
                         kind: line.kind.clone(),
                         from: line.from.clone(),
                         to: line.to.clone(),
@@ -35,7 +35,7 @@ pub(crate) async fn pump(router: Arc<Router>, mut deliveries: mpsc::UnboundedRec
             Delivery::Kick { player, by, reason } => {
                 tracing::info!(player, by = %by, "player kicked");
                 for tx in router.senders_of(&[player]) {
-                    let _ = tx.send(PlayerEvent::Kicked {
+                    tx.send(PlayerEvent::Kicked {
                         by: by.clone(),
                         reason: reason.clone(),
                     });
@@ -156,7 +156,7 @@ fn capitalised(s: &str) -> String {
 
 impl Router {
     /// The event senders of the sessions playing `players`.
-    fn senders_of(&self, players: &[u64]) -> Vec<mpsc::UnboundedSender<PlayerEvent>> {
+    fn senders_of(&self, players: &[u64]) -> Vec<crate::EventSender> {
         let wanted: HashSet<u64> = players.iter().copied().collect();
         self.sessions
             .lock()

@@ -153,7 +153,7 @@ pub struct Router {
 }
 
 struct SessionEntry {
-    tx: mpsc::UnboundedSender<PlayerEvent>,
+    tx: EventSender,
     playing: Option<Playing>,
 }
 
@@ -200,9 +200,10 @@ impl Router {
 
     /// Registers a connection; its player events arrive on the receiver.
     /// `None` when the router is full.
-    pub fn open_session(&self) -> Option<(SessionId, mpsc::UnboundedReceiver<PlayerEvent>)> {
+    pub fn open_session(&self) -> Option<(SessionId, mpsc::Receiver<PlayerEvent>)> {
         let id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let tx = EventSender(tx);
         {
             let mut sessions = self.sessions.lock();
             if sessions.len() >= self.config.max_connections {
@@ -378,12 +379,47 @@ impl Router {
             ToRouter::Player { session, event } => {
                 let sessions = self.sessions.lock();
                 match sessions.get(&session) {
-                    Some(s) => {
-                        let _ = s.tx.send(event);
-                    }
+                    Some(s) => s.tx.send(event),
                     None => tracing::debug!(session = %session, "event for a closed session"),
                 }
             }
+        }
+    }
+}
+
+/// Most events a session's queue holds. A player whose connection reads
+/// slower than events arrive for this long is disconnected
+/// ([`PlayerEvent::Lagged`]), so a stalled client cannot make the router
+/// hold its events without limit.
+pub const EVENT_QUEUE: usize = 1024;
+
+/// What a lagged player is told before the connection closes.
+pub(crate) const LAGGED_TEXT: &str =
+    "You fell too far behind the world (too many messages waiting); reconnect to go on";
+
+/// The sending side of a session's bounded event queue.
+#[derive(Clone)]
+pub(crate) struct EventSender(mpsc::Sender<PlayerEvent>);
+
+impl EventSender {
+    /// Queues `event`; when only one place is left, queues
+    /// [`PlayerEvent::Lagged`] instead, which ends the session, and drops
+    /// whatever comes after it.
+    pub(crate) fn send(&self, event: PlayerEvent) {
+        let event = match self.0.capacity() {
+            0 => {
+                metrics::counter!("tessera_router_dropped_events_total").increment(1);
+                return;
+            }
+            1 => {
+                metrics::counter!("tessera_router_lagged_sessions_total").increment(1);
+                tracing::warn!("a session's event queue is full: disconnecting it");
+                PlayerEvent::Lagged
+            }
+            _ => event,
+        };
+        if self.0.try_send(event).is_err() {
+            metrics::counter!("tessera_router_dropped_events_total").increment(1);
         }
     }
 }
@@ -505,5 +541,52 @@ mod spawn_tests {
             "{inner} of 400 in the inner half"
         );
         assert!(points[0].distance_xz(points[1]) > 5.0);
+    }
+}
+
+#[cfg(test)]
+mod event_queue_tests {
+    use super::*;
+
+    fn heard(k: usize) -> PlayerEvent {
+        PlayerEvent::Heard {
+            speaker: EntityId(1),
+            name: "Ann".into(),
+            text: format!("line {k}"),
+            emote: false,
+        }
+    }
+
+    #[test]
+    fn a_session_that_does_not_read_gets_lagged_and_nothing_more() {
+        let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+        let tx = EventSender(tx);
+        for k in 0..EVENT_QUEUE + 50 {
+            tx.send(heard(k));
+        }
+        let mut got = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            got.push(ev);
+        }
+        assert_eq!(got.len(), EVENT_QUEUE, "bounded");
+        assert_eq!(
+            got[..EVENT_QUEUE - 1],
+            (0..EVENT_QUEUE - 1).map(heard).collect::<Vec<_>>()[..]
+        );
+        assert_eq!(
+            got.last(),
+            Some(&PlayerEvent::Lagged),
+            "the last place ends the session"
+        );
+    }
+
+    #[test]
+    fn a_session_that_reads_never_lags() {
+        let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+        let tx = EventSender(tx);
+        for k in 0..EVENT_QUEUE * 3 {
+            tx.send(heard(k));
+            assert_eq!(rx.try_recv().ok(), Some(heard(k)));
+        }
     }
 }

@@ -157,7 +157,7 @@ struct ClientConn {
     router: Arc<Router>,
     conn: quinn::Connection,
     session: tessera_proto::SessionId,
-    events: Option<tokio::sync::mpsc::UnboundedReceiver<PlayerEvent>>,
+    events: Option<tokio::sync::mpsc::Receiver<PlayerEvent>>,
     ctl: Option<Control>,
 }
 
@@ -347,6 +347,10 @@ impl ClientConn {
                         PlayerEvent::Chat { kind, from, to, text, at_unix_ms } => Some(ServerMsg::ChatLine { kind, from, to, text, at_unix_ms }),
                         PlayerEvent::Kicked { by, reason } => {
                             let _ = ctl.error(ErrorCode::Kicked, crate::chat::kicked_text(&by, &reason)).await;
+                            break Ok(());
+                        }
+                        PlayerEvent::Lagged => {
+                            let _ = ctl.error(ErrorCode::Lagged, crate::LAGGED_TEXT).await;
                             break Ok(());
                         }
                         _ => None,

@@ -57,7 +57,7 @@ pub struct Player {
     pub cell: CellId,
     /// Last position the shard told us (the view has fresher ones).
     pub pos: Vec3,
-    events: mpsc::UnboundedReceiver<PlayerEvent>,
+    events: mpsc::Receiver<PlayerEvent>,
     /// Events that arrived while waiting for a specific answer.
     pending: VecDeque<PlayerEvent>,
     /// When `pos` was last set from a direct answer.
@@ -71,9 +71,9 @@ impl Player {
     pub async fn enter(
         router: Arc<Router>,
         session: SessionId,
-        mut events: mpsc::UnboundedReceiver<PlayerEvent>,
+        mut events: mpsc::Receiver<PlayerEvent>,
         login: Session,
-    ) -> Result<Player, (RouterError, mpsc::UnboundedReceiver<PlayerEvent>)> {
+    ) -> Result<Player, (RouterError, mpsc::Receiver<PlayerEvent>)> {
         let Session { account, token } = login;
         let player = PlayerId(account.id);
         let entity = EntityId::for_player(player);

@@ -60,7 +60,7 @@ struct Connection {
     width: usize,
     /// The session's event receiver while not playing (the player owns it
     /// once in the world).
-    events: Option<tokio::sync::mpsc::UnboundedReceiver<PlayerEvent>>,
+    events: Option<tokio::sync::mpsc::Receiver<PlayerEvent>>,
 }
 
 impl Connection {
@@ -163,6 +163,13 @@ impl Connection {
                             return Ok(());
                         }
                     }
+                }
+                Input::Event(Some(PlayerEvent::Lagged)) => {
+                    let text = crate::LAGGED_TEXT;
+                    let _ = self
+                        .write(&encode_text(&format!("\n{text}. Goodbye.\n")))
+                        .await;
+                    break;
                 }
                 Input::Event(Some(PlayerEvent::Kicked { by, reason })) => {
                     let text = crate::chat::kicked_text(&by, &reason);

@@ -15,6 +15,12 @@ pub struct Identity {
 
 /// Loads `dir/quic-cert.der` and `dir/quic-key.der`, creating them (and a
 /// PEM copy of the certificate) if missing.
+/// Snapshot datagrams a connection may have queued (bytes): about half a
+/// second of a busy view.
+pub const DATAGRAM_SEND_BUFFER: usize = 16 * 1024;
+/// Unacknowledged control-stream bytes a connection may have in flight.
+pub const SEND_WINDOW: u64 = 256 * 1024;
+
 pub fn load_or_create(dir: &Path) -> Result<Identity, RouterError> {
     let cert_path = dir.join("quic-cert.der");
     let key_path = dir.join("quic-key.der");
@@ -78,7 +84,17 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, RouterError> 
         ))
         .keep_alive_interval(Some(std::time::Duration::from_secs(5)))
         .max_concurrent_uni_streams(0u32.into())
-        .max_concurrent_bidi_streams(4u32.into());
+        .max_concurrent_bidi_streams(4u32.into())
+        // Bounds on what one connection can make the router hold. Quinn's
+        // defaults (about 1 MB of queued datagrams, 10 MB of unacknowledged
+        // stream data) suit bulk transfer; a player needs a few snapshots
+        // (~1 KB each, stale after 100 ms; quinn drops the oldest when the
+        // buffer is full) and a few control frames (at most 16 KB each).
+        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
+        .datagram_receive_buffer_size(Some(64 * 1024))
+        .send_window(SEND_WINDOW)
+        .stream_receive_window((64u32 * 1024).into())
+        .receive_window((128u32 * 1024).into());
     cfg.transport_config(std::sync::Arc::new(transport));
     Ok(cfg)
 }
