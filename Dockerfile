@@ -11,7 +11,8 @@
 #
 # docs/deploy.md has the details (loading an image into k3s without a registry).
 
-ARG RUST_VERSION=1.90
+# The toolchain the project is built and tested with (some locked crates need > 1.90).
+ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 FROM --platform=$BUILDPLATFORM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build

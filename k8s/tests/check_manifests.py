@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 
+import dockerfile
 import jsonschema
 import kubernetes_validate
 import yaml
@@ -271,26 +272,44 @@ def dashboard_errors(dashboard, exported):
 
 
 def dockerfile_errors(text):
+    """Problems of a Dockerfile, parsed by BuildKit's own parser (the
+    `dockerfile` package); every RUN's shell script is checked by `sh -n`."""
+    try:
+        cmds = dockerfile.parse_string(text)
+    except dockerfile.GoParseError as e:
+        return [f"Dockerfile does not parse: {e}"]
     errs = []
-    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
-    froms = [l for l in lines if l.upper().startswith("FROM ")]
+    froms = [i for i, c in enumerate(cmds) if c.cmd == "FROM"]
     if len(froms) < 2:
-        errs.append("Dockerfile: not multi-stage")
-    users = [l for l in lines if l.upper().startswith("USER ")]
-    last_from = max((i for i, l in enumerate(lines) if l.upper().startswith("FROM ")), default=-1)
-    final_users = [l for i, l in enumerate(lines) if i > last_from and l.upper().startswith("USER ")]
-    if not final_users or final_users[-1].split()[1].split(":")[0] in ("root", "0"):
-        errs.append("Dockerfile: the runtime stage does not switch to a non-root USER")
-    if not any("--release" in l for l in lines):
-        errs.append("Dockerfile: does not build --release")
-    if not any("strip" in l.lower() for l in lines):
+        return ["Dockerfile: not multi-stage"]
+    build, final = cmds[froms[0]:froms[-1]], cmds[froms[-1]:]
+    if "--platform=$BUILDPLATFORM" not in build[0].flags:
+        errs.append("Dockerfile: the build stage does not run on $BUILDPLATFORM (cross-compiling)")
+    runs = [" ".join(c.value) for c in build if c.cmd == "RUN"]
+    if not any(re.search(r"cargo build --release --locked --bin tessera", r) for r in runs):
+        errs.append("Dockerfile: does not build the tessera binary --release --locked")
+    if not any("CARGO_PROFILE_RELEASE_STRIP=symbols" in r or re.search(r"\bstrip\b", r) for r in runs):
         errs.append("Dockerfile: does not strip the binary")
-    if not any(l.upper().startswith("ENTRYPOINT") and "tessera" in l for l in lines):
-        errs.append("Dockerfile: the entrypoint is not the tessera binary")
-    if "protobuf-compiler" not in text:
+    if not any("protobuf-compiler" in r for r in runs):
         errs.append("Dockerfile: the build needs protobuf-compiler (etcd-client)")
-    del users
+    for r in runs:
+        check = subprocess.run(["sh", "-n"], input=r, capture_output=True, text=True)
+        if check.returncode != 0:
+            errs.append(f"Dockerfile: a RUN script has a shell syntax error: {check.stderr.strip()}")
+    if any(c.cmd == "RUN" for c in final):
+        errs.append("Dockerfile: the runtime stage runs commands (they would need emulation for arm64)")
+    users = [c.value[0] for c in final if c.cmd == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        errs.append("Dockerfile: the runtime stage does not switch to a non-root USER")
+    entry = [c for c in final if c.cmd == "ENTRYPOINT"]
+    if not entry or not entry[-1].value or not entry[-1].value[0].endswith("/tessera"):
+        errs.append("Dockerfile: the entrypoint is not the tessera binary")
     return errs
+
+
+def dockerignore_errors(text):
+    ignored = {l.strip().rstrip("/") for l in text.splitlines() if l.strip() and not l.startswith("#")}
+    return [f".dockerignore: does not exclude {p}/" for p in ("target", ".git") if p not in ignored]
 
 
 # ------------------------------------------------------------- self-tests
@@ -345,8 +364,14 @@ def self_tests(good_objs, exported):
     expect("a dashboard querying an unknown metric", dashboard_errors(
         {"panels": [{"title": "tick players cells migrations hand-offs",
                      "targets": [{"expr": "rate(tessera_shard_imaginary_total[1m])"}]}]}, exported))
-    expect("a Dockerfile running as root", dockerfile_errors(
-        "FROM a AS b\nRUN cargo build --release && strip x\nFROM c\nENTRYPOINT [\"/usr/local/bin/tessera\"]\n"))
+    good_dockerfile = (ROOT / "Dockerfile").read_text()
+    expect("a Dockerfile whose runtime runs as root", dockerfile_errors(
+        good_dockerfile.replace("USER 10001:10001", "USER root")))
+    expect("a Dockerfile without a runtime stage", dockerfile_errors(
+        good_dockerfile[:good_dockerfile.rindex("\nFROM ")]))
+    expect("a Dockerfile with a broken RUN script", dockerfile_errors(
+        good_dockerfile.replace("esac;", "esca;", 1)))
+    expect("a Dockerfile that does not parse", dockerfile_errors("FROM\n"))
     return errs
 
 
@@ -379,6 +404,8 @@ def main():
         fail("k8s/monitoring/grafana-dashboard.json", e)
     for e in dockerfile_errors((ROOT / "Dockerfile").read_text()):
         fail("Dockerfile", e.removeprefix("Dockerfile: "))
+    for e in dockerignore_errors((ROOT / ".dockerignore").read_text()):
+        fail(".dockerignore", e)
     yaml.safe_load((K8S / "monitoring" / "alerts.yaml").read_text())
     yaml.safe_load((K8S / "monitoring" / "prometheus-adapter-rules.yaml").read_text())
     if rendered["production"]:
