@@ -386,13 +386,17 @@ def main():
     rendered = {"base": render(K8S / "base")}
     for overlay in OVERLAYS:
         rendered[overlay] = render(K8S / "overlays" / overlay)
+    # The example of components/external-etcd: schemas only (it is no overlay).
+    rendered["tests/external-etcd"] = render(K8S / "tests" / "external-etcd")
+    if any(o["metadata"]["name"].startswith("etcd") for o in rendered["tests/external-etcd"]):
+        fail("tests/external-etcd", "components/external-etcd left etcd objects behind")
     for overlay, objs in rendered.items():
         if not objs:
             continue
         for o in objs:
             for e in schema_errors(o):
                 fail(f"{overlay} {name_of(o)}", e)
-        if overlay != "base":
+        if overlay in OVERLAYS:
             for e in rule_errors(objs, overlay, drain_measured):
                 fail(overlay, e)
         print(f"{overlay}: {len(objs)} objects rendered and validated (Kubernetes {K8S_VERSION})")
