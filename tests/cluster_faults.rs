@@ -602,6 +602,9 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
         wait_registered(&etcd, &id);
         let registered_in = restart.elapsed();
         wait_ticking(&[shards[i].metrics], 3.0);
+        // Registered, so ready: Kubernetes may go on to the next shard.
+        let (status, body) = common::http_get(shards[i].metrics, "/readyz");
+        assert_eq!(status, 200, "{id} registered but not ready: {body}");
         // Join balance gives the restarted shard its share back.
         every_shard_owns_cells(&etcd);
         // Nobody has been lost or duplicated (the players stand still while
