@@ -7,7 +7,9 @@
    FoundationDBCluster against k8s/crds/foundationdbcluster-v1beta2.schema.json.
 3. The rules a rollout depends on (probes, requests and limits, the shard
    drain and its grace period, the router Service, arm64 placement, ...).
-4. The world ConfigMap's files match worlds/default; the Grafana dashboard
+4. Every flag a container passes is one `tessera <role> --help` lists
+   (when target/debug/tessera is built; scripts/test.sh builds it first).
+   The world ConfigMap's files match worlds/default; the Grafana dashboard
    only queries metrics the code exports; the Dockerfile's shape.
 5. Self-tests: broken objects that each check must reject, so the checks
    are known to be able to fail.
@@ -229,6 +231,45 @@ def rule_errors(objs, overlay, drain_measured_s):
     return errs
 
 
+# ------------------------------------------------------- flags the binary has
+
+TESSERA_BIN = ROOT / "target" / "debug" / "tessera"
+FDB_ONLY_FLAGS = {"--fdb-cluster-file"}
+_help = {}
+
+
+def role_help(role):
+    if role not in _help:
+        out = subprocess.run([str(TESSERA_BIN), role, "--help"], capture_output=True, text=True)
+        _help[role] = out.stdout if out.returncode == 0 else ""
+    return _help[role]
+
+
+def flag_errors(objs):
+    """Flags the manifests pass that `tessera <role> --help` does not list."""
+    errs = []
+    for o in objs:
+        if o["kind"] not in WORKLOADS:
+            continue
+        for c in pod_spec(o).get("containers", []):
+            args = c.get("args") or []
+            if c.get("command") or not args or args[0].startswith("-"):
+                continue
+            role, help_text = args[0], role_help(args[0])
+            if not help_text:
+                errs.append(f"{name_of(o)}: `tessera {role}` is not a command")
+                continue
+            # The -fdb image is built with `--features fdb`, which adds these.
+            extra = FDB_ONLY_FLAGS if c.get("image", "").endswith("-fdb") else set()
+            for a in args[1:]:
+                flag = a.split("=", 1)[0]
+                if flag in extra:
+                    continue
+                if flag.startswith("--") and not re.search(rf"(^|\s){re.escape(flag)}(?=[\s=,<]|$)", help_text, re.M):
+                    errs.append(f"{name_of(o)}: `tessera {role}` has no flag {flag}")
+    return errs
+
+
 # ----------------------------------------------------- files beside the manifests
 
 
@@ -364,6 +405,12 @@ def self_tests(good_objs, exported):
     expect("a dashboard querying an unknown metric", dashboard_errors(
         {"panels": [{"title": "tick players cells migrations hand-offs",
                      "targets": [{"expr": "rate(tessera_shard_imaginary_total[1m])"}]}]}, exported))
+    if TESSERA_BIN.exists():
+        objs = copy.deepcopy(good_objs)
+        for o in objs:
+            if o["kind"] == "Deployment" and o["metadata"]["name"] == "shard":
+                o["spec"]["template"]["spec"]["containers"][0]["args"].append("--drain-timeout=45")
+        expect("a shard flag the binary does not have", flag_errors(objs))
     good_dockerfile = (ROOT / "Dockerfile").read_text()
     expect("a Dockerfile whose runtime runs as root", dockerfile_errors(
         good_dockerfile.replace("USER 10001:10001", "USER root")))
@@ -399,6 +446,9 @@ def main():
         if overlay in OVERLAYS:
             for e in rule_errors(objs, overlay, drain_measured):
                 fail(overlay, e)
+        if TESSERA_BIN.exists():
+            for e in flag_errors(objs):
+                fail(overlay, e)
         print(f"{overlay}: {len(objs)} objects rendered and validated (Kubernetes {K8S_VERSION})")
     for e in world_errors():
         fail("world", e)
@@ -415,6 +465,9 @@ def main():
     if rendered["production"]:
         for e in self_tests(rendered["production"], exported):
             fail("self-test", e.removeprefix("self-test: "))
+    if not TESSERA_BIN.exists():
+        print(f"no {TESSERA_BIN.relative_to(ROOT)}: the flags in the manifests were not checked "
+              "against the binary (cargo build --bin tessera first)")
     if failures:
         print("\n".join(["k8s checks FAILED:"] + failures), file=sys.stderr)
         sys.exit(1)
