@@ -59,3 +59,8 @@ else
 fi
 echo "== doc tests"
 cargo test --workspace --doc --locked
+# After the tests: the rolling-restart test recorded its drain times in
+# target/tmp/rolling-restart-drain.json, which the shard grace period is
+# checked against.
+echo "== k8s manifests and Dockerfile (offline: kustomize, schemas, rules)"
+scripts/k8s-check.sh

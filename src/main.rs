@@ -3,6 +3,7 @@
 //! process.
 
 mod bots;
+mod k8s_secret;
 mod metrics_http;
 mod roles;
 mod services;
@@ -74,6 +75,19 @@ enum CaCommand {
         /// Where to write the credential (default: NAME.credential).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Create every secret a Kubernetes deployment needs in DIR (the
+    /// cluster CA, the auth signing key, the routers' QUIC certificate;
+    /// existing files are kept) and print them as one Secret manifest:
+    /// `tessera ca k8s-secret secrets/ | kubectl apply -f -` (docs/deploy.md).
+    K8sSecret {
+        dir: PathBuf,
+        /// The Secret's name (the manifests in k8s/ mount `tessera-cluster`).
+        #[arg(long, default_value = "tessera-cluster")]
+        name: String,
+        /// The Secret's namespace (default: none; kubectl's current one).
+        #[arg(long)]
+        namespace: Option<String>,
     },
 }
 
@@ -193,5 +207,21 @@ fn main() -> anyhow::Result<()> {
                     out,
                 },
         }) => roles::ca_operator(name, cluster_ca, out),
+        Some(Command::Ca {
+            command:
+                CaCommand::K8sSecret {
+                    dir,
+                    name,
+                    namespace,
+                },
+        }) => {
+            print!("{}", k8s_secret::render(&dir, &name, namespace.as_deref())?);
+            eprintln!(
+                "secret files kept in {}; clients pin {}",
+                dir.display(),
+                dir.join("quic-cert.der").display()
+            );
+            Ok(())
+        }
     }
 }

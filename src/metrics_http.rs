@@ -145,6 +145,20 @@ fn describe_metrics() {
         "tessera_shard_ghosts",
         "Ghost copies of neighbours' entities in a cell"
     );
+    metrics::describe_gauge!("tessera_shard_cells", "Cells the shard owns now");
+    metrics::describe_histogram!(
+        "tessera_shard_migration_stall_seconds",
+        metrics::Unit::Seconds,
+        "Time a live-migrated cell was frozen, from the source's freeze to the target's open"
+    );
+    metrics::describe_gauge!(
+        "tessera_shard_tick_utilization_ratio",
+        "Mean tick time over the last 300 ticks as a fraction of the tick budget"
+    );
+    metrics::describe_counter!(
+        "tessera_shard_handoffs_total",
+        "Entities handed to a neighbour cell (kind: local on this shard, remote to another)"
+    );
     metrics::describe_counter!(
         "tessera_shard_tick_overruns_total",
         "Ticks skipped because the shard fell behind"

@@ -117,6 +117,22 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A service address, `IP:PORT` or `HOST:PORT`: a name (a Kubernetes
+/// Service such as `persistence:7100`) is resolved once, when the flags are
+/// read; the first address it resolves to is used.
+pub(crate) fn service_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{s:?} resolves to no address")),
+        Err(e) => Err(format!("cannot resolve {s:?} (expected HOST:PORT): {e}")),
+    }
+}
+
 impl PlannerArgs {
     fn config(&self) -> anyhow::Result<RebalanceConfig> {
         if self.low_watermark >= self.high_watermark {
@@ -171,7 +187,7 @@ pub struct StoreArgs {
     /// The persistence service (`tessera persistence`), as host:port. Without it a shard
     /// cannot checkpoint its cells (a failover reopens them from the world file) and a router
     /// keeps accounts and players in its own data dir.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::roles::service_addr)]
     persistence: Option<SocketAddr>,
 }
 
@@ -246,11 +262,11 @@ pub struct RouterArgs {
     /// The account service (`tessera auth`), host:port. Without it the
     /// router keeps accounts itself (in the persistence service if named,
     /// else in its data dir), signing sessions with its own key.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::roles::service_addr)]
     auth: Option<SocketAddr>,
     /// The chat service (`tessera chat`), host:port. Without it `shout`,
     /// `tell` and channels answer that chat is unavailable.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::roles::service_addr)]
     chat: Option<SocketAddr>,
     /// New characters appear within this many metres of the world's spawn
     /// (0: on it).
@@ -451,9 +467,25 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A shard's `/readyz` states.
+const SHARD_STARTING: u8 = 0;
+const SHARD_REGISTERED: u8 = 1;
+const SHARD_DRAINING: u8 = 2;
+
 /// `tessera shard`.
 pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
     let id = ShardId::new(args.id.clone());
+    // Ready (k8s: a rolling update may stop the next old shard) once
+    // registered, so the coordinator can give it cells; not while draining.
+    let ready = Arc::new(std::sync::atomic::AtomicU8::new(SHARD_STARTING));
+    let state = ready.clone();
+    crate::metrics_http::set_readiness("shard", move || {
+        match state.load(std::sync::atomic::Ordering::Relaxed) {
+            SHARD_REGISTERED => Ok(()),
+            SHARD_DRAINING => Err("draining".into()),
+            _ => Err("not registered yet".into()),
+        }
+    });
     let Member {
         metrics,
         world,
@@ -546,6 +578,7 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
             }
         }
     });
+    ready.store(SHARD_REGISTERED, std::sync::atomic::Ordering::Relaxed);
     println!("shard {id} running; cluster address {addr}; metrics on http://{metrics}/metrics");
     let mut lost_rx = reg.lost.clone();
     let lost = tokio::select! {
@@ -555,6 +588,7 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
     if !lost && args.drain_timeout_secs > 0 {
         // Graceful drain: hand every cell to the other shards (live
         // migration, players stay connected), then stop.
+        ready.store(SHARD_DRAINING, std::sync::atomic::Ordering::Relaxed);
         println!("shard {id} draining");
         match drain(
             &*store,
@@ -576,6 +610,14 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         anyhow::bail!("shard {id} lost its etcd lease and stopped simulating");
     }
     reg.revoke().await;
+    // Unregistered now, so nothing can give it cells: drop the cordon too.
+    // In Kubernetes a new pod never reuses the name, so it would stay forever.
+    if let Err(e) = store
+        .delete(&tessera_coordinator::migration::draining_key(&prefix, &id))
+        .await
+    {
+        tracing::warn!(shard = %id, error = %e, "cannot remove the drain mark");
+    }
     println!("shard {id} stopped.");
     Ok(())
 }
@@ -781,7 +823,7 @@ pub enum CtlCommand {
 #[derive(Args, Debug, Clone)]
 pub struct BackupStore {
     /// The persistence service, host:port.
-    #[arg(long)]
+    #[arg(long, value_parser = service_addr)]
     persistence: SocketAddr,
     /// The cluster CA directory (the service admits cluster members only).
     #[arg(long)]
@@ -883,7 +925,7 @@ async fn ctl_asset(args: &CtlArgs, url: &str, command: &AssetCommand) -> anyhow:
 #[derive(Args, Debug, Clone)]
 pub struct AuthService {
     /// The account service, host:port.
-    #[arg(long)]
+    #[arg(long, value_parser = service_addr)]
     auth: SocketAddr,
     /// The cluster CA directory (the service admits cluster members only).
     #[arg(long)]
@@ -1296,4 +1338,21 @@ async fn ctl_rebalance(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_addr;
+
+    #[test]
+    fn service_addresses_take_ips_and_names() {
+        assert_eq!(
+            service_addr("10.0.0.2:7100").unwrap(),
+            "10.0.0.2:7100".parse().unwrap()
+        );
+        let local = service_addr("localhost:7100").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 7100, "{local}");
+        assert!(service_addr("persistence").is_err(), "no port");
+        assert!(service_addr("no-such-host.invalid:7100").is_err());
+    }
 }

@@ -28,7 +28,7 @@ pub struct AuthArgs {
     /// The persistence service, host:port, where accounts live. Replicas
     /// must share it. Without it, accounts are kept in `<data-dir>/auth.redb`
     /// (one replica only).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::roles::service_addr)]
     persistence: Option<SocketAddr>,
     /// The session signing key (ed25519; created if missing, mode 0600).
     /// Replicas must share it. Default: `<data-dir>/auth-signing.key`.
@@ -105,7 +105,7 @@ pub struct ChatArgs {
     listen: SocketAddr,
     /// The persistence service, host:port, where channel history and mutes
     /// live. Without it they are kept in `<data-dir>/chat.redb`.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::roles::service_addr)]
     persistence: Option<SocketAddr>,
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
@@ -181,7 +181,7 @@ pub struct AssetArgs {
     listen: SocketAddr,
     /// The persistence service, host:port, where assets live (replicas must
     /// share it). Without it they are kept in `<data-dir>/assets.redb`.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::roles::service_addr)]
     persistence: Option<SocketAddr>,
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,

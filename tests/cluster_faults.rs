@@ -514,7 +514,12 @@ fn three_shards(dir: &TestDir, etcd: &EtcdServer, ca: &std::path::Path) -> Vec<S
 /// Invariant 6: SIGTERM on each shard in turn, each restarted with the same
 /// id once it has drained and exited: four telnet players walking across
 /// the shard borders all along are never disconnected and every step is
-/// answered; the world's entity count is the same after every restart.
+/// answered, nor is any bot of a `tessera bots` swarm (QUIC and telnet)
+/// pacing across the borders meanwhile; the world's entity count is the
+/// same after every restart. This is what a Kubernetes rolling update of
+/// the shards does (k8s/base/shard.yaml); each shard's drain time, from
+/// SIGTERM to exit, is written to `target/tmp/rolling-restart-drain.json`,
+/// which the manifest checks hold the shards' grace period against.
 #[test]
 fn a_rolling_restart_of_every_shard_disconnects_no_player() {
     use std::sync::atomic::Ordering;
@@ -560,8 +565,12 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
         .map(|(name, pace)| Walker::start(router.telnet, name, pace, flags.clone()))
         .collect();
     let metrics = |shards: &[ShardProc]| shards.iter().map(|s| s.metrics).collect::<Vec<_>>();
-    let world = settled_entities(&metrics(&shards));
+    let world_without_bots = settled_entities(&metrics(&shards));
+    let mut swarm = BotSwarm::start(dir.path(), &router);
+    let world = world_without_bots + BOTS as f64;
     flags.paused.store(false, Ordering::Relaxed);
+    let mut drain_seconds = BTreeMap::new();
+    let restarts = Instant::now();
 
     for i in 0..shards.len() {
         std::thread::sleep(Duration::from_secs(1));
@@ -571,6 +580,7 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
         let status = shards[i].role.terminate(Duration::from_secs(40));
         let drained_in = sigterm.elapsed();
         assert!(status.success(), "{id} exited with {status}");
+        drain_seconds.insert(id.clone(), drained_in.as_secs_f64());
         let drained = shards[i].role.wait_line(&format!("shard {id} drained: "));
         assert!(
             !drained.starts_with("0 cells moved"),
@@ -580,18 +590,29 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
             owners(&etcd).iter().all(|r| r.owner != id),
             "{id} exited still owning cells"
         );
+        // A drained shard leaves no cordon behind (a Kubernetes pod's name
+        // never comes back to remove it).
+        assert_eq!(
+            EtcdPeek::connect(&etcd).records("draining/"),
+            vec![],
+            "{id} exited leaving a drain mark"
+        );
         let restart = Instant::now();
         shards[i] = shard(dir.path(), &ca, &ShardSpec::local(&etcd, &id));
         wait_registered(&etcd, &id);
         let registered_in = restart.elapsed();
         wait_ticking(&[shards[i].metrics], 3.0);
+        // Registered, so ready: Kubernetes may go on to the next shard.
+        let (status, body) = common::http_get(shards[i].metrics, "/readyz");
+        assert_eq!(status, 200, "{id} registered but not ready: {body}");
         // Join balance gives the restarted shard its share back.
         every_shard_owns_cells(&etcd);
-        // Nobody has been lost or duplicated (players stand still while
-        // the shards are read).
+        // Nobody has been lost or duplicated (the players stand still while
+        // the shards are read; the bots keep pacing, so the count is exact
+        // whenever none of them is in flight between shards).
         flags.paused.store(true, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(500));
-        let now = settled_entities(&metrics(&shards));
+        let now = entities_reach(&metrics(&shards), world);
         flags.paused.store(false, Ordering::Relaxed);
         eprintln!(
             "rolling restart: {id} drained {owned} cells and exited {} ms after SIGTERM; \
@@ -612,7 +633,28 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
             "{rows:?}"
         );
     }
+    // The bots played through every drain, not only the first ones.
+    let restarts = restarts.elapsed();
+    assert!(
+        swarm.role.try_exit().is_none(),
+        "the bots stopped before the last shard restarted ({} s of restarts): \
+         raise ROLLING_RESTART_BOT_SECS",
+        restarts.as_secs()
+    );
     std::thread::sleep(Duration::from_secs(1));
+    let measured = serde_json::json!({
+        "test": "a_rolling_restart_of_every_shard_disconnects_no_player",
+        "drain_seconds": drain_seconds,
+    });
+    let record =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rolling-restart-drain.json");
+    std::fs::write(&record, format!("{measured:#}\n")).expect("drain record");
+    eprintln!(
+        "rolling restart: three restarts in {} ms; drain times {drain_seconds:?} written to {}",
+        restarts.as_millis(),
+        record.display()
+    );
+    swarm.finish_without_errors();
     flags.stop.store(true, Ordering::Relaxed);
     // (The clients stay connected until the end: a quit is a logout.)
     let mut clients = Vec::new();
@@ -632,8 +674,101 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
         4.0,
         "a player was disconnected"
     );
-    assert_eq!(settled_entities(&metrics(&shards)), world);
+    assert_eq!(
+        entities_reach(&metrics(&shards), world_without_bots),
+        world_without_bots
+    );
     drop(clients);
+}
+
+/// Bots in the rolling restart: QUIC and telnet.
+const BOTS: usize = 8;
+
+/// A `tessera bots` swarm pacing across the cell borders nearest the spawn
+/// (`--scenario border`) for the whole rolling restart, failing on any
+/// error or disconnect (`--max-errors 0`).
+struct BotSwarm {
+    role: Role,
+}
+
+impl BotSwarm {
+    /// Starts it and waits until every bot is in the world.
+    fn start(dir: &std::path::Path, router: &RouterProc) -> BotSwarm {
+        let before = router_connections(router.metrics);
+        let args: Vec<String> = [
+            "bots",
+            "--quic",
+            &(BOTS - 2).to_string(),
+            "--telnet",
+            "2",
+            "--quic-addr",
+            &router.quic.to_string(),
+            "--cert",
+            &router.cert.display().to_string(),
+            "--telnet-addr",
+            &router.telnet.to_string(),
+            "--scenario",
+            "border",
+            "--seed",
+            "77",
+            "--duration",
+            &ROLLING_RESTART_BOT_SECS.to_string(),
+            "--max-errors",
+            "0",
+            "--no-progress",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let role = Role::start(dir, "bots", &args);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while router_connections(router.metrics) < before + BOTS as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "the bots did not all log in: {} connections",
+                router_connections(router.metrics)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        BotSwarm { role }
+    }
+
+    /// Waits for the swarm's end; it must report no error or disconnect.
+    fn finish_without_errors(mut self) {
+        let timeout = Duration::from_secs(ROLLING_RESTART_BOT_SECS + 60);
+        let (_, errors) = self
+            .role
+            .wait_line_timed("errors and disconnects: ", timeout);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.role.try_exit() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "tessera bots did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        eprintln!("rolling restart: bots' errors and disconnects: {errors}");
+        assert_eq!(errors, "none", "bots saw errors or disconnects");
+        assert!(status.success(), "tessera bots exited with {status}");
+    }
+}
+
+/// How long the bots play: longer than the three drains and restarts (12 s
+/// measured; the test fails if the bots stop first).
+const ROLLING_RESTART_BOT_SECS: u64 = 40;
+
+/// The entity count of `shards` once it equals `want` (10 s at most; a
+/// reading is off while an entity is in flight between shards), else the
+/// last reading.
+fn entities_reach(shards: &[std::net::SocketAddr], want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = entities(shards);
+        if now == want || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The two waypoints a QUIC bot paces between, (x, z): lanes spread

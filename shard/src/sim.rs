@@ -539,8 +539,21 @@ impl Shard {
         self.recent_ticks
             .push_back(took.as_micros().min(u32::MAX as u128) as u32);
         if self.tick.is_multiple_of(self.config.tick_hz.max(1) as u64) {
-            *self.load.lock() = self.load_report();
+            let report = self.load_report();
+            self.record_load_gauges(&report);
+            *self.load.lock() = report;
         }
+    }
+
+    /// Shard-wide gauges, refreshed with the load report (once a second):
+    /// cells owned, and the mean tick time over the last ticks as a fraction
+    /// of the tick budget (what a shard autoscaler targets).
+    fn record_load_gauges(&self, report: &ShardLoad) {
+        let shard = self.id.0.clone();
+        metrics::gauge!("tessera_shard_cells", "shard" => shard.clone())
+            .set(self.cells.len() as f64);
+        metrics::gauge!("tessera_shard_tick_utilization_ratio", "shard" => shard)
+            .set(tick_utilization(&self.recent_ticks, report.tick_budget_ms));
     }
 
     /// Load of this shard and its cells now.
@@ -980,6 +993,9 @@ impl Shard {
             else {
                 continue;
             };
+            let kind = if local { "local" } else { "remote" };
+            metrics::counter!("tessera_shard_handoffs_total", "shard" => self.id.0.clone(), "kind" => kind)
+                .increment(1);
             if local {
                 self.accept(to, self.cells[&to].epoch, transfer);
             } else if let Some(owner) = owner {
@@ -1312,5 +1328,35 @@ impl Shard {
         if let Some((writer, _)) = self.checkpoints.take() {
             writer.finish(last);
         }
+    }
+}
+
+/// The mean of `ticks_us` (tick durations in microseconds) as a fraction of
+/// `budget_ms`; 0 with no ticks or no budget.
+fn tick_utilization(ticks_us: &std::collections::VecDeque<u32>, budget_ms: f64) -> f64 {
+    if ticks_us.is_empty() || budget_ms <= 0.0 {
+        return 0.0;
+    }
+    let mean_us = ticks_us.iter().map(|&t| t as f64).sum::<f64>() / ticks_us.len() as f64;
+    mean_us / 1000.0 / budget_ms
+}
+
+#[cfg(test)]
+mod utilization_tests {
+    use super::tick_utilization;
+    use std::collections::VecDeque;
+
+    #[test]
+    fn utilization_is_the_mean_tick_over_the_budget() {
+        let ticks: VecDeque<u32> = [10_000, 20_000, 30_000].into_iter().collect();
+        let u = tick_utilization(&ticks, 40.0);
+        assert!((u - 0.5).abs() < 1e-9, "{u}");
+    }
+
+    #[test]
+    fn utilization_without_ticks_or_budget_is_zero() {
+        assert_eq!(tick_utilization(&VecDeque::new(), 33.3), 0.0);
+        let ticks: VecDeque<u32> = [1_000].into_iter().collect();
+        assert_eq!(tick_utilization(&ticks, 0.0), 0.0);
     }
 }

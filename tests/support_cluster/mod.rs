@@ -631,10 +631,15 @@ impl EtcdPeek {
 
     /// `(key, value)` of every record under `migrations/`.
     pub fn migrations(&self) -> Vec<(String, String)> {
+        self.records("migrations/")
+    }
+
+    /// `(key, value)` of every record under `/tessera/<dir>`.
+    pub fn records(&self, dir: &str) -> Vec<(String, String)> {
         use tessera_coordinator::ClusterStore;
         self.rt
-            .block_on(self.store.list("/tessera/migrations/"))
-            .expect("list migrations")
+            .block_on(self.store.list(&format!("/tessera/{dir}")))
+            .expect("list records")
             .into_iter()
             .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
             .collect()

@@ -74,6 +74,13 @@ mod accounts;
 pub mod remote;
 
 pub use accounts::Accounts;
+
+/// Makes sure the session signing key file at `path` exists and holds a key: loads it, or
+/// creates it (mode 0600) if there is none. For tools that prepare a deployment's secrets
+/// (`tessera ca k8s-secret`).
+pub fn ensure_signing_key(path: &std::path::Path) -> Result<(), AuthError> {
+    keyfile::load_or_create(path).map(|_| ())
+}
 pub use remote::{AuthClient, Session};
 
 use throttle::{Attempt, Throttle};

@@ -1,0 +1,478 @@
+#!/usr/bin/env python3
+"""Offline checks of Tessera's Kubernetes deployment (run by scripts/k8s-check.sh).
+
+1. `kubectl kustomize` builds the base and every overlay.
+2. Every rendered object validates against the Kubernetes OpenAPI schema
+   (kubernetes-validate, strict: unknown fields are errors), and the
+   FoundationDBCluster against k8s/crds/foundationdbcluster-v1beta2.schema.json.
+3. The rules a rollout depends on (probes, requests and limits, the shard
+   drain and its grace period, the router Service, arm64 placement, ...).
+4. Every flag a container passes is one `tessera <role> --help` lists
+   (when target/debug/tessera is built; scripts/test.sh builds it first).
+   The world ConfigMap's files match worlds/default; the Grafana dashboard
+   only queries metrics the code exports; the Dockerfile's shape.
+5. Self-tests: broken objects that each check must reject, so the checks
+   are known to be able to fail.
+"""
+
+import copy
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import dockerfile
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+K8S_VERSION = "1.32"  # k3s v1.32 (kubectl on the dev machines is v1.32 too)
+OVERLAYS = ["dev", "orangepi-staging", "production"]
+FDB_SCHEMA = json.loads((K8S / "crds" / "foundationdbcluster-v1beta2.schema.json").read_text())
+# What tests/cluster_faults.rs measured (written by the rolling-restart test).
+DRAIN_MEASURED = ROOT / "target" / "tmp" / "rolling-restart-drain.json"
+WORKLOADS = ("Deployment", "StatefulSet")
+
+failures = []
+
+
+def fail(where, what):
+    failures.append(f"{where}: {what}")
+
+
+def render(path):
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        fail(path.relative_to(ROOT), f"kubectl kustomize failed: {out.stderr.strip()}")
+        return []
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def name_of(obj):
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+# ---------------------------------------------------------------- schemas
+
+
+def schema_errors(obj):
+    """Schema problems of one object, as strings (empty: valid)."""
+    if obj.get("kind") == "FoundationDBCluster":
+        v = jsonschema.Draft7Validator(FDB_SCHEMA)
+        return [f"{'/'.join(map(str, e.path))}: {e.message}" for e in v.iter_errors(obj)]
+    try:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{'/'.join(map(str, e.path))}: {e.message}"]
+    except kubernetes_validate.SchemaNotFoundError as e:
+        return [f"no schema: {e}"]
+    return []
+
+
+# ------------------------------------------------------------------ rules
+
+
+def pod_spec(obj):
+    return obj["spec"]["template"]["spec"]
+
+
+def containers(obj):
+    spec = pod_spec(obj)
+    return spec.get("initContainers", []) + spec.get("containers", [])
+
+
+def rule_errors(objs, overlay, drain_measured_s):
+    """Violations of the deployment rules in one rendered overlay."""
+    errs = []
+    by = {}
+    for o in objs:
+        by[(o["kind"], o["metadata"]["name"])] = o
+    for o in objs:
+        if o["kind"] not in WORKLOADS:
+            continue
+        spec = pod_spec(o)
+        for c in containers(o):
+            where = f"{name_of(o)} container {c['name']}"
+            res = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    if r not in res.get(kind, {}):
+                        errs.append(f"{where}: no {kind}.{r}")
+            is_init = c in spec.get("initContainers", [])
+            if not is_init:
+                for probe in ("livenessProbe", "readinessProbe"):
+                    if probe not in c:
+                        errs.append(f"{where}: no {probe}")
+            image = c.get("image", "")
+            if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+                errs.append(f"{where}: image {image!r} has no pinned tag")
+            if o["metadata"]["name"] != "etcd":
+                sc = spec.get("securityContext", {})
+                if not sc.get("runAsNonRoot"):
+                    errs.append(f"{where}: pod does not set runAsNonRoot")
+        if o["metadata"]["name"] != "etcd":
+            ann = o["spec"]["template"]["metadata"].get("annotations", {})
+            if ann.get("prometheus.io/scrape") != "true":
+                errs.append(f"{name_of(o)}: no prometheus.io/scrape annotation")
+            main = spec["containers"][0]
+            probe_paths = {
+                main.get("livenessProbe", {}).get("httpGet", {}).get("path"),
+                main.get("readinessProbe", {}).get("httpGet", {}).get("path"),
+            }
+            if probe_paths != {"/healthz", "/readyz"}:
+                errs.append(f"{name_of(o)}: probes are {probe_paths}, not /healthz and /readyz")
+        if overlay in ("orangepi-staging", "production"):
+            if spec.get("nodeSelector", {}).get("kubernetes.io/arch") != "arm64":
+                errs.append(f"{name_of(o)}: does not select arm64 nodes")
+
+    shard = by.get(("Deployment", "shard"))
+    if shard is None:
+        errs.append("no Deployment/shard")
+    else:
+        spec = pod_spec(shard)
+        c = spec["containers"][0]
+        drains = [a for a in c.get("args", []) if a.startswith("--drain-timeout-secs=")]
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        if not drains:
+            errs.append("shard: no --drain-timeout-secs (SIGTERM must drain)")
+        else:
+            drain = int(drains[-1].split("=", 1)[1])
+            if drain <= 0:
+                errs.append("shard: --drain-timeout-secs=0 stops without draining")
+            if grace < drain + 10:
+                errs.append(
+                    f"shard: terminationGracePeriodSeconds {grace} leaves less than 10 s after "
+                    f"the {drain} s drain timeout (SIGKILL would cut the drain)"
+                )
+            replicas = shard["spec"].get("replicas", 1)
+            if drain_measured_s is not None and replicas > 1 and drain < drain_measured_s * 2:
+                errs.append(
+                    f"shard: drain timeout {drain} s is under twice the measured drain "
+                    f"({drain_measured_s:.1f} s)"
+                )
+        if drain_measured_s is not None and grace <= drain_measured_s:
+            errs.append(f"shard: grace {grace} s is not above the measured drain {drain_measured_s:.1f} s")
+        pre_stop = c.get("lifecycle", {}).get("preStop")
+        if pre_stop is not None:
+            errs.append("shard: a preStop hook delays SIGTERM, which is what drains the shard")
+        strategy = shard["spec"].get("strategy", {})
+        if shard["spec"].get("replicas", 1) > 1 and (
+            strategy.get("type") != "RollingUpdate"
+            or strategy.get("rollingUpdate", {}).get("maxUnavailable") != 0
+        ):
+            errs.append("shard: rolling updates must start a new shard before draining an old one (maxUnavailable 0)")
+        anti = spec.get("affinity", {}).get("podAntiAffinity", {})
+        if not anti:
+            errs.append("shard: no pod anti-affinity (shards must spread over nodes)")
+        pdb = by.get(("PodDisruptionBudget", "shard"))
+        if pdb is None:
+            errs.append("shard: no PodDisruptionBudget")
+
+    svc = by.get(("Service", "router"))
+    if svc is None:
+        errs.append("no Service/router")
+    else:
+        ports = {(p["port"], p.get("protocol", "TCP")) for p in svc["spec"]["ports"]}
+        for want in ((4000, "TCP"), (4433, "UDP")):
+            if want not in ports:
+                errs.append(f"router Service: does not expose {want[1]} {want[0]}")
+        if svc["spec"].get("type") != "LoadBalancer":
+            errs.append("router Service: not a LoadBalancer")
+        if svc["spec"].get("sessionAffinity") != "ClientIP":
+            errs.append("router Service: no ClientIP session affinity (QUIC flows would move)")
+
+    hpa = by.get(("HorizontalPodAutoscaler", "router"))
+    if overlay != "dev":
+        if hpa is None:
+            errs.append("router: no HorizontalPodAutoscaler")
+        else:
+            cpu = [
+                m for m in hpa["spec"].get("metrics", [])
+                if m.get("resource", {}).get("name") == "cpu"
+            ]
+            if not cpu or cpu[0]["resource"]["target"].get("averageUtilization") != 70:
+                errs.append("router HPA: not CPU 70%")
+            if hpa["spec"].get("minReplicas", 1) < 2:
+                errs.append("router HPA: fewer than 2 replicas")
+
+    coord = by.get(("Deployment", "coordinator"))
+    if coord is not None and overlay != "dev" and coord["spec"].get("replicas", 1) < 2:
+        errs.append("coordinator: fewer than 2 replicas (no standby leader)")
+
+    persistence = by.get(("Deployment", "persistence"))
+    fdb = by.get(("FoundationDBCluster", "tessera-fdb"))
+    if persistence is not None:
+        args = persistence["spec"]["template"]["spec"]["containers"][0].get("args", [])
+        uses_fdb = any(a.startswith("--fdb-cluster-file=") for a in args)
+        if overlay == "dev" and (uses_fdb or fdb is not None):
+            errs.append("dev: persistence must use redb, without FoundationDB")
+        if overlay == "production" and (not uses_fdb or fdb is None):
+            errs.append("production: persistence must use the FoundationDBCluster")
+        if uses_fdb:
+            vols = {v["name"]: v for v in pod_spec(persistence).get("volumes", [])}
+            cm = vols.get("fdb-config", {}).get("configMap", {}).get("name")
+            if fdb is None or cm != f"{fdb['metadata']['name']}-config":
+                errs.append("persistence: does not mount the FoundationDB operator's cluster file")
+    etcd = by.get(("StatefulSet", "etcd"))
+    if overlay == "production" and (etcd is None or etcd["spec"].get("replicas") != 3):
+        errs.append("production: etcd must have 3 members")
+    if etcd is not None:
+        env = {e["name"]: e.get("value", "") for e in etcd["spec"]["template"]["spec"]["containers"][0]["env"]}
+        members = env.get("ETCD_INITIAL_CLUSTER", "").count("=http")
+        if members != etcd["spec"].get("replicas", 1):
+            errs.append(f"etcd: {etcd['spec'].get('replicas')} replicas but {members} in ETCD_INITIAL_CLUSTER")
+        if not etcd["spec"].get("volumeClaimTemplates"):
+            errs.append("etcd: no persistent volumes")
+    return errs
+
+
+# ------------------------------------------------------- flags the binary has
+
+TESSERA_BIN = ROOT / "target" / "debug" / "tessera"
+FDB_ONLY_FLAGS = {"--fdb-cluster-file"}
+_help = {}
+
+
+def role_help(role):
+    if role not in _help:
+        out = subprocess.run([str(TESSERA_BIN), role, "--help"], capture_output=True, text=True)
+        _help[role] = out.stdout if out.returncode == 0 else ""
+    return _help[role]
+
+
+def flag_errors(objs):
+    """Flags the manifests pass that `tessera <role> --help` does not list."""
+    errs = []
+    for o in objs:
+        if o["kind"] not in WORKLOADS:
+            continue
+        for c in pod_spec(o).get("containers", []):
+            args = c.get("args") or []
+            if c.get("command") or not args or args[0].startswith("-"):
+                continue
+            role, help_text = args[0], role_help(args[0])
+            if not help_text:
+                errs.append(f"{name_of(o)}: `tessera {role}` is not a command")
+                continue
+            # The -fdb image is built with `--features fdb`, which adds these.
+            extra = FDB_ONLY_FLAGS if c.get("image", "").endswith("-fdb") else set()
+            for a in args[1:]:
+                flag = a.split("=", 1)[0]
+                if flag in extra:
+                    continue
+                if flag.startswith("--") and not re.search(rf"(^|\s){re.escape(flag)}(?=[\s=,<]|$)", help_text, re.M):
+                    errs.append(f"{name_of(o)}: `tessera {role}` has no flag {flag}")
+    return errs
+
+
+# ----------------------------------------------------- files beside the manifests
+
+
+def world_errors():
+    errs = []
+    src = ROOT / "worlds" / "default"
+    copy_dir = K8S / "base" / "world"
+    want = {p.name: p.read_bytes() for p in [src / "world.toml", *sorted((src / "scripts").glob("*"))]}
+    have = {p.name: p.read_bytes() for p in copy_dir.iterdir()}
+    if want != have:
+        errs.append(
+            "k8s/base/world differs from worlds/default: copy world.toml and scripts/* again "
+            f"(differs: {sorted(set(want) ^ set(have) | {k for k in want if have.get(k) != want[k]})})"
+        )
+    return errs
+
+
+def exported_metrics():
+    names = set()
+    for path in ROOT.glob("**/src/**/*.rs"):
+        if "target" in path.parts:
+            continue
+        names.update(re.findall(r'"(tessera_[a-z_]+)"', path.read_text(errors="replace")))
+    return names
+
+
+def dashboard_errors(dashboard, exported):
+    errs = []
+    queried = set()
+    for panel in dashboard.get("panels", []):
+        for target in panel.get("targets", []):
+            for m in re.findall(r"\b(tessera_[a-z_]+)", target.get("expr", "")):
+                queried.add(re.sub(r"_(bucket|sum|count)$", "", m))
+    for m in sorted(queried - exported):
+        errs.append(f"dashboard queries {m}, which no code exports")
+    titles = " ".join(p.get("title", "").lower() for p in dashboard.get("panels", []))
+    for topic in ("tick", "players", "cells", "migrations", "hand-offs"):
+        if topic not in titles:
+            errs.append(f"dashboard: no panel about {topic}")
+    return errs
+
+
+def dockerfile_errors(text):
+    """Problems of a Dockerfile, parsed by BuildKit's own parser (the
+    `dockerfile` package); every RUN's shell script is checked by `sh -n`."""
+    try:
+        cmds = dockerfile.parse_string(text)
+    except dockerfile.GoParseError as e:
+        return [f"Dockerfile does not parse: {e}"]
+    errs = []
+    froms = [i for i, c in enumerate(cmds) if c.cmd == "FROM"]
+    if len(froms) < 2:
+        return ["Dockerfile: not multi-stage"]
+    build, final = cmds[froms[0]:froms[-1]], cmds[froms[-1]:]
+    if "--platform=$BUILDPLATFORM" not in build[0].flags:
+        errs.append("Dockerfile: the build stage does not run on $BUILDPLATFORM (cross-compiling)")
+    runs = [" ".join(c.value) for c in build if c.cmd == "RUN"]
+    if not any(re.search(r"cargo build --release --locked --bin tessera", r) for r in runs):
+        errs.append("Dockerfile: does not build the tessera binary --release --locked")
+    if not any("CARGO_PROFILE_RELEASE_STRIP=symbols" in r or re.search(r"\bstrip\b", r) for r in runs):
+        errs.append("Dockerfile: does not strip the binary")
+    if not any("protobuf-compiler" in r for r in runs):
+        errs.append("Dockerfile: the build needs protobuf-compiler (etcd-client)")
+    for r in runs:
+        check = subprocess.run(["sh", "-n"], input=r, capture_output=True, text=True)
+        if check.returncode != 0:
+            errs.append(f"Dockerfile: a RUN script has a shell syntax error: {check.stderr.strip()}")
+    if any(c.cmd == "RUN" for c in final):
+        errs.append("Dockerfile: the runtime stage runs commands (they would need emulation for arm64)")
+    users = [c.value[0] for c in final if c.cmd == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        errs.append("Dockerfile: the runtime stage does not switch to a non-root USER")
+    entry = [c for c in final if c.cmd == "ENTRYPOINT"]
+    if not entry or not entry[-1].value or not entry[-1].value[0].endswith("/tessera"):
+        errs.append("Dockerfile: the entrypoint is not the tessera binary")
+    return errs
+
+
+def dockerignore_errors(text):
+    ignored = {l.strip().rstrip("/") for l in text.splitlines() if l.strip() and not l.startswith("#")}
+    return [f".dockerignore: does not exclude {p}/" for p in ("target", ".git") if p not in ignored]
+
+
+# ------------------------------------------------------------- self-tests
+
+
+def self_tests(good_objs, exported):
+    """Each broken object must be rejected by the check that guards it."""
+    errs = []
+    by = {(o["kind"], o["metadata"]["name"]): o for o in good_objs}
+
+    def expect(label, problems):
+        if not problems:
+            errs.append(f"self-test: {label} was not rejected")
+
+    bad = copy.deepcopy(by[("Deployment", "router")])
+    bad["spec"]["replicas"] = "three"
+    expect("a Deployment with a string replica count", schema_errors(bad))
+    bad = copy.deepcopy(by[("Deployment", "router")])
+    bad["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+    expect("a container with an unknown field", schema_errors(bad))
+    bad = copy.deepcopy(by[("Service", "router")])
+    bad["spec"]["ports"][1]["port"] = "quic"
+    expect("a Service port that is not a number", schema_errors(bad))
+    bad = copy.deepcopy(by[("FoundationDBCluster", "tessera-fdb")])
+    bad["spec"]["databaseConfiguration"]["redundancy_mode"] = "quadruple"
+    expect("a FoundationDBCluster with redundancy_mode quadruple", schema_errors(bad))
+    bad = copy.deepcopy(by[("FoundationDBCluster", "tessera-fdb")])
+    bad["spec"]["procesCounts"] = bad["spec"].pop("processCounts")
+    expect("a FoundationDBCluster with a misspelt field", schema_errors(bad))
+
+    def with_change(change):
+        objs = copy.deepcopy(good_objs)
+        change({(o["kind"], o["metadata"]["name"]): o for o in objs})
+        return rule_errors(objs, "production", 12.0)
+
+    def shard_c(b):
+        return b[("Deployment", "shard")]["spec"]["template"]["spec"]["containers"][0]
+
+    expect("a shard grace period of 30 s", with_change(
+        lambda b: b[("Deployment", "shard")]["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=30)))
+    expect("a shard without --drain-timeout-secs", with_change(
+        lambda b: shard_c(b).update(args=[a for a in shard_c(b)["args"] if "drain" not in a])))
+    expect("a container without limits", with_change(
+        lambda b: shard_c(b)["resources"].pop("limits")))
+    expect("a container without a readiness probe", with_change(
+        lambda b: b[("Deployment", "auth")]["spec"]["template"]["spec"]["containers"][0].pop("readinessProbe")))
+    expect("a router Service without UDP 4433", with_change(
+        lambda b: b[("Service", "router")]["spec"].update(ports=b[("Service", "router")]["spec"]["ports"][:1])))
+    expect("a workload without the arm64 nodeSelector", with_change(
+        lambda b: b[("Deployment", "chat")]["spec"]["template"]["spec"].pop("nodeSelector")))
+    expect("a grace period under the measured drain", rule_errors(good_objs, "production", 200.0))
+    expect("a dashboard querying an unknown metric", dashboard_errors(
+        {"panels": [{"title": "tick players cells migrations hand-offs",
+                     "targets": [{"expr": "rate(tessera_shard_imaginary_total[1m])"}]}]}, exported))
+    if TESSERA_BIN.exists():
+        objs = copy.deepcopy(good_objs)
+        for o in objs:
+            if o["kind"] == "Deployment" and o["metadata"]["name"] == "shard":
+                o["spec"]["template"]["spec"]["containers"][0]["args"].append("--drain-timeout=45")
+        expect("a shard flag the binary does not have", flag_errors(objs))
+    good_dockerfile = (ROOT / "Dockerfile").read_text()
+    expect("a Dockerfile whose runtime runs as root", dockerfile_errors(
+        good_dockerfile.replace("USER 10001:10001", "USER root")))
+    expect("a Dockerfile without a runtime stage", dockerfile_errors(
+        good_dockerfile[:good_dockerfile.rindex("\nFROM ")]))
+    expect("a Dockerfile with a broken RUN script", dockerfile_errors(
+        good_dockerfile.replace("esac;", "esca;", 1)))
+    expect("a Dockerfile that does not parse", dockerfile_errors("FROM\n"))
+    return errs
+
+
+def main():
+    drain_measured = None
+    if DRAIN_MEASURED.exists():
+        drain_measured = max(json.loads(DRAIN_MEASURED.read_text())["drain_seconds"].values())
+        print(f"measured shard drain (tests/cluster_faults.rs): {drain_measured:.1f} s at most")
+    else:
+        print(f"no {DRAIN_MEASURED.relative_to(ROOT)} (run the rolling-restart test): "
+              "checking the grace period against the drain timeout only")
+    rendered = {"base": render(K8S / "base")}
+    for overlay in OVERLAYS:
+        rendered[overlay] = render(K8S / "overlays" / overlay)
+    # The example of components/external-etcd: schemas only (it is no overlay).
+    rendered["tests/external-etcd"] = render(K8S / "tests" / "external-etcd")
+    if any(o["metadata"]["name"].startswith("etcd") for o in rendered["tests/external-etcd"]):
+        fail("tests/external-etcd", "components/external-etcd left etcd objects behind")
+    for overlay, objs in rendered.items():
+        if not objs:
+            continue
+        for o in objs:
+            for e in schema_errors(o):
+                fail(f"{overlay} {name_of(o)}", e)
+        if overlay in OVERLAYS:
+            for e in rule_errors(objs, overlay, drain_measured):
+                fail(overlay, e)
+        if TESSERA_BIN.exists():
+            for e in flag_errors(objs):
+                fail(overlay, e)
+        print(f"{overlay}: {len(objs)} objects rendered and validated (Kubernetes {K8S_VERSION})")
+    for e in world_errors():
+        fail("world", e)
+    exported = exported_metrics()
+    dashboard = json.loads((K8S / "monitoring" / "grafana-dashboard.json").read_text())
+    for e in dashboard_errors(dashboard, exported):
+        fail("k8s/monitoring/grafana-dashboard.json", e)
+    for e in dockerfile_errors((ROOT / "Dockerfile").read_text()):
+        fail("Dockerfile", e.removeprefix("Dockerfile: "))
+    for e in dockerignore_errors((ROOT / ".dockerignore").read_text()):
+        fail(".dockerignore", e)
+    yaml.safe_load((K8S / "monitoring" / "alerts.yaml").read_text())
+    yaml.safe_load((K8S / "monitoring" / "prometheus-adapter-rules.yaml").read_text())
+    if rendered["production"]:
+        for e in self_tests(rendered["production"], exported):
+            fail("self-test", e.removeprefix("self-test: "))
+    if not TESSERA_BIN.exists():
+        print(f"no {TESSERA_BIN.relative_to(ROOT)}: the flags in the manifests were not checked "
+              "against the binary (cargo build --bin tessera first)")
+    if failures:
+        print("\n".join(["k8s checks FAILED:"] + failures), file=sys.stderr)
+        sys.exit(1)
+    print("k8s checks passed")
+
+
+if __name__ == "__main__":
+    main()
