@@ -39,6 +39,13 @@ if [ ! -x /bin/kill ] && [ ! -x /usr/bin/kill ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq procps
 fi
 
+# The k8s checks run their Python tools from a virtual environment.
+need_pkg python3 python3
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+fi
+
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export RUST_BACKTRACE=1
 
