@@ -199,13 +199,13 @@ async fn serve_assets(
         addr.port()
     );
     let config = crate::services::asset_config(key);
+    publish_world(db, &args.world).await?;
     let db = db.clone();
     tokio::spawn(async move {
         if let Err(e) = tessera_asset::serve(listener, db, config).await {
             tracing::error!(error = %e, "asset service stopped");
         }
     });
-    publish_world(db, &args.world).await?;
     println!("assets on {url}   (upload: tessera ctl asset --assets {url} put NAME FILE)");
     Ok(url)
 }

@@ -371,7 +371,7 @@ mod tests {
             for (pos, ack) in down.deliver(t) {
                 p.reconcile(pos, ack);
             }
-            if frame % 2 == 0 {
+            if frame.is_multiple_of(2) {
                 let (x, z) = if t < 8.0 {
                     dirs[(t / 0.7) as usize % dirs.len()]
                 } else {
