@@ -340,7 +340,7 @@ impl Play {
         let mut chat = VecDeque::new();
         chat.push_back(ChatLine {
             text: format!(
-                "Welcome, {}. WASD to move, mouse (click to grab, Esc to free) or arrows to turn, Enter to chat, /command, F3 debug.",
+                "Welcome, {}. WASD: walk, mouse or arrows: look, Enter: chat, /: command, F3: debug.",
                 me.name
             ),
             color: WHITE,
@@ -505,7 +505,7 @@ impl Play {
     }
 
     /// Keyboard and mouse; returns the desired ground movement (x, z).
-    fn controls(&mut self, dt: f32, screenshot: bool) -> (f32, f32) {
+    fn controls(&mut self, dt: f32, screenshot: bool, walking: bool) -> (f32, f32) {
         if is_key_pressed(KeyCode::F3) {
             self.debug = !self.debug;
         }
@@ -570,7 +570,7 @@ impl Play {
         self.yaw = self.yaw.rem_euclid(std::f32::consts::TAU);
         let mut ahead = 0.0;
         let mut side = 0.0;
-        if is_key_down(KeyCode::W) || is_key_down(KeyCode::Up) {
+        if walking || is_key_down(KeyCode::W) || is_key_down(KeyCode::Up) {
             ahead += 1.0;
         }
         if is_key_down(KeyCode::S) || is_key_down(KeyCode::Down) {
@@ -604,7 +604,10 @@ impl Play {
             self.frame_times.pop_front();
         }
         self.handle_events(get_time());
-        let (mx, mz) = self.controls(dt, args.screenshot.is_some());
+        let walking = self
+            .first_snapshot
+            .is_some_and(|first| now - first < args.walk as f64);
+        let (mx, mz) = self.controls(dt, args.screenshot.is_some(), walking);
 
         // What the network brought: reconcile the own avatar, feed others
         // to the interpolator.
@@ -687,9 +690,12 @@ impl Play {
         // 3D.
         let head = v(my_pos) + vec3(0.0, 1.6, 0.0);
         let f = forward(self.yaw);
+        // Over the right shoulder, so the avatar does not hide what is ahead.
+        let shoulder = vec3(-f.z, 0.0, f.x) * 1.5;
         let cam = Camera3D {
             position: head - f * (self.pitch.cos() * CAMERA_DISTANCE)
-                + vec3(0.0, self.pitch.sin() * CAMERA_DISTANCE, 0.0),
+                + vec3(0.0, self.pitch.sin() * CAMERA_DISTANCE, 0.0)
+                + shoulder,
             target: head + f * 2.0,
             up: vec3(0.0, 1.0, 0.0),
             fovy: 1.0,
@@ -728,6 +734,8 @@ impl Play {
             if d.pos.distance_xz(my_pos) > 60.0 {
                 continue;
             }
+            // The own name would sit on whoever stands ahead; a bubble not.
+            let own = d.id == self.me.entity;
             let Some(p) = project(&matrix, v(d.pos) + vec3(0.0, 2.6, 0.0)) else {
                 continue;
             };
@@ -736,13 +744,15 @@ impl Play {
             } else {
                 WHITE
             };
-            text_with_shadow(
-                &d.name,
-                p.x - measure_text(&d.name, None, 18, 1.0).width / 2.0,
-                p.y,
-                18.0,
-                label_color,
-            );
+            if !own {
+                text_with_shadow(
+                    &d.name,
+                    p.x - measure_text(&d.name, None, 18, 1.0).width / 2.0,
+                    p.y,
+                    18.0,
+                    label_color,
+                );
+            }
             if let Some((text, _)) = self.bubbles.get(&d.id) {
                 draw_bubble(text, p.x, p.y - 20.0);
             }
@@ -852,22 +862,34 @@ impl Play {
                 ),
                 format!("frame {:.1} ms ({:.0} fps)", avg * 1000.0, 1.0 / avg.max(1e-4)),
             ];
-            let h = 20.0 * (lines.len() + self.transitions.len()) as f32 + 12.0;
-            draw_rectangle(6.0, 38.0, 620.0, h, Color::new(0.0, 0.0, 0.0, 0.55));
-            let mut y = 56.0;
+            let transitions: Vec<(String, Color)> = self
+                .transitions
+                .iter()
+                .map(|t| {
+                    let age = get_time() - t.at;
+                    let c = if age < 3.0 { YELLOW } else { LIGHTGRAY };
+                    (format!("{age:.1} s ago  {}", t.text), c)
+                })
+                .collect();
+            let widest = lines
+                .iter()
+                .chain(transitions.iter().map(|(t, _)| t))
+                .map(|l| measure_text(l, None, 16, 1.0).width)
+                .fold(0.0f32, f32::max);
+            let h = 17.0 * (lines.len() + transitions.len()) as f32 + 10.0;
+            draw_rectangle(6.0, 38.0, widest + 14.0, h, Color::new(0.0, 0.0, 0.0, 0.55));
+            let mut y = 54.0;
             for l in &lines {
-                draw_text(l, 12.0, y, 19.0, WHITE);
-                y += 20.0;
+                draw_text(l, 12.0, y, 16.0, WHITE);
+                y += 17.0;
             }
-            for t in &self.transitions {
-                let age = get_time() - t.at;
-                let c = if age < 3.0 { YELLOW } else { LIGHTGRAY };
-                draw_text(&format!("{:.1} s ago  {}", age, t.text), 12.0, y, 19.0, c);
-                y += 20.0;
+            for (t, c) in &transitions {
+                draw_text(t, 12.0, y, 16.0, *c);
+                y += 17.0;
             }
         }
-        // A fresh hand-off or migration shows as a banner in any case.
-        if let Some(t) = self.transitions.back() {
+        // Without the overlay, a fresh hand-off or migration shows as a banner.
+        if let Some(t) = self.transitions.back().filter(|_| !self.debug) {
             if get_time() - t.at < 2.5 {
                 draw_centered(&t.text, 70.0, 24.0, YELLOW);
             }
@@ -879,10 +901,17 @@ impl Play {
         let begin = end.saturating_sub(CHAT_SHOWN);
         let shown = end - begin;
         if shown > 0 {
+            let widest = self
+                .chat
+                .iter()
+                .skip(begin)
+                .take(shown)
+                .map(|l| measure_text(&l.text, None, 19, 1.0).width)
+                .fold(0.0f32, f32::max);
             draw_rectangle(
                 6.0,
                 base - 20.0 * shown as f32 - 6.0,
-                screen_width() * 0.62,
+                (widest + 12.0).min(screen_width() - 12.0),
                 20.0 * shown as f32 + 12.0,
                 Color::new(0.0, 0.0, 0.0, 0.4),
             );
@@ -893,7 +922,7 @@ impl Play {
         }
         if self.scroll > 0 {
             draw_text(
-                &format!("(scrolled back {} lines; PageDown)", self.scroll),
+                format!("(scrolled back {} lines; PageDown)", self.scroll),
                 12.0,
                 base + 18.0,
                 16.0,
@@ -909,7 +938,7 @@ impl Play {
                 Color::new(0.0, 0.0, 0.0, 0.7),
             );
             draw_text(
-                &format!("say> {t}_"),
+                format!("say> {t}_"),
                 12.0,
                 screen_height() - 12.0,
                 20.0,
@@ -941,11 +970,14 @@ impl Play {
         match result {
             Ok(()) => {
                 println!(
-                    "saved {} ({w}x{h}); {} frames, mean frame time {:.1} ms; prediction max error {:.3} m",
+                    "saved {} ({w}x{h}); {} frames, mean frame time {:.1} ms; prediction: {} reconciliations, {} corrections over 1 cm, max error {:.3} m, {} snaps",
                     path.display(),
                     self.frames,
                     self.frame_time_sum / self.frames.max(1) as f64 * 1000.0,
-                    self.predictor.stats.max_error
+                    self.predictor.stats.reconciliations,
+                    self.predictor.stats.corrections,
+                    self.predictor.stats.max_error,
+                    self.predictor.stats.snaps
                 );
                 let _ = self.cmds.send(NetCmd::Quit);
                 std::thread::sleep(std::time::Duration::from_millis(300));

@@ -52,6 +52,10 @@ pub struct Args {
     /// Turn the camera towards this entity when it first appears.
     #[arg(long, value_name = "NAME")]
     pub look_at: Option<String>,
+    /// Walk straight ahead for this many seconds after the first snapshot
+    /// (for scripted screenshots and measuring prediction on a real link).
+    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+    pub walk: f32,
     /// Show the debug overlay (F3) from the start.
     #[arg(long)]
     pub debug: bool,
@@ -143,12 +147,12 @@ fn headless_check(args: &Args) -> ExitCode {
         // Wait for a snapshot that carries the own entity.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            {
+            let summary = {
                 let w = client.world.lock();
-                if w.self_updated.is_some() {
+                w.self_updated.map(|_| {
                     let rtt = client.connection().rtt();
                     let pos = w.entities.get(&me.entity).map(|e| e.pos).unwrap_or(me.pos);
-                    let line = format!(
+                    format!(
                         "ok: logged in as {} (entity {}) at {:.1} {:.1} {:.1}, cell {} on {}, {} entities in view, {} snapshots, rtt {} ms, {} ms to first snapshot",
                         me.name,
                         me.entity.0,
@@ -161,11 +165,12 @@ fn headless_check(args: &Args) -> ExitCode {
                         w.snapshots,
                         rtt.as_millis(),
                         started.elapsed().as_millis()
-                    );
-                    drop(w);
-                    client.logout().await;
-                    return Ok(line);
-                }
+                    )
+                })
+            };
+            if let Some(line) = summary {
+                client.logout().await;
+                return Ok(line);
             }
             if Instant::now() > deadline {
                 return Err(net::StartError::Other(format!(

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tessera_client::{Client, ClientError, ClientEvent, LoggedIn, WorldState};
 use tessera_proto::msg::{ClientDatagram, ErrorCode, Input};
 use tokio::sync::mpsc;
@@ -76,6 +76,17 @@ fn resolve(addr: &str) -> Result<SocketAddr, StartError> {
         .ok_or_else(|| {
             StartError::BadAddress(format!("the server address {addr} resolves to nothing"))
         })
+        .map(|mut a| {
+            // `tessera up` prints the address it listens on, often 0.0.0.0.
+            if a.ip().is_unspecified() {
+                a.set_ip(if a.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            a
+        })
 }
 
 fn read_cert(path: &Path) -> Result<Vec<u8>, StartError> {
@@ -119,6 +130,13 @@ pub async fn start(login: &Login) -> Result<(Client, LoggedIn, quinn::Endpoint),
             Ok(Err(ClientError::Refused { message, .. })) => {
                 return Err(StartError::Other(format!(
                     "the server refused the connection: {message}"
+                )))
+            }
+            Ok(Err(ClientError::Lost(why))) => {
+                return Err(StartError::Other(format!(
+                    "the server at {addr} closed the connection right after the handshake \
+                     ({why}); it may speak another protocol version than this client ({})",
+                    tessera_proto::PROTOCOL_VERSION
                 )))
             }
             Ok(Err(e)) => return Err(down(e.to_string())),
@@ -191,7 +209,7 @@ impl Session {
             yaw,
             jump: false,
         };
-        if let Ok(bytes) = tessera_proto::frame::encode(&ClientDatagram::Input(input.clone())) {
+        if let Ok(bytes) = tessera_proto::frame::encode(&ClientDatagram::Input(input)) {
             // A full send buffer or a closed connection: the next input
             // (sent every tick) replaces this one anyway.
             let _ = self.conn.send_datagram(bytes.into());
