@@ -154,16 +154,10 @@ fn screenshot_shows_a_telnet_player_next_to_the_spawn() {
         .args(["--name", "Viewer", "--password", "secret2", "--create"])
         .arg("--world")
         .arg(DEFAULT_WORLD)
-        .args([
-            "--look-at",
-            "Tess",
-            "--after",
-            "2",
-            "--width",
-            "640",
-            "--height",
-            "400",
-        ])
+        // Walk 3 m towards Tess first: inputs, prediction and reconciliation
+        // against the real shard.
+        .args(["--look-at", "Tess", "--walk", "0.5", "--after", "2"])
+        .args(["--width", "640", "--height", "400"])
         .arg("--screenshot")
         .arg(&shot)
         .current_dir(dir.path());
@@ -174,7 +168,10 @@ fn screenshot_shows_a_telnet_player_next_to_the_spawn() {
         "{}",
         text(&out)
     );
-    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{}", stdout.trim());
+    // A clean loopback link: the prediction never had to snap.
+    assert!(stdout.contains(", 0 snaps"), "{}", text(&out));
 
     let (w, h, px) = read_png(&shot);
     assert_eq!((w, h), (640, 400));
