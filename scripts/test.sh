@@ -32,6 +32,18 @@ if ! dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q 'install ok
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev
 fi
+# The 3D viewer's screenshot test (tests/viewer.rs) runs it under Xvfb with
+# Mesa's software GL; the viewer loads libGL, libX11 and libXi at run time.
+need_pkg Xvfb xvfb
+for lib in libgl1 libgl1-mesa-dri libx11-6 libxi6; do
+    if ! dpkg-query -W -f='${Status}' "$lib" 2>/dev/null | grep -q 'install ok installed'; then
+        if [ "$apt_updated" = 0 ]; then
+            apt-get update -qq
+            apt_updated=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$lib"
+    fi
+done
 # The real-process tests signal servers with kill(1) (not the shell builtin).
 if [ ! -x /bin/kill ] && [ ! -x /usr/bin/kill ]; then
     apt_updated=1

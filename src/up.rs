@@ -199,6 +199,7 @@ async fn serve_assets(
         addr.port()
     );
     let config = crate::services::asset_config(key);
+    publish_world(db, &args.world).await?;
     let db = db.clone();
     tokio::spawn(async move {
         if let Err(e) = tessera_asset::serve(listener, db, config).await {
@@ -207,6 +208,24 @@ async fn serve_assets(
     });
     println!("assets on {url}   (upload: tessera ctl asset --assets {url} put NAME FILE)");
     Ok(url)
+}
+
+/// Puts the world definition's `world.toml` into the asset store, so 3D
+/// clients fetch what the shards simulate (`GET /v1/assets/world.toml`).
+/// Writes nothing when the stored copy is already the same.
+async fn publish_world(db: &Database, world_dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = world_dir.join("world.toml");
+    let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let store = tessera_asset::AssetStore::new(db.clone());
+    let name = tessera_asset::AssetName::parse("world.toml").map_err(anyhow::Error::msg)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    tokio::task::spawn_blocking(move || store.put(&name, &text, "tessera-up", now_ms))
+        .await?
+        .context("cannot publish world.toml to the asset store")?;
+    Ok(())
 }
 
 /// `tessera up --etcd URL`: the cluster roles, each a real member (QUIC

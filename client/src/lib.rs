@@ -3,6 +3,11 @@
 //! the entity messages and snapshots it receives. Tests and bot swarms use
 //! it; the 3D viewer builds on it. No graphics dependencies here.
 
+pub mod interp;
+pub mod predict;
+#[cfg(test)]
+mod simlink;
+
 use parking_lot::Mutex;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use std::collections::HashMap;
