@@ -247,6 +247,9 @@ pub enum ServerDatagram {
         origin: [i32; 3],
         /// The updates, packed by [`crate::snapshot::encode_updates`];
         /// decode with [`crate::snapshot::decode_updates`] and `origin`.
+        /// On the wire: a varint length, then the bytes (as bincode writes
+        /// any `Vec<u8>`; copied whole rather than byte by byte).
+        #[serde(with = "serde_bytes")]
         entities: Vec<u8>,
     },
 }
