@@ -445,7 +445,7 @@ impl ClientConn {
     /// reliable appear/gone messages and unreliable position datagrams.
     async fn snapshot(
         &mut self,
-        player: &Player,
+        player: &mut Player,
         ctl: &mut Control,
         interest: &mut Interest,
     ) -> Result<(), ConnError> {

@@ -339,17 +339,17 @@ impl Player {
     }
 
     /// The freshest known position: a frame that arrived after the shard's
-    /// last direct answer (step, join), else that answer. Frames and
-    /// answers come from a shard in the order it produced them.
-    pub fn position(&self) -> Vec3 {
-        match self
-            .router
-            .view
-            .find_with_time(&self.router.grid, self.entity, self.pos)
-        {
-            Some((e, at)) if at > self.pos_at => e.pos,
-            _ => self.pos,
-        }
+    /// last direct answer (step, join) or the last frame seen here, else
+    /// that answer. Frames and answers come from a shard in the order it
+    /// produced them. Each call remembers what it found, so a player who
+    /// only sends inputs (QUIC) is followed however far they walk.
+    pub fn position(&mut self) -> Vec3 {
+        self.router.view.follow(
+            &self.router.grid,
+            self.entity,
+            &mut self.pos,
+            &mut self.pos_at,
+        )
     }
 
     /// Takes the avatar out of the world and saves where it was.

@@ -110,6 +110,21 @@ impl WorldView {
     }
 
     /// The newest tick seen in any frame.
+    /// Follows an entity from frame to frame: `pos` is where it was last
+    /// known to be and `at` when that was learnt. A frame that arrived
+    /// after `at` and holds the entity near `pos` (within a cell) replaces
+    /// both, so the search moves along with the entity however far it
+    /// goes. Returns the (possibly updated) position.
+    pub fn follow(&self, grid: &Grid, id: EntityId, pos: &mut Vec3, at: &mut Instant) -> Vec3 {
+        if let Some((e, seen)) = self.find_with_time(grid, id, *pos) {
+            if seen > *at {
+                *pos = e.pos;
+                *at = seen;
+            }
+        }
+        *pos
+    }
+
     pub fn latest_tick(&self) -> u64 {
         self.latest_tick.load(Ordering::Relaxed)
     }
@@ -150,6 +165,39 @@ mod tests {
                 ack_input: 0,
             }],
         })
+    }
+
+    /// A player who only sends inputs walks 300 m east across five cells;
+    /// the router must know where they are at every step (it once searched
+    /// only within a cell of where they had joined, and lost them).
+    #[test]
+    fn follow_keeps_up_with_an_entity_walking_across_many_cells() {
+        let view = WorldView::default();
+        let grid = Grid::new(64.0);
+        let start = Vec3::new(-100.0, 0.0, 1.0);
+        let mut pos = start;
+        let mut at = Instant::now();
+        let mut last_cell = None;
+        for step in 0..150u64 {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+            let x = start.x + step as f32 * 2.0;
+            let cell = grid.cell_of(Vec3::new(x, 0.0, 1.0));
+            let mut f = (*frame("a", 1, step + 1, x)).clone();
+            f.cell = cell;
+            // The cell it left is published again, without it.
+            if let Some(old) = last_cell.filter(|c| *c != cell) {
+                view.update(Arc::new(CellFrame {
+                    cell: old,
+                    entities: Vec::new(),
+                    ..f.clone()
+                }));
+            }
+            view.update(Arc::new(f));
+            last_cell = Some(cell);
+            let got = view.follow(&grid, EntityId(1), &mut pos, &mut at);
+            assert_eq!(got.x, x, "step {step}");
+        }
+        assert!(pos.distance_xz(start) > 290.0);
     }
 
     #[test]
