@@ -4,8 +4,12 @@
 
 mod common;
 
-use common::{Server, TelnetClient, TestDir, Where};
+use common::{
+    blocking, quic_endpoint, quic_player, Server, ServerOptions, TelnetClient, TestDir, Where,
+};
 use std::time::Duration;
+use tessera_client::{Client, ClientError, ClientEvent};
+use tessera_proto::msg::ErrorCode;
 
 const PW: &str = "correct-horse";
 
@@ -116,5 +120,123 @@ fn sigterm_also_stops_cleanly_and_saves_connected_players() {
     assert!(
         again.distance_xz(&pos) < 0.2,
         "Tam was at {pos:?} and is back at {again:?}"
+    );
+}
+
+/// A restart of the router is a hiccup, not a logout, for a 3D player: the
+/// router closes with `CLOSE_RESTART`, keeps the session, and the client
+/// logs in again with its token (`Resume`) where it was, as a rolling
+/// update of routers needs. A session logged out cannot be resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_player_resumes_after_the_router_restarts() {
+    let dir = TestDir::new();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port");
+    let opts = ServerOptions {
+        quic: Some(port),
+        ..ServerOptions::default()
+    };
+    let mut server = blocking(|| Server::start_with(&dir, &opts));
+    let ep = quic_endpoint(&server);
+    let (mut rhea, me) = quic_player(&ep, &server, "Rhea", PW).await;
+    // Walk south for a second, then stop.
+    for _ in 0..10 {
+        rhea.send_input(0.0, 1.0, 0.0).expect("send input");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        rhea.send_input(0.0, 0.0, 0.0).expect("send input");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = rhea.command("where").await.expect("where");
+    let before = Where::parse(&text).unwrap_or_else(|| panic!("where: {text:?}"));
+    assert!(before.z > me.pos.z + 2.0, "Rhea walked south: {before:?}");
+
+    let status = blocking(|| server.stop_with("-TERM"));
+    assert!(status.success(), "the server exited with {status:?}");
+    // The client sees why the connection closed.
+    let closed = rhea
+        .wait_for(Duration::from_secs(5), |ev| {
+            matches!(ev, ClientEvent::Closed(_)).then_some(())
+        })
+        .await;
+    assert!(closed.is_some(), "the client saw no close");
+    assert!(rhea.router_restarted(), "closed as a restart");
+    drop(server);
+
+    let server = blocking(|| Server::start_with(&dir, &opts));
+    let (mut again, back) = Client::reconnect(&ep, server.quic, &me.token, Duration::from_secs(20))
+        .await
+        .expect("the session resumes on the restarted router");
+    assert_eq!((back.name.as_str(), back.entity), ("Rhea", me.entity));
+    let text = again.command("where").await.expect("where");
+    let after = Where::parse(&text).unwrap_or_else(|| panic!("where: {text:?}"));
+    assert!(
+        (after.x - before.x).abs() < 0.3 && (after.z - before.z).abs() < 0.3,
+        "Rhea was at {before:?} and resumed at {after:?}"
+    );
+
+    // Logging out ends the session: its token no longer resumes.
+    again.logout().await;
+    let refused = Client::reconnect(&ep, server.quic, &me.token, Duration::from_secs(5)).await;
+    match refused {
+        Err(ClientError::Refused { code, message }) => {
+            assert_eq!(code, ErrorCode::BadCredentials);
+            assert_eq!(message, "That session has ended; please log in again.");
+        }
+        Err(e) => panic!("a logged-out session: {e}"),
+        Ok(_) => panic!("a logged-out session resumed"),
+    }
+}
+
+/// A swarm of QUIC bots through a restart of the server on the same
+/// address: every bot resumes its session, none is counted lost.
+#[test]
+fn quic_bots_ride_through_a_restart() {
+    let dir = TestDir::new();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port");
+    let opts = ServerOptions {
+        quic: Some(port),
+        ..ServerOptions::default()
+    };
+    let mut server = Server::start_with(&dir, &opts);
+    let report = dir.path().join("report");
+    let bots = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["bots", "--quic", "8", "--telnet", "0", "--duration", "14"])
+        .args(["--ramp", "50", "--scenario", "wander"])
+        .args(["--quic-addr", &port.to_string()])
+        .arg("--cert")
+        .arg(&server.cert_path)
+        .args(["--max-errors", "0", "--no-progress"])
+        .arg("--report")
+        .arg(&report)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tessera bots");
+    std::thread::sleep(Duration::from_secs(5));
+    let status = server.stop_with("-TERM");
+    assert!(status.success(), "the server exited with {status:?}");
+    drop(server);
+    let _server = Server::start_with(&dir, &opts);
+    let out = bots.wait_with_output().expect("tessera bots ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bots: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("errors and disconnects: none"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        r["counts"]["resumes"], 8,
+        "every bot resumed: {}",
+        r["counts"]
     );
 }

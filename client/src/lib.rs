@@ -329,6 +329,64 @@ impl Client {
         self.await_login().await
     }
 
+    /// Logs in again with the token of an earlier [`LoggedIn`] (after a
+    /// lost connection or a router restart) and enters the world where the
+    /// player was.
+    pub async fn resume(&mut self, token: &str) -> Result<LoggedIn, ClientError> {
+        self.write(&ClientMsg::Resume {
+            token: token.into(),
+        })
+        .await?;
+        self.await_login().await
+    }
+
+    /// Connects to `addr` and resumes the session of `token`, retrying every
+    /// 250 ms until `within` has passed: what a client does when its router
+    /// restarts ([`Client::router_restarted`]). A refusal of the token
+    /// (the session ended or expired) is not retried.
+    pub async fn reconnect(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        token: &str,
+        within: Duration,
+    ) -> Result<(Client, LoggedIn), ClientError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let attempt = async {
+                let mut client = Client::connect(endpoint, addr).await?;
+                let me = client.resume(token).await?;
+                Ok::<_, ClientError>((client, me))
+            };
+            // A router that is not up yet may not answer at all: give each
+            // attempt a short time of its own.
+            let result = tokio::time::timeout(Duration::from_secs(2), attempt)
+                .await
+                .unwrap_or(Err(ClientError::Timeout));
+            match result {
+                Ok(done) => return Ok(done),
+                Err(
+                    e @ ClientError::Refused {
+                        code: ErrorCode::BadCredentials,
+                        ..
+                    },
+                ) => return Err(e),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    /// Whether the router closed this connection because it is stopping
+    /// (a restart or a rolling update); the session is kept for
+    /// [`Client::reconnect`].
+    pub fn router_restarted(&self) -> bool {
+        matches!(
+            self.conn.close_reason(),
+            Some(quinn::ConnectionError::ApplicationClosed(c))
+                if c.error_code == quinn::VarInt::from_u32(tessera_proto::msg::CLOSE_RESTART)
+        )
+    }
+
     async fn await_login(&mut self) -> Result<LoggedIn, ClientError> {
         let msg = tokio::time::timeout(Duration::from_secs(30), self.read_direct())
             .await

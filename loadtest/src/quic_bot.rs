@@ -14,6 +14,11 @@ use tessera_proto::msg::ErrorCode;
 const INPUT_HZ: u64 = 10;
 /// An input not acknowledged within this long is counted as unacknowledged.
 const ACK_GIVE_UP: Duration = Duration::from_secs(5);
+/// How long a bot whose router restarted tries to resume its session.
+const RESUME_WITHIN: Duration = Duration::from_secs(30);
+/// What `play` returns when the router closed for a restart (not an error:
+/// the bot resumes).
+const ROUTER_RESTARTED: &str = "router restarted";
 
 /// Plays bot `index` until the run ends, reconnecting as its scenario says.
 pub(crate) async fn run(ctx: BotCtx, index: usize, endpoint: quinn::Endpoint) {
@@ -67,9 +72,31 @@ async fn session(
     seed: u64,
 ) -> Result<SessionEnd, String> {
     let mut client = log_in(ctx, endpoint, name).await?;
-    ctx.stats.connected(1);
-    let result = play(ctx, &mut client, scenario, seed).await;
-    ctx.stats.connected(-1);
+    let result = loop {
+        ctx.stats.connected(1);
+        let result = play(ctx, &mut client, scenario, seed).await;
+        ctx.stats.connected(-1);
+        if result.as_ref().err().map(String::as_str) != Some(ROUTER_RESTARTED) {
+            break result;
+        }
+        // A restart or rolling update of routers: log in again with the
+        // session's token, as a player's client would.
+        let token = client
+            .me
+            .as_ref()
+            .map(|m| m.token.clone())
+            .unwrap_or_default();
+        let started = Instant::now();
+        let addr = ctx.config.quic_addr.expect("a QUIC address");
+        match Client::reconnect(endpoint, addr, &token, RESUME_WITHIN).await {
+            Ok((resumed, _)) => {
+                ctx.stats.record(Metric::Login, started.elapsed());
+                ctx.stats.count("resumes", 1);
+                client = resumed;
+            }
+            Err(e) => return Err(describe("resume", &e)),
+        }
+    };
     match &result {
         Ok(SessionEnd::Again(_)) if scenario == Scenario::Churn => {
             // Churn: vanish without a goodbye.
@@ -181,6 +208,9 @@ async fn play(
                 }
                 ClientEvent::Closed(reason) => {
                     traffic.report(ctx, client.connection());
+                    if client.router_restarted() {
+                        return Err(ROUTER_RESTARTED.into());
+                    }
                     ctx.stats.count("disconnects", 1);
                     return Err(format!("disconnected: {}", short(&reason)));
                 }

@@ -53,8 +53,20 @@ pub enum ClientMsg {
     Ping {
         nonce: u64,
     },
+    /// Log out: ends the session (its token can no longer resume).
     Logout,
+    /// Log in again with the `token` of an earlier `LoggedIn`, without the
+    /// password: after a lost connection or a router restart. Refused once
+    /// the session was logged out or the token expired.
+    Resume {
+        token: String,
+    },
 }
+
+/// QUIC application close code of a router that is stopping (a restart or
+/// a rolling update): the player's session is kept, so the client may log
+/// in again with [`ClientMsg::Resume`] (docs/protocol.md, section 3).
+pub const CLOSE_RESTART: u32 = 4;
 
 /// What kind of thing an entity is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -510,7 +510,9 @@ pub async fn run(
     });
     shutdown.await;
     tracing::info!(router = %router.config.id, "router stopping; saving players");
-    endpoint.close(0u32.into(), b"server shutting down");
+    // Sessions stay open (QUIC players keep their tokens): clients log in
+    // again with `Resume` on this router's successor or another router.
+    endpoint.close(quic::CLOSE_RESTART.into(), b"server restarting");
     let r = router.clone();
     let _ = tokio::task::spawn_blocking(move || r.save_all()).await;
     tasks.abort_all();

@@ -24,6 +24,7 @@ pub const CLOSE_NORMAL: u32 = 0;
 pub const CLOSE_PROTOCOL: u32 = 1;
 pub const CLOSE_VERSION: u32 = 2;
 pub const CLOSE_FULL: u32 = 3;
+pub use tessera_proto::msg::CLOSE_RESTART;
 
 /// Text answers are cut to fit one control frame (a `who` of thousands of
 /// players would not).
@@ -214,6 +215,10 @@ impl ClientConn {
         else {
             return Ok(());
         };
+        // A QUIC client holds its token: unless it logs out (or is
+        // kicked), a lost connection or a router restart keeps its session
+        // for `Resume`.
+        player.keep_session = true;
         let result = self.play(&mut player).await;
         player.leave().await;
         result
@@ -237,9 +242,14 @@ impl ClientConn {
                 }
                 Err(e) => return Err(e),
             };
-            let (create, name, password) = match msg {
-                ClientMsg::Create { name, password } => (true, name, password),
-                ClientMsg::Connect { name, password } => (false, name, password),
+            let login = match msg {
+                ClientMsg::Create { name, password } => {
+                    session::login(&self.router, true, &name, &password, peer).await
+                }
+                ClientMsg::Connect { name, password } => {
+                    session::login(&self.router, false, &name, &password, peer).await
+                }
+                ClientMsg::Resume { token } => session::resume(&self.router, &token).await,
                 ClientMsg::Ping { nonce } => {
                     self.ctl().write(&ServerMsg::Pong { nonce }).await?;
                     continue;
@@ -252,14 +262,17 @@ impl ClientConn {
                     continue;
                 }
             };
-            let login = match session::login(&self.router, create, &name, &password, peer).await {
+            let login = match login {
                 Ok(a) => a,
                 Err(e) => {
                     let code = match &e {
                         AuthError::InvalidName(_) => ErrorCode::InvalidName,
                         AuthError::InvalidPassword(_) => ErrorCode::InvalidPassword,
                         AuthError::NameTaken => ErrorCode::NameTaken,
-                        AuthError::BadCredentials => ErrorCode::BadCredentials,
+                        AuthError::BadCredentials
+                        | AuthError::TokenInvalid
+                        | AuthError::TokenExpired
+                        | AuthError::SessionEnded => ErrorCode::BadCredentials,
                         AuthError::RateLimited { .. } => ErrorCode::RateLimited,
                         _ => ErrorCode::Unavailable,
                     };
@@ -346,6 +359,7 @@ impl ClientConn {
                         PlayerEvent::Error { message } => Some(ServerMsg::Text { text: message }),
                         PlayerEvent::Chat { kind, from, to, text, at_unix_ms } => Some(ServerMsg::ChatLine { kind, from, to, text, at_unix_ms }),
                         PlayerEvent::Kicked { by, reason } => {
+                            player.keep_session = false;
                             let _ = ctl.error(ErrorCode::Kicked, crate::chat::kicked_text(&by, &reason)).await;
                             break Ok(());
                         }
@@ -420,6 +434,7 @@ impl ClientConn {
                         })
                         .await?;
                         if out.quit {
+                            player.keep_session = false;
                             return Ok(false);
                         }
                     }
@@ -432,8 +447,14 @@ impl ClientConn {
                 }
             }
             ClientMsg::Ping { nonce } => ctl.write(&ServerMsg::Pong { nonce }).await?,
-            ClientMsg::Logout => return Ok(false),
-            ClientMsg::Hello { .. } | ClientMsg::Create { .. } | ClientMsg::Connect { .. } => {
+            ClientMsg::Logout => {
+                player.keep_session = false;
+                return Ok(false);
+            }
+            ClientMsg::Hello { .. }
+            | ClientMsg::Create { .. }
+            | ClientMsg::Connect { .. }
+            | ClientMsg::Resume { .. } => {
                 ctl.error(ErrorCode::AlreadyLoggedIn, "already logged in")
                     .await?;
             }

@@ -45,6 +45,21 @@ pub async fn login(
     Ok(session)
 }
 
+/// Logs in with the token of an earlier login, after a lost connection or a
+/// router restart: valid, unexpired, and its session not logged out.
+pub async fn resume(router: &Arc<Router>, token: &str) -> Result<Session, AuthError> {
+    let claims = router.accounts.check_session(token).await?;
+    Ok(Session {
+        account: tessera_auth::Account {
+            id: claims.account_id,
+            name: claims.name,
+            created_unix: 0,
+            role: claims.role,
+        },
+        token: token.to_string(),
+    })
+}
+
 /// A player in the world.
 pub struct Player {
     pub router: Arc<Router>,
@@ -63,6 +78,9 @@ pub struct Player {
     /// When `pos` was last set from a direct answer.
     pos_at: std::time::Instant,
     left: bool,
+    /// Leaving keeps the session (its token may `Resume`) instead of
+    /// logging it out: set for QUIC players until they log out.
+    pub keep_session: bool,
 }
 
 impl Player {
@@ -168,6 +186,7 @@ impl Player {
                     pending,
                     pos_at: std::time::Instant::now(),
                     left: false,
+                    keep_session: false,
                 })
             }
             Ok(Err(message)) => {
@@ -390,8 +409,10 @@ impl Player {
         }
         let _ = self.router.set_playing(self.session, None);
         self.router.chat_offline(player).await;
-        if let Err(e) = self.router.accounts.logout(&self.token).await {
-            tracing::warn!(player = %player, error = %e, "cannot end the session");
+        if !self.keep_session {
+            if let Err(e) = self.router.accounts.logout(&self.token).await {
+                tracing::warn!(player = %player, error = %e, "cannot end the session");
+            }
         }
         tracing::info!(session = %self.session, player = %player, "player left the world");
     }
@@ -417,9 +438,13 @@ impl Drop for Player {
             let _ = router.set_playing(session, None);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let token = std::mem::take(&mut self.token);
+                let keep = self.keep_session;
                 let router = router.clone();
                 rt.spawn(async move {
                     router.chat_offline(player).await;
+                    if keep {
+                        return;
+                    }
                     if let Err(e) = router.accounts.logout(&token).await {
                         tracing::warn!(player = %player, error = %e, "cannot end the session");
                     }

@@ -77,6 +77,9 @@ pub struct ServerOptions {
     pub world: PathBuf,
     pub shards: Option<u32>,
     pub tick_hz: Option<u32>,
+    /// The QUIC address (default: any free loopback port), for a server
+    /// restarted where its clients expect it.
+    pub quic: Option<SocketAddr>,
     /// Any further flags.
     pub extra_args: Vec<String>,
     /// `RUST_LOG` for the server; its stderr goes to a file in the test dir.
@@ -89,6 +92,7 @@ impl Default for ServerOptions {
             world: PathBuf::from(DEFAULT_WORLD),
             shards: None,
             tick_hz: None,
+            quic: None,
             extra_args: Vec::new(),
             // TESSERA_TEST_RUST_LOG=debug makes the logs useful for diagnosis.
             rust_log: std::env::var("TESSERA_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -119,8 +123,9 @@ impl Server {
         let stderr_log = dir.next_log();
         let stderr = fs::File::create(&stderr_log).expect("create the stderr log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        let quic = opts.quic.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
         cmd.args(["--telnet", "127.0.0.1:0"])
-            .args(["--quic", "127.0.0.1:0"])
+            .args(["--quic", &quic.to_string()])
             .args(["--metrics", "127.0.0.1:0"])
             .args(["--assets-listen", "127.0.0.1:0"])
             .arg("--data-dir")

@@ -404,6 +404,19 @@ impl Play {
                         self.say_line(text, Color::new(0.85, 0.85, 0.85, 1.0));
                     }
                 }
+                NetEvent::Resumed(me, session) => {
+                    // Same player, new connection: start prediction and
+                    // interpolation afresh from where the server put us.
+                    self.session = *session;
+                    self.predictor = Predictor::new(me.pos);
+                    self.interp = Interpolator::new(me.tick_hz);
+                    self.seen.clear();
+                    self.self_seen = None;
+                    self.cell = me.cell;
+                    self.shard = me.shard.clone();
+                    self.me = *me;
+                    self.say_line("Reconnected.".into(), WHITE);
+                }
                 NetEvent::Closed(why) => {
                     self.say_line(format!("Disconnected: {why}"), RED);
                     self.closed = Some(why);

@@ -188,6 +188,9 @@ pub enum NetEvent {
     Event(ClientEvent),
     /// The answer to a command.
     Answer(String),
+    /// The router restarted and the session resumed on a new connection
+    /// (`Client::reconnect`): draw from this session from now on.
+    Resumed(Box<LoggedIn>, Box<Session>),
     Closed(String),
 }
 
@@ -197,6 +200,17 @@ pub struct Session {
     pub conn: quinn::Connection,
     seq: u32,
 }
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("remote", &self.conn.remote_address())
+            .finish()
+    }
+}
+
+/// How long the viewer tries to resume a session whose router restarted.
+const RESUME_WITHIN: Duration = Duration::from_secs(60);
 
 impl Session {
     /// Sends one movement input; returns it (with its sequence number).
@@ -245,7 +259,7 @@ pub fn spawn(
                 }
             };
             rt.block_on(async move {
-                let (mut client, me, _endpoint) = match start(&login).await {
+                let (mut client, me, endpoint) = match start(&login).await {
                     Ok(x) => x,
                     Err(e) => {
                         let _ = ev_tx.send(NetEvent::StartFailed(e.to_string(), e.exit_code()));
@@ -257,6 +271,8 @@ pub fn spawn(
                     conn: client.connection().clone(),
                     seq: 0,
                 });
+                // The session's token, for resuming after a router restart.
+                let token = me.token.clone();
                 let _ = ev_tx.send(NetEvent::LoggedIn(Box::new(me)));
                 loop {
                     tokio::select! {
@@ -284,6 +300,30 @@ pub fn spawn(
                         },
                         ev = client.next_event_timed(Duration::from_secs(1)) => match ev {
                             Some((_, ClientEvent::Closed(why))) => {
+                                if client.router_restarted() {
+                                    // A restart or rolling update of routers:
+                                    // log in again with the session's token.
+                                    let _ = ev_tx.send(NetEvent::Answer(
+                                        "The server is restarting; reconnecting...".into(),
+                                    ));
+                                    let addr = client.connection().remote_address();
+                                    match Client::reconnect(&endpoint, addr, &token, RESUME_WITHIN).await {
+                                        Ok((resumed, me2)) => {
+                                            let session = Session {
+                                                world: resumed.world.clone(),
+                                                conn: resumed.connection().clone(),
+                                                seq: 0,
+                                            };
+                                            client = resumed;
+                                            let _ = ev_tx.send(NetEvent::Resumed(Box::new(me2), Box::new(session)));
+                                            continue;
+                                        }
+                                        Err(e) => {
+                                            let _ = ev_tx.send(NetEvent::Closed(format!("{why}; could not reconnect: {e}")));
+                                            return;
+                                        }
+                                    }
+                                }
                                 let _ = ev_tx.send(NetEvent::Closed(why));
                                 return;
                             }

@@ -103,6 +103,19 @@ impl Accounts {
         }
     }
 
+    /// Checks a token and that its session was not logged out (asks the store, or the service).
+    pub async fn check_session(&self, token: &str) -> Result<Claims, AuthError> {
+        match &self.inner {
+            Inner::Local { auth, .. } => {
+                let (auth, token) = (auth.clone(), token.to_string());
+                tokio::task::spawn_blocking(move || auth.check_session(&token))
+                    .await
+                    .map_err(|e| AuthError::Unavailable(e.to_string()))?
+            }
+            Inner::Remote { client, .. } => client.check(token).await,
+        }
+    }
+
     /// Checks a token's signature and expiry here, without asking anyone (the verifying key
     /// is fetched once from the service).
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
