@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Server, TelnetClient, TestDir, DEFAULT_WORLD};
+use common::{Server, ServerOptions, TelnetClient, TestDir, DEFAULT_WORLD};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -302,4 +302,57 @@ fn headless_check_logs_in_and_explains_failures() {
         text(&down)
     );
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// The server restarts under a running viewer (as a rolling update of
+/// routers would): the viewer resumes its session by itself and goes on to
+/// take its screenshot.
+#[test]
+fn the_viewer_resumes_by_itself_when_the_server_restarts() {
+    let viewer = viewer_bin();
+    let dir = TestDir::new();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port");
+    let opts = ServerOptions {
+        quic: Some(port),
+        ..ServerOptions::default()
+    };
+    let mut server = Server::start_with(&dir, &opts);
+    let cert = server.cert_path.clone();
+    let x = Xvfb::start();
+    let shot = dir.path().join("resumed.png");
+    let mut cmd = Command::new(&viewer);
+    cmd.env("DISPLAY", &x.display)
+        .env("LIBGL_ALWAYS_SOFTWARE", "1")
+        .arg("--quic")
+        .arg(port.to_string())
+        .arg("--cert")
+        .arg(&cert)
+        .args(["--name", "Rover", "--password", "secret3", "--create"])
+        .arg("--world")
+        .arg(DEFAULT_WORLD)
+        .args(["--after", "10", "--width", "320", "--height", "200"])
+        .arg("--screenshot")
+        .arg(&shot)
+        .current_dir(dir.path());
+    // Restart the server while the viewer waits for its screenshot.
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(4));
+        let status = server.stop_with("-TERM");
+        assert!(status.success(), "the server exited with {status:?}");
+        drop(server);
+        let again = Server::start_with(&dir, &opts);
+        (dir, again)
+    });
+    let out = run_with_timeout(cmd, Duration::from_secs(120));
+    let (_dir, _server) = restarter.join().expect("the restart");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("resumed the session after a router restart"),
+        "{}",
+        text(&out)
+    );
+    assert!(stdout.contains("saved"), "{}", text(&out));
 }

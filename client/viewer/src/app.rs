@@ -416,6 +416,7 @@ impl Play {
                     self.shard = me.shard.clone();
                     self.me = *me;
                     self.say_line("Reconnected.".into(), WHITE);
+                    println!("resumed the session after a router restart");
                 }
                 NetEvent::Closed(why) => {
                     self.say_line(format!("Disconnected: {why}"), RED);
