@@ -240,3 +240,33 @@ fn quic_bots_ride_through_a_restart() {
         r["counts"]
     );
 }
+
+/// A client that comes back (`Resume`) before the router noticed its old
+/// connection is gone takes the session over at once instead of waiting
+/// out the idle timeout; the old connection is told and closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_takes_over_a_connection_that_is_not_gone_yet() {
+    let dir = TestDir::new();
+    let server = blocking(|| Server::start(&dir));
+    let ep = quic_endpoint(&server);
+    let (mut old, me) = quic_player(&ep, &server, "Tove", PW).await;
+    let (mut new, back) = Client::reconnect(&ep, server.quic, &me.token, Duration::from_secs(10))
+        .await
+        .expect("the resume takes over");
+    assert_eq!(back.entity, me.entity);
+    let told = old
+        .wait_for(Duration::from_secs(5), |ev| match ev {
+            ClientEvent::Error { code, message } => Some((*code, message.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        told,
+        Some((
+            ErrorCode::AlreadyLoggedIn,
+            "Your session was resumed from another connection; this one closes".to_string()
+        ))
+    );
+    let text = new.command("where").await.expect("where");
+    assert!(Where::parse(&text).is_some(), "where: {text:?}");
+}

@@ -175,6 +175,9 @@ pub enum PlayerEvent {
     /// The session's event queue is full (routers only; never on the bus):
     /// the router ends the session rather than hold events without limit.
     Lagged,
+    /// A new connection resumed this player's session (routers only; never
+    /// on the bus): this connection ends, the session goes on there.
+    Replaced,
 }
 
 /// One entity as routers see it, for interest management and text views.

@@ -234,6 +234,30 @@ impl Router {
         names
     }
 
+    /// Ends this router's other connections playing `player` (a `Resume`
+    /// arriving before the router noticed the old connection is gone) and
+    /// waits up to 5 s for them to leave the world.
+    pub(crate) async fn take_over(&self, player: PlayerId) {
+        let others: Vec<EventSender> = self
+            .sessions
+            .lock()
+            .values()
+            .filter(|s| s.playing.as_ref().is_some_and(|p| p.player == player))
+            .map(|s| s.tx.clone())
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        tracing::info!(player = %player, "a resumed session takes over an older connection");
+        for tx in &others {
+            tx.send(PlayerEvent::Replaced);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.is_playing(player) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn is_playing(&self, player: PlayerId) -> bool {
         self.sessions
             .lock()
@@ -392,6 +416,10 @@ impl Router {
 /// ([`PlayerEvent::Lagged`]), so a stalled client cannot make the router
 /// hold its events without limit.
 pub const EVENT_QUEUE: usize = 1024;
+
+/// What a connection whose session was resumed elsewhere is told.
+pub(crate) const REPLACED_TEXT: &str =
+    "Your session was resumed from another connection; this one closes";
 
 /// What a lagged player is told before the connection closes.
 pub(crate) const LAGGED_TEXT: &str =

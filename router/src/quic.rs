@@ -249,7 +249,16 @@ impl ClientConn {
                 ClientMsg::Connect { name, password } => {
                     session::login(&self.router, false, &name, &password, peer).await
                 }
-                ClientMsg::Resume { token } => session::resume(&self.router, &token).await,
+                ClientMsg::Resume { token } => {
+                    let resumed = session::resume(&self.router, &token).await;
+                    if let Ok(s) = &resumed {
+                        // The client came back before its old connection
+                        // timed out here: the new one wins.
+                        let player = tessera_proto::PlayerId(s.account.id);
+                        self.router.take_over(player).await;
+                    }
+                    resumed
+                }
                 ClientMsg::Ping { nonce } => {
                     self.ctl().write(&ServerMsg::Pong { nonce }).await?;
                     continue;
@@ -361,6 +370,10 @@ impl ClientConn {
                         PlayerEvent::Kicked { by, reason } => {
                             player.keep_session = false;
                             let _ = ctl.error(ErrorCode::Kicked, crate::chat::kicked_text(&by, &reason)).await;
+                            break Ok(());
+                        }
+                        PlayerEvent::Replaced => {
+                            let _ = ctl.error(ErrorCode::AlreadyLoggedIn, crate::REPLACED_TEXT).await;
                             break Ok(());
                         }
                         PlayerEvent::Lagged => {

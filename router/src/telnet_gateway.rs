@@ -164,6 +164,13 @@ impl Connection {
                         }
                     }
                 }
+                Input::Event(Some(PlayerEvent::Replaced)) => {
+                    let text = crate::REPLACED_TEXT;
+                    let _ = self
+                        .write(&encode_text(&format!("\n{text}. Goodbye.\n")))
+                        .await;
+                    break;
+                }
                 Input::Event(Some(PlayerEvent::Lagged)) => {
                     let text = crate::LAGGED_TEXT;
                     let _ = self
