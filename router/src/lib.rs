@@ -30,6 +30,7 @@ use tessera_auth::{Accounts, AuthError};
 use tessera_coordinator::{Bus, CellMap};
 use tessera_persistence::{Database, StoreError};
 use tessera_proto::cluster::{PlayerEvent, ToRouter, ToShard};
+use tessera_proto::msg::ErrorCode;
 use tessera_proto::world::WorldDef;
 use tessera_proto::{EntityId, Grid, PlayerId, RouterId, SessionId, ShardId, Vec3};
 use tokio::sync::mpsc;
@@ -416,6 +417,20 @@ impl Router {
 /// ([`PlayerEvent::Lagged`]), so a stalled client cannot make the router
 /// hold its events without limit.
 pub const EVENT_QUEUE: usize = 1024;
+
+/// The events that end a connection, as both gateways tell them: the error
+/// code a QUIC client gets and the line (a telnet player reads it followed
+/// by `. Goodbye.`). None for every other event.
+pub(crate) fn farewell(ev: &PlayerEvent) -> Option<(ErrorCode, String)> {
+    match ev {
+        PlayerEvent::Kicked { by, reason } => {
+            Some((ErrorCode::Kicked, chat::kicked_text(by, reason)))
+        }
+        PlayerEvent::Replaced => Some((ErrorCode::AlreadyLoggedIn, REPLACED_TEXT.into())),
+        PlayerEvent::Lagged => Some((ErrorCode::Lagged, LAGGED_TEXT.into())),
+        _ => None,
+    }
+}
 
 /// What a connection whose session was resumed elsewhere is told.
 pub(crate) const REPLACED_TEXT: &str =

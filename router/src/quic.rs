@@ -362,24 +362,20 @@ impl ClientConn {
                 }
                 ev = player.next_event() => {
                     let Some(ev) = ev else { break Ok(()) };
+                    if let Some((code, text)) = crate::farewell(&ev) {
+                        // A kick ends the session; a lag or a takeover keeps
+                        // it for `Resume`.
+                        if matches!(ev, PlayerEvent::Kicked { .. }) {
+                            player.keep_session = false;
+                        }
+                        let _ = ctl.error(code, text).await;
+                        break Ok(());
+                    }
                     let msg = match ev {
                         PlayerEvent::Heard { speaker, name, text, emote } => Some(ServerMsg::Chat { from: name, entity: Some(speaker), text, emote }),
                         PlayerEvent::OwnerChanged { cell, shard } => Some(ServerMsg::CellChanged { cell, shard }),
                         PlayerEvent::Error { message } => Some(ServerMsg::Text { text: message }),
                         PlayerEvent::Chat { kind, from, to, text, at_unix_ms } => Some(ServerMsg::ChatLine { kind, from, to, text, at_unix_ms }),
-                        PlayerEvent::Kicked { by, reason } => {
-                            player.keep_session = false;
-                            let _ = ctl.error(ErrorCode::Kicked, crate::chat::kicked_text(&by, &reason)).await;
-                            break Ok(());
-                        }
-                        PlayerEvent::Replaced => {
-                            let _ = ctl.error(ErrorCode::AlreadyLoggedIn, crate::REPLACED_TEXT).await;
-                            break Ok(());
-                        }
-                        PlayerEvent::Lagged => {
-                            let _ = ctl.error(ErrorCode::Lagged, crate::LAGGED_TEXT).await;
-                            break Ok(());
-                        }
                         _ => None,
                     };
                     if let Some(m) = msg {

@@ -138,6 +138,14 @@ impl Connection {
                 }
                 _ => Input::Read(tokio::time::timeout_at(deadline, input.read(&mut buf)).await),
             };
+            if let Input::Event(Some(ev)) = &event {
+                if let Some((_, text)) = crate::farewell(ev) {
+                    let _ = self
+                        .write(&encode_text(&format!("\n{text}. Goodbye.\n")))
+                        .await;
+                    break;
+                }
+            }
             match event {
                 Input::Read(Err(_)) => {
                     let _ = self
@@ -163,27 +171,6 @@ impl Connection {
                             return Ok(());
                         }
                     }
-                }
-                Input::Event(Some(PlayerEvent::Replaced)) => {
-                    let text = crate::REPLACED_TEXT;
-                    let _ = self
-                        .write(&encode_text(&format!("\n{text}. Goodbye.\n")))
-                        .await;
-                    break;
-                }
-                Input::Event(Some(PlayerEvent::Lagged)) => {
-                    let text = crate::LAGGED_TEXT;
-                    let _ = self
-                        .write(&encode_text(&format!("\n{text}. Goodbye.\n")))
-                        .await;
-                    break;
-                }
-                Input::Event(Some(PlayerEvent::Kicked { by, reason })) => {
-                    let text = crate::chat::kicked_text(&by, &reason);
-                    let _ = self
-                        .write(&encode_text(&format!("\n{text}. Goodbye.\n")))
-                        .await;
-                    break;
                 }
                 Input::Event(Some(PlayerEvent::Chat {
                     kind,
