@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    blocking, quic_endpoint, quic_player, Server, ServerOptions, TelnetClient, TestDir, Where,
+    blocking, free_udp, quic_endpoint, quic_player, Server, ServerOptions, TelnetClient, TestDir,
+    Where,
 };
 use std::time::Duration;
 use tessera_client::{Client, ClientError, ClientEvent};
@@ -130,9 +131,7 @@ fn sigterm_also_stops_cleanly_and_saves_connected_players() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quic_player_resumes_after_the_router_restarts() {
     let dir = TestDir::new();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port");
+    let port = free_udp();
     let opts = ServerOptions {
         quic: Some(port),
         ..ServerOptions::default()
@@ -196,9 +195,7 @@ async fn a_quic_player_resumes_after_the_router_restarts() {
 #[test]
 fn quic_bots_ride_through_a_restart() {
     let dir = TestDir::new();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port");
+    let port = free_udp();
     let opts = ServerOptions {
         quic: Some(port),
         ..ServerOptions::default()

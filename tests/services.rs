@@ -10,7 +10,7 @@ mod common;
 mod etcd;
 mod support_cluster;
 
-use common::{http_get, metric_samples, scrape, TelnetClient, TestDir};
+use common::{free_udp, http_get, metric_samples, scrape, TelnetClient, TestDir};
 use etcd::EtcdServer;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

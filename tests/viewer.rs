@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Server, ServerOptions, TelnetClient, TestDir, DEFAULT_WORLD};
+use common::{free_udp, Server, ServerOptions, TelnetClient, TestDir, DEFAULT_WORLD};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -286,9 +286,7 @@ fn headless_check_logs_in_and_explains_failures() {
     );
 
     // Nobody on this port.
-    let free = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
-    let down_addr = free.local_addr().expect("its address").to_string();
-    drop(free);
+    let down_addr = free_udp().to_string();
     let started = Instant::now();
     let down = headless(
         &down_addr,
@@ -311,9 +309,7 @@ fn headless_check_logs_in_and_explains_failures() {
 fn the_viewer_resumes_by_itself_when_the_server_restarts() {
     let viewer = viewer_bin();
     let dir = TestDir::new();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port");
+    let port = free_udp();
     let opts = ServerOptions {
         quic: Some(port),
         ..ServerOptions::default()

@@ -811,6 +811,14 @@ pub fn tick_count(addr: SocketAddr, shard: &str) -> f64 {
 
 // ---------------------------------------------------------------------- quic
 
+/// A free loopback UDP port (for a server or service restarted on the same
+/// address).
+pub fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+}
+
 /// A QUIC client endpoint pinned to the server's certificate.
 pub fn quic_endpoint(server: &Server) -> quinn::Endpoint {
     let der = fs::read(&server.cert_path)

@@ -436,13 +436,6 @@ pub fn auth(
     )
 }
 
-/// A free loopback UDP port (for a service restarted on the same address).
-pub fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-}
-
 /// Where and how a shard runs.
 pub struct ShardSpec<'a> {
     pub id: &'a str,
