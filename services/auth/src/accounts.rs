@@ -94,10 +94,8 @@ impl Accounts {
     pub async fn logout(&self, token: &str) -> Result<(), AuthError> {
         match &self.inner {
             Inner::Local { auth, .. } => {
-                let (auth, token) = (auth.clone(), token.to_string());
-                tokio::task::spawn_blocking(move || auth.revoke(&token))
-                    .await
-                    .map_err(|e| AuthError::Unavailable(e.to_string()))?
+                let token = token.to_string();
+                off_thread(auth, move |auth| auth.revoke(&token)).await
             }
             Inner::Remote { client, .. } => client.logout(token).await,
         }
@@ -107,10 +105,8 @@ impl Accounts {
     pub async fn check_session(&self, token: &str) -> Result<Claims, AuthError> {
         match &self.inner {
             Inner::Local { auth, .. } => {
-                let (auth, token) = (auth.clone(), token.to_string());
-                tokio::task::spawn_blocking(move || auth.check_session(&token))
-                    .await
-                    .map_err(|e| AuthError::Unavailable(e.to_string()))?
+                let token = token.to_string();
+                off_thread(auth, move |auth| auth.check_session(&token)).await
             }
             Inner::Remote { client, .. } => client.check(token).await,
         }
@@ -128,6 +124,17 @@ impl Accounts {
             }
         }
     }
+}
+
+/// Runs store work (no password hashing) on a blocking thread.
+async fn off_thread<T: Send + 'static>(
+    auth: &Arc<Auth>,
+    work: impl FnOnce(&Auth) -> Result<T, AuthError> + Send + 'static,
+) -> Result<T, AuthError> {
+    let auth = auth.clone();
+    tokio::task::spawn_blocking(move || work(&auth))
+        .await
+        .map_err(|e| AuthError::Unavailable(e.to_string()))?
 }
 
 async fn blocking<T: Send + 'static>(
