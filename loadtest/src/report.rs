@@ -251,46 +251,49 @@ fn draw_migrations<DB: DrawingBackend>(
     Ok(())
 }
 
-fn plot_latency(path: &Path, r: &Report) -> Result<(), String> {
+/// One line of a chart: its label, colour and points.
+type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
+/// Labelled lines over the run's seconds, on a scale from 0 to a tenth
+/// above the highest point; with `migrations`, the cells' migrations too.
+fn plot_over_time(
+    path: &Path,
+    r: &Report,
+    caption: &str,
+    y_desc: Option<&str>,
+    lines: Vec<Line>,
+    migrations: bool,
+) -> Result<(), String> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
-    let keys: Vec<Metric> = Metric::ALL
-        .into_iter()
-        .filter(|m| r.series.iter().any(|s| s.p99_ms.contains_key(m.key())))
-        .collect();
-    let y_top = r
-        .series
+    let y_top = lines
         .iter()
-        .flat_map(|s| s.p99_ms.values().copied())
+        .flat_map(|(_, _, points)| points.iter().map(|(_, y)| *y))
         .fold(1.0f64, f64::max)
         * 1.1;
     let mut chart = ChartBuilder::on(&root)
-        .caption("p99 latency per second (ms)", ("sans-serif", 18))
+        .caption(caption, ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..x_max(r), 0.0..y_top)
         .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("ms")
-        .draw()
-        .map_err(e)?;
-    for (i, m) in keys.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        let points: Vec<(f64, f64)> = r
-            .series
-            .iter()
-            .filter_map(|s| s.p99_ms.get(m.key()).map(|v| (s.t, *v)))
-            .collect();
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc("seconds");
+    if let Some(d) = y_desc {
+        mesh.y_desc(d);
+    }
+    mesh.draw().map_err(e)?;
+    for (label, colour, points) in lines {
         chart
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))
             .map_err(e)?
-            .label(m.label())
+            .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], colour));
     }
-    draw_migrations(&mut chart, r, y_top)?;
+    if migrations {
+        draw_migrations(&mut chart, r, y_top)?;
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -298,6 +301,30 @@ fn plot_latency(path: &Path, r: &Report) -> Result<(), String> {
         .draw()
         .map_err(e)?;
     root.present().map_err(e)
+}
+
+fn plot_latency(path: &Path, r: &Report) -> Result<(), String> {
+    let lines = Metric::ALL
+        .into_iter()
+        .filter(|m| r.series.iter().any(|s| s.p99_ms.contains_key(m.key())))
+        .enumerate()
+        .map(|(i, m)| {
+            let points = r
+                .series
+                .iter()
+                .filter_map(|s| s.p99_ms.get(m.key()).map(|v| (s.t, *v)))
+                .collect();
+            (m.label(), COLOURS[i % COLOURS.len()], points)
+        })
+        .collect();
+    plot_over_time(
+        path,
+        r,
+        "p99 latency per second (ms)",
+        Some("ms"),
+        lines,
+        true,
+    )
 }
 
 fn plot_percentiles(path: &Path, r: &Report) -> Result<(), String> {
@@ -363,91 +390,34 @@ fn plot_percentiles(path: &Path, r: &Report) -> Result<(), String> {
 }
 
 fn plot_connections(path: &Path, r: &Report) -> Result<(), String> {
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(e)?;
-    let y_top = r
-        .series
-        .iter()
-        .map(|s| (s.connected as f64).max(s.errors as f64))
-        .fold(1.0f64, f64::max)
-        * 1.1;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("bots logged in, errors per second", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..x_max(r), 0.0..y_top)
-        .map_err(e)?;
-    chart.configure_mesh().x_desc("seconds").draw().map_err(e)?;
-    let connected: Vec<(f64, f64)> = r.series.iter().map(|s| (s.t, s.connected as f64)).collect();
-    let errors: Vec<(f64, f64)> = r.series.iter().map(|s| (s.t, s.errors as f64)).collect();
-    chart
-        .draw_series(LineSeries::new(connected, COLOURS[0].stroke_width(2)))
-        .map_err(e)?
-        .label("logged in")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], COLOURS[0]));
-    chart
-        .draw_series(LineSeries::new(errors, COLOURS[3].stroke_width(2)))
-        .map_err(e)?
-        .label("errors")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], COLOURS[3]));
-    draw_migrations(&mut chart, r, y_top)?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(e)?;
-    root.present().map_err(e)
+    let connected = r.series.iter().map(|s| (s.t, s.connected as f64)).collect();
+    let errors = r.series.iter().map(|s| (s.t, s.errors as f64)).collect();
+    plot_over_time(
+        path,
+        r,
+        "bots logged in, errors per second",
+        None,
+        vec![
+            ("logged in", COLOURS[0], connected),
+            ("errors", COLOURS[3], errors),
+        ],
+        true,
+    )
 }
 
 fn plot_bytes(path: &Path, r: &Report) -> Result<(), String> {
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(e)?;
-    let y_top = r
-        .series
-        .iter()
-        .map(|s| s.quic_bytes_in_per_bot.max(s.quic_bytes_out_per_bot) / 1000.0)
-        .fold(1.0f64, f64::max)
-        * 1.1;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("KB per second per QUIC bot", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..x_max(r), 0.0..y_top)
-        .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("KB/s")
-        .draw()
-        .map_err(e)?;
-    for (i, (label, pick)) in [
-        (
-            "in",
-            (|s: &Sample| s.quic_bytes_in_per_bot) as fn(&Sample) -> f64,
-        ),
-        ("out", |s: &Sample| s.quic_bytes_out_per_bot),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let colour = COLOURS[i];
-        let points: Vec<(f64, f64)> = r.series.iter().map(|s| (s.t, pick(s) / 1000.0)).collect();
-        chart
-            .draw_series(LineSeries::new(points, colour.stroke_width(2)))
-            .map_err(e)?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], colour));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(e)?;
-    root.present().map_err(e)
+    let kb = |pick: fn(&Sample) -> f64| r.series.iter().map(|s| (s.t, pick(s) / 1000.0)).collect();
+    plot_over_time(
+        path,
+        r,
+        "KB per second per QUIC bot",
+        Some("KB/s"),
+        vec![
+            ("in", COLOURS[0], kb(|s| s.quic_bytes_in_per_bot)),
+            ("out", COLOURS[1], kb(|s| s.quic_bytes_out_per_bot)),
+        ],
+        false,
+    )
 }
 
 #[cfg(test)]
