@@ -100,16 +100,36 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
 /// A QUIC client endpoint pinned to one server certificate. One endpoint
 /// (one UDP socket) can carry many connections.
 pub fn endpoint(server_cert: CertificateDer<'static>) -> Result<quinn::Endpoint, ClientError> {
+    endpoint_as(server_cert, None)
+}
+
+/// A client's own certificate chain and key (a telnet gateway shows its
+/// cluster member certificate, which lets it `Client::relay`).
+pub type ClientIdentity = (
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// Like [`endpoint`], showing `identity` to the server when given.
+pub fn endpoint_as(
+    server_cert: CertificateDer<'static>,
+    identity: Option<ClientIdentity>,
+) -> Result<quinn::Endpoint, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Connect(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCert {
             cert: server_cert,
             provider,
-        }))
-        .with_no_client_auth();
+        }));
+    let mut tls = match identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| ClientError::Connect(format!("bad client certificate: {e}")))?,
+    };
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -184,6 +204,8 @@ pub enum ClientEvent {
         emote: bool,
     },
     Text(String),
+    /// A line a text session prints as it is (`ServerMsg::Notice`).
+    Notice(String),
     /// A line from the chat service (shout, tell, channel, notice).
     ChatLine {
         kind: tessera_proto::msg::ChatKind,
@@ -230,6 +252,8 @@ pub struct Client {
     events: Option<mpsc::UnboundedReceiver<(Instant, ClientEvent)>>,
     pub me: Option<LoggedIn>,
     input_seq: u32,
+    /// The world's name, from the router's `Welcome`.
+    pub world_name: String,
 }
 
 impl Client {
@@ -263,6 +287,7 @@ impl Client {
             events: None,
             me: None,
             input_seq: 0,
+            world_name: String::new(),
         };
         client
             .write(&ClientMsg::Hello {
@@ -271,7 +296,10 @@ impl Client {
             })
             .await?;
         match client.read_direct().await? {
-            ServerMsg::Welcome { .. } => Ok(client),
+            ServerMsg::Welcome { world, .. } => {
+                client.world_name = world;
+                Ok(client)
+            }
             ServerMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
             other => Err(ClientError::Protocol(format!(
                 "expected Welcome, got {other:?}"
@@ -327,6 +355,29 @@ impl Client {
         })
         .await?;
         self.await_login().await
+    }
+
+    /// Declares this connection a relayed text session for the telnet
+    /// client at `client` (a telnet gateway; needs a cluster member
+    /// certificate, see [`endpoint_as`]).
+    pub async fn relay(&mut self, client: SocketAddr) -> Result<(), ClientError> {
+        self.write(&ClientMsg::Relay { client }).await?;
+        let msg = tokio::time::timeout(Duration::from_secs(10), self.read_direct())
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        match msg {
+            ServerMsg::Relaying => Ok(()),
+            ServerMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Relaying, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends a text command without waiting for its answer, which arrives
+    /// as the next [`ClientEvent::Text`] (answers come in order).
+    pub async fn send_command(&mut self, line: &str) -> Result<(), ClientError> {
+        self.write(&ClientMsg::Command { line: line.into() }).await
     }
 
     /// Logs in again with the token of an earlier [`LoggedIn`] (after a
@@ -437,6 +488,7 @@ impl Client {
         self.events = Some(rx);
         let world = self.world.clone();
         let tx2 = tx.clone();
+        let control_conn = self.conn.clone();
         tokio::spawn(async move {
             loop {
                 match read_msg(&mut recv, &mut buf).await {
@@ -446,6 +498,11 @@ impl Client {
                         }
                     }
                     Err(e) => {
+                        // A stopping router finishes the control stream
+                        // just before it closes the connection: wait for
+                        // the close, so `router_restarted` can tell.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), control_conn.closed())
+                            .await;
                         let _ = tx.send((Instant::now(), ClientEvent::Closed(e.to_string())));
                         break;
                     }
@@ -701,6 +758,7 @@ fn apply_msg(world: &Mutex<WorldState>, msg: ServerMsg) -> Option<ClientEvent> {
             emote,
         }),
         ServerMsg::Text { text } => Some(ClientEvent::Text(text)),
+        ServerMsg::Notice { text } => Some(ClientEvent::Notice(text)),
         ServerMsg::ChatLine {
             kind,
             from,
@@ -721,6 +779,6 @@ fn apply_msg(world: &Mutex<WorldState>, msg: ServerMsg) -> Option<ClientEvent> {
             Some(ClientEvent::CellChanged { cell, shard })
         }
         ServerMsg::Pong { nonce } => Some(ClientEvent::Pong(nonce)),
-        ServerMsg::Welcome { .. } | ServerMsg::LoggedIn { .. } => None,
+        ServerMsg::Welcome { .. } | ServerMsg::LoggedIn { .. } | ServerMsg::Relaying => None,
     }
 }

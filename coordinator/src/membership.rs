@@ -32,6 +32,21 @@ pub struct RouterRegistration {
     pub telnet: SocketAddr,
     pub quic: SocketAddr,
     pub version: String,
+    /// The router is stopping: telnet gateways resume no player on it.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+impl RouterRegistration {
+    /// Where players reach this router over QUIC: the QUIC address, with
+    /// the cluster address's IP when it listens on every interface.
+    pub fn player_quic_addr(&self) -> SocketAddr {
+        if self.quic.ip().is_unspecified() {
+            SocketAddr::new(self.addr.ip(), self.quic.port())
+        } else {
+            self.quic
+        }
+    }
 }
 
 /// A shard's load report (`<prefix>load/<id>`, under the shard's lease),

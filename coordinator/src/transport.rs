@@ -166,6 +166,17 @@ pub struct MemberIdentity {
 }
 
 impl MemberIdentity {
+    /// The cluster CA's certificate.
+    pub fn root(&self) -> &CertificateDer<'static> {
+        &self.root
+    }
+
+    /// This member's certificate chain and key, to show as a client of
+    /// another protocol (a telnet gateway to the routers).
+    pub fn chain_and_key(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (self.chain.clone(), self.key.clone_key())
+    }
+
     fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TransportError> {
         let mut roots = rustls::RootCertStore::empty();
         roots
@@ -626,6 +637,10 @@ mod tests {
                     &a,
                     ToShard::Leave {
                         entity: tessera_proto::EntityId(i),
+                        session: tessera_proto::cluster::SessionRef {
+                            router: r.clone(),
+                            session: tessera_proto::SessionId(i),
+                        },
                     },
                 )
                 .unwrap();
@@ -633,7 +648,7 @@ mod tests {
         let got: Vec<u64> = tokio::task::spawn_blocking(move || {
             (0..200)
                 .map(|_| match shard_rx.recv_timeout(Duration::from_secs(10)) {
-                    Ok(ToShard::Leave { entity }) => entity.0,
+                    Ok(ToShard::Leave { entity, .. }) => entity.0,
                     other => panic!("unexpected {other:?}"),
                 })
                 .collect()

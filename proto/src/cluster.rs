@@ -79,9 +79,14 @@ pub enum ToShard {
         entity: EntityId,
         text: String,
     },
-    /// The player logs out; answered with `Left`.
+    /// The player's session `session` logs out; answered with `Left`.
+    /// Only the session the avatar is bound to removes it: after a resume
+    /// on another router took the avatar over, a late `Leave` from the old
+    /// session is answered with `Left` (the avatar's current position) and
+    /// changes nothing.
     Leave {
         entity: EntityId,
+        session: SessionRef,
     },
     /// An entity crossing into `to`, owned by the receiver at `epoch`.
     Handoff {
@@ -150,7 +155,9 @@ pub enum PlayerEvent {
         text: String,
         emote: bool,
     },
-    /// The entity was removed on logout, at `pos`.
+    /// The session's logout is done: the entity was removed at `pos`; or,
+    /// for a session that no longer controls it (another router resumed
+    /// the player), it stays in the world at `pos`.
     Left {
         pos: Vec3,
     },
@@ -258,6 +265,13 @@ mod tests {
             ToShard::Step {
                 entity: EntityId(1),
                 dir: Compass::East,
+            },
+            ToShard::Leave {
+                entity: EntityId(1),
+                session: SessionRef {
+                    router: RouterId("r2".into()),
+                    session: SessionId(8),
+                },
             },
             ToShard::Speech {
                 cells: vec![CellId::new(0, 0)],

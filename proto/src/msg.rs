@@ -61,6 +61,16 @@ pub enum ClientMsg {
     Resume {
         token: String,
     },
+    /// Sent right after `Hello` by a telnet gateway (`tessera
+    /// telnet-gateway`) that plays a text player for the telnet client at
+    /// `client`: the router rate-limits logins by that address and treats
+    /// the connection as a text session (no snapshots; notices as
+    /// `ServerMsg::Notice`). Accepted only on a connection that showed a
+    /// client certificate from the cluster CA; answered with
+    /// `ServerMsg::Relaying`.
+    Relay {
+        client: std::net::SocketAddr,
+    },
 }
 
 /// QUIC application close code of a router that is stopping (a restart or
@@ -95,6 +105,9 @@ pub enum ErrorCode {
     /// The player read too slowly: more events waited for it than the
     /// router keeps (`EVENT_QUEUE`); the connection closes.
     Lagged,
+    /// The connection may not do that (`Relay` without a cluster
+    /// certificate).
+    Forbidden,
 }
 
 /// Where a chat line (from the chat service) was said.
@@ -135,6 +148,15 @@ pub fn render_chat(
         }
         ChatKind::Channel(channel) => format!("[{channel}] {from}: {text}"),
         ChatKind::System => text.to_string(),
+    }
+}
+
+/// What a text player reads when `name` speaks (or emotes) nearby.
+pub fn render_heard(name: &str, text: &str, emote: bool) -> String {
+    if emote {
+        format!("{name} {text}")
+    } else {
+        format!("{name} says, \"{text}\"")
     }
 }
 
@@ -202,6 +224,13 @@ pub enum ServerMsg {
     },
     Pong {
         nonce: u64,
+    },
+    /// The router accepted `ClientMsg::Relay`: this is a text session.
+    Relaying,
+    /// A line a relayed text session prints as it is, unprompted (what a
+    /// telnet player reads between prompts, such as `[The world ...]`).
+    Notice {
+        text: String,
     },
 }
 

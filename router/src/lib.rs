@@ -8,6 +8,7 @@
 
 pub mod chat;
 pub mod command;
+pub mod dialogue;
 pub mod interest;
 pub mod play;
 pub mod quic;
@@ -85,6 +86,9 @@ pub struct RouterConfig {
     /// world's spawn (0: on it). Spreads a crowd of newcomers over several
     /// cells, and so over several shards.
     pub spawn_radius: f32,
+    /// The cluster CA whose members (telnet gateways) may relay text
+    /// players (`ClientMsg::Relay`); without it no connection may.
+    pub relay_ca: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl RouterConfig {
@@ -103,7 +107,16 @@ impl RouterConfig {
             hearing_radius: 30.0,
             save_interval: Duration::from_secs(5),
             spawn_radius: 0.0,
+            relay_ca: None,
         }
+    }
+}
+
+/// Resolves once `stopping` (from [`Router::stopping`]) turns true.
+pub async fn until_stopping(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    if stopping.wait_for(|s| *s).await.is_err() {
+        // The router is gone: nothing will ever stop this wait otherwise.
+        std::future::pending::<()>().await;
     }
 }
 
@@ -151,6 +164,7 @@ pub struct Router {
     next_session: AtomicU64,
     /// Player records the store refused (it was down), newest per player.
     unsaved: Mutex<HashMap<PlayerId, PlayerRecord>>,
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 struct SessionEntry {
@@ -196,7 +210,16 @@ impl Router {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             unsaved: Mutex::new(HashMap::new()),
+            stopping: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Turns true when the router starts stopping: every connection then
+    /// takes its player out of the world (saving the position) before it
+    /// closes, so a client resuming on another router finds the position
+    /// already saved.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// Registers a connection; its player events arrive on the receiver.
@@ -432,6 +455,28 @@ pub(crate) fn farewell(ev: &PlayerEvent) -> Option<(ErrorCode, String)> {
     }
 }
 
+/// What a player is told when a login is refused: the reason, except for
+/// trouble behind the router (storage, keys, an unreachable account
+/// service), which is logged and told as a plain "not now". Both gateways
+/// (and so telnet players behind a telnet gateway) print exactly this.
+pub fn login_refusal(e: &AuthError) -> String {
+    match e {
+        AuthError::Storage(_) | AuthError::Key(_) | AuthError::Unavailable(_) => {
+            tracing::error!(error = %e, "login failed");
+            "Login is not available right now; please try again later.".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// What a player is told when a logged-in character cannot enter the world.
+pub fn enter_refusal(e: &RouterError) -> String {
+    match e {
+        RouterError::AlreadyPlaying => "That character is already playing.".to_string(),
+        other => format!("You cannot enter the world right now: {other}."),
+    }
+}
+
 /// What a connection whose session was resumed elsewhere is told.
 pub(crate) const REPLACED_TEXT: &str =
     "Your session was resumed from another connection; this one closes";
@@ -466,6 +511,10 @@ impl EventSender {
         }
     }
 }
+
+/// How long a stopping router waits for its connections to take their
+/// players out of the world (one shard round trip and a save each).
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Where a running router listens.
 pub struct RouterAddrs {
@@ -507,10 +556,13 @@ pub async fn run(
             source,
         })?;
     let identity = tls::load_or_create(&router.config.data_dir)?;
-    let endpoint = quinn::Endpoint::server(tls::server_config(&identity)?, router.config.quic)
-        .map_err(|source| RouterError::Bind {
-            addr: router.config.quic,
-            source,
+    let server_config = tls::server_config(&identity, router.config.relay_ca.as_ref())?;
+    let endpoint =
+        quinn::Endpoint::server(server_config, router.config.quic).map_err(|source| {
+            RouterError::Bind {
+                addr: router.config.quic,
+                source,
+            }
         })?;
     let addrs = RouterAddrs {
         telnet: telnet.local_addr().map_err(|source| RouterError::Bind {
@@ -552,9 +604,20 @@ pub async fn run(
         }
     });
     shutdown.await;
-    tracing::info!(router = %router.config.id, "router stopping; saving players");
-    // Sessions stay open (QUIC players keep their tokens): clients log in
-    // again with `Resume` on this router's successor or another router.
+    tracing::info!(router = %router.config.id, "router stopping; taking players out of the world");
+    // Every connection takes its player out of the world and saves the
+    // position, then closes: QUIC ones with CLOSE_RESTART, keeping their
+    // sessions for `Resume` on this router's successor or another router,
+    // which then finds the saved position (docs/protocol.md, section 3).
+    let _ = router.stopping.send(true);
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    while !router.sessions.lock().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = router.sessions.lock().len();
+    if left > 0 {
+        tracing::warn!(router = %router.config.id, sessions = left, "sessions still open when the router stopped");
+    }
     endpoint.close(quic::CLOSE_RESTART.into(), b"server restarting");
     let r = router.clone();
     let _ = tokio::task::spawn_blocking(move || r.save_all()).await;

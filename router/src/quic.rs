@@ -71,6 +71,8 @@ pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
                 session,
                 events: Some(events),
                 ctl: None,
+                relay: None,
+                stop: r.stopping(),
             };
             match c.run().await {
                 Ok(()) => conn.close(CLOSE_NORMAL.into(), b"bye"),
@@ -79,6 +81,7 @@ pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
                     conn.close(CLOSE_PROTOCOL.into(), msg.as_bytes());
                 }
                 Err(ConnError::Version) => conn.close(CLOSE_VERSION.into(), b"protocol version"),
+                Err(ConnError::Restart) => conn.close(CLOSE_RESTART.into(), b"server restarting"),
                 Err(ConnError::Closed(e)) => {
                     tracing::debug!(peer = %peer, error = %e, "QUIC connection closed")
                 }
@@ -93,6 +96,8 @@ enum ConnError {
     Protocol(String),
     Version,
     Closed(String),
+    /// The router is stopping; the player (if any) has left the world.
+    Restart,
 }
 
 impl From<quinn::ConnectionError> for ConnError {
@@ -160,7 +165,15 @@ struct ClientConn {
     session: tessera_proto::SessionId,
     events: Option<tokio::sync::mpsc::Receiver<PlayerEvent>>,
     ctl: Option<Control>,
+    /// The telnet client a gateway relays on this connection: a text
+    /// session (`ClientMsg::Relay`).
+    relay: Option<std::net::SocketAddr>,
+    stop: tokio::sync::watch::Receiver<bool>,
 }
+
+/// A relayed text player may sit at the login prompt as long as its
+/// gateway keeps it (the gateway has its own idle timeout).
+const RELAY_LOGIN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 impl ClientConn {
     async fn run(&mut self) -> Result<(), ConnError> {
@@ -209,10 +222,7 @@ impl ClientConn {
         })
         .await?;
         self.ctl = Some(ctl);
-        let login = tokio::time::timeout(LOGIN_TIMEOUT, self.login()).await;
-        let Some(mut player) =
-            login.map_err(|_| ConnError::Protocol("no login in time".into()))??
-        else {
+        let Some(mut player) = self.login().await? else {
             return Ok(());
         };
         // A QUIC client holds its token: unless it logs out (or is
@@ -221,6 +231,15 @@ impl ClientConn {
         player.keep_session = true;
         let result = self.play(&mut player).await;
         player.leave().await;
+        if matches!(result, Err(ConnError::Restart)) {
+            // Deliver every answer already written before the connection
+            // closes: a client resuming elsewhere then knows that each
+            // command without an answer was never run.
+            if let Some(ctl) = self.ctl.as_mut() {
+                let _ = ctl.send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(1), ctl.send.stopped()).await;
+            }
+        }
         result
     }
 
@@ -230,19 +249,57 @@ impl ClientConn {
             .expect("control stream is open after hello")
     }
 
+    /// Whether this connection showed a certificate from the cluster CA
+    /// (rustls verified it during the handshake).
+    fn is_member(&self) -> bool {
+        self.router.config.relay_ca.is_some() && self.conn.peer_identity().is_some()
+    }
+
     /// Runs the login exchange until the player is in the world.
     async fn login(&mut self) -> Result<Option<Player>, ConnError> {
-        let peer = self.conn.remote_address().ip();
+        let mut deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
         loop {
-            let msg = match self.ctl().read().await {
-                Ok(m) => m,
-                Err(ConnError::Protocol(msg)) => {
+            let mut stop = self.stop.clone();
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, self.ctl().read()) => r,
+                _ = crate::until_stopping(&mut stop) => return Err(ConnError::Restart),
+            };
+            let msg = match read {
+                Err(_) => return Err(ConnError::Protocol("no login in time".into())),
+                Ok(Ok(m)) => m,
+                Ok(Err(ConnError::Protocol(msg))) => {
                     let _ = self.ctl().error(ErrorCode::Malformed, msg.clone()).await;
                     return Err(ConnError::Protocol(msg));
                 }
-                Err(e) => return Err(e),
+                Ok(Err(e)) => return Err(e),
+            };
+            // Logins are rate limited by the player's address: a relayed
+            // player's is the one its gateway vouches for.
+            let peer = match self.relay {
+                Some(client) => client.ip(),
+                None => self.conn.remote_address().ip(),
             };
             let login = match msg {
+                ClientMsg::Relay { client } => {
+                    if self.relay.is_some() {
+                        self.ctl()
+                            .error(ErrorCode::Malformed, "this connection already relays")
+                            .await?;
+                    } else if self.is_member() {
+                        tracing::info!(session = %self.session, gateway = %self.conn.remote_address(), client = %client, "relayed text session");
+                        self.relay = Some(client);
+                        deadline = tokio::time::Instant::now() + RELAY_LOGIN_TIMEOUT;
+                        self.ctl().write(&ServerMsg::Relaying).await?;
+                    } else {
+                        self.ctl()
+                            .error(
+                                ErrorCode::Forbidden,
+                                "only a telnet gateway of this cluster (a client certificate from the cluster CA) may relay players",
+                            )
+                            .await?;
+                    }
+                    continue;
+                }
                 ClientMsg::Create { name, password } => {
                     session::login(&self.router, true, &name, &password, peer).await
                 }
@@ -285,7 +342,7 @@ impl ClientConn {
                         AuthError::RateLimited { .. } => ErrorCode::RateLimited,
                         _ => ErrorCode::Unavailable,
                     };
-                    self.ctl().error(code, e.to_string()).await?;
+                    self.ctl().error(code, crate::login_refusal(&e)).await?;
                     continue;
                 }
             };
@@ -315,7 +372,7 @@ impl ClientConn {
                         RouterError::AlreadyPlaying => ErrorCode::AlreadyLoggedIn,
                         _ => ErrorCode::Unavailable,
                     };
-                    self.ctl().error(code, e.to_string()).await?;
+                    self.ctl().error(code, crate::enter_refusal(&e)).await?;
                 }
             }
         }
@@ -327,8 +384,12 @@ impl ClientConn {
         let mut snapshots = tokio::time::interval(period);
         snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut interest = Interest::default();
+        // A relayed text player sees the world through `look`, not snapshots.
+        let text = self.relay.is_some();
+        let mut stop = self.stop.clone();
         let result = loop {
             tokio::select! {
+                _ = crate::until_stopping(&mut stop) => break Err(ConnError::Restart),
                 msg = ctl.read() => {
                     let msg = match msg {
                         Ok(m) => m,
@@ -374,6 +435,7 @@ impl ClientConn {
                     let msg = match ev {
                         PlayerEvent::Heard { speaker, name, text, emote } => Some(ServerMsg::Chat { from: name, entity: Some(speaker), text, emote }),
                         PlayerEvent::OwnerChanged { cell, shard } => Some(ServerMsg::CellChanged { cell, shard }),
+                        PlayerEvent::Error { message } if text => Some(ServerMsg::Notice { text: format!("[{message}]") }),
                         PlayerEvent::Error { message } => Some(ServerMsg::Text { text: message }),
                         PlayerEvent::Chat { kind, from, to, text, at_unix_ms } => Some(ServerMsg::ChatLine { kind, from, to, text, at_unix_ms }),
                         _ => None,
@@ -382,7 +444,7 @@ impl ClientConn {
                         if let Err(e) = ctl.write(&m).await { break Err(e); }
                     }
                 }
-                _ = snapshots.tick() => {
+                _ = snapshots.tick(), if !text => {
                     // A QUIC player may only send inputs: notice a dead
                     // shard here too.
                     if let Ok(Some(text)) = player.ensure_in_world().await {
@@ -463,7 +525,8 @@ impl ClientConn {
             ClientMsg::Hello { .. }
             | ClientMsg::Create { .. }
             | ClientMsg::Connect { .. }
-            | ClientMsg::Resume { .. } => {
+            | ClientMsg::Resume { .. }
+            | ClientMsg::Relay { .. } => {
                 ctl.error(ErrorCode::AlreadyLoggedIn, "already logged in")
                     .await?;
             }

@@ -385,6 +385,10 @@ impl Player {
         if self
             .send(ToShard::Leave {
                 entity: self.entity,
+                session: SessionRef {
+                    router: self.router.config.id.clone(),
+                    session: self.session,
+                },
             })
             .is_ok()
         {
@@ -428,7 +432,14 @@ impl Drop for Player {
             let player = PlayerId(self.account.id);
             let session = self.session;
             let pos = self.position();
-            let _ = router.to_shard(&shard, ToShard::Leave { entity });
+            let leave = ToShard::Leave {
+                entity,
+                session: SessionRef {
+                    router: router.config.id.clone(),
+                    session,
+                },
+            };
+            let _ = router.to_shard(&shard, leave);
             let r = router.clone();
             std::thread::spawn(move || {
                 if let Err(e) = r.save_player(player, pos) {

@@ -730,20 +730,37 @@ impl Shard {
                     self.forward(entity, ToShard::Say { entity, text });
                 }
             },
-            ToShard::Leave { entity } => match self.cell_of_entity(entity) {
+            ToShard::Leave { entity, session } => match self.cell_of_entity(entity) {
                 Some(c) => {
                     let Some(cell) = self.cells.get_mut(&c) else {
                         return;
                     };
+                    let bound = cell.session(entity);
+                    if bound.as_ref() != Some(&session) {
+                        // A session that no longer controls the avatar (the
+                        // player resumed on another router), or a non-player:
+                        // nothing changes, but the sender stops waiting.
+                        let Some(pos) = cell.position(entity) else {
+                            return;
+                        };
+                        match bound {
+                            Some(bound) => {
+                                tracing::info!(shard = %self.id, cell = %c, entity = %entity, stale = ?session, bound = ?bound, "leave from a stale session ignored")
+                            }
+                            None => {
+                                tracing::warn!(shard = %self.id, cell = %c, entity = %entity, "leave for a non-player refused")
+                            }
+                        }
+                        self.send_player(&session, PlayerEvent::Left { pos });
+                        return;
+                    }
                     if let Some(t) = cell.extract(entity) {
                         tracing::info!(shard = %self.id, cell = %c, entity = %entity, "player left");
-                        if let Some(session) = &t.session {
-                            self.send_player(session, PlayerEvent::Left { pos: t.pos });
-                        }
+                        self.send_player(&session, PlayerEvent::Left { pos: t.pos });
                     }
                 }
                 None => {
-                    self.forward(entity, ToShard::Leave { entity });
+                    self.forward(entity, ToShard::Leave { entity, session });
                 }
             },
             ToShard::Handoff { to, epoch, entity } => {

@@ -435,11 +435,7 @@ impl Play {
                 text,
                 emote,
             } => {
-                let line = if emote {
-                    format!("{from} {text}")
-                } else {
-                    format!("{from} says, \"{text}\"")
-                };
+                let line = tessera_proto::msg::render_heard(&from, &text, emote);
                 if let Some(id) = entity {
                     let bubble = if emote {
                         format!("*{text}*")
@@ -450,7 +446,9 @@ impl Play {
                 }
                 self.say_line(line, WHITE);
             }
-            ClientEvent::Text(t) => self.say_line(t, Color::new(0.85, 0.85, 0.85, 1.0)),
+            ClientEvent::Text(t) | ClientEvent::Notice(t) => {
+                self.say_line(t, Color::new(0.85, 0.85, 0.85, 1.0))
+            }
             ClientEvent::ChatLine {
                 kind,
                 from,

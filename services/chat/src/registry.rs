@@ -267,7 +267,21 @@ impl Registry {
                 Outcome::reply(Reply::Ok)
             }
             Request::Offline { player } => {
-                self.remove(player);
+                // Only the router the player is registered on takes them offline: one
+                // that lost the player to another (a resume) may still say goodbye.
+                match self.players.get(&player) {
+                    Some(p) if p.router != router => {
+                        tracing::debug!(
+                            player,
+                            router,
+                            holder = p.router,
+                            "offline from a router that no longer holds the player ignored"
+                        );
+                    }
+                    _ => {
+                        self.remove(player);
+                    }
+                }
                 Outcome::reply(Reply::Ok)
             }
             Request::Shout { from, text } => {
@@ -530,6 +544,47 @@ mod tests {
         assert_eq!(r.router_closed(1), 0);
         assert_eq!(r.router_closed(2), 1);
         assert_eq!(r.online_count(), 0);
+    }
+
+    #[test]
+    fn offline_from_a_router_that_no_longer_holds_the_player_changes_nothing() {
+        let mut r = Registry::new(ChatLimits::default());
+        online(&mut r, 3, 30, "Cat", false);
+        // Ann's session moves from router 1 to router 2 (a resume).
+        online(&mut r, 1, 10, "Ann", false);
+        online(&mut r, 2, 10, "Ann", false);
+        // Router 1's late Offline: answered, but Ann stays on router 2.
+        let o = r.handle(1, Request::Offline { player: 10 }, Clock::now());
+        assert_eq!(o.reply, Reply::Ok);
+        assert!(r.is_online(10));
+        let tell = |r: &mut Registry| {
+            r.handle(
+                3,
+                Request::Tell {
+                    from: 30,
+                    to_name: "ann".into(),
+                    text: "still there?".into(),
+                },
+                Clock::now(),
+            )
+        };
+        let o = tell(&mut r);
+        assert_eq!(o.reply, Reply::Delivered { recipients: 1 });
+        let to_ann: Vec<RouterKey> = o
+            .deliveries
+            .iter()
+            .filter(|(_, d)| matches!(d, Delivery::Deliver { to, .. } if to.contains(&10)))
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(to_ann, vec![2], "the tell goes to router 2");
+        // Router 2's Offline takes her offline.
+        let o = r.handle(2, Request::Offline { player: 10 }, Clock::now());
+        assert_eq!(o.reply, Reply::Ok);
+        assert!(!r.is_online(10));
+        assert!(matches!(
+            tell(&mut r).reply,
+            Reply::Failed(ChatError::NotOnline { .. })
+        ));
     }
 
     #[test]
