@@ -3,6 +3,7 @@
 //! process.
 
 mod bots;
+mod gateway;
 mod k8s_secret;
 mod metrics_http;
 mod roles;
@@ -39,6 +40,9 @@ enum Command {
     Shard(roles::ShardArgs),
     /// Run a router process: the telnet and QUIC gateways.
     Router(roles::RouterArgs),
+    /// Run a telnet gateway: holds telnet players' connections and plays
+    /// them on the routers, so router restarts drop no text player.
+    TelnetGateway(gateway::GatewayArgs),
     /// Run the persistence service (cell checkpoints, accounts, players) for the cluster.
     Persistence(roles::PersistenceArgs),
     /// Run the account service (accounts, logins, sessions) for the routers.
@@ -184,6 +188,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Coordinator(a)) => runtime.block_on(roles::coordinator(a)),
         Some(Command::Shard(a)) => runtime.block_on(roles::shard(a)),
         Some(Command::Router(a)) => runtime.block_on(roles::router(a)),
+        Some(Command::TelnetGateway(a)) => runtime.block_on(gateway::run(a)),
         Some(Command::Persistence(a)) => runtime.block_on(roles::persistence(a)),
         Some(Command::Auth(a)) => runtime.block_on(services::auth(a)),
         Some(Command::Chat(a)) => runtime.block_on(services::chat(a)),

@@ -134,6 +134,35 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle) {
 }
 
 fn describe_metrics() {
+    metrics::describe_gauge!(
+        "tessera_gateway_connections",
+        "Telnet connections a telnet gateway holds"
+    );
+    metrics::describe_gauge!(
+        "tessera_gateway_players",
+        "Telnet players in the world through a telnet gateway"
+    );
+    metrics::describe_gauge!(
+        "tessera_gateway_routers",
+        "Routers a telnet gateway may put players on (registered, not draining)"
+    );
+    metrics::describe_gauge!(
+        "tessera_gateway_draining",
+        "1 while a telnet gateway drains (refuses new connections)"
+    );
+    metrics::describe_counter!(
+        "tessera_gateway_resumes_total",
+        "Players a telnet gateway resumed on another router after theirs stopped or was lost"
+    );
+    metrics::describe_counter!(
+        "tessera_gateway_resume_failures_total",
+        "Players a telnet gateway could not resume on any router in time"
+    );
+    metrics::describe_histogram!(
+        "tessera_gateway_resume_seconds",
+        metrics::Unit::Seconds,
+        "From losing a player's router to the player resumed on another"
+    );
     metrics::describe_histogram!(
         "tessera_shard_tick_seconds",
         metrics::Unit::Seconds,

@@ -663,6 +663,8 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     rc.quic = args.quic;
     rc.tick_hz = args.tick_hz;
     rc.spawn_radius = args.spawn_radius.max(0.0);
+    // Telnet gateways are cluster members: their certificates let them relay.
+    rc.relay_ca = Some(identity.root().clone());
     let dyn_bus: Arc<dyn Bus> = bus.clone();
     let chat = args
         .chat
@@ -670,24 +672,34 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         .transpose()?;
     let router = Router::new(rc, world, dyn_bus, map, accounts, chat, db);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(tessera_router::run(
-        router,
-        inbox,
-        ready_tx,
-        crate::up::shutdown_signal(),
-    ));
-    // Register first (shards send frames to registered routers only), then
-    // wait for the router to be ready.
-    let reg_value = |telnet, quic| RouterRegistration {
+    let reg_value = move |telnet, quic, draining| RouterRegistration {
         addr,
         telnet,
         quic,
         version: env!("CARGO_PKG_VERSION").into(),
+        draining,
     };
+    // On SIGTERM the registration is marked draining first, so telnet
+    // gateways resume its players elsewhere; it stays (shards still answer
+    // the players' leaves) until the router has stopped.
+    let (lease_tx, lease_rx) = tokio::sync::oneshot::channel::<(i64, SocketAddr, SocketAddr)>();
+    let (draining_store, draining_key) = (store.clone(), router_key(&prefix, &id));
+    let shutdown = async move {
+        crate::up::shutdown_signal().await;
+        if let Ok((lease, telnet, quic)) = lease_rx.await {
+            let value = serde_json::to_vec(&reg_value(telnet, quic, true)).unwrap_or_default();
+            if let Err(e) = draining_store.put(&draining_key, value, Some(lease)).await {
+                tracing::warn!(error = %e, "cannot mark the router draining");
+            }
+        }
+    };
+    let task = tokio::spawn(tessera_router::run(router, inbox, ready_tx, shutdown));
+    // Register first (shards send frames to registered routers only), then
+    // wait for the router to be ready.
     let reg = Registration::register(
         store.clone(),
         router_key(&prefix, &id),
-        serde_json::to_vec(&reg_value(args.telnet, args.quic))?,
+        serde_json::to_vec(&reg_value(args.telnet, args.quic, false))?,
         Duration::from_secs(args.member.lease_ttl_secs.max(1)),
     )
     .await?;
@@ -705,10 +717,11 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     store
         .put(
             &router_key(&prefix, &id),
-            serde_json::to_vec(&reg_value(addrs.telnet, addrs.quic))?,
+            serde_json::to_vec(&reg_value(addrs.telnet, addrs.quic, false))?,
             Some(reg.lease),
         )
         .await?;
+    let _ = lease_tx.send((reg.lease, addrs.telnet, addrs.quic));
     println!("router {id} running; cluster address {addr}");
     println!("telnet listening on {}", addrs.telnet);
     println!(

@@ -1,0 +1,220 @@
+//! The telnet gateway (`tessera telnet-gateway`): the process that holds
+//! text players' telnet connections in a cluster and plays each of them as
+//! a relayed text session on a router (QUIC, `ClientMsg::Relay`, mutual TLS
+//! with the cluster CA). Routers can then restart or roll without dropping
+//! a telnet player: when a router stops (close code `CLOSE_RESTART`) or is
+//! lost, the gateway resumes the player's session on another router with
+//! its token (docs/deploy.md, "The telnet gateway").
+//!
+//! The player reads exactly the screen a router's own telnet port shows:
+//! both run the same pure [`tessera_router::dialogue::Dialogue`]; in the
+//! world every line goes to the router as `ClientMsg::Command`. This crate
+//! only moves bytes and picks routers; it never simulates and keeps no
+//! state but its connections.
+//!
+//! The gateway drains rather than drops: on shutdown it stops accepting,
+//! keeps its players until they leave, warns those still there a minute
+//! before `drain_timeout`, and then lets them go with their positions
+//! saved.
+
+mod conn;
+pub mod routers;
+
+use parking_lot::Mutex;
+use routers::RouterSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// How a gateway runs.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub id: String,
+    /// Longest telnet line, bytes.
+    pub max_line: usize,
+    /// Connections beyond this are refused with a message.
+    pub max_connections: usize,
+    /// Connections whose player typed nothing this long are closed.
+    pub idle_timeout: Duration,
+    /// After a shutdown begins, players may stay this long.
+    pub drain_timeout: Duration,
+    /// How long a player whose router stopped or was lost waits for
+    /// another one before the gateway gives up on them.
+    pub resume_within: Duration,
+}
+
+impl GatewayConfig {
+    pub fn new(id: impl Into<String>) -> GatewayConfig {
+        GatewayConfig {
+            id: id.into(),
+            max_line: 1024,
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(30 * 60),
+            drain_timeout: Duration::from_secs(3600),
+            resume_within: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How long before the end of a drain the players still here are warned.
+pub const DRAIN_WARNING: Duration = Duration::from_secs(60);
+
+/// Where a gateway is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// Shutting down: no new connections; players may stay until the
+    /// deadline.
+    Draining {
+        until: tokio::time::Instant,
+    },
+}
+
+/// The shared state of one gateway.
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub routers: RouterSet,
+    /// The QUIC endpoint every relayed session uses (pinned to the routers'
+    /// certificate, showing this member's certificate).
+    endpoint: quinn::Endpoint,
+    connections: AtomicUsize,
+    phase: watch::Sender<Phase>,
+    /// The world's name, from the newest router welcome.
+    world_name: Mutex<String>,
+}
+
+impl Gateway {
+    pub fn new(
+        config: GatewayConfig,
+        routers: RouterSet,
+        endpoint: quinn::Endpoint,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            config,
+            routers,
+            endpoint,
+            connections: AtomicUsize::new(0),
+            phase: watch::channel(Phase::Serving).0,
+            world_name: Mutex::new(String::new()),
+        })
+    }
+
+    /// Telnet connections open now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        matches!(*self.phase.borrow(), Phase::Draining { .. })
+    }
+
+    /// Why this gateway cannot take players now, if it cannot.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining: this gateway is shutting down".into());
+        }
+        if self.routers.available() == 0 {
+            return Err("no router is registered (or every one is draining)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Counts a connection while it lives.
+struct ConnectionSlot(Arc<Gateway>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("tessera_gateway_connections").decrement(1.0);
+    }
+}
+
+/// Serves telnet on `listener` until `shutdown` resolves, then drains:
+/// closes the listener, keeps the players it has until they leave or the
+/// drain timeout passes, and returns.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    metrics::gauge!("tessera_gateway_draining").set(0.0);
+    let accept = {
+        let gw = gateway.clone();
+        tokio::spawn(async move { accept_loop(gw, listener).await })
+    };
+    let gauge = {
+        let gw = gateway.clone();
+        tokio::spawn(async move {
+            loop {
+                metrics::gauge!("tessera_gateway_routers").set(gw.routers.available() as f64);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    shutdown.await;
+    // Closing the listener refuses new connections at once; the players
+    // here stay (their TCP connections do not go through the listener).
+    accept.abort();
+    let _ = accept.await;
+    let until = tokio::time::Instant::now() + gateway.config.drain_timeout;
+    let _ = gateway.phase.send(Phase::Draining { until });
+    metrics::gauge!("tessera_gateway_draining").set(1.0);
+    tracing::info!(
+        gateway = %gateway.config.id,
+        players = gateway.connections(),
+        drain_secs = gateway.config.drain_timeout.as_secs(),
+        "telnet gateway draining: no new connections; players stay until they leave"
+    );
+    // Connections end themselves at the deadline; give them a moment more
+    // to say goodbye and log out.
+    let hard_stop = until + Duration::from_secs(5);
+    while gateway.connections() > 0 && tokio::time::Instant::now() < hard_stop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gauge.abort();
+    gateway.endpoint.close(0u32.into(), b"gateway stopped");
+    tracing::info!(gateway = %gateway.config.id, left = gateway.connections(), "telnet gateway stopped");
+}
+
+async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let n = gateway.connections.fetch_add(1, Ordering::Relaxed) + 1;
+                metrics::gauge!("tessera_gateway_connections").increment(1.0);
+                let slot = ConnectionSlot(gateway.clone());
+                let gw = gateway.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if n > gw.config.max_connections {
+                        conn::refuse(stream, "The server is full; please try again later.").await;
+                        return;
+                    }
+                    if let Err(e) = conn::serve(gw, stream, peer).await {
+                        tracing::debug!(peer = %peer, error = %e, "telnet connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "telnet accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `tessera telnet-gateway`: wires the telnet gateway library to etcd (the
+//! routers' registrations), the cluster CA (its client certificate for the
+//! routers) and the routers' pinned QUIC certificate.
+
+use anyhow::Context;
+use clap::Args;
+use rustls::pki_types::CertificateDer;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_coordinator::transport::ClusterCa;
+use tessera_coordinator::{ClusterStore, EtcdStore};
+use tessera_gateway::routers::RouterSet;
+use tessera_gateway::{Gateway, GatewayConfig};
+
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// etcd endpoints, comma separated: the routers are found under
+    /// `<prefix>routers/`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Directory with the cluster CA: the gateway shows the routers a
+    /// member certificate from it, which lets it relay players.
+    #[arg(long)]
+    cluster_ca: PathBuf,
+    /// The routers' QUIC certificate (DER or PEM) to pin; every router of
+    /// the cluster shares it.
+    #[arg(long)]
+    router_cert: PathBuf,
+    /// This gateway's name (in logs and on its certificate).
+    #[arg(long, default_value = "gateway-1")]
+    id: String,
+    /// Where players connect with telnet.
+    #[arg(long, default_value = "0.0.0.0:4000")]
+    telnet: SocketAddr,
+    /// Prometheus metrics address (also `/healthz` and `/readyz`).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    metrics: SocketAddr,
+    /// Longest telnet line, bytes.
+    #[arg(long, default_value_t = 1024)]
+    max_line: usize,
+    /// Refuse connections beyond this many.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Close connections idle this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    idle_timeout_secs: u64,
+    /// On SIGTERM, keep the players this many seconds at most while they
+    /// leave by themselves (new connections are refused at once).
+    #[arg(long, default_value_t = 3600)]
+    drain_timeout_secs: u64,
+    /// How long to look for another router after losing one, seconds.
+    #[arg(long, default_value_t = 30)]
+    resume_within_secs: u64,
+}
+
+fn load_cert(path: &Path) -> anyhow::Result<CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        CertificateDer::from_pem_slice(&bytes)
+            .with_context(|| format!("{} is not a PEM certificate", path.display()))
+    } else {
+        Ok(CertificateDer::from(bytes))
+    }
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let metrics = crate::metrics_http::install(args.metrics).await?;
+    let router_cert = load_cert(&args.router_cert)?;
+    let identity = ClusterCa::load(&args.cluster_ca)?.member(&format!("gateway {}", args.id))?;
+    let endpoint = tessera_client::endpoint_as(router_cert, Some(identity.chain_and_key()))
+        .context("cannot open the QUIC endpoint")?;
+    let store: Arc<dyn ClusterStore> = Arc::new(
+        EtcdStore::connect(&args.etcd, Duration::from_secs(5))
+            .await
+            .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?,
+    );
+    let routers = RouterSet::default();
+    routers
+        .follow(store, &args.prefix)
+        .await
+        .context("cannot read the routers' registrations")?;
+    let mut config = GatewayConfig::new(args.id.clone());
+    config.max_line = args.max_line.max(64);
+    config.max_connections = args.max_connections;
+    config.idle_timeout = Duration::from_secs(args.idle_timeout_secs.max(1));
+    config.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    config.resume_within = Duration::from_secs(args.resume_within_secs.max(1));
+    let gateway = Gateway::new(config, routers, endpoint);
+    {
+        let gw = gateway.clone();
+        crate::metrics_http::set_readiness("telnet gateway", move || gw.readiness());
+    }
+    let listener = tokio::net::TcpListener::bind(args.telnet)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.telnet))?;
+    let bound = listener.local_addr()?;
+    println!(
+        "telnet gateway {} running; {} router(s) known",
+        args.id,
+        gateway.routers.available()
+    );
+    println!("telnet listening on {bound}");
+    println!("metrics on http://{metrics}/metrics");
+    tessera_gateway::run(gateway.clone(), listener, crate::up::shutdown_signal()).await;
+    println!("telnet gateway {} stopped", args.id);
+    Ok(())
+}
