@@ -14,6 +14,9 @@ use tessera_coordinator::{ClusterStore, EtcdStore};
 use tessera_gateway::routers::RouterSet;
 use tessera_gateway::{Gateway, GatewayConfig};
 
+/// How long a silent router link lives.
+const ROUTER_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
     /// etcd endpoints, comma separated: the routers are found under
@@ -73,7 +76,13 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
     let router_cert = load_cert(&args.router_cert)?;
     let identity = ClusterCa::load(&args.cluster_ca)?.member(&format!("gateway {}", args.id))?;
-    let endpoint = tessera_client::endpoint_as(router_cert, Some(identity.chain_and_key()))
+    // A router that dies without a word is given up after 5 s (players
+    // keep the 30 s default): its players resume elsewhere that soon.
+    let endpoint = tessera_client::endpoint_as(
+        router_cert,
+        Some(identity.chain_and_key()),
+        ROUTER_IDLE_TIMEOUT,
+    )
         .context("cannot open the QUIC endpoint")?;
     let store: Arc<dyn ClusterStore> = Arc::new(
         EtcdStore::connect(&args.etcd, Duration::from_secs(5))

@@ -6,11 +6,14 @@
    (kubernetes-validate, strict: unknown fields are errors), and the
    FoundationDBCluster against k8s/crds/foundationdbcluster-v1beta2.schema.json.
 3. The rules a rollout depends on (probes, requests and limits, the shard
-   drain and its grace period, the router Service, arm64 placement, ...).
+   drain and its grace period, the telnet gateway's drain and its grace
+   period, the router and telnet Services, arm64 placement, ...).
 4. Every flag a container passes is one `tessera <role> --help` lists
    (when target/debug/tessera is built; scripts/test.sh builds it first).
    The world ConfigMap's files match worlds/default; the Grafana dashboard
-   only queries metrics the code exports; the Dockerfile's shape.
+   and the alerts only query metrics the code exports (a metric exists when
+   its name is a string literal in some */src/**/*.rs), and each alert's
+   runbook is a section of docs/deploy.md; the Dockerfile's shape.
 5. Self-tests: broken objects that each check must reject, so the checks
    are known to be able to fail.
 """
@@ -173,18 +176,32 @@ def rule_errors(objs, overlay, drain_measured_s):
         if pdb is None:
             errs.append("shard: no PodDisruptionBudget")
 
+    errs += gateway_errors(by)
+
     svc = by.get(("Service", "router"))
     if svc is None:
         errs.append("no Service/router")
     else:
         ports = {(p["port"], p.get("protocol", "TCP")) for p in svc["spec"]["ports"]}
-        for want in ((4000, "TCP"), (4433, "UDP")):
-            if want not in ports:
-                errs.append(f"router Service: does not expose {want[1]} {want[0]}")
+        if (4433, "UDP") not in ports:
+            errs.append("router Service: does not expose UDP 4433")
+        if (4000, "TCP") in ports:
+            errs.append("router Service: exposes TCP 4000 (telnet is the telnet gateway's: Service tessera-telnet)")
         if svc["spec"].get("type") != "LoadBalancer":
             errs.append("router Service: not a LoadBalancer")
         if svc["spec"].get("sessionAffinity") != "ClientIP":
             errs.append("router Service: no ClientIP session affinity (QUIC flows would move)")
+
+    # k3s's ServiceLB binds each LoadBalancer port on the nodes: two
+    # Services asking for one port and protocol leave one of them pending.
+    claimed = {}
+    for o in objs:
+        if o["kind"] == "Service" and o["spec"].get("type") == "LoadBalancer":
+            for p in o["spec"]["ports"]:
+                key = (p["port"], p.get("protocol", "TCP"))
+                if key in claimed:
+                    errs.append(f"Services {claimed[key]} and {o['metadata']['name']} both expose {key[1]} {key[0]}")
+                claimed[key] = o["metadata"]["name"]
 
     hpa = by.get(("HorizontalPodAutoscaler", "router"))
     if overlay != "dev":
@@ -228,6 +245,108 @@ def rule_errors(objs, overlay, drain_measured_s):
             errs.append(f"etcd: {etcd['spec'].get('replicas')} replicas but {members} in ETCD_INITIAL_CLUSTER")
         if not etcd["spec"].get("volumeClaimTemplates"):
             errs.append("etcd: no persistent volumes")
+    return errs
+
+
+def arg_value(container, flag):
+    """The value of the last `--flag=value` in a container's args, or None."""
+    values = [a.split("=", 1)[1] for a in container.get("args", []) if a.startswith(f"{flag}=")]
+    return values[-1] if values else None
+
+
+def pre_stop_seconds(container):
+    """How long a `sleep N` preStop hook holds SIGTERM back (0 without one)."""
+    command = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    if len(command) == 2 and command[0] in ("sleep", "/bin/sleep"):
+        return int(command[1])
+    return 0
+
+
+def mounted_secret_key(pod, container, path):
+    """(Secret name, key) of the Secret file a container sees at `path`, or None."""
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in container.get("volumeMounts", []):
+        mount = m["mountPath"].rstrip("/")
+        secret = vols.get(m["name"], {}).get("secret")
+        if secret is None:
+            continue
+        if m.get("subPath"):
+            if path != mount:
+                continue
+            rel = m["subPath"]
+        elif path.startswith(mount + "/"):
+            rel = path[len(mount) + 1:]
+        else:
+            continue
+        items = secret.get("items")
+        if items is None:
+            return secret["secretName"], rel
+        for item in items:
+            if item["path"] == rel:
+                return secret["secretName"], item["key"]
+    return None
+
+
+def gateway_errors(by):
+    """The telnet gateway: the drain its rollouts rely on, and its Service."""
+    errs = []
+    gw = by.get(("Deployment", "telnet-gateway"))
+    if gw is None:
+        return ["no Deployment/telnet-gateway (telnet players' entry point)"]
+    spec = pod_spec(gw)
+    c = spec["containers"][0]
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    drain = arg_value(c, "--drain-timeout-secs")
+    if drain is None:
+        errs.append("telnet-gateway: no --drain-timeout-secs (SIGTERM must drain its players)")
+    else:
+        drain, pre_stop = int(drain), pre_stop_seconds(c)
+        if drain <= 0:
+            errs.append("telnet-gateway: --drain-timeout-secs=0 drops every player at once")
+        if grace < pre_stop + drain + 10:
+            errs.append(
+                f"telnet-gateway: terminationGracePeriodSeconds {grace} leaves less than 10 s after "
+                f"the {pre_stop} s preStop and the {drain} s drain timeout (SIGKILL would cut the drain)"
+            )
+    strategy = gw["spec"].get("strategy", {})
+    if strategy.get("type") != "RollingUpdate" or strategy.get("rollingUpdate", {}).get("maxUnavailable") != 0:
+        errs.append("telnet-gateway: rolling updates must start a new gateway before draining an old one (maxUnavailable 0)")
+    if not spec.get("affinity", {}).get("podAntiAffinity"):
+        errs.append("telnet-gateway: no pod anti-affinity (gateways must spread over nodes)")
+    if ("PodDisruptionBudget", "telnet-gateway") not in by:
+        errs.append("telnet-gateway: no PodDisruptionBudget")
+    # It pins the certificate the routers serve: the same Secret key.
+    router = by.get(("Deployment", "router"))
+    if router is not None:
+        repo = pod_spec(router)["containers"][0]["image"].rsplit(":", 1)[0]
+        if c["image"].rsplit(":", 1)[0] != repo:
+            errs.append(f"telnet-gateway: image {c['image']!r} is not the routers' image ({repo})")
+    cert = arg_value(c, "--router-cert")
+    if cert is None:
+        errs.append("telnet-gateway: no --router-cert")
+    elif router is not None:
+        served = mounted_secret_key(pod_spec(router), pod_spec(router)["containers"][0], "/data/quic-cert.der")
+        pinned = mounted_secret_key(spec, c, cert)
+        if pinned is None or pinned != served:
+            errs.append(f"telnet-gateway: --router-cert {cert} is {pinned}, not the routers' certificate {served}")
+
+    svc = by.get(("Service", "tessera-telnet"))
+    if svc is None:
+        return errs + ["no Service/tessera-telnet"]
+    ports = {(p["port"], p.get("protocol", "TCP")): p for p in svc["spec"]["ports"]}
+    if (4000, "TCP") not in ports:
+        errs.append("tessera-telnet Service: does not expose TCP 4000")
+    else:
+        target = ports[(4000, "TCP")].get("targetPort", 4000)
+        names = {p.get("name") for p in c.get("ports", [])} | {p["containerPort"] for p in c.get("ports", [])}
+        if target not in names:
+            errs.append(f"tessera-telnet Service: targetPort {target!r} is no port of the gateway container")
+    if svc["spec"].get("type") != "LoadBalancer":
+        errs.append("tessera-telnet Service: not a LoadBalancer")
+    selector = svc["spec"].get("selector", {})
+    labels = gw["spec"]["template"]["metadata"].get("labels", {})
+    if not selector or any(labels.get(k) != v for k, v in selector.items()):
+        errs.append("tessera-telnet Service: its selector does not select the telnet-gateway pods")
     return errs
 
 
@@ -312,6 +431,30 @@ def dashboard_errors(dashboard, exported):
     return errs
 
 
+def doc_anchors(markdown):
+    """GitHub's anchors of a Markdown file's headings."""
+    anchors = set()
+    for line in markdown.splitlines():
+        m = re.match(r"#+\s+(.*)", line)
+        if m:
+            anchors.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def alert_errors(alerts, exported, anchors):
+    """Alerts that query metrics no code exports or lack a runbook section."""
+    errs = []
+    for group in alerts.get("groups", []):
+        for rule in group.get("rules", []):
+            for m in re.findall(r"\b(tessera_[a-z_]+)", rule.get("expr", "")):
+                if re.sub(r"_(bucket|sum|count)$", "", m) not in exported:
+                    errs.append(f"alert {rule.get('alert')} queries {m}, which no code exports")
+            runbook = rule.get("annotations", {}).get("runbook", "")
+            if not runbook.startswith("docs/deploy.md#") or runbook.split("#", 1)[1] not in anchors:
+                errs.append(f"alert {rule.get('alert')}: runbook {runbook!r} is no section of docs/deploy.md")
+    return errs
+
+
 def dockerfile_errors(text):
     """Problems of a Dockerfile, parsed by BuildKit's own parser (the
     `dockerfile` package); every RUN's shell script is checked by `sh -n`."""
@@ -372,7 +515,7 @@ def self_tests(good_objs, exported):
     bad["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
     expect("a container with an unknown field", schema_errors(bad))
     bad = copy.deepcopy(by[("Service", "router")])
-    bad["spec"]["ports"][1]["port"] = "quic"
+    bad["spec"]["ports"][0]["port"] = "quic"
     expect("a Service port that is not a number", schema_errors(bad))
     bad = copy.deepcopy(by[("FoundationDBCluster", "tessera-fdb")])
     bad["spec"]["databaseConfiguration"]["redundancy_mode"] = "quadruple"
@@ -397,14 +540,38 @@ def self_tests(good_objs, exported):
         lambda b: shard_c(b)["resources"].pop("limits")))
     expect("a container without a readiness probe", with_change(
         lambda b: b[("Deployment", "auth")]["spec"]["template"]["spec"]["containers"][0].pop("readinessProbe")))
+    def gateway_spec(b):
+        return b[("Deployment", "telnet-gateway")]["spec"]
+
     expect("a router Service without UDP 4433", with_change(
-        lambda b: b[("Service", "router")]["spec"].update(ports=b[("Service", "router")]["spec"]["ports"][:1])))
+        lambda b: b[("Service", "router")]["spec"]["ports"][0].update(protocol="TCP")))
+    expect("a router Service that exposes telnet TCP 4000 again", with_change(
+        lambda b: b[("Service", "router")]["spec"]["ports"].append(
+            {"name": "telnet", "port": 4000, "targetPort": "telnet", "protocol": "TCP"})))
+    expect("a telnet gateway Service on TCP 4001", with_change(
+        lambda b: b[("Service", "tessera-telnet")]["spec"]["ports"][0].update(port=4001)))
+    expect("a telnet gateway grace period equal to its drain timeout", with_change(
+        lambda b: gateway_spec(b)["template"]["spec"].update(terminationGracePeriodSeconds=3600)))
+    expect("a telnet gateway rolling update with maxUnavailable 1", with_change(
+        lambda b: gateway_spec(b)["strategy"]["rollingUpdate"].update(maxUnavailable=1)))
+    expect("a telnet gateway pinning the routers' private key", with_change(
+        lambda b: gateway_spec(b)["template"]["spec"]["volumes"][1]["secret"]["items"][0].update(key="quic-key.der")))
+    expect("a telnet gateway without a liveness probe", with_change(
+        lambda b: gateway_spec(b)["template"]["spec"]["containers"][0].pop("livenessProbe")))
     expect("a workload without the arm64 nodeSelector", with_change(
         lambda b: b[("Deployment", "chat")]["spec"]["template"]["spec"].pop("nodeSelector")))
     expect("a grace period under the measured drain", rule_errors(good_objs, "production", 200.0))
     expect("a dashboard querying an unknown metric", dashboard_errors(
         {"panels": [{"title": "tick players cells migrations hand-offs",
                      "targets": [{"expr": "rate(tessera_shard_imaginary_total[1m])"}]}]}, exported))
+    expect("an alert querying an unknown metric", alert_errors(
+        {"groups": [{"rules": [{"alert": "X", "expr": "tessera_gateway_imaginary > 0",
+                                "annotations": {"runbook": "docs/deploy.md#alerts"}}]}]},
+        exported, {"alerts"}))
+    expect("an alert whose runbook section does not exist", alert_errors(
+        {"groups": [{"rules": [{"alert": "X", "expr": "up == 0",
+                                "annotations": {"runbook": "docs/deploy.md#no-such-section"}}]}]},
+        exported, {"alerts"}))
     if TESSERA_BIN.exists():
         objs = copy.deepcopy(good_objs)
         for o in objs:
@@ -460,7 +627,10 @@ def main():
         fail("Dockerfile", e.removeprefix("Dockerfile: "))
     for e in dockerignore_errors((ROOT / ".dockerignore").read_text()):
         fail(".dockerignore", e)
-    yaml.safe_load((K8S / "monitoring" / "alerts.yaml").read_text())
+    alerts = yaml.safe_load((K8S / "monitoring" / "alerts.yaml").read_text())
+    anchors = doc_anchors((ROOT / "docs" / "deploy.md").read_text())
+    for e in alert_errors(alerts, exported, anchors):
+        fail("k8s/monitoring/alerts.yaml", e)
     yaml.safe_load((K8S / "monitoring" / "prometheus-adapter-rules.yaml").read_text())
     if rendered["production"]:
         for e in self_tests(rendered["production"], exported):

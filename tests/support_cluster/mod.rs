@@ -952,3 +952,126 @@ pub fn try_scrape(addr: SocketAddr) -> Option<String> {
     let (head, body) = resp.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
+
+/// A router like [`router`], but with telnet and QUIC on the given
+/// addresses: to restart a router where it was (same id, ports and data
+/// dir, so the same certificate), as a rolling update does.
+pub fn router_at(
+    dir: &Path,
+    ca: &Path,
+    spec: &RouterSpec,
+    telnet: SocketAddr,
+    quic: SocketAddr,
+) -> RouterProc {
+    let mut args = common_args(&spec.etcd_url, "router", LOCALHOST, &spec.world);
+    args.extend(member_args(
+        ca,
+        spec.bus_ip,
+        spec.lease_ttl_secs,
+        spec.persistence,
+    ));
+    let data = if spec.id == "router-1" {
+        dir.join("router-data")
+    } else {
+        dir.join(format!("{}-data", spec.id))
+    };
+    args.extend([
+        "--id".into(),
+        spec.id.clone(),
+        "--telnet".into(),
+        telnet.to_string(),
+        "--quic".into(),
+        quic.to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+    ]);
+    args.extend(spec.extra.iter().cloned());
+    let name = if spec.id == "router-1" {
+        "router"
+    } else {
+        &spec.id
+    };
+    let mut role = Role::start(dir, name, &args);
+    let telnet = role.addr_after("telnet listening on ");
+    let quic = role.addr_after("quic listening on ");
+    let cert = data.join("quic-cert.der");
+    let metrics = role.addr_after("metrics on http://");
+    RouterProc {
+        role,
+        telnet,
+        quic,
+        cert,
+        metrics,
+    }
+}
+
+/// How a telnet gateway (`tessera telnet-gateway`) runs.
+pub struct GatewaySpec {
+    /// The etcd URL it finds the routers in.
+    pub etcd_url: String,
+    pub id: String,
+    /// The routers' QUIC certificate it pins (every router of the cluster
+    /// shows this one).
+    pub router_cert: PathBuf,
+    /// More flags (`--drain-timeout-secs N`, ...).
+    pub extra: Vec<String>,
+}
+
+impl GatewaySpec {
+    /// `gateway-1`, pinning `router_cert`.
+    pub fn local(etcd: &EtcdServer, router_cert: &Path) -> GatewaySpec {
+        GatewaySpec {
+            etcd_url: etcd.client_url(),
+            id: "gateway-1".into(),
+            router_cert: router_cert.to_path_buf(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// A running telnet gateway and where it listens.
+pub struct GatewayProc {
+    pub role: Role,
+    pub telnet: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// A telnet gateway with telnet and metrics on free loopback ports, shown
+/// the cluster CA `ca`; waits until it printed where it listens.
+pub fn gateway(dir: &Path, ca: &Path, spec: &GatewaySpec) -> GatewayProc {
+    let mut args: Vec<String> = vec![
+        "telnet-gateway".into(),
+        "--etcd".into(),
+        spec.etcd_url.clone(),
+        "--cluster-ca".into(),
+        ca.display().to_string(),
+        "--router-cert".into(),
+        spec.router_cert.display().to_string(),
+        "--id".into(),
+        spec.id.clone(),
+        "--telnet".into(),
+        "127.0.0.1:0".into(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(spec.extra.iter().cloned());
+    let mut role = Role::start_in(dir, &spec.id, None, "warn,tessera_gateway=info", &args);
+    role.wait_line(&format!("telnet gateway {} running", spec.id));
+    let telnet = role.addr_after("telnet listening on ");
+    let metrics = role.addr_after("metrics on http://");
+    GatewayProc {
+        role,
+        telnet,
+        metrics,
+    }
+}
+
+/// Players the gateway resumed on another router
+/// (`tessera_gateway_resumes_total`, summed over its labels; 0 before
+/// the first).
+pub fn gateway_resumes(metrics: SocketAddr) -> f64 {
+    metric_samples(&scrape(metrics), "tessera_gateway_resumes_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum()
+}
