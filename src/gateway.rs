@@ -83,7 +83,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         Some(identity.chain_and_key()),
         ROUTER_IDLE_TIMEOUT,
     )
-        .context("cannot open the QUIC endpoint")?;
+    .context("cannot open the QUIC endpoint")?;
     let store: Arc<dyn ClusterStore> = Arc::new(
         EtcdStore::connect(&args.etcd, Duration::from_secs(5))
             .await

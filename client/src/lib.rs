@@ -142,10 +142,9 @@ pub fn endpoint_as(
     let idle = idle.max(Duration::from_secs(1));
     transport
         .keep_alive_interval(Some(idle / 5))
-        .max_idle_timeout(Some(
-            idle.try_into()
-                .map_err(|_| ClientError::Connect(format!("idle timeout {idle:?} too long")))?,
-        ));
+        .max_idle_timeout(Some(idle.try_into().map_err(|_| {
+            ClientError::Connect(format!("idle timeout {idle:?} too long"))
+        })?));
     cfg.transport_config(Arc::new(transport));
     let mut ep = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid address"))
         .map_err(|e| ClientError::Connect(e.to_string()))?;
