@@ -549,46 +549,8 @@ impl RouterSpec {
 /// A router with telnet, QUIC and metrics on free loopback ports; waits
 /// until it printed them.
 pub fn router(dir: &Path, ca: &Path, spec: &RouterSpec) -> RouterProc {
-    let mut args = common_args(&spec.etcd_url, "router", LOCALHOST, &spec.world);
-    args.extend(member_args(
-        ca,
-        spec.bus_ip,
-        spec.lease_ttl_secs,
-        spec.persistence,
-    ));
-    let data = if spec.id == "router-1" {
-        dir.join("router-data")
-    } else {
-        dir.join(format!("{}-data", spec.id))
-    };
-    args.extend([
-        "--id".into(),
-        spec.id.clone(),
-        "--telnet".into(),
-        "127.0.0.1:0".into(),
-        "--quic".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        data.display().to_string(),
-    ]);
-    args.extend(spec.extra.iter().cloned());
-    let name = if spec.id == "router-1" {
-        "router"
-    } else {
-        &spec.id
-    };
-    let mut role = Role::start(dir, name, &args);
-    let telnet = role.addr_after("telnet listening on ");
-    let quic = role.addr_after("quic listening on ");
-    let cert = data.join("quic-cert.der");
-    let metrics = role.addr_after("metrics on http://");
-    RouterProc {
-        role,
-        telnet,
-        quic,
-        cert,
-        metrics,
-    }
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    router_at(dir, ca, spec, any, any)
 }
 
 /// Open player connections of a router (`tessera_router_connections`).
