@@ -164,7 +164,7 @@ impl Conn {
             };
             if let Some(at) = drain_wake {
                 if Instant::now() >= at {
-                    if !self.drain_tick(at).await? {
+                    if !self.drain_tick().await? {
                         return Ok(());
                     }
                     continue;
@@ -219,8 +219,9 @@ impl Conn {
         }
     }
 
-    /// The drain reached `at`: the warning, or the end. False at the end.
-    async fn drain_tick(&mut self, _at: Instant) -> std::io::Result<bool> {
+    /// The drain reached its warning time or its end: warns, or says
+    /// goodbye. False at the end.
+    async fn drain_tick(&mut self) -> std::io::Result<bool> {
         if !self.warned {
             self.warned = true;
             let text = self.dialogue.notify(
@@ -393,9 +394,8 @@ impl Conn {
         let Some(link) = self.link.take() else {
             return Ok(true);
         };
-        // The close frame may trail the end of the control stream.
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), link.client.connection().closed()).await;
+        // The client library reports the end only once the close frame
+        // (which may trail the end of the control stream) is in.
         let restarted = link.client.router_restarted();
         let lost = link.place.router.id.clone();
         drop(link);

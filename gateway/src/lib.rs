@@ -22,23 +22,11 @@ pub mod routers;
 
 use parking_lot::Mutex;
 use routers::RouterSet;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("TLS: {0}")]
-    Tls(String),
-}
 
 /// How a gateway runs.
 #[derive(Clone, Debug)]

@@ -72,37 +72,26 @@ impl RouterSet {
 
     fn upsert(&self, id: String, reg: &RouterRegistration) {
         let mut inner = self.inner.lock();
-        let players = inner.get(&id).map(|r| r.players).unwrap_or(0);
-        inner.insert(
-            id.clone(),
-            KnownRouter {
-                id,
-                addr: reg.player_quic_addr(),
-                draining: reg.draining,
-                players,
-            },
-        );
+        let players = inner.get(&id).map_or(0, |r| r.players);
+        inner.insert(id.clone(), known(id, reg, players));
     }
 
     fn remove(&self, id: &str) {
         self.inner.lock().remove(id);
     }
 
+    /// Replaces every router with `fresh`, keeping the counts of those that
+    /// stay.
     fn replace(&self, fresh: Vec<(String, RouterRegistration)>) {
-        let old: HashMap<String, usize> = self
-            .inner
-            .lock()
-            .drain()
-            .map(|(id, r)| (id, r.players))
+        let mut inner = self.inner.lock();
+        let next = fresh
+            .into_iter()
+            .map(|(id, reg)| {
+                let players = inner.get(&id).map_or(0, |r| r.players);
+                (id.clone(), known(id, &reg, players))
+            })
             .collect();
-        for (id, reg) in fresh {
-            self.upsert(id.clone(), &reg);
-            if let Some(n) = old.get(&id) {
-                if let Some(r) = self.inner.lock().get_mut(&id) {
-                    r.players = *n;
-                }
-            }
-        }
+        *inner = next;
     }
 
     /// Keeps this set equal to the router registrations under `prefix` in
@@ -136,6 +125,15 @@ impl RouterSet {
             }
         })
         .await
+    }
+}
+
+fn known(id: String, reg: &RouterRegistration, players: usize) -> KnownRouter {
+    KnownRouter {
+        id,
+        addr: reg.player_quic_addr(),
+        draining: reg.draining,
+        players,
     }
 }
 
