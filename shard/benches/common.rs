@@ -3,6 +3,7 @@
 //! simulation thread).
 
 use std::sync::Arc;
+use std::time::Instant;
 use tessera_coordinator::{Bus, CellMap, CellOwner, LocalBus};
 use tessera_proto::world::{NpcDef, WorldDef};
 use tessera_proto::{Epoch, ShardId, Vec3};
@@ -48,7 +49,7 @@ pub fn shard(world: WorldDef, warm: u32) -> Shard {
     let bus: Arc<dyn Bus> = Arc::new(bus);
     let mut shard = Shard::new(ShardConfig::new(id), Arc::new(world), bus, map).expect("shard");
     for _ in 0..warm {
-        shard.step();
+        shard.step(Instant::now());
     }
     shard
 }

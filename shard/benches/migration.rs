@@ -107,7 +107,7 @@ fn stalls(quick: bool) {
         let ids = [a, b];
         for s in shards.iter_mut() {
             for _ in 0..10 {
-                s.step();
+                s.step(Instant::now());
             }
         }
         let rounds = if quick { 2 } else { 10 };
@@ -129,9 +129,9 @@ fn stalls(quick: bool) {
                 },
             );
             let started = Instant::now();
-            shards[from].step(); // freezes and ships at the tick boundary
+            shards[from].step(Instant::now()); // freezes and ships at the tick boundary
             while let Ok(msg) = inboxes[to].try_recv() {
-                shards[to].handle(msg);
+                shards[to].handle(msg, Instant::now());
             }
             board.remove(cell);
             map.set(
@@ -141,7 +141,7 @@ fn stalls(quick: bool) {
                     epoch,
                 },
             );
-            shards[to].step(); // opens the cell and ticks it
+            shards[to].step(Instant::now()); // opens the cell and ticks it
             stalls.push(started.elapsed());
             let moved = shards[to]
                 .cells()
@@ -186,7 +186,7 @@ fn by_cell_size(quick: bool) {
         let mut shard =
             Shard::new(ShardConfig::new(id), Arc::new(world.clone()), bus, map).expect("shard");
         for _ in 0..10 {
-            shard.step();
+            shard.step(Instant::now());
         }
         // The shard's entities as they are after a few ticks, in a cell of
         // our own (the shard does not lend its cells mutably).

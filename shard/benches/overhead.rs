@@ -122,7 +122,7 @@ fn measure(run: &Run) {
     let mut moved_total = 0usize;
     for _ in 0..run.ticks {
         let t = Instant::now();
-        shard.step();
+        shard.step(Instant::now());
         shard_times.push(t.elapsed());
         let t = Instant::now();
         let frames: usize = shard.cells().map(|c| c.view().len()).sum();

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Instant;
+
 fn main() {
     divan::main();
 }
@@ -10,5 +12,5 @@ fn main() {
 #[divan::bench(args = [0, 500, 2000])]
 fn tick(bencher: divan::Bencher, extra_npcs: u32) {
     let mut shard = common::shard(common::world_with_wanderers(extra_npcs), 30);
-    bencher.bench_local(|| shard.step());
+    bencher.bench_local(|| shard.step(Instant::now()));
 }

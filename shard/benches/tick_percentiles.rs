@@ -22,7 +22,7 @@ fn main() {
         let mut hist = Histogram::<u64>::new(3).expect("histogram");
         for _ in 0..ticks {
             let t = Instant::now();
-            shard.step();
+            shard.step(Instant::now());
             hist.record(t.elapsed().as_micros() as u64).expect("record");
         }
         println!(

@@ -128,6 +128,14 @@ pub enum CellEvent {
     },
 }
 
+/// Where a text player's step ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutcome {
+    pub pos: Vec3,
+    /// The step was cut short (a wall, a steep slope).
+    pub blocked: bool,
+}
+
 pub struct Cell {
     pub id: CellId,
     pub epoch: Epoch,
@@ -477,9 +485,9 @@ impl Cell {
         ))
     }
 
-    /// One text-player step: moves at once, blocked by obstacles. Returns
-    /// the new position and whether the step was cut short.
-    pub fn step(&mut self, id: EntityId, dir: Compass, len: f32) -> Option<(Vec3, bool)> {
+    /// One text-player step: moves at once, blocked by obstacles. `None`
+    /// if `id` is not a player of this cell.
+    pub fn step(&mut self, id: EntityId, dir: Compass, len: f32) -> Option<StepOutcome> {
         let entity = *self.index.get(&id)?;
         let (handle, old) = {
             let entry = self.ecs.entry_ref(entity).ok()?;
@@ -510,7 +518,10 @@ impl Cell {
             m.pos = pos;
             m.yaw = yaw_of(unit.x, unit.z);
         }
-        Some((pos, moved < len * 0.95))
+        Some(StepOutcome {
+            pos,
+            blocked: moved < len * 0.95,
+        })
     }
 
     fn teleport_body(&mut self, handle: RigidBodyHandle, pos: Vec3) {
@@ -978,7 +989,7 @@ size = [1, 4, 10]
     fn a_step_on_open_ground_moves_the_full_length() {
         let mut c = cell();
         c.insert(player(1, Vec3::new(10.0, 0.0, 10.0)));
-        let (pos, blocked) = c.step(EntityId(1), Compass::North, 3.0).unwrap();
+        let StepOutcome { pos, blocked } = c.step(EntityId(1), Compass::North, 3.0).unwrap();
         assert!(!blocked, "{pos:?}");
         assert!(
             (pos.z - 7.0).abs() < 0.05 && (pos.x - 10.0).abs() < 0.05,
@@ -991,7 +1002,7 @@ size = [1, 4, 10]
     fn a_wall_blocks_a_step() {
         let mut c = cell();
         c.insert(player(1, Vec3::new(18.0, 0.0, 10.0)));
-        let (pos, blocked) = c.step(EntityId(1), Compass::East, 3.0).unwrap();
+        let StepOutcome { pos, blocked } = c.step(EntityId(1), Compass::East, 3.0).unwrap();
         assert!(blocked);
         // The wall's west face is at x = 19.5, the capsule radius 0.4.
         assert!(pos.x < 19.2 && pos.x > 18.5, "{pos:?}");

@@ -3,6 +3,7 @@
 //! not have opened the cell yet. The join must not be lost either way.
 
 use std::sync::Arc;
+use std::time::Instant;
 use tessera_coordinator::{Bus, CellMap, CellOwner, LocalBus};
 use tessera_proto::cluster::{PlayerEvent, SessionRef, ToRouter, ToShard};
 use tessera_proto::world::parse_world;
@@ -51,7 +52,7 @@ fn setup() -> (
     let router = bus.add_router(RouterId("r".into()));
     let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
     let mut shard = Shard::new(ShardConfig::new(b), world, dyn_bus, map.clone()).unwrap();
-    shard.step();
+    shard.step(Instant::now());
     (shard, map, router)
 }
 
@@ -81,7 +82,7 @@ fn a_join_that_arrives_before_the_shard_reconciled_its_map_is_served() {
             epoch: Epoch(2),
         },
     );
-    shard.handle(join(1));
+    shard.handle(join(1), Instant::now());
     assert!(in_world(&shard, 1), "{:?}", joined(&mut router));
     assert!(joined(&mut router)
         .iter()
@@ -93,8 +94,8 @@ fn a_join_that_arrives_before_the_shards_map_caught_up_waits_for_it() {
     let (mut shard, map, mut router) = setup();
     // b's map still names the dead shard: the join must wait, not be
     // forwarded into the void.
-    shard.handle(join(2));
-    shard.step();
+    shard.handle(join(2), Instant::now());
+    shard.step(Instant::now());
     assert!(!in_world(&shard, 2));
     map.set(
         CellId::new(0, 0),
@@ -103,7 +104,7 @@ fn a_join_that_arrives_before_the_shards_map_caught_up_waits_for_it() {
             epoch: Epoch(2),
         },
     );
-    shard.step();
+    shard.step(Instant::now());
     assert!(in_world(&shard, 2), "{:?}", joined(&mut router));
 }
 
@@ -122,12 +123,15 @@ fn a_crowd_joining_at_one_spot_is_placed_side_by_side() {
         else {
             unreachable!()
         };
-        shard.handle(ToShard::Join {
-            session,
-            player,
-            name,
-            pos: at,
-        });
+        shard.handle(
+            ToShard::Join {
+                session,
+                player,
+                name,
+                pos: at,
+            },
+            Instant::now(),
+        );
     }
     let places: Vec<Vec3> = joined(&mut router)
         .into_iter()
@@ -144,4 +148,30 @@ fn a_crowd_joining_at_one_spot_is_placed_side_by_side() {
             assert!(a.distance_xz(*b) >= 0.99, "{a:?} and {b:?} overlap");
         }
     }
+}
+
+#[test]
+fn a_join_whose_cell_never_gets_a_live_owner_is_refused_after_the_patience() {
+    let (mut shard, _map, mut router) = setup();
+    let t0 = Instant::now();
+    shard.handle(join(3), t0);
+    shard.step(t0 + tessera_shard::sim::JOIN_PATIENCE);
+    assert!(
+        !joined(&mut router)
+            .iter()
+            .any(|e| matches!(e, PlayerEvent::Error { .. })),
+        "still within the patience: the join waits"
+    );
+    shard.step(t0 + tessera_shard::sim::JOIN_PATIENCE + std::time::Duration::from_millis(1));
+    let events = joined(&mut router);
+    assert!(
+        events.iter().any(
+            |e| matches!(e, PlayerEvent::Error { message } if message.contains("not being simulated"))
+        ),
+        "{events:?}"
+    );
+    assert!(!in_world(&shard, 3));
+    // Refused once: it no longer waits.
+    shard.step(t0 + tessera_shard::sim::JOIN_PATIENCE * 2);
+    assert!(joined(&mut router).is_empty());
 }

@@ -4,6 +4,7 @@
 //! from the test.
 
 use std::sync::Arc;
+use std::time::Instant;
 use tessera_coordinator::{placement, Bus, CellMap, CellOwner, LocalBus};
 use tessera_proto::cluster::{PlayerEvent, SessionRef, ToRouter, ToShard};
 use tessera_proto::world::parse_world;
@@ -60,7 +61,7 @@ impl Cluster {
             shards.push(Shard::new(config, world.clone(), dyn_bus.clone(), map.clone()).unwrap());
         }
         for s in &mut shards {
-            s.step();
+            s.step(Instant::now());
         }
         Cluster {
             shards,
@@ -72,12 +73,12 @@ impl Cluster {
 
     /// Hands `msg` to shard `shard`, then delivers everything it caused.
     fn send(&mut self, shard: usize, msg: ToShard) {
-        self.shards[shard].handle(msg);
+        self.shards[shard].handle(msg, Instant::now());
         loop {
             let mut any = false;
             for (i, inbox) in self.inboxes.iter().enumerate() {
                 while let Ok(msg) = inbox.try_recv() {
-                    self.shards[i].handle(msg);
+                    self.shards[i].handle(msg, Instant::now());
                     any = true;
                 }
             }

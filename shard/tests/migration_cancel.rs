@@ -3,6 +3,7 @@
 //! the snapshot, and no entity is lost or duplicated.
 
 use std::sync::Arc;
+use std::time::Instant;
 use tessera_coordinator::migration::{Migration, MigrationBoard, MigrationState};
 use tessera_coordinator::{Bus, CellMap, CellOwner, LocalBus};
 use tessera_proto::world::{parse_world, NpcDef};
@@ -65,8 +66,8 @@ fn a_cancelled_migration_gives_the_cell_back_to_its_source() {
         .with_migrations(board.clone(), tx.clone())
     };
     let (mut sa, mut sb) = (shard(&a), shard(&b));
-    sa.step();
-    sb.step();
+    sa.step(Instant::now());
+    sb.step(Instant::now());
     assert_eq!(count(&sa, cell), 50);
 
     let mut m = Migration {
@@ -79,12 +80,12 @@ fn a_cancelled_migration_gives_the_cell_back_to_its_source() {
         cancelled_unix_ms: None,
     };
     board.set(cell, m.clone());
-    sa.step(); // freezes and ships
+    sa.step(Instant::now()); // freezes and ships
     assert_eq!(count(&sa, cell), 0, "the source stops simulating the cell");
     while let Ok(msg) = inbox_b.try_recv() {
-        sb.handle(msg);
+        sb.handle(msg, Instant::now());
     }
-    sb.step();
+    sb.step(Instant::now());
     assert_eq!(
         count(&sb, cell),
         0,
@@ -95,14 +96,14 @@ fn a_cancelled_migration_gives_the_cell_back_to_its_source() {
     m.state = MigrationState::Cancelled;
     m.cancelled_unix_ms = Some(1);
     board.set(cell, m);
-    sa.step();
-    sb.step();
+    sa.step(Instant::now());
+    sb.step(Instant::now());
     assert_eq!(count(&sa, cell), 50, "the source took the cell back");
     assert_eq!(sa.entity_count() + sb.entity_count(), 50);
     // Nothing the target held comes back to the source as a duplicate.
     while let Ok(msg) = inbox_a.try_recv() {
-        sa.handle(msg);
+        sa.handle(msg, Instant::now());
     }
-    sa.step();
+    sa.step(Instant::now());
     assert_eq!(sa.entity_count() + sb.entity_count(), 50);
 }

@@ -2,6 +2,7 @@
 //! call, keeps its state, and a broken version is refused.
 
 use std::sync::Arc;
+use std::time::Instant;
 use tessera_coordinator::{Bus, CellMap, CellOwner, LocalBus};
 use tessera_proto::world::{parse_world, NpcDef};
 use tessera_proto::{CellId, Epoch, ShardId, Vec3};
@@ -29,7 +30,7 @@ fn npc_state(shard: &Shard) -> serde_json::Value {
 
 fn run(shard: &mut Shard, ticks: usize) {
     for _ in 0..ticks {
-        shard.step();
+        shard.step(Instant::now());
     }
 }
 

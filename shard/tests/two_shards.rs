@@ -3,6 +3,7 @@
 //! ghosts and speech across a shard border are checked deterministically.
 
 use std::sync::Arc;
+use std::time::Instant;
 use tessera_coordinator::{placement, Bus, CellMap, CellOwner, LocalBus};
 use tessera_proto::cluster::{PlayerEvent, SessionRef, ToRouter, ToShard};
 use tessera_proto::msg::Input;
@@ -73,7 +74,7 @@ impl Cluster {
     fn tick(&mut self) {
         self.deliver();
         for s in &mut self.shards {
-            s.step();
+            s.step(Instant::now());
         }
         self.deliver();
     }
@@ -83,7 +84,7 @@ impl Cluster {
             let mut any = false;
             for (i, inbox) in self.inboxes.iter().enumerate() {
                 while let Ok(msg) = inbox.try_recv() {
-                    self.shards[i].handle(msg);
+                    self.shards[i].handle(msg, Instant::now());
                     any = true;
                 }
             }
@@ -99,7 +100,7 @@ impl Cluster {
     }
 
     fn send(&mut self, shard: usize, msg: ToShard) {
-        self.shards[shard].handle(msg);
+        self.shards[shard].handle(msg, Instant::now());
         self.deliver();
     }
 
@@ -203,7 +204,7 @@ fn pacing_on_the_border_does_not_bounce_between_shards() {
             Compass::West
         };
         let shard = c.owner_of(bob).unwrap();
-        c.shards[shard].handle(ToShard::Step { entity: bob, dir });
+        c.shards[shard].handle(ToShard::Step { entity: bob, dir }, Instant::now());
         c.tick();
         owners.push(c.owner_of(bob).unwrap());
         assert_eq!(c.total(), 1);
@@ -251,10 +252,13 @@ fn ghosts_and_speech_cross_the_shard_border() {
     // but Ann's ghost (at -0.5, radius 0.4, in Bob's shard) stops Bob at
     // about x = 0.3.
     let bob = EntityId::for_player(PlayerId(2));
-    c.shards[1].handle(ToShard::Step {
-        entity: bob,
-        dir: Compass::West,
-    });
+    c.shards[1].handle(
+        ToShard::Step {
+            entity: bob,
+            dir: Compass::West,
+        },
+        Instant::now(),
+    );
     c.tick();
     let bob_x = c
         .shards

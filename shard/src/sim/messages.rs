@@ -1,0 +1,334 @@
+//! One method per kind of [`ToShard`] message. `Shard::handle` (in the
+//! parent module) acts on the newest cell map and then dispatches here.
+
+use super::joins::{Deferral, Join};
+use super::Shard;
+use crate::cell::StepOutcome;
+use std::time::Instant;
+use tessera_proto::cluster::{EntityTransfer, GhostState, PlayerEvent, SessionRef, ToShard};
+use tessera_proto::msg::{EntityKind, Input, MAX_SAY_CHARS};
+use tessera_proto::{CellId, Compass, EntityId, Epoch, Vec3};
+
+impl Shard {
+    /// Forwards a message for an entity this shard no longer has. Returns
+    /// false if we never knew where it went.
+    /// Messages for an entity of a migrating cell that has not opened here
+    /// yet wait for it.
+    fn forward(&mut self, entity: EntityId, msg: ToShard) -> bool {
+        match self.forwarding.shard_of(entity) {
+            Some(shard) => {
+                if let Err(e) = self.bus.to_shard(shard, msg) {
+                    tracing::warn!(shard = %self.id, entity = %entity, error = %e, "forward failed");
+                }
+                true
+            }
+            None if self.migrations.is_incoming(entity) => {
+                self.migrations.deferred.push(msg);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn on_input(&mut self, entity: EntityId, input: Input) {
+        let Some(c) = self.cell_of_entity(entity) else {
+            self.forward(entity, ToShard::Input { entity, input });
+            return;
+        };
+        if let Some(cell) = self.cells.get_mut(&c) {
+            if !cell.set_input(entity, input) {
+                tracing::warn!(shard = %self.id, entity = %entity, "input for a non-player refused");
+            }
+        }
+    }
+
+    /// A text player's step, answered at once with where it ended (and on
+    /// which cell and shard, so the next command goes straight there).
+    pub(super) fn on_step(&mut self, entity: EntityId, dir: Compass, now: Instant) {
+        let Some(c) = self.cell_of_entity(entity) else {
+            self.forward(entity, ToShard::Step { entity, dir });
+            return;
+        };
+        let step = self.movement.step;
+        let Some(cell) = self.cells.get_mut(&c) else {
+            return;
+        };
+        let session = cell.session(entity);
+        let (Some(StepOutcome { pos, blocked }), Some(session)) =
+            (cell.step(entity, dir, step), session)
+        else {
+            tracing::warn!(shard = %self.id, entity = %entity, "step for a non-player refused");
+            return;
+        };
+        self.handoffs_of(c, now);
+        let (cell, shard) = match self.cell_of_entity(entity) {
+            Some(here) => (here, self.id.clone()),
+            None => match self.forwarding.shard_of(entity) {
+                Some(shard) => (self.grid.cell_of(pos), shard.clone()),
+                None => (c, self.id.clone()),
+            },
+        };
+        let done = PlayerEvent::StepDone {
+            pos,
+            blocked,
+            cell,
+            shard,
+        };
+        self.send_player(&session, done);
+    }
+
+    pub(super) fn on_say(&mut self, entity: EntityId, text: String) {
+        let Some(c) = self.cell_of_entity(entity) else {
+            self.forward(entity, ToShard::Say { entity, text });
+            return;
+        };
+        let Some(cell) = self.cells.get(&c) else {
+            return;
+        };
+        let (Some(pos), Some(identity)) = (cell.position(entity), cell.identity(entity)) else {
+            return;
+        };
+        let text: String = tessera_proto::msg::clean_text(&text)
+            .chars()
+            .take(MAX_SAY_CHARS)
+            .collect();
+        if text.is_empty() {
+            return;
+        }
+        self.speak(entity, identity.name.to_string(), pos, text, false);
+    }
+
+    /// A player leaves the world, but only for the session its avatar is
+    /// bound to: a stale goodbye changes nothing.
+    pub(super) fn on_leave(&mut self, entity: EntityId, session: SessionRef) {
+        let Some(c) = self.cell_of_entity(entity) else {
+            self.forward(entity, ToShard::Leave { entity, session });
+            return;
+        };
+        let Some(cell) = self.cells.get_mut(&c) else {
+            return;
+        };
+        let bound = cell.session(entity);
+        if bound.as_ref() != Some(&session) {
+            // A session that no longer controls the avatar (the player
+            // resumed on another router), or a non-player: nothing changes,
+            // but the sender stops waiting.
+            let Some(pos) = cell.position(entity) else {
+                return;
+            };
+            match bound {
+                Some(bound) => {
+                    tracing::info!(shard = %self.id, cell = %c, entity = %entity, stale = ?session, bound = ?bound, "leave from a stale session ignored")
+                }
+                None => {
+                    tracing::warn!(shard = %self.id, cell = %c, entity = %entity, "leave for a non-player refused")
+                }
+            }
+            self.send_player(&session, PlayerEvent::Left { pos });
+            return;
+        }
+        if let Some(t) = cell.extract(entity) {
+            tracing::info!(shard = %self.id, cell = %c, entity = %entity, "player left");
+            self.send_player(&session, PlayerEvent::Left { pos: t.pos });
+        }
+    }
+
+    pub(super) fn on_handoff(&mut self, to: CellId, epoch: Epoch, entity: EntityTransfer) {
+        if self.migrations.incoming.contains_key(&to) {
+            // Into a cell still migrating here: wait for it.
+            self.migrations
+                .deferred
+                .push(ToShard::Handoff { to, epoch, entity });
+        } else if let Some(target) = self.migrations.shipped.get(&to).map(|s| s.to.clone()) {
+            // Into a cell this shard just shipped: follow the cell.
+            let _ = self
+                .bus
+                .to_shard(&target, ToShard::Handoff { to, epoch, entity });
+        } else {
+            if entity.player.is_none() {
+                self.mark_dirty(to);
+            }
+            self.accept(to, epoch, entity);
+        }
+    }
+
+    pub(super) fn on_ghosts(&mut self, from: CellId, to: CellId, ghosts: &[GhostState]) {
+        if let Some(cell) = self.cells.get_mut(&to) {
+            cell.set_ghosts(from, ghosts);
+        }
+    }
+
+    /// Puts a player into the world. A reconnect while the old avatar is
+    /// still here takes it over; a join for a cell this shard's map does
+    /// not give it yet waits for the map (`joins`).
+    pub(super) fn on_join(&mut self, join: Join, now: Instant) {
+        let entity = EntityId::for_player(join.player);
+        if let Some(c) = self.cell_of_entity(entity) {
+            if let Some(cell) = self.cells.get_mut(&c) {
+                cell.rebind(entity, join.session.clone());
+                let pos = cell.position(entity).unwrap_or(join.pos);
+                self.send_player(
+                    &join.session,
+                    PlayerEvent::Joined {
+                        entity,
+                        pos,
+                        cell: c,
+                        shard: self.id.clone(),
+                    },
+                );
+            }
+            return;
+        }
+        let mut pos = if join.pos.is_finite() {
+            self.world.extent.clamp_position(&self.grid, join.pos)
+        } else {
+            self.world.spawn
+        };
+        pos.y = pos.y.max(0.0);
+        let cell_id = self.grid.cell_of(pos);
+        if !self.cells.contains_key(&cell_id) {
+            let join = Join { pos, ..join };
+            match self.map.owner(cell_id) {
+                // Not ours (the map changed under the router): pass it on.
+                Some(owner) if owner.owner != self.id && self.bus.has_shard(&owner.owner) => {
+                    if self.bus.to_shard(&owner.owner, join.message()).is_err() {
+                        self.defer_join(join, now);
+                    }
+                }
+                // Its owner is gone, or nobody owns it yet: this shard's
+                // map is behind the router's. Wait for it.
+                Some(owner) if owner.owner != self.id => self.defer_join(join, now),
+                None => self.defer_join(join, now),
+                Some(_) if self.migrations.incoming.contains_key(&cell_id) => {
+                    self.migrations.deferred.push(join.message());
+                }
+                Some(_) => self.send_player(
+                    &join.session,
+                    PlayerEvent::Error {
+                        message: format!("cell {cell_id} is not being simulated right now"),
+                    },
+                ),
+            }
+            return;
+        }
+        // Not on top of someone else (a crowd logging in at the spawn).
+        let pos = self
+            .cells
+            .get(&cell_id)
+            .map(|c| c.free_spot(pos))
+            .unwrap_or(pos);
+        let transfer = EntityTransfer {
+            id: entity,
+            kind: EntityKind::Player,
+            name: join.name,
+            description: String::new(),
+            pos,
+            vel: Vec3::ZERO,
+            yaw: 0.0,
+            home: pos,
+            player: Some(join.player),
+            session: Some(join.session.clone()),
+            input: Input::default(),
+            walk_target: None,
+            script: None,
+        };
+        if let Some(cell) = self.cells.get_mut(&cell_id) {
+            cell.insert(transfer);
+            tracing::info!(shard = %self.id, cell = %cell_id, player = %join.player, "player joined");
+        }
+        self.send_player(
+            &join.session,
+            PlayerEvent::Joined {
+                entity,
+                pos,
+                cell: cell_id,
+                shard: self.id.clone(),
+            },
+        );
+    }
+
+    /// Keeps a join for a later tick, or refuses it once it waited
+    /// [`super::joins::JOIN_PATIENCE`].
+    fn defer_join(&mut self, join: Join, now: Instant) {
+        if let Deferral::Expired(join) = self.pending_joins.defer(join, now) {
+            let cell = self.grid.cell_of(join.pos);
+            tracing::warn!(shard = %self.id, cell = %cell, "join refused: the cell has no live owner");
+            self.send_player(
+                &join.session,
+                PlayerEvent::Error {
+                    message: format!("cell {cell} is not being simulated right now"),
+                },
+            );
+        }
+    }
+
+    /// Tries the joins that waited for the map again; `on_join` puts one
+    /// back (keeping its first arrival) if the map still has no live owner.
+    pub(super) fn retry_joins(&mut self, now: Instant) {
+        for join in self.pending_joins.take() {
+            self.on_join(join, now);
+        }
+    }
+
+    /// Takes an entity handed to cell `to`.
+    pub(super) fn accept(&mut self, to: CellId, epoch: Epoch, entity: EntityTransfer) {
+        // A hand-off delivered twice (the cluster bus re-sends the frame in
+        // flight when a stream breaks) must not create a second copy.
+        if let Some(here) = self.cell_of_entity(entity.id) {
+            tracing::warn!(shard = %self.id, cell = %here, entity = %entity.id, "duplicate hand-off ignored: the entity is already here");
+            return;
+        }
+        self.forwarding.forget(entity.id);
+        let Some(cell) = self.cells.get_mut(&to) else {
+            self.pass_on(to, entity);
+            return;
+        };
+        if epoch < cell.epoch {
+            tracing::warn!(shard = %self.id, cell = %to, epoch = %epoch, current = %cell.epoch, "hand-off with an old epoch; accepted (entity is never dropped)");
+        }
+        let session = entity.session.clone();
+        cell.insert(entity);
+        if let Some(session) = session {
+            self.send_player(
+                &session,
+                PlayerEvent::OwnerChanged {
+                    cell: to,
+                    shard: self.id.clone(),
+                },
+            );
+        }
+    }
+
+    /// An entity handed to cell `to`, which is not ours: it goes to the
+    /// owner, or, if nobody owns `to`, stays in our nearest cell. It is
+    /// never dropped.
+    fn pass_on(&mut self, to: CellId, entity: EntityTransfer) {
+        match self.map.owner(to) {
+            Some(owner) if owner.owner != self.id => {
+                let msg = ToShard::Handoff {
+                    to,
+                    epoch: owner.epoch,
+                    entity,
+                };
+                if let Err(e) = self.bus.to_shard(&owner.owner, msg) {
+                    tracing::error!(shard = %self.id, cell = %to, error = %e, "cannot pass hand-off on");
+                }
+            }
+            _ => {
+                let nearest = self
+                    .cells
+                    .keys()
+                    .min_by_key(|c| (c.x - to.x).abs() + (c.z - to.z).abs())
+                    .copied();
+                tracing::error!(shard = %self.id, cell = %to, entity = %entity.id, "hand-off to an unowned cell; keeping it");
+                if let Some(c) = nearest {
+                    let mut e = entity;
+                    e.pos = self.grid.centre(c);
+                    if let Some(cell) = self.cells.get_mut(&c) {
+                        cell.insert(e);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! The shard: the cells one shard owns, the messages it handles and its
+//! fixed-rate tick loop, on a dedicated simulation thread (never on the tokio
+//! I/O threads).
+//!
+//! The state is split by concern, each with its own module: `messages`
+//! (one method per message kind), `migrate` (live migration), `open`
+//! (opening cells from checkpoints or the world file), `saving` (when
+//! checkpoints are written), `load` (tick history and load reports), and
+//! the pure `forward` and `joins`. Every entry point takes the time (`now`)
+//! as an input, as quinn-proto's `Connection` does: only the tick loop
+//! (`run`) and `new` read the clock for decisions, so timing rules are
+//! tested without sleeping.
+//! Wall-clock stamps that other processes compare (a checkpoint's save
+//! time, a migration's freeze time) are still read where they are made.
+
+mod forward;
+mod joins;
+mod load;
+mod messages;
+mod migrate;
+mod open;
+mod saving;
+
+pub use forward::FORWARD_MEMORY;
+pub use joins::JOIN_PATIENCE;
+
+use crate::cell::{Cell, CellEvent, Movement};
+use crate::script::{ScriptEngine, ScriptError};
+use crate::{ShardConfig, ShardError};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use forward::Forwarding;
+use joins::{Join, PendingJoins};
+use load::TickHistory;
+use migrate::Migrations;
+use open::NeighbourCheckpoints;
+use saving::Checkpoints;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_coordinator::{Bus, CellMap};
+use tessera_proto::cluster::{CellFrame, PlayerEvent, SessionRef, ToRouter, ToShard};
+use tessera_proto::world::WorldDef;
+use tessera_proto::{CellId, EntityId, Epoch, Grid, ShardId, Vec3};
+
+pub struct Shard {
+    pub id: ShardId,
+    config: ShardConfig,
+    world: Arc<WorldDef>,
+    grid: Grid,
+    bus: Arc<dyn Bus>,
+    map: CellMap,
+    /// The cell map version the shard's cells were last reconciled with.
+    map_version: u64,
+    cells: BTreeMap<CellId, Cell>,
+    scripts: ScriptEngine,
+    movement: Movement,
+    tick: u64,
+    /// Script events of this tick (speech) not yet acted on.
+    events: Vec<CellEvent>,
+    /// Cells that had ghosts to send to each neighbour last tick, so an
+    /// emptied set is sent once to clear them.
+    ghost_links: HashMap<(CellId, CellId), bool>,
+    /// Where entities this shard handed to other shards went.
+    forwarding: Forwarding,
+    /// Joins waiting for this shard's map to catch up.
+    pending_joins: PendingJoins,
+    migrations: Migrations,
+    /// Checkpoint rounds (`None`: checkpoints are off).
+    saving: Option<Checkpoints>,
+    ticks: TickHistory,
+}
+
+/// What a shard asks its process to record in the cluster store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ShardNotice {
+    /// A migrating cell's snapshot arrived here.
+    Restored { cell: CellId, epoch: Epoch },
+}
+
+impl Shard {
+    /// Builds the shard's cells from the cell map and spawns the world's
+    /// NPCs that start in them.
+    pub fn new(
+        config: ShardConfig,
+        world: Arc<WorldDef>,
+        bus: Arc<dyn Bus>,
+        map: CellMap,
+    ) -> Result<Shard, ShardError> {
+        let mut scripts = ScriptEngine::new(config.script_limits.clone());
+        for (name, source) in &world.scripts {
+            if let Err(e) = scripts.compile(name, source) {
+                // Instances of a broken script start disabled; the shard runs.
+                tracing::error!(script = %name, error = %e, "script does not compile");
+            }
+        }
+        let saving = match &config.checkpoints {
+            Some(c) => Some(Checkpoints::new(
+                crate::checkpoint::Writer::start(config.id.clone(), c.db.clone())?,
+                c.interval,
+            )),
+            None => None,
+        };
+        let mut shard = Shard {
+            id: config.id.clone(),
+            grid: Grid::new(world.cell_size),
+            world,
+            bus,
+            map,
+            map_version: 0,
+            cells: BTreeMap::new(),
+            scripts,
+            movement: config.movement,
+            tick: 0,
+            events: Vec::new(),
+            ghost_links: HashMap::new(),
+            forwarding: Forwarding::default(),
+            pending_joins: PendingJoins::default(),
+            migrations: Migrations::default(),
+            saving,
+            ticks: TickHistory::default(),
+            config,
+        };
+        shard.reconcile(Instant::now());
+        if shard.cells.is_empty() {
+            tracing::warn!(shard = %shard.id, "shard owns no cells");
+        }
+        Ok(shard)
+    }
+
+    /// Makes the simulated cells match the cell map: opens cells assigned
+    /// to this shard, and stops simulating cells assigned elsewhere (fencing:
+    /// a shard simulates a cell only while the map says it owns it).
+    fn reconcile(&mut self, now: Instant) {
+        self.map_version = self.map.version();
+        let mine: BTreeMap<CellId, Epoch> = self.map.cells_of(&self.id).into_iter().collect();
+        // Shipped cells stay shipped: the map still names this shard until
+        // the coordinator flips the owner.
+        self.migrations.shipped.retain(|c, _| mine.contains_key(c));
+        // Neighbour checkpoints read while restoring cells, read once.
+        let mut neighbours = NeighbourCheckpoints::new();
+        for (cell, epoch) in &mine {
+            if self.migrations.shipped.contains_key(cell) {
+                continue;
+            }
+            match self.cells.get_mut(cell) {
+                Some(c) => c.epoch = *epoch,
+                None => match self.migrations.incoming.remove(cell) {
+                    Some(inc) if inc.epoch == *epoch => self.open_migrated(*cell, inc, now),
+                    _ => self.open_cell(*cell, *epoch, &mut neighbours),
+                },
+            }
+        }
+        let lost: Vec<CellId> = self
+            .cells
+            .keys()
+            .filter(|c| !mine.contains_key(c))
+            .copied()
+            .collect();
+        for cell in lost {
+            if let Some(c) = self.cells.remove(&cell) {
+                tracing::error!(shard = %self.id, cell = %cell, entities = c.entity_count(), "cell assigned elsewhere; no longer simulating it");
+            }
+        }
+    }
+
+    pub fn cells(&self) -> impl Iterator<Item = &Cell> {
+        self.cells.values()
+    }
+
+    pub fn tick(&self) -> u64 {
+        self.tick
+    }
+
+    /// Number of entities owned by this shard.
+    pub fn entity_count(&self) -> usize {
+        self.cells.values().map(|c| c.entity_count()).sum()
+    }
+
+    fn cell_of_entity(&self, id: EntityId) -> Option<CellId> {
+        self.cells
+            .iter()
+            .find(|(_, c)| c.contains(id))
+            .map(|(id, _)| *id)
+    }
+
+    fn send_player(&self, session: &SessionRef, event: PlayerEvent) {
+        let msg = ToRouter::Player {
+            session: session.session,
+            event,
+        };
+        if let Err(e) = self.bus.to_router(&session.router, msg) {
+            tracing::debug!(shard = %self.id, error = %e, "player event not delivered");
+        }
+    }
+
+    /// Handles one message that arrived at `now`.
+    pub fn handle(&mut self, msg: ToShard, now: Instant) {
+        // Act on the newest map: a router may already know of a cell this
+        // shard was just given.
+        if self.map.version() != self.map_version {
+            self.reconcile(now);
+        }
+        match msg {
+            ToShard::Join {
+                session,
+                player,
+                name,
+                pos,
+            } => self.on_join(
+                Join {
+                    session,
+                    player,
+                    name,
+                    pos,
+                    arrived: now,
+                },
+                now,
+            ),
+            ToShard::Input { entity, input } => self.on_input(entity, input),
+            ToShard::Step { entity, dir } => self.on_step(entity, dir, now),
+            ToShard::Say { entity, text } => self.on_say(entity, text),
+            ToShard::Leave { entity, session } => self.on_leave(entity, session),
+            ToShard::Handoff { to, epoch, entity } => self.on_handoff(to, epoch, entity),
+            ToShard::CellSnapshot {
+                cell,
+                epoch,
+                frozen_tick,
+                frozen_unix_ms,
+                entities,
+            } => self.on_cell_snapshot(cell, epoch, frozen_tick, frozen_unix_ms, entities, now),
+            ToShard::Ghosts {
+                from, to, ghosts, ..
+            } => self.on_ghosts(from, to, &ghosts),
+            ToShard::Speech {
+                cells,
+                origin,
+                radius,
+                speaker,
+                name,
+                text,
+                emote,
+            } => self.deliver_speech(&cells, origin, radius, speaker, &name, &text, emote),
+        }
+    }
+
+    /// One simulation tick of every cell, at `now`.
+    pub fn step(&mut self, now: Instant) {
+        if self.map.version() != self.map_version {
+            self.reconcile(now);
+        }
+        self.ship_migrations(now);
+        if !self.pending_joins.is_empty() {
+            self.retry_joins(now);
+        }
+        self.tick += 1;
+        let dt = 1.0 / self.config.tick_hz as f32;
+        let think_every = (self.config.tick_hz as u64 / self.config.think_hz.max(1) as u64).max(1);
+        let mut events = std::mem::take(&mut self.events);
+        for cell in self.cells.values_mut() {
+            // The cell's own cost (for the load report) is measured, not
+            // decided on, so it reads the clock itself.
+            let started = Instant::now();
+            cell.think(&self.scripts, self.tick, think_every, &mut events);
+            cell.simulate(dt, &self.movement);
+            cell.cost.record(started.elapsed());
+        }
+        // Frames go out before hand-offs: an entity leaving for another
+        // shard is still in this tick's frame of the cell that simulated it,
+        // so viewers lose sight of it only until the new owner's next tick
+        // (under one tick), not for two (benches/handoff.rs).
+        self.publish();
+        let ids: Vec<CellId> = self.cells.keys().copied().collect();
+        for c in &ids {
+            self.handoffs_of(*c, now);
+        }
+        self.exchange_ghosts(&ids);
+        for ev in events.drain(..) {
+            match ev {
+                CellEvent::Say {
+                    speaker,
+                    name,
+                    pos,
+                    text,
+                    emote,
+                } => self.speak(speaker, name, pos, text, emote),
+            }
+        }
+        events.extend(std::mem::take(&mut self.events));
+        self.events = events;
+        self.record_counts();
+        self.forwarding.expire(now);
+    }
+
+    /// Moves the entities that left cell `c` to their new cells.
+    fn handoffs_of(&mut self, c: CellId, now: Instant) {
+        let hysteresis = self.config.hysteresis;
+        let Some(cell) = self.cells.get(&c) else {
+            return;
+        };
+        for (entity, to) in cell.leavers(hysteresis) {
+            let owner = self.map.owner(to);
+            let local = self.cells.contains_key(&to);
+            if !local && owner.is_none() {
+                // Outside the world or unowned: stay (walls keep players in).
+                continue;
+            }
+            let Some(transfer) = self.cells.get_mut(&c).and_then(|cell| cell.extract(entity))
+            else {
+                continue;
+            };
+            let kind = if local { "local" } else { "remote" };
+            metrics::counter!("tessera_shard_handoffs_total", "shard" => self.id.0.clone(), "kind" => kind)
+                .increment(1);
+            if local {
+                self.accept(to, self.cells[&to].epoch, transfer);
+            } else if let Some(owner) = owner {
+                tracing::debug!(shard = %self.id, from = %c, to = %to, entity = %entity, target = %owner.owner, "hand-off to another shard");
+                if transfer.player.is_none() {
+                    self.mark_dirty(c);
+                }
+                self.forwarding.remember(entity, owner.owner.clone(), now);
+                let msg = ToShard::Handoff {
+                    to,
+                    epoch: owner.epoch,
+                    entity: transfer.clone(),
+                };
+                if let Err(e) = self.bus.to_shard(&owner.owner, msg) {
+                    // The neighbour is gone: keep the entity here.
+                    tracing::error!(shard = %self.id, error = %e, "hand-off failed; keeping entity");
+                    self.forwarding.forget(entity);
+                    if let Some(cell) = self.cells.get_mut(&c) {
+                        cell.insert(transfer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends speech to every cell within hearing range, on whichever shard.
+    fn speak(&mut self, speaker: EntityId, name: String, origin: Vec3, text: String, emote: bool) {
+        let radius = self.config.hearing_radius;
+        let mut by_shard: BTreeMap<ShardId, Vec<CellId>> = BTreeMap::new();
+        for c in self.grid.cells_within(origin, radius) {
+            if self.cells.contains_key(&c) {
+                by_shard.entry(self.id.clone()).or_default().push(c);
+            } else if let Some(owner) = self.map.owner(c) {
+                by_shard.entry(owner.owner).or_default().push(c);
+            }
+        }
+        for (shard, cells) in by_shard {
+            if shard == self.id {
+                self.deliver_speech(&cells, origin, radius, speaker, &name, &text, emote);
+            } else {
+                let msg = ToShard::Speech {
+                    cells,
+                    origin,
+                    radius,
+                    speaker,
+                    name: name.clone(),
+                    text: text.clone(),
+                    emote,
+                };
+                if let Err(e) = self.bus.to_shard(&shard, msg) {
+                    tracing::warn!(shard = %self.id, error = %e, "speech not delivered");
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_speech(
+        &mut self,
+        cells: &[CellId],
+        origin: Vec3,
+        radius: f32,
+        speaker: EntityId,
+        name: &str,
+        text: &str,
+        emote: bool,
+    ) {
+        let mut events = std::mem::take(&mut self.events);
+        for c in cells {
+            let Some(cell) = self.cells.get_mut(c) else {
+                continue;
+            };
+            for session in cell.listeners(origin, radius, speaker) {
+                let event = PlayerEvent::Heard {
+                    speaker,
+                    name: name.to_string(),
+                    text: text.to_string(),
+                    emote,
+                };
+                let msg = ToRouter::Player {
+                    session: session.session,
+                    event,
+                };
+                let _ = self.bus.to_router(&session.router, msg);
+            }
+            // Only players' speech makes NPCs answer, so NPCs cannot talk in
+            // a loop.
+            if speaker.is_player() && !emote {
+                cell.hear(
+                    &self.scripts,
+                    self.tick,
+                    origin,
+                    radius,
+                    speaker,
+                    name,
+                    text,
+                    &mut events,
+                );
+            }
+        }
+        self.events = events;
+    }
+
+    fn exchange_ghosts(&mut self, ids: &[CellId]) {
+        let margin = self.config.ghost_margin;
+        for c in ids {
+            for n in c.neighbours() {
+                let Some(states) = self.cells.get(c).map(|cell| cell.border_states(n, margin))
+                else {
+                    continue;
+                };
+                let had = self.ghost_links.get(&(*c, n)).copied().unwrap_or(false);
+                if states.is_empty() && !had {
+                    continue;
+                }
+                self.ghost_links.insert((*c, n), !states.is_empty());
+                if let Some(cell) = self.cells.get_mut(&n) {
+                    cell.set_ghosts(*c, &states);
+                } else if let Some(owner) = self.map.owner(n) {
+                    let msg = ToShard::Ghosts {
+                        from: *c,
+                        to: n,
+                        tick: self.tick,
+                        ghosts: states,
+                    };
+                    let _ = self.bus.to_shard(&owner.owner, msg);
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        for cell in self.cells.values() {
+            let frame = CellFrame {
+                cell: cell.id,
+                shard: self.id.clone(),
+                epoch: cell.epoch,
+                tick: self.tick,
+                entities: cell.view(),
+            };
+            self.bus.publish_frame(Arc::new(frame));
+        }
+    }
+
+    /// Entity, player and ghost gauges per cell, after the tick's hand-offs.
+    fn record_counts(&self) {
+        let shard = self.id.0.clone();
+        for cell in self.cells.values() {
+            let labels = [("shard", shard.clone()), ("cell", cell.id.to_string())];
+            metrics::gauge!("tessera_shard_entities", &labels).set(cell.entity_count() as f64);
+            metrics::gauge!("tessera_shard_players", &labels).set(cell.player_count() as f64);
+            metrics::gauge!("tessera_shard_ghosts", &labels).set(cell.ghost_count() as f64);
+        }
+    }
+
+    /// Runs the tick loop until `stop` is set. Messages are handled as they
+    /// arrive between ticks, so a text player's step is answered at once.
+    /// The only place the shard reads the clock for its decisions.
+    pub fn run(mut self, inbox: Receiver<ToShard>, stop: Arc<AtomicBool>) {
+        let period = Duration::from_secs_f64(1.0 / self.config.tick_hz as f64);
+        let shard_label = self.id.0.clone();
+        let mut next = Instant::now() + period;
+        tracing::info!(shard = %self.id, cells = self.cells.len(), tick_hz = self.config.tick_hz, "shard running");
+        while !stop.load(Ordering::Relaxed) {
+            // Ticks come first: a flood of messages must not starve them.
+            if Instant::now() < next {
+                match inbox.recv_deadline(next) {
+                    Ok(msg) => {
+                        self.handle(msg, Instant::now());
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            let started = Instant::now();
+            self.step(started);
+            let took = started.elapsed();
+            self.record_tick(took);
+            self.checkpoint_if_due(started + took);
+            self.apply_script_updates();
+            metrics::histogram!("tessera_shard_tick_seconds", "shard" => shard_label.clone())
+                .record(took.as_secs_f64());
+            next += period;
+            let now = Instant::now();
+            if now > next + period * 5 {
+                // Far behind (a stall): skip ticks rather than racing.
+                tracing::warn!(shard = %self.id, behind_ms = (now - next).as_millis() as u64, "tick overrun");
+                metrics::counter!("tessera_shard_tick_overruns_total", "shard" => shard_label.clone()).increment(1);
+                next = now + period;
+            }
+        }
+        self.final_checkpoint();
+        tracing::info!(shard = %self.id, tick = self.tick, "shard stopped");
+    }
+
+    /// Loads a new version of script `name` (hot reload): every NPC running
+    /// it keeps its state and runs the new code from its next call. Returns
+    /// how many NPCs of this shard run it; a version that does not compile
+    /// is refused and the old one keeps running.
+    pub fn reload_script(&mut self, name: &str, source: &str) -> Result<usize, ScriptError> {
+        self.scripts.reload(name, source)?;
+        Ok(self
+            .cells
+            .values_mut()
+            .map(|cell| cell.script_reloaded(name))
+            .sum())
+    }
+
+    fn apply_script_updates(&mut self) {
+        let Some(updates) = self.config.script_updates.clone() else {
+            return;
+        };
+        while let Ok(update) = updates.try_recv() {
+            match self.reload_script(&update.name, &update.source) {
+                Ok(npcs) => {
+                    metrics::counter!("tessera_shard_script_reloads_total", "shard" => self.id.0.clone())
+                        .increment(1);
+                    tracing::info!(shard = %self.id, script = %update.name, npcs, "script reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(shard = %self.id, script = %update.name, error = %e, "new script version refused; the old one keeps running")
+                }
+            }
+        }
+    }
+}
