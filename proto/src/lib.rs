@@ -9,12 +9,16 @@ pub mod frame;
 pub mod geometry;
 pub mod ids;
 pub mod msg;
+pub mod region;
 pub mod snapshot;
 pub mod world;
 
 pub use frame::{decode, encode, FrameError};
 pub use geometry::{CellId, Compass, Grid, Vec3};
 pub use ids::{EntityId, Epoch, PlayerId, RouterId, SessionId, ShardId};
+pub use region::{
+    ParseRegionError, Quadrant, Rect, RegionId, RegionTree, RegionTreeError, MAX_DEPTH,
+};
 
 /// Version of the client <-> router protocol. Bumped on every incompatible
 /// change; the handshake refuses a peer with another version.
