@@ -61,6 +61,7 @@
 
 use crate::membership::{CellLoad, ShardLoad};
 use serde::Serialize;
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -413,11 +414,11 @@ impl Rebalancer {
                 continue;
             }
             match self.relief(&model, &s) {
-                Ok(m) => {
+                Relief::Move(m) => {
                     self.commit(&mut model, &m, now);
                     plan.moves.push(m);
                 }
-                Err(Some(why)) => {
+                Relief::Blocked(why) => {
                     // Nothing can take any of its cells: stop trying until
                     // it is overloaded again for `sustain` reports.
                     self.relieving.remove(&s);
@@ -426,7 +427,7 @@ impl Rebalancer {
                     }
                     plan.blocked.push(Blocked { shard: s, why });
                 }
-                Err(None) => {}
+                Relief::Wait => {}
             }
         }
         let filling: Vec<ShardId> = self.filling.iter().cloned().collect();
@@ -438,15 +439,16 @@ impl Rebalancer {
                 continue;
             }
             match self.fill(&model, &t) {
-                Ok(m) => {
+                Fill::Move(m) => {
                     self.commit(&mut model, &m, now);
                     plan.moves.push(m);
                 }
-                Err(why) => {
+                Fill::NoSource => {
                     self.filling.remove(&t);
-                    if let Some(why) = why {
-                        plan.blocked.push(Blocked { shard: t, why });
-                    }
+                }
+                Fill::Blocked(why) => {
+                    self.filling.remove(&t);
+                    plan.blocked.push(Blocked { shard: t, why });
                 }
             }
         }
@@ -480,10 +482,8 @@ impl Rebalancer {
         !model.busy.contains(t) && !self.shard_until.contains_key(t) && !self.relieving.contains(t)
     }
 
-    /// The best move off the overloaded shard `s`. `Err(Some(why))` when
-    /// no shard could take any of its cells even once the ones busy or
-    /// cooling down are free; `Err(None)` when it must only wait.
-    fn relief(&self, model: &Model, s: &ShardId) -> Result<Move, Option<String>> {
+    /// The best move off the overloaded shard `s`, or why there is none.
+    fn relief(&self, model: &Model, s: &ShardId) -> Relief {
         let high = self.config.high_watermark;
         let budget = model.budget[s];
         let hot: Option<CellId> = model.cells[s]
@@ -493,19 +493,21 @@ impl Rebalancer {
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(c, _)| c);
         let cells = self.movable(model, s);
-        // (rank, cell, target, to-load after); lower rank is better.
-        type Rank = (u8, f64, f64, u32, f64);
-        let mut best: Option<(Rank, CellId, ShardId, f64)> = None;
+        let mut best: Option<Candidate> = None;
         let mut waiting = false;
         for (cell, cost) in &cells {
             if cost.ms <= 0.0 {
                 continue;
             }
-            let fixes = (model.load_ms[s] - cost.ms) / budget <= high;
-            let (a, b) = if fixes {
-                (cost.players as f64, cost.ms)
+            let effect = if (model.load_ms[s] - cost.ms) / budget <= high {
+                Effect::Fixes {
+                    players: cost.players,
+                    cost_ms: cost.ms,
+                }
             } else {
-                (0.0, -(cost.ms / (1.0 + cost.players as f64)))
+                Effect::Eases {
+                    ms_per_player: cost.ms / (1.0 + cost.players as f64),
+                }
             };
             for t in model.budget.keys().filter(|t| *t != s) {
                 let Some(after) = self.fits(model, t, cost.ms) else {
@@ -515,28 +517,23 @@ impl Rebalancer {
                     waiting |= !self.relieving.contains(t);
                     continue;
                 }
-                let rank: Rank = (
-                    u8::from(!fixes),
-                    a,
-                    b,
-                    u32::MAX - model.contact(*cell, t),
-                    after,
-                );
-                let better = match &best {
-                    None => true,
-                    Some((r, c, bt, _)) => {
-                        cmp_rank(&rank, r).then_with(|| (cell, t).cmp(&(c, bt)))
-                            == std::cmp::Ordering::Less
-                    }
+                let candidate = Candidate {
+                    rank: Rank {
+                        effect,
+                        contact: model.contact(*cell, t),
+                        to_load_after: after,
+                    },
+                    cell: *cell,
+                    to: t.clone(),
                 };
-                if better {
-                    best = Some((rank, *cell, t.clone(), after));
+                if best.as_ref().is_none_or(|b| candidate.beats(b)) {
+                    best = Some(candidate);
                 }
             }
         }
-        if let Some((_, cell, to, to_after)) = best {
+        if let Some(Candidate { rank, cell, to }) = best {
             let cost = model.cost[&cell];
-            return Ok(Move {
+            return Relief::Move(Move {
                 cell,
                 from: s.clone(),
                 to: to.clone(),
@@ -550,16 +547,16 @@ impl Rebalancer {
                 from_load_before: model.util(s),
                 from_load_after: (model.load_ms[s] - cost.ms) / budget,
                 to_load_before: model.util(&to),
-                to_load_after: to_after,
+                to_load_after: rank.to_load_after,
             });
         }
         let cooling = model.cells[s]
             .iter()
             .any(|c| model.migrating.contains(c) || self.cell_until.contains_key(c));
         if waiting || cooling {
-            return Err(None);
+            return Relief::Wait;
         }
-        Err(Some(match hot {
+        Relief::Blocked(match hot {
             Some(h) => format!(
                 "at {:.0}% of its budget; cell {h} alone costs more than the high watermark and no other cell can move under the low watermark elsewhere",
                 model.util(s) * 100.0
@@ -568,12 +565,11 @@ impl Rebalancer {
                 "at {:.0}% of its budget; no shard can take one of its cells under the low watermark",
                 model.util(s) * 100.0
             ),
-        }))
+        })
     }
 
-    /// The next cell for the under-filled shard `t`. `Err(None)` when it
-    /// has its share; `Err(Some(why))` when the watermarks stop it.
-    fn fill(&self, model: &Model, t: &ShardId) -> Result<Move, Option<String>> {
+    /// The next cell for the under-filled shard `t`, or why there is none.
+    fn fill(&self, model: &Model, t: &ShardId) -> Fill {
         let after_t = model.density(t, model.count(t) + 1);
         let mut sources: Vec<&ShardId> = model
             .budget
@@ -583,7 +579,7 @@ impl Rebalancer {
             .filter(|s| model.count(s) > 0)
             .collect();
         if sources.is_empty() {
-            return Err(None);
+            return Fill::NoSource;
         }
         sources.sort_by(|a, b| {
             model
@@ -604,7 +600,7 @@ impl Rebalancer {
             }) else {
                 continue;
             };
-            return Ok(Move {
+            return Fill::Move(Move {
                 cell,
                 from: s.clone(),
                 to: t.clone(),
@@ -617,20 +613,144 @@ impl Rebalancer {
                 to_load_after: (model.load_ms[t] + cost.ms) / model.budget[t],
             });
         }
-        Err(Some(format!(
+        Fill::Blocked(format!(
             "owns {} of its share of {:.1} cells; no cell of a fuller shard fits under the low watermark",
             model.count(t),
             model.share(t)
-        )))
+        ))
     }
 }
 
-fn cmp_rank(a: &(u8, f64, f64, u32, f64), b: &(u8, f64, f64, u32, f64)) -> std::cmp::Ordering {
-    a.0.cmp(&b.0)
-        .then(a.1.total_cmp(&b.1))
-        .then(a.2.total_cmp(&b.2))
-        .then(a.3.cmp(&b.3))
-        .then(a.4.total_cmp(&b.4))
+/// What [`Rebalancer::relief`] found for an overloaded shard.
+#[derive(Debug)]
+enum Relief {
+    /// Move this cell now.
+    Move(Move),
+    /// No move this round, but one may come once something frees up: a
+    /// target with room is busy or cooling down, or one of the shard's own
+    /// cells is migrating or cooling down. The shard stays on the relief
+    /// list.
+    Wait,
+    /// No shard can take any of its cells under the low watermark, even
+    /// once everything busy or cooling down is free. The shard is reported
+    /// blocked and its streak restarts.
+    Blocked(String),
+}
+
+/// What [`Rebalancer::fill`] found for an under-filled shard.
+#[derive(Debug)]
+enum Fill {
+    /// Move this cell now.
+    Move(Move),
+    /// No shard free this round would keep at least as many cells per
+    /// capacity as the target would have with one more: the target has its
+    /// share (or every fuller shard is busy). Filling stops; nothing to
+    /// report.
+    NoSource,
+    /// Fuller shards exist, but none has a cell that may move now and fits
+    /// under the target's low watermark. Filling stops and the target is
+    /// reported blocked.
+    Blocked(String),
+}
+
+/// What moving a cell does for its overloaded source; part of a [`Rank`].
+#[derive(Clone, Copy, Debug)]
+enum Effect {
+    /// The move alone brings the source back to the high watermark.
+    Fixes { players: usize, cost_ms: f64 },
+    /// It does not; the cell relieves `ms_per_player`, its cost over
+    /// `1 + players`.
+    Eases { ms_per_player: f64 },
+}
+
+impl Ord for Effect {
+    /// A move that fixes the source first, with the fewest players (each
+    /// sees the stall), then the cheapest; otherwise the most relief per
+    /// player.
+    fn cmp(&self, other: &Self) -> Ordering {
+        use Effect::{Eases, Fixes};
+        match (self, other) {
+            (
+                Fixes {
+                    players: pa,
+                    cost_ms: ca,
+                },
+                Fixes {
+                    players: pb,
+                    cost_ms: cb,
+                },
+            ) => pa.cmp(pb).then(ca.total_cmp(cb)),
+            (Fixes { .. }, Eases { .. }) => Ordering::Less,
+            (Eases { .. }, Fixes { .. }) => Ordering::Greater,
+            (Eases { ms_per_player: a }, Eases { ms_per_player: b }) => b.total_cmp(a),
+        }
+    }
+}
+
+impl PartialOrd for Effect {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Effect {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Effect {}
+
+/// How good a relief move is; the lesser rank is the better move. Fields
+/// compare in order, floats by [`f64::total_cmp`].
+#[derive(Clone, Copy, Debug)]
+struct Rank {
+    /// What the move does for the source.
+    effect: Effect,
+    /// How much of the cell's border the target already owns
+    /// ([`Model::contact`]); more first.
+    contact: u32,
+    /// The target's load with the cell; least loaded first.
+    to_load_after: f64,
+}
+
+impl Ord for Rank {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.effect
+            .cmp(&other.effect)
+            .then(other.contact.cmp(&self.contact))
+            .then(self.to_load_after.total_cmp(&other.to_load_after))
+    }
+}
+
+impl PartialOrd for Rank {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Rank {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Rank {}
+
+/// A possible relief move: `cell` to `to`.
+#[derive(Debug)]
+struct Candidate {
+    rank: Rank,
+    cell: CellId,
+    to: ShardId,
+}
+
+impl Candidate {
+    /// The better rank wins; equal ranks go to the lesser cell, then the
+    /// lesser target, so the plan does not depend on iteration order.
+    fn beats(&self, other: &Candidate) -> bool {
+        (&self.rank, self.cell, &self.to) < (&other.rank, other.cell, &other.to)
+    }
 }
 
 /// Plans to a fixed point on projected loads: each wave is one round of a
@@ -734,6 +854,42 @@ mod tests {
 
     fn fresh(v: &ClusterView) -> ClusterView {
         v.after(&[])
+    }
+
+    #[test]
+    fn a_rank_compares_effect_then_contact_then_target_load() {
+        let fixes = |players, cost_ms| Effect::Fixes { players, cost_ms };
+        let eases = |ms_per_player| Effect::Eases { ms_per_player };
+        let rank = |effect, contact, to_load_after| Rank {
+            effect,
+            contact,
+            to_load_after,
+        };
+        // A move that fixes the source beats one that only eases it,
+        // whatever the rest says.
+        assert!(rank(fixes(9, 9.0), 0, 0.59) < rank(eases(9.0), 8, 0.0));
+        // Among fixing moves, the fewest players, then the cheapest.
+        assert!(fixes(0, 9.0) < fixes(1, 0.1));
+        assert!(fixes(1, 0.1) < fixes(1, 0.2));
+        // Among easing moves, the most relief per player.
+        assert!(eases(2.0) < eases(1.0));
+        // The effect dominates the contact, ...
+        assert!(rank(fixes(0, 1.0), 0, 0.5) < rank(fixes(0, 2.0), 8, 0.5));
+        assert!(rank(eases(2.0), 0, 0.5) < rank(eases(1.0), 8, 0.5));
+        // ... which dominates the target's load (more contact first), ...
+        assert!(rank(fixes(0, 1.0), 2, 0.59) < rank(fixes(0, 1.0), 1, 0.0));
+        // ... which breaks the last tie (least loaded first).
+        assert!(rank(fixes(0, 1.0), 2, 0.1) < rank(fixes(0, 1.0), 2, 0.2));
+        assert_eq!(rank(eases(1.0), 2, 0.1), rank(eases(1.0), 2, 0.1));
+        // Equal ranks fall back to the cell, then the target.
+        let candidate = |cell, to: &str| Candidate {
+            rank: rank(eases(1.0), 2, 0.1),
+            cell,
+            to: sid(to),
+        };
+        assert!(candidate(c(0, 0), "b").beats(&candidate(c(0, 1), "a")));
+        assert!(candidate(c(0, 0), "a").beats(&candidate(c(0, 0), "b")));
+        assert!(!candidate(c(0, 0), "a").beats(&candidate(c(0, 0), "a")));
     }
 
     #[test]
