@@ -1162,8 +1162,10 @@ async fn ctl_move(
         let pending = record.is_some() && !cancelled;
         let mut arrived = false;
         if let Some(kv) = store.get(&key).await? {
-            let o: tessera_coordinator::CellOwner = serde_json::from_slice(&kv.value)?;
-            arrived = &o.owner == to && o.epoch == m.epoch;
+            let tree = tessera_coordinator::cellmap::parse_tree(&kv.key, &kv.value)?;
+            arrived = tree
+                .as_whole()
+                .is_some_and(|o| &o.owner == to && o.epoch == m.epoch);
         }
         if arrived {
             break;
@@ -1313,9 +1315,9 @@ async fn ctl_rebalance(
             for (m, epoch) in waiting {
                 let key = tessera_coordinator::cellmap::cell_key(prefix, m.cell);
                 let owner = match store.get(&key).await? {
-                    Some(kv) => Some(serde_json::from_slice::<tessera_coordinator::CellOwner>(
-                        &kv.value,
-                    )?),
+                    Some(kv) => tessera_coordinator::cellmap::parse_tree(&kv.key, &kv.value)?
+                        .as_whole()
+                        .cloned(),
                     None => None,
                 };
                 if owner.is_some_and(|o| o.owner == m.to && o.epoch == epoch) {

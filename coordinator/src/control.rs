@@ -16,7 +16,9 @@
 //! shards, their load reports and the migrations in flight, and each move
 //! is requested like `tessera ctl move` does ([`migration::request_move`]).
 
-use crate::cellmap::{cell_key, cell_under, list_owners, CellOwner};
+use crate::cellmap::{
+    cell_key, cell_under, list_trees, next_epoch, tree_json, CellOwner, CellTree, StoredTree,
+};
 use crate::membership::live_shards;
 use crate::migration::{self, Migration, MigrationState};
 use crate::placement;
@@ -209,19 +211,21 @@ async fn place(
         return Ok(false);
     }
     let seen = *first_shard_seen.get_or_insert_with(tokio::time::Instant::now);
-    let current: HashMap<CellId, (CellOwner, i64)> = list_owners(store, &config.prefix)
+    let current: HashMap<CellId, StoredTree> = list_trees(store, &config.prefix)
         .await?
         .into_iter()
-        .map(|(cell, owner, rev)| (cell, (owner, rev)))
+        .map(|t| (t.cell, t))
         .collect();
     finish_migrations(config, store, &current, &live).await?;
     if current.is_empty() && seen.elapsed() < config.settle {
         return Ok(false);
     }
     let placed = config.cells.iter().all(|c| {
-        current
-            .get(c)
-            .is_some_and(|(owner, _)| live.contains(&owner.owner))
+        current.get(c).is_some_and(|t| {
+            t.tree
+                .leaves(t.cell)
+                .all(|(_, owner)| live.contains(&owner.owner))
+        })
     });
     let mut sorted = live.clone();
     sorted.sort();
@@ -242,21 +246,56 @@ async fn place(
                     tracing::info!(cell = %cell, shard = %target, epoch = 1, "cell placed");
                 }
             }
-            Some((owner, rev)) if !live.contains(&owner.owner) => {
-                let epoch = owner.epoch.next();
-                let value = owner_json(&target, epoch);
-                if store
-                    .compare_and_put(&key, Expect::ModRevision(*rev), value, None)
-                    .await?
-                    .is_some()
-                {
-                    tracing::warn!(cell = %cell, from = %owner.owner, to = %target, epoch = %epoch, "owner is gone; cell reassigned");
-                }
-            }
-            Some(_) => {}
+            Some(stored) => reassign_dead_regions(store, &key, stored, &live, &target).await?,
         }
     }
     Ok(placed)
+}
+
+/// Gives every region of a cell whose owner is no longer live to `target`,
+/// all in one compare-and-put on the cell key, at the tree's next epoch
+/// (docs/regions.md, Epochs). A whole cell is one such region.
+async fn reassign_dead_regions(
+    store: &dyn ClusterStore,
+    key: &str,
+    stored: &StoredTree,
+    live: &[ShardId],
+    target: &ShardId,
+) -> Result<(), CoordinatorError> {
+    let dead: Vec<(tessera_proto::RegionId, ShardId)> = stored
+        .tree
+        .leaves(stored.cell)
+        .filter(|(_, o)| !live.contains(&o.owner))
+        .map(|(r, o)| (r, o.owner.clone()))
+        .collect();
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let epoch = next_epoch(&stored.tree);
+    let mut tree: CellTree = stored.tree.clone();
+    for (region, _) in &dead {
+        if let Some(o) = tree.get_mut(*region) {
+            *o = CellOwner {
+                owner: target.clone(),
+                epoch,
+            };
+        }
+    }
+    if store
+        .compare_and_put(
+            key,
+            Expect::ModRevision(stored.mod_revision),
+            tree_json(&tree),
+            None,
+        )
+        .await?
+        .is_some()
+    {
+        for (region, from) in dead {
+            tracing::warn!(region = %region, from = %from, to = %target, epoch = %epoch, "owner is gone; region reassigned");
+        }
+    }
+    Ok(())
 }
 
 /// Reads what the rebalancer plans from: the cell map, the live shards
@@ -296,8 +335,12 @@ pub async fn read_cluster_view(
             view.shards.remove(&ShardId::new(id));
         }
     }
-    for (cell, owner, _) in list_owners(store, prefix).await? {
-        view.owners.insert(cell, owner.owner);
+    // The rebalancer moves whole cells; the regions of split cells are
+    // not its to move (docs/regions.md, Policy).
+    for stored in list_trees(store, prefix).await? {
+        if let Some(owner) = stored.whole() {
+            view.owners.insert(stored.cell, owner.owner.clone());
+        }
     }
     let dir = format!("{prefix}migrations/");
     for kv in store.list(&dir).await? {
@@ -363,7 +406,7 @@ async fn rebalance(
 async fn finish_migrations(
     config: &CoordinatorConfig,
     store: &dyn ClusterStore,
-    current: &HashMap<CellId, (CellOwner, i64)>,
+    current: &HashMap<CellId, StoredTree>,
     live: &[ShardId],
 ) -> Result<(), CoordinatorError> {
     let dir = format!("{}migrations/", config.prefix);
@@ -383,10 +426,13 @@ async fn finish_migrations(
                 continue;
             }
         }
-        let Some((owner, rev)) = current.get(&cell) else {
+        let Some(stored) = current.get(&cell) else {
             store.delete(&kv.key).await?;
             continue;
         };
+        let rev = &stored.mod_revision;
+        // Migrations move whole cells: one split since the request is stale.
+        let owner = stored.whole();
         let now = migration::now_unix_ms();
         if m.state == MigrationState::Cancelled {
             // Kept long enough for both shards to see it.
@@ -395,12 +441,12 @@ async fn finish_migrations(
             }
             continue;
         }
-        if owner.owner == m.to && owner.epoch == m.epoch {
+        if owner.is_some_and(|o| o.owner == m.to && o.epoch == m.epoch) {
             // Flipped already (by an earlier leader): done.
             store.delete(&kv.key).await?;
             continue;
         }
-        let stale = owner.owner != m.from || owner.epoch.next() != m.epoch;
+        let stale = !owner.is_some_and(|o| o.owner == m.from && o.epoch.next() == m.epoch);
         let age_ms = now.saturating_sub(m.requested_unix_ms);
         if stale
             || !live.contains(&m.to)
@@ -438,11 +484,10 @@ async fn finish_migrations(
 const CANCELLED_KEEP_MS: u64 = 5_000;
 
 fn owner_json(shard: &ShardId, epoch: Epoch) -> Vec<u8> {
-    serde_json::to_vec(&CellOwner {
+    tree_json(&CellTree::whole(CellOwner {
         owner: shard.clone(),
         epoch,
-    })
-    .expect("cell owner serialises")
+    }))
 }
 
 #[cfg(test)]
@@ -672,5 +717,49 @@ mod tests {
             serde_json::from_slice::<Leader>(&leader.value).unwrap().id,
             "b"
         );
+    }
+
+    #[tokio::test]
+    async fn a_dead_shards_regions_of_a_split_cell_are_reassigned_and_the_others_stay() {
+        use tessera_proto::RegionId;
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let s1 = ShardId::new("s1");
+        let s2 = ShardId::new("s2");
+        register(&store, "s1", Duration::from_secs(60)).await;
+        // Cell -2,0 is split: s2 (never registered, so dead) owns the
+        // north-west and south-east quadrants, live s1 the other two.
+        let owner = |s: &ShardId, e| CellOwner {
+            owner: s.clone(),
+            epoch: Epoch(e),
+        };
+        let cell = CellId::new(-2, 0);
+        let mut tree = CellTree::whole(owner(&s1, 3));
+        tree.split(
+            RegionId::cell(cell),
+            [owner(&s2, 4), owner(&s1, 4), owner(&s1, 5), owner(&s2, 6)],
+        )
+        .unwrap();
+        store
+            .put(&cell_key("/t/", cell), tree_json(&tree), None)
+            .await
+            .unwrap();
+        let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let _c = tokio::spawn(run(config("a"), store.clone(), async move {
+            let _ = rx.await;
+        }));
+        let map = CellMap::watch(store.clone(), "/t/").await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while map.regions_of(&s2).len() == 2 || map.all().len() < 7 {
+            assert!(tokio::time::Instant::now() < deadline, "not reassigned");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let [nw, ne, sw, se] = RegionId::cell(cell).children().unwrap();
+        // One change, one epoch: the tree's highest (6) plus one.
+        assert_eq!(map.region_owner(nw), Some(owner(&s1, 7)));
+        assert_eq!(map.region_owner(se), Some(owner(&s1, 7)));
+        // The live quadrants keep their epochs: nothing fences them.
+        assert_eq!(map.region_owner(ne), Some(owner(&s1, 4)));
+        assert_eq!(map.region_owner(sw), Some(owner(&s1, 5)));
+        assert_eq!(map.regions_of(&s2), vec![]);
     }
 }

@@ -12,7 +12,7 @@ use crate::CoordinatorError;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use tessera_proto::{CellId, Epoch};
+use tessera_proto::{CellId, Epoch, RegionId};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ShardRow {
@@ -30,9 +30,14 @@ pub struct ShardRow {
     pub cells_tick_ms: f64,
 }
 
+/// One leaf region of the cell map: a whole cell, or a region of a split
+/// cell (docs/regions.md).
 #[derive(Clone, Debug, Serialize)]
 pub struct CellRow {
+    /// The cell the region is in.
     pub cell: CellId,
+    /// The region's text form (`3,-1` for a whole cell, `3,-1/0/2`).
+    pub region: String,
     pub owner: String,
     pub epoch: Epoch,
     /// Whether the owner is registered (alive).
@@ -86,7 +91,7 @@ pub async fn snapshot(
     let mut regs: BTreeMap<String, ShardRegistration> = BTreeMap::new();
     let mut loads: BTreeMap<String, ShardLoad> = BTreeMap::new();
     let mut routers = Vec::new();
-    let mut owners: BTreeMap<CellId, CellOwner> = BTreeMap::new();
+    let mut owners: BTreeMap<RegionId, CellOwner> = BTreeMap::new();
     for kv in store.list(prefix).await? {
         let bad = |reason: String| CoordinatorError::BadValue {
             key: kv.key.clone(),
@@ -109,8 +114,8 @@ pub async fn snapshot(
             });
         } else if let Some(cell) = under(&kv.key, prefix, "cells/") {
             let cell: CellId = cell.parse().map_err(|e| bad(format!("{e}")))?;
-            let o = serde_json::from_slice(&kv.value).map_err(|e| bad(e.to_string()))?;
-            owners.insert(cell, o);
+            let tree = crate::cellmap::parse_tree(&kv.key, &kv.value)?;
+            owners.extend(tree.leaves(cell).map(|(r, o)| (r, o.clone())));
         }
     }
     let leader = match store.get(&leader_key(prefix)).await? {
@@ -139,11 +144,15 @@ pub async fn snapshot(
         .collect();
     let cells: Vec<CellRow> = owners
         .iter()
-        .map(|(cell, o)| {
+        .map(|(region, o)| {
             let load = loads.get(&o.owner.0);
-            let cell_load = load.and_then(|l| l.cells.iter().find(|c| c.cell == *cell));
+            // Load reports name whole cells.
+            let cell_load = load
+                .filter(|_| region.is_cell())
+                .and_then(|l| l.cells.iter().find(|c| c.cell == region.cell_id()));
             CellRow {
-                cell: *cell,
+                cell: region.cell_id(),
+                region: region.to_string(),
                 owner: o.owner.0.clone(),
                 epoch: o.epoch,
                 owner_live: regs.contains_key(&o.owner.0),
@@ -240,7 +249,7 @@ pub fn render_cells(s: &Snapshot) -> String {
         .iter()
         .map(|c| {
             vec![
-                c.cell.to_string(),
+                c.region.clone(),
                 if c.owner_live {
                     c.owner.clone()
                 } else {
@@ -256,7 +265,7 @@ pub fn render_cells(s: &Snapshot) -> String {
         .collect();
     table(
         &[
-            "CELL",
+            "REGION",
             "OWNER",
             "EPOCH",
             "ENTITIES",

@@ -172,6 +172,8 @@ pub enum MoveError {
     AlreadyThere { cell: CellId, shard: ShardId },
     #[error("cell {0} is already migrating")]
     InProgress(CellId),
+    #[error("cell {0} is split into regions; a move takes a whole cell")]
+    Split(CellId),
     #[error(transparent)]
     Cluster(#[from] CoordinatorError),
 }
@@ -192,11 +194,10 @@ pub async fn request_move(
     else {
         return Err(MoveError::UnknownCell(cell));
     };
-    let owner: CellOwner =
-        serde_json::from_slice(&kv.value).map_err(|e| CoordinatorError::BadValue {
-            key: kv.key.clone(),
-            reason: e.to_string(),
-        })?;
+    let tree = crate::cellmap::parse_tree(&kv.key, &kv.value)?;
+    let Some(owner) = tree.as_whole().cloned() else {
+        return Err(MoveError::Split(cell));
+    };
     if &owner.owner == to {
         return Err(MoveError::AlreadyThere {
             cell,
@@ -332,10 +333,10 @@ async fn cell_owners(
     store: &dyn ClusterStore,
     prefix: &str,
 ) -> Result<HashMap<CellId, CellOwner>, CoordinatorError> {
-    Ok(crate::cellmap::list_owners(store, prefix)
+    Ok(crate::cellmap::list_trees(store, prefix)
         .await?
         .into_iter()
-        .map(|(cell, owner, _)| (cell, owner))
+        .filter_map(|t| Some((t.cell, t.whole()?.clone())))
         .collect())
 }
 

@@ -162,3 +162,91 @@ async fn cell_map_and_directory_resync_after_an_etcd_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A split cell's tree goes through a real etcd: written with one
+/// compare-and-put on the old whole-cell value's revision (what a split
+/// does), then seen by a watching cell map and by a listing, while a cell
+/// written in the old format beside it still reads as a whole cell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_cell_tree_round_trips_through_etcd() {
+    use tessera_coordinator::cellmap::{cell_key, list_trees, next_epoch, tree_json, CellTree};
+    use tessera_coordinator::store::Expect;
+    use tessera_coordinator::{CellMap, CellOwner};
+    use tessera_proto::{CellId, Epoch, Grid, RegionId, ShardId, Vec3};
+
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn ClusterStore> = Arc::new(
+        EtcdStore::connect(&etcd.endpoints(), CONNECT_TIMEOUT)
+            .await
+            .expect("connect"),
+    );
+    let owner = |s: &str, e: u64| CellOwner {
+        owner: ShardId::new(s),
+        epoch: Epoch(e),
+    };
+    let (split_cell, old_cell) = (CellId::new(0, 0), CellId::new(1, 0));
+    store
+        .put(
+            &cell_key("/s/", old_cell),
+            br#"{"owner":"b","epoch":2}"#.to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    let rev = store
+        .put(
+            &cell_key("/s/", split_cell),
+            tree_json(&CellTree::whole(owner("a", 1))),
+            None,
+        )
+        .await
+        .unwrap();
+    let map = CellMap::watch(store.clone(), "/s/").await.unwrap();
+    let mut tree = CellTree::whole(owner("a", 1));
+    let e = next_epoch(&tree).0;
+    tree.split(
+        RegionId::cell(split_cell),
+        [owner("a", e), owner("b", e), owner("a", e), owner("c", e)],
+    )
+    .unwrap();
+    let written = store
+        .compare_and_put(
+            &cell_key("/s/", split_cell),
+            Expect::ModRevision(rev),
+            tree_json(&tree),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(written.is_some(), "the split's compare-and-put failed");
+    // A second split from the same revision loses: one change per revision.
+    let again = store
+        .compare_and_put(
+            &cell_key("/s/", split_cell),
+            Expect::ModRevision(rev),
+            tree_json(&CellTree::whole(owner("z", 9))),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(again.is_none());
+    let grid = Grid::new(64.0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while map
+        .owner_at(&grid, Vec3::new(50.0, 0.0, 50.0))
+        .map(|(_, o)| o)
+        != Some(owner("c", 2))
+    {
+        assert!(Instant::now() < deadline, "the watch did not see the split");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(map.owner(old_cell), Some(owner("b", 2)));
+    let listed = list_trees(&*store, "/s/").await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let split = listed.iter().find(|t| t.cell == split_cell).unwrap();
+    assert_eq!(split.tree, tree);
+    assert_eq!(
+        listed.iter().find(|t| t.cell == old_cell).unwrap().whole(),
+        Some(&owner("b", 2))
+    );
+}
