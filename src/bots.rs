@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use tessera_loadtest::{Scenario, SwarmConfig, Thresholds};
+use tessera_loadtest::{CrowdPlan, Scenario, SwarmConfig, Thresholds};
 use tessera_proto::Vec3;
 
 #[derive(Args, Debug, Clone)]
@@ -35,7 +35,7 @@ pub struct BotsArgs {
     /// Seeds the bots' choices and names (the same seed reuses accounts).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// wander, flock, border, chat, login-storm, churn or mix.
+    /// wander, flock, crowd, border, chat, login-storm, churn or mix.
     #[arg(long, default_value = "wander")]
     scenario: Scenario,
     /// The bots' password.
@@ -47,6 +47,19 @@ pub struct BotsArgs {
     /// Where `flock` bots go, `x,z` metres.
     #[arg(long, default_value = "40,0", value_parser = parse_xz, allow_hyphen_values = true)]
     flock_target: (f32, f32),
+    /// Where `crowd` bots gather, `x,z` metres (the middle of cell 0,0;
+    /// its own flag because --flock-target's default sits on a border).
+    #[arg(long, default_value = "32,32", value_parser = parse_xz, allow_hyphen_values = true)]
+    crowd_target: (f32, f32),
+    /// `crowd` bots mill about within this many metres of --crowd-target
+    /// (20: inside one 64 m cell when the target is its middle).
+    #[arg(long, default_value_t = tessera_loadtest::scenario::CROWD_RADIUS)]
+    crowd_radius: f32,
+    /// Seconds into the run after which `crowd` bots leave the crowd, each
+    /// for a point of its own 100 to 150 m away, and wander there (default:
+    /// they stay).
+    #[arg(long)]
+    disperse_after: Option<f64>,
     /// The world's cell size, metres (for `border`).
     #[arg(long, default_value_t = 64.0)]
     cell_size: f32,
@@ -103,6 +116,11 @@ pub async fn run(args: BotsArgs) -> anyhow::Result<i32> {
         password: args.password.clone(),
         chat_interval: Duration::from_secs_f64(args.chat_interval.max(0.1)),
         flock_target: Vec3::new(args.flock_target.0, 0.0, args.flock_target.1),
+        crowd: CrowdPlan {
+            centre: Vec3::new(args.crowd_target.0, 0.0, args.crowd_target.1),
+            radius: args.crowd_radius,
+            disperse_after_s: args.disperse_after,
+        },
         cell_size: args.cell_size,
         thresholds: Thresholds {
             max_p99_ms: args.max_p99_ms,

@@ -1,6 +1,6 @@
 //! `tessera bots` against `tessera up`: 50 QUIC and 50 telnet bots play
 //! every scenario for 20 s each, with no errors, sane latencies, and a
-//! report directory a person can open.
+//! report directory a person can open; then a crowd gathers and disperses.
 
 mod common;
 
@@ -8,11 +8,27 @@ use common::{Server, ServerOptions, TestDir};
 use std::path::Path;
 use std::process::Command;
 
-/// Runs one swarm; returns its report.
+/// Runs one swarm of 50 QUIC and 50 telnet bots for 20 s; returns its
+/// report.
 fn swarm(server: &Server, dir: &Path, scenario: &str, seed: u64) -> serde_json::Value {
-    let report = dir.join(format!("report-{scenario}"));
+    let bots = ["--quic", "50", "--telnet", "50", "--duration", "20"];
+    swarm_with(server, dir, scenario, scenario, seed, &bots)
+}
+
+/// Runs one swarm with `args` (bots and duration at least), reporting into
+/// `report-<label>`; returns its report.
+fn swarm_with(
+    server: &Server,
+    dir: &Path,
+    label: &str,
+    scenario: &str,
+    seed: u64,
+    args: &[&str],
+) -> serde_json::Value {
+    let report = dir.join(format!("report-{label}"));
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["bots", "--quic", "50", "--telnet", "50", "--duration", "20"])
+        .arg("bots")
+        .args(args)
         .args(["--ramp", "100", "--scenario", scenario])
         .args(["--seed", &seed.to_string()])
         .args(["--quic-addr", &server.quic.to_string()])
@@ -78,6 +94,7 @@ fn every_scenario_runs_clean_against_tessera_up() {
         "login-storm",
         "churn",
         "mix",
+        "crowd",
     ]
     .into_iter()
     .enumerate()
@@ -103,9 +120,24 @@ fn every_scenario_runs_clean_against_tessera_up() {
             }
             "login-storm" => assert!(count(&r, "logins") > 300, "{scenario}: {r}"),
             "churn" => assert!(count(&r, "churn_drops") > 0, "{scenario}: {r}"),
+            // Every QUIC bot (and most telnet bots, at a step a second)
+            // reached the crowd in cell 0,0 from the spawn in cell -1,0.
+            "crowd" => {
+                assert!(count(&r, "crowd_arrived") >= 75, "{scenario}: {r}");
+                assert_eq!(count(&r, "crowd_dispersed"), 0, "{scenario}: {r}");
+            }
             _ => {}
         }
     }
+    // A crowd that breaks up after 10 s: QUIC bots (6 m/s) have gathered
+    // by then, and most get more than a cell size away in the 20 s left
+    // (some walk into a building or the pier on their way).
+    let args = ["--quic", "40", "--duration", "30", "--disperse-after", "10"];
+    let r = swarm_with(&server, dir.path(), "crowd-disperse", "crowd", 200, &args);
+    assert_eq!(r["scenario"], "crowd");
+    assert_eq!(r["peak_connected"].as_i64(), Some(40), "{r}");
+    assert!(count(&r, "crowd_arrived") >= 35, "{r}");
+    assert!(count(&r, "crowd_dispersed") >= 30, "{r}");
     // Over a thousand logins (19 MiB of argon2id memory each) later, with
     // the bots gone, the server holds about what it held at the start
     // (about 50 MB; it held 300+ MB before large blocks were returned to

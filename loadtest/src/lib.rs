@@ -20,6 +20,7 @@ pub mod stats;
 pub mod telnet_bot;
 
 use parking_lot::Mutex;
+use scenario::{CrowdPhase, Steering};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_proto::Vec3;
 
-pub use scenario::Scenario;
+pub use scenario::{CrowdPlan, Scenario};
 pub use stats::{Metric, Report, Stats};
 
 /// Most bots one swarm runs.
@@ -87,6 +88,8 @@ pub struct SwarmConfig {
     pub chat_interval: Duration,
     /// Where `flock` bots go.
     pub flock_target: Vec3,
+    /// Where `crowd` bots gather, and when they disperse.
+    pub crowd: CrowdPlan,
     /// The world's cell size (for `border`).
     pub cell_size: f32,
     pub thresholds: Thresholds,
@@ -123,7 +126,25 @@ impl SwarmConfig {
         if !(self.ramp > 0.0 && self.ramp.is_finite()) {
             return bad("--ramp must be a positive number of connections per second".into());
         }
+        if !(self.crowd.radius >= 0.0 && self.crowd.radius.is_finite()) {
+            return bad("--crowd-radius must be a number of metres, 0 or more".into());
+        }
+        if let Some(after) = self.crowd.disperse_after_s {
+            if self.scenario != Scenario::Crowd {
+                return bad("--disperse-after applies to --scenario crowd only".into());
+            }
+            if !(after >= 0.0 && after.is_finite()) {
+                return bad("--disperse-after must be a number of seconds, 0 or more".into());
+            }
+        }
         Ok(())
+    }
+
+    /// How a bot playing `scenario` with `seed` and starting at `start`
+    /// steers in this swarm.
+    pub(crate) fn steering(&self, scenario: Scenario, seed: u64, start: Vec3) -> Steering {
+        Steering::new(scenario, seed, start, self.cell_size, self.flock_target)
+            .with_crowd(self.crowd)
     }
 }
 
@@ -203,6 +224,20 @@ impl BotCtx {
                 }
             };
             self.sleep(pause).await;
+        }
+    }
+
+    /// Counts a `crowd` bot's progress between two steps: `crowd_arrived`
+    /// when it reached the crowd, `crowd_dispersed` when it got away from
+    /// it.
+    pub fn crowd_progress(&self, before: Option<CrowdPhase>, after: Option<CrowdPhase>) {
+        if before == after {
+            return;
+        }
+        match after {
+            Some(CrowdPhase::Milling) => self.stats.count("crowd_arrived", 1),
+            Some(CrowdPhase::Dispersed) => self.stats.count("crowd_dispersed", 1),
+            _ => {}
         }
     }
 
@@ -361,6 +396,7 @@ mod tests {
             password: "pw-pw-pw".into(),
             chat_interval: Duration::from_secs(5),
             flock_target: Vec3::ZERO,
+            crowd: CrowdPlan::at(Vec3::new(32.0, 0.0, 32.0)),
             cell_size: 64.0,
             thresholds: Thresholds::default(),
             etcd: Vec::new(),
@@ -397,6 +433,32 @@ mod tests {
             ..config()
         };
         assert!(no_ramp.validate().is_err());
+        let dispersing = |scenario, after| SwarmConfig {
+            scenario,
+            crowd: CrowdPlan {
+                disperse_after_s: Some(after),
+                ..config().crowd
+            },
+            ..config()
+        };
+        assert!(dispersing(Scenario::Crowd, 30.0).validate().is_ok());
+        assert!(dispersing(Scenario::Crowd, 0.0).validate().is_ok());
+        assert!(dispersing(Scenario::Crowd, -1.0).validate().is_err());
+        assert!(dispersing(Scenario::Crowd, f64::NAN).validate().is_err());
+        assert!(dispersing(Scenario::Flock, 30.0)
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("crowd"));
+        let no_radius = SwarmConfig {
+            scenario: Scenario::Crowd,
+            crowd: CrowdPlan {
+                radius: -1.0,
+                ..config().crowd
+            },
+            ..config()
+        };
+        assert!(no_radius.validate().is_err());
     }
 
     #[test]

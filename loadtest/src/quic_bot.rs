@@ -115,13 +115,7 @@ async fn play(
     seed: u64,
 ) -> Result<SessionEnd, String> {
     let me = client.me.clone().expect("logged in");
-    let mut steering = Steering::new(
-        scenario,
-        seed,
-        me.pos,
-        ctx.config.cell_size,
-        ctx.config.flock_target,
-    );
+    let mut steering = ctx.config.steering(scenario, seed, me.pos);
     let started = Instant::now();
     let stay = match scenario {
         Scenario::LoginStorm => Some(Duration::from_millis(
@@ -221,7 +215,9 @@ async fn play(
             }
         }
         // Move.
+        let phase = steering.crowd_phase();
         let (dx, dz) = steering.direction(ctx.stats.t(), pos);
+        ctx.crowd_progress(phase, steering.crowd_phase());
         match client.send_input(dx, dz, dz.atan2(dx)) {
             Ok(seq) => {
                 pending.push_back((seq, Instant::now()));

@@ -4,7 +4,7 @@
 //! that starts with a line break (a notification).
 
 use crate::quic_bot::short;
-use crate::scenario::{bot_name, Scenario, Steering};
+use crate::scenario::{bot_name, Scenario};
 use crate::stats::Metric;
 use crate::{BotCtx, SessionEnd};
 use rand::Rng;
@@ -214,13 +214,7 @@ async fn play(
     seed: u64,
 ) -> Result<SessionEnd, String> {
     let mut pos = parse_where(&conn.command("where").await?).unwrap_or(Vec3::ZERO);
-    let mut steering = Steering::new(
-        scenario,
-        seed,
-        pos,
-        ctx.config.cell_size,
-        ctx.config.flock_target,
-    );
+    let mut steering = ctx.config.steering(scenario, seed, pos);
     let started = Instant::now();
     let stay = (scenario == Scenario::LoginStorm)
         .then(|| Duration::from_millis(steering.rng().gen_range(1_000..3_000)));
@@ -278,7 +272,10 @@ async fn play(
             }
             continue;
         }
-        let Some(step) = steering.compass(ctx.stats.t(), pos) else {
+        let phase = steering.crowd_phase();
+        let step = steering.compass(ctx.stats.t(), pos);
+        ctx.crowd_progress(phase, steering.crowd_phase());
+        let Some(step) = step else {
             continue;
         };
         let sent = Instant::now();
