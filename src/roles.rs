@@ -534,7 +534,10 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
     let (s, p, me) = (store.clone(), prefix.clone(), id.clone());
     tokio::spawn(async move {
         while let Some(notice) = notices.recv().await {
-            let tessera_shard::sim::ShardNotice::Restored { cell, epoch } = notice;
+            let tessera_shard::sim::ShardNotice::Restored {
+                region: cell,
+                epoch,
+            } = notice;
             for attempt in 0..20 {
                 match mark_restored(&*s, &p, cell, &me, epoch).await {
                     Ok(_) => break,
@@ -800,11 +803,13 @@ pub enum CtlCommand {
     Cells,
     /// Move every cell of a shard to the other shards (live migration).
     Drain { shard: String },
-    /// Live-migrate a cell (`x,z`) to a shard, and wait until it is there.
+    /// Live-migrate a cell (`x,z`) or a region of a split cell
+    /// (`x,z/q/...`) to a shard, and wait until it is there.
     Move {
-        /// The cell, `x,z` (negative coordinates are fine: `-1,0`).
+        /// The cell, `x,z` (negative coordinates are fine: `-1,0`), or a
+        /// region of a split one, `x,z/q/...` (docs/regions.md).
         #[arg(allow_hyphen_values = true)]
-        cell: tessera_proto::CellId,
+        cell: tessera_proto::RegionId,
         /// The target shard's id.
         shard: String,
     },
@@ -1136,7 +1141,7 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
 async fn ctl_move(
     store: &EtcdStore,
     prefix: &str,
-    cell: tessera_proto::CellId,
+    cell: tessera_proto::RegionId,
     to: &ShardId,
     json: bool,
     signer: &Signer,
@@ -1144,7 +1149,7 @@ async fn ctl_move(
     use tessera_coordinator::membership::{load_key, ShardLoad};
     let started = std::time::Instant::now();
     let m = tessera_coordinator::migration::request_move(store, prefix, cell, to, signer).await?;
-    let key = tessera_coordinator::cellmap::cell_key(prefix, cell);
+    let key = tessera_coordinator::cellmap::cell_key(prefix, cell.cell_id());
     let request = tessera_coordinator::migration::migration_key(prefix, cell);
     let deadline = started + Duration::from_secs(30);
     loop {
@@ -1164,7 +1169,7 @@ async fn ctl_move(
         if let Some(kv) = store.get(&key).await? {
             let tree = tessera_coordinator::cellmap::parse_tree(&kv.key, &kv.value)?;
             arrived = tree
-                .as_whole()
+                .get(cell)
                 .is_some_and(|o| &o.owner == to && o.epoch == m.epoch);
         }
         if arrived {
@@ -1172,12 +1177,14 @@ async fn ctl_move(
         }
         if !pending {
             anyhow::bail!(
-                "the cluster refused or cancelled the move of cell {cell} to {to} \
-                 (see the coordinator's log: a credential it does not accept, or the cell changed owner meanwhile)"
+                "the cluster refused or cancelled the move of region {cell} to {to} \
+                 (see the coordinator's log: a credential it does not accept, or the region changed owner meanwhile)"
             );
         }
         if std::time::Instant::now() > deadline {
-            anyhow::bail!("cell {cell} did not reach {to} within 30 s (is a coordinator running?)");
+            anyhow::bail!(
+                "region {cell} did not reach {to} within 30 s (is a coordinator running?)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1187,11 +1194,11 @@ async fn ctl_move(
     for _ in 0..30 {
         if let Some(kv) = store.get(&load_key(prefix, to)).await? {
             let load: ShardLoad = serde_json::from_slice(&kv.value)?;
-            if load
-                .cells
-                .iter()
-                .any(|c| c.cell == cell && c.epoch == m.epoch)
-            {
+            if load.cells.iter().any(|c| {
+                c.cell == cell.cell_id()
+                    && c.region.as_deref().unwrap_or(&c.cell.to_string()) == cell.to_string()
+                    && c.epoch == m.epoch
+            }) {
                 stall = load.last_migration_stall_ms;
                 break;
             }

@@ -22,7 +22,7 @@ use crate::migration::Migration;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tessera_proto::CellId;
+use tessera_proto::RegionId;
 
 /// Who asked for a migration, and the proof.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +62,9 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// The canonical bytes of a request.
-fn message(prefix: &str, cell: CellId, m: &Migration, by: &str) -> Vec<u8> {
+/// A whole cell's region prints as the cell (`3,-1`), so requests for
+/// whole cells sign the same bytes as before regions existed.
+fn message(prefix: &str, cell: RegionId, m: &Migration, by: &str) -> Vec<u8> {
     format!(
         "tessera-migration/1|{prefix}|{cell}|{}|{}|{}|{}|{by}",
         m.from, m.to, m.epoch.0, m.requested_unix_ms
@@ -88,8 +90,15 @@ impl Signer {
         &self.by
     }
 
-    pub fn sign(&self, prefix: &str, cell: CellId, m: &Migration) -> Authority {
-        let tag = hmac::sign(&self.key, &message(prefix, cell, m, &self.by));
+    pub fn sign(&self, prefix: &str, cell: RegionId, m: &Migration) -> Authority {
+        self.sign_bytes(&message(prefix, cell, m, &self.by))
+    }
+
+    /// Signs any request's canonical bytes, which must name their protocol
+    /// and include [`Signer::by`] (so a MAC made for one kind of request
+    /// cannot be replayed as another, or as another signer's).
+    pub fn sign_bytes(&self, message: &[u8]) -> Authority {
+        let tag = hmac::sign(&self.key, message);
         Authority {
             by: self.by.clone(),
             mac: hex(tag.as_ref()),
@@ -172,8 +181,19 @@ impl ClusterKey {
     }
 
     /// Checks a request's authority.
-    pub fn verify(&self, prefix: &str, cell: CellId, m: &Migration) -> Result<(), AuthorityError> {
+    pub fn verify(
+        &self,
+        prefix: &str,
+        cell: RegionId,
+        m: &Migration,
+    ) -> Result<(), AuthorityError> {
         let auth = m.authority.as_ref().ok_or(AuthorityError::Unsigned)?;
+        self.verify_bytes(auth, &message(prefix, cell, m, &auth.by))
+    }
+
+    /// Checks `auth` over a request's canonical bytes (made with
+    /// `auth.by` in them, as [`Signer::sign_bytes`] requires).
+    pub fn verify_bytes(&self, auth: &Authority, message: &[u8]) -> Result<(), AuthorityError> {
         let key = if let Some(name) = auth.by.strip_prefix("operator:") {
             hmac::Key::new(hmac::HMAC_SHA256, &self.operator_raw(name))
         } else if auth.by.starts_with("shard:") || auth.by.starts_with("coordinator:") {
@@ -182,8 +202,7 @@ impl ClusterKey {
             return Err(AuthorityError::UnknownSigner(auth.by.clone()));
         };
         let tag = unhex(&auth.mac).ok_or_else(|| AuthorityError::BadSignature(auth.by.clone()))?;
-        hmac::verify(&key, &message(prefix, cell, m, &auth.by), &tag)
-            .map_err(|_| AuthorityError::BadSignature(auth.by.clone()))
+        hmac::verify(&key, message, &tag).map_err(|_| AuthorityError::BadSignature(auth.by.clone()))
     }
 }
 
@@ -288,7 +307,7 @@ mod tests {
         }
     }
 
-    const CELL: CellId = CellId::new(-1, 0);
+    const CELL: RegionId = RegionId::cell(tessera_proto::CellId::new(-1, 0));
 
     #[test]
     fn operators_and_members_sign_and_the_cluster_verifies() {
@@ -322,7 +341,9 @@ mod tests {
         let mut replayed = m.clone();
         replayed.epoch = Epoch(5);
         assert!(key.verify("/t/", CELL, &replayed).is_err());
-        assert!(key.verify("/t/", CellId::new(0, 0), &m).is_err());
+        assert!(key
+            .verify("/t/", RegionId::cell(tessera_proto::CellId::new(0, 0)), &m)
+            .is_err());
         assert!(key.verify("/other/", CELL, &m).is_err());
         // Alice cannot pass as bob, nor as a member.
         let mut as_bob = m.clone();

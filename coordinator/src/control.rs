@@ -17,7 +17,7 @@
 //! is requested like `tessera ctl move` does ([`migration::request_move`]).
 
 use crate::cellmap::{
-    cell_key, cell_under, list_trees, next_epoch, tree_json, CellOwner, CellTree, StoredTree,
+    cell_key, list_trees, next_epoch, tree_json, CellOwner, CellTree, StoredTree,
 };
 use crate::membership::live_shards;
 use crate::migration::{self, Migration, MigrationState};
@@ -344,14 +344,14 @@ pub async fn read_cluster_view(
     }
     let dir = format!("{prefix}migrations/");
     for kv in store.list(&dir).await? {
-        let (Some(cell), Ok(m)) = (
-            cell_under(&kv.key, &dir),
+        let (Some(region), Ok(m)) = (
+            crate::migration::region_under(&kv.key, &dir),
             serde_json::from_slice::<Migration>(&kv.value),
         ) else {
             continue;
         };
         view.in_flight.push(InFlight {
-            cell,
+            cell: region.cell_id(),
             from: m.from,
             to: m.to,
         });
@@ -411,17 +411,18 @@ async fn finish_migrations(
 ) -> Result<(), CoordinatorError> {
     let dir = format!("{}migrations/", config.prefix);
     for kv in store.list(&dir).await? {
-        let Some(cell) = cell_under(&kv.key, &dir) else {
+        let Some(region) = crate::migration::region_under(&kv.key, &dir) else {
             continue;
         };
+        let cell = region.cell_id();
         let Ok(m) = serde_json::from_slice::<Migration>(&kv.value) else {
             tracing::warn!(key = %kv.key, "bad migration value; removing it");
             store.delete(&kv.key).await?;
             continue;
         };
         if let Some(key) = &config.authority {
-            if let Err(e) = key.verify(&config.prefix, cell, &m) {
-                tracing::warn!(cell = %cell, from = %m.from, to = %m.to, error = %e, "migration request refused");
+            if let Err(e) = key.verify(&config.prefix, region, &m) {
+                tracing::warn!(region = %region, from = %m.from, to = %m.to, error = %e, "migration request refused");
                 store.delete(&kv.key).await?;
                 continue;
             }
@@ -431,8 +432,9 @@ async fn finish_migrations(
             continue;
         };
         let rev = &stored.mod_revision;
-        // Migrations move whole cells: one split since the request is stale.
-        let owner = stored.whole();
+        // The region's owner if it is still a leaf of the map (a split or
+        // merge since the request makes the request stale).
+        let owner = stored.tree.get(region);
         let now = migration::now_unix_ms();
         if m.state == MigrationState::Cancelled {
             // Kept long enough for both shards to see it.
@@ -446,7 +448,10 @@ async fn finish_migrations(
             store.delete(&kv.key).await?;
             continue;
         }
-        let stale = !owner.is_some_and(|o| o.owner == m.from && o.epoch.next() == m.epoch);
+        // Any change of the cell's tree since the request (which took its
+        // next epoch) makes it stale: its epoch would not be the newest.
+        let stale = owner.is_none_or(|o| o.owner != m.from)
+            || crate::cellmap::next_epoch(&stored.tree) != m.epoch;
         let age_ms = now.saturating_sub(m.requested_unix_ms);
         if stale
             || !live.contains(&m.to)
@@ -465,14 +470,20 @@ async fn finish_migrations(
             continue;
         }
         if m.state == MigrationState::Restored {
-            let value = owner_json(&m.to, m.epoch);
+            let mut tree = stored.tree.clone();
+            if let Some(leaf) = tree.get_mut(region) {
+                *leaf = CellOwner {
+                    owner: m.to.clone(),
+                    epoch: m.epoch,
+                };
+            }
             let key = cell_key(&config.prefix, cell);
             if store
-                .compare_and_put(&key, Expect::ModRevision(*rev), value, None)
+                .compare_and_put(&key, Expect::ModRevision(*rev), tree_json(&tree), None)
                 .await?
                 .is_some()
             {
-                tracing::info!(cell = %cell, from = %m.from, to = %m.to, epoch = %m.epoch, "cell migrated");
+                tracing::info!(region = %region, from = %m.from, to = %m.to, epoch = %m.epoch, "region migrated");
             }
             store.delete(&kv.key).await?;
         }
@@ -571,7 +582,7 @@ mod tests {
         request_move(&*store, "/t/", cell, &to, &stranger.signer().unwrap())
             .await
             .unwrap();
-        let key = migration_key("/t/", cell);
+        let key = migration_key("/t/", cell.into());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while store.get(&key).await.unwrap().is_some() {
             assert!(
@@ -621,6 +632,7 @@ mod tests {
                 .iter()
                 .map(|c| CellLoad {
                     cell: *c,
+                    region: None,
                     epoch: Epoch(1),
                     entities: 1,
                     players: 0,

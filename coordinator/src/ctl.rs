@@ -512,6 +512,7 @@ mod tests {
             last_migration_stall_ms: None,
             cells: vec![CellLoad {
                 cell: CellId::new(0, 0),
+                region: None,
                 epoch: Epoch(1),
                 entities: 7,
                 players: 2,

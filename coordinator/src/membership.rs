@@ -71,6 +71,10 @@ pub struct ShardLoad {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellLoad {
     pub cell: tessera_proto::CellId,
+    /// The region of `cell` this entry is about, in text form, when the
+    /// cell is split (docs/regions.md); absent for a whole cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     pub epoch: tessera_proto::Epoch,
     pub entities: usize,
     pub players: usize,

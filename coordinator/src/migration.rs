@@ -1,5 +1,6 @@
-//! Live cell migration, as recorded in the cluster store
-//! (`<prefix>migrations/<x>,<z>`, docs/cluster-keys.md).
+//! Live migration of a region (a whole cell, or a region of a split one),
+//! as recorded in the cluster store (`<prefix>migrations/<region>`,
+//! docs/cluster-keys.md).
 //!
 //! 1. Someone (`tessera ctl move`, later the hot-cell detector) creates the
 //!    key: `{from, to, epoch: current + 1, state: "requested"}`.
@@ -19,14 +20,14 @@
 //! is measured by the target (`tessera_shard_migration_stall_seconds`).
 
 use crate::authority::{Authority, ClusterKey, Signer};
-use crate::cellmap::{cell_under, CellOwner};
+use crate::cellmap::CellOwner;
 use crate::store::{follow, ClusterStore, Expect, Follow, WatchEvent};
 use crate::CoordinatorError;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tessera_proto::{CellId, Epoch, ShardId};
+use tessera_proto::{Epoch, RegionId, ShardId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,7 +44,8 @@ pub enum MigrationState {
 pub struct Migration {
     pub from: ShardId,
     pub to: ShardId,
-    /// The epoch the target will own the cell at.
+    /// The epoch the target will own the region at: the cell tree's
+    /// highest epoch plus one when it was requested (docs/regions.md).
     pub epoch: Epoch,
     pub state: MigrationState,
     /// When it was requested (unix milliseconds).
@@ -63,8 +65,13 @@ pub fn draining_key(prefix: &str, shard: &ShardId) -> String {
     format!("{prefix}draining/{shard}")
 }
 
-pub fn migration_key(prefix: &str, cell: CellId) -> String {
-    format!("{prefix}migrations/{cell}")
+pub fn migration_key(prefix: &str, region: RegionId) -> String {
+    format!("{prefix}migrations/{region}")
+}
+
+/// The region a key names, if the key is `<dir><region>`.
+pub(crate) fn region_under(key: &str, dir: &str) -> Option<RegionId> {
+    key.strip_prefix(dir)?.parse().ok()
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -77,7 +84,7 @@ pub fn now_unix_ms() -> u64 {
 /// A watch-maintained copy of the migrations in flight. Clones share it.
 #[derive(Clone, Default)]
 pub struct MigrationBoard {
-    entries: Arc<RwLock<HashMap<CellId, Migration>>>,
+    entries: Arc<RwLock<HashMap<RegionId, Migration>>>,
 }
 
 impl MigrationBoard {
@@ -94,8 +101,8 @@ impl MigrationBoard {
         let d = dir.clone();
         let p = prefix.to_string();
         follow(store, dir, move |f| {
-            let parse = |kv: &crate::store::KeyValue| -> Option<(CellId, Migration)> {
-                let cell = cell_under(&kv.key, &d)?;
+            let parse = |kv: &crate::store::KeyValue| -> Option<(RegionId, Migration)> {
+                let cell = region_under(&kv.key, &d)?;
                 let m: Migration = serde_json::from_slice(&kv.value).ok()?;
                 if let Some(key) = &key {
                     if let Err(e) = key.verify(&p, cell, &m) {
@@ -107,7 +114,7 @@ impl MigrationBoard {
             };
             match f {
                 Follow::Snapshot(kvs) => {
-                    let fresh: HashMap<CellId, Migration> = kvs.iter().filter_map(parse).collect();
+                    let fresh: HashMap<RegionId, Migration> = kvs.iter().filter_map(parse).collect();
                     *b.entries.write() = fresh;
                 }
                 Follow::Event(WatchEvent::Put(kv)) => {
@@ -116,7 +123,7 @@ impl MigrationBoard {
                     }
                 }
                 Follow::Event(WatchEvent::Delete { key, .. }) => {
-                    if let Some(cell) = cell_under(&key, &d) {
+                    if let Some(cell) = region_under(&key, &d) {
                         b.entries.write().remove(&cell);
                     }
                 }
@@ -127,16 +134,16 @@ impl MigrationBoard {
     }
 
     /// Sets an entry directly (tests, single-process use).
-    pub fn set(&self, cell: CellId, m: Migration) {
+    pub fn set(&self, cell: RegionId, m: Migration) {
         self.entries.write().insert(cell, m);
     }
 
-    pub fn remove(&self, cell: CellId) {
+    pub fn remove(&self, cell: RegionId) {
         self.entries.write().remove(&cell);
     }
 
     /// Cancelled migrations from or to `shard`.
-    pub fn cancelled(&self, shard: &ShardId) -> Vec<(CellId, Migration)> {
+    pub fn cancelled(&self, shard: &ShardId) -> Vec<(RegionId, Migration)> {
         self.entries
             .read()
             .iter()
@@ -148,7 +155,7 @@ impl MigrationBoard {
     }
 
     /// Requested migrations out of `shard`.
-    pub fn outgoing(&self, shard: &ShardId) -> Vec<(CellId, Migration)> {
+    pub fn outgoing(&self, shard: &ShardId) -> Vec<(RegionId, Migration)> {
         self.entries
             .read()
             .iter()
@@ -157,7 +164,7 @@ impl MigrationBoard {
             .collect()
     }
 
-    pub fn get(&self, cell: CellId) -> Option<Migration> {
+    pub fn get(&self, cell: RegionId) -> Option<Migration> {
         self.entries.read().get(&cell).cloned()
     }
 }
@@ -165,39 +172,51 @@ impl MigrationBoard {
 #[derive(Debug, thiserror::Error)]
 pub enum MoveError {
     #[error("cell {0} is not in the cluster map")]
-    UnknownCell(CellId),
+    UnknownCell(tessera_proto::CellId),
+    #[error("region {region} is not a region of the map: {why}")]
+    NotARegion { region: RegionId, why: String },
     #[error("shard {0} is not registered (is it running?)")]
     UnknownShard(ShardId),
-    #[error("cell {cell} is already owned by {shard}")]
-    AlreadyThere { cell: CellId, shard: ShardId },
-    #[error("cell {0} is already migrating")]
-    InProgress(CellId),
-    #[error("cell {0} is split into regions; a move takes a whole cell")]
-    Split(CellId),
+    #[error("region {cell} is already owned by {shard}")]
+    AlreadyThere { cell: RegionId, shard: ShardId },
+    #[error("region {0} is already migrating")]
+    InProgress(RegionId),
     #[error(transparent)]
     Cluster(#[from] CoordinatorError),
 }
 
-/// Requests a move of `cell` to `to` (what `tessera ctl move` does),
-/// signed by `signer`.
+/// The owner of `region` if it is a leaf of its cell's tree, else why not.
+pub fn leaf_owner(tree: &crate::cellmap::CellTree, region: RegionId) -> Result<CellOwner, String> {
+    if let Some(owner) = tree.get(region) {
+        return Ok(owner.clone());
+    }
+    Err(match tree.leaf_containing(region) {
+        Some((leaf, _)) => format!("it is inside region {leaf}, which is not split"),
+        None => "it is split; name one of its regions (tessera ctl cells)".into(),
+    })
+}
+
+/// Requests a move of `cell` (a whole cell or a region of a split one) to
+/// `to` (what `tessera ctl move` does), signed by `signer`.
 pub async fn request_move(
     store: &dyn ClusterStore,
     prefix: &str,
-    cell: CellId,
+    cell: impl Into<RegionId>,
     to: &ShardId,
     signer: &Signer,
 ) -> Result<Migration, MoveError> {
+    let cell: RegionId = cell.into();
     let Some(kv) = store
-        .get(&crate::cellmap::cell_key(prefix, cell))
+        .get(&crate::cellmap::cell_key(prefix, cell.cell_id()))
         .await
         .map_err(CoordinatorError::from)?
     else {
-        return Err(MoveError::UnknownCell(cell));
+        return Err(MoveError::UnknownCell(cell.cell_id()));
     };
     let tree = crate::cellmap::parse_tree(&kv.key, &kv.value)?;
-    let Some(owner) = tree.as_whole().cloned() else {
-        return Err(MoveError::Split(cell));
-    };
+    let owner =
+        leaf_owner(&tree, cell).map_err(|why| MoveError::NotARegion { region: cell, why })?;
+    let epoch = crate::cellmap::next_epoch(&tree);
     if &owner.owner == to {
         return Err(MoveError::AlreadyThere {
             cell,
@@ -211,7 +230,7 @@ pub async fn request_move(
     let mut m = Migration {
         from: owner.owner,
         to: to.clone(),
-        epoch: owner.epoch.next(),
+        epoch,
         state: MigrationState::Requested,
         requested_unix_ms: now_unix_ms(),
         authority: None,
@@ -234,7 +253,7 @@ pub async fn request_move(
 pub async fn mark_restored(
     store: &dyn ClusterStore,
     prefix: &str,
-    cell: CellId,
+    cell: RegionId,
     to: &ShardId,
     epoch: Epoch,
 ) -> Result<bool, CoordinatorError> {
@@ -280,8 +299,8 @@ pub async fn drain(
         .map_err(CoordinatorError::from)?;
     let mut moved = std::collections::HashSet::new();
     loop {
-        let owners = cell_owners(store, prefix).await?;
-        let mine: Vec<CellId> = owners
+        let owners = region_owners(store, prefix).await?;
+        let mine: Vec<RegionId> = owners
             .iter()
             .filter(|(_, o)| &o.owner == shard)
             .map(|(c, _)| *c)
@@ -329,14 +348,20 @@ pub async fn drain(
     }
 }
 
-async fn cell_owners(
+/// Every leaf region of the map and its owner.
+async fn region_owners(
     store: &dyn ClusterStore,
     prefix: &str,
-) -> Result<HashMap<CellId, CellOwner>, CoordinatorError> {
+) -> Result<HashMap<RegionId, CellOwner>, CoordinatorError> {
     Ok(crate::cellmap::list_trees(store, prefix)
         .await?
         .into_iter()
-        .filter_map(|t| Some((t.cell, t.whole()?.clone())))
+        .flat_map(|t| {
+            t.tree
+                .leaves(t.cell)
+                .map(|(r, o)| (r, o.clone()))
+                .collect::<Vec<_>>()
+        })
         .collect())
 }
 

@@ -824,6 +824,7 @@ mod tests {
                     .iter()
                     .map(|(c, ms, players)| CellLoad {
                         cell: *c,
+                        region: None,
                         epoch: Epoch(1),
                         entities: *players,
                         players: *players,

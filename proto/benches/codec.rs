@@ -18,7 +18,7 @@ use tessera_proto::cluster::{CellFrame, Envelope, ToRouter, ViewEntity};
 use tessera_proto::frame::{self, MAX_CLUSTER_FRAME, MAX_CONTROL_FRAME, MAX_DATAGRAM};
 use tessera_proto::msg::{ClientDatagram, ClientMsg, EntityKind, Input, ServerDatagram, ServerMsg};
 use tessera_proto::snapshot::{self, EntityUpdate};
-use tessera_proto::{CellId, EntityId, Epoch, PlayerId, RouterId, ShardId, Vec3};
+use tessera_proto::{CellId, EntityId, Epoch, PlayerId, RegionId, RouterId, ShardId, Vec3};
 
 #[derive(Clone, Copy, Debug)]
 enum Msg {
@@ -88,7 +88,7 @@ fn cell_frame(n: u64) -> Envelope {
     Envelope::Router {
         to: RouterId("router-1".into()),
         msg: ToRouter::Frame(Arc::new(CellFrame {
-            cell: CellId::new(-1, 0),
+            region: RegionId::cell(CellId::new(-1, 0)),
             shard: ShardId::new("shard-1"),
             epoch: Epoch(3),
             tick: 123_456,

@@ -2,9 +2,10 @@
 //! shard -> router. In `tessera up` they travel over the in-process bus; in a
 //! cluster the same values travel as bincode frames over QUIC.
 
-use crate::geometry::{CellId, Compass, Vec3};
+use crate::geometry::{Compass, Vec3};
 use crate::ids::{EntityId, Epoch, PlayerId, RouterId, SessionId, ShardId};
 use crate::msg::{EntityKind, Input};
+use crate::region::RegionId;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -88,34 +89,36 @@ pub enum ToShard {
         entity: EntityId,
         session: SessionRef,
     },
-    /// An entity crossing into `to`, owned by the receiver at `epoch`.
+    /// An entity crossing into region `to`, owned by the receiver at
+    /// `epoch`.
     Handoff {
-        to: CellId,
+        to: RegionId,
         epoch: Epoch,
         entity: EntityTransfer,
     },
-    /// The border entities of cell `from` that lie within the ghost margin
-    /// of cell `to`, at `tick`. Replaces the previous set.
+    /// The border entities of region `from` that lie within the ghost
+    /// margin of region `to`, at `tick`. Replaces the previous set.
     Ghosts {
-        from: CellId,
-        to: CellId,
+        from: RegionId,
+        to: RegionId,
         tick: u64,
         ghosts: Vec<GhostState>,
     },
-    /// A whole cell, frozen at a tick boundary by its old owner during a
-    /// live migration; the receiver opens it once it owns the cell at
+    /// A whole region, frozen at a tick boundary by its old owner during a
+    /// live migration; the receiver opens it once it owns the region at
     /// `epoch`.
     CellSnapshot {
-        cell: CellId,
+        region: RegionId,
         epoch: Epoch,
         /// The old owner's last tick of the cell, and when (unix ms).
         frozen_tick: u64,
         frozen_unix_ms: u64,
         entities: Vec<EntityTransfer>,
     },
-    /// Speech to deliver to listeners in `cells` within `radius` of `origin`.
+    /// Speech to deliver to listeners in `regions` within `radius` of
+    /// `origin`.
     Speech {
-        cells: Vec<CellId>,
+        regions: Vec<RegionId>,
         origin: Vec3,
         radius: f32,
         speaker: EntityId,
@@ -132,21 +135,21 @@ pub enum PlayerEvent {
     Joined {
         entity: EntityId,
         pos: Vec3,
-        cell: CellId,
+        region: RegionId,
         shard: ShardId,
     },
     /// The player's entity is now owned by `shard` (hand-off): route its
     /// traffic there.
     OwnerChanged {
-        cell: CellId,
+        region: RegionId,
         shard: ShardId,
     },
-    /// A step's result, sent after any hand-off it caused: `cell` and
+    /// A step's result, sent after any hand-off it caused: `region` and
     /// `shard` say where the entity is simulated now.
     StepDone {
         pos: Vec3,
         blocked: bool,
-        cell: CellId,
+        region: RegionId,
         shard: ShardId,
     },
     Heard {
@@ -200,10 +203,11 @@ pub struct ViewEntity {
     pub ack_input: u32,
 }
 
-/// The state of one cell at one tick, published to routers.
+/// The state of one region (a whole cell or a part of a split one) at one
+/// tick, published to routers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellFrame {
-    pub cell: CellId,
+    pub region: RegionId,
     pub shard: ShardId,
     pub epoch: Epoch,
     pub tick: u64,
@@ -258,7 +262,7 @@ mod tests {
         };
         let msgs = vec![
             ToShard::Handoff {
-                to: CellId::new(0, -1),
+                to: "0,-1/2".parse().unwrap(),
                 epoch: Epoch(4),
                 entity: transfer,
             },
@@ -274,7 +278,7 @@ mod tests {
                 },
             },
             ToShard::Speech {
-                cells: vec![CellId::new(0, 0)],
+                regions: vec![RegionId::cell(crate::CellId::new(0, 0))],
                 origin: Vec3::ZERO,
                 radius: 30.0,
                 speaker: EntityId(1),
@@ -288,7 +292,7 @@ mod tests {
             assert_eq!(decode::<ToShard>(&bytes, MAX_CLUSTER_FRAME).unwrap(), m);
         }
         let frame = ToRouter::Frame(Arc::new(CellFrame {
-            cell: CellId::new(1, 1),
+            region: "1,1/3/0".parse().unwrap(),
             shard: ShardId::new("shard-1"),
             epoch: Epoch(1),
             tick: 99,

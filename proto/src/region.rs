@@ -470,6 +470,16 @@ impl Rect {
         let dz = (self.min_z - pos.z).max(pos.z - self.max_z).max(0.0);
         dx.hypot(dz)
     }
+
+    /// Signed distance from `pos` to the nearest edge, as
+    /// [`Grid::distance_to_border`] measures it for cells: positive inside,
+    /// negative outside (by the larger of the two axis overshoots' minimum,
+    /// so an entity is "1 m out" when it is 1 m past one edge).
+    pub fn border_distance(&self, pos: Vec3) -> f32 {
+        let dx = (pos.x - self.min_x).min(self.max_x - pos.x);
+        let dz = (pos.z - self.min_z).min(self.max_z - pos.z);
+        dx.min(dz)
+    }
 }
 
 /// The ownership layout of one cell: whole, with one payload, or split into
@@ -1342,6 +1352,24 @@ mod tests {
             prop_assert_eq!(serde_json::from_str::<RegionTree<u32>>(&json).unwrap(), tree.clone());
             let bytes = crate::frame::encode(&tree).unwrap();
             prop_assert_eq!(crate::frame::decode::<RegionTree<u32>>(&bytes, 1 << 20).unwrap(), tree);
+        }
+    }
+
+    #[test]
+    fn border_distance_matches_the_grids_for_a_whole_cell() {
+        let grid = Grid::new(64.0);
+        let cell = CellId::new(-1, 2);
+        let rect = RegionId::cell(cell).bounds(&grid);
+        for pos in [
+            Vec3::new(-32.0, 0.0, 150.0),
+            Vec3::new(-64.5, 0.0, 130.0),
+            Vec3::new(3.0, 0.0, 190.0),
+            Vec3::new(-70.0, 0.0, 120.0),
+        ] {
+            assert_eq!(
+                rect.border_distance(pos),
+                grid.distance_to_border(pos, cell)
+            );
         }
     }
 }

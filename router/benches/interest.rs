@@ -100,7 +100,7 @@ fn world_view(grid: &Grid, player: Vec3, visible: usize) -> WorldView {
     let view = WorldView::default();
     for (cell, entities) in cells {
         view.update(Arc::new(CellFrame {
-            cell,
+            region: cell.into(),
             shard: ShardId::new("shard-1"),
             epoch: Epoch(1),
             tick: 1000,

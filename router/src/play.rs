@@ -77,7 +77,7 @@ async fn run(player: &mut Player, cmd: Command) -> Outcome {
             // The owning cell (it differs from the geometric one within the
             // hand-off hysteresis band).
             let pos = player.position();
-            Outcome::text(text::where_text(pos, player.cell, &player.shard))
+            Outcome::text(text::where_text(pos, player.region, &player.shard))
         }
         Command::Look => {
             let pos = player.position();

@@ -359,7 +359,7 @@ impl ClientConn {
                         name: account.name.clone(),
                         token,
                         pos: player.pos,
-                        cell: player.cell,
+                        cell: player.region.cell_id(),
                         shard: player.shard.clone(),
                         tick_hz: self.router.config.tick_hz,
                     };
@@ -434,7 +434,10 @@ impl ClientConn {
                     }
                     let msg = match ev {
                         PlayerEvent::Heard { speaker, name, text, emote } => Some(ServerMsg::Chat { from: name, entity: Some(speaker), text, emote }),
-                        PlayerEvent::OwnerChanged { cell, shard } => Some(ServerMsg::CellChanged { cell, shard }),
+                        PlayerEvent::OwnerChanged { region, shard } => Some(ServerMsg::CellChanged {
+                            cell: region.cell_id(),
+                            shard,
+                        }),
                         PlayerEvent::Error { message } if text => Some(ServerMsg::Notice { text: format!("[{message}]") }),
                         PlayerEvent::Error { message } => Some(ServerMsg::Text { text: message }),
                         PlayerEvent::Chat { kind, from, to, text, at_unix_ms } => Some(ServerMsg::ChatLine { kind, from, to, text, at_unix_ms }),

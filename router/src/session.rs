@@ -10,7 +10,7 @@ use std::time::Duration;
 use tessera_auth::{Account, AuthError, Session};
 use tessera_proto::cluster::{PlayerEvent, SessionRef, ToShard};
 use tessera_proto::msg::Input;
-use tessera_proto::{CellId, Compass, EntityId, PlayerId, SessionId, ShardId, Vec3};
+use tessera_proto::{Compass, EntityId, PlayerId, RegionId, SessionId, ShardId, Vec3};
 use tokio::sync::mpsc;
 
 /// How long the router waits for a shard to answer a join, step or leave.
@@ -69,7 +69,9 @@ pub struct Player {
     pub token: String,
     pub entity: EntityId,
     pub shard: ShardId,
-    pub cell: CellId,
+    /// The region (a whole cell, or a quadrant of a split one) the player
+    /// was last simulated in.
+    pub region: RegionId,
     /// Last position the shard told us (the view has fresher ones).
     pub pos: Vec3,
     events: mpsc::Receiver<PlayerEvent>,
@@ -120,8 +122,8 @@ impl Player {
             crate::spawn_point(router.world.spawn, router.config.spawn_radius, player)
         });
         let pos = router.world.extent.clamp_position(&router.grid, pos);
-        let cell = router.grid.cell_of(pos);
-        let Some(owner) = router.map.owner(cell) else {
+        let Some((_, owner)) = router.map.owner_at(&router.grid, pos) else {
+            let cell = router.grid.cell_of(pos);
             return Err((
                 RouterError::Unavailable(format!("no shard simulates cell {cell} right now")),
                 events,
@@ -155,8 +157,8 @@ impl Player {
             while let Some(ev) = events.recv().await {
                 match ev {
                     PlayerEvent::Joined {
-                        pos, cell, shard, ..
-                    } => return Ok((pos, cell, shard)),
+                        pos, region, shard, ..
+                    } => return Ok((pos, region, shard)),
                     PlayerEvent::Error { message } => return Err(message),
                     other => pending.push_back(other),
                 }
@@ -165,12 +167,12 @@ impl Player {
         })
         .await;
         match answer {
-            Ok(Ok((pos, cell, shard))) => {
+            Ok(Ok((pos, region, shard))) => {
                 router.update_playing(session, |p| {
                     p.shard = shard.clone();
                     p.pos = pos;
                 });
-                tracing::info!(session = %session, player = %player, cell = %cell, shard = %shard, "player entered the world");
+                tracing::info!(session = %session, player = %player, region = %region, shard = %shard, "player entered the world");
                 let operator = account.role == tessera_auth::Role::Operator;
                 router.chat_online(player, &account.name, operator).await;
                 Ok(Player {
@@ -180,7 +182,7 @@ impl Player {
                     token,
                     entity,
                     shard,
-                    cell,
+                    region,
                     pos,
                     events,
                     pending,
@@ -217,8 +219,12 @@ impl Player {
             return Ok(None);
         }
         let pos = self.position();
-        let cell = self.router.grid.cell_of(pos);
-        let owner = match self.router.map.owner(cell) {
+        let owner = match self
+            .router
+            .map
+            .owner_at(&self.router.grid, pos)
+            .map(|(_, o)| o)
+        {
             Some(o) if o.owner != self.shard && self.router.bus.has_shard(&o.owner) => o.owner,
             _ => {
                 return Err(RouterError::Unavailable(
@@ -254,9 +260,9 @@ impl Player {
     /// Applies routing and position updates carried by an event.
     fn observe(&mut self, ev: &PlayerEvent) {
         match ev {
-            PlayerEvent::OwnerChanged { cell, shard } => {
-                tracing::debug!(session = %self.session, cell = %cell, shard = %shard, "player handed over");
-                self.cell = *cell;
+            PlayerEvent::OwnerChanged { region, shard } => {
+                tracing::debug!(session = %self.session, region = %region, shard = %shard, "player handed over");
+                self.region = *region;
                 if *shard != self.shard {
                     self.shard = shard.clone();
                     let s = shard.clone();
@@ -264,10 +270,10 @@ impl Player {
                 }
             }
             PlayerEvent::StepDone {
-                pos, cell, shard, ..
+                pos, region, shard, ..
             } => {
                 self.set_pos(*pos);
-                self.cell = *cell;
+                self.region = *region;
                 if *shard != self.shard {
                     self.shard = shard.clone();
                     let s = shard.clone();
@@ -276,10 +282,10 @@ impl Player {
             }
             PlayerEvent::Left { pos } => self.set_pos(*pos),
             PlayerEvent::Joined {
-                pos, cell, shard, ..
+                pos, region, shard, ..
             } => {
                 self.set_pos(*pos);
-                self.cell = *cell;
+                self.region = *region;
                 self.shard = shard.clone();
             }
             _ => {}

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use tessera_proto::cluster::ViewEntity;
 use tessera_proto::msg::EntityKind;
 use tessera_proto::world::WorldDef;
-use tessera_proto::{CellId, Compass, EntityId, Grid, ShardId, Vec3};
+use tessera_proto::{Compass, EntityId, Grid, RegionId, ShardId, Vec3};
 
 /// How far `look` sees, metres.
 pub const LOOK_RADIUS: f32 = 40.0;
@@ -57,10 +57,15 @@ pub fn look(world: &WorldDef, me: EntityId, pos: Vec3, around: &[ViewEntity]) ->
 }
 
 /// The `where` text: `x y z` on the first line, then cell and shard.
-pub fn where_text(pos: Vec3, cell: CellId, shard: &ShardId) -> String {
+/// The `where` text: the position, then the region the player is
+/// simulated in and its shard. The region is a cell (`cell -1,0`) or, in a
+/// cell split for a crowd, a region of it written with its quadrant path
+/// (`cell -1,0/2/1`: docs/regions.md), so the line always starts with the
+/// cell.
+pub fn where_text(pos: Vec3, region: RegionId, shard: &ShardId) -> String {
     format!(
-        "{:.1} {:.1} {:.1}\ncell {},{} shard {}",
-        pos.x, pos.y, pos.z, cell.x, cell.z, shard
+        "{:.1} {:.1} {:.1}\ncell {} shard {}",
+        pos.x, pos.y, pos.z, region, shard
     )
 }
 
@@ -257,7 +262,7 @@ mod tests {
     fn where_has_three_numbers_then_cell_and_shard() {
         let t = where_text(
             Vec3::new(-5.0, 0.0, 5.25),
-            CellId::new(-1, 0),
+            RegionId::cell(tessera_proto::CellId::new(-1, 0)),
             &ShardId::new("shard-1"),
         );
         let mut lines = t.lines();
@@ -270,6 +275,12 @@ mod tests {
         assert_eq!(nums.len(), 3);
         assert!((nums[2] - 5.2).abs() < 0.11);
         assert_eq!(lines.next().unwrap(), "cell -1,0 shard shard-1");
+        let split = where_text(
+            Vec3::new(-5.0, 0.0, 5.25),
+            "-1,0/2/1".parse().unwrap(),
+            &ShardId::new("shard-1"),
+        );
+        assert_eq!(split.lines().nth(1).unwrap(), "cell -1,0/2/1 shard shard-1");
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The router's view of the world: the newest frame of every cell, as the
-//! shards publish them. Interest management reads it: a player sees the
-//! entities within the interest radius, whichever cell or shard owns them.
+//! The router's view of the world: the newest frame of every region (a
+//! whole cell, or a quadrant of a split one), as the shards publish them.
+//! Interest management reads it: a player sees the entities within the
+//! interest radius, whichever region or shard owns them.
 
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -8,25 +9,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tessera_proto::cluster::{CellFrame, ViewEntity};
-use tessera_proto::{CellId, EntityId, Grid, Vec3};
+use tessera_proto::{CellId, EntityId, Grid, RegionId, Vec3};
+
+/// A region's newest frame and when it arrived.
+type Arrived = (Arc<CellFrame>, Instant);
 
 #[derive(Default)]
 pub struct WorldView {
-    /// Each cell's newest frame and when it arrived.
-    frames: RwLock<HashMap<CellId, (Arc<CellFrame>, Instant)>>,
+    /// The newest frame of each region, grouped by cell: a split cell has
+    /// one per region, a whole cell one.
+    frames: RwLock<HashMap<CellId, HashMap<RegionId, Arrived>>>,
     latest_tick: AtomicU64,
 }
 
 impl WorldView {
-    /// Takes a cell's frame unless a newer one is already there: a higher
-    /// epoch always wins (a late frame from a cell's old owner never
-    /// overrides the new owner's); within an epoch, the later tick (ticks of
-    /// different shards are not comparable, so another shard's frame is
-    /// taken).
+    /// Takes a region's frame unless a newer one is already there: a
+    /// higher epoch always wins (a late frame from a region's old owner
+    /// never overrides the new owner's); within an epoch, the later tick
+    /// (ticks of different shards are not comparable, so another shard's
+    /// frame is taken). Frames of regions that overlap it (the whole cell
+    /// before a split, the quadrants before a merge) have lower epochs
+    /// (docs/regions.md, Epochs) and are dropped; a frame older than an
+    /// overlapping one is ignored.
     pub fn update(&self, frame: Arc<CellFrame>) {
         self.latest_tick.fetch_max(frame.tick, Ordering::Relaxed);
         let mut frames = self.frames.write();
-        let newer = match frames.get(&frame.cell) {
+        let regions = frames.entry(frame.region.cell_id()).or_default();
+        let newer = match regions.get(&frame.region) {
             Some((old, _)) => {
                 frame.epoch > old.epoch
                     || (frame.epoch == old.epoch
@@ -34,8 +43,12 @@ impl WorldView {
             }
             None => true,
         };
-        if newer {
-            frames.insert(frame.cell, (frame, Instant::now()));
+        let superseded = regions.iter().any(|(r, (old, _))| {
+            *r != frame.region && r.overlaps(frame.region) && old.epoch > frame.epoch
+        });
+        if newer && !superseded {
+            regions.retain(|r, _| *r == frame.region || !r.overlaps(frame.region));
+            regions.insert(frame.region, (frame, Instant::now()));
         }
     }
 
@@ -53,17 +66,22 @@ impl WorldView {
         let frames = self.frames.read();
         let mut seen: HashMap<EntityId, (Instant, ViewEntity)> = HashMap::new();
         for cell in grid.cells_within(pos, radius) {
-            let Some((frame, at)) = frames.get(&cell) else {
+            let Some(regions) = frames.get(&cell) else {
                 continue;
             };
-            for e in &frame.entities {
-                if e.pos.distance_xz(pos) > radius {
+            for (frame, at) in regions.values() {
+                if frame.region.distance_xz(grid, pos) > radius {
                     continue;
                 }
-                match seen.get(&e.id) {
-                    Some((t, _)) if t >= at => {}
-                    _ => {
-                        seen.insert(e.id, (*at, e.clone()));
+                for e in &frame.entities {
+                    if e.pos.distance_xz(pos) > radius {
+                        continue;
+                    }
+                    match seen.get(&e.id) {
+                        Some((t, _)) if t >= at => {}
+                        _ => {
+                            seen.insert(e.id, (*at, e.clone()));
+                        }
                     }
                 }
             }
@@ -98,7 +116,7 @@ impl WorldView {
         let frames = self.frames.read();
         let mut best: Option<(Instant, ViewEntity)> = None;
         for cell in grid.cells_within(near, grid.cell_size) {
-            if let Some((frame, at)) = frames.get(&cell) {
+            for (frame, at) in frames.get(&cell).into_iter().flat_map(|r| r.values()) {
                 if let Some(e) = frame.entities.iter().find(|e| e.id == id) {
                     if best.as_ref().is_none_or(|(t, _)| at > t) {
                         best = Some((*at, e.clone()));
@@ -129,9 +147,9 @@ impl WorldView {
         self.latest_tick.load(Ordering::Relaxed)
     }
 
-    /// Number of cells with a frame.
+    /// Number of regions with a frame.
     pub fn cell_count(&self) -> usize {
-        self.frames.read().len()
+        self.frames.read().values().map(|r| r.len()).sum()
     }
 
     /// Total entities in all frames (for metrics and tests).
@@ -139,6 +157,7 @@ impl WorldView {
         self.frames
             .read()
             .values()
+            .flat_map(|r| r.values())
             .map(|(f, _)| f.entities.len())
             .sum()
     }
@@ -151,7 +170,7 @@ mod tests {
 
     fn frame(shard: &str, epoch: u64, tick: u64, x: f32) -> Arc<CellFrame> {
         Arc::new(CellFrame {
-            cell: CellId::new(0, 0),
+            region: RegionId::cell(CellId::new(0, 0)),
             shard: ShardId::new(shard),
             epoch: Epoch(epoch),
             tick,
@@ -183,11 +202,11 @@ mod tests {
             let x = start.x + step as f32 * 2.0;
             let cell = grid.cell_of(Vec3::new(x, 0.0, 1.0));
             let mut f = (*frame("a", 1, step + 1, x)).clone();
-            f.cell = cell;
+            f.region = RegionId::cell(cell);
             // The cell it left is published again, without it.
             if let Some(old) = last_cell.filter(|c| *c != cell) {
                 view.update(Arc::new(CellFrame {
-                    cell: old,
+                    region: RegionId::cell(old),
                     entities: Vec::new(),
                     ..f.clone()
                 }));
@@ -238,7 +257,7 @@ mod tests {
             })
             .collect();
         view.update(Arc::new(CellFrame {
-            cell: CellId::new(0, 0),
+            region: RegionId::cell(CellId::new(0, 0)),
             shard: ShardId::new("a"),
             epoch: Epoch(1),
             tick: 1,
@@ -250,5 +269,57 @@ mod tests {
             let n = view.nearest(&grid, Vec3::ZERO, 100.0, limit);
             assert_eq!(n, all[..limit.min(all.len())].to_vec(), "limit {limit}");
         }
+    }
+
+    fn region_frame(region: &str, epoch: u64, ids: &[u64], x: f32) -> Arc<CellFrame> {
+        Arc::new(CellFrame {
+            region: region.parse().unwrap(),
+            shard: ShardId::new("a"),
+            epoch: Epoch(epoch),
+            tick: 1,
+            entities: ids
+                .iter()
+                .map(|id| ViewEntity {
+                    id: EntityId(*id),
+                    kind: tessera_proto::msg::EntityKind::Npc,
+                    name: Arc::from("N"),
+                    pos: Vec3::new(x, 0.0, 10.0),
+                    vel: Vec3::ZERO,
+                    yaw: 0.0,
+                    ack_input: 0,
+                })
+                .collect(),
+        })
+    }
+
+    /// After a split the quadrants' frames replace the whole cell's, a late
+    /// frame of the whole cell changes nothing, and a merge's frame
+    /// replaces the quadrants'.
+    #[test]
+    fn frames_of_a_split_cell_replace_the_whole_cells_and_back() {
+        let view = WorldView::default();
+        let grid = Grid::new(64.0);
+        let ids = |v: &WorldView| {
+            let mut ids: Vec<u64> = v
+                .around(&grid, Vec3::new(32.0, 0.0, 32.0), 100.0)
+                .iter()
+                .map(|e| e.id.0)
+                .collect();
+            ids.sort();
+            ids
+        };
+        view.update(region_frame("0,0", 3, &[1, 2, 3], 10.0));
+        assert_eq!(ids(&view), vec![1, 2, 3]);
+        // Split (epoch 4): entity 3 left the world meanwhile.
+        view.update(region_frame("0,0/0", 4, &[1], 10.0));
+        view.update(region_frame("0,0/1", 4, &[2], 40.0));
+        assert_eq!(ids(&view), vec![1, 2], "the whole cell's frame is gone");
+        assert_eq!(view.cell_count(), 2);
+        view.update(region_frame("0,0", 3, &[1, 2, 3], 10.0));
+        assert_eq!(ids(&view), vec![1, 2], "a late frame of the old layout");
+        // Merge (epoch 5).
+        view.update(region_frame("0,0", 5, &[2], 10.0));
+        assert_eq!(ids(&view), vec![2]);
+        assert_eq!(view.cell_count(), 1);
     }
 }

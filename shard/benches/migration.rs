@@ -117,7 +117,7 @@ fn stalls(quick: bool) {
             let to = 1 - from;
             let epoch = Epoch(2 + round as u64);
             board.set(
-                cell,
+                cell.into(),
                 Migration {
                     from: ids[from].clone(),
                     to: ids[to].clone(),
@@ -133,7 +133,7 @@ fn stalls(quick: bool) {
             while let Ok(msg) = inboxes[to].try_recv() {
                 shards[to].handle(msg, Instant::now());
             }
-            board.remove(cell);
+            board.remove(cell.into());
             map.set(
                 cell,
                 CellOwner {
@@ -145,7 +145,7 @@ fn stalls(quick: bool) {
             stalls.push(started.elapsed());
             let moved = shards[to]
                 .cells()
-                .find(|c| c.id == cell)
+                .find(|c| c.id == cell.into())
                 .map(|c| c.entity_count())
                 .unwrap_or(0);
             assert_eq!(moved, n as usize, "every entity arrived");
@@ -191,7 +191,10 @@ fn by_cell_size(quick: bool) {
         // The shard's entities as they are after a few ticks, in a cell of
         // our own (the shard does not lend its cells mutably).
         let entities: Vec<EntityTransfer> = {
-            let cell = shard.cells().find(|c| c.id == cell_id).expect("cell");
+            let cell = shard
+                .cells()
+                .find(|c| c.id == cell_id.into())
+                .expect("cell");
             cell.entity_ids()
                 .into_iter()
                 .filter_map(|e| cell.export(e))
@@ -223,7 +226,7 @@ fn by_cell_size(quick: bool) {
             let msg = Envelope::Shard {
                 to: ShardId::new("b"),
                 msg: ToShard::CellSnapshot {
-                    cell: cell_id,
+                    region: cell_id.into(),
                     epoch: Epoch(2),
                     frozen_tick: 10,
                     frozen_unix_ms: 0,
@@ -275,7 +278,7 @@ fn by_cell_size(quick: bool) {
 
 /// A fresh cell holding `entities`, as `open_migrated` builds it.
 fn restore(world: &WorldDef, id: CellId, entities: Vec<EntityTransfer>) -> Cell {
-    let mut cell = Cell::new(id, Epoch(2), world);
+    let mut cell = Cell::new(id.into(), Epoch(2), world);
     for t in entities {
         cell.insert(t);
     }

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_proto::msg::EntityKind;
 use tessera_proto::world::WorldDef;
-use tessera_proto::{CellId, EntityId, Grid, Vec3};
+use tessera_proto::{EntityId, Grid, RegionId, Vec3};
 use tessera_shard::cell::{
     static_collider, Body, Identity, Motion, Npc, CAPSULE_CENTRE, CAPSULE_HALF, CAPSULE_RADIUS,
 };
@@ -132,8 +132,8 @@ fn measure(run: &Run) {
         let mut borders = 0;
         for c in shard.cells() {
             borders += c.leavers(1.0).len();
-            for n in c.id.neighbours() {
-                borders += c.border_states(n, 4.0).len();
+            for n in c.id.cell_id().neighbours() {
+                borders += c.border_states(RegionId::cell(n), 4.0).len();
             }
         }
         border_times.push(t.elapsed());
@@ -254,7 +254,7 @@ struct BareCell {
 }
 
 struct Bare {
-    cells: BTreeMap<CellId, BareCell>,
+    cells: BTreeMap<RegionId, BareCell>,
     dt: f32,
 }
 
@@ -264,7 +264,7 @@ impl Bare {
     fn new(shard: &Shard, world: &WorldDef, grid: &Grid, moving: f64) -> Bare {
         let mut cells = BTreeMap::new();
         for cell in shard.cells() {
-            let (x0, z0, x1, z1) = grid.bounds(cell.id);
+            let (x0, z0, x1, z1) = grid.bounds(cell.id.cell_id());
             let mut physics = PhysicsWorld::new();
             physics.gravity = Vector::ZERO;
             // The cell's ground slab, as `Cell::new` makes it (8 m margin).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tessera_proto::cluster::{EntityTransfer, GhostState, ScriptState, SessionRef, ViewEntity};
 use tessera_proto::msg::{EntityKind, Input};
 use tessera_proto::world::{StaticShape, WorldDef};
-use tessera_proto::{CellId, Compass, EntityId, Epoch, Grid, PlayerId, Vec3};
+use tessera_proto::{Compass, EntityId, Epoch, Grid, PlayerId, Rect, RegionId, Vec3};
 
 /// Half height of the cylinder part of a character capsule.
 pub const CAPSULE_HALF: f32 = 0.5;
@@ -109,10 +109,10 @@ pub struct Npc {
     pub script: Option<ScriptInstance>,
 }
 
-/// A read-only copy of an entity owned by a neighbouring cell.
+/// A read-only copy of an entity owned by a neighbouring region.
 #[derive(Clone, Copy, Debug)]
 pub struct Ghost {
-    pub from: CellId,
+    pub from: RegionId,
 }
 
 /// Something a cell wants the shard to do after a tick or command.
@@ -136,9 +136,13 @@ pub struct StepOutcome {
     pub blocked: bool,
 }
 
+/// One region's simulation: a whole cell, or a quadrant of a split one
+/// (docs/regions.md). The name stays `Cell`: most regions are cells.
 pub struct Cell {
-    pub id: CellId,
+    pub id: RegionId,
     pub epoch: Epoch,
+    /// The region's square on the ground plane.
+    bounds: Rect,
     ecs: World,
     physics: PhysicsWorld,
     controller: KinematicCharacterController,
@@ -163,12 +167,13 @@ fn yaw_of(dx: f32, dz: f32) -> f32 {
 }
 
 impl Cell {
-    /// An empty cell with the world's static geometry near it.
-    pub fn new(id: CellId, epoch: Epoch, world: &WorldDef) -> Cell {
+    /// An empty region with the world's static geometry near it.
+    pub fn new(id: RegionId, epoch: Epoch, world: &WorldDef) -> Cell {
         let grid = Grid::new(world.cell_size);
         let mut physics = PhysicsWorld::new();
         physics.gravity = Vector::ZERO;
-        let (x0, z0, x1, z1) = grid.bounds(id);
+        let bounds = id.bounds(&grid);
+        let (x0, z0, x1, z1) = (bounds.min_x, bounds.min_z, bounds.max_x, bounds.max_z);
         let (mx0, mz0, mx1, mz1) = (
             x0 - STATIC_MARGIN,
             z0 - STATIC_MARGIN,
@@ -187,7 +192,8 @@ impl Cell {
             }
             physics.colliders.insert(static_collider(shape));
         }
-        // Walls at the edge of the world.
+        // Walls at the edge of the world (near any region of an edge cell).
+        let cell = id.cell_id();
         let (wx0, wz0, _, _) = grid.bounds(world.extent.min);
         let (_, _, wx1, wz1) = grid.bounds(world.extent.max);
         let wall = |cx: f32, cz: f32, hx: f32, hz: f32| {
@@ -197,16 +203,16 @@ impl Cell {
         };
         let (wcx, wcz) = ((wx0 + wx1) / 2.0, (wz0 + wz1) / 2.0);
         let (whx, whz) = ((wx1 - wx0) / 2.0 + 1.0, (wz1 - wz0) / 2.0 + 1.0);
-        if id.x == world.extent.min.x {
+        if cell.x == world.extent.min.x {
             physics.colliders.insert(wall(wx0 - 0.5, wcz, 0.5, whz));
         }
-        if id.x == world.extent.max.x {
+        if cell.x == world.extent.max.x {
             physics.colliders.insert(wall(wx1 + 0.5, wcz, 0.5, whz));
         }
-        if id.z == world.extent.min.z {
+        if cell.z == world.extent.min.z {
             physics.colliders.insert(wall(wcx, wz0 - 0.5, whx, 0.5));
         }
-        if id.z == world.extent.max.z {
+        if cell.z == world.extent.max.z {
             physics.colliders.insert(wall(wcx, wz1 + 0.5, whx, 0.5));
         }
         let controller = KinematicCharacterController {
@@ -225,6 +231,7 @@ impl Cell {
         Cell {
             id,
             epoch,
+            bounds,
             ecs: World::default(),
             physics,
             controller,
@@ -614,7 +621,12 @@ impl Cell {
         const CLEARANCE: f32 = 2.0 * CAPSULE_RADIUS + 0.2;
         const TRIES: u32 = 400;
         let others: Vec<Vec3> = <&Motion>::query().iter(&self.ecs).map(|m| m.pos).collect();
-        let (x0, z0, x1, z1) = self.grid.bounds(self.id);
+        let (x0, z0, x1, z1) = (
+            self.bounds.min_x,
+            self.bounds.min_z,
+            self.bounds.max_x,
+            self.bounds.max_z,
+        );
         let margin = CAPSULE_RADIUS + 0.1;
         let filter = QueryFilter::only_fixed();
         let statics = self.physics.query_pipeline_with_filter(filter);
@@ -749,26 +761,27 @@ impl Cell {
         }
     }
 
-    /// Entities that should now belong to another cell (hysteresis applied).
-    pub fn leavers(&self, hysteresis: f32) -> Vec<(EntityId, CellId)> {
+    /// Entities more than `hysteresis` metres outside this region, and
+    /// where they are: the shard hands each to the region of the map that
+    /// holds that position.
+    pub fn leavers(&self, hysteresis: f32) -> Vec<(EntityId, Vec3)> {
         let mut query = <(&Identity, &Motion)>::query();
         query
             .iter(&self.ecs)
             .filter(|(i, _)| self.index.contains_key(&i.id))
-            .filter_map(|(i, m)| {
-                let owner = self.grid.owner_with_hysteresis(self.id, m.pos, hysteresis);
-                (owner != self.id).then_some((i.id, owner))
-            })
+            .filter(|(_, m)| self.bounds.border_distance(m.pos) < -hysteresis)
+            .map(|(i, m)| (i.id, m.pos))
             .collect()
     }
 
-    /// Owned entities within `margin` metres of neighbour `to`.
-    pub fn border_states(&self, to: CellId, margin: f32) -> Vec<GhostState> {
+    /// Owned entities within `margin` metres of neighbour region `to`.
+    pub fn border_states(&self, to: RegionId, margin: f32) -> Vec<GhostState> {
+        let rect = to.bounds(&self.grid);
         let mut query = <(&Identity, &Motion)>::query();
         query
             .iter(&self.ecs)
             .filter(|(i, m)| {
-                self.index.contains_key(&i.id) && self.grid.distance_to_border(m.pos, to) >= -margin
+                self.index.contains_key(&i.id) && rect.border_distance(m.pos) >= -margin
             })
             .map(|(i, m)| GhostState {
                 id: i.id,
@@ -779,8 +792,8 @@ impl Cell {
             .collect()
     }
 
-    /// Replaces the ghosts coming from cell `from`.
-    pub fn set_ghosts(&mut self, from: CellId, states: &[GhostState]) {
+    /// Replaces the ghosts coming from region `from`.
+    pub fn set_ghosts(&mut self, from: RegionId, states: &[GhostState]) {
         let keep: std::collections::HashSet<EntityId> = states.iter().map(|g| g.id).collect();
         let stale: Vec<EntityId> = {
             let mut q = <(&Identity, &Ghost)>::query();
@@ -944,6 +957,7 @@ pub fn static_collider(shape: &StaticShape) -> Collider {
 mod tests {
     use super::*;
     use tessera_proto::world::parse_world;
+    use tessera_proto::CellId;
     use tessera_proto::{RouterId, SessionId};
 
     const WORLD: &str = r#"
@@ -982,7 +996,7 @@ size = [1, 4, 10]
 
     fn cell() -> Cell {
         let world = parse_world(WORLD).expect("test world parses");
-        Cell::new(CellId::new(0, 0), Epoch(1), &world)
+        Cell::new(RegionId::cell(CellId::new(0, 0)), Epoch(1), &world)
     }
 
     #[test]
@@ -1074,7 +1088,7 @@ size = [1, 4, 10]
         assert_eq!(a.entity_count(), 0);
         assert_eq!(out, t);
         let world = parse_world(WORLD).unwrap();
-        let mut b = Cell::new(CellId::new(1, 0), Epoch(1), &world);
+        let mut b = Cell::new(RegionId::cell(CellId::new(1, 0)), Epoch(1), &world);
         b.insert(out.clone());
         assert_eq!(b.extract(EntityId(1)).unwrap(), out);
     }
@@ -1085,11 +1099,14 @@ size = [1, 4, 10]
         a.insert(player(1, Vec3::new(64.5, 0.0, 10.0)));
         assert!(a.leavers(1.0).is_empty(), "0.5 m past the border stays");
         a.insert(player(2, Vec3::new(65.5, 0.0, 12.0)));
-        assert_eq!(a.leavers(1.0), vec![(EntityId(2), CellId::new(1, 0))]);
-        let ghosts = a.border_states(CellId::new(1, 0), 4.0);
+        assert_eq!(
+            a.leavers(1.0),
+            vec![(EntityId(2), Vec3::new(65.5, 0.0, 12.0))]
+        );
+        let ghosts = a.border_states(RegionId::cell(CellId::new(1, 0)), 4.0);
         assert_eq!(ghosts.len(), 2);
         let world = parse_world(WORLD).unwrap();
-        let mut b = Cell::new(CellId::new(1, 0), Epoch(1), &world);
+        let mut b = Cell::new(RegionId::cell(CellId::new(1, 0)), Epoch(1), &world);
         b.set_ghosts(a.id, &ghosts);
         assert_eq!(b.ghost_count(), 2);
         assert_eq!(b.entity_count(), 0, "ghosts are not owned");

@@ -2,10 +2,17 @@
 //! a migration, so that a cell whose shard dies reopens elsewhere as it was at its last
 //! checkpoint (docs/ARCHITECTURE.md, "Failover").
 //!
-//! **Keys** (tuple-encoded, `tessera_persistence::key`):
-//! - `("checkpoint", "<cx>,<cz>", "owner")`: the epoch of the owner that last claimed or wrote the
-//!   cell, 8 bytes big-endian;
-//! - `("checkpoint", "<cx>,<cz>", "state")`: the [`CellCheckpoint`], bincode, chunked.
+//! **Keys** (tuple-encoded, `tessera_persistence::key`), one set per region (a whole cell or a
+//! quadrant of a split one, by its text form: `3,-1` or `3,-1/0/2`; docs/regions.md):
+//! - `("checkpoint", "<region>", "owner")`: the epoch of the owner that last claimed or wrote the
+//!   region, 8 bytes big-endian;
+//! - `("checkpoint", "<region>", "state")`: the [`CellCheckpoint`], chunked.
+//!
+//! **Format.** A state value is `0xFF`, a format version byte, then the bincode of the
+//! checkpoint. Version 2 names a [`RegionId`]. Version 1 values (written before regions) carry
+//! no prefix, just the bincode of a checkpoint that named a `CellId`; they still load, as whole
+//! cells. A version 1 value can never start with `0xFF` (bincode's variable-length integers
+//! never begin with that byte), so the two cannot be confused.
 //!
 //! **Fencing.** Epochs only grow while a cluster lives, so a write is refused when the stored
 //! owner epoch is newer than the writer's: a shard that lost a cell (to a migration or a
@@ -26,7 +33,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tessera_persistence::{get_chunked, key, set_chunked, Database, StoreError, Transaction};
 use tessera_proto::cluster::EntityTransfer;
-use tessera_proto::{CellId, Epoch, ShardId};
+use tessera_proto::{CellId, Epoch, RegionId, ShardId};
 
 /// Largest checkpoint we decode (a cell of ~100k entities).
 const MAX_CHECKPOINT: usize = 64 * 1024 * 1024;
@@ -42,10 +49,10 @@ pub struct Checkpointing {
     pub interval: Duration,
 }
 
-/// One cell as it was at a tick.
+/// One region as it was at a tick.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellCheckpoint {
-    pub cell: CellId,
+    pub region: RegionId,
     pub epoch: Epoch,
     pub shard: ShardId,
     pub tick: u64,
@@ -53,15 +60,64 @@ pub struct CellCheckpoint {
     pub entities: Vec<EntityTransfer>,
 }
 
-fn owner_key(cell: CellId) -> Vec<u8> {
+/// What a checkpoint looked like before regions (format version 1).
+#[derive(Deserialize)]
+struct CellCheckpointV1 {
+    cell: CellId,
+    epoch: Epoch,
+    shard: ShardId,
+    tick: u64,
+    saved_unix_ms: u64,
+    entities: Vec<EntityTransfer>,
+}
+
+/// The first byte of a versioned checkpoint value.
+const VERSIONED: u8 = 0xFF;
+/// The format this release writes.
+const FORMAT: u8 = 2;
+
+/// The stored bytes of a checkpoint.
+pub fn encode(cp: &CellCheckpoint) -> Result<Vec<u8>, tessera_proto::frame::FrameError> {
+    let body = tessera_proto::frame::encode(cp)?;
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.extend_from_slice(&[VERSIONED, FORMAT]);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Reads a checkpoint in this release's format or the one before.
+pub fn decode(bytes: &[u8]) -> Result<CellCheckpoint, String> {
+    match bytes {
+        [VERSIONED, FORMAT, body @ ..] => {
+            tessera_proto::frame::decode(body, MAX_CHECKPOINT).map_err(|e| e.to_string())
+        }
+        [VERSIONED, version, ..] => Err(format!(
+            "checkpoint format {version} is newer than this release reads ({FORMAT})"
+        )),
+        v1 => {
+            let old: CellCheckpointV1 =
+                tessera_proto::frame::decode(v1, MAX_CHECKPOINT).map_err(|e| e.to_string())?;
+            Ok(CellCheckpoint {
+                region: RegionId::cell(old.cell),
+                epoch: old.epoch,
+                shard: old.shard,
+                tick: old.tick,
+                saved_unix_ms: old.saved_unix_ms,
+                entities: old.entities,
+            })
+        }
+    }
+}
+
+fn owner_key(cell: RegionId) -> Vec<u8> {
     key(&[b"checkpoint", cell.to_string().as_bytes(), b"owner"])
 }
 
-fn state_key(cell: CellId) -> Vec<u8> {
+fn state_key(cell: RegionId) -> Vec<u8> {
     key(&[b"checkpoint", cell.to_string().as_bytes(), b"state"])
 }
 
-fn read_owner(tx: &mut dyn Transaction, cell: CellId) -> Result<Option<Epoch>, StoreError> {
+fn read_owner(tx: &mut dyn Transaction, cell: RegionId) -> Result<Option<Epoch>, StoreError> {
     match tx.get(&owner_key(cell))? {
         None => Ok(None),
         Some(bytes) => {
@@ -75,13 +131,13 @@ fn read_owner(tx: &mut dyn Transaction, cell: CellId) -> Result<Option<Epoch>, S
 
 fn read_state(
     tx: &mut dyn Transaction,
-    cell: CellId,
+    cell: RegionId,
 ) -> Result<Option<CellCheckpoint>, StoreError> {
     match get_chunked(tx, &state_key(cell))? {
         None => Ok(None),
-        Some(bytes) => tessera_proto::frame::decode(&bytes, MAX_CHECKPOINT)
+        Some(bytes) => decode(&bytes)
             .map(Some)
-            .map_err(|e| StoreError::Corrupt(format!("checkpoint of cell {cell}: {e}"))),
+            .map_err(|e| StoreError::Corrupt(format!("checkpoint of region {cell}: {e}"))),
     }
 }
 
@@ -89,7 +145,7 @@ fn read_state(
 /// transaction.
 pub fn claim(
     db: &Database,
-    cell: CellId,
+    cell: RegionId,
     epoch: Epoch,
 ) -> Result<Option<CellCheckpoint>, StoreError> {
     db.transact(|tx| {
@@ -100,7 +156,7 @@ pub fn claim(
 }
 
 /// The last checkpoint of `cell`, if any (for operators and tests).
-pub fn load(db: &Database, cell: CellId) -> Result<Option<CellCheckpoint>, StoreError> {
+pub fn load(db: &Database, cell: RegionId) -> Result<Option<CellCheckpoint>, StoreError> {
     db.transact(|tx| read_state(tx, cell))
 }
 
@@ -122,11 +178,11 @@ pub fn save(
     db.transact(|tx| {
         let mut out = Vec::with_capacity(checkpoints.len());
         for (cp, bytes) in checkpoints {
-            match read_owner(tx, cp.cell)? {
+            match read_owner(tx, cp.region)? {
                 Some(owner) if owner > cp.epoch => out.push(Saved::Fenced { owner }),
                 _ => {
-                    tx.set(&owner_key(cp.cell), &cp.epoch.0.to_be_bytes())?;
-                    set_chunked(tx, &state_key(cp.cell), bytes)?;
+                    tx.set(&owner_key(cp.region), &cp.epoch.0.to_be_bytes())?;
+                    set_chunked(tx, &state_key(cp.region), bytes)?;
                     out.push(Saved::Written);
                 }
             }
@@ -153,10 +209,10 @@ impl Writer {
                 // Checkpoints the store has not taken yet (it was down), newest per cell. A
                 // newer round replaces them, so a store that comes back gets each cell's
                 // latest state, and nothing older than what it already had.
-                let mut pending: BTreeMap<CellId, CellCheckpoint> = BTreeMap::new();
+                let mut pending: BTreeMap<RegionId, CellCheckpoint> = BTreeMap::new();
                 for round in rx {
                     for cp in round {
-                        pending.insert(cp.cell, cp);
+                        pending.insert(cp.region, cp);
                     }
                     let written = write_round(&id, &db, &mut pending);
                     metrics::gauge!("tessera_shard_checkpoints_pending", "shard" => id.0.clone())
@@ -213,7 +269,7 @@ impl Writer {
 fn write_round(
     shard: &ShardId,
     db: &Database,
-    pending: &mut BTreeMap<CellId, CellCheckpoint>,
+    pending: &mut BTreeMap<RegionId, CellCheckpoint>,
 ) -> usize {
     let started = std::time::Instant::now();
     let mut batch: Vec<(CellCheckpoint, Vec<u8>)> = Vec::new();
@@ -222,12 +278,12 @@ fn write_round(
     let mut down = false;
     // Writes a batch; a batch the store did not take goes back to `pending`.
     let mut flush = |batch: &mut Vec<(CellCheckpoint, Vec<u8>)>,
-                     pending: &mut BTreeMap<CellId, CellCheckpoint>| {
+                     pending: &mut BTreeMap<RegionId, CellCheckpoint>| {
         if batch.is_empty() {
             return;
         }
         if down {
-            pending.extend(batch.drain(..).map(|(cp, _)| (cp.cell, cp)));
+            pending.extend(batch.drain(..).map(|(cp, _)| (cp.region, cp)));
             return;
         }
         match save(db, batch) {
@@ -236,7 +292,7 @@ fn write_round(
                     match saved {
                         Saved::Written => written += 1,
                         Saved::Fenced { owner } => {
-                            tracing::warn!(shard = %shard, cell = %cp.cell, epoch = %cp.epoch, owner = %owner, "checkpoint refused: a newer owner holds the cell")
+                            tracing::warn!(shard = %shard, cell = %cp.region, epoch = %cp.epoch, owner = %owner, "checkpoint refused: a newer owner holds the cell")
                         }
                     }
                 }
@@ -249,15 +305,15 @@ fn write_round(
                 // The store is down: keep everything for the next round rather than wait for
                 // each remaining batch to time out too.
                 down = true;
-                pending.extend(batch.drain(..).map(|(cp, _)| (cp.cell, cp)));
+                pending.extend(batch.drain(..).map(|(cp, _)| (cp.region, cp)));
             }
         }
     };
     for (_, cp) in std::mem::take(pending) {
-        let encoded = match tessera_proto::frame::encode(&cp) {
+        let encoded = match encode(&cp) {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(shard = %shard, cell = %cp.cell, error = %e, "cannot encode a checkpoint");
+                tracing::error!(shard = %shard, cell = %cp.region, error = %e, "cannot encode a checkpoint");
                 continue;
             }
         };
@@ -278,9 +334,9 @@ fn write_round(
 mod tests {
     use super::*;
 
-    fn cp(cell: CellId, epoch: u64, tick: u64) -> CellCheckpoint {
+    fn cp(cell: RegionId, epoch: u64, tick: u64) -> CellCheckpoint {
         CellCheckpoint {
-            cell,
+            region: cell,
             epoch: Epoch(epoch),
             shard: ShardId::new("shard-1"),
             tick,
@@ -290,7 +346,7 @@ mod tests {
     }
 
     fn encoded(c: CellCheckpoint) -> (CellCheckpoint, Vec<u8>) {
-        let b = tessera_proto::frame::encode(&c).unwrap();
+        let b = encode(&c).unwrap();
         (c, b)
     }
 
@@ -326,7 +382,10 @@ mod tests {
             inner: inner.clone(),
             down: down.clone(),
         }));
-        let (a, b) = (CellId::new(0, 0), CellId::new(1, 0));
+        let (a, b) = (
+            RegionId::cell(CellId::new(0, 0)),
+            RegionId::cell(CellId::new(1, 0)),
+        );
         let writer = Writer::start(ShardId::new("shard-1"), db).unwrap();
         let submit = |round: Vec<CellCheckpoint>| {
             // The writer may still be busy with the previous round.
@@ -358,7 +417,7 @@ mod tests {
     fn an_older_owner_cannot_overwrite_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open_redb(&dir.path().join("s.redb")).unwrap();
-        let cell = CellId::new(-1, 0);
+        let cell = RegionId::cell(CellId::new(-1, 0));
         assert_eq!(
             save(&db, &[encoded(cp(cell, 1, 10))]).unwrap(),
             vec![Saved::Written]
@@ -382,7 +441,7 @@ mod tests {
     fn a_claim_wins_over_epochs_of_an_earlier_cluster() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open_redb(&dir.path().join("s.redb")).unwrap();
-        let cell = CellId::new(0, 0);
+        let cell = RegionId::cell(CellId::new(0, 0));
         save(&db, &[encoded(cp(cell, 7, 1))]).unwrap();
         // A fresh etcd counts from 1 again; the owner at epoch 1 claims the cell.
         assert!(claim(&db, cell, Epoch(1)).unwrap().is_some());
@@ -396,10 +455,62 @@ mod tests {
     fn a_corrupt_checkpoint_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open_redb(&dir.path().join("s.redb")).unwrap();
-        let cell = CellId::new(0, 0);
+        let cell = RegionId::cell(CellId::new(0, 0));
         db.transact(|tx| set_chunked(tx, &state_key(cell), b"not a checkpoint"))
             .unwrap();
         let err = load(&db, cell).unwrap_err().to_string();
-        assert!(err.contains("checkpoint of cell 0,0"), "{err}");
+        assert!(err.contains("checkpoint of region 0,0"), "{err}");
+    }
+
+    /// What the release before regions wrote: no version prefix, a
+    /// `CellId`. Encoded here field by field as that release did.
+    #[derive(Serialize)]
+    struct WrittenBeforeRegions {
+        cell: CellId,
+        epoch: Epoch,
+        shard: ShardId,
+        tick: u64,
+        saved_unix_ms: u64,
+        entities: Vec<EntityTransfer>,
+    }
+
+    #[test]
+    fn a_checkpoint_written_before_regions_loads_as_a_whole_cell() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open_redb(&dir.path().join("s.redb")).unwrap();
+        let cell = CellId::new(2, -3);
+        let old = tessera_proto::frame::encode(&WrittenBeforeRegions {
+            cell,
+            epoch: Epoch(4),
+            shard: ShardId::new("shard-1"),
+            tick: 77,
+            saved_unix_ms: 1_795_000_000_000,
+            entities: Vec::new(),
+        })
+        .unwrap();
+        assert_ne!(old[0], VERSIONED);
+        let region = RegionId::cell(cell);
+        db.transact(|tx| set_chunked(tx, &state_key(region), &old))
+            .unwrap();
+        let cp = load(&db, region).unwrap().unwrap();
+        assert_eq!((cp.region, cp.epoch, cp.tick), (region, Epoch(4), 77));
+    }
+
+    #[test]
+    fn regions_of_one_cell_have_checkpoints_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open_redb(&dir.path().join("s.redb")).unwrap();
+        let [nw, ne, ..] = RegionId::cell(CellId::new(0, 0)).children().unwrap();
+        save(&db, &[encoded(cp(nw, 3, 1)), encoded(cp(ne, 4, 2))]).unwrap();
+        assert_eq!(load(&db, nw).unwrap().unwrap().tick, 1);
+        assert_eq!(load(&db, ne).unwrap().unwrap().region, ne);
+        assert!(load(&db, RegionId::cell(CellId::new(0, 0)))
+            .unwrap()
+            .is_none());
+        // A checkpoint of a format from the future is a clear error.
+        db.transact(|tx| set_chunked(tx, &state_key(nw), &[VERSIONED, 9, 0]))
+            .unwrap();
+        let err = load(&db, nw).unwrap_err().to_string();
+        assert!(err.contains("format 9 is newer"), "{err}");
     }
 }

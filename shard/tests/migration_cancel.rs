@@ -22,7 +22,7 @@ max = [1, 0]
 fn count(shard: &Shard, cell: CellId) -> usize {
     shard
         .cells()
-        .find(|c| c.id == cell)
+        .find(|c| c.id == cell.into())
         .map(|c| c.entity_count())
         .unwrap_or(0)
 }
@@ -79,7 +79,7 @@ fn a_cancelled_migration_gives_the_cell_back_to_its_source() {
         authority: None,
         cancelled_unix_ms: None,
     };
-    board.set(cell, m.clone());
+    board.set(cell.into(), m.clone());
     sa.step(Instant::now()); // freezes and ships
     assert_eq!(count(&sa, cell), 0, "the source stops simulating the cell");
     while let Ok(msg) = inbox_b.try_recv() {
@@ -95,7 +95,7 @@ fn a_cancelled_migration_gives_the_cell_back_to_its_source() {
     // The coordinator gives up (the target went quiet, say): the owner never flips.
     m.state = MigrationState::Cancelled;
     m.cancelled_unix_ms = Some(1);
-    board.set(cell, m);
+    board.set(cell.into(), m);
     sa.step(Instant::now());
     sb.step(Instant::now());
     assert_eq!(count(&sa, cell), 50, "the source took the cell back");

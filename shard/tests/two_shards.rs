@@ -281,7 +281,7 @@ fn a_hand_off_delivered_twice_creates_one_entity() {
     // Pretend shard a handed her over and the bus delivered it twice, the
     // second time after she had walked on into the next cell.
     let handoff = |x| ToShard::Handoff {
-        to: CellId::new(x, -1),
+        to: CellId::new(x, -1).into(),
         epoch: Epoch(1),
         entity: transfer.clone(),
     };

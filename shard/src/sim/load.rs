@@ -73,7 +73,8 @@ impl Shard {
             .cells
             .values()
             .map(|c| CellLoad {
-                cell: c.id,
+                cell: c.id.cell_id(),
+                region: (!c.id.is_cell()).then(|| c.id.to_string()),
                 epoch: c.epoch,
                 entities: c.entity_count(),
                 players: c.player_count(),

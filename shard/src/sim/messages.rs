@@ -7,7 +7,7 @@ use crate::cell::StepOutcome;
 use std::time::Instant;
 use tessera_proto::cluster::{EntityTransfer, GhostState, PlayerEvent, SessionRef, ToShard};
 use tessera_proto::msg::{EntityKind, Input, MAX_SAY_CHARS};
-use tessera_proto::{CellId, Compass, EntityId, Epoch, Vec3};
+use tessera_proto::{Compass, EntityId, Epoch, RegionId, Vec3};
 
 impl Shard {
     /// Forwards a message for an entity this shard no longer has. Returns
@@ -61,17 +61,23 @@ impl Shard {
             return;
         };
         self.handoffs_of(c, now);
-        let (cell, shard) = match self.cell_of_entity(entity) {
+        let (region, shard) = match self.cell_of_entity(entity) {
             Some(here) => (here, self.id.clone()),
             None => match self.forwarding.shard_of(entity) {
-                Some(shard) => (self.grid.cell_of(pos), shard.clone()),
+                Some(shard) => (
+                    self.map
+                        .owner_at(&self.grid, pos)
+                        .map(|(r, _)| r)
+                        .unwrap_or_else(|| RegionId::cell(self.grid.cell_of(pos))),
+                    shard.clone(),
+                ),
                 None => (c, self.id.clone()),
             },
         };
         let done = PlayerEvent::StepDone {
             pos,
             blocked,
-            cell,
+            region,
             shard,
         };
         self.send_player(&session, done);
@@ -133,7 +139,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn on_handoff(&mut self, to: CellId, epoch: Epoch, entity: EntityTransfer) {
+    pub(super) fn on_handoff(&mut self, to: RegionId, epoch: Epoch, entity: EntityTransfer) {
         if self.migrations.incoming.contains_key(&to) {
             // Into a cell still migrating here: wait for it.
             self.migrations
@@ -152,7 +158,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn on_ghosts(&mut self, from: CellId, to: CellId, ghosts: &[GhostState]) {
+    pub(super) fn on_ghosts(&mut self, from: RegionId, to: RegionId, ghosts: &[GhostState]) {
         if let Some(cell) = self.cells.get_mut(&to) {
             cell.set_ghosts(from, ghosts);
         }
@@ -172,7 +178,7 @@ impl Shard {
                     PlayerEvent::Joined {
                         entity,
                         pos,
-                        cell: c,
+                        region: c,
                         shard: self.id.clone(),
                     },
                 );
@@ -185,10 +191,14 @@ impl Shard {
             self.world.spawn
         };
         pos.y = pos.y.max(0.0);
-        let cell_id = self.grid.cell_of(pos);
+        let owner = self.map.owner_at(&self.grid, pos);
+        let cell_id = match &owner {
+            Some((region, _)) => *region,
+            None => RegionId::cell(self.grid.cell_of(pos)),
+        };
         if !self.cells.contains_key(&cell_id) {
             let join = Join { pos, ..join };
-            match self.map.owner(cell_id) {
+            match owner.map(|(_, o)| o) {
                 // Not ours (the map changed under the router): pass it on.
                 Some(owner) if owner.owner != self.id && self.bus.has_shard(&owner.owner) => {
                     if self.bus.to_shard(&owner.owner, join.message()).is_err() {
@@ -241,7 +251,7 @@ impl Shard {
             PlayerEvent::Joined {
                 entity,
                 pos,
-                cell: cell_id,
+                region: cell_id,
                 shard: self.id.clone(),
             },
         );
@@ -251,7 +261,11 @@ impl Shard {
     /// [`super::joins::JOIN_PATIENCE`].
     fn defer_join(&mut self, join: Join, now: Instant) {
         if let Deferral::Expired(join) = self.pending_joins.defer(join, now) {
-            let cell = self.grid.cell_of(join.pos);
+            let cell = self
+                .map
+                .owner_at(&self.grid, join.pos)
+                .map(|(r, _)| r)
+                .unwrap_or_else(|| RegionId::cell(self.grid.cell_of(join.pos)));
             tracing::warn!(shard = %self.id, cell = %cell, "join refused: the cell has no live owner");
             self.send_player(
                 &join.session,
@@ -271,7 +285,7 @@ impl Shard {
     }
 
     /// Takes an entity handed to cell `to`.
-    pub(super) fn accept(&mut self, to: CellId, epoch: Epoch, entity: EntityTransfer) {
+    pub(super) fn accept(&mut self, to: RegionId, epoch: Epoch, entity: EntityTransfer) {
         // A hand-off delivered twice (the cluster bus re-sends the frame in
         // flight when a stream breaks) must not create a second copy.
         if let Some(here) = self.cell_of_entity(entity.id) {
@@ -292,19 +306,31 @@ impl Shard {
             self.send_player(
                 &session,
                 PlayerEvent::OwnerChanged {
-                    cell: to,
+                    region: to,
                     shard: self.id.clone(),
                 },
             );
         }
     }
 
-    /// An entity handed to cell `to`, which is not ours: it goes to the
-    /// owner, or, if nobody owns `to`, stays in our nearest cell. It is
-    /// never dropped.
-    fn pass_on(&mut self, to: CellId, entity: EntityTransfer) {
-        match self.map.owner(to) {
-            Some(owner) if owner.owner != self.id => {
+    /// An entity handed to region `to`, which is not ours: it goes to the
+    /// owner of the region of the map that holds it now (`to` itself, or,
+    /// after a split or merge, the region that replaced it), or, if nobody
+    /// owns that, stays in our nearest region. It is never dropped.
+    fn pass_on(&mut self, to: RegionId, entity: EntityTransfer) {
+        let owner = match self.map.region_owner(to) {
+            Some(owner) => Some((to, owner)),
+            None => self.map.owner_at(&self.grid, entity.pos),
+        };
+        if let Some((region, _)) = owner {
+            if region != to && self.cells.contains_key(&region) {
+                // Our own region replaced `to` (a split or merge here).
+                let epoch = self.cells[&region].epoch;
+                return self.accept(region, epoch, entity);
+            }
+        }
+        match owner {
+            Some((to, owner)) if owner.owner != self.id => {
                 let msg = ToShard::Handoff {
                     to,
                     epoch: owner.epoch,
@@ -315,15 +341,20 @@ impl Shard {
                 }
             }
             _ => {
+                let target = to.centre(&self.grid);
                 let nearest = self
                     .cells
                     .keys()
-                    .min_by_key(|c| (c.x - to.x).abs() + (c.z - to.z).abs())
+                    .min_by(|a, b| {
+                        let da = a.centre(&self.grid).distance_xz(target);
+                        let db = b.centre(&self.grid).distance_xz(target);
+                        da.total_cmp(&db)
+                    })
                     .copied();
                 tracing::error!(shard = %self.id, cell = %to, entity = %entity.id, "hand-off to an unowned cell; keeping it");
                 if let Some(c) = nearest {
                     let mut e = entity;
-                    e.pos = self.grid.centre(c);
+                    e.pos = c.centre(&self.grid);
                     if let Some(cell) = self.cells.get_mut(&c) {
                         cell.insert(e);
                     }

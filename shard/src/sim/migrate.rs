@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 use tessera_coordinator::migration::{now_unix_ms, MigrationBoard};
 use tessera_proto::cluster::{EntityTransfer, PlayerEvent, ToShard};
-use tessera_proto::{CellId, EntityId, Epoch, ShardId};
+use tessera_proto::{EntityId, Epoch, RegionId, ShardId};
 
 /// The shard's migrations in flight.
 #[derive(Default)]
@@ -22,9 +22,9 @@ pub(super) struct Migrations {
     pub(super) notices: Option<tokio::sync::mpsc::UnboundedSender<ShardNotice>>,
     /// Cells this shard froze and shipped, and to whom; not simulated here
     /// any more, whatever the map still says.
-    pub(super) shipped: HashMap<CellId, Shipped>,
+    pub(super) shipped: HashMap<RegionId, Shipped>,
     /// Cells shipped to this shard, waiting for the map to make it owner.
-    pub(super) incoming: HashMap<CellId, Incoming>,
+    pub(super) incoming: HashMap<RegionId, Incoming>,
     /// Messages for entities of incoming cells, replayed once they open.
     pub(super) deferred: Vec<ToShard>,
     /// Stall of the last migration into this shard, ms.
@@ -70,7 +70,7 @@ impl Shard {
 
     /// Opens a cell from a migration snapshot: its entities exactly as the
     /// old owner froze them, then the messages that waited for them.
-    pub(super) fn open_migrated(&mut self, id: CellId, inc: Incoming, now: Instant) {
+    pub(super) fn open_migrated(&mut self, id: RegionId, inc: Incoming, now: Instant) {
         let mut cell = Cell::new(id, inc.epoch, &self.world);
         let mut sessions = Vec::new();
         for t in inc.entities {
@@ -92,7 +92,7 @@ impl Shard {
             self.send_player(
                 &s,
                 PlayerEvent::OwnerChanged {
-                    cell: id,
+                    region: id,
                     shard: self.id.clone(),
                 },
             );
@@ -117,7 +117,7 @@ impl Shard {
                 let Some(s) = self.migrations.shipped.remove(&cell) else {
                     continue;
                 };
-                let Some(owner) = self.map.owner(cell).filter(|o| o.owner == self.id) else {
+                let Some(owner) = self.map.region_owner(cell).filter(|o| o.owner == self.id) else {
                     continue;
                 };
                 tracing::warn!(shard = %self.id, cell = %cell, to = %s.to, entities = s.entities.len(), "migration cancelled after the cell was shipped; taking it back");
@@ -172,7 +172,7 @@ impl Shard {
                 .collect();
             let frozen_unix_ms = now_unix_ms();
             let msg = ToShard::CellSnapshot {
-                cell: cell_id,
+                region: cell_id,
                 epoch: m.epoch,
                 frozen_tick: self.tick,
                 frozen_unix_ms,
@@ -212,7 +212,7 @@ impl Shard {
     /// shard its owner at the migration's epoch.
     pub(super) fn on_cell_snapshot(
         &mut self,
-        cell: CellId,
+        cell: RegionId,
         epoch: Epoch,
         frozen_tick: u64,
         frozen_unix_ms: u64,
@@ -230,7 +230,10 @@ impl Shard {
         );
         match &self.migrations.notices {
             Some(tx) => {
-                let _ = tx.send(ShardNotice::Restored { cell, epoch });
+                let _ = tx.send(ShardNotice::Restored {
+                    region: cell,
+                    epoch,
+                });
             }
             None => {
                 tracing::warn!(shard = %self.id, cell = %cell, "no way to report the migration; it will time out")

@@ -19,6 +19,7 @@ mod load;
 mod messages;
 mod migrate;
 mod open;
+mod reshape;
 mod saving;
 
 pub use forward::FORWARD_MEMORY;
@@ -41,7 +42,7 @@ use std::time::{Duration, Instant};
 use tessera_coordinator::{Bus, CellMap};
 use tessera_proto::cluster::{CellFrame, PlayerEvent, SessionRef, ToRouter, ToShard};
 use tessera_proto::world::WorldDef;
-use tessera_proto::{CellId, EntityId, Epoch, Grid, ShardId, Vec3};
+use tessera_proto::{EntityId, Epoch, Grid, RegionId, ShardId, Vec3};
 
 pub struct Shard {
     pub id: ShardId,
@@ -52,15 +53,19 @@ pub struct Shard {
     map: CellMap,
     /// The cell map version the shard's cells were last reconciled with.
     map_version: u64,
-    cells: BTreeMap<CellId, Cell>,
+    /// The regions this shard simulates (most are whole cells), by id.
+    cells: BTreeMap<RegionId, Cell>,
+    /// Each simulated region's neighbours in the map (leaf regions that
+    /// touch it), rebuilt when the map changes.
+    neighbours: HashMap<RegionId, Vec<RegionId>>,
     scripts: ScriptEngine,
     movement: Movement,
     tick: u64,
     /// Script events of this tick (speech) not yet acted on.
     events: Vec<CellEvent>,
-    /// Cells that had ghosts to send to each neighbour last tick, so an
+    /// Regions that had ghosts to send to each neighbour last tick, so an
     /// emptied set is sent once to clear them.
-    ghost_links: HashMap<(CellId, CellId), bool>,
+    ghost_links: HashMap<(RegionId, RegionId), bool>,
     /// Where entities this shard handed to other shards went.
     forwarding: Forwarding,
     /// Joins waiting for this shard's map to catch up.
@@ -74,8 +79,8 @@ pub struct Shard {
 /// What a shard asks its process to record in the cluster store.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ShardNotice {
-    /// A migrating cell's snapshot arrived here.
-    Restored { cell: CellId, epoch: Epoch },
+    /// A migrating region's snapshot arrived here.
+    Restored { region: RegionId, epoch: Epoch },
 }
 
 impl Shard {
@@ -109,6 +114,7 @@ impl Shard {
             map,
             map_version: 0,
             cells: BTreeMap::new(),
+            neighbours: HashMap::new(),
             scripts,
             movement: config.movement,
             tick: 0,
@@ -128,15 +134,18 @@ impl Shard {
         Ok(shard)
     }
 
-    /// Makes the simulated cells match the cell map: opens cells assigned
-    /// to this shard, and stops simulating cells assigned elsewhere (fencing:
-    /// a shard simulates a cell only while the map says it owns it).
+    /// Makes the simulated regions match the cell map: opens regions
+    /// assigned to this shard, and stops simulating regions assigned
+    /// elsewhere (fencing: a shard simulates a region only while the map
+    /// says it owns it).
     fn reconcile(&mut self, now: Instant) {
         self.map_version = self.map.version();
-        let mine: BTreeMap<CellId, Epoch> = self.map.cells_of(&self.id).into_iter().collect();
+        let mine: BTreeMap<RegionId, Epoch> = self.map.regions_of(&self.id).into_iter().collect();
         // Shipped cells stay shipped: the map still names this shard until
         // the coordinator flips the owner.
         self.migrations.shipped.retain(|c, _| mine.contains_key(c));
+        // Regions the map split or merged among this shard's own.
+        self.reshape(&mine, now);
         // Neighbour checkpoints read while restoring cells, read once.
         let mut neighbours = NeighbourCheckpoints::new();
         for (cell, epoch) in &mine {
@@ -151,7 +160,7 @@ impl Shard {
                 },
             }
         }
-        let lost: Vec<CellId> = self
+        let lost: Vec<RegionId> = self
             .cells
             .keys()
             .filter(|c| !mine.contains_key(c))
@@ -159,9 +168,39 @@ impl Shard {
             .collect();
         for cell in lost {
             if let Some(c) = self.cells.remove(&cell) {
-                tracing::error!(shard = %self.id, cell = %cell, entities = c.entity_count(), "cell assigned elsewhere; no longer simulating it");
+                tracing::error!(shard = %self.id, cell = %cell, entities = c.entity_count(), "region assigned elsewhere; no longer simulating it");
             }
         }
+        self.find_neighbours();
+    }
+
+    /// The leaf regions of the map that touch each region simulated here
+    /// (any size: a bigger neighbour, smaller ones, siblings). Ghosts go to
+    /// these; a region no wider than the ghost margin would need more, and
+    /// regions never split below 8 m (docs/regions.md).
+    fn find_neighbours(&mut self) {
+        let neighbours = self
+            .cells
+            .keys()
+            .map(|r| (*r, self.touching_leaves(*r)))
+            .collect();
+        self.neighbours = neighbours;
+    }
+
+    /// The leaf regions of the map that touch `region`.
+    fn touching_leaves(&self, region: RegionId) -> Vec<RegionId> {
+        let cell = region.cell_id();
+        let mut found = Vec::new();
+        for c in std::iter::once(cell).chain(cell.neighbours()) {
+            if let Some(tree) = self.map.tree(c) {
+                found.extend(
+                    tree.leaves(c)
+                        .map(|(r, _)| r)
+                        .filter(|r| region.touches(*r)),
+                );
+            }
+        }
+        found
     }
 
     pub fn cells(&self) -> impl Iterator<Item = &Cell> {
@@ -177,7 +216,7 @@ impl Shard {
         self.cells.values().map(|c| c.entity_count()).sum()
     }
 
-    fn cell_of_entity(&self, id: EntityId) -> Option<CellId> {
+    fn cell_of_entity(&self, id: EntityId) -> Option<RegionId> {
         self.cells
             .iter()
             .find(|(_, c)| c.contains(id))
@@ -223,24 +262,24 @@ impl Shard {
             ToShard::Leave { entity, session } => self.on_leave(entity, session),
             ToShard::Handoff { to, epoch, entity } => self.on_handoff(to, epoch, entity),
             ToShard::CellSnapshot {
-                cell,
+                region,
                 epoch,
                 frozen_tick,
                 frozen_unix_ms,
                 entities,
-            } => self.on_cell_snapshot(cell, epoch, frozen_tick, frozen_unix_ms, entities, now),
+            } => self.on_cell_snapshot(region, epoch, frozen_tick, frozen_unix_ms, entities, now),
             ToShard::Ghosts {
                 from, to, ghosts, ..
             } => self.on_ghosts(from, to, &ghosts),
             ToShard::Speech {
-                cells,
+                regions,
                 origin,
                 radius,
                 speaker,
                 name,
                 text,
                 emote,
-            } => self.deliver_speech(&cells, origin, radius, speaker, &name, &text, emote),
+            } => self.deliver_speech(&regions, origin, radius, speaker, &name, &text, emote),
         }
     }
 
@@ -270,7 +309,7 @@ impl Shard {
         // so viewers lose sight of it only until the new owner's next tick
         // (under one tick), not for two (benches/handoff.rs).
         self.publish();
-        let ids: Vec<CellId> = self.cells.keys().copied().collect();
+        let ids: Vec<RegionId> = self.cells.keys().copied().collect();
         for c in &ids {
             self.handoffs_of(*c, now);
         }
@@ -292,19 +331,22 @@ impl Shard {
         self.forwarding.expire(now);
     }
 
-    /// Moves the entities that left cell `c` to their new cells.
-    fn handoffs_of(&mut self, c: CellId, now: Instant) {
+    /// Moves the entities that left region `c` to the regions of the map
+    /// that now hold them.
+    fn handoffs_of(&mut self, c: RegionId, now: Instant) {
         let hysteresis = self.config.hysteresis;
         let Some(cell) = self.cells.get(&c) else {
             return;
         };
-        for (entity, to) in cell.leavers(hysteresis) {
-            let owner = self.map.owner(to);
-            let local = self.cells.contains_key(&to);
-            if !local && owner.is_none() {
-                // Outside the world or unowned: stay (walls keep players in).
+        for (entity, pos) in cell.leavers(hysteresis) {
+            // Outside the world or unowned: stay (walls keep players in).
+            let Some((to, owner)) = self.map.owner_at(&self.grid, pos) else {
+                continue;
+            };
+            if to == c {
                 continue;
             }
+            let local = self.cells.contains_key(&to);
             let Some(transfer) = self.cells.get_mut(&c).and_then(|cell| cell.extract(entity))
             else {
                 continue;
@@ -314,7 +356,7 @@ impl Shard {
                 .increment(1);
             if local {
                 self.accept(to, self.cells[&to].epoch, transfer);
-            } else if let Some(owner) = owner {
+            } else {
                 tracing::debug!(shard = %self.id, from = %c, to = %to, entity = %entity, target = %owner.owner, "hand-off to another shard");
                 if transfer.player.is_none() {
                     self.mark_dirty(c);
@@ -337,23 +379,42 @@ impl Shard {
         }
     }
 
-    /// Sends speech to every cell within hearing range, on whichever shard.
+    /// The leaf regions of the map within `radius` of `origin`, with their
+    /// owners.
+    fn regions_within(&self, origin: Vec3, radius: f32) -> Vec<(RegionId, ShardId)> {
+        let mut out = Vec::new();
+        for c in self.grid.cells_within(origin, radius) {
+            let Some(tree) = self.map.tree(c) else {
+                continue;
+            };
+            for (region, owner) in tree.leaves(c) {
+                if region.distance_xz(&self.grid, origin) <= radius {
+                    out.push((region, owner.owner.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Sends speech to every region within hearing range, on whichever
+    /// shard.
     fn speak(&mut self, speaker: EntityId, name: String, origin: Vec3, text: String, emote: bool) {
         let radius = self.config.hearing_radius;
-        let mut by_shard: BTreeMap<ShardId, Vec<CellId>> = BTreeMap::new();
-        for c in self.grid.cells_within(origin, radius) {
-            if self.cells.contains_key(&c) {
-                by_shard.entry(self.id.clone()).or_default().push(c);
-            } else if let Some(owner) = self.map.owner(c) {
-                by_shard.entry(owner.owner).or_default().push(c);
-            }
+        let mut by_shard: BTreeMap<ShardId, Vec<RegionId>> = BTreeMap::new();
+        for (region, owner) in self.regions_within(origin, radius) {
+            let shard = if self.cells.contains_key(&region) {
+                self.id.clone()
+            } else {
+                owner
+            };
+            by_shard.entry(shard).or_default().push(region);
         }
         for (shard, cells) in by_shard {
             if shard == self.id {
                 self.deliver_speech(&cells, origin, radius, speaker, &name, &text, emote);
             } else {
                 let msg = ToShard::Speech {
-                    cells,
+                    regions: cells,
                     origin,
                     radius,
                     speaker,
@@ -371,7 +432,7 @@ impl Shard {
     #[allow(clippy::too_many_arguments)]
     fn deliver_speech(
         &mut self,
-        cells: &[CellId],
+        cells: &[RegionId],
         origin: Vec3,
         radius: f32,
         speaker: EntityId,
@@ -415,10 +476,13 @@ impl Shard {
         self.events = events;
     }
 
-    fn exchange_ghosts(&mut self, ids: &[CellId]) {
+    fn exchange_ghosts(&mut self, ids: &[RegionId]) {
         let margin = self.config.ghost_margin;
         for c in ids {
-            for n in c.neighbours() {
+            let Some(neighbours) = self.neighbours.get(c).cloned() else {
+                continue;
+            };
+            for n in neighbours {
                 let Some(states) = self.cells.get(c).map(|cell| cell.border_states(n, margin))
                 else {
                     continue;
@@ -430,7 +494,7 @@ impl Shard {
                 self.ghost_links.insert((*c, n), !states.is_empty());
                 if let Some(cell) = self.cells.get_mut(&n) {
                     cell.set_ghosts(*c, &states);
-                } else if let Some(owner) = self.map.owner(n) {
+                } else if let Some(owner) = self.map.region_owner(n) {
                     let msg = ToShard::Ghosts {
                         from: *c,
                         to: n,
@@ -446,7 +510,7 @@ impl Shard {
     fn publish(&self) {
         for cell in self.cells.values() {
             let frame = CellFrame {
-                cell: cell.id,
+                region: cell.id,
                 shard: self.id.clone(),
                 epoch: cell.epoch,
                 tick: self.tick,

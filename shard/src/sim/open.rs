@@ -9,11 +9,11 @@ use std::collections::{HashMap, HashSet};
 use tessera_coordinator::migration::now_unix_ms;
 use tessera_proto::cluster::{EntityTransfer, ScriptState};
 use tessera_proto::msg::{EntityKind, Input};
-use tessera_proto::{CellId, EntityId, Epoch, Vec3};
+use tessera_proto::{EntityId, Epoch, RegionId, Vec3};
 
 /// Neighbour cells' checkpoints as a restore reads them, kept for one
 /// reconcile so each is read at most once.
-pub(super) type NeighbourCheckpoints = HashMap<CellId, Option<SavedIds>>;
+pub(super) type NeighbourCheckpoints = HashMap<RegionId, Option<SavedIds>>;
 
 /// The entities of a checkpoint and when it was saved.
 pub(super) struct SavedIds {
@@ -26,7 +26,7 @@ impl Shard {
     /// there is one (a failover, or a restart of the whole world), else from the world file.
     pub(super) fn open_cell(
         &mut self,
-        id: CellId,
+        id: RegionId,
         epoch: Epoch,
         neighbours: &mut NeighbourCheckpoints,
     ) {
@@ -50,7 +50,7 @@ impl Shard {
     /// them here).
     fn open_checkpoint(
         &mut self,
-        id: CellId,
+        id: RegionId,
         epoch: Epoch,
         cp: crate::checkpoint::CellCheckpoint,
         neighbours: &mut NeighbourCheckpoints,
@@ -82,7 +82,7 @@ impl Shard {
     /// older checkpoint of `id` that is among them walked on after it.
     fn entities_that_moved_on(
         &self,
-        id: CellId,
+        id: RegionId,
         since: u64,
         neighbours: &mut NeighbourCheckpoints,
     ) -> HashSet<EntityId> {
@@ -90,39 +90,33 @@ impl Shard {
         let Some(c) = &self.config.checkpoints else {
             return ids;
         };
-        for dx in -1..=1 {
-            for dz in -1..=1 {
-                let n = CellId::new(id.x + dx, id.z + dz);
-                if n == id {
-                    continue;
-                }
-                if let Some(cell) = self.cells.get(&n) {
-                    ids.extend(cell.entity_ids());
-                    continue;
-                }
-                let other = neighbours.entry(n).or_insert_with(|| {
-                    crate::checkpoint::load(&c.db, n)
-                        .ok()
-                        .flatten()
-                        .map(|cp| SavedIds {
-                            saved_unix_ms: cp.saved_unix_ms,
-                            entities: cp.entities.iter().map(|e| e.id).collect(),
-                        })
-                });
-                if let Some(saved) = other {
-                    if saved.saved_unix_ms > since {
-                        ids.extend(saved.entities.iter().copied());
-                    }
+        for n in self.touching_leaves(id) {
+            if let Some(cell) = self.cells.get(&n) {
+                ids.extend(cell.entity_ids());
+                continue;
+            }
+            let other = neighbours.entry(n).or_insert_with(|| {
+                crate::checkpoint::load(&c.db, n)
+                    .ok()
+                    .flatten()
+                    .map(|cp| SavedIds {
+                        saved_unix_ms: cp.saved_unix_ms,
+                        entities: cp.entities.iter().map(|e| e.id).collect(),
+                    })
+            });
+            if let Some(saved) = other {
+                if saved.saved_unix_ms > since {
+                    ids.extend(saved.entities.iter().copied());
                 }
             }
         }
         ids
     }
 
-    fn open_fresh(&mut self, id: CellId, epoch: Epoch) {
+    fn open_fresh(&mut self, id: RegionId, epoch: Epoch) {
         let mut cell = Cell::new(id, epoch, &self.world);
         for (index, (name, pos, def)) in self.world.npc_spawns().into_iter().enumerate() {
-            if self.grid.cell_of(pos) != id {
+            if !id.contains_point(&self.grid, pos) {
                 continue;
             }
             let entity = EntityId(EntityId::NPC_BIT | index as u64);

@@ -9,7 +9,7 @@ use crate::checkpoint::{CellCheckpoint, Writer};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use tessera_coordinator::migration::now_unix_ms;
-use tessera_proto::CellId;
+use tessera_proto::RegionId;
 
 /// The shard's checkpoint rounds.
 pub(super) struct Checkpoints {
@@ -20,7 +20,7 @@ pub(super) struct Checkpoints {
     /// Cells an NPC entered from, or left to, another shard since their
     /// last checkpoint: written at the end of the tick, so a failover
     /// neither loses nor duplicates that NPC.
-    dirty: BTreeSet<CellId>,
+    dirty: BTreeSet<RegionId>,
 }
 
 /// What a round writes.
@@ -58,20 +58,20 @@ impl Checkpoints {
 impl Shard {
     /// Cell `cell` must be written at the end of this tick (an NPC crossed
     /// its border to or from another shard).
-    pub(super) fn mark_dirty(&mut self, cell: CellId) {
+    pub(super) fn mark_dirty(&mut self, cell: RegionId) {
         if let Some(c) = &mut self.saving {
             c.dirty.insert(cell);
         }
     }
 
     /// The current state of `cells`, as checkpoints.
-    fn capture(&self, cells: &[CellId]) -> Vec<CellCheckpoint> {
+    fn capture(&self, cells: &[RegionId]) -> Vec<CellCheckpoint> {
         let saved_unix_ms = now_unix_ms();
         cells
             .iter()
             .filter_map(|id| self.cells.get(id))
             .map(|cell| CellCheckpoint {
-                cell: cell.id,
+                region: cell.id,
                 epoch: cell.epoch,
                 shard: self.id.clone(),
                 tick: self.tick,
@@ -87,7 +87,7 @@ impl Shard {
 
     /// Queues checkpoints of `cells` for the writer thread; false if the
     /// writer is still busy with earlier ones.
-    pub(super) fn checkpoint(&self, cells: &[CellId]) -> bool {
+    pub(super) fn checkpoint(&self, cells: &[RegionId]) -> bool {
         match &self.saving {
             Some(c) => c.writer.submit(self.capture(cells)),
             None => true,
@@ -98,7 +98,7 @@ impl Shard {
         let Some(saving) = &mut self.saving else {
             return;
         };
-        let ids: Vec<CellId> = match saving.round(now) {
+        let ids: Vec<RegionId> = match saving.round(now) {
             Round::All => self.cells.keys().copied().collect(),
             Round::Dirty => saving.dirty.iter().copied().collect(),
             Round::Nothing => return,
@@ -112,7 +112,7 @@ impl Shard {
 
     /// On a clean stop, the cells still here are written before the thread ends.
     pub(super) fn final_checkpoint(&mut self) {
-        let ids: Vec<CellId> = self.cells.keys().copied().collect();
+        let ids: Vec<RegionId> = self.cells.keys().copied().collect();
         let last = self.capture(&ids);
         if let Some(saving) = self.saving.take() {
             saving.writer.finish(last);
@@ -139,7 +139,8 @@ mod tests {
             Round::Nothing,
             "the first tick only sets the clock"
         );
-        c.dirty.insert(CellId::new(0, 0));
+        c.dirty
+            .insert(RegionId::cell(tessera_proto::CellId::new(0, 0)));
         assert_eq!(c.round(t0 + Duration::from_millis(10)), Round::Dirty);
         assert_eq!(c.round(t0 + interval), Round::All);
         assert_eq!(
