@@ -89,6 +89,10 @@ pub struct CoordinatorArgs {
     /// before a shard counts as overloaded.
     #[arg(long, default_value_t = 3)]
     sustain_reports: u32,
+    /// No split makes regions narrower than this many metres
+    /// (docs/regions.md).
+    #[arg(long, default_value_t = tessera_coordinator::reshape::MIN_REGION_SIDE, value_parser = positive_f32)]
+    min_region_side: f32,
     #[command(flatten)]
     planner: PlannerArgs,
 }
@@ -115,6 +119,10 @@ fn positive_f64(s: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("expected a positive number, got {s:?}")),
     }
+}
+
+fn positive_f32(s: &str) -> Result<f32, String> {
+    positive_f64(s).map(|v| v as f32)
 }
 
 /// A service address, `IP:PORT` or `HOST:PORT`: a name (a Kubernetes
@@ -461,6 +469,8 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         settle: Duration::from_millis(args.settle_ms),
         authority: Some(ClusterKey::from_ca_dir(&args.cluster_ca)?),
         rebalance,
+        grid: tessera_proto::Grid::new(world.cell_size),
+        min_region_side: args.min_region_side,
     };
     control::run(config, store, crate::up::shutdown_signal()).await?;
     println!("coordinator stopped.");
@@ -803,6 +813,23 @@ pub enum CtlCommand {
     Cells,
     /// Move every cell of a shard to the other shards (live migration).
     Drain { shard: String },
+    /// Split a region (a whole cell `x,z` or a region `x,z/q/...`) into its
+    /// four quadrants, on the same shard, and wait until the map shows it
+    /// (docs/regions.md).
+    Split {
+        #[arg(allow_hyphen_values = true)]
+        region: tessera_proto::RegionId,
+    },
+    /// Merge a split region's four quadrants back into one, moving them to
+    /// one shard first, and wait until the map shows it.
+    Merge {
+        #[arg(allow_hyphen_values = true)]
+        region: tessera_proto::RegionId,
+        /// The shard the merged region goes to (default: the one that owns
+        /// most of the quadrants).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Live-migrate a cell (`x,z`) or a region of a split cell
     /// (`x,z/q/...`) to a shard, and wait until it is there.
     Move {
@@ -1068,6 +1095,15 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let CtlCommand::Split { region } = &args.command {
+        let signer = operator(&args)?;
+        return ctl_reshape(&store, &args.prefix, *region, None, true, &signer).await;
+    }
+    if let CtlCommand::Merge { region, to } = &args.command {
+        let signer = operator(&args)?;
+        let to = to.clone().map(ShardId::new);
+        return ctl_reshape(&store, &args.prefix, *region, to, false, &signer).await;
+    }
     if let CtlCommand::Move { cell, shard } = &args.command {
         let signer = operator(&args)?;
         return ctl_move(
@@ -1116,6 +1152,8 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     let out = match (&args.command, args.json) {
         (
             CtlCommand::Move { .. }
+            | CtlCommand::Split { .. }
+            | CtlCommand::Merge { .. }
             | CtlCommand::Backup { .. }
             | CtlCommand::Restore { .. }
             | CtlCommand::Role { .. }
@@ -1134,6 +1172,71 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     };
     print!("{out}");
     Ok(())
+}
+
+/// `tessera ctl split` and `ctl merge`: requests the reshape and waits
+/// until the map shows it, or the request is gone without it (refused:
+/// the coordinator's log says why).
+async fn ctl_reshape(
+    store: &EtcdStore,
+    prefix: &str,
+    region: tessera_proto::RegionId,
+    to: Option<ShardId>,
+    split: bool,
+    signer: &Signer,
+) -> anyhow::Result<()> {
+    use tessera_coordinator::reshape;
+    let started = std::time::Instant::now();
+    if split {
+        reshape::request_split(store, prefix, region, signer).await?;
+    } else {
+        reshape::request_merge(store, prefix, region, to, signer).await?;
+    }
+    let key = tessera_coordinator::cellmap::cell_key(prefix, region.cell_id());
+    let request = reshape::reshape_key(prefix, region);
+    let deadline = started + Duration::from_millis(reshape::RESHAPE_TIMEOUT_MS + 5_000);
+    loop {
+        let pending = store.get(&request).await?.is_some();
+        let tree = match store.get(&key).await? {
+            Some(kv) => Some(tessera_coordinator::cellmap::parse_tree(
+                &kv.key, &kv.value,
+            )?),
+            None => None,
+        };
+        let done = tree.as_ref().and_then(|t| {
+            if split {
+                let quadrants = region.children()?;
+                let owner = t.get(quadrants[0])?;
+                Some(format!(
+                    "region {region} split into {} on {} (epoch {})",
+                    quadrants.map(|q| q.to_string()).join(" "),
+                    owner.owner,
+                    owner.epoch
+                ))
+            } else {
+                let owner = t.get(region)?;
+                Some(format!(
+                    "region {region} merged on {} (epoch {})",
+                    owner.owner, owner.epoch
+                ))
+            }
+        });
+        if let Some(done) = done {
+            println!("{done} in {} ms", started.elapsed().as_millis());
+            return Ok(());
+        }
+        if !pending {
+            anyhow::bail!(
+                "the cluster refused the {} of region {region} (see the coordinator's log: \
+                 a credential it does not accept, a region below the minimum side, or the map changed meanwhile)",
+                if split { "split" } else { "merge" }
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("region {region} was not reshaped in time (is a coordinator running?)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `tessera ctl move`: requests the migration and waits until the cell is

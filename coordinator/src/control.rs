@@ -46,6 +46,10 @@ pub struct CoordinatorConfig {
     /// Move cells to relieve overloaded shards and fill joining ones;
     /// `None` turns the rebalancer off.
     pub rebalance: Option<RebalanceConfig>,
+    /// The world's grid: how big a region is, for the minimum side.
+    pub grid: tessera_proto::Grid,
+    /// No split makes regions narrower than this, metres.
+    pub min_region_side: f32,
 }
 
 /// How often the leader plans moves (shards report load every second).
@@ -217,6 +221,7 @@ async fn place(
         .map(|t| (t.cell, t))
         .collect();
     finish_migrations(config, store, &current, &live).await?;
+    carry_out_reshapes(config, store, &current, &live).await?;
     if current.is_empty() && seen.elapsed() < config.settle {
         return Ok(false);
     }
@@ -491,6 +496,75 @@ async fn finish_migrations(
     Ok(())
 }
 
+/// Carries out the split and merge requests (`reshapes/`): see
+/// [`crate::reshape`].
+async fn carry_out_reshapes(
+    config: &CoordinatorConfig,
+    store: &dyn ClusterStore,
+    current: &HashMap<CellId, StoredTree>,
+    live: &[ShardId],
+) -> Result<(), CoordinatorError> {
+    let pending = crate::reshape::list(store, &config.prefix).await?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let member = config
+        .authority
+        .clone()
+        .unwrap_or_else(|| crate::authority::ClusterKey::from_secret(b"unchecked"))
+        .member(format!("coordinator:{}", config.id));
+    for p in pending {
+        let Some(stored) = current.get(&p.region.cell_id()) else {
+            tracing::warn!(region = %p.region, "reshape of a cell not in the map; removing it");
+            store.delete(&p.key).await?;
+            continue;
+        };
+        if p.reshape.op == crate::reshape::ReshapeOp::Split {
+            if let Some(why) = crate::reshape::why_not_split(
+                &stored.tree,
+                &config.grid,
+                p.region,
+                config.min_region_side,
+            ) {
+                tracing::warn!(region = %p.region, why = %why, "split refused");
+                store.delete(&p.key).await?;
+                continue;
+            }
+        }
+        let by = p
+            .reshape
+            .authority
+            .as_ref()
+            .map(|a| a.by.clone())
+            .unwrap_or_default();
+        let progress = crate::reshape::carry_out(
+            store,
+            &config.prefix,
+            config.authority.as_ref(),
+            &p,
+            &stored.tree,
+            stored.mod_revision,
+            live,
+            &member,
+        )
+        .await?;
+        match progress {
+            crate::reshape::Progress::Done => {
+                metrics::counter!("tessera_coordinator_reshapes_total", "op" => p.reshape.op.to_string())
+                    .increment(1);
+                tracing::info!(region = %p.region, op = %p.reshape.op, by = %by, "region reshaped");
+            }
+            crate::reshape::Progress::Dropped(why) => {
+                tracing::warn!(region = %p.region, op = %p.reshape.op, by = %by, why = %why, "reshape request dropped")
+            }
+            crate::reshape::Progress::Gathering { moving } => {
+                tracing::debug!(region = %p.region, moving, "merge: gathering quadrants")
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How long a cancelled migration stays visible before it is deleted.
 const CANCELLED_KEEP_MS: u64 = 5_000;
 
@@ -520,6 +594,8 @@ mod tests {
             settle: Duration::from_millis(100),
             authority: Some(crate::authority::ClusterKey::from_secret(b"test CA key")),
             rebalance: None,
+            grid: tessera_proto::Grid::new(64.0),
+            min_region_side: 8.0,
         }
     }
 
@@ -773,5 +849,223 @@ mod tests {
         assert_eq!(map.region_owner(ne), Some(owner(&s1, 4)));
         assert_eq!(map.region_owner(sw), Some(owner(&s1, 5)));
         assert_eq!(map.regions_of(&s2), vec![]);
+    }
+
+    /// Starts a leader over `store` with two live shards and a placed map.
+    async fn leader_with_map(
+        store: &Arc<dyn ClusterStore>,
+    ) -> (CellMap, tokio::sync::oneshot::Sender<()>) {
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(run(config("a"), store.clone(), async move {
+            let _ = rx.await;
+        }));
+        register(store, "s1", Duration::from_secs(60)).await;
+        register(store, "s2", Duration::from_secs(60)).await;
+        let map = CellMap::watch(store.clone(), "/t/").await.unwrap();
+        while map.all().len() < 8 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (map, stop)
+    }
+
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_leader_splits_a_region_an_operator_asked_for_and_nothing_else() {
+        use crate::authority::ClusterKey;
+        use crate::reshape::{request_split, reshape_key};
+        use tessera_proto::RegionId;
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let (map, _stop) = leader_with_map(&store).await;
+        let (cell, owner) = map.all()[0].clone();
+        let region = RegionId::cell(cell);
+        // Signed by an operator of another cluster: deleted, map unchanged.
+        let mallory = ClusterKey::from_secret(b"another CA").operator("mallory");
+        request_split(&*store, "/t/", region, &mallory.signer().unwrap())
+            .await
+            .unwrap();
+        let key = reshape_key("/t/", region);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while store.get(&key).await.unwrap().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "forged request kept"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            map.owner(cell),
+            Some(owner.clone()),
+            "a forged split changed the map"
+        );
+        // Unsigned, written straight into the store: the same.
+        let unsigned = crate::reshape::Reshape {
+            op: crate::reshape::ReshapeOp::Split,
+            to: None,
+            requested_unix_ms: crate::migration::now_unix_ms(),
+            authority: None,
+        };
+        store
+            .put(&key, serde_json::to_vec(&unsigned).unwrap(), None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.get(&key).await.unwrap().is_none());
+        assert_eq!(map.owner(cell), Some(owner.clone()));
+        // A genuine request, replayed after the timeout: refused.
+        let alice = ClusterKey::from_secret(b"test CA key").operator("alice");
+        let signer = alice.signer().unwrap();
+        let mut old = unsigned.clone();
+        old.requested_unix_ms -= crate::reshape::RESHAPE_TIMEOUT_MS + 1_000;
+        old.authority = Some(crate::reshape::sign(&signer, "/t/", region, &old));
+        store
+            .put(&key, serde_json::to_vec(&old).unwrap(), None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.get(&key).await.unwrap().is_none());
+        assert_eq!(map.owner(cell), Some(owner.clone()), "a replayed split");
+        // This cluster's operator, now: four quadrants, same owner, next epoch.
+        request_split(&*store, "/t/", region, &signer)
+            .await
+            .unwrap();
+        wait_for("not split", || map.owner(cell).is_none()).await;
+        for q in region.children().unwrap() {
+            assert_eq!(
+                map.region_owner(q),
+                Some(CellOwner {
+                    owner: owner.owner.clone(),
+                    epoch: owner.epoch.next(),
+                })
+            );
+        }
+        assert!(store.get(&key).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn no_split_goes_below_the_minimum_side() {
+        use crate::authority::ClusterKey;
+        use crate::reshape::request_split;
+        use tessera_proto::RegionId;
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let (map, _stop) = leader_with_map(&store).await;
+        let (cell, _) = map.all()[0].clone();
+        let signer = ClusterKey::from_secret(b"test CA key")
+            .operator("alice")
+            .signer()
+            .unwrap();
+        // 64 m -> 32 -> 16 -> 8: three splits; a fourth would make 4 m.
+        let mut region = RegionId::cell(cell);
+        for _ in 0..3 {
+            request_split(&*store, "/t/", region, &signer)
+                .await
+                .unwrap();
+            let r = region;
+            wait_for("not split", || map.region_owner(r).is_none()).await;
+            region = region.children().unwrap()[3];
+        }
+        assert_eq!(region.side(&tessera_proto::Grid::new(64.0)), 8.0);
+        request_split(&*store, "/t/", region, &signer)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(map.region_owner(region).is_some(), "split below 8 m");
+    }
+
+    #[tokio::test]
+    async fn a_merge_gathers_the_quadrants_on_one_shard_then_merges_them() {
+        use crate::authority::ClusterKey;
+        use crate::cellmap::list_trees;
+        use crate::migration::{migration_key, Migration, MigrationState};
+        use crate::reshape::request_merge;
+        use tessera_proto::RegionId;
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let (map, _stop) = leader_with_map(&store).await;
+        let (cell, _) = map.all()[0].clone();
+        let region = RegionId::cell(cell);
+        let q = region.children().unwrap();
+        // Quadrants on s1, s2, s1, s1 (as a split and one migration leave them).
+        let owner = |s: &str, e: u64| CellOwner {
+            owner: ShardId::new(s),
+            epoch: Epoch(e),
+        };
+        let stored = list_trees(&*store, "/t/")
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|t| t.cell == cell)
+            .unwrap();
+        let mut tree = stored.tree.clone();
+        tree.split(
+            region,
+            [
+                owner("s1", 3),
+                owner("s2", 4),
+                owner("s1", 3),
+                owner("s1", 3),
+            ],
+        )
+        .unwrap();
+        store
+            .compare_and_put(
+                &cell_key("/t/", cell),
+                Expect::ModRevision(stored.mod_revision),
+                tree_json(&tree),
+                None,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        wait_for("map", || map.region_owner(q[1]).is_some()).await;
+        let signer = ClusterKey::from_secret(b"test CA key")
+            .operator("alice")
+            .signer()
+            .unwrap();
+        let r = request_merge(&*store, "/t/", region, None, &signer)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.to,
+            Some(ShardId::new("s1")),
+            "the shard with most quadrants"
+        );
+        // The leader asks for the odd quadrant's migration (no shard
+        // processes here complete it) and does not merge yet.
+        let mkey = migration_key("/t/", q[1]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let m: Migration = loop {
+            if let Some(kv) = store.get(&mkey).await.unwrap() {
+                break serde_json::from_slice(&kv.value).unwrap();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no migration requested"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!((m.from.0.as_str(), m.to.0.as_str()), ("s2", "s1"));
+        assert_eq!(m.state, MigrationState::Requested);
+        assert!(
+            map.owner(cell).is_none(),
+            "merged before the quadrants were together"
+        );
+        // The target restores it: the owner flips, then the merge follows.
+        crate::migration::mark_restored(&*store, "/t/", q[1], &ShardId::new("s1"), m.epoch)
+            .await
+            .unwrap();
+        wait_for("not merged", || map.owner(cell).is_some()).await;
+        let merged = map.owner(cell).unwrap();
+        assert_eq!(merged.owner, ShardId::new("s1"));
+        assert_eq!(
+            merged.epoch,
+            m.epoch.next(),
+            "one epoch above everything before"
+        );
     }
 }

@@ -17,6 +17,7 @@ pub mod membership;
 pub mod migration;
 pub mod placement;
 pub mod rebalance;
+pub mod reshape;
 pub mod store;
 pub mod transport;
 

@@ -1,0 +1,401 @@
+//! Splits and merges of regions (docs/regions.md), as requested in the
+//! cluster store and carried out by the leading coordinator, the only
+//! writer of the cell map.
+//!
+//! `<prefix>reshapes/<region>` holds a [`Reshape`]: `{"op": "split" |
+//! "merge", "requested_unix_ms", "authority", "to"}`. `tessera ctl split`,
+//! `ctl merge` and the rebalancer create it (compare-and-put on absence:
+//! one reshape per region at a time). The leading coordinator checks the
+//! authority (an operator's credential or a member's signature, like a
+//! migration's: the process that changes the map checks, whoever asked),
+//! then:
+//!
+//! - **split**: if `region` is still a leaf, replaces it by four leaves of
+//!   the same owner at the tree's next epoch, in one compare-and-put on the
+//!   cell key, and deletes the request. The owner re-partitions its entities
+//!   at its next tick; moving a quadrant elsewhere is then a migration.
+//! - **merge**: while `region`'s four quadrants are leaves, asks for the
+//!   migration of each quadrant not on `to` (the shard that owns most of
+//!   them); once all four are on `to`, replaces them by one leaf at the
+//!   tree's next epoch and deletes the request.
+//!
+//! A request whose region no longer has the shape its operation needs, or
+//! that is older than [`RESHAPE_TIMEOUT`], is deleted: the signature covers
+//! the request time, so a captured request cannot be replayed later.
+
+use crate::authority::{Authority, ClusterKey, Signer};
+use crate::cellmap::{cell_key, next_epoch, parse_tree, tree_json, CellOwner, CellTree};
+use crate::migration::now_unix_ms;
+use crate::store::{ClusterStore, Expect};
+use crate::CoordinatorError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tessera_proto::{Grid, RegionId, ShardId};
+
+/// How long a reshape request may wait to be carried out.
+pub const RESHAPE_TIMEOUT_MS: u64 = 60_000;
+
+/// The smallest region side a split may produce, metres, by default.
+pub const MIN_REGION_SIDE: f32 = 8.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReshapeOp {
+    Split,
+    Merge,
+}
+
+impl std::fmt::Display for ReshapeOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReshapeOp::Split => "split",
+            ReshapeOp::Merge => "merge",
+        })
+    }
+}
+
+/// A request to split or merge a region.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reshape {
+    pub op: ReshapeOp,
+    /// For a merge, the shard the merged region goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<ShardId>,
+    pub requested_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<Authority>,
+}
+
+pub fn reshape_key(prefix: &str, region: RegionId) -> String {
+    format!("{prefix}reshapes/{region}")
+}
+
+/// The canonical bytes a reshape request's authority signs.
+fn message(prefix: &str, region: RegionId, r: &Reshape, by: &str) -> Vec<u8> {
+    let to = r.to.as_ref().map(|s| s.0.as_str()).unwrap_or("");
+    format!(
+        "tessera-reshape/1|{prefix}|{region}|{}|{to}|{}|{by}",
+        r.op, r.requested_unix_ms
+    )
+    .into_bytes()
+}
+
+pub fn sign(signer: &Signer, prefix: &str, region: RegionId, r: &Reshape) -> Authority {
+    signer.sign_bytes(&message(prefix, region, r, signer.by()))
+}
+
+pub fn verify(
+    key: &ClusterKey,
+    prefix: &str,
+    region: RegionId,
+    r: &Reshape,
+) -> Result<(), crate::authority::AuthorityError> {
+    let auth = r
+        .authority
+        .as_ref()
+        .ok_or(crate::authority::AuthorityError::Unsigned)?;
+    key.verify_bytes(auth, &message(prefix, region, r, &auth.by))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReshapeError {
+    #[error("cell {0} is not in the cluster map")]
+    UnknownCell(tessera_proto::CellId),
+    #[error("region {region} cannot be split: {why}")]
+    CannotSplit { region: RegionId, why: String },
+    #[error("region {region} cannot be merged: {why}")]
+    CannotMerge { region: RegionId, why: String },
+    #[error("region {0} already has a split or merge in progress")]
+    InProgress(RegionId),
+    #[error(transparent)]
+    Cluster(#[from] CoordinatorError),
+}
+
+/// Why `region` of `tree` cannot be split now (`None`: it can).
+pub fn why_not_split(
+    tree: &CellTree,
+    grid: &Grid,
+    region: RegionId,
+    min_side: f32,
+) -> Option<String> {
+    if tree.get(region).is_none() {
+        return Some(match tree.leaf_containing(region) {
+            Some((leaf, _)) => format!("it is inside region {leaf}; split that first"),
+            None => "it is already split".into(),
+        });
+    }
+    if region.children().is_none() || region.side(grid) / 2.0 < min_side - 1e-3 {
+        return Some(format!(
+            "its quadrants would be narrower than the minimum side of {min_side} m"
+        ));
+    }
+    None
+}
+
+/// The quadrants of `region` and their owners if all four are leaves,
+/// else why not.
+pub fn mergeable(tree: &CellTree, region: RegionId) -> Result<[(RegionId, CellOwner); 4], String> {
+    let Some(children) = region.children() else {
+        return Err("it has no quadrants".into());
+    };
+    let mut out = Vec::with_capacity(4);
+    for c in children {
+        match tree.get(c) {
+            Some(o) => out.push((c, o.clone())),
+            None if tree.get(region).is_some() => return Err("it is not split".into()),
+            None => return Err(format!("its quadrant {c} is split; merge that first")),
+        }
+    }
+    out.try_into().map_err(|_| "not four quadrants".to_string())
+}
+
+/// The shard that owns most of `quadrants` (ties: the lowest id).
+pub fn merge_target(quadrants: &[(RegionId, CellOwner)]) -> ShardId {
+    let mut count: BTreeMap<&ShardId, usize> = BTreeMap::new();
+    for (_, o) in quadrants {
+        *count.entry(&o.owner).or_default() += 1;
+    }
+    let best = count.values().copied().max().unwrap_or(0);
+    count
+        .into_iter()
+        .find(|(_, n)| *n == best)
+        .map(|(s, _)| s.clone())
+        .expect("four quadrants")
+}
+
+async fn read_tree(
+    store: &dyn ClusterStore,
+    prefix: &str,
+    region: RegionId,
+) -> Result<CellTree, ReshapeError> {
+    let Some(kv) = store
+        .get(&cell_key(prefix, region.cell_id()))
+        .await
+        .map_err(CoordinatorError::from)?
+    else {
+        return Err(ReshapeError::UnknownCell(region.cell_id()));
+    };
+    Ok(parse_tree(&kv.key, &kv.value)?)
+}
+
+async fn put_request(
+    store: &dyn ClusterStore,
+    prefix: &str,
+    region: RegionId,
+    mut r: Reshape,
+    signer: &Signer,
+) -> Result<Reshape, ReshapeError> {
+    r.authority = Some(sign(signer, prefix, region, &r));
+    let value = serde_json::to_vec(&r).expect("a reshape serialises");
+    let put = store
+        .compare_and_put(&reshape_key(prefix, region), Expect::Absent, value, None)
+        .await
+        .map_err(CoordinatorError::from)?;
+    match put {
+        Some(_) => Ok(r),
+        None => Err(ReshapeError::InProgress(region)),
+    }
+}
+
+/// Requests a split of `region` (what `tessera ctl split` does). The
+/// leading coordinator checks the minimum side (it knows the cell size).
+pub async fn request_split(
+    store: &dyn ClusterStore,
+    prefix: &str,
+    region: RegionId,
+    signer: &Signer,
+) -> Result<Reshape, ReshapeError> {
+    let tree = read_tree(store, prefix, region).await?;
+    // Any cell size will do for the shape; the side is checked by the leader.
+    if let Some(why) = why_not_split(&tree, &Grid::new(1.0), region, 0.0) {
+        return Err(ReshapeError::CannotSplit { region, why });
+    }
+    let r = Reshape {
+        op: ReshapeOp::Split,
+        to: None,
+        requested_unix_ms: now_unix_ms(),
+        authority: None,
+    };
+    put_request(store, prefix, region, r, signer).await
+}
+
+/// Requests a merge of `region`'s four quadrants (what `tessera ctl merge`
+/// does), onto `to` or the shard that owns most of them.
+pub async fn request_merge(
+    store: &dyn ClusterStore,
+    prefix: &str,
+    region: RegionId,
+    to: Option<ShardId>,
+    signer: &Signer,
+) -> Result<Reshape, ReshapeError> {
+    let tree = read_tree(store, prefix, region).await?;
+    let quadrants =
+        mergeable(&tree, region).map_err(|why| ReshapeError::CannotMerge { region, why })?;
+    let r = Reshape {
+        op: ReshapeOp::Merge,
+        to: Some(to.unwrap_or_else(|| merge_target(&quadrants))),
+        requested_unix_ms: now_unix_ms(),
+        authority: None,
+    };
+    put_request(store, prefix, region, r, signer).await
+}
+
+/// What the leader did with one request this round.
+#[derive(Debug, PartialEq)]
+pub enum Progress {
+    /// The map changed: split or merged.
+    Done,
+    /// Waiting for migrations of quadrants to the merge target.
+    Gathering { moving: usize },
+    /// Deleted without a change: why.
+    Dropped(String),
+}
+
+/// The new tree for a split of `region` (its owner keeps all four
+/// quadrants), or `None` if `region` is not a leaf of `tree`.
+pub fn split_tree(tree: &CellTree, region: RegionId) -> Option<CellTree> {
+    let owner = tree.get(region)?.clone();
+    let epoch = next_epoch(tree);
+    let q = CellOwner {
+        owner: owner.owner,
+        epoch,
+    };
+    let mut t = tree.clone();
+    t.split(region, [q.clone(), q.clone(), q.clone(), q]).ok()?;
+    Some(t)
+}
+
+/// The new tree for a merge of `region`'s quadrants onto `to`, if all four
+/// are leaves owned by `to`.
+pub fn merge_tree(tree: &CellTree, region: RegionId, to: &ShardId) -> Option<CellTree> {
+    let quadrants = mergeable(tree, region).ok()?;
+    if quadrants.iter().any(|(_, o)| &o.owner != to) {
+        return None;
+    }
+    let mut t = tree.clone();
+    t.merge(
+        region,
+        CellOwner {
+            owner: to.clone(),
+            epoch: next_epoch(tree),
+        },
+    )
+    .ok()?;
+    Some(t)
+}
+
+/// One reshape request as the leader finds it.
+pub struct Pending {
+    pub region: RegionId,
+    pub reshape: Reshape,
+    pub key: String,
+}
+
+/// Carries out one request against the cell's current tree (`tree` at
+/// `rev`). `member` signs the migrations a merge needs; `live` are the
+/// registered shards.
+pub async fn carry_out(
+    store: &dyn ClusterStore,
+    prefix: &str,
+    key: Option<&ClusterKey>,
+    p: &Pending,
+    tree: &CellTree,
+    rev: i64,
+    live: &[ShardId],
+    member: &Signer,
+) -> Result<Progress, CoordinatorError> {
+    let region = p.region;
+    let r = &p.reshape;
+    let drop = |why: String| async move {
+        store.delete(&p.key).await?;
+        Ok::<Progress, CoordinatorError>(Progress::Dropped(why))
+    };
+    if let Some(key) = key {
+        if let Err(e) = verify(key, prefix, region, r) {
+            return drop(format!("refused: {e}")).await;
+        }
+    }
+    if now_unix_ms().saturating_sub(r.requested_unix_ms) > RESHAPE_TIMEOUT_MS {
+        return drop("timed out".into()).await;
+    }
+    let cell = cell_key(prefix, region.cell_id());
+    match r.op {
+        ReshapeOp::Split => {
+            let Some(new) = split_tree(tree, region) else {
+                return drop("the region is no longer a leaf of the map".into()).await;
+            };
+            let done = store
+                .compare_and_put(&cell, Expect::ModRevision(rev), tree_json(&new), None)
+                .await?
+                .is_some();
+            if done {
+                store.delete(&p.key).await?;
+                return Ok(Progress::Done);
+            }
+            Ok(Progress::Gathering { moving: 0 })
+        }
+        ReshapeOp::Merge => {
+            let Some(to) = r.to.clone() else {
+                return drop("a merge request without a target".into()).await;
+            };
+            let quadrants = match mergeable(tree, region) {
+                Ok(q) => q,
+                Err(why) => return drop(why).await,
+            };
+            if !live.contains(&to) {
+                return drop(format!("the merge target {to} is not registered")).await;
+            }
+            if let Some(new) = merge_tree(tree, region, &to) {
+                let done = store
+                    .compare_and_put(&cell, Expect::ModRevision(rev), tree_json(&new), None)
+                    .await?
+                    .is_some();
+                if done {
+                    store.delete(&p.key).await?;
+                    return Ok(Progress::Done);
+                }
+                return Ok(Progress::Gathering { moving: 0 });
+            }
+            let mut moving = 0;
+            for (q, o) in quadrants.iter().filter(|(_, o)| o.owner != to) {
+                moving += 1;
+                match crate::migration::request_move(store, prefix, *q, &to, member).await {
+                    Ok(_) => {
+                        tracing::info!(region = %q, from = %o.owner, to = %to, "merge: moving a quadrant to the merge target")
+                    }
+                    Err(crate::migration::MoveError::Cluster(e)) => return Err(e),
+                    Err(crate::migration::MoveError::InProgress(_)) => {}
+                    Err(e) => {
+                        tracing::debug!(region = %q, error = %e, "merge: quadrant not moved yet")
+                    }
+                }
+            }
+            Ok(Progress::Gathering { moving })
+        }
+    }
+}
+
+/// Every reshape request in the store (bad values are deleted).
+pub async fn list(
+    store: &dyn ClusterStore,
+    prefix: &str,
+) -> Result<Vec<Pending>, CoordinatorError> {
+    let dir = format!("{prefix}reshapes/");
+    let mut out = Vec::new();
+    for kv in store.list(&dir).await? {
+        let parsed = crate::migration::region_under(&kv.key, &dir)
+            .zip(serde_json::from_slice::<Reshape>(&kv.value).ok());
+        match parsed {
+            Some((region, reshape)) => out.push(Pending {
+                region,
+                reshape,
+                key: kv.key,
+            }),
+            None => {
+                tracing::warn!(key = %kv.key, "bad reshape request; removing it");
+                store.delete(&kv.key).await?;
+            }
+        }
+    }
+    Ok(out)
+}
