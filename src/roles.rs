@@ -455,6 +455,11 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     };
     let metrics = crate::metrics_http::install(args.cluster.metrics).await?;
     let world = load_world(&args.cluster)?;
+    // The rebalancer never plans a split below the minimum side.
+    let rebalance = rebalance.map(|r| RebalanceConfig {
+        max_depth: tessera_coordinator::reshape::max_depth(world.cell_size, args.min_region_side),
+        ..r
+    });
     let store = connect_store(&args.cluster).await?;
     println!(
         "coordinator {} running; metrics on http://{metrics}/metrics",
@@ -1398,6 +1403,7 @@ async fn ctl_rebalance(
             serde_json::to_string_pretty(&serde_json::json!({
                 "dry_run": dry_run,
                 "waves": plan.waves,
+                "reshapes": plan.reshapes,
                 "blocked": plan.blocked,
                 "loads_now": now,
                 "loads_after": after,
@@ -1423,10 +1429,10 @@ async fn ctl_rebalance(
         while !waiting.is_empty() {
             let mut left = Vec::new();
             for (m, epoch) in waiting {
-                let key = tessera_coordinator::cellmap::cell_key(prefix, m.cell);
+                let key = tessera_coordinator::cellmap::cell_key(prefix, m.cell.cell_id());
                 let owner = match store.get(&key).await? {
                     Some(kv) => tessera_coordinator::cellmap::parse_tree(&kv.key, &kv.value)?
-                        .as_whole()
+                        .get(m.cell)
                         .cloned(),
                     None => None,
                 };

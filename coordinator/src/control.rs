@@ -340,11 +340,9 @@ pub async fn read_cluster_view(
             view.shards.remove(&ShardId::new(id));
         }
     }
-    // The rebalancer moves whole cells; the regions of split cells are
-    // not its to move (docs/regions.md, Policy).
     for stored in list_trees(store, prefix).await? {
-        if let Some(owner) = stored.whole() {
-            view.owners.insert(stored.cell, owner.owner.clone());
+        for (region, owner) in stored.tree.leaves(stored.cell) {
+            view.owners.insert(region, owner.owner.clone());
         }
     }
     let dir = format!("{prefix}migrations/");
@@ -356,7 +354,7 @@ pub async fn read_cluster_view(
             continue;
         };
         view.in_flight.push(InFlight {
-            cell: region.cell_id(),
+            cell: region,
             from: m.from,
             to: m.to,
         });
@@ -389,6 +387,32 @@ async fn rebalance(
         .clone()
         .unwrap_or_else(|| crate::authority::ClusterKey::from_secret(b"unchecked"))
         .member(format!("coordinator:{}", config.id));
+    for r in &plan.reshapes {
+        let requested = match r.op {
+            crate::reshape::ReshapeOp::Split => {
+                crate::reshape::request_split(store, &config.prefix, r.region, &signer).await
+            }
+            crate::reshape::ReshapeOp::Merge => {
+                crate::reshape::request_merge(
+                    store,
+                    &config.prefix,
+                    r.region,
+                    Some(r.shard.clone()),
+                    &signer,
+                )
+                .await
+            }
+        };
+        match requested {
+            Ok(_) => {
+                tracing::info!(region = %r.region, op = %r.op, shard = %r.shard, why = %r.why, "rebalance: reshaping region")
+            }
+            Err(crate::reshape::ReshapeError::Cluster(e)) => return Err(e),
+            Err(e) => {
+                tracing::info!(region = %r.region, op = %r.op, error = %e, "rebalance: reshape not requested")
+            }
+        }
+    }
     for m in plan.moves {
         match migration::request_move(store, &config.prefix, m.cell, &m.to, &signer).await {
             Ok(req) => tracing::info!(

@@ -413,13 +413,34 @@ pub fn render_plan(
             })
         })
         .collect();
+    if !plan.reshapes.is_empty() {
+        let rows: Vec<Vec<String>> = plan
+            .reshapes
+            .iter()
+            .map(|r| {
+                vec![
+                    r.op.to_string(),
+                    r.region.to_string(),
+                    r.shard.to_string(),
+                    ms2(r.cost_ms),
+                    pct(r.load),
+                    r.why.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["RESHAPE", "REGION", "SHARD", "COST_MS", "LOAD", "WHY"],
+            &rows,
+        ));
+        out.push('\n');
+    }
     if moves.is_empty() {
         out.push_str("nothing to move\n");
     } else {
         out.push_str(&table(
             &[
                 "STEP",
-                "CELL",
+                "REGION",
                 "FROM",
                 "TO",
                 "REASON",

@@ -36,8 +36,19 @@
 //!   the most per player (`cost / (1 + players)`). Among equal choices, the
 //!   target that already owns most of the cell's border (2 per shared edge,
 //!   1 per corner: fewer cross-shard borders), then the least loaded.
+//! - **Regions.** The units are the leaf regions of the map: whole cells
+//!   and the regions of split ones (docs/regions.md); "cell" here means
+//!   any of them. A region whose own cost stays above `split_above` (35 %
+//!   of its shard's budget) for `split_sustain` fresh reports is split,
+//!   unless at `max_depth`; its quadrants then move by the rules here once
+//!   the shard reports them. Four sibling leaves whose summed cost stays
+//!   under `merge_below` (10 % of the budget of the shard owning most of
+//!   them) for `merge_sustain` reports are merged onto that shard. A region
+//!   split or merged is not reshaped again, either way, for
+//!   `reshape_cooldown`: with the gap between the two lines, a crowd on a
+//!   border cannot make it flap.
 //! - **Hot cells.** A cell whose cost alone is above the high watermark
-//!   cannot be split; the same rule moves every other cell off its shard
+//!   and that cannot be split further; the same rule moves every other cell off its shard
 //!   (the hot cell fits under no other shard's low watermark unless that
 //!   shard has a larger budget, in which case it moves there). Once nothing
 //!   else can move the shard is reported blocked and its streak restarts.
@@ -65,7 +76,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
-use tessera_proto::{CellId, ShardId};
+use tessera_proto::{CellId, Grid, RegionId, ShardId};
 
 /// The rebalancer's knobs (docs/operations.md).
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +96,23 @@ pub struct RebalanceConfig {
     pub tick_budget_ms: Option<f64>,
     /// New moves per round, at most.
     pub max_moves: usize,
+    /// A region whose own cost stays above this fraction of its shard's
+    /// budget is split (docs/regions.md, Policy).
+    pub split_above: f64,
+    /// Four sibling regions whose summed cost stays below this fraction of
+    /// the merge target's budget are merged.
+    pub merge_below: f64,
+    /// Consecutive fresh reports a region must stay above `split_above`.
+    pub split_sustain: u32,
+    /// Consecutive fresh reports four siblings must stay below
+    /// `merge_below`.
+    pub merge_sustain: u32,
+    /// A region that was just split or merged is not reshaped again (in
+    /// either direction) for this long.
+    pub reshape_cooldown: Duration,
+    /// Regions are never split below this depth (the coordinator derives
+    /// it from the cell size and the minimum side).
+    pub max_depth: u8,
 }
 
 impl Default for RebalanceConfig {
@@ -97,6 +125,12 @@ impl Default for RebalanceConfig {
             cell_cooldown: Duration::from_secs(30),
             tick_budget_ms: None,
             max_moves: 4,
+            split_above: 0.35,
+            merge_below: 0.1,
+            split_sustain: 3,
+            merge_sustain: 10,
+            reshape_cooldown: Duration::from_secs(20),
+            max_depth: 3,
         }
     }
 }
@@ -113,7 +147,7 @@ pub struct ShardView {
 /// A migration in flight.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InFlight {
-    pub cell: CellId,
+    pub cell: RegionId,
     pub from: ShardId,
     pub to: ShardId,
 }
@@ -121,8 +155,9 @@ pub struct InFlight {
 /// The cluster as read from the store.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterView {
-    /// Every placed cell and its owner.
-    pub owners: BTreeMap<CellId, ShardId>,
+    /// Every leaf region of the map (whole cells and regions of split
+    /// ones) and its owner.
+    pub owners: BTreeMap<RegionId, ShardId>,
     /// Live (registered) shards only.
     pub shards: BTreeMap<ShardId, ShardView>,
     pub in_flight: Vec<InFlight>,
@@ -172,7 +207,13 @@ impl fmt::Display for Reason {
 /// One planned move. Loads are fractions of the shard's tick budget.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Move {
-    pub cell: CellId,
+    /// The region to move (a whole cell, or a region of a split one); in
+    /// JSON its text form, with its cell beside it as `cell`.
+    #[serde(rename = "region", serialize_with = "as_text")]
+    pub cell: RegionId,
+    /// The cell `cell` is in (JSON only, for readers of the cell form).
+    #[serde(rename = "cell")]
+    pub in_cell: CellId,
     pub from: ShardId,
     pub to: ShardId,
     pub reason: Reason,
@@ -192,10 +233,27 @@ pub struct Blocked {
     pub why: String,
 }
 
+/// A planned split or merge.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlannedReshape {
+    #[serde(serialize_with = "as_text")]
+    pub region: RegionId,
+    pub op: crate::reshape::ReshapeOp,
+    /// The shard that owns it (a split), or the one that owns most of the
+    /// quadrants (a merge).
+    pub shard: ShardId,
+    /// The region's cost (a split) or the four quadrants' (a merge),
+    /// milliseconds per tick, and as a fraction of `shard`'s budget.
+    pub cost_ms: f64,
+    pub load: f64,
+    pub why: String,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Plan {
     pub moves: Vec<Move>,
     pub blocked: Vec<Blocked>,
+    pub reshapes: Vec<PlannedReshape>,
 }
 
 /// The planner and the state its hysteresis needs.
@@ -208,7 +266,15 @@ pub struct Rebalancer {
     relieving: BTreeSet<ShardId>,
     filling: BTreeSet<ShardId>,
     shard_until: HashMap<ShardId, Instant>,
-    cell_until: HashMap<CellId, Instant>,
+    cell_until: HashMap<RegionId, Instant>,
+    /// Per region: the owner's report tick last counted, consecutive
+    /// reports above `split_above`.
+    split_streaks: HashMap<RegionId, (u64, u32)>,
+    /// Per split region (the parent of four leaves): the same, below
+    /// `merge_below`.
+    merge_streaks: HashMap<RegionId, (u64, u32)>,
+    /// Regions split or merged recently (the region and its quadrants).
+    reshaped_until: HashMap<RegionId, Instant>,
 }
 
 /// A cell's cost and players, from the newest report that lists it.
@@ -223,27 +289,28 @@ struct Model {
     budget: BTreeMap<ShardId, f64>,
     capacity: BTreeMap<ShardId, f64>,
     load_ms: BTreeMap<ShardId, f64>,
-    cells: BTreeMap<ShardId, BTreeSet<CellId>>,
-    cost: HashMap<CellId, Cost>,
+    cells: BTreeMap<ShardId, BTreeSet<RegionId>>,
+    cost: HashMap<RegionId, Cost>,
     busy: HashSet<ShardId>,
-    migrating: HashSet<CellId>,
+    migrating: HashSet<RegionId>,
     total_cells: usize,
 }
 
 impl Model {
     fn build(view: &ClusterView, config: &RebalanceConfig) -> Model {
-        let mut newest: HashMap<CellId, &CellLoad> = HashMap::new();
+        let mut newest: HashMap<RegionId, &CellLoad> = HashMap::new();
         for s in view.shards.values() {
             for c in s.load.iter().flat_map(|l| l.cells.iter()) {
-                match newest.get(&c.cell) {
+                let region = region_of(c);
+                match newest.get(&region) {
                     Some(old) if old.epoch >= c.epoch => {}
                     _ => {
-                        newest.insert(c.cell, c);
+                        newest.insert(region, c);
                     }
                 }
             }
         }
-        let cost: HashMap<CellId, Cost> = newest
+        let cost: HashMap<RegionId, Cost> = newest
             .into_iter()
             .filter(|(_, c)| c.tick_ms.is_finite() && c.tick_ms >= 0.0)
             .map(|(id, c)| {
@@ -312,16 +379,23 @@ impl Model {
         self.total_cells as f64 * self.capacity[s] / total
     }
 
-    /// How much of `cell`'s border `s` already owns: 2 per shared edge, 1
-    /// per shared corner. More contact, fewer cross-shard borders.
-    fn contact(&self, cell: CellId, s: &ShardId) -> u32 {
-        cell.neighbours()
-            .filter(|n| self.cells[s].contains(n))
-            .map(|n| if n.x == cell.x || n.z == cell.z { 2 } else { 1 })
+    /// How much of `cell`'s border `s` already owns: 2 per region sharing
+    /// an edge, 1 per region touching a corner. More contact, fewer
+    /// cross-shard borders.
+    fn contact(&self, cell: RegionId, s: &ShardId) -> u32 {
+        let near = |r: &&RegionId| {
+            let (a, b) = (r.cell_id(), cell.cell_id());
+            (a.x - b.x).abs() <= 1 && (a.z - b.z).abs() <= 1
+        };
+        self.cells[s]
+            .iter()
+            .filter(near)
+            .filter(|r| cell.touches(**r))
+            .map(|r| if shares_edge(cell, *r) { 2 } else { 1 })
             .sum()
     }
 
-    fn apply(&mut self, cell: CellId, from: &ShardId, to: &ShardId) {
+    fn apply(&mut self, cell: RegionId, from: &ShardId, to: &ShardId) {
         let c = self.cost.get(&cell).map(|c| c.ms).unwrap_or(0.0);
         *self.load_ms.get_mut(from).expect("known shard") -= c;
         *self.load_ms.get_mut(to).expect("known shard") += c;
@@ -342,6 +416,9 @@ impl Rebalancer {
             filling: BTreeSet::new(),
             shard_until: HashMap::new(),
             cell_until: HashMap::new(),
+            split_streaks: HashMap::new(),
+            merge_streaks: HashMap::new(),
+            reshaped_until: HashMap::new(),
         }
     }
 
@@ -350,6 +427,8 @@ impl Rebalancer {
     pub fn one_shot(config: RebalanceConfig) -> Rebalancer {
         Rebalancer::new(RebalanceConfig {
             sustain: 1,
+            split_sustain: 1,
+            merge_sustain: 1,
             ..config
         })
     }
@@ -403,6 +482,7 @@ impl Rebalancer {
         }
 
         let mut plan = Plan::default();
+        self.plan_reshapes(view, &model, now, &mut plan);
         // Relief first, the most loaded shard first.
         let mut over: Vec<ShardId> = self.relieving.iter().cloned().collect();
         over.sort_by(|a, b| model.util(b).total_cmp(&model.util(a)).then(a.cmp(b)));
@@ -455,6 +535,134 @@ impl Rebalancer {
         plan
     }
 
+    /// Splits of regions that stay too expensive for one shard, and merges
+    /// of sibling regions that stay cheap (docs/regions.md, Policy). The
+    /// gap between `split_above` and `merge_below`, the sustain counts and
+    /// the cooldown keep a crowd on a border from making regions flap.
+    fn plan_reshapes(&mut self, view: &ClusterView, model: &Model, now: Instant, plan: &mut Plan) {
+        let cfg = self.config.clone();
+        self.reshaped_until.retain(|_, until| *until > now);
+        self.split_streaks
+            .retain(|r, _| view.owners.contains_key(r));
+        let tick_of = |s: &ShardId| {
+            view.shards
+                .get(s)
+                .and_then(|v| v.load.as_ref())
+                .map(|l| l.tick)
+        };
+        let cooling = |r: &RegionId, until: &HashMap<RegionId, Instant>| {
+            until.contains_key(r) || r.parent().is_some_and(|p| until.contains_key(&p))
+        };
+        // Splits.
+        for (region, owner) in &view.owners {
+            let (Some(budget), Some(cost), Some(tick)) = (
+                model.budget.get(owner),
+                model.cost.get(region),
+                tick_of(owner),
+            ) else {
+                continue;
+            };
+            let over = cost.ms / budget > cfg.split_above;
+            let streak = self.split_streaks.entry(*region).or_insert((u64::MAX, 0));
+            if streak.0 != tick {
+                streak.0 = tick;
+                streak.1 = if over { streak.1.saturating_add(1) } else { 0 };
+            }
+            if !over
+                || streak.1 < cfg.split_sustain.max(1)
+                || region.depth() >= cfg.max_depth
+                || model.migrating.contains(region)
+                || cooling(region, &self.reshaped_until)
+                || plan.reshapes.len() >= cfg.max_moves
+            {
+                continue;
+            }
+            plan.reshapes.push(PlannedReshape {
+                region: *region,
+                op: crate::reshape::ReshapeOp::Split,
+                shard: owner.clone(),
+                cost_ms: cost.ms,
+                load: cost.ms / budget,
+                why: format!(
+                    "costs {:.0}% of {owner}'s budget alone (split above {:.0}%)",
+                    cost.ms / budget * 100.0,
+                    cfg.split_above * 100.0
+                ),
+            });
+            self.reshaped_until
+                .insert(*region, now + cfg.reshape_cooldown);
+            self.split_streaks.remove(region);
+        }
+        // Merges: parents whose four quadrants are leaves.
+        let parents: BTreeSet<RegionId> = view
+            .owners
+            .keys()
+            .filter_map(|r| r.parent())
+            .filter(|p| {
+                p.children()
+                    .is_some_and(|q| q.iter().all(|c| view.owners.contains_key(c)))
+            })
+            .collect();
+        self.merge_streaks.retain(|p, _| parents.contains(p));
+        for parent in parents {
+            let quadrants = parent.children().expect("a parent has quadrants");
+            let owners: Vec<(RegionId, crate::cellmap::CellOwner)> = quadrants
+                .iter()
+                .map(|q| {
+                    (
+                        *q,
+                        crate::cellmap::CellOwner {
+                            owner: view.owners[q].clone(),
+                            epoch: tessera_proto::Epoch(0),
+                        },
+                    )
+                })
+                .collect();
+            let target = crate::reshape::merge_target(&owners);
+            let costs: Option<Vec<f64>> = quadrants
+                .iter()
+                .map(|q| model.cost.get(q).map(|c| c.ms))
+                .collect();
+            let (Some(costs), Some(budget), Some(tick)) =
+                (costs, model.budget.get(&target), tick_of(&target))
+            else {
+                continue;
+            };
+            let sum: f64 = costs.iter().sum();
+            let under = sum / budget < cfg.merge_below;
+            let streak = self.merge_streaks.entry(parent).or_insert((u64::MAX, 0));
+            if streak.0 != tick {
+                streak.0 = tick;
+                streak.1 = if under { streak.1.saturating_add(1) } else { 0 };
+            }
+            let busy = quadrants
+                .iter()
+                .any(|q| model.migrating.contains(q) || cooling(q, &self.reshaped_until));
+            if !under
+                || streak.1 < cfg.merge_sustain.max(1)
+                || busy
+                || plan.reshapes.len() >= cfg.max_moves
+            {
+                continue;
+            }
+            plan.reshapes.push(PlannedReshape {
+                region: parent,
+                op: crate::reshape::ReshapeOp::Merge,
+                shard: target.clone(),
+                cost_ms: sum,
+                load: sum / budget,
+                why: format!(
+                    "its quadrants cost {:.0}% of {target}'s budget together (merge below {:.0}%)",
+                    sum / budget * 100.0,
+                    cfg.merge_below * 100.0
+                ),
+            });
+            self.reshaped_until
+                .insert(parent, now + cfg.reshape_cooldown);
+            self.merge_streaks.remove(&parent);
+        }
+    }
+
     fn commit(&mut self, model: &mut Model, m: &Move, now: Instant) {
         model.apply(m.cell, &m.from, &m.to);
         self.shard_until
@@ -464,7 +672,7 @@ impl Rebalancer {
     }
 
     /// Cells of `s` that may move now, with their costs.
-    fn movable(&self, model: &Model, s: &ShardId) -> Vec<(CellId, Cost)> {
+    fn movable(&self, model: &Model, s: &ShardId) -> Vec<(RegionId, Cost)> {
         model.cells[s]
             .iter()
             .filter(|c| !model.migrating.contains(c) && !self.cell_until.contains_key(c))
@@ -486,7 +694,7 @@ impl Rebalancer {
     fn relief(&self, model: &Model, s: &ShardId) -> Relief {
         let high = self.config.high_watermark;
         let budget = model.budget[s];
-        let hot: Option<CellId> = model.cells[s]
+        let hot: Option<RegionId> = model.cells[s]
             .iter()
             .filter_map(|c| model.cost.get(c).map(|k| (*c, k.ms)))
             .filter(|(_, ms)| ms / budget > high)
@@ -535,6 +743,7 @@ impl Rebalancer {
             let cost = model.cost[&cell];
             return Relief::Move(Move {
                 cell,
+                in_cell: cell.cell_id(),
                 from: s.clone(),
                 to: to.clone(),
                 reason: if hot.is_some_and(|h| h != cell) {
@@ -602,6 +811,7 @@ impl Rebalancer {
             };
             return Fill::Move(Move {
                 cell,
+                in_cell: cell.cell_id(),
                 from: s.clone(),
                 to: t.clone(),
                 reason: Reason::JoinBalance,
@@ -741,7 +951,7 @@ impl Eq for Rank {}
 #[derive(Debug)]
 struct Candidate {
     rank: Rank,
-    cell: CellId,
+    cell: RegionId,
     to: ShardId,
 }
 
@@ -767,8 +977,11 @@ pub fn plan_all(config: &RebalanceConfig, view: &ClusterView, max_waves: usize) 
     let mut view = view.clone();
     let mut now = Instant::now();
     let mut out = PlanAll::default();
-    for _ in 0..max_waves {
+    for wave in 0..max_waves {
         let plan = r.plan(&view, now);
+        if wave == 0 {
+            out.reshapes = plan.reshapes.clone();
+        }
         out.blocked = plan.blocked;
         if plan.moves.is_empty() {
             break;
@@ -787,8 +1000,35 @@ pub struct PlanAll {
     pub waves: Vec<Vec<Move>>,
     /// What still needs help and cannot get it, after the last wave.
     pub blocked: Vec<Blocked>,
+    /// Splits and merges due now (not projected into the waves: a split's
+    /// quadrants have no measured cost until their shard reports them).
+    pub reshapes: Vec<PlannedReshape>,
     /// The cluster once every wave completed.
     pub projected: ClusterView,
+}
+
+/// The region a load report entry is about.
+fn region_of(c: &CellLoad) -> RegionId {
+    c.region
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .filter(|r: &RegionId| r.cell_id() == c.cell)
+        .unwrap_or(RegionId::cell(c.cell))
+}
+
+/// Whether two touching regions share a stretch of edge (not just a
+/// corner).
+fn shares_edge(a: RegionId, b: RegionId) -> bool {
+    // Exact on a unit grid: sides are powers of two.
+    let unit = Grid::new(1.0);
+    let (ra, rb) = (a.bounds(&unit), b.bounds(&unit));
+    let overlap_x = ra.max_x.min(rb.max_x) - ra.min_x.max(rb.min_x);
+    let overlap_z = ra.max_z.min(rb.max_z) - ra.min_z.max(rb.min_z);
+    (overlap_x > 0.0 && overlap_z == 0.0) || (overlap_z > 0.0 && overlap_x == 0.0)
+}
+
+fn as_text<S: serde::Serializer>(r: &RegionId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(r)
 }
 
 /// Each shard's load (fraction of its budget) in `view`, as the planner
@@ -809,7 +1049,7 @@ mod tests {
     }
 
     /// A test cell: `(cell, cost_ms, players)`.
-    type CellSpec = (CellId, f64, usize);
+    type CellSpec = (RegionId, f64, usize);
     /// A test shard: `(shard, capacity, cells)`.
     type ShardSpec<'a> = (&'a str, u32, Vec<CellSpec>);
 
@@ -823,8 +1063,8 @@ mod tests {
                 cells: cells
                     .iter()
                     .map(|(c, ms, players)| CellLoad {
-                        cell: *c,
-                        region: None,
+                        cell: c.cell_id(),
+                        region: (!c.is_cell()).then(|| c.to_string()),
                         epoch: Epoch(1),
                         entities: *players,
                         players: *players,
@@ -849,8 +1089,8 @@ mod tests {
         v
     }
 
-    fn c(x: i32, z: i32) -> CellId {
-        CellId::new(x, z)
+    fn c(x: i32, z: i32) -> RegionId {
+        RegionId::cell(CellId::new(x, z))
     }
 
     fn fresh(v: &ClusterView) -> ClusterView {
@@ -996,7 +1236,7 @@ mod tests {
             ("c", 1, vec![(c(2, 0), 0.5, 0)]),
         ]);
         let all = plan_all(&RebalanceConfig::default(), &v, 50);
-        let moved: Vec<CellId> = all.waves.iter().flatten().map(|m| m.cell).collect();
+        let moved: Vec<RegionId> = all.waves.iter().flatten().map(|m| m.cell).collect();
         assert_eq!(moved.len(), 3, "{:?}", all.waves);
         assert!(!moved.contains(&c(0, 0)), "the hot cell stays");
         assert!(all
@@ -1103,12 +1343,13 @@ mod tests {
         assert_eq!(big, 8, "two thirds of 12");
         // It grows a region: each cell shares an edge with one it already
         // got.
-        let moved: Vec<CellId> = all.waves.iter().flatten().map(|m| m.cell).collect();
+        let moved: Vec<RegionId> = all.waves.iter().flatten().map(|m| m.cell).collect();
         for (i, cell) in moved.iter().enumerate().skip(1) {
             assert!(
-                moved[..i]
-                    .iter()
-                    .any(|m| m.x.abs_diff(cell.x) + m.z.abs_diff(cell.z) == 1),
+                moved[..i].iter().any(|m| {
+                    let (m, cell) = (m.cell_id(), cell.cell_id());
+                    m.x.abs_diff(cell.x) + m.z.abs_diff(cell.z) == 1
+                }),
                 "{cell} is not next to {:?}",
                 &moved[..i]
             );
@@ -1153,7 +1394,7 @@ mod tests {
                         .map(|i| (format!("s{i}"), caps[i], Vec::new()))
                         .collect();
                     for (i, (owner, ms, players)) in cells.into_iter().enumerate() {
-                        let cell = CellId::new(i as i32 % 6, i as i32 / 6);
+                        let cell = c(i as i32 % 6, i as i32 / 6);
                         spec[owner].2.push((cell, ms, players));
                     }
                     let borrowed: Vec<ShardSpec> = spec
@@ -1204,7 +1445,7 @@ mod tests {
             let cells: Vec<_> = costs
                 .iter()
                 .enumerate()
-                .map(|(i, ms)| (CellId::new(i as i32 % 8, i as i32 / 8), ms * 8.5 / total, 0))
+                .map(|(i, ms)| (c(i as i32 % 8, i as i32 / 8), ms * 8.5 / total, 0))
                 .collect();
             let mut spec = vec![("s0".to_string(), 1, cells)];
             for i in 1..shards {
@@ -1222,5 +1463,167 @@ mod tests {
                 prop_assert!(load <= cfg.high_watermark, "{s} at {load}");
             }
         }
+    }
+
+    fn q(text: &str) -> RegionId {
+        text.parse().unwrap()
+    }
+
+    /// One round per fresh report; the reshapes planned in each.
+    fn rounds(r: &mut Rebalancer, v: &ClusterView, n: usize, t0: Instant) -> Vec<Vec<String>> {
+        let mut v = v.clone();
+        (0..n)
+            .map(|i| {
+                v = fresh(&v);
+                r.plan(&v, t0 + Duration::from_secs(i as u64))
+                    .reshapes
+                    .iter()
+                    .map(|x| format!("{} {}", x.op, x.region))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_region_that_stays_too_expensive_is_split_once() {
+        // Budget 10 ms: 0,0 costs 5 ms (50 %, above 35 %), 1,0 1 ms.
+        let v = view(&[
+            ("a", 1, vec![(c(0, 0), 5.0, 300), (c(1, 0), 1.0, 0)]),
+            ("b", 1, vec![(c(2, 0), 0.5, 0)]),
+        ]);
+        let mut r = Rebalancer::new(RebalanceConfig::default());
+        let t0 = Instant::now();
+        let planned = rounds(&mut r, &v, 5, t0);
+        // Three fresh reports above the line (split_sustain), then once.
+        assert_eq!(planned[0], Vec::<String>::new());
+        assert_eq!(planned[1], Vec::<String>::new());
+        assert_eq!(planned[2], vec!["split 0,0"]);
+        assert_eq!(planned[3], Vec::<String>::new(), "requested once");
+        // A stale report (same tick) counts nothing.
+        let mut r = Rebalancer::new(RebalanceConfig::default());
+        for i in 0..5 {
+            assert!(r.plan(&v, t0 + Duration::from_secs(i)).reshapes.is_empty());
+        }
+    }
+
+    #[test]
+    fn no_split_below_the_deepest_level() {
+        let deep = q("0,0/1/2/3");
+        assert_eq!(deep.depth(), 3);
+        let v = view(&[("a", 1, vec![(deep, 9.0, 100)]), ("b", 1, vec![])]);
+        let mut r = Rebalancer::new(RebalanceConfig::default());
+        let planned = rounds(&mut r, &v, 5, Instant::now());
+        assert!(planned.iter().all(|p| p.is_empty()), "{planned:?}");
+    }
+
+    #[test]
+    fn cheap_quadrants_merge_onto_the_shard_that_has_most_of_them() {
+        let v = view(&[
+            (
+                "a",
+                1,
+                vec![
+                    (q("0,0/0"), 0.1, 1),
+                    (q("0,0/2"), 0.1, 0),
+                    (q("0,0/3"), 0.1, 0),
+                ],
+            ),
+            ("b", 1, vec![(q("0,0/1"), 0.2, 2), (c(1, 0), 0.5, 0)]),
+        ]);
+        let mut r = Rebalancer::new(RebalanceConfig::default());
+        let t0 = Instant::now();
+        let planned = rounds(&mut r, &v, 12, t0);
+        let first = planned
+            .iter()
+            .position(|p| !p.is_empty())
+            .expect("no merge");
+        assert_eq!(first, 9, "after merge_sustain (10) fresh reports");
+        assert_eq!(planned[first], vec!["merge 0,0"]);
+        let plan = {
+            let mut r = Rebalancer::one_shot(RebalanceConfig::default());
+            r.plan(&fresh(&v), t0)
+        };
+        assert_eq!(plan.reshapes[0].shard, sid("a"));
+        // Costly quadrants do not merge: 0.4 + 0.3 * 3 = 1.3 ms of 10 (13 %).
+        let busy = view(&[
+            (
+                "a",
+                1,
+                vec![
+                    (q("0,0/0"), 0.4, 1),
+                    (q("0,0/2"), 0.3, 0),
+                    (q("0,0/3"), 0.3, 0),
+                ],
+            ),
+            ("b", 1, vec![(q("0,0/1"), 0.3, 2)]),
+        ]);
+        let mut r = Rebalancer::new(RebalanceConfig::default());
+        assert!(rounds(&mut r, &busy, 15, t0).iter().all(|p| p.is_empty()));
+    }
+
+    #[test]
+    fn a_split_region_does_not_merge_back_within_the_cooldown() {
+        let t0 = Instant::now();
+        let cfg = RebalanceConfig {
+            split_sustain: 1,
+            merge_sustain: 1,
+            ..RebalanceConfig::default()
+        };
+        let mut r = Rebalancer::new(cfg.clone());
+        let hot = view(&[("a", 1, vec![(c(0, 0), 5.0, 300)]), ("b", 1, vec![])]);
+        let p = r.plan(&fresh(&hot), t0);
+        assert_eq!(p.reshapes.len(), 1);
+        // The crowd left at once: the quadrants are cheap, but recently split.
+        let quiet = view(&[
+            (
+                "a",
+                1,
+                vec![
+                    (q("0,0/0"), 0.0, 0),
+                    (q("0,0/1"), 0.0, 0),
+                    (q("0,0/2"), 0.0, 0),
+                    (q("0,0/3"), 0.0, 0),
+                ],
+            ),
+            ("b", 1, vec![]),
+        ]);
+        let soon = t0 + cfg.reshape_cooldown - Duration::from_secs(1);
+        assert!(r.plan(&fresh(&quiet), soon).reshapes.is_empty());
+        let later = t0 + cfg.reshape_cooldown + Duration::from_secs(1);
+        let p = r.plan(&fresh(&fresh(&quiet)), later);
+        assert_eq!(p.reshapes.len(), 1);
+        assert_eq!(p.reshapes[0].op, crate::reshape::ReshapeOp::Merge);
+    }
+
+    #[test]
+    fn quadrants_of_a_split_region_are_moved_off_an_overloaded_shard() {
+        // Four quadrants at 2.2 ms each on a (88 % of 10 ms), b and c idle.
+        let v = view(&[
+            (
+                "a",
+                1,
+                vec![
+                    (q("0,0/0"), 2.2, 50),
+                    (q("0,0/1"), 2.2, 50),
+                    (q("0,0/2"), 2.2, 50),
+                    (q("0,0/3"), 2.2, 50),
+                ],
+            ),
+            ("b", 1, vec![(c(1, 0), 0.1, 0)]),
+            ("c", 1, vec![(c(2, 0), 0.1, 0)]),
+        ]);
+        let all = plan_all(&RebalanceConfig::default(), &v, 16);
+        let moved: Vec<String> = all
+            .waves
+            .iter()
+            .flatten()
+            .map(|m| m.cell.to_string())
+            .collect();
+        assert!(!moved.is_empty());
+        assert!(moved.iter().all(|m| m.starts_with("0,0/")), "{moved:?}");
+        // The JSON keeps the cell form beside the region.
+        let json = serde_json::to_value(&all.waves[0][0]).unwrap();
+        assert_eq!(json["cell"]["x"], 0);
+        assert!(json["region"].as_str().unwrap().starts_with("0,0/"));
     }
 }

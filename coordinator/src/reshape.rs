@@ -38,6 +38,18 @@ pub const RESHAPE_TIMEOUT_MS: u64 = 60_000;
 /// The smallest region side a split may produce, metres, by default.
 pub const MIN_REGION_SIDE: f32 = 8.0;
 
+/// The deepest level a cell of side `cell_size` may be split to without
+/// going below `min_side`.
+pub fn max_depth(cell_size: f32, min_side: f32) -> u8 {
+    let mut depth = 0u8;
+    let mut side = cell_size;
+    while side / 2.0 >= min_side - 1e-3 && depth < tessera_proto::region::MAX_DEPTH {
+        side /= 2.0;
+        depth += 1;
+    }
+    depth
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReshapeOp {
@@ -398,4 +410,18 @@ pub async fn list(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_minimum_side_bounds_the_depth() {
+        assert_eq!(max_depth(64.0, 8.0), 3);
+        assert_eq!(max_depth(64.0, 10.0), 2);
+        assert_eq!(max_depth(64.0, 64.0), 0);
+        assert_eq!(max_depth(64.0, 100.0), 0);
+        assert_eq!(max_depth(64.0, 0.01), tessera_proto::region::MAX_DEPTH);
+    }
 }
