@@ -132,6 +132,13 @@ pub struct UpArgs {
     /// (0: on it), spread over the cells (and shards) around it.
     #[arg(long, default_value_t = 0.0)]
     spawn_radius: f32,
+    /// Never move, split or merge cells on the coordinator's own
+    /// initiative (in-process mode; with --etcd see `tessera coordinator`).
+    #[arg(long)]
+    pub no_rebalance: bool,
+    /// Rebalance, but never split or merge regions (docs/regions.md).
+    #[arg(long)]
+    pub no_split: bool,
     /// Run the same roles against this etcd (comma-separated endpoints)
     /// instead of the in-process store: a coordinator, the shards, the
     /// router and the persistence service, each a cluster member that other

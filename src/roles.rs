@@ -541,29 +541,11 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
     let dyn_bus: Arc<dyn Bus> = bus.clone();
     let cluster_key = ClusterKey::from_ca_dir(&args.member.cluster_ca)?;
     let board = MigrationBoard::watch(store.clone(), &prefix, Some(cluster_key.clone())).await?;
-    let (notice_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let (notice_tx, notices) = tokio::sync::mpsc::unbounded_channel();
     let sim =
         tessera_shard::Shard::new(config, world, dyn_bus, map)?.with_migrations(board, notice_tx);
     let handle = tessera_shard::spawn_shard(sim, inbox)?;
-    // Record migration progress the simulation reports.
-    let (s, p, me) = (store.clone(), prefix.clone(), id.clone());
-    tokio::spawn(async move {
-        while let Some(notice) = notices.recv().await {
-            let tessera_shard::sim::ShardNotice::Restored {
-                region: cell,
-                epoch,
-            } = notice;
-            for attempt in 0..20 {
-                match mark_restored(&*s, &p, cell, &me, epoch).await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(cell = %cell, attempt, error = %e, "cannot record a restored migration; retrying");
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                }
-            }
-        }
-    });
+    record_restored(store.clone(), prefix.clone(), id.clone(), notices);
     // A (re)started shard takes cells again, whatever drain cordoned it.
     store
         .delete(&tessera_coordinator::migration::draining_key(&prefix, &id))
@@ -581,21 +563,12 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.member.lease_ttl_secs.max(1)),
     )
     .await?;
-    // Publish the load report every second, under the registration lease.
-    let board = handle.load.clone();
-    let (s, key, lease) = (store.clone(), load_key(&prefix, &id), reg.lease);
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            every.tick().await;
-            let report = board.lock().clone();
-            if let Ok(value) = serde_json::to_vec(&report) {
-                if let Err(e) = s.put(&key, value, Some(lease)).await {
-                    tracing::debug!(error = %e, "load report not written");
-                }
-            }
-        }
-    });
+    publish_load(
+        store.clone(),
+        load_key(&prefix, &id),
+        reg.lease,
+        handle.load.clone(),
+    );
     ready.store(SHARD_REGISTERED, std::sync::atomic::Ordering::Relaxed);
     println!("shard {id} running; cluster address {addr}; metrics on http://{metrics}/metrics");
     let mut lost_rx = reg.lost.clone();
@@ -638,6 +611,55 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
     }
     println!("shard {id} stopped.");
     Ok(())
+}
+
+/// Records in the cluster store the migrations the simulation reports
+/// restored (the target's half of a live migration).
+pub(crate) fn record_restored(
+    store: Arc<dyn ClusterStore>,
+    prefix: String,
+    me: ShardId,
+    mut notices: tokio::sync::mpsc::UnboundedReceiver<tessera_shard::sim::ShardNotice>,
+) {
+    tokio::spawn(async move {
+        while let Some(notice) = notices.recv().await {
+            let tessera_shard::sim::ShardNotice::Restored {
+                region: cell,
+                epoch,
+            } = notice;
+            for attempt in 0..20 {
+                match mark_restored(&*store, &prefix, cell, &me, epoch).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(cell = %cell, attempt, error = %e, "cannot record a restored migration; retrying");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Publishes a shard's load report every second, under its registration
+/// lease (the coordinator's rebalancer and `tessera ctl` read it).
+pub(crate) fn publish_load(
+    store: Arc<dyn ClusterStore>,
+    key: String,
+    lease: tessera_coordinator::store::LeaseId,
+    board: tessera_shard::LoadBoard,
+) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            let report = board.lock().clone();
+            if let Ok(value) = serde_json::to_vec(&report) {
+                if let Err(e) = store.put(&key, value, Some(lease)).await {
+                    tracing::debug!(error = %e, "load report not written");
+                }
+            }
+        }
+    });
 }
 
 /// `tessera router`.

@@ -51,7 +51,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let ca = tessera_coordinator::transport::ClusterCa::load_or_create(&ca_dir)?;
     let assets_url = serve_assets(&args, &db, &ca_dir).await?;
 
+    // The cluster key checks every migration, split and merge request,
+    // here as in a cluster.
+    let cluster_key = tessera_coordinator::authority::ClusterKey::from_ca_dir(&ca_dir)?;
     let mut script_updates = Vec::new();
+    let mut registrations = Vec::new();
     for id in &shard_ids {
         let inbox = bus.add_shard(id.clone());
         let mut config = ShardConfig::new(id.clone());
@@ -64,11 +68,77 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             db: db.clone(),
             interval: std::time::Duration::from_secs(1),
         });
+        // A cluster member like any shard: it follows migrations, is
+        // registered under a lease and reports its load, so the
+        // coordinator below can rebalance, split and merge.
+        let board = tessera_coordinator::migration::MigrationBoard::watch(
+            store.clone(),
+            prefix,
+            Some(cluster_key.clone()),
+        )
+        .await?;
+        let (notice_tx, notices) = tokio::sync::mpsc::unbounded_channel();
+        let sim = tessera_shard::Shard::new(config, world.clone(), dyn_bus.clone(), map.clone())
+            .with_context(|| format!("cannot start {id}"))?
+            .with_migrations(board, notice_tx);
         let handle =
-            tessera_shard::spawn(config, world.clone(), dyn_bus.clone(), map.clone(), inbox)
-                .with_context(|| format!("cannot start {id}"))?;
+            tessera_shard::spawn_shard(sim, inbox).with_context(|| format!("cannot start {id}"))?;
+        crate::roles::record_restored(store.clone(), prefix.to_string(), id.clone(), notices);
+        let registration = tessera_coordinator::membership::ShardRegistration {
+            addr: ([127, 0, 0, 1], 0).into(),
+            node: "tessera-up".into(),
+            capacity: 1,
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let reg = tessera_coordinator::membership::Registration::register(
+            store.clone(),
+            tessera_coordinator::membership::shard_key(prefix, id),
+            serde_json::to_vec(&registration)?,
+            std::time::Duration::from_secs(3),
+        )
+        .await?;
+        crate::roles::publish_load(
+            store.clone(),
+            tessera_coordinator::membership::load_key(prefix, id),
+            reg.lease,
+            handle.load.clone(),
+        );
+        registrations.push(reg);
         shards.push(handle);
     }
+    // The coordinator: failover, rebalancing, splits and merges, with the
+    // same policy as in a cluster (`--no-rebalance` and `--no-split` turn
+    // parts of it off).
+    let rebalance = (!args.no_rebalance).then(|| {
+        let mut r = tessera_coordinator::rebalance::RebalanceConfig {
+            max_depth: tessera_coordinator::reshape::max_depth(
+                world.cell_size,
+                tessera_coordinator::reshape::MIN_REGION_SIDE,
+            ),
+            ..Default::default()
+        };
+        if args.no_split {
+            r.split_above = f64::INFINITY;
+            r.merge_below = f64::NEG_INFINITY;
+        }
+        r
+    });
+    let coordinator = tokio::spawn(tessera_coordinator::control::run(
+        tessera_coordinator::control::CoordinatorConfig {
+            id: "coordinator-up".into(),
+            prefix: prefix.to_string(),
+            cells: cells.clone(),
+            lease_ttl: std::time::Duration::from_secs(3),
+            interval: std::time::Duration::from_millis(250),
+            settle: std::time::Duration::ZERO,
+            authority: Some(cluster_key),
+            rebalance,
+            grid: tessera_proto::Grid::new(world.cell_size),
+            min_region_side: tessera_coordinator::reshape::MIN_REGION_SIDE,
+        },
+        store.clone(),
+        shutdown_signal(),
+    ));
     // One manifest poller for every shard of this process.
     crate::services::watch_scripts(assets_url, &world.scripts, script_updates)?;
 
@@ -145,8 +215,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     router_task.await??;
     auth_server.close();
     chat.close();
+    coordinator.abort();
     for s in shards {
         s.stop();
+    }
+    for r in registrations {
+        r.revoke().await;
     }
     println!("Tessera stopped; state saved.");
     Ok(())

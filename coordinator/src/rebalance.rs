@@ -192,6 +192,9 @@ pub enum Reason {
     HotCell,
     /// The target owns less than its share of the cells.
     JoinBalance,
+    /// A quadrant of a region just split for its cost goes to a shard
+    /// with room, so the crowd's cost is shared.
+    Spread,
 }
 
 impl fmt::Display for Reason {
@@ -200,6 +203,7 @@ impl fmt::Display for Reason {
             Reason::Overloaded => "overloaded",
             Reason::HotCell => "hot-cell",
             Reason::JoinBalance => "join-balance",
+            Reason::Spread => "spread",
         })
     }
 }
@@ -275,6 +279,8 @@ pub struct Rebalancer {
     merge_streaks: HashMap<RegionId, (u64, u32)>,
     /// Regions split or merged recently (the region and its quadrants).
     reshaped_until: HashMap<RegionId, Instant>,
+    /// Regions split recently whose quadrants are being placed by load.
+    spreading_until: HashMap<RegionId, Instant>,
 }
 
 /// A cell's cost and players, from the newest report that lists it.
@@ -419,6 +425,7 @@ impl Rebalancer {
             split_streaks: HashMap::new(),
             merge_streaks: HashMap::new(),
             reshaped_until: HashMap::new(),
+            spreading_until: HashMap::new(),
         }
     }
 
@@ -510,6 +517,7 @@ impl Rebalancer {
                 Relief::Wait => {}
             }
         }
+        self.spread(&mut model, now, &mut plan);
         let filling: Vec<ShardId> = self.filling.iter().cloned().collect();
         for t in filling {
             if plan.moves.len() >= cfg.max_moves {
@@ -591,6 +599,8 @@ impl Rebalancer {
             });
             self.reshaped_until
                 .insert(*region, now + cfg.reshape_cooldown);
+            self.spreading_until
+                .insert(*region, now + cfg.reshape_cooldown * 3);
             self.split_streaks.remove(region);
         }
         // Merges: parents whose four quadrants are leaves.
@@ -660,6 +670,75 @@ impl Rebalancer {
             self.reshaped_until
                 .insert(parent, now + cfg.reshape_cooldown);
             self.merge_streaks.remove(&parent);
+        }
+    }
+
+    /// Places the quadrants of regions split for their cost by load: a
+    /// quadrant moves to the least loaded free shard when that lowers the
+    /// busier of the two by more than 5 % of the budget and the target
+    /// stays under the low watermark. So
+    /// a crowd's cost ends up shared by shards that were idle, not only
+    /// trimmed down to the high watermark.
+    fn spread(&mut self, model: &mut Model, now: Instant, plan: &mut Plan) {
+        self.spreading_until.retain(|_, until| *until > now);
+        let parents: Vec<RegionId> = self.spreading_until.keys().copied().collect();
+        for parent in parents {
+            let Some(quadrants) = parent.children() else {
+                continue;
+            };
+            for q in quadrants {
+                if plan.moves.len() >= self.config.max_moves {
+                    return;
+                }
+                let Some(s) = model
+                    .cells
+                    .iter()
+                    .find(|(_, set)| set.contains(&q))
+                    .map(|(s, _)| s.clone())
+                else {
+                    continue;
+                };
+                if model.busy.contains(&s)
+                    || model.migrating.contains(&q)
+                    || self.cell_until.contains_key(&q)
+                {
+                    continue;
+                }
+                let Some(cost) = model.cost.get(&q).copied() else {
+                    continue;
+                };
+                if cost.ms <= 0.0 {
+                    continue;
+                }
+                let from_after = (model.load_ms[&s] - cost.ms) / model.budget[&s];
+                let target = model
+                    .budget
+                    .keys()
+                    .filter(|t| **t != s && self.target_free(model, t))
+                    .filter_map(|t| self.fits(model, t, cost.ms).map(|after| (t.clone(), after)))
+                    // The busier of the two ends clearly less busy than
+                    // the source is now (so the move back never pays).
+                    .filter(|(_, after)| after.max(from_after) < model.util(&s) - 0.05)
+                    .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+                let Some((t, to_after)) = target else {
+                    continue;
+                };
+                let m = Move {
+                    cell: q,
+                    in_cell: q.cell_id(),
+                    from: s.clone(),
+                    to: t.clone(),
+                    reason: Reason::Spread,
+                    cost_ms: cost.ms,
+                    players: cost.players,
+                    from_load_before: model.util(&s),
+                    from_load_after: from_after,
+                    to_load_before: model.util(&t),
+                    to_load_after: to_after,
+                };
+                self.commit(model, &m, now);
+                plan.moves.push(m);
+            }
         }
     }
 
@@ -1625,5 +1704,62 @@ mod tests {
         let json = serde_json::to_value(&all.waves[0][0]).unwrap();
         assert_eq!(json["cell"]["x"], 0);
         assert!(json["region"].as_str().unwrap().starts_with("0,0/"));
+    }
+
+    #[test]
+    fn the_quadrants_of_a_split_crowd_spread_over_idle_shards() {
+        let cfg = RebalanceConfig {
+            split_sustain: 1,
+            shard_cooldown: Duration::ZERO,
+            ..RebalanceConfig::default()
+        };
+        let mut r = Rebalancer::new(cfg.clone());
+        let t0 = Instant::now();
+        // A crowd costing 7 ms of 10 (70 %: under the high watermark, so no
+        // relief) in cell 0,0 on a; b, c, d idle.
+        let hot = view(&[
+            ("a", 1, vec![(c(0, 0), 7.0, 400)]),
+            ("b", 1, vec![(c(1, 0), 0.1, 0)]),
+            ("c", 1, vec![(c(2, 0), 0.1, 0)]),
+            ("d", 1, vec![(c(3, 0), 0.1, 0)]),
+        ]);
+        let p = r.plan(&fresh(&hot), t0);
+        assert_eq!(p.reshapes.len(), 1);
+        // Split: four quadrants of 1.75 ms on a; rounds until nothing moves.
+        let mut v = view(&[
+            (
+                "a",
+                1,
+                vec![
+                    (q("0,0/0"), 1.75, 100),
+                    (q("0,0/1"), 1.75, 100),
+                    (q("0,0/2"), 1.75, 100),
+                    (q("0,0/3"), 1.75, 100),
+                ],
+            ),
+            ("b", 1, vec![(c(1, 0), 0.1, 0)]),
+            ("c", 1, vec![(c(2, 0), 0.1, 0)]),
+            ("d", 1, vec![(c(3, 0), 0.1, 0)]),
+        ]);
+        let mut moved = Vec::new();
+        for i in 1..10 {
+            let p = r.plan(&fresh(&v), t0 + Duration::from_millis(100 * i));
+            if p.moves.is_empty() {
+                break;
+            }
+            assert!(p.moves.iter().all(|m| m.reason == Reason::Spread));
+            moved.extend(p.moves.iter().map(|m| m.to.0.clone()));
+            v = v.after(&p.moves);
+        }
+        moved.sort();
+        assert_eq!(
+            moved,
+            vec!["b", "c", "d"],
+            "one quadrant to each idle shard"
+        );
+        let loads = loads(&v, &cfg);
+        let total: f64 = loads.values().sum();
+        let max = loads.values().copied().fold(0.0, f64::max);
+        assert!(max < total / 2.0, "{loads:?}");
     }
 }

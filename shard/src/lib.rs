@@ -80,11 +80,14 @@ impl ShardConfig {
     }
 }
 
+/// Where a shard thread publishes its latest load report.
+pub type LoadBoard = Arc<parking_lot::Mutex<tessera_coordinator::membership::ShardLoad>>;
+
 /// A running shard thread.
 pub struct ShardHandle {
     pub id: ShardId,
     /// The shard's latest load report.
-    pub load: Arc<parking_lot::Mutex<tessera_coordinator::membership::ShardLoad>>,
+    pub load: LoadBoard,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
