@@ -146,10 +146,15 @@ pub async fn snapshot(
         .iter()
         .map(|(region, o)| {
             let load = loads.get(&o.owner.0);
-            // Load reports name whole cells.
-            let cell_load = load
-                .filter(|_| region.is_cell())
-                .and_then(|l| l.cells.iter().find(|c| c.cell == region.cell_id()));
+            // A report entry names its cell, and its region when that is
+            // not the whole cell.
+            let text = region.to_string();
+            let cell_load = load.and_then(|l| {
+                l.cells.iter().find(|c| {
+                    c.cell == region.cell_id()
+                        && c.region.as_deref().map_or(region.is_cell(), |r| r == text)
+                })
+            });
             CellRow {
                 cell: region.cell_id(),
                 region: region.to_string(),
@@ -358,7 +363,7 @@ pub fn render_top(t: &Top) -> String {
         .iter()
         .map(|c| {
             vec![
-                c.cell.to_string(),
+                c.region.clone(),
                 c.owner.clone(),
                 opt(c.entities),
                 opt(c.players),
@@ -369,7 +374,7 @@ pub fn render_top(t: &Top) -> String {
         .collect();
     out.push_str(&table(
         &[
-            "CELL",
+            "REGION",
             "OWNER",
             "ENTITIES",
             "PLAYERS",
