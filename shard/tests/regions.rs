@@ -520,3 +520,110 @@ fn npcs_keep_their_script_state_through_a_split_and_a_merge() {
     }
     assert_eq!(merged.len(), 2, "no NPC lost or duplicated");
 }
+
+/// A merge right after the last quadrant's migration: the target may see
+/// the owner flip and the merge in one map change, so the quadrant it holds
+/// as a migration snapshot never opened on its own. Its entities must join
+/// the merged region, not be lost.
+#[test]
+fn a_merge_seen_together_with_the_last_quadrants_migration_keeps_its_entities() {
+    use tessera_coordinator::migration::{Migration, MigrationBoard, MigrationState};
+    let world = Arc::new(parse_world(WORLD).unwrap());
+    let (a, b) = (ShardId::new("a"), ShardId::new("b"));
+    let cell = CellId::new(0, 0);
+    let mut tree = RegionTree::whole(owner("a", 1));
+    tree.split(
+        RegionId::cell(cell),
+        [owner("a", 2), owner("a", 2), owner("a", 2), owner("b", 3)],
+    )
+    .unwrap();
+    let map = CellMap::fixed([(CellId::new(1, 0), owner("b", 1))]);
+    map.set_tree(cell, tree);
+    let bus = LocalBus::new();
+    let router = bus.add_router(RouterId("r".into()));
+    let inbox_a = bus.add_shard(a.clone());
+    let _inbox_b = bus.add_shard(b.clone());
+    let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
+    let board = MigrationBoard::default();
+    let (tx, _notices) = tokio::sync::mpsc::unbounded_channel();
+    let shard = |id: &ShardId| {
+        Shard::new(
+            ShardConfig::new(id.clone()),
+            world.clone(),
+            dyn_bus.clone(),
+            map.clone(),
+        )
+        .unwrap()
+        .with_migrations(board.clone(), tx.clone())
+    };
+    let (mut sa, mut sb) = (shard(&a), shard(&b));
+    let mut c = Cluster {
+        shards: Vec::new(),
+        inboxes: Vec::new(),
+        router,
+        events: Vec::new(),
+    };
+    // Two players in the south-east quadrant, on b.
+    for p in [1u64, 2] {
+        sb.handle(
+            ToShard::Join {
+                session: SessionRef {
+                    router: RouterId("r".into()),
+                    session: SessionId(p),
+                },
+                player: PlayerId(p),
+                name: format!("P{p}"),
+                pos: Vec3::new(40.0 + p as f32 * 5.0, 0.0, 50.0),
+            },
+            Instant::now(),
+        );
+    }
+    sa.step(Instant::now());
+    sb.step(Instant::now());
+    assert_eq!(sb.entity_count(), 2);
+    // The merge gathers the quadrants on a: 0,0/3 migrates b -> a.
+    board.set(
+        region("0,0/3"),
+        Migration {
+            from: b.clone(),
+            to: a.clone(),
+            epoch: Epoch(4),
+            state: MigrationState::Requested,
+            requested_unix_ms: 0,
+            authority: None,
+            cancelled_unix_ms: None,
+        },
+    );
+    sb.step(Instant::now()); // freezes and ships
+    while let Ok(msg) = inbox_a.try_recv() {
+        sa.handle(msg, Instant::now());
+    }
+    assert_eq!(sa.entity_count() + sb.entity_count(), 0, "in flight");
+    // The owner flips to a (epoch 4) and the cell merges (epoch 5) before a
+    // looks at the map again.
+    board.remove(region("0,0/3"));
+    map.set(cell, owner("a", 5));
+    sa.step(Instant::now());
+    sb.step(Instant::now());
+    assert_eq!(
+        sa.cells().map(|c| c.id.to_string()).collect::<Vec<_>>(),
+        vec!["0,0"]
+    );
+    assert_eq!(
+        sa.entity_count() + sb.entity_count(),
+        2,
+        "lost in the merge"
+    );
+    for p in [1u64, 2] {
+        let id = EntityId::for_player(PlayerId(p));
+        assert!(sa.cells().any(|cell| cell.contains(id)), "P{p} lost");
+    }
+    // Their routers heard where they are now.
+    while let Ok(msg) = c.router.try_recv() {
+        if let ToRouter::Player { session, event } = msg {
+            c.events.push((session, event));
+        }
+    }
+    assert!(c.events.iter().any(|(s, e)| s.0 == 1
+        && matches!(e, PlayerEvent::OwnerChanged { region, shard } if region.is_cell() && shard.0 == "a")));
+}

@@ -193,9 +193,7 @@ impl Shard {
                             entities,
                         },
                     );
-                    let labels = [("shard", self.id.0.clone()), ("cell", cell_id.to_string())];
-                    metrics::gauge!("tessera_shard_entities", &labels).set(0.0);
-                    metrics::gauge!("tessera_shard_players", &labels).set(0.0);
+                    self.clear_gauges(cell_id);
                 }
                 Err(e) => {
                     tracing::error!(shard = %self.id, cell = %cell_id, error = %e, "cannot ship cell; keeping it");

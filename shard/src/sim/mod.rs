@@ -169,6 +169,7 @@ impl Shard {
         for cell in lost {
             if let Some(c) = self.cells.remove(&cell) {
                 tracing::error!(shard = %self.id, cell = %cell, entities = c.entity_count(), "region assigned elsewhere; no longer simulating it");
+                self.clear_gauges(cell);
             }
         }
         self.find_neighbours();
@@ -518,6 +519,16 @@ impl Shard {
             };
             self.bus.publish_frame(Arc::new(frame));
         }
+    }
+
+    /// Zeroes the per-region gauges of a region this shard stopped
+    /// simulating (re-partitioned, shipped or lost), so sums over shards
+    /// count each entity once.
+    fn clear_gauges(&self, region: RegionId) {
+        let labels = [("shard", self.id.0.clone()), ("cell", region.to_string())];
+        metrics::gauge!("tessera_shard_entities", &labels).set(0.0);
+        metrics::gauge!("tessera_shard_players", &labels).set(0.0);
+        metrics::gauge!("tessera_shard_ghosts", &labels).set(0.0);
     }
 
     /// Entity, player and ghost gauges per cell, after the tick's hand-offs.

@@ -33,6 +33,24 @@ impl Shard {
     /// Re-partitions the simulated regions the map replaced by overlapping
     /// regions of this shard (`mine`: every leaf the map gives this shard).
     pub(super) fn reshape(&mut self, mine: &BTreeMap<RegionId, Epoch>, now: Instant) -> Reshaped {
+        // A region shipped here whose owner flip and replacement (the merge
+        // that gathered it) reached this shard in one map change never
+        // opened on its own: open it now, so it is re-partitioned with the
+        // others and its entities (and the messages that waited for them)
+        // are not lost.
+        let stranded: Vec<RegionId> = self
+            .migrations
+            .incoming
+            .keys()
+            .filter(|r| !mine.contains_key(r) && mine.keys().any(|m| m.overlaps(**r)))
+            .copied()
+            .collect();
+        for r in stranded {
+            if let Some(inc) = self.migrations.incoming.remove(&r) {
+                tracing::info!(shard = %self.id, region = %r, "a migrated region replaced before it opened; opening it to re-partition it");
+                self.open_migrated(r, inc, now);
+            }
+        }
         let old: Vec<RegionId> = self
             .cells
             .keys()
@@ -69,6 +87,7 @@ impl Shard {
             }
             self.ghost_links
                 .retain(|(from, to), _| from != r && to != r);
+            self.clear_gauges(*r);
         }
         for (region, epoch) in &new {
             self.cells
