@@ -12,13 +12,14 @@
 #
 # Usage: scripts/crowd.sh [--quic N] [--telnet N] [--duration S]
 #                         [--disperse S] [--only split|nosplit] [--out DIR]
+#                         [--split-above F]
 # Defaults: 300 QUIC + 100 telnet, 75 s, no dispersal, both runs, out
 # target/crowd. Builds the release binary first. Not part of CI (minutes
 # of full load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quic=300 telnet=100 duration=75 disperse="" only="" out=target/crowd
+quic=300 telnet=100 duration=75 disperse="" only="" out=target/crowd split_above=
 while [ $# -gt 0 ]; do
     case "$1" in
         --quic) quic=$2; shift 2 ;;
@@ -27,6 +28,7 @@ while [ $# -gt 0 ]; do
         --disperse) disperse=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
+        --split-above) split_above=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -87,9 +89,17 @@ run() { # run <name> [extra tessera up flags]
     scrape 29100 >"$dir/ticks-end.txt"
     wait "$bots" || true
     if [ -n "$disperse" ]; then
-        # Wait for the merges (at most 90 s after the run).
+        # Wait until every split is merged back (at most 90 s after the run).
         for _ in $(seq 90); do
-            curl -sf http://127.0.0.1:29100/metrics | grep -q '^tessera_coordinator_reshapes_total{op="merge"}' && break
+            curl -sf http://127.0.0.1:29100/metrics | python3 -c '
+import re, sys
+n = {"split": 0, "merge": 0}
+for line in sys.stdin:
+    m = re.match(r"tessera_coordinator_reshapes_total\{op=\"(\w+)\"\} (\S+)", line)
+    if m:
+        n[m.group(1)] = float(m.group(2))
+sys.exit(0 if n["split"] > 0 and n["merge"] >= n["split"] else 1)
+' && break
             sleep 1
         done
     fi
@@ -147,4 +157,7 @@ EOF
 }
 
 [ "$only" != split ] && run nosplit --no-split
-[ "$only" != nosplit ] && run split
+split_flags=()
+[ -n "$split_above" ] && split_flags=(--split-above "$split_above")
+[ "$only" != nosplit ] && run split "${split_flags[@]}"
+exit 0

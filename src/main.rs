@@ -139,6 +139,10 @@ pub struct UpArgs {
     /// Rebalance, but never split or merge regions (docs/regions.md).
     #[arg(long)]
     pub no_split: bool,
+    /// Split a region whose own cost stays above this fraction of its
+    /// shard's tick budget (in-process mode).
+    #[arg(long, default_value_t = tessera_coordinator::rebalance::RebalanceConfig::default().split_above)]
+    pub split_above: f64,
     /// Run the same roles against this etcd (comma-separated endpoints)
     /// instead of the in-process store: a coordinator, the shards, the
     /// router and the persistence service, each a cluster member that other

@@ -112,6 +112,14 @@ pub struct PlannerArgs {
     /// budget with it.
     #[arg(long, default_value_t = 0.6, value_parser = positive_f64)]
     low_watermark: f64,
+    /// A region whose own cost stays above this fraction of its shard's
+    /// budget is split into quadrants (docs/regions.md).
+    #[arg(long, default_value_t = tessera_coordinator::rebalance::RebalanceConfig::default().split_above, value_parser = positive_f64)]
+    split_above: f64,
+    /// Four sibling regions whose summed cost stays below this fraction of
+    /// a budget are merged.
+    #[arg(long, default_value_t = tessera_coordinator::rebalance::RebalanceConfig::default().merge_below, value_parser = positive_f64)]
+    merge_below: f64,
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {
@@ -150,10 +158,19 @@ impl PlannerArgs {
                 self.high_watermark
             );
         }
+        if self.merge_below >= self.split_above {
+            anyhow::bail!(
+                "--merge-below ({}) must be below --split-above ({})",
+                self.merge_below,
+                self.split_above
+            );
+        }
         Ok(RebalanceConfig {
             high_watermark: self.high_watermark,
             low_watermark: self.low_watermark,
             tick_budget_ms: self.tick_budget_ms,
+            split_above: self.split_above,
+            merge_below: self.merge_below,
             ..RebalanceConfig::default()
         })
     }

@@ -117,6 +117,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ),
             ..Default::default()
         };
+        r.split_above = args.split_above;
         if args.no_split {
             r.split_above = f64::INFINITY;
             r.merge_below = f64::NEG_INFINITY;

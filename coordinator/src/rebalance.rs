@@ -43,7 +43,7 @@
 //!   unless at `max_depth`; its quadrants then move by the rules here once
 //!   the shard reports them. Four sibling leaves whose summed cost stays
 //!   under `merge_below` (10 % of the budget of the shard owning most of
-//!   them) for `merge_sustain` reports are merged onto that shard. A region
+//!   them) for `merge_sustain` (5) reports are merged onto that shard. A region
 //!   split or merged is not reshaped again, either way, for
 //!   `reshape_cooldown`: with the gap between the two lines, a crowd on a
 //!   border cannot make it flap.
@@ -77,6 +77,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 use tessera_proto::{CellId, Grid, RegionId, ShardId};
+
+/// How long after a split its quadrants are placed by load (`spread`).
+const SPREAD_WINDOW: Duration = Duration::from_secs(60);
 
 /// The rebalancer's knobs (docs/operations.md).
 #[derive(Clone, Debug, PartialEq)]
@@ -128,8 +131,8 @@ impl Default for RebalanceConfig {
             split_above: 0.35,
             merge_below: 0.1,
             split_sustain: 3,
-            merge_sustain: 10,
-            reshape_cooldown: Duration::from_secs(20),
+            merge_sustain: 5,
+            reshape_cooldown: Duration::from_secs(10),
             max_depth: 3,
         }
     }
@@ -600,7 +603,7 @@ impl Rebalancer {
             self.reshaped_until
                 .insert(*region, now + cfg.reshape_cooldown);
             self.spreading_until
-                .insert(*region, now + cfg.reshape_cooldown * 3);
+                .insert(*region, now + SPREAD_WINDOW);
             self.split_streaks.remove(region);
         }
         // Merges: parents whose four quadrants are leaves.
@@ -1616,7 +1619,11 @@ mod tests {
             .iter()
             .position(|p| !p.is_empty())
             .expect("no merge");
-        assert_eq!(first, 9, "after merge_sustain (10) fresh reports");
+        assert_eq!(
+            first,
+            RebalanceConfig::default().merge_sustain as usize - 1,
+            "after merge_sustain fresh reports"
+        );
         assert_eq!(planned[first], vec!["merge 0,0"]);
         let plan = {
             let mut r = Rebalancer::one_shot(RebalanceConfig::default());
