@@ -566,7 +566,22 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
         .collect();
     let metrics = |shards: &[ShardProc]| shards.iter().map(|s| s.metrics).collect::<Vec<_>>();
     let world_without_bots = settled_entities(&metrics(&shards));
-    let mut swarm = BotSwarm::start(dir.path(), &router);
+    let mut swarm = BotSwarm::start(
+        dir.path(),
+        &router,
+        BOTS,
+        ROLLING_RESTART_BOT_SECS,
+        &[
+            "--quic",
+            &(BOTS - 2).to_string(),
+            "--telnet",
+            "2",
+            "--scenario",
+            "border",
+            "--seed",
+            "77",
+        ],
+    );
     let world = world_without_bots + BOTS as f64;
     flags.paused.store(false, Ordering::Relaxed);
     let mut drain_seconds = BTreeMap::new();
@@ -636,7 +651,7 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
     // The bots played through every drain, not only the first ones.
     let restarts = restarts.elapsed();
     assert!(
-        swarm.role.try_exit().is_none(),
+        swarm.running(),
         "the bots stopped before the last shard restarted ({} s of restarts): \
          raise ROLLING_RESTART_BOT_SECS",
         restarts.as_secs()
@@ -683,75 +698,6 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
 
 /// Bots in the rolling restart: QUIC and telnet.
 const BOTS: usize = 8;
-
-/// A `tessera bots` swarm pacing across the cell borders nearest the spawn
-/// (`--scenario border`) for the whole rolling restart, failing on any
-/// error or disconnect (`--max-errors 0`).
-struct BotSwarm {
-    role: Role,
-}
-
-impl BotSwarm {
-    /// Starts it and waits until every bot is in the world.
-    fn start(dir: &std::path::Path, router: &RouterProc) -> BotSwarm {
-        let before = router_connections(router.metrics);
-        let args: Vec<String> = [
-            "bots",
-            "--quic",
-            &(BOTS - 2).to_string(),
-            "--telnet",
-            "2",
-            "--quic-addr",
-            &router.quic.to_string(),
-            "--cert",
-            &router.cert.display().to_string(),
-            "--telnet-addr",
-            &router.telnet.to_string(),
-            "--scenario",
-            "border",
-            "--seed",
-            "77",
-            "--duration",
-            &ROLLING_RESTART_BOT_SECS.to_string(),
-            "--max-errors",
-            "0",
-            "--no-progress",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let role = Role::start(dir, "bots", &args);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while router_connections(router.metrics) < before + BOTS as f64 {
-            assert!(
-                Instant::now() < deadline,
-                "the bots did not all log in: {} connections",
-                router_connections(router.metrics)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        BotSwarm { role }
-    }
-
-    /// Waits for the swarm's end; it must report no error or disconnect.
-    fn finish_without_errors(mut self) {
-        let timeout = Duration::from_secs(ROLLING_RESTART_BOT_SECS + 60);
-        let (_, errors) = self
-            .role
-            .wait_line_timed("errors and disconnects: ", timeout);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.role.try_exit() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "tessera bots did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        eprintln!("rolling restart: bots' errors and disconnects: {errors}");
-        assert_eq!(errors, "none", "bots saw errors or disconnects");
-        assert!(status.success(), "tessera bots exited with {status}");
-    }
-}
 
 /// How long the bots play: longer than the three drains and restarts (12 s
 /// measured; the test fails if the bots stop first).

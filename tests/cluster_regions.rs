@@ -528,74 +528,6 @@ const BOTS: usize = 4;
 /// (the test fails if they stop first).
 const BOT_SECS: u64 = 20;
 
-/// A `tessera bots` swarm failing on any error or disconnect.
-struct BotSwarm {
-    role: Role,
-}
-
-impl BotSwarm {
-    /// Starts it and waits until every bot is in the world.
-    fn start(dir: &std::path::Path, router: &RouterProc) -> BotSwarm {
-        let before = router_connections(router.metrics);
-        let args: Vec<String> = [
-            "bots",
-            "--quic",
-            &BOTS.to_string(),
-            "--telnet",
-            "0",
-            "--quic-addr",
-            &router.quic.to_string(),
-            "--cert",
-            &router.cert.display().to_string(),
-            "--scenario",
-            "crowd",
-            "--crowd-target",
-            "32,32",
-            "--crowd-radius",
-            "12",
-            "--seed",
-            "31",
-            "--duration",
-            &BOT_SECS.to_string(),
-            "--max-errors",
-            "0",
-            "--no-progress",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let role = Role::start(dir, "bots", &args);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while router_connections(router.metrics) < before + BOTS as f64 {
-            assert!(
-                Instant::now() < deadline,
-                "the bots did not all log in: {} connections",
-                router_connections(router.metrics)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        BotSwarm { role }
-    }
-
-    /// Waits for the swarm's end; it must report no error or disconnect.
-    fn finish_without_errors(mut self) {
-        let timeout = Duration::from_secs(BOT_SECS + 60);
-        let (_, errors) = self
-            .role
-            .wait_line_timed("errors and disconnects: ", timeout);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.role.try_exit() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "tessera bots did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert_eq!(errors, "none", "bots saw errors or disconnects");
-        assert!(status.success(), "tessera bots exited with {status}");
-    }
-}
-
 // -------------------------------------------------------------------- tests
 
 /// Loops around the middle of cell 0,0 (32, 32), where its quadrants meet:
@@ -667,7 +599,26 @@ fn splitting_a_cell_under_walking_players_and_moving_its_quadrants_keeps_every_e
         })
         .collect();
     let world_without_bots = settled_count(&etcd, &by_id);
-    let mut swarm = BotSwarm::start(dir.path(), &router);
+    let mut swarm = BotSwarm::start(
+        dir.path(),
+        &router,
+        BOTS,
+        BOT_SECS,
+        &[
+            "--quic",
+            &BOTS.to_string(),
+            "--telnet",
+            "0",
+            "--scenario",
+            "crowd",
+            "--crowd-target",
+            "32,32",
+            "--crowd-radius",
+            "12",
+            "--seed",
+            "31",
+        ],
+    );
     let world = world_without_bots + BOTS as f64;
     flags.paused.store(false, Ordering::Relaxed);
     let bots_started = Instant::now();
@@ -757,7 +708,7 @@ fn splitting_a_cell_under_walking_players_and_moving_its_quadrants_keeps_every_e
 
     pause(&flags);
     assert!(
-        swarm.role.try_exit().is_none(),
+        swarm.running(),
         "the bots stopped {} s after they started, before the test's checks: raise BOT_SECS",
         bots_started.elapsed().as_secs()
     );

@@ -602,8 +602,7 @@ impl Rebalancer {
             });
             self.reshaped_until
                 .insert(*region, now + cfg.reshape_cooldown);
-            self.spreading_until
-                .insert(*region, now + SPREAD_WINDOW);
+            self.spreading_until.insert(*region, now + SPREAD_WINDOW);
             self.split_streaks.remove(region);
         }
         // Merges: parents whose four quadrants are leaves.

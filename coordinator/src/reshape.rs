@@ -331,20 +331,26 @@ pub async fn carry_out(
         return drop("timed out".into()).await;
     }
     let cell = cell_key(prefix, region.cell_id());
+    // Writes the new tree in place of the one read (`rev`) and drops the
+    // request; a lost race (the map changed meanwhile) waits for the next
+    // round, which reads the new map.
+    let flip = |new: CellTree| async move {
+        let done = store
+            .compare_and_put(&cell, Expect::ModRevision(rev), tree_json(&new), None)
+            .await?
+            .is_some();
+        if !done {
+            return Ok::<Progress, CoordinatorError>(Progress::Gathering { moving: 0 });
+        }
+        store.delete(&p.key).await?;
+        Ok(Progress::Done)
+    };
     match r.op {
         ReshapeOp::Split => {
             let Some(new) = split_tree(tree, region) else {
                 return drop("the region is no longer a leaf of the map".into()).await;
             };
-            let done = store
-                .compare_and_put(&cell, Expect::ModRevision(rev), tree_json(&new), None)
-                .await?
-                .is_some();
-            if done {
-                store.delete(&p.key).await?;
-                return Ok(Progress::Done);
-            }
-            Ok(Progress::Gathering { moving: 0 })
+            flip(new).await
         }
         ReshapeOp::Merge => {
             let Some(to) = r.to.clone() else {
@@ -358,15 +364,7 @@ pub async fn carry_out(
                 return drop(format!("the merge target {to} is not registered")).await;
             }
             if let Some(new) = merge_tree(tree, region, &to) {
-                let done = store
-                    .compare_and_put(&cell, Expect::ModRevision(rev), tree_json(&new), None)
-                    .await?
-                    .is_some();
-                if done {
-                    store.delete(&p.key).await?;
-                    return Ok(Progress::Done);
-                }
-                return Ok(Progress::Gathering { moving: 0 });
+                return flip(new).await;
             }
             let mut moving = 0;
             for (q, o) in quadrants.iter().filter(|(_, o)| o.owner != to) {

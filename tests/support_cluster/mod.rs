@@ -1037,3 +1037,75 @@ pub fn gateway_resumes(metrics: SocketAddr) -> f64 {
         .map(|(_, v)| v)
         .sum()
 }
+
+/// A `tessera bots` swarm against a router that fails on any error or
+/// disconnect (`--max-errors 0`).
+pub struct BotSwarm {
+    role: Role,
+    secs: u64,
+}
+
+impl BotSwarm {
+    /// Starts `tessera bots` with `args` (the scenario, bot counts and
+    /// seed; the router's addresses, `--duration secs`, `--max-errors 0`
+    /// and `--no-progress` are added) and waits until all `bots` are in
+    /// the world.
+    pub fn start(
+        dir: &Path,
+        router: &RouterProc,
+        bots: usize,
+        secs: u64,
+        args: &[&str],
+    ) -> BotSwarm {
+        let before = router_connections(router.metrics);
+        let mut all: Vec<String> = vec![
+            "bots".into(),
+            "--quic-addr".into(),
+            router.quic.to_string(),
+            "--cert".into(),
+            router.cert.display().to_string(),
+            "--telnet-addr".into(),
+            router.telnet.to_string(),
+            "--duration".into(),
+            secs.to_string(),
+            "--max-errors".into(),
+            "0".into(),
+            "--no-progress".into(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let role = Role::start(dir, "bots", &all);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while router_connections(router.metrics) < before + bots as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "the bots did not all log in: {} connections",
+                router_connections(router.metrics)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        BotSwarm { role, secs }
+    }
+
+    /// Whether the bots are still playing.
+    pub fn running(&mut self) -> bool {
+        self.role.try_exit().is_none()
+    }
+
+    /// Waits for the swarm's end; it must report no error or disconnect.
+    pub fn finish_without_errors(mut self) {
+        let timeout = Duration::from_secs(self.secs + 60);
+        let (_, errors) = self
+            .role
+            .wait_line_timed("errors and disconnects: ", timeout);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.role.try_exit() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "tessera bots did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(errors, "none", "bots saw errors or disconnects");
+        assert!(status.success(), "tessera bots exited with {status}");
+    }
+}
