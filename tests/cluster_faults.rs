@@ -395,83 +395,11 @@ fn killing_the_leading_coordinator_during_a_migration_leaves_one_owner_per_cell(
     }
 }
 
-/// A telnet player walking a fixed pattern on its own thread until told to
-/// stop; pauses while `paused` is set. Every step must be answered.
-struct Walker {
-    name: String,
-    thread: Option<std::thread::JoinHandle<Result<(TelnetClient, usize), String>>>,
-}
-
-struct WalkFlags {
-    stop: std::sync::atomic::AtomicBool,
-    paused: std::sync::atomic::AtomicBool,
-}
-
-impl Walker {
-    fn start(
-        telnet: std::net::SocketAddr,
-        name: &str,
-        pattern: &'static [&'static str],
-        flags: std::sync::Arc<WalkFlags>,
-    ) -> Walker {
-        use std::sync::atomic::Ordering;
-        let mut client = TelnetClient::create(telnet, name, PW);
-        let who = name.to_string();
-        let thread = std::thread::spawn(move || {
-            let mut steps = 0;
-            while !flags.stop.load(Ordering::Relaxed) {
-                if flags.paused.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-                let dir = pattern[steps % pattern.len()];
-                client.send_line(dir);
-                match client.try_read_until_prompt(Duration::from_secs(15)) {
-                    // Players may bump into each other.
-                    Some(answer)
-                        if answer.starts_with("You walk")
-                            || answer.starts_with("Something blocks your way") => {}
-                    Some(answer) => return Err(format!("{who}: `{dir}` answered {answer:?}")),
-                    None => {
-                        return Err(format!(
-                            "{who}: no answer to `{dir}` (disconnected: {})",
-                            client.is_eof()
-                        ))
-                    }
-                }
-                steps += 1;
-                std::thread::sleep(Duration::from_millis(150));
-            }
-            Ok((client, steps))
-        });
-        Walker {
-            name: name.into(),
-            thread: Some(thread),
-        }
-    }
-
-    /// Panics with the walker's error if it stopped on its own.
-    fn check(&mut self) {
-        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            let t = self.thread.take().expect("thread");
-            match t.join() {
-                Ok(Ok(_)) => panic!("{} stopped walking", self.name),
-                Ok(Err(e)) => panic!("{e}"),
-                Err(_) => panic!("{}'s thread panicked", self.name),
-            }
-        }
-    }
-
-    /// Joins the walker (after `stop` was set).
-    fn finish(mut self) -> (TelnetClient, usize) {
-        let thread = self.thread.take().expect("thread");
-        match thread.join() {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => panic!("{e}"),
-            Err(_) => panic!("{}'s thread panicked", self.name),
-        }
-    }
-}
+/// How the walkers walk: a step every 150 ms, no `where` on the way.
+const WALKING: Pace = Pace {
+    rest: Duration::from_millis(150),
+    where_every: None,
+};
 
 const PACES: [&[&str]; 4] = [
     &["e", "e", "e", "w", "w", "w"],
@@ -555,14 +483,14 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
     };
     every_shard_owns_cells(&etcd);
     let router = router(dir.path(), &ca, &RouterSpec::local(&etcd));
-    let flags = std::sync::Arc::new(WalkFlags {
-        stop: false.into(),
-        paused: true.into(),
-    });
+    let flags = WalkFlags::paused();
     let mut walkers: Vec<Walker> = ["Rola", "Rolb", "Rolc", "Rold"]
         .iter()
         .zip(PACES)
-        .map(|(name, pace)| Walker::start(router.telnet, name, pace, flags.clone()))
+        .map(|(name, pattern)| {
+            let client = TelnetClient::create(router.telnet, name, PW);
+            Walker::start(client, pattern, flags.clone(), WALKING)
+        })
         .collect();
     let metrics = |shards: &[ShardProc]| shards.iter().map(|s| s.metrics).collect::<Vec<_>>();
     let world_without_bots = settled_entities(&metrics(&shards));
@@ -675,7 +603,9 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
     let mut clients = Vec::new();
     for w in walkers {
         let name = w.name.clone();
-        let (mut client, steps) = w.finish();
+        let WalkLog {
+            mut client, steps, ..
+        } = w.finish();
         assert!(steps > 10, "{name} walked only {steps} steps");
         let at = client.where_();
         eprintln!(
@@ -785,14 +715,14 @@ fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
         });
         bots.push((name, client));
     }
-    let flags = std::sync::Arc::new(WalkFlags {
-        stop: false.into(),
-        paused: true.into(),
-    });
+    let flags = WalkFlags::paused();
     let mut walkers: Vec<Walker> = ["Tela", "Telb", "Telc", "Teld"]
         .iter()
         .zip(PACES)
-        .map(|(name, pace)| Walker::start(router.telnet, name, pace, flags.clone()))
+        .map(|(name, pattern)| {
+            let client = TelnetClient::create(router.telnet, name, PW);
+            Walker::start(client, pattern, flags.clone(), WALKING)
+        })
         .collect();
     let world = settled_entities(&metrics);
     assert_eq!(router_connections(router.metrics), 16.0);
@@ -891,7 +821,11 @@ fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
     }
     let mut steps = 0;
     for w in walkers {
-        let (mut client, n) = w.finish();
+        let WalkLog {
+            mut client,
+            steps: n,
+            ..
+        } = w.finish();
         steps += n;
         everyone_seen.insert(client.where_().shard);
         telnets.push(client);

@@ -33,10 +33,15 @@ use common::{metric_samples, scrape, TelnetClient, TestDir, Where};
 use etcd::EtcdServer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support_cluster::*;
+
+/// How the walkers walk: `where` every third step.
+const WALK: Pace = Pace {
+    rest: Duration::from_millis(100),
+    where_every: Some(3),
+};
 
 /// The default world's cell side, metres.
 const CELL: f32 = 64.0;
@@ -361,111 +366,6 @@ fn walk_to(c: &mut TelnetClient, x: f32, z: f32) -> Where {
     panic!("{:?} could not walk to ({x}, {z})", c.name);
 }
 
-/// Pause and stop flags shared by the walkers of a test.
-struct WalkFlags {
-    stop: AtomicBool,
-    paused: AtomicBool,
-}
-
-impl WalkFlags {
-    fn paused() -> Arc<WalkFlags> {
-        Arc::new(WalkFlags {
-            stop: false.into(),
-            paused: true.into(),
-        })
-    }
-}
-
-/// What a walker saw: its client, its steps, and `where` every few steps.
-struct WalkLog {
-    client: TelnetClient,
-    steps: usize,
-    seen: Vec<(Instant, Where)>,
-}
-
-/// A telnet player walking `pattern` over and over on its own thread; it
-/// asks `where` every third step. Every step and `where` must be answered:
-/// a step with `You walk` or `Something blocks your way` (players jostle).
-struct Walker {
-    name: String,
-    thread: Option<std::thread::JoinHandle<Result<WalkLog, String>>>,
-}
-
-impl Walker {
-    fn start(
-        mut client: TelnetClient,
-        pattern: &'static [&'static str],
-        flags: Arc<WalkFlags>,
-    ) -> Walker {
-        let name = client.name.clone().unwrap_or_default();
-        let who = name.clone();
-        let thread = std::thread::spawn(move || {
-            let mut steps = 0;
-            let mut seen = Vec::new();
-            while !flags.stop.load(Ordering::Relaxed) {
-                if flags.paused.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-                let dir = pattern[steps % pattern.len()];
-                client.send_line(dir);
-                match client.try_read_until_prompt(Duration::from_secs(15)) {
-                    Some(a)
-                        if a.starts_with("You walk")
-                            || a.starts_with("Something blocks your way") => {}
-                    Some(a) => return Err(format!("{who}: `{dir}` answered {a:?}")),
-                    None => {
-                        return Err(format!(
-                            "{who}: no answer to `{dir}` (disconnected: {})",
-                            client.is_eof()
-                        ))
-                    }
-                }
-                steps += 1;
-                if steps % 3 == 0 {
-                    client.send_line("where");
-                    let text = client.try_read_until_prompt(Duration::from_secs(15));
-                    match text.as_deref().and_then(Where::parse) {
-                        Some(w) => seen.push((Instant::now(), w)),
-                        None => return Err(format!("{who}: `where` answered {text:?}")),
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Ok(WalkLog {
-                client,
-                steps,
-                seen,
-            })
-        });
-        Walker {
-            name,
-            thread: Some(thread),
-        }
-    }
-
-    /// Panics with the walker's error if it stopped on its own.
-    fn check(&mut self) {
-        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            let t = self.thread.take().expect("thread");
-            match t.join() {
-                Ok(Ok(_)) => panic!("{} stopped walking", self.name),
-                Ok(Err(e)) => panic!("{e}"),
-                Err(_) => panic!("{}'s thread panicked", self.name),
-            }
-        }
-    }
-
-    /// Joins the walker (after `stop` was set).
-    fn finish(mut self) -> WalkLog {
-        match self.thread.take().expect("thread").join() {
-            Ok(Ok(log)) => log,
-            Ok(Err(e)) => panic!("{e}"),
-            Err(_) => panic!("{}'s thread panicked", self.name),
-        }
-    }
-}
-
 /// Pauses the walkers and gives the step each may be in the middle of
 /// time to be answered.
 fn pause(flags: &WalkFlags) {
@@ -595,7 +495,7 @@ fn splitting_a_cell_under_walking_players_and_moving_its_quadrants_keeps_every_e
         .map(|(name, x, z, pattern)| {
             let mut c = TelnetClient::create(router.telnet, name, PW);
             walk_to(&mut c, *x, *z);
-            Walker::start(c, pattern, flags.clone())
+            Walker::start(c, pattern, flags.clone(), WALK)
         })
         .collect();
     let world_without_bots = settled_count(&etcd, &by_id);
@@ -1030,7 +930,7 @@ fn a_merge_while_a_player_crosses_the_quadrant_border_leaves_one_whole_cell() {
     let merges_before = counter(s1.metrics, "tessera_shard_merges_total");
 
     let flags = WalkFlags::paused();
-    let mut walker = Walker::start(cat, &["s", "s", "n", "n"], flags.clone());
+    let mut walker = Walker::start(cat, &["s", "s", "n", "n"], flags.clone(), WALK);
     flags.paused.store(false, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(700));
     let mut merge = ctl_command(&etcd, Some(&operator_credential(&ca)), &["merge", "-1,0"])
@@ -1156,7 +1056,7 @@ fn killing_the_leading_coordinator_during_a_split_leaves_one_owner_per_point() {
     let dan = TelnetClient::create(router.telnet, "Dan", PW);
     let world = settled_count(&etcd, &by_id);
     let flags = WalkFlags::paused();
-    let mut walker = Walker::start(dan, &["w", "e"], flags.clone());
+    let mut walker = Walker::start(dan, &["w", "e"], flags.clone(), WALK);
     flags.paused.store(false, Ordering::Relaxed);
 
     let rounds = [("-1,0", KillLeader::AtOnce), ("-1,0/1", KillLeader::Frozen)];

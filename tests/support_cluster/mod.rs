@@ -15,7 +15,7 @@
 
 #![allow(dead_code)]
 
-use crate::common::{metric_samples, scrape};
+use crate::common::{metric_samples, scrape, TelnetClient, Where};
 use crate::etcd::EtcdServer;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -1107,5 +1107,124 @@ impl BotSwarm {
         };
         assert_eq!(errors, "none", "bots saw errors or disconnects");
         assert!(status.success(), "tessera bots exited with {status}");
+    }
+}
+
+/// Pause and stop flags shared by the walkers of a test.
+pub struct WalkFlags {
+    pub stop: std::sync::atomic::AtomicBool,
+    pub paused: std::sync::atomic::AtomicBool,
+}
+
+impl WalkFlags {
+    /// Flags with the walkers paused (a test starts them once it has its
+    /// baseline readings).
+    pub fn paused() -> std::sync::Arc<WalkFlags> {
+        std::sync::Arc::new(WalkFlags {
+            stop: false.into(),
+            paused: true.into(),
+        })
+    }
+}
+
+/// How a walker walks.
+#[derive(Clone, Copy)]
+pub struct Pace {
+    /// Rest between steps.
+    pub rest: Duration,
+    /// Ask `where` after every this many steps (none: never).
+    pub where_every: Option<usize>,
+}
+
+/// What a walker saw: its client, its steps, and each `where` it asked.
+pub struct WalkLog {
+    pub client: TelnetClient,
+    pub steps: usize,
+    pub seen: Vec<(Instant, Where)>,
+}
+
+/// A telnet player walking `pattern` over and over on its own thread until
+/// told to stop; idle while `paused` is set. Every step must be answered
+/// with `You walk` or `Something blocks your way` (players jostle), and
+/// every `where` with a position.
+pub struct Walker {
+    pub name: String,
+    thread: Option<std::thread::JoinHandle<Result<WalkLog, String>>>,
+}
+
+impl Walker {
+    pub fn start(
+        mut client: TelnetClient,
+        pattern: &'static [&'static str],
+        flags: std::sync::Arc<WalkFlags>,
+        pace: Pace,
+    ) -> Walker {
+        use std::sync::atomic::Ordering;
+        let name = client.name.clone().unwrap_or_default();
+        let who = name.clone();
+        let thread = std::thread::spawn(move || {
+            let mut steps = 0;
+            let mut seen = Vec::new();
+            while !flags.stop.load(Ordering::Relaxed) {
+                if flags.paused.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                let dir = pattern[steps % pattern.len()];
+                client.send_line(dir);
+                match client.try_read_until_prompt(Duration::from_secs(15)) {
+                    Some(a)
+                        if a.starts_with("You walk")
+                            || a.starts_with("Something blocks your way") => {}
+                    Some(a) => return Err(format!("{who}: `{dir}` answered {a:?}")),
+                    None => {
+                        return Err(format!(
+                            "{who}: no answer to `{dir}` (disconnected: {})",
+                            client.is_eof()
+                        ))
+                    }
+                }
+                steps += 1;
+                if pace.where_every.is_some_and(|n| steps % n == 0) {
+                    client.send_line("where");
+                    let text = client.try_read_until_prompt(Duration::from_secs(15));
+                    match text.as_deref().and_then(Where::parse) {
+                        Some(w) => seen.push((Instant::now(), w)),
+                        None => return Err(format!("{who}: `where` answered {text:?}")),
+                    }
+                }
+                std::thread::sleep(pace.rest);
+            }
+            Ok(WalkLog {
+                client,
+                steps,
+                seen,
+            })
+        });
+        Walker {
+            name,
+            thread: Some(thread),
+        }
+    }
+
+    /// Panics with the walker's error if it stopped on its own.
+    pub fn check(&mut self) {
+        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            let t = self.thread.take().expect("thread");
+            match t.join() {
+                Ok(Ok(_)) => panic!("{} stopped walking", self.name),
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => panic!("{}'s thread panicked", self.name),
+            }
+        }
+    }
+
+    /// Joins the walker (after `stop` was set).
+    pub fn finish(mut self) -> WalkLog {
+        match self.thread.take().expect("thread").join() {
+            Ok(Ok(log)) => log,
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => panic!("{}'s thread panicked", self.name),
+        }
     }
 }
