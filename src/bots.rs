@@ -32,6 +32,10 @@ pub struct BotsArgs {
     /// New connections per second while ramping up.
     #[arg(long, default_value_t = 50.0)]
     ramp: f64,
+    /// Seconds after the last bot has started before the "after the ramp"
+    /// figures begin (the steady state; capacity is read from them).
+    #[arg(long, default_value_t = 5.0)]
+    settle: f64,
     /// Seeds the bots' choices and names (the same seed reuses accounts).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -111,6 +115,7 @@ pub async fn run(args: BotsArgs) -> anyhow::Result<i32> {
         telnet_bots: args.telnet,
         duration: Duration::from_secs_f64(args.duration),
         ramp: args.ramp,
+        settle: Duration::from_secs_f64(args.settle.max(0.0)),
         seed: args.seed,
         scenario: args.scenario,
         password: args.password.clone(),

@@ -81,6 +81,9 @@ pub struct SwarmConfig {
     pub duration: Duration,
     /// New connections per second while ramping up.
     pub ramp: f64,
+    /// After the last bot has started, wait this long before measuring
+    /// the run "after the ramp" (its last logins settle).
+    pub settle: Duration,
     pub seed: u64,
     pub scenario: Scenario,
     pub password: String,
@@ -316,6 +319,7 @@ pub async fn run(config: SwarmConfig) -> Result<Report, SwarmError> {
             t += 1;
         }
     }
+    stats.after_ramp_from(Instant::now() + config.settle);
     // Bots stop by themselves at the deadline; give logouts a moment.
     let grace = tokio::time::sleep_until((ctx.deadline + Duration::from_secs(15)).into());
     tokio::pin!(grace);
@@ -391,6 +395,7 @@ mod tests {
             telnet_bots: 0,
             duration: Duration::from_secs(10),
             ramp: 50.0,
+            settle: Duration::from_secs(5),
             seed: 1,
             scenario: Scenario::Wander,
             password: "pw-pw-pw".into(),

@@ -100,6 +100,29 @@ pub fn table(r: &Report) -> String {
             p.max_ms
         );
     }
+    if let Some(a) = &r.after_ramp {
+        let _ = writeln!(
+            out,
+            "\nafter the ramp (from {:.0} s): {} errors and disconnects",
+            a.from_s, a.errors
+        );
+        for m in Metric::ALL {
+            let Some(p) = a.latency.get(m.key()) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "{:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                m.label(),
+                p.count,
+                p.p50_ms,
+                p.p90_ms,
+                p.p99_ms,
+                p.p999_ms,
+                p.max_ms
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "\nper QUIC bot: {:.1} KB/s in, {:.2} KB/s out",

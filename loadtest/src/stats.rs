@@ -157,6 +157,20 @@ pub struct Report {
     pub cluster: Vec<ClusterEvent>,
     /// Thresholds that were broken (the exit code is non-zero if any).
     pub violations: Vec<String>,
+    /// The same measured after the ramp only (every bot started, plus the
+    /// settling time): the steady state a capacity figure is read from.
+    #[serde(default)]
+    pub after_ramp: Option<AfterRamp>,
+}
+
+/// What was measured from the end of the ramp to the end of the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AfterRamp {
+    /// Seconds since the swarm started when the window began.
+    pub from_s: f64,
+    pub latency: BTreeMap<String, Percentiles>,
+    /// Errors and disconnects in the window.
+    pub errors: u64,
 }
 
 impl Report {
@@ -178,6 +192,16 @@ struct Window {
     errors_this_second: u64,
     series: Vec<Sample>,
     cluster: Vec<ClusterEvent>,
+    /// From when latencies and errors also count as after the ramp.
+    after_ramp_from: Option<Instant>,
+    after_ramp: BTreeMap<Metric, Histogram<u64>>,
+    after_ramp_errors: u64,
+}
+
+impl Window {
+    fn after_ramp(&self) -> bool {
+        self.after_ramp_from.is_some_and(|t| Instant::now() >= t)
+    }
 }
 
 /// The swarm's shared measurements. Cheap to record into from many tasks.
@@ -210,6 +234,9 @@ impl Stats {
                 errors_this_second: 0,
                 series: Vec::new(),
                 cluster: Vec::new(),
+                after_ramp_from: None,
+                after_ramp: BTreeMap::new(),
+                after_ramp_errors: 0,
             }),
             connected: AtomicI64::new(0),
             peak: AtomicI64::new(0),
@@ -228,6 +255,15 @@ impl Stats {
         let mut w = self.inner.lock();
         let _ = w.total.entry(metric).or_insert_with(histogram).record(us);
         let _ = w.second.entry(metric).or_insert_with(histogram).record(us);
+        if w.after_ramp() {
+            let _ = w.after_ramp.entry(metric).or_insert_with(histogram).record(us);
+        }
+    }
+
+    /// Latencies and errors from `at` on are also measured apart, as the
+    /// run after its ramp ([`Report::after_ramp`]).
+    pub fn after_ramp_from(&self, at: Instant) {
+        self.inner.lock().after_ramp_from = Some(at);
     }
 
     pub fn count(&self, what: &str, n: u64) {
@@ -244,6 +280,9 @@ impl Stats {
         let mut w = self.inner.lock();
         *w.errors.entry(cause.into()).or_default() += 1;
         w.errors_this_second += 1;
+        if w.after_ramp() {
+            w.after_ramp_errors += 1;
+        }
     }
 
     pub fn connected(&self, delta: i64) {
@@ -349,6 +388,18 @@ impl Stats {
             peak_connected: self.peak.load(Ordering::Relaxed),
             series: w.series.clone(),
             cluster: w.cluster.clone(),
+            after_ramp: w
+                .after_ramp_from
+                .filter(|t| Instant::now() > *t)
+                .map(|t| AfterRamp {
+                    from_s: t.saturating_duration_since(self.started).as_secs_f64(),
+                    latency: w
+                        .after_ramp
+                        .iter()
+                        .map(|(m, h)| (m.key().to_string(), Percentiles::of(h)))
+                        .collect(),
+                    errors: w.after_ramp_errors,
+                }),
             ..Report::default()
         }
     }
@@ -383,5 +434,32 @@ mod tests {
         assert_eq!(r.errors["connect: timed out"], 2);
         assert_eq!(r.peak_connected, 3);
         assert_eq!(r.series.len(), 2);
+    }
+
+    /// Only what is recorded once the ramp is over counts after it: the
+    /// slow logins of the ramp do not hide in the steady state, nor the
+    /// steady state in them.
+    #[test]
+    fn after_the_ramp_counts_only_what_came_after_it() {
+        let s = Stats::new();
+        s.record(Metric::InputAck, Duration::from_millis(900));
+        s.error("connect: timed out");
+        assert!(s.finish().after_ramp.is_none(), "no ramp end given yet");
+        s.after_ramp_from(Instant::now());
+        for _ in 0..10 {
+            s.record(Metric::InputAck, Duration::from_millis(20));
+        }
+        s.error("connection lost");
+        let r = s.finish();
+        let after = r.after_ramp.expect("the window began");
+        assert_eq!(after.latency["input_ack"].count, 10);
+        assert!(after.latency["input_ack"].max_ms < 21.0);
+        assert_eq!(after.errors, 1);
+        assert_eq!(r.latency["input_ack"].count, 11, "the whole run has both");
+        // A window that has not begun by the end of the run is no window.
+        let later = Stats::new();
+        later.after_ramp_from(Instant::now() + Duration::from_secs(60));
+        later.record(Metric::InputAck, Duration::from_millis(5));
+        assert!(later.finish().after_ramp.is_none());
     }
 }

@@ -18,7 +18,8 @@
 //!   freed by `EntityGone` is not given again for [`SLOT_QUARANTINE`]
 //!   snapshots, so a late datagram cannot move the wrong entity.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::{BTreeSet, VecDeque};
 use tessera_proto::cluster::ViewEntity;
 use tessera_proto::frame;
 use tessera_proto::msg::ServerDatagram;
@@ -49,7 +50,7 @@ struct Sent {
 /// One player's interest state.
 #[derive(Default)]
 pub struct Interest {
-    known: HashMap<EntityId, Sent>,
+    known: FxHashMap<EntityId, Sent>,
     /// Snapshots built so far.
     n: u64,
     /// Slots free to give, lowest first (fewest bytes).
@@ -120,7 +121,7 @@ impl Interest {
             .into_iter()
             .chain(visible.iter().filter(|e| e.id != me).take(MAX_VISIBLE - 1))
             .collect();
-        let ids: HashSet<EntityId> = chosen.iter().map(|e| e.id).collect();
+        let ids: FxHashSet<EntityId> = chosen.iter().map(|e| e.id).collect();
         let mut gone: Vec<EntityId> = self
             .known
             .keys()
@@ -217,6 +218,7 @@ pub fn encode_snapshot(
 mod tests {
     use super::*;
     use tessera_proto::msg::EntityKind;
+    use std::collections::{HashMap, HashSet};
 
     fn entity(id: u64, x: f32) -> ViewEntity {
         ViewEntity {

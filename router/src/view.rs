@@ -4,6 +4,8 @@
 //! interest radius, whichever region or shard owns them.
 
 use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,6 +15,14 @@ use tessera_proto::{CellId, EntityId, Grid, RegionId, Vec3};
 
 /// A region's newest frame and when it arrived.
 type Arrived = (Arc<CellFrame>, Instant);
+
+/// An entity in range, found by [`WorldView::nearest`]: its distance, when
+/// its frame arrived, and where it is in that frame.
+struct Found<'a> {
+    d: f32,
+    at: Instant,
+    e: &'a ViewEntity,
+}
 
 #[derive(Default)]
 pub struct WorldView {
@@ -62,43 +72,57 @@ impl WorldView {
     /// The `limit` entities nearest to `pos` within `radius`, nearest
     /// first: [`WorldView::around`] without sorting what is cut off (a
     /// crowd of thousands costs a selection, not a sort).
+    ///
+    /// Every QUIC player asks this 20 times a second, so it is the router's
+    /// hottest loop (docs/performance.md, "Capacity per core"): it gathers
+    /// references into the frames, not copies, finds an entity seen twice
+    /// with an id-keyed map of a fast non-cryptographic hash (entity ids
+    /// are the shards' own, not attacker-chosen), and copies only the
+    /// entities it keeps.
     pub fn nearest(&self, grid: &Grid, pos: Vec3, radius: f32, limit: usize) -> Vec<ViewEntity> {
         let frames = self.frames.read();
-        let mut seen: HashMap<EntityId, (Instant, ViewEntity)> = HashMap::new();
+        let mut within: Vec<&Arrived> = Vec::new();
         for cell in grid.cells_within(pos, radius) {
-            let Some(regions) = frames.get(&cell) else {
-                continue;
-            };
-            for (frame, at) in regions.values() {
-                if frame.region.distance_xz(grid, pos) > radius {
+            if let Some(regions) = frames.get(&cell) {
+                within.extend(
+                    regions
+                        .values()
+                        .filter(|(frame, _)| frame.region.distance_xz(grid, pos) <= radius),
+                );
+            }
+        }
+        let total: usize = within.iter().map(|(frame, _)| frame.entities.len()).sum();
+        let mut found: Vec<Found> = Vec::with_capacity(total);
+        let mut slot: FxHashMap<EntityId, usize> =
+            FxHashMap::with_capacity_and_hasher(total, Default::default());
+        for (frame, at) in within {
+            for e in &frame.entities {
+                let d = e.pos.distance_xz(pos);
+                if d > radius {
                     continue;
                 }
-                for e in &frame.entities {
-                    if e.pos.distance_xz(pos) > radius {
-                        continue;
+                let f = Found { d, at: *at, e };
+                match slot.entry(e.id) {
+                    Entry::Vacant(v) => {
+                        v.insert(found.len());
+                        found.push(f);
                     }
-                    match seen.get(&e.id) {
-                        Some((t, _)) if t >= at => {}
-                        _ => {
-                            seen.insert(e.id, (*at, e.clone()));
+                    Entry::Occupied(o) => {
+                        let old = &mut found[*o.get()];
+                        if f.at > old.at {
+                            *old = f;
                         }
                     }
                 }
             }
         }
-        let mut out: Vec<ViewEntity> = seen.into_values().map(|(_, e)| e).collect();
-        let order = |a: &ViewEntity, b: &ViewEntity| {
-            a.pos
-                .distance_xz(pos)
-                .total_cmp(&b.pos.distance_xz(pos))
-                .then(a.id.cmp(&b.id))
-        };
-        if out.len() > limit {
-            out.select_nth_unstable_by(limit, order);
-            out.truncate(limit);
+        let order = |a: &Found, b: &Found| a.d.total_cmp(&b.d).then(a.e.id.cmp(&b.e.id));
+        if found.len() > limit {
+            found.select_nth_unstable_by(limit, order);
+            found.truncate(limit);
         }
-        out.sort_by(order);
-        out
+        found.sort_unstable_by(order);
+        found.into_iter().map(|f| f.e.clone()).collect()
     }
 
     /// Finds one entity near where it was last seen.
