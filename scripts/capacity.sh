@@ -73,7 +73,9 @@ step() { # step <players>; prints one summary line, exits 0 if the step passed
     local n=$1 dir=$out/$1
     local quic=$(( n * 2 / 3 )) telnet=$(( n - n * 2 / 3 ))
     local ramp_s=$(( (n + ramp - 1) / ramp ))
-    local duration=$(( ramp_s + settle + hold ))
+    # The bots outlive the measured window by a few seconds, so their CPU
+    # time can be read at its end.
+    local duration=$(( ramp_s + settle + hold + 5 ))
     rm -rf "$dir"; mkdir -p "$dir"
     taskset -c 0 "$bin" up --world worlds/default --data-dir "$dir/data" --spawn-radius 100 \
         --telnet 127.0.0.1:25000 --quic 127.0.0.1:25433 --metrics 127.0.0.1:29200 \

@@ -128,11 +128,15 @@ async fn play(
     let mut next_chat = Instant::now() + chat_delay(ctx, &mut steering);
     let mut chats = 0u64;
     let mut traffic = Traffic::start(client.connection());
-    let mut every = tokio::time::interval(Duration::from_millis(1000 / INPUT_HZ));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pos = me.pos;
     loop {
-        every.tick().await;
+        // Inputs at INPUT_HZ on average, each period drawn anew (±20 %): a
+        // fixed period of 100 ms, started at login like the router's
+        // snapshot timer, stayed in phase with it (three ticks to a period)
+        // and measured every bot's input-to-ack as one snapshot period
+        // exactly; a player's inputs keep no such phase.
+        let period = 1000.0 / INPUT_HZ as f64 * steering.rng().gen_range(0.8..1.2);
+        tokio::time::sleep(Duration::from_secs_f64(period / 1000.0)).await;
         let now = Instant::now();
         if ctx.over() {
             traffic.report(ctx, client.connection());

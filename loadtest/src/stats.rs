@@ -256,7 +256,11 @@ impl Stats {
         let _ = w.total.entry(metric).or_insert_with(histogram).record(us);
         let _ = w.second.entry(metric).or_insert_with(histogram).record(us);
         if w.after_ramp() {
-            let _ = w.after_ramp.entry(metric).or_insert_with(histogram).record(us);
+            let _ = w
+                .after_ramp
+                .entry(metric)
+                .or_insert_with(histogram)
+                .record(us);
         }
     }
 

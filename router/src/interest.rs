@@ -20,6 +20,7 @@
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 use tessera_proto::cluster::ViewEntity;
 use tessera_proto::frame;
 use tessera_proto::msg::ServerDatagram;
@@ -179,6 +180,63 @@ impl Interest {
     }
 }
 
+/// When a QUIC player's snapshots go out: at `snapshot_hz` on average, each
+/// right after a frame of the player's cell has arrived, so a snapshot
+/// carries the newest tick instead of one up to a snapshot period old.
+///
+/// A free-running 20 Hz timer beside 30 Hz ticks made a snapshot wait 0 to
+/// 50 ms after the frame it carried, so input-to-ack was up to a tick plus
+/// a whole snapshot period (p99 about 86 ms on an idle router; see
+/// docs/performance.md, "Capacity per core"). Timed to frames it is up to
+/// a tick plus the frames skipped to keep the rate: one in three at 30 Hz
+/// ticks and 20 Hz snapshots.
+///
+/// Each snapshot is due a period after the previous one was due (not after
+/// it was sent), so the rate holds exactly; a frame up to [`FRAME_EARLY`]
+/// before that is taken, since the next may be a whole tick later. With no
+/// frames (a shard stalled, or a cell being handed over) snapshots still go
+/// out at [`SnapshotClock::deadline`], half a period late.
+#[derive(Debug)]
+pub struct SnapshotClock {
+    period: Duration,
+    due: Instant,
+}
+
+/// How early a frame may arrive before a snapshot is due and still carry it.
+pub const FRAME_EARLY: Duration = Duration::from_millis(10);
+
+impl SnapshotClock {
+    /// The first snapshot is due at once.
+    pub fn new(period: Duration, now: Instant) -> SnapshotClock {
+        SnapshotClock { period, due: now }
+    }
+
+    /// A frame of the player's cell arrived at `now`: true if a snapshot
+    /// should go out (it then counts as sent).
+    pub fn on_frame(&mut self, now: Instant) -> bool {
+        if now + FRAME_EARLY < self.due {
+            return false;
+        }
+        self.sent(now);
+        true
+    }
+
+    /// When a snapshot goes out even without a frame.
+    pub fn deadline(&self) -> Instant {
+        self.due + self.period / 2
+    }
+
+    /// A snapshot went out at `now`.
+    pub fn sent(&mut self, now: Instant) {
+        self.due += self.period;
+        // Fallen behind (the task was starved): start again from now
+        // rather than send a burst.
+        if self.due + self.period < now {
+            self.due = now + self.period;
+        }
+    }
+}
+
 /// A snapshot's updates, relative to `origin` (the player's own position),
 /// as encoded datagrams of at most `max` bytes each, in order; at least one
 /// (an empty snapshot still carries the tick and the input ack).
@@ -217,8 +275,8 @@ pub fn encode_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_proto::msg::EntityKind;
     use std::collections::{HashMap, HashSet};
+    use tessera_proto::msg::EntityKind;
 
     fn entity(id: u64, x: f32) -> ViewEntity {
         ViewEntity {
@@ -366,5 +424,46 @@ mod tests {
             &[entity(1, 0.0), entity(8, 3.0), entity(9, 4.0)],
         );
         assert_eq!(plan.appeared[0].1, seven, "reused after the quarantine");
+    }
+
+    /// With frames at 30 Hz and snapshots at 20 Hz, two frames in three
+    /// carry a snapshot, each sent the moment its frame arrives: exactly
+    /// 20 a second, none more than one frame late.
+    #[test]
+    fn snapshots_follow_frames_at_their_own_rate() {
+        let start = Instant::now();
+        let tick = Duration::from_secs_f64(1.0 / 30.0);
+        let mut clock = SnapshotClock::new(Duration::from_millis(50), start);
+        let sent: Vec<usize> = (0..300)
+            .filter(|k| clock.on_frame(start + tick * *k as u32))
+            .collect();
+        assert_eq!(sent.len(), 200, "20 Hz over 10 s");
+        for pair in sent.windows(2) {
+            assert!(matches!(pair[1] - pair[0], 1 | 2), "{pair:?}");
+        }
+        assert!(clock.deadline() > start + tick * 299);
+    }
+
+    /// Frames that stop leave the deadline to send, at the same rate; a
+    /// starved connection does not burst when it wakes.
+    #[test]
+    fn without_frames_the_deadline_keeps_the_rate() {
+        let start = Instant::now();
+        let period = Duration::from_millis(50);
+        let mut clock = SnapshotClock::new(period, start);
+        assert!(clock.on_frame(start));
+        let mut sends = 0;
+        let mut now = start;
+        while now < start + Duration::from_secs(1) {
+            now = clock.deadline();
+            clock.sent(now);
+            sends += 1;
+        }
+        assert_eq!(sends, 20);
+        // Asleep for 2 s: one snapshot, then the normal rate again.
+        let late = now + Duration::from_secs(2);
+        assert!(clock.on_frame(late));
+        assert!(!clock.on_frame(late + Duration::from_millis(1)));
+        assert!(clock.on_frame(late + period));
     }
 }

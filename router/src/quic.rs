@@ -5,7 +5,7 @@
 //! only the entities within the interest radius.
 
 use crate::command;
-use crate::interest::Interest;
+use crate::interest::{Interest, SnapshotClock};
 use crate::play;
 use crate::session::{self, Player};
 use crate::{Router, RouterError};
@@ -17,7 +17,7 @@ use tessera_proto::frame::{self, FrameBuffer, FrameError, MAX_CONTROL_FRAME, MAX
 use tessera_proto::msg::{
     clean_text, ClientDatagram, ClientMsg, ErrorCode, ServerMsg, MAX_LINE_BYTES, MAX_SAY_CHARS,
 };
-use tessera_proto::PROTOCOL_VERSION;
+use tessera_proto::{CellId, Vec3, PROTOCOL_VERSION};
 
 /// Application close codes.
 pub const CLOSE_NORMAL: u32 = 0;
@@ -381,8 +381,10 @@ impl ClientConn {
     async fn play(&mut self, player: &mut Player) -> Result<(), ConnError> {
         let mut ctl = self.ctl.take().expect("control stream");
         let period = Duration::from_secs_f64(1.0 / self.router.config.snapshot_hz.max(1) as f64);
-        let mut snapshots = tokio::time::interval(period);
-        snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Snapshots follow the frames of the player's cell (SnapshotClock).
+        let mut clock = SnapshotClock::new(period, std::time::Instant::now());
+        let mut cell = self.router.grid.cell_of(player.position());
+        let mut frames = self.router.view.frames_of(cell);
         let mut interest = Interest::default();
         // A relayed text player sees the world through `look`, not snapshots.
         let text = self.relay.is_some();
@@ -447,15 +449,23 @@ impl ClientConn {
                         if let Err(e) = ctl.write(&m).await { break Err(e); }
                     }
                 }
-                _ = snapshots.tick(), if !text => {
-                    // A QUIC player may only send inputs: notice a dead
-                    // shard here too.
-                    if let Ok(Some(text)) = player.ensure_in_world().await {
-                        if let Err(e) = ctl.write(&ServerMsg::Text { text }).await {
-                            break Err(e);
-                        }
+                arrived = frames.changed(), if !text => {
+                    if arrived.is_err() {
+                        // Cannot happen while this receiver lives; wait on
+                        // the cell afresh rather than spin.
+                        frames = self.router.view.frames_of(cell);
+                        continue;
                     }
-                    if let Err(e) = self.snapshot(player, &mut ctl, &mut interest).await {
+                    if !clock.on_frame(std::time::Instant::now()) {
+                        continue;
+                    }
+                    if let Err(e) = self.tick(player, &mut ctl, &mut interest, &mut cell, &mut frames).await {
+                        break Err(e);
+                    }
+                }
+                _ = tokio::time::sleep_until(clock.deadline().into()), if !text => {
+                    clock.sent(std::time::Instant::now());
+                    if let Err(e) = self.tick(player, &mut ctl, &mut interest, &mut cell, &mut frames).await {
                         break Err(e);
                     }
                 }
@@ -537,14 +547,38 @@ impl ClientConn {
         Ok(true)
     }
 
+    /// One snapshot's turn: notices a dead shard (a QUIC player may only
+    /// send inputs, so this is where it shows), sends the snapshot, and
+    /// follows the player's cell for the next frames.
+    async fn tick(
+        &mut self,
+        player: &mut Player,
+        ctl: &mut Control,
+        interest: &mut Interest,
+        cell: &mut CellId,
+        frames: &mut tokio::sync::watch::Receiver<()>,
+    ) -> Result<(), ConnError> {
+        if let Ok(Some(text)) = player.ensure_in_world().await {
+            ctl.write(&ServerMsg::Text { text }).await?;
+        }
+        let pos = self.snapshot(player, ctl, interest).await?;
+        let now_in = self.router.grid.cell_of(pos);
+        if now_in != *cell {
+            *cell = now_in;
+            *frames = self.router.view.frames_of(now_in);
+        }
+        Ok(())
+    }
+
     /// Interest management (`interest.rs`): what this player can see, as
     /// reliable appear/gone messages and unreliable position datagrams.
+    /// Returns the player's position it was built around.
     async fn snapshot(
         &mut self,
         player: &mut Player,
         ctl: &mut Control,
         interest: &mut Interest,
-    ) -> Result<(), ConnError> {
+    ) -> Result<Vec3, ConnError> {
         let router = &self.router;
         let pos = player.position();
         // The player's own entity (at distance 0) and the nearest others.
@@ -580,7 +614,7 @@ impl ClientConn {
             sent += self.send_datagram(dg)?;
         }
         metrics::counter!("tessera_router_snapshot_bytes_total").increment(sent);
-        Ok(())
+        Ok(pos)
     }
 
     fn send_datagram(&self, bytes: Vec<u8>) -> Result<u64, ConnError> {

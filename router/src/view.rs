@@ -3,7 +3,7 @@
 //! Interest management reads it: a player sees the entities within the
 //! interest radius, whichever region or shard owns them.
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tessera_proto::cluster::{CellFrame, ViewEntity};
 use tessera_proto::{CellId, EntityId, Grid, RegionId, Vec3};
+use tokio::sync::watch;
 
 /// A region's newest frame and when it arrived.
 type Arrived = (Arc<CellFrame>, Instant);
@@ -30,6 +31,9 @@ pub struct WorldView {
     /// one per region, a whole cell one.
     frames: RwLock<HashMap<CellId, HashMap<RegionId, Arrived>>>,
     latest_tick: AtomicU64,
+    /// Cells someone waits on for frames ([`WorldView::frames_of`]); a
+    /// cell nobody waits on any more is dropped at its next frame.
+    signals: Mutex<HashMap<CellId, watch::Sender<()>>>,
 }
 
 impl WorldView {
@@ -57,9 +61,30 @@ impl WorldView {
             *r != frame.region && r.overlaps(frame.region) && old.epoch > frame.epoch
         });
         if newer && !superseded {
+            let cell = frame.region.cell_id();
             regions.retain(|r, _| *r == frame.region || !r.overlaps(frame.region));
             regions.insert(frame.region, (frame, Instant::now()));
+            drop(frames);
+            let mut signals = self.signals.lock();
+            if let Some(tx) = signals.get(&cell) {
+                if tx.receiver_count() == 0 {
+                    signals.remove(&cell);
+                } else {
+                    tx.send_replace(());
+                }
+            }
         }
+    }
+
+    /// Changes whenever a frame of a region of `cell` is taken: a QUIC
+    /// connection times its snapshots to its player's cell's frames
+    /// ([`crate::interest::SnapshotClock`]).
+    pub fn frames_of(&self, cell: CellId) -> watch::Receiver<()> {
+        self.signals
+            .lock()
+            .entry(cell)
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe()
     }
 
     /// Entities within `radius` of `pos`, each once (an entity being handed
@@ -345,5 +370,31 @@ mod tests {
         view.update(region_frame("0,0", 5, &[2], 10.0));
         assert_eq!(ids(&view), vec![2]);
         assert_eq!(view.cell_count(), 1);
+    }
+
+    /// A connection waiting on a cell hears of that cell's frames only; a
+    /// cell nobody waits on any more is forgotten.
+    #[test]
+    fn frames_of_a_cell_signal_their_arrival() {
+        let view = WorldView::default();
+        let mut here = view.frames_of(CellId::new(0, 0));
+        let mut there = view.frames_of(CellId::new(5, 5));
+        assert!(!here.has_changed().unwrap());
+        view.update(frame("a", 1, 1, 1.0)); // cell 0,0
+        assert!(here.has_changed().unwrap());
+        assert!(!there.has_changed().unwrap());
+        here.borrow_and_update();
+        view.update(frame("a", 1, 0, 1.0)); // an older tick: not taken
+        assert!(!here.has_changed().unwrap());
+        drop(there.borrow_and_update());
+        drop(there);
+        let mut far = (*frame("a", 1, 1, 330.0)).clone();
+        far.region = RegionId::cell(CellId::new(5, 5));
+        view.update(Arc::new(far));
+        assert_eq!(
+            view.signals.lock().len(),
+            1,
+            "cell 5,5 has no listener left"
+        );
     }
 }
