@@ -148,7 +148,7 @@ if disperse and merges:
     lines.append(f"  last merge {t(last_merge[-1]) - started - float(disperse):.0f} s after the crowd began to disperse")
 summary = open(f"{d}/bots.log").read()
 for l in summary.splitlines():
-    if l.startswith(("input to ack", "command to answer", "connect + login", "errors", "Swarm")):
+    if l.startswith(("input to ack", "command to answer", "connect + login", "errors", "Swarm", "after the ramp")):
         lines.append("  " + l)
 text = "\n".join(lines)
 print(text)

@@ -181,7 +181,7 @@ impl Interest {
 }
 
 /// When a QUIC player's snapshots go out: at `snapshot_hz` on average, each
-/// right after a frame of the player's cell has arrived, so a snapshot
+/// right after a frame of the player's region has arrived, so a snapshot
 /// carries the newest tick instead of one up to a snapshot period old.
 ///
 /// A free-running 20 Hz timer beside 30 Hz ticks made a snapshot wait 0 to
@@ -211,7 +211,7 @@ impl SnapshotClock {
         SnapshotClock { period, due: now }
     }
 
-    /// A frame of the player's cell arrived at `now`: true if a snapshot
+    /// A frame of the player's region arrived at `now`: true if a snapshot
     /// should go out (it then counts as sent).
     pub fn on_frame(&mut self, now: Instant) -> bool {
         if now + FRAME_EARLY < self.due {

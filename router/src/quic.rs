@@ -17,7 +17,7 @@ use tessera_proto::frame::{self, FrameBuffer, FrameError, MAX_CONTROL_FRAME, MAX
 use tessera_proto::msg::{
     clean_text, ClientDatagram, ClientMsg, ErrorCode, ServerMsg, MAX_LINE_BYTES, MAX_SAY_CHARS,
 };
-use tessera_proto::{CellId, Vec3, PROTOCOL_VERSION};
+use tessera_proto::{RegionId, PROTOCOL_VERSION};
 
 /// Application close codes.
 pub const CLOSE_NORMAL: u32 = 0;
@@ -381,10 +381,14 @@ impl ClientConn {
     async fn play(&mut self, player: &mut Player) -> Result<(), ConnError> {
         let mut ctl = self.ctl.take().expect("control stream");
         let period = Duration::from_secs_f64(1.0 / self.router.config.snapshot_hz.max(1) as f64);
-        // Snapshots follow the frames of the player's cell (SnapshotClock).
+        // Snapshots follow the frames of the player's region (SnapshotClock).
         let mut clock = SnapshotClock::new(period, std::time::Instant::now());
-        let mut cell = self.router.grid.cell_of(player.position());
-        let mut frames = self.router.view.frames_of(cell);
+        let mut region = player.region;
+        let mut frames = self.router.view.frames_of(region);
+        // One timer, moved at each snapshot (a new one per loop turn cost
+        // a timer-wheel insert and removal per datagram and event).
+        let fallback = tokio::time::sleep_until(clock.deadline().into());
+        tokio::pin!(fallback);
         let mut interest = Interest::default();
         // A relayed text player sees the world through `look`, not snapshots.
         let text = self.relay.is_some();
@@ -452,20 +456,22 @@ impl ClientConn {
                 arrived = frames.changed(), if !text => {
                     if arrived.is_err() {
                         // Cannot happen while this receiver lives; wait on
-                        // the cell afresh rather than spin.
-                        frames = self.router.view.frames_of(cell);
+                        // the region afresh rather than spin.
+                        frames = self.router.view.frames_of(region);
                         continue;
                     }
                     if !clock.on_frame(std::time::Instant::now()) {
                         continue;
                     }
-                    if let Err(e) = self.tick(player, &mut ctl, &mut interest, &mut cell, &mut frames).await {
+                    fallback.as_mut().reset(clock.deadline().into());
+                    if let Err(e) = self.tick(player, &mut ctl, &mut interest, &mut region, &mut frames).await {
                         break Err(e);
                     }
                 }
-                _ = tokio::time::sleep_until(clock.deadline().into()), if !text => {
+                _ = &mut fallback, if !text => {
                     clock.sent(std::time::Instant::now());
-                    if let Err(e) = self.tick(player, &mut ctl, &mut interest, &mut cell, &mut frames).await {
+                    fallback.as_mut().reset(clock.deadline().into());
+                    if let Err(e) = self.tick(player, &mut ctl, &mut interest, &mut region, &mut frames).await {
                         break Err(e);
                     }
                 }
@@ -549,36 +555,35 @@ impl ClientConn {
 
     /// One snapshot's turn: notices a dead shard (a QUIC player may only
     /// send inputs, so this is where it shows), sends the snapshot, and
-    /// follows the player's cell for the next frames.
+    /// follows the player's region (hand-offs, splits and merges change
+    /// it) for the next frames.
     async fn tick(
         &mut self,
         player: &mut Player,
         ctl: &mut Control,
         interest: &mut Interest,
-        cell: &mut CellId,
+        region: &mut RegionId,
         frames: &mut tokio::sync::watch::Receiver<()>,
     ) -> Result<(), ConnError> {
         if let Ok(Some(text)) = player.ensure_in_world().await {
             ctl.write(&ServerMsg::Text { text }).await?;
         }
-        let pos = self.snapshot(player, ctl, interest).await?;
-        let now_in = self.router.grid.cell_of(pos);
-        if now_in != *cell {
-            *cell = now_in;
-            *frames = self.router.view.frames_of(now_in);
+        self.snapshot(player, ctl, interest).await?;
+        if player.region != *region {
+            *region = player.region;
+            *frames = self.router.view.frames_of(player.region);
         }
         Ok(())
     }
 
     /// Interest management (`interest.rs`): what this player can see, as
     /// reliable appear/gone messages and unreliable position datagrams.
-    /// Returns the player's position it was built around.
     async fn snapshot(
         &mut self,
         player: &mut Player,
         ctl: &mut Control,
         interest: &mut Interest,
-    ) -> Result<Vec3, ConnError> {
+    ) -> Result<(), ConnError> {
         let router = &self.router;
         let pos = player.position();
         // The player's own entity (at distance 0) and the nearest others.
@@ -614,7 +619,7 @@ impl ClientConn {
             sent += self.send_datagram(dg)?;
         }
         metrics::counter!("tessera_router_snapshot_bytes_total").increment(sent);
-        Ok(pos)
+        Ok(())
     }
 
     fn send_datagram(&self, bytes: Vec<u8>) -> Result<u64, ConnError> {

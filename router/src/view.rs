@@ -31,9 +31,9 @@ pub struct WorldView {
     /// one per region, a whole cell one.
     frames: RwLock<HashMap<CellId, HashMap<RegionId, Arrived>>>,
     latest_tick: AtomicU64,
-    /// Cells someone waits on for frames ([`WorldView::frames_of`]); a
-    /// cell nobody waits on any more is dropped at its next frame.
-    signals: Mutex<HashMap<CellId, watch::Sender<()>>>,
+    /// Regions someone waits on for frames ([`WorldView::frames_of`]); a
+    /// region nobody waits on any more is dropped at its next frame.
+    signals: Mutex<HashMap<RegionId, watch::Sender<()>>>,
 }
 
 impl WorldView {
@@ -61,14 +61,14 @@ impl WorldView {
             *r != frame.region && r.overlaps(frame.region) && old.epoch > frame.epoch
         });
         if newer && !superseded {
-            let cell = frame.region.cell_id();
+            let region = frame.region;
             regions.retain(|r, _| *r == frame.region || !r.overlaps(frame.region));
             regions.insert(frame.region, (frame, Instant::now()));
             drop(frames);
             let mut signals = self.signals.lock();
-            if let Some(tx) = signals.get(&cell) {
+            if let Some(tx) = signals.get(&region) {
                 if tx.receiver_count() == 0 {
-                    signals.remove(&cell);
+                    signals.remove(&region);
                 } else {
                     tx.send_replace(());
                 }
@@ -76,13 +76,16 @@ impl WorldView {
         }
     }
 
-    /// Changes whenever a frame of a region of `cell` is taken: a QUIC
-    /// connection times its snapshots to its player's cell's frames
-    /// ([`crate::interest::SnapshotClock`]).
-    pub fn frames_of(&self, cell: CellId) -> watch::Receiver<()> {
+    /// Changes whenever a frame of `region` is taken: a QUIC connection
+    /// times its snapshots to the frames of its player's region
+    /// ([`crate::interest::SnapshotClock`]). Per region, not per cell: a
+    /// split cell publishes a frame per region per tick, and waking every
+    /// player of the cell for each (seven regions: 210 wake-ups a second
+    /// each) starved a one-core router.
+    pub fn frames_of(&self, region: RegionId) -> watch::Receiver<()> {
         self.signals
             .lock()
-            .entry(cell)
+            .entry(region)
             .or_insert_with(|| watch::channel(()).0)
             .subscribe()
     }
@@ -372,17 +375,23 @@ mod tests {
         assert_eq!(view.cell_count(), 1);
     }
 
-    /// A connection waiting on a cell hears of that cell's frames only; a
-    /// cell nobody waits on any more is forgotten.
+    /// A connection waiting on a region hears of that region's frames
+    /// only (not of its siblings'); a region nobody waits on any more is
+    /// forgotten.
     #[test]
-    fn frames_of_a_cell_signal_their_arrival() {
+    fn frames_of_a_region_signal_their_arrival() {
         let view = WorldView::default();
-        let mut here = view.frames_of(CellId::new(0, 0));
-        let mut there = view.frames_of(CellId::new(5, 5));
+        let mut here = view.frames_of(RegionId::cell(CellId::new(0, 0)));
+        let mut there = view.frames_of(RegionId::cell(CellId::new(5, 5)));
+        let mut quadrant = view.frames_of("1,0/2".parse().unwrap());
         assert!(!here.has_changed().unwrap());
         view.update(frame("a", 1, 1, 1.0)); // cell 0,0
         assert!(here.has_changed().unwrap());
         assert!(!there.has_changed().unwrap());
+        view.update(region_frame("1,0/3", 1, &[7], 100.0));
+        assert!(!quadrant.has_changed().unwrap(), "a sibling's frame");
+        view.update(region_frame("1,0/2", 1, &[8], 70.0));
+        assert!(quadrant.has_changed().unwrap());
         here.borrow_and_update();
         view.update(frame("a", 1, 0, 1.0)); // an older tick: not taken
         assert!(!here.has_changed().unwrap());
@@ -391,10 +400,6 @@ mod tests {
         let mut far = (*frame("a", 1, 1, 330.0)).clone();
         far.region = RegionId::cell(CellId::new(5, 5));
         view.update(Arc::new(far));
-        assert_eq!(
-            view.signals.lock().len(),
-            1,
-            "cell 5,5 has no listener left"
-        );
+        assert_eq!(view.signals.lock().len(), 2, "5,5 has no listener left");
     }
 }
