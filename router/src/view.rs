@@ -383,7 +383,7 @@ mod tests {
         let view = WorldView::default();
         let mut here = view.frames_of(RegionId::cell(CellId::new(0, 0)));
         let mut there = view.frames_of(RegionId::cell(CellId::new(5, 5)));
-        let mut quadrant = view.frames_of("1,0/2".parse().unwrap());
+        let quadrant = view.frames_of("1,0/2".parse().unwrap());
         assert!(!here.has_changed().unwrap());
         view.update(frame("a", 1, 1, 1.0)); // cell 0,0
         assert!(here.has_changed().unwrap());
