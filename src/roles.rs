@@ -864,13 +864,14 @@ pub enum CtlCommand {
         #[arg(allow_hyphen_values = true)]
         region: tessera_proto::RegionId,
     },
-    /// Merge a split region's four quadrants back into one, moving them to
-    /// one shard first, and wait until the map shows it.
+    /// Merge a split region back into one (every region under it, however
+    /// deep), moving them to one shard first, and wait until the map shows
+    /// it.
     Merge {
         #[arg(allow_hyphen_values = true)]
         region: tessera_proto::RegionId,
         /// The shard the merged region goes to (default: the one that owns
-        /// most of the quadrants).
+        /// most of the regions under it).
         #[arg(long)]
         to: Option<String>,
     },

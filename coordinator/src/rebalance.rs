@@ -41,9 +41,10 @@
 //!   any of them. A region whose own cost stays above `split_above` (35 %
 //!   of its shard's budget) for `split_sustain` fresh reports is split,
 //!   unless at `max_depth`; its quadrants then move by the rules here once
-//!   the shard reports them. Four sibling leaves whose summed cost stays
-//!   under `merge_below` (10 % of the budget of the shard owning most of
-//!   them) for `merge_sustain` (5) reports are merged onto that shard. A region
+//!   the shard reports them. A split region whose leaves (at any depth)
+//!   cost under `merge_below` together (10 % of the budget of the shard
+//!   owning most of them) for `merge_sustain` (5) reports is merged onto
+//!   that shard in one step, the largest such region first. A region
 //!   split or merged is not reshaped again, either way, for
 //!   `reshape_cooldown`: with the gap between the two lines, a crowd on a
 //!   border cannot make it flap.
@@ -107,8 +108,8 @@ pub struct RebalanceConfig {
     pub merge_below: f64,
     /// Consecutive fresh reports a region must stay above `split_above`.
     pub split_sustain: u32,
-    /// Consecutive fresh reports four siblings must stay below
-    /// `merge_below`.
+    /// Consecutive fresh reports the leaves under a split region must stay
+    /// below `merge_below` together.
     pub merge_sustain: u32,
     /// A region that was just split or merged is not reshaped again (in
     /// either direction) for this long.
@@ -561,8 +562,17 @@ impl Rebalancer {
                 .and_then(|v| v.load.as_ref())
                 .map(|l| l.tick)
         };
+        // Reshaped recently: the region itself or a region around it (a
+        // merge planned for a cell cools every leaf under it).
         let cooling = |r: &RegionId, until: &HashMap<RegionId, Instant>| {
-            until.contains_key(r) || r.parent().is_some_and(|p| until.contains_key(&p))
+            let mut a = Some(*r);
+            while let Some(x) = a {
+                if until.contains_key(&x) {
+                    return true;
+                }
+                a = x.parent();
+            }
+            false
         };
         // Splits.
         for (region, owner) in &view.owners {
@@ -605,35 +615,42 @@ impl Rebalancer {
             self.spreading_until.insert(*region, now + SPREAD_WINDOW);
             self.split_streaks.remove(region);
         }
-        // Merges: parents whose four quadrants are leaves.
-        let parents: BTreeSet<RegionId> = view
-            .owners
-            .keys()
-            .filter_map(|r| r.parent())
-            .filter(|p| {
-                p.children()
-                    .is_some_and(|q| q.iter().all(|c| view.owners.contains_key(c)))
-            })
-            .collect();
-        self.merge_streaks.retain(|p, _| parents.contains(p));
-        for parent in parents {
-            let quadrants = parent.children().expect("a parent has quadrants");
-            let owners: Vec<(RegionId, crate::cellmap::CellOwner)> = quadrants
+        // Merges: every split region whose leaves (at any depth) stay cheap
+        // together, the largest such region of a subtree first, so a
+        // crowd's many levels merge back in one step, not one level per
+        // cooldown.
+        let mut subtrees: BTreeMap<RegionId, Vec<RegionId>> = BTreeMap::new();
+        for leaf in view.owners.keys() {
+            let mut r = *leaf;
+            while let Some(p) = r.parent() {
+                subtrees.entry(p).or_default().push(*leaf);
+                r = p;
+            }
+        }
+        self.merge_streaks.retain(|p, _| subtrees.contains_key(p));
+        // Largest regions first (depth, then position): a region planned to
+        // merge takes its whole subtree with it.
+        let mut order: Vec<RegionId> = subtrees.keys().copied().collect();
+        order.sort_by_key(|r| (r.depth(), *r));
+        let mut taken: Vec<RegionId> = Vec::new();
+        for region in order {
+            let leaves = &subtrees[&region];
+            let owners: Vec<(RegionId, crate::cellmap::CellOwner)> = leaves
                 .iter()
-                .map(|q| {
+                .map(|l| {
                     (
-                        *q,
+                        *l,
                         crate::cellmap::CellOwner {
-                            owner: view.owners[q].clone(),
+                            owner: view.owners[l].clone(),
                             epoch: tessera_proto::Epoch(0),
                         },
                     )
                 })
                 .collect();
             let target = crate::reshape::merge_target(&owners);
-            let costs: Option<Vec<f64>> = quadrants
+            let costs: Option<Vec<f64>> = leaves
                 .iter()
-                .map(|q| model.cost.get(q).map(|c| c.ms))
+                .map(|l| model.cost.get(l).map(|c| c.ms))
                 .collect();
             let (Some(costs), Some(budget), Some(tick)) =
                 (costs, model.budget.get(&target), tick_of(&target))
@@ -642,36 +659,43 @@ impl Rebalancer {
             };
             let sum: f64 = costs.iter().sum();
             let under = sum / budget < cfg.merge_below;
-            let streak = self.merge_streaks.entry(parent).or_insert((u64::MAX, 0));
+            let streak = self.merge_streaks.entry(region).or_insert((u64::MAX, 0));
             if streak.0 != tick {
                 streak.0 = tick;
                 streak.1 = if under { streak.1.saturating_add(1) } else { 0 };
             }
-            let busy = quadrants
+            let busy = leaves
                 .iter()
-                .any(|q| model.migrating.contains(q) || cooling(q, &self.reshaped_until));
+                .any(|l| model.migrating.contains(l) || cooling(l, &self.reshaped_until));
             if !under
                 || streak.1 < cfg.merge_sustain.max(1)
                 || busy
+                || taken.iter().any(|t| t.contains(region))
                 || plan.reshapes.len() >= cfg.max_moves
             {
                 continue;
             }
+            let what = if leaves.len() == 4 {
+                "its quadrants cost".to_string()
+            } else {
+                format!("its {} regions cost", leaves.len())
+            };
             plan.reshapes.push(PlannedReshape {
-                region: parent,
+                region,
                 op: crate::reshape::ReshapeOp::Merge,
                 shard: target.clone(),
                 cost_ms: sum,
                 load: sum / budget,
                 why: format!(
-                    "its quadrants cost {:.0}% of {target}'s budget together (merge below {:.0}%)",
+                    "{what} {:.0}% of {target}'s budget together (merge below {:.0}%)",
                     sum / budget * 100.0,
                     cfg.merge_below * 100.0
                 ),
             });
             self.reshaped_until
-                .insert(parent, now + cfg.reshape_cooldown);
-            self.merge_streaks.remove(&parent);
+                .insert(region, now + cfg.reshape_cooldown);
+            self.merge_streaks.remove(&region);
+            taken.push(region);
         }
     }
 
@@ -1644,6 +1668,53 @@ mod tests {
         ]);
         let mut r = Rebalancer::new(RebalanceConfig::default());
         assert!(rounds(&mut r, &busy, 15, t0).iter().all(|p| p.is_empty()));
+    }
+
+    /// A crowd that split a cell two levels deep and left: the whole cell
+    /// merges back in one step, not one level per cooldown; where part of
+    /// the crowd stays, only the subtree it left merges.
+    #[test]
+    fn a_cheap_subtree_merges_in_one_step_from_its_largest_region() {
+        let deep = |crowd: f64| {
+            view(&[
+                (
+                    "a",
+                    1,
+                    vec![
+                        (q("0,0/0/0"), 0.05, 1),
+                        (q("0,0/0/1"), 0.05, 0),
+                        (q("0,0/0/2"), 0.05, 0),
+                        (q("0,0/0/3"), 0.05, 0),
+                        (q("0,0/1"), 0.05, 0),
+                    ],
+                ),
+                ("b", 1, vec![(q("0,0/2"), 0.05, 0), (q("0,0/3"), crowd, 40)]),
+            ])
+        };
+        let t0 = Instant::now();
+        let sustain = RebalanceConfig::default().merge_sustain as usize;
+        let mut r = Rebalancer::new(RebalanceConfig::default());
+        let planned = rounds(&mut r, &deep(0.05), sustain + 3, t0);
+        let merges: Vec<&String> = planned.iter().flatten().collect();
+        assert_eq!(merges, vec!["merge 0,0"], "{planned:?}");
+        assert_eq!(planned[sustain - 1], vec!["merge 0,0"]);
+        let plan = Rebalancer::one_shot(RebalanceConfig::default()).plan(&fresh(&deep(0.05)), t0);
+        assert_eq!(
+            plan.reshapes[0].shard,
+            sid("a"),
+            "a holds 5 of the 7 regions"
+        );
+        assert!(
+            plan.reshapes[0].why.contains("its 7 regions"),
+            "{}",
+            plan.reshapes[0].why
+        );
+        // Part of the crowd stays in 0,0/3 (3 ms of 10): the cell stays
+        // split, the subtree it left merges.
+        let mut r = Rebalancer::new(RebalanceConfig::default());
+        let planned = rounds(&mut r, &deep(3.0), sustain + 3, t0);
+        let merges: Vec<&String> = planned.iter().flatten().collect();
+        assert_eq!(merges, vec!["merge 0,0/0"], "{planned:?}");
     }
 
     #[test]

@@ -144,27 +144,30 @@ pub fn why_not_split(
     None
 }
 
-/// The quadrants of `region` and their owners if all four are leaves,
-/// else why not.
-pub fn mergeable(tree: &CellTree, region: RegionId) -> Result<[(RegionId, CellOwner); 4], String> {
-    let Some(children) = region.children() else {
+/// Every leaf under `region` with its owner, if `region` is split (to any
+/// depth: a merge collapses the whole subtree in one step), else why not.
+pub fn mergeable(tree: &CellTree, region: RegionId) -> Result<Vec<(RegionId, CellOwner)>, String> {
+    if region.children().is_none() {
         return Err("it has no quadrants".into());
-    };
-    let mut out = Vec::with_capacity(4);
-    for c in children {
-        match tree.get(c) {
-            Some(o) => out.push((c, o.clone())),
-            None if tree.get(region).is_some() => return Err("it is not split".into()),
-            None => return Err(format!("its quadrant {c} is split; merge that first")),
-        }
     }
-    out.try_into().map_err(|_| "not four quadrants".to_string())
+    if tree.get(region).is_some() {
+        return Err("it is not split".into());
+    }
+    let leaves: Vec<(RegionId, CellOwner)> = tree
+        .leaves(region.cell_id())
+        .filter(|(r, _)| region.contains(*r) && *r != region)
+        .map(|(r, o)| (r, o.clone()))
+        .collect();
+    if leaves.is_empty() {
+        return Err("it lies inside a leaf of the map".into());
+    }
+    Ok(leaves)
 }
 
-/// The shard that owns most of `quadrants` (ties: the lowest id).
-pub fn merge_target(quadrants: &[(RegionId, CellOwner)]) -> ShardId {
+/// The shard that owns most of `leaves` (ties: the lowest id).
+pub fn merge_target(leaves: &[(RegionId, CellOwner)]) -> ShardId {
     let mut count: BTreeMap<&ShardId, usize> = BTreeMap::new();
-    for (_, o) in quadrants {
+    for (_, o) in leaves {
         *count.entry(&o.owner).or_default() += 1;
     }
     let best = count.values().copied().max().unwrap_or(0);
@@ -172,7 +175,7 @@ pub fn merge_target(quadrants: &[(RegionId, CellOwner)]) -> ShardId {
         .into_iter()
         .find(|(_, n)| *n == best)
         .map(|(s, _)| s.clone())
-        .expect("four quadrants")
+        .expect("a merge has leaves")
 }
 
 async fn read_tree(
@@ -277,15 +280,15 @@ pub fn split_tree(tree: &CellTree, region: RegionId) -> Option<CellTree> {
     Some(t)
 }
 
-/// The new tree for a merge of `region`'s quadrants onto `to`, if all four
-/// are leaves owned by `to`.
+/// The new tree for a merge of every leaf under `region` onto `to`, if
+/// `to` owns them all.
 pub fn merge_tree(tree: &CellTree, region: RegionId, to: &ShardId) -> Option<CellTree> {
-    let quadrants = mergeable(tree, region).ok()?;
-    if quadrants.iter().any(|(_, o)| &o.owner != to) {
+    let leaves = mergeable(tree, region).ok()?;
+    if leaves.iter().any(|(_, o)| &o.owner != to) {
         return None;
     }
     let mut t = tree.clone();
-    t.merge(
+    t.collapse(
         region,
         CellOwner {
             owner: to.clone(),
@@ -356,8 +359,8 @@ pub async fn carry_out(
             let Some(to) = r.to.clone() else {
                 return drop("a merge request without a target".into()).await;
             };
-            let quadrants = match mergeable(tree, region) {
-                Ok(q) => q,
+            let leaves = match mergeable(tree, region) {
+                Ok(l) => l,
                 Err(why) => return drop(why).await,
             };
             if !live.contains(&to) {
@@ -367,16 +370,16 @@ pub async fn carry_out(
                 return flip(new).await;
             }
             let mut moving = 0;
-            for (q, o) in quadrants.iter().filter(|(_, o)| o.owner != to) {
+            for (q, o) in leaves.iter().filter(|(_, o)| o.owner != to) {
                 moving += 1;
                 match crate::migration::request_move(store, prefix, *q, &to, member).await {
                     Ok(_) => {
-                        tracing::info!(region = %q, from = %o.owner, to = %to, "merge: moving a quadrant to the merge target")
+                        tracing::info!(region = %q, from = %o.owner, to = %to, "merge: moving a region to the merge target")
                     }
                     Err(crate::migration::MoveError::Cluster(e)) => return Err(e),
                     Err(crate::migration::MoveError::InProgress(_)) => {}
                     Err(e) => {
-                        tracing::debug!(region = %q, error = %e, "merge: quadrant not moved yet")
+                        tracing::debug!(region = %q, error = %e, "merge: region not moved yet")
                     }
                 }
             }
@@ -421,5 +424,45 @@ mod tests {
         assert_eq!(max_depth(64.0, 64.0), 0);
         assert_eq!(max_depth(64.0, 100.0), 0);
         assert_eq!(max_depth(64.0, 0.01), tessera_proto::region::MAX_DEPTH);
+    }
+
+    fn owner(shard: &str, epoch: u64) -> CellOwner {
+        CellOwner {
+            owner: ShardId::new(shard),
+            epoch: tessera_proto::Epoch(epoch),
+        }
+    }
+
+    /// A merge takes every leaf under the region, however deep, and
+    /// flips only once one shard holds them all.
+    #[test]
+    fn a_merge_collapses_the_whole_subtree_once_one_shard_holds_it() {
+        let r = |t: &str| t.parse::<RegionId>().unwrap();
+        let mut tree = CellTree::whole(owner("a", 1));
+        tree.split(
+            r("0,0"),
+            [owner("a", 2), owner("b", 2), owner("a", 2), owner("a", 2)],
+        )
+        .unwrap();
+        tree.split(
+            r("0,0/0"),
+            [owner("a", 3), owner("b", 3), owner("a", 3), owner("a", 3)],
+        )
+        .unwrap();
+        let leaves = mergeable(&tree, r("0,0")).unwrap();
+        assert_eq!(leaves.len(), 7);
+        assert_eq!(merge_target(&leaves), ShardId::new("a"));
+        assert_eq!(mergeable(&tree, r("0,0/0")).unwrap().len(), 4);
+        assert_eq!(mergeable(&tree, r("0,0/1")).unwrap_err(), "it is not split");
+        assert_eq!(
+            mergeable(&tree, r("0,0/1/2")).unwrap_err(),
+            "it lies inside a leaf of the map"
+        );
+        // b still holds two of them: no flip yet.
+        assert!(merge_tree(&tree, r("0,0"), &ShardId::new("a")).is_none());
+        *tree.get_mut(r("0,0/1")).unwrap() = owner("a", 4);
+        *tree.get_mut(r("0,0/0/1")).unwrap() = owner("a", 5);
+        let merged = merge_tree(&tree, r("0,0"), &ShardId::new("a")).unwrap();
+        assert_eq!(merged, CellTree::whole(owner("a", 6)));
     }
 }

@@ -658,6 +658,35 @@ impl<T> RegionTree<T> {
         }))
     }
 
+    /// Collapses every leaf under `region`, which must be split (to any
+    /// depth), into one leaf with `payload`; returns the leaves it held,
+    /// in depth-first quadrant order. A merge of a whole subtree in one
+    /// step, where [`RegionTree::merge`] takes one level.
+    pub fn collapse(
+        &mut self,
+        region: RegionId,
+        payload: T,
+    ) -> Result<Vec<(RegionId, T)>, RegionTreeError> {
+        let tree = self.node_mut(region)?;
+        if tree.is_whole() {
+            return Err(RegionTreeError::NotSplit(region));
+        }
+        let old = std::mem::replace(tree, RegionTree(Node::Leaf(payload)));
+        let mut out = Vec::new();
+        let mut stack = vec![(region, old)];
+        while let Some((r, t)) = stack.pop() {
+            match t.0 {
+                Node::Leaf(p) => out.push((r, p)),
+                Node::Split(kids) => {
+                    for (q, kid) in Quadrant::ALL.into_iter().zip(*kids).rev() {
+                        stack.push((r.child_unchecked(q), kid));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The node at `region`'s path.
     fn node(&self, region: RegionId) -> Result<&RegionTree<T>, RegionTreeError> {
         let mut tree = self;
@@ -1052,6 +1081,23 @@ mod tests {
         );
         assert_eq!(tree, RegionTree::whole(owner("shard-1", 5)));
         assert_eq!(tree.as_whole(), Some(&owner("shard-1", 5)));
+
+        // A whole subtree collapses in one step, whatever its depth.
+        let mut deep = RegionTree::whole(0u8);
+        deep.split(root, [1, 2, 3, 4]).unwrap();
+        deep.split(region("3,-1/1"), [5, 6, 7, 8]).unwrap();
+        deep.split(region("3,-1/1/2"), [9, 10, 11, 12]).unwrap();
+        assert_eq!(
+            deep.collapse(region("3,-1/0"), 0),
+            Err(RegionTreeError::NotSplit(region("3,-1/0")))
+        );
+        let held = deep.collapse(root, 99).unwrap();
+        assert_eq!(
+            held.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+            vec![1, 5, 6, 9, 10, 11, 12, 8, 3, 4]
+        );
+        assert_eq!(held[3].0, region("3,-1/1/2/0"));
+        assert_eq!(deep, RegionTree::whole(99));
 
         // Depth limit.
         let mut tree = RegionTree::whole(0u8);

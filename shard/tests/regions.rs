@@ -417,6 +417,44 @@ fn a_cell_splits_and_merges_on_its_shard_while_players_walk() {
     assert_eq!(census(&c, 0), vec![("0,0".to_string(), 40)]);
 }
 
+/// A cell split two levels deep collapses straight back to one region when
+/// the map merges its whole subtree in one step (the coordinator's merge
+/// after a crowd leaves): every entity of the seven regions ends up in the
+/// cell, none lost or duplicated.
+#[test]
+fn a_subtree_two_levels_deep_collapses_into_its_cell_in_one_step() {
+    let map = CellMap::fixed([
+        (CellId::new(0, 0), owner("a", 1)),
+        (CellId::new(1, 0), owner("b", 1)),
+    ]);
+    let mut c = Cluster::with_map(map.clone());
+    for p in 0..28u64 {
+        let pos = Vec3::new(4.0 + (p % 7) as f32 * 9.0, 0.0, 4.0 + (p / 7) as f32 * 15.0);
+        join(&mut c, 0, p + 1, pos);
+    }
+    c.tick();
+    let cell = RegionId::cell(CellId::new(0, 0));
+    let mut tree = RegionTree::whole(owner("a", 1));
+    tree.split(
+        cell,
+        [owner("a", 2), owner("a", 2), owner("a", 2), owner("a", 2)],
+    )
+    .unwrap();
+    tree.split(
+        region("0,0/0"),
+        [owner("a", 3), owner("a", 3), owner("a", 3), owner("a", 3)],
+    )
+    .unwrap();
+    map.set_tree(CellId::new(0, 0), tree);
+    c.tick();
+    assert_eq!(census(&c, 0).len(), 7, "{:?}", census(&c, 0));
+    assert_eq!(c.total(), 28);
+    map.set(CellId::new(0, 0), owner("a", 4));
+    c.tick();
+    assert_eq!(census(&c, 0), vec![("0,0".to_string(), 28)]);
+    assert_eq!(c.total(), 28, "lost or duplicated in the collapse");
+}
+
 /// The map may already have moved one new quadrant to another shard when
 /// the owner re-partitions (it was behind): the entities there are handed
 /// to that shard, not kept or dropped.

@@ -1,8 +1,9 @@
 //! Splits and merges on the shard's side (docs/regions.md).
 //!
 //! The coordinator splits a region by replacing its leaf in the cell map
-//! with four leaves of the same owner, and merges four sibling leaves of
-//! one owner into their parent, each in one compare-and-put. The owner
+//! with four leaves of the same owner, and merges every leaf under a split
+//! region (at any depth), once one shard owns them all, into that region,
+//! each in one compare-and-put. The owner
 //! sees the change when it reconciles with the map, at a tick boundary:
 //! the regions it simulated that the map replaced by overlapping regions of
 //! its own are re-partitioned at once. Every entity (players, NPCs with
