@@ -695,6 +695,9 @@ impl Rebalancer {
             self.reshaped_until
                 .insert(region, now + cfg.reshape_cooldown);
             self.merge_streaks.remove(&region);
+            // The merge gathers the subtree onto one shard: spreading its
+            // quadrants over idle shards would undo that.
+            self.spreading_until.retain(|p, _| !region.contains(*p));
             taken.push(region);
         }
     }
@@ -1749,6 +1752,9 @@ mod tests {
         let p = r.plan(&fresh(&fresh(&quiet)), later);
         assert_eq!(p.reshapes.len(), 1);
         assert_eq!(p.reshapes[0].op, crate::reshape::ReshapeOp::Merge);
+        // The merge ends the split's spreading (it would scatter what the
+        // merge gathers).
+        assert!(r.spreading_until.is_empty());
     }
 
     #[test]
