@@ -369,15 +369,29 @@ pub async fn carry_out(
             if let Some(new) = merge_tree(tree, region, &to) {
                 return flip(new).await;
             }
-            let mut moving = 0;
-            for (q, o) in leaves.iter().filter(|(_, o)| o.owner != to) {
-                moving += 1;
+            // One region at a time: a migration takes the cell tree's next
+            // epoch, so two in one cell at once would leave the second
+            // stale when the first flips (it is cancelled, and a region
+            // already shipped is taken back).
+            let away: Vec<&(RegionId, CellOwner)> =
+                leaves.iter().filter(|(_, o)| o.owner != to).collect();
+            let moving = away.len();
+            for (q, _) in &away {
+                if store
+                    .get(&crate::migration::migration_key(prefix, *q))
+                    .await
+                    .map_err(CoordinatorError::from)?
+                    .is_some()
+                {
+                    return Ok(Progress::Gathering { moving });
+                }
+            }
+            if let Some((q, o)) = away.first() {
                 match crate::migration::request_move(store, prefix, *q, &to, member).await {
                     Ok(_) => {
                         tracing::info!(region = %q, from = %o.owner, to = %to, "merge: moving a region to the merge target")
                     }
                     Err(crate::migration::MoveError::Cluster(e)) => return Err(e),
-                    Err(crate::migration::MoveError::InProgress(_)) => {}
                     Err(e) => {
                         tracing::debug!(region = %q, error = %e, "merge: region not moved yet")
                     }
