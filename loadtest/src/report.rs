@@ -2,9 +2,10 @@
 //! runs, a table at the end, and with `--report DIR` the JSON report, SVG
 //! plots and an `index.html` that shows them.
 
-use crate::stats::{Metric, Report, Sample, Stats};
+use crate::stats::{Metric, Percentiles, Report, Sample, Stats};
 use crate::{SwarmConfig, SwarmError};
 use plotters::prelude::*;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -84,44 +85,14 @@ pub fn table(r: &Report) -> String {
         "\n{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
     );
-    for m in Metric::ALL {
-        let Some(p) = r.latency.get(m.key()) else {
-            continue;
-        };
-        let _ = writeln!(
-            out,
-            "{:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-            m.label(),
-            p.count,
-            p.p50_ms,
-            p.p90_ms,
-            p.p99_ms,
-            p.p999_ms,
-            p.max_ms
-        );
-    }
+    latency_rows(&mut out, &r.latency);
     if let Some(a) = &r.after_ramp {
         let _ = writeln!(
             out,
             "\nafter the ramp (from {:.0} s): {} errors and disconnects",
             a.from_s, a.errors
         );
-        for m in Metric::ALL {
-            let Some(p) = a.latency.get(m.key()) else {
-                continue;
-            };
-            let _ = writeln!(
-                out,
-                "{:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-                m.label(),
-                p.count,
-                p.p50_ms,
-                p.p90_ms,
-                p.p99_ms,
-                p.p999_ms,
-                p.max_ms
-            );
-        }
+        latency_rows(&mut out, &a.latency);
     }
     let _ = writeln!(
         out,
@@ -149,6 +120,26 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(out, "LIMIT BROKEN: {v}");
     }
     out
+}
+
+/// One row per latency measured, in [`Metric::ALL`] order.
+fn latency_rows(out: &mut String, latency: &BTreeMap<String, Percentiles>) {
+    for m in Metric::ALL {
+        let Some(p) = latency.get(m.key()) else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "{:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            m.label(),
+            p.count,
+            p.p50_ms,
+            p.p90_ms,
+            p.p99_ms,
+            p.p999_ms,
+            p.max_ms
+        );
+    }
 }
 
 /// Draws one plot of a report into an SVG file.
