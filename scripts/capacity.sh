@@ -49,24 +49,9 @@ hz=$(getconf CLK_TCK)
 # CPU seconds a process has used (user + system).
 cpu() { awk -v hz="$hz" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
 
-# The shard tick histograms: "shard count within_33ms" lines.
+# The shard tick histograms: "shard sum count within_33ms" lines.
 ticks() {
-    curl -sf "http://127.0.0.1:29200/metrics" | python3 -c '
-import re, sys
-counts, within = {}, {}
-for line in sys.stdin:
-    m = re.match(r"tessera_shard_tick_seconds_(count|bucket)\{(.*)\} (\S+)", line)
-    if not m:
-        continue
-    kind, labels, value = m.groups()
-    shard = re.search(r"shard=\"([^\"]+)\"", labels).group(1)
-    if kind == "count":
-        counts[shard] = float(value)
-    elif "le=\"0.033\"" in labels:
-        within[shard] = float(value)
-for s in sorted(counts):
-    print(s, counts[s], within.get(s, 0))
-'
+    curl -sf "http://127.0.0.1:29200/metrics" | python3 scripts/shard-ticks.py
 }
 
 step() { # step <players>; prints one summary line, exits 0 if the step passed
@@ -104,8 +89,8 @@ step() { # step <players>; prints one summary line, exits 0 if the step passed
 import json, sys
 d, n, max_p99 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 s0, s1, b0, b1, t0, t1 = map(float, sys.argv[4:10])
-def read(f):
-    return {l.split()[0]: tuple(map(float, l.split()[1:])) for l in open(f"{d}/{f}")}
+def read(f):  # shard -> (count, within 33 ms)
+    return {l.split()[0]: tuple(map(float, l.split()[2:4])) for l in open(f"{d}/{f}")}
 a, b = read("ticks-start.txt"), read("ticks-end.txt")
 within = min(
     ((b[s][1] - a.get(s, (0, 0))[1]) / max(b[s][0] - a.get(s, (0, 0))[0], 1) for s in b),

@@ -37,26 +37,9 @@ cargo build --release -p tessera --locked
 bin=$PWD/target/release/tessera
 mkdir -p "$out"
 
-# Scrapes the shard tick histograms: "shard sum count within_33ms" lines.
+# The shard tick histograms: "shard sum count within_33ms" lines.
 scrape() {
-    curl -sf "http://127.0.0.1:$1/metrics" | python3 -c '
-import re, sys
-sums, counts, within = {}, {}, {}
-for line in sys.stdin:
-    m = re.match(r"tessera_shard_tick_seconds_(sum|count|bucket)\{(.*)\} (\S+)", line)
-    if not m:
-        continue
-    kind, labels, value = m.groups()
-    shard = re.search(r"shard=\"([^\"]+)\"", labels).group(1)
-    if kind == "sum":
-        sums[shard] = float(value)
-    elif kind == "count":
-        counts[shard] = float(value)
-    elif "le=\"0.033\"" in labels:
-        within[shard] = float(value)
-for s in sorted(sums):
-    print(s, sums[s], counts.get(s, 0), within.get(s, 0))
-'
+    curl -sf "http://127.0.0.1:$1/metrics" | python3 scripts/shard-ticks.py
 }
 
 run() { # run <name> [extra tessera up flags]
