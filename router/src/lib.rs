@@ -400,8 +400,13 @@ impl Router {
             .unsaved
             .lock()
             .iter()
-            .filter(|(id, _)| !self.is_playing(**id)) // saved with the online players
             .map(|(id, rec)| (*id, rec.clone()))
+            .collect();
+        // Taken apart from the unsaved records' lock: `is_playing` locks the
+        // sessions, and no lock here is held while taking another.
+        let waiting: Vec<(PlayerId, PlayerRecord)> = waiting
+            .into_iter()
+            .filter(|(id, _)| !self.is_playing(*id)) // saved with the online players
             .collect();
         for batch in waiting.chunks(SAVE_BATCH) {
             if self.write_players(batch).is_err() {
