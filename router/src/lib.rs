@@ -17,6 +17,7 @@ pub mod telnet;
 pub mod telnet_gateway;
 pub mod text;
 pub mod tls;
+pub mod udp;
 pub mod view;
 
 use parking_lot::Mutex;
@@ -593,13 +594,18 @@ pub async fn run(
         })?;
     let identity = tls::load_or_create(&router.config.data_dir)?;
     let server_config = tls::server_config(&identity, router.config.relay_ca.as_ref())?;
-    let endpoint =
-        quinn::Endpoint::server(server_config, router.config.quic).map_err(|source| {
-            RouterError::Bind {
-                addr: router.config.quic,
-                source,
-            }
-        })?;
+    let bind_error = |source| RouterError::Bind {
+        addr: router.config.quic,
+        source,
+    };
+    let (socket, _) = udp::bind(router.config.quic).map_err(bind_error)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_error)?;
     let addrs = RouterAddrs {
         telnet: telnet.local_addr().map_err(|source| RouterError::Bind {
             addr: router.config.telnet,

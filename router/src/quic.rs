@@ -390,6 +390,8 @@ impl ClientConn {
         let fallback = tokio::time::sleep_until(clock.deadline().into());
         tokio::pin!(fallback);
         let mut interest = Interest::default();
+        // An input came since the last snapshot: the next frame may ack it.
+        let mut input_waiting = false;
         // A relayed text player sees the world through `look`, not snapshots.
         let text = self.relay.is_some();
         let mut stop = self.stop.clone();
@@ -415,7 +417,9 @@ impl ClientConn {
                     match dg {
                         Ok(bytes) => match frame::decode::<ClientDatagram>(&bytes, MAX_DATAGRAM) {
                             Ok(ClientDatagram::Input(input)) => {
-                                let _ = player.input(input);
+                                if player.input(input).is_ok() {
+                                    input_waiting = true;
+                                }
                             }
                             Err(e) => {
                                 // A bad datagram is dropped; datagrams are
@@ -460,15 +464,17 @@ impl ClientConn {
                         frames = self.router.view.frames_of(region);
                         continue;
                     }
-                    if !clock.on_frame(std::time::Instant::now()) {
+                    if !clock.on_frame(std::time::Instant::now(), input_waiting) {
                         continue;
                     }
+                    input_waiting = false;
                     fallback.as_mut().reset(clock.deadline().into());
                     if let Err(e) = self.tick(player, &mut ctl, &mut interest, &mut region, &mut frames).await {
                         break Err(e);
                     }
                 }
                 _ = &mut fallback, if !text => {
+                    input_waiting = false;
                     clock.sent(std::time::Instant::now());
                     fallback.as_mut().reset(clock.deadline().into());
                     if let Err(e) = self.tick(player, &mut ctl, &mut interest, &mut region, &mut frames).await {
@@ -585,14 +591,32 @@ impl ClientConn {
         interest: &mut Interest,
     ) -> Result<(), ConnError> {
         let router = &self.router;
-        let pos = player.position();
-        // The player's own entity (at distance 0) and the nearest others.
-        let visible = router.view.nearest(
-            &router.grid,
-            pos,
+        let (radius, limit) = (
             router.config.interest_radius,
             crate::interest::MAX_VISIBLE + 1,
         );
+        // The player's own entity (at distance 0) and the nearest others,
+        // around where the player last stood (a tick ago): one pass finds
+        // both the player and what it sees. A player not found there (a
+        // teleport, a hand-off under way) is looked for on its own.
+        let last = player.pos;
+        let (mut visible, seen) =
+            router
+                .view
+                .nearest_to(&router.grid, last, radius, limit, Some(player.entity));
+        let pos = match (seen, visible.iter().find(|e| e.id == player.entity)) {
+            (Some(at), Some(me)) => {
+                player.saw(me.pos, at);
+                player.pos
+            }
+            _ => {
+                let pos = player.position();
+                if pos != last {
+                    visible = router.view.nearest(&router.grid, pos, radius, limit);
+                }
+                pos
+            }
+        };
         let plan = interest.plan(player.entity, pos, &visible);
         for (e, slot) in &plan.appeared {
             ctl.write(&ServerMsg::EntityAppeared {

@@ -377,6 +377,19 @@ impl Player {
         )
     }
 
+    /// Where a frame that arrived at `at` showed the player, found by
+    /// someone else's search (a snapshot's [`WorldView::nearest_to`]):
+    /// taken as [`Player::position`] would take it, if it is newer than
+    /// what is known.
+    ///
+    /// [`WorldView::nearest_to`]: crate::WorldView::nearest_to
+    pub fn saw(&mut self, pos: Vec3, at: std::time::Instant) {
+        if at > self.pos_at {
+            self.pos = pos;
+            self.pos_at = at;
+        }
+    }
+
     /// Takes the avatar out of the world and saves where it was.
     pub async fn leave(mut self) {
         self.leave_inner().await;

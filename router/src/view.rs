@@ -14,13 +14,18 @@ use tessera_proto::cluster::{CellFrame, ViewEntity};
 use tessera_proto::{CellId, EntityId, Grid, RegionId, Vec3};
 use tokio::sync::watch;
 
+/// How many more than asked [`WorldView::nearest`] keeps before it drops
+/// duplicates (entities being handed over, seen in two frames).
+const DUPLICATE_SLACK: usize = 16;
+
 /// A region's newest frame and when it arrived.
 type Arrived = (Arc<CellFrame>, Instant);
 
 /// An entity in range, found by [`WorldView::nearest`]: its distance, when
 /// its frame arrived, and where it is in that frame.
 struct Found<'a> {
-    d: f32,
+    /// Squared distance.
+    d2: f32,
     at: Instant,
     e: &'a ViewEntity,
 }
@@ -103,54 +108,78 @@ impl WorldView {
     ///
     /// Every QUIC player asks this 20 times a second, so it is the router's
     /// hottest loop (docs/performance.md, "Capacity per core"): it gathers
-    /// references into the frames, not copies, finds an entity seen twice
-    /// with an id-keyed map of a fast non-cryptographic hash (entity ids
-    /// are the shards' own, not attacker-chosen), and copies only the
-    /// entities it keeps.
+    /// references into the frames, not copies, compares squared distances,
+    /// and copies only the entities it keeps. An entity being handed over
+    /// can be in two frames at once; it counts once, and where both copies
+    /// are among the nearest (they stand a tick apart, so they almost
+    /// always are) the later arrival wins. Only the kept are checked for
+    /// that, with [`DUPLICATE_SLACK`] more kept than asked so that a
+    /// duplicate does not cost a place.
     pub fn nearest(&self, grid: &Grid, pos: Vec3, radius: f32, limit: usize) -> Vec<ViewEntity> {
+        self.nearest_to(grid, pos, radius, limit, None).0
+    }
+
+    /// [`WorldView::nearest`] for the player whose entity is `me`: also
+    /// when the frame `me` was found in arrived (None if `me` is not among
+    /// the nearest), so a snapshot learns where its player stands from the
+    /// same pass ([`crate::session::Player::saw`]).
+    pub fn nearest_to(
+        &self,
+        grid: &Grid,
+        pos: Vec3,
+        radius: f32,
+        limit: usize,
+        me: Option<EntityId>,
+    ) -> (Vec<ViewEntity>, Option<Instant>) {
         let frames = self.frames.read();
-        let mut within: Vec<&Arrived> = Vec::new();
+        let r2 = radius * radius;
+        let mut found: Vec<Found> = Vec::new();
         for cell in grid.cells_within(pos, radius) {
-            if let Some(regions) = frames.get(&cell) {
-                within.extend(
-                    regions
-                        .values()
-                        .filter(|(frame, _)| frame.region.distance_xz(grid, pos) <= radius),
-                );
-            }
-        }
-        let total: usize = within.iter().map(|(frame, _)| frame.entities.len()).sum();
-        let mut found: Vec<Found> = Vec::with_capacity(total);
-        let mut slot: FxHashMap<EntityId, usize> =
-            FxHashMap::with_capacity_and_hasher(total, Default::default());
-        for (frame, at) in within {
-            for e in &frame.entities {
-                let d = e.pos.distance_xz(pos);
-                if d > radius {
+            let Some(regions) = frames.get(&cell) else {
+                continue;
+            };
+            for (frame, at) in regions.values() {
+                if frame.region.distance_xz(grid, pos) > radius {
                     continue;
                 }
-                let f = Found { d, at: *at, e };
-                match slot.entry(e.id) {
-                    Entry::Vacant(v) => {
-                        v.insert(found.len());
-                        found.push(f);
-                    }
-                    Entry::Occupied(o) => {
-                        let old = &mut found[*o.get()];
-                        if f.at > old.at {
-                            *old = f;
-                        }
+                found.reserve(frame.entities.len());
+                for e in &frame.entities {
+                    let (dx, dz) = (e.pos.x - pos.x, e.pos.z - pos.z);
+                    let d2 = dx * dx + dz * dz;
+                    if d2 <= r2 {
+                        found.push(Found { d2, at: *at, e });
                     }
                 }
             }
         }
-        let order = |a: &Found, b: &Found| a.d.total_cmp(&b.d).then(a.e.id.cmp(&b.e.id));
-        if found.len() > limit {
-            found.select_nth_unstable_by(limit, order);
-            found.truncate(limit);
+        let order = |a: &Found, b: &Found| a.d2.total_cmp(&b.d2).then(a.e.id.cmp(&b.e.id));
+        let keep = limit.saturating_add(DUPLICATE_SLACK);
+        if found.len() > keep {
+            found.select_nth_unstable_by(keep, order);
+            found.truncate(keep);
         }
-        found.sort_unstable_by(order);
-        found.into_iter().map(|f| f.e.clone()).collect()
+        // One copy of each entity: the later arrival.
+        let mut slot: FxHashMap<EntityId, usize> =
+            FxHashMap::with_capacity_and_hasher(found.len(), Default::default());
+        let mut unique: Vec<Found> = Vec::with_capacity(found.len());
+        for f in found {
+            match slot.entry(f.e.id) {
+                Entry::Vacant(v) => {
+                    v.insert(unique.len());
+                    unique.push(f);
+                }
+                Entry::Occupied(o) => {
+                    let old = &mut unique[*o.get()];
+                    if f.at > old.at {
+                        *old = f;
+                    }
+                }
+            }
+        }
+        unique.sort_unstable_by(order);
+        unique.truncate(limit);
+        let seen = me.and_then(|me| unique.iter().find(|f| f.e.id == me).map(|f| f.at));
+        (unique.into_iter().map(|f| f.e.clone()).collect(), seen)
     }
 
     /// Finds one entity near where it was last seen.
@@ -320,6 +349,52 @@ mod tests {
         for limit in [0, 1, 10, 64, 500] {
             let n = view.nearest(&grid, Vec3::ZERO, 100.0, limit);
             assert_eq!(n, all[..limit.min(all.len())].to_vec(), "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn an_entity_in_two_frames_counts_once_and_the_later_arrival_wins() {
+        let view = WorldView::default();
+        let grid = Grid::new(64.0);
+        let entity = |id: u64, x: f32| ViewEntity {
+            id: EntityId(id),
+            kind: tessera_proto::msg::EntityKind::Player,
+            name: Arc::from("P"),
+            pos: Vec3::new(x, 0.0, 10.0),
+            vel: Vec3::ZERO,
+            yaw: 0.0,
+            ack_input: 0,
+        };
+        let frame = |cell: i32, entities: Vec<ViewEntity>| {
+            Arc::new(CellFrame {
+                region: RegionId::cell(CellId::new(cell, 0)),
+                shard: ShardId::new(if cell == 0 { "a" } else { "b" }),
+                epoch: Epoch(1),
+                tick: 1,
+                entities,
+            })
+        };
+        // Entity 7 is crossing from cell 0 into cell 1: the old owner's
+        // frame still has it at 63.9, the new owner's (later) at 64.1.
+        let mut west: Vec<ViewEntity> = (100..140)
+            .map(|k| entity(k, 30.0 + (k - 100) as f32 * 0.5))
+            .collect();
+        west.push(entity(7, 63.9));
+        view.update(frame(0, west));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut east: Vec<ViewEntity> = (200..240)
+            .map(|k| entity(k, 65.0 + (k - 200) as f32 * 0.5))
+            .collect();
+        east.push(entity(7, 64.1));
+        view.update(frame(1, east));
+        for limit in [1, 5, 30, 200] {
+            let near = view.nearest(&grid, Vec3::new(64.0, 0.0, 10.0), 100.0, limit);
+            assert_eq!(near.len(), limit.min(81), "limit {limit}");
+            let sevens: Vec<_> = near.iter().filter(|e| e.id == EntityId(7)).collect();
+            assert_eq!(sevens.len(), 1, "limit {limit}");
+            assert_eq!(sevens[0].pos.x, 64.1, "limit {limit}");
+            let ids: std::collections::HashSet<_> = near.iter().map(|e| e.id).collect();
+            assert_eq!(ids.len(), near.len(), "limit {limit}: no entity twice");
         }
     }
 

@@ -49,6 +49,14 @@ fn sweep_groups(member: Group) -> InteractionGroups {
     InteractionGroups::new(member, filter, InteractionTestMode::And)
 }
 
+/// What a free move keeps clear around the swept capsule, m: more than
+/// the controller's ground prediction (its offset plus 5 cm), within which
+/// it would take contacts (and be dragged along by a moving neighbour).
+const FREE_MOVE_MARGIN: f32 = 0.1;
+/// ... and below it: more than the controller's snap to the ground plus its
+/// offset, within which it would pull the character down onto something.
+const FREE_MOVE_BELOW: f32 = 0.6;
+
 /// How fast characters fall (kinematic, constant speed), m/s.
 const FALL_SPEED: f32 = 6.0;
 
@@ -146,6 +154,8 @@ pub struct Cell {
     ecs: World,
     physics: PhysicsWorld,
     controller: KinematicCharacterController,
+    /// The ground slab, the one collider a free move may have near it.
+    ground: ColliderHandle,
     index: HashMap<EntityId, Entity>,
     ghosts: HashMap<EntityId, Entity>,
     grid: Grid,
@@ -184,7 +194,7 @@ impl Cell {
         let ground = ColliderBuilder::cuboid((mx1 - mx0) / 2.0, 0.5, (mz1 - mz0) / 2.0)
             .translation(Vector::new((mx0 + mx1) / 2.0, -0.5, (mz0 + mz1) / 2.0))
             .build();
-        physics.colliders.insert(ground);
+        let ground = physics.colliders.insert(ground);
         for shape in &world.statics {
             let (fx0, fz0, fx1, fz1) = shape.footprint();
             if fx1 < mx0 || fx0 > mx1 || fz1 < mz0 || fz0 > mz1 {
@@ -235,6 +245,7 @@ impl Cell {
             ecs: World::default(),
             physics,
             controller,
+            ground,
             index: HashMap::new(),
             ghosts: HashMap::new(),
             grid,
@@ -438,6 +449,61 @@ impl Cell {
     /// Moves a character by `desired` metres against the obstacles of this
     /// cell; returns the new feet position.
     fn sweep(&self, handle: RigidBodyHandle, desired: Vec3, dt: f32) -> Option<Vec3> {
+        if let Some(feet) = self.free_move(handle, desired) {
+            return Some(feet);
+        }
+        self.controlled_move(handle, desired, dt)
+    }
+
+    /// A move on open ground: a character standing on the ground slab
+    /// whose swept capsule, with [`FREE_MOVE_MARGIN`] around it and
+    /// [`FREE_MOVE_BELOW`] under it, meets no collider but the ground in
+    /// the broad phase goes the whole way and stays on the ground, which is
+    /// what the character controller would find, without its casts and
+    /// contact manifolds (most of a tick's cost in a swarm;
+    /// docs/performance.md, "Capacity per core"). `None` when anything else
+    /// is near: the controller decides then.
+    fn free_move(&self, handle: RigidBodyHandle, desired: Vec3) -> Option<Vec3> {
+        if desired.y != 0.0 {
+            return None;
+        }
+        let body = self.physics.bodies.get(handle)?;
+        let collider = self.physics.colliders.get(*body.colliders().first()?)?;
+        let start = body.position();
+        let feet = start.translation.y - CAPSULE_CENTRE;
+        if feet.abs() > 0.001 {
+            return None;
+        }
+        let end = Pose::from_parts(start.translation + to_vector(desired), start.rotation);
+        let swept = collider
+            .shape()
+            .compute_aabb(start)
+            .merged(&collider.shape().compute_aabb(&end));
+        // The controller finds what it meets through the same broad phase,
+        // within these bounds, so where this finds only the ground, so
+        // would it.
+        let swept = Aabb::new(
+            swept.mins - Vector::new(FREE_MOVE_MARGIN, FREE_MOVE_BELOW, FREE_MOVE_MARGIN),
+            swept.maxs + Vector::splat(FREE_MOVE_MARGIN),
+        );
+        let filter = QueryFilter::default()
+            .exclude_rigid_body(handle)
+            .groups(sweep_groups(collider.collision_groups().memberships));
+        let queries = self.physics.query_pipeline_with_filter(filter);
+        let mut near = queries.intersect_aabb_conservative(swept);
+        if near.any(|(other, _)| other != self.ground) {
+            return None;
+        }
+        Some(Vec3::new(
+            start.translation.x + desired.x,
+            0.0,
+            start.translation.z + desired.z,
+        ))
+    }
+
+    /// A move decided by the character controller: slides along walls,
+    /// climbs steps, follows slopes.
+    fn controlled_move(&self, handle: RigidBodyHandle, desired: Vec3, dt: f32) -> Option<Vec3> {
         let body = self.physics.bodies.get(handle)?;
         let collider = self.physics.colliders.get(*body.colliders().first()?)?;
         let filter = QueryFilter::default()
@@ -529,6 +595,12 @@ impl Cell {
             pos,
             blocked: moved < len * 0.95,
         })
+    }
+
+    #[cfg(test)]
+    fn body_of(&self, id: EntityId) -> Option<RigidBodyHandle> {
+        let entry = self.ecs.entry_ref(*self.index.get(&id)?).ok()?;
+        Some(entry.get_component::<Body>().ok()?.0)
     }
 
     fn teleport_body(&mut self, handle: RigidBodyHandle, pos: Vec3) {
@@ -1010,6 +1082,66 @@ size = [1, 4, 10]
             "{pos:?}"
         );
         assert!(pos.y.abs() < 0.05);
+    }
+
+    #[test]
+    fn a_free_move_goes_where_the_controller_would() {
+        // Players scattered near the wall (x 19.5..20.5) and near each
+        // other, each moved at random: wherever the free move applies, it
+        // must land exactly where the controller does.
+        let mut c = cell();
+        let mut rng = 7u32;
+        let mut next = || {
+            rng = rng.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (rng >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        };
+        for id in 1..=40 {
+            let pos = Vec3::new(20.0 + next() * 4.0, 0.0, 10.0 + next() * 8.0);
+            c.insert(player(id, pos));
+        }
+        c.simulate(1.0 / 30.0, &Movement::default());
+        let (mut free, mut controlled) = (0, 0);
+        for round in 0..400u64 {
+            let handle = c.body_of(EntityId(1 + round % 40)).unwrap();
+            let desired = Vec3::new(next() * 0.3, 0.0, next() * 0.3);
+            let by_controller = c.controlled_move(handle, desired, 1.0 / 30.0).unwrap();
+            match c.free_move(handle, desired) {
+                Some(pos) => {
+                    free += 1;
+                    assert!(
+                        pos.distance_xz(by_controller) < 1e-4
+                            && (pos.y - by_controller.y).abs() < 1e-4,
+                        "{desired:?}: free {pos:?}, controller {by_controller:?}"
+                    );
+                }
+                None => controlled += 1,
+            }
+        }
+        // Both kinds happened.
+        assert!(
+            free > 50 && controlled > 50,
+            "{free} free, {controlled} controlled"
+        );
+    }
+
+    #[test]
+    fn a_wall_or_a_neighbour_leaves_the_move_to_the_controller() {
+        let mut c = cell();
+        c.insert(player(1, Vec3::new(18.9, 0.0, 10.0)));
+        c.insert(player(2, Vec3::new(40.0, 0.0, 40.0)));
+        c.insert(player(3, Vec3::new(41.0, 0.0, 40.0)));
+        c.insert(player(4, Vec3::new(40.0, 0.0, 50.0)));
+        c.simulate(1.0 / 30.0, &Movement::default());
+        let east = Vec3::new(0.2, 0.0, 0.0);
+        let body = |c: &Cell, id| c.body_of(EntityId(id)).unwrap();
+        // The wall's west face is 0.2 m from player 1's capsule.
+        assert_eq!(c.free_move(body(&c, 1), east), None);
+        // Players 2 and 3 stand a metre apart (their capsules 0.2 m).
+        assert_eq!(c.free_move(body(&c, 2), east), None);
+        assert!(c.free_move(body(&c, 4), east).is_some());
+        // Into the wall: the controller stops the move short of it.
+        let pos = c.sweep(body(&c, 1), Vec3::new(2.0, 0.0, 0.0), 0.1).unwrap();
+        assert!(pos.x < 19.2, "{pos:?}");
     }
 
     #[test]
