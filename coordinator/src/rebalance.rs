@@ -303,6 +303,13 @@ struct Model {
     cost: HashMap<RegionId, Cost>,
     busy: HashSet<ShardId>,
     migrating: HashSet<RegionId>,
+    /// Cells whose region tree is changing: a migration in flight or
+    /// planned this round, or a reshape planned this round. Each change
+    /// takes the cell's next epoch, so a second one in the same cell makes
+    /// the first stale and it is cancelled (a shipped region is then taken
+    /// back: seconds of stall for its players). One change per cell at a
+    /// time.
+    changing: HashSet<CellId>,
     total_cells: usize,
 }
 
@@ -341,6 +348,7 @@ impl Model {
             cost,
             busy: HashSet::new(),
             migrating: HashSet::new(),
+            changing: HashSet::new(),
             total_cells: 0,
         };
         // Only shards with a report and a budget take part.
@@ -367,6 +375,7 @@ impl Model {
             m.busy.insert(f.from.clone());
             m.busy.insert(f.to.clone());
             m.migrating.insert(f.cell);
+            m.changing.insert(f.cell.cell_id());
         }
         m
     }
@@ -414,6 +423,7 @@ impl Model {
         self.busy.insert(from.clone());
         self.busy.insert(to.clone());
         self.migrating.insert(cell);
+        self.changing.insert(cell.cell_id());
     }
 }
 
@@ -493,8 +503,9 @@ impl Rebalancer {
         }
 
         let mut plan = Plan::default();
-        self.plan_reshapes(view, &model, now, &mut plan);
-        // Relief first, the most loaded shard first.
+        // Relief first, the most loaded shard first: moving a whole cell
+        // off an overloaded shard is cheaper than splitting it, and a cell
+        // changes one way per round (`Model::changing`).
         let mut over: Vec<ShardId> = self.relieving.iter().cloned().collect();
         over.sort_by(|a, b| model.util(b).total_cmp(&model.util(a)).then(a.cmp(b)));
         for s in over {
@@ -521,6 +532,7 @@ impl Rebalancer {
                 Relief::Wait => {}
             }
         }
+        self.plan_reshapes(view, &mut model, now, &mut plan);
         self.spread(&mut model, now, &mut plan);
         let filling: Vec<ShardId> = self.filling.iter().cloned().collect();
         for t in filling {
@@ -551,7 +563,13 @@ impl Rebalancer {
     /// of sibling regions that stay cheap (docs/regions.md, Policy). The
     /// gap between `split_above` and `merge_below`, the sustain counts and
     /// the cooldown keep a crowd on a border from making regions flap.
-    fn plan_reshapes(&mut self, view: &ClusterView, model: &Model, now: Instant, plan: &mut Plan) {
+    fn plan_reshapes(
+        &mut self,
+        view: &ClusterView,
+        model: &mut Model,
+        now: Instant,
+        plan: &mut Plan,
+    ) {
         let cfg = self.config.clone();
         self.reshaped_until.retain(|_, until| *until > now);
         self.split_streaks
@@ -592,7 +610,7 @@ impl Rebalancer {
             if !over
                 || streak.1 < cfg.split_sustain.max(1)
                 || region.depth() >= cfg.max_depth
-                || model.migrating.contains(region)
+                || model.changing.contains(&region.cell_id())
                 || cooling(region, &self.reshaped_until)
                 || plan.reshapes.len() >= cfg.max_moves
             {
@@ -614,6 +632,7 @@ impl Rebalancer {
                 .insert(*region, now + cfg.reshape_cooldown);
             self.spreading_until.insert(*region, now + SPREAD_WINDOW);
             self.split_streaks.remove(region);
+            model.changing.insert(region.cell_id());
         }
         // Merges: every split region whose leaves (at any depth) stay cheap
         // together, the largest such region of a subtree first, so a
@@ -670,6 +689,7 @@ impl Rebalancer {
             if !under
                 || streak.1 < cfg.merge_sustain.max(1)
                 || busy
+                || model.changing.contains(&region.cell_id())
                 || taken.iter().any(|t| t.contains(region))
                 || plan.reshapes.len() >= cfg.max_moves
             {
@@ -699,6 +719,7 @@ impl Rebalancer {
             // quadrants over idle shards would undo that.
             self.spreading_until.retain(|p, _| !region.contains(*p));
             taken.push(region);
+            model.changing.insert(region.cell_id());
         }
     }
 
@@ -728,7 +749,7 @@ impl Rebalancer {
                     continue;
                 };
                 if model.busy.contains(&s)
-                    || model.migrating.contains(&q)
+                    || model.changing.contains(&q.cell_id())
                     || self.cell_until.contains_key(&q)
                 {
                     continue;
@@ -783,7 +804,7 @@ impl Rebalancer {
     fn movable(&self, model: &Model, s: &ShardId) -> Vec<(RegionId, Cost)> {
         model.cells[s]
             .iter()
-            .filter(|c| !model.migrating.contains(c) && !self.cell_until.contains_key(c))
+            .filter(|c| !model.changing.contains(&c.cell_id()) && !self.cell_until.contains_key(c))
             .filter_map(|c| model.cost.get(c).map(|cost| (*c, *cost)))
             .collect()
     }
@@ -869,7 +890,7 @@ impl Rebalancer {
         }
         let cooling = model.cells[s]
             .iter()
-            .any(|c| model.migrating.contains(c) || self.cell_until.contains_key(c));
+            .any(|c| model.changing.contains(&c.cell_id()) || self.cell_until.contains_key(c));
         if waiting || cooling {
             return Relief::Wait;
         }
@@ -1787,6 +1808,69 @@ mod tests {
         let json = serde_json::to_value(&all.waves[0][0]).unwrap();
         assert_eq!(json["cell"]["x"], 0);
         assert!(json["region"].as_str().unwrap().starts_with("0,0/"));
+    }
+
+    /// A split or merge and a migration in one cell both take its next
+    /// epoch, so the later makes the earlier stale (control.rs cancels it,
+    /// and a region already shipped is taken back). Seen in a crowd run: a
+    /// quadrant's split planned in the round that moved its cousin.
+    #[test]
+    fn one_change_per_cell_at_a_time() {
+        let cfg = RebalanceConfig {
+            split_sustain: 1,
+            shard_cooldown: Duration::ZERO,
+            ..RebalanceConfig::default()
+        };
+        let t0 = Instant::now();
+        // 0,0 is split on a; 0,0/0 is hot enough to split again (50 % of
+        // 10 ms) and 0,0/1 is due to spread to idle b.
+        let split = |in_flight: bool| {
+            let mut v = view(&[
+                (
+                    "a",
+                    1,
+                    vec![
+                        (q("0,0/0"), 5.0, 200),
+                        (q("0,0/1"), 1.0, 50),
+                        (q("0,0/2"), 0.5, 20),
+                        (q("0,0/3"), 0.5, 20),
+                    ],
+                ),
+                ("b", 1, vec![(c(1, 0), 0.1, 0)]),
+                ("c", 1, vec![(c(2, 0), 0.1, 0)]),
+            ]);
+            v = fresh(&v);
+            if in_flight {
+                v.in_flight.push(InFlight {
+                    cell: q("0,0/3"),
+                    from: sid("a"),
+                    to: sid("c"),
+                });
+            }
+            v
+        };
+        // With a quadrant of 0,0 migrating, nothing else changes in 0,0.
+        let mut r = Rebalancer::new(cfg.clone());
+        r.spreading_until.insert(q("0,0"), t0 + SPREAD_WINDOW);
+        let p = r.plan(&split(true), t0);
+        assert!(p.reshapes.is_empty(), "{:?}", p.reshapes);
+        assert!(
+            p.moves
+                .iter()
+                .all(|m| m.cell.cell_id() != CellId::new(0, 0)),
+            "{:?}",
+            p.moves
+        );
+        // Without: one change in 0,0 per round, never a split and a move.
+        let mut r = Rebalancer::new(cfg);
+        r.spreading_until.insert(q("0,0"), t0 + SPREAD_WINDOW);
+        let p = r.plan(&split(false), t0);
+        let in_cell = p.reshapes.len()
+            + p.moves
+                .iter()
+                .filter(|m| m.cell.cell_id() == CellId::new(0, 0))
+                .count();
+        assert_eq!(in_cell, 1, "{:?} {:?}", p.reshapes, p.moves);
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //!   freed by `EntityGone` is not given again for [`SLOT_QUARANTINE`]
 //!   snapshots, so a late datagram cannot move the wrong entity.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 use tessera_proto::cluster::ViewEntity;
@@ -46,6 +47,8 @@ struct Sent {
     update: Option<EntityUpdate>,
     /// The snapshot number it was sent in.
     at: u64,
+    /// The last snapshot it was among the nearest in.
+    seen: u64,
 }
 
 /// One player's interest state.
@@ -54,6 +57,12 @@ pub struct Interest {
     known: FxHashMap<EntityId, Sent>,
     /// Snapshots built so far.
     n: u64,
+    slots: Slots,
+}
+
+/// The slots a player's entities are named by.
+#[derive(Default)]
+struct Slots {
     /// Slots free to give, lowest first (fewest bytes).
     free: BTreeSet<u16>,
     /// Slots freed, with the snapshot they were freed in, oldest first.
@@ -89,71 +98,38 @@ impl Interest {
         self.known.get(&id).map(|s| s.slot)
     }
 
-    /// A slot for a newly visible entity: the lowest free one, else a new
-    /// one. None only if every slot is known or in quarantine, which takes
-    /// far more churn than [`MAX_VISIBLE`] entities can make.
-    fn take_slot(&mut self, n: u64) -> Option<u16> {
-        while let Some(&(slot, freed)) = self.quarantine.front() {
-            if n - freed < SLOT_QUARANTINE {
-                break;
-            }
-            self.quarantine.pop_front();
-            self.free.insert(slot);
-        }
-        if let Some(slot) = self.free.pop_first() {
-            return Some(slot);
-        }
-        if self.next_slot > MAX_SLOT {
-            return None;
-        }
-        self.next_slot += 1;
-        Some(self.next_slot - 1)
-    }
-
     /// Plans the next snapshot for a player whose entity is `me`, standing
     /// at `at`, given `visible` (every entity in range, nearest first).
+    ///
+    /// Every QUIC player's every snapshot runs this, so it looks each
+    /// entity up once, and quantizes an update only when it may be sent.
     pub fn plan(&mut self, me: EntityId, at: Vec3, visible: &[ViewEntity]) -> Plan {
         let n = self.n;
         self.n += 1;
         let mut plan = Plan::default();
         // The player's own entity, then the nearest others.
         let mine = visible.iter().find(|e| e.id == me);
-        let chosen: Vec<&ViewEntity> = mine
-            .into_iter()
-            .chain(visible.iter().filter(|e| e.id != me).take(MAX_VISIBLE - 1))
-            .collect();
-        let ids: FxHashSet<EntityId> = chosen.iter().map(|e| e.id).collect();
-        let mut gone: Vec<EntityId> = self
-            .known
-            .keys()
-            .filter(|id| !ids.contains(id))
-            .copied()
-            .collect();
-        gone.sort();
-        for id in &gone {
-            if let Some(sent) = self.known.remove(id) {
-                self.quarantine.push_back((sent.slot, n));
-            }
-        }
-        plan.gone = gone;
         plan.ack_input = mine.map(|e| e.ack_input).unwrap_or(0);
+        let chosen = mine
+            .into_iter()
+            .chain(visible.iter().filter(|e| e.id != me).take(MAX_VISIBLE - 1));
         for e in chosen {
-            if !self.known.contains_key(&e.id) {
-                let Some(slot) = self.take_slot(n) else {
-                    continue;
-                };
-                plan.appeared.push((e.clone(), slot));
-                self.known.insert(
-                    e.id,
-                    Sent {
+            let sent = match self.known.entry(e.id) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => {
+                    let Some(slot) = self.slots.take(n) else {
+                        continue;
+                    };
+                    plan.appeared.push((e.clone(), slot));
+                    v.insert(Sent {
                         slot,
                         update: None,
                         at: 0,
-                    },
-                );
-            }
-            let sent = self.known.get_mut(&e.id).expect("known above");
-            let update = update_of(sent.slot, e);
+                        seen: n,
+                    })
+                }
+            };
+            sent.seen = n;
             let period = if e.id == me {
                 1
             } else {
@@ -169,14 +145,53 @@ impl Interest {
             let due = (n + e.id.0 % period).is_multiple_of(period);
             let stale = n - sent.at >= REFRESH;
             let fresh = sent.update.is_none();
+            if !(fresh || e.id == me || stale || due) {
+                continue;
+            }
+            let update = update_of(sent.slot, e);
             let changed = sent.update.as_ref() != Some(&update);
-            if fresh || e.id == me || stale || (due && changed) {
+            if fresh || e.id == me || stale || changed {
                 sent.update = Some(update);
                 sent.at = n;
                 plan.updates.push(update);
             }
         }
+        // Known but no longer among the nearest: gone, its slot quarantined.
+        let slots = &mut self.slots;
+        self.known.retain(|id, sent| {
+            if sent.seen == n {
+                return true;
+            }
+            plan.gone.push(*id);
+            slots.quarantine.push_back((sent.slot, n));
+            false
+        });
+        plan.gone.sort();
         plan
+    }
+}
+
+impl Slots {
+    /// A slot for a newly visible entity in snapshot `n`: the lowest free
+    /// one, else a new one. None only if every slot is known or in
+    /// quarantine, which takes far more churn than [`MAX_VISIBLE`]
+    /// entities can make.
+    fn take(&mut self, n: u64) -> Option<u16> {
+        while let Some(&(slot, freed)) = self.quarantine.front() {
+            if n - freed < SLOT_QUARANTINE {
+                break;
+            }
+            self.quarantine.pop_front();
+            self.free.insert(slot);
+        }
+        if let Some(slot) = self.free.pop_first() {
+            return Some(slot);
+        }
+        if self.next_slot > MAX_SLOT {
+            return None;
+        }
+        self.next_slot += 1;
+        Some(self.next_slot - 1)
     }
 }
 

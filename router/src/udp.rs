@@ -47,7 +47,11 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, Granted)> {
              (docs/operations.md, \"UDP buffers\")"
         );
     } else {
-        tracing::debug!(recv = granted.recv, send = granted.send, "QUIC socket buffers");
+        tracing::debug!(
+            recv = granted.recv,
+            send = granted.send,
+            "QUIC socket buffers"
+        );
     }
     Ok((socket.into(), granted))
 }
@@ -70,15 +74,26 @@ mod tests {
     fn the_socket_gets_the_buffers_the_system_allows() {
         let (socket, granted) = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         assert!(socket.local_addr().unwrap().port() != 0);
-        let (Some(rmax), Some(rdefault), Some(wmax)) =
-            (sysctl("rmem_max"), sysctl("rmem_default"), sysctl("wmem_max"))
-        else {
+        let (Some(rmax), Some(rdefault), Some(wmax)) = (
+            sysctl("rmem_max"),
+            sysctl("rmem_default"),
+            sysctl("wmem_max"),
+        ) else {
             return; // not Linux: nothing to compare with
         };
-        assert!(granted.recv >= BUFFER.min(rmax), "{granted:?}, rmem_max {rmax}");
-        assert!(granted.send >= BUFFER.min(wmax), "{granted:?}, wmem_max {wmax}");
+        assert!(
+            granted.recv >= BUFFER.min(rmax),
+            "{granted:?}, rmem_max {rmax}"
+        );
+        assert!(
+            granted.send >= BUFFER.min(wmax),
+            "{granted:?}, wmem_max {wmax}"
+        );
         if rmax > rdefault {
-            assert!(granted.recv > rdefault, "{granted:?}, rmem_default {rdefault}");
+            assert!(
+                granted.recv > rdefault,
+                "{granted:?}, rmem_default {rdefault}"
+            );
         }
     }
 }

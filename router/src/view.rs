@@ -133,22 +133,24 @@ impl WorldView {
     ) -> (Vec<ViewEntity>, Option<Instant>) {
         let frames = self.frames.read();
         let r2 = radius * radius;
-        let mut found: Vec<Found> = Vec::new();
+        let mut within: Vec<&Arrived> = Vec::new();
         for cell in grid.cells_within(pos, radius) {
-            let Some(regions) = frames.get(&cell) else {
-                continue;
-            };
-            for (frame, at) in regions.values() {
-                if frame.region.distance_xz(grid, pos) > radius {
-                    continue;
-                }
-                found.reserve(frame.entities.len());
-                for e in &frame.entities {
-                    let (dx, dz) = (e.pos.x - pos.x, e.pos.z - pos.z);
-                    let d2 = dx * dx + dz * dz;
-                    if d2 <= r2 {
-                        found.push(Found { d2, at: *at, e });
-                    }
+            if let Some(regions) = frames.get(&cell) {
+                within.extend(
+                    regions
+                        .values()
+                        .filter(|(frame, _)| frame.region.distance_xz(grid, pos) <= radius),
+                );
+            }
+        }
+        let total = within.iter().map(|(frame, _)| frame.entities.len()).sum();
+        let mut found: Vec<Found> = Vec::with_capacity(total);
+        for (frame, at) in within {
+            for e in &frame.entities {
+                let (dx, dz) = (e.pos.x - pos.x, e.pos.z - pos.z);
+                let d2 = dx * dx + dz * dz;
+                if d2 <= r2 {
+                    found.push(Found { d2, at: *at, e });
                 }
             }
         }

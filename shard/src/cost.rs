@@ -1,4 +1,4 @@
-//! What a cell costs to simulate: the duration of its step (scripts think,
+//! What a cell costs to simulate: the CPU time of its step (scripts think,
 //! then physics) over the last [`StepCost::WINDOW`] ticks, reported per cell
 //! in the load report so the coordinator can tell which cells make a shard
 //! slow and what moving one would relieve.
@@ -6,7 +6,29 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-/// Recent step durations of one cell.
+/// CPU time the calling thread has used so far.
+///
+/// A region's cost is the work its step did, measured with this rather
+/// than a wall clock: wall time also counts the time the thread waited for
+/// a core, which moving or splitting the region cannot give back. Where
+/// shards share cores (with each other, a router, or a bot swarm, as in
+/// `scripts/crowd.sh`) that wait inflated a crowd's cost enough to split it
+/// deeper than any idle shard could use (docs/regions.md, "Policy").
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the pointer, which
+    // points at a live local.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Recent step costs (CPU time) of one cell.
 #[derive(Clone, Debug, Default)]
 pub struct StepCost {
     /// Microseconds, oldest first.
@@ -49,6 +71,28 @@ impl StepCost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
+
+    /// Sleeping costs no CPU time; work does.
+    #[test]
+    fn thread_cpu_time_counts_work_not_waiting() {
+        let before = thread_cpu_time();
+        std::thread::sleep(Duration::from_millis(30));
+        let slept = thread_cpu_time() - before;
+        assert!(slept < Duration::from_millis(5), "{slept:?} while asleep");
+        let before = thread_cpu_time();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut x = 0u64;
+        while thread_cpu_time() - before < Duration::from_millis(5) && Instant::now() < deadline {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        assert!(
+            thread_cpu_time() - before >= Duration::from_millis(5),
+            "{x}"
+        );
+    }
 
     #[test]
     fn mean_and_p99_cover_the_last_window_only() {

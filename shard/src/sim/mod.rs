@@ -299,11 +299,13 @@ impl Shard {
         let mut events = std::mem::take(&mut self.events);
         for cell in self.cells.values_mut() {
             // The cell's own cost (for the load report) is measured, not
-            // decided on, so it reads the clock itself.
-            let started = Instant::now();
+            // decided on, so it reads the clock itself: the thread's CPU
+            // time, the work done (crate::cost::thread_cpu_time).
+            let started = crate::cost::thread_cpu_time();
             cell.think(&self.scripts, self.tick, think_every, &mut events);
             cell.simulate(dt, &self.movement);
-            cell.cost.record(started.elapsed());
+            cell.cost
+                .record(crate::cost::thread_cpu_time().saturating_sub(started));
         }
         // Frames go out before hand-offs: an entity leaving for another
         // shard is still in this tick's frame of the cell that simulated it,
