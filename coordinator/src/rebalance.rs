@@ -652,6 +652,11 @@ impl Rebalancer {
         let mut order: Vec<RegionId> = subtrees.keys().copied().collect();
         order.sort_by_key(|r| (r.depth(), *r));
         let mut taken: Vec<RegionId> = Vec::new();
+        // Cheap regions not merged this round (their streak is still
+        // building, or a leaf is busy): they will take their subtrees with
+        // them, so those wait rather than merge first and hold the larger
+        // merge back by their cooldown.
+        let mut waiting: Vec<RegionId> = Vec::new();
         for region in order {
             let leaves = &subtrees[&region];
             let owners: Vec<(RegionId, crate::cellmap::CellOwner)> = leaves
@@ -686,13 +691,19 @@ impl Rebalancer {
             let busy = leaves
                 .iter()
                 .any(|l| model.migrating.contains(l) || cooling(l, &self.reshaped_until));
+            let within = |rs: &[RegionId]| rs.iter().any(|r| *r != region && r.contains(region));
+            if within(&taken) || within(&waiting) {
+                continue;
+            }
             if !under
                 || streak.1 < cfg.merge_sustain.max(1)
                 || busy
                 || model.changing.contains(&region.cell_id())
-                || taken.iter().any(|t| t.contains(region))
                 || plan.reshapes.len() >= cfg.max_moves
             {
+                if under {
+                    waiting.push(region);
+                }
                 continue;
             }
             let what = if leaves.len() == 4 {
@@ -1737,6 +1748,49 @@ mod tests {
         // split, the subtree it left merges.
         let mut r = Rebalancer::new(RebalanceConfig::default());
         let planned = rounds(&mut r, &deep(3.0), sustain + 3, t0);
+        let merges: Vec<&String> = planned.iter().flatten().collect();
+        assert_eq!(merges, vec!["merge 0,0/0"], "{planned:?}");
+    }
+
+    /// A crowd leaving: the inner subtree gets cheap first, the whole
+    /// cell a few reports later. The inner subtree waits for the cell,
+    /// which merges in one step; merged first, its cooldown would hold the
+    /// cell's merge back (10 s more in a dispersal run).
+    #[test]
+    fn a_subtree_waits_for_a_cheap_ancestor_to_merge_it() {
+        let tree = |rest: f64| {
+            view(&[
+                (
+                    "a",
+                    1,
+                    vec![
+                        (q("0,0/0/0"), 0.05, 0),
+                        (q("0,0/0/1"), 0.05, 0),
+                        (q("0,0/0/2"), 0.05, 0),
+                        (q("0,0/0/3"), 0.05, 0),
+                        (q("0,0/1"), rest, 0),
+                    ],
+                ),
+                ("b", 1, vec![(q("0,0/2"), 0.05, 0), (q("0,0/3"), 0.05, 0)]),
+            ])
+        };
+        let t0 = Instant::now();
+        let sustain = RebalanceConfig::default().merge_sustain as usize;
+        let mut r = Rebalancer::new(RebalanceConfig::default());
+        // Two reports with 0,0/1 still busy (2 ms of 10: 0,0 is not cheap,
+        // 0,0/0 is), then the last of the crowd has left it too.
+        let mut planned = rounds(&mut r, &tree(2.0), 2, t0);
+        planned.extend(rounds(
+            &mut r,
+            &tree(0.05),
+            sustain + 2,
+            t0 + Duration::from_secs(2),
+        ));
+        let merges: Vec<&String> = planned.iter().flatten().collect();
+        assert_eq!(merges, vec!["merge 0,0"], "{planned:?}");
+        // An ancestor that stays expensive does not hold its subtree back.
+        let mut r = Rebalancer::new(RebalanceConfig::default());
+        let planned = rounds(&mut r, &tree(2.0), sustain + 2, t0);
         let merges: Vec<&String> = planned.iter().flatten().collect();
         assert_eq!(merges, vec!["merge 0,0/0"], "{planned:?}");
     }
