@@ -18,8 +18,85 @@ use tokio::sync::watch;
 /// duplicates (entities being handed over, seen in two frames).
 const DUPLICATE_SLACK: usize = 16;
 
-/// A region's newest frame and when it arrived.
-type Arrived = (Arc<CellFrame>, Instant);
+/// Side of the squares of the ground plane a frame's entities are grouped
+/// in, so that [`WorldView::nearest`] reads the squares near the player
+/// first and stops once nothing farther can be among the nearest, m.
+const SQUARE: f32 = 16.0;
+
+/// A region's newest frame, when it arrived, and its entities by square.
+struct Arrived {
+    frame: Arc<CellFrame>,
+    at: Instant,
+    squares: Squares,
+}
+
+/// A frame's entities grouped by [`SQUARE`], each group with the extent
+/// its entities really cover (they can stand a little outside their
+/// region, and on any square's edge).
+#[derive(Default)]
+struct Squares {
+    /// Indices into the frame's entities, one square's after another's.
+    order: Vec<u32>,
+    squares: Vec<Square>,
+}
+
+struct Square {
+    min_x: f32,
+    min_z: f32,
+    max_x: f32,
+    max_z: f32,
+    /// Its entities: `order[start..end]`.
+    start: u32,
+    end: u32,
+}
+
+impl Squares {
+    fn of(entities: &[ViewEntity]) -> Squares {
+        let key = |v: f32| (v / SQUARE).floor() as i32;
+        let mut keyed: Vec<((i32, i32), u32)> = entities
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ((key(e.pos.x), key(e.pos.z)), i as u32))
+            .collect();
+        keyed.sort_unstable();
+        let mut out = Squares {
+            order: Vec::with_capacity(keyed.len()),
+            squares: Vec::new(),
+        };
+        for run in keyed.chunk_by(|a, b| a.0 == b.0) {
+            let start = out.order.len() as u32;
+            let mut sq = Square {
+                min_x: f32::INFINITY,
+                min_z: f32::INFINITY,
+                max_x: f32::NEG_INFINITY,
+                max_z: f32::NEG_INFINITY,
+                start,
+                end: start,
+            };
+            for &(_, i) in run {
+                let p = entities[i as usize].pos;
+                sq.min_x = sq.min_x.min(p.x);
+                sq.min_z = sq.min_z.min(p.z);
+                sq.max_x = sq.max_x.max(p.x);
+                sq.max_z = sq.max_z.max(p.z);
+                out.order.push(i);
+            }
+            sq.end = out.order.len() as u32;
+            out.squares.push(sq);
+        }
+        out
+    }
+}
+
+impl Square {
+    /// Squared distance from (x, z) to the nearest of its entities' extent:
+    /// none of them is nearer.
+    fn distance2(&self, x: f32, z: f32) -> f32 {
+        let dx = (self.min_x - x).max(x - self.max_x).max(0.0);
+        let dz = (self.min_z - z).max(z - self.max_z).max(0.0);
+        dx * dx + dz * dz
+    }
+}
 
 /// An entity in range, found by [`WorldView::nearest`]: its distance, when
 /// its frame arrived, and where it is in that frame.
@@ -55,20 +132,28 @@ impl WorldView {
         let mut frames = self.frames.write();
         let regions = frames.entry(frame.region.cell_id()).or_default();
         let newer = match regions.get(&frame.region) {
-            Some((old, _)) => {
+            Some(Arrived { frame: old, .. }) => {
                 frame.epoch > old.epoch
                     || (frame.epoch == old.epoch
                         && (frame.tick >= old.tick || frame.shard != old.shard))
             }
             None => true,
         };
-        let superseded = regions.iter().any(|(r, (old, _))| {
+        let superseded = regions.iter().any(|(r, Arrived { frame: old, .. })| {
             *r != frame.region && r.overlaps(frame.region) && old.epoch > frame.epoch
         });
         if newer && !superseded {
             let region = frame.region;
             regions.retain(|r, _| *r == frame.region || !r.overlaps(frame.region));
-            regions.insert(frame.region, (frame, Instant::now()));
+            let squares = Squares::of(&frame.entities);
+            regions.insert(
+                frame.region,
+                Arrived {
+                    frame,
+                    at: Instant::now(),
+                    squares,
+                },
+            );
             drop(frames);
             let mut signals = self.signals.lock();
             if let Some(tx) = signals.get(&region) {
@@ -107,9 +192,12 @@ impl WorldView {
     /// crowd of thousands costs a selection, not a sort).
     ///
     /// Every QUIC player asks this 20 times a second, so it is the router's
-    /// hottest loop (docs/performance.md, "Capacity per core"): it gathers
-    /// references into the frames, not copies, compares squared distances,
-    /// and copies only the entities it keeps. An entity being handed over
+    /// hottest loop (docs/performance.md, "Capacity per core"): it reads
+    /// each frame's entities by [`SQUARE`], nearest squares first, and stops
+    /// at the first ring of squares beyond the nearest it has found (in a
+    /// swarm that sees itself, the scan no longer grows with everyone in
+    /// range); it gathers references into the frames, not copies, compares
+    /// squared distances, and copies only the entities it keeps. An entity being handed over
     /// can be in two frames at once; it counts once, and where both copies
     /// are among the nearest (they stand a tick apart, so they almost
     /// always are) the later arrival wins. Only the kept are checked for
@@ -133,29 +221,52 @@ impl WorldView {
     ) -> (Vec<ViewEntity>, Option<Instant>) {
         let frames = self.frames.read();
         let r2 = radius * radius;
-        let mut within: Vec<&Arrived> = Vec::new();
+        let order = |a: &Found, b: &Found| a.d2.total_cmp(&b.d2).then(a.e.id.cmp(&b.e.id));
+        let keep = limit.saturating_add(DUPLICATE_SLACK);
+        // The squares in range, by ring of SQUARE around the player:
+        // nearer rings first, so the search can stop at the first ring
+        // beyond the `keep`-th nearest entity found so far.
+        let mut squares: Vec<(u32, &Arrived, &Square)> = Vec::new();
         for cell in grid.cells_within(pos, radius) {
-            if let Some(regions) = frames.get(&cell) {
-                within.extend(
-                    regions
-                        .values()
-                        .filter(|(frame, _)| frame.region.distance_xz(grid, pos) <= radius),
-                );
-            }
-        }
-        let total = within.iter().map(|(frame, _)| frame.entities.len()).sum();
-        let mut found: Vec<Found> = Vec::with_capacity(total);
-        for (frame, at) in within {
-            for e in &frame.entities {
-                let (dx, dz) = (e.pos.x - pos.x, e.pos.z - pos.z);
-                let d2 = dx * dx + dz * dz;
-                if d2 <= r2 {
-                    found.push(Found { d2, at: *at, e });
+            let Some(regions) = frames.get(&cell) else {
+                continue;
+            };
+            for a in regions.values() {
+                if a.frame.region.distance_xz(grid, pos) > radius {
+                    continue;
+                }
+                for sq in &a.squares.squares {
+                    let d2 = sq.distance2(pos.x, pos.z);
+                    if d2 <= r2 {
+                        squares.push(((d2.sqrt() / SQUARE) as u32, a, sq));
+                    }
                 }
             }
         }
-        let order = |a: &Found, b: &Found| a.d2.total_cmp(&b.d2).then(a.e.id.cmp(&b.e.id));
-        let keep = limit.saturating_add(DUPLICATE_SLACK);
+        squares.sort_unstable_by_key(|(ring, _, _)| *ring);
+        // Entities farther than `bound` (squared) cannot be among the
+        // `keep` nearest.
+        let mut bound = r2;
+        let mut found: Vec<Found> = Vec::new();
+        for (ring, a, sq) in squares {
+            let inner = ring as f32 * SQUARE;
+            if inner * inner > bound {
+                break;
+            }
+            for &i in &a.squares.order[sq.start as usize..sq.end as usize] {
+                let e = &a.frame.entities[i as usize];
+                let (dx, dz) = (e.pos.x - pos.x, e.pos.z - pos.z);
+                let d2 = dx * dx + dz * dz;
+                if d2 <= bound {
+                    found.push(Found { d2, at: a.at, e });
+                }
+            }
+            if found.len() > keep && (bound == r2 || found.len() > keep.saturating_mul(2)) {
+                found.select_nth_unstable_by(keep - 1, order);
+                found.truncate(keep);
+                bound = bound.min(found.iter().map(|f| f.d2).fold(0.0, f32::max));
+            }
+        }
         if found.len() > keep {
             found.select_nth_unstable_by(keep, order);
             found.truncate(keep);
@@ -199,7 +310,8 @@ impl WorldView {
         let frames = self.frames.read();
         let mut best: Option<(Instant, ViewEntity)> = None;
         for cell in grid.cells_within(near, grid.cell_size) {
-            for (frame, at) in frames.get(&cell).into_iter().flat_map(|r| r.values()) {
+            for Arrived { frame, at, .. } in frames.get(&cell).into_iter().flat_map(|r| r.values())
+            {
                 if let Some(e) = frame.entities.iter().find(|e| e.id == id) {
                     if best.as_ref().is_none_or(|(t, _)| at > t) {
                         best = Some((*at, e.clone()));
@@ -241,7 +353,7 @@ impl WorldView {
             .read()
             .values()
             .flat_map(|r| r.values())
-            .map(|(f, _)| f.entities.len())
+            .map(|a| a.frame.entities.len())
             .sum()
     }
 }
@@ -397,6 +509,83 @@ mod tests {
             assert_eq!(sevens[0].pos.x, 64.1, "limit {limit}");
             let ids: std::collections::HashSet<_> = near.iter().map(|e| e.id).collect();
             assert_eq!(ids.len(), near.len(), "limit {limit}: no entity twice");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the crowd, wherever the player: the nearest found by
+        /// squares are the nearest found by reading everyone.
+        #[test]
+        fn nearest_reads_squares_and_finds_what_a_full_scan_finds(
+            spots in proptest::collection::vec((-70.0f32..134.0, -70.0f32..134.0), 0..400),
+            clumps in proptest::collection::vec((0.0f32..64.0, 0.0f32..64.0), 0..3),
+            at in (-40.0f32..110.0, -40.0f32..110.0),
+            limit in 0usize..120,
+            radius in 5.0f32..120.0,
+        ) {
+            let view = WorldView::default();
+            let grid = Grid::new(64.0);
+            let mut all: Vec<ViewEntity> = Vec::new();
+            let mut k = 0u64;
+            let mut put = |x: f32, z: f32, all: &mut Vec<ViewEntity>| {
+                k += 1;
+                all.push(ViewEntity {
+                    id: EntityId(k),
+                    kind: tessera_proto::msg::EntityKind::Player,
+                    name: Arc::from("P"),
+                    pos: Vec3::new(x, 0.0, z),
+                    vel: Vec3::ZERO,
+                    yaw: 0.0,
+                    ack_input: 0,
+                });
+            };
+            for (x, z) in &spots {
+                put(*x, *z, &mut all);
+            }
+            // Crowds: many in a few metres, some on the same spot.
+            for (cx, cz) in &clumps {
+                for i in 0..60 {
+                    let f = i as f32;
+                    put(cx + (f * 0.37) % 4.0, cz + (f * 0.71) % 4.0, &mut all);
+                }
+            }
+            // Each entity in the frame of the cell it stands in, some a
+            // little outside it (hysteresis: their frame is the old cell's).
+            let mut by_cell: std::collections::BTreeMap<(i32, i32), Vec<ViewEntity>> = Default::default();
+            for e in &all {
+                let key = |v: f32| ((v - 2.0) / 64.0).floor() as i32;
+                by_cell.entry((key(e.pos.x), key(e.pos.z))).or_default().push(e.clone());
+            }
+            for ((x, z), entities) in by_cell {
+                view.update(Arc::new(CellFrame {
+                    region: RegionId::cell(CellId::new(x, z)),
+                    shard: ShardId::new("a"),
+                    epoch: Epoch(1),
+                    tick: 1,
+                    entities,
+                }));
+            }
+            let pos = Vec3::new(at.0, 0.0, at.1);
+            // A full scan: every entity of every frame in range.
+            let frames_in_range = |e: &ViewEntity| {
+                let cell = CellId::new(((e.pos.x - 2.0) / 64.0).floor() as i32, ((e.pos.z - 2.0) / 64.0).floor() as i32);
+                RegionId::cell(cell).distance_xz(&grid, pos) <= radius
+                    && grid.cells_within(pos, radius).contains(&cell)
+            };
+            let d2 = |e: &ViewEntity| {
+                let (dx, dz) = (e.pos.x - pos.x, e.pos.z - pos.z);
+                dx * dx + dz * dz
+            };
+            let mut expected: Vec<&ViewEntity> = all
+                .iter()
+                .filter(|e| frames_in_range(e) && d2(e) <= radius * radius)
+                .collect();
+            expected.sort_by(|a, b| d2(a).total_cmp(&d2(b)).then(a.id.cmp(&b.id)));
+            expected.truncate(limit);
+            let got = view.nearest(&grid, pos, radius, limit);
+            let got: Vec<EntityId> = got.iter().map(|e| e.id).collect();
+            let expected: Vec<EntityId> = expected.iter().map(|e| e.id).collect();
+            proptest::prop_assert_eq!(got, expected);
         }
     }
 
