@@ -1609,6 +1609,13 @@ mod tests {
         text.parse().unwrap()
     }
 
+    /// The four quadrants of cell 0,0 with their costs (ms) and players.
+    fn quadrants_of_0_0(costs: [(f64, usize); 4]) -> Vec<(RegionId, f64, usize)> {
+        (0..4)
+            .map(|i| (q(&format!("0,0/{i}")), costs[i].0, costs[i].1))
+            .collect()
+    }
+
     /// One round per fresh report; the reshapes planned in each.
     fn rounds(r: &mut Rebalancer, v: &ClusterView, n: usize, t0: Instant) -> Vec<Vec<String>> {
         let mut v = v.clone();
@@ -1883,12 +1890,7 @@ mod tests {
                 (
                     "a",
                     1,
-                    vec![
-                        (q("0,0/0"), 5.0, 200),
-                        (q("0,0/1"), 1.0, 50),
-                        (q("0,0/2"), 0.5, 20),
-                        (q("0,0/3"), 0.5, 20),
-                    ],
+                    quadrants_of_0_0([(5.0, 200), (1.0, 50), (0.5, 20), (0.5, 20)]),
                 ),
                 ("b", 1, vec![(c(1, 0), 0.1, 0)]),
                 ("c", 1, vec![(c(2, 0), 0.1, 0)]),
@@ -1948,16 +1950,7 @@ mod tests {
         assert_eq!(p.reshapes.len(), 1);
         // Split: four quadrants of 1.75 ms on a; rounds until nothing moves.
         let mut v = view(&[
-            (
-                "a",
-                1,
-                vec![
-                    (q("0,0/0"), 1.75, 100),
-                    (q("0,0/1"), 1.75, 100),
-                    (q("0,0/2"), 1.75, 100),
-                    (q("0,0/3"), 1.75, 100),
-                ],
-            ),
+            ("a", 1, quadrants_of_0_0([(1.75, 100); 4])),
             ("b", 1, vec![(c(1, 0), 0.1, 0)]),
             ("c", 1, vec![(c(2, 0), 0.1, 0)]),
             ("d", 1, vec![(c(3, 0), 0.1, 0)]),
