@@ -1616,6 +1616,29 @@ mod tests {
             .collect()
     }
 
+    /// Cell 0,0 split two levels deep: 0,0/0's quadrants and 0,0/1 (ms
+    /// `rest`) on a, 0,0/2 and 0,0/3 (ms `crowd`, 40 players) on b; every
+    /// other region costs 0.05 ms.
+    fn two_levels(rest: f64, crowd: f64) -> ClusterView {
+        let mut on_a: Vec<(RegionId, f64, usize)> = (0..4)
+            .map(|i| (q(&format!("0,0/0/{i}")), 0.05, usize::from(i == 0)))
+            .collect();
+        on_a.push((q("0,0/1"), rest, 0));
+        view(&[
+            ("a", 1, on_a),
+            ("b", 1, vec![(q("0,0/2"), 0.05, 0), (q("0,0/3"), crowd, 40)]),
+        ])
+    }
+
+    /// Splits at the first report over the line, targets without cooldown.
+    fn eager() -> RebalanceConfig {
+        RebalanceConfig {
+            split_sustain: 1,
+            shard_cooldown: Duration::ZERO,
+            ..RebalanceConfig::default()
+        }
+    }
+
     /// One round per fresh report; the reshapes planned in each.
     fn rounds(r: &mut Rebalancer, v: &ClusterView, n: usize, t0: Instant) -> Vec<Vec<String>> {
         let mut v = v.clone();
@@ -1717,22 +1740,7 @@ mod tests {
     /// the crowd stays, only the subtree it left merges.
     #[test]
     fn a_cheap_subtree_merges_in_one_step_from_its_largest_region() {
-        let deep = |crowd: f64| {
-            view(&[
-                (
-                    "a",
-                    1,
-                    vec![
-                        (q("0,0/0/0"), 0.05, 1),
-                        (q("0,0/0/1"), 0.05, 0),
-                        (q("0,0/0/2"), 0.05, 0),
-                        (q("0,0/0/3"), 0.05, 0),
-                        (q("0,0/1"), 0.05, 0),
-                    ],
-                ),
-                ("b", 1, vec![(q("0,0/2"), 0.05, 0), (q("0,0/3"), crowd, 40)]),
-            ])
-        };
+        let deep = |crowd: f64| two_levels(0.05, crowd);
         let t0 = Instant::now();
         let sustain = RebalanceConfig::default().merge_sustain as usize;
         let mut r = Rebalancer::new(RebalanceConfig::default());
@@ -1765,22 +1773,7 @@ mod tests {
     /// cell's merge back (10 s more in a dispersal run).
     #[test]
     fn a_subtree_waits_for_a_cheap_ancestor_to_merge_it() {
-        let tree = |rest: f64| {
-            view(&[
-                (
-                    "a",
-                    1,
-                    vec![
-                        (q("0,0/0/0"), 0.05, 0),
-                        (q("0,0/0/1"), 0.05, 0),
-                        (q("0,0/0/2"), 0.05, 0),
-                        (q("0,0/0/3"), 0.05, 0),
-                        (q("0,0/1"), rest, 0),
-                    ],
-                ),
-                ("b", 1, vec![(q("0,0/2"), 0.05, 0), (q("0,0/3"), 0.05, 0)]),
-            ])
-        };
+        let tree = |rest: f64| two_levels(rest, 0.05);
         let t0 = Instant::now();
         let sustain = RebalanceConfig::default().merge_sustain as usize;
         let mut r = Rebalancer::new(RebalanceConfig::default());
@@ -1877,11 +1870,7 @@ mod tests {
     /// quadrant's split planned in the round that moved its cousin.
     #[test]
     fn one_change_per_cell_at_a_time() {
-        let cfg = RebalanceConfig {
-            split_sustain: 1,
-            shard_cooldown: Duration::ZERO,
-            ..RebalanceConfig::default()
-        };
+        let cfg = eager();
         let t0 = Instant::now();
         // 0,0 is split on a; 0,0/0 is hot enough to split again (50 % of
         // 10 ms) and 0,0/1 is due to spread to idle b.
@@ -1931,11 +1920,7 @@ mod tests {
 
     #[test]
     fn the_quadrants_of_a_split_crowd_spread_over_idle_shards() {
-        let cfg = RebalanceConfig {
-            split_sustain: 1,
-            shard_cooldown: Duration::ZERO,
-            ..RebalanceConfig::default()
-        };
+        let cfg = eager();
         let mut r = Rebalancer::new(cfg.clone());
         let t0 = Instant::now();
         // A crowd costing 7 ms of 10 (70 %: under the high watermark, so no
