@@ -302,7 +302,6 @@ struct Model {
     cells: BTreeMap<ShardId, BTreeSet<RegionId>>,
     cost: HashMap<RegionId, Cost>,
     busy: HashSet<ShardId>,
-    migrating: HashSet<RegionId>,
     /// Cells whose region tree is changing: a migration in flight or
     /// planned this round, or a reshape planned this round. Each change
     /// takes the cell's next epoch, so a second one in the same cell makes
@@ -347,7 +346,6 @@ impl Model {
             cells: BTreeMap::new(),
             cost,
             busy: HashSet::new(),
-            migrating: HashSet::new(),
             changing: HashSet::new(),
             total_cells: 0,
         };
@@ -374,7 +372,6 @@ impl Model {
         for f in &view.in_flight {
             m.busy.insert(f.from.clone());
             m.busy.insert(f.to.clone());
-            m.migrating.insert(f.cell);
             m.changing.insert(f.cell.cell_id());
         }
         m
@@ -422,7 +419,6 @@ impl Model {
         self.cells.get_mut(to).expect("known shard").insert(cell);
         self.busy.insert(from.clone());
         self.busy.insert(to.clone());
-        self.migrating.insert(cell);
         self.changing.insert(cell.cell_id());
     }
 }
@@ -688,16 +684,14 @@ impl Rebalancer {
                 streak.0 = tick;
                 streak.1 = if under { streak.1.saturating_add(1) } else { 0 };
             }
-            let busy = leaves
-                .iter()
-                .any(|l| model.migrating.contains(l) || cooling(l, &self.reshaped_until));
+            let leaf_cooling = leaves.iter().any(|l| cooling(l, &self.reshaped_until));
             let within = |rs: &[RegionId]| rs.iter().any(|r| *r != region && r.contains(region));
             if within(&taken) || within(&waiting) {
                 continue;
             }
             if !under
                 || streak.1 < cfg.merge_sustain.max(1)
-                || busy
+                || leaf_cooling
                 || model.changing.contains(&region.cell_id())
                 || plan.reshapes.len() >= cfg.max_moves
             {

@@ -598,7 +598,7 @@ pub async fn run(
         addr: router.config.quic,
         source,
     };
-    let (socket, _) = udp::bind(router.config.quic).map_err(bind_error)?;
+    let socket = udp::bind(router.config.quic).map_err(bind_error)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server_config),

@@ -604,12 +604,12 @@ impl ClientConn {
             router
                 .view
                 .nearest_to(&router.grid, last, radius, limit, Some(player.entity));
-        let pos = match (seen, visible.iter().find(|e| e.id == player.entity)) {
-            (Some(at), Some(me)) => {
-                player.saw(me.pos, at);
+        let pos = match seen {
+            Some((me, at)) => {
+                player.saw(me, at);
                 player.pos
             }
-            _ => {
+            None => {
                 let pos = player.position();
                 if pos != last {
                     visible = router.view.nearest(&router.grid, pos, radius, limit);

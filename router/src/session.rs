@@ -384,10 +384,7 @@ impl Player {
     ///
     /// [`WorldView::nearest_to`]: crate::WorldView::nearest_to
     pub fn saw(&mut self, pos: Vec3, at: std::time::Instant) {
-        if at > self.pos_at {
-            self.pos = pos;
-            self.pos_at = at;
-        }
+        crate::view::take_if_newer(&mut self.pos, &mut self.pos_at, pos, at);
     }
 
     /// Takes the avatar out of the world and saves where it was.

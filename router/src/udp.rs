@@ -17,43 +17,29 @@ use std::net::{SocketAddr, UdpSocket};
 /// inputs and acknowledgements.
 pub const BUFFER: usize = 4 << 20;
 
-/// The buffers a socket was granted, bytes (as the kernel reports them:
-/// Linux doubles the requested size for its own bookkeeping).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Granted {
-    pub recv: usize,
-    pub send: usize,
-}
-
 /// A UDP socket bound to `addr` with buffers of up to [`BUFFER`].
-pub fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, Granted)> {
+pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // Asking for more than the system allows is not an error: the kernel
-    // grants its maximum, read back below.
+    // grants its maximum, read back below (Linux reports double the size
+    // for its own bookkeeping).
     let _ = socket.set_recv_buffer_size(BUFFER);
     let _ = socket.set_send_buffer_size(BUFFER);
     socket.bind(&addr.into())?;
-    let granted = Granted {
-        recv: socket.recv_buffer_size()?,
-        send: socket.send_buffer_size()?,
-    };
-    if granted.recv < BUFFER {
+    let (recv, send) = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
+    if recv < BUFFER {
         tracing::warn!(
-            granted = granted.recv,
+            granted = recv,
             wanted = BUFFER,
             "the QUIC socket's receive buffer is smaller than asked: a busy \
              router will drop players' datagrams; raise net.core.rmem_max \
              (docs/operations.md, \"UDP buffers\")"
         );
     } else {
-        tracing::debug!(
-            recv = granted.recv,
-            send = granted.send,
-            "QUIC socket buffers"
-        );
+        tracing::debug!(recv, send, "QUIC socket buffers");
     }
-    Ok((socket.into(), granted))
+    Ok(socket.into())
 }
 
 #[cfg(test)]
@@ -72,8 +58,13 @@ mod tests {
     /// than the default whenever the maximum is above it.
     #[test]
     fn the_socket_gets_the_buffers_the_system_allows() {
-        let (socket, granted) = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         assert!(socket.local_addr().unwrap().port() != 0);
+        let granted = socket2::SockRef::from(&socket);
+        let (recv, send) = (
+            granted.recv_buffer_size().unwrap(),
+            granted.send_buffer_size().unwrap(),
+        );
         let (Some(rmax), Some(rdefault), Some(wmax)) = (
             sysctl("rmem_max"),
             sysctl("rmem_default"),
@@ -81,19 +72,10 @@ mod tests {
         ) else {
             return; // not Linux: nothing to compare with
         };
-        assert!(
-            granted.recv >= BUFFER.min(rmax),
-            "{granted:?}, rmem_max {rmax}"
-        );
-        assert!(
-            granted.send >= BUFFER.min(wmax),
-            "{granted:?}, wmem_max {wmax}"
-        );
+        assert!(recv >= BUFFER.min(rmax), "{recv}, rmem_max {rmax}");
+        assert!(send >= BUFFER.min(wmax), "{send}, wmem_max {wmax}");
         if rmax > rdefault {
-            assert!(
-                granted.recv > rdefault,
-                "{granted:?}, rmem_default {rdefault}"
-            );
+            assert!(recv > rdefault, "{recv}, rmem_default {rdefault}");
         }
     }
 }

@@ -33,7 +33,6 @@ struct Arrived {
 /// A frame's entities grouped by [`SQUARE`], each group with the extent
 /// its entities really cover (they can stand a little outside their
 /// region, and on any square's edge).
-#[derive(Default)]
 struct Squares {
     /// Indices into the frame's entities, one square's after another's.
     order: Vec<u32>,
@@ -98,6 +97,16 @@ impl Square {
     }
 }
 
+/// Where an entity was last known to be (`pos`, learnt at `at`) becomes
+/// `seen_pos` if that was learnt later (`seen_at`): a frame older than what
+/// is known never moves it back.
+pub fn take_if_newer(pos: &mut Vec3, at: &mut Instant, seen_pos: Vec3, seen_at: Instant) {
+    if seen_at > *at {
+        *pos = seen_pos;
+        *at = seen_at;
+    }
+}
+
 /// An entity in range, found by [`WorldView::nearest`]: its distance, when
 /// its frame arrived, and where it is in that frame.
 struct Found<'a> {
@@ -129,6 +138,8 @@ impl WorldView {
     /// overlapping one is ignored.
     pub fn update(&self, frame: Arc<CellFrame>) {
         self.latest_tick.fetch_max(frame.tick, Ordering::Relaxed);
+        // Grouped before the write lock: every snapshot waits on it.
+        let squares = Squares::of(&frame.entities);
         let mut frames = self.frames.write();
         let regions = frames.entry(frame.region.cell_id()).or_default();
         let newer = match regions.get(&frame.region) {
@@ -145,7 +156,6 @@ impl WorldView {
         if newer && !superseded {
             let region = frame.region;
             regions.retain(|r, _| *r == frame.region || !r.overlaps(frame.region));
-            let squares = Squares::of(&frame.entities);
             regions.insert(
                 frame.region,
                 Arrived {
@@ -197,20 +207,20 @@ impl WorldView {
     /// at the first ring of squares beyond the nearest it has found (in a
     /// swarm that sees itself, the scan no longer grows with everyone in
     /// range); it gathers references into the frames, not copies, compares
-    /// squared distances, and copies only the entities it keeps. An entity being handed over
-    /// can be in two frames at once; it counts once, and where both copies
-    /// are among the nearest (they stand a tick apart, so they almost
-    /// always are) the later arrival wins. Only the kept are checked for
-    /// that, with [`DUPLICATE_SLACK`] more kept than asked so that a
-    /// duplicate does not cost a place.
+    /// squared distances, and copies only the entities it keeps. An entity
+    /// being handed over can be in two frames at once; it counts once, and
+    /// where both copies are among the nearest (they stand a tick apart, so
+    /// they almost always are) the later arrival wins. Only the kept are
+    /// checked for that, with [`DUPLICATE_SLACK`] more kept than asked so
+    /// that a duplicate does not cost a place.
     pub fn nearest(&self, grid: &Grid, pos: Vec3, radius: f32, limit: usize) -> Vec<ViewEntity> {
         self.nearest_to(grid, pos, radius, limit, None).0
     }
 
     /// [`WorldView::nearest`] for the player whose entity is `me`: also
-    /// when the frame `me` was found in arrived (None if `me` is not among
-    /// the nearest), so a snapshot learns where its player stands from the
-    /// same pass ([`crate::session::Player::saw`]).
+    /// where `me` stands and when the frame it was found in arrived (None
+    /// if `me` is not among the nearest), so a snapshot learns where its
+    /// player stands from the same pass ([`crate::session::Player::saw`]).
     pub fn nearest_to(
         &self,
         grid: &Grid,
@@ -218,7 +228,7 @@ impl WorldView {
         radius: f32,
         limit: usize,
         me: Option<EntityId>,
-    ) -> (Vec<ViewEntity>, Option<Instant>) {
+    ) -> (Vec<ViewEntity>, Option<(Vec3, Instant)>) {
         let frames = self.frames.read();
         let r2 = radius * radius;
         let order = |a: &Found, b: &Found| a.d2.total_cmp(&b.d2).then(a.e.id.cmp(&b.e.id));
@@ -264,7 +274,7 @@ impl WorldView {
             if found.len() > keep && (bound == r2 || found.len() > keep.saturating_mul(2)) {
                 found.select_nth_unstable_by(keep - 1, order);
                 found.truncate(keep);
-                bound = bound.min(found.iter().map(|f| f.d2).fold(0.0, f32::max));
+                bound = found[keep - 1].d2;
             }
         }
         if found.len() > keep {
@@ -291,7 +301,12 @@ impl WorldView {
         }
         unique.sort_unstable_by(order);
         unique.truncate(limit);
-        let seen = me.and_then(|me| unique.iter().find(|f| f.e.id == me).map(|f| f.at));
+        let seen = me.and_then(|me| {
+            unique
+                .iter()
+                .find(|f| f.e.id == me)
+                .map(|f| (f.e.pos, f.at))
+        });
         (unique.into_iter().map(|f| f.e.clone()).collect(), seen)
     }
 
@@ -330,10 +345,7 @@ impl WorldView {
     /// goes. Returns the (possibly updated) position.
     pub fn follow(&self, grid: &Grid, id: EntityId, pos: &mut Vec3, at: &mut Instant) -> Vec3 {
         if let Some((e, seen)) = self.find_with_time(grid, id, *pos) {
-            if seen > *at {
-                *pos = e.pos;
-                *at = seen;
-            }
+            take_if_newer(pos, at, e.pos, seen);
         }
         *pos
     }

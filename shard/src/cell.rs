@@ -446,6 +446,21 @@ impl Cell {
         }
     }
 
+    /// A character's body, its capsule, and the queries it moves against:
+    /// everything but itself and what its group walks through.
+    fn mover(&self, handle: RigidBodyHandle) -> Option<(&RigidBody, &Collider, QueryPipeline<'_>)> {
+        let body = self.physics.bodies.get(handle)?;
+        let collider = self.physics.colliders.get(*body.colliders().first()?)?;
+        let filter = QueryFilter::default()
+            .exclude_rigid_body(handle)
+            .groups(sweep_groups(collider.collision_groups().memberships));
+        Some((
+            body,
+            collider,
+            self.physics.query_pipeline_with_filter(filter),
+        ))
+    }
+
     /// Moves a character by `desired` metres against the obstacles of this
     /// cell; returns the new feet position.
     fn sweep(&self, handle: RigidBodyHandle, desired: Vec3, dt: f32) -> Option<Vec3> {
@@ -467,8 +482,7 @@ impl Cell {
         if desired.y != 0.0 {
             return None;
         }
-        let body = self.physics.bodies.get(handle)?;
-        let collider = self.physics.colliders.get(*body.colliders().first()?)?;
+        let (body, collider, queries) = self.mover(handle)?;
         let start = body.position();
         let feet = start.translation.y - CAPSULE_CENTRE;
         if feet.abs() > 0.001 {
@@ -486,10 +500,6 @@ impl Cell {
             swept.mins - Vector::new(FREE_MOVE_MARGIN, FREE_MOVE_BELOW, FREE_MOVE_MARGIN),
             swept.maxs + Vector::splat(FREE_MOVE_MARGIN),
         );
-        let filter = QueryFilter::default()
-            .exclude_rigid_body(handle)
-            .groups(sweep_groups(collider.collision_groups().memberships));
-        let queries = self.physics.query_pipeline_with_filter(filter);
         let mut near = queries.intersect_aabb_conservative(swept);
         if near.any(|(other, _)| other != self.ground) {
             return None;
@@ -504,12 +514,7 @@ impl Cell {
     /// A move decided by the character controller: slides along walls,
     /// climbs steps, follows slopes.
     fn controlled_move(&self, handle: RigidBodyHandle, desired: Vec3, dt: f32) -> Option<Vec3> {
-        let body = self.physics.bodies.get(handle)?;
-        let collider = self.physics.colliders.get(*body.colliders().first()?)?;
-        let filter = QueryFilter::default()
-            .exclude_rigid_body(handle)
-            .groups(sweep_groups(collider.collision_groups().memberships));
-        let queries = self.physics.query_pipeline_with_filter(filter);
+        let (body, collider, queries) = self.mover(handle)?;
         let pos = *body.position();
         let moved = self.controller.move_shape(
             dt,
@@ -533,12 +538,7 @@ impl Cell {
         if pos.y <= 0.001 {
             return Some(Vec3::new(pos.x, 0.0, pos.z));
         }
-        let body = self.physics.bodies.get(handle)?;
-        let collider = self.physics.colliders.get(*body.colliders().first()?)?;
-        let filter = QueryFilter::default()
-            .exclude_rigid_body(handle)
-            .groups(sweep_groups(collider.collision_groups().memberships));
-        let queries = self.physics.query_pipeline_with_filter(filter);
+        let (body, collider, queries) = self.mover(handle)?;
         let from = Pose::from_parts(
             Vector::new(pos.x, pos.y + CAPSULE_CENTRE, pos.z),
             body.position().rotation,
@@ -1089,12 +1089,10 @@ size = [1, 4, 10]
         // Players scattered near the wall (x 19.5..20.5) and near each
         // other, each moved at random: wherever the free move applies, it
         // must land exactly where the controller does.
+        use rand::{rngs::StdRng, Rng, SeedableRng};
         let mut c = cell();
-        let mut rng = 7u32;
-        let mut next = || {
-            rng = rng.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (rng >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        };
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut next = || rng.gen_range(-1.0f32..1.0);
         for id in 1..=40 {
             let pos = Vec3::new(20.0 + next() * 4.0, 0.0, 10.0 + next() * 8.0);
             c.insert(player(id, pos));
