@@ -23,6 +23,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
+use tessera_coordinator::migration::{Migration, MigrationBoard, MigrationState};
 use tessera_coordinator::{Bus, CellMap, CellOwner, LocalBus};
 use tessera_proto::cluster::{PlayerEvent, SessionRef, ToRouter, ToShard};
 use tessera_proto::world::parse_world;
@@ -30,6 +31,7 @@ use tessera_proto::{
     CellId, Compass, EntityId, Epoch, PlayerId, RegionId, RegionTree, RouterId, SessionId, ShardId,
     Vec3,
 };
+use tessera_shard::sim::ShardNotice;
 use tessera_shard::{Shard, ShardConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -51,7 +53,14 @@ struct Cluster {
     inboxes: Vec<crossbeam_channel::Receiver<ToShard>>,
     router: UnboundedReceiver<ToRouter>,
     events: Vec<(SessionId, PlayerEvent)>,
+    /// What the shards would record in the cluster store (unread: the
+    /// tests move the map themselves).
+    _notices: Vec<UnboundedReceiver<ShardNotice>>,
 }
+
+/// More messages than any test sends: past it, messages bounce between
+/// shards (or a shard and itself) without end.
+const MESSAGE_LIMIT: usize = 100_000;
 
 fn owner(s: &str, e: u64) -> CellOwner {
     CellOwner {
@@ -87,6 +96,11 @@ impl Cluster {
 
     /// Shards a and b following `map`.
     fn with_map(map: CellMap) -> Cluster {
+        Cluster::with_board(map, None)
+    }
+
+    /// Shards a and b following `map`, and migrations on `board` if given.
+    fn with_board(map: CellMap, board: Option<MigrationBoard>) -> Cluster {
         let world = Arc::new(parse_world(WORLD).expect("world"));
         let (a, b) = (ShardId::new("a"), ShardId::new("b"));
         let bus = LocalBus::new();
@@ -94,23 +108,31 @@ impl Cluster {
         let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
         let mut shards = Vec::new();
         let mut inboxes = Vec::new();
+        let mut notices = Vec::new();
         for id in [a, b] {
             inboxes.push(bus.add_shard(id.clone()));
-            shards.push(
-                Shard::new(
-                    ShardConfig::new(id),
-                    world.clone(),
-                    dyn_bus.clone(),
-                    map.clone(),
-                )
-                .expect("shard"),
-            );
+            let shard = Shard::new(
+                ShardConfig::new(id),
+                world.clone(),
+                dyn_bus.clone(),
+                map.clone(),
+            )
+            .expect("shard");
+            shards.push(match &board {
+                Some(board) => {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    notices.push(rx);
+                    shard.with_migrations(board.clone(), tx)
+                }
+                None => shard,
+            });
         }
         Cluster {
             shards,
             inboxes,
             router,
             events: Vec::new(),
+            _notices: notices,
         }
     }
 
@@ -123,12 +145,15 @@ impl Cluster {
     }
 
     fn deliver(&mut self) {
+        let mut delivered = 0;
         loop {
             let mut any = false;
             for (i, inbox) in self.inboxes.iter().enumerate() {
                 while let Ok(msg) = inbox.try_recv() {
                     self.shards[i].handle(msg, Instant::now());
                     any = true;
+                    delivered += 1;
+                    assert!(delivered < MESSAGE_LIMIT, "messages bounce without end");
                 }
             }
             if !any {
@@ -565,7 +590,6 @@ fn npcs_keep_their_script_state_through_a_split_and_a_merge() {
 /// the merged region, not be lost.
 #[test]
 fn a_merge_seen_together_with_the_last_quadrants_migration_keeps_its_entities() {
-    use tessera_coordinator::migration::{Migration, MigrationBoard, MigrationState};
     let world = Arc::new(parse_world(WORLD).unwrap());
     let (a, b) = (ShardId::new("a"), ShardId::new("b"));
     let cell = CellId::new(0, 0);
@@ -600,6 +624,7 @@ fn a_merge_seen_together_with_the_last_quadrants_migration_keeps_its_entities() 
         inboxes: Vec::new(),
         router,
         events: Vec::new(),
+        _notices: Vec::new(),
     };
     // Two players in the south-east quadrant, on b.
     for p in [1u64, 2] {
@@ -664,4 +689,67 @@ fn a_merge_seen_together_with_the_last_quadrants_migration_keeps_its_entities() 
     }
     assert!(c.events.iter().any(|(s, e)| s.0 == 1
         && matches!(e, PlayerEvent::OwnerChanged { region, shard } if region.is_cell() && shard.0 == "a")));
+}
+
+/// A player who walks into a cell its shard has just shipped (the map does
+/// not name the new owner yet) follows the cell, and so do the commands the
+/// router still sends to the old shard: each is answered once the cell
+/// opens on its new owner, and none circles back to the shard that sent it.
+#[test]
+fn commands_for_a_player_who_walks_into_a_shipped_cell_follow_it() {
+    let (west, east) = (CellId::new(0, 0), CellId::new(1, 0));
+    let map = CellMap::fixed([(west, owner("a", 1)), (east, owner("a", 1))]);
+    let board = MigrationBoard::default();
+    let mut c = Cluster::with_board(map.clone(), Some(board.clone()));
+    c.tick();
+    let ann = join(&mut c, 0, 1, Vec3::new(63.5, 0.0, 20.0));
+    c.tick();
+    assert_eq!(c.where_is(ann), Some((0, RegionId::cell(west))));
+
+    board.set(
+        RegionId::cell(east),
+        Migration {
+            from: ShardId::new("a"),
+            to: ShardId::new("b"),
+            epoch: Epoch(2),
+            state: MigrationState::Requested,
+            requested_unix_ms: 0,
+            authority: None,
+            cancelled_unix_ms: None,
+        },
+    );
+    c.tick();
+    assert_eq!(c.shards[0].entity_count(), 1, "a shipped the east cell");
+
+    // Ann walks east, into the shipped cell, and the router, told nothing
+    // yet, sends her next steps to a.
+    c.events.clear();
+    for _ in 0..3 {
+        c.send(
+            0,
+            ToShard::Step {
+                entity: ann,
+                dir: Compass::East,
+            },
+        );
+    }
+    assert_eq!(
+        c.total(),
+        0,
+        "Ann waits with the cell, on neither shard yet"
+    );
+
+    map.set(east, owner("b", 2));
+    c.tick();
+    c.tick();
+    assert_eq!(
+        c.where_is(ann).map(|(s, r)| (s, r)),
+        Some((1, RegionId::cell(east)))
+    );
+    let answered = c
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, PlayerEvent::StepDone { .. }))
+        .count();
+    assert_eq!(answered, 3, "every step answered once: {:?}", c.events);
 }

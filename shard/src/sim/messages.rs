@@ -16,6 +16,11 @@ impl Shard {
     /// yet wait for it.
     fn forward(&mut self, entity: EntityId, msg: ToShard) -> bool {
         match self.forwarding.shard_of(entity) {
+            Some(shard) if *shard == self.id => {
+                // Sent back here it would circle without end.
+                tracing::error!(shard = %self.id, entity = %entity, "forwarding address points to this shard; message dropped");
+                false
+            }
             Some(shard) => {
                 if let Err(e) = self.bus.to_shard(shard, msg) {
                     tracing::warn!(shard = %self.id, entity = %entity, error = %e, "forward failed");
@@ -139,14 +144,23 @@ impl Shard {
         }
     }
 
-    pub(super) fn on_handoff(&mut self, to: RegionId, epoch: Epoch, entity: EntityTransfer) {
+    pub(super) fn on_handoff(
+        &mut self,
+        to: RegionId,
+        epoch: Epoch,
+        entity: EntityTransfer,
+        now: Instant,
+    ) {
         if self.migrations.incoming.contains_key(&to) {
-            // Into a cell still migrating here: wait for it.
+            // Into a cell still migrating here: wait for it (and so do
+            // messages for the entity: `Migrations::is_incoming`).
             self.migrations
                 .deferred
                 .push(ToShard::Handoff { to, epoch, entity });
         } else if let Some(target) = self.migrations.shipped.get(&to).map(|s| s.to.clone()) {
-            // Into a cell this shard just shipped: follow the cell.
+            // Into a cell this shard just shipped: follow the cell, and so
+            // do messages for the entity.
+            self.forwarding.remember(entity.id, target.clone(), now);
             let _ = self
                 .bus
                 .to_shard(&target, ToShard::Handoff { to, epoch, entity });

@@ -48,11 +48,16 @@ pub(super) struct Incoming {
 }
 
 impl Migrations {
-    /// True if `entity` is in a cell shipped here that has not opened yet.
+    /// True if `entity` is in a cell shipped here that has not opened yet,
+    /// or handed into one.
     pub(super) fn is_incoming(&self, entity: EntityId) -> bool {
         self.incoming
             .values()
             .any(|inc| inc.entities.iter().any(|e| e.id == entity))
+            || self
+                .deferred
+                .iter()
+                .any(|m| matches!(m, ToShard::Handoff { entity: e, .. } if e.id == entity))
     }
 }
 

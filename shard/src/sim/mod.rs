@@ -261,7 +261,7 @@ impl Shard {
             ToShard::Step { entity, dir } => self.on_step(entity, dir, now),
             ToShard::Say { entity, text } => self.on_say(entity, text),
             ToShard::Leave { entity, session } => self.on_leave(entity, session),
-            ToShard::Handoff { to, epoch, entity } => self.on_handoff(to, epoch, entity),
+            ToShard::Handoff { to, epoch, entity } => self.on_handoff(to, epoch, entity, now),
             ToShard::CellSnapshot {
                 region,
                 epoch,
@@ -359,6 +359,12 @@ impl Shard {
                 .increment(1);
             if local {
                 self.accept(to, self.cells[&to].epoch, transfer);
+            } else if owner.owner == self.id {
+                // Ours by the map but not simulated here: a region this
+                // shard has just shipped or is receiving (the map has not
+                // flipped yet). Not sent to ourselves: it would leave a
+                // forwarding address pointing back here.
+                self.on_handoff(to, owner.epoch, transfer, now);
             } else {
                 tracing::debug!(shard = %self.id, from = %c, to = %to, entity = %entity, target = %owner.owner, "hand-off to another shard");
                 if transfer.player.is_none() {
