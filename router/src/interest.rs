@@ -110,6 +110,11 @@ impl Interest {
         // The player's own entity, then the nearest others.
         let mine = visible.iter().find(|e| e.id == me);
         plan.ack_input = mine.map(|e| e.ack_input).unwrap_or(0);
+        if mine.is_none() {
+            // No ack and no update of the player's own avatar in this
+            // snapshot: a hand-off under way, or a view gone stale.
+            metrics::counter!("tessera_router_snapshots_without_self_total").increment(1);
+        }
         let chosen = mine
             .into_iter()
             .chain(visible.iter().filter(|e| e.id != me).take(MAX_VISIBLE - 1));

@@ -623,8 +623,13 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let r = router.clone();
     tasks.spawn(async move {
+        let mut sampled = std::time::Instant::now();
         while let Some(msg) = inbox.recv().await {
             r.dispatch(msg);
+            if sampled.elapsed() >= Duration::from_millis(100) {
+                sampled = std::time::Instant::now();
+                metrics::gauge!("tessera_router_inbox_queued").set(inbox.len() as f64);
+            }
         }
     });
     if let Some(rx) = router.chat_deliveries.lock().take() {

@@ -28,6 +28,7 @@ struct Cluster {
     inboxes: Vec<crossbeam_channel::Receiver<ToShard>>,
     router: UnboundedReceiver<ToRouter>,
     events: Vec<(SessionId, PlayerEvent)>,
+    bus: LocalBus,
 }
 
 impl Cluster {
@@ -67,6 +68,7 @@ impl Cluster {
             inboxes,
             router,
             events: Vec::new(),
+            bus,
         }
     }
 
@@ -292,4 +294,44 @@ fn a_hand_off_delivered_twice_creates_one_entity() {
         .filter(|cell| cell.contains(ann))
         .count();
     assert_eq!(on_b, 1, "one copy on shard b");
+}
+
+/// Before a due tick the shard handles what waited in its inbox (`pace`):
+/// everything, oldest first, while the slice lasts, and at least one
+/// message when the slice is already over.
+#[test]
+fn messages_that_waited_are_handled_before_the_tick() {
+    let mut c = Cluster::new();
+    let ann = join(&mut c, 0, 1, "Ann", Vec3::new(-20.0, 0.0, -8.0));
+    c.events.clear();
+    let bus_inbox = c.inboxes[0].clone();
+    // Steps queued as a router would queue them while a tick ran.
+    let steps = 300;
+    let bus = c.bus.clone();
+    for _ in 0..steps {
+        bus.to_shard(
+            &ShardId::new("a"),
+            ToShard::Step {
+                entity: ann,
+                dir: Compass::North,
+            },
+        )
+        .unwrap();
+    }
+    let over = Instant::now();
+    assert_eq!(
+        c.shards[0].handle_waiting(&bus_inbox, over),
+        1,
+        "one, when the slice is over"
+    );
+    let far = Instant::now() + std::time::Duration::from_secs(3600);
+    assert_eq!(c.shards[0].handle_waiting(&bus_inbox, far), steps - 1);
+    assert!(bus_inbox.is_empty());
+    c.deliver();
+    let answered = c
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, PlayerEvent::StepDone { .. }))
+        .count();
+    assert_eq!(answered, steps);
 }

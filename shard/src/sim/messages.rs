@@ -10,29 +10,29 @@ use tessera_proto::msg::{EntityKind, Input, MAX_SAY_CHARS};
 use tessera_proto::{Compass, EntityId, Epoch, RegionId, Vec3};
 
 impl Shard {
-    /// Forwards a message for an entity this shard no longer has. Returns
-    /// false if we never knew where it went.
-    /// Messages for an entity of a migrating cell that has not opened here
-    /// yet wait for it.
-    fn forward(&mut self, entity: EntityId, msg: ToShard) -> bool {
-        match self.forwarding.shard_of(entity) {
-            Some(shard) if *shard == self.id => {
-                // Sent back here it would circle without end.
-                tracing::error!(shard = %self.id, entity = %entity, "forwarding address points to this shard; message dropped");
-                false
-            }
+    /// Forwards a message for an entity this shard no longer has, to where
+    /// it went. Messages for an entity of a migrating cell that has not
+    /// opened here yet wait for it. Any other is dropped (counted in
+    /// `tessera_shard_messages_dropped_total`): the entity is unknown here.
+    fn forward(&mut self, entity: EntityId, msg: ToShard) {
+        let dropped = match self.forwarding.shard_of(entity) {
+            // Sent back here it would circle without end.
+            Some(shard) if *shard == self.id => "forwarding address is this shard",
             Some(shard) => {
                 if let Err(e) = self.bus.to_shard(shard, msg) {
                     tracing::warn!(shard = %self.id, entity = %entity, error = %e, "forward failed");
                 }
-                true
+                return;
             }
             None if self.migrations.is_incoming(entity) => {
                 self.migrations.deferred.push(msg);
-                true
+                return;
             }
-            None => false,
-        }
+            None => "unknown entity",
+        };
+        tracing::debug!(shard = %self.id, entity = %entity, reason = dropped, "message dropped");
+        metrics::counter!("tessera_shard_messages_dropped_total", "shard" => self.id.0.clone(), "reason" => dropped)
+            .increment(1);
     }
 
     pub(super) fn on_input(&mut self, entity: EntityId, input: Input) {

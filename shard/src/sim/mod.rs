@@ -19,11 +19,13 @@ mod load;
 mod messages;
 mod migrate;
 mod open;
+mod pace;
 mod reshape;
 mod saving;
 
 pub use forward::FORWARD_MEMORY;
 pub use joins::JOIN_PATIENCE;
+pub use pace::MESSAGE_SLICE;
 
 use crate::cell::{Cell, CellEvent, Movement};
 use crate::script::{ScriptEngine, ScriptError};
@@ -34,6 +36,7 @@ use joins::{Join, PendingJoins};
 use load::TickHistory;
 use migrate::Migrations;
 use open::NeighbourCheckpoints;
+use pace::{Pacer, Turn};
 use saving::Checkpoints;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -551,25 +554,29 @@ impl Shard {
     }
 
     /// Runs the tick loop until `stop` is set. Messages are handled as they
-    /// arrive between ticks, so a text player's step is answered at once.
-    /// The only place the shard reads the clock for its decisions.
+    /// arrive between ticks, so a text player's step is answered at once,
+    /// and those that waited are handled before each tick (`pace`). The
+    /// only place the shard reads the clock for its decisions.
     pub fn run(mut self, inbox: Receiver<ToShard>, stop: Arc<AtomicBool>) {
         let period = Duration::from_secs_f64(1.0 / self.config.tick_hz as f64);
         let shard_label = self.id.0.clone();
-        let mut next = Instant::now() + period;
+        let mut pacer = Pacer::new(period, Instant::now());
         tracing::info!(shard = %self.id, cells = self.cells.len(), tick_hz = self.config.tick_hz, "shard running");
         while !stop.load(Ordering::Relaxed) {
-            // Ticks come first: a flood of messages must not starve them.
-            if Instant::now() < next {
-                match inbox.recv_deadline(next) {
-                    Ok(msg) => {
-                        self.handle(msg, Instant::now());
-                        continue;
+            let messages_until = match pacer.turn(Instant::now()) {
+                Turn::Read(due) => {
+                    match inbox.recv_deadline(due) {
+                        Ok(msg) => self.handle(msg, Instant::now()),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    continue;
                 }
-            }
+                Turn::Tick { messages_until } => messages_until,
+            };
+            metrics::gauge!("tessera_shard_inbox_queued", "shard" => shard_label.clone())
+                .set(inbox.len() as f64);
+            self.handle_waiting(&inbox, messages_until);
             let started = Instant::now();
             self.step(started);
             let took = started.elapsed();
@@ -578,17 +585,30 @@ impl Shard {
             self.apply_script_updates();
             metrics::histogram!("tessera_shard_tick_seconds", "shard" => shard_label.clone())
                 .record(took.as_secs_f64());
-            next += period;
-            let now = Instant::now();
-            if now > next + period * 5 {
+            if let Some(behind) = pacer.ticked(Instant::now()) {
                 // Far behind (a stall): skip ticks rather than racing.
-                tracing::warn!(shard = %self.id, behind_ms = (now - next).as_millis() as u64, "tick overrun");
+                tracing::warn!(shard = %self.id, behind_ms = behind.as_millis() as u64, "tick overrun");
                 metrics::counter!("tessera_shard_tick_overruns_total", "shard" => shard_label.clone()).increment(1);
-                next = now + period;
             }
         }
         self.final_checkpoint();
         tracing::info!(shard = %self.id, tick = self.tick, "shard stopped");
+    }
+
+    /// Handles the messages already in `inbox`, oldest first, until it is
+    /// empty or `until` has passed (at least one, if any waits). Returns
+    /// how many.
+    pub fn handle_waiting(&mut self, inbox: &Receiver<ToShard>, until: Instant) -> usize {
+        let mut handled = 0;
+        while let Ok(msg) = inbox.try_recv() {
+            let now = Instant::now();
+            self.handle(msg, now);
+            handled += 1;
+            if now >= until {
+                break;
+            }
+        }
+        handled
     }
 
     /// Loads a new version of script `name` (hot reload): every NPC running
