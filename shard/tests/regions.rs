@@ -742,10 +742,7 @@ fn commands_for_a_player_who_walks_into_a_shipped_cell_follow_it() {
     map.set(east, owner("b", 2));
     c.tick();
     c.tick();
-    assert_eq!(
-        c.where_is(ann).map(|(s, r)| (s, r)),
-        Some((1, RegionId::cell(east)))
-    );
+    assert_eq!(c.where_is(ann), Some((1, RegionId::cell(east))));
     let answered = c
         .events
         .iter()
