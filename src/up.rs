@@ -13,6 +13,15 @@ use tessera_router::{Router, RouterConfig};
 use tessera_shard::ShardConfig;
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let merge_below = tessera_coordinator::rebalance::RebalanceConfig::default().merge_below;
+    // Also false for NaN.
+    if !args.no_split && !(args.split_above > merge_below) {
+        anyhow::bail!(
+            "--split-above ({}) must be above the merge threshold ({merge_below}): a region \
+             would split and merge back in turn",
+            args.split_above
+        );
+    }
     if !args.etcd.is_empty() {
         return run_on_etcd(args).await;
     }

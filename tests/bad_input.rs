@@ -456,3 +456,29 @@ fn connections_beyond_the_limit_are_refused_politely() {
     );
     still_served(&mut first, "after refusing a connection");
 }
+
+/// A split threshold at or below the merge threshold would split a region
+/// and merge it back in turn: `tessera up` refuses it before it starts.
+#[test]
+fn a_split_threshold_below_the_merge_threshold_is_refused() {
+    let dir = TestDir::new();
+    for bad in ["0.05", "0.1", "NaN"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("up")
+            .args(["--split-above", bad])
+            .arg("--data-dir")
+            .arg(dir.path().join("fresh"))
+            .output()
+            .expect("run tessera up");
+        assert!(!out.status.success(), "{bad} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("must be above the merge threshold (0.1)"),
+            "{bad}: {stderr}"
+        );
+        assert!(
+            !dir.path().join("fresh").exists(),
+            "{bad}: nothing is created before the flags are checked"
+        );
+    }
+}
