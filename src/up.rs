@@ -14,8 +14,8 @@ use tessera_shard::ShardConfig;
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let merge_below = tessera_coordinator::rebalance::RebalanceConfig::default().merge_below;
-    // Also false for NaN.
-    if !args.no_split && !(args.split_above > merge_below) {
+    let above = args.split_above.partial_cmp(&merge_below) == Some(std::cmp::Ordering::Greater);
+    if !args.no_split && !above {
         anyhow::bail!(
             "--split-above ({}) must be above the merge threshold ({merge_below}): a region \
              would split and merge back in turn",
