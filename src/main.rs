@@ -95,11 +95,58 @@ enum CaCommand {
     },
 }
 
+/// Telnet over TLS (`tessera up`, `tessera router`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TelnetTlsArgs {
+    /// Also serve telnet over TLS on this address (plain telnet carries
+    /// passwords in clear text).
+    #[arg(long)]
+    pub telnet_tls: Option<SocketAddr>,
+    /// The PEM certificate chain for --telnet-tls (default: the router's
+    /// self-signed certificate, quic-cert.pem in the data dir).
+    #[arg(long, requires_all = ["telnet_tls", "telnet_tls_key"])]
+    pub telnet_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --telnet-tls-cert.
+    #[arg(long, requires_all = ["telnet_tls", "telnet_tls_cert"])]
+    pub telnet_tls_key: Option<PathBuf>,
+}
+
+impl TelnetTlsArgs {
+    /// The router's setting.
+    pub fn config(&self) -> Option<tessera_router::TelnetTls> {
+        let addr = self.telnet_tls?;
+        let cert = match (&self.telnet_tls_cert, &self.telnet_tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            _ => None,
+        };
+        Some(tessera_router::TelnetTls { addr, cert })
+    }
+
+    /// The same flags again, for a role started from `tessera up --etcd`.
+    pub fn to_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(a) = self.telnet_tls {
+            flags.extend(["--telnet-tls".to_string(), a.to_string()]);
+        }
+        if let (Some(c), Some(k)) = (&self.telnet_tls_cert, &self.telnet_tls_key) {
+            flags.extend([
+                "--telnet-tls-cert".to_string(),
+                c.display().to_string(),
+                "--telnet-tls-key".to_string(),
+                k.display().to_string(),
+            ]);
+        }
+        flags
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpArgs {
     /// Telnet gateway address.
     #[arg(long, default_value = "0.0.0.0:4000")]
     telnet: SocketAddr,
+    #[command(flatten)]
+    telnet_tls: TelnetTlsArgs,
     /// QUIC gateway address (UDP).
     #[arg(long, default_value = "0.0.0.0:4433")]
     quic: SocketAddr,

@@ -275,6 +275,8 @@ pub struct RouterArgs {
     id: String,
     #[arg(long, default_value = "0.0.0.0:4000")]
     telnet: SocketAddr,
+    #[command(flatten)]
+    telnet_tls: crate::TelnetTlsArgs,
     #[arg(long, default_value = "0.0.0.0:4433")]
     quic: SocketAddr,
     /// Accounts, player positions and the QUIC certificate.
@@ -717,6 +719,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     };
     let mut rc = RouterConfig::new(id.clone(), args.data_dir.clone());
     rc.telnet = args.telnet;
+    rc.telnet_tls = args.telnet_tls.config();
     rc.quic = args.quic;
     rc.tick_hz = args.tick_hz;
     rc.spawn_radius = args.spawn_radius.max(0.0);
@@ -781,6 +784,9 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     let _ = lease_tx.send((reg.lease, addrs.telnet, addrs.quic));
     println!("router {id} running; cluster address {addr}");
     println!("telnet listening on {}", addrs.telnet);
+    if let Some(a) = addrs.telnet_tls {
+        println!("telnet over TLS listening on {a}");
+    }
     println!(
         "quic listening on {}   (certificate to pin: {})",
         addrs.quic,

@@ -155,6 +155,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let router_id = RouterId("router-1".into());
     let mut rc = RouterConfig::new(router_id.clone(), args.data_dir.clone());
     rc.telnet = args.telnet;
+    rc.telnet_tls = args.telnet_tls.config();
     rc.quic = args.quic;
     rc.tick_hz = args.tick_hz;
     rc.max_connections = args.max_connections;
@@ -207,6 +208,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         connect_host(addrs.telnet),
         addrs.telnet.port()
     );
+    if let Some(a) = addrs.telnet_tls {
+        println!(
+            "telnet over TLS listening on {a}   (try: openssl s_client -connect {}:{}; \
+             plain telnet is cleartext)",
+            connect_host(a),
+            a.port()
+        );
+    }
     println!(
         "quic listening on {}   (certificate to pin: {})",
         addrs.quic,
@@ -421,7 +430,10 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
             &auth_addr,
             "--chat",
             &chat_addr,
-        ]),
+        ])
+        .into_iter()
+        .chain(args.telnet_tls.to_flags())
+        .collect::<Vec<String>>(),
     )?;
     roles.spawn(crate::roles::router(router));
     println!(

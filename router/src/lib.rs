@@ -90,6 +90,19 @@ pub struct RouterConfig {
     /// The cluster CA whose members (telnet gateways) may relay text
     /// players (`ClientMsg::Relay`); without it no connection may.
     pub relay_ca: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// Telnet over TLS for players (plain telnet carries passwords in
+    /// clear): where to listen, and the certificate to serve.
+    pub telnet_tls: Option<TelnetTls>,
+}
+
+/// The telnet-over-TLS port (docs/operations.md, "Telnet over TLS").
+#[derive(Clone, Debug)]
+pub struct TelnetTls {
+    pub addr: SocketAddr,
+    /// A PEM certificate chain and its PEM private key; without them the
+    /// router serves its own self-signed certificate (`quic-cert.pem` in
+    /// the data dir, the one QUIC clients pin).
+    pub cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl RouterConfig {
@@ -109,6 +122,7 @@ impl RouterConfig {
             save_interval: Duration::from_secs(5),
             spawn_radius: 0.0,
             relay_ca: None,
+            telnet_tls: None,
         }
     }
 }
@@ -556,6 +570,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Where a running router listens.
 pub struct RouterAddrs {
     pub telnet: SocketAddr,
+    /// The telnet-over-TLS port, if configured.
+    pub telnet_tls: Option<SocketAddr>,
     pub quic: SocketAddr,
     pub cert_path: PathBuf,
 }
@@ -594,6 +610,19 @@ pub async fn run(
         })?;
     let identity = tls::load_or_create(&router.config.data_dir)?;
     let server_config = tls::server_config(&identity, router.config.relay_ca.as_ref())?;
+    let telnet_tls = match &router.config.telnet_tls {
+        Some(t) => {
+            let acceptor = tls::telnet_acceptor(&identity, t.cert.as_ref())?;
+            let listener = tokio::net::TcpListener::bind(t.addr)
+                .await
+                .map_err(|source| RouterError::Bind {
+                    addr: t.addr,
+                    source,
+                })?;
+            Some((listener, acceptor))
+        }
+        None => None,
+    };
     let bind_error = |source| RouterError::Bind {
         addr: router.config.quic,
         source,
@@ -616,8 +645,9 @@ pub async fn run(
             source,
         })?,
         cert_path: identity.cert_path.clone(),
+        telnet_tls: telnet_tls.as_ref().and_then(|(l, _)| l.local_addr().ok()),
     };
-    tracing::info!(router = %router.config.id, telnet = %addrs.telnet, quic = %addrs.quic, "router listening");
+    tracing::info!(router = %router.config.id, telnet = %addrs.telnet, telnet_tls = ?addrs.telnet_tls, quic = %addrs.quic, "router listening");
     let _ = ready.send(addrs);
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -637,6 +667,10 @@ pub async fn run(
     }
     let r = router.clone();
     tasks.spawn(async move { telnet_gateway::serve(r, telnet).await });
+    if let Some((listener, acceptor)) = telnet_tls {
+        let r = router.clone();
+        tasks.spawn(async move { telnet_gateway::serve_tls(r, listener, acceptor).await });
+    }
     let r = router.clone();
     let ep = endpoint.clone();
     tasks.spawn(async move { quic::serve(r, ep).await });

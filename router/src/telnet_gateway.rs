@@ -10,27 +10,79 @@ use crate::session::{self, Player};
 use crate::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tessera_proto::cluster::PlayerEvent;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
-/// Accepts connections until the task is aborted.
+/// How long a client of the TLS port has to finish its handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Accepts plain telnet connections until the task is aborted.
 pub async fn serve(router: Arc<Router>, listener: TcpListener) {
+    accept_loop(router, listener, None).await
+}
+
+/// Accepts telnet-over-TLS connections until the task is aborted: the same
+/// conversation inside TLS (Mudlet, TinTin++ `#ssl`, `openssl s_client`).
+pub async fn serve_tls(
+    router: Arc<Router>,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    accept_loop(router, listener, Some(acceptor)).await
+}
+
+async fn accept_loop(
+    router: Arc<Router>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let r = router.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) = Connection::run(r, stream, peer).await {
+                    let (input, out): (Reader, Writer) = match tls {
+                        None => {
+                            let (i, o) = stream.into_split();
+                            (Box::new(i), Box::new(o))
+                        }
+                        Some(acceptor) => {
+                            match tokio::time::timeout(
+                                TLS_HANDSHAKE_TIMEOUT,
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(s)) => {
+                                    let (i, o) = tokio::io::split(s);
+                                    (Box::new(i), Box::new(o))
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(peer = %peer, error = %e, "telnet TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(peer = %peer, "telnet TLS handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    if let Err(e) = Connection::run(r, input, out, peer).await {
                         tracing::debug!(peer = %peer, error = %e, "telnet connection ended");
                     }
                 });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "telnet accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -40,7 +92,7 @@ struct Connection {
     router: Arc<Router>,
     peer: SocketAddr,
     dialogue: Dialogue,
-    out: OwnedWriteHalf,
+    out: Writer,
     session: tessera_proto::SessionId,
     /// The session's event receiver while not playing (the player owns it
     /// once in the world).
@@ -49,12 +101,17 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(router: Arc<Router>, stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
-        let (mut input, out) = stream.into_split();
+    async fn run(
+        router: Arc<Router>,
+        mut input: Reader,
+        out: Writer,
+        peer: SocketAddr,
+    ) -> std::io::Result<()> {
         let Some((session, events)) = router.open_session() else {
             let mut out = out;
             out.write_all(b"The server is full; please try again later.\r\n")
                 .await?;
+            out.shutdown().await?;
             return Ok(());
         };
         let mut conn = Connection {
@@ -76,10 +133,12 @@ impl Connection {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(bytes).await
+        self.out.write_all(bytes).await?;
+        // TLS keeps records until flushed; plain TCP flushes at once.
+        self.out.flush().await
     }
 
-    async fn serve(&mut self, input: &mut tokio::net::tcp::OwnedReadHalf) -> std::io::Result<()> {
+    async fn serve(&mut self, input: &mut Reader) -> std::io::Result<()> {
         let start = self.dialogue.start(&self.router.world.name);
         self.write(&start).await?;
         let mut buf = vec![0u8; 4096];

@@ -3,6 +3,7 @@
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::RouterError;
 
@@ -121,4 +122,42 @@ pub fn server_config(
         .receive_window((128u32 * 1024).into());
     cfg.transport_config(std::sync::Arc::new(transport));
     Ok(cfg)
+}
+
+/// The TLS acceptor of the telnet-over-TLS port: the given PEM certificate
+/// chain and key, or else the router's own self-signed identity.
+pub fn telnet_acceptor(
+    own: &Identity,
+    files: Option<&(PathBuf, PathBuf)>,
+) -> Result<tokio_rustls::TlsAcceptor, RouterError> {
+    use rustls::pki_types::pem::PemObject;
+    let (chain, key) = match files {
+        Some((cert, key)) => {
+            let bad = |what: &str, p: &Path, e: rustls::pki_types::pem::Error| {
+                RouterError::Tls(format!("cannot read the {what} {}: {e}", p.display()))
+            };
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad("telnet TLS certificate", cert, e))?;
+            if chain.is_empty() {
+                return Err(RouterError::Tls(format!(
+                    "no certificate in {}",
+                    cert.display()
+                )));
+            }
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| bad("telnet TLS key", key, e))?;
+            (chain, key)
+        }
+        None => (vec![own.cert.clone()], own.key.clone_key()),
+    };
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| RouterError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| RouterError::Tls(format!("telnet TLS certificate and key: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
