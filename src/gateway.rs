@@ -40,6 +40,10 @@ pub struct GatewayArgs {
     /// Where players connect with telnet.
     #[arg(long, default_value = "0.0.0.0:4000")]
     telnet: SocketAddr,
+    /// Telnet over TLS: a gateway has no certificate of its own, so
+    /// --telnet-tls needs --telnet-tls-cert and --telnet-tls-key.
+    #[command(flatten)]
+    telnet_tls: crate::TelnetTlsArgs,
     /// Prometheus metrics address (also `/healthz` and `/readyz`).
     #[arg(long, default_value = "127.0.0.1:9100")]
     metrics: SocketAddr,
@@ -73,6 +77,20 @@ fn load_cert(path: &Path) -> anyhow::Result<CertificateDer<'static>> {
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let tls_acceptor = match args.telnet_tls.config() {
+        None => None,
+        Some(tessera_router::TelnetTls {
+            addr,
+            cert: Some((cert, key)),
+        }) => Some((
+            addr,
+            tessera_router::tls::telnet_acceptor_from_pem(&cert, &key)?,
+        )),
+        Some(_) => anyhow::bail!(
+            "--telnet-tls needs --telnet-tls-cert and --telnet-tls-key on a telnet gateway \
+             (it has no certificate of its own)"
+        ),
+    };
     let metrics = crate::metrics_http::install(args.metrics).await?;
     let router_cert = load_cert(&args.router_cert)?;
     let identity = ClusterCa::load(&args.cluster_ca)?.member(&format!("gateway {}", args.id))?;
@@ -109,14 +127,27 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.telnet))?;
     let bound = listener.local_addr()?;
+    let tls = match tls_acceptor {
+        Some((addr, acceptor)) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            Some((l, acceptor))
+        }
+        None => None,
+    };
+    let tls_bound = tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     println!(
         "telnet gateway {} running; {} router(s) known",
         args.id,
         gateway.routers.available()
     );
     println!("telnet listening on {bound}");
+    if let Some(a) = tls_bound {
+        println!("telnet over TLS listening on {a}");
+    }
     println!("metrics on http://{metrics}/metrics");
-    tessera_gateway::run(gateway.clone(), listener, crate::up::shutdown_signal()).await;
+    tessera_gateway::run(gateway.clone(), listener, tls, crate::up::shutdown_signal()).await;
     println!("telnet gateway {} stopped", args.id);
     Ok(())
 }

@@ -100,7 +100,32 @@ impl Cluster {
         // player resumes on any of them).
         share_router_identity(&r1.cert, &router_data_dir(dir.path(), 2));
         let r2 = router(dir.path(), &ca, &spec(2));
-        let gateway = gateway(dir.path(), &ca, &GatewaySpec::local(&etcd, &r1.cert));
+        // Players may also come in over TLS, with a certificate for the
+        // gateway's public name.
+        let ck = rcgen::generate_simple_self_signed(vec!["mud.example.org".into()])
+            .expect("a certificate");
+        std::fs::write(dir.path().join("gateway-tls.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("gateway-tls-key.pem"),
+            ck.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        let tls_flags = vec![
+            "--telnet-tls".to_string(),
+            "127.0.0.1:0".into(),
+            "--telnet-tls-cert".into(),
+            dir.path().join("gateway-tls.pem").display().to_string(),
+            "--telnet-tls-key".into(),
+            dir.path().join("gateway-tls-key.pem").display().to_string(),
+        ];
+        let gateway = gateway(
+            dir.path(),
+            &ca,
+            &GatewaySpec {
+                extra: tls_flags,
+                ..GatewaySpec::local(&etcd, &r1.cert)
+            },
+        );
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match try_get(gateway.metrics, "/readyz") {
@@ -1104,6 +1129,29 @@ fn the_gateway_speaks_the_routers_telnet() {
         differences.is_empty(),
         "the gateway's telnet differs from the router's:\n{}",
         differences.join("\n")
+    );
+    // The same world over TLS through the gateway: Ames hears it.
+    let mut ames = Tn::open(c.routers[0].telnet);
+    let back = ames.command(&format!("connect Ames {PW}"));
+    assert!(
+        back.as_deref().is_some_and(|b| b.contains("Ames")),
+        "connect Ames: {back:?}"
+    );
+    let out = common::tls_session(
+        c.gateway.telnet_tls.expect("the gateway serves TLS"),
+        &c.dir.path().join("gateway-tls.pem"),
+        "mud.example.org",
+        "Tls",
+        PW,
+        "over TLS through the gateway",
+    );
+    assert!(out.contains("Welcome to Tessera, Tls"), "{out}");
+    let heard = ames.wait_note("Tls says,", ANSWER_TIMEOUT);
+    assert_eq!(
+        heard.as_deref(),
+        Some("Tls says, \"over TLS through the gateway\""),
+        "{:?}",
+        ames.rest()
     );
     eprintln!("telnet: took {} ms", started.elapsed().as_millis());
 }

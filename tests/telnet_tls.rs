@@ -6,65 +6,13 @@
 
 mod common;
 
-use common::{Server, ServerOptions, TelnetClient, TestDir, ANSWER_TIMEOUT};
+use common::{tls_session, Server, ServerOptions, TelnetClient, TestDir, ANSWER_TIMEOUT};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 const PW: &str = "correct-horse";
-
-/// Logs `name` in over TLS (trusting `ca`, checking the name `host`),
-/// says `text`, asks `where`, quits; returns everything the server sent.
-/// Panics with Python's error if the handshake or login fails.
-fn tls_session(addr: SocketAddr, ca: &Path, host: &str, name: &str, text: &str) -> String {
-    let script = r#"
-import socket, ssl, sys, time
-port, ca, host, name, pw, text = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
-ctx = ssl.create_default_context(cafile=ca)
-raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-s = ctx.wrap_socket(raw, server_hostname=host)
-out = b""
-def until(marker, t=10):
-    global out
-    end = time.time() + t
-    while marker not in out and time.time() < end:
-        d = s.recv(65536)
-        if not d:
-            break
-        out += d
-    if marker not in out:
-        sys.exit("did not see %r in %r" % (marker, out))
-until(b"> ")
-s.sendall(("create %s %s\r\n" % (name, pw)).encode())
-until(("Welcome to Tessera, %s" % name).encode())
-s.sendall(("say %s\r\n" % text).encode())
-until(b"You say")
-s.sendall(b"where\r\n")
-until(b"shard")
-s.sendall(b"quit\r\n")
-until(b"Goodbye")
-sys.stdout.write(out.decode("utf-8", "replace"))
-"#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(addr.port().to_string())
-        .arg(ca)
-        .arg(host)
-        .arg(name)
-        .arg(PW)
-        .arg(text)
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "TLS session failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The address of the TLS port, from the server's start-up lines.
 fn tls_addr(server: &Server) -> SocketAddr {
@@ -111,7 +59,7 @@ fn a_player_logs_in_over_tls_and_a_plain_telnet_player_hears_them() {
 
     // The router's own certificate (what QUIC clients pin) by default.
     let pem = dir.data_dir().join("quic-cert.pem");
-    let out = tls_session(tls, &pem, "localhost", "Ann", "hello from TLS");
+    let out = tls_session(tls, &pem, "localhost", "Ann", PW, "hello from TLS");
     assert!(out.contains("You say, \"hello from TLS\""), "{out}");
     assert!(out.contains("shard"), "where answered: {out}");
     let heard = bob.wait_for("Ann says,", ANSWER_TIMEOUT);
@@ -160,7 +108,14 @@ fn an_operators_certificate_is_served_when_given() {
             ..Default::default()
         },
     );
-    let out = tls_session(tls_addr(&server), &cert, "mud.example.org", "Cleo", "named");
+    let out = tls_session(
+        tls_addr(&server),
+        &cert,
+        "mud.example.org",
+        "Cleo",
+        PW,
+        "named",
+    );
     assert!(out.contains("Welcome to Tessera, Cleo"), "{out}");
 }
 

@@ -12,9 +12,8 @@ use tessera_client::{Client, ClientError, ClientEvent};
 use tessera_proto::msg::{render_chat, render_heard, ErrorCode};
 use tessera_router::command::{self, Command};
 use tessera_router::dialogue::{self, Action, Dialogue};
+use tessera_router::telnet_gateway::{Reader, Writer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// What a player reads when no router can be reached.
@@ -27,9 +26,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESUME_RETRY: Duration = Duration::from_millis(250);
 
 /// Says `text` and closes: a connection the gateway cannot take.
-pub(crate) async fn refuse(mut stream: TcpStream, text: &str) {
-    let _ = stream.write_all(format!("{text}\r\n").as_bytes()).await;
-    let _ = stream.shutdown().await;
+pub(crate) async fn refuse(mut out: Writer, text: &str) {
+    let _ = out.write_all(format!("{text}\r\n").as_bytes()).await;
+    let _ = out.shutdown().await;
 }
 
 /// A relayed text session on one router.
@@ -59,7 +58,7 @@ struct Conn {
     gw: Arc<Gateway>,
     peer: SocketAddr,
     dialogue: Dialogue,
-    out: OwnedWriteHalf,
+    out: Writer,
     link: Option<Link>,
     /// The session's token while the player is in the world.
     token: Option<String>,
@@ -83,10 +82,10 @@ enum Input {
 /// Serves one telnet connection until it closes.
 pub(crate) async fn serve(
     gw: Arc<Gateway>,
-    stream: TcpStream,
+    mut input: Reader,
+    out: Writer,
     peer: SocketAddr,
 ) -> std::io::Result<()> {
-    let (mut input, out) = stream.into_split();
     let mut c = Conn {
         dialogue: Dialogue::new(gw.config.max_line),
         gw,
@@ -122,7 +121,9 @@ pub(crate) async fn serve(
 
 impl Conn {
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(bytes).await
+        self.out.write_all(bytes).await?;
+        // TLS keeps records until flushed; plain TCP flushes at once.
+        self.out.flush().await
     }
 
     /// Connects to a router (not `avoid` if another is there) and opens a
@@ -148,7 +149,7 @@ impl Conn {
         Ok(Link { client, place })
     }
 
-    async fn run(&mut self, input: &mut OwnedReadHalf) -> std::io::Result<()> {
+    async fn run(&mut self, input: &mut Reader) -> std::io::Result<()> {
         let mut buf = vec![0u8; 4096];
         let mut last_input = Instant::now();
         let mut phase = self.gw.phase.subscribe();

@@ -25,6 +25,7 @@ use routers::RouterSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tessera_router::telnet_gateway;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -132,19 +133,25 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Serves telnet on `listener` until `shutdown` resolves, then drains:
-/// closes the listener, keeps the players it has until they leave or the
-/// drain timeout passes, and returns.
+/// Serves telnet on `listener` (and telnet over TLS on `tls`, if given)
+/// until `shutdown` resolves, then drains: closes the listeners, keeps the
+/// players it has until they leave or the drain timeout passes, and
+/// returns.
 pub async fn run(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     metrics::gauge!("tessera_gateway_draining").set(0.0);
     let accept = {
         let gw = gateway.clone();
-        tokio::spawn(async move { accept_loop(gw, listener).await })
+        tokio::spawn(async move { accept_loop(gw, listener, None).await })
     };
+    let accept_tls = tls.map(|(listener, acceptor)| {
+        let gw = gateway.clone();
+        tokio::spawn(async move { accept_loop(gw, listener, Some(acceptor)).await })
+    });
     let gauge = {
         let gw = gateway.clone();
         tokio::spawn(async move {
@@ -158,6 +165,9 @@ pub async fn run(
     // Closing the listener refuses new connections at once; the players
     // here stay (their TCP connections do not go through the listener).
     accept.abort();
+    if let Some(a) = accept_tls {
+        a.abort();
+    }
     let _ = accept.await;
     let until = tokio::time::Instant::now() + gateway.config.drain_timeout;
     let _ = gateway.phase.send(Phase::Draining { until });
@@ -179,7 +189,11 @@ pub async fn run(
     tracing::info!(gateway = %gateway.config.id, left = gateway.connections(), "telnet gateway stopped");
 }
 
-async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
+async fn accept_loop(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -188,13 +202,23 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener) {
                 metrics::gauge!("tessera_gateway_connections").increment(1.0);
                 let slot = ConnectionSlot(gateway.clone());
                 let gw = gateway.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
+                    let (input, out) = match tls {
+                        None => telnet_gateway::plain(stream),
+                        Some(acceptor) => {
+                            match telnet_gateway::accept_tls(&acceptor, stream, peer).await {
+                                Some(halves) => halves,
+                                None => return,
+                            }
+                        }
+                    };
                     if n > gw.config.max_connections {
-                        conn::refuse(stream, "The server is full; please try again later.").await;
+                        conn::refuse(out, "The server is full; please try again later.").await;
                         return;
                     }
-                    if let Err(e) = conn::serve(gw, stream, peer).await {
+                    if let Err(e) = conn::serve(gw, input, out, peer).await {
                         tracing::debug!(peer = %peer, error = %e, "telnet connection ended");
                     }
                 });

@@ -13,13 +13,44 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::cluster::PlayerEvent;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// How long a client of the TLS port has to finish its handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Reader = Box<dyn AsyncRead + Send + Unpin>;
-type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+/// The reading half of a telnet connection, plain or TLS.
+pub type Reader = Box<dyn AsyncRead + Send + Sync + Unpin>;
+/// The writing half of a telnet connection, plain or TLS.
+pub type Writer = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+
+/// The halves of a plain TCP connection.
+pub fn plain(stream: TcpStream) -> (Reader, Writer) {
+    let (i, o) = stream.into_split();
+    (Box::new(i), Box::new(o))
+}
+
+/// The halves of a TLS connection once `acceptor` has completed its
+/// handshake within [`TLS_HANDSHAKE_TIMEOUT`]; None if it failed (logged).
+pub async fn accept_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(Reader, Writer)> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => {
+            let (i, o) = tokio::io::split(s);
+            Some((Box::new(i), Box::new(o)))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "telnet TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, "telnet TLS handshake timed out");
+            None
+        }
+    }
+}
 
 /// Accepts plain telnet connections until the task is aborted.
 pub async fn serve(router: Arc<Router>, listener: TcpListener) {
@@ -48,32 +79,12 @@ async fn accept_loop(
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let _ = stream.set_nodelay(true);
-                    let (input, out): (Reader, Writer) = match tls {
-                        None => {
-                            let (i, o) = stream.into_split();
-                            (Box::new(i), Box::new(o))
-                        }
-                        Some(acceptor) => {
-                            match tokio::time::timeout(
-                                TLS_HANDSHAKE_TIMEOUT,
-                                acceptor.accept(stream),
-                            )
-                            .await
-                            {
-                                Ok(Ok(s)) => {
-                                    let (i, o) = tokio::io::split(s);
-                                    (Box::new(i), Box::new(o))
-                                }
-                                Ok(Err(e)) => {
-                                    tracing::debug!(peer = %peer, error = %e, "telnet TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(peer = %peer, "telnet TLS handshake timed out");
-                                    return;
-                                }
-                            }
-                        }
+                    let (input, out) = match tls {
+                        None => plain(stream),
+                        Some(acceptor) => match accept_tls(&acceptor, stream, peer).await {
+                            Some(halves) => halves,
+                            None => return,
+                        },
                     };
                     if let Err(e) = Connection::run(r, input, out, peer).await {
                         tracing::debug!(peer = %peer, error = %e, "telnet connection ended");

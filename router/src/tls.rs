@@ -130,27 +130,39 @@ pub fn telnet_acceptor(
     own: &Identity,
     files: Option<&(PathBuf, PathBuf)>,
 ) -> Result<tokio_rustls::TlsAcceptor, RouterError> {
+    match files {
+        Some((cert, key)) => telnet_acceptor_from_pem(cert, key),
+        None => acceptor(vec![own.cert.clone()], own.key.clone_key()),
+    }
+}
+
+/// A telnet-over-TLS acceptor serving the PEM certificate chain in `cert`
+/// and the PEM private key in `key` (the router's, or a telnet gateway's).
+pub fn telnet_acceptor_from_pem(
+    cert: &Path,
+    key: &Path,
+) -> Result<tokio_rustls::TlsAcceptor, RouterError> {
     use rustls::pki_types::pem::PemObject;
-    let (chain, key) = match files {
-        Some((cert, key)) => {
-            let bad = |what: &str, p: &Path, e: rustls::pki_types::pem::Error| {
-                RouterError::Tls(format!("cannot read the {what} {}: {e}", p.display()))
-            };
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| bad("telnet TLS certificate", cert, e))?;
-            if chain.is_empty() {
-                return Err(RouterError::Tls(format!(
-                    "no certificate in {}",
-                    cert.display()
-                )));
-            }
-            let key =
-                PrivateKeyDer::from_pem_file(key).map_err(|e| bad("telnet TLS key", key, e))?;
-            (chain, key)
-        }
-        None => (vec![own.cert.clone()], own.key.clone_key()),
+    let bad = |what: &str, p: &Path, e: rustls::pki_types::pem::Error| {
+        RouterError::Tls(format!("cannot read the {what} {}: {e}", p.display()))
     };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad("telnet TLS certificate", cert, e))?;
+    if chain.is_empty() {
+        return Err(RouterError::Tls(format!(
+            "no certificate in {}",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("telnet TLS key", key, e))?;
+    acceptor(chain, key)
+}
+
+fn acceptor(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<tokio_rustls::TlsAcceptor, RouterError> {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

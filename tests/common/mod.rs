@@ -854,3 +854,61 @@ pub async fn quic_player(
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
+
+/// Creates `name` over telnet-over-TLS (trusting `ca`, checking the name `host`),
+/// says `text`, asks `where`, quits; returns everything the server sent.
+/// Panics with Python's error if the handshake or login fails.
+pub fn tls_session(
+    addr: SocketAddr,
+    ca: &Path,
+    host: &str,
+    name: &str,
+    password: &str,
+    text: &str,
+) -> String {
+    let script = r#"
+import socket, ssl, sys, time
+port, ca, host, name, pw, text = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+ctx = ssl.create_default_context(cafile=ca)
+raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+s = ctx.wrap_socket(raw, server_hostname=host)
+out = b""
+def until(marker, t=10):
+    global out
+    end = time.time() + t
+    while marker not in out and time.time() < end:
+        d = s.recv(65536)
+        if not d:
+            break
+        out += d
+    if marker not in out:
+        sys.exit("did not see %r in %r" % (marker, out))
+until(b"> ")
+s.sendall(("create %s %s\r\n" % (name, pw)).encode())
+until(("Welcome to Tessera, %s" % name).encode())
+s.sendall(("say %s\r\n" % text).encode())
+until(b"You say")
+s.sendall(b"where\r\n")
+until(b"shard")
+s.sendall(b"quit\r\n")
+until(b"Goodbye")
+sys.stdout.write(out.decode("utf-8", "replace"))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(addr.port().to_string())
+        .arg(ca)
+        .arg(host)
+        .arg(name)
+        .arg(password)
+        .arg(text)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "TLS session failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -995,6 +995,8 @@ impl GatewaySpec {
 pub struct GatewayProc {
     pub role: Role,
     pub telnet: SocketAddr,
+    /// The telnet-over-TLS port, if `--telnet-tls` was among the flags.
+    pub telnet_tls: Option<SocketAddr>,
     pub metrics: SocketAddr,
 }
 
@@ -1020,10 +1022,16 @@ pub fn gateway(dir: &Path, ca: &Path, spec: &GatewaySpec) -> GatewayProc {
     let mut role = Role::start_in(dir, &spec.id, None, "warn,tessera_gateway=info", &args);
     role.wait_line(&format!("telnet gateway {} running", spec.id));
     let telnet = role.addr_after("telnet listening on ");
+    let telnet_tls = spec
+        .extra
+        .iter()
+        .any(|f| f == "--telnet-tls")
+        .then(|| role.addr_after("telnet over TLS listening on "));
     let metrics = role.addr_after("metrics on http://");
     GatewayProc {
         role,
         telnet,
+        telnet_tls,
         metrics,
     }
 }
