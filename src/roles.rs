@@ -1070,8 +1070,24 @@ async fn ctl_backup(args: &CtlArgs) -> anyhow::Result<()> {
             let file = file.clone();
             let tmp = file.with_extension("partial");
             let n = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-                let f = std::fs::File::create(&tmp)
-                    .with_context(|| format!("cannot create {}", tmp.display()))?;
+                // It holds every password hash: its owner's alone, from
+                // the start (a partial file left by a crash is replaced,
+                // not reused with its old mode).
+                match std::fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("cannot replace {}", tmp.display()))
+                    }
+                    _ => {}
+                }
+                let f = {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)
+                }
+                .with_context(|| format!("cannot create {}", tmp.display()))?;
                 let mut out = std::io::BufWriter::new(f);
                 let n = backup::dump(&db, &mut out)?;
                 out.into_inner().map_err(|e| e.into_error())?.sync_all()?;

@@ -645,6 +645,12 @@ fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
     let (ok, out, err) = ctl_as(&etcd, &credential, &args);
     assert!(ok, "backup: {out} {err}");
     assert!(out.starts_with("backed up "), "{out}");
+    // It holds every password hash: readable by its owner alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "backup file mode {mode:o}");
+    }
 
     // The shard and router go; a fresh, empty store takes the old one's
     // place.
