@@ -56,6 +56,10 @@ pub struct GatewayArgs {
     /// Close connections idle this many seconds.
     #[arg(long, default_value_t = 1800)]
     idle_timeout_secs: u64,
+    /// Close connections not logged in this many seconds after they
+    /// opened.
+    #[arg(long, default_value_t = tessera_router::LOGIN_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    login_timeout_secs: u64,
     /// On SIGTERM, keep the players this many seconds at most while they
     /// leave by themselves (new connections are refused at once).
     #[arg(long, default_value_t = 3600)]
@@ -116,6 +120,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     config.max_line = args.max_line.max(64);
     config.max_connections = args.max_connections;
     config.idle_timeout = Duration::from_secs(args.idle_timeout_secs.max(1));
+    config.login_timeout = Duration::from_secs(args.login_timeout_secs);
     config.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     config.resume_within = Duration::from_secs(args.resume_within_secs.max(1));
     let gateway = Gateway::new(config, routers, endpoint);

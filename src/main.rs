@@ -175,6 +175,10 @@ pub struct UpArgs {
     /// Close telnet connections idle this many seconds.
     #[arg(long, default_value_t = 1800)]
     idle_timeout_secs: u64,
+    /// Close connections (telnet and QUIC) not logged in this many seconds
+    /// after they opened.
+    #[arg(long, default_value_t = tessera_router::LOGIN_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    login_timeout_secs: u64,
     /// New characters appear within this many metres of the world's spawn
     /// (0: on it), spread over the cells (and shards) around it.
     #[arg(long, default_value_t = 0.0)]

@@ -277,6 +277,10 @@ pub struct RouterArgs {
     telnet: SocketAddr,
     #[command(flatten)]
     telnet_tls: crate::TelnetTlsArgs,
+    /// Close connections (telnet and QUIC) not logged in this many seconds
+    /// after they opened.
+    #[arg(long, default_value_t = tessera_router::LOGIN_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    login_timeout_secs: u64,
     #[arg(long, default_value = "0.0.0.0:4433")]
     quic: SocketAddr,
     /// Accounts, player positions and the QUIC certificate.
@@ -720,6 +724,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     let mut rc = RouterConfig::new(id.clone(), args.data_dir.clone());
     rc.telnet = args.telnet;
     rc.telnet_tls = args.telnet_tls.config();
+    rc.login_timeout = Duration::from_secs(args.login_timeout_secs);
     rc.quic = args.quic;
     rc.tick_hz = args.tick_hz;
     rc.spawn_radius = args.spawn_radius.max(0.0);

@@ -160,6 +160,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     rc.tick_hz = args.tick_hz;
     rc.max_connections = args.max_connections;
     rc.idle_timeout = std::time::Duration::from_secs(args.idle_timeout_secs.max(1));
+    rc.login_timeout = std::time::Duration::from_secs(args.login_timeout_secs);
     rc.spawn_radius = args.spawn_radius.max(0.0);
     let router_inbox = bus.add_router(router_id);
     // The chat service, in this process but over real QUIC like anywhere
@@ -433,6 +434,10 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         ])
         .into_iter()
         .chain(args.telnet_tls.to_flags())
+        .chain([
+            "--login-timeout-secs".to_string(),
+            args.login_timeout_secs.to_string(),
+        ])
         .collect::<Vec<String>>(),
     )?;
     roles.spawn(crate::roles::router(router));

@@ -482,3 +482,56 @@ fn a_split_threshold_below_the_merge_threshold_is_refused() {
         );
     }
 }
+
+/// A connection that does not log in within `--login-timeout-secs` is
+/// closed, whether it says nothing or types without end; a player who
+/// logged in stays.
+#[test]
+fn a_connection_that_does_not_log_in_in_time_is_closed() {
+    let dir = TestDir::new();
+    let server = Server::start_with(
+        &dir,
+        &ServerOptions {
+            extra_args: vec!["--login-timeout-secs".into(), "2".into()],
+            ..Default::default()
+        },
+    );
+    let mut player = TelnetClient::create(server.telnet, "Stays", PW);
+    let mut silent = TcpStream::connect(server.telnet).expect("connect");
+    let mut chatty = TcpStream::connect(server.telnet).expect("connect");
+    let started = Instant::now();
+    // The chatty one types a line every 300 ms: never idle, never in.
+    let mut chatty_read = chatty.try_clone().unwrap();
+    let typing = std::thread::spawn(move || {
+        for _ in 0..40 {
+            if chatty.write_all(b"help\r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    for (who, stream) in [("silent", &mut silent), ("chatty", &mut chatty_read)] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("{who}: not closed: {e}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&seen);
+        assert!(
+            text.contains("You took too long to log in"),
+            "{who}: {text}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(8));
+    typing.join().unwrap();
+    // Past the deadline, the player who logged in is still served.
+    let at = player.command("where");
+    assert!(at.contains("shard"), "{at}");
+}

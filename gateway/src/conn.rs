@@ -152,9 +152,14 @@ impl Conn {
     async fn run(&mut self, input: &mut Reader) -> std::io::Result<()> {
         let mut buf = vec![0u8; 4096];
         let mut last_input = Instant::now();
+        let login_by = last_input + self.gw.config.login_timeout;
         let mut phase = self.gw.phase.subscribe();
         loop {
-            let deadline = last_input + self.gw.config.idle_timeout;
+            let deadline = if self.dialogue.is_playing() {
+                last_input + self.gw.config.idle_timeout
+            } else {
+                (last_input + self.gw.config.idle_timeout).min(login_by)
+            };
             // While draining, wake for the warning and for the end.
             let drain_wake = match *phase.borrow_and_update() {
                 Phase::Draining { until } if !self.warned => {
@@ -203,7 +208,12 @@ impl Conn {
                     self.act(actions).await?
                 }
                 Input::Idle => {
-                    let bye = self.dialogue.goodbye("You have been idle too long");
+                    let why = if !self.dialogue.is_playing() && Instant::now() >= login_by {
+                        tessera_router::LOGIN_TIMEOUT_TEXT
+                    } else {
+                        "You have been idle too long"
+                    };
+                    let bye = self.dialogue.goodbye(why);
                     self.write(&bye).await?;
                     false
                 }

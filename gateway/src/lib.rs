@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// Connections whose player typed nothing this long are closed.
     pub idle_timeout: Duration,
+    /// Connections not logged in this long after they opened are closed.
+    pub login_timeout: Duration,
     /// After a shutdown begins, players may stay this long.
     pub drain_timeout: Duration,
     /// How long a player whose router stopped or was lost waits for
@@ -53,6 +55,7 @@ impl GatewayConfig {
             max_line: 1024,
             max_connections: 10_000,
             idle_timeout: Duration::from_secs(30 * 60),
+            login_timeout: tessera_router::LOGIN_TIMEOUT,
             drain_timeout: Duration::from_secs(3600),
             resume_within: Duration::from_secs(30),
         }

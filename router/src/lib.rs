@@ -93,6 +93,10 @@ pub struct RouterConfig {
     /// Telnet over TLS for players (plain telnet carries passwords in
     /// clear): where to listen, and the certificate to serve.
     pub telnet_tls: Option<TelnetTls>,
+    /// A connection that has not logged in this long after it opened is
+    /// closed (telnet and QUIC; relayed text players excepted: their
+    /// gateway keeps its own deadline).
+    pub login_timeout: Duration,
 }
 
 /// The telnet-over-TLS port (docs/operations.md, "Telnet over TLS").
@@ -123,9 +127,16 @@ impl RouterConfig {
             spawn_radius: 0.0,
             relay_ca: None,
             telnet_tls: None,
+            login_timeout: LOGIN_TIMEOUT,
         }
     }
 }
+
+/// How long a new connection may take to log in, by default.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a connection that took too long to log in is told.
+pub const LOGIN_TIMEOUT_TEXT: &str = "You took too long to log in";
 
 /// Resolves once `stopping` (from [`Router::stopping`]) turns true.
 pub async fn until_stopping(stopping: &mut tokio::sync::watch::Receiver<bool>) {

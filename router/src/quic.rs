@@ -41,9 +41,6 @@ fn clip_text(mut text: String) -> String {
     text
 }
 
-/// A client must log in this soon after saying hello.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// A client must say hello this soon after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -257,7 +254,7 @@ impl ClientConn {
 
     /// Runs the login exchange until the player is in the world.
     async fn login(&mut self) -> Result<Option<Player>, ConnError> {
-        let mut deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
+        let mut deadline = tokio::time::Instant::now() + self.router.config.login_timeout;
         loop {
             let mut stop = self.stop.clone();
             let read = tokio::select! {

@@ -157,9 +157,15 @@ impl Connection {
         // Only the player's own input counts as activity, not chatter they
         // receive.
         let mut last_input = tokio::time::Instant::now();
+        // Not logged in by then: closed (a connection that only holds a
+        // slot, or types forever without logging in).
+        let login_by = last_input + self.router.config.login_timeout;
         let mut stop = self.router.stopping();
         loop {
-            let deadline = last_input + idle;
+            let deadline = match self.player {
+                Some(_) => last_input + idle,
+                None => (last_input + idle).min(login_by),
+            };
             let event = match &mut self.player {
                 Some(player) => {
                     tokio::select! {
@@ -182,7 +188,12 @@ impl Connection {
                     return Ok(());
                 }
                 Input::Read(Err(_)) => {
-                    let bye = self.dialogue.goodbye("You have been idle too long");
+                    let why = if self.player.is_none() && tokio::time::Instant::now() >= login_by {
+                        crate::LOGIN_TIMEOUT_TEXT
+                    } else {
+                        "You have been idle too long"
+                    };
+                    let bye = self.dialogue.goodbye(why);
                     let _ = self.write(&bye).await;
                     return Ok(());
                 }
