@@ -535,3 +535,35 @@ fn a_connection_that_does_not_log_in_in_time_is_closed() {
     let at = player.command("where");
     assert!(at.contains("shard"), "{at}");
 }
+
+/// Local speech is rate limited per player: a burst of five lines, then
+/// one a second; the flood beyond it is refused and heard by nobody.
+#[test]
+fn a_say_flood_is_cut_off_at_the_burst() {
+    let dir = TestDir::new();
+    let server = Server::start(&dir);
+    let mut flooder = TelnetClient::create(server.telnet, "Flood", PW);
+    let mut ear = TelnetClient::create(server.telnet, "Ear", PW);
+    let answers: Vec<String> = (0..12)
+        .map(|i| flooder.command(&format!("say line {i}")))
+        .collect();
+    let said = answers.iter().filter(|a| a.starts_with("You say")).count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.contains("You are speaking too fast"))
+        .count();
+    // Five at once, and perhaps one more refilled while the twelve went.
+    assert!((5..=7).contains(&said), "{answers:?}");
+    assert_eq!(said + refused, 12, "{answers:?}");
+    let mut heard = 0;
+    while ear
+        .try_wait_for("Flood says, \"line", Duration::from_millis(700))
+        .is_some()
+    {
+        heard += 1;
+    }
+    assert_eq!(heard, said, "what was refused was not heard");
+    // The allowance comes back.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(flooder.command("say again").starts_with("You say"));
+}

@@ -359,6 +359,15 @@ fn players_keep_playing_while_chat_is_down_and_shout_comes_back_by_itself() {
     assert!(muted.contains("Bob is muted for 5 minutes."), "{muted}");
     let refused = bob.command("shout let me speak");
     assert!(refused.contains("You are muted for"), "{refused}");
+    // Local speech too (it goes to the shard, not through chat): Bob is
+    // told, and nobody hears it.
+    let refused = bob.command("say can anyone hear me");
+    assert!(refused.contains("You are muted for"), "{refused}");
+    assert!(
+        ann.try_wait_for("can anyone hear me", Duration::from_secs(1))
+            .is_none(),
+        "a muted player's say was heard"
+    );
     assert!(ann
         .command("kick Bob enough")
         .contains("Bob has been kicked."));

@@ -32,6 +32,10 @@ pub(crate) async fn pump(router: Arc<Router>, mut deliveries: mpsc::UnboundedRec
                     });
                 }
             }
+            Delivery::Muted {
+                player,
+                until_unix_ms,
+            } => router.set_muted(tessera_proto::PlayerId(player), until_unix_ms),
             Delivery::Kick { player, by, reason } => {
                 tracing::info!(player, by = %by, "player kicked");
                 for tx in router.senders_of(&[player]) {

@@ -56,6 +56,9 @@ pub enum RouterError {
     Unavailable(String),
     #[error("that character is already playing")]
     AlreadyPlaying,
+    /// The player may not do this now (muted, too fast); the text says why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// How a router runs.
@@ -207,6 +210,9 @@ pub struct Router {
     next_session: AtomicU64,
     /// Player records the store refused (it was down), newest per player.
     unsaved: Mutex<HashMap<PlayerId, PlayerRecord>>,
+    /// Players the chat service says are muted, until when (unix ms): their
+    /// local speech is refused here too (`Player::say`).
+    mutes: Mutex<HashMap<PlayerId, u64>>,
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
@@ -253,6 +259,7 @@ impl Router {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             unsaved: Mutex::new(HashMap::new()),
+            mutes: Mutex::new(HashMap::new()),
             stopping: tokio::sync::watch::channel(false).0,
         })
     }
@@ -287,6 +294,31 @@ impl Router {
         if self.sessions.lock().remove(&id).is_some() {
             metrics::gauge!("tessera_router_connections").decrement(1.0);
         }
+    }
+
+    /// The chat service muted `player` until `until_unix_ms` (`None`:
+    /// unmuted).
+    pub(crate) fn set_muted(&self, player: PlayerId, until_unix_ms: Option<u64>) {
+        let mut mutes = self.mutes.lock();
+        match until_unix_ms {
+            Some(until) => {
+                mutes.insert(player, until);
+            }
+            None => {
+                mutes.remove(&player);
+            }
+        }
+    }
+
+    /// How much longer `player` is muted at `now_unix_ms`, if at all.
+    pub(crate) fn muted_for(&self, player: PlayerId, now_unix_ms: u64) -> Option<u64> {
+        let mut mutes = self.mutes.lock();
+        let until = *mutes.get(&player)?;
+        if until <= now_unix_ms {
+            mutes.remove(&player);
+            return None;
+        }
+        Some(until - now_unix_ms)
     }
 
     /// Names of the players online on this router, sorted.

@@ -61,6 +61,7 @@ async fn run(player: &mut Player, cmd: Command) -> Outcome {
             }
             match player.say(&t) {
                 Ok(()) => Outcome::text(format!("You say, \"{t}\"")),
+                Err(crate::RouterError::Refused(why)) => Outcome::text(why),
                 Err(e) => Outcome::text(format!("Nobody hears you: {e}.")),
             }
         }

@@ -506,8 +506,13 @@ impl ClientConn {
                     .await?;
                     return Ok(true);
                 }
-                if let Err(e) = player.say(text) {
-                    ctl.error(ErrorCode::Unavailable, e.to_string()).await?;
+                match player.say(text) {
+                    Ok(()) => {}
+                    // Muted, or speaking too fast: the text says which.
+                    Err(RouterError::Refused(why)) => {
+                        ctl.error(ErrorCode::RateLimited, why).await?
+                    }
+                    Err(e) => ctl.error(ErrorCode::Unavailable, e.to_string()).await?,
                 }
             }
             ClientMsg::Command { line } => {

@@ -13,6 +13,12 @@ use tessera_proto::msg::Input;
 use tessera_proto::{Compass, EntityId, PlayerId, RegionId, SessionId, ShardId, Vec3};
 use tokio::sync::mpsc;
 
+/// Lines a player may say at once ([`Player::say`]), as the chat
+/// service allows for shouts and tells.
+pub const SAY_BURST: u32 = 5;
+/// Lines a second the allowance of [`SAY_BURST`] refills at.
+pub const SAY_PER_SECOND: f64 = 1.0;
+
 /// How long the router waits for a shard to answer a join, step or leave.
 const SHARD_ANSWER: Duration = Duration::from_secs(5);
 
@@ -80,6 +86,8 @@ pub struct Player {
     /// When `pos` was last set from a direct answer.
     pos_at: std::time::Instant,
     left: bool,
+    /// Local speech allowance ([`SAY_BURST`]).
+    say_bucket: tessera_chat::rules::TokenBucket,
     /// Leaving keeps the session (its token may `Resume`) instead of
     /// logging it out: set for QUIC players until they log out.
     pub keep_session: bool,
@@ -189,6 +197,11 @@ impl Player {
                     pos_at: std::time::Instant::now(),
                     left: false,
                     keep_session: false,
+                    say_bucket: tessera_chat::rules::TokenBucket::new(
+                        SAY_BURST,
+                        SAY_PER_SECOND,
+                        std::time::Instant::now(),
+                    ),
                 })
             }
             Ok(Err(message)) => {
@@ -343,7 +356,26 @@ impl Player {
         .await
     }
 
-    pub fn say(&self, text: &str) -> Result<(), RouterError> {
+    /// Local speech: refused while the chat service has the player muted,
+    /// and beyond [`SAY_BURST`] lines, refilled at [`SAY_PER_SECOND`].
+    pub fn say(&mut self, text: &str) -> Result<(), RouterError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        if let Some(left_ms) = self.router.muted_for(PlayerId(self.account.id), now_ms) {
+            return Err(RouterError::Refused(format!(
+                "You are muted for {} more s.",
+                left_ms.div_ceil(1000)
+            )));
+        }
+        if let Err(wait) = self.say_bucket.take(std::time::Instant::now()) {
+            metrics::counter!("tessera_router_say_refused_total").increment(1);
+            return Err(RouterError::Refused(format!(
+                "You are speaking too fast; wait {} s.",
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            )));
+        }
         self.send(ToShard::Say {
             entity: self.entity,
             text: text.to_string(),

@@ -253,6 +253,7 @@ impl Registry {
                         clock.now,
                     ),
                 };
+                let muted = self.muted_for(&folded, clock.unix_ms);
                 self.by_name.insert(folded, player);
                 self.players.insert(
                     player,
@@ -264,7 +265,17 @@ impl Registry {
                         bucket,
                     },
                 );
-                Outcome::reply(Reply::Ok)
+                let mut outcome = Outcome::reply(Reply::Ok);
+                if let Some(remaining_ms) = muted {
+                    outcome.deliveries.push((
+                        router,
+                        Delivery::Muted {
+                            player,
+                            until_unix_ms: Some(clock.unix_ms.saturating_add(remaining_ms)),
+                        },
+                    ));
+                }
+                outcome
             }
             Request::Offline { player } => {
                 // Only the router the player is registered on takes them offline: one
@@ -426,6 +437,15 @@ impl Registry {
                         clock,
                     );
                     outcome.deliveries = self.fan_out([target], &line);
+                    if let Some(p) = self.players.get(&target) {
+                        outcome.deliveries.push((
+                            p.router,
+                            Delivery::Muted {
+                                player: target,
+                                until_unix_ms: Some(until),
+                            },
+                        ));
+                    }
                 }
                 outcome.mute = Some((folded, Some(until)));
                 outcome
@@ -435,6 +455,19 @@ impl Registry {
                 let folded = rules::fold(&rules::clean(&name));
                 self.mutes.remove(&folded);
                 let mut outcome = Outcome::reply(Reply::Ok);
+                if let Some(p) = self
+                    .by_name
+                    .get(&folded)
+                    .and_then(|id| self.players.get(id).map(|p| (*id, p)))
+                {
+                    outcome.deliveries.push((
+                        p.1.router,
+                        Delivery::Muted {
+                            player: p.0,
+                            until_unix_ms: None,
+                        },
+                    ));
+                }
                 outcome.mute = Some((folded, None));
                 outcome
             }
@@ -614,6 +647,36 @@ mod tests {
         );
         assert_eq!(o.reply, Reply::Ok);
         assert_eq!(o.mute, Some(("bob".into(), Some(c.unix_ms + 60_000))));
+        // Bob's router is told, for his local speech.
+        assert!(o.deliveries.contains(&(
+            1,
+            Delivery::Muted {
+                player: 11,
+                until_unix_ms: Some(c.unix_ms + 60_000)
+            }
+        )));
+        // So is the router he comes back on while still muted.
+        r.handle(1, Request::Offline { player: 11 }, c);
+        let o = r.handle(
+            2,
+            Request::Online {
+                player: 11,
+                name: "Bob".into(),
+                operator: false,
+                channels: vec![],
+            },
+            c,
+        );
+        assert_eq!(
+            o.deliveries,
+            vec![(
+                2,
+                Delivery::Muted {
+                    player: 11,
+                    until_unix_ms: Some(c.unix_ms + 60_000)
+                }
+            )]
+        );
         let o = r.handle(
             1,
             Request::Shout {

@@ -312,6 +312,14 @@ async fn mute_and_kick_need_an_operator() {
         next_line(&mut rx_b, "Bob").await,
         (vec![2], "Ann muted you for 60 s.".to_string())
     );
+    // Bob's router learns it too, to silence his local speech.
+    match next(&mut rx_b).await {
+        Delivery::Muted {
+            player: 2,
+            until_unix_ms: Some(until),
+        } => assert!(until > 0),
+        other => panic!("expected Bob's mute, got {other:?}"),
+    }
     let err = b.request(shout(2, "unfair")).await.unwrap_err();
     assert_eq!(err.to_string(), "You are muted for 60 more s.");
     assert!(

@@ -133,6 +133,14 @@ pub enum Delivery {
         by: String,
         reason: String,
     },
+    /// This player of the receiving router is muted until `until_unix_ms`
+    /// (`None`: no longer), so that the router also silences their local
+    /// speech (`say`, `emote`), which does not pass through chat. Sent on
+    /// `mute` and `unmute`, and when a muted player comes online.
+    Muted {
+        player: u64,
+        until_unix_ms: Option<u64>,
+    },
 }
 
 /// What kind of line a [`ChatLine`] is: the client protocol's own type, so
