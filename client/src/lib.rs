@@ -230,8 +230,8 @@ pub enum ClientEvent {
     Closed(String),
 }
 
-/// The answer to a login.
-#[derive(Clone, Debug, PartialEq)]
+/// The answer to a login. Its `Debug` leaves out the session token.
+#[derive(Clone, PartialEq)]
 pub struct LoggedIn {
     pub player: PlayerId,
     pub entity: EntityId,
@@ -241,6 +241,21 @@ pub struct LoggedIn {
     pub cell: CellId,
     pub shard: ShardId,
     pub tick_hz: u32,
+}
+
+impl std::fmt::Debug for LoggedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoggedIn")
+            .field("player", &self.player)
+            .field("entity", &self.entity)
+            .field("name", &self.name)
+            .field("token", &tessera_proto::msg::REDACTED)
+            .field("pos", &self.pos)
+            .field("cell", &self.cell)
+            .field("shard", &self.shard)
+            .field("tick_hz", &self.tick_hz)
+            .finish()
+    }
 }
 
 /// A connection to a router.

@@ -25,8 +25,9 @@ pub fn clean_text(text: &str) -> String {
         .to_string()
 }
 
-/// Client -> router, on the control stream.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Client -> router, on the control stream. Its `Debug` leaves out
+/// passwords and tokens, so a message can be logged.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientMsg {
     /// First message: the protocol version the client speaks.
     Hello {
@@ -157,6 +158,37 @@ pub fn render_heard(name: &str, text: &str, emote: bool) -> String {
         format!("{name} {text}")
     } else {
         format!("{name} says, \"{text}\"")
+    }
+}
+
+/// What `Debug` prints in place of a password or token.
+pub const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for ClientMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientMsg::Hello { version, client } => f
+                .debug_struct("Hello")
+                .field("version", version)
+                .field("client", client)
+                .finish(),
+            ClientMsg::Create { name, .. } => f
+                .debug_struct("Create")
+                .field("name", name)
+                .field("password", &REDACTED)
+                .finish(),
+            ClientMsg::Connect { name, .. } => f
+                .debug_struct("Connect")
+                .field("name", name)
+                .field("password", &REDACTED)
+                .finish(),
+            ClientMsg::Say { text } => f.debug_struct("Say").field("text", text).finish(),
+            ClientMsg::Command { line } => f.debug_struct("Command").field("line", line).finish(),
+            ClientMsg::Ping { nonce } => f.debug_struct("Ping").field("nonce", nonce).finish(),
+            ClientMsg::Logout => f.write_str("Logout"),
+            ClientMsg::Resume { .. } => f.debug_struct("Resume").field("token", &REDACTED).finish(),
+            ClientMsg::Relay { client } => f.debug_struct("Relay").field("client", client).finish(),
+        }
     }
 }
 
@@ -298,6 +330,29 @@ pub enum ServerDatagram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_leaves_out_passwords_and_tokens() {
+        for msg in [
+            ClientMsg::Create {
+                name: "Ann".into(),
+                password: "hunter2-secret".into(),
+            },
+            ClientMsg::Connect {
+                name: "Ann".into(),
+                password: "hunter2-secret".into(),
+            },
+            ClientMsg::Resume {
+                token: "hunter2-secret".into(),
+            },
+        ] {
+            let shown = format!("{msg:?} {msg:#?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains(REDACTED), "{shown}");
+        }
+        let say = ClientMsg::Say { text: "hi".into() };
+        assert_eq!(format!("{say:?}"), "Say { text: \"hi\" }");
+    }
 
     #[test]
     fn clean_text_removes_controls() {

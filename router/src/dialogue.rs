@@ -12,8 +12,9 @@ use std::collections::VecDeque;
 /// What a player sees when the server waits for a line.
 pub const PROMPT: &str = "> ";
 
-/// What the async side must do, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the async side must do, in order. Its `Debug` leaves out the
+/// password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Action {
     /// Write these bytes to the client.
     Send(Vec<u8>),
@@ -28,6 +29,22 @@ pub enum Action {
     Command(String),
     /// Close the connection (after the bytes sent before).
     Close,
+}
+
+impl std::fmt::Debug for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Send(bytes) => f.debug_tuple("Send").field(bytes).finish(),
+            Action::LogIn { create, name, .. } => f
+                .debug_struct("LogIn")
+                .field("create", create)
+                .field("name", name)
+                .field("password", &tessera_proto::msg::REDACTED)
+                .finish(),
+            Action::Command(line) => f.debug_tuple("Command").field(line).finish(),
+            Action::Close => f.write_str("Close"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -279,6 +296,17 @@ pub fn welcome(create: bool, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_action_does_not_show_its_password_in_debug() {
+        let mut d = Dialogue::new(1024);
+        d.start("World");
+        let actions = d.feed(b"connect Ann hunter2-secret\r\n");
+        let shown = format!("{actions:?}");
+        assert!(shown.contains("LogIn"), "{shown}");
+        assert!(shown.contains("Ann"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
 
     const IAC: u8 = 255;
     const WILL: u8 = 251;

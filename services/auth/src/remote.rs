@@ -38,7 +38,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long sessions last.
 pub const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Debug, Serialize, Deserialize)]
+/// No `Debug`: it carries passwords and tokens.
+#[derive(Serialize, Deserialize)]
 enum Request {
     Create {
         name: String,
@@ -62,7 +63,8 @@ enum Request {
     VerifyingKey,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// No `Debug`: it carries tokens.
+#[derive(Serialize, Deserialize)]
 enum Response {
     Session { account: Account, token: String },
     Claims(Claims),
@@ -264,11 +266,21 @@ fn serve(auth: &Auth, req: Request) -> Response {
     result.unwrap_or_else(|e| Response::Failed(e.into()))
 }
 
-/// A logged-in session: the account and its signed token.
-#[derive(Clone, Debug)]
+/// A logged-in session: the account and its signed token (left out of
+/// `Debug`).
+#[derive(Clone)]
 pub struct Session {
     pub account: Account,
     pub token: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("account", &self.account)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A client of the account service. Cheap to clone; reconnects by itself.
