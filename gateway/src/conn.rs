@@ -12,7 +12,7 @@ use tessera_client::{Client, ClientError, ClientEvent};
 use tessera_proto::msg::{render_chat, render_heard, ErrorCode};
 use tessera_router::command::{self, Command};
 use tessera_router::dialogue::{self, Action, Dialogue};
-use tessera_router::telnet_gateway::{Reader, Writer};
+use tessera_router::telnet_gateway::{Deadlines, Reader, Writer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -152,14 +152,14 @@ impl Conn {
     async fn run(&mut self, input: &mut Reader) -> std::io::Result<()> {
         let mut buf = vec![0u8; 4096];
         let mut last_input = Instant::now();
-        let login_by = last_input + self.gw.config.login_timeout;
+        let deadlines = Deadlines::new(
+            last_input,
+            self.gw.config.idle_timeout,
+            self.gw.config.login_timeout,
+        );
         let mut phase = self.gw.phase.subscribe();
         loop {
-            let deadline = if self.dialogue.is_playing() {
-                last_input + self.gw.config.idle_timeout
-            } else {
-                (last_input + self.gw.config.idle_timeout).min(login_by)
-            };
+            let deadline = deadlines.next(last_input, self.dialogue.is_playing());
             // While draining, wake for the warning and for the end.
             let drain_wake = match *phase.borrow_and_update() {
                 Phase::Draining { until } if !self.warned => {
@@ -208,11 +208,7 @@ impl Conn {
                     self.act(actions).await?
                 }
                 Input::Idle => {
-                    let why = if !self.dialogue.is_playing() && Instant::now() >= login_by {
-                        tessera_router::LOGIN_TIMEOUT_TEXT
-                    } else {
-                        "You have been idle too long"
-                    };
+                    let why = deadlines.reason(Instant::now(), self.dialogue.is_playing());
                     let bye = self.dialogue.goodbye(why);
                     self.write(&bye).await?;
                     false

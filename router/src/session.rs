@@ -359,10 +359,7 @@ impl Player {
     /// Local speech: refused while the chat service has the player muted,
     /// and beyond [`SAY_BURST`] lines, refilled at [`SAY_PER_SECOND`].
     pub fn say(&mut self, text: &str) -> Result<(), RouterError> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = tessera_coordinator::migration::now_unix_ms();
         if let Some(left_ms) = self.router.muted_for(PlayerId(self.account.id), now_ms) {
             return Err(RouterError::Refused(format!(
                 "You are muted for {} more s.",

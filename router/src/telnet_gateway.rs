@@ -23,6 +23,45 @@ pub type Reader = Box<dyn AsyncRead + Send + Sync + Unpin>;
 /// The writing half of a telnet connection, plain or TLS.
 pub type Writer = Box<dyn AsyncWrite + Send + Sync + Unpin>;
 
+/// When a telnet connection is closed for want of input: idle for the
+/// idle timeout, or not logged in by its login deadline however much it
+/// types. Shared by the router's telnet and the telnet gateway.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    idle: Duration,
+    login_by: tokio::time::Instant,
+}
+
+impl Deadlines {
+    /// For a connection that opened at `opened`.
+    pub fn new(opened: tokio::time::Instant, idle: Duration, login_timeout: Duration) -> Deadlines {
+        Deadlines {
+            idle,
+            login_by: opened + login_timeout,
+        }
+    }
+
+    /// When to stop waiting for input, the player's last input being at
+    /// `last_input`.
+    pub fn next(&self, last_input: tokio::time::Instant, logged_in: bool) -> tokio::time::Instant {
+        let idle_by = last_input + self.idle;
+        if logged_in {
+            idle_by
+        } else {
+            idle_by.min(self.login_by)
+        }
+    }
+
+    /// Why the connection closes when the wait ended at `now`.
+    pub fn reason(&self, now: tokio::time::Instant, logged_in: bool) -> &'static str {
+        if !logged_in && now >= self.login_by {
+            crate::LOGIN_TIMEOUT_TEXT
+        } else {
+            "You have been idle too long"
+        }
+    }
+}
+
 /// The halves of a plain TCP connection.
 pub fn plain(stream: TcpStream) -> (Reader, Writer) {
     let (i, o) = stream.into_split();
@@ -157,15 +196,12 @@ impl Connection {
         // Only the player's own input counts as activity, not chatter they
         // receive.
         let mut last_input = tokio::time::Instant::now();
-        // Not logged in by then: closed (a connection that only holds a
-        // slot, or types forever without logging in).
-        let login_by = last_input + self.router.config.login_timeout;
+        // Not logged in by the login deadline: closed (a connection that
+        // only holds a slot, or types forever without logging in).
+        let deadlines = Deadlines::new(last_input, idle, self.router.config.login_timeout);
         let mut stop = self.router.stopping();
         loop {
-            let deadline = match self.player {
-                Some(_) => last_input + idle,
-                None => (last_input + idle).min(login_by),
-            };
+            let deadline = deadlines.next(last_input, self.player.is_some());
             let event = match &mut self.player {
                 Some(player) => {
                     tokio::select! {
@@ -188,11 +224,7 @@ impl Connection {
                     return Ok(());
                 }
                 Input::Read(Err(_)) => {
-                    let why = if self.player.is_none() && tokio::time::Instant::now() >= login_by {
-                        crate::LOGIN_TIMEOUT_TEXT
-                    } else {
-                        "You have been idle too long"
-                    };
+                    let why = deadlines.reason(tokio::time::Instant::now(), self.player.is_some());
                     let bye = self.dialogue.goodbye(why);
                     let _ = self.write(&bye).await;
                     return Ok(());
@@ -332,3 +364,21 @@ enum Input {
 /// What a telnet player connected straight to a stopping router reads.
 const RESTART_TEXT: &str =
     "The server is restarting; your position is saved, please reconnect in a moment";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_not_logged_in_is_closed_at_its_login_deadline_however_busy() {
+        let t0 = tokio::time::Instant::now();
+        let idle = Duration::from_secs(1800);
+        let d = Deadlines::new(t0, idle, Duration::from_secs(120));
+        let busy = t0 + Duration::from_secs(119);
+        assert_eq!(d.next(busy, false), t0 + Duration::from_secs(120));
+        assert_eq!(d.next(busy, true), busy + idle);
+        let at = t0 + Duration::from_secs(120);
+        assert_eq!(d.reason(at, false), crate::LOGIN_TIMEOUT_TEXT);
+        assert_eq!(d.reason(at, true), "You have been idle too long");
+    }
+}

@@ -128,6 +128,23 @@ impl Registry {
         Some(p)
     }
 
+    /// Tells the router of `player` (if online) that the player is muted
+    /// until `until_unix_ms` (`None`: no longer), for their local speech.
+    fn muted_delivery(
+        &self,
+        player: u64,
+        until_unix_ms: Option<u64>,
+    ) -> Option<(RouterKey, Delivery)> {
+        let p = self.players.get(&player)?;
+        Some((
+            p.router,
+            Delivery::Muted {
+                player,
+                until_unix_ms,
+            },
+        ))
+    }
+
     fn muted_for(&mut self, name: &str, unix_ms: u64) -> Option<u64> {
         let folded = rules::fold(name);
         let until = *self.mutes.get(&folded)?;
@@ -267,13 +284,12 @@ impl Registry {
                 );
                 let mut outcome = Outcome::reply(Reply::Ok);
                 if let Some(remaining_ms) = muted {
-                    outcome.deliveries.push((
-                        router,
-                        Delivery::Muted {
+                    outcome.deliveries.extend(
+                        self.muted_delivery(
                             player,
-                            until_unix_ms: Some(clock.unix_ms.saturating_add(remaining_ms)),
-                        },
-                    ));
+                            Some(clock.unix_ms.saturating_add(remaining_ms)),
+                        ),
+                    );
                 }
                 outcome
             }
@@ -437,15 +453,9 @@ impl Registry {
                         clock,
                     );
                     outcome.deliveries = self.fan_out([target], &line);
-                    if let Some(p) = self.players.get(&target) {
-                        outcome.deliveries.push((
-                            p.router,
-                            Delivery::Muted {
-                                player: target,
-                                until_unix_ms: Some(until),
-                            },
-                        ));
-                    }
+                    outcome
+                        .deliveries
+                        .extend(self.muted_delivery(target, Some(until)));
                 }
                 outcome.mute = Some((folded, Some(until)));
                 outcome
@@ -455,18 +465,8 @@ impl Registry {
                 let folded = rules::fold(&rules::clean(&name));
                 self.mutes.remove(&folded);
                 let mut outcome = Outcome::reply(Reply::Ok);
-                if let Some(p) = self
-                    .by_name
-                    .get(&folded)
-                    .and_then(|id| self.players.get(id).map(|p| (*id, p)))
-                {
-                    outcome.deliveries.push((
-                        p.1.router,
-                        Delivery::Muted {
-                            player: p.0,
-                            until_unix_ms: None,
-                        },
-                    ));
+                if let Some(&target) = self.by_name.get(&folded) {
+                    outcome.deliveries.extend(self.muted_delivery(target, None));
                 }
                 outcome.mute = Some((folded, None));
                 outcome
