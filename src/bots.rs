@@ -73,6 +73,8 @@ pub struct BotsArgs {
     /// etcd endpoints: record cell owners and migrations during the run.
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
+    #[command(flatten)]
+    etcd_tls: crate::EtcdTlsArgs,
     #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
     prefix: String,
     /// Fail (exit 2) if input-to-ack p99 is over this, ms.
@@ -135,6 +137,7 @@ pub async fn run(args: BotsArgs) -> anyhow::Result<i32> {
             max_bytes_per_bot: args.max_bytes_per_bot,
         },
         etcd: args.etcd.clone(),
+        etcd_tls: args.etcd_tls.config(&args.etcd)?,
         prefix: args.prefix.clone(),
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         command: std::env::args().collect::<Vec<_>>().join(" "),

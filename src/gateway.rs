@@ -23,6 +23,8 @@ pub struct GatewayArgs {
     /// `<prefix>routers/`.
     #[arg(long, value_delimiter = ',', required = true)]
     etcd: Vec<String>,
+    #[command(flatten)]
+    etcd_tls: crate::EtcdTlsArgs,
     /// Key prefix in etcd.
     #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
     prefix: String,
@@ -44,6 +46,8 @@ pub struct GatewayArgs {
     /// --telnet-tls needs --telnet-tls-cert and --telnet-tls-key.
     #[command(flatten)]
     telnet_tls: crate::TelnetTlsArgs,
+    #[command(flatten)]
+    abuse: crate::AbuseArgs,
     /// Prometheus metrics address (also `/healthz` and `/readyz`).
     #[arg(long, default_value = "127.0.0.1:9100")]
     metrics: SocketAddr,
@@ -106,8 +110,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         ROUTER_IDLE_TIMEOUT,
     )
     .context("cannot open the QUIC endpoint")?;
+    let etcd_tls = args.etcd_tls.config(&args.etcd)?;
     let store: Arc<dyn ClusterStore> = Arc::new(
-        EtcdStore::connect(&args.etcd, Duration::from_secs(5))
+        EtcdStore::connect(&args.etcd, etcd_tls.as_ref(), Duration::from_secs(5))
             .await
             .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?,
     );
@@ -121,6 +126,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     config.max_connections = args.max_connections;
     config.idle_timeout = Duration::from_secs(args.idle_timeout_secs.max(1));
     config.login_timeout = Duration::from_secs(args.login_timeout_secs);
+    config.connections_per_address = args.abuse.connections_per_address;
+    config.limit_exempt = args.abuse.limit_exempt.clone();
     config.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     config.resume_within = Duration::from_secs(args.resume_within_secs.max(1));
     let gateway = Gateway::new(config, routers, endpoint);

@@ -6,6 +6,7 @@ mod bots;
 mod gateway;
 mod k8s_secret;
 mod metrics_http;
+mod operator;
 mod roles;
 mod services;
 mod up;
@@ -69,16 +70,22 @@ enum CaCommand {
     /// Create a new cluster CA in DIR (ca-cert.pem, ca-key.pem); give the
     /// directory to every role with --cluster-ca.
     Init { dir: PathBuf },
-    /// Issue an operator credential (for `tessera ctl move|drain|rebalance`).
+    /// Make an operator: an ed25519 key pair (the credential file, for
+    /// `tessera ctl`) whose public key the CA vouches for, in etcd with
+    /// --etcd, else in DIR/operators/ (`tessera up`). Run it where the CA
+    /// key is; later operators can be added by operators (`tessera ctl
+    /// operator add`).
     Operator {
         /// The operator's name, shown in logs of every request they make.
         name: String,
-        /// The cluster CA directory.
+        /// The cluster CA directory (with its private key).
         #[arg(long)]
         cluster_ca: PathBuf,
-        /// Where to write the credential (default: NAME.credential).
+        /// Where to write the credential (default: operator-NAME.json).
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        store: operator::OperatorsArgs,
     },
     /// Create every secret a Kubernetes deployment needs in DIR (the
     /// cluster CA, the auth signing key, the routers' QUIC certificate;
@@ -140,6 +147,109 @@ impl TelnetTlsArgs {
     }
 }
 
+/// etcd over TLS with a client certificate (every command that takes
+/// `--etcd`; docs/operations.md, "etcd over TLS").
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct EtcdTlsArgs {
+    /// The CA certificate (PEM) that signed etcd's server certificate:
+    /// reach etcd over TLS (https://), showing --etcd-cert.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_cert", "etcd_key"])]
+    pub etcd_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), signed by a CA etcd trusts (its
+    /// --trusted-ca-file).
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-cert.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_cert"])]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl EtcdTlsArgs {
+    /// The TLS settings for `endpoints`, checked against them: all three
+    /// files or none, https:// endpoints only with them, http:// only
+    /// without.
+    pub fn config(
+        &self,
+        endpoints: &[String],
+    ) -> anyhow::Result<Option<tessera_coordinator::EtcdTls>> {
+        let tls = match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => {
+                Some(tessera_coordinator::EtcdTls::new(ca, cert, key))
+            }
+            _ => anyhow::bail!(
+                "--etcd-ca, --etcd-cert and --etcd-key go together: give all three (etcd over \
+                 TLS) or none (plain etcd)"
+            ),
+        };
+        if tls.is_none() {
+            if let Some(e) = endpoints.iter().find(|e| e.starts_with("https://")) {
+                anyhow::bail!(
+                    "etcd endpoint {e} is https://: give --etcd-ca (the CA that signed etcd's \
+                     certificate), --etcd-cert and --etcd-key (this client's certificate)"
+                );
+            }
+        } else if let Some(e) = endpoints.iter().find(|e| e.starts_with("http://")) {
+            anyhow::bail!(
+                "--etcd-ca, --etcd-cert and --etcd-key are for etcd over TLS, but endpoint {e} \
+                 is http://: use https://"
+            );
+        } else if endpoints.is_empty() {
+            anyhow::bail!("--etcd-ca, --etcd-cert and --etcd-key need --etcd");
+        }
+        Ok(tls)
+    }
+
+    /// The same flags again, for a role started from `tessera up --etcd`.
+    pub fn to_flags(&self) -> Vec<String> {
+        [
+            ("--etcd-ca", &self.etcd_ca),
+            ("--etcd-cert", &self.etcd_cert),
+            ("--etcd-key", &self.etcd_key),
+        ]
+        .into_iter()
+        .filter_map(|(flag, path)| Some([flag.to_string(), path.as_ref()?.display().to_string()]))
+        .flatten()
+        .collect()
+    }
+}
+
+/// Per-address abuse limits of the roles players connect to (`tessera up`,
+/// `tessera router`, `tessera telnet-gateway`; docs/security.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct AbuseArgs {
+    /// Connections one client address (IPv6: one /64) may hold at once,
+    /// telnet and QUIC together (0: no cap).
+    #[arg(long, default_value_t = tessera_router::caps::CONNECTIONS_PER_ADDRESS)]
+    pub connections_per_address: usize,
+    /// Networks the per-address limits (connections, account creation)
+    /// leave alone, comma-separated, or `none`. Loopback by default, for
+    /// local bot swarms; set `none` when a proxy on this host forwards
+    /// players.
+    #[arg(long, default_value = "127.0.0.0/8,::1")]
+    pub limit_exempt: tessera_auth::AddressSet,
+}
+
+impl AbuseArgs {
+    /// The account limits with these exemptions.
+    pub fn rate_limits(&self) -> tessera_auth::RateLimits {
+        tessera_auth::RateLimits {
+            exempt: self.limit_exempt.clone(),
+            ..tessera_auth::RateLimits::default()
+        }
+    }
+
+    /// The same flags again, for a role started from `tessera up --etcd`.
+    pub fn to_flags(&self) -> Vec<String> {
+        vec![
+            "--connections-per-address".to_string(),
+            self.connections_per_address.to_string(),
+            "--limit-exempt".to_string(),
+            self.limit_exempt.to_string(),
+        ]
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpArgs {
     /// Telnet gateway address.
@@ -147,6 +257,8 @@ pub struct UpArgs {
     telnet: SocketAddr,
     #[command(flatten)]
     telnet_tls: TelnetTlsArgs,
+    #[command(flatten)]
+    abuse: AbuseArgs,
     /// QUIC gateway address (UDP).
     #[arg(long, default_value = "0.0.0.0:4433")]
     quic: SocketAddr,
@@ -200,6 +312,8 @@ pub struct UpArgs {
     /// processes (`tessera shard`, `tessera ctl`) can join or steer.
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsArgs,
     /// Key prefix in etcd (with --etcd).
     #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
     prefix: String,
@@ -272,8 +386,9 @@ fn main() -> anyhow::Result<()> {
                     name,
                     cluster_ca,
                     out,
+                    store,
                 },
-        }) => roles::ca_operator(name, cluster_ca, out),
+        }) => runtime.block_on(operator::ca_operator(name, cluster_ca, out, store)),
         Some(Command::Ca {
             command:
                 CaCommand::K8sSecret {
@@ -290,5 +405,62 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EtcdTlsArgs;
+    use clap::Parser;
+
+    /// `tessera coordinator` with these flags after the required ones.
+    fn parse(flags: &[&str]) -> Result<EtcdTlsArgs, clap::Error> {
+        #[derive(Parser)]
+        struct Role {
+            #[arg(long, value_delimiter = ',')]
+            etcd: Vec<String>,
+            #[command(flatten)]
+            tls: EtcdTlsArgs,
+        }
+        Role::try_parse_from(std::iter::once("role").chain(flags.iter().copied())).map(|r| r.tls)
+    }
+
+    #[test]
+    fn etcd_tls_flags_go_together_and_match_the_endpoints() {
+        let all = [
+            "--etcd-ca",
+            "ca.pem",
+            "--etcd-cert",
+            "c.pem",
+            "--etcd-key",
+            "k.pem",
+        ];
+        let tls = parse(&all).unwrap();
+        let https = vec!["https://etcd:2379".to_string()];
+        let config = tls.config(&https).unwrap().expect("TLS");
+        assert_eq!(
+            config,
+            tessera_coordinator::EtcdTls::new("ca.pem", "c.pem", "k.pem")
+        );
+        assert_eq!(tls.to_flags(), all);
+        // Two of three: refused by clap.
+        assert!(parse(&all[..4]).is_err());
+        // https:// without them, http:// with them, them without --etcd.
+        let none = parse(&[]).unwrap();
+        assert_eq!(
+            none.config(&["http://127.0.0.1:2379".into()]).unwrap(),
+            None
+        );
+        let err = none.config(&https).unwrap_err().to_string();
+        assert!(err.contains("is https://: give --etcd-ca"), "{err}");
+        let err = tls
+            .config(&["http://etcd:2379".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("use https://"), "{err}");
+        let err = tls.config(&[]).unwrap_err().to_string();
+        assert!(err.contains("need --etcd"), "{err}");
+        // host:port means https:// with them.
+        assert!(tls.config(&["etcd:2379".into()]).unwrap().is_some());
     }
 }

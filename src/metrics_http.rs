@@ -1,12 +1,17 @@
-//! A minimal HTTP/1.1 endpoint for `/metrics` (Prometheus text) and
-//! `/healthz`. Written here rather than using the exporter's listener so the
-//! bound address (port 0 in tests) can be printed.
+//! Every role's HTTP endpoint for `/metrics` (Prometheus text), `/healthz` and `/readyz`.
+//! Written here rather than using the exporter's listener so the bound address (port 0 in
+//! tests) can be printed, and so it runs with the connection cap and timeouts of
+//! [`tessera_asset::http_server`] (docs/operations.md, "HTTP limits").
 
 use anyhow::Context;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tessera_asset::http_server::{serve_http, HttpLimits};
 use tokio::net::TcpListener;
 
 static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
@@ -82,55 +87,56 @@ pub async fn install(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(serve(listener, handle));
+    tokio::spawn(serve(listener, handle, HttpLimits::metrics()));
     Ok(bound)
 }
 
-async fn serve(listener: TcpListener, handle: PrometheusHandle) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            let mut len = 0;
-            // Read the request head (bounded); the body is ignored.
-            while len < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    stream.read(&mut buf[len..]),
-                )
-                .await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => {
-                        len += n;
-                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", handle.render()),
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/readyz" => match readiness().await {
-                    Ok(()) => ("200 OK", "ok\n".to_string()),
-                    Err(why) => ("503 Service Unavailable", format!("not ready\n{why}\n")),
-                },
-                _ => ("404 Not Found", "not found; try /metrics\n".to_string()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
+/// Serves [`routes`] on `listener` with `limits` until the task is dropped.
+async fn serve(listener: TcpListener, handle: PrometheusHandle, limits: HttpLimits) {
+    let addr = listener.local_addr().ok();
+    if let Err(e) = serve_http(listener, routes(handle), "metrics", limits).await {
+        tracing::error!(?addr, error = %e, "the metrics endpoint stopped");
     }
+}
+
+/// `/metrics`, `/healthz` and `/readyz`; 404 for anything else.
+fn routes(handle: PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let page = handle.render();
+                async move {
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|| async { text(StatusCode::OK, "ok\n".into()) }),
+        )
+        .route(
+            "/readyz",
+            get(|| async {
+                match readiness().await {
+                    Ok(()) => text(StatusCode::OK, "ok\n".into()),
+                    Err(why) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready\n{why}\n"),
+                    ),
+                }
+            }),
+        )
+        .fallback(|| async { text(StatusCode::NOT_FOUND, "not found; try /metrics\n".into()) })
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 fn describe_metrics() {
@@ -204,4 +210,143 @@ fn describe_metrics() {
         "tessera_router_bad_datagrams_total",
         "Malformed datagrams dropped"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    /// An endpoint with `limits` on a free loopback port; it stops with the runtime.
+    fn start(limits: HttpLimits) -> (tokio::runtime::Runtime, SocketAddr) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = PrometheusBuilder::new().build_recorder().handle();
+        runtime.spawn(serve(listener, handle, limits));
+        (runtime, addr)
+    }
+
+    /// A GET on a new connection: status, content type and body; `None` if the connection
+    /// failed.
+    fn get(addr: SocketAddr, path: &str) -> Option<(u16, String, String)> {
+        let mut s = TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).ok()?;
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type: ")
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        Some((status, content_type, body.to_string()))
+    }
+
+    /// Whether the server closes `stream` within `within` (reading whatever it sends).
+    fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            stream.set_read_timeout(Some(left)).unwrap();
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    #[test]
+    fn serves_metrics_health_and_readiness() {
+        let (_runtime, addr) = start(HttpLimits::metrics());
+        let (status, content_type, _) = get(addr, "/metrics").unwrap();
+        assert_eq!(
+            (status, content_type.as_str()),
+            (200, "text/plain; version=0.0.4")
+        );
+        assert_eq!(get(addr, "/healthz").unwrap().2, "ok\n");
+        let (status, _, body) = get(addr, "/nothing").unwrap();
+        assert_eq!((status, body.as_str()), (404, "not found; try /metrics\n"));
+    }
+
+    #[test]
+    fn slow_clients_do_not_lock_the_metrics_endpoint() {
+        let patience = Duration::from_secs(10);
+        let (_runtime, addr) = start(HttpLimits {
+            max_connections: 4,
+            header_read_timeout: Duration::from_millis(500),
+            send_timeout: Duration::from_secs(60),
+        });
+        // Three times the cap: connections that send nothing, and connections that send a
+        // request head a byte every 100 ms and never finish it.
+        let mut silent: Vec<TcpStream> =
+            (0..6).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let dribblers: Vec<_> = (0..6)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                std::thread::spawn(move || {
+                    let head = format!("GET /healthz HTTP/1.1\r\nX-Slow: {}", "a".repeat(600));
+                    let deadline = Instant::now() + patience;
+                    for byte in head.bytes() {
+                        if s.write_all(&[byte]).is_err() {
+                            return true;
+                        }
+                        if Instant::now() > deadline {
+                            return false;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    false
+                })
+            })
+            .collect();
+        // A scraper still gets an answer soon: the cap refuses what is over it, and the header
+        // timeout closes the slow connections it holds.
+        let deadline = Instant::now() + patience;
+        let answered = loop {
+            match get(addr, "/healthz") {
+                Some((200, _, body)) => break Some(body),
+                _ if Instant::now() > deadline => break None,
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        assert_eq!(answered.as_deref(), Some("ok\n"));
+        for (i, s) in silent.iter_mut().enumerate() {
+            assert!(
+                closed_within(s, patience),
+                "silent connection {i} stayed open"
+            );
+        }
+        for (i, d) in dribblers.into_iter().enumerate() {
+            assert!(d.join().unwrap(), "dribbling connection {i} stayed open");
+        }
+    }
 }

@@ -6,16 +6,17 @@
 use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_auth::{Accounts, Auth};
-use tessera_coordinator::authority::{ClusterKey, OperatorCredential, Signer};
+use tessera_coordinator::authority::{ClusterKey, Signer};
 use tessera_coordinator::control::{self, CoordinatorConfig};
 use tessera_coordinator::membership::{
     self, load_key, router_key, shard_key, Registration, RouterRegistration, ShardRegistration,
 };
 use tessera_coordinator::migration::{drain, mark_restored, MigrationBoard};
+use tessera_coordinator::operators::{OperatorCache, OperatorKey, Operators};
 use tessera_coordinator::rebalance::RebalanceConfig;
 use tessera_coordinator::transport::{ClusterCa, Directory, LocalInbox, QuicBus};
 use tessera_coordinator::{Bus, CellMap, ClusterStore, EtcdStore};
@@ -30,6 +31,8 @@ pub struct ClusterArgs {
     /// etcd endpoints, comma separated.
     #[arg(long, value_delimiter = ',', required = true)]
     etcd: Vec<String>,
+    #[command(flatten)]
+    etcd_tls: crate::EtcdTlsArgs,
     /// Key prefix in etcd.
     #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
     prefix: String,
@@ -263,6 +266,9 @@ pub struct PersistenceArgs {
     #[cfg(feature = "fdb")]
     #[arg(long)]
     fdb_cluster_file: Option<PathBuf>,
+    /// Where the operators are (who may back up and restore).
+    #[command(flatten)]
+    operators: crate::operator::OperatorsArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -277,6 +283,8 @@ pub struct RouterArgs {
     telnet: SocketAddr,
     #[command(flatten)]
     telnet_tls: crate::TelnetTlsArgs,
+    #[command(flatten)]
+    abuse: crate::AbuseArgs,
     /// Close connections (telnet and QUIC) not logged in this many seconds
     /// after they opened.
     #[arg(long, default_value_t = tessera_router::LOGIN_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
@@ -306,7 +314,8 @@ pub struct RouterArgs {
 }
 
 async fn connect_store(args: &ClusterArgs) -> anyhow::Result<Arc<dyn ClusterStore>> {
-    let store = EtcdStore::connect(&args.etcd, Duration::from_secs(5))
+    let tls = args.etcd_tls.config(&args.etcd)?;
+    let store = EtcdStore::connect(&args.etcd, tls.as_ref(), Duration::from_secs(5))
         .await
         .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
     Ok(Arc::new(store))
@@ -393,7 +402,13 @@ pub async fn persistence(args: PersistenceArgs) -> anyhow::Result<()> {
     crate::services::store_readiness("persistence", &db);
     let store = db.describe();
     let config = identity.server_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
-    let server = tessera_persistence::remote::PersistenceServer::start(db, args.listen, config)?;
+    let operators = args.operators.operators(&args.cluster_ca).await?;
+    let server = tessera_persistence::remote::PersistenceServer::start(
+        db,
+        args.listen,
+        config,
+        Some(operators),
+    )?;
     println!(
         "persistence listening on {}   (store {}); metrics on http://{metrics}/metrics",
         server.local_addr()?,
@@ -425,38 +440,23 @@ fn persistence_store(args: &PersistenceArgs) -> anyhow::Result<Database> {
 
 /// The signer of an operator command, from `--credential`.
 fn operator(args: &CtlArgs) -> anyhow::Result<Signer> {
-    Ok(operator_credential(args)?.signer()?)
+    Ok(Signer::operator(operator_credential(args)?))
 }
 
-/// The operator credential from `--credential`.
-fn operator_credential(args: &CtlArgs) -> anyhow::Result<OperatorCredential> {
-    let Some(path) = &args.credential else {
-        anyhow::bail!(
-            "this command needs an operator credential: --credential FILE or \
-             TESSERA_CREDENTIAL (create one with `tessera ca operator NAME`)"
-        );
-    };
-    Ok(OperatorCredential::load(path)?)
+/// The operator key from `--credential`.
+fn operator_credential(args: &CtlArgs) -> anyhow::Result<OperatorKey> {
+    crate::operator::load_credential(args.credential.as_deref())
 }
 
-/// `tessera ca operator NAME`: an operator credential signed off by the
-/// cluster CA.
-pub fn ca_operator(name: String, cluster_ca: PathBuf, out: Option<PathBuf>) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
-        "operator names are letters, digits, '-', '_' and '.'"
-    );
-    let key = ClusterKey::from_ca_dir(&cluster_ca)?;
-    let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.credential")));
-    key.operator(&name).save(&out)?;
-    println!(
-        "operator credential for {name} written to {} (keep it private; pass it with --credential or TESSERA_CREDENTIAL)",
-        out.display()
-    );
-    Ok(())
+/// What checks migration, split and merge requests for a member: the cluster key (members'
+/// signatures) and the operators in the cluster store, read again every second.
+pub async fn cluster_authority(
+    store: Arc<dyn ClusterStore>,
+    prefix: &str,
+    cluster_ca: &Path,
+) -> anyhow::Result<ClusterKey> {
+    let operators = Operators::in_store(store, prefix, vec![ClusterCa::load_cert(cluster_ca)?]);
+    Ok(ClusterKey::from_ca_dir(cluster_ca)?.with_operators(OperatorCache::follow(operators).await))
 }
 
 /// `tessera ca init DIR`.
@@ -488,6 +488,8 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         "coordinator {} running; metrics on http://{metrics}/metrics",
         args.id
     );
+    let authority =
+        cluster_authority(store.clone(), &args.cluster.prefix, &args.cluster_ca).await?;
     let config = CoordinatorConfig {
         id: args.id,
         prefix: args.cluster.prefix,
@@ -495,7 +497,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         lease_ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),
         interval: Duration::from_millis(250),
         settle: Duration::from_millis(args.settle_ms),
-        authority: Some(ClusterKey::from_ca_dir(&args.cluster_ca)?),
+        authority: Some(authority),
         rebalance,
         grid: tessera_proto::Grid::new(world.cell_size),
         min_region_side: args.min_region_side,
@@ -562,7 +564,7 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         config.script_updates = Some(rx);
     }
     let dyn_bus: Arc<dyn Bus> = bus.clone();
-    let cluster_key = ClusterKey::from_ca_dir(&args.member.cluster_ca)?;
+    let cluster_key = cluster_authority(store.clone(), &prefix, &args.member.cluster_ca).await?;
     let board = MigrationBoard::watch(store.clone(), &prefix, Some(cluster_key.clone())).await?;
     let (notice_tx, notices) = tokio::sync::mpsc::unbounded_channel();
     let sim =
@@ -716,15 +718,18 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     )?;
     let accounts = match args.auth {
         Some(addr) => Accounts::remote(crate::services::auth_client(&identity, addr)?),
-        None => Accounts::local(Arc::new(Auth::open(
+        None => Accounts::local(Arc::new(Auth::with_limits(
             db.clone(),
             &args.data_dir.join("auth-signing.key"),
+            args.abuse.rate_limits(),
         )?)),
     };
     let mut rc = RouterConfig::new(id.clone(), args.data_dir.clone());
     rc.telnet = args.telnet;
     rc.telnet_tls = args.telnet_tls.config();
     rc.login_timeout = Duration::from_secs(args.login_timeout_secs);
+    rc.connections_per_address = args.abuse.connections_per_address;
+    rc.limit_exempt = args.abuse.limit_exempt.clone();
     rc.quic = args.quic;
     rc.tick_hz = args.tick_hz;
     rc.spawn_radius = args.spawn_radius.max(0.0);
@@ -814,6 +819,16 @@ pub struct CtlArgs {
         global = true
     )]
     etcd: Vec<String>,
+    /// The CA certificate (PEM) that signed etcd's server certificate:
+    /// reach etcd over TLS (https://), showing --etcd-cert.
+    #[arg(long, value_name = "FILE", global = true)]
+    etcd_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), signed by a CA etcd trusts.
+    #[arg(long, value_name = "FILE", global = true)]
+    etcd_cert: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-cert.
+    #[arg(long, value_name = "FILE", global = true)]
+    etcd_key: Option<PathBuf>,
     #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX, global = true)]
     prefix: String,
     /// Machine-readable output.
@@ -831,6 +846,19 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Leader, members, totals.
     Status,
+    /// Operators: who may sign privileged requests (keygen, add, list,
+    /// revoke; docs/security.md).
+    Operator {
+        #[command(subcommand)]
+        command: crate::operator::OperatorCommand,
+        /// The cluster CA directory (its certificate checks the operators).
+        #[arg(long, global = true)]
+        cluster_ca: Option<PathBuf>,
+        /// The operators are files in <cluster-ca>/operators/ (`tessera up`
+        /// without etcd) instead of in etcd.
+        #[arg(long, global = true)]
+        local: bool,
+    },
     /// Copy everything in the persistence service (accounts, players, cell
     /// checkpoints) to FILE.
     Backup {
@@ -932,19 +960,23 @@ pub struct BackupStore {
 }
 
 impl BackupStore {
-    /// A client of the service, for an operator of this cluster only.
-    fn connect(&self, args: &CtlArgs) -> anyhow::Result<Database> {
+    /// The service as an operator: it checks the signature of every page and batch.
+    fn connect(
+        &self,
+        args: &CtlArgs,
+    ) -> anyhow::Result<tessera_persistence::remote::OperatorSession> {
         let credential = operator_credential(args)?;
-        let key = ClusterKey::from_ca_dir(&self.cluster_ca)?;
-        anyhow::ensure!(
-            key.operator(&credential.operator).matches(&credential),
-            "the credential of {} was not issued by the cluster CA in {}",
-            credential.operator,
-            self.cluster_ca.display()
-        );
         let identity =
-            ClusterCa::load(&self.cluster_ca)?.member(&format!("ctl {}", credential.operator))?;
-        persistence_client(&identity, self.persistence)
+            ClusterCa::load(&self.cluster_ca)?.member(&format!("ctl {}", credential.name()))?;
+        let config = identity.client_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
+        let backend = tessera_persistence::remote::RemoteBackend::new(
+            self.persistence,
+            tessera_coordinator::transport::CLUSTER_NAME,
+            config,
+        )?;
+        Ok(tessera_persistence::remote::OperatorSession::new(
+            backend, credential,
+        ))
     }
 }
 
@@ -1040,18 +1072,12 @@ async fn ctl_role(
     role: tessera_auth::Role,
     service: &AuthService,
 ) -> anyhow::Result<()> {
+    // The account service checks the signature; nothing is checked here.
     let credential = operator_credential(args)?;
-    let key = ClusterKey::from_ca_dir(&service.cluster_ca)?;
-    anyhow::ensure!(
-        key.operator(&credential.operator).matches(&credential),
-        "the credential of {} was not issued by the cluster CA in {}",
-        credential.operator,
-        service.cluster_ca.display()
-    );
     let identity =
-        ClusterCa::load(&service.cluster_ca)?.member(&format!("ctl {}", credential.operator))?;
+        ClusterCa::load(&service.cluster_ca)?.member(&format!("ctl {}", credential.name()))?;
     let client = crate::services::auth_client(&identity, service.auth)?;
-    let account = client.set_role(name, role).await?;
+    let account = client.set_role(name, role, &credential).await?;
     println!(
         "{} is now {} {role} (from their next login)",
         account.name,
@@ -1147,7 +1173,44 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     if let CtlCommand::Asset { assets, command } = &args.command {
         return ctl_asset(&args, assets, command).await;
     }
-    let store = EtcdStore::connect(&args.etcd, Duration::from_secs(3))
+    if let CtlCommand::Operator {
+        command,
+        cluster_ca,
+        local,
+    } = &args.command
+    {
+        let credential = match &args.credential {
+            Some(path) => Some(OperatorKey::load(path)?),
+            None => None,
+        };
+        let operators = async {
+            let cluster_ca = cluster_ca.as_deref().context(
+                "this command needs --cluster-ca DIR (its certificate checks the operators)",
+            )?;
+            let store = crate::operator::OperatorsArgs {
+                etcd: if *local {
+                    Vec::new()
+                } else {
+                    args.etcd.clone()
+                },
+                etcd_tls: crate::EtcdTlsArgs {
+                    etcd_ca: args.etcd_ca.clone(),
+                    etcd_cert: args.etcd_cert.clone(),
+                    etcd_key: args.etcd_key.clone(),
+                },
+                prefix: args.prefix.clone(),
+            };
+            store.operators(cluster_ca).await
+        };
+        return crate::operator::ctl_operator(command, operators, credential.as_ref()).await;
+    }
+    let tls = crate::EtcdTlsArgs {
+        etcd_ca: args.etcd_ca.clone(),
+        etcd_cert: args.etcd_cert.clone(),
+        etcd_key: args.etcd_key.clone(),
+    }
+    .config(&args.etcd)?;
+    let store = EtcdStore::connect(&args.etcd, tls.as_ref(), Duration::from_secs(3))
         .await
         .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
     if let CtlCommand::Drain { shard } = &args.command {
@@ -1230,6 +1293,7 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             | CtlCommand::Restore { .. }
             | CtlCommand::Role { .. }
             | CtlCommand::Asset { .. }
+            | CtlCommand::Operator { .. }
             | CtlCommand::Drain { .. }
             | CtlCommand::Rebalance { .. }
             | CtlCommand::Top { .. },
@@ -1455,7 +1519,8 @@ async fn ctl_rebalance(
     let dry_run = signer.is_none();
     use tessera_coordinator::rebalance::{loads, plan_all};
     use tessera_coordinator::{ctl, migration};
-    let view = tessera_coordinator::control::read_cluster_view(store, prefix).await?;
+    // For planning only: the servers check the moves (and cordons) themselves.
+    let view = tessera_coordinator::control::read_cluster_view(store, prefix, None).await?;
     if !view.in_flight.is_empty() && !dry_run {
         anyhow::bail!(
             "{} migration(s) in flight; try again when they are done (or use --dry-run)",

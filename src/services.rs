@@ -39,6 +39,13 @@ pub struct AuthArgs {
     /// Health and Prometheus metrics address.
     #[arg(long, default_value = "127.0.0.1:9100")]
     metrics: SocketAddr,
+    /// Where the operators are (who may change roles).
+    #[command(flatten)]
+    operators: crate::operator::OperatorsArgs,
+    /// Player addresses the account-creation limits leave alone,
+    /// comma-separated networks, or `none` (docs/security.md).
+    #[arg(long, default_value = "127.0.0.0/8,::1")]
+    limit_exempt: tessera_auth::AddressSet,
 }
 
 /// `/readyz` of role `role` fails while its store does not answer a read.
@@ -78,10 +85,15 @@ pub async fn auth(args: AuthArgs) -> anyhow::Result<()> {
         .signing_key
         .clone()
         .unwrap_or_else(|| args.data_dir.join("auth-signing.key"));
-    let auth = Arc::new(Auth::open(db.clone(), &key).context("cannot open auth")?);
+    let limits = tessera_auth::RateLimits {
+        exempt: args.limit_exempt.clone(),
+        ..tessera_auth::RateLimits::default()
+    };
+    let auth = Arc::new(Auth::with_limits(db.clone(), &key, limits).context("cannot open auth")?);
     store_readiness("auth", &db);
     let config = identity.server_config_for(AUTH_ALPN)?;
-    let server = AuthServer::start(auth, args.listen, config, args.reuse_port)
+    let operators = args.operators.operators(&args.cluster_ca).await?;
+    let server = AuthServer::start(auth, operators, args.listen, config, args.reuse_port)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!(
         "auth listening on {}   (store {}); metrics on http://{metrics}/metrics",
@@ -189,6 +201,9 @@ pub struct AssetArgs {
     /// `/healthz`, `/readyz` and `/metrics` too).
     #[arg(long, default_value = "127.0.0.1:9100")]
     metrics: SocketAddr,
+    /// Where the operators are (who may upload).
+    #[command(flatten)]
+    operators: crate::operator::OperatorsArgs,
 }
 
 /// `tessera asset`: content-addressed assets over HTTP.
@@ -197,7 +212,7 @@ pub async fn asset(args: AssetArgs) -> anyhow::Result<()> {
     let identity = ClusterCa::load(&args.cluster_ca)?.member("asset")?;
     let db = service_store(&identity, args.persistence, &args.data_dir, "assets.redb")?;
     store_readiness("asset", &db);
-    let key = tessera_coordinator::authority::ClusterKey::from_ca_dir(&args.cluster_ca)?;
+    let operators = args.operators.operators(&args.cluster_ca).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -207,17 +222,19 @@ pub async fn asset(args: AssetArgs) -> anyhow::Result<()> {
         db.describe()
     );
     tokio::select! {
-        r = tessera_asset::serve(listener, db, asset_config(key)) => r.context("asset service failed")?,
+        r = tessera_asset::serve(listener, db, asset_config(operators)) => r.context("asset service failed")?,
         _ = crate::up::shutdown_signal() => {}
     }
     println!("asset stopped.");
     Ok(())
 }
 
-/// The asset service's settings: uploads checked with `key`, `/metrics`
-/// from this process's recorder.
-pub fn asset_config(key: tessera_coordinator::authority::ClusterKey) -> tessera_asset::AssetConfig {
-    let mut config = tessera_asset::AssetConfig::new(key);
+/// The asset service's settings: uploads checked against `operators`,
+/// `/metrics` from this process's recorder.
+pub fn asset_config(
+    operators: tessera_coordinator::operators::Operators,
+) -> tessera_asset::AssetConfig {
+    let mut config = tessera_asset::AssetConfig::new(operators);
     config.metrics = Some(Arc::new(|| {
         crate::metrics_http::render().unwrap_or_default()
     }));

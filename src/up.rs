@@ -22,6 +22,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             args.split_above
         );
     }
+    // Checks --etcd-ca, --etcd-cert and --etcd-key against --etcd (they
+    // need it, and https:// needs them).
+    args.etcd_tls.config(&args.etcd)?;
     if !args.etcd.is_empty() {
         return run_on_etcd(args).await;
     }
@@ -36,8 +39,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let db = Database::open_redb(&args.data_dir.join("tessera.redb"))
         .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
     let auth = Arc::new(
-        Auth::open(db.clone(), &args.data_dir.join("auth-signing.key"))
-            .context("cannot open auth")?,
+        Auth::with_limits(
+            db.clone(),
+            &args.data_dir.join("auth-signing.key"),
+            args.abuse.rate_limits(),
+        )
+        .context("cannot open auth")?,
     );
 
     // Coordinator: place every cell of the world on the shards.
@@ -58,11 +65,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // the operators' credentials (`tessera ca operator NAME --cluster-ca ...`).
     let ca_dir = args.data_dir.join("cluster-ca");
     let ca = tessera_coordinator::transport::ClusterCa::load_or_create(&ca_dir)?;
-    let assets_url = serve_assets(&args, &db, &ca_dir).await?;
+    // Operators are files in the CA directory's operators/ (`tessera ca
+    // operator NAME --cluster-ca data/cluster-ca` adds one).
+    let operators = tessera_coordinator::operators::Operators::in_dir(
+        ca_dir.join("operators"),
+        vec![ca.cert().clone()],
+    );
+    let assets_url = serve_assets(&args, &db, operators.clone()).await?;
 
     // The cluster key checks every migration, split and merge request,
     // here as in a cluster.
-    let cluster_key = tessera_coordinator::authority::ClusterKey::from_ca_dir(&ca_dir)?;
+    let cluster_key = tessera_coordinator::authority::ClusterKey::from_ca_dir(&ca_dir)?
+        .with_operators(
+            tessera_coordinator::operators::OperatorCache::follow(operators.clone()).await,
+        );
     let mut script_updates = Vec::new();
     let mut registrations = Vec::new();
     for id in &shard_ids {
@@ -161,12 +177,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     rc.max_connections = args.max_connections;
     rc.idle_timeout = std::time::Duration::from_secs(args.idle_timeout_secs.max(1));
     rc.login_timeout = std::time::Duration::from_secs(args.login_timeout_secs);
+    rc.connections_per_address = args.abuse.connections_per_address;
+    rc.limit_exempt = args.abuse.limit_exempt.clone();
     rc.spawn_radius = args.spawn_radius.max(0.0);
     let router_inbox = bus.add_router(router_id);
     // The chat service, in this process but over real QUIC like anywhere
     // else; the account service on a loopback port too, for `tessera ctl
     // role` (the router itself keeps using the same accounts in process).
-    let (auth_server, chat) = front_services(&ca, auth.clone(), &db)?;
+    let (auth_server, chat) = front_services(&ca, auth.clone(), operators.clone(), &db)?;
     let chat_link =
         crate::services::chat_client(&ca.member("router-1")?, chat.local_addr()?, "router-1")?;
     let router = Router::new(
@@ -251,11 +269,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 fn front_services(
     ca: &tessera_coordinator::transport::ClusterCa,
     auth: Arc<Auth>,
+    operators: tessera_coordinator::operators::Operators,
     db: &Database,
 ) -> anyhow::Result<(tessera_auth::remote::AuthServer, tessera_chat::ChatServer)> {
     let loopback: std::net::SocketAddr = "127.0.0.1:0".parse()?;
     let auth = tessera_auth::remote::AuthServer::start(
         auth,
+        operators,
         loopback,
         ca.member("auth")?
             .server_config_for(tessera_auth::remote::AUTH_ALPN)?,
@@ -276,9 +296,8 @@ fn front_services(
 async fn serve_assets(
     args: &UpArgs,
     db: &Database,
-    ca_dir: &std::path::Path,
+    operators: tessera_coordinator::operators::Operators,
 ) -> anyhow::Result<String> {
-    let key = tessera_coordinator::authority::ClusterKey::from_ca_dir(ca_dir)?;
     let listener = tokio::net::TcpListener::bind(args.assets_listen)
         .await
         .with_context(|| format!("cannot listen for assets on {}", args.assets_listen))?;
@@ -292,7 +311,7 @@ async fn serve_assets(
         },
         addr.port()
     );
-    let config = crate::services::asset_config(key);
+    let config = crate::services::asset_config(operators);
     publish_world(db, &args.world).await?;
     let db = db.clone();
     tokio::spawn(async move {
@@ -338,19 +357,29 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
     let db = Database::open_redb(&args.data_dir.join("tessera.redb"))
         .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
     // The front services, each on its own QUIC port with the cluster's TLS.
-    let accounts = Arc::new(Auth::open(
+    let accounts = Arc::new(Auth::with_limits(
         db.clone(),
         &args.data_dir.join("auth-signing.key"),
+        args.abuse.rate_limits(),
     )?);
-    let (auth, chat) = front_services(&ca, accounts, &db)?;
+    // The operators are in etcd, as for any cluster.
+    let operators = crate::operator::OperatorsArgs {
+        etcd: args.etcd.clone(),
+        etcd_tls: args.etcd_tls.clone(),
+        prefix: tessera_coordinator::DEFAULT_PREFIX.to_string(),
+    }
+    .operators(&ca_dir)
+    .await?;
+    let (auth, chat) = front_services(&ca, accounts, operators.clone(), &db)?;
     let auth_addr = auth.local_addr()?.to_string();
     let chat_addr = chat.local_addr()?.to_string();
-    let assets_url = serve_assets(&args, &db, &ca_dir).await?;
+    let assets_url = serve_assets(&args, &db, operators.clone()).await?;
     let persistence = tessera_persistence::remote::PersistenceServer::start(
         db,
         "127.0.0.1:0".parse()?,
         ca.member("persistence")?
             .server_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?,
+        Some(operators),
     )?;
     let store_addr = persistence.local_addr()?.to_string();
 
@@ -380,6 +409,7 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
             "--cluster-ca".into(),
             ca_flag.clone(),
         ];
+        v.extend(args.etcd_tls.to_flags());
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
@@ -434,6 +464,7 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         ])
         .into_iter()
         .chain(args.telnet_tls.to_flags())
+        .chain(args.abuse.to_flags())
         .chain([
             "--login-timeout-secs".to_string(),
             args.login_timeout_secs.to_string(),

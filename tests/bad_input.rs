@@ -567,3 +567,130 @@ fn a_say_flood_is_cut_off_at_the_burst() {
     std::thread::sleep(Duration::from_millis(1100));
     assert!(flooder.command("say again").starts_with("You say"));
 }
+
+/// With loopback not exempt (`--limit-exempt none`), 127.0.0.1 is one
+/// player's address and 127.0.0.2 another's.
+fn limits_on_loopback(extra: &[&str]) -> ServerOptions {
+    let mut extra_args = vec!["--limit-exempt".to_string(), "none".to_string()];
+    extra_args.extend(extra.iter().map(|s| s.to_string()));
+    ServerOptions {
+        extra_args,
+        ..ServerOptions::default()
+    }
+}
+
+#[test]
+fn an_account_creation_flood_is_cut_off_while_others_log_in() {
+    let dir = TestDir::new();
+    let server = Server::start_with(&dir, &limits_on_loopback(&[]));
+    let spammer_ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let regular_ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let mut regular = TelnetClient::connect_from(server.telnet, regular_ip);
+    let text = regular.command(&format!("create Regular {PW}"));
+    assert!(text.contains("Welcome to Tessera, Regular!"), "{text:?}");
+    regular.quit();
+
+    // A thousand creations within a minute from one address.
+    let started = Instant::now();
+    let mut spammer = TelnetClient::connect_from(server.telnet, spammer_ip);
+    let (mut created, mut refused) = (Vec::new(), 0);
+    for i in 0..1000 {
+        let name = format!("Spam{i}");
+        let answer = spammer.command(&format!("create {name} {PW}"));
+        if answer.contains(&format!("Welcome to Tessera, {name}!")) {
+            created.push(name);
+            spammer.quit();
+            spammer = TelnetClient::connect_from(server.telnet, spammer_ip);
+        } else {
+            assert!(
+                answer.starts_with("Too many new accounts from your address; try again in ")
+                    && !answer.contains('\n'),
+                "attempt {i}: {answer:?}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the flood must fit in a minute to mean anything ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(created.len(), 10, "the limit per address: {created:?}");
+    assert_eq!(refused, 990);
+
+    // Meanwhile other addresses are served: a login and a new account.
+    let mut back = TelnetClient::connect_from(server.telnet, regular_ip);
+    let text = back.command(&format!("connect Regular {PW}"));
+    assert!(text.contains("Welcome back, Regular."), "{text:?}");
+    let mut newcomer = TelnetClient::connect_from(server.telnet, "127.0.0.2".parse().unwrap());
+    let text = newcomer.command(&format!("create Newcomer {PW}"));
+    assert!(text.contains("Welcome to Tessera, Newcomer!"), "{text:?}");
+    // The spammer's address may still log in to the accounts it made.
+    let text = spammer.command(&format!("connect {} {PW}", created[0]));
+    assert!(text.contains("Welcome back"), "{text:?}");
+    assert!(
+        common::metric_samples(
+            &common::scrape(server.metrics),
+            "tessera_accounts_refused_total"
+        )
+        .iter()
+        .any(|(labels, v)| labels.contains("per_address") && *v == 990.0),
+        "the refusals are counted"
+    );
+}
+
+#[test]
+fn one_address_holds_at_most_its_cap_of_connections() {
+    let dir = TestDir::new();
+    let server = Server::start_with(
+        &dir,
+        &limits_on_loopback(&["--connections-per-address", "3"]),
+    );
+    let here: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let mut held = vec![
+        TelnetClient::connect_from(server.telnet, here),
+        TelnetClient::connect_from(server.telnet, here),
+    ];
+    let text = held[0].command(&format!("create Holder {PW}"));
+    assert!(text.contains("Welcome to Tessera, Holder!"), "{text:?}");
+    // QUIC and telnet count together: the third place goes to a QUIC client.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ep = {
+        let _in = rt.enter();
+        quic_endpoint(&server)
+    };
+    let quic = rt.block_on(quic_connect(&ep, &server));
+
+    let mut fourth = TelnetClient::connect_raw(server.telnet);
+    let refused = fourth.read_to_eof(ANSWER_TIMEOUT);
+    assert!(
+        refused.contains("Too many connections from your address (at most 3)"),
+        "{refused:?}"
+    );
+    let err = rt
+        .block_on(tessera_client::Client::connect(&ep, server.quic))
+        .err()
+        .expect("a fourth connection over QUIC is refused too");
+    assert!(
+        err.to_string()
+            .contains("too many connections from your address"),
+        "{err}"
+    );
+    // Another address is served as usual.
+    let mut other = TelnetClient::connect_from(server.telnet, "127.0.0.2".parse().unwrap());
+    let text = other.command(&format!("create Other {PW}"));
+    assert!(text.contains("Welcome to Tessera, Other!"), "{text:?}");
+    // Closing one frees its place.
+    held.pop().unwrap().quit();
+    drop(quic);
+    let again = common::eventually(Duration::from_secs(10), || {
+        let mut c = TelnetClient::connect_raw(server.telnet);
+        let text = c.try_read_until_prompt(ANSWER_TIMEOUT)?;
+        text.contains("Welcome to Tessera").then_some(c)
+    });
+    assert!(
+        again.is_some(),
+        "a place freed by a closed connection is reused"
+    );
+    still_served(&mut held[0], "after refusing connections");
+}

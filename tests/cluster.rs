@@ -13,7 +13,7 @@ mod common;
 mod etcd;
 mod support_cluster;
 
-use common::{TelnetClient, TestDir};
+use common::{eventually, TelnetClient, TestDir};
 use etcd::EtcdServer;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,10 +23,10 @@ use support_cluster::*;
 fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     // Shards checkpoint their cells here, so that a failed-over cell comes
     // back with its NPCs' state.
-    let store = persistence(dir.path(), &ca);
+    let store = persistence(dir.path(), &ca, &etcd);
 
     // Every cell that moves in this test is moved by the test itself
     // (`ctl move`, the drain, the failover); the rebalancer (on by default)
@@ -136,7 +136,7 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     let (ok, _, err) = ctl(&etcd, &["move", "-1,0", "shard-2"]);
     assert!(!ok && err.contains("needs an operator credential"), "{err}");
     // An operator of another cluster (its own CA) is refused.
-    let stranger_ca = ca_init(&dir.path().join("stranger"));
+    let stranger_ca = ca_init_offline(&dir.path().join("stranger"));
     let stranger = operator_credential(&stranger_ca);
     let (ok, _, err) = ctl_as(&etcd, &stranger, &["move", "-1,0", "shard-2"]);
     assert!(!ok && err.contains("refused"), "{err}");
@@ -302,7 +302,7 @@ fn greeting_count(line: &str) -> u32 {
 fn an_etcd_outage_of_ten_seconds_changes_nothing() {
     let dir = TestDir::new();
     let mut etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     // The coordinator keeps its default lease; shards and router lease for
     // 20 s. No persistence service here: shards run without checkpoints.
     let _c = coordinator(
@@ -397,23 +397,24 @@ fn up_runs_the_cluster_roles_in_one_process_against_etcd() {
     let mut up = Role::start(
         dir.path(),
         "up",
-        &[
-            "up".into(),
-            "--etcd".into(),
-            etcd.client_url(),
-            "--world".into(),
-            WORLD.into(),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--telnet".into(),
-            "127.0.0.1:0".into(),
-            "--quic".into(),
-            "127.0.0.1:0".into(),
-            "--metrics".into(),
-            "127.0.0.1:0".into(),
-            "--assets-listen".into(),
-            "127.0.0.1:0".into(),
-        ],
+        &["up".into(), "--etcd".into(), etcd.client_url()]
+            .into_iter()
+            .chain(etcd.tls_flags())
+            .chain([
+                "--world".into(),
+                WORLD.into(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--telnet".into(),
+                "127.0.0.1:0".into(),
+                "--quic".into(),
+                "127.0.0.1:0".into(),
+                "--metrics".into(),
+                "127.0.0.1:0".into(),
+                "--assets-listen".into(),
+                "127.0.0.1:0".into(),
+            ])
+            .collect::<Vec<String>>(),
     );
     let telnet = up.addr_after("telnet listening on ");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -448,6 +449,7 @@ fn up_runs_the_cluster_roles_in_one_process_against_etcd() {
         .arg(&ca)
         .arg("--out")
         .arg(&credential)
+        .args(etcd.client_flags(&etcd.client_url()))
         .status()
         .expect("tessera ca operator");
     assert!(status.success());
@@ -486,8 +488,8 @@ fn moving_a_cell_of_a_thousand_entities_under_movement_loses_nothing() {
     let world = world.display().to_string();
 
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
-    let store = persistence(dir.path(), &ca);
+    let ca = ca_init(dir.path(), &etcd);
+    let store = persistence(dir.path(), &ca, &etcd);
     let _coord = coordinator(
         dir.path(),
         &ca,
@@ -595,9 +597,9 @@ fn moving_a_cell_of_a_thousand_entities_under_movement_loses_nothing() {
 fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     let credential = operator_credential(&ca);
-    let first = persistence(dir.path(), &ca);
+    let first = persistence(dir.path(), &ca, &etcd);
     let _coord = coordinator(
         dir.path(),
         &ca,
@@ -659,7 +661,7 @@ fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
     s1.role.kill();
     let second_dir = dir.path().join("second");
     std::fs::create_dir_all(&second_dir).unwrap();
-    let second = persistence(&second_dir, &ca);
+    let second = persistence(&second_dir, &ca, &etcd);
     let restore = |file: &std::path::Path| {
         ctl_as(
             &etcd,
@@ -688,4 +690,117 @@ fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
     ann.command("say hello Mira");
     let mira = ann.wait_for("Mira says,", Duration::from_secs(5));
     assert!(mira.contains("You again, Ann?"), "Mira forgot Ann: {mira}");
+}
+
+/// Operators are key pairs kept in etcd: `ctl operator` adds, lists and
+/// revokes them, and the servers follow. A new operator's move is carried
+/// out at once; once revoked, within seconds, the same operator's move is
+/// refused by the cluster itself.
+#[test]
+fn operators_are_added_and_revoked_and_the_cluster_follows() {
+    let dir = TestDir::new();
+    let etcd = EtcdServer::start();
+    let ca = ca_init(dir.path(), &etcd);
+    let ca_flag = ca.display().to_string();
+    let _c = coordinator(
+        dir.path(),
+        &ca,
+        &CoordinatorSpec {
+            rebalance: false,
+            ..CoordinatorSpec::local(&etcd, "coordinator-a")
+        },
+    );
+    let _s1 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-1"));
+    let _s2 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-2"));
+    let row = |cell: &str| {
+        eventually(Duration::from_secs(20), || {
+            owners(&etcd)
+                .into_iter()
+                .find(|r| r.cell == cell && r.owner_live)
+        })
+        .unwrap_or_else(|| panic!("cell {cell} never placed"))
+    };
+    let other = |owner: &str| {
+        if owner == "shard-1" {
+            "shard-2"
+        } else {
+            "shard-1"
+        }
+    };
+
+    // Bob gets a key pair, and ops (whom the CA vouched for) adds him.
+    let bob = dir.path().join("bob.json");
+    let bob_flag = bob.display().to_string();
+    let (ok, out, err) = ctl(&etcd, &["operator", "keygen", "bob", "--out", &bob_flag]);
+    assert!(ok, "{err}");
+    let public = out
+        .split("--public-key ")
+        .nth(1)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no public key in {out:?}"));
+    let (ok, _, err) = ctl(
+        &etcd,
+        &[
+            "operator",
+            "add",
+            "bob",
+            "--public-key",
+            &public,
+            "--cluster-ca",
+            &ca_flag,
+        ],
+    );
+    assert!(!ok && err.contains("needs an operator credential"), "{err}");
+    let (ok, out, err) = ops(
+        &etcd,
+        &ca,
+        &[
+            "operator",
+            "add",
+            "bob",
+            "--public-key",
+            &public,
+            "--cluster-ca",
+            &ca_flag,
+        ],
+    );
+    assert!(ok && out.contains("operator bob added"), "{out} {err}");
+    let (ok, list, err) = ctl(&etcd, &["operator", "list", "--cluster-ca", &ca_flag]);
+    assert!(ok, "{err}");
+    let bob_row = list.lines().find(|l| l.starts_with("bob ")).unwrap_or("");
+    assert!(
+        bob_row.contains("valid") && bob_row.contains("operator:ops"),
+        "{list}"
+    );
+
+    // Bob's move, right away.
+    let start = row("0,0");
+    let to = other(&start.owner);
+    let (ok, out, err) = ctl_as(&etcd, &bob, &["move", "0,0", to]);
+    assert!(ok, "bob's move: {out} {err}");
+    assert_eq!(row("0,0").owner, to);
+
+    // Revoked by ops: refused within seconds, by the coordinator and shards.
+    let (ok, out, err) = ops(
+        &etcd,
+        &ca,
+        &["operator", "revoke", "bob", "--cluster-ca", &ca_flag],
+    );
+    assert!(ok && out.contains("revoked"), "{out} {err}");
+    let (_, list, _) = ctl(&etcd, &["operator", "list", "--cluster-ca", &ca_flag]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("bob ") && l.contains("revoked")),
+        "{list}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, _, err) = ctl_as(&etcd, &bob, &["move", "0,0", other(to)]);
+    assert!(
+        !ok && err.contains("refused"),
+        "a revoked operator moved a cell: {err}"
+    );
+    assert_eq!(row("0,0").owner, to, "a refused move moved nothing");
+    // Ops still can.
+    let (ok, out, err) = ops(&etcd, &ca, &["move", "0,0", other(to)]);
+    assert!(ok, "{out} {err}");
 }

@@ -32,8 +32,8 @@ const ROUNDS: usize = 6;
 fn failover_after_kill_9() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
-    let store = persistence(dir.path(), &ca);
+    let ca = ca_init(dir.path(), &etcd);
+    let store = persistence(dir.path(), &ca, &etcd);
     let _coord = coordinator(
         dir.path(),
         &ca,

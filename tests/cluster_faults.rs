@@ -33,7 +33,7 @@ fn a_shard_cut_off_from_etcd_stops_simulating_before_its_cells_move() {
     let dir = TestDir::new();
     let ns = Netns::create();
     let etcd = EtcdServer::start_also_on(&[ns.host_ip2]);
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     let _coord = coordinator(
         dir.path(),
         &ca,
@@ -54,6 +54,7 @@ fn a_shard_cut_off_from_etcd_stops_simulating_before_its_cells_move() {
             id: "shard-2",
             lease_ttl_secs: 2,
             etcd_url: etcd.client_url_on(ns.host_ip2),
+            etcd_tls: etcd.tls(),
             ip: ns.inner_ip,
             netns: Some(&ns.name),
             rust_log: "warn,tessera_shard::sim=info",
@@ -209,7 +210,7 @@ fn killing_the_leading_coordinator_during_a_migration_leaves_one_owner_per_cell(
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
     let peek = EtcdPeek::connect(&etcd);
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     let mut coords: BTreeMap<String, Role> = BTreeMap::new();
     coords.insert(
         "coordinator-a".into(),
@@ -453,7 +454,7 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
     use std::sync::atomic::Ordering;
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     // The rebalancer is on, as in production: a draining shard is cordoned
     // (it gets no cells while it drains) and a restarted one gets its share
     // back by join balance.
@@ -673,7 +674,7 @@ fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
     const WALK: Duration = Duration::from_secs(30);
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     let _ca_coord = coordinator(dir.path(), &ca, &placing_by_hand(&etcd, "coordinator-a"));
     let _cb_coord = coordinator(dir.path(), &ca, &placing_by_hand(&etcd, "coordinator-b"));
     let shards = three_shards(&dir, &etcd, &ca);

@@ -106,7 +106,7 @@ fn loads(cells: &[Value]) -> Option<BTreeMap<String, f64>> {
 fn a_joining_shard_gets_its_share_by_live_migration() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     let _c = coordinator(dir.path(), &ca, &spec(&etcd, "coordinator"));
     let _s1 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-1"));
     let _s2 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-2"));
@@ -289,7 +289,7 @@ const PLAYERS: usize = 6;
 fn crowds_on_one_shard_get_spread_over_shards() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     // Two crowds of busy NPCs are the load; a few players stand among them.
     let world = world_with_busy_crowds(dir.path());
     // First without rebalancing, to measure what the crowds cost.
@@ -522,7 +522,7 @@ fn crowds_on_one_shard_get_spread_over_shards() {
 fn ctl_rebalance_carries_out_its_plan() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     let _c = coordinator(
         dir.path(),
         &ca,

@@ -466,7 +466,7 @@ const LOOPS: [(&str, f32, f32, &[&str]); 4] = [
 fn splitting_a_cell_under_walking_players_and_moving_its_quadrants_keeps_every_entity() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     let _coord = coordinator(
         dir.path(),
         &ca,
@@ -678,8 +678,8 @@ fn splitting_a_cell_under_walking_players_and_moving_its_quadrants_keeps_every_e
 fn killing_the_shard_of_one_quadrant_fails_over_that_quadrant_alone() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
-    let store = persistence(dir.path(), &ca);
+    let ca = ca_init(dir.path(), &etcd);
+    let store = persistence(dir.path(), &ca, &etcd);
     let _coord = coordinator(
         dir.path(),
         &ca,
@@ -887,7 +887,7 @@ fn greeting_count(line: &str) -> u32 {
 fn a_merge_while_a_player_crosses_the_quadrant_border_leaves_one_whole_cell() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     let _coord = coordinator(
         dir.path(),
         &ca,
@@ -1032,7 +1032,7 @@ fn killing_the_leading_coordinator_during_a_split_leaves_one_owner_per_point() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
     let peek = EtcdPeek::connect(&etcd);
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     let spec = |id| CoordinatorSpec::local(&etcd, id).not_rebalancing();
     let mut coords: BTreeMap<String, Role> = BTreeMap::new();
     coords.insert(
@@ -1208,7 +1208,7 @@ fn a_merge_target_that_sees_the_move_and_the_merge_at_once_loses_nothing() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
     let peek = EtcdPeek::connect(&etcd);
-    let ca = ca_init(dir.path());
+    let ca = ca_init(dir.path(), &etcd);
     let _coord = coordinator(
         dir.path(),
         &ca,

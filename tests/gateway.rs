@@ -60,9 +60,10 @@ impl Cluster {
         let started = Instant::now();
         let dir = TestDir::new();
         let etcd = EtcdServer::start();
-        let ca = ca_init(dir.path());
-        let store = persistence(dir.path(), &ca);
-        let auth_svc = with_auth.then(|| auth(dir.path(), &ca, "auth-1", free_udp(), store.addr));
+        let ca = ca_init(dir.path(), &etcd);
+        let store = persistence(dir.path(), &ca, &etcd);
+        let auth_svc =
+            with_auth.then(|| auth(dir.path(), &ca, "auth-1", free_udp(), store.addr, &etcd));
         let auth_addr = auth_svc.as_ref().map(|a| a.addr);
         let coordinator = coordinator(
             dir.path(),
@@ -111,6 +112,12 @@ impl Cluster {
         )
         .unwrap();
         let tls_flags = vec![
+            // 127.0.0.1 stays exempt (the players of most tests); other
+            // loopback addresses are players of their own, capped at 3.
+            "--limit-exempt".to_string(),
+            "127.0.0.1".into(),
+            "--connections-per-address".into(),
+            "3".into(),
             "--telnet-tls".to_string(),
             "127.0.0.1:0".into(),
             "--telnet-tls-cert".into(),
@@ -1369,6 +1376,22 @@ fn login_limits_see_the_players_address_not_the_gateways() {
             .is_some_and(|a| a.contains("Welcome back, Lima.")),
         "Lima from 127.0.0.3 through the gateway: {answer:?}"
     );
+
+    // The gateway caps connections per player address (3 here), the
+    // routers do not count its relayed ones.
+    let crowded: IpAddr = "127.0.0.4".parse().unwrap();
+    let held: Vec<Tn> = (0..3)
+        .map(|_| Tn::open_from(c.gateway.telnet, crowded))
+        .collect();
+    let mut refused = Tn::connect_from(c.gateway.telnet, crowded);
+    let text = refused
+        .read_to_eof(ANSWER_TIMEOUT)
+        .expect("refused and closed");
+    assert!(
+        text.contains("Too many connections from your address (at most 3)"),
+        "{text:?}"
+    );
+    drop(held);
     eprintln!("limits: took {} ms", started.elapsed().as_millis());
 }
 

@@ -37,15 +37,27 @@ impl Cluster {
     fn start(routers: usize, auth_replicas: usize) -> Cluster {
         let dir = TestDir::new();
         let etcd = EtcdServer::start();
-        let ca = ca_init(dir.path());
+        let ca = ca_init(dir.path(), &etcd);
         // Fixed addresses, so that a killed service comes back where the
         // others look for it.
-        let store = persistence_at(dir.path(), &ca, free_udp());
+        let store = persistence_at(dir.path(), &ca, free_udp(), &etcd);
         let auth_addr = free_udp();
         let auths: Vec<ServiceProc> = (1..=auth_replicas)
-            .map(|i| auth(dir.path(), &ca, &format!("auth-{i}"), auth_addr, store.addr))
+            .map(|i| {
+                auth(
+                    dir.path(),
+                    &ca,
+                    &format!("auth-{i}"),
+                    auth_addr,
+                    store.addr,
+                    &etcd,
+                )
+            })
             .collect();
         let chat = service(dir.path(), &ca, "chat", "chat", free_udp(), store.addr, &[]);
+        // It reads the operators (who may upload) from etcd.
+        let etcd_flags = etcd.client_flags(&etcd.client_url());
+        let etcd_flags: Vec<&str> = etcd_flags.iter().map(String::as_str).collect();
         let asset = service(
             dir.path(),
             &ca,
@@ -53,7 +65,7 @@ impl Cluster {
             "asset",
             "127.0.0.1:0".parse().unwrap(),
             store.addr,
-            &[],
+            &etcd_flags,
         );
         let coordinator = coordinator(
             dir.path(),
@@ -420,7 +432,7 @@ fn a_persistence_outage_is_buffered_and_loses_nothing_a_player_saw() {
     // Ann leaves while her record cannot be written.
     assert!(ann.quit().contains("Goodbye"));
 
-    c.store = persistence_at(c.dir.path(), &c.ca, store_addr);
+    c.store = persistence_at(c.dir.path(), &c.ca, store_addr, &c.etcd);
     wait_until(
         "buffered checkpoints to land",
         Duration::from_secs(40),

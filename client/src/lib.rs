@@ -727,6 +727,11 @@ async fn read_msg(
         match recv.read(&mut chunk).await {
             Ok(Some(n)) => buf.extend(&chunk[..n]),
             Ok(None) => return Err(ClientError::Lost("control stream finished".into())),
+            Err(quinn::ReadError::ConnectionLost(why)) => {
+                // Says the server's close code and reason ("too many
+                // connections from your address"), not just "connection lost".
+                return Err(ClientError::Lost(why.to_string()));
+            }
             Err(e) => return Err(ClientError::Lost(e.to_string())),
         }
     }

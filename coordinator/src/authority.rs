@@ -1,12 +1,12 @@
 //! Who may move cells: every migration request carries an [`Authority`], a MAC over the request
 //! by an operator or a cluster member, and nothing moves without a valid one.
 //!
-//! **Keys.** The *cluster key* is derived from the cluster CA's private key (`ca-key.pem`),
-//! which every member already holds to mint its certificate. An operator's key is derived from
-//! the cluster key and the operator's name (`tessera ca operator NAME` writes it to a
-//! credential file): an operator can sign requests, but cannot derive the cluster key or
-//! another operator's key; members can check any operator's signature by deriving the key again.
-//! All MACs are HMAC-SHA256.
+//! **Keys.** Operators sign with their ed25519 key ([`crate::operators`]); the servers check
+//! against the operators' public keys in the cluster store ([`OperatorCache`], read again every
+//! second, so a revoked operator's requests stop within about a second). Members (the
+//! rebalancing coordinator, a draining shard) sign with the *cluster key*, an HMAC-SHA256 key
+//! derived from the cluster CA's private key (`ca-key.pem`), which every member holds today to
+//! mint its certificate (docs/security.md: member identities replace it).
 //!
 //! **What is signed.** The key prefix, the cell, source, target, new epoch, request time and the
 //! signer's name. The epoch makes a replayed request useless: it names an epoch that is no
@@ -19,6 +19,7 @@
 //! client certificates in production, docs/operations.md).
 
 use crate::migration::Migration;
+use crate::operators::{OperatorCache, OperatorKey};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -37,8 +38,6 @@ pub struct Authority {
 pub enum AuthorityError {
     #[error("cannot read the cluster key from {path}: {reason}")]
     ClusterKey { path: PathBuf, reason: String },
-    #[error("operator credential {path}: {reason}")]
-    Credential { path: PathBuf, reason: String },
     #[error("not signed (a migration needs an operator credential or a cluster member's key)")]
     Unsigned,
     #[error("signature by {0} does not verify")]
@@ -76,7 +75,13 @@ fn message(prefix: &str, cell: RegionId, m: &Migration, by: &str) -> Vec<u8> {
 #[derive(Clone)]
 pub struct Signer {
     by: String,
-    key: hmac::Key,
+    key: SignerKey,
+}
+
+#[derive(Clone)]
+enum SignerKey {
+    Member(hmac::Key),
+    Operator(OperatorKey),
 }
 
 impl std::fmt::Debug for Signer {
@@ -86,6 +91,14 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
+    /// Signs as operator `key`.
+    pub fn operator(key: OperatorKey) -> Signer {
+        Signer {
+            by: format!("operator:{}", key.name()),
+            key: SignerKey::Operator(key),
+        }
+    }
+
     pub fn by(&self) -> &str {
         &self.by
     }
@@ -95,26 +108,33 @@ impl Signer {
     }
 
     /// Signs any request's canonical bytes, which must name their protocol
-    /// and include [`Signer::by`] (so a MAC made for one kind of request
+    /// and include [`Signer::by`] (so a signature made for one kind of request
     /// cannot be replayed as another, or as another signer's).
     pub fn sign_bytes(&self, message: &[u8]) -> Authority {
-        let tag = hmac::sign(&self.key, message);
+        let mac = match &self.key {
+            SignerKey::Member(key) => hex(hmac::sign(key, message).as_ref()),
+            SignerKey::Operator(key) => key.sign_bytes(message),
+        };
         Authority {
             by: self.by.clone(),
-            mac: hex(tag.as_ref()),
+            mac,
         }
     }
 }
 
-/// The cluster key: signs as a member, and checks anyone's signature.
+/// What checks a request's authority: the cluster key for members, the operators' public keys
+/// for operators.
 #[derive(Clone)]
 pub struct ClusterKey {
     raw: [u8; 32],
+    operators: OperatorCache,
 }
 
 impl std::fmt::Debug for ClusterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClusterKey(..)")
+        f.debug_struct("ClusterKey")
+            .field("operators", &self.operators)
+            .finish_non_exhaustive()
     }
 }
 
@@ -129,55 +149,31 @@ impl ClusterKey {
         Ok(ClusterKey::from_secret(&pem))
     }
 
-    /// Derives the key from any secret bytes.
+    /// Derives the key from any secret bytes (no operators until
+    /// [`ClusterKey::with_operators`]).
     pub fn from_secret(secret: &[u8]) -> ClusterKey {
         let salt = hmac::Key::new(hmac::HMAC_SHA256, b"tessera cluster key v1");
         let tag = hmac::sign(&salt, secret);
         let mut raw = [0u8; 32];
         raw.copy_from_slice(tag.as_ref());
-        ClusterKey { raw }
+        ClusterKey {
+            raw,
+            operators: OperatorCache::default(),
+        }
     }
 
-    fn operator_raw(&self, name: &str) -> [u8; 32] {
-        let tag = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, &self.raw),
-            format!("operator:{name}").as_bytes(),
-        );
-        let mut raw = [0u8; 32];
-        raw.copy_from_slice(tag.as_ref());
-        raw
+    /// Checks operators' signatures against `operators`.
+    pub fn with_operators(mut self, operators: OperatorCache) -> ClusterKey {
+        self.operators = operators;
+        self
     }
 
     /// A signer for a cluster member (`shard:<id>`, `coordinator:<id>`).
     pub fn member(&self, by: String) -> Signer {
         Signer {
             by,
-            key: hmac::Key::new(hmac::HMAC_SHA256, &self.raw),
+            key: SignerKey::Member(hmac::Key::new(hmac::HMAC_SHA256, &self.raw)),
         }
-    }
-
-    /// The credential of operator `name`.
-    pub fn operator(&self, name: &str) -> OperatorCredential {
-        OperatorCredential {
-            operator: name.to_string(),
-            key: hex(&self.operator_raw(name)),
-        }
-    }
-
-    /// Checks `mac_hex`, an HMAC-SHA256 of `message` by operator `operator` (as made by
-    /// [`OperatorCredential::mac_hex`]), in constant time. For protocols other than migrations
-    /// (such as asset uploads); the message must name its protocol so that a MAC made for one
-    /// cannot be replayed to another.
-    pub fn verify_operator_mac(
-        &self,
-        operator: &str,
-        message: &[u8],
-        mac_hex: &str,
-    ) -> Result<(), AuthorityError> {
-        let by = format!("operator:{operator}");
-        let tag = unhex(mac_hex).ok_or_else(|| AuthorityError::BadSignature(by.clone()))?;
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.operator_raw(operator));
-        hmac::verify(&key, message, &tag).map_err(|_| AuthorityError::BadSignature(by))
     }
 
     /// Checks a request's authority.
@@ -191,101 +187,51 @@ impl ClusterKey {
         self.verify_bytes(auth, &message(prefix, cell, m, &auth.by))
     }
 
+    /// [`ClusterKey::verify`], reading an operator the cached view does not know from the
+    /// store (for checks that may wait: the coordinator's).
+    pub async fn verify_now(
+        &self,
+        prefix: &str,
+        cell: RegionId,
+        m: &Migration,
+    ) -> Result<(), AuthorityError> {
+        let auth = m.authority.as_ref().ok_or(AuthorityError::Unsigned)?;
+        self.verify_bytes_now(auth, &message(prefix, cell, m, &auth.by))
+            .await
+    }
+
+    /// [`ClusterKey::verify_bytes`], reading an operator the cached view does not know from
+    /// the store.
+    pub async fn verify_bytes_now(
+        &self,
+        auth: &Authority,
+        message: &[u8],
+    ) -> Result<(), AuthorityError> {
+        if let Some(name) = auth.by.strip_prefix("operator:") {
+            if self.operators.verify_now(name, message, &auth.mac).await {
+                return Ok(());
+            }
+            return Err(AuthorityError::BadSignature(auth.by.clone()));
+        }
+        self.verify_bytes(auth, message)
+    }
+
     /// Checks `auth` over a request's canonical bytes (made with
     /// `auth.by` in them, as [`Signer::sign_bytes`] requires).
     pub fn verify_bytes(&self, auth: &Authority, message: &[u8]) -> Result<(), AuthorityError> {
-        let key = if let Some(name) = auth.by.strip_prefix("operator:") {
-            hmac::Key::new(hmac::HMAC_SHA256, &self.operator_raw(name))
-        } else if auth.by.starts_with("shard:") || auth.by.starts_with("coordinator:") {
-            hmac::Key::new(hmac::HMAC_SHA256, &self.raw)
-        } else {
-            return Err(AuthorityError::UnknownSigner(auth.by.clone()));
-        };
-        let tag = unhex(&auth.mac).ok_or_else(|| AuthorityError::BadSignature(auth.by.clone()))?;
-        hmac::verify(&key, message, &tag).map_err(|_| AuthorityError::BadSignature(auth.by.clone()))
-    }
-}
-
-/// An operator's credential file (`tessera ca operator NAME`), JSON, readable by its owner only.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct OperatorCredential {
-    pub operator: String,
-    /// The operator's HMAC key, hex.
-    key: String,
-}
-
-impl std::fmt::Debug for OperatorCredential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OperatorCredential")
-            .field("operator", &self.operator)
-            .finish()
-    }
-}
-
-impl OperatorCredential {
-    /// Whether `other` is this same credential (same operator, same key).
-    pub fn matches(&self, other: &OperatorCredential) -> bool {
-        // Without an early exit on the first differing byte.
-        let (a, b) = (self.key.as_bytes(), other.key.as_bytes());
-        self.operator == other.operator
-            && a.len() == b.len()
-            && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
-
-    pub fn signer(&self) -> Result<Signer, AuthorityError> {
-        let raw = self.raw_key()?;
-        Ok(Signer {
-            by: format!("operator:{}", self.operator),
-            key: hmac::Key::new(hmac::HMAC_SHA256, &raw),
-        })
-    }
-
-    /// HMAC-SHA256 of `message` with this operator's key, hex; the cluster checks it with
-    /// [`ClusterKey::verify_operator_mac`].
-    pub fn mac_hex(&self, message: &[u8]) -> Result<String, AuthorityError> {
-        let raw = self.raw_key()?;
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &raw);
-        Ok(hex(hmac::sign(&key, message).as_ref()))
-    }
-
-    fn raw_key(&self) -> Result<Vec<u8>, AuthorityError> {
-        unhex(&self.key)
-            .filter(|k| k.len() == 32)
-            .ok_or_else(|| AuthorityError::Credential {
-                path: PathBuf::new(),
-                reason: "the key is not 64 hex digits".into(),
-            })
-    }
-
-    pub fn load(path: &Path) -> Result<OperatorCredential, AuthorityError> {
-        let err = |reason: String| AuthorityError::Credential {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let cred: OperatorCredential = serde_json::from_slice(&bytes)
-            .map_err(|e| err(format!("not an operator credential: {e}")))?;
-        cred.signer().map_err(|e| err(e.to_string()))?;
-        Ok(cred)
-    }
-
-    /// Writes the credential (mode 0600), refusing to overwrite a file.
-    pub fn save(&self, path: &Path) -> Result<(), AuthorityError> {
-        use std::io::Write;
-        let err = |reason: String| AuthorityError::Credential {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
+        let bad = || AuthorityError::BadSignature(auth.by.clone());
+        if let Some(name) = auth.by.strip_prefix("operator:") {
+            if self.operators.verify(name, message, &auth.mac) {
+                return Ok(());
+            }
+            return Err(bad());
         }
-        let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-        let json = serde_json::to_vec_pretty(self).map_err(|e| err(e.to_string()))?;
-        f.write_all(&json).map_err(|e| err(e.to_string()))
+        if !(auth.by.starts_with("shard:") || auth.by.starts_with("coordinator:")) {
+            return Err(AuthorityError::UnknownSigner(auth.by.clone()));
+        }
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.raw);
+        let tag = unhex(&auth.mac).ok_or_else(bad)?;
+        hmac::verify(&key, message, &tag).map_err(|_| bad())
     }
 }
 
@@ -309,11 +255,20 @@ mod tests {
 
     const CELL: RegionId = RegionId::cell(tessera_proto::CellId::new(-1, 0));
 
+    fn cluster_with(operators: &[&OperatorKey]) -> ClusterKey {
+        ClusterKey::from_secret(b"ca key").with_operators(OperatorCache::fixed(
+            operators
+                .iter()
+                .map(|k| (k.name().to_string(), k.verifying_key())),
+        ))
+    }
+
     #[test]
     fn operators_and_members_sign_and_the_cluster_verifies() {
-        let key = ClusterKey::from_secret(b"ca key");
+        let alice = OperatorKey::generate("alice").unwrap();
+        let key = cluster_with(&[&alice]);
         for signer in [
-            key.operator("alice").signer().unwrap(),
+            Signer::operator(alice.clone()),
             key.member("shard:shard-1".into()),
             key.member("coordinator:c".into()),
         ] {
@@ -326,8 +281,9 @@ mod tests {
 
     #[test]
     fn forged_changed_or_foreign_requests_fail() {
-        let key = ClusterKey::from_secret(b"ca key");
-        let alice = key.operator("alice").signer().unwrap();
+        let alice_key = OperatorKey::generate("alice").unwrap();
+        let key = cluster_with(&[&alice_key]);
+        let alice = Signer::operator(alice_key);
         let mut m = request();
         assert!(matches!(
             key.verify("/t/", CELL, &m),
@@ -352,63 +308,30 @@ mod tests {
         let mut as_member = m.clone();
         as_member.authority.as_mut().unwrap().by = "shard:shard-1".into();
         assert!(key.verify("/t/", CELL, &as_member).is_err());
-        // Another cluster's operator is a stranger.
-        let other = ClusterKey::from_secret(b"another CA").operator("alice");
+        // An operator the cluster does not know (or no longer knows) is a stranger.
+        let stranger = Signer::operator(OperatorKey::generate("alice").unwrap());
         let mut foreign = request();
-        foreign.authority = Some(other.signer().unwrap().sign("/t/", CELL, &foreign));
+        foreign.authority = Some(stranger.sign("/t/", CELL, &foreign));
         assert!(key.verify("/t/", CELL, &foreign).is_err());
+        let mut unknown = request();
+        unknown.authority = Some(
+            Signer::operator(OperatorKey::generate("zed").unwrap()).sign("/t/", CELL, &unknown),
+        );
+        assert!(key.verify("/t/", CELL, &unknown).is_err());
+        // Another cluster's members are strangers too.
+        let other = ClusterKey::from_secret(b"another CA");
+        let mut member = request();
+        member.authority = Some(
+            other
+                .member("shard:shard-1".into())
+                .sign("/t/", CELL, &member),
+        );
+        assert!(key.verify("/t/", CELL, &member).is_err());
         let mut junk = request();
         junk.authority = Some(Authority {
             by: "operator:alice".into(),
             mac: "zz".into(),
         });
         assert!(key.verify("/t/", CELL, &junk).is_err());
-    }
-
-    #[test]
-    fn operator_macs_verify_only_for_that_operator_key_and_message() {
-        let key = ClusterKey::from_secret(b"x");
-        let ann = key.operator("ann");
-        let msg = b"tessera-asset/1|PUT|scripts/a.rhai|abc|1";
-        let mac = ann.mac_hex(msg).unwrap();
-        assert_eq!(mac.len(), 64);
-        key.verify_operator_mac("ann", msg, &mac).unwrap();
-        // Another operator's name, another cluster, a changed message or junk: refused.
-        assert!(key.verify_operator_mac("bob", msg, &mac).is_err());
-        let other = ClusterKey::from_secret(b"y");
-        assert!(other.verify_operator_mac("ann", msg, &mac).is_err());
-        let foreign = other.operator("ann").mac_hex(msg).unwrap();
-        assert!(key.verify_operator_mac("ann", msg, &foreign).is_err());
-        assert!(key
-            .verify_operator_mac("ann", b"tessera-asset/1|PUT|scripts/b.rhai|abc|1", &mac)
-            .is_err());
-        assert!(key.verify_operator_mac("ann", msg, "zz").is_err());
-        assert!(key.verify_operator_mac("ann", msg, &mac[..62]).is_err());
-        let err = key.verify_operator_mac("bob", msg, &mac).unwrap_err();
-        assert!(err.to_string().contains("operator:bob"), "{err}");
-    }
-
-    #[test]
-    fn credentials_round_trip_through_a_private_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("alice.credential");
-        let key = ClusterKey::from_secret(b"ca key");
-        key.operator("alice").save(&path).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o077, 0, "credential readable by others");
-        }
-        assert!(key.operator("alice").save(&path).is_err(), "overwrote");
-        let loaded = OperatorCredential::load(&path).unwrap();
-        let mut m = request();
-        m.authority = Some(loaded.signer().unwrap().sign("/t/", CELL, &m));
-        key.verify("/t/", CELL, &m).unwrap();
-        std::fs::write(dir.path().join("junk"), b"{}").unwrap();
-        let err = OperatorCredential::load(&dir.path().join("junk"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not an operator credential"), "{err}");
     }
 }

@@ -305,10 +305,12 @@ async fn reassign_dead_regions(
 
 /// Reads what the rebalancer plans from: the cell map, the live shards
 /// with their capacities and latest load reports, and the migrations in
-/// flight.
+/// flight. Cordoned (draining) shards are left out; with `key`, only those
+/// whose cordon is signed by an operator or member.
 pub async fn read_cluster_view(
     store: &dyn ClusterStore,
     prefix: &str,
+    key: Option<&crate::authority::ClusterKey>,
 ) -> Result<ClusterView, CoordinatorError> {
     let mut view = ClusterView::default();
     for (id, reg) in live_shards(store, prefix).await? {
@@ -336,9 +338,25 @@ pub async fn read_cluster_view(
     // their own cells are the drain's to move.
     let draining = format!("{prefix}draining/");
     for kv in store.list(&draining).await? {
-        if let Some(id) = kv.key.strip_prefix(&draining) {
-            view.shards.remove(&ShardId::new(id));
+        let Some(id) = kv.key.strip_prefix(&draining) else {
+            continue;
+        };
+        let shard = ShardId::new(id);
+        if let Some(key) = key {
+            let cordon = serde_json::from_slice::<crate::migration::Cordon>(&kv.value);
+            let checked = match &cordon {
+                Ok(c) => c
+                    .verify(key, prefix, &shard)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("not a cordon: {e}")),
+            };
+            if let Err(why) = checked {
+                tracing::warn!(shard = %shard, error = %why, "cordon ignored");
+                continue;
+            }
         }
+        view.shards.remove(&shard);
     }
     for stored in list_trees(store, prefix).await? {
         for (region, owner) in stored.tree.leaves(stored.cell) {
@@ -369,7 +387,7 @@ async fn rebalance(
     rebalancer: &mut Rebalancer,
     blocked: &mut BTreeSet<ShardId>,
 ) -> Result<(), CoordinatorError> {
-    let view = read_cluster_view(store, &config.prefix).await?;
+    let view = read_cluster_view(store, &config.prefix, config.authority.as_ref()).await?;
     let plan = rebalancer.plan(&view, std::time::Instant::now());
     // Say once that a shard cannot be helped, until it is fine again.
     let loads = crate::rebalance::loads(&view, rebalancer.config());
@@ -450,7 +468,7 @@ async fn finish_migrations(
             continue;
         };
         if let Some(key) = &config.authority {
-            if let Err(e) = key.verify(&config.prefix, region, &m) {
+            if let Err(e) = key.verify_now(&config.prefix, region, &m).await {
                 tracing::warn!(region = %region, from = %m.from, to = %m.to, error = %e, "migration request refused");
                 store.delete(&kv.key).await?;
                 continue;
@@ -602,6 +620,13 @@ fn owner_json(shard: &ShardId, epoch: Epoch) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The operator the test coordinators know.
+    fn alice() -> &'static crate::operators::OperatorKey {
+        static ALICE: std::sync::OnceLock<crate::operators::OperatorKey> =
+            std::sync::OnceLock::new();
+        ALICE.get_or_init(|| crate::operators::OperatorKey::generate("alice").unwrap())
+    }
     use crate::membership::{shard_key, ShardRegistration};
     use crate::store::MemStore;
     use crate::CellMap;
@@ -616,7 +641,14 @@ mod tests {
             lease_ttl: Duration::from_millis(600),
             interval: Duration::from_millis(50),
             settle: Duration::from_millis(100),
-            authority: Some(crate::authority::ClusterKey::from_secret(b"test CA key")),
+            authority: Some(
+                crate::authority::ClusterKey::from_secret(b"test CA key").with_operators(
+                    crate::operators::OperatorCache::fixed([(
+                        "alice".to_string(),
+                        alice().verifying_key(),
+                    )]),
+                ),
+            ),
             rebalance: None,
             grid: tessera_proto::Grid::new(64.0),
             min_region_side: 8.0,
@@ -628,7 +660,7 @@ mod tests {
         let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
         register(&store, "s1", Duration::from_secs(60)).await;
         register(&store, "s2", Duration::from_secs(60)).await;
-        let view = read_cluster_view(&*store, "/t/").await.unwrap();
+        let view = read_cluster_view(&*store, "/t/", None).await.unwrap();
         assert_eq!(view.shards.len(), 2);
         // Draining s2 cordons it first, whatever becomes of its cells.
         let key = crate::authority::ClusterKey::from_secret(b"k");
@@ -640,7 +672,7 @@ mod tests {
             &key.member("shard:s2".into()),
         )
         .await;
-        let view = read_cluster_view(&*store, "/t/").await.unwrap();
+        let view = read_cluster_view(&*store, "/t/", None).await.unwrap();
         assert!(
             view.shards.keys().all(|s| s.0 == "s1"),
             "{:?}",
@@ -651,7 +683,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            read_cluster_view(&*store, "/t/")
+            read_cluster_view(&*store, "/t/", None)
                 .await
                 .unwrap()
                 .shards
@@ -662,7 +694,6 @@ mod tests {
 
     #[tokio::test]
     async fn requests_without_a_valid_signature_are_refused() {
-        use crate::authority::ClusterKey;
         use crate::migration::{migration_key, request_move};
         let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
         let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
@@ -678,10 +709,16 @@ mod tests {
         let (cell, owner) = map.all()[0].clone();
         let to = ShardId::new(if owner.owner.0 == "s1" { "s2" } else { "s1" });
         // Signed by an operator of another cluster: deleted, owner unchanged.
-        let stranger = ClusterKey::from_secret(b"another CA").operator("mallory");
-        request_move(&*store, "/t/", cell, &to, &stranger.signer().unwrap())
-            .await
-            .unwrap();
+        let stranger = crate::operators::OperatorKey::generate("mallory").unwrap();
+        request_move(
+            &*store,
+            "/t/",
+            cell,
+            &to,
+            &crate::authority::Signer::operator(stranger),
+        )
+        .await
+        .unwrap();
         let key = migration_key("/t/", cell.into());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while store.get(&key).await.unwrap().is_some() {
@@ -693,10 +730,15 @@ mod tests {
         }
         assert_eq!(map.owner(cell).unwrap(), owner);
         // This cluster's operator: the request stays until a shard takes it.
-        let alice = ClusterKey::from_secret(b"test CA key").operator("alice");
-        request_move(&*store, "/t/", cell, &to, &alice.signer().unwrap())
-            .await
-            .unwrap();
+        request_move(
+            &*store,
+            "/t/",
+            cell,
+            &to,
+            &crate::authority::Signer::operator(alice().clone()),
+        )
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
             store.get(&key).await.unwrap().is_some(),
@@ -900,9 +942,117 @@ mod tests {
         }
     }
 
+    /// Operators as a cluster keeps them: records in the store, vouched for by a CA; the
+    /// coordinator reads them as it runs.
+    #[tokio::test]
+    async fn a_revoked_operator_is_refused_within_seconds_and_forged_cordons_are_ignored() {
+        use crate::authority::{ClusterKey, Signer};
+        use crate::migration::{migration_key, request_move, Cordon};
+        use crate::operators::{OperatorCache, OperatorKey, OperatorRecord, Operators, Voucher};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::transport::ClusterCa::create(dir.path()).unwrap();
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let operators = Operators::in_store(store.clone(), "/t/", vec![ca.cert().clone()]);
+        let bob = OperatorKey::generate("bob").unwrap();
+        let record = OperatorRecord::new("bob", &bob.public_hex(), &Voucher::Ca(&ca)).unwrap();
+        operators.records().put(&record).await.unwrap();
+        let key = ClusterKey::from_secret(b"test CA key")
+            .with_operators(OperatorCache::follow(operators.clone()).await);
+        let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let config = CoordinatorConfig {
+            authority: Some(key.clone()),
+            ..config("a")
+        };
+        tokio::spawn(run(config, store.clone(), async move {
+            let _ = rx.await;
+        }));
+        register(&store, "s1", Duration::from_secs(60)).await;
+        register(&store, "s2", Duration::from_secs(60)).await;
+        let map = CellMap::watch(store.clone(), "/t/").await.unwrap();
+        wait_for("cells placed", || map.all().len() == 8).await;
+        let other = |owner: &ShardId| ShardId::new(if owner.0 == "s1" { "s2" } else { "s1" });
+
+        // Bob's request stands.
+        let (cell, owner) = map.all()[0].clone();
+        let signer = Signer::operator(bob.clone());
+        request_move(&*store, "/t/", cell, &other(&owner.owner), &signer)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let k = migration_key("/t/", cell.into());
+        assert!(store.get(&k).await.unwrap().is_some(), "bob's move dropped");
+        store.delete(&k).await.unwrap();
+
+        // Revoked: within seconds, his next request is deleted unexecuted.
+        let mut record = operators.records().get("bob").await.unwrap().unwrap();
+        record.revoke(&Voucher::Ca(&ca)).unwrap();
+        operators.records().put(&record).await.unwrap();
+        tokio::time::sleep(crate::operators::OPERATOR_REFRESH * 2).await;
+        let (cell, owner) = map.all()[1].clone();
+        request_move(&*store, "/t/", cell, &other(&owner.owner), &signer)
+            .await
+            .unwrap();
+        let k = migration_key("/t/", cell.into());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while store.get(&k).await.unwrap().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a revoked operator's move kept"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(map.owner(cell), Some(owner));
+
+        // A cordon written without a valid signature keeps no shard from the rebalancer; a
+        // member's signed one does.
+        let s1 = ShardId::new("s1");
+        let forged = Cordon {
+            since_unix_ms: crate::migration::now_unix_ms(),
+            by: "operator:mallory".into(),
+            authority: None,
+        };
+        store
+            .put(
+                &crate::migration::draining_key("/t/", &s1),
+                serde_json::to_vec(&forged).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        let view = read_cluster_view(&*store, "/t/", Some(&key)).await.unwrap();
+        assert!(view.shards.contains_key(&s1), "a forged cordon was obeyed");
+        let by_bob = Cordon::new("/t/", &s1, &signer);
+        store
+            .put(
+                &crate::migration::draining_key("/t/", &s1),
+                serde_json::to_vec(&by_bob).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        let view = read_cluster_view(&*store, "/t/", Some(&key)).await.unwrap();
+        assert!(
+            view.shards.contains_key(&s1),
+            "a revoked operator's cordon was obeyed"
+        );
+        let member = Cordon::new("/t/", &s1, &key.member("shard:s1".into()));
+        store
+            .put(
+                &crate::migration::draining_key("/t/", &s1),
+                serde_json::to_vec(&member).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        let view = read_cluster_view(&*store, "/t/", Some(&key)).await.unwrap();
+        assert!(
+            !view.shards.contains_key(&s1),
+            "a signed cordon was ignored"
+        );
+    }
+
     #[tokio::test]
     async fn the_leader_splits_a_region_an_operator_asked_for_and_nothing_else() {
-        use crate::authority::ClusterKey;
         use crate::reshape::{request_split, reshape_key};
         use tessera_proto::RegionId;
         let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
@@ -910,10 +1060,15 @@ mod tests {
         let (cell, owner) = map.all()[0].clone();
         let region = RegionId::cell(cell);
         // Signed by an operator of another cluster: deleted, map unchanged.
-        let mallory = ClusterKey::from_secret(b"another CA").operator("mallory");
-        request_split(&*store, "/t/", region, &mallory.signer().unwrap())
-            .await
-            .unwrap();
+        let mallory = crate::operators::OperatorKey::generate("mallory").unwrap();
+        request_split(
+            &*store,
+            "/t/",
+            region,
+            &crate::authority::Signer::operator(mallory),
+        )
+        .await
+        .unwrap();
         let key = reshape_key("/t/", region);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while store.get(&key).await.unwrap().is_some() {
@@ -943,8 +1098,7 @@ mod tests {
         assert!(store.get(&key).await.unwrap().is_none());
         assert_eq!(map.owner(cell), Some(owner.clone()));
         // A genuine request, replayed after the timeout: refused.
-        let alice = ClusterKey::from_secret(b"test CA key").operator("alice");
-        let signer = alice.signer().unwrap();
+        let signer = crate::authority::Signer::operator(alice().clone());
         let mut old = unsigned.clone();
         old.requested_unix_ms -= crate::reshape::RESHAPE_TIMEOUT_MS + 1_000;
         old.authority = Some(crate::reshape::sign(&signer, "/t/", region, &old));
@@ -974,16 +1128,12 @@ mod tests {
 
     #[tokio::test]
     async fn no_split_goes_below_the_minimum_side() {
-        use crate::authority::ClusterKey;
         use crate::reshape::request_split;
         use tessera_proto::RegionId;
         let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
         let (map, _stop) = leader_with_map(&store).await;
         let (cell, _) = map.all()[0].clone();
-        let signer = ClusterKey::from_secret(b"test CA key")
-            .operator("alice")
-            .signer()
-            .unwrap();
+        let signer = crate::authority::Signer::operator(alice().clone());
         // 64 m -> 32 -> 16 -> 8: three splits; a fourth would make 4 m.
         let mut region = RegionId::cell(cell);
         for _ in 0..3 {
@@ -1004,7 +1154,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_merge_gathers_the_quadrants_on_one_shard_then_merges_them() {
-        use crate::authority::ClusterKey;
         use crate::cellmap::list_trees;
         use crate::migration::{migration_key, Migration, MigrationState};
         use crate::reshape::request_merge;
@@ -1047,10 +1196,7 @@ mod tests {
             .unwrap()
             .unwrap();
         wait_for("map", || map.region_owner(q[1]).is_some()).await;
-        let signer = ClusterKey::from_secret(b"test CA key")
-            .operator("alice")
-            .signer()
-            .unwrap();
+        let signer = crate::authority::Signer::operator(alice().clone());
         let r = request_merge(&*store, "/t/", region, None, &signer)
             .await
             .unwrap();

@@ -20,7 +20,17 @@
 //! Every etcd failure is [`StoreError::Unavailable`], except an unknown or
 //! expired lease, which is [`StoreError::LeaseNotFound`].
 //!
+//! Transport: plain HTTP/2 (`http://`, for development), or TLS
+//! (`https://`) with [`EtcdTls`]: the CA that signed etcd's certificate and
+//! the client certificate etcd checks (`--client-cert-auth`). A connection
+//! that fails is dialled again directly to say why (refused, not TLS, which
+//! side's certificate was rejected); see [`EtcdConnectError`].
+//!
 //! [`CellMap::watch`]: crate::CellMap::watch
+
+mod tls;
+
+pub use tls::{ClientCert, EtcdTls};
 
 use crate::store::{BoxFuture, ClusterStore, Expect, KeyValue, LeaseId, StoreError, WatchEvent};
 use etcd_client::{
@@ -29,6 +39,7 @@ use etcd_client::{
 };
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -38,6 +49,29 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys fetched per range request when listing a prefix; larger prefixes are
 /// read in pages at one revision, so a list is still a consistent snapshot.
 const LIST_PAGE: i64 = 1000;
+
+/// Why [`EtcdStore::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdConnectError {
+    /// Settings that cannot work: no endpoint, an `https://` endpoint
+    /// without TLS settings, TLS settings with an `http://` endpoint.
+    #[error("{0}")]
+    Settings(String),
+    /// A TLS file is missing, unreadable, or not what it should be.
+    #[error("cannot use {what} {}: {reason}", path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// etcd and this client do not agree on TLS: one refused the other's
+    /// certificate, or only one of them speaks TLS. Retrying will not help.
+    #[error("cannot reach etcd at {endpoints}: {reason}")]
+    Tls { endpoints: String, reason: String },
+    /// etcd does not answer (not running, unreachable, no leader).
+    #[error("cannot reach etcd at {endpoints}: {reason}")]
+    Unreachable { endpoints: String, reason: String },
+}
 
 /// The cluster store backed by etcd. Clones share one connection.
 #[derive(Clone)]
@@ -62,58 +96,91 @@ impl fmt::Debug for EtcdStore {
 impl EtcdStore {
     /// Connects to etcd and checks that it answers within `timeout`.
     ///
-    /// `endpoints` are URLs (`http://127.0.0.1:2379`) or `host:port`. Fails
-    /// with `StoreError::Unavailable("cannot reach etcd at <endpoints>: ...")`
-    /// when no endpoint answers. Later requests are each bounded by
-    /// [`DEFAULT_REQUEST_TIMEOUT`] (see [`EtcdStore::with_request_timeout`]).
-    pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<EtcdStore, StoreError> {
-        let shown: Vec<String> = endpoints.iter().map(|e| with_scheme(e)).collect();
-        let unreachable = |reason: String| {
-            StoreError::Unavailable(format!(
-                "cannot reach etcd at {}: {reason}",
-                shown.join(", ")
-            ))
-        };
+    /// `endpoints` are URLs (`https://etcd:2379`, `http://127.0.0.1:2379`)
+    /// or `host:port`, which means `https://` with `tls` and `http://`
+    /// without. With `tls`, every endpoint must be `https://`, and its files
+    /// are read first (an error names the file); without, every endpoint
+    /// must be `http://`. When etcd does not answer, the error says why as
+    /// far as dialling it directly can tell ([`EtcdConnectError`]). Later
+    /// requests are each bounded by [`DEFAULT_REQUEST_TIMEOUT`] (see
+    /// [`EtcdStore::with_request_timeout`]).
+    pub async fn connect(
+        endpoints: &[String],
+        tls: Option<&EtcdTls>,
+        timeout: Duration,
+    ) -> Result<EtcdStore, EtcdConnectError> {
         if endpoints.is_empty() {
-            return Err(StoreError::Unavailable("no etcd endpoints given".into()));
+            return Err(EtcdConnectError::Settings("no etcd endpoints given".into()));
         }
+        let shown: Vec<String> = endpoints
+            .iter()
+            .map(|e| with_scheme(e, tls.is_some()))
+            .collect();
+        for endpoint in &shown {
+            match (endpoint.starts_with("https://"), tls.is_some()) {
+                (true, false) => {
+                    return Err(EtcdConnectError::Settings(format!(
+                        "etcd endpoint {endpoint} is https://, but no CA to check etcd's \
+                         certificate and no client certificate were given"
+                    )))
+                }
+                (false, true) => {
+                    return Err(EtcdConnectError::Settings(format!(
+                        "etcd endpoint {endpoint} is not https://, but TLS settings were given: \
+                         use https://{}",
+                        endpoint
+                            .split_once("://")
+                            .map_or(endpoint.as_str(), |(_, a)| a)
+                    )))
+                }
+                _ => {}
+            }
+        }
+        let tls = tls.map(tls::LoadedTls::load).transpose()?;
+        let unreachable = |reason: String| EtcdConnectError::Unreachable {
+            endpoints: shown.join(", "),
+            reason,
+        };
         // No per-request timeout in the client: it would also apply to the
         // long-lived watch and keep-alive streams. Requests are bounded here
         // instead (`EtcdStore::call`).
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             // Watches on a member without a leader are canceled instead of
             // going silent, so a partitioned reader notices.
             .with_require_leader(true);
+        if let Some(tls) = &tls {
+            options = options.with_tls(tls.options());
+        }
         let client = Client::connect(&shown, Some(options))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         // The client connects lazily: ask for the status to know etcd is there.
         let mut maintenance = client.maintenance_client();
-        match tokio::time::timeout(timeout, maintenance.status()).await {
+        let failure = match tokio::time::timeout(timeout, maintenance.status()).await {
             Ok(Ok(status)) => {
                 tracing::debug!(endpoints = ?shown, version = status.version(), "connected to etcd");
+                None
             }
-            // The client's error for a refused connection is a long debug
-            // dump; a plain TCP connect usually says it in three words.
-            Ok(Err(e)) => {
-                let why = tcp_diagnosis(&shown, timeout).await;
-                return Err(unreachable(if why.is_empty() {
-                    e.to_string()
-                } else {
-                    why
-                }));
-            }
-            Err(_) => {
-                let why = tcp_diagnosis(&shown, timeout).await;
-                let why = if why.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({why})")
-                };
-                return Err(unreachable(format!("no answer within {timeout:?}{why}")));
-            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {timeout:?}")),
+        };
+        if let Some(failure) = failure {
+            // The client's error for a refused connection or a rejected
+            // certificate is a long debug dump, or only a timeout; dialling
+            // etcd directly usually says it in a few words.
+            return Err(match tls::diagnose(&shown, tls.as_ref(), timeout).await {
+                Some((reason, true)) => EtcdConnectError::Tls {
+                    endpoints: shown.join(", "),
+                    reason,
+                },
+                Some((reason, false)) if failure.starts_with("no answer") => {
+                    unreachable(format!("{failure} ({reason})"))
+                }
+                Some((reason, false)) => unreachable(reason),
+                None => unreachable(failure),
+            });
         }
         Ok(EtcdStore {
             client,
@@ -462,37 +529,16 @@ fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-fn with_scheme(endpoint: &str) -> String {
+/// The endpoint as a URL: `https://` (with TLS) or `http://` added where
+/// it has no scheme.
+fn with_scheme(endpoint: &str, tls: bool) -> String {
     if endpoint.contains("://") {
         endpoint.to_string()
+    } else if tls {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     }
-}
-
-/// Why endpoints do not answer, as far as a plain TCP connect can tell
-/// ("Connection refused" is the common case: etcd not running). Empty when
-/// every endpoint accepts TCP connections.
-async fn tcp_diagnosis(endpoints: &[String], timeout: Duration) -> String {
-    let mut reasons = Vec::new();
-    for endpoint in endpoints {
-        let authority = endpoint
-            .split_once("://")
-            .map_or(endpoint.as_str(), |(_, rest)| rest);
-        let authority = authority.split('/').next().unwrap_or(authority);
-        let connect = tokio::net::TcpStream::connect(authority);
-        let reason = match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok(_)) => continue, // reachable: the gRPC layer is what failed
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no TCP connection within {timeout:?}"),
-        };
-        reasons.push(if endpoints.len() == 1 {
-            reason
-        } else {
-            format!("{endpoint}: {reason}")
-        });
-    }
-    reasons.join("; ")
 }
 
 #[cfg(test)]
@@ -509,8 +555,15 @@ mod tests {
 
     #[test]
     fn endpoints_get_a_scheme() {
-        assert_eq!(with_scheme("127.0.0.1:2379"), "http://127.0.0.1:2379");
-        assert_eq!(with_scheme("https://etcd:2379"), "https://etcd:2379");
+        assert_eq!(
+            with_scheme("127.0.0.1:2379", false),
+            "http://127.0.0.1:2379"
+        );
+        assert_eq!(
+            with_scheme("127.0.0.1:2379", true),
+            "https://127.0.0.1:2379"
+        );
+        assert_eq!(with_scheme("https://etcd:2379", false), "https://etcd:2379");
     }
 
     #[tokio::test]
@@ -522,12 +575,16 @@ mod tests {
             .unwrap()
             .port();
         let endpoint = format!("http://127.0.0.1:{port}");
-        let err = EtcdStore::connect(std::slice::from_ref(&endpoint), Duration::from_millis(500))
-            .await
-            .unwrap_err();
+        let err = EtcdStore::connect(
+            std::slice::from_ref(&endpoint),
+            None,
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap_err();
         let msg = err.to_string();
         assert!(
-            matches!(err, StoreError::Unavailable(_))
+            matches!(err, EtcdConnectError::Unreachable { .. })
                 && msg.contains(&format!("cannot reach etcd at {endpoint}: "))
                 && msg.to_lowercase().contains("connection refused"),
             "{msg}"

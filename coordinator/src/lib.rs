@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod etcd;
 pub mod membership;
 pub mod migration;
+pub mod operators;
 pub mod placement;
 pub mod rebalance;
 pub mod reshape;
@@ -23,7 +24,7 @@ pub mod transport;
 
 pub use bus::{Bus, BusError, LocalBus};
 pub use cellmap::{CellMap, CellOwner};
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdConnectError, EtcdStore, EtcdTls};
 pub use store::{ClusterStore, MemStore, StoreError};
 
 /// Default key prefix in the cluster store.

@@ -21,6 +21,7 @@
 
 use crate::authority::{Authority, ClusterKey, Signer};
 use crate::cellmap::CellOwner;
+use crate::operators::OPERATOR_REFRESH;
 use crate::store::{follow, ClusterStore, Expect, Follow, WatchEvent};
 use crate::CoordinatorError;
 use parking_lot::RwLock;
@@ -65,6 +66,61 @@ pub fn draining_key(prefix: &str, shard: &ShardId) -> String {
     format!("{prefix}draining/{shard}")
 }
 
+/// The value of a `draining/<shard>` key: who cordoned the shard, when, and their signature
+/// over [`cordon_message`] (the coordinator ignores a cordon that does not verify).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Cordon {
+    pub since_unix_ms: u64,
+    pub by: String,
+    #[serde(default)]
+    pub authority: Option<Authority>,
+}
+
+/// The bytes a cordon's signer signs.
+pub fn cordon_message(prefix: &str, shard: &ShardId, since_unix_ms: u64, by: &str) -> Vec<u8> {
+    format!("tessera-drain/1|{prefix}|{shard}|{since_unix_ms}|{by}").into_bytes()
+}
+
+impl Cordon {
+    /// A cordon of `shard` by `signer`, now.
+    pub fn new(prefix: &str, shard: &ShardId, signer: &Signer) -> Cordon {
+        let since_unix_ms = now_unix_ms();
+        Cordon {
+            since_unix_ms,
+            by: signer.by().to_string(),
+            authority: Some(signer.sign_bytes(&cordon_message(
+                prefix,
+                shard,
+                since_unix_ms,
+                signer.by(),
+            ))),
+        }
+    }
+
+    /// Checks the signature (reading an operator the cached view does not know).
+    pub async fn verify(
+        &self,
+        key: &ClusterKey,
+        prefix: &str,
+        shard: &ShardId,
+    ) -> Result<(), crate::authority::AuthorityError> {
+        let auth = self
+            .authority
+            .as_ref()
+            .ok_or(crate::authority::AuthorityError::Unsigned)?;
+        if auth.by != self.by {
+            return Err(crate::authority::AuthorityError::BadSignature(
+                auth.by.clone(),
+            ));
+        }
+        key.verify_bytes_now(
+            auth,
+            &cordon_message(prefix, shard, self.since_unix_ms, &self.by),
+        )
+        .await
+    }
+}
+
 pub fn migration_key(prefix: &str, region: RegionId) -> String {
     format!("{prefix}migrations/{region}")
 }
@@ -85,6 +141,10 @@ pub fn now_unix_ms() -> u64 {
 #[derive(Clone, Default)]
 pub struct MigrationBoard {
     entries: Arc<RwLock<HashMap<RegionId, Migration>>>,
+    /// Requests signed by an operator the cached view does not know yet (added a moment
+    /// ago): checked again against the store every [`OPERATOR_REFRESH`] until they verify or
+    /// go away.
+    pending: Arc<RwLock<HashMap<RegionId, Migration>>>,
 }
 
 impl MigrationBoard {
@@ -100,37 +160,104 @@ impl MigrationBoard {
         let dir = format!("{prefix}migrations/");
         let d = dir.clone();
         let p = prefix.to_string();
+        let check = key.clone();
         follow(store, dir, move |f| {
-            let parse = |kv: &crate::store::KeyValue| -> Option<(RegionId, Migration)> {
+            // A request on the board, in `pending` (an operator not known yet), or neither.
+            let parse = |kv: &crate::store::KeyValue| -> Option<(RegionId, Migration, bool)> {
                 let cell = region_under(&kv.key, &d)?;
                 let m: Migration = serde_json::from_slice(&kv.value).ok()?;
-                if let Some(key) = &key {
+                if let Some(key) = &check {
                     if let Err(e) = key.verify(&p, cell, &m) {
+                        let by_operator = m
+                            .authority
+                            .as_ref()
+                            .is_some_and(|a| a.by.starts_with("operator:"));
+                        if by_operator {
+                            return Some((cell, m, false));
+                        }
                         tracing::warn!(cell = %cell, from = %m.from, to = %m.to, error = %e, "migration request ignored");
                         return None;
                     }
                 }
-                Some((cell, m))
+                Some((cell, m, true))
             };
             match f {
                 Follow::Snapshot(kvs) => {
-                    let fresh: HashMap<RegionId, Migration> = kvs.iter().filter_map(parse).collect();
+                    let (mut fresh, mut pending) = (HashMap::new(), HashMap::new());
+                    for (cell, m, ok) in kvs.iter().filter_map(parse) {
+                        if ok {
+                            fresh.insert(cell, m);
+                        } else {
+                            pending.insert(cell, m);
+                        }
+                    }
                     *b.entries.write() = fresh;
+                    *b.pending.write() = pending;
                 }
-                Follow::Event(WatchEvent::Put(kv)) => {
-                    if let Some((cell, m)) = parse(&kv) {
+                Follow::Event(WatchEvent::Put(kv)) => match parse(&kv) {
+                    Some((cell, m, true)) => {
+                        b.pending.write().remove(&cell);
                         b.entries.write().insert(cell, m);
                     }
-                }
+                    Some((cell, m, false)) => {
+                        b.entries.write().remove(&cell);
+                        b.pending.write().insert(cell, m);
+                    }
+                    None => {
+                        if let Some(cell) = region_under(&kv.key, &d) {
+                            b.entries.write().remove(&cell);
+                            b.pending.write().remove(&cell);
+                        }
+                    }
+                },
                 Follow::Event(WatchEvent::Delete { key, .. }) => {
                     if let Some(cell) = region_under(&key, &d) {
                         b.entries.write().remove(&cell);
+                        b.pending.write().remove(&cell);
                     }
                 }
             }
         })
         .await?;
+        if let Some(key) = key {
+            board.recheck_pending(key, prefix.to_string());
+        }
         Ok(board)
+    }
+
+    /// Every [`OPERATOR_REFRESH`], checks the pending requests against the store again and
+    /// puts those that verify on the board (until the board is dropped).
+    fn recheck_pending(&self, key: ClusterKey, prefix: String) {
+        let weak = Arc::downgrade(&self.pending);
+        let entries = Arc::downgrade(&self.entries);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(OPERATOR_REFRESH).await;
+                let (Some(pending), Some(entries)) = (weak.upgrade(), entries.upgrade()) else {
+                    return;
+                };
+                let waiting: Vec<(RegionId, Migration)> = pending
+                    .read()
+                    .iter()
+                    .map(|(c, m)| (*c, m.clone()))
+                    .collect();
+                for (cell, m) in waiting {
+                    match key.verify_now(&prefix, cell, &m).await {
+                        Ok(()) => {
+                            let mut p = pending.write();
+                            // Unless the request changed meanwhile.
+                            if p.get(&cell) == Some(&m) {
+                                p.remove(&cell);
+                                entries.write().insert(cell, m);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(cell = %cell, error = %e, "migration request still not verified");
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Sets an entry directly (tests, single-process use).
@@ -288,11 +415,11 @@ pub async fn drain(
 ) -> Result<usize, DrainError> {
     let deadline = tokio::time::Instant::now() + timeout;
     // Cordon first, so the rebalancer does not hand the shard cells back.
-    let since = serde_json::json!({ "since_unix_ms": now_unix_ms(), "by": signer.by() });
+    let cordon = Cordon::new(prefix, shard, signer);
     store
         .put(
             &draining_key(prefix, shard),
-            since.to_string().into_bytes(),
+            serde_json::to_vec(&cordon).expect("a cordon serializes"),
             None,
         )
         .await

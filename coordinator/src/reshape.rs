@@ -96,7 +96,7 @@ pub fn sign(signer: &Signer, prefix: &str, region: RegionId, r: &Reshape) -> Aut
     signer.sign_bytes(&message(prefix, region, r, signer.by()))
 }
 
-pub fn verify(
+pub async fn verify(
     key: &ClusterKey,
     prefix: &str,
     region: RegionId,
@@ -106,7 +106,8 @@ pub fn verify(
         .authority
         .as_ref()
         .ok_or(crate::authority::AuthorityError::Unsigned)?;
-    key.verify_bytes(auth, &message(prefix, region, r, &auth.by))
+    key.verify_bytes_now(auth, &message(prefix, region, r, &auth.by))
+        .await
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -326,7 +327,7 @@ pub async fn carry_out(
         Ok::<Progress, CoordinatorError>(Progress::Dropped(why))
     };
     if let Some(key) = key {
-        if let Err(e) = verify(key, prefix, region, r) {
+        if let Err(e) = verify(key, prefix, region, r).await {
             return drop(format!("refused: {e}")).await;
         }
     }

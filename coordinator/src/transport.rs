@@ -120,6 +120,36 @@ impl ClusterCa {
         }
     }
 
+    /// The CA's certificate.
+    pub fn cert(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// Signs `message` with the CA's key (ECDSA P-256, SHA-256, ASN.1): how
+    /// the first operator of a cluster is vouched for
+    /// ([`crate::operators`]). Anyone with the CA certificate checks it.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, TransportError> {
+        use rcgen::SigningKey;
+        self.key
+            .sign(message)
+            .map_err(|e| TransportError::Tls(format!("signing with the CA key: {e}")))
+    }
+
+    /// The CA certificate in `dir` (`ca-cert.pem`), without its key: what a
+    /// server needs to check signatures by the CA.
+    pub fn load_cert(dir: &Path) -> Result<CertificateDer<'static>, TransportError> {
+        let err = |reason: String| TransportError::Ca {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let cert_pem = std::fs::read_to_string(dir.join("ca-cert.pem")).map_err(|e| {
+            err(format!(
+                "ca-cert.pem: {e} (create one with `tessera ca init`)"
+            ))
+        })?;
+        rustls_pemfile_cert(&cert_pem).map_err(err)
+    }
+
     /// A fresh member identity (key and certificate signed by this CA).
     pub fn member(&self, member: &str) -> Result<MemberIdentity, TransportError> {
         let tls = |e: rcgen::Error| TransportError::Tls(e.to_string());

@@ -1,5 +1,6 @@
 //! The cluster-store conformance suite against a real etcd (Debian's
-//! `etcd-server`, started on free loopback ports), plus what only a real
+//! `etcd-server`, started on free loopback ports, reached over TLS with a
+//! client certificate as in a deployment), plus what only a real
 //! server can show: a watch closes when etcd dies, and the same store works
 //! again once etcd is back.
 //!
@@ -20,7 +21,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_store_conforms() {
     let etcd = EtcdServer::start();
-    let store = EtcdStore::connect(&etcd.endpoints(), CONNECT_TIMEOUT)
+    let store = EtcdStore::connect(&etcd.endpoints(), Some(&etcd.tls()), CONNECT_TIMEOUT)
         .await
         .expect("connect to the test etcd");
     let paged = store.clone().with_list_page(2);
@@ -32,7 +33,7 @@ async fn etcd_store_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_closes_when_etcd_dies_and_the_store_recovers() {
     let mut etcd = EtcdServer::start();
-    let store = EtcdStore::connect(&etcd.endpoints(), CONNECT_TIMEOUT)
+    let store = EtcdStore::connect(&etcd.endpoints(), Some(&etcd.tls()), CONNECT_TIMEOUT)
         .await
         .expect("connect to the test etcd")
         .with_request_timeout(Duration::from_secs(2));
@@ -92,7 +93,7 @@ async fn cell_map_and_directory_resync_after_an_etcd_restart() {
 
     let mut etcd = EtcdServer::start();
     let store: Arc<dyn ClusterStore> = Arc::new(
-        EtcdStore::connect(&etcd.endpoints(), CONNECT_TIMEOUT)
+        EtcdStore::connect(&etcd.endpoints(), Some(&etcd.tls()), CONNECT_TIMEOUT)
             .await
             .expect("connect")
             .with_request_timeout(Duration::from_secs(2)),
@@ -176,7 +177,7 @@ async fn a_split_cell_tree_round_trips_through_etcd() {
 
     let etcd = EtcdServer::start();
     let store: Arc<dyn ClusterStore> = Arc::new(
-        EtcdStore::connect(&etcd.endpoints(), CONNECT_TIMEOUT)
+        EtcdStore::connect(&etcd.endpoints(), Some(&etcd.tls()), CONNECT_TIMEOUT)
             .await
             .expect("connect"),
     );

@@ -25,6 +25,7 @@ use routers::RouterSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tessera_router::caps::AddressCaps;
 use tessera_router::telnet_gateway;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -46,6 +47,11 @@ pub struct GatewayConfig {
     /// How long a player whose router stopped or was lost waits for
     /// another one before the gateway gives up on them.
     pub resume_within: Duration,
+    /// Connections one client address (IPv6: /64) may hold at once (0: no
+    /// cap).
+    pub connections_per_address: usize,
+    /// Addresses that cap leaves alone (loopback by default).
+    pub limit_exempt: tessera_auth::AddressSet,
 }
 
 impl GatewayConfig {
@@ -58,6 +64,8 @@ impl GatewayConfig {
             login_timeout: tessera_router::LOGIN_TIMEOUT,
             drain_timeout: Duration::from_secs(3600),
             resume_within: Duration::from_secs(30),
+            connections_per_address: tessera_router::caps::CONNECTIONS_PER_ADDRESS,
+            limit_exempt: tessera_auth::AddressSet::default(),
         }
     }
 }
@@ -87,6 +95,8 @@ pub struct Gateway {
     phase: watch::Sender<Phase>,
     /// The world's name, from the newest router welcome.
     world_name: Mutex<String>,
+    /// Open connections per client address.
+    caps: Arc<AddressCaps>,
 }
 
 impl Gateway {
@@ -95,7 +105,9 @@ impl Gateway {
         routers: RouterSet,
         endpoint: quinn::Endpoint,
     ) -> Arc<Gateway> {
+        let caps = AddressCaps::new(config.connections_per_address, config.limit_exempt.clone());
         Arc::new(Gateway {
+            caps,
             config,
             routers,
             endpoint,
@@ -200,6 +212,19 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let transport = if tls.is_some() {
+                    "telnet-tls"
+                } else {
+                    "telnet"
+                };
+                let Some(address_slot) = gateway.caps.admit(peer.ip(), transport) else {
+                    tokio::spawn(telnet_gateway::refuse_over_cap(
+                        stream,
+                        tls.is_none(),
+                        gateway.caps.per_address(),
+                    ));
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let n = gateway.connections.fetch_add(1, Ordering::Relaxed) + 1;
                 metrics::gauge!("tessera_gateway_connections").increment(1.0);
@@ -207,7 +232,7 @@ async fn accept_loop(
                 let gw = gateway.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _slot = slot;
+                    let _slot = (slot, address_slot);
                     let (input, out) = match tls {
                         None => telnet_gateway::plain(stream),
                         Some(acceptor) => {

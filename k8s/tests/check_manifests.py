@@ -7,7 +7,10 @@
    FoundationDBCluster against k8s/crds/foundationdbcluster-v1beta2.schema.json.
 3. The rules a rollout depends on (probes, requests and limits, the shard
    drain and its grace period, the telnet gateway's drain and its grace
-   period, the router and telnet Services, arm64 placement, ...).
+   period, the router and telnet Services, arm64 placement, ...), and
+   etcd's: TLS with client certificates for clients and peers, every role
+   that uses it showing the client certificate, a NetworkPolicy that
+   admits exactly those roles.
 4. Every flag a container passes is one `tessera <role> --help` lists
    (when target/debug/tessera is built; scripts/test.sh builds it first).
    The world ConfigMap's files match worlds/default; the Grafana dashboard
@@ -245,6 +248,96 @@ def rule_errors(objs, overlay, drain_measured_s):
             errs.append(f"etcd: {etcd['spec'].get('replicas')} replicas but {members} in ETCD_INITIAL_CLUSTER")
         if not etcd["spec"].get("volumeClaimTemplates"):
             errs.append("etcd: no persistent volumes")
+    errs += etcd_tls_errors(objs, by)
+    return errs
+
+
+ETCD_CLIENT_SECRET = "tessera-etcd-client"
+ETCD_CLIENT_FILES = {"--etcd-ca": "ca.pem", "--etcd-cert": "client.pem", "--etcd-key": "client-key.pem"}
+
+
+def etcd_tls_errors(objs, by):
+    """etcd over TLS: etcd serves clients and peers only with certificates
+    its CA signed, every role that passes --etcd shows the client
+    certificate of the Secret tessera-etcd-client over https://, and the
+    NetworkPolicy admits exactly those roles to the client port."""
+    errs = []
+    users = set()
+    for o in objs:
+        if o["kind"] not in WORKLOADS:
+            continue
+        spec = pod_spec(o)
+        for c in spec.get("containers", []):
+            if arg_value(c, "--etcd") is None:
+                continue
+            users.add(o["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/name"))
+            for flag, key in ETCD_CLIENT_FILES.items():
+                path = arg_value(c, flag)
+                if path is None:
+                    errs.append(f"{name_of(o)}: passes --etcd without {flag} (etcd takes TLS clients only)")
+                elif mounted_secret_key(spec, c, path) != (ETCD_CLIENT_SECRET, key):
+                    errs.append(f"{name_of(o)}: {flag} {path} is not {key} of the Secret {ETCD_CLIENT_SECRET}")
+    for o in objs:
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("tessera-config"):
+            for url in o.get("data", {}).get("TESSERA_ETCD", "").split(","):
+                if url and not url.startswith("https://"):
+                    errs.append(f"{name_of(o)}: TESSERA_ETCD endpoint {url} is not https://")
+    etcd = by.get(("StatefulSet", "etcd"))
+    if etcd is None:
+        return errs
+    c = pod_spec(etcd)["containers"][0]
+    env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
+    for var in ("ETCD_CLIENT_CERT_AUTH", "ETCD_PEER_CLIENT_CERT_AUTH"):
+        if env.get(var) != "true":
+            errs.append(f"etcd: {var} is not true (it would take any client)")
+    for var in ("ETCD_LISTEN_CLIENT_URLS", "ETCD_ADVERTISE_CLIENT_URLS", "ETCD_LISTEN_PEER_URLS",
+                "ETCD_INITIAL_ADVERTISE_PEER_URLS", "ETCD_INITIAL_CLUSTER"):
+        if "http://" in env.get(var, "http://"):
+            errs.append(f"etcd: {var} is not https:// only")
+    for var in ("ETCD_CERT_FILE", "ETCD_KEY_FILE", "ETCD_TRUSTED_CA_FILE",
+                "ETCD_PEER_CERT_FILE", "ETCD_PEER_KEY_FILE", "ETCD_PEER_TRUSTED_CA_FILE"):
+        if not env.get(var):
+            errs.append(f"etcd: no {var}")
+        elif mounted_secret_key(pod_spec(etcd), c, env[var]) is None:
+            errs.append(f"etcd: {var} {env[var]} is no file of a mounted Secret")
+    probe = c.get("readinessProbe", {}).get("httpGet", {})
+    if probe and probe.get("port") in ("client", 2379):
+        errs.append("etcd: the readiness probe asks the client port, which wants a client certificate")
+    policy = by.get(("NetworkPolicy", "etcd"))
+    if policy is None:
+        return errs + ["etcd: no NetworkPolicy (any pod could reach its client and peer ports)"]
+    if policy["spec"].get("podSelector", {}).get("matchLabels") != {"app.kubernetes.io/name": "etcd"}:
+        errs.append("NetworkPolicy/etcd: does not select the etcd pods")
+    if "Ingress" not in policy["spec"].get("policyTypes", []):
+        errs.append("NetworkPolicy/etcd: does not restrict ingress")
+    admitted = {}
+    for rule in policy["spec"].get("ingress", []):
+        names = set()
+        for peer in rule.get("from", [{}]):
+            if set(peer) != {"podSelector"}:
+                names.add("*")
+                continue
+            sel = peer["podSelector"]
+            name = sel.get("matchLabels", {}).get("app.kubernetes.io/name")
+            if name:
+                names.add(name)
+            for e in sel.get("matchExpressions", []):
+                if e.get("key") == "app.kubernetes.io/name" and e.get("operator") == "In":
+                    names.update(e.get("values", []))
+            if not name and not sel.get("matchExpressions"):
+                names.add("*")
+        for port in rule.get("ports", [{"port": "*"}]):
+            admitted.setdefault(port.get("port"), set()).update(names)
+    for port, who in admitted.items():
+        if port == "*":
+            errs.append("NetworkPolicy/etcd: a rule admits every port")
+    if admitted.get("client", set()) != users:
+        errs.append(
+            f"NetworkPolicy/etcd: the client port admits {sorted(admitted.get('client', set()))}, "
+            f"not the roles that use etcd {sorted(users)}"
+        )
+    if admitted.get("peer", set()) != {"etcd"}:
+        errs.append(f"NetworkPolicy/etcd: the peer port admits {sorted(admitted.get('peer', set()))}, not etcd only")
     return errs
 
 
@@ -561,6 +654,17 @@ def self_tests(good_objs, exported):
     expect("a workload without the arm64 nodeSelector", with_change(
         lambda b: b[("Deployment", "chat")]["spec"]["template"]["spec"].pop("nodeSelector")))
     expect("a grace period under the measured drain", rule_errors(good_objs, "production", 200.0))
+    expect("a shard reaching etcd without a client certificate", with_change(
+        lambda b: shard_c(b).update(args=[a for a in shard_c(b)["args"] if not a.startswith("--etcd-cert")])))
+    expect("an etcd that takes clients without certificates", with_change(
+        lambda b: b[("StatefulSet", "etcd")]["spec"]["template"]["spec"]["containers"][0]["env"].append(
+            {"name": "ETCD_CLIENT_CERT_AUTH", "value": "false"})))
+    expect("an etcd client port open to the chat service", with_change(
+        lambda b: b[("NetworkPolicy", "etcd")]["spec"]["ingress"][0]["from"][0]["podSelector"]
+        ["matchExpressions"][0]["values"].append("chat")))
+    expect("an etcd client port closed to the telnet gateway", with_change(
+        lambda b: b[("NetworkPolicy", "etcd")]["spec"]["ingress"][0]["from"][0]["podSelector"]
+        ["matchExpressions"][0]["values"].remove("telnet-gateway")))
     expect("a dashboard querying an unknown metric", dashboard_errors(
         {"panels": [{"title": "tick players cells migrations hand-offs",
                      "targets": [{"expr": "rate(tessera_shard_imaginary_total[1m])"}]}]}, exported))

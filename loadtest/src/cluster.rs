@@ -5,11 +5,17 @@ use crate::stats::{ClusterEvent, Stats};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tessera_coordinator::EtcdStore;
+use tessera_coordinator::{EtcdStore, EtcdTls};
 
 /// Records every owner change of a cell until `deadline`.
-pub(crate) async fn watch(etcd: Vec<String>, prefix: String, stats: Arc<Stats>, deadline: Instant) {
-    let store = match EtcdStore::connect(&etcd, Duration::from_secs(3)).await {
+pub(crate) async fn watch(
+    etcd: Vec<String>,
+    tls: Option<EtcdTls>,
+    prefix: String,
+    stats: Arc<Stats>,
+    deadline: Instant,
+) {
+    let store = match EtcdStore::connect(&etcd, tls.as_ref(), Duration::from_secs(3)).await {
         Ok(s) => s,
         Err(e) => {
             stats.error(format!("etcd: {e}"));

@@ -98,6 +98,8 @@ pub struct SwarmConfig {
     pub thresholds: Thresholds,
     /// etcd endpoints and key prefix, to record cell owners during the run.
     pub etcd: Vec<String>,
+    /// How to reach etcd over TLS (with `https://` endpoints).
+    pub etcd_tls: Option<tessera_coordinator::EtcdTls>,
     pub prefix: String,
     /// Draw a progress bar (else print a line every 5 s).
     pub progress: bool,
@@ -289,6 +291,7 @@ pub async fn run(config: SwarmConfig) -> Result<Report, SwarmError> {
     } else {
         Some(tokio::spawn(cluster::watch(
             config.etcd.clone(),
+            config.etcd_tls.clone(),
             config.prefix.clone(),
             stats.clone(),
             ctx.deadline,
@@ -405,6 +408,7 @@ mod tests {
             cell_size: 64.0,
             thresholds: Thresholds::default(),
             etcd: Vec::new(),
+            etcd_tls: None,
             prefix: "/tessera/".into(),
             progress: false,
             command: String::new(),

@@ -6,6 +6,7 @@
 //! Both gateways share one session model ([`session::Player`]), so a text
 //! player and a 3D player are the same thing to the rest of the cluster.
 
+pub mod caps;
 pub mod chat;
 pub mod command;
 pub mod dialogue;
@@ -100,6 +101,13 @@ pub struct RouterConfig {
     /// closed (telnet and QUIC; relayed text players excepted: their
     /// gateway keeps its own deadline).
     pub login_timeout: Duration,
+    /// Connections one client address (IPv6: /64) may hold at once over
+    /// telnet and QUIC together (0: no cap; relayed text players are
+    /// capped by their gateway).
+    pub connections_per_address: usize,
+    /// Addresses the per-address connection cap leaves alone (loopback by
+    /// default, for local bot swarms).
+    pub limit_exempt: tessera_auth::AddressSet,
 }
 
 /// The telnet-over-TLS port (docs/operations.md, "Telnet over TLS").
@@ -131,6 +139,8 @@ impl RouterConfig {
             relay_ca: None,
             telnet_tls: None,
             login_timeout: LOGIN_TIMEOUT,
+            connections_per_address: caps::CONNECTIONS_PER_ADDRESS,
+            limit_exempt: tessera_auth::AddressSet::default(),
         }
     }
 }
@@ -214,6 +224,8 @@ pub struct Router {
     /// local speech is refused here too (`Player::say`).
     mutes: Mutex<HashMap<PlayerId, u64>>,
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Open connections per client address.
+    pub caps: Arc<caps::AddressCaps>,
 }
 
 struct SessionEntry {
@@ -245,7 +257,10 @@ impl Router {
             None => (None, None),
         };
         let grid = Grid::new(world.cell_size);
+        let caps =
+            caps::AddressCaps::new(config.connections_per_address, config.limit_exempt.clone());
         Arc::new(Router {
+            caps,
             config,
             world,
             grid,

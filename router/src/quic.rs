@@ -24,6 +24,9 @@ pub const CLOSE_NORMAL: u32 = 0;
 pub const CLOSE_PROTOCOL: u32 = 1;
 pub const CLOSE_VERSION: u32 = 2;
 pub const CLOSE_FULL: u32 = 3;
+/// The client's address holds its cap of connections already
+/// (`RouterConfig::connections_per_address`).
+pub const CLOSE_TOO_MANY: u32 = 5;
 pub use tessera_proto::msg::CLOSE_RESTART;
 
 /// Text answers are cut to fit one control frame (a `who` of thousands of
@@ -57,6 +60,23 @@ pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
                 }
             };
             let peer = conn.remote_address();
+            // Cluster members (telnet gateways relaying many players) are
+            // not capped by address: their gateway caps each player's.
+            let member = r.config.relay_ca.is_some() && conn.peer_identity().is_some();
+            let _slot = if member {
+                None
+            } else {
+                match r.caps.admit(peer.ip(), "quic") {
+                    Some(slot) => Some(slot),
+                    None => {
+                        conn.close(
+                            CLOSE_TOO_MANY.into(),
+                            b"too many connections from your address",
+                        );
+                        return;
+                    }
+                }
+            };
             let Some((session, events)) = r.open_session() else {
                 conn.close(CLOSE_FULL.into(), b"server full; try again later");
                 return;

@@ -34,7 +34,7 @@ pub async fn login(
     from: IpAddr,
 ) -> Result<Session, AuthError> {
     let mut session = if create {
-        router.accounts.create(name, password).await?
+        router.accounts.create(name, password, from).await?
     } else {
         router.accounts.login(name, password, from).await?
     };

@@ -116,7 +116,21 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let r = router.clone();
                 let tls = tls.clone();
+                let transport = if tls.is_some() {
+                    "telnet-tls"
+                } else {
+                    "telnet"
+                };
+                let Some(slot) = router.caps.admit(peer.ip(), transport) else {
+                    tokio::spawn(refuse_over_cap(
+                        stream,
+                        tls.is_none(),
+                        router.caps.per_address(),
+                    ));
+                    continue;
+                };
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let _ = stream.set_nodelay(true);
                     let (input, out) = match tls {
                         None => plain(stream),
@@ -136,6 +150,17 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Closes a connection over its address's cap, telling a plain-telnet
+/// client why (a TLS client is not sent cleartext; it sees the close).
+pub async fn refuse_over_cap(mut stream: tokio::net::TcpStream, plain: bool, per_address: usize) {
+    if plain {
+        let text = crate::caps::refusal_text(per_address);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), stream.write_all(text.as_bytes())).await;
+    }
+    let _ = stream.shutdown().await;
 }
 
 struct Connection {

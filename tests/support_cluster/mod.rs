@@ -16,13 +16,14 @@
 #![allow(dead_code)]
 
 use crate::common::{metric_samples, scrape, TelnetClient, Where};
-use crate::etcd::EtcdServer;
+use crate::etcd::{tls_flags, EtcdServer};
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tessera_coordinator::EtcdTls;
 
 pub const WORLD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/worlds/default");
 pub const PW: &str = "correct-horse";
@@ -202,9 +203,23 @@ impl Drop for Role {
     }
 }
 
-/// `tessera ca init DIR/ca`, and an operator credential next to it
-/// ([`operator_credential`]). Every role of the cluster is given this CA.
-pub fn ca_init(dir: &Path) -> PathBuf {
+/// `tessera ca init DIR/ca`, and an operator ("ops") whose key pair the CA
+/// vouches for in `etcd` (its credential next to the CA directory:
+/// [`operator_credential`]). Every role of the cluster is given this CA.
+pub fn ca_init(dir: &Path, etcd: &EtcdServer) -> PathBuf {
+    let mut flags = etcd.client_flags(&etcd.client_url());
+    flags.push("--prefix".into());
+    flags.push("/tessera/".into());
+    ca_init_with(dir, &flags)
+}
+
+/// [`ca_init`] for a CA no cluster uses: its operator is a file in
+/// `DIR/ca/operators/` (a stranger's, for tests of refusals).
+pub fn ca_init_offline(dir: &Path) -> PathBuf {
+    ca_init_with(dir, &[])
+}
+
+fn ca_init_with(dir: &Path, store_flags: &[String]) -> PathBuf {
     let ca = dir.join("ca");
     let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["ca", "init"])
@@ -213,15 +228,19 @@ pub fn ca_init(dir: &Path) -> PathBuf {
         .status()
         .expect("tessera ca init");
     assert!(status.success(), "tessera ca init {}", ca.display());
-    let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["ca", "operator", "ops", "--cluster-ca"])
         .arg(&ca)
         .arg("--out")
         .arg(operator_credential(&ca))
-        .stdout(Stdio::null())
-        .status()
+        .args(store_flags)
+        .output()
         .expect("tessera ca operator");
-    assert!(status.success());
+    assert!(
+        out.status.success(),
+        "tessera ca operator: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ca
 }
 
@@ -230,17 +249,24 @@ pub fn operator_credential(ca: &Path) -> PathBuf {
     ca.with_file_name("ops.credential")
 }
 
-/// `role --etcd URL --world W --metrics IP:0`.
-pub fn common_args(etcd_url: &str, role: &str, metrics_ip: IpAddr, world: &str) -> Vec<String> {
-    vec![
-        role.into(),
-        "--etcd".into(),
-        etcd_url.into(),
+/// `role --etcd URL --etcd-ca F --etcd-cert F --etcd-key F --world W
+/// --metrics IP:0`.
+pub fn common_args(
+    etcd_url: &str,
+    etcd_tls: &EtcdTls,
+    role: &str,
+    metrics_ip: IpAddr,
+    world: &str,
+) -> Vec<String> {
+    let mut args = vec![role.into(), "--etcd".into(), etcd_url.into()];
+    args.extend(tls_flags(etcd_tls));
+    args.extend([
         "--world".into(),
         world.into(),
         "--metrics".into(),
         SocketAddr::new(metrics_ip, 0).to_string(),
-    ]
+    ]);
+    args
 }
 
 /// The flags of a cluster member (shard or router): the CA, a cluster bus
@@ -271,6 +297,8 @@ pub struct CoordinatorSpec<'a> {
     pub id: &'a str,
     /// The etcd URL it uses.
     pub etcd_url: String,
+    /// The CA and client certificate it reaches etcd with.
+    pub etcd_tls: EtcdTls,
     /// How long it waits after the first shard registers before placing
     /// cells.
     pub settle_ms: u64,
@@ -293,6 +321,7 @@ impl<'a> CoordinatorSpec<'a> {
         CoordinatorSpec {
             id,
             etcd_url: etcd.client_url(),
+            etcd_tls: etcd.tls(),
             settle_ms: 1000,
             lease_ttl_secs: Some(2),
             rebalance: true,
@@ -314,7 +343,13 @@ impl<'a> CoordinatorSpec<'a> {
 /// CA `ca`, which checks who signed each migration request.
 pub fn coordinator(dir: &Path, ca: &Path, spec: &CoordinatorSpec) -> Role {
     let id = spec.id;
-    let mut args = common_args(&spec.etcd_url, "coordinator", LOCALHOST, &spec.world);
+    let mut args = common_args(
+        &spec.etcd_url,
+        &spec.etcd_tls,
+        "coordinator",
+        LOCALHOST,
+        &spec.world,
+    );
     args.extend([
         "--id".into(),
         id.into(),
@@ -345,13 +380,19 @@ pub struct PersistenceProc {
 /// `dir/persistence-data`; only members with certificates from `ca` may
 /// connect. Give its address to shards and routers
 /// ([`ShardSpec::persistence`], [`RouterSpec::persistence`]).
-pub fn persistence(dir: &Path, ca: &Path) -> PersistenceProc {
-    persistence_at(dir, ca, "127.0.0.1:0".parse().expect("an address"))
+/// It reads the operators (who may back up and restore) from `etcd`.
+pub fn persistence(dir: &Path, ca: &Path, etcd: &EtcdServer) -> PersistenceProc {
+    persistence_at(dir, ca, "127.0.0.1:0".parse().expect("an address"), etcd)
 }
 
 /// [`persistence`] on `listen` (to restart it on the same address).
-pub fn persistence_at(dir: &Path, ca: &Path, listen: SocketAddr) -> PersistenceProc {
-    let args: Vec<String> = vec![
+pub fn persistence_at(
+    dir: &Path,
+    ca: &Path,
+    listen: SocketAddr,
+    etcd: &EtcdServer,
+) -> PersistenceProc {
+    let mut args: Vec<String> = vec![
         "persistence".into(),
         "--cluster-ca".into(),
         ca.display().to_string(),
@@ -362,6 +403,7 @@ pub fn persistence_at(dir: &Path, ca: &Path, listen: SocketAddr) -> PersistenceP
         "--metrics".into(),
         "127.0.0.1:0".into(),
     ];
+    args.extend(etcd.client_flags(&etcd.client_url()));
     let mut role = Role::start(dir, "persistence", &args);
     let addr = role.addr_after("persistence listening on ");
     PersistenceProc { role, addr }
@@ -417,23 +459,20 @@ pub fn service(
 
 /// `tessera auth` replica `name` on `listen`, sharing the port with other
 /// replicas (`--reuse-port`) and the signing key `dir/auth-signing.key`.
+/// It reads the operators (who may change roles) from `etcd`.
 pub fn auth(
     dir: &Path,
     ca: &Path,
     name: &str,
     listen: SocketAddr,
     store: SocketAddr,
+    etcd: &EtcdServer,
 ) -> ServiceProc {
     let key = dir.join("auth-signing.key").display().to_string();
-    service(
-        dir,
-        ca,
-        "auth",
-        name,
-        listen,
-        store,
-        &["--reuse-port", "--signing-key", &key],
-    )
+    let mut extra = vec!["--reuse-port".to_string(), "--signing-key".into(), key];
+    extra.extend(etcd.client_flags(&etcd.client_url()));
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    service(dir, ca, "auth", name, listen, store, &extra)
 }
 
 /// Where and how a shard runs.
@@ -442,6 +481,8 @@ pub struct ShardSpec<'a> {
     pub lease_ttl_secs: u64,
     /// The etcd URL it uses.
     pub etcd_url: String,
+    /// The CA and client certificate it reaches etcd with.
+    pub etcd_tls: EtcdTls,
     /// The address its cluster bus and metrics listen on.
     pub ip: IpAddr,
     pub netns: Option<&'a str>,
@@ -461,6 +502,7 @@ impl<'a> ShardSpec<'a> {
             id,
             lease_ttl_secs: 2,
             etcd_url: etcd.client_url(),
+            etcd_tls: etcd.tls(),
             ip: LOCALHOST,
             netns: None,
             rust_log: "warn,tessera_shard=info",
@@ -479,7 +521,13 @@ pub struct ShardProc {
 
 /// Starts a shard and waits until it printed its addresses.
 pub fn shard(dir: &Path, ca: &Path, spec: &ShardSpec) -> ShardProc {
-    let mut args = common_args(&spec.etcd_url, "shard", spec.ip, &spec.world);
+    let mut args = common_args(
+        &spec.etcd_url,
+        &spec.etcd_tls,
+        "shard",
+        spec.ip,
+        &spec.world,
+    );
     args.extend(member_args(
         ca,
         spec.ip,
@@ -516,6 +564,8 @@ pub struct RouterProc {
 pub struct RouterSpec {
     /// The etcd URL it uses.
     pub etcd_url: String,
+    /// The CA and client certificate it reaches etcd with.
+    pub etcd_tls: EtcdTls,
     /// The address its cluster bus listens on.
     pub bus_ip: IpAddr,
     pub lease_ttl_secs: u64,
@@ -536,6 +586,7 @@ impl RouterSpec {
     pub fn local(etcd: &EtcdServer) -> RouterSpec {
         RouterSpec {
             etcd_url: etcd.client_url(),
+            etcd_tls: etcd.tls(),
             bus_ip: LOCALHOST,
             lease_ttl_secs: 2,
             persistence: None,
@@ -578,6 +629,7 @@ impl EtcdPeek {
         let store = rt
             .block_on(tessera_coordinator::EtcdStore::connect(
                 &etcd.endpoints(),
+                Some(&etcd.tls()),
                 Duration::from_secs(5),
             ))
             .expect("connect to etcd");
@@ -711,6 +763,7 @@ pub fn ctl_as(etcd: &EtcdServer, credential: &Path, args: &[&str]) -> (bool, Str
 pub fn ctl_command(etcd: &EtcdServer, credential: Option<&Path>, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.args(["ctl", "--etcd", &etcd.client_url()])
+        .args(etcd.tls_flags())
         .args(args)
         .env_remove("TESSERA_CREDENTIAL");
     if let Some(c) = credential {
@@ -925,7 +978,13 @@ pub fn router_at(
     telnet: SocketAddr,
     quic: SocketAddr,
 ) -> RouterProc {
-    let mut args = common_args(&spec.etcd_url, "router", LOCALHOST, &spec.world);
+    let mut args = common_args(
+        &spec.etcd_url,
+        &spec.etcd_tls,
+        "router",
+        LOCALHOST,
+        &spec.world,
+    );
     args.extend(member_args(
         ca,
         spec.bus_ip,
@@ -971,6 +1030,8 @@ pub fn router_at(
 pub struct GatewaySpec {
     /// The etcd URL it finds the routers in.
     pub etcd_url: String,
+    /// The CA and client certificate it reaches etcd with.
+    pub etcd_tls: EtcdTls,
     pub id: String,
     /// The routers' QUIC certificate it pins (every router of the cluster
     /// shows this one).
@@ -984,6 +1045,7 @@ impl GatewaySpec {
     pub fn local(etcd: &EtcdServer, router_cert: &Path) -> GatewaySpec {
         GatewaySpec {
             etcd_url: etcd.client_url(),
+            etcd_tls: etcd.tls(),
             id: "gateway-1".into(),
             router_cert: router_cert.to_path_buf(),
             extra: Vec::new(),
@@ -1007,6 +1069,9 @@ pub fn gateway(dir: &Path, ca: &Path, spec: &GatewaySpec) -> GatewayProc {
         "telnet-gateway".into(),
         "--etcd".into(),
         spec.etcd_url.clone(),
+    ];
+    args.extend(tls_flags(&spec.etcd_tls));
+    args.extend([
         "--cluster-ca".into(),
         ca.display().to_string(),
         "--router-cert".into(),
@@ -1017,7 +1082,7 @@ pub fn gateway(dir: &Path, ca: &Path, spec: &GatewaySpec) -> GatewayProc {
         "127.0.0.1:0".into(),
         "--metrics".into(),
         "127.0.0.1:0".into(),
-    ];
+    ]);
     args.extend(spec.extra.iter().cloned());
     let mut role = Role::start_in(dir, &spec.id, None, "warn,tessera_gateway=info", &args);
     role.wait_line(&format!("telnet gateway {} running", spec.id));

@@ -3,8 +3,15 @@
 //! and restarted on the same ports and data, and always killed on drop, even
 //! when the test panics.
 //!
+//! It serves clients over TLS only and demands a client certificate
+//! (`--client-cert-auth`), as a deployment does: a throwaway CA made at
+//! start signs its server certificate (for 127.0.0.1, localhost and the
+//! addresses of [`EtcdServer::start_also_on`]) and one client certificate,
+//! which [`EtcdServer::tls`] and [`EtcdServer::tls_flags`] hand to clients.
+//!
 //! Blocking: call it from a multi-threaded tokio test (or before the runtime
-//! starts); `start` and `restart` wait until etcd answers `/health`.
+//! starts); `start` and `restart` wait until etcd answers `/health` (on a
+//! plain-HTTP metrics port, which needs no client certificate).
 //!
 //! The binary is `$TESSERA_ETCD_BIN` if set, else `etcd` on `PATH`, else
 //! `/usr/bin/etcd` or `/usr/local/bin/etcd`. When none exists, `start`
@@ -19,6 +26,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tessera_coordinator::EtcdTls;
 
 /// How long etcd may take to answer `/health` after a start.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +37,8 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Plain HTTP `/health` and `/metrics`.
+    metrics_port: u16,
     child: Option<Child>,
     starts: u32,
     /// Further addresses the client port listens on (besides 127.0.0.1).
@@ -58,12 +68,18 @@ impl EtcdServer {
             .prefix("tessera-etcd-")
             .tempdir()
             .expect("create a temp dir for etcd");
-        let (client_port, peer_port) = free_ports();
+        let [client_port, peer_port, metrics_port] = free_ports();
+        let sans: Vec<String> = ["localhost".to_string(), "127.0.0.1".to_string()]
+            .into_iter()
+            .chain(ips.iter().map(|ip| ip.to_string()))
+            .collect();
+        write_pki(&dir.path().join("tls"), &sans);
         let mut server = EtcdServer {
             bin,
             dir,
             client_port,
             peer_port,
+            metrics_port,
             child: None,
             starts: 0,
             also_on: ips.to_vec(),
@@ -72,15 +88,54 @@ impl EtcdServer {
         server
     }
 
-    /// The client URL, `http://127.0.0.1:<port>`.
+    /// The client URL, `https://127.0.0.1:<port>`.
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("https://127.0.0.1:{}", self.client_port)
     }
 
     /// The client URL on one of the extra addresses of
     /// [`EtcdServer::start_also_on`].
     pub fn client_url_on(&self, ip: IpAddr) -> String {
-        format!("http://{}", SocketAddr::new(ip, self.client_port))
+        format!("https://{}", SocketAddr::new(ip, self.client_port))
+    }
+
+    /// What a client shows this etcd: the CA that signed its certificate,
+    /// and a client certificate that CA signed.
+    pub fn tls(&self) -> EtcdTls {
+        let tls = self.dir.path().join("tls");
+        EtcdTls::new(
+            tls.join("ca.pem"),
+            tls.join("client.pem"),
+            tls.join("client-key.pem"),
+        )
+    }
+
+    /// `--etcd-ca FILE --etcd-cert FILE --etcd-key FILE`: what a `tessera`
+    /// process needs besides `--etcd URL` to reach this etcd.
+    pub fn tls_flags(&self) -> Vec<String> {
+        tls_flags(&self.tls())
+    }
+
+    /// `--etcd URL` and [`EtcdServer::tls_flags`].
+    pub fn client_flags(&self, url: &str) -> Vec<String> {
+        let mut flags = vec!["--etcd".to_string(), url.to_string()];
+        flags.extend(self.tls_flags());
+        flags
+    }
+
+    /// Another CA (made once, beside this etcd's files) and a client
+    /// certificate it signed: a client this etcd must refuse, and a CA
+    /// that must not trust this etcd.
+    pub fn foreign_pki(&self) -> EtcdTls {
+        let dir = self.dir.path().join("foreign-tls");
+        if !dir.join("ca.pem").exists() {
+            write_pki(&dir, &["localhost".into(), "127.0.0.1".into()]);
+        }
+        EtcdTls::new(
+            dir.join("ca.pem"),
+            dir.join("client.pem"),
+            dir.join("client-key.pem"),
+        )
     }
 
     /// The client URL as the endpoint list `EtcdStore::connect` takes.
@@ -142,6 +197,7 @@ impl EtcdServer {
             .chain(self.also_on.iter().map(|ip| self.client_url_on(*ip)))
             .collect();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let tls = self.dir.path().join("tls");
         let mut cmd = Command::new(&self.bin);
         // etcd also reads its flags from ETCD_* variables and refuses a flag
         // given both ways: only the flags below count.
@@ -174,6 +230,17 @@ impl EtcdServer {
             .arg(format!("{MEMBER_NAME}={peer}"))
             .arg("--initial-cluster-token")
             .arg("tessera-test")
+            // Clients: TLS, and only with a certificate our CA signed.
+            .arg("--cert-file")
+            .arg(tls.join("server.pem"))
+            .arg("--key-file")
+            .arg(tls.join("server-key.pem"))
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(tls.join("ca.pem"))
+            // `/health` without a client certificate, for `wait_ready`.
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://127.0.0.1:{}", self.metrics_port))
             .arg("--logger")
             .arg("zap")
             .stdin(Stdio::null())
@@ -198,7 +265,7 @@ impl EtcdServer {
                     );
                 }
             }
-            if healthy(self.client_port) {
+            if healthy(self.metrics_port) {
                 return;
             }
             if start.elapsed() > READY_TIMEOUT {
@@ -223,8 +290,21 @@ impl Drop for EtcdServer {
     }
 }
 
-/// Asks etcd's `/health` endpoint (HTTP/1.1 on the client port); true once
-/// the member has a leader and serves requests.
+/// `--etcd-ca FILE --etcd-cert FILE --etcd-key FILE` for `tls`.
+pub fn tls_flags(tls: &EtcdTls) -> Vec<String> {
+    let client = tls.client.as_ref().expect("a client certificate");
+    [
+        ("--etcd-ca", &tls.ca),
+        ("--etcd-cert", &client.cert),
+        ("--etcd-key", &client.key),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+    .collect()
+}
+
+/// Asks etcd's `/health` endpoint (HTTP/1.1 on the metrics port); true
+/// once the member has a leader and serves requests.
 fn healthy(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -240,16 +320,68 @@ fn healthy(port: u16) -> bool {
     answer.starts_with("HTTP/1.1 200") && answer.contains("\"health\":\"true\"")
 }
 
-/// Two distinct free loopback ports: bound at once, then released.
-fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let ports = (
-        a.local_addr().expect("local address").port(),
-        b.local_addr().expect("local address").port(),
+/// Distinct free loopback ports: bound at once, then released.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local address").port())
+}
+
+/// A throwaway PKI in `dir`: `ca.pem` (and its key), `server.pem` and
+/// `server-key.pem` for `names` (IP addresses or DNS names; usable as a
+/// server and, as etcd's gateway uses it, a client), and `client.pem` and
+/// `client-key.pem` for a client.
+fn write_pki(dir: &Path, names: &[String]) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    fs::create_dir_all(dir).expect("create the TLS dir");
+    let ca_params = || {
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        p.distinguished_name
+            .push(DnType::CommonName, "tessera test etcd CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p
+    };
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let ca = ca_params().self_signed(&ca_key).expect("self-sign the CA");
+    let issuer = Issuer::new(ca_params(), &ca_key);
+    let write = |name: &str, pem: String| {
+        fs::write(dir.join(name), pem).unwrap_or_else(|e| panic!("write {name}: {e}"))
+    };
+    write("ca.pem", ca.pem());
+    write("ca-key.pem", ca_key.serialize_pem());
+    let issue = |cn: &str, names: &[String], usages: Vec<ExtendedKeyUsagePurpose>, file: &str| {
+        let key = KeyPair::generate().expect("a key");
+        let mut params = CertificateParams::new(names.to_vec()).expect("certificate parameters");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = usages;
+        let cert = params.signed_by(&key, &issuer).expect("sign a certificate");
+        write(&format!("{file}.pem"), cert.pem());
+        write(&format!("{file}-key.pem"), key.serialize_pem());
+    };
+    issue(
+        "etcd",
+        names,
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        "server",
     );
-    drop((a, b));
-    ports
+    issue(
+        "tessera test client",
+        &[],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+        "client",
+    );
 }
 
 /// The etcd binary, or where it was looked for.

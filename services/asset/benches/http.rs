@@ -19,7 +19,9 @@ use latency::{histogram, micros, Table};
 use std::time::Instant;
 
 use tessera_asset::{serve, AssetClient, AssetConfig, ManifestFetch};
-use tessera_coordinator::authority::ClusterKey;
+use tessera_coordinator::operators::{OperatorKey, OperatorRecord, Operators, Voucher};
+use tessera_coordinator::transport::ClusterCa;
+use tessera_coordinator::{ClusterStore, MemStore};
 use tessera_persistence::Database;
 
 const MIB: usize = 1024 * 1024;
@@ -38,13 +40,22 @@ fn main() {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Database::open_redb(&dir.path().join("assets.redb")).expect("store");
-    let key = ClusterKey::from_secret(b"bench");
+    // One operator, vouched for by a throwaway CA, in an in-process cluster store (what a
+    // cluster keeps in etcd): every put is checked as in production.
+    let ca = ClusterCa::create(&dir.path().join("ca")).expect("CA");
+    let cluster: std::sync::Arc<dyn ClusterStore> = std::sync::Arc::new(MemStore::new());
+    let operators = Operators::in_store(cluster, "/bench/", vec![ca.cert().clone()]);
+    let operator = OperatorKey::generate("ops").expect("key");
+    let record =
+        OperatorRecord::new("ops", &operator.public_hex(), &Voucher::Ca(&ca)).expect("record");
+    runtime
+        .block_on(operators.records().put(&record))
+        .expect("operator record");
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("listener");
     let url = format!("http://{}", listener.local_addr().expect("address"));
-    runtime.spawn(serve(listener, db, AssetConfig::new(key.clone())));
-    let operator = key.operator("ops");
+    runtime.spawn(serve(listener, db, AssetConfig::new(operators)));
     let client = AssetClient::new(&url);
 
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;

@@ -2,8 +2,8 @@
 
 use crate::{hash_hex, is_hash_hex, upload_auth, AssetError, Manifest, MAX_ASSET_BYTES};
 use serde::Deserialize;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tessera_coordinator::authority::OperatorCredential;
+use std::time::Duration;
+use tessera_coordinator::operators::OperatorKey;
 
 /// How long to wait for a connection, and then for the answer to start.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -110,12 +110,12 @@ impl AssetClient {
         verify(&url, &hash, body)
     }
 
-    /// Uploads `bytes` as asset `name`, signed with `credential`.
+    /// Uploads `bytes` as asset `name`, signed with operator key `credential`.
     pub fn put(
         &self,
         name: &str,
         bytes: &[u8],
-        credential: &OperatorCredential,
+        credential: &OperatorKey,
     ) -> Result<PutResult, AssetError> {
         if bytes.len() > MAX_ASSET_BYTES {
             return Err(AssetError::TooLarge {
@@ -125,10 +125,7 @@ impl AssetClient {
         }
         let url = format!("{}/v1/assets/{}", self.base, encode_path(name));
         let hash = hash_hex(bytes);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let authorization = upload_auth::authorization(credential, name, &hash, now)?;
+        let authorization = upload_auth::authorization(credential, name, &hash);
         let response = self
             .agent
             .put(&url)

@@ -14,7 +14,12 @@
 //! [`tessera_persistence::set_chunked`]; a name points at its current blob through a JSON
 //! [`AssetRecord`] under `("asset", "name", <name>)`; `("asset", "manifest-version")` counts
 //! changes. A put writes all three in one transaction, and one transaction may write at most
-//! 10 MB, so assets are limited to [`MAX_ASSET_BYTES`] (8 MiB). Blobs are never deleted.
+//! 10 MB, so assets are limited to [`MAX_ASSET_BYTES`] (8 MiB). Blobs are never deleted, so a
+//! download streams them a chunk per transaction ([`AssetStore::open_blob`], [`BlobReader`]).
+//!
+//! **Limits.** [`http_server::serve_http`] caps connections and bounds how long a client may take
+//! to send a request head or to take an answer; the asset service and every role's metrics
+//! endpoint run on it. Uploads are bounded in size, time and number ([`AssetConfig`]).
 //!
 //! **HTTP.** Everything is under `/v1`; errors are JSON `{"error": "..."}`. See
 //! `docs/assets.md` for the full API, the caching rules and the upload signature
@@ -22,9 +27,11 @@
 //!
 //! This crate must not depend on the shard, router or client crates: it only serves bytes.
 
+mod blob_body;
 mod client;
 mod conditional;
 mod error;
+pub mod http_server;
 mod name;
 mod server;
 mod store;
@@ -33,8 +40,10 @@ pub mod upload_auth;
 pub use client::{AssetClient, ManifestFetch, PutResult};
 pub use error::AssetError;
 pub use name::{AssetName, MAX_NAME_LEN};
-pub use server::{router, serve, AssetConfig, MetricsRender};
-pub use store::{AssetRecord, AssetStore, Manifest, ManifestEntry, PutOutcome};
+pub use server::{
+    router, serve, AssetConfig, MetricsRender, MAX_CONCURRENT_UPLOADS, UPLOAD_TIMEOUT,
+};
+pub use store::{AssetRecord, AssetStore, BlobReader, Manifest, ManifestEntry, PutOutcome};
 
 /// Largest asset, in bytes: a put writes the whole blob in one transaction, and transactions
 /// are limited to 10 MB (`tessera_persistence::MAX_TRANSACTION_BYTES`).

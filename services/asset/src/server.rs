@@ -1,30 +1,38 @@
 //! The HTTP service: axum handlers that only move bytes between HTTP and [`AssetStore`].
 
+use crate::blob_body::BlobBody;
 use crate::conditional::{self, RangeRequest};
+use crate::http_server::{serve_http, HttpLimits};
+use crate::store::BlobReader;
 use crate::upload_auth::{Claim, Refusal, SCHEME};
 use crate::{
     hash_hex, is_hash_hex, AssetError, AssetName, AssetStore, PutOutcome, MAX_ASSET_BYTES,
 };
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, MatchedPath, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-use tessera_coordinator::authority::ClusterKey;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tessera_coordinator::operators::Operators;
 use tessera_persistence::{Database, StoreError};
+use tokio::sync::Semaphore;
 
 /// Renders the metrics page (`GET /metrics`), typically a Prometheus exporter's handle.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// How much a PUT body may exceed the asset limit before the connection-level limit cuts it
-/// off; between the two the handler answers with a precise message.
-const BODY_SLACK: usize = 64 * 1024;
+/// How long an upload's body may take to arrive whole (8 MiB in 120 s is 70 KB/s).
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Uploads whose bodies are read at once; more get 503. Each holds up to
+/// [`MAX_ASSET_BYTES`] in memory until it is stored, and anyone with a well-formed (not
+/// necessarily valid) credential can send one, since the signature covers the body's hash.
+pub const MAX_CONCURRENT_UPLOADS: usize = 4;
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const NO_CACHE: &str = "no-cache";
@@ -32,21 +40,30 @@ const NO_CACHE: &str = "no-cache";
 /// What the asset service needs besides its store.
 #[derive(Clone)]
 pub struct AssetConfig {
-    /// Checks operators' upload signatures.
-    pub cluster_key: ClusterKey,
+    /// Checks operators' upload signatures (and remembers used ones).
+    pub operators: Operators,
     /// Serves `GET /metrics`; `None` answers 404.
     pub metrics: Option<MetricsRender>,
     /// Largest accepted upload; capped at [`MAX_ASSET_BYTES`].
     pub max_asset_bytes: usize,
+    /// Connection cap and timeouts of [`serve`].
+    pub http: HttpLimits,
+    /// How long an upload's body may take to arrive whole; then 408.
+    pub upload_timeout: Duration,
+    /// Uploads read at once; more get 503.
+    pub max_concurrent_uploads: usize,
 }
 
 impl AssetConfig {
     /// No metrics page, the largest possible assets.
-    pub fn new(cluster_key: ClusterKey) -> AssetConfig {
+    pub fn new(operators: Operators) -> AssetConfig {
         AssetConfig {
-            cluster_key,
+            operators,
             metrics: None,
             max_asset_bytes: MAX_ASSET_BYTES,
+            http: HttpLimits::asset(),
+            upload_timeout: UPLOAD_TIMEOUT,
+            max_concurrent_uploads: MAX_CONCURRENT_UPLOADS,
         }
     }
 }
@@ -56,20 +73,28 @@ impl std::fmt::Debug for AssetConfig {
         f.debug_struct("AssetConfig")
             .field("metrics", &self.metrics.is_some())
             .field("max_asset_bytes", &self.max_asset_bytes)
+            .field("http", &self.http)
+            .field("upload_timeout", &self.upload_timeout)
+            .field("max_concurrent_uploads", &self.max_concurrent_uploads)
             .finish_non_exhaustive()
     }
 }
 
 struct App {
     store: AssetStore,
-    cluster_key: ClusterKey,
+    operators: Operators,
     metrics: Option<MetricsRender>,
     max_asset_bytes: usize,
+    upload_timeout: Duration,
+    /// One permit per upload being read.
+    uploads: Arc<Semaphore>,
+    max_concurrent_uploads: usize,
 }
 
 type Shared = Arc<App>;
 
-/// Serves the asset API on `listener` until the task is dropped or aborted.
+/// Serves the asset API on `listener` with `config.http`'s connection cap and timeouts until
+/// the task is dropped or aborted.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     db: Database,
@@ -80,7 +105,8 @@ pub async fn serve(
         store = %db.describe(),
         "asset service listening"
     );
-    axum::serve(listener, router(db, config)).await
+    let limits = config.http;
+    serve_http(listener, router(db, config), "asset", limits).await
 }
 
 /// The asset API as a router, for embedding or for tests.
@@ -89,9 +115,12 @@ pub fn router(db: Database, config: AssetConfig) -> Router {
     let max_asset_bytes = config.max_asset_bytes.min(MAX_ASSET_BYTES);
     let app = Arc::new(App {
         store: AssetStore::new(db),
-        cluster_key: config.cluster_key,
+        operators: config.operators,
         metrics: config.metrics,
         max_asset_bytes,
+        upload_timeout: config.upload_timeout,
+        uploads: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
+        max_concurrent_uploads: config.max_concurrent_uploads,
     });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -99,12 +128,7 @@ pub fn router(db: Database, config: AssetConfig) -> Router {
         .route("/metrics", get(metrics_page))
         .route("/v1/manifest", get(manifest))
         .route("/v1/blobs/{hash}", get(blob))
-        .route(
-            "/v1/assets/{*name}",
-            get(get_asset)
-                .put(put_asset)
-                .layer(DefaultBodyLimit::max(max_asset_bytes + BODY_SLACK)),
-        )
+        .route("/v1/assets/{*name}", get(get_asset).put(put_asset))
         .route_layer(middleware::from_fn(count_requests))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -211,6 +235,9 @@ impl From<Refusal> for ApiError {
         match refusal {
             Refusal::Missing(message) => ApiError::new(StatusCode::UNAUTHORIZED, message),
             Refusal::Bad(message) => ApiError::new(StatusCode::FORBIDDEN, message),
+            Refusal::Unavailable(message) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+            }
         }
     }
 }
@@ -309,7 +336,6 @@ async fn manifest(State(app): State<Shared>, headers: HeaderMap) -> Result<Respo
 async fn blob(
     State(app): State<Shared>,
     Path(hash): Path<String>,
-    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let hash = hash.to_ascii_lowercase();
@@ -327,14 +353,13 @@ async fn blob(
     let content = blocking(move || {
         if not_modified {
             // Blobs are immutable: existing is all a revalidation needs.
-            return Ok(store.has_blob(&wanted)?.then(Vec::new));
+            return Ok(store.has_blob(&wanted)?.then_some(None));
         }
-        store.blob(&wanted)
+        Ok(store.open_blob(&wanted)?.map(Some))
     })
     .await?
     .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no blob {hash}")))?;
     Ok(content_response(
-        &method,
         &headers,
         content,
         &etag,
@@ -346,7 +371,6 @@ async fn blob(
 async fn get_asset(
     State(app): State<Shared>,
     Path(name): Path<String>,
-    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name)?;
@@ -359,21 +383,20 @@ async fn get_asset(
         };
         let etag = format!("\"{}\"", record.hash);
         if inm.is_some_and(|inm| conditional::none_match(&inm, &etag)) {
-            return Ok(Some((record, Vec::new())));
+            return Ok(Some((record, None)));
         }
-        let content = store.blob(&record.hash)?.ok_or_else(|| {
+        let content = store.open_blob(&record.hash)?.ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "asset {wanted} points at blob {} which is missing",
                 record.hash
             ))
         })?;
-        Ok(Some((record, content)))
+        Ok(Some((record, Some(content))))
     })
     .await?;
     let (record, content) = found
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no asset named {name}")))?;
     Ok(content_response(
-        &method,
         &headers,
         content,
         &format!("\"{}\"", record.hash),
@@ -391,69 +414,63 @@ fn parse_name(name: &str) -> Result<AssetName, ApiError> {
     })
 }
 
-/// The answer for content with `etag`: 304 if the client has it, else the content or the
-/// requested range of it. (For a 304, `content` may be empty: it is not sent.)
+/// The answer for content with `etag`: 304 if the client has it (`content` is `None`), else
+/// the content or the requested range of it, streamed from the store (a HEAD reads nothing).
 fn content_response(
-    method: &Method,
     headers: &HeaderMap,
-    content: Vec<u8>,
+    content: Option<BlobReader>,
     etag: &str,
     cache_control: &'static str,
     content_type: &str,
 ) -> Response {
-    let total = content.len() as u64;
-    let not_modified = header_str(headers, header::IF_NONE_MATCH)
-        .is_some_and(|inm| conditional::none_match(inm, etag));
-    let range = match header_str(headers, header::RANGE) {
-        Some(range)
-            if conditional::if_range_allows(header_str(headers, header::IF_RANGE), etag) =>
-        {
-            conditional::parse_range(range, total)
-        }
-        _ => RangeRequest::Full,
-    };
-    let mut response = if not_modified {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        let content = Bytes::from(content);
-        let (status, body, content_range) = match range {
-            RangeRequest::Full => (StatusCode::OK, content, None),
-            RangeRequest::Partial { start, end } => {
-                // parse_range guarantees start <= end < total.
-                let body = content.slice(start as usize..=end as usize);
-                (
-                    StatusCode::PARTIAL_CONTENT,
-                    body,
-                    Some(format!("bytes {start}-{end}/{total}")),
-                )
-            }
-            RangeRequest::Unsatisfiable => {
-                let mut r = ApiError::new(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    format!(
-                        "the range {:?} lies outside the {total} bytes",
-                        header_str(headers, header::RANGE).unwrap_or_default()
-                    ),
-                )
-                .into_response();
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
-                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+    let mut response = match content {
+        None => StatusCode::NOT_MODIFIED.into_response(),
+        Some(content) => {
+            let total = content.len();
+            let range = match header_str(headers, header::RANGE) {
+                Some(range)
+                    if conditional::if_range_allows(
+                        header_str(headers, header::IF_RANGE),
+                        etag,
+                    ) =>
+                {
+                    conditional::parse_range(range, total)
                 }
-                return with_cache_headers(r, etag, cache_control);
+                _ => RangeRequest::Full,
+            };
+            let (status, body, content_range) = match range {
+                RangeRequest::Full => (StatusCode::OK, content, None),
+                RangeRequest::Partial { start, end } => (
+                    StatusCode::PARTIAL_CONTENT,
+                    content.range(start, end),
+                    Some(format!("bytes {start}-{end}/{total}")),
+                ),
+                RangeRequest::Unsatisfiable => {
+                    let mut r = ApiError::new(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        format!(
+                            "the range {:?} lies outside the {total} bytes",
+                            header_str(headers, header::RANGE).unwrap_or_default()
+                        ),
+                    )
+                    .into_response();
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
+                        r.headers_mut().insert(header::CONTENT_RANGE, v);
+                    }
+                    return with_cache_headers(r, etag, cache_control);
+                }
+            };
+            // The body counts tessera_asset_bytes_sent_total as it is sent.
+            let mut r = (status, Body::new(BlobBody::new(body))).into_response();
+            let h = r.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(content_type) {
+                h.insert(header::CONTENT_TYPE, v);
             }
-        };
-        if method != Method::HEAD {
-            metrics::counter!("tessera_asset_bytes_sent_total").increment(body.len() as u64);
+            if let Some(v) = content_range.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            r
         }
-        let mut r = (status, body).into_response();
-        let h = r.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(content_type) {
-            h.insert(header::CONTENT_TYPE, v);
-        }
-        if let Some(v) = content_range.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
-        r
     };
     response
         .headers_mut()
@@ -471,6 +488,31 @@ fn with_cache_headers(mut response: Response, etag: &str, cache_control: &'stati
         h.insert(header::ETAG, v);
     }
     response
+}
+
+/// An upload's body, whole: at most `max_asset_bytes`, arrived within `upload_timeout`.
+async fn read_upload(app: &App, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let max = app.max_asset_bytes;
+    let read = Limited::new(body, max).collect();
+    let collected = tokio::time::timeout(app.upload_timeout, read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the upload did not arrive within {} s",
+                    app.upload_timeout.as_secs_f64()
+                ),
+            )
+        })?;
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(ApiError::too_large(None, max)),
+        Err(err) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the upload: {err}"),
+        )),
+    }
 }
 
 /// What a PUT is checked for before its body is read: the name, the credential's form and
@@ -504,26 +546,25 @@ impl FromRequestParts<Shared> for Upload {
 async fn put_asset(
     State(app): State<Shared>,
     upload: Upload,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(None, app.max_asset_bytes)
-        } else {
-            ApiError::new(rejection.status(), rejection.body_text())
-        }
+    // Held until the content is stored: it bounds the memory uploads hold.
+    let _slot = app.uploads.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this service already reads {} uploads at once, its maximum; try again",
+                app.max_concurrent_uploads
+            ),
+        )
     })?;
-    if body.len() > app.max_asset_bytes {
-        return Err(ApiError::too_large(
-            Some(body.len() as u64),
-            app.max_asset_bytes,
-        ));
-    }
+    let body = read_upload(&app, body).await?;
     let hash = hash_hex(&body);
     upload
         .claim
-        .verify(&app.cluster_key, upload.name.as_str(), &hash)?;
-    let by = format!("operator:{}", upload.claim.operator);
+        .verify(&app.operators, upload.name.as_str(), &hash)
+        .await?;
+    let by = format!("operator:{}", upload.claim.sig.operator);
     let store = app.store.clone();
     let name = upload.name.clone();
     let outcome = blocking(move || store.put(&name, &body, &by, now_unix_ms())).await?;
@@ -536,7 +577,7 @@ async fn put_asset(
         asset = %upload.name,
         hash = %record.hash,
         size = record.size,
-        operator = %upload.claim.operator,
+        operator = %upload.claim.sig.operator,
         outcome = outcome_label,
         "asset upload"
     );

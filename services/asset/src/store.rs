@@ -15,7 +15,10 @@
 use crate::{hash_hex, AssetError, AssetName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tessera_persistence::{get_chunked, key, prefix_range, set_chunked, Database, StoreError};
+use tessera_persistence::{
+    get_chunked, get_chunked_header, get_chunks, key, prefix_range, set_chunked, ChunkLayout,
+    ChunkedHeader, Database, StoreError, MAX_VALUE_BYTES,
+};
 
 /// The current version of one name, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +88,90 @@ fn decode_version(bytes: Option<Vec<u8>>) -> Result<u64, StoreError> {
     }
 }
 
+/// One stored blob, read a piece at a time: [`BlobReader::next_piece`] returns at most one
+/// stored chunk ([`tessera_persistence::MAX_VALUE_BYTES`], 100 KB), each read in its own short
+/// transaction, so serving a blob never holds it whole in memory nor keeps a transaction open
+/// while a client downloads. Blobs are immutable and never deleted, so the pieces of separate
+/// transactions belong together. Blocking, like [`AssetStore`].
+#[derive(Debug)]
+pub struct BlobReader {
+    db: Database,
+    key: Vec<u8>,
+    source: Source,
+    /// The whole blob's length.
+    len: u64,
+    /// The next byte to return.
+    pos: u64,
+    /// One past the last byte to return.
+    end: u64,
+}
+
+/// Where a blob's bytes are.
+#[derive(Debug)]
+enum Source {
+    /// Small blobs live in their header key; it was read with the header.
+    Inline(Vec<u8>),
+    Chunked(ChunkLayout),
+}
+
+impl BlobReader {
+    /// The whole blob's length in bytes (whatever range is being read).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the blob is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes still to come.
+    pub fn remaining(&self) -> u64 {
+        self.end - self.pos
+    }
+
+    /// Reads only bytes `start..=end` (clipped to the blob) from now on.
+    pub fn range(mut self, start: u64, end: u64) -> BlobReader {
+        self.end = end.saturating_add(1).min(self.len);
+        self.pos = start.min(self.end);
+        self
+    }
+
+    /// The next bytes, at most one stored chunk; `None` once the range is read.
+    pub fn next_piece(&mut self) -> Result<Option<Vec<u8>>, AssetError> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let piece = match &self.source {
+            Source::Inline(content) => content[usize_of(self.pos)..usize_of(self.end)].to_vec(),
+            Source::Chunked(layout) => {
+                let index = layout.chunk_of(self.pos);
+                let chunk_start = u64::from(index) * MAX_VALUE_BYTES as u64;
+                let (key, layout) = (&self.key, *layout);
+                let mut chunks = self
+                    .db
+                    .transact(|tx| get_chunks(tx, key, &layout, index, 1))?;
+                let chunk = chunks.pop().unwrap_or_default();
+                let from = usize_of(self.pos - chunk_start);
+                let to = usize_of((self.end - chunk_start).min(chunk.len() as u64));
+                chunk
+                    .get(from..to)
+                    .filter(|p| !p.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("blob chunk {index} is shorter than promised"))
+                    })?
+            }
+        };
+        self.pos += piece.len() as u64;
+        Ok(Some(piece))
+    }
+}
+
+fn usize_of(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
 /// Blocking access to the assets in a database; call it from `spawn_blocking` in async code.
 #[derive(Clone, Debug)]
 pub struct AssetStore {
@@ -133,10 +220,32 @@ impl AssetStore {
         Ok(outcome)
     }
 
-    /// The content with blake3 hash `hash` (lowercase hex), if stored.
+    /// The whole content with blake3 hash `hash` (lowercase hex), if stored. The HTTP service
+    /// streams blobs with [`AssetStore::open_blob`] instead.
     pub fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>, AssetError> {
         let key = blob_key(hash);
         Ok(self.db.transact(|tx| get_chunked(tx, &key))?)
+    }
+
+    /// The content with blake3 hash `hash`, if stored, as a reader that fetches it a chunk at
+    /// a time. Only the blob's header is read here.
+    pub fn open_blob(&self, hash: &str) -> Result<Option<BlobReader>, AssetError> {
+        let key = blob_key(hash);
+        let Some(header) = self.db.transact(|tx| get_chunked_header(tx, &key))? else {
+            return Ok(None);
+        };
+        let (len, source) = match header {
+            ChunkedHeader::Inline(content) => (content.len() as u64, Source::Inline(content)),
+            ChunkedHeader::Chunked(layout) => (layout.len, Source::Chunked(layout)),
+        };
+        Ok(Some(BlobReader {
+            db: self.db.clone(),
+            key,
+            source,
+            len,
+            pos: 0,
+            end: len,
+        }))
     }
 
     /// Whether content with hash `hash` is stored (a cheap read: the chunk header only).
@@ -200,6 +309,51 @@ impl AssetStore {
 mod tests {
     use super::*;
 
+    /// Every piece of a reader, checked to be at most one chunk.
+    fn pieces(mut reader: BlobReader) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(piece) = reader.next_piece().unwrap() {
+            assert!(!piece.is_empty() && piece.len() <= MAX_VALUE_BYTES);
+            out.push(piece);
+        }
+        assert_eq!(reader.remaining(), 0);
+        out
+    }
+
+    #[test]
+    fn blobs_are_read_a_chunk_at_a_time() {
+        let (_dir, store) = store();
+        let content: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+        let name = AssetName::parse("meshes/big.glb").unwrap();
+        store.put(&name, &content, "operator:ann", 1).unwrap();
+        let hash = hash_hex(&content);
+
+        let reader = store.open_blob(&hash).unwrap().unwrap();
+        assert_eq!(reader.len(), content.len() as u64);
+        let whole = pieces(reader);
+        assert_eq!(whole.len(), content.len().div_ceil(MAX_VALUE_BYTES));
+        assert_eq!(whole.concat(), content);
+
+        // Ranges inside one chunk, across chunk borders, and to the end.
+        for (start, end) in [
+            (0, 0),
+            (5, 99_999),
+            (99_999, 100_000),
+            (150_000, 1_234_567),
+            (1_999_990, 1_999_999),
+            (1_999_990, u64::MAX),
+        ] {
+            let reader = store.open_blob(&hash).unwrap().unwrap().range(start, end);
+            let end = end.min(content.len() as u64 - 1);
+            assert_eq!(reader.remaining(), end - start + 1);
+            assert_eq!(
+                pieces(reader).concat(),
+                &content[start as usize..=end as usize],
+                "{start}-{end}"
+            );
+        }
+    }
+
     fn store() -> (tempfile::TempDir, AssetStore) {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open_redb(&dir.path().join("s.redb")).unwrap();
@@ -235,6 +389,11 @@ mod tests {
         assert!(store.has_blob(&hash_hex(b"one")).unwrap());
         assert!(!store.has_blob(&hash_hex(b"three")).unwrap());
         assert_eq!(store.manifest().unwrap().version, 3);
+        let mut small = store.open_blob(&hash_hex(b"two")).unwrap().unwrap();
+        assert_eq!(small.len(), 3);
+        assert_eq!(small.next_piece().unwrap().unwrap(), b"two");
+        assert!(small.next_piece().unwrap().is_none());
+        assert!(store.open_blob(&hash_hex(b"three")).unwrap().is_none());
         assert!(store
             .record(&AssetName::parse("nope").unwrap())
             .unwrap()

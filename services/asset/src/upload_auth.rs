@@ -1,53 +1,58 @@
 //! How an upload proves it comes from an operator: the `Authorization` header of a PUT.
 //!
 //! ```text
-//! Authorization: Tessera-Operator <operator>:<unix_ms>:<hex hmac>
-//! hmac = HMAC-SHA256(operator key, "tessera-asset/1|PUT|<name>|<blake3 hex of body>|<unix_ms>")
+//! Authorization: Tessera-Operator <operator>:<unix_ms>:<nonce>:<hex ed25519 signature>
+//! signed = tessera-request/1|asset-put|<operator>|<unix_ms>|<nonce>|<name>|<blake3 hex of body>
 //! ```
 //!
-//! The operator key is the one in the operator's credential file (`tessera ca operator NAME`);
-//! the server derives it again from the cluster key. The body hash binds the MAC to the
-//! content and the name to the place, and the time limits replays to
-//! [`MAX_CLOCK_SKEW_MS`] either side of the server's clock. Within that window a captured
-//! request can be replayed, which only writes the same content again.
+//! The signature is the operator's ed25519 key (the credential file of `tessera ca operator
+//! NAME`) over the request ([`tessera_coordinator::operators::request_message`], kind
+//! `asset-put`, body [`put_body`]); the service checks it against the operators' public keys
+//! in the cluster store, with a time within [`MAX_SKEW`] of its clock and a nonce never used
+//! before ([`tessera_coordinator::operators::Operators::check`]), so a captured request cannot
+//! be replayed, and a revoked operator is refused at once. The body hash binds the signature
+//! to the content and the name to the place.
 
-use tessera_coordinator::authority::{AuthorityError, ClusterKey, OperatorCredential};
+pub use tessera_coordinator::operators::MAX_SKEW;
+use tessera_coordinator::operators::{OperatorKey, OperatorSig, Operators};
 
 /// The authorization scheme.
 pub const SCHEME: &str = "Tessera-Operator";
 
-/// How far the request time may be from the server's clock, either way.
-pub const MAX_CLOCK_SKEW_MS: u64 = 300_000;
+/// The request kind an upload is signed as.
+pub const KIND: &str = "asset-put";
 
-/// The signed bytes of an upload.
-pub fn put_message(name: &str, hash_hex: &str, unix_ms: u64) -> Vec<u8> {
-    format!("tessera-asset/1|PUT|{name}|{hash_hex}|{unix_ms}").into_bytes()
+/// The canonical body of an upload of content `hash_hex` as `name`.
+pub fn put_body(name: &str, hash_hex: &str) -> Vec<u8> {
+    format!("{name}|{hash_hex}").into_bytes()
 }
 
-/// The `Authorization` header value for uploading content `hash_hex` as `name` at `unix_ms`.
-pub fn authorization(
-    credential: &OperatorCredential,
-    name: &str,
-    hash_hex: &str,
-    unix_ms: u64,
-) -> Result<String, AuthorityError> {
-    let mac = credential.mac_hex(&put_message(name, hash_hex, unix_ms))?;
-    Ok(format!("{SCHEME} {}:{unix_ms}:{mac}", credential.operator))
+/// The `Authorization` header value for uploading content `hash_hex` as `name`, now.
+pub fn authorization(key: &OperatorKey, name: &str, hash_hex: &str) -> String {
+    header(&key.sign_request(KIND, &put_body(name, hash_hex)))
 }
 
-/// Why an upload is refused: a missing credential (401) or one that does not hold (403).
+/// The header value carrying `sig`.
+pub fn header(sig: &OperatorSig) -> String {
+    format!(
+        "{SCHEME} {}:{}:{}:{}",
+        sig.operator, sig.unix_ms, sig.nonce, sig.signature
+    )
+}
+
+/// Why an upload is refused: a missing credential (401) or one that does not hold (403), or
+/// the service cannot decide now (503: the cluster store is down).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
     Missing(String),
     Bad(String),
+    Unavailable(String),
 }
 
-/// A parsed `Authorization` header, before the MAC is checked.
+/// A parsed `Authorization` header, before the signature is checked.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Claim {
-    pub operator: String,
-    pub unix_ms: u64,
-    mac_hex: String,
+    pub sig: OperatorSig,
 }
 
 impl Claim {
@@ -56,8 +61,8 @@ impl Claim {
     pub fn parse(header: Option<&str>, now_unix_ms: u64) -> Result<Claim, Refusal> {
         let header = header.ok_or_else(|| {
             Refusal::Missing(format!(
-                "uploads need an operator credential: Authorization: {SCHEME} \
-                 <operator>:<unix_ms>:<hmac> (tessera ctl asset put signs for you)"
+                "uploads need an operator credential's signature: Authorization: {SCHEME} \
+                 <operator>:<unix_ms>:<nonce>:<signature> (tessera ctl asset put signs for you)"
             ))
         })?;
         let rest = header
@@ -68,82 +73,111 @@ impl Claim {
                     "the Authorization header is not of the {SCHEME} scheme"
                 ))
             })?;
-        // The operator name may contain ':', the time and the MAC cannot.
-        let mut parts = rest.trim().rsplitn(3, ':');
-        let (Some(mac_hex), Some(unix_ms), Some(operator)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Refusal::Bad(format!(
-                "malformed {SCHEME} credential: expected <operator>:<unix_ms>:<hmac>"
-            )));
+        let malformed = || {
+            Refusal::Bad(format!(
+                "malformed {SCHEME} credential: expected <operator>:<unix_ms>:<nonce>:<signature>"
+            ))
         };
+        let mut parts = rest.trim().split(':');
+        let (Some(operator), Some(unix_ms), Some(nonce), Some(signature), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(malformed());
+        };
+        if operator.is_empty() || nonce.is_empty() || signature.is_empty() {
+            return Err(malformed());
+        }
         let unix_ms: u64 = unix_ms.parse().map_err(|_| {
             Refusal::Bad(format!(
                 "malformed {SCHEME} credential: the time {unix_ms:?} is not unix milliseconds"
             ))
         })?;
-        if operator.is_empty() {
-            return Err(Refusal::Bad(format!(
-                "malformed {SCHEME} credential: no operator name"
-            )));
-        }
         let skew = now_unix_ms.abs_diff(unix_ms);
-        if skew > MAX_CLOCK_SKEW_MS {
+        if skew > MAX_SKEW.as_millis() as u64 {
             return Err(Refusal::Bad(format!(
                 "the request was signed at {unix_ms} ms, {} s away from the server's clock \
                  (at most {} s allowed); check the clocks or sign again",
                 skew / 1000,
-                MAX_CLOCK_SKEW_MS / 1000
+                MAX_SKEW.as_secs()
             )));
         }
         Ok(Claim {
-            operator: operator.to_string(),
-            unix_ms,
-            mac_hex: mac_hex.to_string(),
+            sig: OperatorSig {
+                operator: operator.to_string(),
+                unix_ms,
+                nonce: nonce.to_string(),
+                signature: signature.to_string(),
+            },
         })
     }
 
-    /// Checks the MAC over the upload of content `hash_hex` as `name`.
-    pub fn verify(&self, key: &ClusterKey, name: &str, hash_hex: &str) -> Result<(), Refusal> {
-        key.verify_operator_mac(
-            &self.operator,
-            &put_message(name, hash_hex, self.unix_ms),
-            &self.mac_hex,
-        )
-        .map_err(|_| {
-            Refusal::Bad(format!(
-                "the credential of operator {:?} does not verify for this upload (a credential \
-                 of another cluster, or a changed name or body)",
-                self.operator
-            ))
-        })
+    /// Checks the signature over the upload of content `hash_hex` as `name`, the operator's
+    /// standing, and that the request was not used before (using it up).
+    pub async fn verify(
+        &self,
+        operators: &Operators,
+        name: &str,
+        hash_hex: &str,
+    ) -> Result<(), Refusal> {
+        match operators
+            .check(KIND, &put_body(name, hash_hex), Some(&self.sig))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_refusal() => Err(Refusal::Bad(format!(
+                "the upload's signature by operator {:?} does not hold: {e}",
+                self.sig.operator
+            ))),
+            Err(e) => Err(Refusal::Unavailable(e.to_string())),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use tessera_coordinator::operators::{now_unix_ms, OperatorRecord, Voucher};
+    use tessera_coordinator::transport::ClusterCa;
+    use tessera_coordinator::{ClusterStore, MemStore};
 
-    const NOW: u64 = 1_700_000_000_000;
+    #[tokio::test]
+    async fn a_signed_upload_verifies_once_and_nothing_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(dir.path()).unwrap();
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let operators = Operators::in_store(store, "/t/", vec![ca.cert().clone()]);
+        let ann = OperatorKey::generate("ann").unwrap();
+        let record = OperatorRecord::new("ann", &ann.public_hex(), &Voucher::Ca(&ca)).unwrap();
+        operators.records().put(&record).await.unwrap();
 
-    #[test]
-    fn a_signed_upload_verifies_and_nothing_else_does() {
-        let key = ClusterKey::from_secret(b"x");
-        let header = authorization(&key.operator("ann:ops"), "a.rhai", "h1", NOW).unwrap();
-        let claim = Claim::parse(Some(&header), NOW + 1000).unwrap();
-        assert_eq!(claim.operator, "ann:ops");
-        claim.verify(&key, "a.rhai", "h1").unwrap();
-        assert!(claim.verify(&key, "b.rhai", "h1").is_err());
-        assert!(claim.verify(&key, "a.rhai", "h2").is_err());
-        let other = ClusterKey::from_secret(b"y");
+        let value = authorization(&ann, "a.rhai", "h1");
+        let claim = Claim::parse(Some(&value), now_unix_ms()).unwrap();
+        assert_eq!(claim.sig.operator, "ann");
+        assert!(claim.verify(&operators, "b.rhai", "h1").await.is_err());
+        assert!(claim.verify(&operators, "a.rhai", "h2").await.is_err());
+        claim.verify(&operators, "a.rhai", "h1").await.unwrap();
+        let Err(Refusal::Bad(msg)) = claim.verify(&operators, "a.rhai", "h1").await else {
+            panic!("a replay was accepted");
+        };
+        assert!(msg.contains("already used"), "{msg}");
+        // A key the cluster does not know.
+        let stranger = OperatorKey::generate("ann").unwrap();
+        let value = authorization(&stranger, "a.rhai", "h1");
+        let claim = Claim::parse(Some(&value), now_unix_ms()).unwrap();
         assert!(matches!(
-            claim.verify(&other, "a.rhai", "h1"),
+            claim.verify(&operators, "a.rhai", "h1").await,
             Err(Refusal::Bad(_))
         ));
     }
 
     #[test]
     fn missing_malformed_and_stale_headers_are_refused() {
+        const NOW: u64 = 1_700_000_000_000;
         assert!(matches!(Claim::parse(None, NOW), Err(Refusal::Missing(_))));
         assert!(matches!(
             Claim::parse(Some("Bearer abc"), NOW),
@@ -151,20 +185,22 @@ mod tests {
         ));
         for bad in [
             "Tessera-Operator ann",
-            "Tessera-Operator ann:xyz:00",
-            "Tessera-Operator :1:00",
+            "Tessera-Operator ann:xyz:00:00",
+            "Tessera-Operator :1:00:00",
+            "Tessera-Operator ann:1:00",
+            "Tessera-Operator ann:1:00:00:00",
         ] {
             assert!(
                 matches!(Claim::parse(Some(bad), NOW), Err(Refusal::Bad(_))),
                 "{bad}"
             );
         }
-        let stale = format!("Tessera-Operator ann:{}:00", NOW - 301_000);
+        let stale = format!("Tessera-Operator ann:{}:00:00", NOW - 61_000);
         let Err(Refusal::Bad(msg)) = Claim::parse(Some(&stale), NOW) else {
             panic!("stale accepted");
         };
-        assert!(msg.contains("301 s"), "{msg}");
-        let future = format!("Tessera-Operator ann:{}:00", NOW + 299_000);
+        assert!(msg.contains("61 s"), "{msg}");
+        let future = format!("Tessera-Operator ann:{}:00:00", NOW + 59_000);
         assert!(Claim::parse(Some(&future), NOW).is_ok());
     }
 }

@@ -62,6 +62,11 @@ fn main() {
     let server = runtime.block_on(async {
         AuthServer::start(
             auth,
+            // No operators: the bench changes no roles.
+            tessera_coordinator::operators::Operators::in_dir(
+                dir.path().join("operators"),
+                Vec::new(),
+            ),
             "127.0.0.1:0".parse().expect("address"),
             member.server_config_for(AUTH_ALPN).expect("server TLS"),
             false,
@@ -77,7 +82,7 @@ fn main() {
     let client = new_client();
     let (key, token) = runtime.block_on(async {
         let session = client
-            .create_account(NAME, PASSWORD)
+            .create_account(NAME, PASSWORD, IpAddr::V4(Ipv4Addr::LOCALHOST))
             .await
             .expect("account");
         let key = client.verifying_key().await.expect("verifying key");

@@ -53,19 +53,24 @@ impl Accounts {
         }
     }
 
-    /// Creates an account and starts its session.
-    pub async fn create(&self, name: &str, password: &str) -> Result<Session, AuthError> {
+    /// Creates an account for a player at address `from` and starts its session.
+    pub async fn create(
+        &self,
+        name: &str,
+        password: &str,
+        from: IpAddr,
+    ) -> Result<Session, AuthError> {
         match &self.inner {
             Inner::Local { auth, hashing } => {
                 let (name, password) = (name.to_string(), password.to_string());
                 blocking(hashing, auth, move |auth| {
-                    let account = auth.create_account(&name, &password)?;
+                    let account = auth.create_account(&name, &password, from)?;
                     let token = auth.issue_token(&account, SESSION_TTL);
                     Ok(Session { account, token })
                 })
                 .await
             }
-            Inner::Remote { client, .. } => client.create_account(name, password).await,
+            Inner::Remote { client, .. } => client.create_account(name, password, from).await,
         }
     }
 

@@ -28,6 +28,24 @@ pub enum AuthError {
     )]
     RateLimited { retry_after_secs: u64 },
 
+    /// Too many accounts were created recently, from this address or from everywhere; the
+    /// password was not hashed.
+    #[error(
+        "Too many new accounts {}; try again in {} {}.",
+        if *.this_address { "from your address" } else { "right now" },
+        minutes(*.retry_after_secs),
+        minutes_word(minutes(*.retry_after_secs))
+    )]
+    TooManyAccounts {
+        retry_after_secs: u64,
+        /// The address's own limit (else the limit over all addresses).
+        this_address: bool,
+    },
+
+    /// A privileged request without a valid operator signature; the string says why.
+    #[error("Not authorised: {0}.")]
+    NotAuthorized(String),
+
     #[error("Your session token is invalid; please log in again.")]
     TokenInvalid,
 
@@ -55,6 +73,19 @@ pub enum AuthError {
     /// Hashing a password failed; not expected with the fixed parameters.
     #[error("The account service could not process the password; please try again later.")]
     PasswordHashing(String),
+}
+
+/// Whole minutes, rounded up, at least 1.
+fn minutes(secs: u64) -> u64 {
+    secs.div_ceil(60).max(1)
+}
+
+fn minutes_word(n: u64) -> &'static str {
+    if n == 1 {
+        "minute"
+    } else {
+        "minutes"
+    }
 }
 
 fn seconds_word(n: u64) -> &'static str {

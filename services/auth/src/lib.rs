@@ -22,7 +22,15 @@
 //! same argon2id work (a dummy hash is verified for unknown names), so names cannot be probed
 //! by error or by timing. Failures are rate limited per name and address, per address, and
 //! per name ([`RateLimits`]); over the limit, [`AuthError::RateLimited`] is returned without
-//! checking the password.
+//! checking the password. The per-name limit does not hold an address the account logged in
+//! from in the last [`OWNER_ADDRESS_DAYS`] days, so strangers cannot lock the owner out.
+//!
+//! # Account creation
+//!
+//! Each creation costs argon2id, so creations are limited per address and in total
+//! ([`RateLimits`]; loopback exempt by default): over the limit,
+//! [`AuthError::TooManyAccounts`] is returned after the cheap checks (name rules, name free) and
+//! before the password is hashed.
 //!
 //! # Tokens
 //!
@@ -39,6 +47,7 @@
 //! ("auth", "last_account_id")      u64 BE, the last id handed out (ids start at 1)
 //! ("auth", "account", id u64 BE)   JSON {id, name, created_unix, password_hash (PHC string)}
 //! ("auth", "name", lowercase name) u64 BE account id
+//! ("auth", "seen", id u64 BE)      JSON [{network, unix}], where the account logged in from
 //! ```
 
 use std::net::IpAddr;
@@ -54,6 +63,7 @@ use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use tessera_persistence::{key, Database, StoreError, Transaction};
 
+mod address;
 mod clock;
 mod error;
 mod keyfile;
@@ -61,6 +71,7 @@ mod rules;
 mod throttle;
 mod token;
 
+pub use address::{network_of, AddressSet};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::AuthError;
 pub use rules::{
@@ -83,7 +94,13 @@ pub fn ensure_signing_key(path: &std::path::Path) -> Result<(), AuthError> {
 }
 pub use remote::{AuthClient, Session};
 
-use throttle::{Attempt, Throttle};
+use throttle::{Attempt, Creations, Throttle};
+
+/// An address the account logged in from this many days ago still counts as the owner's for
+/// the per-name login limit.
+pub const OWNER_ADDRESS_DAYS: u64 = 30;
+/// Addresses remembered per account (the most recent).
+const OWNER_ADDRESSES: usize = 16;
 
 /// argon2id memory cost in KiB (OWASP's recommendation, and the argon2 crate's default).
 pub const ARGON2_MEMORY_KIB: u32 = 19_456;
@@ -142,6 +159,25 @@ fn revoked_key(session: &str) -> Vec<u8> {
     key(&[b"auth", b"revoked", session.as_bytes()])
 }
 
+fn seen_key(id: u64) -> Vec<u8> {
+    key(&[b"auth", b"seen", &id.to_be_bytes()])
+}
+
+/// A network an account logged in from, and when last.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Seen {
+    network: IpAddr,
+    unix: u64,
+}
+
+fn read_seen(tx: &mut dyn Transaction, id: u64) -> Result<Vec<Seen>, StoreError> {
+    let Some(json) = tx.get(&seen_key(id))? else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_slice(&json)
+        .map_err(|e| StoreError::Corrupt(format!("login addresses of account {id}: {e}")))
+}
+
 fn name_key(canonical: &str) -> Vec<u8> {
     key(&[b"auth", b"name", canonical.as_bytes()])
 }
@@ -186,6 +222,7 @@ pub struct Auth {
     verifying_key: VerifyingKey,
     hasher: Argon2<'static>,
     throttle: Mutex<Throttle>,
+    creations: Mutex<Creations>,
     clock: Arc<dyn Clock>,
 }
 
@@ -233,7 +270,8 @@ impl Auth {
             verifying_key: signing_key.verifying_key(),
             signing_key,
             hasher: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
-            throttle: Mutex::new(Throttle::new(limits)),
+            throttle: Mutex::new(Throttle::new(limits.clone())),
+            creations: Mutex::new(Creations::new(limits)),
             clock,
         })
     }
@@ -243,11 +281,19 @@ impl Auth {
         self.verifying_key
     }
 
-    /// Creates an account. CPU-heavy (argon2id): call from `spawn_blocking` in async code.
+    /// Creates an account for a player at address `from`. CPU-heavy (argon2id): call from
+    /// `spawn_blocking` in async code.
     ///
     /// Fails with [`AuthError::InvalidName`] / [`AuthError::InvalidPassword`] for input that
-    /// breaks the rules and [`AuthError::NameTaken`] if the name, in any case, exists.
-    pub fn create_account(&self, name: &str, password: &str) -> Result<Account, AuthError> {
+    /// breaks the rules, [`AuthError::NameTaken`] if the name, in any case, exists, and
+    /// [`AuthError::TooManyAccounts`] over the creation limits (checked in that order, so only
+    /// creations that would succeed count, and a refused one costs no hashing).
+    pub fn create_account(
+        &self,
+        name: &str,
+        password: &str,
+        from: IpAddr,
+    ) -> Result<Account, AuthError> {
         validate_name(name)?;
         validate_password(password)?;
         let canonical = rules::canonical_name(name);
@@ -255,6 +301,36 @@ impl Auth {
         if self.db.get(&name_key(&canonical))?.is_some() {
             return Err(AuthError::NameTaken);
         }
+        let at = self.clock.now();
+        if let Err(refused) = self.creations.lock().admit(from, at) {
+            let retry_after_secs = throttle::retry_secs(refused.wait);
+            tracing::warn!(address = %from, retry_after_secs, this_address = refused.this_address, "account creation rate limited");
+            let reason = if refused.this_address {
+                "per_address"
+            } else {
+                "total"
+            };
+            metrics::counter!("tessera_accounts_refused_total", "reason" => reason).increment(1);
+            return Err(AuthError::TooManyAccounts {
+                retry_after_secs,
+                this_address: refused.this_address,
+            });
+        }
+        let result = self.insert_account(name, &canonical, password);
+        if result.is_err() {
+            self.creations.lock().give_back(from, at);
+        }
+        let account = result?;
+        tracing::info!(player = account.id, name = %account.name, address = %from, "account created");
+        Ok(account)
+    }
+
+    fn insert_account(
+        &self,
+        name: &str,
+        canonical: &str,
+        password: &str,
+    ) -> Result<Account, AuthError> {
         let salt = SaltString::generate(&mut OsRng);
         let password_hash = self
             .hasher
@@ -263,7 +339,7 @@ impl Auth {
             .to_string();
         let created_unix = self.clock.unix_secs();
         let created = self.db.transact(|tx| {
-            let name_key = name_key(&canonical);
+            let name_key = name_key(canonical);
             if tx.get(&name_key)?.is_some() {
                 return Ok(None);
             }
@@ -286,9 +362,7 @@ impl Auth {
             tx.set(&name_key, &id.to_be_bytes())?;
             Ok(Some(record.account()))
         })?;
-        let account = created.ok_or(AuthError::NameTaken)?;
-        tracing::info!(player = account.id, name = %account.name, "account created");
-        Ok(account)
+        created.ok_or(AuthError::NameTaken)
     }
 
     /// Checks a name and password from address `from`. CPU-heavy (argon2id): call from
@@ -298,7 +372,8 @@ impl Auth {
     /// many recent failures fail with [`AuthError::RateLimited`] before any checking.
     pub fn login(&self, name: &str, password: &str, from: IpAddr) -> Result<Account, AuthError> {
         let attempt = Attempt::new(name, from, self.clock.now());
-        if let Err(wait) = self.throttle.lock().admit(&attempt) {
+        let owner_address = self.owner_address(name, from);
+        if let Err(wait) = self.throttle.lock().admit(&attempt, owner_address) {
             let retry_after_secs = throttle::retry_secs(wait);
             tracing::warn!(name, address = %from, retry_after_secs, "login rate limited");
             return Err(AuthError::RateLimited { retry_after_secs });
@@ -307,6 +382,9 @@ impl Auth {
         match &result {
             Ok(account) => {
                 self.throttle.lock().succeeded(&attempt);
+                if let Err(e) = self.remember_address(account.id, from) {
+                    tracing::warn!(player = account.id, error = %e, "cannot remember the login address");
+                }
                 tracing::info!(player = account.id, address = %from, "login");
             }
             Err(AuthError::BadCredentials) => {
@@ -318,6 +396,51 @@ impl Auth {
             }
         }
         result
+    }
+
+    /// Whether the account called `name` logged in from `from`'s network in the last
+    /// [`OWNER_ADDRESS_DAYS`] days. Unknown names and storage errors say no.
+    fn owner_address(&self, name: &str, from: IpAddr) -> bool {
+        if validate_name(name).is_err() {
+            return false;
+        }
+        let canonical = rules::canonical_name(name);
+        let network = network_of(from);
+        let oldest = self
+            .clock
+            .unix_secs()
+            .saturating_sub(OWNER_ADDRESS_DAYS * 86_400);
+        let seen = self.db.transact(|tx| {
+            let Some(id) = tx.get(&name_key(&canonical))? else {
+                return Ok(Vec::new());
+            };
+            read_seen(tx, decode_u64(&id, "account id of a name")?)
+        });
+        match seen {
+            Ok(seen) => seen
+                .iter()
+                .any(|s| s.network == network && s.unix >= oldest),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read an account's login addresses");
+                false
+            }
+        }
+    }
+
+    /// Notes that account `id` logged in from `from` now (its network, the newest
+    /// [`OWNER_ADDRESSES`] kept).
+    fn remember_address(&self, id: u64, from: IpAddr) -> Result<(), StoreError> {
+        let network = network_of(from);
+        let unix = self.clock.unix_secs();
+        self.db.transact(|tx| {
+            let mut seen = read_seen(tx, id)?;
+            seen.retain(|s| s.network != network);
+            seen.insert(0, Seen { network, unix });
+            seen.truncate(OWNER_ADDRESSES);
+            let json = serde_json::to_vec(&seen)
+                .map_err(|e| StoreError::Backend(format!("encoding login addresses: {e}")))?;
+            tx.set(&seen_key(id), &json)
+        })
     }
 
     fn check_credentials(&self, name: &str, password: &str) -> Result<Account, AuthError> {

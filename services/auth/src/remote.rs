@@ -24,6 +24,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::{Account, Auth, AuthError, Claims, Role};
+use tessera_coordinator::operators::{OperatorError, OperatorKey, OperatorSig, Operators};
 
 /// ALPN of the account protocol.
 pub const AUTH_ALPN: &[u8] = b"tessera-auth/1";
@@ -41,6 +42,7 @@ pub const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 /// No `Debug`: it carries passwords and tokens.
 #[derive(Serialize, Deserialize)]
 enum Request {
+    /// From routers before creation limits: counted as one unknown address (0.0.0.0).
     Create {
         name: String,
         password: String,
@@ -61,6 +63,24 @@ enum Request {
         role: Role,
     },
     VerifyingKey,
+    /// Appended (bincode numbers variants in order), so older routers' requests still decode.
+    CreateFrom {
+        name: String,
+        password: String,
+        from: IpAddr,
+    },
+    /// `SetRole` signed by an operator (kind `role`, body [`role_body`]); the unsigned
+    /// `SetRole` is refused.
+    SetRoleSigned {
+        name: String,
+        role: Role,
+        sig: OperatorSig,
+    },
+}
+
+/// The canonical bytes an operator signs to give account `name` a role.
+pub fn role_body(name: &str, role: Role) -> Vec<u8> {
+    format!("{}|{role}", name.to_lowercase()).into_bytes()
 }
 
 /// No `Debug`: it carries tokens.
@@ -81,12 +101,19 @@ enum WireError {
     InvalidPassword(String),
     NameTaken,
     BadCredentials,
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     TokenInvalid,
     TokenExpired,
     SessionEnded,
     NoSuchAccount(String),
     Unavailable(String),
+    TooManyAccounts {
+        retry_after_secs: u64,
+        this_address: bool,
+    },
+    NotAuthorized(String),
 }
 
 impl From<AuthError> for WireError {
@@ -103,6 +130,14 @@ impl From<AuthError> for WireError {
             AuthError::TokenExpired => WireError::TokenExpired,
             AuthError::SessionEnded => WireError::SessionEnded,
             AuthError::NoSuchAccount(n) => WireError::NoSuchAccount(n),
+            AuthError::TooManyAccounts {
+                retry_after_secs,
+                this_address,
+            } => WireError::TooManyAccounts {
+                retry_after_secs,
+                this_address,
+            },
+            AuthError::NotAuthorized(why) => WireError::NotAuthorized(why),
             other => WireError::Unavailable(other.to_string()),
         }
     }
@@ -123,6 +158,14 @@ impl From<WireError> for AuthError {
             WireError::SessionEnded => AuthError::SessionEnded,
             WireError::NoSuchAccount(n) => AuthError::NoSuchAccount(n),
             WireError::Unavailable(s) => AuthError::Unavailable(s),
+            WireError::TooManyAccounts {
+                retry_after_secs,
+                this_address,
+            } => AuthError::TooManyAccounts {
+                retry_after_secs,
+                this_address,
+            },
+            WireError::NotAuthorized(why) => AuthError::NotAuthorized(why),
         }
     }
 }
@@ -136,8 +179,10 @@ impl AuthServer {
     /// Serves `auth` on `listen` with `config` (whose TLS must offer [`AUTH_ALPN`]); with
     /// `reuse_port`, other processes may listen on the same address. Must be called inside a
     /// tokio runtime; serves until [`AuthServer::close`].
+    /// Role changes must carry a signature of an operator in `operators`.
     pub fn start(
         auth: Arc<Auth>,
+        operators: Operators,
         listen: SocketAddr,
         config: quinn::ServerConfig,
         reuse_port: bool,
@@ -162,6 +207,7 @@ impl AuthServer {
         tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
                 let (auth, hashing) = (auth.clone(), hashing.clone());
+                let operators = operators.clone();
                 tokio::spawn(async move {
                     let conn = match incoming.await {
                         Ok(c) => c,
@@ -171,7 +217,13 @@ impl AuthServer {
                         }
                     };
                     while let Ok((send, recv)) = conn.accept_bi().await {
-                        tokio::spawn(serve_stream(auth.clone(), hashing.clone(), send, recv));
+                        tokio::spawn(serve_stream(
+                            auth.clone(),
+                            operators.clone(),
+                            hashing.clone(),
+                            send,
+                            recv,
+                        ));
                     }
                 });
             }
@@ -202,6 +254,7 @@ fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::Udp
 
 async fn serve_stream(
     auth: Arc<Auth>,
+    operators: Operators,
     hashing: Arc<tokio::sync::Semaphore>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -215,20 +268,26 @@ async fn serve_stream(
                 tracing::warn!(error = %e, "malformed auth request");
                 Response::Failed(WireError::Unavailable(format!("malformed request: {e}")))
             }
-            Ok(req) => {
-                let heavy = matches!(req, Request::Create { .. } | Request::Login { .. });
-                let _permit = if heavy {
-                    hashing.acquire().await.ok()
-                } else {
-                    None
-                };
-                match tokio::task::spawn_blocking(move || serve(&auth, req)).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        Response::Failed(WireError::Unavailable(format!("request failed: {e}")))
+            Ok(req) => match authorize(&operators, req).await {
+                Err(refused) => Response::Failed(refused),
+                Ok(req) => {
+                    let heavy = matches!(
+                        req,
+                        Request::Create { .. } | Request::CreateFrom { .. } | Request::Login { .. }
+                    );
+                    let _permit = if heavy {
+                        hashing.acquire().await.ok()
+                    } else {
+                        None
+                    };
+                    match tokio::task::spawn_blocking(move || serve(&auth, req)).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            Response::Failed(WireError::Unavailable(format!("request failed: {e}")))
+                        }
                     }
                 }
-            }
+            },
         },
     };
     let bytes = match tessera_proto::frame::encode(&response) {
@@ -244,9 +303,50 @@ async fn serve_stream(
     }
 }
 
+/// Checks the operator's signature on a privileged request here, in the service that acts on
+/// it (a member certificate alone is not enough).
+async fn authorize(operators: &Operators, req: Request) -> Result<Request, WireError> {
+    match &req {
+        Request::SetRole { name, .. } => {
+            tracing::warn!(name, "unsigned role change refused");
+            Err(WireError::NotAuthorized(
+                OperatorError::Unsigned.to_string(),
+            ))
+        }
+        Request::SetRoleSigned { name, role, sig } => {
+            match operators
+                .check("role", &role_body(name, *role), Some(sig))
+                .await
+            {
+                Ok(operator) => {
+                    tracing::info!(operator, name, %role, "role change authorised");
+                    Ok(req)
+                }
+                Err(e) if e.is_refusal() => {
+                    tracing::warn!(operator = sig.operator, name, error = %e, "role change refused");
+                    Err(WireError::NotAuthorized(e.to_string()))
+                }
+                Err(e) => Err(WireError::Unavailable(e.to_string())),
+            }
+        }
+        _ => Ok(req),
+    }
+}
+
 fn serve(auth: &Auth, req: Request) -> Response {
     let result = match req {
-        Request::Create { name, password } => auth.create_account(&name, &password).map(|a| {
+        Request::Create { name, password } => {
+            let unknown = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+            auth.create_account(&name, &password, unknown).map(|a| {
+                let token = auth.issue_token(&a, SESSION_TTL);
+                Response::Session { account: a, token }
+            })
+        }
+        Request::CreateFrom {
+            name,
+            password,
+            from,
+        } => auth.create_account(&name, &password, from).map(|a| {
             let token = auth.issue_token(&a, SESSION_TTL);
             Response::Session { account: a, token }
         }),
@@ -260,7 +360,12 @@ fn serve(auth: &Auth, req: Request) -> Response {
         }),
         Request::Logout { token } => auth.revoke(&token).map(|()| Response::Done),
         Request::Check { token } => auth.check_session(&token).map(Response::Claims),
-        Request::SetRole { name, role } => auth.set_role(&name, role).map(Response::Account),
+        Request::SetRole { .. } => Err(AuthError::NotAuthorized(
+            OperatorError::Unsigned.to_string(),
+        )),
+        Request::SetRoleSigned { name, role, .. } => {
+            auth.set_role(&name, role).map(Response::Account)
+        }
         Request::VerifyingKey => Ok(Response::Key(auth.verifying_key().to_bytes())),
     };
     result.unwrap_or_else(|e| Response::Failed(e.into()))
@@ -333,11 +438,18 @@ impl AuthClient {
         self.inner.addr
     }
 
-    /// Creates an account and logs it in.
-    pub async fn create_account(&self, name: &str, password: &str) -> Result<Session, AuthError> {
-        self.session(Request::Create {
+    /// Creates an account for a player at address `from` (for the creation limits) and logs
+    /// it in.
+    pub async fn create_account(
+        &self,
+        name: &str,
+        password: &str,
+        from: IpAddr,
+    ) -> Result<Session, AuthError> {
+        self.session(Request::CreateFrom {
             name: name.to_string(),
             password: password.to_string(),
+            from,
         })
         .await
     }
@@ -383,12 +495,30 @@ impl AuthClient {
         }
     }
 
-    /// Gives the account called `name` a role.
-    pub async fn set_role(&self, name: &str, role: Role) -> Result<Account, AuthError> {
+    /// Gives the account called `name` a role, as operator `key` (the service checks the
+    /// signature: kind `role`, body [`role_body`]).
+    pub async fn set_role(
+        &self,
+        name: &str,
+        role: Role,
+        key: &OperatorKey,
+    ) -> Result<Account, AuthError> {
+        let sig = key.sign_request("role", &role_body(name, role));
+        self.set_role_signed(name, role, sig).await
+    }
+
+    /// [`AuthClient::set_role`] with a signature made elsewhere (tests of replays).
+    pub async fn set_role_signed(
+        &self,
+        name: &str,
+        role: Role,
+        sig: OperatorSig,
+    ) -> Result<Account, AuthError> {
         match self
-            .call(Request::SetRole {
+            .call(Request::SetRoleSigned {
                 name: name.to_string(),
                 role,
+                sig,
             })
             .await?
         {

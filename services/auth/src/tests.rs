@@ -8,6 +8,8 @@ use tessera_persistence::Database;
 
 use super::*;
 
+/// Accounts in these tests are created from loopback, which the creation limits exempt.
+const CREATOR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 const T0: u64 = 1_700_000_000;
 
 struct Fixture {
@@ -21,7 +23,7 @@ impl Fixture {
     fn new(limits: RateLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
-        let auth = open(&dir, limits, clock.clone());
+        let auth = open(&dir, limits.clone(), clock.clone());
         Fixture {
             dir,
             clock,
@@ -39,7 +41,7 @@ impl Fixture {
             auth,
         } = self;
         drop(auth);
-        let auth = open(&dir, limits, clock.clone());
+        let auth = open(&dir, limits.clone(), clock.clone());
         Fixture {
             dir,
             clock,
@@ -72,6 +74,7 @@ fn small_limits() -> RateLimits {
         per_account_per_address: 3,
         per_address: 5,
         per_account: 100,
+        ..RateLimits::default()
     }
 }
 
@@ -84,7 +87,10 @@ fn auth_is_shareable() {
 #[test]
 fn create_then_login() {
     let f = Fixture::new(RateLimits::default());
-    let created = f.auth.create_account("Alice_1", "hunter22").unwrap();
+    let created = f
+        .auth
+        .create_account("Alice_1", "hunter22", CREATOR)
+        .unwrap();
     assert_eq!(
         created,
         Account {
@@ -94,7 +100,7 @@ fn create_then_login() {
             role: Role::Player,
         }
     );
-    let second = f.auth.create_account("Bob", "pass word").unwrap();
+    let second = f.auth.create_account("Bob", "pass word", CREATOR).unwrap();
     assert_eq!(second.id, 2, "ids count up from 1");
 
     let here = ip("192.0.2.1");
@@ -113,28 +119,39 @@ fn create_then_login() {
 #[test]
 fn names_are_unique_ignoring_case() {
     let f = Fixture::new(RateLimits::default());
-    f.auth.create_account("Alice", "password1").unwrap();
+    f.auth
+        .create_account("Alice", "password1", CREATOR)
+        .unwrap();
     for taken in ["Alice", "alice", "ALICE"] {
-        let err = f.auth.create_account(taken, "password2").unwrap_err();
+        let err = f
+            .auth
+            .create_account(taken, "password2", CREATOR)
+            .unwrap_err();
         assert!(matches!(err, AuthError::NameTaken), "{taken}: {err:?}");
         assert_eq!(err.to_string(), "That name is taken.");
     }
-    assert_eq!(f.auth.create_account("Alicia", "password3").unwrap().id, 2);
+    assert_eq!(
+        f.auth
+            .create_account("Alicia", "password3", CREATOR)
+            .unwrap()
+            .id,
+        2
+    );
 }
 
 #[test]
 fn create_rejects_bad_input_before_hashing() {
     let f = Fixture::new(RateLimits::default());
     assert!(matches!(
-        f.auth.create_account("x", "password"),
+        f.auth.create_account("x", "password", CREATOR),
         Err(AuthError::InvalidName(_))
     ));
     assert!(matches!(
-        f.auth.create_account("Valid", "abc"),
+        f.auth.create_account("Valid", "abc", CREATOR),
         Err(AuthError::InvalidPassword(_))
     ));
     assert!(matches!(
-        f.auth.create_account("Valid", "bad\u{1b}[0m"),
+        f.auth.create_account("Valid", "bad\u{1b}[0m", CREATOR),
         Err(AuthError::InvalidPassword(_))
     ));
     assert_eq!(f.auth.find_account("Valid").unwrap(), None);
@@ -143,7 +160,9 @@ fn create_rejects_bad_input_before_hashing() {
 #[test]
 fn wrong_password_and_unknown_name_look_the_same() {
     let f = Fixture::new(RateLimits::default());
-    f.auth.create_account("Carol", "right one").unwrap();
+    f.auth
+        .create_account("Carol", "right one", CREATOR)
+        .unwrap();
     let here = ip("192.0.2.1");
     let wrong = f.auth.login("Carol", "wrong one", here).unwrap_err();
     let unknown = f.auth.login("Dave", "right one", here).unwrap_err();
@@ -164,7 +183,7 @@ fn dummy_hash_costs_what_a_real_hash_costs() {
     assert_eq!(params.p_cost(), ARGON2_LANES);
 
     let f = Fixture::new(RateLimits::default());
-    f.auth.create_account("Erin", "secret pw").unwrap();
+    f.auth.create_account("Erin", "secret pw", CREATOR).unwrap();
     let record = f
         .auth
         .db
@@ -180,7 +199,7 @@ fn dummy_hash_costs_what_a_real_hash_costs() {
 #[test]
 fn rate_limit_kicks_in_and_expires() {
     let f = Fixture::new(small_limits());
-    f.auth.create_account("Frank", "correct").unwrap();
+    f.auth.create_account("Frank", "correct", CREATOR).unwrap();
     let here = ip("192.0.2.1");
     for _ in 0..3 {
         f.clock.advance(Duration::from_secs(1));
@@ -219,7 +238,7 @@ fn rate_limit_kicks_in_and_expires() {
 #[test]
 fn success_resets_the_count_for_that_address() {
     let f = Fixture::new(small_limits());
-    f.auth.create_account("Grace", "correct").unwrap();
+    f.auth.create_account("Grace", "correct", CREATOR).unwrap();
     let here = ip("192.0.2.1");
     for _ in 0..2 {
         assert!(f.auth.login("Grace", "typo", here).is_err());
@@ -237,7 +256,7 @@ fn success_resets_the_count_for_that_address() {
 #[test]
 fn limits_are_per_address() {
     let f = Fixture::new(small_limits());
-    f.auth.create_account("Heidi", "correct").unwrap();
+    f.auth.create_account("Heidi", "correct", CREATOR).unwrap();
     let attacker = ip("198.51.100.7");
     let player = ip("192.0.2.1");
     // The attacker exhausts the per-name limit for Heidi from their address...
@@ -282,9 +301,170 @@ fn per_account_limit_spans_addresses() {
 }
 
 #[test]
+fn strangers_cannot_lock_the_owner_out() {
+    let limits = RateLimits {
+        per_account: 3,
+        ..small_limits()
+    };
+    let f = Fixture::new(limits);
+    f.auth.create_account("Owen", "correct", CREATOR).unwrap();
+    let home = ip("192.0.2.1");
+    f.auth.login("Owen", "correct", home).unwrap();
+    // A week later, strangers guess from many addresses until the name is throttled.
+    f.clock.advance(Duration::from_secs(7 * 86_400));
+    for i in 1..=3 {
+        let stranger = ip(&format!("198.51.100.{i}"));
+        assert!(matches!(
+            f.auth.login("Owen", "guess", stranger),
+            Err(AuthError::BadCredentials)
+        ));
+    }
+    assert!(matches!(
+        f.auth.login("Owen", "guess", ip("198.51.100.9")),
+        Err(AuthError::RateLimited { .. })
+    ));
+    // The owner, from an address of the same IPv4 host, gets in.
+    assert_eq!(f.auth.login("owen", "correct", home).unwrap().name, "Owen");
+    // A remembered address expires after OWNER_ADDRESS_DAYS without a login.
+    f.clock
+        .advance(Duration::from_secs(OWNER_ADDRESS_DAYS * 86_400 + 1));
+    for i in 1..=3 {
+        let _ = f
+            .auth
+            .login("Owen", "guess", ip(&format!("198.51.100.{i}")));
+    }
+    assert!(matches!(
+        f.auth.login("Owen", "correct", home),
+        Err(AuthError::RateLimited { .. })
+    ));
+}
+
+#[test]
+fn owner_addresses_survive_a_restart_and_keep_the_newest() {
+    let limits = RateLimits {
+        per_account: 1,
+        ..small_limits()
+    };
+    let f = Fixture::new(limits);
+    f.auth.create_account("Pia", "correct", CREATOR).unwrap();
+    for i in 0..=OWNER_ADDRESSES {
+        f.clock.advance(Duration::from_secs(1));
+        f.auth
+            .login("Pia", "correct", ip(&format!("203.0.113.{i}")))
+            .unwrap();
+    }
+    let f = f.reopen();
+    assert!(f.auth.login("Pia", "guess", ip("198.51.100.1")).is_err());
+    // The newest address is remembered across the restart; the oldest was dropped.
+    let newest = ip(&format!("203.0.113.{OWNER_ADDRESSES}"));
+    f.auth.login("Pia", "correct", newest).unwrap();
+    assert!(matches!(
+        f.auth.login("Pia", "correct", ip("203.0.113.0")),
+        Err(AuthError::RateLimited { .. })
+    ));
+}
+
+fn create_limits() -> RateLimits {
+    RateLimits {
+        create_window: Duration::from_secs(3600),
+        creates_per_address: 3,
+        creates_total: 5,
+        exempt: AddressSet::none(),
+        ..RateLimits::default()
+    }
+}
+
+#[test]
+fn account_creation_is_limited_per_address_before_any_hashing() {
+    let f = Fixture::new(create_limits());
+    let spammer = ip("192.0.2.66");
+    for i in 0..3 {
+        f.auth
+            .create_account(&format!("Spam{i}"), "password", spammer)
+            .unwrap();
+    }
+    // Refused names and taken names do not use up the allowance (no hashing happened).
+    assert!(matches!(
+        f.auth.create_account("x", "password", spammer),
+        Err(AuthError::InvalidName(_))
+    ));
+    assert!(matches!(
+        f.auth.create_account("Spam0", "password", spammer),
+        Err(AuthError::NameTaken)
+    ));
+    f.clock.advance(Duration::from_secs(60));
+    let err = f
+        .auth
+        .create_account("Spam3", "password", spammer)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuthError::TooManyAccounts {
+                retry_after_secs: 3540,
+                this_address: true
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "Too many new accounts from your address; try again in 59 minutes."
+    );
+    assert!(f.auth.find_account("Spam3").unwrap().is_none());
+    // Another address creates; after two more the total is reached for everyone.
+    f.auth
+        .create_account("Honest", "password", ip("198.51.100.1"))
+        .unwrap();
+    f.auth
+        .create_account("Other", "password", ip("2001:db8::1"))
+        .unwrap();
+    let err = f
+        .auth
+        .create_account("Third", "password", ip("2001:db8:0:1::1"))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuthError::TooManyAccounts {
+                this_address: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err
+        .to_string()
+        .starts_with("Too many new accounts right now;"));
+    // Logging in is not affected, and the window slides.
+    f.auth.login("Spam1", "password", spammer).unwrap();
+    f.clock.advance(Duration::from_secs(3600));
+    f.auth.create_account("Spam3", "password", spammer).unwrap();
+}
+
+#[test]
+fn exempt_addresses_create_freely() {
+    let f = Fixture::new(RateLimits {
+        exempt: "10.0.0.0/8".parse().unwrap(),
+        ..create_limits()
+    });
+    for i in 0..8 {
+        f.auth
+            .create_account(&format!("Bot{i}"), "password", ip("10.1.2.3"))
+            .unwrap();
+    }
+    // Exempt creations do not count toward the total either.
+    for i in 0..3 {
+        f.auth
+            .create_account(&format!("Guest{i}"), "password", ip("192.0.2.1"))
+            .unwrap();
+    }
+}
+
+#[test]
 fn tokens_round_trip() {
     let f = Fixture::new(RateLimits::default());
-    let account = f.auth.create_account("Kim", "password").unwrap();
+    let account = f.auth.create_account("Kim", "password", CREATOR).unwrap();
     let token = f.auth.issue_token(&account, Duration::from_secs(3600));
     let claims = f.auth.verify_token(&token).unwrap();
     assert_eq!(
@@ -368,7 +548,7 @@ fn expired_tokens_are_rejected() {
 #[test]
 fn key_and_accounts_survive_reopening() {
     let f = Fixture::new(RateLimits::default());
-    let account = f.auth.create_account("Nina", "password").unwrap();
+    let account = f.auth.create_account("Nina", "password", CREATOR).unwrap();
     let token = f.auth.issue_token(&account, Duration::from_secs(600));
     let key_before = f.auth.verifying_key();
 
@@ -384,12 +564,15 @@ fn key_and_accounts_survive_reopening() {
         account
     );
     assert_eq!(
-        f.auth.create_account("Omar", "password").unwrap().id,
+        f.auth
+            .create_account("Omar", "password", CREATOR)
+            .unwrap()
+            .id,
         2,
         "the id counter survives too"
     );
     assert!(matches!(
-        f.auth.create_account("NINA", "password"),
+        f.auth.create_account("NINA", "password", CREATOR),
         Err(AuthError::NameTaken)
     ));
 }
@@ -397,7 +580,7 @@ fn key_and_accounts_survive_reopening() {
 #[test]
 fn another_key_rejects_the_tokens() {
     let f = Fixture::new(RateLimits::default());
-    let account = f.auth.create_account("Pat", "password").unwrap();
+    let account = f.auth.create_account("Pat", "password", CREATOR).unwrap();
     let token = f.auth.issue_token(&account, Duration::from_secs(600));
     std::fs::remove_file(key_path(&f.dir)).unwrap();
     let f = f.reopen();
@@ -441,7 +624,7 @@ fn messages_are_sentences() {
 #[test]
 fn a_logged_out_session_is_refused_but_others_are_not() {
     let f = Fixture::new(RateLimits::default());
-    let account = f.auth.create_account("Noa", "password").unwrap();
+    let account = f.auth.create_account("Noa", "password", CREATOR).unwrap();
     let first = f.auth.issue_token(&account, Duration::from_secs(60));
     let second = f.auth.issue_token(&account, Duration::from_secs(60));
     f.auth.check_session(&first).unwrap();
@@ -462,7 +645,7 @@ fn a_logged_out_session_is_refused_but_others_are_not() {
 #[test]
 fn roles_are_stored_and_carried_by_new_tokens() {
     let f = Fixture::new(RateLimits::default());
-    let account = f.auth.create_account("Oda", "password").unwrap();
+    let account = f.auth.create_account("Oda", "password", CREATOR).unwrap();
     assert_eq!(account.role, Role::Player);
     let before = f.auth.issue_token(&account, Duration::from_secs(60));
     let promoted = f.auth.set_role("oda", Role::Operator).unwrap();

@@ -1,4 +1,4 @@
-//! Login rate limits: failures counted in sliding windows, in memory.
+//! Login and account-creation rate limits, counted in sliding windows, in memory.
 //!
 //! Each login attempt is recorded as a failure *before* the password is checked and taken
 //! back if it succeeds, so that many parallel attempts cannot all slip through while the
@@ -10,8 +10,10 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// How many failed logins are allowed in a sliding window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::address::{network_of, AddressSet};
+
+/// How many failed logins, and how many new accounts, are allowed in sliding windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
     /// Length of the sliding window.
     pub window: Duration,
@@ -22,7 +24,18 @@ pub struct RateLimits {
     /// count per /64 network, since one host usually owns a whole /64.
     pub per_address: u32,
     /// Failures for one account name over all addresses (a distributed guess of one account).
+    /// Addresses the account logged in from recently are not held to it, so that strangers
+    /// guessing from many addresses cannot lock the owner out.
     pub per_account: u32,
+    /// Length of the account-creation windows.
+    pub create_window: Duration,
+    /// Accounts created from one address (IPv6: one /64) per `create_window`.
+    pub creates_per_address: u32,
+    /// Accounts created from all addresses together per `create_window` (a spammer with many
+    /// addresses). Exempt addresses do not count.
+    pub creates_total: u32,
+    /// Addresses the creation limits leave alone (loopback by default).
+    pub exempt: AddressSet,
 }
 
 impl Default for RateLimits {
@@ -32,6 +45,10 @@ impl Default for RateLimits {
             per_account_per_address: 5,
             per_address: 20,
             per_account: 100,
+            create_window: Duration::from_secs(3600),
+            creates_per_address: 10,
+            creates_total: 500,
+            exempt: AddressSet::default(),
         }
     }
 }
@@ -77,17 +94,6 @@ impl Attempt {
     }
 }
 
-/// The address a limit applies to: IPv4 as is (IPv4-mapped IPv6 too), IPv6 as its /64.
-fn network_of(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(_) => address,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
-}
-
 impl Throttle {
     pub(crate) fn new(limits: RateLimits) -> Self {
         Throttle {
@@ -100,8 +106,9 @@ impl Throttle {
     }
 
     /// Lets the attempt through and records it as a failure, or refuses it with the time
-    /// until it would be let through.
-    pub(crate) fn admit(&mut self, attempt: &Attempt) -> Result<(), Duration> {
+    /// until it would be let through. `owner_address`: the account logged in from this
+    /// address recently, so the per-account limit (which strangers can fill) does not apply.
+    pub(crate) fn admit(&mut self, attempt: &Attempt, owner_address: bool) -> Result<(), Duration> {
         self.attempts_since_sweep += 1;
         if self.attempts_since_sweep >= SWEEP_EVERY {
             self.sweep(attempt.at);
@@ -121,12 +128,16 @@ impl Throttle {
                 window,
                 attempt.at,
             ),
-            wait(
-                self.account.get_mut(&attempt.name),
-                self.limits.per_account,
-                window,
-                attempt.at,
-            ),
+            if owner_address {
+                None
+            } else {
+                wait(
+                    self.account.get_mut(&attempt.name),
+                    self.limits.per_account,
+                    window,
+                    attempt.at,
+                )
+            },
         ];
         if let Some(longest) = waits.into_iter().flatten().max() {
             return Err(longest);
@@ -181,6 +192,86 @@ impl Throttle {
     }
 }
 
+/// Accounts created recently, per address and in total: a slot is taken before the password
+/// is hashed (so a flood is refused before it costs argon2id) and given back if the account
+/// was not created after all.
+#[derive(Debug)]
+pub(crate) struct Creations {
+    limits: RateLimits,
+    address: HashMap<IpAddr, Log>,
+    total: Log,
+    since_sweep: u32,
+}
+
+/// Which creation limit refused, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CreateRefused {
+    pub wait: Duration,
+    /// The address's own limit (else the limit over all addresses).
+    pub this_address: bool,
+}
+
+impl Creations {
+    pub(crate) fn new(limits: RateLimits) -> Self {
+        Creations {
+            limits,
+            address: HashMap::new(),
+            total: Vec::new(),
+            since_sweep: 0,
+        }
+    }
+
+    /// Takes a creation slot for `from`, or says why not. Exempt addresses always get one and
+    /// leave no trace.
+    pub(crate) fn admit(&mut self, from: IpAddr, at: Instant) -> Result<(), CreateRefused> {
+        if self.limits.exempt.contains(from) {
+            return Ok(());
+        }
+        self.since_sweep += 1;
+        if self.since_sweep >= SWEEP_EVERY {
+            let window = self.limits.create_window;
+            self.address.retain(|_, log| {
+                prune(log, window, at);
+                !log.is_empty()
+            });
+            self.since_sweep = 0;
+        }
+        let (window, network) = (self.limits.create_window, network_of(from));
+        let per_address = wait(
+            self.address.get_mut(&network),
+            self.limits.creates_per_address,
+            window,
+            at,
+        );
+        if let Some(wait) = per_address {
+            return Err(CreateRefused {
+                wait,
+                this_address: true,
+            });
+        }
+        if let Some(wait) = wait(Some(&mut self.total), self.limits.creates_total, window, at) {
+            return Err(CreateRefused {
+                wait,
+                this_address: false,
+            });
+        }
+        self.address.entry(network).or_default().push(at);
+        self.total.push(at);
+        Ok(())
+    }
+
+    /// The slot taken at `at` was not used (the name was taken meanwhile, or storage failed).
+    pub(crate) fn give_back(&mut self, from: IpAddr, at: Instant) {
+        if self.limits.exempt.contains(from) {
+            return;
+        }
+        take_back(&mut self.address, &network_of(from), at);
+        if let Some(i) = self.total.iter().rposition(|&t| t == at) {
+            self.total.swap_remove(i);
+        }
+    }
+}
+
 fn prune(log: &mut Log, window: Duration, now: Instant) {
     log.retain(|&t| now.saturating_duration_since(t) < window);
 }
@@ -227,6 +318,7 @@ mod tests {
             per_account_per_address: 3,
             per_address: 5,
             per_account: 7,
+            ..RateLimits::default()
         }
     }
 
@@ -237,15 +329,15 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for s in 0..3 {
             let a = Attempt::new("Bob", ip, start + Duration::from_secs(s));
-            assert!(t.admit(&a).is_ok());
+            assert!(t.admit(&a, false).is_ok());
         }
         let blocked = Attempt::new("bob", ip, start + Duration::from_secs(4));
-        assert_eq!(t.admit(&blocked), Err(Duration::from_secs(6)));
+        assert_eq!(t.admit(&blocked, false), Err(Duration::from_secs(6)));
         // The first failure leaves the window at 10 s.
         let later = Attempt::new("bob", ip, start + Duration::from_secs(10));
-        assert!(t.admit(&later).is_ok());
+        assert!(t.admit(&later, false).is_ok());
         let again = Attempt::new("bob", ip, start + Duration::from_secs(10));
-        assert_eq!(t.admit(&again), Err(Duration::from_secs(1)));
+        assert_eq!(t.admit(&again, false), Err(Duration::from_secs(1)));
     }
 
     #[test]
@@ -254,12 +346,12 @@ mod tests {
         let now = Instant::now();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..2 {
-            t.admit(&Attempt::new("bob", ip, now)).unwrap();
+            t.admit(&Attempt::new("bob", ip, now), false).unwrap();
         }
         let good = Attempt::new("bob", ip, now);
-        t.admit(&good).unwrap();
+        t.admit(&good, false).unwrap();
         t.succeeded(&good);
-        assert!(t.admit(&Attempt::new("bob", ip, now)).is_ok());
+        assert!(t.admit(&Attempt::new("bob", ip, now), false).is_ok());
         assert_eq!(
             t.address[&ip].len(),
             3,
@@ -268,27 +360,76 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_counts_per_slash_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(network_of(a), network_of(b));
-        assert_ne!(network_of(a), network_of(c));
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(network_of(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
-    }
-
-    #[test]
     fn sweep_forgets_old_keys() {
         let mut t = Throttle::new(limits());
         let start = Instant::now();
         for i in 0..100u8 {
             let ip = IpAddr::from([10, 0, 0, i]);
-            t.admit(&Attempt::new("x", ip, start)).unwrap_or(());
+            t.admit(&Attempt::new("x", ip, start), false).unwrap_or(());
         }
         let later = start + Duration::from_secs(60);
         t.sweep(later);
         assert_eq!(t.tracked_keys(), 0);
+    }
+
+    #[test]
+    fn an_owner_address_is_not_held_to_the_per_account_limit() {
+        let mut t = Throttle::new(limits());
+        let now = Instant::now();
+        // Strangers fill the account's log from many addresses.
+        for i in 0..7u8 {
+            let stranger = IpAddr::from([198, 51, 100, i]);
+            t.admit(&Attempt::new("Ann", stranger, now), false).unwrap();
+        }
+        let another = IpAddr::from([198, 51, 100, 200]);
+        assert!(t.admit(&Attempt::new("Ann", another, now), false).is_err());
+        // Ann's own address is let through, still under its own limits.
+        let home = IpAddr::from([192, 0, 2, 1]);
+        for _ in 0..3 {
+            t.admit(&Attempt::new("ann", home, now), true).unwrap();
+        }
+        assert!(
+            t.admit(&Attempt::new("ann", home, now), true).is_err(),
+            "the per-name-and-address limit still holds"
+        );
+    }
+
+    fn create_limits() -> RateLimits {
+        RateLimits {
+            create_window: Duration::from_secs(100),
+            creates_per_address: 3,
+            creates_total: 5,
+            exempt: "10.9.0.0/16".parse().unwrap(),
+            ..RateLimits::default()
+        }
+    }
+
+    #[test]
+    fn creations_are_limited_per_address_then_in_total() {
+        let mut c = Creations::new(create_limits());
+        let start = Instant::now();
+        let a = IpAddr::from([192, 0, 2, 1]);
+        for s in 0..3 {
+            c.admit(a, start + Duration::from_secs(s)).unwrap();
+        }
+        let refused = c.admit(a, start + Duration::from_secs(10)).unwrap_err();
+        assert!(refused.this_address);
+        assert_eq!(refused.wait, Duration::from_secs(90));
+        // Another /64 of IPv6 is another address; the same /64 is not.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        c.admit(v6("2001:db8:0:1::1"), start).unwrap();
+        c.admit(v6("2001:db8:0:2::1"), start).unwrap();
+        // Five in total now: everyone is refused, with the total's reason.
+        let total = c.admit(v6("2001:db8:0:3::1"), start).unwrap_err();
+        assert!(!total.this_address);
+        // Exempt addresses neither wait nor count.
+        for _ in 0..10 {
+            c.admit(IpAddr::from([10, 9, 1, 1]), start).unwrap();
+        }
+        // A slot given back is free again; old slots slide out of the window.
+        c.give_back(v6("2001:db8:0:2::5"), start);
+        c.admit(v6("2001:db8:0:3::1"), start).unwrap();
+        c.admit(a, start + Duration::from_secs(101)).unwrap();
     }
 
     #[test]

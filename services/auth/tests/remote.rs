@@ -6,14 +6,22 @@ use std::sync::Arc;
 
 use tessera_auth::remote::{AuthClient, AuthServer, AUTH_ALPN};
 use tessera_auth::{verify_token_with, Auth, AuthError, RateLimits, Role};
+use tessera_coordinator::operators::{OperatorKey, OperatorRecord, Operators, Voucher};
 use tessera_coordinator::transport::{ClusterCa, CLUSTER_NAME};
+use tessera_coordinator::{ClusterStore, MemStore};
 use tessera_persistence::Database;
+
+const CREATOR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 struct Cluster {
     _dir: tempfile::TempDir,
     ca: ClusterCa,
     db: Database,
     key: std::path::PathBuf,
+    /// The operators, in an in-process cluster store both replicas share.
+    operators: Operators,
+    /// Operator "root", vouched for by the CA.
+    root: OperatorKey,
 }
 
 impl Cluster {
@@ -22,12 +30,23 @@ impl Cluster {
         let ca = ClusterCa::create(&dir.path().join("ca")).unwrap();
         let db = Database::open_redb(&dir.path().join("store.redb")).unwrap();
         let key = dir.path().join("token.key");
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let operators = Operators::in_store(store, "/t/", vec![ca.cert().clone()]);
+        let root = OperatorKey::generate("root").unwrap();
         Cluster {
             _dir: dir,
             ca,
             db,
             key,
+            operators,
+            root,
         }
+    }
+
+    async fn add_root(&self) {
+        let record =
+            OperatorRecord::new("root", &self.root.public_hex(), &Voucher::Ca(&self.ca)).unwrap();
+        self.operators.records().put(&record).await.unwrap();
     }
 
     fn replica(&self, listen: SocketAddr, limits: RateLimits) -> AuthServer {
@@ -38,7 +57,7 @@ impl Cluster {
             .unwrap()
             .server_config_for(AUTH_ALPN)
             .unwrap();
-        AuthServer::start(auth, listen, config, true).unwrap()
+        AuthServer::start(auth, self.operators.clone(), listen, config, true).unwrap()
     }
 
     fn client(&self, addr: SocketAddr) -> AuthClient {
@@ -64,12 +83,15 @@ async fn a_session_over_quic_create_login_check_logout() {
     let client = c.client(server.local_addr().unwrap());
     let key = client.verifying_key().await.unwrap();
 
-    let created = client.create_account("Ann", "correct horse").await.unwrap();
+    let created = client
+        .create_account("Ann", "correct horse", CREATOR)
+        .await
+        .unwrap();
     assert_eq!(created.account.name, "Ann");
     let claims = verify_token_with(&key, &created.token, unix_now()).unwrap();
     assert_eq!(claims.account_id, created.account.id);
     assert!(matches!(
-        client.create_account("ann", "whatever1").await,
+        client.create_account("ann", "whatever1", CREATOR).await,
         Err(AuthError::NameTaken)
     ));
 
@@ -88,7 +110,11 @@ async fn a_session_over_quic_create_login_check_logout() {
         client.login("Ann", "wrong password", from).await,
         Err(AuthError::BadCredentials)
     ));
-    let op = client.set_role("ann", Role::Operator).await.unwrap();
+    c.add_root().await;
+    let op = client
+        .set_role("ann", Role::Operator, &c.root)
+        .await
+        .unwrap();
     assert_eq!(op.role, Role::Operator);
     let again = client.login("Ann", "correct horse", from).await.unwrap();
     assert_eq!(
@@ -107,7 +133,10 @@ async fn two_replicas_behind_one_address_survive_losing_one() {
     let first = c.replica(addr, RateLimits::default());
     let second = c.replica(addr, RateLimits::default());
     let client = c.client(addr);
-    client.create_account("Bea", "password1").await.unwrap();
+    client
+        .create_account("Bea", "password1", CREATOR)
+        .await
+        .unwrap();
     let from: IpAddr = "10.0.0.8".parse().unwrap();
     client.login("Bea", "password1", from).await.unwrap();
 
@@ -148,7 +177,10 @@ async fn brute_force_from_one_address_is_limited_but_not_the_owner() {
     let c = Cluster::new();
     let server = c.replica("127.0.0.1:0".parse().unwrap(), RateLimits::default());
     let client = c.client(server.local_addr().unwrap());
-    client.create_account("Cyd", "the right one").await.unwrap();
+    client
+        .create_account("Cyd", "the right one", CREATOR)
+        .await
+        .unwrap();
     let attacker: IpAddr = "192.0.2.66".parse().unwrap();
     let mut limited = 0;
     for i in 0..100 {
@@ -187,4 +219,90 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// A member certificate is not enough to change a role: the service itself checks the
+/// operator's signature, refuses a replay, and refuses a revoked operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_changes_need_a_valid_operator_signature_checked_by_the_service() {
+    let c = Cluster::new();
+    c.add_root().await;
+    let port = free_udp_port();
+    let (a, b) = (
+        c.replica(port, RateLimits::default()),
+        c.replica(port, RateLimits::default()),
+    );
+    let client = c.client(port);
+    client
+        .create_account("Zed", "password1", CREATOR)
+        .await
+        .unwrap();
+
+    // A stranger's key, and a forged signature.
+    let stranger = OperatorKey::generate("root").unwrap();
+    let err = client
+        .set_role("zed", Role::Operator, &stranger)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AuthError::NotAuthorized(why) if why.contains("does not verify")),
+        "{err:?}"
+    );
+    let nobody = OperatorKey::generate("nobody").unwrap();
+    let err = client
+        .set_role("zed", Role::Operator, &nobody)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no operator called"), "{err}");
+
+    // A signature for another account or role does not carry over.
+    let sig = c.root.sign_request(
+        "role",
+        &tessera_auth::remote::role_body("zed", Role::Player),
+    );
+    let err = client
+        .set_role_signed("zed", Role::Operator, sig)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AuthError::NotAuthorized(_)), "{err:?}");
+
+    // The real one works once; its replay is refused by every replica.
+    let sig = c.root.sign_request(
+        "role",
+        &tessera_auth::remote::role_body("zed", Role::Operator),
+    );
+    let done = client
+        .set_role_signed("Zed", Role::Operator, sig.clone())
+        .await
+        .unwrap();
+    assert_eq!(done.role, Role::Operator);
+    for _ in 0..4 {
+        let err = client
+            .set_role_signed("zed", Role::Operator, sig.clone())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("already used"), "{err}");
+    }
+
+    // Revoked: refused from the next request on.
+    let mut record = c.operators.records().get("root").await.unwrap().unwrap();
+    record.revoke(&Voucher::Ca(&c.ca)).unwrap();
+    c.operators.records().put(&record).await.unwrap();
+    let err = client
+        .set_role("zed", Role::Player, &c.root)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+    assert_eq!(
+        Auth::with_limits(c.db.clone(), &c.key, RateLimits::default())
+            .unwrap()
+            .find_account("zed")
+            .unwrap()
+            .unwrap()
+            .role,
+        Role::Operator,
+        "nothing refused changed the account"
+    );
+    a.close();
+    b.close();
 }

@@ -11,13 +11,19 @@
 //! is consistent only with itself. Take backups of a quiet store (or accept
 //! that): cell checkpoints are rewritten every second anyway. A restore
 //! clears the whole key space and writes the entries in batches of a few
-//! megabytes; run it with the cluster stopped.
+//! megabytes (the clear in the same transaction as the first batch); run it
+//! with the cluster stopped.
+//!
+//! **Who may.** Against the persistence service, a backup page and a restore
+//! batch are each a request signed by an operator, which the service checks
+//! (`remote::OperatorSession`); a plain commit that clears the whole key
+//! space is refused.
 
 use std::io::{BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Database, StoreError, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::{Database, KeyValue, StoreError, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 const MAGIC: &[u8] = b"tessera-backup/1\n";
 /// Entries read per transaction while dumping.
@@ -51,14 +57,42 @@ fn write_record(out: &mut dyn Write, r: &Record) -> Result<(), BackupError> {
     Ok(())
 }
 
+/// What a backup reads and a restore writes: a store this process opened itself
+/// ([`Database`]), or the persistence service as an operator, whose every request the service
+/// checks ([`crate::remote::OperatorSession`]).
+pub trait BackupStore {
+    /// Up to `limit` entries from `begin` on, in key order.
+    fn page(&self, begin: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+    /// Writes `batch` in one transaction; with `clear_all`, everything else is deleted first
+    /// (the first batch of a restore).
+    fn write_batch(&self, clear_all: bool, batch: &[KeyValue]) -> Result<(), StoreError>;
+}
+
+impl BackupStore for Database {
+    fn page(&self, begin: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        self.get_range(begin, b"\xff", limit)
+    }
+
+    fn write_batch(&self, clear_all: bool, batch: &[KeyValue]) -> Result<(), StoreError> {
+        self.transact(|tx| {
+            if clear_all {
+                tx.clear_range(b"", b"\xff");
+            }
+            for (k, v) in batch {
+                tx.set(k, v)?;
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Writes every entry of `db` to `out`; returns how many.
-pub fn dump(db: &Database, out: &mut dyn Write) -> Result<u64, BackupError> {
+pub fn dump(db: &dyn BackupStore, out: &mut dyn Write) -> Result<u64, BackupError> {
     out.write_all(MAGIC)?;
     let mut begin: Vec<u8> = Vec::new();
-    let end = vec![0xFFu8];
     let mut entries = 0u64;
     loop {
-        let page = db.get_range(&begin, &end, PAGE)?;
+        let page = db.page(&begin, PAGE)?;
         let Some((last, _)) = page.last() else {
             break;
         };
@@ -131,27 +165,21 @@ fn verify(input: &mut dyn BufRead) -> Result<u64, BackupError> {
 /// once to check the whole file, once to load it). Returns the entries
 /// restored.
 pub fn restore(
-    db: &Database,
+    db: &dyn BackupStore,
     open: &mut dyn FnMut() -> std::io::Result<Box<dyn BufRead>>,
 ) -> Result<u64, BackupError> {
     let expected = verify(&mut *open()?)?;
-    db.transact(|tx| {
-        tx.clear_range(b"", b"\xff");
-        Ok(())
-    })?;
     let mut input = open()?;
     let mut magic = vec![0u8; MAGIC.len()];
     input.read_exact(&mut magic)?;
     let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut bytes = 0;
     let mut restored = 0u64;
-    let flush = |batch: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<(), BackupError> {
-        db.transact(|tx| {
-            for (k, v) in batch.iter() {
-                tx.set(k, v)?;
-            }
-            Ok(())
-        })?;
+    // The first batch clears the store in the same transaction.
+    let mut first = true;
+    let mut flush = |batch: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<(), BackupError> {
+        db.write_batch(first, batch)?;
+        first = false;
         batch.clear();
         Ok(())
     };

@@ -16,6 +16,9 @@
 //! range clear removes them. Keys made by [`crate::key`] never continue with 0x00 after a
 //! complete key, so chunk keys cannot collide with other tuple keys.
 //!
+//! [`get_chunked_header`] and [`get_chunks`] read a value a few chunks per transaction, for
+//! streaming values that are never rewritten.
+//!
 //! The whole value is written in one transaction, so it is bounded by
 //! [`crate::MAX_TRANSACTION_BYTES`] (a little under 10 MB); larger data must be split by the
 //! caller over several entries and transactions.
@@ -85,43 +88,143 @@ pub fn set_chunked(tx: &mut dyn Transaction, key: &[u8], value: &[u8]) -> Result
 
 /// Reads a value written by [`set_chunked`]; `None` if there is none.
 pub fn get_chunked(tx: &mut dyn Transaction, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-    check_entry_key(key)?;
-    let Some(header) = tx.get(key)? else {
-        return Ok(None);
-    };
-    let corrupt = |what: &str| StoreError::Corrupt(format!("chunked value at {key:?}: {what}"));
-    match header.split_first() {
-        Some((&INLINE, value)) => Ok(Some(value.to_vec())),
-        Some((&CHUNKED, rest)) if rest.len() == HEADER_LEN - 1 => {
-            let (count, len) = rest.split_at(4);
-            let count = u32::from_be_bytes(count.try_into().map_err(|_| corrupt("bad header"))?);
-            let len = u64::from_be_bytes(len.try_into().map_err(|_| corrupt("bad header"))?);
-            let (begin, end) = chunk_range(key);
-            // One more than expected, so that stray extra chunks are noticed.
-            let chunks = tx.get_range(&begin, &end, count as usize + 1)?;
-            if chunks.len() != count as usize {
-                return Err(corrupt(&format!(
-                    "header promises {count} chunks, found {}",
-                    chunks.len()
-                )));
+    match get_chunked_header(tx, key)? {
+        None => Ok(None),
+        Some(ChunkedHeader::Inline(value)) => Ok(Some(value)),
+        Some(ChunkedHeader::Chunked(layout)) => {
+            // Stray chunks past the last one are noticed too.
+            let (past, end) = (chunk_key(key, layout.count), chunk_range(key).1);
+            if !tx.get_range(&past, &end, 1)?.is_empty() {
+                return Err(corrupt(
+                    key,
+                    &format!("more chunks than the {} the header promises", layout.count),
+                ));
             }
-            let mut value = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-            for (index, (chunk_key_found, chunk)) in (0u32..).zip(chunks) {
-                if chunk_key_found != chunk_key(key, index) {
-                    return Err(corrupt(&format!("chunk {index} is missing")));
-                }
+            let mut value = Vec::with_capacity(usize::try_from(layout.len).unwrap_or(0));
+            for chunk in get_chunks(tx, key, &layout, 0, layout.count)? {
                 value.extend_from_slice(&chunk);
-            }
-            if value.len() as u64 != len {
-                return Err(corrupt(&format!(
-                    "header promises {len} bytes, chunks hold {}",
-                    value.len()
-                )));
             }
             Ok(Some(value))
         }
-        _ => Err(corrupt("unknown header")),
     }
+}
+
+/// How a value written by [`set_chunked`] is stored, as its header key says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkedHeader {
+    /// The value was small enough to live in the header key: here it is, whole.
+    Inline(Vec<u8>),
+    /// The value lives in chunk keys; read them with [`get_chunks`].
+    Chunked(ChunkLayout),
+}
+
+/// The chunks of a chunked value: `count` chunks of [`MAX_VALUE_BYTES`] bytes, the last one
+/// shorter, `len` bytes in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLayout {
+    pub count: u32,
+    pub len: u64,
+}
+
+impl ChunkLayout {
+    /// The chunk that holds byte `offset` (`offset < len`).
+    pub fn chunk_of(&self, offset: u64) -> u32 {
+        u32::try_from(offset / MAX_VALUE_BYTES as u64).unwrap_or(u32::MAX)
+    }
+
+    /// The length chunk `index` must have.
+    fn chunk_len(&self, index: u32) -> u64 {
+        let start = u64::from(index) * MAX_VALUE_BYTES as u64;
+        self.len.saturating_sub(start).min(MAX_VALUE_BYTES as u64)
+    }
+}
+
+fn corrupt(key: &[u8], what: &str) -> StoreError {
+    StoreError::Corrupt(format!("chunked value at {key:?}: {what}"))
+}
+
+/// Reads only the header of a value written by [`set_chunked`]; `None` if there is none. With
+/// [`get_chunks`] a large value can be read a few chunks at a time, each read in its own short
+/// transaction, as long as nobody rewrites the value in between (content-addressed values that
+/// are never rewritten, for instance).
+pub fn get_chunked_header(
+    tx: &mut dyn Transaction,
+    key: &[u8],
+) -> Result<Option<ChunkedHeader>, StoreError> {
+    check_entry_key(key)?;
+    let Some(mut header) = tx.get(key)? else {
+        return Ok(None);
+    };
+    match header.first() {
+        Some(&INLINE) => {
+            header.remove(0);
+            Ok(Some(ChunkedHeader::Inline(header)))
+        }
+        Some(&CHUNKED) if header.len() == HEADER_LEN => {
+            let count = u32::from_be_bytes(header[1..5].try_into().unwrap_or_default());
+            let len = u64::from_be_bytes(header[5..].try_into().unwrap_or_default());
+            let layout = ChunkLayout { count, len };
+            if u64::from(count) != len.div_ceil(MAX_VALUE_BYTES as u64) {
+                return Err(corrupt(
+                    key,
+                    &format!("header promises {len} bytes in {count} chunks"),
+                ));
+            }
+            Ok(Some(ChunkedHeader::Chunked(layout)))
+        }
+        _ => Err(corrupt(key, "unknown header")),
+    }
+}
+
+/// Chunks `first..first + count` of the chunked value at `key`, whose header gave `layout`,
+/// each checked to be there and to have its length. Asking for chunks past the last one is an
+/// error.
+pub fn get_chunks(
+    tx: &mut dyn Transaction,
+    key: &[u8],
+    layout: &ChunkLayout,
+    first: u32,
+    count: u32,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    check_entry_key(key)?;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let last = first
+        .checked_add(count)
+        .filter(|&end| end <= layout.count)
+        .ok_or_else(|| {
+            corrupt(
+                key,
+                &format!(
+                    "chunks {first}..{first}+{count} asked of {} chunks",
+                    layout.count
+                ),
+            )
+        })?;
+    let (begin, end) = (chunk_key(key, first), chunk_range(key).1);
+    let chunks = tx.get_range(&begin, &end, count as usize)?;
+    let mut values = Vec::with_capacity(chunks.len());
+    let mut found = chunks.into_iter();
+    for index in first..last {
+        match found.next() {
+            Some((k, value)) if k == chunk_key(key, index) => {
+                if value.len() as u64 != layout.chunk_len(index) {
+                    return Err(corrupt(
+                        key,
+                        &format!(
+                            "chunk {index} holds {} bytes, the header promises {}",
+                            value.len(),
+                            layout.chunk_len(index)
+                        ),
+                    ));
+                }
+                values.push(value);
+            }
+            _ => return Err(corrupt(key, &format!("chunk {index} is missing"))),
+        }
+    }
+    Ok(values)
 }
 
 /// Removes a value written by [`set_chunked`] (header and all chunks). Clearing a missing key

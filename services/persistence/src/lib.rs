@@ -71,7 +71,10 @@ pub mod remote;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
-pub use chunked::{clear_chunked, get_chunked, set_chunked, CHUNK_KEY_OVERHEAD};
+pub use chunked::{
+    clear_chunked, get_chunked, get_chunked_header, get_chunks, set_chunked, ChunkLayout,
+    ChunkedHeader, CHUNK_KEY_OVERHEAD,
+};
 pub use error::StoreError;
 pub use keys::{key, parse_key, prefix_range};
 

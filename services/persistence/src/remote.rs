@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::{Backend, Database, KeyValue, StoreError, Transaction, MAX_TRANSACTION_BYTES};
+use tessera_coordinator::operators::{OperatorKey, OperatorSig, Operators};
 
 /// ALPN of the persistence protocol.
 pub const PERSISTENCE_ALPN: &[u8] = b"tessera-persistence/1";
@@ -70,6 +71,51 @@ enum Request {
         reads: Vec<(Vec<u8>, Vec<u8>)>,
         mutations: Vec<Mutation>,
     },
+    /// A backup page: up to `limit` entries from `begin` on, for an operator (kind `backup`,
+    /// body [`dump_body`]).
+    Dump {
+        begin: Vec<u8>,
+        limit: u64,
+        sig: OperatorSig,
+    },
+    /// A restore batch, for an operator (kind `restore`, body [`restore_body`]): with
+    /// `clear_all`, the whole store is cleared first, in the same transaction.
+    Restore {
+        clear_all: bool,
+        entries: Vec<KeyValue>,
+        sig: OperatorSig,
+    },
+}
+
+/// What an operator signs for a backup page.
+pub fn dump_body(begin: &[u8], limit: u64) -> Vec<u8> {
+    let hex: String = begin.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}|{limit}").into_bytes()
+}
+
+/// What an operator signs for a restore batch: the SHA-256 of the batch, hex.
+pub fn restore_body(clear_all: bool, entries: &[KeyValue]) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&[u8::from(clear_all)]);
+    for (k, v) in entries {
+        ctx.update(&(k.len() as u64).to_be_bytes());
+        ctx.update(k);
+        ctx.update(&(v.len() as u64).to_be_bytes());
+        ctx.update(v);
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Whether `mutations` clear the whole key space: only a signed restore may.
+fn wipes_everything(mutations: &[Mutation]) -> bool {
+    mutations.iter().any(|m| {
+        matches!(m, Mutation::ClearRange { begin, end } if begin.is_empty() && end.as_slice() >= b"\xff".as_slice())
+    })
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -105,6 +151,7 @@ enum WireError {
     Conflict,
     Corrupt(String),
     Backend(String),
+    NotAuthorized(String),
 }
 
 impl From<StoreError> for WireError {
@@ -150,6 +197,9 @@ impl From<WireError> for StoreError {
             WireError::Conflict => StoreError::Conflict,
             WireError::Corrupt(s) => StoreError::Corrupt(s),
             WireError::Backend(s) => StoreError::Backend(format!("persistence service: {s}")),
+            WireError::NotAuthorized(s) => {
+                StoreError::Backend(format!("the persistence service refused: {s}"))
+            }
         }
     }
 }
@@ -238,6 +288,7 @@ impl ConflictLog {
 struct ServerState {
     db: Database,
     log: parking_lot::Mutex<ConflictLog>,
+    operators: Option<Operators>,
 }
 
 impl ServerState {
@@ -297,7 +348,72 @@ impl ServerState {
                     Err(e) => Response::Failed(e.into()),
                 }
             }
+            // Authorised in `serve_stream`.
+            Request::Dump { begin, limit, .. } => self.serve(Request::GetRange {
+                begin,
+                end: vec![0xFF],
+                limit,
+            }),
+            Request::Restore {
+                clear_all, entries, ..
+            } => {
+                let mut mutations = Vec::with_capacity(entries.len() + 1);
+                if clear_all {
+                    mutations.push(Mutation::ClearRange {
+                        begin: Vec::new(),
+                        end: vec![0xFF],
+                    });
+                }
+                mutations.extend(
+                    entries
+                        .into_iter()
+                        .map(|(key, value)| Mutation::Set { key, value }),
+                );
+                self.serve(Request::Commit {
+                    read_version: None,
+                    reads: Vec::new(),
+                    mutations,
+                })
+            }
         }
+    }
+}
+
+/// Checks what needs an operator, here in the service: backups and restores carry an
+/// operator's signature; a plain commit may not clear the whole store.
+async fn authorize(operators: Option<&Operators>, req: &Request) -> Result<(), WireError> {
+    let (kind, body, sig) = match req {
+        Request::Commit { mutations, .. } if wipes_everything(mutations) => {
+            tracing::warn!("a commit that clears the whole store was refused");
+            return Err(WireError::NotAuthorized(
+                "clearing the whole store is a restore, which an operator signs (tessera ctl \
+                 restore)"
+                    .into(),
+            ));
+        }
+        Request::Dump { begin, limit, sig } => ("backup", dump_body(begin, *limit), sig),
+        Request::Restore {
+            clear_all,
+            entries,
+            sig,
+        } => ("restore", restore_body(*clear_all, entries), sig),
+        _ => return Ok(()),
+    };
+    let Some(operators) = operators else {
+        return Err(WireError::NotAuthorized(
+            "this persistence service knows no operators (start it with --etcd)".into(),
+        ));
+    };
+    match operators.check(kind, &body, Some(sig)).await {
+        Ok(operator) => {
+            tracing::info!(operator, kind, "operator request authorised");
+            Ok(())
+        }
+        Err(e) if e.is_refusal() => {
+            tracing::warn!(operator = sig.operator, kind, error = %e, "operator request refused");
+            Err(WireError::NotAuthorized(e.to_string()))
+        }
+        Err(e) => Err(WireError::Backend(e.to_string())),
     }
 }
 
@@ -309,16 +425,20 @@ pub struct PersistenceServer {
 impl PersistenceServer {
     /// Serves `db` on `listen` with `config` (whose TLS must offer [`PERSISTENCE_ALPN`]). Must be
     /// called inside a tokio runtime; requests are served until [`PersistenceServer::close`].
+    /// Backups and restores must carry the signature of an operator in `operators` (`None`:
+    /// none are possible).
     pub fn start(
         db: Database,
         listen: SocketAddr,
         config: quinn::ServerConfig,
+        operators: Option<Operators>,
     ) -> Result<PersistenceServer, StoreError> {
         let endpoint = quinn::Endpoint::server(config, listen)
             .map_err(|e| StoreError::backend(format!("listening on {listen}"), e))?;
         let state = Arc::new(ServerState {
             db,
             log: parking_lot::Mutex::new(ConflictLog::new(CONFLICT_WINDOW)),
+            operators,
         });
         let ep = endpoint.clone();
         tokio::spawn(async move {
@@ -366,13 +486,14 @@ async fn serve_stream(
                 tracing::warn!(error = %e, "malformed persistence request");
                 Response::Failed(WireError::Backend(format!("malformed request: {e}")))
             }
-            Ok(req) => {
+            Ok(req) => match authorize(state.operators.as_ref(), &req).await {
+                Err(refused) => Response::Failed(refused),
                 // redb calls block: keep them off the I/O threads.
-                match tokio::task::spawn_blocking(move || state.serve(req)).await {
+                Ok(()) => match tokio::task::spawn_blocking(move || state.serve(req)).await {
                     Ok(r) => r,
                     Err(e) => Response::Failed(WireError::Backend(format!("request failed: {e}"))),
-                }
-            }
+                },
+            },
         },
     };
     let bytes = match tessera_proto::frame::encode(&response) {
@@ -512,7 +633,9 @@ impl Link {
     async fn call(&self, req: Request) -> Result<Response, StoreError> {
         let bytes = tessera_proto::frame::encode(&req)
             .map_err(|e| StoreError::backend("encoding a persistence request", e))?;
-        let is_commit = matches!(req, Request::Commit { .. });
+        // Only reads are sent twice: a commit may have been applied, and a signed request's
+        // nonce is used up by the first attempt.
+        let is_commit = !matches!(req, Request::Get { .. } | Request::GetRange { .. });
         let mut last = None;
         for _ in 0..2 {
             let conn = self.connection().await?;
@@ -555,6 +678,50 @@ impl Link {
             .map_err(|e| (true, e.to_string()))?;
         tessera_proto::frame::decode::<Response>(&answer, MAX_RESPONSE)
             .map_err(|e| (true, format!("malformed answer: {e}")))
+    }
+}
+
+/// The persistence service as an operator: backup pages and restore batches signed with the
+/// operator's key, which the service checks (`tessera ctl backup|restore`).
+pub struct OperatorSession {
+    backend: RemoteBackend,
+    key: OperatorKey,
+}
+
+impl OperatorSession {
+    pub fn new(backend: RemoteBackend, key: OperatorKey) -> OperatorSession {
+        OperatorSession { backend, key }
+    }
+}
+
+impl crate::backup::BackupStore for OperatorSession {
+    fn page(&self, begin: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        let limit = limit as u64;
+        let sig = self.key.sign_request("backup", &dump_body(begin, limit));
+        match self.backend.call(Request::Dump {
+            begin: begin.to_vec(),
+            limit,
+            sig,
+        })? {
+            Response::Range { entries, .. } => Ok(entries),
+            Response::Failed(e) => Err(e.into()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn write_batch(&self, clear_all: bool, batch: &[KeyValue]) -> Result<(), StoreError> {
+        let sig = self
+            .key
+            .sign_request("restore", &restore_body(clear_all, batch));
+        match self.backend.call(Request::Restore {
+            clear_all,
+            entries: batch.to_vec(),
+            sig,
+        })? {
+            Response::Committed { .. } => Ok(()),
+            Response::Failed(e) => Err(e.into()),
+            other => Err(unexpected(&other)),
+        }
     }
 }
 
@@ -829,6 +996,10 @@ mod service_tests {
 
     impl Service {
         fn start() -> Service {
+            Service::start_with(None)
+        }
+
+        fn start_with(operators: Option<Operators>) -> Service {
             let dir = tempfile::tempdir().unwrap();
             let db = Database::open_redb(&dir.path().join("store.redb")).unwrap();
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -839,7 +1010,8 @@ mod service_tests {
             let (server_cfg, client) = tls();
             let server = {
                 let _g = runtime.enter();
-                PersistenceServer::start(db, ([127, 0, 0, 1], 0).into(), server_cfg).unwrap()
+                PersistenceServer::start(db, ([127, 0, 0, 1], 0).into(), server_cfg, operators)
+                    .unwrap()
             };
             Service {
                 _dir: dir,
@@ -904,6 +1076,94 @@ mod service_tests {
         let err = db.get(b"k").unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         assert!(err.to_string().contains("unavailable"), "{err}");
+    }
+
+    /// Backups and restores are checked by the service itself: a member certificate alone
+    /// cannot wipe or dump the store; a stranger's, replayed or revoked signature is refused.
+    #[test]
+    fn backups_and_restores_need_an_operator_whom_the_service_checks() {
+        use crate::backup::{dump, restore};
+        use std::io::BufRead;
+        use tessera_coordinator::operators::{OperatorRecord, Voucher};
+        use tessera_coordinator::transport::ClusterCa;
+        use tessera_coordinator::{ClusterStore, MemStore};
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(&dir.path().join("ca")).unwrap();
+        let cluster: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let operators = Operators::in_store(cluster, "/t/", vec![ca.cert().clone()]);
+        let root = OperatorKey::generate("root").unwrap();
+        let record = OperatorRecord::new("root", &root.public_hex(), &Voucher::Ca(&ca)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(operators.records().put(&record)).unwrap();
+        let service = Service::start_with(Some(operators.clone()));
+        let addr = service.server.local_addr().unwrap();
+        let backend = || RemoteBackend::new(addr, NAME, service.client.clone()).unwrap();
+        let db = service.database();
+        db.set(b"k1", b"v1").unwrap();
+        db.set(b"k2", b"v2").unwrap();
+        let everything = || db.get_range(b"", b"\xff", 0).unwrap();
+        let before = everything();
+
+        // A member cannot wipe the store with a plain commit.
+        let err = db
+            .transact(|tx| {
+                tx.clear_range(b"", b"\xff");
+                Ok(())
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a restore"), "{err}");
+
+        // An operator backs up and restores.
+        let session = OperatorSession::new(backend(), root.clone());
+        let mut file = Vec::new();
+        assert_eq!(dump(&session, &mut file).unwrap(), 2);
+        db.set(b"k3", b"written after the backup").unwrap();
+        let bytes = file.clone();
+        let mut open =
+            move || Ok(Box::new(std::io::Cursor::new(bytes.clone())) as Box<dyn BufRead>);
+        assert_eq!(restore(&session, &mut open).unwrap(), 2);
+        assert_eq!(everything(), before);
+
+        // A key the cluster does not know: neither a backup nor a restore.
+        let stranger = OperatorSession::new(backend(), OperatorKey::generate("root").unwrap());
+        let err = dump(&stranger, &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("does not verify"), "{err}");
+        let err = restore(&stranger, &mut open).unwrap_err().to_string();
+        assert!(err.contains("does not verify"), "{err}");
+
+        // A signed batch replayed: refused.
+        let link = backend();
+        let entries = vec![(b"k9".to_vec(), b"v9".to_vec())];
+        let sig = root.sign_request("restore", &restore_body(false, &entries));
+        let restore_once = || {
+            link.call(Request::Restore {
+                clear_all: false,
+                entries: entries.clone(),
+                sig: sig.clone(),
+            })
+            .unwrap()
+        };
+        assert!(matches!(restore_once(), Response::Committed { .. }));
+        match restore_once() {
+            Response::Failed(WireError::NotAuthorized(why)) => {
+                assert!(why.contains("already used"), "{why}")
+            }
+            other => panic!("a replay was served: {other:?}"),
+        }
+        db.clear(b"k9").unwrap();
+
+        // Revoked: refused from the next request on; the store is unchanged throughout.
+        let mut record = rt
+            .block_on(operators.records().get("root"))
+            .unwrap()
+            .unwrap();
+        record.revoke(&Voucher::Ca(&ca)).unwrap();
+        rt.block_on(operators.records().put(&record)).unwrap();
+        let err = restore(&session, &mut open).unwrap_err().to_string();
+        assert!(err.contains("revoked"), "{err}");
+        assert_eq!(everything(), before);
     }
 
     #[test]
