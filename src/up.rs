@@ -242,12 +242,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     println!("metrics on http://{metrics_addr}/metrics");
     println!(
-        "auth on {}, chat on {}   (cluster CA {}; e.g. tessera ctl role NAME operator --auth {} --cluster-ca {})",
+        "auth on {}, chat on {}   (cluster CA {})",
         auth_server.local_addr()?,
         chat.local_addr()?,
         ca_dir.display(),
+    );
+    println!(
+        "operators: tessera ca operator ops --cluster-ca {ca} --out ops.json, then e.g. \
+         tessera ctl --credential ops.json role NAME operator --auth {} --cluster-ca {ca}",
         auth_server.local_addr()?,
-        ca_dir.display()
+        ca = ca_dir.display()
     );
     println!("Press Ctrl-C to stop; state is saved on the way out.");
     router_task.await??;

@@ -694,3 +694,41 @@ fn one_address_holds_at_most_its_cap_of_connections() {
     );
     still_served(&mut held[0], "after refusing connections");
 }
+
+#[test]
+fn a_command_flood_is_paced_and_bothers_no_one_else() {
+    let dir = TestDir::new();
+    let server = Server::start(&dir);
+    let mut flooder = TelnetClient::create(server.telnet, "Spammy", PW);
+    let mut bystander = TelnetClient::create(server.telnet, "Calm", PW);
+    // 120 commands in one write, as a script gone wrong sends them: the
+    // first 60 at once, the rest at 20 a second; every one is answered.
+    let started = Instant::now();
+    flooder.send_raw("where\r\n".repeat(120).as_bytes());
+    let mut first_paced = None;
+    for i in 0..120 {
+        let answer = flooder.read_until_prompt(ANSWER_TIMEOUT);
+        assert!(answer.contains("shard shard-1"), "answer {i}: {answer:?}");
+        if i == 59 {
+            first_paced = Some(started.elapsed());
+        }
+        if i == 80 {
+            still_served(&mut bystander, "during a command flood");
+        }
+    }
+    let (burst, all) = (first_paced.unwrap(), started.elapsed());
+    // 60 paced commands at 20 a second take 3 s; the burst takes almost none.
+    assert!(
+        all >= burst + Duration::from_millis(2500),
+        "the flood was not paced: 60 in {burst:?}, 120 in {all:?}"
+    );
+    assert!(
+        common::metric_samples(
+            &common::scrape(server.metrics),
+            "tessera_router_commands_paced_total"
+        )
+        .iter()
+        .any(|(_, v)| *v >= 1.0),
+        "pacing is counted"
+    );
+}

@@ -23,8 +23,12 @@ impl Outcome {
     }
 }
 
-/// Runs one parsed command.
+/// Runs one parsed command (`quit` at once; others paced to the player's
+/// command allowance, `Player::pace_command`).
 pub async fn execute(player: &mut Player, cmd: Command) -> Outcome {
+    if !matches!(cmd, Command::Quit | Command::Empty) {
+        player.pace_command().await;
+    }
     let notice = match player.ensure_in_world().await {
         Ok(n) => n,
         Err(e) => return Outcome::text(format!("{e}.")),

@@ -18,6 +18,11 @@ use tokio::sync::mpsc;
 pub const SAY_BURST: u32 = 5;
 /// Lines a second the allowance of [`SAY_BURST`] refills at.
 pub const SAY_PER_SECOND: f64 = 1.0;
+/// Commands a player may send at once before they are paced (a MUD
+/// client's speedwalk sends a few dozen moves in one go).
+pub const COMMAND_BURST: u32 = 60;
+/// Commands a second a player is paced to beyond [`COMMAND_BURST`].
+pub const COMMAND_PER_SECOND: f64 = 20.0;
 
 /// How long the router waits for a shard to answer a join, step or leave.
 const SHARD_ANSWER: Duration = Duration::from_secs(5);
@@ -88,6 +93,8 @@ pub struct Player {
     left: bool,
     /// Local speech allowance ([`SAY_BURST`]).
     say_bucket: tessera_chat::rules::TokenBucket,
+    /// Command allowance ([`COMMAND_BURST`]).
+    command_bucket: tessera_chat::rules::TokenBucket,
     /// Leaving keeps the session (its token may `Resume`) instead of
     /// logging it out: set for QUIC players until they log out.
     pub keep_session: bool,
@@ -200,6 +207,11 @@ impl Player {
                     say_bucket: tessera_chat::rules::TokenBucket::new(
                         SAY_BURST,
                         SAY_PER_SECOND,
+                        std::time::Instant::now(),
+                    ),
+                    command_bucket: tessera_chat::rules::TokenBucket::new(
+                        COMMAND_BURST,
+                        COMMAND_PER_SECOND,
                         std::time::Instant::now(),
                     ),
                 })
@@ -354,6 +366,22 @@ impl Player {
             _ => None,
         })
         .await
+    }
+
+    /// Waits until the player's command allowance ([`COMMAND_BURST`],
+    /// refilled at [`COMMAND_PER_SECOND`]) has room for one more, as MUDs
+    /// pace a flood of commands: nothing is refused, the flooder's commands
+    /// just run at that rate, and while it waits its connection reads no
+    /// more (so a script that floods fills its own socket, not the router).
+    pub async fn pace_command(&mut self) {
+        let mut counted = false;
+        while let Err(wait) = self.command_bucket.take(std::time::Instant::now()) {
+            if !counted {
+                metrics::counter!("tessera_router_commands_paced_total").increment(1);
+                counted = true;
+            }
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Local speech: refused while the chat service has the player muted,
