@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tessera_loadtest::{CrowdPlan, Scenario, SwarmConfig, Thresholds};
+use tessera_proto::msg::Secret;
 use tessera_proto::Vec3;
 
 #[derive(Args, Debug, Clone)]
@@ -42,9 +43,9 @@ pub struct BotsArgs {
     /// wander, flock, crowd, border, chat, login-storm, churn or mix.
     #[arg(long, default_value = "wander")]
     scenario: Scenario,
-    /// The bots' password.
+    /// The bots' password (`Debug` shows `<redacted>`).
     #[arg(long, default_value = "bot-password")]
-    password: String,
+    password: Secret,
     /// Seconds between a chat bot's messages (on average).
     #[arg(long, default_value_t = 5.0)]
     chat_interval: f64,
@@ -149,4 +150,27 @@ pub async fn run(args: BotsArgs) -> anyhow::Result<i32> {
         println!("report: {}", dir.join("index.html").display());
     }
     Ok(if report.violations.is_empty() { 0 } else { 2 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        bots: BotsArgs,
+    }
+
+    #[test]
+    fn debug_leaves_out_the_password() {
+        let cli = Cli::try_parse_from(["bots", "--password", "hunter2-secret"]).unwrap();
+        let shown = format!("{cli:?} {cli:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("password: \"<redacted>\""), "{shown}");
+        assert_eq!(cli.bots.password.expose(), "hunter2-secret");
+        let cli = Cli::try_parse_from(["bots"]).unwrap();
+        assert_eq!(cli.bots.password.expose(), "bot-password");
+    }
 }

@@ -7,7 +7,9 @@
    FoundationDBCluster against k8s/crds/foundationdbcluster-v1beta2.schema.json.
 3. The rules a rollout depends on (probes, requests and limits, the shard
    drain and its grace period, the telnet gateway's drain and its grace
-   period, the router and telnet Services, arm64 placement, ...), and
+   period, the router and telnet Services, telnet over TLS on the players'
+   telnet Service with the certificate of a kubernetes.io/tls Secret,
+   arm64 placement, ...), and
    etcd's: TLS with client certificates for clients and peers, every role
    that uses it showing the client certificate, a NetworkPolicy that
    admits exactly those roles.
@@ -380,8 +382,53 @@ def mounted_secret_key(pod, container, path):
     return None
 
 
+TELNET_TLS_SECRET = "tessera-telnet-tls"
+TELNET_TLS_FILES = {"--telnet-tls-cert": "tls.crt", "--telnet-tls-key": "tls.key"}
+TELNET_TLS_PORT = 4443
+
+
+def container_port(container, target):
+    """The number of the container port a Service's targetPort (a name or a number) names, or None."""
+    for p in container.get("ports", []):
+        if target in (p.get("name"), p["containerPort"]):
+            return p["containerPort"]
+    return None
+
+
+def mount_at(container, path):
+    """The volumeMount under which a container sees `path`, or None."""
+    for m in container.get("volumeMounts", []):
+        mount = m["mountPath"].rstrip("/")
+        if path == mount or (not m.get("subPath") and path.startswith(mount + "/")):
+            return m
+    return None
+
+
+def gateway_tls_errors(spec, c):
+    """Telnet over TLS on the gateway: plain telnet carries passwords in clear
+    text, so the gateway serves TLS too, with the certificate and key of the
+    kubernetes.io/tls Secret (a gateway has no certificate of its own), mounted
+    read-only. Returns the errors and the TLS port (None without one)."""
+    addr = arg_value(c, "--telnet-tls")
+    if addr is None:
+        return ["telnet-gateway: no --telnet-tls (plain telnet sends passwords in clear text)"], None
+    errs = []
+    port = int(addr.rsplit(":", 1)[1])
+    if container_port(c, port) is None:
+        errs.append(f"telnet-gateway: --telnet-tls port {port} is no port of the container")
+    for flag, key in TELNET_TLS_FILES.items():
+        path = arg_value(c, flag)
+        if path is None:
+            errs.append(f"telnet-gateway: --telnet-tls without {flag} (a gateway has no certificate of its own)")
+        elif mounted_secret_key(spec, c, path) != (TELNET_TLS_SECRET, key):
+            errs.append(f"telnet-gateway: {flag} {path} is not {key} of the Secret {TELNET_TLS_SECRET}")
+        elif not mount_at(c, path).get("readOnly"):
+            errs.append(f"telnet-gateway: {flag} {path} is not mounted read-only")
+    return errs, port
+
+
 def gateway_errors(by):
-    """The telnet gateway: the drain its rollouts rely on, and its Service."""
+    """The telnet gateway: the drain its rollouts rely on, telnet over TLS, and its Service."""
     errs = []
     gw = by.get(("Deployment", "telnet-gateway"))
     if gw is None:
@@ -422,6 +469,8 @@ def gateway_errors(by):
         pinned = mounted_secret_key(spec, c, cert)
         if pinned is None or pinned != served:
             errs.append(f"telnet-gateway: --router-cert {cert} is {pinned}, not the routers' certificate {served}")
+    tls_errs, tls_port = gateway_tls_errors(spec, c)
+    errs += tls_errs
 
     svc = by.get(("Service", "tessera-telnet"))
     if svc is None:
@@ -434,6 +483,16 @@ def gateway_errors(by):
         names = {p.get("name") for p in c.get("ports", [])} | {p["containerPort"] for p in c.get("ports", [])}
         if target not in names:
             errs.append(f"tessera-telnet Service: targetPort {target!r} is no port of the gateway container")
+    # Players who can use TLS must find it where they find telnet.
+    if (TELNET_TLS_PORT, "TCP") not in ports:
+        errs.append(f"tessera-telnet Service: does not expose TCP {TELNET_TLS_PORT} (telnet over TLS)")
+    elif tls_port is not None:
+        target = ports[(TELNET_TLS_PORT, "TCP")].get("targetPort", TELNET_TLS_PORT)
+        if container_port(c, target) != tls_port:
+            errs.append(
+                f"tessera-telnet Service: TCP {TELNET_TLS_PORT} goes to {target!r}, "
+                f"not the gateway's --telnet-tls port {tls_port}"
+            )
     if svc["spec"].get("type") != "LoadBalancer":
         errs.append("tessera-telnet Service: not a LoadBalancer")
     selector = svc["spec"].get("selector", {})
@@ -643,6 +702,29 @@ def self_tests(good_objs, exported):
             {"name": "telnet", "port": 4000, "targetPort": "telnet", "protocol": "TCP"})))
     expect("a telnet gateway Service on TCP 4001", with_change(
         lambda b: b[("Service", "tessera-telnet")]["spec"]["ports"][0].update(port=4001)))
+    def gateway_c(b):
+        return gateway_spec(b)["template"]["spec"]["containers"][0]
+
+    def gateway_volume(b, name):
+        return next(v for v in gateway_spec(b)["template"]["spec"]["volumes"] if v["name"] == name)
+
+    def telnet_ports(b):
+        return b[("Service", "tessera-telnet")]["spec"]["ports"]
+
+    def drop_tls_port(b):
+        b[("Service", "tessera-telnet")]["spec"]["ports"] = [p for p in telnet_ports(b) if p["port"] != 4443]
+
+    expect("a telnet gateway Service without the TLS port", with_change(drop_tls_port))
+    expect("a telnet gateway Service sending TLS to plain telnet", with_change(
+        lambda b: next(p for p in telnet_ports(b) if p["port"] == 4443).update(targetPort="telnet")))
+    expect("a telnet gateway without --telnet-tls", with_change(
+        lambda b: gateway_c(b).update(args=[a for a in gateway_c(b)["args"] if not a.startswith("--telnet-tls")])))
+    expect("a telnet gateway with --telnet-tls but no key", with_change(
+        lambda b: gateway_c(b).update(args=[a for a in gateway_c(b)["args"] if not a.startswith("--telnet-tls-key")])))
+    expect("a telnet gateway serving TLS with another Secret's certificate", with_change(
+        lambda b: gateway_volume(b, "telnet-tls")["secret"].update(secretName="tessera-cluster")))
+    expect("a telnet gateway mounting its TLS key writable", with_change(
+        lambda b: next(m for m in gateway_c(b)["volumeMounts"] if m["name"] == "telnet-tls").pop("readOnly")))
     expect("a telnet gateway grace period equal to its drain timeout", with_change(
         lambda b: gateway_spec(b)["template"]["spec"].update(terminationGracePeriodSeconds=3600)))
     expect("a telnet gateway rolling update with maxUnavailable 1", with_change(

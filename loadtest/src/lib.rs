@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera_proto::msg::Secret;
 use tessera_proto::Vec3;
 
 pub use scenario::{CrowdPlan, Scenario};
@@ -86,7 +87,8 @@ pub struct SwarmConfig {
     pub settle: Duration,
     pub seed: u64,
     pub scenario: Scenario,
-    pub password: String,
+    /// Every bot's password (`Debug` shows `<redacted>`).
+    pub password: Secret,
     /// How often `chat` bots talk.
     pub chat_interval: Duration,
     /// Where `flock` bots go.
@@ -413,6 +415,14 @@ mod tests {
             progress: false,
             command: String::new(),
         }
+    }
+
+    #[test]
+    fn debug_leaves_out_the_password() {
+        let shown = format!("{:?} {:#?}", config(), config());
+        assert!(!shown.contains("pw-pw-pw"), "{shown}");
+        assert!(shown.contains("password: \"<redacted>\""), "{shown}");
+        assert_eq!(config().password.expose(), "pw-pw-pw");
     }
 
     #[test]

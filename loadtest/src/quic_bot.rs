@@ -45,14 +45,14 @@ async fn log_in(ctx: &BotCtx, endpoint: &quinn::Endpoint, name: &str) -> Result<
     let mut client = Client::connect(endpoint, ctx.config.quic_addr.expect("a QUIC address"))
         .await
         .map_err(|e| describe("connect", &e))?;
-    match client.create(name, &ctx.config.password).await {
+    match client.create(name, ctx.config.password.expose()).await {
         Ok(_) => {}
         Err(ClientError::Refused {
             code: ErrorCode::NameTaken,
             ..
         }) => {
             client
-                .login(name, &ctx.config.password)
+                .login(name, ctx.config.password.expose())
                 .await
                 .map_err(|e| describe("login", &e))?;
         }

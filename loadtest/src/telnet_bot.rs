@@ -170,7 +170,7 @@ async fn session(
 ) -> Result<SessionEnd, String> {
     let started = Instant::now();
     let mut conn = Conn::open(ctx.config.telnet_addr.expect("a telnet address")).await?;
-    let pw = &ctx.config.password;
+    let pw = ctx.config.password.expose();
     let answer = conn
         .command(&format!("create {name} {pw}"))
         .await

@@ -164,6 +164,53 @@ pub fn render_heard(name: &str, text: &str, emote: bool) -> String {
 /// What `Debug` prints in place of a password or token.
 pub const REDACTED: &str = "<redacted>";
 
+/// A password or session token held outside a message (a configuration, a
+/// command-line flag): its `Debug` prints [`REDACTED`] and it has no
+/// `Display`, so it reaches no log line by accident; [`Secret::expose`]
+/// reads it where it is used. Parses from any string (`FromStr`, so clap
+/// takes it as a flag value) and serializes exactly as a `String` does.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, to send or to check; never to print.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Shows `"<redacted>"`, as the messages' `Debug` shows a password field.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(REDACTED, f)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(secret: String) -> Secret {
+        Secret(secret)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(secret: &str) -> Secret {
+        Secret(secret.to_string())
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(secret: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret::from(secret))
+    }
+}
+
 impl std::fmt::Debug for ClientMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -192,8 +239,9 @@ impl std::fmt::Debug for ClientMsg {
     }
 }
 
-/// Router -> client, on the control stream.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Router -> client, on the control stream. Its `Debug` leaves out the
+/// session token, so a message can be logged.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerMsg {
     Welcome {
         version: u32,
@@ -264,6 +312,101 @@ pub enum ServerMsg {
     Notice {
         text: String,
     },
+}
+
+impl std::fmt::Debug for ServerMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerMsg::Welcome {
+                version,
+                server,
+                world,
+            } => f
+                .debug_struct("Welcome")
+                .field("version", version)
+                .field("server", server)
+                .field("world", world)
+                .finish(),
+            ServerMsg::LoggedIn {
+                player,
+                entity,
+                name,
+                token: _,
+                pos,
+                cell,
+                shard,
+                tick_hz,
+            } => f
+                .debug_struct("LoggedIn")
+                .field("player", player)
+                .field("entity", entity)
+                .field("name", name)
+                .field("token", &REDACTED)
+                .field("pos", pos)
+                .field("cell", cell)
+                .field("shard", shard)
+                .field("tick_hz", tick_hz)
+                .finish(),
+            ServerMsg::Error { code, message } => f
+                .debug_struct("Error")
+                .field("code", code)
+                .field("message", message)
+                .finish(),
+            ServerMsg::EntityAppeared {
+                entity,
+                slot,
+                kind,
+                name,
+                pos,
+            } => f
+                .debug_struct("EntityAppeared")
+                .field("entity", entity)
+                .field("slot", slot)
+                .field("kind", kind)
+                .field("name", name)
+                .field("pos", pos)
+                .finish(),
+            ServerMsg::EntityGone { entity } => f
+                .debug_struct("EntityGone")
+                .field("entity", entity)
+                .finish(),
+            ServerMsg::Chat {
+                from,
+                entity,
+                text,
+                emote,
+            } => f
+                .debug_struct("Chat")
+                .field("from", from)
+                .field("entity", entity)
+                .field("text", text)
+                .field("emote", emote)
+                .finish(),
+            ServerMsg::Text { text } => f.debug_struct("Text").field("text", text).finish(),
+            ServerMsg::ChatLine {
+                kind,
+                from,
+                to,
+                text,
+                at_unix_ms,
+            } => f
+                .debug_struct("ChatLine")
+                .field("kind", kind)
+                .field("from", from)
+                .field("to", to)
+                .field("text", text)
+                .field("at_unix_ms", at_unix_ms)
+                .finish(),
+            ServerMsg::CellChanged { cell, shard } => f
+                .debug_struct("CellChanged")
+                .field("cell", cell)
+                .field("shard", shard)
+                .finish(),
+            ServerMsg::Pong { nonce } => f.debug_struct("Pong").field("nonce", nonce).finish(),
+            ServerMsg::Relaying => f.write_str("Relaying"),
+            ServerMsg::Notice { text } => f.debug_struct("Notice").field("text", text).finish(),
+        }
+    }
 }
 
 /// Movement intent, sent as a datagram many times a second. The newest one
@@ -352,6 +495,65 @@ mod tests {
         }
         let say = ClientMsg::Say { text: "hi".into() };
         assert_eq!(format!("{say:?}"), "Say { text: \"hi\" }");
+    }
+
+    fn logged_in(token: &str) -> ServerMsg {
+        ServerMsg::LoggedIn {
+            player: PlayerId(7),
+            entity: EntityId(9),
+            name: "Ann".into(),
+            token: token.into(),
+            pos: Vec3::new(1.0, 2.0, 3.0),
+            cell: CellId { x: 0, z: -1 },
+            shard: ShardId("shard-1".into()),
+            tick_hz: 30,
+        }
+    }
+
+    #[test]
+    fn server_debug_leaves_out_the_session_token() {
+        let msg = logged_in("hunter2-token");
+        let shown = format!("{msg:?} {msg:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(REDACTED), "{shown}");
+        // Everything else still shows, as a derived `Debug` would.
+        assert!(
+            shown.contains("name: \"Ann\"") && shown.contains("tick_hz: 30"),
+            "{shown}"
+        );
+        let text = ServerMsg::Text { text: "hi".into() };
+        assert_eq!(format!("{text:?}"), "Text { text: \"hi\" }");
+        assert_eq!(format!("{:?}", ServerMsg::Relaying), "Relaying");
+    }
+
+    #[test]
+    fn logged_in_encodes_as_before() {
+        // The bytes a router of the previous release sends: `Debug` changed,
+        // the wire did not.
+        let bytes = crate::encode(&logged_in("tok")).unwrap();
+        let golden: &[u8] = &[
+            1, 7, 9, 3, b'A', b'n', b'n', 3, b't', b'o', b'k', 0, 0, 128, 63, 0, 0, 0, 64, 0, 0,
+            64, 64, 0, 1, 7, b's', b'h', b'a', b'r', b'd', b'-', b'1', 30,
+        ];
+        assert_eq!(bytes, golden);
+        assert_eq!(
+            crate::decode::<ServerMsg>(golden, 1024).unwrap(),
+            logged_in("tok")
+        );
+    }
+
+    #[test]
+    fn secret_debug_is_redacted_and_its_encoding_is_a_strings() {
+        let secret: Secret = "hunter2-secret".parse().unwrap();
+        assert_eq!(format!("{secret:?}"), "\"<redacted>\"");
+        assert_eq!(
+            format!("{:?}", Some(secret.clone())),
+            "Some(\"<redacted>\")"
+        );
+        assert_eq!(secret.expose(), "hunter2-secret");
+        let as_string = crate::encode(&"hunter2-secret".to_string()).unwrap();
+        assert_eq!(crate::encode(&secret).unwrap(), as_string);
+        assert_eq!(crate::decode::<Secret>(&as_string, 64).unwrap(), secret);
     }
 
     #[test]

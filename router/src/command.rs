@@ -8,10 +8,11 @@
 //! names and passwords cannot contain spaces. The parser knows nothing about
 //! whether a name exists or a command is available yet: the session decides.
 
+use tessera_proto::msg::REDACTED;
 use tessera_proto::Compass;
 
-/// A line typed before login.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A line typed before login. Its `Debug` leaves out the password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum PreLogin {
     /// `create <name> [<password>]`: without a password the session prompts
     /// for it with echo off.
@@ -28,6 +29,28 @@ pub enum PreLogin {
     Quit,
     /// A blank line.
     Empty,
+}
+
+impl std::fmt::Debug for PreLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Whether a password was typed shows; the password does not.
+        let redacted = |password: &Option<String>| password.as_ref().map(|_| REDACTED);
+        match self {
+            PreLogin::Create { name, password } => f
+                .debug_struct("Create")
+                .field("name", name)
+                .field("password", &redacted(password))
+                .finish(),
+            PreLogin::Connect { name, password } => f
+                .debug_struct("Connect")
+                .field("name", name)
+                .field("password", &redacted(password))
+                .finish(),
+            PreLogin::Help => f.write_str("Help"),
+            PreLogin::Quit => f.write_str("Quit"),
+            PreLogin::Empty => f.write_str("Empty"),
+        }
+    }
 }
 
 /// A line typed in the world.
@@ -330,6 +353,22 @@ mod tests {
             name: name.into(),
             password: password.map(Into::into),
         }
+    }
+
+    #[test]
+    fn prelogin_debug_leaves_out_the_password() {
+        for line in ["create Ann hunter2-pw", "connect Ann hunter2-pw"] {
+            let typed = parse_prelogin(line).unwrap();
+            let shown = format!("{typed:?} {typed:#?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("password: Some(\"<redacted>\")"), "{shown}");
+            assert!(shown.contains("name: \"Ann\""), "{shown}");
+        }
+        assert_eq!(
+            format!("{:?}", connect("Ann", None)),
+            "Connect { name: \"Ann\", password: None }"
+        );
+        assert_eq!(format!("{:?}", PreLogin::Help), "Help");
     }
 
     fn say(s: &str) -> Result<Command, CommandError> {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tessera_client::interp::Interpolator;
 use tessera_client::predict::Predictor;
 use tessera_client::{ClientEvent, LoggedIn};
-use tessera_proto::msg::{render_chat, ChatKind, EntityKind};
+use tessera_proto::msg::{render_chat, ChatKind, EntityKind, Secret};
 use tessera_proto::world::WorldDef;
 use tessera_proto::{CellId, EntityId, Grid, ShardId, Vec3 as TVec3};
 
@@ -86,7 +86,7 @@ pub async fn run(args: Args, world: Option<WorldDef>) {
     }
 }
 
-fn start(args: &Args, name: String, password: String) -> Stage {
+fn start(args: &Args, name: String, password: Secret) -> Stage {
     let (cmds, events, sessions) = net::spawn(args.login(name.clone(), password));
     Stage::Connecting {
         name,
@@ -143,7 +143,7 @@ impl App {
                     if !*on_password {
                         *on_password = true;
                     } else if !name.is_empty() && !password.is_empty() {
-                        next = Some(start(&self.args, name.clone(), password.clone()));
+                        next = Some(start(&self.args, name.clone(), password.clone().into()));
                     }
                 }
                 draw_prompt(

@@ -11,6 +11,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use tessera_proto::msg::Secret;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tessera-client", version, about = "The Tessera 3D client")]
@@ -26,8 +27,9 @@ pub struct Args {
     #[arg(long)]
     pub name: Option<String>,
     /// Password (or TESSERA_PASSWORD); without it the window asks.
+    /// `Debug` shows `<redacted>`.
     #[arg(long, env = "TESSERA_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Create the character instead of logging in to it.
     #[arg(long)]
     pub create: bool,
@@ -69,7 +71,7 @@ pub struct Args {
 }
 
 impl Args {
-    pub fn login(&self, name: String, password: String) -> net::Login {
+    pub fn login(&self, name: String, password: Secret) -> net::Login {
         net::Login {
             addr: self.quic.clone(),
             cert: self.cert.clone(),
@@ -190,5 +192,28 @@ fn headless_check(args: &Args) -> ExitCode {
             eprintln!("tessera-client: {e}");
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_leaves_out_the_password() {
+        let args = Args::try_parse_from([
+            "tessera-client",
+            "--name",
+            "Ann",
+            "--password",
+            "hunter2-pw",
+        ])
+        .unwrap();
+        let login = args.login("Ann".into(), args.password.clone().unwrap());
+        let shown = format!("{args:?} {args:#?} {login:?} {login:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("password: Some(\"<redacted>\")"), "{shown}");
+        assert!(shown.contains("password: \"<redacted>\""), "{shown}");
+        assert_eq!(login.password.expose(), "hunter2-pw");
     }
 }

@@ -10,16 +10,17 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_client::{Client, ClientError, ClientEvent, LoggedIn, WorldState};
-use tessera_proto::msg::{ClientDatagram, ErrorCode, Input};
+use tessera_proto::msg::{ClientDatagram, ErrorCode, Input, Secret};
 use tokio::sync::mpsc;
 
-/// How to reach the server and who to be.
+/// How to reach the server and who to be. `Debug` shows the password as
+/// `<redacted>`.
 #[derive(Clone, Debug)]
 pub struct Login {
     pub addr: String,
     pub cert: PathBuf,
     pub name: String,
-    pub password: String,
+    pub password: Secret,
     pub create: bool,
     pub connect_timeout: Duration,
 }
@@ -143,9 +144,9 @@ pub async fn start(login: &Login) -> Result<(Client, LoggedIn, quinn::Endpoint),
             Ok(Ok(c)) => c,
         };
     let result = if login.create {
-        client.create(&login.name, &login.password).await
+        client.create(&login.name, login.password.expose()).await
     } else {
-        client.login(&login.name, &login.password).await
+        client.login(&login.name, login.password.expose()).await
     };
     match result {
         Ok(me) => Ok((client, me, endpoint)),
