@@ -101,7 +101,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     };
     let metrics = crate::metrics_http::install(args.metrics).await?;
     let router_cert = load_cert(&args.router_cert)?;
-    let identity = ClusterCa::load(&args.cluster_ca)?.member(&format!("gateway {}", args.id))?;
+    let identity = ClusterCa::load(&args.cluster_ca)?
+        .member(tessera_coordinator::identity::MemberRole::Gateway, &args.id)?;
     // A router that dies without a word is given up after 5 s (players
     // keep the 30 s default): its players resume elsewhere that soon.
     let endpoint = tessera_client::endpoint_as(

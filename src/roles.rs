@@ -12,6 +12,7 @@ use std::time::Duration;
 use tessera_auth::{Accounts, Auth};
 use tessera_coordinator::authority::{ClusterKey, Signer};
 use tessera_coordinator::control::{self, CoordinatorConfig};
+use tessera_coordinator::identity::MemberRole;
 use tessera_coordinator::membership::{
     self, load_key, router_key, shard_key, Registration, RouterRegistration, ShardRegistration,
 };
@@ -358,13 +359,14 @@ impl Member {
     async fn join(
         cluster: &ClusterArgs,
         member: &MemberArgs,
+        role: MemberRole,
         name: &str,
     ) -> anyhow::Result<Member> {
         let metrics = crate::metrics_http::install(cluster.metrics).await?;
         let world = load_world(cluster)?;
         let store = connect_store(cluster).await?;
         let prefix = cluster.prefix.clone();
-        let identity = ClusterCa::load(&member.cluster_ca)?.member(name)?;
+        let identity = ClusterCa::load(&member.cluster_ca)?.member(role, name)?;
         let directory = Directory::default();
         membership::watch_directory(store.clone(), &prefix, directory.clone()).await?;
         Ok(Member {
@@ -397,7 +399,8 @@ async fn member_bus(
 /// `tessera persistence`: the storage API as a service for the cluster.
 pub async fn persistence(args: PersistenceArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
-    let identity = ClusterCa::load(&args.cluster_ca)?.member("persistence")?;
+    let identity =
+        ClusterCa::load(&args.cluster_ca)?.member(MemberRole::Persistence, "persistence")?;
     let db = persistence_store(&args)?;
     crate::services::store_readiness("persistence", &db);
     let store = db.describe();
@@ -533,7 +536,7 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         prefix,
         identity,
         directory,
-    } = Member::join(&args.cluster, &args.member, &format!("shard {id}")).await?;
+    } = Member::join(&args.cluster, &args.member, MemberRole::Shard, &id.0).await?;
     let (tx, inbox) = crossbeam_channel::unbounded();
     let (bus, addr, map) = member_bus(
         &identity,
@@ -697,7 +700,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         prefix,
         identity,
         directory,
-    } = Member::join(&args.cluster, &args.member, &format!("router {id}")).await?;
+    } = Member::join(&args.cluster, &args.member, MemberRole::Router, &id.0).await?;
     let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
     let (bus, addr, map) = member_bus(
         &identity,
@@ -967,7 +970,7 @@ impl BackupStore {
     ) -> anyhow::Result<tessera_persistence::remote::OperatorSession> {
         let credential = operator_credential(args)?;
         let identity =
-            ClusterCa::load(&self.cluster_ca)?.member(&format!("ctl {}", credential.name()))?;
+            ClusterCa::load(&self.cluster_ca)?.member(MemberRole::Ctl, credential.name())?;
         let config = identity.client_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
         let backend = tessera_persistence::remote::RemoteBackend::new(
             self.persistence,
@@ -1075,7 +1078,7 @@ async fn ctl_role(
     // The account service checks the signature; nothing is checked here.
     let credential = operator_credential(args)?;
     let identity =
-        ClusterCa::load(&service.cluster_ca)?.member(&format!("ctl {}", credential.name()))?;
+        ClusterCa::load(&service.cluster_ca)?.member(MemberRole::Ctl, credential.name())?;
     let client = crate::services::auth_client(&identity, service.auth)?;
     let account = client.set_role(name, role, &credential).await?;
     println!(

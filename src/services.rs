@@ -79,7 +79,8 @@ pub(crate) fn service_store(
 /// `tessera auth`: accounts, logins and sessions for the routers.
 pub async fn auth(args: AuthArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
-    let identity = ClusterCa::load(&args.cluster_ca)?.member("auth")?;
+    let identity = ClusterCa::load(&args.cluster_ca)?
+        .member(tessera_coordinator::identity::MemberRole::Auth, "auth")?;
     let db = service_store(&identity, args.persistence, &args.data_dir, "auth.redb")?;
     let key = args
         .signing_key
@@ -135,7 +136,8 @@ pub struct ChatArgs {
 /// `tessera chat`: shouts, tells and channels across every router.
 pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
-    let identity = ClusterCa::load(&args.cluster_ca)?.member("chat")?;
+    let identity = ClusterCa::load(&args.cluster_ca)?
+        .member(tessera_coordinator::identity::MemberRole::Chat, "chat")?;
     let db = service_store(&identity, args.persistence, &args.data_dir, "chat.redb")?;
     store_readiness("chat", &db);
     let limits = tessera_chat::ChatLimits {
@@ -209,7 +211,8 @@ pub struct AssetArgs {
 /// `tessera asset`: content-addressed assets over HTTP.
 pub async fn asset(args: AssetArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
-    let identity = ClusterCa::load(&args.cluster_ca)?.member("asset")?;
+    let identity = ClusterCa::load(&args.cluster_ca)?
+        .member(tessera_coordinator::identity::MemberRole::Asset, "asset")?;
     let db = service_store(&identity, args.persistence, &args.data_dir, "assets.redb")?;
     store_readiness("asset", &db);
     let operators = args.operators.operators(&args.cluster_ca).await?;

@@ -185,8 +185,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // else; the account service on a loopback port too, for `tessera ctl
     // role` (the router itself keeps using the same accounts in process).
     let (auth_server, chat) = front_services(&ca, auth.clone(), operators.clone(), &db)?;
-    let chat_link =
-        crate::services::chat_client(&ca.member("router-1")?, chat.local_addr()?, "router-1")?;
+    let chat_link = crate::services::chat_client(
+        &ca.member(
+            tessera_coordinator::identity::MemberRole::Router,
+            "router-1",
+        )?,
+        chat.local_addr()?,
+        "router-1",
+    )?;
     let router = Router::new(
         rc,
         world.clone(),
@@ -281,14 +287,14 @@ fn front_services(
         auth,
         operators,
         loopback,
-        ca.member("auth")?
+        ca.member(tessera_coordinator::identity::MemberRole::Auth, "auth")?
             .server_config_for(tessera_auth::remote::AUTH_ALPN)?,
         false,
     )?;
     let chat = tessera_chat::ChatServer::start(
         db.clone(),
         loopback,
-        ca.member("chat")?
+        ca.member(tessera_coordinator::identity::MemberRole::Chat, "chat")?
             .server_config_for(tessera_chat::CHAT_ALPN)?,
         tessera_chat::ChatLimits::default(),
     )?;
@@ -381,8 +387,11 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
     let persistence = tessera_persistence::remote::PersistenceServer::start(
         db,
         "127.0.0.1:0".parse()?,
-        ca.member("persistence")?
-            .server_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?,
+        ca.member(
+            tessera_coordinator::identity::MemberRole::Persistence,
+            "persistence",
+        )?
+        .server_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?,
         Some(operators),
     )?;
     let store_addr = persistence.local_addr()?.to_string();

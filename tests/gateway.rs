@@ -1183,6 +1183,7 @@ fn only_a_cluster_member_may_relay() {
         .expect("a tokio runtime");
     let router = &c.routers[0];
     let der = std::fs::read(&router.cert).expect("the router's certificate");
+    let der_again = der.clone();
     rt.block_on(async {
         let ep = tessera_client::endpoint(rustls::pki_types::CertificateDer::from(der))
             .expect("an endpoint");
@@ -1223,6 +1224,30 @@ fn only_a_cluster_member_may_relay() {
                  session after all?"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // A cluster member of another role (here a shard's certificate) may not relay
+        // either: the router checks the role its certificate names.
+        let ca = tessera_coordinator::transport::ClusterCa::load(&c.ca).expect("the CA");
+        let shard_identity = ca
+            .member(tessera_coordinator::identity::MemberRole::Shard, "shard-x")
+            .expect("a shard's certificate")
+            .chain_and_key();
+        let ep = tessera_client::endpoint_as(
+            rustls::pki_types::CertificateDer::from(der_again),
+            Some(shard_identity),
+            Duration::from_secs(30),
+        )
+        .expect("an endpoint with a member certificate");
+        let mut member = tessera_client::Client::connect(&ep, router.quic)
+            .await
+            .expect("QUIC connect as a shard");
+        member.write_raw(&bytes).await.expect("send Relay");
+        match tokio::time::timeout(Duration::from_secs(10), member.read_direct()).await {
+            Ok(Ok(ServerMsg::Error { message, .. })) => {
+                assert!(message.contains("role gateway"), "{message}")
+            }
+            other => panic!("a shard's Relay was answered {other:?}, not refused"),
         }
     });
     eprintln!("relay: took {} ms", started.elapsed().as_millis());

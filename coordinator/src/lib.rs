@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod control;
 pub mod ctl;
 pub mod etcd;
+pub mod identity;
 pub mod membership;
 pub mod migration;
 pub mod operators;

@@ -18,6 +18,7 @@
 //! has registered.
 
 use crate::bus::{Bus, BusError};
+use crate::identity::{MemberRole, Peer};
 use parking_lot::{Mutex, RwLock};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -150,12 +151,21 @@ impl ClusterCa {
         rustls_pemfile_cert(&cert_pem).map_err(err)
     }
 
-    /// A fresh member identity (key and certificate signed by this CA).
-    pub fn member(&self, member: &str) -> Result<MemberIdentity, TransportError> {
+    /// A fresh member identity (key and certificate signed by this CA) for a member of
+    /// `role` called `name`: the certificate's subject says both (`CN=name, OU=role`), and
+    /// the servers it talks to check the role ([`crate::identity`]).
+    pub fn member(
+        &self,
+        role: crate::identity::MemberRole,
+        name: &str,
+    ) -> Result<MemberIdentity, TransportError> {
         let tls = |e: rcgen::Error| TransportError::Tls(e.to_string());
         let key = KeyPair::generate().map_err(tls)?;
         let mut params = CertificateParams::new(vec![CLUSTER_NAME.to_string()]).map_err(tls)?;
-        params.distinguished_name.push(DnType::CommonName, member);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, role.as_str());
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -168,6 +178,31 @@ impl ClusterCa {
             root: self.cert.clone(),
         })
     }
+}
+
+/// Whether `peer` may send `env` (its role, [`crate::identity::may_send`]); a refusal is
+/// counted and logged (at most once a second per kind, so a misbehaving member cannot fill
+/// the log).
+fn allowed(peer: &Peer, env: &Envelope) -> bool {
+    let ok = crate::identity::peer_may_send(peer, env);
+    if !ok {
+        let kind = crate::identity::kind(env);
+        let role = peer.role().map_or("none", MemberRole::as_str);
+        metrics::counter!("tessera_cluster_messages_refused_total", "from_role" => role, "kind" => kind)
+            .increment(1);
+        static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+        let mut last = LAST.lock();
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(
+                peer = peer.name(),
+                role,
+                kind,
+                "cluster message refused: that role may not send it"
+            );
+        }
+    }
+    ok
 }
 
 fn rustls_pemfile_cert(pem: &str) -> Result<CertificateDer<'static>, String> {
@@ -405,15 +440,22 @@ impl QuicBus {
                         return;
                     }
                 };
+                // The handshake verified the chain; the certificate says the role.
+                let Some(peer) = Peer::of(&conn) else {
+                    tracing::warn!(addr = %conn.remote_address(), "cluster connection closed: its certificate names no member role we know");
+                    conn.close(1u32.into(), b"unknown member role");
+                    return;
+                };
+                let peer = Arc::new(peer);
                 while let Ok(stream) = conn.accept_uni().await {
-                    let bus = bus.clone();
-                    tokio::spawn(async move { bus.read_stream(stream).await });
+                    let (bus, peer) = (bus.clone(), peer.clone());
+                    tokio::spawn(async move { bus.read_stream(stream, &peer).await });
                 }
             });
         }
     }
 
-    async fn read_stream(&self, mut stream: quinn::RecvStream) {
+    async fn read_stream(&self, mut stream: quinn::RecvStream, peer: &Peer) {
         let mut buf = FrameBuffer::new(MAX_CLUSTER_FRAME);
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
@@ -421,7 +463,11 @@ impl QuicBus {
                 match buf.next_frame() {
                     Ok(Some(payload)) => {
                         match frame::decode::<Envelope>(&payload, MAX_CLUSTER_FRAME) {
-                            Ok(env) => self.deliver_local(env),
+                            Ok(env) => {
+                                if allowed(peer, &env) {
+                                    self.deliver_local(env);
+                                }
+                            }
                             Err(e) => {
                                 tracing::error!(error = %e, "malformed cluster message; closing the stream");
                                 return;
@@ -637,6 +683,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_member_certificate_says_its_role_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(dir.path()).unwrap();
+        for role in MemberRole::ALL {
+            let (chain, _) = ca.member(role, "m-1").unwrap().chain_and_key();
+            assert_eq!(
+                Peer::from_cert(&chain[0]),
+                Some(Peer::Member {
+                    role,
+                    name: "m-1".into()
+                })
+            );
+        }
+        // Before roles: no OU. Let through as a legacy peer.
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![CLUSTER_NAME.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "shard old");
+        let cert = params
+            .signed_by(&key, &Issuer::new(ca_params(), &ca.key))
+            .unwrap();
+        let legacy = Peer::from_cert(cert.der()).unwrap();
+        assert_eq!(legacy.role(), None);
+        assert!(legacy.may_be(MemberRole::Router));
+        // An unknown role is no member.
+        let mut params = CertificateParams::new(vec![CLUSTER_NAME.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, "admin");
+        let cert = params
+            .signed_by(&key, &Issuer::new(ca_params(), &ca.key))
+            .unwrap();
+        assert_eq!(Peer::from_cert(cert.der()), None);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn members_exchange_messages_in_order_and_strangers_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -645,7 +728,7 @@ mod tests {
         let (shard_tx, shard_rx) = crossbeam_channel::unbounded();
         let a = ShardId::new("a");
         let shard_bus = QuicBus::start(
-            &ca.member("shard a").unwrap(),
+            &ca.member(MemberRole::Shard, "shard a").unwrap(),
             "127.0.0.1:0".parse().unwrap(),
             LocalInbox::Shard(a.clone(), shard_tx),
             directory.clone(),
@@ -655,7 +738,7 @@ mod tests {
         let (router_tx, _router_rx) = mpsc::unbounded_channel();
         let r = RouterId("r".into());
         let router_bus = QuicBus::start(
-            &ca.member("router r").unwrap(),
+            &ca.member(MemberRole::Router, "router r").unwrap(),
             "127.0.0.1:0".parse().unwrap(),
             LocalInbox::Router(r.clone(), router_tx),
             directory.clone(),
@@ -675,9 +758,10 @@ mod tests {
                 )
                 .unwrap();
         }
+        let rx = shard_rx.clone();
         let got: Vec<u64> = tokio::task::spawn_blocking(move || {
             (0..200)
-                .map(|_| match shard_rx.recv_timeout(Duration::from_secs(10)) {
+                .map(|_| match rx.recv_timeout(Duration::from_secs(10)) {
                     Ok(ToShard::Leave { entity, .. }) => entity.0,
                     other => panic!("unexpected {other:?}"),
                 })
@@ -686,10 +770,42 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(got, (0..200).collect::<Vec<_>>(), "in order, none lost");
+
+        // A member whose certificate says it is a shard may not send player traffic, which
+        // comes from routers only: refused at the receiving shard, counted, nothing delivered.
+        let (b_tx, _b_rx) = crossbeam_channel::unbounded();
+        let impostor = QuicBus::start(
+            &ca.member(MemberRole::Shard, "shard b").unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            LocalInbox::Shard(ShardId::new("b"), b_tx),
+            directory.clone(),
+        )
+        .unwrap();
+        let leave = |i: u64| ToShard::Leave {
+            entity: tessera_proto::EntityId(i),
+            session: tessera_proto::cluster::SessionRef {
+                router: r.clone(),
+                session: tessera_proto::SessionId(i),
+            },
+        };
+        for i in 1000..1005u64 {
+            impostor.to_shard(&a, leave(i)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        router_bus.to_shard(&a, leave(7)).unwrap();
+        let rx = shard_rx.clone();
+        let first = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(first, Ok(ToShard::Leave { entity, .. }) if entity.0 == 7),
+            "a shard's player traffic was delivered: {first:?}"
+        );
+        assert!(shard_rx.try_recv().is_err());
         // A member of another cluster (another CA) cannot connect.
         let other_dir = tempfile::tempdir().unwrap();
         let stranger_ca = ClusterCa::create(other_dir.path()).unwrap();
-        let stranger = stranger_ca.member("stranger").unwrap();
+        let stranger = stranger_ca.member(MemberRole::Shard, "stranger").unwrap();
         let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         ep.set_default_client_config(stranger.client_config().unwrap());
         let conn = ep

@@ -44,6 +44,14 @@ fn clip_text(mut text: String) -> String {
     text
 }
 
+/// Whether `conn` is a telnet gateway of the cluster (see
+/// `ClientConn::is_gateway`).
+fn is_gateway(router: &Router, conn: &quinn::Connection) -> bool {
+    use tessera_coordinator::identity::{MemberRole, Peer};
+    router.config.relay_ca.is_some()
+        && Peer::of(conn).is_some_and(|p| p.may_be(MemberRole::Gateway))
+}
+
 /// A client must say hello this soon after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -62,7 +70,7 @@ pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
             let peer = conn.remote_address();
             // Cluster members (telnet gateways relaying many players) are
             // not capped by address: their gateway caps each player's.
-            let member = r.config.relay_ca.is_some() && conn.peer_identity().is_some();
+            let member = is_gateway(&r, &conn);
             let _slot = if member {
                 None
             } else {
@@ -266,10 +274,11 @@ impl ClientConn {
             .expect("control stream is open after hello")
     }
 
-    /// Whether this connection showed a certificate from the cluster CA
-    /// (rustls verified it during the handshake).
-    fn is_member(&self) -> bool {
-        self.router.config.relay_ca.is_some() && self.conn.peer_identity().is_some()
+    /// Whether this connection is a telnet gateway of the cluster: a
+    /// certificate from the cluster CA (rustls verified it during the
+    /// handshake) whose role is `gateway` (`tessera_coordinator::identity`).
+    fn is_gateway(&self) -> bool {
+        is_gateway(&self.router, &self.conn)
     }
 
     /// Runs the login exchange until the player is in the world.
@@ -302,7 +311,7 @@ impl ClientConn {
                         self.ctl()
                             .error(ErrorCode::Malformed, "this connection already relays")
                             .await?;
-                    } else if self.is_member() {
+                    } else if self.is_gateway() {
                         tracing::info!(session = %self.session, gateway = %self.conn.remote_address(), client = %client, "relayed text session");
                         self.relay = Some(client);
                         deadline = tokio::time::Instant::now() + RELAY_LOGIN_TIMEOUT;
@@ -311,7 +320,7 @@ impl ClientConn {
                         self.ctl()
                             .error(
                                 ErrorCode::Forbidden,
-                                "only a telnet gateway of this cluster (a client certificate from the cluster CA) may relay players",
+                                "only a telnet gateway of this cluster (a client certificate of role gateway from the cluster CA) may relay players",
                             )
                             .await?;
                     }

@@ -62,7 +62,11 @@ fn main() {
     for id in [&a, &b] {
         let (tx, inbox) = crossbeam_channel::unbounded();
         let bus = QuicBus::start(
-            &ca.member(&format!("shard {id}")).expect("identity"),
+            &ca.member(
+                tessera_coordinator::identity::MemberRole::Shard,
+                &format!("shard {id}"),
+            )
+            .expect("identity"),
             listen,
             LocalInbox::Shard(id.clone(), tx),
             directory.clone(),
@@ -77,7 +81,11 @@ fn main() {
     }
     let (tx, mut inbox) = tokio::sync::mpsc::unbounded_channel();
     let router_bus = QuicBus::start(
-        &ca.member("router r").expect("identity"),
+        &ca.member(
+            tessera_coordinator::identity::MemberRole::Router,
+            "router r",
+        )
+        .expect("identity"),
         listen,
         LocalInbox::Router(router.clone(), tx),
         directory.clone(),

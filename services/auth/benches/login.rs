@@ -54,7 +54,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let member = ClusterCa::create(&dir.path().join("ca"))
         .expect("cluster CA")
-        .member("x")
+        .member(tessera_coordinator::identity::MemberRole::Router, "x")
         .expect("identity");
     let db = Database::open_redb(&dir.path().join("auth.redb")).expect("store");
     let auth = Arc::new(Auth::open(db, &dir.path().join("token.key")).expect("auth"));

@@ -24,6 +24,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::{Account, Auth, AuthError, Claims, Role};
+use tessera_coordinator::identity::{MemberRole, Peer};
 use tessera_coordinator::operators::{OperatorError, OperatorKey, OperatorSig, Operators};
 
 /// ALPN of the account protocol.
@@ -216,10 +217,19 @@ impl AuthServer {
                             return;
                         }
                     };
+                    let Some(peer) = Peer::of(&conn) else {
+                        tracing::warn!(
+                            "auth connection closed: its certificate names no member role"
+                        );
+                        conn.close(1u32.into(), b"unknown member role");
+                        return;
+                    };
+                    let peer = Arc::new(peer);
                     while let Ok((send, recv)) = conn.accept_bi().await {
                         tokio::spawn(serve_stream(
                             auth.clone(),
                             operators.clone(),
+                            peer.clone(),
                             hashing.clone(),
                             send,
                             recv,
@@ -255,6 +265,7 @@ fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::Udp
 async fn serve_stream(
     auth: Arc<Auth>,
     operators: Operators,
+    peer: Arc<Peer>,
     hashing: Arc<tokio::sync::Semaphore>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -268,7 +279,7 @@ async fn serve_stream(
                 tracing::warn!(error = %e, "malformed auth request");
                 Response::Failed(WireError::Unavailable(format!("malformed request: {e}")))
             }
-            Ok(req) => match authorize(&operators, req).await {
+            Ok(req) => match authorize(&operators, &peer, req).await {
                 Err(refused) => Response::Failed(refused),
                 Ok(req) => {
                     let heavy = matches!(
@@ -305,7 +316,23 @@ async fn serve_stream(
 
 /// Checks the operator's signature on a privileged request here, in the service that acts on
 /// it (a member certificate alone is not enough).
-async fn authorize(operators: &Operators, req: Request) -> Result<Request, WireError> {
+async fn authorize(operators: &Operators, peer: &Peer, req: Request) -> Result<Request, WireError> {
+    // Players' accounts and sessions are the routers' business only.
+    let players = matches!(
+        req,
+        Request::Create { .. }
+            | Request::CreateFrom { .. }
+            | Request::Login { .. }
+            | Request::Logout { .. }
+            | Request::Check { .. }
+    );
+    if players && !peer.may_be(MemberRole::Router) {
+        tracing::warn!(peer = peer.name(), role = ?peer.role(), "a player request from a member that is no router was refused");
+        return Err(WireError::NotAuthorized(format!(
+            "only routers log players in (this certificate's role is {})",
+            peer.role().map_or("none", MemberRole::as_str)
+        )));
+    }
     match &req {
         Request::SetRole { name, .. } => {
             tracing::warn!(name, "unsigned role change refused");

@@ -53,7 +53,7 @@ impl Cluster {
         let auth = Arc::new(Auth::with_limits(self.db.clone(), &self.key, limits).unwrap());
         let config = self
             .ca
-            .member("auth")
+            .member(tessera_coordinator::identity::MemberRole::Auth, "auth")
             .unwrap()
             .server_config_for(AUTH_ALPN)
             .unwrap();
@@ -61,9 +61,17 @@ impl Cluster {
     }
 
     fn client(&self, addr: SocketAddr) -> AuthClient {
+        self.client_as(addr, tessera_coordinator::identity::MemberRole::Router)
+    }
+
+    fn client_as(
+        &self,
+        addr: SocketAddr,
+        role: tessera_coordinator::identity::MemberRole,
+    ) -> AuthClient {
         let config = self
             .ca
-            .member("router-1")
+            .member(role, "member-1")
             .unwrap()
             .client_config_for(AUTH_ALPN)
             .unwrap();
@@ -305,4 +313,32 @@ async fn role_changes_need_a_valid_operator_signature_checked_by_the_service() {
     );
     a.close();
     b.close();
+}
+
+/// Players' logins are the routers' business: another member of the cluster (a shard's
+/// certificate here) is refused; a role change needs only the operator's signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_routers_log_players_in() {
+    use tessera_coordinator::identity::MemberRole;
+    let c = Cluster::new();
+    c.add_root().await;
+    let server = c.replica("127.0.0.1:0".parse().unwrap(), RateLimits::default());
+    let addr = server.local_addr().unwrap();
+    c.client(addr)
+        .create_account("Una", "password1", CREATOR)
+        .await
+        .unwrap();
+    let shard = c.client_as(addr, MemberRole::Shard);
+    let err = shard.login("Una", "password1", CREATOR).await.unwrap_err();
+    assert!(
+        matches!(&err, AuthError::NotAuthorized(why) if why.contains("only routers")),
+        "{err:?}"
+    );
+    assert!(shard
+        .create_account("Vic", "password1", CREATOR)
+        .await
+        .is_err());
+    let ctl = c.client_as(addr, MemberRole::Ctl);
+    ctl.set_role("una", Role::Operator, &c.root).await.unwrap();
+    server.close();
 }

@@ -41,7 +41,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let member = ClusterCa::create(&dir.path().join("ca"))
         .expect("cluster CA")
-        .member("x")
+        .member(tessera_coordinator::identity::MemberRole::Router, "x")
         .expect("identity");
     let server_config = member.server_config_for(CHAT_ALPN).expect("server TLS");
     let client_config = member.client_config_for(CHAT_ALPN).expect("client TLS");

@@ -135,6 +135,13 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
+    // Chat is the routers' (they speak for their players).
+    use tessera_coordinator::identity::{MemberRole, Peer};
+    if !Peer::of(&conn).is_some_and(|p| p.may_be(MemberRole::Router)) {
+        tracing::warn!(addr = %conn.remote_address(), "chat connection closed: not a router's certificate");
+        conn.close(1u32.into(), b"only routers use the chat service");
+        return;
+    }
     let key = shared.next_router.fetch_add(1, Ordering::Relaxed);
     let hello: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
     while let Ok((send, recv)) = conn.accept_bi().await {

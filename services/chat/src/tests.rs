@@ -23,7 +23,10 @@ struct Tls {
 
 fn tls() -> Tls {
     let dir = tempfile::tempdir().unwrap();
-    let member = ClusterCa::create(dir.path()).unwrap().member("x").unwrap();
+    let member = ClusterCa::create(dir.path())
+        .unwrap()
+        .member(tessera_coordinator::identity::MemberRole::Router, "x")
+        .unwrap();
     Tls {
         server: member.server_config_for(CHAT_ALPN).unwrap(),
         client: member.client_config_for(CHAT_ALPN).unwrap(),
@@ -424,6 +427,41 @@ async fn raw_request(conn: &quinn::Connection, bytes: &[u8]) -> Option<Reply> {
         .ok()?
         .ok()?;
     tessera_proto::frame::decode(&answer, MAX_REPLY).ok()
+}
+
+/// Chat is the routers': a member of another role (a shard's certificate from the same CA)
+/// is turned away at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_routers_may_use_the_chat_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::create(&dir.path().join("ca")).unwrap();
+    let server_tls = ca
+        .member(tessera_coordinator::identity::MemberRole::Chat, "chat")
+        .unwrap()
+        .server_config_for(CHAT_ALPN)
+        .unwrap();
+    let shard = ca
+        .member(tessera_coordinator::identity::MemberRole::Shard, "shard-1")
+        .unwrap()
+        .client_config_for(CHAT_ALPN)
+        .unwrap();
+    let db = open_db(&dir.path().join("chat.redb")).await;
+    let server = ChatServer::start(db, ANY_PORT.into(), server_tls, generous()).unwrap();
+    let mut ep = quinn::Endpoint::client(ANY_PORT.into()).unwrap();
+    ep.set_default_client_config(shard);
+    let conn = ep
+        .connect(server.local_addr().unwrap(), CLUSTER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let hello = tessera_proto::frame::encode(&Request::Hello {
+        router: "impostor".into(),
+    })
+    .unwrap();
+    assert_eq!(raw_request(&conn, &hello).await, None, "a shard was served");
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    assert!(closed.is_ok(), "the connection stayed open");
+    server.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
