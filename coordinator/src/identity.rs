@@ -185,9 +185,10 @@ pub fn peer_may_send(peer: &Peer, env: &Envelope) -> bool {
     }
 }
 
-/// Whether a member of `role` may send `env`: player traffic to shards comes from routers;
-/// hand-offs, ghosts, speech and migrated cells come from shards; everything for routers
-/// (player events, cell frames) comes from shards.
+/// Whether a member of `role` may send `env`: player traffic to shards comes from routers
+/// (or from a shard forwarding it to the entity's new owner after a hand-off or migration);
+/// hand-offs, ghosts, speech and migrated cells come from shards only; everything for
+/// routers (player events, cell frames) comes from shards.
 pub fn may_send(role: MemberRole, env: &Envelope) -> bool {
     match env {
         Envelope::Shard { msg, .. } => match msg {
@@ -195,7 +196,7 @@ pub fn may_send(role: MemberRole, env: &Envelope) -> bool {
             | ToShard::Input { .. }
             | ToShard::Step { .. }
             | ToShard::Say { .. }
-            | ToShard::Leave { .. } => role == MemberRole::Router,
+            | ToShard::Leave { .. } => matches!(role, MemberRole::Router | MemberRole::Shard),
             ToShard::Handoff { .. }
             | ToShard::Ghosts { .. }
             | ToShard::CellSnapshot { .. }
@@ -208,6 +209,47 @@ pub fn may_send(role: MemberRole, env: &Envelope) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_message_kind_comes_from_its_roles_only() {
+        use tessera_proto::cluster::SessionRef;
+        use tessera_proto::{EntityId, RouterId, SessionId, ShardId};
+        let to = ShardId::new("s");
+        let leave = Envelope::Shard {
+            to: to.clone(),
+            msg: ToShard::Leave {
+                entity: EntityId(1),
+                session: SessionRef {
+                    router: RouterId("r".into()),
+                    session: SessionId(1),
+                },
+            },
+        };
+        // Routers send player traffic, and shards forward it after a hand-off.
+        assert!(may_send(MemberRole::Router, &leave));
+        assert!(may_send(MemberRole::Shard, &leave));
+        for role in [
+            MemberRole::Gateway,
+            MemberRole::Auth,
+            MemberRole::Coordinator,
+        ] {
+            assert!(!may_send(role, &leave), "{role}");
+        }
+        let speech = Envelope::Shard {
+            to,
+            msg: ToShard::Speech {
+                regions: Vec::new(),
+                origin: tessera_proto::Vec3::ZERO,
+                radius: 1.0,
+                speaker: tessera_proto::EntityId(2),
+                name: "a".into(),
+                text: "hi".into(),
+                emote: false,
+            },
+        };
+        assert!(may_send(MemberRole::Shard, &speech));
+        assert!(!may_send(MemberRole::Router, &speech));
+    }
 
     #[test]
     fn roles_parse_and_print() {
