@@ -771,11 +771,12 @@ mod tests {
         .unwrap();
         assert_eq!(got, (0..200).collect::<Vec<_>>(), "in order, none lost");
 
-        // A member whose certificate says it is a shard may not send player traffic, which
-        // comes from routers only: refused at the receiving shard, counted, nothing delivered.
+        // A member whose certificate says it is a telnet gateway may not send player traffic
+        // to shards, which comes from routers (or shards forwarding it): refused at the
+        // receiving shard, counted, nothing delivered.
         let (b_tx, _b_rx) = crossbeam_channel::unbounded();
         let impostor = QuicBus::start(
-            &ca.member(MemberRole::Shard, "shard b").unwrap(),
+            &ca.member(MemberRole::Gateway, "gateway b").unwrap(),
             "127.0.0.1:0".parse().unwrap(),
             LocalInbox::Shard(ShardId::new("b"), b_tx),
             directory.clone(),
@@ -799,7 +800,7 @@ mod tests {
             .unwrap();
         assert!(
             matches!(first, Ok(ToShard::Leave { entity, .. }) if entity.0 == 7),
-            "a shard's player traffic was delivered: {first:?}"
+            "a gateway's player traffic was delivered: {first:?}"
         );
         assert!(shard_rx.try_recv().is_err());
         // A member of another cluster (another CA) cannot connect.

@@ -762,8 +762,10 @@ fn slow_clients_holding_the_asset_port_do_not_lock_others_out() {
             .expect("a dribbling connection stayed open");
         assert!(sent < 600, "{sent}");
     }
+    // Which slow clients got a slot (and so timed out rather than being refused) depends on
+    // when each dribbler thread connected: at least one did, and each is counted.
     assert!(
-        timeouts() >= before + 4.0,
+        timeouts() > before,
         "header timeouts counted: {} -> {}",
         before,
         timeouts()
