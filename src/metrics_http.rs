@@ -302,6 +302,7 @@ mod tests {
         let patience = Duration::from_secs(10);
         let (_runtime, addr) = start(HttpLimits {
             max_connections: 4,
+            per_address: 0,
             header_read_timeout: Duration::from_millis(500),
             send_timeout: Duration::from_secs(60),
         });

@@ -217,7 +217,9 @@ async fn accept_loop(
                 } else {
                     "telnet"
                 };
-                let Some(address_slot) = gateway.caps.admit(peer.ip(), transport) else {
+                let Some(address_slot) =
+                    tessera_router::caps::admit(&gateway.caps, peer.ip(), transport)
+                else {
                     tokio::spawn(telnet_gateway::refuse_over_cap(
                         stream,
                         tls.is_none(),

@@ -74,7 +74,7 @@ pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
             let _slot = if member {
                 None
             } else {
-                match r.caps.admit(peer.ip(), "quic") {
+                match crate::caps::admit(&r.caps, peer.ip(), "quic") {
                     Some(slot) => Some(slot),
                     None => {
                         conn.close(

@@ -121,7 +121,7 @@ async fn accept_loop(
                 } else {
                     "telnet"
                 };
-                let Some(slot) = router.caps.admit(peer.ip(), transport) else {
+                let Some(slot) = crate::caps::admit(&router.caps, peer.ip(), transport) else {
                     tokio::spawn(refuse_over_cap(
                         stream,
                         tls.is_none(),

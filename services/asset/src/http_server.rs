@@ -41,6 +41,11 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connections the asset service serves at once.
 pub const ASSET_MAX_CONNECTIONS: usize = 1024;
+/// Connections one address may hold on the asset port (a shard or a client fetching a few
+/// blobs at once needs a handful).
+pub const ASSET_PER_ADDRESS: usize = 64;
+/// Connections one address may hold on a metrics endpoint (Prometheus scrapes with one).
+pub const METRICS_PER_ADDRESS: usize = 16;
 
 /// Connections a metrics endpoint serves at once: it is only scraped by Prometheus and probed
 /// by health checks.
@@ -54,6 +59,9 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 pub struct HttpLimits {
     /// Connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Connections one client address (IPv4 address, or IPv6 /64) may hold at once; more
+    /// are answered 503 and closed, so one address cannot take every slot (0: no cap).
+    pub per_address: usize,
     /// Time for a request head to arrive whole, from the connection's start or the end of the
     /// previous answer (which bounds idle keep-alive connections too).
     pub header_read_timeout: Duration,
@@ -66,6 +74,7 @@ impl HttpLimits {
     pub fn asset() -> HttpLimits {
         HttpLimits {
             max_connections: ASSET_MAX_CONNECTIONS,
+            per_address: ASSET_PER_ADDRESS,
             header_read_timeout: HEADER_READ_TIMEOUT,
             send_timeout: SEND_TIMEOUT,
         }
@@ -75,6 +84,7 @@ impl HttpLimits {
     pub fn metrics() -> HttpLimits {
         HttpLimits {
             max_connections: METRICS_MAX_CONNECTIONS,
+            per_address: METRICS_PER_ADDRESS,
             header_read_timeout: HEADER_READ_TIMEOUT,
             send_timeout: SEND_TIMEOUT,
         }
@@ -88,7 +98,7 @@ fn describe_metrics() {
     );
     metrics::describe_counter!(
         "tessera_http_connections_refused_total",
-        "HTTP connections answered 503 and closed because the server already held its maximum"
+        "HTTP connections answered 503 and closed: the server held its maximum (reason total) or the client's address its share (reason per_address)"
     );
     metrics::describe_counter!(
         "tessera_http_timeouts_total",
@@ -107,6 +117,8 @@ pub async fn serve_http(
 ) -> io::Result<()> {
     describe_metrics();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address =
+        tessera_auth::AddressCaps::new(limits.per_address, tessera_auth::AddressSet::none());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -118,17 +130,36 @@ pub async fn serve_http(
                 continue;
             }
         };
+        let Some(address_slot) = per_address.admit(peer.ip()) else {
+            metrics::counter!("tessera_http_connections_refused_total", "server" => server, "reason" => "per_address")
+                .increment(1);
+            tracing::debug!(server, %peer, "too many HTTP connections from one address; refused one");
+            tokio::spawn(refuse(
+                stream,
+                format!(
+                    "your address already holds {} connections, the most one address may",
+                    limits.per_address
+                ),
+            ));
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("tessera_http_connections_refused_total", "server" => server)
+            metrics::counter!("tessera_http_connections_refused_total", "server" => server, "reason" => "total")
                 .increment(1);
             tracing::debug!(server, %peer, "too many HTTP connections; refused one");
-            tokio::spawn(refuse(stream, limits.max_connections));
+            tokio::spawn(refuse(
+                stream,
+                format!(
+                    "the server already holds its maximum of {} connections",
+                    limits.max_connections
+                ),
+            ));
             continue;
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             let open = metrics::gauge!("tessera_http_connections", "server" => server);
             open.increment(1.0);
             let io = TokioIo::new(SendDeadline::new(stream, limits.send_timeout));
@@ -173,10 +204,8 @@ fn timeout_kind(e: &hyper::Error) -> Option<&'static str> {
 /// Answers a connection over the cap with a 503 and closes it. The request (if any arrived) is
 /// read and dropped for a moment first, so that closing does not reset the connection before
 /// the client has read the answer.
-async fn refuse(mut stream: TcpStream, max: usize) {
-    let body = format!(
-        "{{\"error\":\"the server already holds its maximum of {max} connections; try again\"}}"
-    );
+async fn refuse(mut stream: TcpStream, why: String) {
+    let body = format!("{{\"error\":\"{why}; try again\"}}");
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",

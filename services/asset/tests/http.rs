@@ -670,9 +670,11 @@ fn dribble(addr: &str, within: Duration) -> std::thread::JoinHandle<Result<usize
     })
 }
 
+/// Limits for tests from one address (loopback): no per-address cap unless a test sets one.
 fn limits(max_connections: usize, header_read_timeout: Duration) -> HttpLimits {
     HttpLimits {
         max_connections,
+        per_address: 0,
         header_read_timeout,
         send_timeout: Duration::from_secs(60),
     }
@@ -711,6 +713,54 @@ fn connections_over_the_cap_are_refused_with_503_and_counted() {
         raw_get(svc.addr(), "/healthz").filter(|(status, _)| *status == 200)
     });
     assert!(served.is_some(), "nobody was served after the holders left");
+}
+
+/// One address holding its share of connections cannot take the others' slots: its next
+/// connection is answered 503 at once, another address is served.
+#[test]
+fn one_address_cannot_take_every_slot() {
+    let svc = Service::start_with(|c| {
+        c.http = HttpLimits {
+            per_address: 2,
+            ..limits(64, Duration::from_secs(60))
+        }
+    });
+    let connect_from = |from: &str| {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&std::net::SocketAddr::new(from.parse().unwrap(), 0).into())
+            .unwrap();
+        socket
+            .connect(&svc.addr().parse::<std::net::SocketAddr>().unwrap().into())
+            .unwrap();
+        TcpStream::from(socket)
+    };
+    let held: Vec<TcpStream> = (0..2).map(|_| connect_from("127.0.0.1")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = connect_from("127.0.0.1");
+    write!(third, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let answer = read_until_closed(&mut third, Duration::from_secs(10)).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("your address already holds 2 connections"),
+        "{answer}"
+    );
+    // Another address is served while the first holds its two.
+    let mut other = connect_from("127.0.0.2");
+    write!(
+        other,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let answer = read_until_closed(&mut other, Duration::from_secs(10)).unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(held);
 }
 
 #[test]

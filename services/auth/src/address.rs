@@ -2,9 +2,13 @@
 //! usually owns a whole /64, so counting single IPv6 addresses would count nothing), and the
 //! set of networks exempt from the per-address limits.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use ipnet::IpNet;
 
@@ -92,6 +96,85 @@ impl fmt::Display for AddressSet {
     }
 }
 
+/// Counts open connections per client network (IPv4 address or IPv6 /64) against a cap:
+/// the player ports of routers and telnet gateways, and the HTTP ports.
+#[derive(Debug)]
+pub struct AddressCaps {
+    per_address: usize,
+    exempt: AddressSet,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; dropping it frees its place.
+#[derive(Debug)]
+pub struct AddressSlot {
+    caps: Arc<AddressCaps>,
+    /// `None` for an exempt address (nothing was counted).
+    network: Option<IpAddr>,
+}
+
+impl AddressCaps {
+    /// At most `per_address` connections per network (0: no cap); addresses
+    /// in `exempt` are not counted.
+    pub fn new(per_address: usize, exempt: AddressSet) -> Arc<AddressCaps> {
+        Arc::new(AddressCaps {
+            per_address,
+            exempt,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for a connection from `address`, or `None` when its network
+    /// holds the cap already.
+    pub fn admit(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
+        if self.per_address == 0 || self.exempt.contains(address) {
+            return Some(AddressSlot {
+                caps: self.clone(),
+                network: None,
+            });
+        }
+        let network = network_of(address);
+        let mut open = self.open.lock();
+        let count = open.entry(network).or_insert(0);
+        if *count >= self.per_address {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            caps: self.clone(),
+            network: Some(network),
+        })
+    }
+
+    /// The cap (0: none).
+    pub fn per_address(&self) -> usize {
+        self.per_address
+    }
+
+    /// Connections counted for `address`'s network now.
+    pub fn open_from(&self, address: IpAddr) -> usize {
+        self.open
+            .lock()
+            .get(&network_of(address))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Some(network) = self.network {
+            let mut open = self.caps.open.lock();
+            if let Some(count) = open.get_mut(&network) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&network);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +211,44 @@ mod tests {
         let err = "10.0.0.0/8,lan".parse::<AddressSet>().unwrap_err();
         assert!(err.contains("\"lan\""), "{err}");
         assert!("10.0.0.0/33".parse::<AddressSet>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod caps_tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_network_holds_at_most_the_cap_and_dropping_frees_a_place() {
+        let caps = AddressCaps::new(2, AddressSet::none());
+        let a = caps.admit(ip("192.0.2.1")).unwrap();
+        let _b = caps.admit(ip("192.0.2.1")).unwrap();
+        assert!(caps.admit(ip("192.0.2.1")).is_none());
+        // Another address is not affected; the same IPv6 /64 is one network.
+        let _c = caps.admit(ip("192.0.2.2")).unwrap();
+        let _d = caps.admit(ip("2001:db8::1")).unwrap();
+        let _e = caps.admit(ip("2001:db8::2")).unwrap();
+        assert!(caps.admit(ip("2001:db8::3")).is_none());
+        drop(a);
+        assert_eq!(caps.open_from(ip("192.0.2.1")), 1);
+        assert!(caps.admit(ip("192.0.2.1")).is_some());
+    }
+
+    #[test]
+    fn exempt_addresses_and_a_zero_cap_count_nothing() {
+        let caps = AddressCaps::new(1, AddressSet::loopback());
+        let held: Vec<_> = (0..5)
+            .map(|_| caps.admit(ip("127.0.0.1")).unwrap())
+            .collect();
+        assert_eq!(caps.open_from(ip("127.0.0.1")), 0);
+        drop(held);
+        let none = AddressCaps::new(0, AddressSet::none());
+        let _held: Vec<_> = (0..5)
+            .map(|_| none.admit(ip("192.0.2.1")).unwrap())
+            .collect();
     }
 }

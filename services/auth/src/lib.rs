@@ -71,7 +71,7 @@ mod rules;
 mod throttle;
 mod token;
 
-pub use address::{network_of, AddressSet};
+pub use address::{network_of, AddressCaps, AddressSet, AddressSlot};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::AuthError;
 pub use rules::{
