@@ -19,7 +19,7 @@
 //! client certificates in production, docs/operations.md).
 
 use crate::migration::Migration;
-use crate::operators::{OperatorCache, OperatorKey};
+use crate::operators::{hex, unhex, OperatorCache, OperatorKey};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -44,20 +44,6 @@ pub enum AuthorityError {
     BadSignature(String),
     #[error("unknown kind of signer {0:?}")]
     UnknownSigner(String),
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The canonical bytes of a request.

@@ -100,15 +100,10 @@ impl ClusterCa {
             dir: dir.to_path_buf(),
             reason,
         };
-        let cert_pem = std::fs::read_to_string(dir.join("ca-cert.pem")).map_err(|e| {
-            err(format!(
-                "ca-cert.pem: {e} (create one with `tessera ca init`)"
-            ))
-        })?;
+        let cert = ClusterCa::load_cert(dir)?;
         let key_pem = std::fs::read_to_string(dir.join("ca-key.pem"))
             .map_err(|e| err(format!("ca-key.pem: {e}")))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| err(format!("ca-key.pem: {e}")))?;
-        let cert = rustls_pemfile_cert(&cert_pem).map_err(err)?;
         Ok(ClusterCa { cert, key })
     }
 
