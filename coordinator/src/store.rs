@@ -307,6 +307,41 @@ async fn expire_when_due(inner: Weak<Mutex<MemInner>>, id: LeaseId, mut wait: Du
 mod tests {
     use super::*;
 
+    fn kv(key: &str, rev: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: rev.to_string().into_bytes(),
+            mod_revision: rev,
+            lease: None,
+        }
+    }
+
+    /// Events made between subscribing and listing arrive after the snapshot that already
+    /// holds them; handing them on would set a key back to an older value for a moment.
+    #[test]
+    fn events_older_than_the_snapshot_are_dropped() {
+        let mut s = Staleness::default();
+        s.snapshot(&[kv("/t/cells/0,0", 7), kv("/t/cells/1,0", 3)]);
+        // The flip to shard-1 at revision 7 is in the snapshot; the watch replays 5 and 7.
+        assert!(!s.fresh(&WatchEvent::Put(kv("/t/cells/0,0", 5))));
+        assert!(!s.fresh(&WatchEvent::Put(kv("/t/cells/0,0", 7))));
+        assert!(s.fresh(&WatchEvent::Put(kv("/t/cells/0,0", 8))));
+        assert!(!s.fresh(&WatchEvent::Delete {
+            key: "/t/cells/1,0".into(),
+            revision: 2
+        }));
+        assert!(s.fresh(&WatchEvent::Delete {
+            key: "/t/cells/1,0".into(),
+            revision: 9
+        }));
+        // A key the snapshot did not have: every newer event goes through, an older one not.
+        assert!(s.fresh(&WatchEvent::Put(kv("/t/cells/2,0", 4))));
+        assert!(!s.fresh(&WatchEvent::Put(kv("/t/cells/2,0", 4))));
+        // A new snapshot starts over from what it shows.
+        s.snapshot(&[kv("/t/cells/0,0", 20)]);
+        assert!(!s.fresh(&WatchEvent::Put(kv("/t/cells/0,0", 8))));
+    }
+
     #[tokio::test]
     async fn cas_on_revision() {
         let s = MemStore::new();
@@ -373,6 +408,37 @@ mod tests {
     }
 }
 
+/// The newest revision [`follow`] has handed on for each key, so that a watch event older
+/// than what a snapshot already showed is dropped instead of undoing it.
+#[derive(Debug, Default)]
+struct Staleness {
+    newest: HashMap<String, i64>,
+}
+
+impl Staleness {
+    fn snapshot(&mut self, kvs: &[KeyValue]) {
+        self.newest = kvs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.mod_revision))
+            .collect();
+    }
+
+    /// Whether `ev` is newer than what was handed on for its key (and remembers it if so).
+    fn fresh(&mut self, ev: &WatchEvent) -> bool {
+        let (key, revision) = match ev {
+            WatchEvent::Put(kv) => (&kv.key, kv.mod_revision),
+            WatchEvent::Delete { key, revision } => (key, *revision),
+        };
+        match self.newest.get(key) {
+            Some(&seen) if seen >= revision => false,
+            _ => {
+                self.newest.insert(key.clone(), revision);
+                true
+            }
+        }
+    }
+}
+
 /// What [`follow`] hands its callback.
 #[derive(Debug)]
 pub enum Follow {
@@ -392,14 +458,22 @@ pub async fn follow(
     prefix: String,
     apply: impl Fn(Follow) + Send + Sync + 'static,
 ) -> Result<(), StoreError> {
-    // Subscribe before listing so no change falls between the two.
+    // Subscribe before listing so no change falls between the two. Changes made between
+    // the two arrive on the watch too, after the snapshot that already holds them: they are
+    // dropped (`Staleness`), or a key would go back to an older value for a moment (a shard
+    // once dropped a cell it had just opened that way).
     let events = store.watch(&prefix).await?;
-    apply(Follow::Snapshot(store.list(&prefix).await?));
+    let kvs = store.list(&prefix).await?;
+    let mut staleness = Staleness::default();
+    staleness.snapshot(&kvs);
+    apply(Follow::Snapshot(kvs));
     tokio::spawn(async move {
         let mut events = events;
         loop {
             while let Some(ev) = events.recv().await {
-                apply(Follow::Event(ev));
+                if staleness.fresh(&ev) {
+                    apply(Follow::Event(ev));
+                }
             }
             tracing::warn!(prefix = %prefix, "cluster store watch ended; re-syncing");
             let mut backoff = std::time::Duration::from_millis(100);
@@ -411,6 +485,7 @@ pub async fn follow(
                 };
                 match store.list(&prefix).await {
                     Ok(kvs) => {
+                        staleness.snapshot(&kvs);
                         apply(Follow::Snapshot(kvs));
                         break w;
                     }
