@@ -8,9 +8,7 @@ use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_coordinator::operators::{
-    OperatorKey, OperatorRecord, Operators, RecordSource, Voucher,
-};
+use tessera_coordinator::operators::{OperatorKey, OperatorRecord, Operators, Voucher};
 use tessera_coordinator::transport::ClusterCa;
 use tessera_coordinator::{ClusterStore, EtcdStore};
 
@@ -69,8 +67,8 @@ pub async fn ca_operator(
     if let Some(existing) = operators.records().get(&name).await? {
         anyhow::ensure!(
             existing.revoked.is_some(),
-            "operator {name} exists already ({}); revoke it first to give it a new key",
-            operators.records().describe()
+            "operator {name} exists already ({:?}); revoke it first to give it a new key",
+            operators.records()
         );
     }
     key.save(&out)?;
@@ -78,10 +76,10 @@ pub async fn ca_operator(
     operators.records().put(&record).await?;
     println!(
         "operator {name}: credential written to {} (keep it private; pass it with \
-         --credential or TESSERA_CREDENTIAL); public key {} vouched for by the CA in {}",
+         --credential or TESSERA_CREDENTIAL); public key {} vouched for by the CA in {:?}",
         out.display(),
         key.public_hex(),
-        operators.records().describe()
+        operators.records()
     );
     Ok(())
 }
@@ -148,10 +146,7 @@ pub async fn ctl_operator(
                     Ok(r) => {
                         let status = match operators.valid_key(&r.name).await {
                             Ok(_) => "valid".to_string(),
-                            Err(e) if r.revoked.is_some() => {
-                                let _ = e;
-                                "revoked".to_string()
-                            }
+                            Err(_) if r.revoked.is_some() => "revoked".to_string(),
                             Err(e) => format!("invalid ({e})"),
                         };
                         println!(
@@ -211,15 +206,4 @@ pub fn load_credential(path: Option<&Path>) -> anyhow::Result<OperatorKey> {
          (create one with `tessera ca operator NAME`)",
     )?;
     Ok(OperatorKey::load(path)?)
-}
-
-/// Where `RecordSource` keeps records, for messages.
-trait Describe {
-    fn describe(&self) -> String;
-}
-
-impl Describe for RecordSource {
-    fn describe(&self) -> String {
-        format!("{self:?}")
-    }
 }
