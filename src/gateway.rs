@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_coordinator::transport::ClusterCa;
+use tessera_coordinator::pki::MemberIdentity;
 use tessera_coordinator::{ClusterStore, EtcdStore};
 use tessera_gateway::routers::RouterSet;
 use tessera_gateway::{Gateway, GatewayConfig};
@@ -28,8 +28,10 @@ pub struct GatewayArgs {
     /// Key prefix in etcd.
     #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
     prefix: String,
-    /// Directory with the cluster CA: the gateway shows the routers a
-    /// member certificate from it, which lets it relay players.
+    /// This member's directory: its certificate and key from `tessera ca issue --role gateway`
+    /// (member-cert.pem, member-key.pem) and the trust bundle (ca-cert.pem); or a CA directory,
+    /// and a certificate is minted at start.
+    /// The routers let a gateway's certificate relay players.
     #[arg(long)]
     cluster_ca: PathBuf,
     /// The routers' QUIC certificate (DER or PEM) to pin; every router of
@@ -101,8 +103,11 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     };
     let metrics = crate::metrics_http::install(args.metrics).await?;
     let router_cert = load_cert(&args.router_cert)?;
-    let identity = ClusterCa::load(&args.cluster_ca)?
-        .member(tessera_coordinator::identity::MemberRole::Gateway, &args.id)?;
+    let identity = MemberIdentity::load_or_mint(
+        &args.cluster_ca,
+        tessera_coordinator::identity::MemberRole::Gateway,
+        &args.id,
+    )?;
     // A router that dies without a word is given up after 5 s (players
     // keep the 30 s default): its players resume elsewhere that soon.
     let endpoint = tessera_client::endpoint_as(

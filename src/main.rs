@@ -3,6 +3,7 @@
 //! process.
 
 mod bots;
+mod ca;
 mod gateway;
 mod k8s_secret;
 mod metrics_http;
@@ -61,44 +62,7 @@ enum Command {
     /// Manage the cluster certificate authority.
     Ca {
         #[command(subcommand)]
-        command: CaCommand,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum CaCommand {
-    /// Create a new cluster CA in DIR (ca-cert.pem, ca-key.pem); give the
-    /// directory to every role with --cluster-ca.
-    Init { dir: PathBuf },
-    /// Make an operator: an ed25519 key pair (the credential file, for
-    /// `tessera ctl`) whose public key the CA vouches for, in etcd with
-    /// --etcd, else in DIR/operators/ (`tessera up`). Run it where the CA
-    /// key is; later operators can be added by operators (`tessera ctl
-    /// operator add`).
-    Operator {
-        /// The operator's name, shown in logs of every request they make.
-        name: String,
-        /// The cluster CA directory (with its private key).
-        #[arg(long)]
-        cluster_ca: PathBuf,
-        /// Where to write the credential (default: operator-NAME.json).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        #[command(flatten)]
-        store: operator::OperatorsArgs,
-    },
-    /// Create every secret a Kubernetes deployment needs in DIR (the
-    /// cluster CA, the auth signing key, the routers' QUIC certificate;
-    /// existing files are kept) and print them as one Secret manifest:
-    /// `tessera ca k8s-secret secrets/ | kubectl apply -f -` (docs/deploy.md).
-    K8sSecret {
-        dir: PathBuf,
-        /// The Secret's name (the manifests in k8s/ mount `tessera-cluster`).
-        #[arg(long, default_value = "tessera-cluster")]
-        name: String,
-        /// The Secret's namespace (default: none; kubectl's current one).
-        #[arg(long)]
-        namespace: Option<String>,
+        command: ca::CaCommand,
     },
 }
 
@@ -377,34 +341,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Ctl(a)) => runtime.block_on(roles::ctl(a)),
-        Some(Command::Ca {
-            command: CaCommand::Init { dir },
-        }) => roles::ca_init(dir),
-        Some(Command::Ca {
-            command:
-                CaCommand::Operator {
-                    name,
-                    cluster_ca,
-                    out,
-                    store,
-                },
-        }) => runtime.block_on(operator::ca_operator(name, cluster_ca, out, store)),
-        Some(Command::Ca {
-            command:
-                CaCommand::K8sSecret {
-                    dir,
-                    name,
-                    namespace,
-                },
-        }) => {
-            print!("{}", k8s_secret::render(&dir, &name, namespace.as_deref())?);
-            eprintln!(
-                "secret files kept in {}; clients pin {}",
-                dir.display(),
-                dir.join("quic-cert.der").display()
-            );
-            Ok(())
-        }
+        Some(Command::Ca { command }) => ca::run(command, &runtime),
     }
 }
 

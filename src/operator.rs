@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_coordinator::operators::{OperatorKey, OperatorRecord, Operators, Voucher};
-use tessera_coordinator::transport::ClusterCa;
+use tessera_coordinator::pki::ClusterCa;
 use tessera_coordinator::{ClusterStore, EtcdStore};
 
 /// Where a service that acts on operator requests (`tessera auth`, `tessera persistence`,
@@ -31,7 +31,7 @@ pub struct OperatorsArgs {
 impl OperatorsArgs {
     /// The operators, trusting the CA certificate in `cluster_ca`.
     pub async fn operators(&self, cluster_ca: &Path) -> anyhow::Result<Operators> {
-        let trusted = vec![ClusterCa::load_cert(cluster_ca)?];
+        let trusted = tessera_coordinator::pki::load_trust(cluster_ca)?;
         if self.etcd.is_empty() {
             return Ok(Operators::in_dir(cluster_ca.join("operators"), trusted));
         }
@@ -58,19 +58,39 @@ pub async fn ca_operator(
     name: String,
     cluster_ca: PathBuf,
     out: Option<PathBuf>,
+    revouch: bool,
     store: OperatorsArgs,
 ) -> anyhow::Result<()> {
-    let key = OperatorKey::generate(&name)?;
-    let out = out.unwrap_or_else(|| PathBuf::from(format!("operator-{name}.json")));
     let ca = ClusterCa::load(&cluster_ca)?;
     let operators = store.operators(&cluster_ca).await?;
-    if let Some(existing) = operators.records().get(&name).await? {
+    let existing = operators.records().get(&name).await?;
+    if revouch {
+        // After a CA rotation: the same public key, vouched for by this CA.
+        let existing = existing.with_context(|| format!("there is no operator called {name:?}"))?;
+        anyhow::ensure!(
+            existing.revoked.is_none(),
+            "operator {name} is revoked; make a new one instead"
+        );
+        anyhow::ensure!(out.is_none(), "--revouch writes no credential; drop --out");
+        let record = OperatorRecord::new(&name, &existing.public_key, &Voucher::Ca(&ca))?;
+        operators.records().put(&record).await?;
+        println!(
+            "operator {name}: public key {} vouched for again by the CA in {}",
+            record.public_key,
+            cluster_ca.display()
+        );
+        return Ok(());
+    }
+    if let Some(existing) = existing {
         anyhow::ensure!(
             existing.revoked.is_some(),
-            "operator {name} exists already ({:?}); revoke it first to give it a new key",
+            "operator {name} exists already ({:?}); revoke it first to give it a new key, \
+             or vouch for its key with this CA with --revouch",
             operators.records()
         );
     }
+    let key = OperatorKey::generate(&name)?;
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("operator-{name}.json")));
     key.save(&out)?;
     let record = OperatorRecord::new(&name, &key.public_hex(), &Voucher::Ca(&ca))?;
     operators.records().put(&record).await?;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_auth::{Accounts, Auth};
-use tessera_coordinator::authority::{ClusterKey, Signer};
+use tessera_coordinator::authority::{ClusterTrust, Signer};
 use tessera_coordinator::control::{self, CoordinatorConfig};
 use tessera_coordinator::identity::MemberRole;
 use tessera_coordinator::membership::{
@@ -18,8 +18,9 @@ use tessera_coordinator::membership::{
 };
 use tessera_coordinator::migration::{drain, mark_restored, MigrationBoard};
 use tessera_coordinator::operators::{OperatorCache, OperatorKey, Operators};
+use tessera_coordinator::pki::MemberIdentity;
 use tessera_coordinator::rebalance::RebalanceConfig;
-use tessera_coordinator::transport::{ClusterCa, Directory, LocalInbox, QuicBus};
+use tessera_coordinator::transport::{Directory, LocalInbox, QuicBus};
 use tessera_coordinator::{Bus, CellMap, ClusterStore, EtcdStore};
 use tessera_persistence::Database;
 use tessera_proto::{RouterId, ShardId};
@@ -48,7 +49,9 @@ pub struct ClusterArgs {
 /// Flags of roles that speak the cluster protocol.
 #[derive(Args, Debug, Clone)]
 pub struct MemberArgs {
-    /// Directory with the cluster CA (`ca-cert.pem`, `ca-key.pem`).
+    /// This member's directory: its certificate and key from `tessera ca issue --role shard|router`
+    /// (member-cert.pem, member-key.pem) and the trust bundle (ca-cert.pem); or a CA directory,
+    /// and a certificate is minted at start.
     #[arg(long)]
     cluster_ca: PathBuf,
     /// Where to listen for cluster (QUIC) connections.
@@ -78,8 +81,10 @@ pub struct CoordinatorArgs {
     settle_ms: u64,
     #[arg(long, default_value_t = 3)]
     lease_ttl_secs: u64,
-    /// Directory with the cluster CA: its key checks who asked for each
-    /// migration (operators' credentials, members' signatures).
+    /// This member's directory: its certificate and key from `tessera ca issue --role coordinator`
+    /// (member-cert.pem, member-key.pem) and the trust bundle (ca-cert.pem); or a CA directory,
+    /// and a certificate is minted at start.
+    /// The bundle checks members' signatures on migrations; the key signs the coordinator's.
     #[arg(long)]
     cluster_ca: PathBuf,
     /// Move cells to relieve overloaded shards and to fill shards that join
@@ -224,7 +229,7 @@ impl StoreArgs {
     /// A client of the persistence service, if one was named.
     fn connect(
         &self,
-        identity: &tessera_coordinator::transport::MemberIdentity,
+        identity: &tessera_coordinator::pki::MemberIdentity,
     ) -> anyhow::Result<Option<Database>> {
         self.persistence
             .map(|addr| persistence_client(identity, addr))
@@ -235,13 +240,13 @@ impl StoreArgs {
 /// A client of the persistence service at `addr`, as the cluster member
 /// `identity` (the service admits cluster members only).
 pub(crate) fn persistence_client(
-    identity: &tessera_coordinator::transport::MemberIdentity,
+    identity: &tessera_coordinator::pki::MemberIdentity,
     addr: SocketAddr,
 ) -> anyhow::Result<Database> {
     let config = identity.client_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
     let backend = tessera_persistence::remote::RemoteBackend::new(
         addr,
-        tessera_coordinator::transport::CLUSTER_NAME,
+        tessera_coordinator::pki::CLUSTER_NAME,
         config,
     )?;
     Ok(backend.database())
@@ -249,8 +254,10 @@ pub(crate) fn persistence_client(
 
 #[derive(Args, Debug, Clone)]
 pub struct PersistenceArgs {
-    /// Directory with the cluster CA (`ca-cert.pem`, `ca-key.pem`): only cluster members
-    /// (client certificates from this CA) may connect.
+    /// This member's directory: its certificate and key from `tessera ca issue --role persistence`
+    /// (member-cert.pem, member-key.pem) and the trust bundle (ca-cert.pem); or a CA directory,
+    /// and a certificate is minted at start.
+    /// Only cluster members (certificates from a CA of the bundle) may connect.
     #[arg(long)]
     cluster_ca: PathBuf,
     /// Where to listen (QUIC, UDP).
@@ -351,7 +358,7 @@ struct Member {
     world: Arc<tessera_proto::world::WorldDef>,
     store: Arc<dyn ClusterStore>,
     prefix: String,
-    identity: tessera_coordinator::transport::MemberIdentity,
+    identity: Arc<MemberIdentity>,
     directory: Directory,
 }
 
@@ -366,7 +373,11 @@ impl Member {
         let world = load_world(cluster)?;
         let store = connect_store(cluster).await?;
         let prefix = cluster.prefix.clone();
-        let identity = ClusterCa::load(&member.cluster_ca)?.member(role, name)?;
+        let identity = Arc::new(MemberIdentity::load_or_mint(
+            &member.cluster_ca,
+            role,
+            name,
+        )?);
         let directory = Directory::default();
         membership::watch_directory(store.clone(), &prefix, directory.clone()).await?;
         Ok(Member {
@@ -383,7 +394,7 @@ impl Member {
 /// Starts the member's cluster bus and follows the cell map. Returns the
 /// bus, the address peers should dial, and the map.
 async fn member_bus(
-    identity: &tessera_coordinator::transport::MemberIdentity,
+    identity: &tessera_coordinator::pki::MemberIdentity,
     member: &MemberArgs,
     inbox: LocalInbox,
     directory: Directory,
@@ -400,7 +411,7 @@ async fn member_bus(
 pub async fn persistence(args: PersistenceArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
     let identity =
-        ClusterCa::load(&args.cluster_ca)?.member(MemberRole::Persistence, "persistence")?;
+        MemberIdentity::load_or_mint(&args.cluster_ca, MemberRole::Persistence, "persistence")?;
     let db = persistence_store(&args)?;
     crate::services::store_readiness("persistence", &db);
     let store = db.describe();
@@ -441,6 +452,23 @@ fn persistence_store(args: &PersistenceArgs) -> anyhow::Result<Database> {
     Database::open_redb(&path).with_context(|| format!("cannot open the store {}", path.display()))
 }
 
+/// The certificate `tessera ctl` shows a service: any member's in `cluster_ca` (a pod's, when
+/// run inside one: the operator's signature is what the service checks), else one minted as
+/// role `ctl` from the CA key there.
+fn ctl_identity(cluster_ca: &Path, operator: &str) -> anyhow::Result<MemberIdentity> {
+    if cluster_ca
+        .join(tessera_coordinator::pki::MEMBER_CERT_FILE)
+        .exists()
+    {
+        return Ok(MemberIdentity::load_any(cluster_ca)?);
+    }
+    Ok(MemberIdentity::load_or_mint(
+        cluster_ca,
+        MemberRole::Ctl,
+        operator,
+    )?)
+}
+
 /// The signer of an operator command, from `--credential`.
 fn operator(args: &CtlArgs) -> anyhow::Result<Signer> {
     Ok(Signer::operator(operator_credential(args)?))
@@ -451,22 +479,20 @@ fn operator_credential(args: &CtlArgs) -> anyhow::Result<OperatorKey> {
     crate::operator::load_credential(args.credential.as_deref())
 }
 
-/// What checks migration, split and merge requests for a member: the cluster key (members'
-/// signatures) and the operators in the cluster store, read again every second.
+/// What checks migration, split and merge requests for a member, and signs its own: the
+/// cluster's trust bundle (members' certificates), the operators in the cluster store (read
+/// again every second), and the member's identity.
 pub async fn cluster_authority(
     store: Arc<dyn ClusterStore>,
     prefix: &str,
     cluster_ca: &Path,
-) -> anyhow::Result<ClusterKey> {
-    let operators = Operators::in_store(store, prefix, vec![ClusterCa::load_cert(cluster_ca)?]);
-    Ok(ClusterKey::from_ca_dir(cluster_ca)?.with_operators(OperatorCache::follow(operators).await))
-}
-
-/// `tessera ca init DIR`.
-pub fn ca_init(dir: PathBuf) -> anyhow::Result<()> {
-    ClusterCa::create(&dir)?;
-    println!("cluster CA created in {}", dir.display());
-    Ok(())
+    identity: Arc<MemberIdentity>,
+) -> anyhow::Result<ClusterTrust> {
+    let trust = tessera_coordinator::pki::load_trust(cluster_ca)?;
+    let operators = Operators::in_store(store, prefix, trust.clone());
+    Ok(ClusterTrust::new(trust)
+        .with_operators(OperatorCache::follow(operators).await)
+        .with_identity(identity))
 }
 
 /// `tessera coordinator`.
@@ -491,8 +517,15 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         "coordinator {} running; metrics on http://{metrics}/metrics",
         args.id
     );
-    let authority =
-        cluster_authority(store.clone(), &args.cluster.prefix, &args.cluster_ca).await?;
+    let identity =
+        MemberIdentity::load_or_mint(&args.cluster_ca, MemberRole::Coordinator, &args.id)?;
+    let authority = cluster_authority(
+        store.clone(),
+        &args.cluster.prefix,
+        &args.cluster_ca,
+        Arc::new(identity),
+    )
+    .await?;
     let config = CoordinatorConfig {
         id: args.id,
         prefix: args.cluster.prefix,
@@ -567,7 +600,13 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         config.script_updates = Some(rx);
     }
     let dyn_bus: Arc<dyn Bus> = bus.clone();
-    let cluster_key = cluster_authority(store.clone(), &prefix, &args.member.cluster_ca).await?;
+    let cluster_key = cluster_authority(
+        store.clone(),
+        &prefix,
+        &args.member.cluster_ca,
+        identity.clone(),
+    )
+    .await?;
     let board = MigrationBoard::watch(store.clone(), &prefix, Some(cluster_key.clone())).await?;
     let (notice_tx, notices) = tokio::sync::mpsc::unbounded_channel();
     let sim =
@@ -737,7 +776,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     rc.tick_hz = args.tick_hz;
     rc.spawn_radius = args.spawn_radius.max(0.0);
     // Telnet gateways are cluster members: their certificates let them relay.
-    rc.relay_ca = Some(identity.root().clone());
+    rc.relay_cas = identity.roots().to_vec();
     let dyn_bus: Arc<dyn Bus> = bus.clone();
     let chat = args
         .chat
@@ -957,7 +996,8 @@ pub struct BackupStore {
     /// The persistence service, host:port.
     #[arg(long, value_parser = service_addr)]
     persistence: SocketAddr,
-    /// The cluster CA directory (the service admits cluster members only).
+    /// A member directory (any role's certificate: the service checks the operator's
+    /// signature) or the cluster CA directory (a certificate is minted for ctl).
     #[arg(long)]
     cluster_ca: PathBuf,
 }
@@ -969,12 +1009,11 @@ impl BackupStore {
         args: &CtlArgs,
     ) -> anyhow::Result<tessera_persistence::remote::OperatorSession> {
         let credential = operator_credential(args)?;
-        let identity =
-            ClusterCa::load(&self.cluster_ca)?.member(MemberRole::Ctl, credential.name())?;
+        let identity = ctl_identity(&self.cluster_ca, credential.name())?;
         let config = identity.client_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?;
         let backend = tessera_persistence::remote::RemoteBackend::new(
             self.persistence,
-            tessera_coordinator::transport::CLUSTER_NAME,
+            tessera_coordinator::pki::CLUSTER_NAME,
             config,
         )?;
         Ok(tessera_persistence::remote::OperatorSession::new(
@@ -1063,7 +1102,8 @@ pub struct AuthService {
     /// The account service, host:port.
     #[arg(long, value_parser = service_addr)]
     auth: SocketAddr,
-    /// The cluster CA directory (the service admits cluster members only).
+    /// A member directory (any role's certificate: the service checks the operator's
+    /// signature) or the cluster CA directory (a certificate is minted for ctl).
     #[arg(long)]
     cluster_ca: PathBuf,
 }
@@ -1077,8 +1117,7 @@ async fn ctl_role(
 ) -> anyhow::Result<()> {
     // The account service checks the signature; nothing is checked here.
     let credential = operator_credential(args)?;
-    let identity =
-        ClusterCa::load(&service.cluster_ca)?.member(MemberRole::Ctl, credential.name())?;
+    let identity = ctl_identity(&service.cluster_ca, credential.name())?;
     let client = crate::services::auth_client(&identity, service.auth)?;
     let account = client.set_role(name, role, &credential).await?;
     println!(

@@ -9,13 +9,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tessera_auth::remote::{AuthServer, AUTH_ALPN};
 use tessera_auth::Auth;
-use tessera_coordinator::transport::{ClusterCa, MemberIdentity, CLUSTER_NAME};
+use tessera_coordinator::pki::{MemberIdentity, CLUSTER_NAME};
 use tessera_persistence::Database;
 
 #[derive(Args, Debug, Clone)]
 pub struct AuthArgs {
-    /// Directory with the cluster CA: only cluster members (routers, and
-    /// `tessera ctl` for an operator) may connect.
+    /// This member's directory: its certificate and key from `tessera ca issue --role auth`
+    /// (member-cert.pem, member-key.pem) and the trust bundle (ca-cert.pem); or a CA directory,
+    /// and a certificate is minted at start.
+    /// Only cluster members (routers, and `tessera ctl` for an operator) may connect.
     #[arg(long)]
     cluster_ca: PathBuf,
     /// Where to listen (QUIC, UDP).
@@ -79,8 +81,11 @@ pub(crate) fn service_store(
 /// `tessera auth`: accounts, logins and sessions for the routers.
 pub async fn auth(args: AuthArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
-    let identity = ClusterCa::load(&args.cluster_ca)?
-        .member(tessera_coordinator::identity::MemberRole::Auth, "auth")?;
+    let identity = MemberIdentity::load_or_mint(
+        &args.cluster_ca,
+        tessera_coordinator::identity::MemberRole::Auth,
+        "auth",
+    )?;
     let db = service_store(&identity, args.persistence, &args.data_dir, "auth.redb")?;
     let key = args
         .signing_key
@@ -109,8 +114,10 @@ pub async fn auth(args: AuthArgs) -> anyhow::Result<()> {
 
 #[derive(Args, Debug, Clone)]
 pub struct ChatArgs {
-    /// Directory with the cluster CA: only cluster members (routers) may
-    /// connect.
+    /// This member's directory: its certificate and key from `tessera ca issue --role chat`
+    /// (member-cert.pem, member-key.pem) and the trust bundle (ca-cert.pem); or a CA directory,
+    /// and a certificate is minted at start.
+    /// Only routers may connect.
     #[arg(long)]
     cluster_ca: PathBuf,
     /// Where to listen (QUIC, UDP).
@@ -136,8 +143,11 @@ pub struct ChatArgs {
 /// `tessera chat`: shouts, tells and channels across every router.
 pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
-    let identity = ClusterCa::load(&args.cluster_ca)?
-        .member(tessera_coordinator::identity::MemberRole::Chat, "chat")?;
+    let identity = MemberIdentity::load_or_mint(
+        &args.cluster_ca,
+        tessera_coordinator::identity::MemberRole::Chat,
+        "chat",
+    )?;
     let db = service_store(&identity, args.persistence, &args.data_dir, "chat.redb")?;
     store_readiness("chat", &db);
     let limits = tessera_chat::ChatLimits {
@@ -186,8 +196,10 @@ pub fn auth_client(
 
 #[derive(Args, Debug, Clone)]
 pub struct AssetArgs {
-    /// Directory with the cluster CA: uploads must be signed by an operator
-    /// credential it issued (`tessera ca operator NAME`).
+    /// This member's directory: its certificate and key from `tessera ca issue --role asset`
+    /// (member-cert.pem, member-key.pem) and the trust bundle (ca-cert.pem); or a CA directory,
+    /// and a certificate is minted at start.
+    /// Uploads must be signed by an operator the bundle's CA vouched for.
     #[arg(long)]
     cluster_ca: PathBuf,
     /// Where to serve HTTP (TCP).
@@ -211,8 +223,11 @@ pub struct AssetArgs {
 /// `tessera asset`: content-addressed assets over HTTP.
 pub async fn asset(args: AssetArgs) -> anyhow::Result<()> {
     let metrics = crate::metrics_http::install(args.metrics).await?;
-    let identity = ClusterCa::load(&args.cluster_ca)?
-        .member(tessera_coordinator::identity::MemberRole::Asset, "asset")?;
+    let identity = MemberIdentity::load_or_mint(
+        &args.cluster_ca,
+        tessera_coordinator::identity::MemberRole::Asset,
+        "asset",
+    )?;
     let db = service_store(&identity, args.persistence, &args.data_dir, "assets.redb")?;
     store_readiness("asset", &db);
     let operators = args.operators.operators(&args.cluster_ca).await?;

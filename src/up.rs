@@ -64,18 +64,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The cluster CA (in <data-dir>/cluster-ca): the chat service's TLS and
     // the operators' credentials (`tessera ca operator NAME --cluster-ca ...`).
     let ca_dir = args.data_dir.join("cluster-ca");
-    let ca = tessera_coordinator::transport::ClusterCa::load_or_create(&ca_dir)?;
+    let ca = tessera_coordinator::pki::ClusterCa::load_or_create(&ca_dir)?;
     // Operators are files in the CA directory's operators/ (`tessera ca
     // operator NAME --cluster-ca data/cluster-ca` adds one).
     let operators = tessera_coordinator::operators::Operators::in_dir(
         ca_dir.join("operators"),
-        vec![ca.cert().clone()],
+        ca.trust().to_vec(),
     );
     let assets_url = serve_assets(&args, &db, operators.clone()).await?;
 
-    // The cluster key checks every migration, split and merge request,
-    // here as in a cluster.
-    let cluster_key = tessera_coordinator::authority::ClusterKey::from_ca_dir(&ca_dir)?
+    // Every migration, split and merge request is checked here as in a
+    // cluster: members' certificates against the CA, operators' keys.
+    let cluster_key = tessera_coordinator::authority::ClusterTrust::new(ca.trust().to_vec())
         .with_operators(
             tessera_coordinator::operators::OperatorCache::follow(operators.clone()).await,
         );
@@ -157,7 +157,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             lease_ttl: std::time::Duration::from_secs(3),
             interval: std::time::Duration::from_millis(250),
             settle: std::time::Duration::ZERO,
-            authority: Some(cluster_key),
+            authority: Some(cluster_key.with_identity(Arc::new(ca.member(
+                tessera_coordinator::identity::MemberRole::Coordinator,
+                "coordinator-up",
+            )?))),
             rebalance,
             grid: tessera_proto::Grid::new(world.cell_size),
             min_region_side: tessera_coordinator::reshape::MIN_REGION_SIDE,
@@ -277,7 +280,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// The account and chat services of `tessera up`, on loopback ports, with
 /// certificates from the cluster CA `ca`.
 fn front_services(
-    ca: &tessera_coordinator::transport::ClusterCa,
+    ca: &tessera_coordinator::pki::ClusterCa,
     auth: Arc<Auth>,
     operators: tessera_coordinator::operators::Operators,
     db: &Database,
@@ -358,7 +361,7 @@ async fn publish_world(db: &Database, world_dir: &std::path::Path) -> anyhow::Re
 /// `<data-dir>/tessera.redb` to the shards (checkpoints) and the router.
 async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
     use clap::Parser;
-    use tessera_coordinator::transport::ClusterCa;
+    use tessera_coordinator::pki::ClusterCa;
     let metrics_addr = crate::metrics_http::install(args.metrics).await?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;

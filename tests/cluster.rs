@@ -634,13 +634,15 @@ fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
 
     let file = dir.path().join("world.backup");
     let addr = first.addr.to_string();
+    // ctl with a certificate issued for it (no CA key at hand).
+    let ctl_ca = member_dir(&ca, "ctl");
     let args = [
         "backup",
         file.to_str().unwrap(),
         "--persistence",
         &addr,
         "--cluster-ca",
-        ca.to_str().unwrap(),
+        ctl_ca.to_str().unwrap(),
     ];
     let (ok, _, err) = ctl(&etcd, &args);
     assert!(!ok && err.contains("needs an operator credential"), "{err}");
@@ -662,6 +664,7 @@ fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
     let second_dir = dir.path().join("second");
     std::fs::create_dir_all(&second_dir).unwrap();
     let second = persistence(&second_dir, &ca, &etcd);
+    let router_ca = member_dir(&ca, "router");
     let restore = |file: &std::path::Path| {
         ctl_as(
             &etcd,
@@ -671,8 +674,9 @@ fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
                 file.to_str().unwrap(),
                 "--persistence",
                 &second.addr.to_string(),
+                // As from inside a router's pod: its certificate, the operator's signature.
                 "--cluster-ca",
-                ca.to_str().unwrap(),
+                router_ca.to_str().unwrap(),
             ],
         )
     };

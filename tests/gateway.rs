@@ -1228,7 +1228,7 @@ fn only_a_cluster_member_may_relay() {
 
         // A cluster member of another role (here a shard's certificate) may not relay
         // either: the router checks the role its certificate names.
-        let ca = tessera_coordinator::transport::ClusterCa::load(&c.ca).expect("the CA");
+        let ca = tessera_coordinator::pki::ClusterCa::load(&c.ca).expect("the CA");
         let shard_identity = ca
             .member(tessera_coordinator::identity::MemberRole::Shard, "shard-x")
             .expect("a shard's certificate")

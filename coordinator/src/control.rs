@@ -42,7 +42,7 @@ pub struct CoordinatorConfig {
     pub settle: Duration,
     /// Checks who asked for each migration; `None` trusts every request
     /// (single-process use).
-    pub authority: Option<crate::authority::ClusterKey>,
+    pub authority: Option<crate::authority::ClusterTrust>,
     /// Move cells to relieve overloaded shards and fill joining ones;
     /// `None` turns the rebalancer off.
     pub rebalance: Option<RebalanceConfig>,
@@ -310,7 +310,7 @@ async fn reassign_dead_regions(
 pub async fn read_cluster_view(
     store: &dyn ClusterStore,
     prefix: &str,
-    key: Option<&crate::authority::ClusterKey>,
+    key: Option<&crate::authority::ClusterTrust>,
 ) -> Result<ClusterView, CoordinatorError> {
     let mut view = ClusterView::default();
     for (id, reg) in live_shards(store, prefix).await? {
@@ -380,6 +380,16 @@ pub async fn read_cluster_view(
     Ok(view)
 }
 
+/// How the coordinator signs its own requests: with its member identity; without a
+/// [`crate::authority::ClusterTrust`] (one process) nobody checks, and nothing is signed.
+fn member_signer(config: &CoordinatorConfig) -> crate::authority::Signer {
+    let by = format!("coordinator:{}", config.id);
+    match &config.authority {
+        Some(trust) => trust.member(by),
+        None => crate::authority::Signer::unchecked(by),
+    }
+}
+
 /// One rebalancing round: plan, then request each move.
 async fn rebalance(
     config: &CoordinatorConfig,
@@ -398,13 +408,7 @@ async fn rebalance(
             tracing::warn!(shard = %b.shard, why = %b.why, "rebalance: shard needs help and cannot get it");
         }
     }
-    // The coordinator signs as a member; without a cluster key (single
-    // process) nobody checks, and any key will do.
-    let signer = config
-        .authority
-        .clone()
-        .unwrap_or_else(|| crate::authority::ClusterKey::from_secret(b"unchecked"))
-        .member(format!("coordinator:{}", config.id));
+    let signer = member_signer(config);
     for r in &plan.reshapes {
         let requested = match r.op {
             crate::reshape::ReshapeOp::Split => {
@@ -550,11 +554,7 @@ async fn carry_out_reshapes(
     if pending.is_empty() {
         return Ok(());
     }
-    let member = config
-        .authority
-        .clone()
-        .unwrap_or_else(|| crate::authority::ClusterKey::from_secret(b"unchecked"))
-        .member(format!("coordinator:{}", config.id));
+    let member = member_signer(config);
     for p in pending {
         let Some(stored) = current.get(&p.region.cell_id()) else {
             tracing::warn!(region = %p.region, "reshape of a cell not in the map; removing it");
@@ -627,6 +627,14 @@ mod tests {
             std::sync::OnceLock::new();
         ALICE.get_or_init(|| crate::operators::OperatorKey::generate("alice").unwrap())
     }
+
+    /// The test cluster's CA, and what a member of `role` checks and signs with.
+    fn test_trust(role: crate::identity::MemberRole) -> crate::authority::ClusterTrust {
+        static CA: std::sync::OnceLock<crate::pki::ClusterCa> = std::sync::OnceLock::new();
+        let ca = CA.get_or_init(|| crate::pki::ClusterCa::generate().unwrap());
+        crate::authority::ClusterTrust::new(ca.trust().to_vec())
+            .with_identity(std::sync::Arc::new(ca.member(role, "test").unwrap()))
+    }
     use crate::membership::{shard_key, ShardRegistration};
     use crate::store::MemStore;
     use crate::CellMap;
@@ -642,7 +650,7 @@ mod tests {
             interval: Duration::from_millis(50),
             settle: Duration::from_millis(100),
             authority: Some(
-                crate::authority::ClusterKey::from_secret(b"test CA key").with_operators(
+                test_trust(crate::identity::MemberRole::Coordinator).with_operators(
                     crate::operators::OperatorCache::fixed([(
                         "alice".to_string(),
                         alice().verifying_key(),
@@ -663,7 +671,7 @@ mod tests {
         let view = read_cluster_view(&*store, "/t/", None).await.unwrap();
         assert_eq!(view.shards.len(), 2);
         // Draining s2 cordons it first, whatever becomes of its cells.
-        let key = crate::authority::ClusterKey::from_secret(b"k");
+        let key = test_trust(crate::identity::MemberRole::Shard);
         let _ = crate::migration::drain(
             &*store,
             "/t/",
@@ -946,18 +954,21 @@ mod tests {
     /// coordinator reads them as it runs.
     #[tokio::test]
     async fn a_revoked_operator_is_refused_within_seconds_and_forged_cordons_are_ignored() {
-        use crate::authority::{ClusterKey, Signer};
+        use crate::authority::{ClusterTrust, Signer};
         use crate::migration::{migration_key, request_move, Cordon};
         use crate::operators::{OperatorCache, OperatorKey, OperatorRecord, Operators, Voucher};
         let dir = tempfile::tempdir().unwrap();
-        let ca = crate::transport::ClusterCa::create(dir.path()).unwrap();
+        let ca = crate::pki::ClusterCa::create(dir.path()).unwrap();
         let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
         let operators = Operators::in_store(store.clone(), "/t/", vec![ca.cert().clone()]);
         let bob = OperatorKey::generate("bob").unwrap();
         let record = OperatorRecord::new("bob", &bob.public_hex(), &Voucher::Ca(&ca)).unwrap();
         operators.records().put(&record).await.unwrap();
-        let key = ClusterKey::from_secret(b"test CA key")
+        let key = ClusterTrust::new(ca.trust().to_vec())
             .with_operators(OperatorCache::follow(operators.clone()).await);
+        let shard_key = key.clone().with_identity(std::sync::Arc::new(
+            ca.member(crate::identity::MemberRole::Shard, "s1").unwrap(),
+        ));
         let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
         let config = CoordinatorConfig {
             authority: Some(key.clone()),
@@ -1035,7 +1046,7 @@ mod tests {
             view.shards.contains_key(&s1),
             "a revoked operator's cordon was obeyed"
         );
-        let member = Cordon::new("/t/", &s1, &key.member("shard:s1".into()));
+        let member = Cordon::new("/t/", &s1, &shard_key.member("shard:s1".into()));
         store
             .put(
                 &crate::migration::draining_key("/t/", &s1),

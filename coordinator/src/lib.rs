@@ -17,6 +17,7 @@ pub mod identity;
 pub mod membership;
 pub mod migration;
 pub mod operators;
+pub mod pki;
 pub mod placement;
 pub mod rebalance;
 pub mod reshape;

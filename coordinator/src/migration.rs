@@ -19,7 +19,7 @@
 //! The stall, from the source's last tick of the cell to the target's first,
 //! is measured by the target (`tessera_shard_migration_stall_seconds`).
 
-use crate::authority::{Authority, ClusterKey, Signer};
+use crate::authority::{Authority, ClusterTrust, Signer};
 use crate::cellmap::CellOwner;
 use crate::operators::OPERATOR_REFRESH;
 use crate::store::{follow, ClusterStore, Expect, Follow, WatchEvent};
@@ -100,7 +100,7 @@ impl Cordon {
     /// Checks the signature (reading an operator the cached view does not know).
     pub async fn verify(
         &self,
-        key: &ClusterKey,
+        key: &ClusterTrust,
         prefix: &str,
         shard: &ShardId,
     ) -> Result<(), crate::authority::AuthorityError> {
@@ -149,11 +149,11 @@ pub struct MigrationBoard {
 
 impl MigrationBoard {
     /// Follows `migrations/`. With `key`, requests that do not verify
-    /// ([`ClusterKey::verify`]) are left off the board, with a log line.
+    /// ([`ClusterTrust::verify`]) are left off the board, with a log line.
     pub async fn watch(
         store: Arc<dyn ClusterStore>,
         prefix: &str,
-        key: Option<ClusterKey>,
+        key: Option<ClusterTrust>,
     ) -> Result<MigrationBoard, CoordinatorError> {
         let board = MigrationBoard::default();
         let b = board.clone();
@@ -227,7 +227,7 @@ impl MigrationBoard {
 
     /// Every [`OPERATOR_REFRESH`], checks the pending requests against the store again and
     /// puts those that verify on the board (until the board is dropped).
-    fn recheck_pending(&self, key: ClusterKey, prefix: String) {
+    fn recheck_pending(&self, key: ClusterTrust, prefix: String) {
         let weak = Arc::downgrade(&self.pending);
         let entries = Arc::downgrade(&self.entries);
         tokio::spawn(async move {

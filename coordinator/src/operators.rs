@@ -297,7 +297,7 @@ pub struct Revocation {
 
 /// Who signs a record: the CA, or an operator.
 pub enum Voucher<'a> {
-    Ca(&'a crate::transport::ClusterCa),
+    Ca(&'a crate::pki::ClusterCa),
     Operator(&'a OperatorKey),
 }
 
@@ -875,8 +875,8 @@ impl OperatorCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::ClusterCa;
     use crate::store::MemStore;
-    use crate::transport::ClusterCa;
 
     struct Fixture {
         _dir: tempfile::TempDir,

@@ -23,7 +23,7 @@
 //! that is older than [`RESHAPE_TIMEOUT`], is deleted: the signature covers
 //! the request time, so a captured request cannot be replayed later.
 
-use crate::authority::{Authority, ClusterKey, Signer};
+use crate::authority::{Authority, ClusterTrust, Signer};
 use crate::cellmap::{cell_key, next_epoch, parse_tree, tree_json, CellOwner, CellTree};
 use crate::migration::now_unix_ms;
 use crate::store::{ClusterStore, Expect};
@@ -97,7 +97,7 @@ pub fn sign(signer: &Signer, prefix: &str, region: RegionId, r: &Reshape) -> Aut
 }
 
 pub async fn verify(
-    key: &ClusterKey,
+    key: &ClusterTrust,
     prefix: &str,
     region: RegionId,
     r: &Reshape,
@@ -313,7 +313,7 @@ pub struct Pending {
 pub async fn carry_out(
     store: &dyn ClusterStore,
     prefix: &str,
-    key: Option<&ClusterKey>,
+    key: Option<&ClusterTrust>,
     p: &Pending,
     tree: &CellTree,
     rev: i64,

@@ -2,9 +2,10 @@
 //! mutual TLS (ALPN `tessera-cluster/1`).
 //!
 //! Only cluster members can connect: every member holds a certificate
-//! signed by the cluster CA (`tessera ca init DIR` creates one; in k8s it is
-//! a mounted secret) and both ends of every connection verify the other's
-//! against it.
+//! issued by a CA of the cluster's trust bundle ([`crate::pki`]: `tessera ca
+//! issue`; in k8s a Secret per role) and both ends of every connection verify
+//! the other's against it; each message is then checked against the sender's
+//! role ([`crate::identity`]).
 //!
 //! Delivery: one long-lived unidirectional stream per (sender, receiver)
 //! pair carries length-prefixed bincode [`Envelope`]s, so messages from one
@@ -19,15 +20,10 @@
 
 use crate::bus::{Bus, BusError};
 use crate::identity::{MemberRole, Peer};
+use crate::pki::{MemberIdentity, PkiError, CLUSTER_NAME};
 use parking_lot::{Mutex, RwLock};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::cluster::{CellFrame, Envelope, ToRouter, ToShard};
@@ -37,142 +33,13 @@ use tokio::sync::mpsc;
 
 /// ALPN of the cluster protocol.
 pub const CLUSTER_ALPN: &[u8] = b"tessera-cluster/1";
-/// The name every member certificate carries and every client checks.
-pub const CLUSTER_NAME: &str = "tessera-cluster";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cluster CA in {dir}: {reason}")]
-    Ca { dir: PathBuf, reason: String },
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
     #[error("cannot listen on {addr}: {reason}")]
     Bind { addr: SocketAddr, reason: String },
-}
-
-/// The cluster certificate authority.
-pub struct ClusterCa {
-    cert: CertificateDer<'static>,
-    key: KeyPair,
-}
-
-fn ca_params() -> CertificateParams {
-    let mut p = CertificateParams::default();
-    p.distinguished_name
-        .push(DnType::CommonName, "Tessera cluster CA");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p
-}
-
-impl ClusterCa {
-    /// Creates a new CA in `dir` (`ca-cert.pem`, `ca-key.pem`), refusing to
-    /// overwrite an existing one.
-    pub fn create(dir: &Path) -> Result<ClusterCa, TransportError> {
-        let err = |reason: String| TransportError::Ca {
-            dir: dir.to_path_buf(),
-            reason,
-        };
-        let (cert_path, key_path) = (dir.join("ca-cert.pem"), dir.join("ca-key.pem"));
-        if cert_path.exists() || key_path.exists() {
-            return Err(err("a CA already exists here; not overwriting it".into()));
-        }
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-        let key = KeyPair::generate().map_err(|e| err(e.to_string()))?;
-        let cert = ca_params()
-            .self_signed(&key)
-            .map_err(|e| err(e.to_string()))?;
-        write_private(&key_path, key.serialize_pem().as_bytes()).map_err(|e| err(e.to_string()))?;
-        std::fs::write(&cert_path, cert.pem()).map_err(|e| err(e.to_string()))?;
-        Ok(ClusterCa {
-            cert: cert.der().clone(),
-            key,
-        })
-    }
-
-    /// Loads the CA from `dir`.
-    pub fn load(dir: &Path) -> Result<ClusterCa, TransportError> {
-        let err = |reason: String| TransportError::Ca {
-            dir: dir.to_path_buf(),
-            reason,
-        };
-        let cert = ClusterCa::load_cert(dir)?;
-        let key_pem = std::fs::read_to_string(dir.join("ca-key.pem"))
-            .map_err(|e| err(format!("ca-key.pem: {e}")))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| err(format!("ca-key.pem: {e}")))?;
-        Ok(ClusterCa { cert, key })
-    }
-
-    /// Loads the CA, creating it first if `dir` has none.
-    pub fn load_or_create(dir: &Path) -> Result<ClusterCa, TransportError> {
-        if dir.join("ca-cert.pem").exists() {
-            ClusterCa::load(dir)
-        } else {
-            ClusterCa::create(dir)
-        }
-    }
-
-    /// The CA's certificate.
-    pub fn cert(&self) -> &CertificateDer<'static> {
-        &self.cert
-    }
-
-    /// Signs `message` with the CA's key (ECDSA P-256, SHA-256, ASN.1): how
-    /// the first operator of a cluster is vouched for
-    /// ([`crate::operators`]). Anyone with the CA certificate checks it.
-    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, TransportError> {
-        use rcgen::SigningKey;
-        self.key
-            .sign(message)
-            .map_err(|e| TransportError::Tls(format!("signing with the CA key: {e}")))
-    }
-
-    /// The CA certificate in `dir` (`ca-cert.pem`), without its key: what a
-    /// server needs to check signatures by the CA.
-    pub fn load_cert(dir: &Path) -> Result<CertificateDer<'static>, TransportError> {
-        let err = |reason: String| TransportError::Ca {
-            dir: dir.to_path_buf(),
-            reason,
-        };
-        let cert_pem = std::fs::read_to_string(dir.join("ca-cert.pem")).map_err(|e| {
-            err(format!(
-                "ca-cert.pem: {e} (create one with `tessera ca init`)"
-            ))
-        })?;
-        rustls_pemfile_cert(&cert_pem).map_err(err)
-    }
-
-    /// A fresh member identity (key and certificate signed by this CA) for a member of
-    /// `role` called `name`: the certificate's subject says both (`CN=name, OU=role`), and
-    /// the servers it talks to check the role ([`crate::identity`]).
-    pub fn member(
-        &self,
-        role: crate::identity::MemberRole,
-        name: &str,
-    ) -> Result<MemberIdentity, TransportError> {
-        let tls = |e: rcgen::Error| TransportError::Tls(e.to_string());
-        let key = KeyPair::generate().map_err(tls)?;
-        let mut params = CertificateParams::new(vec![CLUSTER_NAME.to_string()]).map_err(tls)?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, role.as_str());
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let issuer = Issuer::new(ca_params(), &self.key);
-        let cert = params.signed_by(&key, &issuer).map_err(tls)?;
-        Ok(MemberIdentity {
-            chain: vec![cert.der().clone(), self.cert.clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            root: self.cert.clone(),
-        })
-    }
 }
 
 /// Whether `peer` may send `env` (its role, [`crate::identity::may_send`]); a refusal is
@@ -200,108 +67,7 @@ fn allowed(peer: &Peer, env: &Envelope) -> bool {
     ok
 }
 
-fn rustls_pemfile_cert(pem: &str) -> Result<CertificateDer<'static>, String> {
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| format!("ca-cert.pem is not a PEM certificate: {e}"))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(bytes)
-}
-
-/// A member's certificate chain and key, plus the CA root it trusts.
-pub struct MemberIdentity {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    root: CertificateDer<'static>,
-}
-
-impl MemberIdentity {
-    /// The cluster CA's certificate.
-    pub fn root(&self) -> &CertificateDer<'static> {
-        &self.root
-    }
-
-    /// This member's certificate chain and key, to show as a client of
-    /// another protocol (a telnet gateway to the routers).
-    pub fn chain_and_key(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        (self.chain.clone(), self.key.clone_key())
-    }
-
-    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TransportError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(self.root.clone())
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
-        Ok(Arc::new(roots))
-    }
-
-    /// Server side of the cluster bus: requires a client certificate from the same CA.
-    pub fn server_config(&self) -> Result<quinn::ServerConfig, TransportError> {
-        self.server_config_for(CLUSTER_ALPN)
-    }
-
-    /// Server side of another cluster-internal protocol (such as the persistence service),
-    /// with the same mutual TLS.
-    pub fn server_config_for(&self, alpn: &[u8]) -> Result<quinn::ServerConfig, TransportError> {
-        let tls = |e: rustls::Error| TransportError::Tls(e.to_string());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            self.roots()?,
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| TransportError::Tls(e.to_string()))?;
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls)?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(tls)?;
-        cfg.alpn_protocols = vec![alpn.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(Arc::new(transport()));
-        Ok(server)
-    }
-
-    /// Client side: verifies the server against the CA, shows our own
-    /// certificate.
-    pub fn client_config(&self) -> Result<quinn::ClientConfig, TransportError> {
-        self.client_config_for(CLUSTER_ALPN)
-    }
-
-    /// Client side of another cluster-internal protocol; the server's certificate names
-    /// [`CLUSTER_NAME`].
-    pub fn client_config_for(&self, alpn: &[u8]) -> Result<quinn::ClientConfig, TransportError> {
-        let tls = |e: rustls::Error| TransportError::Tls(e.to_string());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls)?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(tls)?;
-        cfg.alpn_protocols = vec![alpn.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(Arc::new(transport()));
-        Ok(client)
-    }
-}
-
-fn transport() -> quinn::TransportConfig {
+pub(crate) fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(1)))
         .max_idle_timeout(Some(
@@ -665,54 +431,80 @@ impl Bus for QuicBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::ClusterCa;
 
-    #[test]
-    fn a_ca_is_saved_and_loaded_and_never_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = ClusterCa::create(dir.path()).unwrap();
-        let again = ClusterCa::load(dir.path()).unwrap();
-        assert_eq!(ca.cert, again.cert);
-        assert!(
-            ClusterCa::create(dir.path()).is_err(),
-            "never overwrites a CA"
-        );
-    }
+    /// During a CA rotation both CAs are in every member's bundle: a shard whose certificate
+    /// the new CA issued and a router still carrying the old CA's talk both ways; a member
+    /// that trusts only the old CA refuses the new one's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_of_two_cas_in_one_bundle_talk_during_a_rotation() {
+        let old = ClusterCa::generate().unwrap();
+        let new = ClusterCa::generate().unwrap().trusting(&old);
+        let old = old.trusting(&new);
+        let directory = Directory::default();
+        let (shard_tx, shard_rx) = crossbeam_channel::unbounded();
+        let a = ShardId::new("a");
+        let shard_bus = QuicBus::start(
+            &new.member(MemberRole::Shard, "shard a").unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            LocalInbox::Shard(a.clone(), shard_tx),
+            directory.clone(),
+        )
+        .unwrap();
+        directory.set(Member::Shard(a.clone()), shard_bus.local_addr().unwrap());
+        let (router_tx, mut router_rx) = mpsc::unbounded_channel();
+        let r = RouterId("r".into());
+        let router_bus = QuicBus::start(
+            &old.member(MemberRole::Router, "router r").unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            LocalInbox::Router(r.clone(), router_tx),
+            directory.clone(),
+        )
+        .unwrap();
+        directory.set(Member::Router(r.clone()), router_bus.local_addr().unwrap());
+        let session = tessera_proto::cluster::SessionRef {
+            router: r.clone(),
+            session: tessera_proto::SessionId(1),
+        };
+        router_bus
+            .to_shard(
+                &a,
+                ToShard::Leave {
+                    entity: tessera_proto::EntityId(1),
+                    session: session.clone(),
+                },
+            )
+            .unwrap();
+        let rx = shard_rx.clone();
+        let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert!(matches!(got, Ok(ToShard::Leave { .. })), "{got:?}");
+        shard_bus
+            .to_router(
+                &r,
+                ToRouter::Player {
+                    session: session.session,
+                    event: tessera_proto::cluster::PlayerEvent::Replaced,
+                },
+            )
+            .unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(10), router_rx.recv()).await;
+        assert!(matches!(back, Ok(Some(_))), "{back:?}");
 
-    #[test]
-    fn a_member_certificate_says_its_role_and_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = ClusterCa::create(dir.path()).unwrap();
-        for role in MemberRole::ALL {
-            let (chain, _) = ca.member(role, "m-1").unwrap().chain_and_key();
-            assert_eq!(
-                Peer::from_cert(&chain[0]),
-                Some(Peer::Member {
-                    role,
-                    name: "m-1".into()
-                })
-            );
-        }
-        // Before roles: no OU. Let through as a legacy peer.
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![CLUSTER_NAME.to_string()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "shard old");
-        let cert = params
-            .signed_by(&key, &Issuer::new(ca_params(), &ca.key))
-            .unwrap();
-        let legacy = Peer::from_cert(cert.der()).unwrap();
-        assert_eq!(legacy.role(), None);
-        assert!(legacy.may_be(MemberRole::Router));
-        // An unknown role is no member.
-        let mut params = CertificateParams::new(vec![CLUSTER_NAME.to_string()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, "admin");
-        let cert = params
-            .signed_by(&key, &Issuer::new(ca_params(), &ca.key))
-            .unwrap();
-        assert_eq!(Peer::from_cert(cert.der()), None);
+        // A member that trusts the old CA alone does not accept the new CA's members.
+        let only_old = ClusterCa::generate().unwrap();
+        let lone = only_old.member(MemberRole::Shard, "lone").unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(lone.client_config().unwrap());
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            ep.connect(shard_bus.local_addr().unwrap(), CLUSTER_NAME)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(conn.is_err(), "a CA outside the bundle was trusted");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,11 @@
    arm64 placement, ...), and
    etcd's: TLS with client certificates for clients and peers, every role
    that uses it showing the client certificate, a NetworkPolicy that
-   admits exactly those roles.
+   admits exactly those roles; and the cluster's Secrets: no Secret
+   carries the CA key (ca-key.pem) and no pod mounts it, each role's
+   --cluster-ca directory is its own Secret tessera-member-<role>, only auth
+   mounts tessera-auth-signing, only routers and telnet gateways (the
+   certificate alone) tessera-router-quic.
 4. Every flag a container passes is one `tessera <role> --help` lists
    (when target/debug/tessera is built; scripts/test.sh builds it first).
    The world ConfigMap's files match worlds/default; the Grafana dashboard
@@ -251,6 +255,7 @@ def rule_errors(objs, overlay, drain_measured_s):
         if not etcd["spec"].get("volumeClaimTemplates"):
             errs.append("etcd: no persistent volumes")
     errs += etcd_tls_errors(objs, by)
+    errs += secret_errors(objs)
     return errs
 
 
@@ -407,8 +412,8 @@ def mount_at(container, path):
 def gateway_tls_errors(spec, c):
     """Telnet over TLS on the gateway: plain telnet carries passwords in clear
     text, so the gateway serves TLS too, with the certificate and key of the
-    kubernetes.io/tls Secret (a gateway has no certificate of its own), mounted
-    read-only. Returns the errors and the TLS port (None without one)."""
+    kubernetes.io/tls Secret (a gateway has no certificate for players of its
+    own), mounted read-only. Returns the errors and the TLS port (None without one)."""
     addr = arg_value(c, "--telnet-tls")
     if addr is None:
         return ["telnet-gateway: no --telnet-tls (plain telnet sends passwords in clear text)"], None
@@ -419,7 +424,7 @@ def gateway_tls_errors(spec, c):
     for flag, key in TELNET_TLS_FILES.items():
         path = arg_value(c, flag)
         if path is None:
-            errs.append(f"telnet-gateway: --telnet-tls without {flag} (a gateway has no certificate of its own)")
+            errs.append(f"telnet-gateway: --telnet-tls without {flag} (a gateway has no certificate for players of its own)")
         elif mounted_secret_key(spec, c, path) != (TELNET_TLS_SECRET, key):
             errs.append(f"telnet-gateway: {flag} {path} is not {key} of the Secret {TELNET_TLS_SECRET}")
         elif not mount_at(c, path).get("readOnly"):
@@ -500,6 +505,229 @@ def gateway_errors(by):
     if not selector or any(labels.get(k) != v for k, v in selector.items()):
         errs.append("tessera-telnet Service: its selector does not select the telnet-gateway pods")
     return errs
+
+
+# ------------------------------------------------- the cluster's Secrets
+
+# `tessera ca k8s-secret` prints one Secret per use (src/k8s_secret.rs): each
+# role's member Secret, the auth signing key, the routers' QUIC certificate.
+# The CA key stays on the operator's machine: a pod that held it could mint a
+# certificate for any role.
+CA_KEY_FILE = "ca-key.pem"
+OLD_CLUSTER_SECRET = "tessera-cluster"  # held everything, the CA key included
+MEMBER_SECRET_PREFIX = "tessera-member-"
+MEMBER_FILES = ("ca-cert.pem", "member-cert.pem", "member-key.pem")
+AUTH_SIGNING_SECRET = "tessera-auth-signing"
+ROUTER_QUIC_SECRET = "tessera-router-quic"
+# `tessera <command>` -> the role its member certificate names.
+ROLE_OF_COMMAND = {
+    "coordinator": "coordinator",
+    "shard": "shard",
+    "router": "router",
+    "persistence": "persistence",
+    "auth": "auth",
+    "chat": "chat",
+    "asset": "asset",
+    "telnet-gateway": "gateway",
+}
+
+
+def member_secret(role):
+    return f"{MEMBER_SECRET_PREFIX}{role}"
+
+
+def secret_uses(spec):
+    """Every Secret a pod spec reaches, as (where, Secret name, files): files
+    is a list of (key, path), or None when every key of the Secret is
+    reached (a volume without items, envFrom). Secret volumes, projected
+    volumes' Secret sources, env secretKeyRef and envFrom secretRef."""
+    uses = []
+    for v in spec.get("volumes", []):
+        sources = []
+        if "secret" in v:
+            sources.append((v["secret"].get("secretName"), v["secret"].get("items")))
+        for s in v.get("projected", {}).get("sources", []):
+            if "secret" in s:
+                sources.append((s["secret"].get("name"), s["secret"].get("items")))
+        for name, items in sources:
+            files = None if items is None else [(i["key"], i["path"]) for i in items]
+            uses.append((f"volume {v['name']}", name, files))
+    for c in spec.get("initContainers", []) + spec.get("containers", []):
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                uses.append((f"container {c['name']} env {e['name']}", ref.get("name"), [(ref["key"], e["name"])]))
+        for e in c.get("envFrom", []):
+            if "secretRef" in e:
+                uses.append((f"container {c['name']} envFrom", e["secretRef"].get("name"), None))
+    return uses
+
+
+def command_of(c):
+    """The `tessera` subcommand a container runs (its first arg), or None."""
+    args = c.get("args") or []
+    if c.get("command") or not args or args[0].startswith("-"):
+        return None
+    return args[0]
+
+
+def pod_roles(spec):
+    """The member roles of a pod's Tessera containers (telnet-gateway: gateway)."""
+    roles = set()
+    for c in spec.get("initContainers", []) + spec.get("containers", []):
+        role = ROLE_OF_COMMAND.get(command_of(c))
+        if role is not None:
+            roles.add(role)
+    return roles
+
+
+def describe_file(found):
+    return "no file of a mounted Secret" if found is None else f"{found[1]} of the Secret {found[0]}"
+
+
+def ca_key_errors(objs):
+    """The CA key is in no Secret and mounted by no pod: no Secret item, key
+    or path named ca-key.pem, no use of the old all-in-one Secret
+    tessera-cluster (which held it), and no rendered Secret carrying it."""
+    errs = []
+    for o in objs:
+        if o["kind"] == "Secret":
+            for field in ("data", "stringData"):
+                if CA_KEY_FILE in (o.get(field) or {}):
+                    errs.append(
+                        f"{name_of(o)}: carries {CA_KEY_FILE} in {field}: the cluster CA's key must be in "
+                        "no Secret (it stays with `tessera ca`; pods get tessera-member-<role>)"
+                    )
+        if o["kind"] not in WORKLOADS:
+            continue
+        for where, secret, files in secret_uses(pod_spec(o)):
+            if secret == OLD_CLUSTER_SECRET:
+                errs.append(
+                    f"{name_of(o)}: {where} uses the Secret {OLD_CLUSTER_SECRET}, which no longer exists "
+                    f"(it held the CA key): mount {MEMBER_SECRET_PREFIX}<role>, {AUTH_SIGNING_SECRET} "
+                    f"or {ROUTER_QUIC_SECRET}"
+                )
+            for key, path in files or []:
+                if CA_KEY_FILE in (key, path.rsplit("/", 1)[-1]):
+                    errs.append(
+                        f"{name_of(o)}: {where} mounts {key} of the Secret {secret} as {path}: "
+                        "no pod may hold the cluster CA's key (it could mint a certificate for any role; "
+                        f"a pod has its own in {MEMBER_SECRET_PREFIX}<role>)"
+                    )
+    return errs
+
+
+def member_secret_errors(objs):
+    """Each Tessera container that passes --cluster-ca=DIR finds in DIR the
+    files of its own role's Secret tessera-member-<role> (ca-cert.pem,
+    member-cert.pem, member-key.pem), and no pod mounts another role's
+    member Secret (which would let it pass for that role)."""
+    errs = []
+    for o in objs:
+        if o["kind"] not in WORKLOADS:
+            continue
+        spec = pod_spec(o)
+        for c in spec.get("initContainers", []) + spec.get("containers", []):
+            command = command_of(c)
+            ca_dir = arg_value(c, "--cluster-ca")
+            if ca_dir is None:
+                if command in ROLE_OF_COMMAND:
+                    errs.append(f"{name_of(o)} container {c['name']}: `tessera {command}` without --cluster-ca "
+                                "(the directory of its member certificate)")
+                continue
+            role = ROLE_OF_COMMAND.get(command)
+            if role is None:
+                errs.append(f"{name_of(o)} container {c['name']}: passes --cluster-ca but runs {command!r}, "
+                            f"no role with a member Secret ({', '.join(sorted(ROLE_OF_COMMAND))})")
+                continue
+            want = member_secret(role)
+            for f in MEMBER_FILES:
+                path = f"{ca_dir.rstrip('/')}/{f}"
+                found = mounted_secret_key(spec, c, path)
+                if found != (want, f):
+                    errs.append(
+                        f"{name_of(o)}: --cluster-ca {path} is {describe_file(found)}, not {f} of the "
+                        f"Secret {want} (`tessera {command}` is role {role})"
+                    )
+        roles = pod_roles(spec)
+        for where, secret, files in secret_uses(spec):
+            if not (secret or "").startswith(MEMBER_SECRET_PREFIX):
+                continue
+            role = secret[len(MEMBER_SECRET_PREFIX):]
+            if role not in roles:
+                errs.append(
+                    f"{name_of(o)}: {where} mounts the Secret {secret}, role {role}'s member certificate, "
+                    f"but the pod is role {', '.join(sorted(roles)) or 'none'}: a pod mounts its own "
+                    "member Secret only"
+                )
+            for key, path in files or []:
+                if key not in MEMBER_FILES:
+                    errs.append(f"{name_of(o)}: {where} mounts {key} of the Secret {secret}, which holds "
+                                f"only {', '.join(MEMBER_FILES)}")
+    return errs
+
+
+def shared_secret_errors(objs):
+    """The Secrets that are not a member's: tessera-auth-signing (the
+    session signing key) reaches the auth pods only, and its file is auth's
+    --signing-key; tessera-router-quic reaches the routers (the QUIC
+    certificate and key they serve from --data-dir) and the telnet gateways,
+    which pin its certificate (--router-cert) and never see its key."""
+    errs = []
+    for o in objs:
+        if o["kind"] not in WORKLOADS:
+            continue
+        spec = pod_spec(o)
+        roles = pod_roles(spec)
+        for where, secret, files in secret_uses(spec):
+            keys = None if files is None else {k for k, _ in files}
+            if secret == AUTH_SIGNING_SECRET and roles != {"auth"}:
+                errs.append(
+                    f"{name_of(o)}: {where} mounts the Secret {AUTH_SIGNING_SECRET} (auth's session "
+                    "signing key, with which anyone can forge sessions): only the auth pods may"
+                )
+            if secret != ROUTER_QUIC_SECRET or roles == {"router"}:
+                continue
+            if roles == {"gateway"}:
+                if keys is None or keys - {"quic-cert.der"}:
+                    got = "every key" if keys is None else ", ".join(sorted(keys))
+                    errs.append(
+                        f"{name_of(o)}: {where} mounts {got} of the Secret {ROUTER_QUIC_SECRET}: the telnet "
+                        "gateway pins quic-cert.der only (the routers' private key stays with them)"
+                    )
+            else:
+                errs.append(
+                    f"{name_of(o)}: {where} mounts the Secret {ROUTER_QUIC_SECRET} (the routers' QUIC "
+                    "certificate and key): only router and telnet-gateway pods may"
+                )
+        for c in spec.get("containers", []):
+            command = command_of(c)
+            # (flag, the file it names or None, Secret, key)
+            wanted = []
+            if command == "auth":
+                wanted.append(("--signing-key", arg_value(c, "--signing-key"), AUTH_SIGNING_SECRET, "auth-signing.key"))
+            elif command == "router":
+                data = arg_value(c, "--data-dir")
+                for f in ("quic-cert.der", "quic-key.der"):
+                    path = f"{data.rstrip('/')}/{f}" if data else None
+                    wanted.append(("--data-dir", path, ROUTER_QUIC_SECRET, f))
+            elif command == "telnet-gateway":
+                wanted.append(("--router-cert", arg_value(c, "--router-cert"), ROUTER_QUIC_SECRET, "quic-cert.der"))
+            for flag, path, secret, key in wanted:
+                if path is None:
+                    errs.append(f"{name_of(o)}: no {flag} (`tessera {command}` reads {key} of the Secret {secret})")
+                    continue
+                found = mounted_secret_key(spec, c, path)
+                if found != (secret, key):
+                    errs.append(f"{name_of(o)}: {path} ({flag}) is {describe_file(found)}, "
+                                f"not {key} of the Secret {secret}")
+    return errs
+
+
+def secret_errors(objs):
+    """The rules of the cluster's Secrets (every rendered overlay, the base too)."""
+    return ca_key_errors(objs) + member_secret_errors(objs) + shared_secret_errors(objs)
+
 
 
 # ------------------------------------------------------- flags the binary has
@@ -676,10 +904,11 @@ def self_tests(good_objs, exported):
     bad["spec"]["procesCounts"] = bad["spec"].pop("processCounts")
     expect("a FoundationDBCluster with a misspelt field", schema_errors(bad))
 
-    def with_change(change):
+    def with_change(change, check=None):
+        """The errors of the good objects after `change`: of every rule, or of `check` alone."""
         objs = copy.deepcopy(good_objs)
         change({(o["kind"], o["metadata"]["name"]): o for o in objs})
-        return rule_errors(objs, "production", 12.0)
+        return check(objs) if check else rule_errors(objs, "production", 12.0)
 
     def shard_c(b):
         return b[("Deployment", "shard")]["spec"]["template"]["spec"]["containers"][0]
@@ -722,7 +951,7 @@ def self_tests(good_objs, exported):
     expect("a telnet gateway with --telnet-tls but no key", with_change(
         lambda b: gateway_c(b).update(args=[a for a in gateway_c(b)["args"] if not a.startswith("--telnet-tls-key")])))
     expect("a telnet gateway serving TLS with another Secret's certificate", with_change(
-        lambda b: gateway_volume(b, "telnet-tls")["secret"].update(secretName="tessera-cluster")))
+        lambda b: gateway_volume(b, "telnet-tls")["secret"].update(secretName="tessera-member-gateway")))
     expect("a telnet gateway mounting its TLS key writable", with_change(
         lambda b: next(m for m in gateway_c(b)["volumeMounts"] if m["name"] == "telnet-tls").pop("readOnly")))
     expect("a telnet gateway grace period equal to its drain timeout", with_change(
@@ -733,6 +962,54 @@ def self_tests(good_objs, exported):
         lambda b: gateway_spec(b)["template"]["spec"]["volumes"][1]["secret"]["items"][0].update(key="quic-key.der")))
     expect("a telnet gateway without a liveness probe", with_change(
         lambda b: gateway_spec(b)["template"]["spec"]["containers"][0].pop("livenessProbe")))
+    # The cluster's Secrets: each broken pod must be rejected by the check that guards it.
+    def volume(b, deployment, name):
+        return next(v for v in b[("Deployment", deployment)]["spec"]["template"]["spec"]["volumes"]
+                    if v["name"] == name)
+
+    expect("a shard whose ca volume also mounts ca-key.pem", with_change(
+        lambda b: volume(b, "shard", "ca")["secret"]["items"].append({"key": "ca-key.pem", "path": "ca-key.pem"}),
+        ca_key_errors))
+    expect("a coordinator reading ca-key.pem into its environment", with_change(
+        lambda b: b[("Deployment", "coordinator")]["spec"]["template"]["spec"]["containers"][0]["env"].append(
+            {"name": "CA_KEY", "valueFrom": {"secretKeyRef": {"name": "tessera-member-coordinator",
+                                                              "key": "ca-key.pem"}}}),
+        ca_key_errors))
+    expect("an auth pod mounting the Secret tessera-cluster", with_change(
+        lambda b: volume(b, "auth", "signing-key")["secret"].update(secretName="tessera-cluster"),
+        ca_key_errors))
+    expect("a rendered Secret carrying ca-key.pem", ca_key_errors(copy.deepcopy(good_objs) + [{
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tessera-member-shard"},
+        "data": {"ca-cert.pem": "", "ca-key.pem": ""}}]))
+    expect("a router mounting the shard's member Secret", with_change(
+        lambda b: volume(b, "router", "ca")["secret"].update(secretName="tessera-member-shard"),
+        member_secret_errors))
+    expect("a chat pod that also mounts the auth member Secret", with_change(
+        lambda b: b[("Deployment", "chat")]["spec"]["template"]["spec"]["volumes"].append(
+            {"name": "auth-ca", "secret": {"secretName": "tessera-member-auth"}}),
+        member_secret_errors))
+    expect("a telnet gateway mounting the router's member Secret", with_change(
+        lambda b: volume(b, "telnet-gateway", "ca")["secret"].update(secretName="tessera-member-router"),
+        member_secret_errors))
+    expect("a shard whose ca volume lacks member-key.pem", with_change(
+        lambda b: volume(b, "shard", "ca")["secret"].update(
+            items=[i for i in volume(b, "shard", "ca")["secret"]["items"] if i["key"] != "member-key.pem"]),
+        member_secret_errors))
+    expect("a chat pod mounting tessera-auth-signing", with_change(
+        lambda b: b[("Deployment", "chat")]["spec"]["template"]["spec"]["volumes"].append(
+            {"name": "signing-key", "secret": {"secretName": "tessera-auth-signing"}}),
+        shared_secret_errors))
+    expect("an auth signing key from another Secret", with_change(
+        lambda b: volume(b, "auth", "signing-key")["secret"].update(secretName="tessera-member-auth"),
+        shared_secret_errors))
+    expect("a telnet gateway mounting quic-key.der", with_change(
+        lambda b: volume(b, "telnet-gateway", "router-cert")["secret"]["items"].append(
+            {"key": "quic-key.der", "path": "quic-key.der"}),
+        shared_secret_errors))
+    expect("a shard mounting tessera-router-quic", with_change(
+        lambda b: b[("Deployment", "shard")]["spec"]["template"]["spec"]["volumes"].append(
+            {"name": "quic", "secret": {"secretName": "tessera-router-quic"}}),
+        shared_secret_errors))
     expect("a workload without the arm64 nodeSelector", with_change(
         lambda b: b[("Deployment", "chat")]["spec"]["template"]["spec"].pop("nodeSelector")))
     expect("a grace period under the measured drain", rule_errors(good_objs, "production", 200.0))
@@ -798,6 +1075,10 @@ def main():
                 fail(f"{overlay} {name_of(o)}", e)
         if overlay in OVERLAYS:
             for e in rule_errors(objs, overlay, drain_measured):
+                fail(overlay, e)
+        else:
+            # No overlay, but rendered all the same: no CA key, own Secrets only.
+            for e in secret_errors(objs):
                 fail(overlay, e)
         if TESSERA_BIN.exists():
             for e in flag_errors(objs):

@@ -91,9 +91,9 @@ pub struct RouterConfig {
     /// world's spawn (0: on it). Spreads a crowd of newcomers over several
     /// cells, and so over several shards.
     pub spawn_radius: f32,
-    /// The cluster CA whose members (telnet gateways) may relay text
-    /// players (`ClientMsg::Relay`); without it no connection may.
-    pub relay_ca: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// The cluster's trust bundle, whose members (telnet gateways) may relay
+    /// text players (`ClientMsg::Relay`); empty: no connection may.
+    pub relay_cas: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Telnet over TLS for players (plain telnet carries passwords in
     /// clear): where to listen, and the certificate to serve.
     pub telnet_tls: Option<TelnetTls>,
@@ -136,7 +136,7 @@ impl RouterConfig {
             hearing_radius: 30.0,
             save_interval: Duration::from_secs(5),
             spawn_radius: 0.0,
-            relay_ca: None,
+            relay_cas: Vec::new(),
             telnet_tls: None,
             login_timeout: LOGIN_TIMEOUT,
             connections_per_address: caps::CONNECTIONS_PER_ADDRESS,
@@ -667,7 +667,7 @@ pub async fn run(
             source,
         })?;
     let identity = tls::load_or_create(&router.config.data_dir)?;
-    let server_config = tls::server_config(&identity, router.config.relay_ca.as_ref())?;
+    let server_config = tls::server_config(&identity, &router.config.relay_cas)?;
     let telnet_tls = match &router.config.telnet_tls {
         Some(t) => {
             let acceptor = tls::telnet_acceptor(&identity, t.cert.as_ref())?;

@@ -48,7 +48,7 @@ fn clip_text(mut text: String) -> String {
 /// `ClientConn::is_gateway`).
 fn is_gateway(router: &Router, conn: &quinn::Connection) -> bool {
     use tessera_coordinator::identity::{MemberRole, Peer};
-    router.config.relay_ca.is_some()
+    !router.config.relay_cas.is_empty()
         && Peer::of(conn).is_some_and(|p| p.may_be(MemberRole::Gateway))
 }
 

@@ -63,34 +63,35 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// A QUIC server configuration with the `tessera/1` ALPN. Players show no
-/// certificate; with `relay_ca`, a client may show one from that CA (a
+/// certificate; with `relay_cas`, a client may show one from those CAs (a
 /// telnet gateway, a cluster member), which rustls verifies before the
 /// connection is up, so a connection that has a peer certificate is a
 /// member's.
 pub fn server_config(
     id: &Identity,
-    relay_ca: Option<&CertificateDer<'static>>,
+    relay_cas: &[CertificateDer<'static>],
 ) -> Result<quinn::ServerConfig, RouterError> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| RouterError::Tls(e.to_string()))?;
-    let builder = match relay_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
+    let builder = if relay_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in relay_cas {
             roots
                 .add(ca.clone())
                 .map_err(|e| RouterError::Tls(format!("bad cluster CA certificate: {e}")))?;
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                std::sync::Arc::new(roots),
-                provider,
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| RouterError::Tls(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
         }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider,
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| RouterError::Tls(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
     };
     let mut tls = builder
         .with_single_cert(vec![id.cert.clone()], id.key.clone_key())

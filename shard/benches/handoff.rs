@@ -14,7 +14,10 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tessera_coordinator::transport::{ClusterCa, Directory, LocalInbox, Member, QuicBus};
+use tessera_coordinator::{
+    pki::ClusterCa,
+    transport::{Directory, LocalInbox, Member, QuicBus},
+};
 use tessera_coordinator::{Bus, CellMap, CellOwner};
 use tessera_proto::cluster::{PlayerEvent, SessionRef, ToRouter, ToShard};
 use tessera_proto::msg::Input;

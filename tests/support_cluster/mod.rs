@@ -244,6 +244,61 @@ fn ca_init_with(dir: &Path, store_flags: &[String]) -> PathBuf {
     ca
 }
 
+/// The directory a member of `role` starts from (`--cluster-ca`): a certificate that `tessera
+/// ca issue` issued for that role, the trust bundle, and no CA key, as in production. Issued
+/// once per CA and role, next to the CA directory.
+pub fn member_dir(ca: &Path, role: &str) -> PathBuf {
+    let dir = ca.with_file_name(format!("{}-member-{role}", file_name(ca)));
+    if dir.exists() {
+        return dir;
+    }
+    // Issued aside and renamed, so that members starting together agree on one.
+    let tmp = ca.with_file_name(format!(
+        "{}-member-{role}.{}.{}",
+        file_name(ca),
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "ca",
+            "issue",
+            "--role",
+            role,
+            "--name",
+            role,
+            "--cluster-ca",
+        ])
+        .arg(ca)
+        .arg("--out")
+        .arg(&tmp)
+        .output()
+        .expect("tessera ca issue");
+    assert!(
+        out.status.success(),
+        "tessera ca issue --role {role}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another member of this role was quicker; use its directory.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    assert!(
+        !dir.join("ca-key.pem").exists(),
+        "a member directory holds the CA key"
+    );
+    dir
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ca".into())
+}
+
 /// The operator credential [`ca_init`] issued for the CA in `ca`.
 pub fn operator_credential(ca: &Path) -> PathBuf {
     ca.with_file_name("ops.credential")
@@ -354,7 +409,7 @@ pub fn coordinator(dir: &Path, ca: &Path, spec: &CoordinatorSpec) -> Role {
         "--id".into(),
         id.into(),
         "--cluster-ca".into(),
-        ca.display().to_string(),
+        member_dir(ca, "coordinator").display().to_string(),
         "--settle-ms".into(),
         spec.settle_ms.to_string(),
     ]);
@@ -395,7 +450,7 @@ pub fn persistence_at(
     let mut args: Vec<String> = vec![
         "persistence".into(),
         "--cluster-ca".into(),
-        ca.display().to_string(),
+        member_dir(ca, "persistence").display().to_string(),
         "--listen".into(),
         listen.to_string(),
         "--data-dir".into(),
@@ -432,7 +487,7 @@ pub fn service(
     let mut args: Vec<String> = vec![
         role.into(),
         "--cluster-ca".into(),
-        ca.display().to_string(),
+        member_dir(ca, role).display().to_string(),
         "--listen".into(),
         listen.to_string(),
         "--persistence".into(),
@@ -529,7 +584,7 @@ pub fn shard(dir: &Path, ca: &Path, spec: &ShardSpec) -> ShardProc {
         &spec.world,
     );
     args.extend(member_args(
-        ca,
+        &member_dir(ca, "shard"),
         spec.ip,
         spec.lease_ttl_secs,
         spec.persistence,
@@ -986,7 +1041,7 @@ pub fn router_at(
         &spec.world,
     );
     args.extend(member_args(
-        ca,
+        &member_dir(ca, "router"),
         spec.bus_ip,
         spec.lease_ttl_secs,
         spec.persistence,
@@ -1073,7 +1128,7 @@ pub fn gateway(dir: &Path, ca: &Path, spec: &GatewaySpec) -> GatewayProc {
     args.extend(tls_flags(&spec.etcd_tls));
     args.extend([
         "--cluster-ca".into(),
-        ca.display().to_string(),
+        member_dir(ca, "gateway").display().to_string(),
         "--router-cert".into(),
         spec.router_cert.display().to_string(),
         "--id".into(),

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use tessera_asset::{serve, AssetClient, AssetConfig, ManifestFetch};
 use tessera_coordinator::operators::{OperatorKey, OperatorRecord, Operators, Voucher};
-use tessera_coordinator::transport::ClusterCa;
+use tessera_coordinator::pki::ClusterCa;
 use tessera_coordinator::{ClusterStore, MemStore};
 use tessera_persistence::Database;
 

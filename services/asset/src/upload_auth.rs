@@ -142,7 +142,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use tessera_coordinator::operators::{now_unix_ms, OperatorRecord, Voucher};
-    use tessera_coordinator::transport::ClusterCa;
+    use tessera_coordinator::pki::ClusterCa;
     use tessera_coordinator::{ClusterStore, MemStore};
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use tessera_asset::{
     hash_hex, serve, upload_auth, AssetClient, AssetConfig, AssetError, ManifestFetch,
 };
 use tessera_coordinator::operators::{OperatorKey, OperatorRecord, Operators, Voucher};
-use tessera_coordinator::transport::ClusterCa;
+use tessera_coordinator::pki::ClusterCa;
 use tessera_coordinator::{ClusterStore, MemStore};
 use tessera_persistence::{key, set_chunked, Backend, Database, StoreError, Transaction};
 

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use tessera_auth::remote::{AuthClient, AuthServer, AUTH_ALPN};
 use tessera_auth::{verify_token_with, Auth};
-use tessera_coordinator::transport::{ClusterCa, CLUSTER_NAME};
+use tessera_coordinator::pki::{ClusterCa, CLUSTER_NAME};
 use tessera_persistence::Database;
 
 const NAME: &str = "Bench";

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tessera_auth::remote::{AuthClient, AuthServer, AUTH_ALPN};
 use tessera_auth::{verify_token_with, Auth, AuthError, RateLimits, Role};
 use tessera_coordinator::operators::{OperatorKey, OperatorRecord, Operators, Voucher};
-use tessera_coordinator::transport::{ClusterCa, CLUSTER_NAME};
+use tessera_coordinator::pki::{ClusterCa, CLUSTER_NAME};
 use tessera_coordinator::{ClusterStore, MemStore};
 use tessera_persistence::Database;
 

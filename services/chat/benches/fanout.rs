@@ -19,7 +19,7 @@ use latency::{histogram, micros, Table};
 use std::time::{Duration, Instant};
 
 use tessera_chat::{ChatClient, ChatLimits, ChatServer, Delivery, LineKind, Request, CHAT_ALPN};
-use tessera_coordinator::transport::{ClusterCa, CLUSTER_NAME};
+use tessera_coordinator::pki::{ClusterCa, CLUSTER_NAME};
 use tessera_persistence::Database;
 use tokio::sync::mpsc;
 

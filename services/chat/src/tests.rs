@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_coordinator::transport::{ClusterCa, CLUSTER_NAME};
+use tessera_coordinator::pki::{ClusterCa, CLUSTER_NAME};
 use tessera_persistence::{Backend, Database, StoreError, Transaction};
 use tokio::sync::mpsc::UnboundedReceiver;
 

@@ -1085,7 +1085,7 @@ mod service_tests {
         use crate::backup::{dump, restore};
         use std::io::BufRead;
         use tessera_coordinator::operators::{OperatorRecord, Voucher};
-        use tessera_coordinator::transport::ClusterCa;
+        use tessera_coordinator::pki::ClusterCa;
         use tessera_coordinator::{ClusterStore, MemStore};
 
         let dir = tempfile::tempdir().unwrap();
