@@ -277,6 +277,11 @@ pub struct PersistenceArgs {
     /// Where the operators are (who may back up and restore).
     #[command(flatten)]
     operators: crate::operator::OperatorsArgs,
+    /// Let routers read and write the accounts: for clusters whose routers keep accounts
+    /// themselves (routers without `--auth`). Without it only the auth service may, so a
+    /// compromised router cannot promote an account (docs/security.md).
+    #[arg(long)]
+    router_accounts: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -422,6 +427,9 @@ pub async fn persistence(args: PersistenceArgs) -> anyhow::Result<()> {
         args.listen,
         config,
         Some(operators),
+        tessera_persistence::spaces::KeySpaces {
+            router_accounts: args.router_accounts,
+        },
     )?;
     println!(
         "persistence listening on {}   (store {}); metrics on http://{metrics}/metrics",

@@ -396,6 +396,9 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         )?
         .server_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?,
         Some(operators),
+        // This process's router keeps its accounts in process; members joining from
+        // elsewhere get their roles' keys only.
+        tessera_persistence::spaces::KeySpaces::default(),
     )?;
     let store_addr = persistence.local_addr()?.to_string();
 

@@ -40,7 +40,7 @@ impl Cluster {
         let ca = ca_init(dir.path(), &etcd);
         // Fixed addresses, so that a killed service comes back where the
         // others look for it.
-        let store = persistence_at(dir.path(), &ca, free_udp(), &etcd);
+        let store = persistence_at(dir.path(), &ca, free_udp(), &etcd, false);
         let auth_addr = free_udp();
         let auths: Vec<ServiceProc> = (1..=auth_replicas)
             .map(|i| {
@@ -432,7 +432,7 @@ fn a_persistence_outage_is_buffered_and_loses_nothing_a_player_saw() {
     // Ann leaves while her record cannot be written.
     assert!(ann.quit().contains("Goodbye"));
 
-    c.store = persistence_at(c.dir.path(), &c.ca, store_addr, &c.etcd);
+    c.store = persistence_at(c.dir.path(), &c.ca, store_addr, &c.etcd, false);
     wait_until(
         "buffered checkpoints to land",
         Duration::from_secs(40),

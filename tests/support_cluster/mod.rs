@@ -435,17 +435,26 @@ pub struct PersistenceProc {
 /// `dir/persistence-data`; only members with certificates from `ca` may
 /// connect. Give its address to shards and routers
 /// ([`ShardSpec::persistence`], [`RouterSpec::persistence`]).
-/// It reads the operators (who may back up and restore) from `etcd`.
+/// It reads the operators (who may back up and restore) from `etcd`. Routers may keep
+/// accounts in it (`--router-accounts`: these clusters have no auth service).
 pub fn persistence(dir: &Path, ca: &Path, etcd: &EtcdServer) -> PersistenceProc {
-    persistence_at(dir, ca, "127.0.0.1:0".parse().expect("an address"), etcd)
+    persistence_at(
+        dir,
+        ca,
+        "127.0.0.1:0".parse().expect("an address"),
+        etcd,
+        true,
+    )
 }
 
-/// [`persistence`] on `listen` (to restart it on the same address).
+/// [`persistence`] on `listen` (to restart it on the same address); with `router_accounts`
+/// false only the auth service may touch accounts.
 pub fn persistence_at(
     dir: &Path,
     ca: &Path,
     listen: SocketAddr,
     etcd: &EtcdServer,
+    router_accounts: bool,
 ) -> PersistenceProc {
     let mut args: Vec<String> = vec![
         "persistence".into(),
@@ -459,6 +468,9 @@ pub fn persistence_at(
         "127.0.0.1:0".into(),
     ];
     args.extend(etcd.client_flags(&etcd.client_url()));
+    if router_accounts {
+        args.push("--router-accounts".into());
+    }
     let mut role = Role::start(dir, "persistence", &args);
     let addr = role.addr_after("persistence listening on ");
     PersistenceProc { role, addr }

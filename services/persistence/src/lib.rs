@@ -67,6 +67,7 @@ mod keys;
 mod limits;
 mod redb_backend;
 pub mod remote;
+pub mod spaces;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

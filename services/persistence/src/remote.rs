@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::spaces::KeySpaces;
 use crate::{Backend, Database, KeyValue, StoreError, Transaction, MAX_TRANSACTION_BYTES};
+use tessera_coordinator::identity::Peer;
 use tessera_coordinator::operators::{OperatorKey, OperatorSig, Operators};
 
 /// ALPN of the persistence protocol.
@@ -289,6 +291,7 @@ struct ServerState {
     db: Database,
     log: parking_lot::Mutex<ConflictLog>,
     operators: Option<Operators>,
+    spaces: KeySpaces,
 }
 
 impl ServerState {
@@ -379,6 +382,41 @@ impl ServerState {
     }
 }
 
+/// Whether `peer` may touch every key `req` names: its role's key spaces ([`KeySpaces`]).
+/// Backups and restores are an operator's (checked in [`authorize`]); a certificate without a
+/// role is bound by nothing (counted on the bus side).
+fn within(spaces: &KeySpaces, peer: &Peer, req: &Request) -> Result<(), WireError> {
+    let Some(role) = peer.role() else {
+        return Ok(());
+    };
+    let ok = match req {
+        Request::Get { key } => spaces.read(role, key),
+        Request::GetRange { begin, end, .. } => spaces.range(role, begin, end),
+        Request::Commit {
+            reads, mutations, ..
+        } => {
+            reads.iter().all(|(b, e)| spaces.range(role, b, e))
+                && mutations.iter().all(|m| match m {
+                    Mutation::Set { key, .. } | Mutation::Clear { key } => spaces.key(role, key),
+                    Mutation::ClearRange { begin, end } => spaces.range(role, begin, end),
+                })
+        }
+        Request::Dump { .. } | Request::Restore { .. } => true,
+    };
+    if ok {
+        return Ok(());
+    }
+    metrics::counter!("tessera_persistence_refused_total", "role" => role.as_str()).increment(1);
+    tracing::warn!(
+        peer = peer.name(),
+        %role,
+        "a request for keys outside the member's key spaces was refused"
+    );
+    Err(WireError::NotAuthorized(format!(
+        "a {role} may not touch these keys (docs/security.md, \"Persistence key spaces\")"
+    )))
+}
+
 /// Checks what needs an operator, here in the service: backups and restores carry an
 /// operator's signature; a plain commit may not clear the whole store.
 async fn authorize(operators: Option<&Operators>, req: &Request) -> Result<(), WireError> {
@@ -426,12 +464,13 @@ impl PersistenceServer {
     /// Serves `db` on `listen` with `config` (whose TLS must offer [`PERSISTENCE_ALPN`]). Must be
     /// called inside a tokio runtime; requests are served until [`PersistenceServer::close`].
     /// Backups and restores must carry the signature of an operator in `operators` (`None`:
-    /// none are possible).
+    /// none are possible); every other request stays in its sender's role's `spaces`.
     pub fn start(
         db: Database,
         listen: SocketAddr,
         config: quinn::ServerConfig,
         operators: Option<Operators>,
+        spaces: KeySpaces,
     ) -> Result<PersistenceServer, StoreError> {
         let endpoint = quinn::Endpoint::server(config, listen)
             .map_err(|e| StoreError::backend(format!("listening on {listen}"), e))?;
@@ -439,6 +478,7 @@ impl PersistenceServer {
             db,
             log: parking_lot::Mutex::new(ConflictLog::new(CONFLICT_WINDOW)),
             operators,
+            spaces,
         });
         let ep = endpoint.clone();
         tokio::spawn(async move {
@@ -452,9 +492,24 @@ impl PersistenceServer {
                             return;
                         }
                     };
+                    // The handshake verified the certificate; its role bounds the keys.
+                    // (A connection without any client certificate exists only where the
+                    // server's TLS asks for none, in tests: nothing to bound it by.)
+                    let peer = match Peer::of(&conn) {
+                        Some(peer) => peer,
+                        None if conn.peer_identity().is_none() => Peer::Legacy {
+                            name: "(no client certificate)".into(),
+                        },
+                        None => {
+                            tracing::warn!("persistence connection closed: its certificate names no member role");
+                            conn.close(1u32.into(), b"unknown member role");
+                            return;
+                        }
+                    };
+                    let peer = Arc::new(peer);
                     while let Ok((send, recv)) = conn.accept_bi().await {
                         let state = state.clone();
-                        tokio::spawn(serve_stream(state, send, recv));
+                        tokio::spawn(serve_stream(state, peer.clone(), send, recv));
                     }
                 });
             }
@@ -476,6 +531,7 @@ impl PersistenceServer {
 
 async fn serve_stream(
     state: Arc<ServerState>,
+    peer: Arc<Peer>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -486,7 +542,12 @@ async fn serve_stream(
                 tracing::warn!(error = %e, "malformed persistence request");
                 Response::Failed(WireError::Backend(format!("malformed request: {e}")))
             }
-            Ok(req) => match authorize(state.operators.as_ref(), &req).await {
+            Ok(req) => match async {
+                within(&state.spaces, &peer, &req)?;
+                authorize(state.operators.as_ref(), &req).await
+            }
+            .await
+            {
                 Err(refused) => Response::Failed(refused),
                 // redb calls block: keep them off the I/O threads.
                 Ok(()) => match tokio::task::spawn_blocking(move || state.serve(req)).await {
@@ -1000,6 +1061,16 @@ mod service_tests {
         }
 
         fn start_with(operators: Option<Operators>) -> Service {
+            let (server_cfg, client) = tls();
+            Service::start_tls(server_cfg, client, operators, KeySpaces::default())
+        }
+
+        fn start_tls(
+            server_cfg: quinn::ServerConfig,
+            client: quinn::ClientConfig,
+            operators: Option<Operators>,
+            spaces: KeySpaces,
+        ) -> Service {
             let dir = tempfile::tempdir().unwrap();
             let db = Database::open_redb(&dir.path().join("store.redb")).unwrap();
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1007,11 +1078,16 @@ mod service_tests {
                 .enable_all()
                 .build()
                 .unwrap();
-            let (server_cfg, client) = tls();
             let server = {
                 let _g = runtime.enter();
-                PersistenceServer::start(db, ([127, 0, 0, 1], 0).into(), server_cfg, operators)
-                    .unwrap()
+                PersistenceServer::start(
+                    db,
+                    ([127, 0, 0, 1], 0).into(),
+                    server_cfg,
+                    operators,
+                    spaces,
+                )
+                .unwrap()
             };
             Service {
                 _dir: dir,
@@ -1033,6 +1109,82 @@ mod service_tests {
         let service = Service::start();
         // Every `open` is a new client of the same service.
         conformance::run_all(&|| service.database());
+    }
+
+    /// Each member reaches only its role's keys: a router cannot write an account (so cannot
+    /// promote one) unless the service lets routers keep accounts, a shard reads no account, a
+    /// chat service cannot sweep the whole store; everyone may read the readiness probe.
+    #[test]
+    fn each_member_reaches_only_its_roles_keys() {
+        use crate::keys::key;
+        use tessera_coordinator::identity::MemberRole;
+        use tessera_coordinator::pki::{ClusterCa, CLUSTER_NAME};
+        let ca = ClusterCa::generate().unwrap();
+        let server_cfg = |ca: &ClusterCa| {
+            ca.member(MemberRole::Persistence, "p")
+                .unwrap()
+                .server_config_for(PERSISTENCE_ALPN)
+                .unwrap()
+        };
+        let client = |role| {
+            ca.member(role, "m")
+                .unwrap()
+                .client_config_for(PERSISTENCE_ALPN)
+                .unwrap()
+        };
+        let as_role = |service: &Service, role| {
+            RemoteBackend::new(
+                service.server.local_addr().unwrap(),
+                CLUSTER_NAME,
+                client(role),
+            )
+            .unwrap()
+            .database()
+        };
+        let refused = |r: Result<(), StoreError>| {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("may not touch these keys"), "{e}");
+        };
+        let account = key(&[b"auth", b"account", &1u64.to_be_bytes()]);
+        let promoted = br#"{"name":"mallory","role":"operator"}"#;
+        let service = Service::start_tls(
+            server_cfg(&ca),
+            client(MemberRole::Auth),
+            None,
+            KeySpaces::default(),
+        );
+        let auth = as_role(&service, MemberRole::Auth);
+        auth.set(&account, b"{}").unwrap();
+        let router = as_role(&service, MemberRole::Router);
+        refused(router.set(&account, promoted));
+        refused(router.get(&account).map(|_| ()));
+        router.set(b"player/00000000000000000001", b"{}").unwrap();
+        assert!(router.get(crate::spaces::READINESS_PROBE).is_ok());
+        let shard = as_role(&service, MemberRole::Shard);
+        refused(shard.get(&account).map(|_| ()));
+        shard
+            .set(&key(&[b"checkpoint", b"0,0", b"state"]), b"s")
+            .unwrap();
+        let chat = as_role(&service, MemberRole::Chat);
+        refused(chat.get_range(b"", b"\xff", 0).map(|_| ()));
+        refused(chat.transact(|tx| {
+            tx.set(&key(&[b"chat", b"mute", b"x"]), b"1")?;
+            tx.set(&account, promoted)?;
+            Ok(())
+        }));
+        assert_eq!(auth.get(&account).unwrap().as_deref(), Some(&b"{}"[..]));
+        // A service that lets routers keep the accounts (no auth service in the cluster).
+        let lenient = Service::start_tls(
+            server_cfg(&ca),
+            client(MemberRole::Router),
+            None,
+            KeySpaces {
+                router_accounts: true,
+            },
+        );
+        as_role(&lenient, MemberRole::Router)
+            .set(&account, b"{}")
+            .unwrap();
     }
 
     #[test]
