@@ -4,6 +4,7 @@
 
 mod bots;
 mod ca;
+mod ctl;
 mod gateway;
 mod k8s_secret;
 mod metrics_http;
@@ -58,7 +59,7 @@ enum Command {
     Bots(bots::BotsArgs),
     /// Ask and steer the cluster: status, shards, cells, moves, drains,
     /// rebalancing, roles, assets, backups.
-    Ctl(roles::CtlArgs),
+    Ctl(ctl::CtlArgs),
     /// Manage the cluster certificate authority.
     Ca {
         #[command(subcommand)]
@@ -340,7 +341,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Ctl(a)) => runtime.block_on(roles::ctl(a)),
+        Some(Command::Ctl(a)) => runtime.block_on(ctl::ctl(a)),
         Some(Command::Ca { command }) => ca::run(command, &runtime),
     }
 }

@@ -108,7 +108,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .with_migrations(board, notice_tx);
         let handle =
             tessera_shard::spawn_shard(sim, inbox).with_context(|| format!("cannot start {id}"))?;
-        crate::roles::record_restored(store.clone(), prefix.to_string(), id.clone(), notices);
+        tessera_shard::member::record_restored(
+            store.clone(),
+            prefix.to_string(),
+            id.clone(),
+            notices,
+        );
         let registration = tessera_coordinator::membership::ShardRegistration {
             addr: ([127, 0, 0, 1], 0).into(),
             node: "tessera-up".into(),
@@ -122,7 +127,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             std::time::Duration::from_secs(3),
         )
         .await?;
-        crate::roles::publish_load(
+        tessera_shard::member::publish_load(
             store.clone(),
             tessera_coordinator::membership::load_key(prefix, id),
             reg.lease,
@@ -354,13 +359,19 @@ async fn publish_world(db: &Database, world_dir: &std::path::Path) -> anyhow::Re
     Ok(())
 }
 
+/// The registration lease of the members `tessera up --etcd` runs (`tessera shard`'s default).
+const MEMBER_LEASE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// `tessera up --etcd URL`: the cluster roles, each a real member (QUIC
 /// bus with mutual TLS, registrations under leases, signed migrations), in
 /// one process against a real etcd. The cluster CA is created in
 /// `<data-dir>/cluster-ca` if missing; the persistence service serves
 /// `<data-dir>/tessera.redb` to the shards (checkpoints) and the router.
 async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
-    use clap::Parser;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+    use tessera_coordinator::identity::MemberRole;
+    use tessera_coordinator::member::Membership;
     use tessera_coordinator::pki::ClusterCa;
     let metrics_addr = crate::metrics_http::install(args.metrics).await?;
     std::fs::create_dir_all(&args.data_dir)
@@ -395,102 +406,141 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
             "persistence",
         )?
         .server_config_for(tessera_persistence::remote::PERSISTENCE_ALPN)?,
-        Some(operators),
+        Some(operators.clone()),
         // This process's router keeps its accounts in process; members joining from
         // elsewhere get their roles' keys only.
         tessera_persistence::spaces::KeySpaces::default(),
     )?;
     let store_addr = persistence.local_addr()?.to_string();
 
-    // The roles take the same flags as their own commands.
-    #[derive(clap::Parser)]
-    struct Role<T: clap::Args> {
-        #[command(flatten)]
-        args: T,
-    }
-    fn parse<T: clap::Args>(role: &str, flags: &[String]) -> anyhow::Result<T> {
-        let argv = std::iter::once(role.to_string()).chain(flags.iter().cloned());
-        Ok(Role::<T>::try_parse_from(argv)?.args)
-    }
+    // Each role is the same library member a cluster runs, given its config here.
     let etcd = args.etcd.join(",");
-    let world = args.world.display().to_string();
-    let ca_flag = ca_dir.display().to_string();
-    let cluster = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = vec![
-            "--etcd".into(),
-            etcd.clone(),
-            "--prefix".into(),
-            args.prefix.clone(),
-            "--world".into(),
-            world.clone(),
-            "--metrics".into(),
-            "127.0.0.1:0".into(),
-            "--cluster-ca".into(),
-            ca_flag.clone(),
-        ];
-        v.extend(args.etcd_tls.to_flags());
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
+    let tls = args.etcd_tls.config(&args.etcd)?;
+    let store: Arc<dyn ClusterStore> = Arc::new(
+        tessera_coordinator::EtcdStore::connect(&args.etcd, tls.as_ref(), Duration::from_secs(5))
+            .await
+            .with_context(|| format!("cannot reach etcd at {etcd}"))?,
+    );
+    let world = Arc::new(
+        tessera_shard::worldfile::load_world_dir(&args.world)
+            .with_context(|| format!("cannot load the world from {}", args.world.display()))?,
+    );
+    let trust = tessera_coordinator::authority::ClusterTrust::new(ca.trust().to_vec())
+        .with_operators(tessera_coordinator::operators::OperatorCache::follow(operators).await);
+    let member = |role: MemberRole, name: &str| -> anyhow::Result<Arc<_>> {
+        Ok(Arc::new(ca.member(role, name)?))
     };
-    let tick_hz = args.tick_hz.to_string();
+    let membership = |identity| Membership {
+        store: store.clone(),
+        prefix: args.prefix.clone(),
+        identity,
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        advertise: None,
+        lease_ttl: MEMBER_LEASE,
+    };
+    let store_addr: SocketAddr = store_addr.parse()?;
     let mut roles = tokio::task::JoinSet::new();
-    let coordinator: crate::roles::CoordinatorArgs = parse(
-        "coordinator",
-        &cluster(&["--id", "coordinator-up", "--settle-ms", "500"]),
-    )?;
-    roles.spawn(crate::roles::coordinator(coordinator));
+    let coordinator = crate::roles::coordinator_config(
+        "coordinator-up".into(),
+        args.prefix.clone(),
+        &world,
+        crate::roles::Timing {
+            lease_ttl: Duration::from_secs(3),
+            settle: Duration::from_millis(500),
+        },
+        trust
+            .clone()
+            .with_identity(member(MemberRole::Coordinator, "coordinator-up")?),
+        Some(tessera_coordinator::rebalance::RebalanceConfig::default()),
+        tessera_coordinator::reshape::MIN_REGION_SIDE,
+    );
+    let leader_store = store.clone();
+    roles.spawn(async move {
+        tessera_coordinator::control::run(coordinator, leader_store, shutdown_signal()).await?;
+        Ok(())
+    });
     for i in 1..=args.shards {
-        let id = format!("shard-{i}");
-        let shard: crate::roles::ShardArgs = parse(
-            "shard",
-            &cluster(&[
-                "--id",
-                &id,
-                "--cluster-listen",
-                "127.0.0.1:0",
-                "--tick-hz",
-                &tick_hz,
-                "--persistence",
-                &store_addr,
-                "--assets",
-                &assets_url,
-                // Everything stops together: nowhere to drain to.
-                "--drain-timeout-secs",
-                "0",
-            ]),
+        let id = ShardId::new(format!("shard-{i}"));
+        let identity = member(MemberRole::Shard, &id.0)?;
+        let db = crate::roles::persistence_client(&identity, store_addr)?;
+        let shard = crate::roles::shard_config(
+            id,
+            args.tick_hz,
+            Some(db),
+            Duration::from_secs(1),
+            Some(&assets_url),
+            &world,
         )?;
-        roles.spawn(crate::roles::shard(shard));
+        let config = tessera_shard::member::MemberConfig {
+            shard,
+            world: world.clone(),
+            trust: trust.clone().with_identity(identity.clone()),
+            membership: membership(identity),
+            capacity: 1,
+            node: "localhost".into(),
+            // Everything stops together: nowhere to drain to.
+            drain_timeout: Duration::ZERO,
+        };
+        let (state, _) = tokio::sync::watch::channel(tessera_shard::member::ShardState::Starting);
+        roles.spawn(async move {
+            tessera_shard::member::run(config, shutdown_signal(), state).await?;
+            Ok(())
+        });
     }
-    let router: crate::roles::RouterArgs = parse(
-        "router",
-        &cluster(&[
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--telnet",
-            &args.telnet.to_string(),
-            "--quic",
-            &args.quic.to_string(),
-            "--data-dir",
-            &args.data_dir.display().to_string(),
-            "--tick-hz",
-            &tick_hz,
-            "--persistence",
-            &store_addr,
-            "--auth",
-            &auth_addr,
-            "--chat",
-            &chat_addr,
-        ])
-        .into_iter()
-        .chain(args.telnet_tls.to_flags())
-        .chain(args.abuse.to_flags())
-        .chain([
-            "--login-timeout-secs".to_string(),
-            args.login_timeout_secs.to_string(),
-        ])
-        .collect::<Vec<String>>(),
+    let router_id = RouterId("router-1".into());
+    let identity = member(MemberRole::Router, &router_id.0)?;
+    let (db, accounts, chat_link) = crate::roles::router_services(
+        &identity,
+        &router_id,
+        &args.data_dir,
+        crate::roles::Backends {
+            persistence: Some(store_addr),
+            auth: Some(auth_addr.parse()?),
+            chat: Some(chat_addr.parse()?),
+        },
+        args.abuse.rate_limits(),
     )?;
-    roles.spawn(crate::roles::router(router));
+    let mut rc = RouterConfig::new(router_id, args.data_dir.clone());
+    rc.telnet = args.telnet;
+    rc.telnet_tls = args.telnet_tls.config();
+    rc.quic = args.quic;
+    rc.tick_hz = args.tick_hz;
+    rc.login_timeout = Duration::from_secs(args.login_timeout_secs);
+    rc.connections_per_address = args.abuse.connections_per_address;
+    rc.limit_exempt = args.abuse.limit_exempt.clone();
+    let router = tessera_router::member::MemberConfig {
+        router: rc,
+        world: world.clone(),
+        membership: membership(identity),
+        accounts,
+        chat: chat_link,
+        db,
+    };
+    let (state, mut serving) =
+        tokio::sync::watch::channel(tessera_router::member::RouterState::Starting);
+    roles.spawn(async move {
+        tessera_router::member::run(router, shutdown_signal(), state).await?;
+        Ok(())
+    });
+    tokio::spawn(async move {
+        if serving
+            .wait_for(|s| matches!(s, tessera_router::member::RouterState::Serving { .. }))
+            .await
+            .is_ok()
+        {
+            if let tessera_router::member::RouterState::Serving { addrs, .. } = &*serving.borrow() {
+                println!("telnet listening on {}", addrs.telnet);
+                if let Some(a) = addrs.telnet_tls {
+                    println!("telnet over TLS listening on {a}");
+                }
+                println!(
+                    "quic listening on {}   (certificate to pin: {})",
+                    addrs.quic,
+                    addrs.cert_path.display()
+                );
+            }
+        }
+    });
     println!(
         "Tessera is up on etcd {etcd} (prefix {}): a coordinator, {} shards, a router, \
          persistence at {store_addr}, auth at {auth_addr}, chat at {chat_addr}; cluster CA in \

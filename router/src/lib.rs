@@ -11,6 +11,7 @@ pub mod chat;
 pub mod command;
 pub mod dialogue;
 pub mod interest;
+pub mod member;
 pub mod play;
 pub mod quic;
 pub mod session;
@@ -626,6 +627,7 @@ impl EventSender {
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Where a running router listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouterAddrs {
     pub telnet: SocketAddr,
     /// The telnet-over-TLS port, if configured.

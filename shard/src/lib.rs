@@ -9,6 +9,7 @@
 pub mod cell;
 pub mod checkpoint;
 pub mod cost;
+pub mod member;
 pub mod script;
 pub mod sim;
 pub mod worldfile;
