@@ -701,15 +701,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
                 continue;
             };
             println!("router {says} running; cluster address {cluster}");
-            println!("telnet listening on {}", addrs.telnet);
-            if let Some(a) = addrs.telnet_tls {
-                println!("telnet over TLS listening on {a}");
-            }
-            println!(
-                "quic listening on {}   (certificate to pin: {})",
-                addrs.quic,
-                addrs.cert_path.display()
-            );
+            println!("{addrs}");
             println!("metrics on http://{metrics}/metrics");
         }
     });

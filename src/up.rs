@@ -529,15 +529,7 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
             .is_ok()
         {
             if let tessera_router::member::RouterState::Serving { addrs, .. } = &*serving.borrow() {
-                println!("telnet listening on {}", addrs.telnet);
-                if let Some(a) = addrs.telnet_tls {
-                    println!("telnet over TLS listening on {a}");
-                }
-                println!(
-                    "quic listening on {}   (certificate to pin: {})",
-                    addrs.quic,
-                    addrs.cert_path.display()
-                );
+                println!("{addrs}");
             }
         }
     });

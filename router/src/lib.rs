@@ -636,6 +636,23 @@ pub struct RouterAddrs {
     pub cert_path: PathBuf,
 }
 
+/// The lines a router prints when it listens: where players connect, and the certificate 3D
+/// clients pin.
+impl std::fmt::Display for RouterAddrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "telnet listening on {}", self.telnet)?;
+        if let Some(a) = self.telnet_tls {
+            writeln!(f, "telnet over TLS listening on {a}")?;
+        }
+        write!(
+            f,
+            "quic listening on {}   (certificate to pin: {})",
+            self.quic,
+            self.cert_path.display()
+        )
+    }
+}
+
 /// Binds both gateways and serves until `shutdown` resolves; then saves
 /// every online player's position.
 pub async fn run(
