@@ -360,14 +360,15 @@ impl Member {
         role: MemberRole,
         name: &str,
     ) -> anyhow::Result<Member> {
-        let metrics = crate::metrics_http::install(cluster.metrics).await?;
-        let world = load_world(cluster)?;
-        let store = connect_store(cluster).await?;
+        // The certificate first: a wrong one is said at once, without waiting for etcd.
         let identity = Arc::new(MemberIdentity::load_or_mint(
             &member.cluster_ca,
             role,
             name,
         )?);
+        let metrics = crate::metrics_http::install(cluster.metrics).await?;
+        let world = load_world(cluster)?;
+        let store = connect_store(cluster).await?;
         Ok(Member {
             metrics,
             world,
@@ -459,13 +460,13 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     };
     let metrics = crate::metrics_http::install(args.cluster.metrics).await?;
     let world = load_world(&args.cluster)?;
+    let identity =
+        MemberIdentity::load_or_mint(&args.cluster_ca, MemberRole::Coordinator, &args.id)?;
     let store = connect_store(&args.cluster).await?;
     println!(
         "coordinator {} running; metrics on http://{metrics}/metrics",
         args.id
     );
-    let identity =
-        MemberIdentity::load_or_mint(&args.cluster_ca, MemberRole::Coordinator, &args.id)?;
     let authority = cluster_authority(
         store.clone(),
         &args.cluster.prefix,
