@@ -5,6 +5,7 @@
 mod bots;
 mod ca;
 mod ctl;
+mod etcd_auth;
 mod gateway;
 mod k8s_secret;
 mod metrics_http;
@@ -60,6 +61,9 @@ enum Command {
     /// Ask and steer the cluster: status, shards, cells, moves, drains,
     /// rebalancing, roles, assets, backups.
     Ctl(ctl::CtlArgs),
+    /// Give each role its own etcd user and role (only the keys it uses)
+    /// and turn etcd's auth on; run once, as etcd's root user.
+    EtcdAuth(etcd_auth::EtcdAuthArgs),
     /// Manage the cluster certificate authority.
     Ca {
         #[command(subcommand)]
@@ -342,6 +346,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Ctl(a)) => runtime.block_on(ctl::ctl(a)),
+        Some(Command::EtcdAuth(a)) => runtime.block_on(etcd_auth::run(a)),
         Some(Command::Ca { command }) => ca::run(command, &runtime),
     }
 }

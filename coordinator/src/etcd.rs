@@ -18,7 +18,14 @@
 //!   between the break and the new watch are not replayed.
 //!
 //! Every etcd failure is [`StoreError::Unavailable`], except an unknown or
-//! expired lease, which is [`StoreError::LeaseNotFound`].
+//! expired lease, which is [`StoreError::LeaseNotFound`], and a request
+//! etcd's auth refused, which is [`StoreError::PermissionDenied`] naming the
+//! user (the client certificate's Common Name) and the key.
+//!
+//! Users and roles: with auth on, etcd lets each client touch only the key
+//! ranges its user's role grants; [`apply_roles`] sets up one user and role
+//! per Tessera role ([`MEMBER_GRANTS`], docs/security.md, "etcd users and
+//! roles").
 //!
 //! Transport: plain HTTP/2 (`http://`, for development), or TLS
 //! (`https://`) with [`EtcdTls`]: the CA that signed etcd's certificate and
@@ -28,8 +35,12 @@
 //!
 //! [`CellMap::watch`]: crate::CellMap::watch
 
+mod roles;
 mod tls;
 
+pub use roles::{
+    apply_roles, Access, AuthChange, EtcdRolesError, Grant, MemberGrants, ETCD_ROOT, MEMBER_GRANTS,
+};
 pub use tls::{ClientCert, EtcdTls};
 
 use crate::store::{BoxFuture, ClusterStore, Expect, KeyValue, LeaseId, StoreError, WatchEvent};
@@ -79,6 +90,8 @@ pub struct EtcdStore {
     client: Client,
     /// The endpoints as given, with `http://` added where no scheme was.
     endpoints: Vec<String>,
+    /// Who etcd's auth takes this client for: its certificate's Common Name.
+    user: Option<String>,
     request_timeout: Duration,
     list_page: i64,
 }
@@ -87,6 +100,7 @@ impl fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdStore")
             .field("endpoints", &self.endpoints)
+            .field("user", &self.user)
             .field("request_timeout", &self.request_timeout)
             .field("list_page", &self.list_page)
             .finish()
@@ -163,6 +177,9 @@ impl EtcdStore {
                 tracing::debug!(endpoints = ?shown, version = status.version(), "connected to etcd");
                 None
             }
+            // etcd 3.6 with auth on answers the status to root only: the
+            // refusal is an answer all the same.
+            Ok(Err(e)) if is_permission_denied(&e) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some(format!("no answer within {timeout:?}")),
         };
@@ -185,6 +202,7 @@ impl EtcdStore {
         Ok(EtcdStore {
             client,
             endpoints: shown,
+            user: tls.as_ref().and_then(|t| t.user().map(str::to_string)),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             list_page: LIST_PAGE,
         })
@@ -207,12 +225,28 @@ impl EtcdStore {
         &self.endpoints
     }
 
+    /// The etcd user this client is when etcd's auth is on: the Common Name
+    /// of its client certificate (none without TLS).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The user as the errors name it.
+    fn user_shown(&self) -> String {
+        match &self.user {
+            Some(user) => user.clone(),
+            None => "(no client certificate)".into(),
+        }
+    }
+
     /// Runs one etcd request under the request timeout and maps its error.
-    /// `lease` is the lease the request names, so "lease not found" can be
-    /// reported as [`StoreError::LeaseNotFound`].
+    /// `target` is what it touches (`/tessera/cells/0,0`, `the keys under
+    /// /tessera/`), for a refusal; `lease` is the lease the request names,
+    /// so "lease not found" can be reported as [`StoreError::LeaseNotFound`].
     async fn call<T>(
         &self,
         op: &str,
+        target: &str,
         lease: Option<LeaseId>,
         request: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, StoreError> {
@@ -220,6 +254,11 @@ impl EtcdStore {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(match lease {
                 Some(id) if is_lease_not_found(&e) => StoreError::LeaseNotFound(id),
+                _ if is_permission_denied(&e) => StoreError::PermissionDenied {
+                    user: self.user_shown(),
+                    op: op.to_string(),
+                    target: target.to_string(),
+                },
                 _ => StoreError::Unavailable(format!("etcd {op} failed: {e}")),
             }),
             Err(_) => Err(StoreError::Unavailable(format!(
@@ -235,7 +274,7 @@ impl ClusterStore for EtcdStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>, StoreError>> {
         Box::pin(async move {
             let mut kv = self.client.kv_client();
-            let mut resp = self.call("get", None, kv.get(key, None)).await?;
+            let mut resp = self.call("get", key, None, kv.get(key, None)).await?;
             Ok(resp.take_kvs().into_iter().next().map(to_key_value))
         })
     }
@@ -258,7 +297,12 @@ impl ClusterStore for EtcdStore {
                     .with_limit(self.list_page)
                     .with_revision(revision);
                 let mut resp = self
-                    .call("list", None, kv.get(start.clone(), Some(options)))
+                    .call(
+                        "list",
+                        &keys_under(prefix),
+                        None,
+                        kv.get(start.clone(), Some(options)),
+                    )
                     .await?;
                 if revision == 0 {
                     revision = header_revision(resp.header().map(|h| h.revision()), "list")?;
@@ -286,7 +330,7 @@ impl ClusterStore for EtcdStore {
         Box::pin(async move {
             let mut kv = self.client.kv_client();
             let resp = self
-                .call("put", lease, kv.put(key, value, put_options(lease)))
+                .call("put", key, lease, kv.put(key, value, put_options(lease)))
                 .await?;
             header_revision(resp.header().map(|h| h.revision()), "put")
         })
@@ -315,7 +359,9 @@ impl ClusterStore for EtcdStore {
                     .when(compare)
                     .and_then(vec![TxnOp::put(key, value, put_options(lease))]);
             let mut kv = self.client.kv_client();
-            let resp = self.call("compare-and-put", lease, kv.txn(txn)).await?;
+            let resp = self
+                .call("compare-and-put", key, lease, kv.txn(txn))
+                .await?;
             if !resp.succeeded() {
                 return Ok(None);
             }
@@ -326,7 +372,7 @@ impl ClusterStore for EtcdStore {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut kv = self.client.kv_client();
-            let resp = self.call("delete", None, kv.delete(key, None)).await?;
+            let resp = self.call("delete", key, None, kv.delete(key, None)).await?;
             Ok(resp.deleted() > 0)
         })
     }
@@ -355,7 +401,7 @@ impl ClusterStore for EtcdStore {
                     )),
                 }
             };
-            let stream = self.call("watch", None, start).await?;
+            let stream = self.call("watch", &keys_under(prefix), None, start).await?;
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(forward_watch(prefix.to_string(), stream, tx));
             Ok(rx)
@@ -369,7 +415,12 @@ impl ClusterStore for EtcdStore {
                 .max(1);
             let mut leases = self.client.lease_client();
             let resp = self
-                .call("lease grant", None, leases.grant(seconds, None))
+                .call(
+                    "lease grant",
+                    "a new lease",
+                    None,
+                    leases.grant(seconds, None),
+                )
                 .await?;
             if !resp.error().is_empty() {
                 return Err(StoreError::Unavailable(format!(
@@ -418,7 +469,12 @@ impl ClusterStore for EtcdStore {
         Box::pin(async move {
             let mut leases = self.client.lease_client();
             match self
-                .call("lease revoke", Some(lease), leases.revoke(lease))
+                .call(
+                    "lease revoke",
+                    &format!("lease {lease} (and every key under it)"),
+                    Some(lease),
+                    leases.revoke(lease),
+                )
                 .await
             {
                 Ok(_) | Err(StoreError::LeaseNotFound(_)) => Ok(()),
@@ -514,6 +570,24 @@ fn is_lease_not_found(e: &etcd_client::Error) -> bool {
         etcd_client::Error::LeaseKeepAliveError(msg) => msg.contains("lease not found"),
         _ => false,
     }
+}
+
+/// etcd's auth refused the request: "etcdserver: permission denied" (no
+/// role of the user grants it, or no user has the certificate's name), or
+/// "user name is empty" (a client without a certificate or token), and a
+/// watch cancelled for the same reason.
+fn is_permission_denied(e: &etcd_client::Error) -> bool {
+    let message = match e {
+        etcd_client::Error::GRpcStatus(status) => status.message(),
+        etcd_client::Error::WatchError(msg) => msg.as_str(),
+        _ => return false,
+    };
+    message.contains("permission denied") || message.contains("user name is empty")
+}
+
+/// A prefix as the errors name it.
+fn keys_under(prefix: &str) -> String {
+    format!("the keys under {prefix}")
 }
 
 /// The first key after every key that starts with `prefix` (etcd's range

@@ -22,6 +22,18 @@ pub enum StoreError {
     Unavailable(String),
     #[error("lease {0} not found or expired")]
     LeaseNotFound(i64),
+    /// etcd's auth refused the request: the client's user (its certificate's
+    /// Common Name) has no role that grants it. Retrying will not help.
+    #[error(
+        "etcd refused: permission denied for user {user} to {op} {target} (each Tessera role's \
+         etcd user may touch only its own keys, and a certificate whose name is no etcd user \
+         nothing: docs/security.md, \"etcd users and roles\")"
+    )]
+    PermissionDenied {
+        user: String,
+        op: String,
+        target: String,
+    },
 }
 
 /// A lease: keys attached to it vanish when it expires.

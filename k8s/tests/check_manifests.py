@@ -11,8 +11,10 @@
    telnet Service with the certificate of a kubernetes.io/tls Secret,
    arm64 placement, ...), and
    etcd's: TLS with client certificates for clients and peers, every role
-   that uses it showing the client certificate, a NetworkPolicy that
-   admits exactly those roles; and the cluster's Secrets: no Secret
+   that uses it showing its own client certificate (the Secret
+   tessera-etcd-<role>, never another role's nor the old shared
+   tessera-etcd-client), a NetworkPolicy that admits exactly those roles;
+   and the cluster's Secrets: no Secret
    carries the CA key (ca-key.pem) and no pod mounts it, each role's
    --cluster-ca directory is its own Secret tessera-member-<role>, only auth
    mounts tessera-auth-signing, only routers and telnet gateways (the
@@ -259,14 +261,22 @@ def rule_errors(objs, overlay, drain_measured_s):
     return errs
 
 
-ETCD_CLIENT_SECRET = "tessera-etcd-client"
+ETCD_SECRET_PREFIX = "tessera-etcd-"
+ETCD_SERVER_SECRET = "tessera-etcd-server"
+# Once every role's, so any of them could write any key: gone.
+OLD_ETCD_CLIENT_SECRET = "tessera-etcd-client"
 ETCD_CLIENT_FILES = {"--etcd-ca": "ca.pem", "--etcd-cert": "client.pem", "--etcd-key": "client-key.pem"}
+
+
+def etcd_secret(role):
+    """The Secret of a role's etcd client certificate (CN tessera-<role>, etcd's user for it)."""
+    return f"{ETCD_SECRET_PREFIX}{role}"
 
 
 def etcd_tls_errors(objs, by):
     """etcd over TLS: etcd serves clients and peers only with certificates
-    its CA signed, every role that passes --etcd shows the client
-    certificate of the Secret tessera-etcd-client over https://, and the
+    its CA signed, every role that passes --etcd shows its own client
+    certificate, of the Secret tessera-etcd-<role>, over https://, and the
     NetworkPolicy admits exactly those roles to the client port."""
     errs = []
     users = set()
@@ -278,12 +288,19 @@ def etcd_tls_errors(objs, by):
             if arg_value(c, "--etcd") is None:
                 continue
             users.add(o["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/name"))
+            role = ROLE_OF_COMMAND.get(command_of(c))
+            if role is None:
+                errs.append(f"{name_of(o)} container {c['name']}: passes --etcd but runs {command_of(c)!r}, "
+                            "no role with an etcd user")
+                continue
+            want = etcd_secret(role)
             for flag, key in ETCD_CLIENT_FILES.items():
                 path = arg_value(c, flag)
                 if path is None:
                     errs.append(f"{name_of(o)}: passes --etcd without {flag} (etcd takes TLS clients only)")
-                elif mounted_secret_key(spec, c, path) != (ETCD_CLIENT_SECRET, key):
-                    errs.append(f"{name_of(o)}: {flag} {path} is not {key} of the Secret {ETCD_CLIENT_SECRET}")
+                elif mounted_secret_key(spec, c, path) != (want, key):
+                    errs.append(f"{name_of(o)}: {flag} {path} is not {key} of the Secret {want} "
+                                f"(`tessera {command_of(c)}` is etcd user tessera-{role})")
     for o in objs:
         if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("tessera-config"):
             for url in o.get("data", {}).get("TESSERA_ETCD", "").split(","):
@@ -724,9 +741,45 @@ def shared_secret_errors(objs):
     return errs
 
 
+def etcd_secret_errors(objs):
+    """etcd's Secrets: a pod mounts only its own role's etcd client
+    certificate tessera-etcd-<role> (whose CN is the etcd user that may touch
+    only that role's keys), never another role's, nor the old
+    tessera-etcd-client that every role shared; only the etcd pods mount
+    the server's certificate and key (tessera-etcd-server)."""
+    errs = []
+    for o in objs:
+        if o["kind"] not in WORKLOADS:
+            continue
+        spec = pod_spec(o)
+        roles = pod_roles(spec)
+        is_etcd = o["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "etcd"
+        for where, secret, _ in secret_uses(spec):
+            secret = secret or ""
+            if secret == OLD_ETCD_CLIENT_SECRET:
+                errs.append(
+                    f"{name_of(o)}: {where} mounts the Secret {OLD_ETCD_CLIENT_SECRET}, the client certificate "
+                    f"every role once shared (any of them could write any key): mount "
+                    f"{ETCD_SECRET_PREFIX}<role>, the pod's own"
+                )
+            elif secret == ETCD_SERVER_SECRET:
+                if not is_etcd:
+                    errs.append(f"{name_of(o)}: {where} mounts {ETCD_SERVER_SECRET}, etcd's own certificate "
+                                "and key: only the etcd pods may")
+            elif secret.startswith(ETCD_SECRET_PREFIX):
+                role = secret[len(ETCD_SECRET_PREFIX):]
+                if role not in roles:
+                    errs.append(
+                        f"{name_of(o)}: {where} mounts the Secret {secret}, role {role}'s etcd client "
+                        f"certificate, but the pod is role {', '.join(sorted(roles)) or 'none'}: a pod "
+                        "mounts its own etcd Secret only (each role's etcd user may touch only its keys)"
+                    )
+    return errs
+
+
 def secret_errors(objs):
     """The rules of the cluster's Secrets (every rendered overlay, the base too)."""
-    return ca_key_errors(objs) + member_secret_errors(objs) + shared_secret_errors(objs)
+    return ca_key_errors(objs) + member_secret_errors(objs) + shared_secret_errors(objs) + etcd_secret_errors(objs)
 
 
 
@@ -1010,6 +1063,24 @@ def self_tests(good_objs, exported):
         lambda b: b[("Deployment", "shard")]["spec"]["template"]["spec"]["volumes"].append(
             {"name": "quic", "secret": {"secretName": "tessera-router-quic"}}),
         shared_secret_errors))
+    expect("a router mounting the shard's etcd Secret", with_change(
+        lambda b: volume(b, "router", "etcd-client")["secret"].update(secretName="tessera-etcd-shard"),
+        etcd_secret_errors))
+    expect("a coordinator mounting the shared tessera-etcd-client", with_change(
+        lambda b: volume(b, "coordinator", "etcd-client")["secret"].update(secretName="tessera-etcd-client"),
+        etcd_secret_errors))
+    expect("a telnet gateway that also mounts the coordinator's etcd Secret", with_change(
+        lambda b: b[("Deployment", "telnet-gateway")]["spec"]["template"]["spec"]["volumes"].append(
+            {"name": "more-etcd", "secret": {"secretName": "tessera-etcd-coordinator"}}),
+        etcd_secret_errors))
+    expect("a chat pod mounting the etcd server's Secret", with_change(
+        lambda b: b[("Deployment", "chat")]["spec"]["template"]["spec"]["volumes"].append(
+            {"name": "etcd", "secret": {"secretName": "tessera-etcd-server"}}),
+        etcd_secret_errors))
+    expect("a shard showing etcd the router's client certificate", with_change(
+        lambda b: volume(b, "shard", "etcd-client")["secret"].update(secretName="tessera-etcd-router")))
+    expect("an auth pod showing etcd the shared tessera-etcd-client", with_change(
+        lambda b: volume(b, "auth", "etcd-client")["secret"].update(secretName="tessera-etcd-client")))
     expect("a workload without the arm64 nodeSelector", with_change(
         lambda b: b[("Deployment", "chat")]["spec"]["template"]["spec"].pop("nodeSelector")))
     expect("a grace period under the measured drain", rule_errors(good_objs, "production", 200.0))

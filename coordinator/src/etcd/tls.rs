@@ -61,6 +61,8 @@ struct LoadedClient {
     cert_path: PathBuf,
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
+    /// The certificate's Common Name: the etcd user when etcd's auth is on.
+    user: Option<String>,
 }
 
 fn file_error(what: &'static str, path: &Path, reason: impl ToString) -> EtcdConnectError {
@@ -125,6 +127,7 @@ impl LoadedTls {
                 let cert_pem = read(CERT, &c.cert)?;
                 let key_pem = read(KEY, &c.key)?;
                 let chain = certificates(CERT, &c.cert, &cert_pem)?;
+                let user = common_name(&chain[0]);
                 let key = PrivateKeyDer::from_pem_slice(&key_pem)
                     .map_err(|e| file_error(KEY, &c.key, format!("not a PEM private key: {e}")))?;
                 let config = builder.with_client_auth_cert(chain, key).map_err(|e| {
@@ -138,6 +141,7 @@ impl LoadedTls {
                 })?;
                 let client = LoadedClient {
                     cert_path: c.cert.clone(),
+                    user,
                     cert_pem,
                     key_pem,
                 };
@@ -152,6 +156,12 @@ impl LoadedTls {
         })
     }
 
+    /// The Common Name of the client certificate, which etcd's auth takes
+    /// for the user name.
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.client.as_ref()?.user.as_deref()
+    }
+
     /// The etcd client's TLS options from the same files.
     pub(crate) fn options(&self) -> etcd_client::TlsOptions {
         let options = etcd_client::TlsOptions::new()
@@ -161,6 +171,13 @@ impl LoadedTls {
             None => options,
         }
     }
+}
+
+/// The first Common Name in a certificate's subject.
+fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 /// What one endpoint showed when dialled directly.

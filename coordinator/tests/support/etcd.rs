@@ -138,6 +138,22 @@ impl EtcdServer {
         )
     }
 
+    /// A client certificate with Common Name `cn`, signed by this etcd's
+    /// CA (made once per name, beside this etcd's files): with etcd's auth
+    /// on, the client is etcd user `cn` (`root`, `tessera-router`, ...).
+    pub fn client_tls_for(&self, cn: &str) -> EtcdTls {
+        let tls = self.dir.path().join("tls");
+        let dir = tls.join("users").join(cn);
+        if !dir.join("client.pem").exists() {
+            issue_client(&tls, cn, &dir);
+        }
+        EtcdTls::new(
+            tls.join("ca.pem"),
+            dir.join("client.pem"),
+            dir.join("client-key.pem"),
+        )
+    }
+
     /// The client URL as the endpoint list `EtcdStore::connect` takes.
     pub fn endpoints(&self) -> Vec<String> {
         vec![self.client_url()]
@@ -382,6 +398,36 @@ fn write_pki(dir: &Path, names: &[String]) {
         vec![ExtendedKeyUsagePurpose::ClientAuth],
         "client",
     );
+}
+
+/// Writes `client.pem` and `client-key.pem` with Common Name `cn` into
+/// `out`, signed by the CA of [`write_pki`] in `tls`.
+fn issue_client(tls: &Path, cn: &str, out: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    fs::create_dir_all(out).expect("create the client certificate's dir");
+    let ca_pem = fs::read_to_string(tls.join("ca-key.pem")).expect("read the test CA's key");
+    let ca_key = KeyPair::from_pem(&ca_pem).expect("the test CA's key");
+    // The CA's parameters as `write_pki` made them: the issuer's name and key.
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.distinguished_name
+        .push(DnType::CommonName, "tessera test etcd CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let issuer = Issuer::new(ca, &ca_key);
+    let key = KeyPair::generate().expect("a key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("certificate parameters");
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).expect("sign a certificate");
+    fs::write(out.join("client.pem"), cert.pem()).expect("write client.pem");
+    fs::write(out.join("client-key.pem"), key.serialize_pem()).expect("write client-key.pem");
 }
 
 /// The etcd binary, or where it was looked for.
