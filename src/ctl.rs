@@ -418,11 +418,8 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         etcd_ca: args.etcd_ca.clone(),
         etcd_cert: args.etcd_cert.clone(),
         etcd_key: args.etcd_key.clone(),
-    }
-    .config(&args.etcd)?;
-    let store = EtcdStore::connect(&args.etcd, tls.as_ref(), Duration::from_secs(3))
-        .await
-        .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
+    };
+    let store = crate::connect_etcd(&args.etcd, &tls).await?;
     if let CtlCommand::Drain { shard } = &args.command {
         let signer = operator(&args)?;
         let started = std::time::Instant::now();

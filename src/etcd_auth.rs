@@ -7,34 +7,31 @@
 
 use anyhow::Context;
 use clap::Args;
-use std::time::Duration;
+
 use tessera_coordinator::etcd::{apply_roles, MEMBER_GRANTS};
-use tessera_coordinator::EtcdStore;
 
 #[derive(Args, Debug, Clone)]
 pub struct EtcdAuthArgs {
-    /// etcd endpoints, comma separated (`https://etcd:2379`).
-    #[arg(long, value_delimiter = ',', required = true)]
-    etcd: Vec<String>,
-    /// The root user's certificate: --etcd-cert must have CN root.
+    /// etcd (`https://etcd:2379`) as its root user (--etcd-cert must have CN root); the
+    /// roles are granted ranges under the prefix.
     #[command(flatten)]
-    etcd_tls: crate::EtcdTlsArgs,
-    /// Key prefix of the cluster in etcd: the roles are granted ranges under it.
-    #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
-    prefix: String,
+    store: crate::EtcdArgs,
 }
 
 /// Applies the roles and prints what changed.
 pub async fn run(args: EtcdAuthArgs) -> anyhow::Result<()> {
-    let tls = args.etcd_tls.config(&args.etcd)?.context(
+    let crate::EtcdArgs {
+        etcd,
+        etcd_tls,
+        prefix,
+    } = &args.store;
+    etcd_tls.config(etcd)?.context(
         "tessera etcd-auth needs --etcd-ca, --etcd-cert and --etcd-key: etcd knows its users \
          by their client certificates, and this command runs as root (a certificate with CN root)",
     )?;
-    let endpoints = args.etcd.join(",");
-    let store = EtcdStore::connect(&args.etcd, Some(&tls), Duration::from_secs(5))
-        .await
-        .with_context(|| format!("cannot reach etcd at {endpoints}"))?;
-    let changes = apply_roles(&store, &args.prefix)
+    let endpoints = etcd.join(",");
+    let store = args.store.connect().await?;
+    let changes = apply_roles(&store, prefix)
         .await
         .with_context(|| format!("cannot set up etcd's users and roles at {endpoints}"))?;
     for change in &changes {
@@ -44,8 +41,7 @@ pub async fn run(args: EtcdAuthArgs) -> anyhow::Result<()> {
     if changes.is_empty() {
         println!(
             "nothing to change: etcd at {endpoints} has every Tessera user and role for prefix \
-             {} and auth is on",
-            args.prefix
+             {prefix} and auth is on",
         );
     } else {
         println!(
@@ -83,8 +79,14 @@ mod tests {
             "root-key.pem",
         ])
         .unwrap();
-        assert_eq!(cli.args.prefix, tessera_coordinator::DEFAULT_PREFIX);
-        assert!(cli.args.etcd_tls.config(&cli.args.etcd).unwrap().is_some());
+        assert_eq!(cli.args.store.prefix, tessera_coordinator::DEFAULT_PREFIX);
+        assert!(cli
+            .args
+            .store
+            .etcd_tls
+            .config(&cli.args.store.etcd)
+            .unwrap()
+            .is_some());
         assert!(
             Cli::try_parse_from(["etcd-auth"]).is_err(),
             "--etcd is required"

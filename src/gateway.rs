@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_coordinator::pki::MemberIdentity;
-use tessera_coordinator::{ClusterStore, EtcdStore};
+use tessera_coordinator::ClusterStore;
 use tessera_gateway::routers::RouterSet;
 use tessera_gateway::{Gateway, GatewayConfig};
 
@@ -19,15 +19,9 @@ const ROUTER_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
-    /// etcd endpoints, comma separated: the routers are found under
-    /// `<prefix>routers/`.
-    #[arg(long, value_delimiter = ',', required = true)]
-    etcd: Vec<String>,
+    /// The cluster store: the routers are found under `<prefix>routers/`.
     #[command(flatten)]
-    etcd_tls: crate::EtcdTlsArgs,
-    /// Key prefix in etcd.
-    #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
-    prefix: String,
+    store: crate::EtcdArgs,
     /// This member's directory: its certificate and key from `tessera ca issue --role gateway`
     /// (member-cert.pem, member-key.pem) and the trust bundle (ca-cert.pem); or a CA directory,
     /// and a certificate is minted at start.
@@ -116,15 +110,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         ROUTER_IDLE_TIMEOUT,
     )
     .context("cannot open the QUIC endpoint")?;
-    let etcd_tls = args.etcd_tls.config(&args.etcd)?;
-    let store: Arc<dyn ClusterStore> = Arc::new(
-        EtcdStore::connect(&args.etcd, etcd_tls.as_ref(), Duration::from_secs(5))
-            .await
-            .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?,
-    );
+    let store: Arc<dyn ClusterStore> = Arc::new(args.store.connect().await?);
     let routers = RouterSet::default();
     routers
-        .follow(store, &args.prefix)
+        .follow(store, &args.store.prefix)
         .await
         .context("cannot read the routers' registrations")?;
     let mut config = GatewayConfig::new(args.id.clone());

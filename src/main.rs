@@ -116,6 +116,44 @@ impl TelnetTlsArgs {
     }
 }
 
+/// Where a role finds the cluster store: etcd's endpoints, how to reach them, and the key
+/// prefix of this cluster.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    #[command(flatten)]
+    pub etcd_tls: EtcdTlsArgs,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
+    pub prefix: String,
+}
+
+impl EtcdArgs {
+    /// Connects to etcd (see [`connect_etcd`]).
+    pub async fn connect(&self) -> anyhow::Result<tessera_coordinator::EtcdStore> {
+        connect_etcd(&self.etcd, &self.etcd_tls).await
+    }
+}
+
+/// Connects to etcd at `endpoints` over `tls` (checked against them first), saying where it
+/// failed.
+pub async fn connect_etcd(
+    endpoints: &[String],
+    tls: &EtcdTlsArgs,
+) -> anyhow::Result<tessera_coordinator::EtcdStore> {
+    use anyhow::Context;
+    let config = tls.config(endpoints)?;
+    tessera_coordinator::EtcdStore::connect(
+        endpoints,
+        config.as_ref(),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .with_context(|| format!("cannot reach etcd at {}", endpoints.join(",")))
+}
+
 /// etcd over TLS with a client certificate (every command that takes
 /// `--etcd`; docs/operations.md, "etcd over TLS").
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -7,10 +7,10 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+
 use tessera_coordinator::operators::{OperatorKey, OperatorRecord, Operators, Voucher};
 use tessera_coordinator::pki::ClusterCa;
-use tessera_coordinator::{ClusterStore, EtcdStore};
+use tessera_coordinator::ClusterStore;
 
 /// Where a service that acts on operator requests (`tessera auth`, `tessera persistence`,
 /// `tessera assets`) reads the operators and records used nonces.
@@ -35,20 +35,10 @@ impl OperatorsArgs {
         if self.etcd.is_empty() {
             return Ok(Operators::in_dir(cluster_ca.join("operators"), trusted));
         }
-        let store = connect(&self.etcd, &self.etcd_tls).await?;
+        let store: Arc<dyn ClusterStore> =
+            Arc::new(crate::connect_etcd(&self.etcd, &self.etcd_tls).await?);
         Ok(Operators::in_store(store, &self.prefix, trusted))
     }
-}
-
-async fn connect(
-    etcd: &[String],
-    tls: &crate::EtcdTlsArgs,
-) -> anyhow::Result<Arc<dyn ClusterStore>> {
-    let tls = tls.config(etcd)?;
-    let store = EtcdStore::connect(etcd, tls.as_ref(), Duration::from_secs(5))
-        .await
-        .with_context(|| format!("cannot reach etcd at {}", etcd.join(",")))?;
-    Ok(Arc::new(store))
 }
 
 /// `tessera ca operator NAME`: a new key pair in a credential file, and, with the CA key at

@@ -18,7 +18,7 @@ use tessera_coordinator::member::Membership;
 use tessera_coordinator::operators::{OperatorCache, Operators};
 use tessera_coordinator::pki::MemberIdentity;
 use tessera_coordinator::rebalance::RebalanceConfig;
-use tessera_coordinator::{ClusterStore, EtcdStore};
+use tessera_coordinator::ClusterStore;
 use tessera_persistence::Database;
 use tessera_proto::{RouterId, ShardId};
 use tessera_router::member::RouterState;
@@ -29,14 +29,8 @@ use tessera_shard::ShardConfig;
 /// Flags every cluster role takes.
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
-    /// etcd endpoints, comma separated.
-    #[arg(long, value_delimiter = ',', required = true)]
-    etcd: Vec<String>,
     #[command(flatten)]
-    etcd_tls: crate::EtcdTlsArgs,
-    /// Key prefix in etcd.
-    #[arg(long, default_value = tessera_coordinator::DEFAULT_PREFIX)]
-    prefix: String,
+    store: crate::EtcdArgs,
     /// Prometheus metrics address.
     #[arg(long, default_value = "127.0.0.1:9100")]
     metrics: SocketAddr,
@@ -326,11 +320,7 @@ pub struct RouterArgs {
 }
 
 async fn connect_store(args: &ClusterArgs) -> anyhow::Result<Arc<dyn ClusterStore>> {
-    let tls = args.etcd_tls.config(&args.etcd)?;
-    let store = EtcdStore::connect(&args.etcd, tls.as_ref(), Duration::from_secs(5))
-        .await
-        .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(args.store.connect().await?))
 }
 
 fn load_world(args: &ClusterArgs) -> anyhow::Result<Arc<tessera_proto::world::WorldDef>> {
@@ -374,7 +364,7 @@ impl Member {
             world,
             membership: Membership {
                 store,
-                prefix: cluster.prefix.clone(),
+                prefix: cluster.store.prefix.clone(),
                 identity,
                 listen: member.cluster_listen,
                 advertise: member.advertise,
@@ -469,14 +459,14 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     );
     let authority = cluster_authority(
         store.clone(),
-        &args.cluster.prefix,
+        &args.cluster.store.prefix,
         &args.cluster_ca,
         Arc::new(identity),
     )
     .await?;
     let config = coordinator_config(
         args.id,
-        args.cluster.prefix,
+        args.cluster.store.prefix,
         &world,
         Timing {
             lease_ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),

@@ -415,12 +415,8 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
 
     // Each role is the same library member a cluster runs, given its config here.
     let etcd = args.etcd.join(",");
-    let tls = args.etcd_tls.config(&args.etcd)?;
-    let store: Arc<dyn ClusterStore> = Arc::new(
-        tessera_coordinator::EtcdStore::connect(&args.etcd, tls.as_ref(), Duration::from_secs(5))
-            .await
-            .with_context(|| format!("cannot reach etcd at {etcd}"))?,
-    );
+    let store: Arc<dyn ClusterStore> =
+        Arc::new(crate::connect_etcd(&args.etcd, &args.etcd_tls).await?);
     let world = Arc::new(
         tessera_shard::worldfile::load_world_dir(&args.world)
             .with_context(|| format!("cannot load the world from {}", args.world.display()))?,
