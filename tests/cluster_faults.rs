@@ -5,6 +5,8 @@
 //! - the leading coordinator killed at several points of a migration: the
 //!   migration completes or is cancelled cleanly, never a cell with two
 //!   owners or none, no entity lost or duplicated;
+//! - a shard whose simulation thread dies exits non-zero and gives up its
+//!   registration at once, so its cells fail over without waiting out the lease;
 //! - a rolling restart (SIGTERM on each shard in turn) drops no player;
 //! - players pacing across shard borders for 30 s: the entity count never
 //!   changes and nobody is disconnected.
@@ -412,6 +414,81 @@ const PACES: [&[&str]; 4] = [
 /// A coordinator for [`three_shards`] clusters, which moves no cell on its
 /// own: the tests place the cells themselves, and the rebalancer's join
 /// balance (on by default) would move cells at the same time.
+/// A shard whose simulation thread dies (the test builds' fault switch makes it panic at
+/// tick 150, 5 s in) gives up its registration and exits non-zero at once: its cells move to
+/// the other shard within a few seconds, although its lease (20 s, the default) is far from
+/// running out (issue 16, item 1).
+#[test]
+fn a_shard_whose_simulation_dies_exits_and_its_cells_fail_over_at_once() {
+    let dir = TestDir::new();
+    let etcd = EtcdServer::start();
+    let ca = ca_init(dir.path(), &etcd);
+    let _coord = coordinator(
+        dir.path(),
+        &ca,
+        &CoordinatorSpec::local(&etcd, "coordinator-a").not_rebalancing(),
+    );
+    let default_lease = ShardSpec {
+        lease_ttl_secs: 20,
+        ..ShardSpec::local(&etcd, "shard-1")
+    };
+    let mut doomed = shard_with_env(
+        dir.path(),
+        &ca,
+        &default_lease,
+        &[("TESSERA_FAULT_SIM_PANIC_AT_TICK", "150")],
+    );
+    let _healthy = shard(
+        dir.path(),
+        &ca,
+        &ShardSpec {
+            id: "shard-2",
+            ..default_lease
+        },
+    );
+    let placed = Instant::now() + Duration::from_secs(15);
+    while !owners(&etcd).iter().any(|r| r.owner == "shard-1") {
+        assert!(Instant::now() < placed, "shard-1 got no cells");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = loop {
+        if let Some(status) = doomed.role.try_exit() {
+            break status;
+        }
+        assert!(
+            Instant::now() < placed + Duration::from_secs(15),
+            "shard-1 did not exit after its simulation died:\n{}",
+            doomed.role.stderr_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let died = Instant::now();
+    assert!(!status.success(), "a shard whose simulation died exited 0");
+    let stderr = doomed.role.stderr();
+    assert!(
+        stderr.contains("simulation thread of shard shard-1 died"),
+        "{}",
+        doomed.role.stderr_tail(20)
+    );
+    // Its cells go to shard-2 long before a 20 s lease would have run out.
+    loop {
+        let rows = owners(&etcd);
+        if rows.len() == 16 && rows.iter().all(|r| r.owner == "shard-2") {
+            eprintln!(
+                "every cell on shard-2 {} ms after shard-1 exited (lease 20 s)",
+                died.elapsed().as_millis()
+            );
+            break;
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(5),
+            "cells still with the dead shard {:?} after it exited: {rows:?}",
+            died.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn placing_by_hand<'a>(etcd: &EtcdServer, id: &'a str) -> CoordinatorSpec<'a> {
     CoordinatorSpec::local(etcd, id).not_rebalancing()
 }

@@ -55,6 +55,10 @@ pub struct ShardConfig {
     pub checkpoints: Option<checkpoint::Checkpointing>,
     /// New versions of NPC scripts (hot reload), applied between ticks.
     pub script_updates: Option<crossbeam_channel::Receiver<ScriptUpdate>>,
+    /// Fault tests only (cargo feature `fault-injection`, never in a release): the
+    /// simulation thread panics at this tick.
+    #[cfg(feature = "fault-injection")]
+    pub panic_at_tick: Option<u64>,
 }
 
 /// A new version of a script, by name (the stem of `scripts/<name>.rhai`).
@@ -77,7 +81,21 @@ impl ShardConfig {
             script_limits: ScriptLimits::default(),
             checkpoints: None,
             script_updates: None,
+            #[cfg(feature = "fault-injection")]
+            panic_at_tick: fault::panic_at_tick(),
         }
+    }
+}
+
+/// Fault injection for the fault tests (cargo feature `fault-injection`, which only test
+/// builds turn on): a process started with `TESSERA_FAULT_SIM_PANIC_AT_TICK=N` has its
+/// simulation thread panic at tick N.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    pub fn panic_at_tick() -> Option<u64> {
+        std::env::var("TESSERA_FAULT_SIM_PANIC_AT_TICK")
+            .ok()
+            .and_then(|v| v.parse().ok())
     }
 }
 
@@ -91,9 +109,17 @@ pub struct ShardHandle {
     pub load: LoadBoard,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    ended: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ShardHandle {
+    /// Becomes `true` when the simulation thread has ended, however it ended (stopped, or
+    /// dead of a panic): what a member watches so that its cells do not stay with a dead
+    /// simulation.
+    pub fn ended(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ended.clone()
+    }
+
     /// Stops the tick loop and waits for the thread.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -106,6 +132,15 @@ impl ShardHandle {
 impl Drop for ShardHandle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Says the simulation thread ended when dropped.
+struct Ended(tokio::sync::watch::Sender<bool>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
     }
 }
 
@@ -129,13 +164,19 @@ pub fn spawn_shard(shard: Shard, inbox: Receiver<ToShard>) -> Result<ShardHandle
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let load = shard.load_board();
+    let (ended_tx, ended) = tokio::sync::watch::channel(false);
     let thread = std::thread::Builder::new()
         .name(format!("sim-{id}"))
-        .spawn(move || shard.run(inbox, s))?;
+        .spawn(move || {
+            // Dropped when the thread ends, a panic's unwinding included.
+            let _ended = Ended(ended_tx);
+            shard.run(inbox, s)
+        })?;
     Ok(ShardHandle {
         id,
         load,
         stop,
         thread: Some(thread),
+        ended,
     })
 }

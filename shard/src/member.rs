@@ -8,7 +8,9 @@
 //! to the other shards by live migration, players stay connected) if `drain_timeout` is not
 //! zero; on a lost lease it stops simulating at once, since its cells are being given to
 //! others. Either way it then stops the simulation, revokes its registration and removes its
-//! drain mark. The state it is in is published on a watch channel ([`ShardState`]) for
+//! drain mark. If the simulation thread dies (a panic), the registration is revoked at once,
+//! so the cells fail over without waiting for the lease to run out, and `run` returns
+//! [`MemberError::SimulationDied`] (the process exits non-zero). The state it is in is published on a watch channel ([`ShardState`]) for
 //! readiness checks.
 
 use crate::sim::ShardNotice;
@@ -76,6 +78,16 @@ pub enum MemberError {
     Shard(#[from] ShardError),
     #[error("shard {0} lost its etcd lease and stopped simulating")]
     LeaseLost(ShardId),
+    #[error("the simulation thread of shard {0} died; its registration is revoked so its cells fail over now")]
+    SimulationDied(ShardId),
+}
+
+/// Why a shard member stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Shutdown,
+    LeaseLost,
+    SimulationDied,
 }
 
 /// Runs a shard member until `shutdown` (then drains and stops) or until its lease is lost.
@@ -130,10 +142,21 @@ pub async fn run(
     );
     let _ = state.send(ShardState::Serving { addr: joined.addr });
     let mut lost_rx = reg.lost.clone();
-    let lost = tokio::select! {
-        _ = shutdown => false,
-        _ = lost_rx.wait_for(|l| *l) => true,
+    let mut ended = handle.ended();
+    let why = tokio::select! {
+        _ = shutdown => Stop::Shutdown,
+        _ = async { lost_rx.wait_for(|l| *l).await.is_ok() } => Stop::LeaseLost,
+        _ = async { ended.wait_for(|e| *e).await.is_ok() } => Stop::SimulationDied,
     };
+    if why == Stop::SimulationDied {
+        // Its cells must not wait for the lease to expire with nobody simulating them:
+        // revoke it now, and the coordinator gives them to the other shards.
+        tracing::error!(shard = %id, "the simulation thread died; giving up the registration");
+        metrics::counter!("tessera_shard_simulation_deaths_total").increment(1);
+        reg.revoke().await;
+        return Err(MemberError::SimulationDied(id));
+    }
+    let lost = why == Stop::LeaseLost;
     let mut drained = None;
     if !lost && !drain_timeout.is_zero() {
         let _ = state.send(ShardState::Draining);

@@ -54,6 +54,19 @@ impl Role {
         rust_log: &str,
         args: &[String],
     ) -> Role {
+        Role::start_with_env(dir, name, netns, rust_log, args, &[])
+    }
+
+    /// [`Role::start_in`] with more environment variables (the fault switches of test
+    /// builds, such as `TESSERA_FAULT_SIM_PANIC_AT_TICK`).
+    pub fn start_with_env(
+        dir: &Path,
+        name: &str,
+        netns: Option<&str>,
+        rust_log: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Role {
         let stderr_log = dir.join(format!("{name}.stderr.log"));
         // A restarted role appends to the same log.
         let stderr = std::fs::OpenOptions::new()
@@ -75,6 +88,7 @@ impl Role {
             .current_dir(dir)
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
@@ -588,6 +602,11 @@ pub struct ShardProc {
 
 /// Starts a shard and waits until it printed its addresses.
 pub fn shard(dir: &Path, ca: &Path, spec: &ShardSpec) -> ShardProc {
+    shard_with_env(dir, ca, spec, &[])
+}
+
+/// [`shard`] with more environment variables (fault switches).
+pub fn shard_with_env(dir: &Path, ca: &Path, spec: &ShardSpec, env: &[(&str, &str)]) -> ShardProc {
     let mut args = common_args(
         &spec.etcd_url,
         &spec.etcd_tls,
@@ -605,7 +624,7 @@ pub fn shard(dir: &Path, ca: &Path, spec: &ShardSpec) -> ShardProc {
     if let Some(url) = &spec.assets {
         args.extend(["--assets".into(), url.clone()]);
     }
-    let mut role = Role::start_in(dir, spec.id, spec.netns, spec.rust_log, &args);
+    let mut role = Role::start_with_env(dir, spec.id, spec.netns, spec.rust_log, &args, env);
     let rest = role.wait_line(&format!("shard {} running; cluster address ", spec.id));
     let metrics = rest
         .split_once("metrics on http://")

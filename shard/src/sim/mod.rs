@@ -578,6 +578,13 @@ impl Shard {
                 .set(inbox.len() as f64);
             self.handle_waiting(&inbox, messages_until);
             let started = Instant::now();
+            #[cfg(feature = "fault-injection")]
+            if self.config.panic_at_tick == Some(self.tick) {
+                panic!(
+                    "injected fault: the simulation thread of {} dies at tick {}",
+                    self.id, self.tick
+                );
+            }
             self.step(started);
             let took = started.elapsed();
             self.record_tick(took);
