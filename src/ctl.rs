@@ -104,8 +104,11 @@ pub enum CtlCommand {
     Shards,
     /// Every cell: owner, epoch, entities, players, tick p99.
     Cells,
-    /// Move every cell of a shard to the other shards (live migration).
+    /// Move every cell of a shard to the other shards (live migration); the
+    /// shard stays cordoned (given no cells) until it restarts or is uncordoned.
     Drain { shard: String },
+    /// Lift a shard's drain mark, so the rebalancer gives it cells again.
+    Uncordon { shard: String },
     /// Split a region (a whole cell `x,z` or a region `x,z/q/...`) into its
     /// four quadrants, on the same shard, and wait until the map shows it
     /// (docs/regions.md).
@@ -437,6 +440,15 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let CtlCommand::Uncordon { shard } = &args.command {
+        let id = ShardId::new(shard.clone());
+        if tessera_coordinator::migration::uncordon(&store, &args.prefix, &id).await? {
+            println!("uncordoned {shard}: the rebalancer may give it cells again");
+        } else {
+            println!("{shard} was not cordoned");
+        }
+        return Ok(());
+    }
     if let CtlCommand::Split { region } = &args.command {
         let signer = operator(&args)?;
         return ctl_reshape(&store, &args.prefix, *region, None, true, &signer).await;
@@ -502,6 +514,7 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             | CtlCommand::Asset { .. }
             | CtlCommand::Operator { .. }
             | CtlCommand::Drain { .. }
+            | CtlCommand::Uncordon { .. }
             | CtlCommand::Rebalance { .. }
             | CtlCommand::Top { .. },
             _,

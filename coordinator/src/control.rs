@@ -663,6 +663,38 @@ mod tests {
         }
     }
 
+    /// `tessera ctl drain` of a shard that is not registered (a typo, a shard long gone) is
+    /// refused and leaves no drain mark behind.
+    #[tokio::test]
+    async fn draining_a_shard_that_is_not_registered_is_refused_and_marks_nothing() {
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        register(&store, "s1", Duration::from_secs(60)).await;
+        let key = test_trust(crate::identity::MemberRole::Shard);
+        let ghost = ShardId::new("shard-9");
+        let e = crate::migration::drain(
+            &*store,
+            "/t/",
+            &ghost,
+            Duration::from_secs(1),
+            &key.member("shard:shard-9".into()),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e, crate::migration::DrainError::UnknownShard(ref s) if s == &ghost),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("no live shard called shard-9"),
+            "{e}"
+        );
+        assert!(store
+            .get(&crate::migration::draining_key("/t/", &ghost))
+            .await
+            .unwrap()
+            .is_none());
+    }
+
     #[tokio::test]
     async fn a_draining_shard_is_left_out_of_rebalancing_until_it_restarts() {
         let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
@@ -686,6 +718,16 @@ mod tests {
             "{:?}",
             view.shards.keys()
         );
+        // `ctl uncordon` lifts the mark: s2 takes cells again.
+        let s2 = ShardId::new("s2");
+        assert!(crate::migration::uncordon(&*store, "/t/", &s2)
+            .await
+            .unwrap());
+        assert!(!crate::migration::uncordon(&*store, "/t/", &s2)
+            .await
+            .unwrap());
+        let view = read_cluster_view(&*store, "/t/", None).await.unwrap();
+        assert!(view.shards.contains_key(&s2), "{:?}", view.shards.keys());
         store
             .delete(&crate::migration::draining_key("/t/", &ShardId::new("s2")))
             .await

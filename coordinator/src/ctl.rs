@@ -10,7 +10,7 @@ use crate::membership::{RouterRegistration, ShardLoad, ShardRegistration};
 use crate::store::ClusterStore;
 use crate::CoordinatorError;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use tessera_proto::{CellId, Epoch, RegionId};
 
@@ -28,6 +28,9 @@ pub struct ShardRow {
     /// Sum of the mean step times of the cells in its report: the load
     /// the rebalancer works with, milliseconds per tick.
     pub cells_tick_ms: f64,
+    /// A drain mark (`draining/<id>`) is set: the rebalancer gives it no cells
+    /// (`tessera ctl uncordon` lifts it).
+    pub cordoned: bool,
 }
 
 /// One leaf region of the cell map: a whole cell, or a region of a split
@@ -92,6 +95,7 @@ pub async fn snapshot(
     let mut loads: BTreeMap<String, ShardLoad> = BTreeMap::new();
     let mut routers = Vec::new();
     let mut owners: BTreeMap<RegionId, CellOwner> = BTreeMap::new();
+    let mut cordoned: BTreeSet<String> = BTreeSet::new();
     for kv in store.list(prefix).await? {
         let bad = |reason: String| CoordinatorError::BadValue {
             key: kv.key.clone(),
@@ -112,6 +116,8 @@ pub async fn snapshot(
                 telnet: r.telnet.to_string(),
                 quic: r.quic.to_string(),
             });
+        } else if let Some(id) = under(&kv.key, prefix, "draining/") {
+            cordoned.insert(id.to_string());
         } else if let Some(cell) = under(&kv.key, prefix, "cells/") {
             let cell: CellId = cell.parse().map_err(|e| bad(format!("{e}")))?;
             let tree = crate::cellmap::parse_tree(&kv.key, &kv.value)?;
@@ -139,6 +145,7 @@ pub async fn snapshot(
                 tick_p99_ms: load.tick_p99_ms,
                 tick_budget_ms: load.tick_budget_ms,
                 cells_tick_ms: load.cells.iter().map(|c| c.tick_ms).sum(),
+                cordoned: cordoned.contains(id),
             }
         })
         .collect();
@@ -227,6 +234,7 @@ pub fn render_shards(s: &Snapshot) -> String {
                 ms(r.tick_p99_ms),
                 ms(r.tick_budget_ms),
                 ms(r.cells_tick_ms),
+                if r.cordoned { "cordoned" } else { "ready" }.to_string(),
             ]
         })
         .collect();
@@ -242,6 +250,7 @@ pub fn render_shards(s: &Snapshot) -> String {
             "TICK_P99_MS",
             "BUDGET_MS",
             "CELLS_MS",
+            "STATE",
         ],
         &rows,
     )
@@ -500,6 +509,19 @@ pub fn render_status(s: &Snapshot) -> String {
         st.players,
         ms(st.worst_tick_p99_ms)
     );
+    let cordoned: Vec<&str> = st
+        .shards
+        .iter()
+        .filter(|s| s.cordoned)
+        .map(|s| s.id.as_str())
+        .collect();
+    if !cordoned.is_empty() {
+        let _ = writeln!(
+            out,
+            "cordoned: {} (given no cells; `tessera ctl uncordon SHARD` lifts it)",
+            cordoned.join(", ")
+        );
+    }
     out
 }
 
@@ -581,5 +603,26 @@ mod tests {
         let shards = render_shards(&snap);
         assert!(shards.lines().nth(1).unwrap().starts_with("s1"), "{shards}");
         assert!(render_status(&snap).contains("leader: none"));
+        assert!(!snap.status.shards[0].cordoned);
+        assert!(shards.lines().nth(1).unwrap().contains("ready"), "{shards}");
+
+        // A drain mark shows in `shards`, `status` and the JSON.
+        store
+            .put(
+                &crate::migration::draining_key("/t/", &s1),
+                b"{}".to_vec(),
+                None,
+            )
+            .await
+            .unwrap();
+        let snap = snapshot(&store, "/t/").await.unwrap();
+        assert!(snap.status.shards[0].cordoned);
+        let shards = render_shards(&snap);
+        assert!(
+            shards.lines().nth(1).unwrap().contains("cordoned"),
+            "{shards}"
+        );
+        let status = render_status(&snap);
+        assert!(status.contains("cordoned: s1"), "{status}");
     }
 }

@@ -402,6 +402,21 @@ pub async fn mark_restored(
         .is_some())
 }
 
+/// Lifts the drain mark of `shard`, so the rebalancer may give it cells again; whether there
+/// was one (`tessera ctl uncordon`).
+pub async fn uncordon(
+    store: &dyn ClusterStore,
+    prefix: &str,
+    shard: &ShardId,
+) -> Result<bool, CoordinatorError> {
+    let key = draining_key(prefix, shard);
+    let was = store.get(&key).await?.is_some();
+    if was {
+        store.delete(&key).await?;
+    }
+    Ok(was)
+}
+
 /// Moves every cell of `shard` to the other live shards (fewest cells
 /// first) and waits until `shard` owns none, up to `timeout`. This is the
 /// graceful drain: SIGTERM on a shard, or `tessera ctl drain`. Returns the
@@ -414,6 +429,15 @@ pub async fn drain(
     signer: &Signer,
 ) -> Result<usize, DrainError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    // A shard that is not registered (a typo, one long gone) has nothing to drain, and a drain
+    // mark for it would cordon whichever shard takes the name next.
+    let registered = store
+        .get(&crate::membership::shard_key(prefix, shard))
+        .await
+        .map_err(CoordinatorError::from)?;
+    if registered.is_none() {
+        return Err(DrainError::UnknownShard(shard.clone()));
+    }
     // Cordon first, so the rebalancer does not hand the shard cells back.
     let cordon = Cordon::new(prefix, shard, signer);
     store
@@ -494,6 +518,8 @@ async fn region_owners(
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
+    #[error("there is no live shard called {0} (`tessera ctl shards` lists them)")]
+    UnknownShard(ShardId),
     #[error("no other live shard to take the cells of {0}")]
     NowhereToGo(ShardId),
     #[error("{shard} still owns {left} cells after the drain timeout")]
