@@ -83,9 +83,12 @@ pub async fn install(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
             HANDLE.get_or_init(|| handle).clone()
         }
     };
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen for metrics on {addr} (another role on this machine? give each \
+                 its own --metrics ADDR, such as 127.0.0.1:0 for any free port)"
+        )
+    })?;
     let bound = listener.local_addr()?;
     tokio::spawn(serve(listener, handle, HttpLimits::metrics()));
     Ok(bound)
