@@ -300,6 +300,14 @@ pub struct RouterArgs {
     /// Accounts, player positions and the QUIC certificate.
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
+    /// Serve this QUIC certificate (DER or PEM; what clients and telnet
+    /// gateways pin) instead of `<data-dir>/quic-cert.der`: give every
+    /// router of a cluster the same one.
+    #[arg(long, value_name = "FILE", requires = "quic_key")]
+    quic_cert: Option<PathBuf>,
+    /// The private key of --quic-cert (DER or PEM).
+    #[arg(long, value_name = "FILE", requires = "quic_cert")]
+    quic_key: Option<PathBuf>,
     #[arg(long, default_value_t = 30)]
     tick_hz: u32,
     #[command(flatten)]
@@ -674,6 +682,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     rc.connections_per_address = args.abuse.connections_per_address;
     rc.limit_exempt = args.abuse.limit_exempt.clone();
     rc.quic = args.quic;
+    rc.quic_cert = args.quic_cert.clone().zip(args.quic_key.clone());
     rc.tick_hz = args.tick_hz;
     rc.spawn_radius = args.spawn_radius.max(0.0);
     let config = tessera_router::member::MemberConfig {

@@ -94,12 +94,13 @@ impl Cluster {
         }
         let metrics: Vec<SocketAddr> = shards.iter().map(|s| s.metrics).collect();
         wait_ticking(&metrics, 5.0);
-        let spec = |i: usize| router_spec(&etcd, store.addr, auth_addr, i);
+        let spec = |i: usize| router_spec(&etcd, store.addr, auth_addr, i, dir.path());
         let r1 = router(dir.path(), &ca, &spec(1));
         // Every router of the cluster shows the same certificate (the
-        // gateway pins one) and signs session tokens with the same key (a
-        // player resumes on any of them).
-        share_router_identity(&r1.cert, &router_data_dir(dir.path(), 2));
+        // gateway pins one: router 2 serves router 1's with --quic-cert) and
+        // signs session tokens with the same key (a player resumes on any of
+        // them).
+        share_signing_key(&r1.cert, &router_data_dir(dir.path(), 2));
         let r2 = router(dir.path(), &ca, &spec(2));
         // Players may also come in over TLS, with a certificate for the
         // gateway's public name.
@@ -176,7 +177,13 @@ impl Cluster {
         let status = self.routers[i].role.terminate(Duration::from_secs(30));
         let exited = sigterm.elapsed();
         assert!(status.success(), "{id} exited with {status} after SIGTERM");
-        let spec = router_spec(&self.etcd, self.store.addr, self.auth_addr, i + 1);
+        let spec = router_spec(
+            &self.etcd,
+            self.store.addr,
+            self.auth_addr,
+            i + 1,
+            self.dir.path(),
+        );
         self.routers[i] = router_at(self.dir.path(), &self.ca, &spec, telnet, quic);
         let key = format!("/tessera/routers/{id}");
         let peek = EtcdPeek::connect(&self.etcd);
@@ -198,15 +205,27 @@ impl Cluster {
 
 /// Router `i` (1-based) of the cluster: its players and accounts in the
 /// persistence service, or accounts in the auth service if there is one.
+/// Routers after the first serve the first one's QUIC certificate (`--quic-cert`, its PEM
+/// copy, and `--quic-key`), so the gateway pins one file.
 fn router_spec(
     etcd: &EtcdServer,
     store: SocketAddr,
     auth: Option<SocketAddr>,
     i: usize,
+    dir: &Path,
 ) -> RouterSpec {
     let mut extra = Vec::new();
     if let Some(a) = auth {
         extra.extend(["--auth".to_string(), a.to_string()]);
+    }
+    if i > 1 {
+        let first = router_data_dir(dir, 1);
+        extra.extend([
+            "--quic-cert".to_string(),
+            first.join("quic-cert.pem").display().to_string(),
+            "--quic-key".to_string(),
+            first.join("quic-key.der").display().to_string(),
+        ]);
     }
     RouterSpec {
         persistence: Some(store),
@@ -225,22 +244,15 @@ fn router_data_dir(dir: &Path, i: usize) -> PathBuf {
     }
 }
 
-/// Copies the QUIC certificate and key and the token signing key of the
-/// router whose certificate is `cert` into the data dir `to`.
-fn share_router_identity(cert: &Path, to: &Path) {
+/// Copies the token signing key of the router whose certificate is `cert` into the data dir
+/// `to`.
+fn share_signing_key(cert: &Path, to: &Path) {
     let from = cert.parent().expect("the certificate's directory");
     std::fs::create_dir_all(to).expect("create the data dir");
-    for file in [
-        "quic-cert.der",
-        "quic-key.der",
-        "quic-cert.pem",
-        "auth-signing.key",
-    ] {
-        let src = from.join(file);
-        if src.exists() {
-            std::fs::copy(&src, to.join(file))
-                .unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
-        }
+    let src = from.join("auth-signing.key");
+    if src.exists() {
+        std::fs::copy(&src, to.join("auth-signing.key"))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
     }
 }
 

@@ -98,6 +98,9 @@ pub struct RouterConfig {
     /// Telnet over TLS for players (plain telnet carries passwords in
     /// clear): where to listen, and the certificate to serve.
     pub telnet_tls: Option<TelnetTls>,
+    /// The QUIC certificate and key files to serve (DER or PEM); `None`:
+    /// `<data_dir>/quic-cert.der` and `quic-key.der`, created if missing.
+    pub quic_cert: Option<(PathBuf, PathBuf)>,
     /// A connection that has not logged in this long after it opened is
     /// closed (telnet and QUIC; relayed text players excepted: their
     /// gateway keeps its own deadline).
@@ -139,6 +142,7 @@ impl RouterConfig {
             spawn_radius: 0.0,
             relay_cas: Vec::new(),
             telnet_tls: None,
+            quic_cert: None,
             login_timeout: LOGIN_TIMEOUT,
             connections_per_address: caps::CONNECTIONS_PER_ADDRESS,
             limit_exempt: tessera_auth::AddressSet::default(),
@@ -685,7 +689,10 @@ pub async fn run(
             addr: router.config.telnet,
             source,
         })?;
-    let identity = tls::load_or_create(&router.config.data_dir)?;
+    let identity = match &router.config.quic_cert {
+        Some((cert, key)) => tls::load(cert, key)?,
+        None => tls::load_or_create(&router.config.data_dir)?,
+    };
     let server_config = tls::server_config(&identity, &router.config.relay_cas)?;
     let telnet_tls = match &router.config.telnet_tls {
         Some(t) => {

@@ -1,5 +1,7 @@
 //! The router's TLS identity for QUIC: a self-signed certificate generated
-//! on first start and kept in the data dir, so clients can pin it.
+//! on first start and kept in the data dir, so clients can pin it; or one
+//! given with `--quic-cert` and `--quic-key` (every router of a cluster
+//! serves the same, so clients and telnet gateways pin one file).
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::{Path, PathBuf};
@@ -12,6 +14,34 @@ pub struct Identity {
     pub key: PrivateKeyDer<'static>,
     /// Where the certificate is, in DER (what clients pin).
     pub cert_path: PathBuf,
+}
+
+/// Loads the certificate `cert` and its key `key`, each DER or PEM (a
+/// certificate chain's first one is served).
+pub fn load(cert: &Path, key: &Path) -> Result<Identity, RouterError> {
+    use rustls::pki_types::pem::PemObject;
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| RouterError::Tls(format!("cannot read {}: {e}", p.display())))
+    };
+    let (cert_bytes, key_bytes) = (read(cert)?, read(key)?);
+    let bad = |p: &Path, e: &dyn std::fmt::Display| {
+        RouterError::Tls(format!("{} is not a certificate or key: {e}", p.display()))
+    };
+    let der = if cert_bytes.starts_with(b"-----BEGIN") {
+        CertificateDer::from_pem_slice(&cert_bytes).map_err(|e| bad(cert, &e))?
+    } else {
+        CertificateDer::from(cert_bytes)
+    };
+    let private = if key_bytes.starts_with(b"-----BEGIN") {
+        PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| bad(key, &e))?
+    } else {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_bytes))
+    };
+    Ok(Identity {
+        cert: der,
+        key: private,
+        cert_path: cert.to_path_buf(),
+    })
 }
 
 /// Loads `dir/quic-cert.der` and `dir/quic-key.der`, creating them (and a
