@@ -31,6 +31,8 @@ use tessera_proto::frame::{self, FrameBuffer, MAX_CLUSTER_FRAME};
 use tessera_proto::{RouterId, ShardId};
 use tokio::sync::mpsc;
 
+/// QUIC close code of a member that stops ([`QuicBus::close`]).
+pub const CLOSE_STOPPING: u32 = 0;
 /// ALPN of the cluster protocol.
 pub const CLUSTER_ALPN: &[u8] = b"tessera-cluster/1";
 
@@ -179,6 +181,15 @@ impl QuicBus {
         let b = bus.clone();
         tokio::spawn(async move { b.accept_loop().await });
         Ok(bus)
+    }
+
+    /// Closes every cluster connection of this member, telling its peers (so they reconnect
+    /// at once instead of writing into a connection nobody reads until it times out), and
+    /// frees its port; waits at most a second for the peers to be told.
+    pub async fn close(&self) {
+        self.endpoint
+            .close(CLOSE_STOPPING.into(), b"cluster member stopping");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
     /// The address cluster peers should dial.
@@ -432,6 +443,72 @@ impl Bus for QuicBus {
 mod tests {
     use super::*;
     use crate::pki::ClusterCa;
+
+    /// A member that stops closes its connections, so a peer's next message goes to its
+    /// successor on the same address at once instead of into the old connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_that_closes_its_bus_lets_a_successor_on_its_port_take_over() {
+        let ca = ClusterCa::generate().unwrap();
+        let directory = Directory::default();
+        let a = ShardId::new("a");
+        let start_shard = |addr: SocketAddr| {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let bus = QuicBus::start(
+                &ca.member(MemberRole::Shard, "shard a").unwrap(),
+                addr,
+                LocalInbox::Shard(a.clone(), tx),
+                directory.clone(),
+            );
+            (bus, rx)
+        };
+        let (first, first_rx) = start_shard("127.0.0.1:0".parse().unwrap());
+        let first = first.unwrap();
+        let addr = first.local_addr().unwrap();
+        directory.set(Member::Shard(a.clone()), addr);
+        let (router_tx, _router_rx) = mpsc::unbounded_channel();
+        let r = RouterId("r".into());
+        let router = QuicBus::start(
+            &ca.member(MemberRole::Router, "router r").unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            LocalInbox::Router(r.clone(), router_tx),
+            directory.clone(),
+        )
+        .unwrap();
+        let leave = |i: u64| ToShard::Leave {
+            entity: tessera_proto::EntityId(i),
+            session: tessera_proto::cluster::SessionRef {
+                router: r.clone(),
+                session: tessera_proto::SessionId(i),
+            },
+        };
+        let received = |rx: crossbeam_channel::Receiver<ToShard>| async move {
+            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(2)))
+                .await
+                .unwrap()
+        };
+        router.to_shard(&a, leave(1)).unwrap();
+        assert!(received(first_rx).await.is_ok());
+        first.close().await;
+        drop(first);
+        // The port is free once the closed endpoint's tasks have let go of it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let (second, second_rx) = loop {
+            match start_shard(addr) {
+                (Ok(bus), rx) => break (bus, rx),
+                (Err(e), _) => {
+                    assert!(tokio::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        router.to_shard(&a, leave(2)).unwrap();
+        let got = received(second_rx).await;
+        assert!(
+            matches!(got, Ok(ToShard::Leave { entity, .. }) if entity.0 == 2),
+            "the successor did not get the message: {got:?}"
+        );
+        second.close().await;
+    }
 
     /// During a CA rotation both CAs are in every member's bundle: a shard whose certificate
     /// the new CA issued and a router still carrying the old CA's talk both ways; a member

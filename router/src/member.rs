@@ -148,5 +148,7 @@ pub async fn run(
         )))),
     };
     reg.revoke().await;
+    // Peers learn at once that this member is gone (a successor may take its address).
+    joined.bus.close().await;
     outcome
 }

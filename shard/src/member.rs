@@ -154,6 +154,7 @@ pub async fn run(
         tracing::error!(shard = %id, "the simulation thread died; giving up the registration");
         metrics::counter!("tessera_shard_simulation_deaths_total").increment(1);
         reg.revoke().await;
+        joined.bus.close().await;
         return Err(MemberError::SimulationDied(id));
     }
     let lost = why == Stop::LeaseLost;
@@ -171,6 +172,8 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     handle.stop();
+    // Peers learn at once that this member is gone (a successor may take its address).
+    joined.bus.close().await;
     if lost {
         return Err(MemberError::LeaseLost(id));
     }
