@@ -39,6 +39,16 @@ fn describe(stage: &str, e: &ClientError) -> String {
     }
 }
 
+/// Why sending failed: a router that closed for a restart between the last events and this
+/// send is a restart (the bot resumes), not a lost connection.
+fn sending_failed(client: &Client, stage: &str, e: &ClientError) -> String {
+    if client.router_restarted() {
+        ROUTER_RESTARTED.into()
+    } else {
+        describe(stage, e)
+    }
+}
+
 /// Connects and logs in (creating the account the first time).
 async fn log_in(ctx: &BotCtx, endpoint: &quinn::Endpoint, name: &str) -> Result<Client, String> {
     let started = Instant::now();
@@ -227,7 +237,7 @@ async fn play(
                 pending.push_back((seq, Instant::now()));
                 ctx.stats.count("inputs", 1);
             }
-            Err(e) => return Err(describe("input", &e)),
+            Err(e) => return Err(sending_failed(client, "input", &e)),
         }
         // Talk.
         if scenario == Scenario::Chat && now >= next_chat {
@@ -250,12 +260,12 @@ async fn play(
                             ctx.stats.error(format!("chat: {}", short(&answer)));
                         }
                     }
-                    Err(e) => return Err(describe("command", &e)),
+                    Err(e) => return Err(sending_failed(client, "command", &e)),
                 }
             } else {
                 match client.say(&token).await {
                     Ok(()) => ctx.stats.count("says", 1),
-                    Err(e) => return Err(describe("say", &e)),
+                    Err(e) => return Err(sending_failed(client, "say", &e)),
                 }
             }
         }
