@@ -444,36 +444,58 @@ mod tests {
     use super::*;
     use crate::pki::ClusterCa;
 
+    /// Shard "a" of `identity` listening on `addr`, registered in `directory`, and its inbox.
+    fn shard_at(
+        identity: &MemberIdentity,
+        addr: SocketAddr,
+        directory: &Directory,
+    ) -> Result<(Arc<QuicBus>, crossbeam_channel::Receiver<ToShard>), TransportError> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let a = ShardId::new("a");
+        let bus = QuicBus::start(
+            identity,
+            addr,
+            LocalInbox::Shard(a.clone(), tx),
+            directory.clone(),
+        )?;
+        directory.set(Member::Shard(a), bus.local_addr().unwrap());
+        Ok((bus, rx))
+    }
+
+    /// Router "r" of `identity` on loopback, registered in `directory`, and its inbox.
+    fn router_on(
+        identity: &MemberIdentity,
+        directory: &Directory,
+    ) -> (Arc<QuicBus>, mpsc::UnboundedReceiver<ToRouter>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let r = RouterId("r".into());
+        let bus = QuicBus::start(
+            identity,
+            "127.0.0.1:0".parse().unwrap(),
+            LocalInbox::Router(r.clone(), tx),
+            directory.clone(),
+        )
+        .unwrap();
+        directory.set(Member::Router(r), bus.local_addr().unwrap());
+        (bus, rx)
+    }
+
+    const ANY: &str = "127.0.0.1:0";
+
     /// A member that stops closes its connections, so a peer's next message goes to its
     /// successor on the same address at once instead of into the old connection.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_that_closes_its_bus_lets_a_successor_on_its_port_take_over() {
         let ca = ClusterCa::generate().unwrap();
         let directory = Directory::default();
-        let a = ShardId::new("a");
-        let start_shard = |addr: SocketAddr| {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let bus = QuicBus::start(
-                &ca.member(MemberRole::Shard, "shard a").unwrap(),
-                addr,
-                LocalInbox::Shard(a.clone(), tx),
-                directory.clone(),
-            );
-            (bus, rx)
-        };
-        let (first, first_rx) = start_shard("127.0.0.1:0".parse().unwrap());
-        let first = first.unwrap();
+        let (a, r) = (ShardId::new("a"), RouterId("r".into()));
+        let shard = ca.member(MemberRole::Shard, "shard a").unwrap();
+        let (first, first_rx) = shard_at(&shard, ANY.parse().unwrap(), &directory).unwrap();
         let addr = first.local_addr().unwrap();
-        directory.set(Member::Shard(a.clone()), addr);
-        let (router_tx, _router_rx) = mpsc::unbounded_channel();
-        let r = RouterId("r".into());
-        let router = QuicBus::start(
+        let (router, _router_rx) = router_on(
             &ca.member(MemberRole::Router, "router r").unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            LocalInbox::Router(r.clone(), router_tx),
-            directory.clone(),
-        )
-        .unwrap();
+            &directory,
+        );
         let leave = |i: u64| ToShard::Leave {
             entity: tessera_proto::EntityId(i),
             session: tessera_proto::cluster::SessionRef {
@@ -493,9 +515,9 @@ mod tests {
         // The port is free once the closed endpoint's tasks have let go of it.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         let (second, second_rx) = loop {
-            match start_shard(addr) {
-                (Ok(bus), rx) => break (bus, rx),
-                (Err(e), _) => {
+            match shard_at(&shard, addr, &directory) {
+                Ok(started) => break started,
+                Err(e) => {
                     assert!(tokio::time::Instant::now() < deadline, "{e}");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -519,26 +541,17 @@ mod tests {
         let new = ClusterCa::generate().unwrap().trusting(&old);
         let old = old.trusting(&new);
         let directory = Directory::default();
-        let (shard_tx, shard_rx) = crossbeam_channel::unbounded();
-        let a = ShardId::new("a");
-        let shard_bus = QuicBus::start(
+        let (a, r) = (ShardId::new("a"), RouterId("r".into()));
+        let (shard_bus, shard_rx) = shard_at(
             &new.member(MemberRole::Shard, "shard a").unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            LocalInbox::Shard(a.clone(), shard_tx),
-            directory.clone(),
+            ANY.parse().unwrap(),
+            &directory,
         )
         .unwrap();
-        directory.set(Member::Shard(a.clone()), shard_bus.local_addr().unwrap());
-        let (router_tx, mut router_rx) = mpsc::unbounded_channel();
-        let r = RouterId("r".into());
-        let router_bus = QuicBus::start(
+        let (router_bus, mut router_rx) = router_on(
             &old.member(MemberRole::Router, "router r").unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            LocalInbox::Router(r.clone(), router_tx),
-            directory.clone(),
-        )
-        .unwrap();
-        directory.set(Member::Router(r.clone()), router_bus.local_addr().unwrap());
+            &directory,
+        );
         let session = tessera_proto::cluster::SessionRef {
             router: r.clone(),
             session: tessera_proto::SessionId(1),
@@ -589,25 +602,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = ClusterCa::create(dir.path()).unwrap();
         let directory = Directory::default();
-        let (shard_tx, shard_rx) = crossbeam_channel::unbounded();
-        let a = ShardId::new("a");
-        let shard_bus = QuicBus::start(
+        let (a, r) = (ShardId::new("a"), RouterId("r".into()));
+        let (shard_bus, shard_rx) = shard_at(
             &ca.member(MemberRole::Shard, "shard a").unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            LocalInbox::Shard(a.clone(), shard_tx),
-            directory.clone(),
+            ANY.parse().unwrap(),
+            &directory,
         )
         .unwrap();
-        directory.set(Member::Shard(a.clone()), shard_bus.local_addr().unwrap());
-        let (router_tx, _router_rx) = mpsc::unbounded_channel();
-        let r = RouterId("r".into());
-        let router_bus = QuicBus::start(
+        let (router_bus, _router_rx) = router_on(
             &ca.member(MemberRole::Router, "router r").unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            LocalInbox::Router(r.clone(), router_tx),
-            directory.clone(),
-        )
-        .unwrap();
+            &directory,
+        );
         for i in 0..200u64 {
             router_bus
                 .to_shard(
