@@ -22,17 +22,13 @@ use tessera_coordinator::pki::{
     MEMBER_KEY_FILE, TRUST_FILE,
 };
 
-/// The roles that run as pods, each with its own member Secret.
-pub const POD_ROLES: [MemberRole; 8] = [
-    MemberRole::Coordinator,
-    MemberRole::Shard,
-    MemberRole::Router,
-    MemberRole::Gateway,
-    MemberRole::Persistence,
-    MemberRole::Auth,
-    MemberRole::Chat,
-    MemberRole::Asset,
-];
+/// The roles that run as pods, each with its own member Secret: every role but `ctl` (an
+/// operator's command line).
+pub fn pod_roles() -> impl Iterator<Item = MemberRole> {
+    MemberRole::ALL
+        .into_iter()
+        .filter(|r| *r != MemberRole::Ctl)
+}
 
 /// The files of a member Secret, in the order they are written.
 pub const MEMBER_FILES: [&str; 3] = [TRUST_FILE, MEMBER_CERT_FILE, MEMBER_KEY_FILE];
@@ -55,7 +51,7 @@ pub fn render(dir: &Path, namespace: Option<&str>) -> anyhow::Result<String> {
     let ca =
         ClusterCa::load_or_create(dir).with_context(|| format!("the CA in {}", dir.display()))?;
     let mut secrets: Vec<(String, SecretFiles)> = Vec::new();
-    for role in POD_ROLES {
+    for role in pod_roles() {
         let member = dir.join("members").join(role.as_str());
         ensure_member(&ca, &member, role)?;
         let files = MEMBER_FILES
@@ -162,7 +158,7 @@ mod tests {
         let first = render(dir.path(), Some("tessera")).unwrap();
         let ca_key = std::fs::read(dir.path().join(CA_KEY_FILE)).unwrap();
         assert!(!first.contains(CA_KEY_FILE), "a Secret names the CA key");
-        for role in POD_ROLES {
+        for role in pod_roles() {
             let files = secret(&first, &member_secret(role));
             let names: Vec<&str> = files.iter().map(|(k, _)| k.as_str()).collect();
             assert_eq!(names, MEMBER_FILES, "{role}");

@@ -97,23 +97,6 @@ impl TelnetTlsArgs {
         };
         Some(tessera_router::TelnetTls { addr, cert })
     }
-
-    /// The same flags again, for a role started from `tessera up --etcd`.
-    pub fn to_flags(&self) -> Vec<String> {
-        let mut flags = Vec::new();
-        if let Some(a) = self.telnet_tls {
-            flags.extend(["--telnet-tls".to_string(), a.to_string()]);
-        }
-        if let (Some(c), Some(k)) = (&self.telnet_tls_cert, &self.telnet_tls_key) {
-            flags.extend([
-                "--telnet-tls-cert".to_string(),
-                c.display().to_string(),
-                "--telnet-tls-key".to_string(),
-                k.display().to_string(),
-            ]);
-        }
-        flags
-    }
 }
 
 /// Where a role finds the cluster store: etcd's endpoints, how to reach them, and the key
@@ -206,19 +189,6 @@ impl EtcdTlsArgs {
         }
         Ok(tls)
     }
-
-    /// The same flags again, for a role started from `tessera up --etcd`.
-    pub fn to_flags(&self) -> Vec<String> {
-        [
-            ("--etcd-ca", &self.etcd_ca),
-            ("--etcd-cert", &self.etcd_cert),
-            ("--etcd-key", &self.etcd_key),
-        ]
-        .into_iter()
-        .filter_map(|(flag, path)| Some([flag.to_string(), path.as_ref()?.display().to_string()]))
-        .flatten()
-        .collect()
-    }
 }
 
 /// Per-address abuse limits of the roles players connect to (`tessera up`,
@@ -244,16 +214,6 @@ impl AbuseArgs {
             exempt: self.limit_exempt.clone(),
             ..tessera_auth::RateLimits::default()
         }
-    }
-
-    /// The same flags again, for a role started from `tessera up --etcd`.
-    pub fn to_flags(&self) -> Vec<String> {
-        vec![
-            "--connections-per-address".to_string(),
-            self.connections_per_address.to_string(),
-            "--limit-exempt".to_string(),
-            self.limit_exempt.to_string(),
-        ]
     }
 }
 
@@ -423,7 +383,6 @@ mod tests {
             config,
             tessera_coordinator::EtcdTls::new("ca.pem", "c.pem", "k.pem")
         );
-        assert_eq!(tls.to_flags(), all);
         // Two of three: refused by clap.
         assert!(parse(&all[..4]).is_err());
         // https:// without them, http:// with them, them without --etcd.

@@ -368,7 +368,6 @@ const MEMBER_LEASE: std::time::Duration = std::time::Duration::from_secs(20);
 /// `<data-dir>/cluster-ca` if missing; the persistence service serves
 /// `<data-dir>/tessera.redb` to the shards (checkpoints) and the router.
 async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
-    use std::net::SocketAddr;
     use std::time::Duration;
     use tessera_coordinator::identity::MemberRole;
     use tessera_coordinator::member::Membership;
@@ -395,8 +394,8 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
     .operators(&ca_dir)
     .await?;
     let (auth, chat) = front_services(&ca, accounts, operators.clone(), &db)?;
-    let auth_addr = auth.local_addr()?.to_string();
-    let chat_addr = chat.local_addr()?.to_string();
+    let auth_addr = auth.local_addr()?;
+    let chat_addr = chat.local_addr()?;
     let assets_url = serve_assets(&args, &db, operators.clone()).await?;
     let persistence = tessera_persistence::remote::PersistenceServer::start(
         db,
@@ -411,7 +410,7 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         // elsewhere get their roles' keys only.
         tessera_persistence::spaces::KeySpaces::default(),
     )?;
-    let store_addr = persistence.local_addr()?.to_string();
+    let store_addr = persistence.local_addr()?;
 
     // Each role is the same library member a cluster runs, given its config here.
     let etcd = args.etcd.join(",");
@@ -434,7 +433,6 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         advertise: None,
         lease_ttl: MEMBER_LEASE,
     };
-    let store_addr: SocketAddr = store_addr.parse()?;
     let mut roles = tokio::task::JoinSet::new();
     let coordinator = crate::roles::coordinator_config(
         "coordinator-up".into(),
@@ -491,8 +489,8 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         &args.data_dir,
         crate::roles::Backends {
             persistence: Some(store_addr),
-            auth: Some(auth_addr.parse()?),
-            chat: Some(chat_addr.parse()?),
+            auth: Some(auth_addr),
+            chat: Some(chat_addr),
         },
         args.abuse.rate_limits(),
     )?;
