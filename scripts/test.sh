@@ -60,6 +60,9 @@ fi
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export RUST_BACKTRACE=1
+# CI builds once from a clean checkout: incremental caches would only cost
+# disk (several GB for this workspace) and time.
+export CARGO_INCREMENTAL=0
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

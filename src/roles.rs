@@ -14,6 +14,7 @@ use tessera_auth::{Accounts, Auth};
 use tessera_coordinator::authority::ClusterTrust;
 use tessera_coordinator::control::{self, CoordinatorConfig};
 use tessera_coordinator::identity::MemberRole;
+use tessera_coordinator::liveness::LivenessConfig;
 use tessera_coordinator::member::Membership;
 use tessera_coordinator::operators::{OperatorCache, Operators};
 use tessera_coordinator::pki::MemberIdentity;
@@ -483,7 +484,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         authority,
         rebalance,
         args.min_region_side,
-    );
+    )?;
     control::run(config, store, crate::up::shutdown_signal()).await?;
     println!("coordinator stopped.");
     Ok(())
@@ -506,12 +507,17 @@ pub(crate) fn coordinator_config(
     authority: ClusterTrust,
     rebalance: Option<RebalanceConfig>,
     min_region_side: f32,
-) -> CoordinatorConfig {
+) -> anyhow::Result<CoordinatorConfig> {
     let rebalance = rebalance.map(|r| RebalanceConfig {
         max_depth: tessera_coordinator::reshape::max_depth(world.cell_size, min_region_side),
         ..r
     });
-    CoordinatorConfig {
+    // The liveness watchdog connects with the identity the coordinator signs with.
+    let liveness = authority
+        .identity()
+        .map(|identity| LivenessConfig::new(identity))
+        .transpose()?;
+    Ok(CoordinatorConfig {
         id,
         prefix,
         cells: world.extent.cells().collect(),
@@ -522,7 +528,8 @@ pub(crate) fn coordinator_config(
         rebalance,
         grid: tessera_proto::Grid::new(world.cell_size),
         min_region_side,
-    }
+        liveness,
+    })
 }
 
 /// A shard's simulation: checkpointed to `db` every `interval` (without one, a failover

@@ -169,6 +169,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             rebalance,
             grid: tessera_proto::Grid::new(world.cell_size),
             min_region_side: tessera_coordinator::reshape::MIN_REGION_SIDE,
+            // Shards here are threads of this process: they die with it.
+            liveness: None,
         },
         store.clone(),
         shutdown_signal(),
@@ -447,7 +449,7 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
             .with_identity(member(MemberRole::Coordinator, "coordinator-up")?),
         Some(tessera_coordinator::rebalance::RebalanceConfig::default()),
         tessera_coordinator::reshape::MIN_REGION_SIDE,
-    );
+    )?;
     let leader_store = store.clone();
     roles.spawn(async move {
         tessera_coordinator::control::run(coordinator, leader_store, shutdown_signal()).await?;

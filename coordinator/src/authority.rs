@@ -189,6 +189,11 @@ impl ClusterTrust {
         self
     }
 
+    /// The identity given to [`ClusterTrust::with_identity`].
+    pub fn identity(&self) -> Option<&Arc<MemberIdentity>> {
+        self.identity.as_ref()
+    }
+
     /// A signer for this cluster member (`shard:<id>`, `coordinator:<id>`), with the identity
     /// given to [`ClusterTrust::with_identity`] (without one, its requests are refused as
     /// unsigned).

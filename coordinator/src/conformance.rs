@@ -71,6 +71,7 @@ pub async fn run_all(store: Arc<dyn ClusterStore>, prefix: &str) {
             lease_expires_without_keep_alive(s, prefix)
         ),
         timed("lease_kept_alive", lease_kept_alive(s, prefix)),
+        timed("lease_time_to_live", lease_time_to_live(s)),
     );
 }
 
@@ -575,6 +576,46 @@ pub async fn lease_kept_alive(store: &dyn ClusterStore, prefix: &str) {
             .await
             .is_some(),
         "key still there after keep-alive stopped"
+    );
+}
+
+/// A lease's time to live counts down from its granted TTL, goes back up on keep-alive and
+/// is gone once revoked; an unknown lease has none. etcd counts whole seconds (rounded
+/// down), hence the second of slack.
+pub async fn lease_time_to_live(store: &dyn ClusterStore) {
+    let granted = Duration::from_secs(10);
+    let lease = store.grant_lease(granted).await.unwrap();
+    let fresh = store
+        .lease_time_to_live(lease)
+        .await
+        .unwrap()
+        .expect("a granted lease has a time to live");
+    assert_eq!(fresh.granted, granted, "{fresh:?}");
+    assert!(
+        fresh.unrenewed_for() <= Duration::from_secs(1),
+        "just granted: {fresh:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let aged = store.lease_time_to_live(lease).await.unwrap().unwrap();
+    assert!(
+        aged.unrenewed_for() >= Duration::from_secs(2)
+            && aged.unrenewed_for() <= Duration::from_secs(4),
+        "2.2 s without keep-alive: {aged:?}"
+    );
+    store.keep_alive(lease).await.unwrap();
+    let renewed = store.lease_time_to_live(lease).await.unwrap().unwrap();
+    assert!(
+        renewed.unrenewed_for() <= Duration::from_secs(1),
+        "after keep-alive: {renewed:?}"
+    );
+    store.revoke(lease).await.unwrap();
+    assert_eq!(store.lease_time_to_live(lease).await.unwrap(), None);
+    let unknown = store.grant_lease(granted).await.unwrap();
+    store.revoke(unknown).await.unwrap();
+    assert_eq!(
+        store.lease_time_to_live(unknown + 1_000_000).await.unwrap(),
+        None,
+        "a lease never granted"
     );
 }
 

@@ -50,6 +50,9 @@ pub struct CoordinatorConfig {
     pub grid: tessera_proto::Grid,
     /// No split makes regions narrower than this, metres.
     pub min_region_side: f32,
+    /// While leading, watch every member over the cluster bus and revoke the lease of one
+    /// that is dead ([`crate::liveness`]); `None` leaves dead members to their lease TTL.
+    pub liveness: Option<crate::liveness::LivenessConfig>,
 }
 
 /// How often the leader plans moves (shards report load every second).
@@ -79,6 +82,9 @@ pub async fn run(
             _ = &mut shutdown => return Ok(()),
         };
         tracing::info!(coordinator = %config.id, "became leader");
+        let watchdog = config.liveness.clone().map(|l| {
+            crate::liveness::WatchdogGuard::spawn(store.clone(), config.prefix.clone(), l)
+        });
         let lost = tokio::select! {
             r = lead(&config, &*store, lease) => r,
             _ = &mut shutdown => {
@@ -87,6 +93,7 @@ pub async fn run(
                 return Ok(());
             }
         };
+        drop(watchdog);
         if let Err(e) = lost {
             tracing::error!(coordinator = %config.id, error = %e, "lost leadership");
         }
@@ -660,6 +667,7 @@ mod tests {
             rebalance: None,
             grid: tessera_proto::Grid::new(64.0),
             min_region_side: 8.0,
+            liveness: None,
         }
     }
 

@@ -43,7 +43,9 @@ pub use roles::{
 };
 pub use tls::{ClientCert, EtcdTls};
 
-use crate::store::{BoxFuture, ClusterStore, Expect, KeyValue, LeaseId, StoreError, WatchEvent};
+use crate::store::{
+    BoxFuture, ClusterStore, Expect, KeyValue, LeaseId, LeaseTtl, StoreError, WatchEvent,
+};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions, WatchStream,
@@ -480,6 +482,37 @@ impl ClusterStore for EtcdStore {
                 Ok(_) | Err(StoreError::LeaseNotFound(_)) => Ok(()),
                 Err(e) => Err(e),
             }
+        })
+    }
+
+    fn lease_time_to_live(
+        &self,
+        lease: LeaseId,
+    ) -> BoxFuture<'_, Result<Option<LeaseTtl>, StoreError>> {
+        Box::pin(async move {
+            let mut leases = self.client.lease_client();
+            let resp = match self
+                .call(
+                    "lease time-to-live",
+                    &format!("lease {lease}"),
+                    Some(lease),
+                    leases.time_to_live(lease, None),
+                )
+                .await
+            {
+                Ok(r) => r,
+                Err(StoreError::LeaseNotFound(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            // etcd answers TTL -1 for a lease it does not know (expired or revoked).
+            if resp.ttl() < 0 {
+                return Ok(None);
+            }
+            let secs = |s: i64| Duration::from_secs(u64::try_from(s).unwrap_or(0));
+            Ok(Some(LeaseTtl {
+                remaining: secs(resp.ttl()),
+                granted: secs(resp.granted_ttl()),
+            }))
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod control;
 pub mod ctl;
 pub mod etcd;
 pub mod identity;
+pub mod liveness;
 pub mod member;
 pub mod membership;
 pub mod migration;

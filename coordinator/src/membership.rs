@@ -100,6 +100,11 @@ pub fn router_key(prefix: &str, id: &RouterId) -> String {
     format!("{prefix}routers/{id}")
 }
 
+/// The longest a member waits between two renewals of its registration lease, whatever its
+/// TTL: a member that stops renewing is noticed within a second or so by the liveness
+/// watchdog ([`crate::liveness`]), and a member whose lease was revoked learns it as soon.
+pub const RENEW_EVERY: Duration = Duration::from_millis(500);
+
 /// A registration kept alive in the background. `lost` turns true when the
 /// lease has not been renewed for its TTL minus a safety margin (a quarter
 /// of the TTL, at least 500 ms), counted from when the last successful
@@ -118,7 +123,7 @@ pub struct Registration {
 
 impl Registration {
     /// Puts `value` at `key` under a new lease of `ttl` and renews it every
-    /// third of the TTL.
+    /// third of the TTL, or every [`RENEW_EVERY`] if that is sooner.
     pub async fn register(
         store: Arc<dyn ClusterStore>,
         key: String,
@@ -133,7 +138,7 @@ impl Registration {
         let (tx, rx) = watch::channel(false);
         let s = store.clone();
         let task = tokio::spawn(async move {
-            let period = ttl / 3;
+            let period = (ttl / 3).min(RENEW_EVERY);
             let margin = (ttl / 4).max(Duration::from_millis(500)).min(ttl / 2);
             let mut renewed = granted;
             let mut next = granted + period;
@@ -239,7 +244,8 @@ fn apply(prefix: &str, directory: &Directory, ev: &WatchEvent) {
                     .ok(),
             };
             match addr {
-                Some(a) => directory.set(member, a),
+                // The lease is the registration's incarnation: new at every start.
+                Some(a) => directory.register(member, a, kv.lease.unwrap_or(0)),
                 None => tracing::warn!(key = %kv.key, "bad registration value"),
             }
         }

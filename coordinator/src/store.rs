@@ -92,6 +92,29 @@ pub trait ClusterStore: Send + Sync + 'static {
     fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId, StoreError>>;
     fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>>;
     fn revoke(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// How long `lease` has left and the TTL it was granted with, or `None` when it is
+    /// gone. etcd counts in whole seconds (the remainder rounded down), so callers must
+    /// allow a second of slack; the liveness watchdog uses it to see a member that stopped
+    /// renewing ([`crate::liveness`]).
+    fn lease_time_to_live(
+        &self,
+        lease: LeaseId,
+    ) -> BoxFuture<'_, Result<Option<LeaseTtl>, StoreError>>;
+}
+
+/// A lease's remaining time and granted TTL ([`ClusterStore::lease_time_to_live`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTtl {
+    pub remaining: Duration,
+    pub granted: Duration,
+}
+
+impl LeaseTtl {
+    /// How long ago the lease was last granted or renewed, at least (etcd's whole seconds
+    /// make it up to a second more).
+    pub fn unrenewed_for(&self) -> Duration {
+        self.granted.saturating_sub(self.remaining)
+    }
 }
 
 struct Lease {
@@ -294,6 +317,21 @@ impl ClusterStore for MemStore {
     fn revoke(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
         self.with(|s| s.drop_lease(lease));
         Box::pin(async move { Ok(()) })
+    }
+
+    fn lease_time_to_live(
+        &self,
+        lease: LeaseId,
+    ) -> BoxFuture<'_, Result<Option<LeaseTtl>, StoreError>> {
+        let now = Instant::now();
+        let ttl = self.with(|s| {
+            s.expire(now);
+            s.leases.get(&lease).map(|l| LeaseTtl {
+                remaining: l.deadline.saturating_duration_since(now),
+                granted: l.ttl,
+            })
+        });
+        Box::pin(async move { Ok(ttl) })
     }
 }
 

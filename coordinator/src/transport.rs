@@ -100,12 +100,20 @@ impl Member {
 /// Where members listen, kept current by membership (etcd registrations).
 #[derive(Clone, Default)]
 pub struct Directory {
-    addrs: Arc<RwLock<HashMap<Member, SocketAddr>>>,
+    addrs: Arc<RwLock<HashMap<Member, (SocketAddr, i64)>>>,
 }
 
 impl Directory {
+    /// `member` listens at `addr` (a registration without an incarnation: tests, benches).
     pub fn set(&self, member: Member, addr: SocketAddr) {
-        self.addrs.write().insert(member, addr);
+        self.register(member, addr, 0);
+    }
+
+    /// `member` listens at `addr` in its `incarnation`: the lease it registered under, new
+    /// for every start, so a member restarted on the same address is a new peer and links
+    /// to it reconnect instead of writing into the dead process's connection.
+    pub fn register(&self, member: Member, addr: SocketAddr, incarnation: i64) {
+        self.addrs.write().insert(member, (addr, incarnation));
     }
 
     /// Makes this directory equal to `other` in one step.
@@ -119,6 +127,11 @@ impl Directory {
     }
 
     pub fn get(&self, member: &Member) -> Option<SocketAddr> {
+        self.entry(member).map(|(addr, _)| addr)
+    }
+
+    /// Where `member` listens and its incarnation ([`Directory::register`]).
+    pub fn entry(&self, member: &Member) -> Option<(SocketAddr, i64)> {
         self.addrs.read().get(member).copied()
     }
 
@@ -339,11 +352,12 @@ impl Link {
                     None => return,
                 }
             }
-            let Some(addr) = self.directory.get(&self.to) else {
+            let Some(registered) = self.directory.entry(&self.to) else {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             };
+            let addr = registered.0;
             let stream = async {
                 let conn = self
                     .endpoint
@@ -382,10 +396,11 @@ impl Link {
                         }
                     }
                 };
-                // A member that left, or came back elsewhere (a restarted
-                // shard under the same id), is not behind this connection
-                // any more: writes into it would vanish. Reconnect.
-                if self.directory.get(&self.to) != Some(addr) {
+                // A member that left, or came back (a restarted shard under
+                // the same id, elsewhere or on the same address: a new
+                // incarnation), is not behind this connection any more:
+                // writes into it would vanish. Reconnect.
+                if self.directory.entry(&self.to) != Some(registered) {
                     tracing::info!(to = %self.to.key(), old = %addr, "member left or moved; reconnecting");
                     pending = Some(bytes);
                     break;
@@ -528,6 +543,85 @@ mod tests {
         assert!(
             matches!(got, Ok(ToShard::Leave { entity, .. }) if entity.0 == 2),
             "the successor did not get the message: {got:?}"
+        );
+        second.close().await;
+    }
+
+    /// A member killed without closing anything (kill -9: its runtime vanishes) and started
+    /// again on the same address registers anew, with a new lease: a peer's next message goes
+    /// to the new process at once, not into the dead one's connection, where it would be lost
+    /// (issue 16, item 10: the registration's lease is its incarnation).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_killed_and_restarted_on_its_port_gets_the_next_message() {
+        let ca = ClusterCa::generate().unwrap();
+        let directory = Directory::default();
+        let (a, r) = (ShardId::new("a"), RouterId("r".into()));
+        let shard = ca.member(MemberRole::Shard, "shard a").unwrap();
+        // The first process: its own runtime, dropped without a word to its peers.
+        let doomed = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (first_tx, first_rx) = crossbeam_channel::unbounded();
+        let first = {
+            let _in = doomed.enter();
+            QuicBus::start(
+                &shard,
+                ANY.parse().unwrap(),
+                LocalInbox::Shard(a.clone(), first_tx),
+                directory.clone(),
+            )
+            .unwrap()
+        };
+        let addr = first.local_addr().unwrap();
+        directory.register(Member::Shard(a.clone()), addr, 1);
+        let (router, _router_rx) = router_on(
+            &ca.member(MemberRole::Router, "router r").unwrap(),
+            &directory,
+        );
+        let leave = |i: u64| ToShard::Leave {
+            entity: tessera_proto::EntityId(i),
+            session: tessera_proto::cluster::SessionRef {
+                router: r.clone(),
+                session: tessera_proto::SessionId(i),
+            },
+        };
+        router.to_shard(&a, leave(1)).unwrap();
+        let rx = first_rx.clone();
+        let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(got.is_ok(), "{got:?}");
+        // kill -9.
+        drop(first);
+        doomed.shutdown_background();
+        // The new process binds the same port and registers under a new lease.
+        let (second_tx, second_rx) = crossbeam_channel::unbounded();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let second = loop {
+            match QuicBus::start(
+                &shard,
+                addr,
+                LocalInbox::Shard(a.clone(), second_tx.clone()),
+                directory.clone(),
+            ) {
+                Ok(bus) => break bus,
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        directory.register(Member::Shard(a.clone()), addr, 2);
+        router.to_shard(&a, leave(2)).unwrap();
+        let got =
+            tokio::task::spawn_blocking(move || second_rx.recv_timeout(Duration::from_secs(3)))
+                .await
+                .unwrap();
+        assert!(
+            matches!(got, Ok(ToShard::Leave { entity, .. }) if entity.0 == 2),
+            "the restarted member did not get the message: {got:?}"
         );
         second.close().await;
     }

@@ -269,6 +269,46 @@ async fn each_role_may_touch_only_its_own_keys() {
         root.get(&key("shards/s2")).await.unwrap().is_none(),
         "the shard's revoked registration is still there"
     );
+    // The leading coordinator's liveness watchdog reads a member's lease and revokes it
+    // when the member is dead (coordinator/src/liveness.rs): a shard's registration and
+    // load report, a router's registration.
+    let dead_shard = allowed(
+        shard.grant_lease(Duration::from_secs(10)).await,
+        "a shard granting a lease",
+    );
+    for k in ["shards/s3", "load/s3"] {
+        allowed(
+            shard.put(&key(k), b"{}".to_vec(), Some(dead_shard)).await,
+            "a shard writing under its lease",
+        );
+    }
+    let ttl = allowed(
+        coordinator.lease_time_to_live(dead_shard).await,
+        "the coordinator reading a shard's lease",
+    );
+    assert_eq!(ttl.map(|t| t.granted), Some(Duration::from_secs(10)));
+    allowed(
+        coordinator.revoke(dead_shard).await,
+        "the coordinator revoking a dead shard's lease",
+    );
+    for k in ["shards/s3", "load/s3"] {
+        assert!(root.get(&key(k)).await.unwrap().is_none(), "{k} survived");
+    }
+    let dead_router = allowed(
+        router.grant_lease(Duration::from_secs(10)).await,
+        "a router granting a lease",
+    );
+    allowed(
+        router
+            .put(&key("routers/r3"), b"{}".to_vec(), Some(dead_router))
+            .await,
+        "a router registering under its lease",
+    );
+    allowed(
+        coordinator.revoke(dead_router).await,
+        "the coordinator revoking a dead router's lease",
+    );
+    assert!(root.get(&key("routers/r3")).await.unwrap().is_none());
 
     // A certificate whose CN is no etcd user may do nothing at all; nor may
     // the shared test certificate any more.
@@ -524,6 +564,7 @@ async fn members_work_under_their_own_roles() {
         rebalance: None,
         grid: tessera_proto::Grid::new(64.0),
         min_region_side: 8.0,
+        liveness: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(control::run(config, coordinator.clone(), async move {

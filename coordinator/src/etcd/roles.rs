@@ -109,6 +109,11 @@ pub const MEMBER_GRANTS: &[MemberGrants] = &[
             // Deletes reshapes it carried out or refused; the rebalancer asks
             // for splits and merges (reshape.rs).
             read_write("reshapes/"),
+            // Revokes the lease of a dead shard or router (liveness.rs); etcd lets
+            // only a user who may write every key under a lease revoke it.
+            read_write("shards/"),
+            read_write("load/"),
+            read_write("routers/"),
         ],
     },
     MemberGrants {
