@@ -207,6 +207,11 @@ pub struct ShardArgs {
     /// second or two, without a restart.
     #[arg(long)]
     assets: Option<String>,
+    /// How long the avatar of a player whose router is gone (crashed) stays in the world,
+    /// waiting for the player to come back through another router, before it is removed;
+    /// seconds.
+    #[arg(long, default_value_t = 60)]
+    linkdead_secs: u64,
 }
 
 /// Where a member keeps durable state.
@@ -579,7 +584,7 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         membership,
     } = Member::start(&args.cluster, &args.member, MemberRole::Shard, &id.0).await?;
     let db = args.store.connect(&membership.identity)?;
-    let shard = shard_config(
+    let mut shard = shard_config(
         id.clone(),
         args.tick_hz,
         db,
@@ -587,6 +592,7 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         args.assets.as_deref(),
         &world,
     )?;
+    shard.linkdead = Duration::from_secs(args.linkdead_secs);
     let trust = cluster_authority(
         membership.store.clone(),
         &membership.prefix,

@@ -63,6 +63,7 @@ fn a_shard_cut_off_from_etcd_stops_simulating_before_its_cells_move() {
             persistence: None,
             world: WORLD.into(),
             assets: None,
+            extra: &[],
         },
     );
     wait_ticking(&[s1.metrics, s2.metrics], 10.0);
@@ -564,6 +565,81 @@ fn kill_9_of_a_players_shard_with_default_leases_serves_her_again_within_3_s() {
     );
     // On the same telnet connection all along.
     assert_eq!(ann.where_().shard, "shard-2");
+}
+
+/// A router killed with kill -9 leaves its telnet player linkdead: the shard saves where
+/// her avatar stands through the other router, keeps the avatar for `--linkdead-secs` (3 s
+/// here) and then removes it; logging in again through the other router puts her where
+/// she stood, not where she logged in (issue 16, item 3).
+#[test]
+fn a_crashed_routers_player_is_saved_and_removed_after_the_linkdead_time() {
+    let dir = TestDir::new();
+    let etcd = EtcdServer::start();
+    let ca = ca_init(dir.path(), &etcd);
+    let store = persistence(dir.path(), &ca, &etcd);
+    let _coord = coordinator(dir.path(), &ca, &placing_by_hand(&etcd, "coordinator-a"));
+    let s1 = shard(
+        dir.path(),
+        &ca,
+        &ShardSpec {
+            persistence: Some(store.addr),
+            extra: &["--linkdead-secs", "3"],
+            ..ShardSpec::local(&etcd, "shard-1")
+        },
+    );
+    wait_ticking(&[s1.metrics], 10.0);
+    let router_spec = |id: &str| RouterSpec {
+        persistence: Some(store.addr),
+        id: id.into(),
+        ..RouterSpec::local(&etcd)
+    };
+    let mut r1 = router(dir.path(), &ca, &router_spec("router-1"));
+    let r2 = router(dir.path(), &ca, &router_spec("router-2"));
+    let mut ann = TelnetClient::create(r1.telnet, "Ann", PW);
+    let start = ann.where_();
+    for _ in 0..3 {
+        ann.command("n");
+    }
+    let stood = ann.where_();
+    assert!(
+        (stood.z - start.z).abs() > 3.0,
+        "Ann did not walk: {start:?} -> {stood:?}"
+    );
+    let with_ann = settled_entities(&[s1.metrics]);
+
+    r1.role.kill();
+    drop(ann);
+    let killed = Instant::now();
+    // Her avatar stays for the linkdead time, then goes.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        settled_entities(&[s1.metrics]),
+        with_ann,
+        "the avatar went before the linkdead time"
+    );
+    loop {
+        if settled_entities(&[s1.metrics]) == with_ann - 1.0 {
+            eprintln!(
+                "linkdead avatar removed {} ms after the router's kill -9 (linkdead 3 s)",
+                killed.elapsed().as_millis()
+            );
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "the linkdead avatar was never removed:\n{}",
+            s1.role.stderr_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Saved through router-2 (its next save round), so she comes back where she stood.
+    std::thread::sleep(Duration::from_secs(6));
+    let mut back = TelnetClient::login(r2.telnet, "Ann", PW);
+    let now = back.where_();
+    assert!(
+        (now.x - stood.x).abs() < 1.5 && (now.z - stood.z).abs() < 1.5,
+        "Ann came back at {now:?}, not where she stood ({stood:?})"
+    );
 }
 
 fn placing_by_hand<'a>(etcd: &EtcdServer, id: &'a str) -> CoordinatorSpec<'a> {

@@ -28,6 +28,12 @@ pub trait Bus: Send + Sync + 'static {
     fn publish_frame(&self, frame: Arc<CellFrame>);
     /// Whether `shard` is a current member (registered and not gone).
     fn has_shard(&self, shard: &ShardId) -> bool;
+    /// The incarnation of `router` if it is a current member: it changes when the router
+    /// restarts under the same id, whose earlier sessions are then gone (`None`: no such
+    /// router).
+    fn router_incarnation(&self, router: &RouterId) -> Option<i64>;
+    /// Every current router.
+    fn routers(&self) -> Vec<RouterId>;
 }
 
 /// In-process bus: shard inboxes are crossbeam channels (the shard's
@@ -92,5 +98,15 @@ impl Bus for LocalBus {
 
     fn has_shard(&self, shard: &ShardId) -> bool {
         self.shards.read().contains_key(shard)
+    }
+
+    fn router_incarnation(&self, router: &RouterId) -> Option<i64> {
+        self.routers.read().contains_key(router).then_some(0)
+    }
+
+    fn routers(&self) -> Vec<RouterId> {
+        let mut ids: Vec<RouterId> = self.routers.read().keys().cloned().collect();
+        ids.sort();
+        ids
     }
 }

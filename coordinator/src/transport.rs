@@ -452,6 +452,18 @@ impl Bus for QuicBus {
         matches!(&self.inbox, LocalInbox::Shard(me, _) if me == shard)
             || self.directory.get(&Member::Shard(shard.clone())).is_some()
     }
+
+    fn router_incarnation(&self, router: &RouterId) -> Option<i64> {
+        self.directory
+            .entry(&Member::Router(router.clone()))
+            .map(|(_, incarnation)| incarnation)
+    }
+
+    fn routers(&self) -> Vec<RouterId> {
+        let mut ids = self.directory.routers();
+        ids.sort();
+        ids
+    }
 }
 
 #[cfg(test)]

@@ -222,6 +222,13 @@ pub enum ToRouter {
         event: PlayerEvent,
     },
     Frame(Arc<CellFrame>),
+    /// Save this player's position (`player/<id>`): the router that held the player's
+    /// session is gone, so a shard asks a live router to keep where the avatar stands
+    /// (when it goes linkdead, and when it is removed; docs/protocol.md, "Linkdead").
+    SavePlayer {
+        player: PlayerId,
+        pos: Vec3,
+    },
 }
 
 /// What travels on a cluster link: a message and its addressee.

@@ -545,6 +545,12 @@ impl Router {
                     None => tracing::debug!(session = %session, "event for a closed session"),
                 }
             }
+            // A shard keeps a linkdead avatar's position through us: written with the next
+            // save round, unless the player is back online here (that session's own
+            // position wins, `retry_unsaved`).
+            ToRouter::SavePlayer { player, pos } => {
+                self.unsaved.lock().insert(player, PlayerRecord::now(pos));
+            }
         }
     }
 }

@@ -171,6 +171,7 @@ fn main() {
                 }
                 last_seen = Some((frame.shard.clone(), now));
             }
+            ToRouter::SavePlayer { .. } => {}
         }
         if turn_at.is_some_and(|t| now >= t) {
             turn_at = None;

@@ -743,6 +743,15 @@ impl Cell {
         n
     }
 
+    /// Every player of this cell: its entity, account, session and position.
+    pub fn pilots(&self) -> Vec<(EntityId, tessera_proto::PlayerId, SessionRef, Vec3)> {
+        let mut query = <(&Identity, &Motion, &Pilot)>::query();
+        query
+            .iter(&self.ecs)
+            .map(|(i, m, p)| (i.id, p.player, p.session.clone(), m.pos))
+            .collect()
+    }
+
     /// Players of this cell within `radius` of `origin`, except `speaker`.
     pub fn listeners(&self, origin: Vec3, radius: f32, speaker: EntityId) -> Vec<SessionRef> {
         let mut query = <(&Identity, &Motion, &Pilot)>::query();

@@ -55,11 +55,17 @@ pub struct ShardConfig {
     pub checkpoints: Option<checkpoint::Checkpointing>,
     /// New versions of NPC scripts (hot reload), applied between ticks.
     pub script_updates: Option<crossbeam_channel::Receiver<ScriptUpdate>>,
+    /// How long the avatar of a player whose router is gone stays in the world before it is
+    /// removed (sim/linkdead.rs).
+    pub linkdead: std::time::Duration,
     /// Fault tests only (cargo feature `fault-injection`, never in a release): the
     /// simulation thread panics at this tick.
     #[cfg(feature = "fault-injection")]
     pub panic_at_tick: Option<u64>,
 }
+
+/// How long a linkdead avatar stays, by default.
+pub const DEFAULT_LINKDEAD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A new version of a script, by name (the stem of `scripts/<name>.rhai`).
 #[derive(Clone, Debug)]
@@ -81,6 +87,7 @@ impl ShardConfig {
             script_limits: ScriptLimits::default(),
             checkpoints: None,
             script_updates: None,
+            linkdead: DEFAULT_LINKDEAD,
             #[cfg(feature = "fault-injection")]
             panic_at_tick: fault::panic_at_tick(),
         }

@@ -574,6 +574,8 @@ pub struct ShardSpec<'a> {
     pub world: String,
     /// The asset service's URL, to hot-reload scripts from.
     pub assets: Option<String>,
+    /// More flags (`--linkdead-secs N`, ...).
+    pub extra: &'a [&'a str],
 }
 
 impl<'a> ShardSpec<'a> {
@@ -590,6 +592,7 @@ impl<'a> ShardSpec<'a> {
             persistence: None,
             world: WORLD.into(),
             assets: None,
+            extra: &[],
         }
     }
 }
@@ -624,6 +627,7 @@ pub fn shard_with_env(dir: &Path, ca: &Path, spec: &ShardSpec, env: &[(&str, &st
     if let Some(url) = &spec.assets {
         args.extend(["--assets".into(), url.clone()]);
     }
+    args.extend(spec.extra.iter().map(|a| a.to_string()));
     let mut role = Role::start_with_env(dir, spec.id, spec.netns, spec.rust_log, &args, env);
     let rest = role.wait_line(&format!("shard {} running; cluster address ", spec.id));
     let metrics = rest

@@ -15,6 +15,7 @@
 
 mod forward;
 mod joins;
+mod linkdead;
 mod load;
 mod messages;
 mod migrate;
@@ -77,6 +78,8 @@ pub struct Shard {
     /// Checkpoint rounds (`None`: checkpoints are off).
     saving: Option<Checkpoints>,
     ticks: TickHistory,
+    /// Players whose router is gone.
+    linkdead: linkdead::Linkdead,
 }
 
 /// What a shard asks its process to record in the cluster store.
@@ -128,6 +131,7 @@ impl Shard {
             migrations: Migrations::default(),
             saving,
             ticks: TickHistory::default(),
+            linkdead: linkdead::Linkdead::default(),
             config,
         };
         shard.reconcile(Instant::now());
@@ -335,6 +339,7 @@ impl Shard {
         self.events = events;
         self.record_counts();
         self.forwarding.expire(now);
+        self.check_linkdead(now);
     }
 
     /// Moves the entities that left region `c` to the regions of the map
