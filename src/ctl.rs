@@ -76,12 +76,17 @@ pub enum CtlCommand {
         #[command(flatten)]
         store: BackupStore,
     },
-    /// Replace everything in the persistence service with the backup FILE
-    /// (run it with the cluster stopped).
+    /// Replace everything in the persistence service with the backup FILE.
+    /// The service refuses while shards are checkpointing into it (the
+    /// running cluster would overwrite what is restored): stop the shards
+    /// first.
     Restore {
         file: PathBuf,
         #[command(flatten)]
         store: BackupStore,
+        /// Restore even while shards are live.
+        #[arg(long)]
+        force: bool,
     },
     /// Give an account a role (`operator` may mute and kick players in
     /// chat; `player` takes that back). Takes effect at its next login.
@@ -344,8 +349,8 @@ async fn ctl_backup(args: &CtlArgs) -> anyhow::Result<()> {
                 started.elapsed().as_millis()
             );
         }
-        CtlCommand::Restore { file, store } => {
-            let db = store.connect(args)?;
+        CtlCommand::Restore { file, store, force } => {
+            let db = store.connect(args)?.forcing(*force);
             let file = file.clone();
             let n = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
                 let mut open = || -> std::io::Result<Box<dyn std::io::BufRead>> {

@@ -371,6 +371,12 @@ mod tests {
         fn describe(&self) -> String {
             "outage wrapper".into()
         }
+
+        fn snapshot(
+            &self,
+        ) -> Result<std::sync::Arc<dyn tessera_persistence::Snapshot>, StoreError> {
+            self.inner.snapshot()
+        }
     }
 
     #[test]

@@ -509,6 +509,10 @@ impl Backend for Down {
     fn describe(&self) -> String {
         "a store that is down".into()
     }
+
+    fn snapshot(&self) -> Result<Arc<dyn tessera_persistence::Snapshot>, StoreError> {
+        Err(StoreError::Unavailable("the test store is down".into()))
+    }
 }
 
 #[test]

@@ -538,6 +538,10 @@ impl Backend for Flaky {
     fn describe(&self) -> String {
         "flaky test store".into()
     }
+
+    fn snapshot(&self) -> Result<Arc<dyn tessera_persistence::Snapshot>, StoreError> {
+        self.inner.snapshot()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

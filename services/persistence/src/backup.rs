@@ -6,13 +6,17 @@
 //! pair, `tessera_proto::frame`), then an end frame that carries the number
 //! of entries, so a truncated file is refused instead of restored in part.
 //!
-//! **Consistency.** The dump reads the key space in pages of one transaction
-//! each: entries written while it runs may or may not be in it, and a page
-//! is consistent only with itself. Take backups of a quiet store (or accept
-//! that): cell checkpoints are rewritten every second anyway. A restore
-//! clears the whole key space and writes the entries in batches of a few
-//! megabytes (the clear in the same transaction as the first batch); run it
-//! with the cluster stopped.
+//! **Consistency.** The dump reads the key space in pages, all from one
+//! snapshot ([`crate::Snapshot`]: a redb read transaction, a FoundationDB
+//! read version), so a backup is the store at one moment even while the
+//! cluster writes. Through the service, the first page asks for a snapshot
+//! and the others name it; the service drops a snapshot unused for 60 s and
+//! holds at most 4. A restore clears the whole key space and writes the
+//! entries in batches of a few megabytes (the clear in the same transaction
+//! as the first batch). The service refuses one while shards are
+//! checkpointing into the store (a shard committed in the last 10 s: the
+//! running cluster would overwrite what is restored) unless the operator
+//! forces it (`tessera ctl restore --force`).
 //!
 //! **Who may.** Against the persistence service, a backup page and a restore
 //! batch are each a request signed by an operator, which the service checks
@@ -61,16 +65,31 @@ fn write_record(out: &mut dyn Write, r: &Record) -> Result<(), BackupError> {
 /// ([`Database`]), or the persistence service as an operator, whose every request the service
 /// checks ([`crate::remote::OperatorSession`]).
 pub trait BackupStore {
-    /// Up to `limit` entries from `begin` on, in key order.
-    fn page(&self, begin: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+    /// A reader of the whole store as it is now, in pages: every page comes from the same
+    /// snapshot, so a backup never mixes two moments.
+    fn pages(&self) -> Result<Box<dyn PageReader + '_>, StoreError>;
     /// Writes `batch` in one transaction; with `clear_all`, everything else is deleted first
     /// (the first batch of a restore).
     fn write_batch(&self, clear_all: bool, batch: &[KeyValue]) -> Result<(), StoreError>;
 }
 
+/// One backup's pages, all from one snapshot ([`BackupStore::pages`]).
+pub trait PageReader {
+    /// Up to `limit` entries from `begin` on, in key order.
+    fn page(&mut self, begin: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+}
+
+struct SnapshotPages(std::sync::Arc<dyn crate::Snapshot>);
+
+impl PageReader for SnapshotPages {
+    fn page(&mut self, begin: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        self.0.get_range(begin, b"\xff", limit)
+    }
+}
+
 impl BackupStore for Database {
-    fn page(&self, begin: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        self.get_range(begin, b"\xff", limit)
+    fn pages(&self) -> Result<Box<dyn PageReader + '_>, StoreError> {
+        Ok(Box::new(SnapshotPages(self.snapshot()?)))
     }
 
     fn write_batch(&self, clear_all: bool, batch: &[KeyValue]) -> Result<(), StoreError> {
@@ -86,13 +105,23 @@ impl BackupStore for Database {
     }
 }
 
-/// Writes every entry of `db` to `out`; returns how many.
+/// Writes every entry of `db` to `out`, from one snapshot; returns how many.
 pub fn dump(db: &dyn BackupStore, out: &mut dyn Write) -> Result<u64, BackupError> {
+    dump_in_pages(db, out, PAGE)
+}
+
+/// [`dump`], `page` entries at a time.
+pub fn dump_in_pages(
+    db: &dyn BackupStore,
+    out: &mut dyn Write,
+    page: usize,
+) -> Result<u64, BackupError> {
     out.write_all(MAGIC)?;
+    let mut pages = db.pages()?;
     let mut begin: Vec<u8> = Vec::new();
     let mut entries = 0u64;
     loop {
-        let page = db.page(&begin, PAGE)?;
+        let page = pages.page(&begin, page)?;
         let Some((last, _)) = page.last() else {
             break;
         };

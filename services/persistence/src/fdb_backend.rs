@@ -137,7 +137,7 @@ impl Database {
 }
 
 pub(crate) struct FdbBackend {
-    db: foundationdb::Database,
+    db: std::sync::Arc<foundationdb::Database>,
     cluster_file: Option<PathBuf>,
 }
 
@@ -170,7 +170,7 @@ impl FdbBackend {
             .map_err(|e| fdb_failure("setting the FoundationDB transaction timeout", e))?;
         tracing::debug!(cluster = %shown, "opened FoundationDB");
         Ok(FdbBackend {
-            db,
+            db: std::sync::Arc::new(db),
             cluster_file: cluster_file.map(Path::to_path_buf),
         })
     }
@@ -204,6 +204,53 @@ impl Backend for FdbBackend {
             "FoundationDB ({})",
             describe_cluster_file(self.cluster_file.as_deref())
         )
+    }
+
+    fn snapshot(&self) -> Result<std::sync::Arc<dyn crate::Snapshot>, StoreError> {
+        let trx = self
+            .db
+            .create_trx()
+            .map_err(|e| map_error("beginning a FoundationDB transaction", e))?;
+        let version = block_on(trx.get_read_version())
+            .map_err(|e| map_error("reading FoundationDB's read version", e))?;
+        Ok(std::sync::Arc::new(FdbSnapshot {
+            db: self.db.clone(),
+            version,
+        }))
+    }
+}
+
+/// Reads at one FoundationDB read version. FoundationDB keeps old versions for about 5 s;
+/// reads after that fail (`transaction_too_old`), so a backup of a large store through it
+/// must finish within that window.
+struct FdbSnapshot {
+    db: std::sync::Arc<foundationdb::Database>,
+    version: i64,
+}
+
+impl crate::Snapshot for FdbSnapshot {
+    fn get_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let trx = self
+            .db
+            .create_trx()
+            .map_err(|e| map_error("beginning a FoundationDB transaction", e))?;
+        trx.set_read_version(self.version);
+        FdbTransaction { trx: &trx }
+            .get_range(begin, end, limit)
+            .map_err(|e| match e {
+                StoreError::Backend(msg) if msg.contains("too old") || msg.contains("1007") => {
+                    StoreError::Backend(format!(
+                        "the snapshot is older than FoundationDB keeps versions (about 5 s): \
+                         the backup took too long ({msg})"
+                    ))
+                }
+                other => other,
+            })
     }
 }
 

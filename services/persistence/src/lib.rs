@@ -137,6 +137,24 @@ pub trait Backend: Send + Sync {
 
     /// A short description for logs, such as `redb at /var/lib/tessera/store.redb`.
     fn describe(&self) -> String;
+
+    /// A consistent read-only view of the whole store as it is now, which later commits do
+    /// not change (a backup reads one in pages).
+    fn snapshot(&self) -> Result<Arc<dyn Snapshot>, StoreError>;
+}
+
+/// The store at one moment ([`Database::snapshot`]): every read sees exactly the commits made
+/// before it was taken. redb keeps one as long as it is held; FoundationDB for about 5 s
+/// (its MVCC window), after which reads fail with a clear error.
+pub trait Snapshot: Send + Sync {
+    /// Up to `limit` key-value pairs with `begin <= key < end`, in ascending key order (0: no
+    /// limit).
+    fn get_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError>;
 }
 
 /// A handle to a store. Cheap to clone; clones share the store.
@@ -242,6 +260,11 @@ impl Database {
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
         self.transact(|tx| tx.get_range(begin, end, limit))
+    }
+
+    /// A consistent view of the store as it is now ([`Snapshot`]).
+    pub fn snapshot(&self) -> Result<Arc<dyn Snapshot>, StoreError> {
+        self.backend.snapshot()
     }
 
     /// What this database stores into, for logs.

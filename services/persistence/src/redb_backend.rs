@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{Backend, KeyValue, StoreError, Transaction};
 
@@ -88,6 +88,49 @@ impl Backend for RedbBackend {
 
     fn describe(&self) -> String {
         format!("redb at {}", self.path.display())
+    }
+
+    fn snapshot(&self) -> Result<std::sync::Arc<dyn crate::Snapshot>, StoreError> {
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::backend("beginning a redb read transaction", e))?;
+        let table = read
+            .open_table(TABLE)
+            .map_err(|e| StoreError::backend("opening the redb table", e))?;
+        Ok(std::sync::Arc::new(RedbSnapshot { table }))
+    }
+}
+
+/// A redb read transaction's table: redb's MVCC keeps what it sees while it is held.
+struct RedbSnapshot {
+    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl crate::Snapshot for RedbSnapshot {
+    fn get_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        if begin >= end {
+            return Ok(Vec::new());
+        }
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let range = self
+            .table
+            .range(begin..end)
+            .map_err(|e| StoreError::backend("reading a key range from a redb snapshot", e))?;
+        range
+            .take(limit)
+            .map(|entry| {
+                let (k, v) = entry.map_err(|e| {
+                    StoreError::backend("reading a key range from a redb snapshot", e)
+                })?;
+                Ok((k.value().to_vec(), v.value().to_vec()))
+            })
+            .collect()
     }
 }
 

@@ -74,31 +74,36 @@ enum Request {
         mutations: Vec<Mutation>,
     },
     /// A backup page: up to `limit` entries from `begin` on, for an operator (kind `backup`,
-    /// body [`dump_body`]).
+    /// body [`dump_body`]), read from `snapshot` (`None`: take a new snapshot of the store
+    /// now; the answer names it, and the backup's later pages read the same one).
     Dump {
         begin: Vec<u8>,
         limit: u64,
+        snapshot: Option<u64>,
         sig: OperatorSig,
     },
     /// A restore batch, for an operator (kind `restore`, body [`restore_body`]): with
-    /// `clear_all`, the whole store is cleared first, in the same transaction.
+    /// `clear_all`, the whole store is cleared first, in the same transaction. Refused while
+    /// shards are checkpointing into the store, unless `force`.
     Restore {
         clear_all: bool,
+        force: bool,
         entries: Vec<KeyValue>,
         sig: OperatorSig,
     },
 }
 
 /// What an operator signs for a backup page.
-pub fn dump_body(begin: &[u8], limit: u64) -> Vec<u8> {
+pub fn dump_body(begin: &[u8], limit: u64, snapshot: Option<u64>) -> Vec<u8> {
     let hex: String = begin.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{hex}|{limit}").into_bytes()
+    let snapshot = snapshot.map_or("new".to_string(), |s| s.to_string());
+    format!("{hex}|{limit}|{snapshot}").into_bytes()
 }
 
 /// What an operator signs for a restore batch: the SHA-256 of the batch, hex.
-pub fn restore_body(clear_all: bool, entries: &[KeyValue]) -> Vec<u8> {
+pub fn restore_body(clear_all: bool, force: bool, entries: &[KeyValue]) -> Vec<u8> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(&[u8::from(clear_all)]);
+    ctx.update(&[u8::from(clear_all), u8::from(force)]);
     for (k, v) in entries {
         ctx.update(&(k.len() as u64).to_be_bytes());
         ctx.update(k);
@@ -139,6 +144,11 @@ enum Response {
     },
     Committed {
         version: u64,
+    },
+    /// A backup page and the snapshot it was read from.
+    Page {
+        snapshot: u64,
+        entries: Vec<KeyValue>,
     },
     Failed(WireError),
 }
@@ -292,6 +302,62 @@ struct ServerState {
     log: parking_lot::Mutex<ConflictLog>,
     operators: Option<Operators>,
     spaces: KeySpaces,
+    /// Snapshots backups are reading, by id.
+    snapshots: parking_lot::Mutex<Snapshots>,
+    /// When a shard last committed (a cell checkpoint): a restore then would be overwritten
+    /// by the running cluster, and is refused unless forced.
+    last_shard_commit: parking_lot::Mutex<Option<Instant>>,
+}
+
+/// A restore is refused while a shard committed within this long.
+pub const SHARDS_LIVE_WITHIN: Duration = Duration::from_secs(10);
+/// A backup's snapshot is dropped when no page was read from it for this long.
+pub const SNAPSHOT_IDLE: Duration = Duration::from_secs(60);
+/// Most snapshots held at once (each keeps old versions of the store alive).
+pub const MAX_SNAPSHOTS: usize = 4;
+
+/// The snapshots backups are reading.
+#[derive(Default)]
+struct Snapshots {
+    next: u64,
+    open: std::collections::HashMap<u64, (Arc<dyn crate::Snapshot>, Instant)>,
+}
+
+impl Snapshots {
+    fn take(
+        &mut self,
+        db: &Database,
+        now: Instant,
+    ) -> Result<(u64, Arc<dyn crate::Snapshot>), WireError> {
+        self.open
+            .retain(|_, (_, used)| now.duration_since(*used) < SNAPSHOT_IDLE);
+        if self.open.len() >= MAX_SNAPSHOTS {
+            return Err(WireError::Backend(format!(
+                "{MAX_SNAPSHOTS} backups are already running; try again when one has finished"
+            )));
+        }
+        let snapshot = db.snapshot().map_err(WireError::from)?;
+        self.next += 1;
+        self.open.insert(self.next, (snapshot.clone(), now));
+        Ok((self.next, snapshot))
+    }
+
+    fn get(&mut self, id: u64, now: Instant) -> Result<Arc<dyn crate::Snapshot>, WireError> {
+        match self.open.get_mut(&id) {
+            Some((snapshot, used)) if now.duration_since(*used) < SNAPSHOT_IDLE => {
+                *used = now;
+                Ok(snapshot.clone())
+            }
+            _ => {
+                self.open.remove(&id);
+                Err(WireError::Backend(format!(
+                    "backup snapshot {id} is gone (unused for {} s, or the service restarted): \
+                     run the backup again",
+                    SNAPSHOT_IDLE.as_secs()
+                )))
+            }
+        }
+    }
 }
 
 impl ServerState {
@@ -352,14 +418,64 @@ impl ServerState {
                 }
             }
             // Authorised in `serve_stream`.
-            Request::Dump { begin, limit, .. } => self.serve(Request::GetRange {
+            Request::Dump {
                 begin,
-                end: vec![0xFF],
                 limit,
-            }),
-            Request::Restore {
-                clear_all, entries, ..
+                snapshot,
+                ..
             } => {
+                let now = Instant::now();
+                let taken = match snapshot {
+                    None => self.snapshots.lock().take(&self.db, now),
+                    Some(id) => self.snapshots.lock().get(id, now).map(|s| (id, s)),
+                };
+                let (id, snap) = match taken {
+                    Ok(t) => t,
+                    Err(e) => return Response::Failed(e),
+                };
+                match snap.get_range(&begin, b"\xff", limit as usize) {
+                    Ok(entries) => {
+                        let bytes: usize =
+                            entries.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+                        if bytes > MAX_RESPONSE - 1024 {
+                            Response::Failed(WireError::Backend(format!(
+                                "the backup page holds {bytes} bytes, more than the {MAX_RESPONSE} \
+                                 bytes one answer may carry; ask for fewer entries a page"
+                            )))
+                        } else {
+                            Response::Page {
+                                snapshot: id,
+                                entries,
+                            }
+                        }
+                    }
+                    Err(e) => Response::Failed(e.into()),
+                }
+            }
+            Request::Restore {
+                clear_all,
+                force,
+                entries,
+                ..
+            } => {
+                if !force {
+                    if let Some(at) = *self.last_shard_commit.lock() {
+                        let ago = at.elapsed();
+                        if ago < SHARDS_LIVE_WITHIN {
+                            tracing::warn!(
+                                ago_ms = ago.as_millis() as u64,
+                                "restore refused: shards are live"
+                            );
+                            return Response::Failed(WireError::NotAuthorized(format!(
+                                "shards are checkpointing into this store (the last {} ms ago): \
+                                 the running cluster would overwrite what is restored. Stop the \
+                                 shards first (docs/operations.md, \"Backup and restore\"), or \
+                                 restore anyway with --force",
+                                ago.as_millis()
+                            )));
+                        }
+                    }
+                }
                 let mut mutations = Vec::with_capacity(entries.len() + 1);
                 if clear_all {
                     mutations.push(Mutation::ClearRange {
@@ -429,12 +545,18 @@ async fn authorize(operators: Option<&Operators>, req: &Request) -> Result<(), W
                     .into(),
             ));
         }
-        Request::Dump { begin, limit, sig } => ("backup", dump_body(begin, *limit), sig),
+        Request::Dump {
+            begin,
+            limit,
+            snapshot,
+            sig,
+        } => ("backup", dump_body(begin, *limit, *snapshot), sig),
         Request::Restore {
             clear_all,
+            force,
             entries,
             sig,
-        } => ("restore", restore_body(*clear_all, entries), sig),
+        } => ("restore", restore_body(*clear_all, *force, entries), sig),
         _ => return Ok(()),
     };
     let Some(operators) = operators else {
@@ -479,6 +601,8 @@ impl PersistenceServer {
             log: parking_lot::Mutex::new(ConflictLog::new(CONFLICT_WINDOW)),
             operators,
             spaces,
+            snapshots: parking_lot::Mutex::new(Snapshots::default()),
+            last_shard_commit: parking_lot::Mutex::new(None),
         });
         let ep = endpoint.clone();
         tokio::spawn(async move {
@@ -549,6 +673,19 @@ async fn serve_stream(
             .await
             {
                 Err(refused) => Response::Failed(refused),
+                Ok(())
+                    if matches!(req, Request::Commit { ref mutations, .. } if !mutations.is_empty())
+                        && peer.role()
+                            == Some(tessera_coordinator::identity::MemberRole::Shard) =>
+                {
+                    *state.last_shard_commit.lock() = Some(Instant::now());
+                    match tokio::task::spawn_blocking(move || state.serve(req)).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            Response::Failed(WireError::Backend(format!("request failed: {e}")))
+                        }
+                    }
+                }
                 // redb calls block: keep them off the I/O threads.
                 Ok(()) => match tokio::task::spawn_blocking(move || state.serve(req)).await {
                     Ok(r) => r,
@@ -747,35 +884,70 @@ impl Link {
 pub struct OperatorSession {
     backend: RemoteBackend,
     key: OperatorKey,
+    /// Restore even while shards are live (`tessera ctl restore --force`).
+    force: bool,
 }
 
 impl OperatorSession {
     pub fn new(backend: RemoteBackend, key: OperatorKey) -> OperatorSession {
-        OperatorSession { backend, key }
+        OperatorSession {
+            backend,
+            key,
+            force: false,
+        }
+    }
+
+    /// Restores even while shards are checkpointing into the store.
+    pub fn forcing(self, force: bool) -> OperatorSession {
+        OperatorSession { force, ..self }
+    }
+}
+
+/// The pages of one backup through the service: the first asks for a snapshot, the rest read
+/// the same one.
+struct ServicePages<'a> {
+    session: &'a OperatorSession,
+    snapshot: Option<u64>,
+}
+
+impl crate::backup::PageReader for ServicePages<'_> {
+    fn page(&mut self, begin: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        let limit = limit as u64;
+        let sig = self
+            .session
+            .key
+            .sign_request("backup", &dump_body(begin, limit, self.snapshot));
+        match self.session.backend.call(Request::Dump {
+            begin: begin.to_vec(),
+            limit,
+            snapshot: self.snapshot,
+            sig,
+        })? {
+            Response::Page { snapshot, entries } => {
+                self.snapshot = Some(snapshot);
+                Ok(entries)
+            }
+            Response::Failed(e) => Err(e.into()),
+            other => Err(unexpected(&other)),
+        }
     }
 }
 
 impl crate::backup::BackupStore for OperatorSession {
-    fn page(&self, begin: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        let limit = limit as u64;
-        let sig = self.key.sign_request("backup", &dump_body(begin, limit));
-        match self.backend.call(Request::Dump {
-            begin: begin.to_vec(),
-            limit,
-            sig,
-        })? {
-            Response::Range { entries, .. } => Ok(entries),
-            Response::Failed(e) => Err(e.into()),
-            other => Err(unexpected(&other)),
-        }
+    fn pages(&self) -> Result<Box<dyn crate::backup::PageReader + '_>, StoreError> {
+        Ok(Box::new(ServicePages {
+            session: self,
+            snapshot: None,
+        }))
     }
 
     fn write_batch(&self, clear_all: bool, batch: &[KeyValue]) -> Result<(), StoreError> {
         let sig = self
             .key
-            .sign_request("restore", &restore_body(clear_all, batch));
+            .sign_request("restore", &restore_body(clear_all, self.force, batch));
         match self.backend.call(Request::Restore {
             clear_all,
+            force: self.force,
             entries: batch.to_vec(),
             sig,
         })? {
@@ -919,6 +1091,7 @@ fn unexpected(r: &Response) -> StoreError {
             Response::Value { .. } => "a value",
             Response::Range { .. } => "a range",
             Response::Committed { .. } => "a commit",
+            Response::Page { .. } => "a backup page",
             Response::Failed(_) => "an error",
         }
     ))
@@ -954,6 +1127,13 @@ impl Backend for RemoteBackend {
 
     fn describe(&self) -> String {
         format!("persistence service at {}", self.addr)
+    }
+
+    fn snapshot(&self) -> Result<Arc<dyn crate::Snapshot>, StoreError> {
+        Err(StoreError::Backend(
+            "a persistence service's snapshots are read by operators only (tessera ctl backup)"
+                .into(),
+        ))
     }
 }
 
@@ -1187,6 +1367,119 @@ mod service_tests {
             .unwrap();
     }
 
+    /// A backup through the service is the store at one moment: what a shard and a router
+    /// write between its pages is not in it. A restore is refused while shards checkpoint
+    /// into the store (the cluster would overwrite it), and runs when the operator forces it
+    /// (issue 16, item 11).
+    #[test]
+    fn a_backup_is_one_snapshot_and_a_restore_waits_for_the_shards() {
+        use crate::backup::{dump_in_pages, restore};
+        use crate::keys::key;
+        use std::io::{BufRead, Write};
+        use tessera_coordinator::identity::MemberRole;
+        use tessera_coordinator::operators::{OperatorRecord, Voucher};
+        use tessera_coordinator::pki::{ClusterCa, CLUSTER_NAME};
+        use tessera_coordinator::{ClusterStore, MemStore};
+
+        let ca = ClusterCa::generate().unwrap();
+        let cluster: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let operators = Operators::in_store(cluster, "/t/", vec![ca.cert().clone()]);
+        let root = OperatorKey::generate("root").unwrap();
+        let record = OperatorRecord::new("root", &root.public_hex(), &Voucher::Ca(&ca)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(operators.records().put(&record)).unwrap();
+        let client = |role| {
+            ca.member(role, "m")
+                .unwrap()
+                .client_config_for(PERSISTENCE_ALPN)
+                .unwrap()
+        };
+        let service = Service::start_tls(
+            ca.member(MemberRole::Persistence, "p")
+                .unwrap()
+                .server_config_for(PERSISTENCE_ALPN)
+                .unwrap(),
+            client(MemberRole::Ctl),
+            Some(operators),
+            KeySpaces::default(),
+        );
+        let addr = service.server.local_addr().unwrap();
+        let link = |role| RemoteBackend::new(addr, CLUSTER_NAME, client(role)).unwrap();
+        let router = link(MemberRole::Router).database();
+        for i in 0..6u8 {
+            router
+                .set(format!("player/{i:020}").as_bytes(), &[i])
+                .unwrap();
+        }
+        let checkpoint = |cell: &str| key(&[b"checkpoint", cell.as_bytes(), b"state"]);
+        let shard = link(MemberRole::Shard).database();
+        let ops = OperatorSession::new(link(MemberRole::Ctl), root.clone());
+        // What the router sees; the shard's checkpoint is checked on its own.
+        let everything = || router.get_range(b"player/", b"player0", 0).unwrap();
+        let before = everything();
+        assert_eq!(before.len(), 6);
+
+        // The writes land while the dump is between its pages (two entries a page).
+        struct Meddling<F: FnMut()> {
+            out: Vec<u8>,
+            writes: usize,
+            meddle: Option<F>,
+        }
+        impl<F: FnMut()> Write for Meddling<F> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.writes += 1;
+                if self.writes == 3 {
+                    if let Some(mut f) = self.meddle.take() {
+                        f();
+                    }
+                }
+                self.out.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut file = Meddling {
+            out: Vec::new(),
+            writes: 0,
+            meddle: Some(|| {
+                router
+                    .set(b"player/00000000000000000005", b"moved")
+                    .unwrap();
+                router.set(b"player/00000000000000000009", b"new").unwrap();
+                shard.set(&checkpoint("0,0"), b"tick 2").unwrap();
+            }),
+        };
+        assert_eq!(dump_in_pages(&ops, &mut file, 2).unwrap(), 6);
+        assert_ne!(everything(), before, "the meddling writes happened");
+        let bytes = file.out;
+        let mut open =
+            move || Ok(Box::new(std::io::Cursor::new(bytes.clone())) as Box<dyn BufRead>);
+        let scratch = tempfile::tempdir().unwrap();
+        let copy = Database::open_redb(&scratch.path().join("copy.redb")).unwrap();
+        restore(&copy, &mut open).unwrap();
+        assert_eq!(
+            copy.get_range(b"", b"\xff", 0).unwrap(),
+            before,
+            "the backup mixed in writes made while it ran"
+        );
+
+        // A shard just checkpointed: the restore is refused, and the store is untouched.
+        let during = everything();
+        let err = restore(&ops, &mut open).unwrap_err().to_string();
+        assert!(
+            err.contains("shards are checkpointing into this store") && err.contains("--force"),
+            "{err}"
+        );
+        assert_eq!(everything(), during);
+        // Forced, it runs.
+        let forced = OperatorSession::new(link(MemberRole::Ctl), root).forcing(true);
+        assert_eq!(restore(&forced, &mut open).unwrap(), 6);
+        assert_eq!(everything(), before);
+        assert_eq!(shard.get(&checkpoint("0,0")).unwrap(), None);
+    }
+
     #[test]
     fn two_clients_see_each_others_commits() {
         let service = Service::start();
@@ -1288,10 +1581,11 @@ mod service_tests {
         // A signed batch replayed: refused.
         let link = backend();
         let entries = vec![(b"k9".to_vec(), b"v9".to_vec())];
-        let sig = root.sign_request("restore", &restore_body(false, &entries));
+        let sig = root.sign_request("restore", &restore_body(false, false, &entries));
         let restore_once = || {
             link.call(Request::Restore {
                 clear_all: false,
+                force: false,
                 entries: entries.clone(),
                 sig: sig.clone(),
             })
