@@ -57,6 +57,8 @@ pub struct Shard {
     map: CellMap,
     /// The cell map version the shard's cells were last reconciled with.
     map_version: u64,
+    /// A reconcile is running (it is not re-entered, see `reconcile`).
+    reconciling: bool,
     /// The regions this shard simulates (most are whole cells), by id.
     cells: BTreeMap<RegionId, Cell>,
     /// Each simulated region's neighbours in the map (leaf regions that
@@ -119,6 +121,7 @@ impl Shard {
             bus,
             map,
             map_version: 0,
+            reconciling: false,
             cells: BTreeMap::new(),
             neighbours: HashMap::new(),
             scripts,
@@ -145,7 +148,27 @@ impl Shard {
     /// assigned to this shard, and stops simulating regions assigned
     /// elsewhere (fencing: a shard simulates a region only while the map
     /// says it owns it).
+    ///
+    /// Not re-entered: opening a migrated region hands on the messages that
+    /// waited for it, and handling those would reconcile again with a newer
+    /// map (opening regions the running round's older map does not name,
+    /// which that round would then drop as assigned elsewhere). A nested
+    /// call only asks for another round, run once this one is done.
     fn reconcile(&mut self, now: Instant) {
+        if self.reconciling {
+            return;
+        }
+        self.reconciling = true;
+        loop {
+            self.reconcile_round(now);
+            if self.map.version() == self.map_version {
+                break;
+            }
+        }
+        self.reconciling = false;
+    }
+
+    fn reconcile_round(&mut self, now: Instant) {
         self.map_version = self.map.version();
         let mine: BTreeMap<RegionId, Epoch> = self.map.regions_of(&self.id).into_iter().collect();
         // Shipped cells stay shipped: the map still names this shard until
