@@ -17,6 +17,12 @@ pub enum BusError {
     NoShard(ShardId),
     #[error("router {0} is not reachable")]
     NoRouter(RouterId),
+    /// The link to a member holds [`crate::transport::LINK_QUEUE_BYTES`] of messages that
+    /// may not be dropped: the member is not keeping up.
+    #[error(
+        "the cluster link to {to} is full ({queued_bytes} bytes waiting): it is not keeping up"
+    )]
+    Full { to: String, queued_bytes: usize },
 }
 
 /// Delivery of cluster messages. Sends never block; a message to a member

@@ -17,6 +17,14 @@
 //! reconnects when it changed (a member restarted under the same id), so
 //! nothing is written into a dead process's connection once its successor
 //! has registered.
+//!
+//! Queues are bounded ([`LINK_QUEUE_BYTES`] a peer): a peer that stops reading (frozen,
+//! stuck, or on a full disk) must not make its senders grow until they run out of memory.
+//! When a link's queue is full, what is only ever superseded (cell frames to routers, ghost
+//! sets to shards) gives way, oldest first, and everything else (hand-offs, migrations,
+//! player commands and events) is refused at once with [`BusError::Full`], which the sender
+//! handles as it handles an unreachable peer (a hand-off keeps its entity, a command is
+//! answered "the world did not answer").
 
 use crate::bus::{Bus, BusError};
 use crate::identity::{MemberRole, Peer};
@@ -30,6 +38,99 @@ use tessera_proto::cluster::{CellFrame, Envelope, ToRouter, ToShard};
 use tessera_proto::frame::{self, FrameBuffer, MAX_CLUSTER_FRAME};
 use tessera_proto::{RouterId, ShardId};
 use tokio::sync::mpsc;
+
+/// Most bytes of messages waiting for one peer.
+pub const LINK_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Whether a message is only ever superseded by the next of its kind (a cell's frame, a
+/// region's ghost set), so it may be dropped when its link's queue is full.
+fn droppable(env: &Envelope) -> bool {
+    matches!(
+        env,
+        Envelope::Router {
+            msg: ToRouter::Frame(_),
+            ..
+        } | Envelope::Shard {
+            msg: ToShard::Ghosts { .. },
+            ..
+        }
+    )
+}
+
+/// The messages waiting for one peer, bounded in bytes ([`LINK_QUEUE_BYTES`]).
+struct LinkQueue {
+    state: Mutex<QueueState>,
+    ready: tokio::sync::Notify,
+    limit: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: std::collections::VecDeque<(Arc<Vec<u8>>, bool)>,
+    bytes: usize,
+}
+
+/// A link's queue is full of messages that may not be dropped.
+struct QueueFull {
+    queued: usize,
+}
+
+impl LinkQueue {
+    fn new(limit: usize) -> LinkQueue {
+        LinkQueue {
+            state: Mutex::new(QueueState::default()),
+            ready: tokio::sync::Notify::new(),
+            limit,
+        }
+    }
+
+    /// Queues `bytes`; when that would pass the limit, drops the oldest droppable messages
+    /// first, and then the new one if it is droppable itself, or refuses it.
+    fn push(&self, bytes: Arc<Vec<u8>>, droppable: bool, to: &str) -> Result<(), QueueFull> {
+        let mut st = self.state.lock();
+        let len = bytes.len();
+        while st.bytes + len > self.limit {
+            match st.items.iter().position(|(_, d)| *d) {
+                Some(i) => {
+                    let (old, _) = st.items.remove(i).expect("an index from position");
+                    st.bytes -= old.len();
+                    metrics::counter!("tessera_cluster_link_dropped_total", "to" => to.to_string())
+                        .increment(1);
+                }
+                None if droppable => {
+                    metrics::counter!("tessera_cluster_link_dropped_total", "to" => to.to_string())
+                        .increment(1);
+                    return Ok(());
+                }
+                None => return Err(QueueFull { queued: st.bytes }),
+            }
+        }
+        st.bytes += len;
+        st.items.push_back((bytes, droppable));
+        drop(st);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next message, waiting for one.
+    async fn pop(&self) -> Arc<Vec<u8>> {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut st = self.state.lock();
+                if let Some((bytes, _)) = st.items.pop_front() {
+                    st.bytes -= bytes.len();
+                    return bytes;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+}
 
 /// QUIC close code of a member that stops ([`QuicBus::close`]).
 pub const CLOSE_STOPPING: u32 = 0;
@@ -160,8 +261,10 @@ pub struct QuicBus {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     directory: Directory,
-    links: Mutex<HashMap<Member, mpsc::UnboundedSender<Arc<Vec<u8>>>>>,
+    links: Mutex<HashMap<Member, Arc<LinkQueue>>>,
     runtime: tokio::runtime::Handle,
+    /// Bytes a link may queue ([`LINK_QUEUE_BYTES`]; smaller in tests).
+    link_limit: std::sync::atomic::AtomicUsize,
 }
 
 impl QuicBus {
@@ -190,6 +293,7 @@ impl QuicBus {
             directory,
             links: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
+            link_limit: std::sync::atomic::AtomicUsize::new(LINK_QUEUE_BYTES),
         });
         let b = bus.clone();
         tokio::spawn(async move { b.accept_loop().await });
@@ -287,23 +391,34 @@ impl QuicBus {
         }
     }
 
-    fn link(&self, to: &Member) -> mpsc::UnboundedSender<Arc<Vec<u8>>> {
+    fn link(&self, to: &Member) -> Arc<LinkQueue> {
         let mut links = self.links.lock();
-        if let Some(tx) = links.get(to) {
-            if !tx.is_closed() {
-                return tx.clone();
-            }
+        if let Some(q) = links.get(to) {
+            return q.clone();
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        links.insert(to.clone(), tx.clone());
+        let limit = self.link_limit.load(std::sync::atomic::Ordering::Relaxed);
+        let queue = Arc::new(LinkQueue::new(limit));
+        links.insert(to.clone(), queue.clone());
         let link = Link {
             to: to.clone(),
             endpoint: self.endpoint.clone(),
             client: self.client.clone(),
             directory: self.directory.clone(),
         };
-        self.runtime.spawn(link.run(rx));
-        tx
+        self.runtime.spawn(link.run(queue.clone()));
+        queue
+    }
+
+    /// Bytes waiting for `to` (tests, and the `tessera_cluster_link_queued_bytes` gauge).
+    pub fn queued_bytes(&self, to: &Member) -> usize {
+        self.links.lock().get(to).map_or(0, |q| q.queued_bytes())
+    }
+
+    /// Links made from now on queue at most `bytes` (tests).
+    #[cfg(test)]
+    fn set_link_limit(&self, bytes: usize) {
+        self.link_limit
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn send(&self, to: Member, env: &Envelope) -> Result<(), BusError> {
@@ -321,7 +436,18 @@ impl QuicBus {
         if self.directory.get(&to).is_none() {
             return Err(missing());
         }
-        self.link(&to).send(bytes).map_err(|_| missing())
+        let key = to.key();
+        let queue = self.link(&to);
+        let result = queue.push(bytes, droppable(env), &key);
+        metrics::gauge!("tessera_cluster_link_queued_bytes", "to" => key.clone())
+            .set(queue.queued_bytes() as f64);
+        result.map_err(|full| {
+            tracing::warn!(to = %key, queued = full.queued, "cluster link full; message refused");
+            BusError::Full {
+                to: key,
+                queued_bytes: full.queued,
+            }
+        })
     }
 }
 
@@ -342,15 +468,12 @@ struct Link {
 }
 
 impl Link {
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Arc<Vec<u8>>>) {
+    async fn run(self, queue: Arc<LinkQueue>) {
         let mut pending: Option<Arc<Vec<u8>>> = None;
         let mut backoff = Duration::from_millis(50);
         loop {
             if pending.is_none() {
-                match rx.recv().await {
-                    Some(b) => pending = Some(b),
-                    None => return,
-                }
+                pending = Some(queue.pop().await);
             }
             let Some(registered) = self.directory.entry(&self.to) else {
                 tokio::time::sleep(backoff).await;
@@ -385,16 +508,8 @@ impl Link {
             // Write the pending frame, then everything that follows.
             loop {
                 let Some(bytes) = pending.take() else {
-                    match rx.recv().await {
-                        Some(b) => {
-                            pending = Some(b);
-                            continue;
-                        }
-                        None => {
-                            let _ = stream.finish();
-                            return;
-                        }
-                    }
+                    pending = Some(queue.pop().await);
+                    continue;
                 };
                 // A member that left, or came back (a restarted shard under
                 // the same id, elsewhere or on the same address: a new
@@ -636,6 +751,109 @@ mod tests {
             "the restarted member did not get the message: {got:?}"
         );
         second.close().await;
+    }
+
+    /// A peer that accepts the connection but never reads (frozen, stuck) fills its link's
+    /// queue up to the limit and no further: ghost sets (superseded by the next) give way,
+    /// oldest first, and once only hand-offs are left a new one is refused with a clear
+    /// error instead of growing the sender without bound (issue 16, item 2).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_never_reads_gets_a_bounded_queue() {
+        let ca = ClusterCa::generate().unwrap();
+        let directory = Directory::default();
+        // The stalled peer: it accepts the connection and the stream, and reads nothing.
+        let stalled = quinn::Endpoint::server(
+            ca.member(MemberRole::Shard, "stalled")
+                .unwrap()
+                .server_config()
+                .unwrap(),
+            ANY.parse().unwrap(),
+        )
+        .unwrap();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let (ep, keep) = (stalled.clone(), held.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                if let Ok(conn) = incoming.await {
+                    if let Ok(stream) = conn.accept_uni().await {
+                        keep.lock().push((conn, stream));
+                    }
+                }
+            }
+        });
+        let a = ShardId::new("a");
+        directory.set(Member::Shard(a.clone()), stalled.local_addr().unwrap());
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let sender = QuicBus::start(
+            &ca.member(MemberRole::Shard, "b").unwrap(),
+            ANY.parse().unwrap(),
+            LocalInbox::Shard(ShardId::new("b"), tx),
+            directory.clone(),
+        )
+        .unwrap();
+        const LIMIT: usize = 1024 * 1024;
+        sender.set_link_limit(LIMIT);
+        let ghosts = |tick: u64| ToShard::Ghosts {
+            from: tessera_proto::CellId::new(0, 0).into(),
+            to: tessera_proto::CellId::new(1, 0).into(),
+            tick,
+            ghosts: vec![
+                tessera_proto::cluster::GhostState {
+                    id: tessera_proto::EntityId(tick),
+                    kind: tessera_proto::msg::EntityKind::Npc,
+                    pos: tessera_proto::Vec3::ZERO,
+                    yaw: 0.0,
+                };
+                40
+            ],
+        };
+        let handoff = |i: u64| ToShard::Handoff {
+            to: tessera_proto::CellId::new(0, 0).into(),
+            epoch: tessera_proto::Epoch(1),
+            entity: tessera_proto::cluster::EntityTransfer {
+                id: tessera_proto::EntityId(i),
+                kind: tessera_proto::msg::EntityKind::Npc,
+                name: "x".repeat(900),
+                description: String::new(),
+                pos: tessera_proto::Vec3::ZERO,
+                vel: tessera_proto::Vec3::ZERO,
+                yaw: 0.0,
+                home: tessera_proto::Vec3::ZERO,
+                player: None,
+                session: None,
+                input: Default::default(),
+                walk_target: None,
+                script: None,
+            },
+        };
+        let member = Member::Shard(a.clone());
+        // Ten times the limit of ghost sets: never refused, never more than the limit queued.
+        for tick in 0..10_000u64 {
+            sender
+                .to_shard(&a, ghosts(tick))
+                .expect("ghosts are never refused");
+            assert!(sender.queued_bytes(&member) <= LIMIT);
+        }
+        // Hand-offs push the ghosts out, then are refused once they alone fill the queue.
+        let mut refused = None;
+        for i in 0..10_000u64 {
+            match sender.to_shard(&a, handoff(i)) {
+                Ok(()) => assert!(sender.queued_bytes(&member) <= LIMIT),
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (sent, err) = refused.expect("a full link refused nothing");
+        assert!(matches!(err, BusError::Full { .. }), "{err}");
+        assert!(
+            err.to_string().contains("is full") && err.to_string().contains("not keeping up"),
+            "{err}"
+        );
+        assert!(sent > 100, "refused after only {sent} hand-offs");
+        assert!(sender.queued_bytes(&member) <= LIMIT);
+        drop(held);
     }
 
     /// During a CA rotation both CAs are in every member's bundle: a shard whose certificate
