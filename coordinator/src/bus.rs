@@ -25,6 +25,38 @@ pub enum BusError {
     Full { to: String, queued_bytes: usize },
 }
 
+/// Most messages waiting in a shard's inbox. A shard whose simulation thread falls this far
+/// behind (stuck, or starved of CPU) refuses more (`BusError::Full`; ghost sets are dropped)
+/// rather than let the inbox grow without bound.
+pub const SHARD_INBOX: usize = 65_536;
+
+/// A shard's inbox: bounded at [`SHARD_INBOX`].
+pub fn shard_inbox() -> (cb::Sender<ToShard>, cb::Receiver<ToShard>) {
+    cb::bounded(SHARD_INBOX)
+}
+
+/// Puts `msg` into a shard's inbox without blocking: refused when the inbox is full (ghost
+/// sets, superseded by the next, are dropped instead) or closed.
+pub fn offer(tx: &cb::Sender<ToShard>, shard: &ShardId, msg: ToShard) -> Result<(), BusError> {
+    match tx.try_send(msg) {
+        Ok(()) => Ok(()),
+        Err(cb::TrySendError::Full(ToShard::Ghosts { .. })) => {
+            metrics::counter!("tessera_shard_inbox_dropped_total", "shard" => shard.0.clone())
+                .increment(1);
+            Ok(())
+        }
+        Err(cb::TrySendError::Full(_)) => {
+            metrics::counter!("tessera_shard_inbox_refused_total", "shard" => shard.0.clone())
+                .increment(1);
+            Err(BusError::Full {
+                to: format!("shard/{shard} (inbox)"),
+                queued_bytes: 0,
+            })
+        }
+        Err(cb::TrySendError::Disconnected(_)) => Err(BusError::NoShard(shard.clone())),
+    }
+}
+
 /// Delivery of cluster messages. Sends never block; a message to a member
 /// that is gone is an error the caller decides about.
 pub trait Bus: Send + Sync + 'static {
@@ -58,7 +90,7 @@ impl LocalBus {
 
     /// Registers a shard and returns its inbox.
     pub fn add_shard(&self, id: ShardId) -> cb::Receiver<ToShard> {
-        let (tx, rx) = cb::unbounded();
+        let (tx, rx) = shard_inbox();
         self.shards.write().insert(id, tx);
         rx
     }
@@ -85,7 +117,7 @@ impl Bus for LocalBus {
         let tx = shards
             .get(shard)
             .ok_or_else(|| BusError::NoShard(shard.clone()))?;
-        tx.send(msg).map_err(|_| BusError::NoShard(shard.clone()))
+        offer(tx, shard, msg)
     }
 
     fn to_router(&self, router: &RouterId, msg: ToRouter) -> Result<(), BusError> {
@@ -114,5 +146,45 @@ impl Bus for LocalBus {
         let mut ids: Vec<RouterId> = self.routers.read().keys().cloned().collect();
         ids.sort();
         ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_proto::{Compass, EntityId};
+
+    /// A shard whose simulation thread reads nothing: its inbox stops at [`SHARD_INBOX`]
+    /// messages; further commands are refused with a clear error, ghost sets dropped
+    /// (issue 16, item 2).
+    #[test]
+    fn a_shard_inbox_that_is_never_read_stays_bounded() {
+        let bus = LocalBus::new();
+        let s = ShardId::new("stuck");
+        let inbox = bus.add_shard(s.clone());
+        let step = || ToShard::Step {
+            entity: EntityId(1),
+            dir: Compass::North,
+        };
+        for _ in 0..SHARD_INBOX {
+            bus.to_shard(&s, step()).unwrap();
+        }
+        let err = bus.to_shard(&s, step()).unwrap_err();
+        assert!(
+            matches!(err, BusError::Full { .. }) && err.to_string().contains("not keeping up"),
+            "{err}"
+        );
+        let ghosts = ToShard::Ghosts {
+            from: tessera_proto::CellId::new(0, 0).into(),
+            to: tessera_proto::CellId::new(1, 0).into(),
+            tick: 1,
+            ghosts: Vec::new(),
+        };
+        bus.to_shard(&s, ghosts)
+            .expect("ghost sets are dropped, not refused");
+        assert_eq!(inbox.len(), SHARD_INBOX);
+        // Once it reads again, it takes messages again.
+        inbox.recv().unwrap();
+        bus.to_shard(&s, step()).unwrap();
     }
 }

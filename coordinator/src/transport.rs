@@ -380,7 +380,9 @@ impl QuicBus {
     fn deliver_local(&self, env: Envelope) {
         match (env, &self.inbox) {
             (Envelope::Shard { to, msg }, LocalInbox::Shard(me, tx)) if &to == me => {
-                let _ = tx.send(msg);
+                if let Err(e) = crate::bus::offer(tx, me, msg) {
+                    tracing::warn!(error = %e, "cluster message dropped: this shard's inbox is full");
+                }
             }
             (Envelope::Router { to, msg }, LocalInbox::Router(me, tx)) if &to == me => {
                 let _ = tx.send(msg);
@@ -534,7 +536,7 @@ impl Bus for QuicBus {
     fn to_shard(&self, shard: &ShardId, msg: ToShard) -> Result<(), BusError> {
         if let LocalInbox::Shard(me, tx) = &self.inbox {
             if me == shard {
-                return tx.send(msg).map_err(|_| BusError::NoShard(shard.clone()));
+                return crate::bus::offer(tx, shard, msg);
             }
         }
         let env = Envelope::Shard {

@@ -107,7 +107,7 @@ pub async fn run(
     } = config;
     let id = shard.id.clone();
     let (store, prefix) = (membership.store.clone(), membership.prefix.clone());
-    let (tx, inbox) = crossbeam_channel::unbounded();
+    let (tx, inbox) = tessera_coordinator::bus::shard_inbox();
     let joined = membership.join(LocalInbox::Shard(id.clone(), tx)).await?;
     let bus: Arc<dyn Bus> = joined.bus.clone();
     let board = MigrationBoard::watch(store.clone(), &prefix, Some(trust.clone())).await?;
