@@ -154,7 +154,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         println!("telnet over TLS listening on {a}");
     }
     println!("metrics on http://{metrics}/metrics");
-    tessera_gateway::run(gateway.clone(), listener, tls, crate::up::shutdown_signal()).await;
+    // An accept loop that dies ends the process non-zero at once (the gateway holds no
+    // lease; Kubernetes restarts it).
+    tessera_gateway::run(gateway.clone(), listener, tls, crate::up::shutdown_signal()).await?;
     println!("telnet gateway {} stopped", args.id);
     Ok(())
 }

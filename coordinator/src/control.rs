@@ -70,6 +70,10 @@ pub fn leader_key(prefix: &str) -> String {
 }
 
 /// Runs until `shutdown` resolves; gives up leadership on the way out.
+///
+/// The leading loop runs as a task of its own. If it panics, the leader lease is revoked at
+/// once, so a standby takes over within its campaign interval rather than after the lease
+/// TTL, and the panic goes on unwinding out of `run` (the process exits non-zero).
 pub async fn run(
     config: CoordinatorConfig,
     store: Arc<dyn ClusterStore>,
@@ -85,9 +89,29 @@ pub async fn run(
         let watchdog = config.liveness.clone().map(|l| {
             crate::liveness::WatchdogGuard::spawn(store.clone(), config.prefix.clone(), l)
         });
+        let mut leading = tokio::spawn({
+            let (config, store) = (config.clone(), store.clone());
+            async move { lead(&config, &*store, lease).await }
+        });
         let lost = tokio::select! {
-            r = lead(&config, &*store, lease) => r,
+            r = &mut leading => match r {
+                Ok(r) => r,
+                Err(died) => {
+                    // Nobody leads while this lease stands: give it up now.
+                    let _ = store.revoke(lease).await;
+                    drop(watchdog);
+                    tracing::error!(coordinator = %config.id, error = %died, "the leading loop died; leader lease revoked");
+                    metrics::counter!("tessera_coordinator_leading_deaths_total").increment(1);
+                    match died.try_into_panic() {
+                        Ok(panic) => std::panic::resume_unwind(panic),
+                        Err(cancelled) => panic!("the leading loop was cancelled: {cancelled}"),
+                    }
+                }
+            },
             _ = &mut shutdown => {
+                // Stopped before the lease goes, so nothing is written after it.
+                leading.abort();
+                let _ = leading.await;
                 let _ = store.revoke(lease).await;
                 tracing::info!(coordinator = %config.id, "stepped down");
                 return Ok(());
@@ -166,7 +190,16 @@ async fn lead(
     let mut rebalancer = config.rebalance.clone().map(Rebalancer::new);
     let mut blocked: BTreeSet<ShardId> = BTreeSet::new();
     let mut last_rebalance = tokio::time::Instant::now();
+    #[cfg(feature = "fault-injection")]
+    let (leading_since, panic_after) = (tokio::time::Instant::now(), fault::panic_after());
     loop {
+        #[cfg(feature = "fault-injection")]
+        if panic_after.is_some_and(|after| leading_since.elapsed() >= after) {
+            panic!(
+                "injected fault: the leading loop of coordinator {} dies",
+                config.id
+            );
+        }
         if last_renewal.elapsed() >= config.lease_ttl / 3 {
             match store.keep_alive(lease).await {
                 Ok(()) => last_renewal = tokio::time::Instant::now(),
@@ -203,6 +236,20 @@ async fn lead(
             },
             None => tokio::time::sleep(config.interval).await,
         }
+    }
+}
+
+/// Fault injection for the fault tests (cargo feature `fault-injection`, which only test
+/// builds turn on): a coordinator started with `TESSERA_FAULT_COORDINATOR_PANIC_AFTER_MS=N`
+/// has its leading loop panic once it has led N ms (at the next round, `interval` later at
+/// most).
+#[cfg(feature = "fault-injection")]
+mod fault {
+    pub fn panic_after() -> Option<std::time::Duration> {
+        std::env::var("TESSERA_FAULT_COORDINATOR_PANIC_AFTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
     }
 }
 

@@ -16,6 +16,12 @@
 //! keeps its players until they leave, warns those still there a minute
 //! before `drain_timeout`, and then lets them go with their positions
 //! saved.
+//!
+//! A gateway whose accept loop dies (a panic) would only seem alive: it
+//! registers nothing in the cluster store, so nothing else would notice.
+//! [`run`] then stops at once with [`GatewayError::TaskDied`] (the process
+//! exits non-zero and Kubernetes restarts it), closing its router links so
+//! the routers take its players out of the world and save them now.
 
 mod conn;
 pub mod routers;
@@ -27,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_router::caps::AddressCaps;
 use tessera_router::telnet_gateway;
+use tessera_router::{EssentialTasks, TaskDied};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -148,25 +155,36 @@ impl Drop for ConnectionSlot {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A task the gateway cannot serve without ended while it was serving; it stopped at once.
+    #[error("the telnet gateway stopped because {0}")]
+    TaskDied(TaskDied),
+}
+
 /// Serves telnet on `listener` (and telnet over TLS on `tls`, if given)
 /// until `shutdown` resolves, then drains: closes the listeners, keeps the
 /// players it has until they leave or the drain timeout passes, and
-/// returns.
+/// returns. If an accept loop dies first, it stops at once and says which
+/// (see the crate documentation).
 pub async fn run(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     shutdown: impl std::future::Future<Output = ()>,
-) {
+) -> Result<(), GatewayError> {
     metrics::gauge!("tessera_gateway_draining").set(0.0);
-    let accept = {
-        let gw = gateway.clone();
-        tokio::spawn(async move { accept_loop(gw, listener, None).await })
-    };
-    let accept_tls = tls.map(|(listener, acceptor)| {
-        let gw = gateway.clone();
-        tokio::spawn(async move { accept_loop(gw, listener, Some(acceptor)).await })
+    let mut accepting = EssentialTasks::default();
+    let gw = gateway.clone();
+    accepting.spawn("telnet accept loop", async move {
+        accept_loop(gw, listener, None).await
     });
+    if let Some((listener, acceptor)) = tls {
+        let gw = gateway.clone();
+        accepting.spawn("telnet-over-TLS accept loop", async move {
+            accept_loop(gw, listener, Some(acceptor)).await
+        });
+    }
     let gauge = {
         let gw = gateway.clone();
         tokio::spawn(async move {
@@ -176,14 +194,26 @@ pub async fn run(
             }
         })
     };
-    shutdown.await;
+    let died = tokio::select! {
+        _ = shutdown => None,
+        died = accepting.first_ended() => Some(died),
+    };
+    if let Some(died) = died {
+        tracing::error!(gateway = %gateway.config.id, task = died.task, how = %died.how, players = gateway.connections(), "an essential task ended; the telnet gateway stops at once");
+        metrics::counter!("tessera_gateway_task_deaths_total", "task" => died.task).increment(1);
+        accepting.abort_all();
+        gauge.abort();
+        // The routers see the relayed sessions end now (not after their idle timeout):
+        // each takes its player out of the world and saves the position.
+        gateway.endpoint.close(0u32.into(), b"gateway failed");
+        // Briefly, for the close to reach the routers before the process is gone.
+        let _ =
+            tokio::time::timeout(Duration::from_millis(250), gateway.endpoint.wait_idle()).await;
+        return Err(GatewayError::TaskDied(died));
+    }
     // Closing the listener refuses new connections at once; the players
     // here stay (their TCP connections do not go through the listener).
-    accept.abort();
-    if let Some(a) = accept_tls {
-        a.abort();
-    }
-    let _ = accept.await;
+    accepting.shutdown().await;
     let until = tokio::time::Instant::now() + gateway.config.drain_timeout;
     let _ = gateway.phase.send(Phase::Draining { until });
     metrics::gauge!("tessera_gateway_draining").set(1.0);
@@ -202,6 +232,19 @@ pub async fn run(
     gauge.abort();
     gateway.endpoint.close(0u32.into(), b"gateway stopped");
     tracing::info!(gateway = %gateway.config.id, left = gateway.connections(), "telnet gateway stopped");
+    Ok(())
+}
+
+/// Fault injection for the fault tests (cargo feature `fault-injection`, which only test
+/// builds turn on): a gateway started with `TESSERA_FAULT_GATEWAY_PANIC_AT_CONNECTION=N` has
+/// its (plain) telnet accept loop panic when it accepts its N-th connection.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    pub fn panic_at_connection() -> Option<u64> {
+        std::env::var("TESSERA_FAULT_GATEWAY_PANIC_AT_CONNECTION")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }
 }
 
 async fn accept_loop(
@@ -209,9 +252,18 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
+    #[cfg(feature = "fault-injection")]
+    let (mut accepted, panic_at) = (0u64, fault::panic_at_connection().filter(|_| tls.is_none()));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                #[cfg(feature = "fault-injection")]
+                {
+                    accepted += 1;
+                    if panic_at == Some(accepted) {
+                        panic!("injected fault: the gateway's telnet accept loop dies at connection {accepted}");
+                    }
+                }
                 let transport = if tls.is_some() {
                     "telnet-tls"
                 } else {

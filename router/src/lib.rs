@@ -61,6 +61,9 @@ pub enum RouterError {
     /// The player may not do this now (muted, too fast); the text says why.
     #[error("{0}")]
     Refused(String),
+    /// A task the router cannot serve without ended while it was serving; it stopped at once.
+    #[error("the router stopped because {0}")]
+    TaskDied(TaskDied),
 }
 
 /// How a router runs.
@@ -180,7 +183,7 @@ pub fn spawn_point(spawn: Vec3, radius: f32, player: PlayerId) -> Vec3 {
 }
 
 /// A player's saved record (`player/<id>` in persistence).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlayerRecord {
     pub pos: Vec3,
     pub last_seen_unix: u64,
@@ -740,9 +743,9 @@ pub async fn run(
     tracing::info!(router = %router.config.id, telnet = %addrs.telnet, telnet_tls = ?addrs.telnet_tls, quic = %addrs.quic, "router listening");
     let _ = ready.send(addrs);
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = EssentialTasks::default();
     let r = router.clone();
-    tasks.spawn(async move {
+    let pump = async move {
         let mut sampled = std::time::Instant::now();
         while let Some(msg) = inbox.recv().await {
             r.dispatch(msg);
@@ -751,21 +754,28 @@ pub async fn run(
                 metrics::gauge!("tessera_router_inbox_queued").set(inbox.len() as f64);
             }
         }
-    });
+    };
+    #[cfg(feature = "fault-injection")]
+    let pump = fault::doomed(fault::pump_panics_after(), pump);
+    tasks.spawn("bus inbox pump", pump);
     if let Some(rx) = router.chat_deliveries.lock().take() {
-        tasks.spawn(chat::pump(router.clone(), rx));
+        tasks.spawn("chat delivery pump", chat::pump(router.clone(), rx));
     }
     let r = router.clone();
-    tasks.spawn(async move { telnet_gateway::serve(r, telnet).await });
+    tasks.spawn("telnet accept loop", async move {
+        telnet_gateway::serve(r, telnet).await
+    });
     if let Some((listener, acceptor)) = telnet_tls {
         let r = router.clone();
-        tasks.spawn(async move { telnet_gateway::serve_tls(r, listener, acceptor).await });
+        tasks.spawn("telnet-over-TLS accept loop", async move {
+            telnet_gateway::serve_tls(r, listener, acceptor).await
+        });
     }
     let r = router.clone();
     let ep = endpoint.clone();
-    tasks.spawn(async move { quic::serve(r, ep).await });
+    tasks.spawn("QUIC accept loop", async move { quic::serve(r, ep).await });
     let r = router.clone();
-    tasks.spawn(async move {
+    tasks.spawn("periodic save", async move {
         let mut every = tokio::time::interval(r.config.save_interval);
         every.tick().await;
         loop {
@@ -774,7 +784,21 @@ pub async fn run(
             let _ = tokio::task::spawn_blocking(move || r2.save_all()).await;
         }
     });
-    shutdown.await;
+    let died = tokio::select! {
+        _ = shutdown => None,
+        died = tasks.first_ended() => Some(died),
+    };
+    if let Some(died) = died {
+        // A router without one of these only seems alive (a dead inbox pump: no frames, no
+        // player events). Stop at once: the caller gives up the registration, so shards
+        // see the router gone and keep its players' avatars linkdead, and the clients,
+        // told to reconnect (CLOSE_RESTART), resume on another router and find them there.
+        tracing::error!(router = %router.config.id, task = died.task, how = %died.how, "an essential task ended; the router stops at once");
+        metrics::counter!("tessera_router_task_deaths_total", "task" => died.task).increment(1);
+        endpoint.close(quic::CLOSE_RESTART.into(), b"router failed");
+        tasks.abort_all();
+        return Err(RouterError::TaskDied(died));
+    }
     tracing::info!(router = %router.config.id, "router stopping; taking players out of the world");
     // Every connection takes its player out of the world and saves the
     // position, then closes: QUIC ones with CLOSE_RESTART, keeping their
@@ -794,6 +818,136 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || r.save_all()).await;
     tasks.abort_all();
     Ok(())
+}
+
+/// The tasks a running router cannot serve without (the bus inbox pump, the accept loops,
+/// ...), each with a name. None of them ends while the router serves; one that does (it
+/// returned or panicked) is watched for with [`EssentialTasks::first_ended`]. The telnet
+/// gateway watches its own the same way.
+#[derive(Default)]
+pub struct EssentialTasks {
+    set: tokio::task::JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+/// An essential task that ended: which, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskDied {
+    pub task: &'static str,
+    /// `returned`, `panicked: <message>` or `was cancelled`.
+    pub how: String,
+}
+
+impl std::fmt::Display for TaskDied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "its {} {}", self.task, self.how)
+    }
+}
+
+impl EssentialTasks {
+    /// Runs `task` (on the current tokio runtime) as the essential task `name`.
+    pub fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let id = self.set.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    /// Waits until one of the tasks ends, and says which and how; never resolves when
+    /// there are none.
+    pub async fn first_ended(&mut self) -> TaskDied {
+        let (id, how) = match self.set.join_next_with_id().await {
+            None => return std::future::pending().await,
+            Some(Ok((id, ()))) => (id, "returned".to_string()),
+            Some(Err(e)) if e.is_panic() => {
+                let id = e.id();
+                let payload = e.into_panic();
+                let text = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                (id, format!("panicked: {text}"))
+            }
+            Some(Err(e)) => (e.id(), "was cancelled".to_string()),
+        };
+        TaskDied {
+            task: self.names.get(&id).copied().unwrap_or("unnamed task"),
+            how,
+        }
+    }
+
+    /// Stops every task (at its next await).
+    pub fn abort_all(&mut self) {
+        self.set.abort_all();
+    }
+
+    /// Stops every task and waits until they are gone (with what they held: a listener is
+    /// closed once this returns).
+    pub async fn shutdown(&mut self) {
+        self.set.shutdown().await;
+    }
+}
+
+/// Fault injection for the fault tests (cargo feature `fault-injection`, which only test
+/// builds turn on): a router started with `TESSERA_FAULT_ROUTER_PANIC_AFTER_MS=N` has its
+/// bus inbox pump panic N ms after it starts.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    use std::time::Duration;
+
+    pub fn pump_panics_after() -> Option<Duration> {
+        std::env::var("TESSERA_FAULT_ROUTER_PANIC_AFTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    }
+
+    /// `task`, made to panic after `after` if it has not ended by then.
+    pub async fn doomed<F: std::future::Future>(after: Option<Duration>, task: F) -> F::Output {
+        let Some(after) = after else {
+            return task.await;
+        };
+        tokio::select! {
+            out = task => out,
+            _ = tokio::time::sleep(after) => {
+                panic!("injected fault: the router's bus inbox pump dies after {after:?}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod essential_tests {
+    use super::EssentialTasks;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_first_task_to_end_is_named_with_how_it_ended() {
+        let mut tasks = EssentialTasks::default();
+        tasks.spawn("forever", std::future::pending());
+        tasks.spawn("doomed", async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            panic!("boom");
+        });
+        let died = tasks.first_ended().await;
+        assert_eq!(died.task, "doomed");
+        assert_eq!(died.how, "panicked: boom");
+        assert_eq!(died.to_string(), "its doomed panicked: boom");
+        tasks.spawn("quitter", async {});
+        assert_eq!(tasks.first_ended().await.how, "returned");
+        tasks.abort_all();
+        assert_eq!(tasks.first_ended().await.how, "was cancelled");
+    }
+
+    #[tokio::test]
+    async fn with_no_task_nothing_ends() {
+        let mut tasks = EssentialTasks::default();
+        let waited = tokio::time::timeout(Duration::from_millis(50), tasks.first_ended()).await;
+        assert!(waited.is_err());
+    }
 }
 
 #[cfg(test)]

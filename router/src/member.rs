@@ -6,8 +6,11 @@
 //! router listens, record its real addresses; serve until `shutdown`. On shutdown the
 //! registration is first marked draining, so telnet gateways resume the router's players
 //! elsewhere; it stays (shards still answer the players' leaves) until the router has stopped
-//! and saved every player, then it is revoked. The state is published on a watch channel
-//! ([`RouterState`]).
+//! and saved every player, then it is revoked. If a task the router cannot serve without dies
+//! (the bus inbox pump, an accept loop, ...: [`crate::EssentialTasks`]), the router stops at
+//! once: the registration is revoked and the cluster bus closed without waiting for the lease
+//! to run out, and `run` returns [`RouterError::TaskDied`] (the process exits non-zero). The
+//! state is published on a watch channel ([`RouterState`]).
 
 use crate::{chat::ChatLink, Router, RouterAddrs, RouterConfig, RouterError};
 use std::future::Future;
@@ -147,6 +150,9 @@ pub async fn run(
             "the router task failed: {e}"
         )))),
     };
+    // Also when the router died (a task it cannot serve without ended): the registration
+    // goes now rather than when the lease runs out, so shards and telnet gateways stop
+    // counting on this router at once.
     reg.revoke().await;
     // Peers learn at once that this member is gone (a successor may take its address).
     joined.bus.close().await;

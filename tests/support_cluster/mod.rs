@@ -1391,3 +1391,153 @@ impl Walker {
         }
     }
 }
+
+/// [`coordinator`] with more environment variables (the fault switches of test builds, such
+/// as `TESSERA_FAULT_COORDINATOR_PANIC_AFTER_MS`).
+pub fn coordinator_with_env(
+    dir: &Path,
+    ca: &Path,
+    spec: &CoordinatorSpec,
+    env: &[(&str, &str)],
+) -> Role {
+    let id = spec.id;
+    let mut args = common_args(
+        &spec.etcd_url,
+        &spec.etcd_tls,
+        "coordinator",
+        LOCALHOST,
+        &spec.world,
+    );
+    args.extend([
+        "--id".into(),
+        id.into(),
+        "--cluster-ca".into(),
+        member_dir(ca, "coordinator").display().to_string(),
+        "--settle-ms".into(),
+        spec.settle_ms.to_string(),
+    ]);
+    if let Some(ttl) = spec.lease_ttl_secs {
+        args.extend(["--lease-ttl-secs".into(), ttl.to_string()]);
+    }
+    if !spec.rebalance {
+        args.push("--no-rebalance".into());
+    }
+    args.extend(spec.extra.iter().map(|a| a.to_string()));
+    let mut role = Role::start_with_env(dir, id, None, "warn,tessera_coordinator=info", &args, env);
+    role.wait_line(&format!("coordinator {id} running"));
+    role
+}
+
+/// [`router`] with more environment variables (the fault switches of test builds, such as
+/// `TESSERA_FAULT_ROUTER_PANIC_AFTER_MS`).
+pub fn router_with_env(
+    dir: &Path,
+    ca: &Path,
+    spec: &RouterSpec,
+    env: &[(&str, &str)],
+) -> RouterProc {
+    let any = SocketAddr::new(LOCALHOST, 0).to_string();
+    let mut args = common_args(
+        &spec.etcd_url,
+        &spec.etcd_tls,
+        "router",
+        LOCALHOST,
+        &spec.world,
+    );
+    args.extend(member_args(
+        &member_dir(ca, "router"),
+        spec.bus_ip,
+        spec.lease_ttl_secs,
+        spec.persistence,
+    ));
+    let data = if spec.id == "router-1" {
+        dir.join("router-data")
+    } else {
+        dir.join(format!("{}-data", spec.id))
+    };
+    args.extend([
+        "--id".into(),
+        spec.id.clone(),
+        "--telnet".into(),
+        any.clone(),
+        "--quic".into(),
+        any,
+        "--data-dir".into(),
+        data.display().to_string(),
+    ]);
+    args.extend(spec.extra.iter().cloned());
+    let mut role = Role::start_with_env(dir, &spec.id, None, "warn", &args, env);
+    let telnet = role.addr_after("telnet listening on ");
+    let quic = role.addr_after("quic listening on ");
+    let metrics = role.addr_after("metrics on http://");
+    RouterProc {
+        role,
+        telnet,
+        quic,
+        cert: data.join("quic-cert.der"),
+        metrics,
+    }
+}
+
+/// [`gateway`] with more environment variables (the fault switches of test builds, such as
+/// `TESSERA_FAULT_GATEWAY_PANIC_AT_CONNECTION`).
+pub fn gateway_with_env(
+    dir: &Path,
+    ca: &Path,
+    spec: &GatewaySpec,
+    env: &[(&str, &str)],
+) -> GatewayProc {
+    let mut args: Vec<String> = vec![
+        "telnet-gateway".into(),
+        "--etcd".into(),
+        spec.etcd_url.clone(),
+    ];
+    args.extend(tls_flags(&spec.etcd_tls));
+    args.extend([
+        "--cluster-ca".into(),
+        member_dir(ca, "gateway").display().to_string(),
+        "--router-cert".into(),
+        spec.router_cert.display().to_string(),
+        "--id".into(),
+        spec.id.clone(),
+        "--telnet".into(),
+        "127.0.0.1:0".into(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    args.extend(spec.extra.iter().cloned());
+    let mut role =
+        Role::start_with_env(dir, &spec.id, None, "warn,tessera_gateway=info", &args, env);
+    role.wait_line(&format!("telnet gateway {} running", spec.id));
+    let telnet = role.addr_after("telnet listening on ");
+    let telnet_tls = spec
+        .extra
+        .iter()
+        .any(|f| f == "--telnet-tls")
+        .then(|| role.addr_after("telnet over TLS listening on "));
+    let metrics = role.addr_after("metrics on http://");
+    GatewayProc {
+        role,
+        telnet,
+        telnet_tls,
+        metrics,
+    }
+}
+
+/// Waits (up to `timeout`, polling every 10 ms) for `role` to exit; its exit status and when
+/// the exit was seen.
+pub fn wait_exit(role: &mut Role, timeout: Duration) -> (ExitStatus, SystemTime) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = role.try_exit() {
+            return (status, SystemTime::now());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not exit within {timeout:?}; stderr:\n{}",
+            role.name,
+            role.stderr_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
