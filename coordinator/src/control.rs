@@ -286,7 +286,17 @@ async fn place(
                 .all(|(_, owner)| live.contains(&owner.owner))
         })
     });
-    let mut sorted = live.clone();
+    // Cells go to shards that are not cordoned (a drained shard must not take cells by
+    // failover), unless every live shard is.
+    let cordoned = cordoned(store, &config.prefix, config.authority.as_ref()).await?;
+    let mut sorted: Vec<ShardId> = live
+        .iter()
+        .filter(|s| !cordoned.contains(s))
+        .cloned()
+        .collect();
+    if sorted.is_empty() {
+        sorted = live.clone();
+    }
     sorted.sort();
     let plan: HashMap<CellId, ShardId> = placement::stripes(&config.cells, &sorted)
         .into_iter()
@@ -357,6 +367,39 @@ async fn reassign_dead_regions(
     Ok(())
 }
 
+/// The cordoned (draining) shards; with `key`, only those whose cordon is signed by an
+/// operator or the shard itself (others are ignored with a log line).
+async fn cordoned(
+    store: &dyn ClusterStore,
+    prefix: &str,
+    key: Option<&crate::authority::ClusterTrust>,
+) -> Result<BTreeSet<ShardId>, CoordinatorError> {
+    let mut out = BTreeSet::new();
+    let draining = format!("{prefix}draining/");
+    for kv in store.list(&draining).await? {
+        let Some(id) = kv.key.strip_prefix(&draining) else {
+            continue;
+        };
+        let shard = ShardId::new(id);
+        if let Some(key) = key {
+            let cordon = serde_json::from_slice::<crate::migration::Cordon>(&kv.value);
+            let checked = match &cordon {
+                Ok(c) => c
+                    .verify(key, prefix, &shard)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("not a cordon: {e}")),
+            };
+            if let Err(why) = checked {
+                tracing::warn!(shard = %shard, error = %why, "cordon ignored");
+                continue;
+            }
+        }
+        out.insert(shard);
+    }
+    Ok(out)
+}
+
 /// Reads what the rebalancer plans from: the cell map, the live shards
 /// with their capacities and latest load reports, and the migrations in
 /// flight. Cordoned (draining) shards are left out; with `key`, only those
@@ -390,26 +433,7 @@ pub async fn read_cluster_view(
     }
     // Draining (cordoned) shards are left out: they get no cells, and
     // their own cells are the drain's to move.
-    let draining = format!("{prefix}draining/");
-    for kv in store.list(&draining).await? {
-        let Some(id) = kv.key.strip_prefix(&draining) else {
-            continue;
-        };
-        let shard = ShardId::new(id);
-        if let Some(key) = key {
-            let cordon = serde_json::from_slice::<crate::migration::Cordon>(&kv.value);
-            let checked = match &cordon {
-                Ok(c) => c
-                    .verify(key, prefix, &shard)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(format!("not a cordon: {e}")),
-            };
-            if let Err(why) = checked {
-                tracing::warn!(shard = %shard, error = %why, "cordon ignored");
-                continue;
-            }
-        }
+    for shard in cordoned(store, prefix, key).await? {
         view.shards.remove(&shard);
     }
     for stored in list_trees(store, prefix).await? {
@@ -795,6 +819,54 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    /// A dead shard's cells fail over to shards that are not cordoned: a drained shard that
+    /// got cells by failover would hold them while marked as leaving (the operator trial of
+    /// issue 16). Only when every live shard is cordoned does one of them take the cells.
+    #[tokio::test]
+    async fn failover_skips_cordoned_shards() {
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let _c = tokio::spawn(run(config("a"), store.clone(), async move {
+            let _ = rx.await;
+        }));
+        let doomed = register(&store, "s1", Duration::from_secs(60)).await;
+        register(&store, "s2", Duration::from_secs(60)).await;
+        register(&store, "s3", Duration::from_secs(60)).await;
+        let map = CellMap::watch(store.clone(), "/t/").await.unwrap();
+        wait_for("placed", || map.all().len() == 8).await;
+        let of = |s: &str| {
+            map.all()
+                .into_iter()
+                .filter(|(_, o)| o.owner.0 == s)
+                .count()
+        };
+        assert!(of("s1") > 0 && of("s2") > 0, "{:?}", map.all());
+        // s2 is drained by an operator (cordoned; its cells stay until the drain moves
+        // them), then s1 dies.
+        let cordon = crate::migration::Cordon::new(
+            "/t/",
+            &ShardId::new("s2"),
+            &crate::authority::Signer::operator(alice().clone()),
+        );
+        store
+            .put(
+                &crate::migration::draining_key("/t/", &ShardId::new("s2")),
+                serde_json::to_vec(&cordon).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        let s2_before = of("s2");
+        store.revoke(doomed).await.unwrap();
+        wait_for("s1's cells failed over", || of("s1") == 0).await;
+        assert_eq!(
+            of("s2"),
+            s2_before,
+            "a cordoned shard got cells by failover"
+        );
+        assert_eq!(of("s3"), 8 - s2_before);
     }
 
     #[tokio::test]
