@@ -86,3 +86,8 @@ cargo test --workspace --doc --locked
 # checked against.
 echo "== k8s manifests and Dockerfile (offline: kustomize, schemas, rules)"
 scripts/k8s-check.sh
+# Every cargo-fuzz target for a short fixed time (20 s each; TESSERA_FUZZ_SECS
+# or an argument changes it) from the committed seed corpus. Installs
+# cargo-fuzz when missing; fails on a crash, hang or out-of-memory.
+echo "== fuzzing (scripts/fuzz-ci.sh)"
+scripts/fuzz-ci.sh
