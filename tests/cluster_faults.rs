@@ -642,6 +642,143 @@ fn a_crashed_routers_player_is_saved_and_removed_after_the_linkdead_time() {
     );
 }
 
+/// Resident memory of a process, bytes (`VmRSS`).
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A stalled peer (issue 16, item 2): shard-1 frozen with SIGSTOP for 30 s under a bot
+/// swarm, default leases. Its cells fail over to shard-2 within seconds (the liveness
+/// watchdog); the router's and shard-2's memory stay flat meanwhile (bounded queues, and
+/// nothing is queued for a member whose registration is gone); once continued, shard-1 finds
+/// its lease gone and exits non-zero, and every cell stays with shard-2.
+#[test]
+fn a_shard_frozen_for_30_s_fails_over_and_is_fenced_when_it_wakes() {
+    let dir = TestDir::new();
+    let etcd = EtcdServer::start();
+    let ca = ca_init(dir.path(), &etcd);
+    let store = persistence(dir.path(), &ca, &etcd);
+    let _coord = coordinator(
+        dir.path(),
+        &ca,
+        &CoordinatorSpec {
+            lease_ttl_secs: None,
+            ..placing_by_hand(&etcd, "coordinator-a")
+        },
+    );
+    let spec = |id| ShardSpec {
+        lease_ttl_secs: 20,
+        persistence: Some(store.addr),
+        ..ShardSpec::local(&etcd, id)
+    };
+    let mut s1 = shard(dir.path(), &ca, &spec("shard-1"));
+    let s2 = shard(dir.path(), &ca, &spec("shard-2"));
+    wait_ticking(&[s1.metrics, s2.metrics], 10.0);
+    let placed = Instant::now() + Duration::from_secs(15);
+    while owners(&etcd).len() < 16 {
+        assert!(Instant::now() < placed, "cells not placed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let router = router(
+        dir.path(),
+        &ca,
+        &RouterSpec {
+            lease_ttl_secs: 20,
+            persistence: Some(store.addr),
+            ..RouterSpec::local(&etcd)
+        },
+    );
+    let _swarm = BotSwarm::start(
+        dir.path(),
+        &router,
+        8,
+        50,
+        &["--quic", "8", "--scenario", "border", "--seed", "16"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (router_pid, s2_pid) = (router.role.pid(), s2.role.pid());
+    let before = (rss(router_pid), rss(s2_pid));
+
+    let frozen = Instant::now();
+    signal(s1.role.pid(), "STOP");
+    let failed_over = loop {
+        let rows = owners(&etcd);
+        if rows.len() == 16 && rows.iter().all(|r| r.owner == "shard-2") {
+            break frozen.elapsed();
+        }
+        assert!(
+            frozen.elapsed() < Duration::from_secs(10),
+            "the frozen shard's cells did not fail over: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut peak = before;
+    while frozen.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_secs(2));
+        peak = (peak.0.max(rss(router_pid)), peak.1.max(rss(s2_pid)));
+    }
+    eprintln!(
+        "SIGSTOP shard-1 (leases 20 s): every cell on shard-2 after {} ms; over 30 s RSS router {} -> {} MB peak, shard-2 {} -> {} MB peak",
+        failed_over.as_millis(),
+        before.0 >> 20,
+        peak.0 >> 20,
+        before.1 >> 20,
+        peak.1 >> 20
+    );
+    const FLAT: u64 = 64 << 20;
+    assert!(
+        peak.0 < before.0 + FLAT && peak.1 < before.1 + FLAT,
+        "memory grew while a peer was frozen: router {} -> {}, shard-2 {} -> {}",
+        before.0,
+        peak.0,
+        before.1,
+        peak.1
+    );
+
+    // Woken, it learns its lease is gone and stops: never two owners.
+    signal(s1.role.pid(), "CONT");
+    let woke = Instant::now();
+    let status = loop {
+        if let Some(status) = s1.role.try_exit() {
+            break status;
+        }
+        assert!(
+            woke.elapsed() < Duration::from_secs(10),
+            "the woken shard kept running:\n{}",
+            s1.role.stderr_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "a fenced shard exited 0");
+    assert!(
+        s1.role.stderr().contains("lost its etcd lease"),
+        "{}",
+        s1.role.stderr_tail(20)
+    );
+    let rows = owners(&etcd);
+    assert!(
+        rows.len() == 16 && rows.iter().all(|r| r.owner == "shard-2"),
+        "{rows:?}"
+    );
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill(1)")
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
 fn placing_by_hand<'a>(etcd: &EtcdServer, id: &'a str) -> CoordinatorSpec<'a> {
     CoordinatorSpec::local(etcd, id).not_rebalancing()
 }
