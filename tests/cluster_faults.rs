@@ -490,6 +490,63 @@ fn a_shard_whose_simulation_dies_exits_and_its_cells_fail_over_at_once() {
     }
 }
 
+/// Two shards, a router, a coordinator and a persistence service on loopback, with the
+/// default leases (20 s for members, the coordinator's own default), every cell placed (the
+/// X stripes: shard-1 west of x = 0, shard-2 east).
+struct DefaultCluster {
+    ca: std::path::PathBuf,
+    persistence: PersistenceProc,
+    coordinator: Role,
+    s1: ShardProc,
+    s2: ShardProc,
+    router: RouterProc,
+}
+
+impl DefaultCluster {
+    fn start(dir: &TestDir, etcd: &EtcdServer) -> DefaultCluster {
+        let ca = ca_init(dir.path(), etcd);
+        let store = persistence(dir.path(), &ca, etcd);
+        let coord = coordinator(
+            dir.path(),
+            &ca,
+            &CoordinatorSpec {
+                lease_ttl_secs: None,
+                ..placing_by_hand(etcd, "coordinator-a")
+            },
+        );
+        let spec = |id| ShardSpec {
+            lease_ttl_secs: 20,
+            persistence: Some(store.addr),
+            ..ShardSpec::local(etcd, id)
+        };
+        let s1 = shard(dir.path(), &ca, &spec("shard-1"));
+        let s2 = shard(dir.path(), &ca, &spec("shard-2"));
+        wait_ticking(&[s1.metrics, s2.metrics], 10.0);
+        let placed = Instant::now() + Duration::from_secs(15);
+        while owners(etcd).len() < 16 {
+            assert!(Instant::now() < placed, "cells not placed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let router = router(
+            dir.path(),
+            &ca,
+            &RouterSpec {
+                lease_ttl_secs: 20,
+                persistence: Some(store.addr),
+                ..RouterSpec::local(etcd)
+            },
+        );
+        DefaultCluster {
+            ca,
+            persistence: store,
+            coordinator: coord,
+            s1,
+            s2,
+            router,
+        }
+    }
+}
+
 /// kill -9 of the shard simulating a telnet player, with the default leases (20 s): the
 /// leading coordinator's liveness watchdog finds the shard unheard on the cluster bus and its
 /// lease unrenewed about a second later, revokes the lease, and the player is served by the
@@ -499,38 +556,14 @@ fn a_shard_whose_simulation_dies_exits_and_its_cells_fail_over_at_once() {
 fn kill_9_of_a_players_shard_with_default_leases_serves_her_again_within_3_s() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
-    let store = persistence(dir.path(), &ca, &etcd);
-    let _coord = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec {
-            lease_ttl_secs: None,
-            ..placing_by_hand(&etcd, "coordinator-a")
-        },
-    );
-    let spec = |id| ShardSpec {
-        lease_ttl_secs: 20,
-        persistence: Some(store.addr),
-        ..ShardSpec::local(&etcd, id)
-    };
-    let mut s1 = shard(dir.path(), &ca, &spec("shard-1"));
-    let s2 = shard(dir.path(), &ca, &spec("shard-2"));
-    wait_ticking(&[s1.metrics, s2.metrics], 10.0);
-    let placed = Instant::now() + Duration::from_secs(15);
-    while owners(&etcd).len() < 16 {
-        assert!(Instant::now() < placed, "cells not placed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let router = router(
-        dir.path(),
-        &ca,
-        &RouterSpec {
-            lease_ttl_secs: 20,
-            persistence: Some(store.addr),
-            ..RouterSpec::local(&etcd)
-        },
-    );
+    let DefaultCluster {
+        ca: _ca,
+        persistence: _store,
+        coordinator: _coord,
+        mut s1,
+        s2,
+        router,
+    } = DefaultCluster::start(&dir, &etcd);
     let mut ann = TelnetClient::create(router.telnet, "Ann", PW);
     assert_eq!(ann.where_().shard, "shard-1");
     let before = settled_entities(&[s1.metrics, s2.metrics]);
@@ -664,38 +697,14 @@ fn rss(pid: u32) -> u64 {
 fn a_shard_frozen_for_30_s_fails_over_and_is_fenced_when_it_wakes() {
     let dir = TestDir::new();
     let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
-    let store = persistence(dir.path(), &ca, &etcd);
-    let _coord = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec {
-            lease_ttl_secs: None,
-            ..placing_by_hand(&etcd, "coordinator-a")
-        },
-    );
-    let spec = |id| ShardSpec {
-        lease_ttl_secs: 20,
-        persistence: Some(store.addr),
-        ..ShardSpec::local(&etcd, id)
-    };
-    let mut s1 = shard(dir.path(), &ca, &spec("shard-1"));
-    let s2 = shard(dir.path(), &ca, &spec("shard-2"));
-    wait_ticking(&[s1.metrics, s2.metrics], 10.0);
-    let placed = Instant::now() + Duration::from_secs(15);
-    while owners(&etcd).len() < 16 {
-        assert!(Instant::now() < placed, "cells not placed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let router = router(
-        dir.path(),
-        &ca,
-        &RouterSpec {
-            lease_ttl_secs: 20,
-            persistence: Some(store.addr),
-            ..RouterSpec::local(&etcd)
-        },
-    );
+    let DefaultCluster {
+        ca: _ca,
+        persistence: _store,
+        coordinator: _coord,
+        mut s1,
+        s2,
+        router,
+    } = DefaultCluster::start(&dir, &etcd);
     let _swarm = BotSwarm::start(
         dir.path(),
         &router,

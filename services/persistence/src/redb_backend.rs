@@ -114,24 +114,33 @@ impl crate::Snapshot for RedbSnapshot {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
-        if begin >= end {
-            return Ok(Vec::new());
-        }
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        let range = self
-            .table
-            .range(begin..end)
-            .map_err(|e| StoreError::backend("reading a key range from a redb snapshot", e))?;
-        range
-            .take(limit)
-            .map(|entry| {
-                let (k, v) = entry.map_err(|e| {
-                    StoreError::backend("reading a key range from a redb snapshot", e)
-                })?;
-                Ok((k.value().to_vec(), v.value().to_vec()))
-            })
-            .collect()
+        read_range(&self.table, begin, end, limit)
     }
+}
+
+/// Up to `limit` (0: all) entries of `table` with `begin <= key < end`, in key order: the
+/// read of a write transaction and of a snapshot alike.
+fn read_range(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    begin: &[u8],
+    end: &[u8],
+    limit: usize,
+) -> Result<Vec<KeyValue>, StoreError> {
+    if begin >= end {
+        return Ok(Vec::new());
+    }
+    let limit = if limit == 0 { usize::MAX } else { limit };
+    let range = table
+        .range(begin..end)
+        .map_err(|e| StoreError::backend("reading a key range from redb", e))?;
+    range
+        .take(limit)
+        .map(|entry| {
+            let (k, v) =
+                entry.map_err(|e| StoreError::backend("reading a key range from redb", e))?;
+            Ok((k.value().to_vec(), v.value().to_vec()))
+        })
+        .collect()
 }
 
 struct RedbTransaction<'txn> {
@@ -183,22 +192,7 @@ impl Transaction for RedbTransaction<'_> {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
-        if begin >= end {
-            return Ok(Vec::new());
-        }
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        let range = self
-            .table
-            .range(begin..end)
-            .map_err(|e| StoreError::backend("reading a key range from redb", e))?;
-        range
-            .take(limit)
-            .map(|entry| {
-                let (k, v) =
-                    entry.map_err(|e| StoreError::backend("reading a key range from redb", e))?;
-                Ok((k.value().to_vec(), v.value().to_vec()))
-            })
-            .collect()
+        read_range(&self.table, begin, end, limit)
     }
 }
 
