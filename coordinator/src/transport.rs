@@ -626,13 +626,35 @@ mod tests {
 
     const ANY: &str = "127.0.0.1:0";
 
+    /// A `Leave` of entity `i` from session `i` of router "r": a message whose number the
+    /// receiving test can read back.
+    fn leave(i: u64) -> ToShard {
+        ToShard::Leave {
+            entity: tessera_proto::EntityId(i),
+            session: tessera_proto::cluster::SessionRef {
+                router: RouterId("r".into()),
+                session: tessera_proto::SessionId(i),
+            },
+        }
+    }
+
+    /// The next message of a shard inbox, waiting at most `within`.
+    async fn received(
+        rx: crossbeam_channel::Receiver<ToShard>,
+        within: Duration,
+    ) -> Result<ToShard, crossbeam_channel::RecvTimeoutError> {
+        tokio::task::spawn_blocking(move || rx.recv_timeout(within))
+            .await
+            .unwrap()
+    }
+
     /// A member that stops closes its connections, so a peer's next message goes to its
     /// successor on the same address at once instead of into the old connection.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_that_closes_its_bus_lets_a_successor_on_its_port_take_over() {
         let ca = ClusterCa::generate().unwrap();
         let directory = Directory::default();
-        let (a, r) = (ShardId::new("a"), RouterId("r".into()));
+        let a = ShardId::new("a");
         let shard = ca.member(MemberRole::Shard, "shard a").unwrap();
         let (first, first_rx) = shard_at(&shard, ANY.parse().unwrap(), &directory).unwrap();
         let addr = first.local_addr().unwrap();
@@ -640,20 +662,8 @@ mod tests {
             &ca.member(MemberRole::Router, "router r").unwrap(),
             &directory,
         );
-        let leave = |i: u64| ToShard::Leave {
-            entity: tessera_proto::EntityId(i),
-            session: tessera_proto::cluster::SessionRef {
-                router: r.clone(),
-                session: tessera_proto::SessionId(i),
-            },
-        };
-        let received = |rx: crossbeam_channel::Receiver<ToShard>| async move {
-            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(2)))
-                .await
-                .unwrap()
-        };
         router.to_shard(&a, leave(1)).unwrap();
-        assert!(received(first_rx).await.is_ok());
+        assert!(received(first_rx, Duration::from_secs(2)).await.is_ok());
         first.close().await;
         drop(first);
         // The port is free once the closed endpoint's tasks have let go of it.
@@ -668,7 +678,7 @@ mod tests {
             }
         };
         router.to_shard(&a, leave(2)).unwrap();
-        let got = received(second_rx).await;
+        let got = received(second_rx, Duration::from_secs(2)).await;
         assert!(
             matches!(got, Ok(ToShard::Leave { entity, .. }) if entity.0 == 2),
             "the successor did not get the message: {got:?}"
@@ -684,7 +694,7 @@ mod tests {
     async fn a_member_killed_and_restarted_on_its_port_gets_the_next_message() {
         let ca = ClusterCa::generate().unwrap();
         let directory = Directory::default();
-        let (a, r) = (ShardId::new("a"), RouterId("r".into()));
+        let a = ShardId::new("a");
         let shard = ca.member(MemberRole::Shard, "shard a").unwrap();
         // The first process: its own runtime, dropped without a word to its peers.
         let doomed = tokio::runtime::Builder::new_multi_thread()
@@ -709,18 +719,8 @@ mod tests {
             &ca.member(MemberRole::Router, "router r").unwrap(),
             &directory,
         );
-        let leave = |i: u64| ToShard::Leave {
-            entity: tessera_proto::EntityId(i),
-            session: tessera_proto::cluster::SessionRef {
-                router: r.clone(),
-                session: tessera_proto::SessionId(i),
-            },
-        };
         router.to_shard(&a, leave(1)).unwrap();
-        let rx = first_rx.clone();
-        let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5)))
-            .await
-            .unwrap();
+        let got = received(first_rx, Duration::from_secs(5)).await;
         assert!(got.is_ok(), "{got:?}");
         // kill -9.
         drop(first);
@@ -744,10 +744,7 @@ mod tests {
         };
         directory.register(Member::Shard(a.clone()), addr, 2);
         router.to_shard(&a, leave(2)).unwrap();
-        let got =
-            tokio::task::spawn_blocking(move || second_rx.recv_timeout(Duration::from_secs(3)))
-                .await
-                .unwrap();
+        let got = received(second_rx, Duration::from_secs(3)).await;
         assert!(
             matches!(got, Ok(ToShard::Leave { entity, .. }) if entity.0 == 2),
             "the restarted member did not get the message: {got:?}"
@@ -977,13 +974,6 @@ mod tests {
             directory.clone(),
         )
         .unwrap();
-        let leave = |i: u64| ToShard::Leave {
-            entity: tessera_proto::EntityId(i),
-            session: tessera_proto::cluster::SessionRef {
-                router: r.clone(),
-                session: tessera_proto::SessionId(i),
-            },
-        };
         for i in 1000..1005u64 {
             impostor.to_shard(&a, leave(i)).unwrap();
         }

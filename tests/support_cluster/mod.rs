@@ -411,32 +411,7 @@ impl<'a> CoordinatorSpec<'a> {
 /// Starts a coordinator and waits until it runs. It is given the cluster
 /// CA `ca`, which checks who signed each migration request.
 pub fn coordinator(dir: &Path, ca: &Path, spec: &CoordinatorSpec) -> Role {
-    let id = spec.id;
-    let mut args = common_args(
-        &spec.etcd_url,
-        &spec.etcd_tls,
-        "coordinator",
-        LOCALHOST,
-        &spec.world,
-    );
-    args.extend([
-        "--id".into(),
-        id.into(),
-        "--cluster-ca".into(),
-        member_dir(ca, "coordinator").display().to_string(),
-        "--settle-ms".into(),
-        spec.settle_ms.to_string(),
-    ]);
-    if let Some(ttl) = spec.lease_ttl_secs {
-        args.extend(["--lease-ttl-secs".into(), ttl.to_string()]);
-    }
-    if !spec.rebalance {
-        args.push("--no-rebalance".into());
-    }
-    args.extend(spec.extra.iter().map(|a| a.to_string()));
-    let mut role = Role::start_in(dir, id, None, "warn,tessera_coordinator=info", &args);
-    role.wait_line(&format!("coordinator {id} running"));
-    role
+    coordinator_with_env(dir, ca, spec, &[])
 }
 
 /// A running persistence service and where it listens.
@@ -1068,6 +1043,19 @@ pub fn router_at(
     telnet: SocketAddr,
     quic: SocketAddr,
 ) -> RouterProc {
+    router_at_with_env(dir, ca, spec, telnet, quic, &[])
+}
+
+/// [`router_at`] with more environment variables (the fault switches of test builds, such
+/// as `TESSERA_FAULT_ROUTER_PANIC_AFTER_MS`).
+pub fn router_at_with_env(
+    dir: &Path,
+    ca: &Path,
+    spec: &RouterSpec,
+    telnet: SocketAddr,
+    quic: SocketAddr,
+    env: &[(&str, &str)],
+) -> RouterProc {
     let mut args = common_args(
         &spec.etcd_url,
         &spec.etcd_tls,
@@ -1102,7 +1090,7 @@ pub fn router_at(
     } else {
         &spec.id
     };
-    let mut role = Role::start(dir, name, &args);
+    let mut role = Role::start_with_env(dir, name, None, "warn", &args, env);
     let telnet = role.addr_after("telnet listening on ");
     let quic = role.addr_after("quic listening on ");
     let cert = data.join("quic-cert.der");
@@ -1155,40 +1143,7 @@ pub struct GatewayProc {
 /// A telnet gateway with telnet and metrics on free loopback ports, shown
 /// the cluster CA `ca`; waits until it printed where it listens.
 pub fn gateway(dir: &Path, ca: &Path, spec: &GatewaySpec) -> GatewayProc {
-    let mut args: Vec<String> = vec![
-        "telnet-gateway".into(),
-        "--etcd".into(),
-        spec.etcd_url.clone(),
-    ];
-    args.extend(tls_flags(&spec.etcd_tls));
-    args.extend([
-        "--cluster-ca".into(),
-        member_dir(ca, "gateway").display().to_string(),
-        "--router-cert".into(),
-        spec.router_cert.display().to_string(),
-        "--id".into(),
-        spec.id.clone(),
-        "--telnet".into(),
-        "127.0.0.1:0".into(),
-        "--metrics".into(),
-        "127.0.0.1:0".into(),
-    ]);
-    args.extend(spec.extra.iter().cloned());
-    let mut role = Role::start_in(dir, &spec.id, None, "warn,tessera_gateway=info", &args);
-    role.wait_line(&format!("telnet gateway {} running", spec.id));
-    let telnet = role.addr_after("telnet listening on ");
-    let telnet_tls = spec
-        .extra
-        .iter()
-        .any(|f| f == "--telnet-tls")
-        .then(|| role.addr_after("telnet over TLS listening on "));
-    let metrics = role.addr_after("metrics on http://");
-    GatewayProc {
-        role,
-        telnet,
-        telnet_tls,
-        metrics,
-    }
+    gateway_with_env(dir, ca, spec, &[])
 }
 
 /// Players the gateway resumed on another router
@@ -1436,47 +1391,8 @@ pub fn router_with_env(
     spec: &RouterSpec,
     env: &[(&str, &str)],
 ) -> RouterProc {
-    let any = SocketAddr::new(LOCALHOST, 0).to_string();
-    let mut args = common_args(
-        &spec.etcd_url,
-        &spec.etcd_tls,
-        "router",
-        LOCALHOST,
-        &spec.world,
-    );
-    args.extend(member_args(
-        &member_dir(ca, "router"),
-        spec.bus_ip,
-        spec.lease_ttl_secs,
-        spec.persistence,
-    ));
-    let data = if spec.id == "router-1" {
-        dir.join("router-data")
-    } else {
-        dir.join(format!("{}-data", spec.id))
-    };
-    args.extend([
-        "--id".into(),
-        spec.id.clone(),
-        "--telnet".into(),
-        any.clone(),
-        "--quic".into(),
-        any,
-        "--data-dir".into(),
-        data.display().to_string(),
-    ]);
-    args.extend(spec.extra.iter().cloned());
-    let mut role = Role::start_with_env(dir, &spec.id, None, "warn", &args, env);
-    let telnet = role.addr_after("telnet listening on ");
-    let quic = role.addr_after("quic listening on ");
-    let metrics = role.addr_after("metrics on http://");
-    RouterProc {
-        role,
-        telnet,
-        quic,
-        cert: data.join("quic-cert.der"),
-        metrics,
-    }
+    let any = SocketAddr::new(LOCALHOST, 0);
+    router_at_with_env(dir, ca, spec, any, any, env)
 }
 
 /// [`gateway`] with more environment variables (the fault switches of test builds, such as

@@ -309,6 +309,17 @@ struct ServerState {
     last_shard_commit: parking_lot::Mutex<Option<Instant>>,
 }
 
+/// Whether `entries` fit in one answer ([`MAX_RESPONSE`], with room for the framing); else
+/// their size, bytes.
+fn fits_one_answer(entries: &[KeyValue]) -> Result<(), usize> {
+    let bytes: usize = entries.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+    if bytes > MAX_RESPONSE - 1024 {
+        Err(bytes)
+    } else {
+        Ok(())
+    }
+}
+
 /// A restore is refused while a shard committed within this long.
 pub const SHARDS_LIVE_WITHIN: Duration = Duration::from_secs(10);
 /// A backup's snapshot is dropped when no page was read from it for this long.
@@ -373,18 +384,13 @@ impl ServerState {
             Request::GetRange { begin, end, limit } => {
                 let version = self.log.lock().committed;
                 match self.db.get_range(&begin, &end, limit as usize) {
-                    Ok(entries) => {
-                        let bytes: usize =
-                            entries.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
-                        if bytes > MAX_RESPONSE - 1024 {
-                            Response::Failed(WireError::Backend(format!(
-                                "the range read returns {bytes} bytes, more than the {MAX_RESPONSE} \
-                                 bytes one answer may carry; read it in pages with a limit"
-                            )))
-                        } else {
-                            Response::Range { version, entries }
-                        }
-                    }
+                    Ok(entries) => match fits_one_answer(&entries) {
+                        Ok(()) => Response::Range { version, entries },
+                        Err(bytes) => Response::Failed(WireError::Backend(format!(
+                            "the range read returns {bytes} bytes, more than the {MAX_RESPONSE} \
+                             bytes one answer may carry; read it in pages with a limit"
+                        ))),
+                    },
                     Err(e) => Response::Failed(e.into()),
                 }
             }
@@ -434,21 +440,16 @@ impl ServerState {
                     Err(e) => return Response::Failed(e),
                 };
                 match snap.get_range(&begin, b"\xff", limit as usize) {
-                    Ok(entries) => {
-                        let bytes: usize =
-                            entries.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
-                        if bytes > MAX_RESPONSE - 1024 {
-                            Response::Failed(WireError::Backend(format!(
-                                "the backup page holds {bytes} bytes, more than the {MAX_RESPONSE} \
-                                 bytes one answer may carry; ask for fewer entries a page"
-                            )))
-                        } else {
-                            Response::Page {
-                                snapshot: id,
-                                entries,
-                            }
-                        }
-                    }
+                    Ok(entries) => match fits_one_answer(&entries) {
+                        Ok(()) => Response::Page {
+                            snapshot: id,
+                            entries,
+                        },
+                        Err(bytes) => Response::Failed(WireError::Backend(format!(
+                            "the backup page holds {bytes} bytes, more than the {MAX_RESPONSE} \
+                             bytes one answer may carry; ask for fewer entries a page"
+                        ))),
+                    },
                     Err(e) => Response::Failed(e.into()),
                 }
             }
