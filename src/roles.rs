@@ -60,6 +60,14 @@ pub struct MemberArgs {
     /// three quarters of it is ridden out.
     #[arg(long, default_value_t = 20)]
     lease_ttl_secs: u64,
+    /// The newest cluster wire format to speak (1 or 2; default the newest, 2). During a
+    /// rolling update peers agree on the newest both speak, so this is only for talking
+    /// like the previous release (docs/protocol.md, "Compatibility").
+    #[arg(long, default_value_t = tessera_coordinator::transport::CLUSTER_FORMAT,
+          value_parser = clap::value_parser!(u16).range(
+              tessera_coordinator::transport::OLDEST_CLUSTER_FORMAT as i64
+                  ..=tessera_coordinator::transport::CLUSTER_FORMAT as i64))]
+    cluster_format: u16,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -383,6 +391,7 @@ impl Member {
                 listen: member.cluster_listen,
                 advertise: member.advertise,
                 lease_ttl: Duration::from_secs(member.lease_ttl_secs.max(1)),
+                cluster_format: member.cluster_format,
             },
         })
     }

@@ -434,6 +434,7 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse().expect("an address"),
         advertise: None,
         lease_ttl: MEMBER_LEASE,
+        cluster_format: tessera_coordinator::transport::CLUSTER_FORMAT,
     };
     let mut roles = tokio::task::JoinSet::new();
     let coordinator = crate::roles::coordinator_config(

@@ -20,7 +20,7 @@ use tessera_coordinator::membership::{CellLoad, RouterRegistration, ShardLoad, S
 use tessera_coordinator::migration::{Migration, MigrationState};
 use tessera_proto::cluster::{
     CellFrame, EntityTransfer, Envelope, GhostState, PlayerEvent, ScriptState, SessionRef,
-    ToRouter, ToShard, ViewEntity,
+    StreamHeader, ToRouter, ToShard, ViewEntity,
 };
 use tessera_proto::frame::{self, MAX_CLUSTER_FRAME};
 use tessera_proto::msg::{EntityKind, Input};
@@ -309,6 +309,15 @@ fn cases() -> Vec<Case> {
         ),
     ];
     // A cell checkpoint as shards store it (versioned: 0xFF, format 2, then bincode).
+    // Format 2's stream header (format 1 streams have none).
+    cases.push(bincode(
+        "cluster/stream_header_v2",
+        StreamHeader {
+            format: 2,
+            link: 0x5eed_0000_0000_0001,
+            first_seq: 300,
+        },
+    ));
     let checkpoint = tessera_shard::checkpoint::CellCheckpoint {
         region: region(),
         epoch: Epoch(4),

@@ -25,6 +25,9 @@ pub struct Membership {
     pub advertise: Option<SocketAddr>,
     /// The registration lease: a dead member's work moves elsewhere after about this long.
     pub lease_ttl: Duration,
+    /// The newest cluster format the bus speaks ([`crate::transport::CLUSTER_FORMAT`] unless
+    /// the member must talk like the previous release: `--cluster-format`).
+    pub cluster_format: u16,
 }
 
 impl std::fmt::Debug for Membership {
@@ -35,6 +38,7 @@ impl std::fmt::Debug for Membership {
             .field("listen", &self.listen)
             .field("advertise", &self.advertise)
             .field("lease_ttl", &self.lease_ttl)
+            .field("cluster_format", &self.cluster_format)
             .finish_non_exhaustive()
     }
 }
@@ -62,7 +66,13 @@ impl Membership {
     pub async fn join(&self, inbox: LocalInbox) -> Result<Joined, JoinError> {
         let directory = Directory::default();
         membership::watch_directory(self.store.clone(), &self.prefix, directory.clone()).await?;
-        let bus = QuicBus::start(&self.identity, self.listen, inbox, directory)?;
+        let bus = QuicBus::start_speaking(
+            &self.identity,
+            self.listen,
+            inbox,
+            directory,
+            self.cluster_format,
+        )?;
         let addr = self.advertised(bus.local_addr()?);
         let map = CellMap::watch(self.store.clone(), &self.prefix).await?;
         Ok(Joined { bus, addr, map })

@@ -501,14 +501,26 @@ impl MemberIdentity {
         Ok(Arc::new(roots))
     }
 
-    /// Server side of the cluster bus: requires a client certificate from a trusted CA.
+    /// Server side of the cluster bus, speaking every cluster format up to the newest:
+    /// requires a client certificate from a trusted CA.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, PkiError> {
-        self.server_config_for(crate::transport::CLUSTER_ALPN)
+        self.cluster_server_config(crate::transport::CLUSTER_FORMAT)
+    }
+
+    /// Server side of the cluster bus speaking cluster formats up to `max_format`, the
+    /// newest preferred.
+    pub fn cluster_server_config(&self, max_format: u16) -> Result<quinn::ServerConfig, PkiError> {
+        self.server_config_alpns(crate::transport::cluster_alpns(max_format))
     }
 
     /// Server side of another cluster-internal protocol (such as the persistence service),
     /// with the same mutual TLS.
     pub fn server_config_for(&self, alpn: &[u8]) -> Result<quinn::ServerConfig, PkiError> {
+        self.server_config_alpns(vec![alpn.to_vec()])
+    }
+
+    /// Server side offering `alpns`, the first preferred.
+    fn server_config_alpns(&self, alpns: Vec<Vec<u8>>) -> Result<quinn::ServerConfig, PkiError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             self.root_store()?,
@@ -522,21 +534,32 @@ impl MemberIdentity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(crypto)?;
-        cfg.alpn_protocols = vec![alpn.to_vec()];
+        cfg.alpn_protocols = alpns;
         let crypto_cfg = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(crypto)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto_cfg));
         server.transport_config(Arc::new(crate::transport::transport()));
         Ok(server)
     }
 
-    /// Client side: verifies the server against the trusted CAs, shows our own certificate.
+    /// Client side of the cluster bus, offering every cluster format up to the newest:
+    /// verifies the server against the trusted CAs, shows our own certificate.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, PkiError> {
-        self.client_config_for(crate::transport::CLUSTER_ALPN)
+        self.cluster_client_config(crate::transport::CLUSTER_FORMAT)
+    }
+
+    /// Client side of the cluster bus offering cluster formats up to `max_format`.
+    pub fn cluster_client_config(&self, max_format: u16) -> Result<quinn::ClientConfig, PkiError> {
+        self.client_config_alpns(crate::transport::cluster_alpns(max_format))
     }
 
     /// Client side of another cluster-internal protocol; the server's certificate names
     /// [`CLUSTER_NAME`].
     pub fn client_config_for(&self, alpn: &[u8]) -> Result<quinn::ClientConfig, PkiError> {
+        self.client_config_alpns(vec![alpn.to_vec()])
+    }
+
+    /// Client side offering `alpns`.
+    fn client_config_alpns(&self, alpns: Vec<Vec<u8>>) -> Result<quinn::ClientConfig, PkiError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -544,7 +567,7 @@ impl MemberIdentity {
             .with_root_certificates(self.root_store()?)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(crypto)?;
-        cfg.alpn_protocols = vec![alpn.to_vec()];
+        cfg.alpn_protocols = alpns;
         let crypto_cfg = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(crypto)?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto_cfg));
         client.transport_config(Arc::new(crate::transport::transport()));

@@ -1,5 +1,5 @@
 //! The networked bus: cluster messages between processes over QUIC with
-//! mutual TLS (ALPN `tessera-cluster/1`).
+//! mutual TLS (ALPN `tessera-cluster/<format>`).
 //!
 //! Only cluster members can connect: every member holds a certificate
 //! issued by a CA of the cluster's trust bundle ([`crate::pki`]: `tessera ca
@@ -12,11 +12,21 @@
 //! sender to one receiver arrive in order (the invariant the router and the
 //! shards rely on). Messages to a member that is unreachable wait in its
 //! queue while the link reconnects with backoff; a message being written
-//! when a connection breaks is sent again on the next one. A link checks
+//! when a connection breaks is sent again on the next one, and since it may
+//! have arrived already, every message of a link has a number and a receiver
+//! delivers each number once ([`StreamHeader`]; a hand-off delivered twice
+//! would put its entity in the world twice once it walked on). A link checks
 //! the member's address in the directory before every message and
 //! reconnects when it changed (a member restarted under the same id), so
 //! nothing is written into a dead process's connection once its successor
 //! has registered.
+//!
+//! Formats: the connection's ALPN names the cluster format both ends speak
+//! (the newest both know, [`CLUSTER_FORMAT`]; a member started with an
+//! older maximum offers only up to it), so members of two releases share a
+//! world during a rolling update. Format 1 (the releases before numbering)
+//! has no stream header and no message numbers; format 2 starts each stream
+//! with a [`StreamHeader`].
 //!
 //! Queues are bounded ([`LINK_QUEUE_BYTES`] a peer): a peer that stops reading (frozen,
 //! stuck, or on a full disk) must not make its senders grow until they run out of memory.
@@ -34,7 +44,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_proto::cluster::{CellFrame, Envelope, ToRouter, ToShard};
+use tessera_proto::cluster::{CellFrame, Envelope, StreamHeader, ToRouter, ToShard};
 use tessera_proto::frame::{self, FrameBuffer, MAX_CLUSTER_FRAME};
 use tessera_proto::{RouterId, ShardId};
 use tokio::sync::mpsc;
@@ -134,8 +144,64 @@ impl LinkQueue {
 
 /// QUIC close code of a member that stops ([`QuicBus::close`]).
 pub const CLOSE_STOPPING: u32 = 0;
-/// ALPN of the cluster protocol.
-pub const CLUSTER_ALPN: &[u8] = b"tessera-cluster/1";
+/// The newest cluster format this release speaks (docs/protocol.md, "Compatibility").
+pub const CLUSTER_FORMAT: u16 = 2;
+/// The oldest cluster format this release still speaks.
+pub const OLDEST_CLUSTER_FORMAT: u16 = 1;
+
+/// The ALPN of cluster format `format`.
+pub fn cluster_alpn(format: u16) -> Vec<u8> {
+    format!("tessera-cluster/{format}").into_bytes()
+}
+
+/// The ALPNs a member speaking formats up to `max_format` offers, newest (preferred) first.
+pub fn cluster_alpns(max_format: u16) -> Vec<Vec<u8>> {
+    (OLDEST_CLUSTER_FORMAT..=max_format.clamp(OLDEST_CLUSTER_FORMAT, CLUSTER_FORMAT))
+        .rev()
+        .map(cluster_alpn)
+        .collect()
+}
+
+/// The cluster format a connection's handshake settled on.
+pub fn negotiated_format(conn: &quinn::Connection) -> Option<u16> {
+    let data = conn
+        .handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?;
+    std::str::from_utf8(data.protocol.as_deref()?)
+        .ok()?
+        .strip_prefix("tessera-cluster/")?
+        .parse()
+        .ok()
+}
+
+/// How long a receiver remembers a link it has not heard from (its message numbers).
+const LINK_MEMORY: Duration = Duration::from_secs(600);
+
+/// The next message number a receiver expects from each link ([`StreamHeader::link`]).
+#[derive(Default)]
+struct Delivered {
+    links: HashMap<u64, (u64, std::time::Instant)>,
+}
+
+impl Delivered {
+    /// Whether message `seq` of `link` is new (and so to be delivered): a number below one
+    /// already delivered is a copy sent again after a broken connection.
+    fn first_time(&mut self, link: u64, seq: u64) -> bool {
+        let now = std::time::Instant::now();
+        if self.links.len() >= 1024 && !self.links.contains_key(&link) {
+            self.links
+                .retain(|_, (_, seen)| now.duration_since(*seen) < LINK_MEMORY);
+        }
+        let (next, seen) = self.links.entry(link).or_insert((0, now));
+        *seen = now;
+        if seq < *next {
+            return false;
+        }
+        *next = seq + 1;
+        true
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -265,6 +331,8 @@ pub struct QuicBus {
     runtime: tokio::runtime::Handle,
     /// Bytes a link may queue ([`LINK_QUEUE_BYTES`]; smaller in tests).
     link_limit: std::sync::atomic::AtomicUsize,
+    /// Message numbers delivered, per incoming link.
+    delivered: Mutex<Delivered>,
 }
 
 impl QuicBus {
@@ -277,14 +345,26 @@ impl QuicBus {
         inbox: LocalInbox,
         directory: Directory,
     ) -> Result<Arc<QuicBus>, TransportError> {
+        Self::start_speaking(identity, listen, inbox, directory, CLUSTER_FORMAT)
+    }
+
+    /// [`QuicBus::start`], speaking cluster formats up to `max_format` only (a member of a
+    /// newer release that must still talk like the previous one: `--cluster-format`).
+    pub fn start_speaking(
+        identity: &MemberIdentity,
+        listen: SocketAddr,
+        inbox: LocalInbox,
+        directory: Directory,
+        max_format: u16,
+    ) -> Result<Arc<QuicBus>, TransportError> {
         let mut endpoint =
-            quinn::Endpoint::server(identity.server_config()?, listen).map_err(|e| {
-                TransportError::Bind {
+            quinn::Endpoint::server(identity.cluster_server_config(max_format)?, listen).map_err(
+                |e| TransportError::Bind {
                     addr: listen,
                     reason: e.to_string(),
-                }
-            })?;
-        let client = identity.client_config()?;
+                },
+            )?;
+        let client = identity.cluster_client_config(max_format)?;
         endpoint.set_default_client_config(client.clone());
         let bus = Arc::new(QuicBus {
             inbox,
@@ -294,6 +374,7 @@ impl QuicBus {
             links: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             link_limit: std::sync::atomic::AtomicUsize::new(LINK_QUEUE_BYTES),
+            delivered: Mutex::new(Delivered::default()),
         });
         let b = bus.clone();
         tokio::spawn(async move { b.accept_loop().await });
@@ -336,24 +417,55 @@ impl QuicBus {
                     return;
                 };
                 let peer = Arc::new(peer);
+                // rustls refuses a client that offers no format we speak.
+                let format = negotiated_format(&conn).unwrap_or(OLDEST_CLUSTER_FORMAT);
                 while let Ok(stream) = conn.accept_uni().await {
+                    metrics::counter!("tessera_cluster_streams_total", "format" => format.to_string())
+                        .increment(1);
                     let (bus, peer) = (bus.clone(), peer.clone());
-                    tokio::spawn(async move { bus.read_stream(stream, &peer).await });
+                    tokio::spawn(async move { bus.read_stream(stream, &peer, format).await });
                 }
             });
         }
     }
 
-    async fn read_stream(&self, mut stream: quinn::RecvStream, peer: &Peer) {
+    async fn read_stream(&self, mut stream: quinn::RecvStream, peer: &Peer, format: u16) {
         let mut buf = FrameBuffer::new(MAX_CLUSTER_FRAME);
         let mut chunk = vec![0u8; 64 * 1024];
+        // Format 2 and later: the link and number of the next message, from the header.
+        let mut numbering: Option<(u64, u64)> = None;
         loop {
             loop {
                 match buf.next_frame() {
+                    Ok(Some(payload)) if format >= 2 && numbering.is_none() => {
+                        match frame::decode::<StreamHeader>(&payload, MAX_CLUSTER_FRAME) {
+                            Ok(h) if h.format == format => numbering = Some((h.link, h.first_seq)),
+                            Ok(h) => {
+                                tracing::error!(header = h.format, connection = format, "cluster stream in a format its connection did not agree; closing the stream");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "malformed cluster stream header; closing the stream");
+                                return;
+                            }
+                        }
+                    }
                     Ok(Some(payload)) => {
                         match frame::decode::<Envelope>(&payload, MAX_CLUSTER_FRAME) {
                             Ok(env) => {
-                                if allowed(peer, &env) {
+                                let first_time = match &mut numbering {
+                                    Some((link, seq)) => {
+                                        let fresh = self.delivered.lock().first_time(*link, *seq);
+                                        *seq += 1;
+                                        fresh
+                                    }
+                                    None => true,
+                                };
+                                if !first_time {
+                                    metrics::counter!("tessera_cluster_duplicates_dropped_total")
+                                        .increment(1);
+                                    tracing::info!(kind = crate::identity::kind(&env), "cluster message delivered before dropped (sent again after a broken connection)");
+                                } else if allowed(peer, &env) {
                                     self.deliver_local(env);
                                 }
                             }
@@ -406,6 +518,7 @@ impl QuicBus {
             endpoint: self.endpoint.clone(),
             client: self.client.clone(),
             directory: self.directory.clone(),
+            id: rand::random(),
         };
         self.runtime.spawn(link.run(queue.clone()));
         queue
@@ -467,15 +580,20 @@ struct Link {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     directory: Directory,
+    /// [`StreamHeader::link`].
+    id: u64,
 }
 
 impl Link {
     async fn run(self, queue: Arc<LinkQueue>) {
-        let mut pending: Option<Arc<Vec<u8>>> = None;
+        // The message being written and its number; numbers follow the order of writing.
+        let mut pending: Option<(u64, Arc<Vec<u8>>)> = None;
+        let mut next_seq = 0u64;
         let mut backoff = Duration::from_millis(50);
         loop {
             if pending.is_none() {
-                pending = Some(queue.pop().await);
+                pending = Some((next_seq, queue.pop().await));
+                next_seq += 1;
             }
             let Some(registered) = self.directory.entry(&self.to) else {
                 tokio::time::sleep(backoff).await;
@@ -483,6 +601,7 @@ impl Link {
                 continue;
             };
             let addr = registered.0;
+            let first_seq = pending.as_ref().map_or(next_seq, |(seq, _)| *seq);
             let stream = async {
                 let conn = self
                     .endpoint
@@ -490,9 +609,23 @@ impl Link {
                     .map_err(|e| e.to_string())?
                     .await
                     .map_err(|e| e.to_string())?;
-                conn.open_uni().await.map_err(|e| e.to_string())
+                let format = negotiated_format(&conn).unwrap_or(OLDEST_CLUSTER_FORMAT);
+                let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
+                if format >= 2 {
+                    let header = StreamHeader {
+                        format,
+                        link: self.id,
+                        first_seq,
+                    };
+                    let bytes = frame::encode_frame(&header, MAX_CLUSTER_FRAME)
+                        .map_err(|e| e.to_string())?;
+                    stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>((stream, format))
             };
-            let mut stream = match tokio::time::timeout(Duration::from_secs(5), stream).await {
+            let (mut stream, format) = match tokio::time::timeout(Duration::from_secs(5), stream)
+                .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::warn!(to = %self.to.key(), addr = %addr, error = %e, "cluster link cannot connect; retrying");
@@ -506,11 +639,12 @@ impl Link {
                 }
             };
             backoff = Duration::from_millis(50);
-            tracing::debug!(to = %self.to.key(), addr = %addr, "cluster link up");
+            tracing::debug!(to = %self.to.key(), addr = %addr, format, "cluster link up");
             // Write the pending frame, then everything that follows.
             loop {
-                let Some(bytes) = pending.take() else {
-                    pending = Some(queue.pop().await);
+                let Some((seq, bytes)) = pending.take() else {
+                    pending = Some((next_seq, queue.pop().await));
+                    next_seq += 1;
                     continue;
                 };
                 // A member that left, or came back (a restarted shard under
@@ -519,12 +653,12 @@ impl Link {
                 // writes into it would vanish. Reconnect.
                 if self.directory.entry(&self.to) != Some(registered) {
                     tracing::info!(to = %self.to.key(), old = %addr, "member left or moved; reconnecting");
-                    pending = Some(bytes);
+                    pending = Some((seq, bytes));
                     break;
                 }
                 if let Err(e) = stream.write_all(&bytes).await {
                     tracing::warn!(to = %self.to.key(), error = %e, "cluster link broke; reconnecting");
-                    pending = Some(bytes);
+                    pending = Some((seq, bytes));
                     break;
                 }
             }
@@ -646,6 +780,168 @@ mod tests {
         tokio::task::spawn_blocking(move || rx.recv_timeout(within))
             .await
             .unwrap()
+    }
+
+    /// A raw cluster connection of `identity` to `addr`, offering formats up to `max_format`,
+    /// and the format the handshake chose.
+    async fn raw_connection(
+        identity: &MemberIdentity,
+        addr: SocketAddr,
+        max_format: u16,
+    ) -> (quinn::Endpoint, quinn::Connection, u16) {
+        let mut ep = quinn::Endpoint::client(ANY.parse().unwrap()).unwrap();
+        ep.set_default_client_config(identity.cluster_client_config(max_format).unwrap());
+        let conn = ep.connect(addr, CLUSTER_NAME).unwrap().await.unwrap();
+        let format = negotiated_format(&conn).expect("a cluster format");
+        (ep, conn, format)
+    }
+
+    /// Writes `frames` (a stream header or envelopes) on a new stream of `conn`, and finishes it.
+    async fn write_stream(conn: &quinn::Connection, frames: &[Vec<u8>]) {
+        let mut stream = conn.open_uni().await.unwrap();
+        for f in frames {
+            stream.write_all(f).await.unwrap();
+        }
+        stream.finish().unwrap();
+        let _ = stream.stopped().await;
+    }
+
+    fn header_frame(link: u64, first_seq: u64) -> Vec<u8> {
+        let header = StreamHeader {
+            format: 2,
+            link,
+            first_seq,
+        };
+        frame::encode_frame(&header, MAX_CLUSTER_FRAME).unwrap()
+    }
+
+    fn leave_frame(to: &ShardId, i: u64) -> Vec<u8> {
+        let env = Envelope::Shard {
+            to: to.clone(),
+            msg: leave(i),
+        };
+        frame::encode_frame(&env, MAX_CLUSTER_FRAME).unwrap()
+    }
+
+    /// The entity numbers of the `Leave`s that reach `rx` within `within`.
+    async fn leaves(rx: crossbeam_channel::Receiver<ToShard>, within: Duration) -> Vec<u64> {
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + within;
+            let mut got = Vec::new();
+            while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(ToShard::Leave { entity, .. }) => got.push(entity.0),
+                    Ok(other) => panic!("unexpected {other:?}"),
+                    Err(_) => break,
+                }
+            }
+            got
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A link that breaks while writing sends the message again on its next connection
+    /// (issue 16, item 4): it may have arrived already, and a hand-off delivered twice puts
+    /// its entity in the world twice once it walked on. The receiver delivers each number of
+    /// a link once; another link's numbers are its own; a stream whose header is garbage is
+    /// closed without delivering anything.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_sent_again_after_a_broken_connection_is_delivered_once() {
+        let ca = ClusterCa::generate().unwrap();
+        let directory = Directory::default();
+        let a = ShardId::new("a");
+        let shard = ca.member(MemberRole::Shard, "shard a").unwrap();
+        let (bus, rx) = shard_at(&shard, ANY.parse().unwrap(), &directory).unwrap();
+        let addr = bus.local_addr().unwrap();
+        let router = ca.member(MemberRole::Router, "router r").unwrap();
+
+        let (_ep, first, format) = raw_connection(&router, addr, CLUSTER_FORMAT).await;
+        assert_eq!(format, 2, "two members of this release speak format 2");
+        write_stream(
+            &first,
+            &[header_frame(7, 0), leave_frame(&a, 1), leave_frame(&a, 2)],
+        )
+        .await;
+        first.close(0u32.into(), b"broken");
+        // The link reconnects and starts with the message it was writing (number 1).
+        let (_ep2, second, _) = raw_connection(&router, addr, CLUSTER_FORMAT).await;
+        write_stream(
+            &second,
+            &[header_frame(7, 1), leave_frame(&a, 2), leave_frame(&a, 3)],
+        )
+        .await;
+        // Garbage where the header belongs: the stream is closed, nothing delivered.
+        let garbage = frame::encode_frame(&"not a header", MAX_CLUSTER_FRAME).unwrap();
+        write_stream(&second, &[garbage, leave_frame(&a, 99)]).await;
+        // Another link (another sender, or the same one's link after a restart) counts anew.
+        write_stream(&second, &[header_frame(8, 0), leave_frame(&a, 4)]).await;
+        assert_eq!(leaves(rx, Duration::from_secs(2)).await, vec![1, 2, 3, 4]);
+    }
+
+    /// During a rolling update members of two releases share a world: a member that speaks
+    /// only format 1 (the previous release: no stream header) and one that speaks 2 agree on
+    /// format 1 in both directions, and a format-1 stream is read as the previous release
+    /// wrote it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_of_the_previous_format_and_this_one_talk_in_the_older() {
+        let ca = ClusterCa::generate().unwrap();
+        let directory = Directory::default();
+        let a = ShardId::new("a");
+        let (s_tx, s_rx) = crossbeam_channel::unbounded();
+        let old_shard = QuicBus::start_speaking(
+            &ca.member(MemberRole::Shard, "shard a").unwrap(),
+            ANY.parse().unwrap(),
+            LocalInbox::Shard(a.clone(), s_tx),
+            directory.clone(),
+            1,
+        )
+        .unwrap();
+        directory.set(Member::Shard(a.clone()), old_shard.local_addr().unwrap());
+        let router = ca.member(MemberRole::Router, "router r").unwrap();
+        let (router_bus, mut router_rx) = router_on(&router, &directory);
+
+        // New router to old shard, and back.
+        router_bus.to_shard(&a, leave(1)).unwrap();
+        assert!(matches!(
+            received(s_rx.clone(), Duration::from_secs(2)).await,
+            Ok(ToShard::Leave { entity, .. }) if entity.0 == 1
+        ));
+        let r = RouterId("r".into());
+        old_shard
+            .to_router(
+                &r,
+                ToRouter::SavePlayer {
+                    player: tessera_proto::PlayerId(5),
+                    pos: tessera_proto::Vec3::ZERO,
+                },
+            )
+            .unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(2), router_rx.recv()).await;
+        assert!(
+            matches!(back, Ok(Some(ToRouter::SavePlayer { player, .. })) if player.0 == 5),
+            "{back:?}"
+        );
+
+        // What the handshakes choose, and a previous release's stream: bare envelopes.
+        let (_ep, conn, format) =
+            raw_connection(&router, old_shard.local_addr().unwrap(), CLUSTER_FORMAT).await;
+        assert_eq!(
+            format, 1,
+            "a member speaking only format 1 makes its peers speak it"
+        );
+        write_stream(&conn, &[leave_frame(&a, 2), leave_frame(&a, 2)]).await;
+        assert_eq!(
+            leaves(s_rx, Duration::from_secs(1)).await,
+            vec![2, 2],
+            "format 1 has no numbers: what comes twice is delivered twice"
+        );
+        let (_ep, _conn, format) =
+            raw_connection(&router, router_bus.local_addr().unwrap(), 1).await;
+        assert_eq!(
+            format, 1,
+            "a previous-release client is answered in its format"
+        );
     }
 
     /// A member that stops closes its connections, so a peer's next message goes to its

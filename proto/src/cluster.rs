@@ -231,6 +231,20 @@ pub enum ToRouter {
     },
 }
 
+/// The first frame of every cluster stream in format 2 and later (format 1 streams have
+/// none): which format the stream's messages use, and which link they come from. Messages
+/// that follow are numbered `first_seq`, `first_seq + 1`, ... in the order they are written;
+/// a link that reconnects starts its next stream at the message it was writing, so a
+/// receiver that already delivered that number drops it (docs/protocol.md, "Cluster
+/// streams").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    pub format: u16,
+    /// Random, new for every link a sender opens to a receiver.
+    pub link: u64,
+    pub first_seq: u64,
+}
+
 /// What travels on a cluster link: a message and its addressee.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Envelope {

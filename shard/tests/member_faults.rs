@@ -53,6 +53,7 @@ async fn member(store: Arc<dyn ClusterStore>, panic_at_tick: Option<u64>) -> Mem
             advertise: None,
             // A long lease: only giving it up makes the registration vanish in time.
             lease_ttl: Duration::from_secs(60),
+            cluster_format: tessera_coordinator::transport::CLUSTER_FORMAT,
         },
         capacity: 1,
         node: "test".into(),
