@@ -57,6 +57,41 @@ pub fn offer(tx: &cb::Sender<ToShard>, shard: &ShardId, msg: ToShard) -> Result<
     }
 }
 
+/// Most messages waiting in a router's inbox. A router whose loop falls this far behind
+/// drops cell frames (superseded by the next) and refuses anything else (`BusError::Full`).
+pub const ROUTER_INBOX: usize = 65_536;
+
+/// A router's inbox: bounded at [`ROUTER_INBOX`].
+pub fn router_inbox() -> (mpsc::Sender<ToRouter>, mpsc::Receiver<ToRouter>) {
+    mpsc::channel(ROUTER_INBOX)
+}
+
+/// Puts `msg` into a router's inbox without blocking: refused when the inbox is full (cell
+/// frames, superseded by the next, are dropped instead) or closed.
+pub fn offer_router(
+    tx: &mpsc::Sender<ToRouter>,
+    router: &RouterId,
+    msg: ToRouter,
+) -> Result<(), BusError> {
+    match tx.try_send(msg) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(ToRouter::Frame(_))) => {
+            metrics::counter!("tessera_router_inbox_dropped_total", "router" => router.0.clone())
+                .increment(1);
+            Ok(())
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics::counter!("tessera_router_inbox_refused_total", "router" => router.0.clone())
+                .increment(1);
+            Err(BusError::Full {
+                to: format!("router/{router} (inbox)"),
+                queued_bytes: 0,
+            })
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(BusError::NoRouter(router.clone())),
+    }
+}
+
 /// Delivery of cluster messages. Sends never block; a message to a member
 /// that is gone is an error the caller decides about.
 pub trait Bus: Send + Sync + 'static {
@@ -80,7 +115,7 @@ pub trait Bus: Send + Sync + 'static {
 #[derive(Clone, Default)]
 pub struct LocalBus {
     shards: Arc<RwLock<HashMap<ShardId, cb::Sender<ToShard>>>>,
-    routers: Arc<RwLock<HashMap<RouterId, mpsc::UnboundedSender<ToRouter>>>>,
+    routers: Arc<RwLock<HashMap<RouterId, mpsc::Sender<ToRouter>>>>,
 }
 
 impl LocalBus {
@@ -100,8 +135,8 @@ impl LocalBus {
     }
 
     /// Registers a router and returns its inbox.
-    pub fn add_router(&self, id: RouterId) -> mpsc::UnboundedReceiver<ToRouter> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn add_router(&self, id: RouterId) -> mpsc::Receiver<ToRouter> {
+        let (tx, rx) = router_inbox();
         self.routers.write().insert(id, tx);
         rx
     }
@@ -125,12 +160,12 @@ impl Bus for LocalBus {
         let tx = routers
             .get(router)
             .ok_or_else(|| BusError::NoRouter(router.clone()))?;
-        tx.send(msg).map_err(|_| BusError::NoRouter(router.clone()))
+        offer_router(tx, router, msg)
     }
 
     fn publish_frame(&self, frame: Arc<CellFrame>) {
-        for tx in self.routers.read().values() {
-            let _ = tx.send(ToRouter::Frame(frame.clone()));
+        for (id, tx) in self.routers.read().iter() {
+            let _ = offer_router(tx, id, ToRouter::Frame(frame.clone()));
         }
     }
 
@@ -186,5 +221,40 @@ mod tests {
         // Once it reads again, it takes messages again.
         inbox.recv().unwrap();
         bus.to_shard(&s, step()).unwrap();
+    }
+
+    /// A router whose loop reads nothing: its inbox stops at [`ROUTER_INBOX`] messages;
+    /// cell frames are dropped, player events refused with a clear error (issue 16, item 2:
+    /// every inbox is bounded).
+    #[test]
+    fn a_router_inbox_that_is_never_read_stays_bounded() {
+        let bus = LocalBus::new();
+        let r = RouterId("stuck".into());
+        let mut inbox = bus.add_router(r.clone());
+        let event = || ToRouter::SavePlayer {
+            player: tessera_proto::PlayerId(1),
+            pos: tessera_proto::Vec3::ZERO,
+        };
+        for _ in 0..ROUTER_INBOX {
+            bus.to_router(&r, event()).unwrap();
+        }
+        let err = bus.to_router(&r, event()).unwrap_err();
+        assert!(
+            matches!(err, BusError::Full { .. }) && err.to_string().contains("not keeping up"),
+            "{err}"
+        );
+        let frame = Arc::new(CellFrame {
+            region: tessera_proto::CellId::new(0, 0).into(),
+            shard: ShardId::new("s"),
+            epoch: tessera_proto::Epoch(1),
+            tick: 1,
+            entities: Vec::new(),
+        });
+        bus.publish_frame(frame.clone());
+        bus.to_router(&r, ToRouter::Frame(frame))
+            .expect("frames are dropped, not refused");
+        assert_eq!(inbox.len(), ROUTER_INBOX);
+        inbox.try_recv().unwrap();
+        bus.to_router(&r, event()).unwrap();
     }
 }

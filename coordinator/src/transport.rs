@@ -318,7 +318,7 @@ impl Directory {
 #[derive(Clone)]
 pub enum LocalInbox {
     Shard(ShardId, crossbeam_channel::Sender<ToShard>),
-    Router(RouterId, mpsc::UnboundedSender<ToRouter>),
+    Router(RouterId, mpsc::Sender<ToRouter>),
 }
 
 /// The networked [`Bus`].
@@ -466,7 +466,7 @@ impl QuicBus {
                                         .increment(1);
                                     tracing::info!(kind = crate::identity::kind(&env), "cluster message delivered before dropped (sent again after a broken connection)");
                                 } else if allowed(peer, &env) {
-                                    self.deliver_local(env);
+                                    self.deliver_local(env).await;
                                 }
                             }
                             Err(e) => {
@@ -489,15 +489,45 @@ impl QuicBus {
         }
     }
 
-    fn deliver_local(&self, env: Envelope) {
+    /// Puts a message that arrived into this member's inbox. When the inbox is full, what is
+    /// only ever superseded (ghost sets, cell frames) is dropped, and anything else waits for
+    /// room: the stream is not read meanwhile, so QUIC's flow control holds the sender back,
+    /// whose link queue then fills and refuses (`BusError::Full`) instead of a hand-off being
+    /// lost here.
+    async fn deliver_local(&self, env: Envelope) {
         match (env, &self.inbox) {
             (Envelope::Shard { to, msg }, LocalInbox::Shard(me, tx)) if &to == me => {
-                if let Err(e) = crate::bus::offer(tx, me, msg) {
-                    tracing::warn!(error = %e, "cluster message dropped: this shard's inbox is full");
+                let mut msg = msg;
+                let mut pause = Duration::from_millis(1);
+                loop {
+                    match tx.try_send(msg) {
+                        Ok(()) => return,
+                        Err(crossbeam_channel::TrySendError::Full(ToShard::Ghosts { .. })) => {
+                            metrics::counter!("tessera_shard_inbox_dropped_total", "shard" => me.0.clone())
+                                .increment(1);
+                            return;
+                        }
+                        Err(crossbeam_channel::TrySendError::Full(m)) => {
+                            msg = m;
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_millis(20));
+                        }
+                        Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
+                    }
                 }
             }
             (Envelope::Router { to, msg }, LocalInbox::Router(me, tx)) if &to == me => {
-                let _ = tx.send(msg);
+                match tx.try_send(msg) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(ToRouter::Frame(_))) => {
+                        metrics::counter!("tessera_router_inbox_dropped_total", "router" => me.0.clone())
+                            .increment(1);
+                    }
+                    Err(mpsc::error::TrySendError::Full(m)) => {
+                        let _ = tx.send(m).await;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
             }
             (env, _) => {
                 tracing::warn!(to = ?envelope_target(&env), "cluster message for another member dropped")
@@ -683,7 +713,7 @@ impl Bus for QuicBus {
     fn to_router(&self, router: &RouterId, msg: ToRouter) -> Result<(), BusError> {
         if let LocalInbox::Router(me, tx) = &self.inbox {
             if me == router {
-                return tx.send(msg).map_err(|_| BusError::NoRouter(router.clone()));
+                return crate::bus::offer_router(tx, router, msg);
             }
         }
         let env = Envelope::Router {
@@ -744,8 +774,8 @@ mod tests {
     fn router_on(
         identity: &MemberIdentity,
         directory: &Directory,
-    ) -> (Arc<QuicBus>, mpsc::UnboundedReceiver<ToRouter>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> (Arc<QuicBus>, mpsc::Receiver<ToRouter>) {
+        let (tx, rx) = crate::bus::router_inbox();
         let r = RouterId("r".into());
         let bus = QuicBus::start(
             identity,
@@ -877,6 +907,40 @@ mod tests {
         // Another link (another sender, or the same one's link after a restart) counts anew.
         write_stream(&second, &[header_frame(8, 0), leave_frame(&a, 4)]).await;
         assert_eq!(leaves(rx, Duration::from_secs(2)).await, vec![1, 2, 3, 4]);
+    }
+
+    /// A shard whose inbox is full does not drop what arrives over the network (a hand-off
+    /// dropped there loses its entity): the stream waits for room, QUIC's flow control holds
+    /// the sender back, and everything arrives, in order, once the shard reads again
+    /// (issue 16, item 2). Ghost sets, superseded by the next, give way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_shard_inbox_holds_the_sender_back_instead_of_dropping() {
+        let ca = ClusterCa::generate().unwrap();
+        let directory = Directory::default();
+        let a = ShardId::new("a");
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let shard = QuicBus::start(
+            &ca.member(MemberRole::Shard, "shard a").unwrap(),
+            ANY.parse().unwrap(),
+            LocalInbox::Shard(a.clone(), tx),
+            directory.clone(),
+        )
+        .unwrap();
+        directory.set(Member::Shard(a.clone()), shard.local_addr().unwrap());
+        let (router, _router_rx) = router_on(
+            &ca.member(MemberRole::Router, "router r").unwrap(),
+            &directory,
+        );
+        for i in 0..100 {
+            router.to_shard(&a, leave(i)).unwrap();
+        }
+        // The inbox fills and stays full while nobody reads it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(rx.len(), 4);
+        assert_eq!(
+            leaves(rx, Duration::from_secs(3)).await,
+            (0..100).collect::<Vec<_>>()
+        );
     }
 
     /// During a rolling update members of two releases share a world: a member that speaks

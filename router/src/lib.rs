@@ -670,7 +670,7 @@ impl std::fmt::Display for RouterAddrs {
 /// every online player's position.
 pub async fn run(
     router: Arc<Router>,
-    inbox: mpsc::UnboundedReceiver<ToRouter>,
+    inbox: mpsc::Receiver<ToRouter>,
     ready: tokio::sync::oneshot::Sender<RouterAddrs>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RouterError> {

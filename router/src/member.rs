@@ -80,7 +80,7 @@ pub async fn run(
     } = config;
     let id = router.id.clone();
     let (store, prefix) = (membership.store.clone(), membership.prefix.clone());
-    let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, inbox) = tessera_coordinator::bus::router_inbox();
     let joined = membership.join(LocalInbox::Router(id.clone(), tx)).await?;
     // Telnet gateways are cluster members: their certificates let them relay.
     router.relay_cas = membership.identity.roots().to_vec();

@@ -82,7 +82,7 @@ fn main() {
         let shard = Shard::new(config, world.clone(), dyn_bus, map.clone()).expect("shard");
         handles.push(spawn_shard(shard, inbox).expect("shard thread"));
     }
-    let (tx, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut inbox) = tessera_coordinator::bus::router_inbox();
     let router_bus = QuicBus::start(
         &ca.member(
             tessera_coordinator::identity::MemberRole::Router,

@@ -31,11 +31,7 @@ fn join(player: u64) -> ToShard {
     }
 }
 
-fn setup() -> (
-    Shard,
-    CellMap,
-    tokio::sync::mpsc::UnboundedReceiver<ToRouter>,
-) {
+fn setup() -> (Shard, CellMap, tokio::sync::mpsc::Receiver<ToRouter>) {
     let world = Arc::new(parse_world(WORLD).unwrap());
     let (dead, b) = (ShardId::new("dead"), ShardId::new("b"));
     let owner = |s: &ShardId, e| CellOwner {
@@ -56,7 +52,7 @@ fn setup() -> (
     (shard, map, router)
 }
 
-fn joined(router: &mut tokio::sync::mpsc::UnboundedReceiver<ToRouter>) -> Vec<PlayerEvent> {
+fn joined(router: &mut tokio::sync::mpsc::Receiver<ToRouter>) -> Vec<PlayerEvent> {
     let mut events = Vec::new();
     while let Ok(msg) = router.try_recv() {
         if let ToRouter::Player { event, .. } = msg {

@@ -12,7 +12,7 @@ use tessera_proto::{
     CellId, Compass, EntityId, Epoch, PlayerId, RouterId, SessionId, ShardId, Vec3,
 };
 use tessera_shard::{Shard, ShardConfig};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 // Shard "a" owns x < 0, shard "b" x >= 0.
 const WORLD: &str = r#"
@@ -28,7 +28,7 @@ struct Cluster {
     shards: Vec<Shard>,
     inboxes: Vec<crossbeam_channel::Receiver<ToShard>>,
     /// Routers "r1" and "r2".
-    routers: Vec<UnboundedReceiver<ToRouter>>,
+    routers: Vec<Receiver<ToRouter>>,
     /// Player events, by the session (router, session) they went to.
     events: Vec<(SessionRef, PlayerEvent)>,
 }

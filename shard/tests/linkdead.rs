@@ -11,7 +11,7 @@ use tessera_proto::cluster::{PlayerEvent, SessionRef, ToRouter, ToShard};
 use tessera_proto::world::parse_world;
 use tessera_proto::{CellId, EntityId, Epoch, PlayerId, RouterId, SessionId, ShardId, Vec3};
 use tessera_shard::{Shard, ShardConfig, DEFAULT_LINKDEAD};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 const WORLD: &str = r#"
 name = "Linkdead"
@@ -39,7 +39,7 @@ fn join(session: &SessionRef, player: u64, pos: Vec3) -> ToShard {
 }
 
 /// What a router's inbox got: saves asked of it, and events of its sessions.
-fn drain(rx: &mut UnboundedReceiver<ToRouter>) -> (Vec<(PlayerId, Vec3)>, Vec<PlayerEvent>) {
+fn drain(rx: &mut Receiver<ToRouter>) -> (Vec<(PlayerId, Vec3)>, Vec<PlayerEvent>) {
     let (mut saves, mut events) = (Vec::new(), Vec::new());
     while let Ok(msg) = rx.try_recv() {
         match msg {

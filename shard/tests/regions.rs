@@ -33,7 +33,7 @@ use tessera_proto::{
 };
 use tessera_shard::sim::ShardNotice;
 use tessera_shard::{Shard, ShardConfig};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 
 const WORLD: &str = r#"
 name = "Quadrants"
@@ -51,7 +51,7 @@ fn region(text: &str) -> RegionId {
 struct Cluster {
     shards: Vec<Shard>,
     inboxes: Vec<crossbeam_channel::Receiver<ToShard>>,
-    router: UnboundedReceiver<ToRouter>,
+    router: Receiver<ToRouter>,
     events: Vec<(SessionId, PlayerEvent)>,
     /// What the shards would record in the cluster store (unread: the
     /// tests move the map themselves).

@@ -12,7 +12,7 @@ use tessera_proto::{
     CellId, Compass, EntityId, Epoch, PlayerId, RouterId, SessionId, ShardId, Vec3,
 };
 use tessera_shard::{Shard, ShardConfig};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 const WORLD: &str = r#"
 name = "Two"
@@ -26,7 +26,7 @@ max = [1, 0]
 struct Cluster {
     shards: Vec<Shard>,
     inboxes: Vec<crossbeam_channel::Receiver<ToShard>>,
-    router: UnboundedReceiver<ToRouter>,
+    router: Receiver<ToRouter>,
     events: Vec<(SessionId, PlayerEvent)>,
     bus: LocalBus,
 }
