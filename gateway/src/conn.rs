@@ -70,6 +70,8 @@ struct Conn {
     quitting: bool,
     /// The drain warning was given.
     warned: bool,
+    /// MCCP2, once the client agreed.
+    compressor: tessera_router::telnet::Compressor,
 }
 
 enum Input {
@@ -98,6 +100,7 @@ pub(crate) async fn serve(
         unanswered: VecDeque::new(),
         quitting: false,
         warned: false,
+        compressor: tessera_router::telnet::Compressor::default(),
     };
     // A router first: its welcome names the world, and nobody should type
     // a password into a gateway that cannot reach any router.
@@ -121,7 +124,8 @@ pub(crate) async fn serve(
 
 impl Conn {
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(bytes).await?;
+        let bytes = self.compressor.encode(bytes);
+        self.out.write_all(&bytes).await?;
         // TLS keeps records until flushed; plain TCP flushes at once.
         self.out.flush().await
     }
@@ -253,6 +257,15 @@ impl Conn {
             match action {
                 Action::Send(bytes) => self.write(&bytes).await?,
                 Action::Close => return Ok(false),
+                Action::Compress(on) => {
+                    let end = self.compressor.set(on);
+                    self.out.write_all(&end).await?;
+                    self.out.flush().await?;
+                }
+                Action::Mssp { text } => {
+                    let bytes = self.dialogue.mssp(&self.gw.mssp_info(), text);
+                    self.write(&bytes).await?;
+                }
                 Action::LogIn {
                     create,
                     name,
@@ -317,7 +330,7 @@ impl Conn {
                     self.token = Some(me.token);
                     self.name = me.name;
                     self.in_world = true;
-                    metrics::gauge!("tessera_gateway_players").increment(1.0);
+                    self.gw.count_player(true);
                     tracing::info!(peer = %self.peer, player = %self.name, router = %link.place.router.id, "player entered through the gateway");
                     let look = link.client.command("look").await.unwrap_or_default();
                     let greeting = dialogue::welcome(create, &self.name);
@@ -477,7 +490,7 @@ impl Conn {
     /// telnet player leaving a router does), in the background.
     fn finish(&mut self) {
         if self.in_world {
-            metrics::gauge!("tessera_gateway_players").decrement(1.0);
+            self.gw.count_player(false);
         }
         let (Some(_), Some(link)) = (self.token.take(), self.link.take()) else {
             return;

@@ -104,6 +104,12 @@ pub struct Gateway {
     world_name: Mutex<String>,
     /// Open connections per client address.
     caps: Arc<AddressCaps>,
+    /// Players in the world through this gateway.
+    players: AtomicUsize,
+    /// When the gateway started, Unix seconds (MSSP's UPTIME).
+    started_unix: u64,
+    /// The telnet and telnet-over-TLS ports it listens on, once it does.
+    ports: std::sync::OnceLock<(u16, Option<u16>)>,
 }
 
 impl Gateway {
@@ -121,7 +127,36 @@ impl Gateway {
             connections: AtomicUsize::new(0),
             phase: watch::channel(Phase::Serving).0,
             world_name: Mutex::new(String::new()),
+            players: AtomicUsize::new(0),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            ports: std::sync::OnceLock::new(),
         })
+    }
+
+    /// What MSSP tells a crawler: the world, the players in it through this
+    /// gateway, since when it runs, and its telnet ports.
+    pub fn mssp_info(&self) -> tessera_router::dialogue::MsspInfo {
+        let (port, tls_port) = self.ports.get().copied().unwrap_or((0, None));
+        tessera_router::dialogue::MsspInfo {
+            name: self.world_name.lock().clone(),
+            players: self.players.load(Ordering::Relaxed),
+            started_unix: self.started_unix,
+            port,
+            tls_port,
+        }
+    }
+
+    /// A player entered (`true`) or left the world through this gateway.
+    pub(crate) fn count_player(&self, entered: bool) {
+        if entered {
+            self.players.fetch_add(1, Ordering::Relaxed);
+            metrics::gauge!("tessera_gateway_players").increment(1.0);
+        } else {
+            self.players.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!("tessera_gateway_players").decrement(1.0);
+        }
     }
 
     /// Telnet connections open now.
@@ -174,6 +209,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     metrics::gauge!("tessera_gateway_draining").set(0.0);
+    let _ = gateway.ports.set((
+        listener.local_addr().map_or(0, |a| a.port()),
+        tls.as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| a.port()),
+    ));
     let mut accepting = EssentialTasks::default();
     let gw = gateway.clone();
     accepting.spawn("telnet accept loop", async move {

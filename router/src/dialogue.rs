@@ -7,7 +7,7 @@
 
 use crate::command::{self, PreLogin, PRELOGIN_HELP};
 use crate::telnet::{encode_text, TelnetCodec, TelnetEvent};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 /// What a player sees when the server waits for a line.
 pub const PROMPT: &str = "> ";
@@ -29,6 +29,12 @@ pub enum Action {
     Command(String),
     /// Close the connection (after the bytes sent before).
     Close,
+    /// Start (`true`) or stop MCCP2 compression of everything written from
+    /// here on ([`crate::telnet::Compressor`]).
+    Compress(bool),
+    /// Send the MSSP table ([`Dialogue::mssp`]): as a subnegotiation, or as
+    /// the plain-text reply to `MSSP-REQUEST` (`text`).
+    Mssp { text: bool },
 }
 
 impl std::fmt::Debug for Action {
@@ -43,6 +49,8 @@ impl std::fmt::Debug for Action {
                 .finish(),
             Action::Command(line) => f.debug_tuple("Command").field(line).finish(),
             Action::Close => f.write_str("Close"),
+            Action::Compress(on) => f.debug_tuple("Compress").field(on).finish(),
+            Action::Mssp { text } => f.debug_struct("Mssp").field("text", text).finish(),
         }
     }
 }
@@ -61,6 +69,70 @@ enum Stage {
     Closing,
 }
 
+/// What a client said it can show: from the terminal type cycle (client
+/// name, terminal type, `MTTS <bits>`), and the player's `color on|off`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientCaps {
+    /// The client's name (first TTYPE answer), e.g. `MUDLET`, `TINTIN++`.
+    pub client: Option<String>,
+    /// Terminal types reported after the name, e.g. `XTERM-256COLOR`.
+    pub terminals: Vec<String>,
+    /// The MTTS bits (1 ANSI, 4 UTF-8, 8 256 colours, 256 true colour).
+    pub mtts: u32,
+    /// The player's choice (`color on|off`), over what the client said.
+    pub chosen: Option<bool>,
+}
+
+/// How much colour a client gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Colour {
+    None,
+    Ansi16,
+    Ansi256,
+}
+
+/// MTTS bit: the client shows ANSI colour.
+const MTTS_ANSI: u32 = 1;
+/// MTTS bit: the client shows 256 colours.
+const MTTS_256: u32 = 8;
+
+impl ClientCaps {
+    /// Takes in one terminal type answer.
+    fn learn(&mut self, answer: &str) {
+        if let Some(bits) = answer.strip_prefix("MTTS ") {
+            self.mtts = bits.trim().parse().unwrap_or(0);
+        } else if self.client.is_none() {
+            self.client = Some(answer.to_owned());
+        } else {
+            self.terminals.push(answer.to_owned());
+        }
+    }
+
+    /// The colour this client gets: never any unless it said it shows it
+    /// (MTTS, or a colour terminal type; a bare client name is not enough),
+    /// or the player turned it on.
+    pub fn colour(&self) -> Colour {
+        let names = || self.client.iter().chain(self.terminals.iter());
+        let says_256 =
+            self.mtts & MTTS_256 != 0 || names().any(|t| t.to_ascii_uppercase().contains("256"));
+        let says_ansi = self.mtts & MTTS_ANSI != 0
+            || names().any(|t| {
+                let t = t.to_ascii_uppercase();
+                t.contains("ANSI") || t.contains("XTERM") || t.contains("COLOR")
+            });
+        match (self.chosen, says_256, says_ansi) {
+            (Some(false), _, _) => Colour::None,
+            (_, true, _) => Colour::Ansi256,
+            (_, _, true) | (Some(true), _, _) => Colour::Ansi16,
+            _ => Colour::None,
+        }
+    }
+}
+
+/// GMCP packages every client gets once GMCP is on (the rest only when the
+/// client enabled their module with `Core.Supports.Set/Add`).
+const GMCP_ALWAYS: &str = "Core";
+
 /// One telnet connection's conversation.
 pub struct Dialogue {
     codec: TelnetCodec,
@@ -70,6 +142,12 @@ pub struct Dialogue {
     stage: Stage,
     /// Lines typed while a login was under way.
     waiting: VecDeque<TelnetEvent>,
+    caps: ClientCaps,
+    /// GMCP modules the client enabled (`Char`, `Room`, `Comm.Channel`, ...),
+    /// lower case.
+    gmcp_modules: BTreeSet<String>,
+    /// The client's `Core.Hello`: its name and version.
+    gmcp_hello: Option<(String, String)>,
 }
 
 impl Dialogue {
@@ -80,6 +158,77 @@ impl Dialogue {
             width: 80,
             stage: Stage::Login,
             waiting: VecDeque::new(),
+            caps: ClientCaps::default(),
+            gmcp_modules: BTreeSet::new(),
+            gmcp_hello: None,
+        }
+    }
+
+    /// What the client said it can show.
+    pub fn caps(&self) -> &ClientCaps {
+        &self.caps
+    }
+
+    /// The colour this connection gets.
+    pub fn colour(&self) -> Colour {
+        self.caps.colour()
+    }
+
+    /// The client's `Core.Hello` (name, version), if it sent one.
+    pub fn gmcp_hello(&self) -> Option<&(String, String)> {
+        self.gmcp_hello.as_ref()
+    }
+
+    /// Whether the client gets GMCP `package` (`Room.Info`): GMCP is on and the
+    /// client enabled the package's module (or a module above it: `Comm`
+    /// covers `Comm.Channel.Text`); `Core` always.
+    pub fn gmcp_wants(&self, package: &str) -> bool {
+        if !self.codec.gmcp_enabled() {
+            return false;
+        }
+        let package = package.to_ascii_lowercase();
+        if package
+            .split('.')
+            .next()
+            .is_some_and(|m| m.eq_ignore_ascii_case(GMCP_ALWAYS))
+        {
+            return true;
+        }
+        self.gmcp_modules.iter().any(|m| {
+            package == *m
+                || package
+                    .strip_prefix(m.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+
+    /// GMCP `package` with `json` for the client, if it wants it
+    /// ([`Dialogue::gmcp_wants`]).
+    pub fn gmcp(&self, package: &str, json: &str) -> Option<Vec<u8>> {
+        if !self.gmcp_wants(package) {
+            return None;
+        }
+        self.codec.gmcp(package, json)
+    }
+
+    /// The MSSP table for `info`: a subnegotiation, or (`text`) the plain-text
+    /// reply to `MSSP-REQUEST` (`MSSP-REPLY-START`, `KEY<TAB>VALUE` lines,
+    /// `MSSP-REPLY-END`).
+    pub fn mssp(&self, info: &MsspInfo, text: bool) -> Vec<u8> {
+        let vars = info.vars();
+        if text {
+            let mut s = String::from("MSSP-REPLY-START\n");
+            for (k, vs) in &vars {
+                for v in vs {
+                    s.push_str(&format!("{k}\t{v}\n"));
+                }
+            }
+            s.push_str("MSSP-REPLY-END\n");
+            encode_text(&s)
+        } else {
+            let vars: Vec<(&str, Vec<String>)> =
+                vars.iter().map(|(k, v)| (*k, v.clone())).collect();
+            TelnetCodec::mssp(&vars)
         }
     }
 
@@ -165,6 +314,9 @@ impl Dialogue {
         if !feed.reply.is_empty() {
             out.push(Action::Send(feed.reply));
         }
+        if let Some(on) = feed.compress {
+            out.push(Action::Compress(on));
+        }
         for ev in feed.events {
             if self.stage == Stage::Closing {
                 break;
@@ -192,7 +344,10 @@ impl Dialogue {
             TelnetEvent::AreYouThere => {
                 out.push(Action::Send(encode_text("\n[Yes, Tessera is here.]\n")));
             }
-            TelnetEvent::TerminalType(_) | TelnetEvent::Interrupt => {}
+            TelnetEvent::TerminalType(answer) => self.caps.learn(&answer),
+            TelnetEvent::Interrupt => {}
+            TelnetEvent::MsspRequested => out.push(Action::Mssp { text: false }),
+            TelnetEvent::Gmcp { package, data } => self.on_gmcp(&package, &data, out),
             ev if self.stage == Stage::LoggingIn => self.waiting.push_back(ev),
             TelnetEvent::LineTooLong { len } => {
                 let text = self.too_long(len);
@@ -208,7 +363,103 @@ impl Dialogue {
         }
     }
 
+    /// A GMCP message from the client. Malformed JSON is ignored (logged at
+    /// debug level), never a reason to drop the connection.
+    fn on_gmcp(&mut self, package: &str, data: &str, out: &mut Vec<Action>) {
+        let json = || -> Option<serde_json::Value> {
+            match serde_json::from_str(data) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::debug!(package, error = %e, "GMCP message with bad JSON ignored");
+                    None
+                }
+            }
+        };
+        match package.to_ascii_lowercase().as_str() {
+            "core.hello" => {
+                if let Some(v) = json() {
+                    let field = |k: &str| {
+                        v.get(k)
+                            .and_then(|s| s.as_str())
+                            .unwrap_or("")
+                            .chars()
+                            .take(64)
+                            .collect::<String>()
+                    };
+                    self.gmcp_hello = Some((field("client"), field("version")));
+                }
+            }
+            op @ ("core.supports.set" | "core.supports.add" | "core.supports.remove") => {
+                let Some(serde_json::Value::Array(items)) = json() else {
+                    return;
+                };
+                if op == "core.supports.set" {
+                    self.gmcp_modules.clear();
+                }
+                // Entries are "Module.Name <version>"; at most 64 of them.
+                for item in items.iter().filter_map(|i| i.as_str()).take(64) {
+                    let module = item
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_ascii_lowercase();
+                    if module.is_empty() || module.len() > 64 {
+                        continue;
+                    }
+                    if op == "core.supports.remove" {
+                        self.gmcp_modules.remove(&module);
+                    } else if self.gmcp_modules.len() < 64 {
+                        self.gmcp_modules.insert(module);
+                    }
+                }
+            }
+            "core.ping" => {
+                if let Some(bytes) = self.codec.gmcp("Core.Ping", "") {
+                    out.push(Action::Send(bytes));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `color on|off` (or `colour`), in any stage: what the player wants,
+    /// over what the client said. Returns the answer, or `None` when the line
+    /// is not that command.
+    fn colour_command(&mut self, line: &str) -> Option<String> {
+        let mut words = line.split_whitespace();
+        let cmd = words.next()?.to_ascii_lowercase();
+        if cmd != "color" && cmd != "colour" {
+            return None;
+        }
+        let answer = match words.next().map(str::to_ascii_lowercase).as_deref() {
+            Some("on") => {
+                self.caps.chosen = Some(true);
+                "Colour is on."
+            }
+            Some("off") => {
+                self.caps.chosen = Some(false);
+                "Colour is off."
+            }
+            _ => match self.colour() {
+                Colour::None => "Colour is off. Type 'color on' to turn it on.",
+                Colour::Ansi16 => "Colour is on (16 colours). Type 'color off' to turn it off.",
+                Colour::Ansi256 => "Colour is on (256 colours). Type 'color off' to turn it off.",
+            },
+        };
+        Some(answer.to_owned())
+    }
+
     fn on_line(&mut self, line: String, out: &mut Vec<Action>) {
+        if matches!(self.stage, Stage::Login | Stage::Playing) {
+            if let Some(answer) = self.colour_command(&line) {
+                out.push(Action::Send(self.answer(&answer)));
+                return;
+            }
+            if self.stage == Stage::Login && line.trim() == "MSSP-REQUEST" {
+                out.push(Action::Mssp { text: true });
+                return;
+            }
+        }
         match std::mem::replace(&mut self.stage, Stage::Login) {
             Stage::Login => match command::parse_prelogin(&line) {
                 Ok(PreLogin::Empty) => out.push(Action::Send(self.answer(""))),
@@ -281,6 +532,57 @@ impl Dialogue {
                 self.stage = Stage::Password { create, name };
             }
         }
+    }
+}
+
+/// What MSSP tells a crawler about the world.
+#[derive(Clone, Debug)]
+pub struct MsspInfo {
+    /// The world's name.
+    pub name: String,
+    /// Players online now.
+    pub players: usize,
+    /// When the server started, Unix seconds.
+    pub started_unix: u64,
+    /// The telnet port players connect to.
+    pub port: u16,
+    /// The TLS telnet port, if there is one.
+    pub tls_port: Option<u16>,
+}
+
+impl MsspInfo {
+    /// The MSSP variables, in the order they are sent.
+    pub fn vars(&self) -> Vec<(&'static str, Vec<String>)> {
+        let one = |v: String| vec![v];
+        let yes_no = |b: bool| one(if b { "1" } else { "0" }.to_string());
+        let mut vars = vec![
+            ("NAME", one(self.name.clone())),
+            ("PLAYERS", one(self.players.to_string())),
+            ("UPTIME", one(self.started_unix.to_string())),
+            (
+                "CODEBASE",
+                one(format!("Tessera {}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ("PORT", one(self.port.to_string())),
+            ("CRAWL DELAY", one("-1".into())),
+            ("FAMILY", one("Custom".into())),
+            ("GENRE", one("None".into())),
+            ("ANSI", yes_no(true)),
+            ("XTERM 256 COLORS", yes_no(true)),
+            ("UTF-8", yes_no(true)),
+            ("GMCP", yes_no(true)),
+            ("MSSP", yes_no(true)),
+            ("MCCP", yes_no(true)),
+            ("MSDP", yes_no(false)),
+            ("MXP", yes_no(false)),
+            ("MCP", yes_no(false)),
+            ("PUEBLO", yes_no(false)),
+            ("VT100", yes_no(false)),
+        ];
+        if let Some(tls) = self.tls_port {
+            vars.push(("SSL", one(tls.to_string())));
+        }
+        vars
     }
 }
 
@@ -411,6 +713,135 @@ mod tests {
         let a = d.feed(b"quit\r\nlook\r\n");
         assert_eq!(a.last(), Some(&Action::Close));
         assert!(text(&a).contains("Goodbye."));
+    }
+
+    const SB: u8 = 250;
+    const SE: u8 = 240;
+    const DO: u8 = 253;
+    const TTYPE: u8 = 24;
+    const GMCP: u8 = 201;
+
+    fn ttype_is(name: &str) -> Vec<u8> {
+        let mut v = vec![IAC, SB, TTYPE, 0];
+        v.extend_from_slice(name.as_bytes());
+        v.extend_from_slice(&[IAC, SE]);
+        v
+    }
+
+    fn gmcp_in(text: &str) -> Vec<u8> {
+        let mut v = vec![IAC, SB, GMCP];
+        v.extend_from_slice(text.as_bytes());
+        v.extend_from_slice(&[IAC, SE]);
+        v
+    }
+
+    /// Colour only for a client that said it shows it (never for one that
+    /// said nothing), 256 colours when offered, and the player's `color
+    /// on|off` over either, before login as well as in the world.
+    #[test]
+    fn colour_follows_what_the_client_said_and_the_player_chose() {
+        let mut d = Dialogue::new(1024);
+        d.start("Vale");
+        assert_eq!(d.colour(), Colour::None);
+        d.feed(&[IAC, 251, TTYPE]);
+        d.feed(&ttype_is("MUDLET"));
+        assert_eq!(d.colour(), Colour::None, "a client name alone says nothing");
+        d.feed(&ttype_is("ANSI"));
+        assert_eq!(d.colour(), Colour::Ansi16);
+        d.feed(&ttype_is("MTTS 9"));
+        assert_eq!(d.colour(), Colour::Ansi256);
+        assert_eq!(d.caps().client.as_deref(), Some("MUDLET"));
+        let a = d.feed(b"color off\r\n");
+        assert!(text(&a).contains("Colour is off."), "{a:?}");
+        assert_eq!(d.colour(), Colour::None);
+
+        let mut bare = Dialogue::new(1024);
+        bare.start("Vale");
+        let a = bare.feed(b"colour\r\n");
+        assert!(text(&a).contains("Type 'color on'"), "{a:?}");
+        bare.feed(b"connect Ann secret\r\n");
+        bare.entered("hi");
+        let a = bare.feed(b"COLOR on\r\n");
+        assert!(text(&a).contains("Colour is on."), "{a:?}");
+        assert!(!a.iter().any(|a| matches!(a, Action::Command(_))));
+        assert_eq!(bare.colour(), Colour::Ansi16);
+    }
+
+    /// GMCP packages go only to a client that enabled their module; Core
+    /// always; Core.Ping is answered; malformed JSON changes nothing and
+    /// keeps the connection.
+    #[test]
+    fn gmcp_packages_follow_core_supports() {
+        let mut d = Dialogue::new(1024);
+        d.start("Vale");
+        assert!(!d.gmcp_wants("Core.Ping"), "GMCP is not on yet");
+        d.feed(&[IAC, DO, GMCP]);
+        assert!(d.gmcp_wants("Core.Goodbye"));
+        assert!(!d.gmcp_wants("Room.Info"));
+        d.feed(&gmcp_in(
+            r#"Core.Hello {"client":"Mudlet","version":"4.17.2"}"#,
+        ));
+        assert_eq!(
+            d.gmcp_hello(),
+            Some(&("Mudlet".to_string(), "4.17.2".to_string()))
+        );
+        d.feed(&gmcp_in(r#"Core.Supports.Set ["Char 1", "Room 1"]"#));
+        assert!(d.gmcp_wants("Room.Info") && d.gmcp_wants("Char.Status"));
+        assert!(!d.gmcp_wants("Comm.Channel.Text") && !d.gmcp_wants("Roomy.Info"));
+        d.feed(&gmcp_in(r#"Core.Supports.Add ["Comm.Channel 1"]"#));
+        assert!(d.gmcp_wants("Comm.Channel.Text") && !d.gmcp_wants("Comm.Other"));
+        d.feed(&gmcp_in(r#"Core.Supports.Remove ["Room"]"#));
+        assert!(!d.gmcp_wants("Room.Info"));
+        assert!(d.gmcp("Room.Info", "{}").is_none());
+        assert!(d.gmcp("Char.Name", "{}").is_some());
+        // Bad JSON: ignored, nothing changes, nothing is sent.
+        for bad in [
+            "Core.Supports.Set [\"Char 1\"",
+            "Core.Supports.Set {\"a\":1}",
+            "Core.Hello nonsense",
+        ] {
+            assert_eq!(d.feed(&gmcp_in(bad)), vec![], "{bad}");
+        }
+        assert!(d.gmcp_wants("Char.Status"));
+        let a = d.feed(&gmcp_in("Core.Ping"));
+        let mut want = vec![IAC, SB, GMCP];
+        want.extend_from_slice(b"Core.Ping");
+        want.extend_from_slice(&[IAC, SE]);
+        assert_eq!(a, vec![Action::Send(want)]);
+    }
+
+    /// MSSP: the table on IAC DO MSSP, and the plain-text `MSSP-REQUEST`
+    /// before login; PLAYERS and UPTIME are integers.
+    #[test]
+    fn mssp_as_subnegotiation_and_as_text() {
+        let info = MsspInfo {
+            name: "Vale".into(),
+            players: 3,
+            started_unix: 1_796_000_000,
+            port: 4000,
+            tls_port: Some(4443),
+        };
+        let mut d = Dialogue::new(1024);
+        d.start("Vale");
+        // The greeting offered MSSP: the client's DO is a confirmation.
+        assert_eq!(d.feed(&[IAC, DO, 70]), vec![Action::Mssp { text: false }]);
+        let table = d.mssp(&info, false);
+        assert!(table.starts_with(&[IAC, SB, 70, 1]));
+        let needle = |n: &[u8]| table.windows(n.len()).any(|w| w == n);
+        assert!(needle(b"\x01PLAYERS\x023"));
+        assert!(needle(b"\x01UPTIME\x021796000000"));
+        assert!(needle(b"\x01SSL\x024443"));
+        assert_eq!(
+            d.feed(b"MSSP-REQUEST\r\n"),
+            vec![Action::Mssp { text: true }]
+        );
+        let text = String::from_utf8(d.mssp(&info, true)).unwrap();
+        assert!(
+            text.starts_with("MSSP-REPLY-START\r\nNAME\tVale\r\nPLAYERS\t3\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("UPTIME\t1796000000\r\n"));
+        assert!(text.ends_with("MSSP-REPLY-END\r\n"));
     }
 
     #[test]

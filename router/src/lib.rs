@@ -234,6 +234,10 @@ pub struct Router {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Open connections per client address.
     pub caps: Arc<caps::AddressCaps>,
+    /// When the router started, Unix seconds (MSSP's UPTIME).
+    started_unix: u64,
+    /// Where it listens, once it does.
+    listening: std::sync::OnceLock<RouterAddrs>,
 }
 
 struct SessionEntry {
@@ -284,7 +288,24 @@ impl Router {
             unsaved: Mutex::new(HashMap::new()),
             mutes: Mutex::new(HashMap::new()),
             stopping: tokio::sync::watch::channel(false).0,
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            listening: std::sync::OnceLock::new(),
         })
+    }
+
+    /// What MSSP tells a crawler: the world, the players online on this
+    /// router, since when it runs, and its telnet ports.
+    pub fn mssp_info(&self) -> dialogue::MsspInfo {
+        let addrs = self.listening.get();
+        dialogue::MsspInfo {
+            name: self.world.name.clone(),
+            players: self.online().len(),
+            started_unix: self.started_unix,
+            port: addrs.map_or(self.config.telnet.port(), |a| a.telnet.port()),
+            tls_port: addrs.and_then(|a| a.telnet_tls.map(|t| t.port())),
+        }
     }
 
     /// Turns true when the router starts stopping: every connection then
@@ -741,6 +762,7 @@ pub async fn run(
         telnet_tls: telnet_tls.as_ref().and_then(|(l, _)| l.local_addr().ok()),
     };
     tracing::info!(router = %router.config.id, telnet = %addrs.telnet, telnet_tls = ?addrs.telnet_tls, quic = %addrs.quic, "router listening");
+    let _ = router.listening.set(addrs.clone());
     let _ = ready.send(addrs);
 
     let mut tasks = EssentialTasks::default();

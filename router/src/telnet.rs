@@ -9,13 +9,17 @@
 //!   side can start a negotiation loop: a request is answered only when it
 //!   changes an option's state, and a confirmation of our own request is never
 //!   answered. We offer ECHO while a password is typed, agree to SGA when the
-//!   client asks (we do not offer it: see [`TelnetCodec::greeting`]), and ask
-//!   for and accept the client's NAWS (RFC 1073) and TTYPE (RFC 1091);
-//!   everything else is refused, once. DO TIMING-MARK (RFC 860) is answered
-//!   every time.
-//! * **Subnegotiation**: window size and terminal type become events; the
-//!   buffer is capped at [`MAX_SUBNEGOTIATION_BYTES`] and longer ones are
-//!   dropped whole.
+//!   client asks (we do not offer it: see [`TelnetCodec::greeting`]), offer
+//!   the MUD client options GMCP, MSSP, MCCP2 and EOR, and ask for and accept
+//!   the client's NAWS (RFC 1073) and TTYPE (RFC 1091, cycled for the MTTS
+//!   bits); everything else is refused, once. DO TIMING-MARK (RFC 860) is
+//!   answered every time.
+//! * **Subnegotiation**: window size, terminal type and GMCP messages become
+//!   events; the buffer is capped at [`MAX_SUBNEGOTIATION_BYTES`]
+//!   ([`MAX_GMCP_BYTES`] for GMCP) and longer ones are dropped whole.
+//! * **What goes out**: GMCP and MSSP subnegotiations with 0xFF escaped, the
+//!   prompt marker (EOR, GA or nothing), and when MCCP2 starts and stops;
+//!   [`Compressor`] compresses what the connection writes once it has.
 //! * **Line assembly**: bytes become [`TelnetEvent::Line`]s at CR LF, CR NUL,
 //!   LF or a bare CR, with backspace editing, control bytes removed and UTF-8
 //!   decoded lossily. A line longer than the limit is reported once as
@@ -75,14 +79,37 @@ pub const TTYPE: u8 = 24;
 pub const NAWS: u8 = 31;
 /// Option: linemode (RFC 1184); refused.
 pub const LINEMODE: u8 = 34;
+/// Option: end of record (RFC 885). Once the client agrees, every prompt ends
+/// with IAC EOR, which Mudlet and TinTin++ take as "this line is a prompt".
+pub const EOR: u8 = 25;
+/// Command: end of record, the prompt marker once EOR is agreed.
+pub const EOR_MARK: u8 = 239;
+/// Option: Mud Server Status Protocol (MSSP): crawlers of MUD listings ask for
+/// the world's name, player count and uptime.
+pub const MSSP: u8 = 70;
+/// MSSP subnegotiation: a variable name follows.
+pub const MSSP_VAR: u8 = 1;
+/// MSSP subnegotiation: a value follows.
+pub const MSSP_VAL: u8 = 2;
+/// Option: Mud Client Compression Protocol v2: everything the server sends
+/// after `IAC SB MCCP2 IAC SE` is one zlib stream.
+pub const MCCP2: u8 = 86;
+/// Option: Generic Mud Communication Protocol (GMCP): `Package.Name <json>`
+/// messages in subnegotiations, both ways.
+pub const GMCP: u8 = 201;
 
 /// TTYPE subnegotiation: "my terminal type is ...".
 pub const TTYPE_IS: u8 = 0;
 /// TTYPE subnegotiation: "send me your terminal type".
 pub const TTYPE_SEND: u8 = 1;
 
-/// Longest subnegotiation payload kept; longer ones are discarded.
+/// Longest subnegotiation payload kept (but GMCP's); longer ones are discarded.
 pub const MAX_SUBNEGOTIATION_BYTES: usize = 64;
+/// Longest GMCP message kept; longer ones are discarded whole.
+pub const MAX_GMCP_BYTES: usize = 16 * 1024;
+/// How many times the terminal type is asked for: MUD clients answer with
+/// their name, then the terminal type, then `MTTS <bits>`.
+const TTYPE_ROUNDS: u8 = 3;
 
 const NUL: u8 = 0x00;
 const BS: u8 = 0x08;
@@ -102,8 +129,15 @@ pub enum TelnetEvent {
     LineTooLong { len: usize },
     /// The client's window size (NAWS); 0 means "unknown".
     WindowSize { width: u16, height: u16 },
-    /// The client's terminal type (TTYPE IS), e.g. `XTERM-256COLOR`.
+    /// The client's terminal type (TTYPE IS), e.g. `XTERM-256COLOR`; asked
+    /// for up to three times, so a MUD client reports its name, its
+    /// terminal type and then `MTTS <bits>` (one event each).
     TerminalType(String),
+    /// A GMCP message from the client: the package (`Core.Hello`) and the
+    /// JSON text after it (possibly empty; not checked here).
+    Gmcp { package: String, data: String },
+    /// The client asked for the MSSP table (IAC DO MSSP).
+    MsspRequested,
     /// IAC IP. The partly typed line was discarded.
     Interrupt,
     /// IAC AYT: the session should print something to show it is alive.
@@ -117,6 +151,9 @@ pub struct Feed {
     pub events: Vec<TelnetEvent>,
     /// Negotiation bytes to send back to the client.
     pub reply: Vec<u8>,
+    /// Compression (MCCP2) starts (`Some(true)`: after `reply`, which ends
+    /// with `IAC SB MCCP2 IAC SE`) or stops (`Some(false)`: after `reply`).
+    pub compress: Option<bool>,
 }
 
 /// Where the byte parser is.
@@ -205,6 +242,11 @@ pub struct TelnetCodec {
     him: [OptionState; 256],
     /// The session asked for the client's local echo to be off.
     want_echo: bool,
+    /// Whether what we send is compressed (MCCP2), as the last feed said.
+    compressing: bool,
+    /// Terminal type answers so far, and the last one.
+    ttype_rounds: u8,
+    ttype_last: String,
 }
 
 impl fmt::Debug for TelnetCodec {
@@ -236,12 +278,17 @@ impl TelnetCodec {
             us: [OptionState::default(); 256],
             him: [OptionState::default(); 256],
             want_echo: false,
+            compressing: false,
+            ttype_rounds: 0,
+            ttype_last: String::new(),
         }
     }
 
-    /// The bytes to send when the connection opens: IAC DO NAWS, IAC DO
-    /// TTYPE. The client's answers to them are confirmations and are not
-    /// answered again. A second call returns nothing.
+    /// The bytes to send when the connection opens: IAC WILL GMCP, MSSP,
+    /// MCCP2 and EOR, then IAC DO NAWS and TTYPE. The client's answers to them
+    /// are confirmations and are not answered again (but for what they start:
+    /// the terminal type question, MCCP2, the MSSP table). A second call
+    /// returns nothing. A client that knows none of these refuses each once.
     ///
     /// SGA is accepted when the client asks but not offered: BSD `telnet`
     /// switches to character-at-a-time mode (echoing `^M`) when a server
@@ -250,19 +297,71 @@ impl TelnetCodec {
     /// spot a prompt.
     pub fn greeting(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
+        for option in [GMCP, MSSP, MCCP2, EOR] {
+            self.request(Side::Us, option, true, &mut out);
+        }
         self.request(Side::Him, NAWS, true, &mut out);
         self.request(Side::Him, TTYPE, true, &mut out);
         out
     }
 
-    /// What to send after a prompt: IAC GA unless go-aheads are suppressed
-    /// (SGA agreed), per RFC 854.
+    /// What to send after a prompt: IAC EOR once the client agreed to EOR;
+    /// else IAC GA unless go-aheads are suppressed (SGA agreed), per RFC 854.
     pub fn prompt_end(&self) -> &'static [u8] {
-        if self.us[usize::from(SGA)].q == Q::Yes {
+        if self.us[usize::from(EOR)].q == Q::Yes {
+            &[IAC, EOR_MARK]
+        } else if self.us[usize::from(SGA)].q == Q::Yes {
             &[]
         } else {
             &[IAC, GA]
         }
+    }
+
+    /// Whether the client agreed to GMCP.
+    pub fn gmcp_enabled(&self) -> bool {
+        self.us[usize::from(GMCP)].q == Q::Yes
+    }
+
+    /// A GMCP message for the client (`IAC SB GMCP <package> <json> IAC SE`,
+    /// 0xFF escaped), or nothing if the client has not agreed to GMCP. `json`
+    /// may be empty (a message without data).
+    pub fn gmcp(&self, package: &str, json: &str) -> Option<Vec<u8>> {
+        if !self.gmcp_enabled() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(package.len() + json.len() + 6);
+        out.extend_from_slice(&[IAC, SB, GMCP]);
+        push_escaped(&mut out, package.as_bytes());
+        if !json.is_empty() {
+            out.push(b' ');
+            push_escaped(&mut out, json.as_bytes());
+        }
+        out.extend_from_slice(&[IAC, SE]);
+        Some(out)
+    }
+
+    /// The MSSP table as a subnegotiation (`IAC SB MSSP (VAR name (VAL
+    /// value)+)+ IAC SE`), for a client that asked (IAC DO MSSP). Bytes that
+    /// would break the framing (NUL, VAR, VAL, IAC) are left out of names and
+    /// values.
+    pub fn mssp(vars: &[(&str, Vec<String>)]) -> Vec<u8> {
+        let clean = |s: &str, out: &mut Vec<u8>| {
+            out.extend(
+                s.bytes()
+                    .filter(|b| !matches!(*b, NUL | MSSP_VAR | MSSP_VAL | IAC)),
+            )
+        };
+        let mut out = vec![IAC, SB, MSSP];
+        for (name, values) in vars {
+            out.push(MSSP_VAR);
+            clean(name, &mut out);
+            for v in values {
+                out.push(MSSP_VAL);
+                clean(v, &mut out);
+            }
+        }
+        out.extend_from_slice(&[IAC, SE]);
+        out
     }
 
     /// Ask the client to stop echoing locally (IAC WILL ECHO: "the server
@@ -290,6 +389,16 @@ impl TelnetCodec {
         for &b in input {
             self.step(b, &mut out);
         }
+        // MCCP2 starts after everything this feed answers (the last bytes
+        // sent uncompressed are IAC SB MCCP2 IAC SE), or stops after it.
+        let compress = self.us[usize::from(MCCP2)].q == Q::Yes;
+        if compress != self.compressing {
+            self.compressing = compress;
+            if compress {
+                out.reply.extend_from_slice(&[IAC, SB, MCCP2, IAC, SE]);
+            }
+            out.compress = Some(compress);
+        }
         out
     }
 
@@ -309,6 +418,10 @@ impl TelnetCodec {
             State::Negotiate(verb) => {
                 self.state = State::Data;
                 self.negotiate(verb, b, &mut out.reply);
+                // Every DO MSSP (a crawler may ask again) is answered with the table.
+                if b == MSSP && verb == DO && self.us[usize::from(MSSP)].q == Q::Yes {
+                    out.events.push(TelnetEvent::MsspRequested);
+                }
             }
             State::SbOption => {
                 self.sb_option = b;
@@ -326,7 +439,7 @@ impl TelnetCodec {
             State::SbIac => match b {
                 SE => {
                     self.state = State::Data;
-                    self.finish_subnegotiation(&mut out.events);
+                    self.finish_subnegotiation(out);
                 }
                 IAC => {
                     self.state = State::Sb;
@@ -374,7 +487,10 @@ impl TelnetCodec {
     /// asks for it.
     fn agrees(&self, side: Side, option: u8) -> bool {
         match side {
-            Side::Us => option == SGA || (option == ECHO && self.want_echo),
+            Side::Us => {
+                matches!(option, SGA | EOR | GMCP | MSSP | MCCP2)
+                    || (option == ECHO && self.want_echo)
+            }
             Side::Him => matches!(option, NAWS | TTYPE | SGA),
         }
     }
@@ -495,6 +611,8 @@ impl TelnetCodec {
 
     fn on_transition(&mut self, side: Side, option: u8, before: Q, after: Q, out: &mut Vec<u8>) {
         if side == Side::Him && option == TTYPE && before != Q::Yes && after == Q::Yes {
+            self.ttype_rounds = 0;
+            self.ttype_last.clear();
             out.extend_from_slice(&[IAC, SB, TTYPE, TTYPE_SEND, IAC, SE]);
         }
     }
@@ -502,7 +620,12 @@ impl TelnetCodec {
     // ---- subnegotiation ----
 
     fn sb_push(&mut self, b: u8) {
-        if self.sb_buf.len() < MAX_SUBNEGOTIATION_BYTES {
+        let limit = if self.sb_option == GMCP {
+            MAX_GMCP_BYTES
+        } else {
+            MAX_SUBNEGOTIATION_BYTES
+        };
+        if self.sb_buf.len() < limit {
             if self.sb_buf.capacity() == 0 {
                 self.sb_buf.reserve_exact(MAX_SUBNEGOTIATION_BYTES);
             }
@@ -512,11 +635,13 @@ impl TelnetCodec {
         }
     }
 
-    fn finish_subnegotiation(&mut self, events: &mut Vec<TelnetEvent>) {
+    fn finish_subnegotiation(&mut self, out: &mut Feed) {
         if self.sb_overflow {
             self.sb_buf.clear();
+            self.sb_buf.shrink_to(MAX_SUBNEGOTIATION_BYTES);
             return;
         }
+        let events = &mut out.events;
         match (self.sb_option, self.sb_buf.as_slice()) {
             (NAWS, &[w1, w0, h1, h0]) => events.push(TelnetEvent::WindowSize {
                 width: u16::from_be_bytes([w1, w0]),
@@ -526,12 +651,41 @@ impl TelnetCodec {
                 let name: String = String::from_utf8_lossy(name)
                     .chars()
                     .filter(|c| !c.is_control())
+                    .take(MAX_SUBNEGOTIATION_BYTES)
                     .collect();
-                events.push(TelnetEvent::TerminalType(name));
+                // Ask again until the client repeats itself (its list ended)
+                // or has answered TTYPE_ROUNDS times.
+                self.ttype_rounds = self.ttype_rounds.saturating_add(1);
+                if self.ttype_rounds < TTYPE_ROUNDS
+                    && name != self.ttype_last
+                    && self.him[usize::from(TTYPE)].q == Q::Yes
+                {
+                    out.reply
+                        .extend_from_slice(&[IAC, SB, TTYPE, TTYPE_SEND, IAC, SE]);
+                }
+                if name != self.ttype_last {
+                    self.ttype_last.clone_from(&name);
+                    events.push(TelnetEvent::TerminalType(name));
+                }
+            }
+            (GMCP, message) if self.us[usize::from(GMCP)].q == Q::Yes => {
+                let text = String::from_utf8_lossy(message);
+                let (package, data) = text.split_once(' ').unwrap_or((&text, ""));
+                let valid = !package.is_empty()
+                    && package
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-');
+                if valid {
+                    events.push(TelnetEvent::Gmcp {
+                        package: package.to_owned(),
+                        data: data.trim().to_owned(),
+                    });
+                }
             }
             _ => {}
         }
         self.sb_buf.clear();
+        self.sb_buf.shrink_to(MAX_SUBNEGOTIATION_BYTES);
     }
 
     // ---- line assembly ----
@@ -608,6 +762,91 @@ impl TelnetCodec {
     }
 }
 
+/// Appends `bytes` with every 0xFF doubled (IAC IAC), as inside a
+/// subnegotiation.
+fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        out.push(b);
+        if b == IAC {
+            out.push(IAC);
+        }
+    }
+}
+
+/// MCCP2 on the way out: once a connection's codec says compression starts
+/// ([`Feed::compress`]), everything written goes through one zlib stream,
+/// flushed after each write so the client sees it at once; when it stops,
+/// the stream is finished and what follows goes out as it is.
+#[derive(Default)]
+pub struct Compressor {
+    zlib: Option<flate2::Compress>,
+    /// Bytes given and bytes sent since compression started (metrics).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Compressor {
+    /// Starts (`true`) or stops compressing; returns the bytes that end the
+    /// stream when it stops.
+    pub fn set(&mut self, on: bool) -> Vec<u8> {
+        match (on, self.zlib.take()) {
+            (true, None) => {
+                self.zlib = Some(flate2::Compress::new(flate2::Compression::default(), true));
+                Vec::new()
+            }
+            (true, Some(z)) => {
+                self.zlib = Some(z);
+                Vec::new()
+            }
+            (false, Some(mut z)) => run_zlib(&mut z, &[], flate2::FlushCompress::Finish),
+            (false, None) => Vec::new(),
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.zlib.is_some()
+    }
+
+    /// What to write for `bytes`: compressed and flushed while compression is on.
+    pub fn encode(&mut self, bytes: &[u8]) -> Vec<u8> {
+        match &mut self.zlib {
+            None => bytes.to_vec(),
+            Some(z) => {
+                let out = run_zlib(z, bytes, flate2::FlushCompress::Sync);
+                self.bytes_in += bytes.len() as u64;
+                self.bytes_out += out.len() as u64;
+                out
+            }
+        }
+    }
+}
+
+/// All of `input` through `z`, then `flush`. Deflate stops a call only when
+/// its input is used up or its output space is full, so a call that used up
+/// the input and left space has flushed everything (`Finish`: said so).
+fn run_zlib(z: &mut flate2::Compress, input: &[u8], flush: flate2::FlushCompress) -> Vec<u8> {
+    let finish = matches!(flush, flate2::FlushCompress::Finish);
+    let mut out = Vec::with_capacity(input.len() / 2 + 64);
+    let mut consumed = 0;
+    loop {
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(256));
+        }
+        let before = z.total_in();
+        let status = z
+            .compress_vec(&input[consumed..], &mut out, flush)
+            .expect("deflate with valid state does not fail");
+        consumed += (z.total_in() - before) as usize;
+        let room_left = out.len() < out.capacity();
+        match status {
+            flate2::Status::StreamEnd => break,
+            _ if !finish && consumed == input.len() && room_left => break,
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Text for the client: `\n` becomes CR LF (an existing CR LF is kept), a
 /// bare CR becomes CR NUL (RFC 854) and a 0xFF byte is escaped as IAC IAC.
 pub fn encode_text(text: &str) -> Vec<u8> {
@@ -663,31 +902,272 @@ mod tests {
     // ---- negotiation ----
 
     #[test]
-    fn greeting_asks_for_naws_and_ttype() {
+    fn greeting_offers_the_mud_options_and_asks_for_naws_and_ttype() {
         let mut c = TelnetCodec::new(100);
-        assert_eq!(c.greeting(), vec![IAC, DO, NAWS, IAC, DO, TTYPE]);
+        assert_eq!(
+            c.greeting(),
+            vec![
+                IAC, WILL, GMCP, IAC, WILL, MSSP, IAC, WILL, MCCP2, IAC, WILL, EOR, IAC, DO, NAWS,
+                IAC, DO, TTYPE
+            ]
+        );
         assert!(c.greeting().is_empty(), "asking twice sends nothing");
     }
 
+    /// A MUD client agrees to everything: nothing is answered but what the
+    /// agreements start (the terminal type question; MCCP2's start, last),
+    /// and the MSSP table is asked for.
     #[test]
-    fn confirmations_of_the_greeting_are_not_answered_except_ttype_send() {
+    fn confirmations_of_the_greeting_start_ttype_mssp_and_compression() {
         let mut c = TelnetCodec::new(100);
         let hello = c.greeting();
         let feed = c.feed(&confirmations(&hello));
-        assert!(feed.events.is_empty());
-        assert_eq!(feed.reply, vec![IAC, SB, TTYPE, TTYPE_SEND, IAC, SE]);
-        // Repeating them changes nothing and is not answered.
-        assert_eq!(c.feed(&confirmations(&hello)), Feed::default());
+        assert_eq!(feed.events, vec![TelnetEvent::MsspRequested]);
+        assert_eq!(
+            feed.reply,
+            vec![IAC, SB, TTYPE, TTYPE_SEND, IAC, SE, IAC, SB, MCCP2, IAC, SE]
+        );
+        assert_eq!(feed.compress, Some(true));
+        assert!(c.gmcp_enabled());
+        assert_eq!(c.prompt_end(), &[IAC, EOR_MARK]);
+        // Repeating them changes nothing and is not answered (but a crawler
+        // asking for MSSP again gets the table again).
+        let again = c.feed(&confirmations(&hello));
+        assert_eq!(again.reply, Vec::<u8>::new());
+        assert_eq!(again.compress, None);
+        assert_eq!(again.events, vec![TelnetEvent::MsspRequested]);
     }
 
+    /// A bare telnet client refuses what it does not know, once; nothing is
+    /// answered, and it gets no GMCP, no compression, and GA after prompts.
     #[test]
     fn refusals_of_the_greeting_are_not_answered() {
         let mut c = TelnetCodec::new(100);
         c.greeting();
-        let feed = c.feed(&[IAC, DONT, SGA, IAC, WONT, NAWS, IAC, WONT, TTYPE]);
+        let feed = c.feed(&[
+            IAC, DONT, GMCP, IAC, DONT, MSSP, IAC, DONT, MCCP2, IAC, DONT, EOR, IAC, DONT, SGA,
+            IAC, WONT, NAWS, IAC, WONT, TTYPE,
+        ]);
         assert_eq!(feed, Feed::default());
         assert_eq!(c.us[usize::from(SGA)].q, Q::No);
         assert_eq!(c.him[usize::from(NAWS)].q, Q::No);
+        assert!(!c.gmcp_enabled());
+        assert_eq!(c.gmcp("Core.Ping", ""), None);
+        assert_eq!(c.prompt_end(), &[IAC, GA]);
+    }
+
+    /// MCCP2 asked for unprompted, turned off by the client, and on again:
+    /// each change is answered once and says where compression starts or ends.
+    #[test]
+    fn mccp2_starts_stops_and_starts_again() {
+        let mut c = TelnetCodec::new(100);
+        let on = c.feed(&[IAC, DO, MCCP2]);
+        assert_eq!(on.reply, vec![IAC, WILL, MCCP2, IAC, SB, MCCP2, IAC, SE]);
+        assert_eq!(on.compress, Some(true));
+        let off = c.feed(&[IAC, DONT, MCCP2]);
+        assert_eq!(off.reply, vec![IAC, WONT, MCCP2]);
+        assert_eq!(off.compress, Some(false));
+        let on = c.feed(&[IAC, DO, MCCP2]);
+        assert_eq!(on.reply, vec![IAC, WILL, MCCP2, IAC, SB, MCCP2, IAC, SE]);
+        assert_eq!(on.compress, Some(true));
+        // On and off again within one read: nothing starts.
+        let mut c = TelnetCodec::new(100);
+        let both = c.feed(&[IAC, DO, MCCP2, IAC, DONT, MCCP2]);
+        assert_eq!(both.reply, vec![IAC, WILL, MCCP2, IAC, WONT, MCCP2]);
+        assert_eq!(both.compress, None);
+    }
+
+    /// What goes out compressed decompresses to the same bytes after every
+    /// write (each is flushed), and after the stream ends plain bytes follow.
+    #[test]
+    fn compressed_writes_are_flushed_and_the_stream_ends_cleanly() {
+        let mut z = Compressor::default();
+        assert_eq!(z.encode(b"plain"), b"plain");
+        assert!(z.set(true).is_empty());
+        let mut inflate = flate2::Decompress::new(true);
+        let mut got = Vec::with_capacity(1 << 16);
+        for chunk in [
+            &b"You see:\r\n  Ann (a player)\r\n> "[..],
+            &[IAC, EOR_MARK],
+            &[0xff; 300],
+        ] {
+            let sent = z.encode(chunk);
+            let before = got.len();
+            inflate
+                .decompress_vec(&sent, &mut got, flate2::FlushDecompress::Sync)
+                .unwrap();
+            assert_eq!(&got[before..], chunk, "each write arrives whole");
+        }
+        let look = b"You see:\r\n".repeat(200);
+        let sent = z.encode(&look);
+        assert!(
+            sent.len() * 10 < look.len(),
+            "{} -> {}",
+            look.len(),
+            sent.len()
+        );
+        got.clear();
+        inflate
+            .decompress_vec(&sent, &mut got, flate2::FlushDecompress::Sync)
+            .unwrap();
+        assert_eq!(got, look);
+        let end = z.set(false);
+        got.clear();
+        let status = inflate
+            .decompress_vec(&end, &mut got, flate2::FlushDecompress::Finish)
+            .unwrap();
+        assert_eq!(status, flate2::Status::StreamEnd);
+        assert!(!z.is_on());
+        assert_eq!(z.encode(b"after"), b"after");
+    }
+
+    #[test]
+    fn prompts_end_with_eor_once_agreed() {
+        let mut c = TelnetCodec::new(100);
+        assert_eq!(c.feed(&[IAC, DO, EOR]).reply, vec![IAC, WILL, EOR]);
+        assert_eq!(c.prompt_end(), &[IAC, EOR_MARK]);
+        assert_eq!(c.feed(&[IAC, DONT, EOR]).reply, vec![IAC, WONT, EOR]);
+        assert_eq!(c.prompt_end(), &[IAC, GA]);
+    }
+
+    fn gmcp_in(payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![IAC, SB, GMCP];
+        for &b in payload {
+            v.push(b);
+            if b == IAC {
+                v.push(IAC);
+            }
+        }
+        v.extend_from_slice(&[IAC, SE]);
+        v
+    }
+
+    /// GMCP both ways once agreed: messages of up to 16 KiB arrive as
+    /// events (0xFF unescaped), longer ones and nameless ones are dropped
+    /// whole without disturbing what follows, and what we send has 0xFF
+    /// doubled. Before the client agrees, GMCP is neither read nor sent.
+    #[test]
+    fn gmcp_messages_in_and_out() {
+        let mut c = TelnetCodec::new(100);
+        assert!(c.feed(&gmcp_in(b"Core.Hello {}")).events.is_empty());
+        assert_eq!(c.gmcp("Core.Ping", ""), None);
+        c.greeting();
+        c.feed(&[IAC, DO, GMCP]);
+        let hello = br#"Core.Hello {"client":"Mudlet","version":"4.17"}"#;
+        assert_eq!(
+            c.feed(&gmcp_in(hello)).events,
+            vec![TelnetEvent::Gmcp {
+                package: "Core.Hello".into(),
+                data: r#"{"client":"Mudlet","version":"4.17"}"#.into()
+            }]
+        );
+        // 8 KiB of JSON, and a 0xFF byte inside (escaped on the wire).
+        let mut big = b"Char.Items.List \"".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 8 * 1024));
+        big.extend_from_slice(&[0xff, b'"']);
+        let events = c.feed(&gmcp_in(&big)).events;
+        assert!(
+            matches!(&events[..], [TelnetEvent::Gmcp { package, data }]
+                if package == "Char.Items.List" && data.len() > 8 * 1024),
+            "{:?}",
+            events.len()
+        );
+        // Over the limit: dropped whole; the next line is read normally.
+        let mut huge = b"Char.Items.List ".to_vec();
+        huge.extend(std::iter::repeat_n(b'y', MAX_GMCP_BYTES + 10));
+        let mut input = gmcp_in(&huge);
+        input.extend_from_slice(b"look\r\n");
+        assert_eq!(c.feed(&input).events, vec![line("look")]);
+        // Garbage where the package name belongs: ignored.
+        assert!(c.feed(&gmcp_in(b"\x01\x02 {}")).events.is_empty());
+        assert!(c.feed(&gmcp_in(b"")).events.is_empty());
+        // Out: IAC SB GMCP, the package, a space, the JSON, IAC SE. UTF-8
+        // text never holds 0xFF, but the framing doubles one if it did.
+        let mut want = vec![IAC, SB, GMCP];
+        want.extend_from_slice(b"Comm.Channel.Text {\"text\":\"hi\"}");
+        want.extend_from_slice(&[IAC, SE]);
+        assert_eq!(
+            c.gmcp("Comm.Channel.Text", "{\"text\":\"hi\"}").unwrap(),
+            want
+        );
+        let mut want = vec![IAC, SB, GMCP];
+        want.extend_from_slice(b"Core.Ping");
+        want.extend_from_slice(&[IAC, SE]);
+        assert_eq!(c.gmcp("Core.Ping", "").unwrap(), want);
+        let mut escaped = Vec::new();
+        push_escaped(&mut escaped, &[b'a', 0xff, b'b']);
+        assert_eq!(escaped, vec![b'a', 0xff, 0xff, b'b']);
+    }
+
+    /// The MSSP table frames each variable and value, and leaves out bytes
+    /// that would break the framing.
+    #[test]
+    fn mssp_table_bytes() {
+        let bytes = TelnetCodec::mssp(&[
+            ("NAME", vec!["Vale".into()]),
+            ("PLAYERS", vec!["3".into()]),
+            ("BAD", vec!["a\u{1}b\u{2}c".into()]),
+        ]);
+        let mut want = vec![IAC, SB, MSSP, MSSP_VAR];
+        want.extend_from_slice(b"NAME");
+        want.push(MSSP_VAL);
+        want.extend_from_slice(b"Vale");
+        want.push(MSSP_VAR);
+        want.extend_from_slice(b"PLAYERS");
+        want.push(MSSP_VAL);
+        want.extend_from_slice(b"3");
+        want.push(MSSP_VAR);
+        want.extend_from_slice(b"BAD");
+        want.push(MSSP_VAL);
+        want.extend_from_slice(b"abc");
+        want.extend_from_slice(&[IAC, SE]);
+        assert_eq!(bytes, want);
+        // Asked for unprompted: agreed and the table is due.
+        let mut c = TelnetCodec::new(100);
+        let feed = c.feed(&[IAC, DO, MSSP]);
+        assert_eq!(feed.reply, vec![IAC, WILL, MSSP]);
+        assert_eq!(feed.events, vec![TelnetEvent::MsspRequested]);
+    }
+
+    fn ttype_is(name: &str) -> Vec<u8> {
+        let mut v = vec![IAC, SB, TTYPE, TTYPE_IS];
+        v.extend_from_slice(name.as_bytes());
+        v.extend_from_slice(&[IAC, SE]);
+        v
+    }
+
+    /// The terminal type is asked for three times (MUD clients answer with
+    /// their name, the terminal type, then `MTTS <bits>`), or until the
+    /// client repeats itself (a bare client has one type).
+    #[test]
+    fn terminal_type_cycle_for_mtts() {
+        let send = vec![IAC, SB, TTYPE, TTYPE_SEND, IAC, SE];
+        let mut c = TelnetCodec::new(100);
+        c.greeting();
+        assert_eq!(c.feed(&[IAC, WILL, TTYPE]).reply, send);
+        let f = c.feed(&ttype_is("MUDLET"));
+        assert_eq!(
+            (f.reply, f.events),
+            (
+                send.clone(),
+                vec![TelnetEvent::TerminalType("MUDLET".into())]
+            )
+        );
+        let f = c.feed(&ttype_is("XTERM-256COLOR"));
+        assert_eq!(f.reply, send);
+        let f = c.feed(&ttype_is("MTTS 2825"));
+        assert!(f.reply.is_empty(), "three rounds are enough");
+        assert_eq!(
+            f.events,
+            vec![TelnetEvent::TerminalType("MTTS 2825".into())]
+        );
+
+        let mut c = TelnetCodec::new(100);
+        c.greeting();
+        c.feed(&[IAC, WILL, TTYPE]);
+        assert_eq!(c.feed(&ttype_is("ANSI")).reply, send);
+        let f = c.feed(&ttype_is("ANSI"));
+        assert!(f.reply.is_empty() && f.events.is_empty(), "{f:?}");
     }
 
     #[test]
@@ -1285,12 +1765,13 @@ mod tests {
         let feed = run_session(&[&s]);
         assert_eq!(feed.events, expected_session_events());
         // The client's DO SGA is a request now (we do not offer SGA), so it
-        // is answered.
+        // is answered; its terminal type is asked for again after MUDLET (the
+        // MTTS cycle).
         assert_eq!(
             feed.reply,
             vec![
-                IAC, WILL, SGA, IAC, SB, TTYPE, TTYPE_SEND, IAC, SE, IAC, DONT, LINEMODE, IAC,
-                WONT, ECHO
+                IAC, WILL, SGA, IAC, SB, TTYPE, TTYPE_SEND, IAC, SE, IAC, SB, TTYPE, TTYPE_SEND,
+                IAC, SE, IAC, DONT, LINEMODE, IAC, WONT, ECHO
             ]
         );
     }

@@ -173,6 +173,8 @@ struct Connection {
     /// once in the world).
     events: Option<tokio::sync::mpsc::Receiver<PlayerEvent>>,
     player: Option<Box<Player>>,
+    /// MCCP2, once the client agreed.
+    compressor: crate::telnet::Compressor,
 }
 
 impl Connection {
@@ -197,6 +199,7 @@ impl Connection {
             session,
             events: Some(events),
             player: None,
+            compressor: crate::telnet::Compressor::default(),
         };
         tracing::info!(peer = %peer, session = %session, "telnet connection");
         let result = conn.serve(&mut input).await;
@@ -208,7 +211,8 @@ impl Connection {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(bytes).await?;
+        let bytes = self.compressor.encode(bytes);
+        self.out.write_all(&bytes).await?;
         // TLS keeps records until flushed; plain TCP flushes at once.
         self.out.flush().await
     }
@@ -315,6 +319,15 @@ impl Connection {
             match action {
                 Action::Send(bytes) => self.write(&bytes).await?,
                 Action::Close => return Ok(false),
+                Action::Compress(on) => {
+                    let end = self.compressor.set(on);
+                    self.out.write_all(&end).await?;
+                    self.out.flush().await?;
+                }
+                Action::Mssp { text } => {
+                    let bytes = self.dialogue.mssp(&self.router.mssp_info(), text);
+                    self.write(&bytes).await?;
+                }
                 Action::LogIn {
                     create,
                     name,
