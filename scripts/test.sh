@@ -53,6 +53,15 @@ fi
 
 # The k8s checks run their Python tools from a virtual environment.
 need_pkg python3 python3
+# TinTin++, the real MUD client tests/mud_client.rs drives (Debian installs
+# it as /usr/games/tt++, which may not be on PATH).
+if [ ! -x /usr/games/tt++ ]; then
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tintin++
+fi
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv

@@ -10,6 +10,7 @@ pub mod caps;
 pub mod chat;
 pub mod command;
 pub mod dialogue;
+pub mod gmcp;
 pub mod interest;
 pub mod member;
 pub mod play;

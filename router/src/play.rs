@@ -12,6 +12,9 @@ pub struct Outcome {
     pub text: String,
     /// The player asked to leave.
     pub quit: bool,
+    /// A GMCP message about what the command did (the player's own speech
+    /// for their client's chat window), as (package, JSON).
+    pub gmcp: Option<(&'static str, String)>,
 }
 
 impl Outcome {
@@ -19,6 +22,7 @@ impl Outcome {
         Outcome {
             text: text.into(),
             quit: false,
+            gmcp: None,
         }
     }
 }
@@ -52,6 +56,7 @@ async fn run(player: &mut Player, cmd: Command) -> Outcome {
         Command::Quit => Outcome {
             text: "Goodbye. Your position is saved.".into(),
             quit: true,
+            gmcp: None,
         },
         Command::Say(t) => {
             let t = clean_text(&t);
@@ -64,7 +69,13 @@ async fn run(player: &mut Player, cmd: Command) -> Outcome {
                 return Outcome::text("Say what?");
             }
             match player.say(&t) {
-                Ok(()) => Outcome::text(format!("You say, \"{t}\"")),
+                Ok(()) => Outcome {
+                    gmcp: Some((
+                        "Comm.Channel.Text",
+                        crate::gmcp::channel_text("say", player.name(), &t).to_string(),
+                    )),
+                    ..Outcome::text(format!("You say, \"{t}\""))
+                },
                 Err(crate::RouterError::Refused(why)) => Outcome::text(why),
                 Err(e) => Outcome::text(format!("Nobody hears you: {e}.")),
             }

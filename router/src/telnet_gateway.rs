@@ -175,6 +175,8 @@ struct Connection {
     player: Option<Box<Player>>,
     /// MCCP2, once the client agreed.
     compressor: crate::telnet::Compressor,
+    /// What GMCP last told the client.
+    gmcp: crate::gmcp::GmcpTracker,
 }
 
 impl Connection {
@@ -200,6 +202,7 @@ impl Connection {
             events: Some(events),
             player: None,
             compressor: crate::telnet::Compressor::default(),
+            gmcp: crate::gmcp::GmcpTracker::default(),
         };
         tracing::info!(peer = %peer, session = %session, "telnet connection");
         let result = conn.serve(&mut input).await;
@@ -229,6 +232,10 @@ impl Connection {
         // only holds a slot, or types forever without logging in).
         let deadlines = Deadlines::new(last_input, idle, self.router.config.login_timeout);
         let mut stop = self.router.stopping();
+        // GMCP's view of the world (Char.Status, Tessera.Nearby) follows it
+        // between commands too.
+        let mut gmcp_tick = tokio::time::interval(crate::gmcp::NEARBY_EVERY);
+        gmcp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = deadlines.next(last_input, self.player.is_some());
             let event = match &mut self.player {
@@ -237,6 +244,7 @@ impl Connection {
                         n = tokio::time::timeout_at(deadline, input.read(&mut buf)) => Input::Read(n),
                         ev = player.next_event() => Input::Event(ev),
                         _ = crate::until_stopping(&mut stop) => Input::Stop,
+                        _ = gmcp_tick.tick() => Input::Tick,
                     }
                 }
                 None => tokio::select! {
@@ -274,14 +282,76 @@ impl Connection {
                         let _ = self.write(&bye).await;
                         return Ok(());
                     }
+                    if let Some((package, json)) = self.event_gmcp(&ev) {
+                        if let Some(bytes) = self.dialogue.gmcp(package, &json) {
+                            self.write(&bytes).await?;
+                        }
+                    }
                     if let Some(line) = self.event_line(ev) {
                         let bytes = self.dialogue.notify(&line);
                         self.write(&bytes).await?;
                     }
                 }
                 Input::Event(None) => return Ok(()),
+                Input::Tick => self.send_gmcp().await?,
             }
         }
+    }
+
+    /// The GMCP a player event makes (`Comm.Channel.Text` for speech and
+    /// chat), if any.
+    fn event_gmcp(&self, ev: &PlayerEvent) -> Option<(&'static str, String)> {
+        let text = match ev {
+            PlayerEvent::Heard {
+                name, text, emote, ..
+            } => crate::gmcp::channel_text(if *emote { "emote" } else { "say" }, name, text),
+            PlayerEvent::Chat {
+                kind, from, text, ..
+            } => crate::gmcp::channel_text(&crate::gmcp::chat_channel(kind), from, text),
+            _ => return None,
+        };
+        Some(("Comm.Channel.Text", text.to_string()))
+    }
+
+    /// Sends the GMCP packages that changed (where the player is, what is
+    /// around), if the client wants any.
+    async fn send_gmcp(&mut self) -> std::io::Result<()> {
+        let wanted = ["Room.Info", "Char.Status", "Tessera.Nearby"];
+        if !wanted.iter().any(|p| self.dialogue.gmcp_wants(p)) {
+            return Ok(());
+        }
+        let Some(player) = self.player.as_mut() else {
+            return Ok(());
+        };
+        let pos = player.position();
+        let router = &self.router;
+        let around = router
+            .view
+            .around(&router.grid, pos, crate::gmcp::NEARBY_RADIUS);
+        let at = crate::gmcp::Whereabouts {
+            name: player.name(),
+            entity: player.entity,
+            pos,
+            region: player.region,
+            shard: &player.shard,
+        };
+        let dialogue = &self.dialogue;
+        let changed = self.gmcp.update(
+            &router.world,
+            &router.grid,
+            &at,
+            &around,
+            std::time::Instant::now(),
+            |p| dialogue.gmcp_wants(p),
+        );
+        let mut bytes = Vec::new();
+        for (package, json) in changed {
+            bytes.extend(self.dialogue.gmcp(package, &json).unwrap_or_default());
+        }
+        if !bytes.is_empty() {
+            self.write(&bytes).await?;
+        }
+        Ok(())
     }
 
     /// How a player event reads on the screen, if it shows at all.
@@ -359,6 +429,14 @@ impl Connection {
                         self.write(&bytes).await?;
                         return Ok(false);
                     }
+                    // GMCP first, so a client's windows are current when
+                    // the prompt's marker fires its triggers.
+                    if let Some((package, json)) = &outcome.gmcp {
+                        if let Some(bytes) = self.dialogue.gmcp(package, json) {
+                            self.write(&bytes).await?;
+                        }
+                    }
+                    self.send_gmcp().await?;
                     let bytes = self.dialogue.answer(&outcome.text);
                     self.write(&bytes).await?;
                 }
@@ -382,6 +460,7 @@ impl Connection {
                 let greeting = dialogue::welcome(create, player.name());
                 let look = play::execute(&mut player, command::Command::Look).await;
                 self.player = Some(Box::new(player));
+                let _ = self.send_gmcp().await;
                 self.dialogue
                     .entered(&format!("{greeting}\n\n{}", look.text))
             }
@@ -397,6 +476,8 @@ enum Input {
     Read(Result<std::io::Result<usize>, tokio::time::error::Elapsed>),
     Event(Option<PlayerEvent>),
     Stop,
+    /// Time to send GMCP that changed between commands.
+    Tick,
 }
 
 /// What a telnet player connected straight to a stopping router reads.
