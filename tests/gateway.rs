@@ -278,6 +278,8 @@ fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 const IAC: u8 = 255;
 const SB: u8 = 250;
 const SE: u8 = 240;
+const DO: u8 = 253;
+const GMCP: u8 = 201;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum IacState {
@@ -995,6 +997,27 @@ struct Tour {
 }
 
 impl Tour {
+    /// The GMCP messages of the whole tour that do not depend on timing
+    /// (`Char.Status` and `Tessera.Nearby` follow the world's clock), in
+    /// order; `Room.Info` as its name and keys, as the position differs.
+    fn gmcp(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .flat_map(|(_, _, commands)| commands)
+            .filter(|c| c.starts_with(&[IAC, SB, GMCP]) && c.len() >= 5)
+            .map(|c| String::from_utf8_lossy(&c[3..c.len() - 2]).into_owned())
+            .filter(|m| !m.starts_with("Char.Status ") && !m.starts_with("Tessera.Nearby "))
+            .map(|m| match m.split_once(' ') {
+                Some(("Room.Info", json)) => {
+                    let v: serde_json::Value = serde_json::from_str(json).expect("JSON");
+                    let keys: Vec<&String> = v.as_object().expect("an object").keys().collect();
+                    format!("Room.Info {} {keys:?}", v["name"])
+                }
+                _ => m,
+            })
+            .collect()
+    }
+
     fn text(&self, step: &str) -> &str {
         &self
             .steps
@@ -1039,13 +1062,16 @@ fn tour(addr: SocketAddr, known: &str, name: &str) -> Tour {
         &|s: &str| s.ends_with("Password: "),
     );
     step(&mut t, "wrong password", b"not-the-password\r\n", &prompted);
-    step(
-        &mut t,
-        "create",
-        format!("create {name} {PW}\r\n").as_bytes(),
-        &prompted,
-    );
+    // A MUD client turns GMCP on and enables modules, then creates.
+    let mut create = vec![IAC, DO, GMCP, IAC, SB, GMCP];
+    create.extend_from_slice(br#"Core.Supports.Set ["Char 1", "Room 1", "Comm 1"]"#);
+    create.extend_from_slice(&[IAC, SE]);
+    create.extend_from_slice(format!("create {name} {PW}\r\n").as_bytes());
+    step(&mut t, "create", &create, &prompted);
     step(&mut t, "look", b"look\r\n", &prompted);
+    step(&mut t, "say", b"say hi over gmcp\r\n", &prompted);
+    // GMCP that trails its answer arrives by the next prompt.
+    step(&mut t, "look again", b"look\r\n", &prompted);
     step(&mut t, "unknown command", b"xyzzy plugh\r\n", &prompted);
     let mut long = vec![b'a'; 1500];
     long.extend_from_slice(b"\r\n");
@@ -1106,6 +1132,32 @@ fn the_gateway_speaks_the_routers_telnet() {
         if a != b {
             differences.push(format!("{label}: router {a:?}, gateway {b:?}"));
         }
+    }
+    // GMCP, through both the same (names aside).
+    let (gmcp_direct, gmcp_relayed) = (direct.gmcp(), relayed.gmcp());
+    eprintln!("telnet: router  GMCP {gmcp_direct:?}");
+    eprintln!("telnet: gateway GMCP {gmcp_relayed:?}");
+    let unnamed = |list: Vec<String>, name: &str| -> Vec<String> {
+        list.into_iter()
+            .map(|m| m.replace(name, "<name>"))
+            .collect()
+    };
+    if unnamed(gmcp_direct.clone(), "Tdir") != unnamed(gmcp_relayed, "Tgat") {
+        differences.push("GMCP differs (above)".into());
+    }
+    for package in [
+        "Char.Name {\"fullname\":\"Tdir\",\"name\":\"Tdir\"}",
+        "Comm.Channel.Text {\"channel\":\"say\",\"talker\":\"Tdir\",\"text\":\"hi over gmcp\"}",
+    ] {
+        if !gmcp_direct.iter().any(|m| m == package) {
+            differences.push(format!("router: no {package} in {gmcp_direct:?}"));
+        }
+    }
+    if !gmcp_direct
+        .iter()
+        .any(|m| m.starts_with("Room.Info \"Market Square\""))
+    {
+        differences.push(format!("router: no Room.Info in {gmcp_direct:?}"));
     }
     for label in ["banner", "connect without a password"] {
         if direct.commands(label) != relayed.commands(label) {

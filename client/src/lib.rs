@@ -209,6 +209,11 @@ pub enum ClientEvent {
     Text(String),
     /// A line a text session prints as it is (`ServerMsg::Notice`).
     Notice(String),
+    /// A GMCP package for a relayed text player (`ServerMsg::Gmcp`).
+    Gmcp {
+        package: String,
+        data: String,
+    },
     /// A line from the chat service (shout, tell, channel, notice).
     ChatLine {
         kind: tessera_proto::msg::ChatKind,
@@ -396,6 +401,12 @@ impl Client {
     /// as the next [`ClientEvent::Text`] (answers come in order).
     pub async fn send_command(&mut self, line: &str) -> Result<(), ClientError> {
         self.write(&ClientMsg::Command { line: line.into() }).await
+    }
+
+    /// Tells the router which GMCP modules the relayed player's MUD client
+    /// enabled (a telnet gateway; `ClientMsg::GmcpModules`).
+    pub async fn send_gmcp_modules(&mut self, modules: Vec<String>) -> Result<(), ClientError> {
+        self.write(&ClientMsg::GmcpModules { modules }).await
     }
 
     /// Logs in again with the token of an earlier [`LoggedIn`] (after a
@@ -782,6 +793,7 @@ fn apply_msg(world: &Mutex<WorldState>, msg: ServerMsg) -> Option<ClientEvent> {
         }),
         ServerMsg::Text { text } => Some(ClientEvent::Text(text)),
         ServerMsg::Notice { text } => Some(ClientEvent::Notice(text)),
+        ServerMsg::Gmcp { package, data } => Some(ClientEvent::Gmcp { package, data }),
         ServerMsg::ChatLine {
             kind,
             from,

@@ -72,6 +72,9 @@ struct Conn {
     warned: bool,
     /// MCCP2, once the client agreed.
     compressor: tessera_router::telnet::Compressor,
+    /// The GMCP modules the router was last told of on this link (the
+    /// router sends their packages; `ClientMsg::GmcpModules`).
+    gmcp_told: Vec<String>,
 }
 
 enum Input {
@@ -101,6 +104,7 @@ pub(crate) async fn serve(
         quitting: false,
         warned: false,
         compressor: tessera_router::telnet::Compressor::default(),
+        gmcp_told: Vec::new(),
     };
     // A router first: its welcome names the world, and nobody should type
     // a password into a gateway that cannot reach any router.
@@ -209,6 +213,7 @@ impl Conn {
                 Input::Read(Ok(n)) => {
                     last_input = Instant::now();
                     let actions = self.dialogue.feed(&buf[..n]);
+                    self.tell_gmcp_modules().await;
                     self.act(actions).await?
                 }
                 Input::Idle => {
@@ -285,6 +290,21 @@ impl Conn {
             }
         }
         Ok(true)
+    }
+
+    /// Tells the router the GMCP modules the client enabled, when they
+    /// changed since it was last told (a lost message is told again with the
+    /// next change or the next router).
+    async fn tell_gmcp_modules(&mut self) {
+        let modules = self.dialogue.gmcp_modules();
+        if modules == self.gmcp_told {
+            return;
+        }
+        if let Some(link) = self.link.as_mut() {
+            if link.client.send_gmcp_modules(modules.clone()).await.is_ok() {
+                self.gmcp_told = modules;
+            }
+        }
     }
 
     /// Sends a command to the router. A command the broken link did not
@@ -373,6 +393,12 @@ impl Conn {
                 return Ok(true);
             }
             ClientEvent::Notice(text) => text,
+            ClientEvent::Gmcp { package, data } => {
+                if let Some(bytes) = self.dialogue.gmcp(&package, &data) {
+                    self.write(&bytes).await?;
+                }
+                return Ok(true);
+            }
             ClientEvent::Chat {
                 from, text, emote, ..
             } => render_heard(&from, &text, emote),
@@ -440,6 +466,9 @@ impl Conn {
                                 .record(took.as_secs_f64());
                             tracing::info!(peer = %self.peer, player = %self.name, from = %lost, to = %link.place.router.id, ms = took.as_millis() as u64, "player resumed on another router");
                             self.link = Some(link);
+                            // The new router has not been told.
+                            self.gmcp_told.clear();
+                            self.tell_gmcp_modules().await;
                             break;
                         }
                         Ok(Err(ClientError::Refused {

@@ -72,6 +72,15 @@ pub enum ClientMsg {
     Relay {
         client: std::net::SocketAddr,
     },
+    /// From a telnet gateway, on a relayed session: the GMCP modules the
+    /// player's MUD client enabled (`Char`, `Room`, `Comm.Channel`, ...),
+    /// replacing the last list; the router then sends the packages of those
+    /// modules as `ServerMsg::Gmcp` (docs/protocol.md, "MUD client
+    /// protocols"). Sent only to routers of a release that knows it (routers
+    /// are updated before gateways).
+    GmcpModules {
+        modules: Vec<String>,
+    },
 }
 
 /// QUIC application close code of a router that is stopping (a restart or
@@ -235,6 +244,10 @@ impl std::fmt::Debug for ClientMsg {
             ClientMsg::Logout => f.write_str("Logout"),
             ClientMsg::Resume { .. } => f.debug_struct("Resume").field("token", &REDACTED).finish(),
             ClientMsg::Relay { client } => f.debug_struct("Relay").field("client", client).finish(),
+            ClientMsg::GmcpModules { modules } => f
+                .debug_struct("GmcpModules")
+                .field("modules", modules)
+                .finish(),
         }
     }
 }
@@ -311,6 +324,13 @@ pub enum ServerMsg {
     /// telnet player reads between prompts, such as `[The world ...]`).
     Notice {
         text: String,
+    },
+    /// A GMCP package for a relayed text player whose gateway asked for its
+    /// module (`ClientMsg::GmcpModules`): the gateway passes it to the MUD
+    /// client as `IAC SB GMCP <package> <data> IAC SE`.
+    Gmcp {
+        package: String,
+        data: String,
     },
 }
 
@@ -405,6 +425,11 @@ impl std::fmt::Debug for ServerMsg {
             ServerMsg::Pong { nonce } => f.debug_struct("Pong").field("nonce", nonce).finish(),
             ServerMsg::Relaying => f.write_str("Relaying"),
             ServerMsg::Notice { text } => f.debug_struct("Notice").field("text", text).finish(),
+            ServerMsg::Gmcp { package, data } => f
+                .debug_struct("Gmcp")
+                .field("package", package)
+                .field("data", data)
+                .finish(),
         }
     }
 }

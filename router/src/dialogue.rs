@@ -129,10 +129,6 @@ impl ClientCaps {
     }
 }
 
-/// GMCP packages every client gets once GMCP is on (the rest only when the
-/// client enabled their module with `Core.Supports.Set/Add`).
-const GMCP_ALWAYS: &str = "Core";
-
 /// One telnet connection's conversation.
 pub struct Dialogue {
     codec: TelnetCodec,
@@ -186,20 +182,13 @@ impl Dialogue {
         if !self.codec.gmcp_enabled() {
             return false;
         }
-        let package = package.to_ascii_lowercase();
-        if package
-            .split('.')
-            .next()
-            .is_some_and(|m| m.eq_ignore_ascii_case(GMCP_ALWAYS))
-        {
-            return true;
-        }
-        self.gmcp_modules.iter().any(|m| {
-            package == *m
-                || package
-                    .strip_prefix(m.as_str())
-                    .is_some_and(|rest| rest.starts_with('.'))
-        })
+        crate::gmcp::module_wants(&self.gmcp_modules, package)
+    }
+
+    /// The GMCP modules the client enabled (lower case), for a telnet
+    /// gateway to pass on to the router (`ClientMsg::GmcpModules`).
+    pub fn gmcp_modules(&self) -> Vec<String> {
+        self.gmcp_modules.iter().cloned().collect()
     }
 
     /// GMCP `package` with `json` for the client, if it wants it
@@ -396,19 +385,15 @@ impl Dialogue {
                 if op == "core.supports.set" {
                     self.gmcp_modules.clear();
                 }
-                // Entries are "Module.Name <version>"; at most 64 of them.
-                for item in items.iter().filter_map(|i| i.as_str()).take(64) {
-                    let module = item
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_ascii_lowercase();
-                    if module.is_empty() || module.len() > 64 {
-                        continue;
-                    }
+                // Entries are "Module.Name <version>".
+                let entries = items.iter().filter_map(|i| i.as_str());
+                for module in entries
+                    .take(crate::gmcp::MAX_MODULES)
+                    .filter_map(crate::gmcp::module_name)
+                {
                     if op == "core.supports.remove" {
                         self.gmcp_modules.remove(&module);
-                    } else if self.gmcp_modules.len() < 64 {
+                    } else if self.gmcp_modules.len() < crate::gmcp::MAX_MODULES {
                         self.gmcp_modules.insert(module);
                     }
                 }

@@ -169,6 +169,54 @@ pub fn nearby(me: EntityId, pos: Vec3, around: &[ViewEntity]) -> Value {
     Value::Array(list)
 }
 
+/// Whether a client that enabled `modules` (lower case: `char`, `room`,
+/// `comm.channel`) gets `package`: its module or one above it is listed
+/// (`comm` covers `Comm.Channel.Text`); `Core` always.
+pub fn module_wants<'a>(modules: impl IntoIterator<Item = &'a String>, package: &str) -> bool {
+    let package = package.to_ascii_lowercase();
+    if package.split('.').next() == Some("core") {
+        return true;
+    }
+    modules.into_iter().any(|m| {
+        package == *m
+            || package
+                .strip_prefix(m.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
+/// Most GMCP modules a client may enable, and longest module name kept.
+pub const MAX_MODULES: usize = 64;
+pub const MAX_MODULE_NAME: usize = 64;
+
+/// The module of a `Core.Supports` entry (`"Char 1"` -> `char`), if it is a
+/// sensible one.
+pub fn module_name(entry: &str) -> Option<String> {
+    let module = entry.split_whitespace().next()?.to_ascii_lowercase();
+    (!module.is_empty()
+        && module.len() <= MAX_MODULE_NAME
+        && module
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    .then_some(module)
+}
+
+/// The GMCP a player event makes (`Comm.Channel.Text` for speech and chat),
+/// if any.
+pub fn event_package(ev: &tessera_proto::cluster::PlayerEvent) -> Option<(&'static str, String)> {
+    use tessera_proto::cluster::PlayerEvent;
+    let text = match ev {
+        PlayerEvent::Heard {
+            name, text, emote, ..
+        } => channel_text(if *emote { "emote" } else { "say" }, name, text),
+        PlayerEvent::Chat {
+            kind, from, text, ..
+        } => channel_text(&chat_channel(kind), from, text),
+        _ => return None,
+    };
+    Some(("Comm.Channel.Text", text.to_string()))
+}
+
 /// Where a player is, as the tracker needs it.
 pub struct Whereabouts<'a> {
     pub name: &'a str,

@@ -97,6 +97,8 @@ pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
                 events: Some(events),
                 ctl: None,
                 relay: None,
+                gmcp_modules: None,
+                gmcp: crate::gmcp::GmcpTracker::default(),
                 stop: r.stopping(),
             };
             match c.run().await {
@@ -193,6 +195,10 @@ struct ClientConn {
     /// The telnet client a gateway relays on this connection: a text
     /// session (`ClientMsg::Relay`).
     relay: Option<std::net::SocketAddr>,
+    /// The GMCP modules the relayed player's client enabled, once its
+    /// gateway said (`ClientMsg::GmcpModules`), and what GMCP last told it.
+    gmcp_modules: Option<std::collections::BTreeSet<String>>,
+    gmcp: crate::gmcp::GmcpTracker,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -326,6 +332,17 @@ impl ClientConn {
                     }
                     continue;
                 }
+                ClientMsg::GmcpModules { modules } if self.relay.is_some() => {
+                    // The player's MUD client enabled them at the login
+                    // prompt; packages follow once it is in the world.
+                    let modules = modules
+                        .iter()
+                        .take(crate::gmcp::MAX_MODULES)
+                        .filter_map(|m| crate::gmcp::module_name(m))
+                        .collect();
+                    self.gmcp_modules = Some(modules);
+                    continue;
+                }
                 ClientMsg::Create { name, password } => {
                     session::login(&self.router, true, &name, &password, peer).await
                 }
@@ -421,9 +438,17 @@ impl ClientConn {
         // A relayed text player sees the world through `look`, not snapshots.
         let text = self.relay.is_some();
         let mut stop = self.stop.clone();
+        // GMCP for a relayed player follows the world between commands too.
+        let mut gmcp_tick = tokio::time::interval(crate::gmcp::NEARBY_EVERY);
+        gmcp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
                 _ = crate::until_stopping(&mut stop) => break Err(ConnError::Restart),
+                _ = gmcp_tick.tick(), if self.gmcp_modules.is_some() => {
+                    if let Err(e) = self.send_gmcp(player, &mut ctl).await {
+                        break Err(e);
+                    }
+                }
                 msg = ctl.read() => {
                     let msg = match msg {
                         Ok(m) => m,
@@ -467,6 +492,12 @@ impl ClientConn {
                         }
                         let _ = ctl.error(code, text).await;
                         break Ok(());
+                    }
+                    if let Some((package, data)) = crate::gmcp::event_package(&ev) {
+                        if self.gmcp_wants(package) {
+                            let gmcp = ServerMsg::Gmcp { package: package.into(), data };
+                            if let Err(e) = ctl.write(&gmcp).await { break Err(e); }
+                        }
                     }
                     let msg = match ev {
                         PlayerEvent::Heard { speaker, name, text, emote } => Some(ServerMsg::Chat { from: name, entity: Some(speaker), text, emote }),
@@ -556,6 +587,17 @@ impl ClientConn {
                 match command::parse_command(&clean_text(&line)) {
                     Ok(cmd) => {
                         let out = play::execute(player, cmd).await;
+                        // GMCP first, as the router's own telnet port sends it.
+                        if let Some((package, data)) = out.gmcp.clone() {
+                            if self.gmcp_wants(package) {
+                                ctl.write(&ServerMsg::Gmcp {
+                                    package: package.into(),
+                                    data,
+                                })
+                                .await?;
+                            }
+                        }
+                        self.send_gmcp(player, ctl).await?;
                         ctl.write(&ServerMsg::Text {
                             text: clip_text(out.text),
                         })
@@ -574,6 +616,22 @@ impl ClientConn {
                 }
             }
             ClientMsg::Ping { nonce } => ctl.write(&ServerMsg::Pong { nonce }).await?,
+            ClientMsg::GmcpModules { modules } if self.relay.is_some() => {
+                let modules = modules
+                    .iter()
+                    .take(crate::gmcp::MAX_MODULES)
+                    .filter_map(|m| crate::gmcp::module_name(m))
+                    .collect();
+                self.gmcp_modules = Some(modules);
+                self.send_gmcp(player, ctl).await?;
+            }
+            ClientMsg::GmcpModules { .. } => {
+                ctl.error(
+                    ErrorCode::Malformed,
+                    "GMCP modules are for sessions a telnet gateway relays",
+                )
+                .await?;
+            }
             ClientMsg::Logout => {
                 player.keep_session = false;
                 return Ok(false);
@@ -588,6 +646,49 @@ impl ClientConn {
             }
         }
         Ok(true)
+    }
+
+    /// Whether the relayed player's client gets GMCP `package`.
+    fn gmcp_wants(&self, package: &str) -> bool {
+        self.gmcp_modules
+            .as_ref()
+            .is_some_and(|m| crate::gmcp::module_wants(m, package))
+    }
+
+    /// Sends a relayed player the GMCP packages that changed (where it is,
+    /// what is around), as the router's own telnet port does.
+    async fn send_gmcp(&mut self, player: &mut Player, ctl: &mut Control) -> Result<(), ConnError> {
+        let Some(modules) = &self.gmcp_modules else {
+            return Ok(());
+        };
+        let pos = player.position();
+        let router = &self.router;
+        let around = router
+            .view
+            .around(&router.grid, pos, crate::gmcp::NEARBY_RADIUS);
+        let at = crate::gmcp::Whereabouts {
+            name: player.name(),
+            entity: player.entity,
+            pos,
+            region: player.region,
+            shard: &player.shard,
+        };
+        let changed = self.gmcp.update(
+            &router.world,
+            &router.grid,
+            &at,
+            &around,
+            std::time::Instant::now(),
+            |p| crate::gmcp::module_wants(modules, p),
+        );
+        for (package, data) in changed {
+            ctl.write(&ServerMsg::Gmcp {
+                package: package.into(),
+                data,
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// One snapshot's turn: notices a dead shard (a QUIC player may only

@@ -282,7 +282,7 @@ impl Connection {
                         let _ = self.write(&bye).await;
                         return Ok(());
                     }
-                    if let Some((package, json)) = self.event_gmcp(&ev) {
+                    if let Some((package, json)) = crate::gmcp::event_package(&ev) {
                         if let Some(bytes) = self.dialogue.gmcp(package, &json) {
                             self.write(&bytes).await?;
                         }
@@ -296,21 +296,6 @@ impl Connection {
                 Input::Tick => self.send_gmcp().await?,
             }
         }
-    }
-
-    /// The GMCP a player event makes (`Comm.Channel.Text` for speech and
-    /// chat), if any.
-    fn event_gmcp(&self, ev: &PlayerEvent) -> Option<(&'static str, String)> {
-        let text = match ev {
-            PlayerEvent::Heard {
-                name, text, emote, ..
-            } => crate::gmcp::channel_text(if *emote { "emote" } else { "say" }, name, text),
-            PlayerEvent::Chat {
-                kind, from, text, ..
-            } => crate::gmcp::channel_text(&crate::gmcp::chat_channel(kind), from, text),
-            _ => return None,
-        };
-        Some(("Comm.Channel.Text", text.to_string()))
     }
 
     /// Sends the GMCP packages that changed (where the player is, what is

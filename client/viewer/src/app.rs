@@ -492,7 +492,8 @@ impl Play {
                 self.cell = cell;
                 self.shard = shard;
             }
-            ClientEvent::Appeared(_) | ClientEvent::Pong(_) => {}
+            // GMCP is for telnet gateways' relayed sessions only.
+            ClientEvent::Appeared(_) | ClientEvent::Pong(_) | ClientEvent::Gmcp { .. } => {}
             ClientEvent::Closed(why) => {
                 self.closed = Some(why);
             }
