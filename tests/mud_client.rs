@@ -94,7 +94,7 @@ fn tintin_logs_in_walks_and_receives_gmcp() {
     let mut bob = TelnetClient::create(server.telnet, "Bob", PW);
     std::thread::sleep(Duration::from_secs(4));
     bob.command("say hello Tina");
-    let screen = player.join().expect("TinTin++ ran");
+    let screen = without_escapes(&player.join().expect("TinTin++ ran"));
     let got = std::fs::read_to_string(&log).unwrap_or_default();
     let lines: Vec<&str> = got.lines().collect();
     let has = |package: &str, needle: &str| {
@@ -133,6 +133,82 @@ fn tintin_logs_in_walks_and_receives_gmcp() {
     assert!(screen.contains("Welcome to Tessera, Tina!"), "{}", shown());
     assert!(screen.contains("You walk north."), "{}", shown());
     assert!(!screen.contains("Room.Info"), "{}", shown());
+}
+
+/// `text` without ANSI escape sequences (TinTin++ draws with them, and
+/// shows the server's colours).
+fn without_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            // CSI: parameters, then one final byte in @..~.
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            // OSC: up to BEL.
+            Some(']') => {
+                for c in chars.by_ref() {
+                    if c == '\x07' {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Colour by what the client said: a client that reports an xterm with 256
+/// colours gets names, the zone and the map in 256 colours; one that said
+/// nothing gets the same screen without a single escape code; `color on`
+/// gives it 16 colours.
+#[test]
+fn colour_only_for_clients_that_asked() {
+    let dir = TestDir::new();
+    let server = Server::start(&dir);
+    let mut ttype = vec![IAC, WILL, 24, IAC, SB, 24, 0];
+    ttype.extend_from_slice(b"XTERM-256COLOR");
+    ttype.extend_from_slice(&[IAC, SE]);
+    let mut rich = RawClient::connect(server.telnet, &ttype);
+    rich.command(&format!("create Colourful {PW}"));
+    let from = rich.text.len();
+    rich.command("look");
+    rich.command("map");
+    let shown = String::from_utf8_lossy(&rich.text[from..]).into_owned();
+    assert!(
+        shown.contains("\x1b[1;38;5;221mMarket Square\x1b[0m"),
+        "{shown:?}"
+    );
+    assert!(shown.contains("\x1b[1;38;5;231m@\x1b[0m"), "{shown:?}");
+
+    let mut bare = RawClient::connect(server.telnet, &[IAC, DONT, 201]);
+    bare.command(&format!("create Greyish {PW}"));
+    bare.command("look");
+    bare.command("map");
+    assert!(
+        !bare.text.contains(&0x1b),
+        "an escape code for a client that said nothing: {:?}",
+        String::from_utf8_lossy(&bare.text)
+    );
+    assert!(String::from_utf8_lossy(&bare.text).contains("Market Square"));
+    bare.command("color on");
+    let from = bare.text.len();
+    bare.command("look");
+    let shown = String::from_utf8_lossy(&bare.text[from..]).into_owned();
+    assert!(
+        shown.contains("\x1b[1;33mMarket Square\x1b[0m"),
+        "{shown:?}"
+    );
 }
 
 /// A raw telnet client that answers the greeting as told and reads through

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_client::{Client, ClientError, ClientEvent};
-use tessera_proto::msg::{render_chat, render_heard, ErrorCode};
+use tessera_proto::msg::{render_chat, ErrorCode};
 use tessera_router::command::{self, Command};
 use tessera_router::dialogue::{self, Action, Dialogue};
 use tessera_router::telnet_gateway::{Deadlines, Reader, Writer};
@@ -400,8 +400,16 @@ impl Conn {
                 return Ok(true);
             }
             ClientEvent::Chat {
-                from, text, emote, ..
-            } => render_heard(&from, &text, emote),
+                from,
+                entity,
+                text,
+                emote,
+            } => tessera_router::style::heard(
+                &from,
+                &text,
+                emote,
+                entity.is_some_and(tessera_router::style::is_npc),
+            ),
             ClientEvent::ChatLine {
                 kind,
                 from,

@@ -19,7 +19,8 @@ pub const MAX_LINE_BYTES: usize = 2048;
 pub fn clean_text(text: &str) -> String {
     text.chars()
         .map(|c| if c == '\t' { ' ' } else { c })
-        .filter(|c| !c.is_control())
+        // Nor the private-use characters the router marks colour with.
+        .filter(|c| !c.is_control() && !('\u{E000}'..='\u{E00F}').contains(c))
         .collect::<String>()
         .trim()
         .to_string()

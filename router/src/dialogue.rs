@@ -245,7 +245,7 @@ impl Dialogue {
             s.push('\n');
         }
         s.push_str(PROMPT);
-        let mut bytes = encode_text(&s);
+        let mut bytes = encode_text(&crate::style::render(&s, self.colour()));
         bytes.extend_from_slice(self.codec.prompt_end());
         bytes
     }
@@ -253,6 +253,7 @@ impl Dialogue {
     /// Something that happened while the player was at the prompt.
     pub fn notify(&self, text: &str) -> Vec<u8> {
         let text = crate::text::wrap(text, self.width - 1);
+        let text = crate::style::render(&text, self.colour());
         let mut bytes = encode_text(&format!("\n{text}\n{PROMPT}"));
         bytes.extend_from_slice(self.codec.prompt_end());
         bytes
@@ -261,13 +262,13 @@ impl Dialogue {
     /// The last line of a connection the server ends: `<reason>. Goodbye.`
     pub fn goodbye(&mut self, reason: &str) -> Vec<u8> {
         self.stage = Stage::Closing;
-        encode_text(&format!("\n{reason}. Goodbye.\n"))
+        encode_text(&format!("\n{}. Goodbye.\n", crate::style::strip(reason)))
     }
 
     /// The last line of a connection the player ends (`quit`).
     pub fn last_words(&mut self, text: &str) -> Vec<u8> {
         self.stage = Stage::Closing;
-        encode_text(&format!("{text}\n"))
+        encode_text(&format!("{}\n", crate::style::render(text, self.colour())))
     }
 
     /// The login worked: greets the player with `text` and runs the lines
@@ -733,6 +734,12 @@ mod tests {
         assert_eq!(d.colour(), Colour::None, "a client name alone says nothing");
         d.feed(&ttype_is("ANSI"));
         assert_eq!(d.colour(), Colour::Ansi16);
+        let ann = crate::style::paint(crate::style::Style::Player, "Ann");
+        let shown = String::from_utf8_lossy(&d.answer(&format!("{ann} waves."))).into_owned();
+        assert!(
+            shown.starts_with("\x1b[1;36mAnn\x1b[0m waves."),
+            "{shown:?}"
+        );
         d.feed(&ttype_is("MTTS 9"));
         assert_eq!(d.colour(), Colour::Ansi256);
         assert_eq!(d.caps().client.as_deref(), Some("MUDLET"));
@@ -742,6 +749,12 @@ mod tests {
 
         let mut bare = Dialogue::new(1024);
         bare.start("Vale");
+        let shown = bare.answer(&format!("{ann} waves.")).clone();
+        assert!(
+            !shown.contains(&0x1b),
+            "no escape code for a client that said nothing"
+        );
+        assert!(String::from_utf8_lossy(&shown).starts_with("Ann waves."));
         let a = bare.feed(b"colour\r\n");
         assert!(text(&a).contains("Type 'color on'"), "{a:?}");
         bare.feed(b"connect Ann secret\r\n");

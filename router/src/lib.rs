@@ -16,6 +16,7 @@ pub mod member;
 pub mod play;
 pub mod quic;
 pub mod session;
+pub mod style;
 pub mod telnet;
 pub mod telnet_gateway;
 pub mod text;

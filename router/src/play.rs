@@ -117,19 +117,18 @@ async fn run(player: &mut Player, cmd: Command) -> Outcome {
             match player.step(dir).await {
                 Ok((pos, blocked)) => {
                     let moved = pos.distance_xz(from);
+                    let way = crate::style::paint(crate::style::Style::Exit, dir.name());
                     let mut out = if !blocked {
-                        format!("You walk {}.", dir.name())
+                        format!("You walk {way}.")
                     } else if moved < 0.2 {
-                        format!("Something blocks your way {}.", dir.name())
+                        format!("Something blocks your way {way}.")
                     } else {
-                        format!(
-                            "You walk {} but something stops you after {moved:.0} m.",
-                            dir.name()
-                        )
+                        format!("You walk {way} but something stops you after {moved:.0} m.")
                     };
                     let zone = router.world.zone_at(pos);
                     if zone.name != before {
-                        out.push_str(&format!("\nYou enter {}.", zone.name));
+                        let zone = crate::style::paint(crate::style::Style::Title, &zone.name);
+                        out.push_str(&format!("\nYou enter {zone}."));
                     }
                     Outcome::text(out)
                 }

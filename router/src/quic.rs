@@ -599,7 +599,13 @@ impl ClientConn {
                         }
                         self.send_gmcp(player, ctl).await?;
                         ctl.write(&ServerMsg::Text {
-                            text: clip_text(out.text),
+                            // A relayed text session keeps the colour marks
+                            // (its gateway renders them); a 3D client reads text.
+                            text: clip_text(if self.relay.is_some() {
+                                out.text
+                            } else {
+                                crate::style::strip(&out.text).into_owned()
+                            }),
                         })
                         .await?;
                         if out.quit {

@@ -359,8 +359,16 @@ impl Connection {
                 ))
             }
             PlayerEvent::Heard {
-                name, text, emote, ..
-            } => Some(tessera_proto::msg::render_heard(&name, &text, emote)),
+                speaker,
+                name,
+                text,
+                emote,
+            } => Some(crate::style::heard(
+                &name,
+                &text,
+                emote,
+                crate::style::is_npc(speaker),
+            )),
             PlayerEvent::Error { message } => Some(format!("[{message}]")),
             _ => None,
         }

@@ -2,6 +2,7 @@
 //! the router's view of the world and the world definition. Pure functions
 //! of their inputs, so they are tested without sockets.
 
+use crate::style::{self, paint, Style};
 use std::fmt::Write;
 use tessera_proto::cluster::ViewEntity;
 use tessera_proto::msg::EntityKind;
@@ -26,7 +27,7 @@ pub fn bearing(from: Vec3, to: Vec3) -> String {
 pub fn look(world: &WorldDef, me: EntityId, pos: Vec3, around: &[ViewEntity]) -> String {
     let zone = world.zone_at(pos);
     let mut out = String::new();
-    let _ = writeln!(out, "{}", zone.name);
+    let _ = writeln!(out, "{}", paint(Style::Title, &zone.name));
     let _ = writeln!(out, "{}", zone.description);
     let near: Vec<&ViewEntity> = around
         .iter()
@@ -38,18 +39,19 @@ pub fn look(world: &WorldDef, me: EntityId, pos: Vec3, around: &[ViewEntity]) ->
     } else {
         let _ = writeln!(out, "You see:");
         for e in near {
-            let what = match e.kind {
-                EntityKind::Player => "a player",
-                EntityKind::Npc => "a local",
+            let (what, style) = match e.kind {
+                EntityKind::Player => ("a player", Style::Player),
+                EntityKind::Npc => ("a local", Style::Npc),
             };
-            let _ = writeln!(out, "  {} ({}), {}", e.name, what, bearing(pos, e.pos));
+            let name = paint(style, &e.name);
+            let _ = writeln!(out, "  {name} ({what}), {}", bearing(pos, e.pos));
         }
     }
     let landmarks = world.landmarks_near(pos, LOOK_RADIUS * 2.0);
     if !landmarks.is_empty() {
         let list: Vec<String> = landmarks
             .iter()
-            .map(|l| format!("{} ({})", l.name, bearing(pos, l.pos)))
+            .map(|l| format!("{} ({})", paint(Style::Place, &l.name), bearing(pos, l.pos)))
             .collect();
         let _ = writeln!(out, "Landmarks: {}.", list.join(", "));
     }
@@ -159,7 +161,7 @@ pub fn map(
     );
     for row in rows {
         let line: String = row.into_iter().collect();
-        let _ = writeln!(out, "{}", line.trim_end());
+        let _ = writeln!(out, "{}", paint_map_line(line.trim_end()));
     }
     let _ = write!(
         out,
@@ -168,17 +170,54 @@ pub fn map(
     out
 }
 
+/// A map line with its glyphs marked for colour (runs of one glyph share a
+/// mark).
+fn paint_map_line(line: &str) -> String {
+    let style_of = |c: char| match c {
+        '@' => Some(Style::You),
+        '*' => Some(Style::Player),
+        'n' => Some(Style::Npc),
+        '#' | '/' => Some(Style::Wall),
+        '~' => Some(Style::Edge),
+        ':' => Some(Style::Border),
+        _ => None,
+    };
+    let mut out = String::with_capacity(line.len() * 2);
+    let mut run: Option<(Style, String)> = None;
+    for c in line.chars() {
+        let s = style_of(c);
+        if run.as_ref().map(|(r, _)| Some(*r)) != Some(s) {
+            if let Some((r, text)) = run.take() {
+                out.push_str(&paint(r, &text));
+            }
+            if let Some(s) = s {
+                run = Some((s, String::new()));
+            }
+        }
+        match &mut run {
+            Some((_, text)) => text.push(c),
+            None => out.push(c),
+        }
+    }
+    if let Some((r, text)) = run {
+        out.push_str(&paint(r, &text));
+    }
+    out
+}
+
 /// Word-wraps every line of `text` to at most `width` columns (counted in
 /// characters), keeping existing line breaks and leading indentation. Words
 /// longer than a line are split. Used for text players' screens.
 pub fn wrap(text: &str, width: usize) -> String {
     let width = width.max(20);
+    // Colour marks (`style.rs`) take no room on the screen.
+    let shown = |chars: &[char]| chars.iter().filter(|c| !style::is_mark(**c)).count();
     let mut out = String::with_capacity(text.len() + text.len() / width);
     for (i, line) in text.split('\n').enumerate() {
         if i > 0 {
             out.push('\n');
         }
-        if line.chars().count() <= width {
+        if line.chars().filter(|c| !style::is_mark(*c)).count() <= width {
             out.push_str(line);
             continue;
         }
@@ -194,10 +233,11 @@ pub fn wrap(text: &str, width: usize) -> String {
             let mut word: Vec<char> = word.chars().collect();
             loop {
                 let at_start = col == 0;
+                let len = shown(&word);
                 let needed = if at_start {
-                    indent_len + word.len()
+                    indent_len + len
                 } else {
-                    col + 1 + word.len()
+                    col + 1 + len
                 };
                 if needed <= width {
                     if at_start {
@@ -208,7 +248,7 @@ pub fn wrap(text: &str, width: usize) -> String {
                         col += 1;
                     }
                     out.extend(word.iter());
-                    col += word.len();
+                    col += len;
                     break;
                 }
                 if !at_start {
@@ -321,6 +361,19 @@ mod tests {
         assert_eq!(who(&[]), "No one is online.");
     }
 
+    /// Colour marks take no room: a marked text wraps where the plain one
+    /// does.
+    #[test]
+    fn wrapping_ignores_colour_marks() {
+        let plain = "Ann and Bob and Carol and Dave walk along the old road to the mill";
+        let marked = plain.replace("Ann", &paint(Style::Player, "Ann"));
+        assert_eq!(
+            style::strip(&wrap(&marked, 30)),
+            wrap(plain, 30),
+            "marks changed the wrapping"
+        );
+    }
+
     #[test]
     fn map_marks_me_and_others() {
         let world = tessera_proto::world::parse_world(
@@ -338,7 +391,12 @@ mod tests {
             entity(2, "Ann", EntityKind::Player, 6.0, 0.0),
             entity(EntityId::NPC_BIT | 1, "Mira", EntityKind::Npc, 0.0, -9.0),
         ];
-        let m = map(&world, &grid, EntityId(1), Vec3::ZERO, &around);
+        let marked = map(&world, &grid, EntityId(1), Vec3::ZERO, &around);
+        // Glyphs are marked for colour: you, players, locals.
+        for (s, glyph) in [(Style::You, "@"), (Style::Player, "*"), (Style::Npc, "n")] {
+            assert!(marked.contains(&paint(s, glyph)), "{glyph} not marked");
+        }
+        let m = style::strip(&marked).into_owned();
         let rows: Vec<&str> = m.lines().skip(1).take(MAP_ROWS as usize).collect();
         let mid = rows[(MAP_ROWS / 2) as usize];
         assert_eq!(mid.chars().nth((MAP_COLS / 2) as usize), Some('@'));
