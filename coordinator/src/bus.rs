@@ -107,6 +107,12 @@ pub trait Bus: Send + Sync + 'static {
     fn router_incarnation(&self, router: &RouterId) -> Option<i64>;
     /// Every current router.
     fn routers(&self) -> Vec<RouterId>;
+    /// The incarnation of `shard` if it is a current member: it changes when the shard
+    /// restarts under the same id, whose earlier entities are then gone (`None`: no such
+    /// shard). In one process a shard never restarts.
+    fn shard_incarnation(&self, shard: &ShardId) -> Option<i64> {
+        self.has_shard(shard).then_some(0)
+    }
 }
 
 /// In-process bus: shard inboxes are crossbeam channels (the shard's

@@ -61,6 +61,10 @@ pub enum MemberError {
     Router(#[from] RouterError),
     #[error("the router stopped before it was ready")]
     NotReady,
+    /// Frozen or cut off past its lease, the router's registration was revoked: shards
+    /// stopped sending it frames and events, so it cannot serve its players.
+    #[error("router {0} lost its registration (frozen or cut off past its lease) and stopped")]
+    LeaseLost(String),
 }
 
 /// Runs a router member until `shutdown`; returns once every player is saved and the
@@ -144,11 +148,23 @@ pub async fn run(
         .await?;
     let _ = lease_tx.send((reg.lease, addrs.telnet, addrs.quic));
     let _ = state.send(RouterState::Serving { cluster, addrs });
-    let outcome = match task.await {
-        Ok(r) => r.map_err(MemberError::from),
-        Err(e) => Err(MemberError::Router(RouterError::Unavailable(format!(
-            "the router task failed: {e}"
-        )))),
+    let mut task = task;
+    let mut lost = reg.lost.clone();
+    let outcome = tokio::select! {
+        ended = &mut task => match ended {
+            Ok(r) => r.map_err(MemberError::from),
+            Err(e) => Err(MemberError::Router(RouterError::Unavailable(format!(
+                "the router task failed: {e}"
+            )))),
+        },
+        // Revoked while it was frozen or cut off (the liveness watchdog, or its lease ran
+        // out): shards no longer send it anything, so it stops, and its players resume on
+        // another router (or on this one, started again with a new registration).
+        Ok(_) = lost.wait_for(|l| *l) => {
+            tracing::error!(router = %id, "the router's registration was revoked (it was frozen or cut off past its lease); stopping so that it can start again with a new one");
+            task.abort();
+            Err(MemberError::LeaseLost(id.to_string()))
+        }
     };
     // Also when the router died (a task it cannot serve without ended): the registration
     // goes now rather than when the lease runs out, so shards and telnet gateways stop

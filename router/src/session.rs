@@ -80,6 +80,10 @@ pub struct Player {
     pub token: String,
     pub entity: EntityId,
     pub shard: ShardId,
+    /// The incarnation `shard` had when the player was last known there: a
+    /// shard restarted under the same id (kill -9 and a quick restart) has
+    /// a new one and none of its entities.
+    shard_incarnation: Option<i64>,
     /// The region (a whole cell, or a quadrant of a split one) the player
     /// was last simulated in.
     pub region: RegionId,
@@ -188,6 +192,7 @@ impl Player {
                     p.pos = pos;
                 });
                 tracing::info!(session = %session, player = %player, region = %region, shard = %shard, "player entered the world");
+                let shard_incarnation = router.bus.shard_incarnation(&shard);
                 let operator = account.role == tessera_auth::Role::Operator;
                 router.chat_online(player, &account.name, operator).await;
                 Ok(Player {
@@ -196,6 +201,7 @@ impl Player {
                     account,
                     token,
                     entity,
+                    shard_incarnation,
                     shard,
                     region,
                     pos,
@@ -240,7 +246,8 @@ impl Player {
     /// the player when that happened, an error while the cell has no live
     /// owner yet.
     pub async fn ensure_in_world(&mut self) -> Result<Option<String>, RouterError> {
-        if self.router.bus.has_shard(&self.shard) {
+        let now = self.router.bus.shard_incarnation(&self.shard);
+        if now.is_some() && now == self.shard_incarnation {
             return Ok(None);
         }
         let pos = self.position();
@@ -250,7 +257,14 @@ impl Player {
             .owner_at(&self.router.grid, pos)
             .map(|(_, o)| o)
         {
-            Some(o) if o.owner != self.shard && self.router.bus.has_shard(&o.owner) => o.owner,
+            // A live owner other than the dead process: another shard, or
+            // the same id restarted (a new incarnation).
+            Some(o)
+                if self.router.bus.has_shard(&o.owner)
+                    && (o.owner != self.shard || now != self.shard_incarnation) =>
+            {
+                o.owner
+            }
             _ => {
                 return Err(RouterError::Unavailable(
                     "the part of the world you are in is recovering; try again in a moment".into(),
@@ -268,9 +282,7 @@ impl Player {
             pos,
         };
         self.router.to_shard(&owner, join)?;
-        self.shard = owner.clone();
-        self.router
-            .update_playing(self.session, |p| p.shard = owner);
+        self.set_shard(&owner);
         self.wait_for(|ev| match ev {
             PlayerEvent::Joined { .. } => Some(()),
             _ => None,
@@ -282,28 +294,30 @@ impl Player {
         ))
     }
 
+    /// The player is simulated by `shard`, in its current incarnation.
+    fn set_shard(&mut self, shard: &ShardId) {
+        self.shard_incarnation = self.router.bus.shard_incarnation(shard);
+        if *shard != self.shard {
+            self.shard = shard.clone();
+            let s = shard.clone();
+            self.router.update_playing(self.session, |p| p.shard = s);
+        }
+    }
+
     /// Applies routing and position updates carried by an event.
     fn observe(&mut self, ev: &PlayerEvent) {
         match ev {
             PlayerEvent::OwnerChanged { region, shard } => {
                 tracing::debug!(session = %self.session, region = %region, shard = %shard, "player handed over");
                 self.region = *region;
-                if *shard != self.shard {
-                    self.shard = shard.clone();
-                    let s = shard.clone();
-                    self.router.update_playing(self.session, |p| p.shard = s);
-                }
+                self.set_shard(shard);
             }
             PlayerEvent::StepDone {
                 pos, region, shard, ..
             } => {
                 self.set_pos(*pos);
                 self.region = *region;
-                if *shard != self.shard {
-                    self.shard = shard.clone();
-                    let s = shard.clone();
-                    self.router.update_playing(self.session, |p| p.shard = s);
-                }
+                self.set_shard(shard);
             }
             PlayerEvent::Left { pos } => self.set_pos(*pos),
             PlayerEvent::Joined {
@@ -311,7 +325,7 @@ impl Player {
             } => {
                 self.set_pos(*pos);
                 self.region = *region;
-                self.shard = shard.clone();
+                self.set_shard(shard);
             }
             _ => {}
         }
