@@ -10,7 +10,8 @@
 //! snapshot ([`crate::Snapshot`]: a redb read transaction, a FoundationDB
 //! read version), so a backup is the store at one moment even while the
 //! cluster writes. Through the service, the first page asks for a snapshot
-//! and the others name it; the service drops a snapshot unused for 60 s and
+//! and the others name it; the service drops a snapshot once the backup read
+//! past its last page, or after it went unused for 60 s, and
 //! holds at most 4. A restore clears the whole key space and writes the
 //! entries in batches of a few megabytes (the clear in the same transaction
 //! as the first batch). The service refuses one while shards are
