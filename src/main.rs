@@ -43,7 +43,7 @@ enum Command {
     /// Run a shard process that simulates the cells the coordinator gives it.
     Shard(roles::ShardArgs),
     /// Run a router process: the telnet and QUIC gateways.
-    Router(roles::RouterArgs),
+    Router(Box<roles::RouterArgs>),
     /// Run a telnet gateway: holds telnet players' connections and plays
     /// them on the routers, so router restarts drop no text player.
     TelnetGateway(gateway::GatewayArgs),
@@ -330,7 +330,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Up(a)) => runtime.block_on(up::run(a)),
         Some(Command::Coordinator(a)) => runtime.block_on(roles::coordinator(a)),
         Some(Command::Shard(a)) => runtime.block_on(roles::shard(a)),
-        Some(Command::Router(a)) => runtime.block_on(roles::router(a)),
+        Some(Command::Router(a)) => runtime.block_on(roles::router(*a)),
         Some(Command::TelnetGateway(a)) => runtime.block_on(gateway::run(a)),
         Some(Command::Persistence(a)) => runtime.block_on(roles::persistence(a)),
         Some(Command::Auth(a)) => runtime.block_on(services::auth(a)),
