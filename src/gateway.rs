@@ -154,6 +154,11 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         println!("telnet over TLS listening on {a}");
     }
     println!("metrics on http://{metrics}/metrics");
+    crate::ready::Announcement::new("telnet-gateway", args.id.clone())
+        .addr("telnet", bound)
+        .addr_opt("telnet_tls", tls_bound)
+        .addr("metrics", metrics)
+        .announce()?;
     // An accept loop that dies ends the process non-zero at once (the gateway holds no
     // lease; Kubernetes restarts it).
     tessera_gateway::run(gateway.clone(), listener, tls, crate::up::shutdown_signal()).await?;

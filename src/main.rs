@@ -10,6 +10,7 @@ mod gateway;
 mod k8s_secret;
 mod metrics_http;
 mod operator;
+mod ready;
 mod roles;
 mod services;
 mod up;
@@ -28,6 +29,12 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Once ready, write what this role is and every address it serves here as one JSON
+    /// object (written to PATH.tmp, then renamed; a stale file is removed at start). For
+    /// supervisors and tests: `coordinator`, `shard`, `router`, `telnet-gateway`,
+    /// `persistence`, `auth`, `chat` and `asset` write it (docs/operations.md, "Ready files").
+    #[arg(long, global = true, env = "TESSERA_READY_FILE", value_name = "PATH")]
+    ready_file: Option<PathBuf>,
     /// Without a command, `tessera` runs `up` with these flags.
     #[command(flatten)]
     up: UpArgs,
@@ -325,6 +332,24 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .thread_name("tessera-io")
         .build()?;
+    // Only the long-running roles announce readiness: a `tessera ctl` run with the variable
+    // set must not remove a running role's file.
+    let announces = matches!(
+        cli.command,
+        Some(
+            Command::Coordinator(_)
+                | Command::Shard(_)
+                | Command::Router(_)
+                | Command::TelnetGateway(_)
+                | Command::Persistence(_)
+                | Command::Auth(_)
+                | Command::Chat(_)
+                | Command::Asset(_)
+        )
+    );
+    if announces {
+        ready::configure(cli.ready_file.clone())?;
+    }
     match cli.command {
         None => runtime.block_on(up::run(cli.up)),
         Some(Command::Up(a)) => runtime.block_on(up::run(a)),

@@ -416,11 +416,12 @@ pub async fn persistence(args: PersistenceArgs) -> anyhow::Result<()> {
             router_accounts: args.router_accounts,
         },
     )?;
-    println!(
-        "persistence listening on {}   (store {}); metrics on http://{metrics}/metrics",
-        server.local_addr()?,
-        store
-    );
+    let listening = server.local_addr()?;
+    println!("persistence listening on {listening}   (store {store}); metrics on http://{metrics}/metrics");
+    crate::ready::Announcement::new("persistence", "persistence")
+        .addr("listen", listening)
+        .addr("metrics", metrics)
+        .announce()?;
     crate::up::shutdown_signal().await;
     server.close();
     println!("persistence stopped.");
@@ -480,6 +481,9 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         "coordinator {} running; metrics on http://{metrics}/metrics",
         args.id
     );
+    crate::ready::Announcement::new("coordinator", args.id.clone())
+        .addr("metrics", metrics)
+        .announce()?;
     let authority = cluster_authority(
         store.clone(),
         &args.cluster.store.prefix,
@@ -624,9 +628,15 @@ pub async fn shard(args: ShardArgs) -> anyhow::Result<()> {
         while watch.changed().await.is_ok() {
             let now = *watch.borrow();
             match now {
-                ShardState::Serving { addr } => println!(
-                    "shard {says} running; cluster address {addr}; metrics on http://{metrics}/metrics"
-                ),
+                ShardState::Serving { addr } => {
+                    println!(
+                        "shard {says} running; cluster address {addr}; metrics on http://{metrics}/metrics"
+                    );
+                    crate::ready::Announcement::new("shard", says.0.clone())
+                        .addr("cluster", addr)
+                        .addr("metrics", metrics)
+                        .announce_or_log();
+                }
                 ShardState::Draining => println!("shard {says} draining"),
                 ShardState::Starting => {}
             }
@@ -725,6 +735,14 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
             println!("router {says} running; cluster address {cluster}");
             println!("{addrs}");
             println!("metrics on http://{metrics}/metrics");
+            crate::ready::Announcement::new("router", says.0.clone())
+                .addr("cluster", cluster)
+                .addr("telnet", addrs.telnet)
+                .addr_opt("telnet_tls", addrs.telnet_tls)
+                .addr("quic", addrs.quic)
+                .addr("metrics", metrics)
+                .file("quic_cert", &addrs.cert_path)
+                .announce_or_log();
         }
     });
     tessera_router::member::run(config, crate::up::shutdown_signal(), state_tx).await?;

@@ -101,11 +101,15 @@ pub async fn auth(args: AuthArgs) -> anyhow::Result<()> {
     let operators = args.operators.operators(&args.cluster_ca).await?;
     let server = AuthServer::start(auth, operators, args.listen, config, args.reuse_port)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listening = server.local_addr()?;
     println!(
-        "auth listening on {}   (store {}); metrics on http://{metrics}/metrics",
-        server.local_addr()?,
+        "auth listening on {listening}   (store {}); metrics on http://{metrics}/metrics",
         db.describe()
     );
+    crate::ready::Announcement::new("auth", "auth")
+        .addr("listen", listening)
+        .addr("metrics", metrics)
+        .announce()?;
     crate::up::shutdown_signal().await;
     server.close();
     println!("auth stopped.");
@@ -157,11 +161,15 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     };
     let config = identity.server_config_for(tessera_chat::CHAT_ALPN)?;
     let server = tessera_chat::ChatServer::start(db.clone(), args.listen, config, limits)?;
+    let listening = server.local_addr()?;
     println!(
-        "chat listening on {}   (store {}); metrics on http://{metrics}/metrics",
-        server.local_addr()?,
+        "chat listening on {listening}   (store {}); metrics on http://{metrics}/metrics",
         db.describe()
     );
+    crate::ready::Announcement::new("chat", "chat")
+        .addr("listen", listening)
+        .addr("metrics", metrics)
+        .announce()?;
     crate::up::shutdown_signal().await;
     server.close();
     println!("chat stopped.");
@@ -239,6 +247,10 @@ pub async fn asset(args: AssetArgs) -> anyhow::Result<()> {
         "asset listening on http://{addr}   (store {}); metrics on http://{metrics}/metrics",
         db.describe()
     );
+    crate::ready::Announcement::new("asset", "asset")
+        .addr("listen", addr)
+        .addr("metrics", metrics)
+        .announce()?;
     tokio::select! {
         r = tessera_asset::serve(listener, db, asset_config(operators)) => r.context("asset service failed")?,
         _ = crate::up::shutdown_signal() => {}

@@ -1,5 +1,6 @@
 //! Faults in a cluster of separate processes against a real etcd
-//! (DESIGN.md invariants 1, 2, 4, 6):
+//! (DESIGN.md invariants 1, 2, 4, 6), each on the shared test cluster
+//! (`support_cluster::cluster::Cluster`):
 //! - a shard cut off from etcd (from inside a network namespace) stops
 //!   simulating before any other shard takes its cells;
 //! - the leading coordinator killed at several points of a migration: the
@@ -7,9 +8,13 @@
 //!   owners or none, no entity lost or duplicated;
 //! - a shard whose simulation thread dies exits non-zero and gives up its
 //!   registration at once, so its cells fail over without waiting out the lease;
+//! - kill -9 of a player's shard, of a player's router, and a shard frozen for 30 s;
 //! - a rolling restart (SIGTERM on each shard in turn) drops no player;
 //! - players pacing across shard borders for 30 s: the entity count never
 //!   changes and nobody is disconnected.
+//!
+//! Every test ends by replaying etcd's revision history of the cell map: no region ever
+//! changed owner while its owner was registered, except by a migration.
 //!
 //! Timings these tests print are recorded in docs/performance.md.
 
@@ -18,75 +23,39 @@ mod common;
 mod etcd;
 mod support_cluster;
 
-use common::{TelnetClient, TestDir};
-use etcd::EtcdServer;
+use common::{eventually, TelnetClient};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
+use support_cluster::cluster::{Cluster, Kind, MemberSpec, WORLD_CELLS};
 use support_cluster::*;
 
-/// Partition fencing (invariant 1): shard-2 runs in a network namespace and
-/// reaches etcd at an address of its own; a blackhole route inside the
-/// namespace cuts it off from etcd (its cluster bus and metrics stay
-/// reachable). It must stop simulating, and exit, before its lease expires
-/// and the coordinator gives its cells to shard-1: at no moment do two
-/// shards simulate the same cell.
+/// Partition fencing (invariant 1): every member runs in a network namespace of its own;
+/// a blackhole route inside shard-2's cuts it off from etcd (its cluster bus and metrics
+/// stay reachable). It must stop simulating, and exit, before its lease expires and the
+/// coordinator gives its cells to shard-1: at no moment do two shards simulate the same
+/// cell.
 #[test]
 fn a_shard_cut_off_from_etcd_stops_simulating_before_its_cells_move() {
-    let dir = TestDir::new();
-    let ns = Netns::create();
-    let etcd = EtcdServer::start_also_on(&[ns.host_ip2]);
-    let ca = ca_init(dir.path(), &etcd);
-    let _coord = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec::local(&etcd, "coordinator-a"),
-    );
-    let s1 = shard(
-        dir.path(),
-        &ca,
-        &ShardSpec {
-            ip: ns.host_ip,
-            ..ShardSpec::local(&etcd, "shard-1")
-        },
-    );
-    let mut s2 = shard(
-        dir.path(),
-        &ca,
-        &ShardSpec {
-            id: "shard-2",
-            lease_ttl_secs: 2,
-            etcd_url: etcd.client_url_on(ns.host_ip2),
-            etcd_tls: etcd.tls(),
-            ip: ns.inner_ip,
-            netns: Some(&ns.name),
-            rust_log: "warn,tessera_shard::sim=info",
-            persistence: None,
-            world: WORLD.into(),
-            assets: None,
-            extra: &[],
-        },
-    );
-    wait_ticking(&[s1.metrics, s2.metrics], 10.0);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let before = loop {
-        let rows = owners(&etcd);
+    let mut c = Cluster::on_lan();
+    c.start(MemberSpec::coordinator("coordinator-a"));
+    c.start(MemberSpec::shard("shard-1"));
+    c.start(MemberSpec::shard("shard-2").log("warn,tessera_shard::sim=info"));
+    c.wait_ticking(10.0);
+    let before = c.wait_owners(Duration::from_secs(15), |rows| {
         let by: BTreeSet<&str> = rows.iter().map(|r| r.owner.as_str()).collect();
-        if rows.len() == 16 && by.len() == 2 {
-            break rows;
-        }
-        assert!(Instant::now() < deadline, "cells not placed: {rows:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        rows.len() == WORLD_CELLS && by.len() == 2
+    });
     let cut_cells: BTreeMap<String, u64> = before
         .iter()
         .filter(|r| r.owner == "shard-2")
         .map(|r| (r.cell.clone(), r.epoch))
         .collect();
     assert!(!cut_cells.is_empty());
-    let world = settled_entities(&[s1.metrics, s2.metrics]);
+    let world = c.settled_entities();
+    let s2_metrics = c.metrics("shard-2");
 
     let cut = SystemTime::now();
-    ns.cut_off(ns.host_ip2);
+    c.partition_from_etcd("shard-2");
 
     // Poll until every one of shard-2's cells has a new owner: shard-2's
     // exit and tick counter, and the cell map as `tessera ctl` shows it.
@@ -102,9 +71,9 @@ fn a_shard_cut_off_from_etcd_stops_simulating_before_its_cells_move() {
             "shard-2's cells never got a new owner"
         );
         if exited.is_none() {
-            if let Some(status) = s2.role.try_exit() {
+            if let Some(status) = c.try_exit("shard-2") {
                 exited = Some((SystemTime::now(), status));
-            } else if let Some(text) = try_scrape(s2.metrics) {
+            } else if let Some(text) = try_scrape(s2_metrics) {
                 let n: f64 = common::metric_samples(&text, "tessera_shard_tick_seconds_count")
                     .iter()
                     .map(|(_, v)| v)
@@ -115,7 +84,7 @@ fn a_shard_cut_off_from_etcd_stops_simulating_before_its_cells_move() {
             }
         }
         let read_started = SystemTime::now();
-        let rows = owners(&etcd);
+        let rows = c.owners();
         let mut moved = 0;
         for r in rows.iter().filter(|r| cut_cells.contains_key(&r.cell)) {
             if r.owner == "shard-2" {
@@ -143,11 +112,11 @@ fn a_shard_cut_off_from_etcd_stops_simulating_before_its_cells_move() {
             ms(new_owner_seen.unwrap()),
             ms(last_ticks.1),
             last_ticks.0,
-            s2.role.stderr_tail(20)
+            c.role("shard-2").stderr_tail(20)
         )
     });
     let takeover_after = last_old_owner_read.expect("ctl saw shard-2 own its cells after the cut");
-    let stderr = s2.role.stderr();
+    let stderr = c.role("shard-2").stderr();
     let stopped_line = stderr
         .lines()
         .find(|l| l.contains("shard stopped"))
@@ -189,7 +158,8 @@ fn a_shard_cut_off_from_etcd_stops_simulating_before_its_cells_move() {
         ms(takeover_after)
     );
     // shard-1 simulates the whole world now (fresh cells, same NPCs).
-    assert_eq!(settled_entities(&[s1.metrics]), world);
+    assert_eq!(settled_entities(&[c.metrics("shard-1")]), world);
+    c.assert_one_owner_per_region();
 }
 
 /// When the leading coordinator is killed during a migration.
@@ -210,43 +180,20 @@ enum KillAt {
 /// duplicated and no migration record is left.
 #[test]
 fn killing_the_leading_coordinator_during_a_migration_leaves_one_owner_per_cell() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let peek = EtcdPeek::connect(&etcd);
-    let ca = ca_init(dir.path(), &etcd);
-    let mut coords: BTreeMap<String, Role> = BTreeMap::new();
-    coords.insert(
-        "coordinator-a".into(),
-        coordinator(
-            dir.path(),
-            &ca,
-            &CoordinatorSpec::local(&etcd, "coordinator-a"),
-        ),
-    );
-    let s1 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-1"));
-    let s2 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-2"));
-    coords.insert(
-        "coordinator-b".into(),
-        coordinator(
-            dir.path(),
-            &ca,
-            &CoordinatorSpec::local(&etcd, "coordinator-b"),
-        ),
-    );
-    let router = router(dir.path(), &ca, &RouterSpec::local(&etcd));
-    wait_ticking(&[s1.metrics, s2.metrics], 10.0);
-    let metrics_of = |id: &str| {
-        if id == "shard-1" {
-            s1.metrics
-        } else {
-            s2.metrics
-        }
-    };
+    let mut c = Cluster::new();
+    c.start(MemberSpec::coordinator("coordinator-a"));
+    c.start(MemberSpec::shard("shard-1"));
+    c.start(MemberSpec::shard("shard-2"));
+    c.start(MemberSpec::coordinator("coordinator-b"));
+    c.start(MemberSpec::router("router-1"));
+    c.wait_ticking(10.0);
+    let metrics_of = |c: &Cluster, id: &str| c.metrics(id);
+    let both = [c.metrics("shard-1"), c.metrics("shard-2")];
 
-    let mut ann = TelnetClient::create(router.telnet, "Ann", PW);
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
     let cell = "-1,0";
     assert_eq!(ann.where_().cell, cell);
-    let world = settled_entities(&[s1.metrics, s2.metrics]);
+    let world = settled_entities(&both);
     let cell_label = format!("cell=\"{cell}\"");
 
     let plan = [
@@ -257,7 +204,7 @@ fn killing_the_leading_coordinator_during_a_migration_leaves_one_owner_per_cell(
         KillAt::WhenRestored,
     ];
     for (round, kill_at) in plan.into_iter().enumerate() {
-        let before = owners(&etcd);
+        let before = c.owners();
         let row = before.iter().find(|r| r.cell == cell).expect("the cell");
         let (from, epoch) = (row.owner.clone(), row.epoch);
         let to = if from == "shard-1" {
@@ -265,24 +212,23 @@ fn killing_the_leading_coordinator_during_a_migration_leaves_one_owner_per_cell(
         } else {
             "shard-1"
         };
-        let leader_id = leader(&etcd).expect("a leader");
-        let leader_pid = coords[&leader_id].pid().to_string();
+        let leader_id = c.leader().expect("a leader");
         if let KillAt::WhenRestored = kill_at {
-            let stopped = std::process::Command::new("kill")
-                .args(["-STOP", &leader_pid])
-                .status()
-                .expect("kill -STOP");
-            assert!(stopped.success());
+            c.pause(&leader_id);
         }
-        let mut mv = ctl_command(&etcd, Some(&operator_credential(&ca)), &["move", cell, to])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("tessera ctl move");
-        let wait_for_record = |restored: bool| {
+        let mut mv = ctl_command(
+            &c.etcd,
+            Some(&operator_credential(&c.ca)),
+            &["move", cell, to],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tessera ctl move");
+        let wait_for_record = |c: &mut Cluster, restored: bool| {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let m = peek.migrations();
+                let m = c.peek().migrations();
                 if m.iter()
                     .any(|(_, v)| !restored || v.contains("\"restored\""))
                 {
@@ -294,14 +240,14 @@ fn killing_the_leading_coordinator_during_a_migration_leaves_one_owner_per_cell(
         };
         match kill_at {
             KillAt::AfterRequest(d) => {
-                wait_for_record(false);
+                wait_for_record(&mut c, false);
                 std::thread::sleep(d);
             }
-            KillAt::WhenRestored => wait_for_record(true),
+            KillAt::WhenRestored => wait_for_record(&mut c, true),
         }
-        coords.get_mut(&leader_id).expect("leader role").kill();
+        c.kill(&leader_id);
         let killed = Instant::now();
-        let at_kill = peek.migrations();
+        let at_kill = c.peek().migrations();
 
         // Until `ctl move` returns: one live owner per cell, the cell in at
         // most one shard (the source zeroes its count when it ships the
@@ -316,15 +262,15 @@ fn killing_the_leading_coordinator_during_a_migration_leaves_one_owner_per_cell(
                 killed.elapsed() < Duration::from_secs(40),
                 "ctl move never returned"
             );
-            let rows = owners(&etcd);
-            assert_eq!(rows.len(), 16, "a cell has no owner: {rows:?}");
+            let rows = c.owners();
+            assert_eq!(rows.len(), WORLD_CELLS, "a cell has no owner: {rows:?}");
             for r in &rows {
                 assert!(
                     r.owner_live && (r.owner == "shard-1" || r.owner == "shard-2"),
                     "round {round}: cell without a live owner: {r:?}"
                 );
             }
-            let (total, by_cell) = entities_at_once(&[metrics_of(to), metrics_of(&from)]);
+            let (total, by_cell) = entities_at_once(&[metrics_of(&c, to), metrics_of(&c, &from)]);
             let simulating: Vec<_> = by_cell
                 .iter()
                 .filter(|(_, labels, v)| labels.contains(&cell_label) && *v > 0.0)
@@ -340,7 +286,7 @@ fn killing_the_leading_coordinator_during_a_migration_leaves_one_owner_per_cell(
         };
         let took = killed.elapsed();
         let out = mv.wait_with_output().expect("ctl move output");
-        let after = owners(&etcd);
+        let after = c.owners();
         let row = after.iter().find(|r| r.cell == cell).expect("the cell");
         let outcome = if status.success() {
             assert_eq!((row.owner.as_str(), row.epoch), (to, epoch + 1));
@@ -351,28 +297,24 @@ fn killing_the_leading_coordinator_during_a_migration_leaves_one_owner_per_cell(
             "cancelled"
         };
         // The standby cleared the record (it deletes right after the flip).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !peek.migrations().is_empty() {
-            assert!(
-                Instant::now() < deadline,
+        eventually(Duration::from_secs(5), || {
+            c.peek().migrations().is_empty().then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
                 "a migration record was left behind: {:?}",
-                peek.migrations()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                c.peek().migrations()
+            )
+        });
         // The standby takes over once the dead leader's lease (2 s) expires
         // (the migration may have finished before the kill).
-        let deadline = Instant::now() + Duration::from_secs(8);
-        while leader(&etcd).is_none_or(|l| l == leader_id) {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: the standby did not take over from {leader_id}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually(Duration::from_secs(8), || {
+            c.leader().filter(|l| *l != leader_id).map(|_| ())
+        })
+        .unwrap_or_else(|| panic!("round {round}: the standby did not take over from {leader_id}"));
         let failover = killed.elapsed();
         assert_eq!(
-            settled_entities(&[s1.metrics, s2.metrics]),
+            settled_entities(&both),
             world,
             "round {round}: entities lost or duplicated"
         );
@@ -392,11 +334,9 @@ fn killing_the_leading_coordinator_during_a_migration_leaves_one_owner_per_cell(
             String::from_utf8_lossy(&out.stdout).trim()
         );
         // The killed coordinator comes back as the standby.
-        coords.insert(
-            leader_id.clone(),
-            coordinator(dir.path(), &ca, &CoordinatorSpec::local(&etcd, &leader_id)),
-        );
+        c.restart(&leader_id);
     }
+    c.assert_one_owner_per_region();
 }
 
 /// How the walkers walk: a step every 150 ms, no `where` on the way.
@@ -412,139 +352,60 @@ const PACES: [&[&str]; 4] = [
     &["e", "e", "e", "e", "w", "w", "w", "w"],
 ];
 
-/// A coordinator for [`three_shards`] clusters, which moves no cell on its
-/// own: the tests place the cells themselves, and the rebalancer's join
-/// balance (on by default) would move cells at the same time.
 /// A shard whose simulation thread dies (the test builds' fault switch makes it panic at
 /// tick 150, 5 s in) gives up its registration and exits non-zero at once: its cells move to
 /// the other shard within a few seconds, although its lease (20 s, the default) is far from
 /// running out (issue 16, item 1).
 #[test]
 fn a_shard_whose_simulation_dies_exits_and_its_cells_fail_over_at_once() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
-    let _coord = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec::local(&etcd, "coordinator-a").not_rebalancing(),
+    let mut c = Cluster::new();
+    c.start(MemberSpec::coordinator("coordinator-a").not_rebalancing());
+    c.start(
+        MemberSpec::shard("shard-1")
+            .lease(20)
+            .env("TESSERA_FAULT_SIM_PANIC_AT_TICK", "150"),
     );
-    let default_lease = ShardSpec {
-        lease_ttl_secs: 20,
-        ..ShardSpec::local(&etcd, "shard-1")
-    };
-    let mut doomed = shard_with_env(
-        dir.path(),
-        &ca,
-        &default_lease,
-        &[("TESSERA_FAULT_SIM_PANIC_AT_TICK", "150")],
-    );
-    let _healthy = shard(
-        dir.path(),
-        &ca,
-        &ShardSpec {
-            id: "shard-2",
-            ..default_lease
-        },
-    );
-    let placed = Instant::now() + Duration::from_secs(15);
-    while !owners(&etcd).iter().any(|r| r.owner == "shard-1") {
-        assert!(Instant::now() < placed, "shard-1 got no cells");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let status = loop {
-        if let Some(status) = doomed.role.try_exit() {
-            break status;
-        }
-        assert!(
-            Instant::now() < placed + Duration::from_secs(15),
-            "shard-1 did not exit after its simulation died:\n{}",
-            doomed.role.stderr_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    c.start(MemberSpec::shard("shard-2").lease(20));
+    c.wait_owners(Duration::from_secs(15), |rows| {
+        rows.iter().any(|r| r.owner == "shard-1")
+    });
+    let (status, _) = c.wait_exit("shard-1", Duration::from_secs(15));
     let died = Instant::now();
     assert!(!status.success(), "a shard whose simulation died exited 0");
-    let stderr = doomed.role.stderr();
+    let stderr = c.role("shard-1").stderr();
     assert!(
         stderr.contains("simulation thread of shard shard-1 died"),
         "{}",
-        doomed.role.stderr_tail(20)
+        c.role("shard-1").stderr_tail(20)
     );
     // Its cells go to shard-2 long before a 20 s lease would have run out.
-    loop {
-        let rows = owners(&etcd);
-        if rows.len() == 16 && rows.iter().all(|r| r.owner == "shard-2") {
-            eprintln!(
-                "every cell on shard-2 {} ms after shard-1 exited (lease 20 s)",
-                died.elapsed().as_millis()
-            );
-            break;
-        }
-        assert!(
-            died.elapsed() < Duration::from_secs(5),
-            "cells still with the dead shard {:?} after it exited: {rows:?}",
-            died.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_owners(Duration::from_secs(5), |rows| {
+        rows.len() == WORLD_CELLS && rows.iter().all(|r| r.owner == "shard-2")
+    });
+    eprintln!(
+        "every cell on shard-2 {} ms after shard-1 exited (lease 20 s)",
+        died.elapsed().as_millis()
+    );
+    c.assert_one_owner_per_region();
 }
 
 /// Two shards, a router, a coordinator and a persistence service on loopback, with the
 /// default leases (20 s for members, the coordinator's own default), every cell placed (the
 /// X stripes: shard-1 west of x = 0, shard-2 east).
-struct DefaultCluster {
-    ca: std::path::PathBuf,
-    persistence: PersistenceProc,
-    coordinator: Role,
-    s1: ShardProc,
-    s2: ShardProc,
-    router: RouterProc,
-}
-
-impl DefaultCluster {
-    fn start(dir: &TestDir, etcd: &EtcdServer) -> DefaultCluster {
-        let ca = ca_init(dir.path(), etcd);
-        let store = persistence(dir.path(), &ca, etcd);
-        let coord = coordinator(
-            dir.path(),
-            &ca,
-            &CoordinatorSpec {
-                lease_ttl_secs: None,
-                ..placing_by_hand(etcd, "coordinator-a")
-            },
-        );
-        let spec = |id| ShardSpec {
-            lease_ttl_secs: 20,
-            persistence: Some(store.addr),
-            ..ShardSpec::local(etcd, id)
-        };
-        let s1 = shard(dir.path(), &ca, &spec("shard-1"));
-        let s2 = shard(dir.path(), &ca, &spec("shard-2"));
-        wait_ticking(&[s1.metrics, s2.metrics], 10.0);
-        let placed = Instant::now() + Duration::from_secs(15);
-        while owners(etcd).len() < 16 {
-            assert!(Instant::now() < placed, "cells not placed");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let router = router(
-            dir.path(),
-            &ca,
-            &RouterSpec {
-                lease_ttl_secs: 20,
-                persistence: Some(store.addr),
-                ..RouterSpec::local(etcd)
-            },
-        );
-        DefaultCluster {
-            ca,
-            persistence: store,
-            coordinator: coord,
-            s1,
-            s2,
-            router,
-        }
-    }
+fn default_cluster() -> Cluster {
+    let mut c = Cluster::new();
+    c.start(MemberSpec::persistence());
+    c.start(
+        MemberSpec::coordinator("coordinator-a")
+            .default_lease()
+            .not_rebalancing(),
+    );
+    c.start(MemberSpec::shard("shard-1").lease(20));
+    c.start(MemberSpec::shard("shard-2").lease(20));
+    c.wait_ticking(10.0);
+    c.wait_owners(Duration::from_secs(15), |rows| rows.len() == WORLD_CELLS);
+    c.start(MemberSpec::router("router-1").lease(20));
+    c
 }
 
 /// kill -9 of the shard simulating a telnet player, with the default leases (20 s): the
@@ -554,24 +415,15 @@ impl DefaultCluster {
 /// (issue 16, item 0).
 #[test]
 fn kill_9_of_a_players_shard_with_default_leases_serves_her_again_within_3_s() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let DefaultCluster {
-        ca: _ca,
-        persistence: _store,
-        coordinator: _coord,
-        mut s1,
-        s2,
-        router,
-    } = DefaultCluster::start(&dir, &etcd);
-    let mut ann = TelnetClient::create(router.telnet, "Ann", PW);
+    let mut c = default_cluster();
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
     assert_eq!(ann.where_().shard, "shard-1");
-    let before = settled_entities(&[s1.metrics, s2.metrics]);
+    let before = c.settled_entities();
     // Every cell of shard-1 checkpointed at least once (every 2 s by default).
     std::thread::sleep(Duration::from_secs(3));
 
     let killed = Instant::now();
-    s1.role.kill();
+    c.kill("shard-1");
     let back = loop {
         let answer = ann.command("where");
         if answer.contains("shard shard-2") {
@@ -592,12 +444,13 @@ fn kill_9_of_a_players_shard_with_default_leases_serves_her_again_within_3_s() {
         "served again only {back:?} after kill -9"
     );
     assert_eq!(
-        settled_entities(&[s2.metrics]),
+        settled_entities(&[c.metrics("shard-2")]),
         before,
         "every entity is back on shard-2"
     );
     // On the same telnet connection all along.
     assert_eq!(ann.where_().shard, "shard-2");
+    c.assert_one_owner_per_region();
 }
 
 /// A router killed with kill -9 leaves its telnet player linkdead: the shard saves where
@@ -606,29 +459,15 @@ fn kill_9_of_a_players_shard_with_default_leases_serves_her_again_within_3_s() {
 /// she stood, not where she logged in (issue 16, item 3).
 #[test]
 fn a_crashed_routers_player_is_saved_and_removed_after_the_linkdead_time() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
-    let store = persistence(dir.path(), &ca, &etcd);
-    let _coord = coordinator(dir.path(), &ca, &placing_by_hand(&etcd, "coordinator-a"));
-    let s1 = shard(
-        dir.path(),
-        &ca,
-        &ShardSpec {
-            persistence: Some(store.addr),
-            extra: &["--linkdead-secs", "3"],
-            ..ShardSpec::local(&etcd, "shard-1")
-        },
-    );
-    wait_ticking(&[s1.metrics], 10.0);
-    let router_spec = |id: &str| RouterSpec {
-        persistence: Some(store.addr),
-        id: id.into(),
-        ..RouterSpec::local(&etcd)
-    };
-    let mut r1 = router(dir.path(), &ca, &router_spec("router-1"));
-    let r2 = router(dir.path(), &ca, &router_spec("router-2"));
-    let mut ann = TelnetClient::create(r1.telnet, "Ann", PW);
+    let mut c = Cluster::new();
+    c.start(MemberSpec::persistence());
+    c.start(MemberSpec::coordinator("coordinator-a").not_rebalancing());
+    c.start(MemberSpec::shard("shard-1").args(&["--linkdead-secs", "3"]));
+    c.wait_ticking(10.0);
+    c.start(MemberSpec::router("router-1"));
+    c.start(MemberSpec::router("router-2"));
+    let s1 = [c.metrics("shard-1")];
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
     let start = ann.where_();
     for _ in 0..3 {
         ann.command("n");
@@ -638,36 +477,34 @@ fn a_crashed_routers_player_is_saved_and_removed_after_the_linkdead_time() {
         (stood.z - start.z).abs() > 3.0,
         "Ann did not walk: {start:?} -> {stood:?}"
     );
-    let with_ann = settled_entities(&[s1.metrics]);
+    let with_ann = settled_entities(&s1);
 
-    r1.role.kill();
+    c.kill("router-1");
     drop(ann);
     let killed = Instant::now();
     // Her avatar stays for the linkdead time, then goes.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        settled_entities(&[s1.metrics]),
+        settled_entities(&s1),
         with_ann,
         "the avatar went before the linkdead time"
     );
-    loop {
-        if settled_entities(&[s1.metrics]) == with_ann - 1.0 {
-            eprintln!(
-                "linkdead avatar removed {} ms after the router's kill -9 (linkdead 3 s)",
-                killed.elapsed().as_millis()
-            );
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(15),
+    eventually(Duration::from_secs(14), || {
+        (settled_entities(&s1) == with_ann - 1.0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
             "the linkdead avatar was never removed:\n{}",
-            s1.role.stderr_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            c.role("shard-1").stderr_tail(20)
+        )
+    });
+    eprintln!(
+        "linkdead avatar removed {} ms after the router's kill -9 (linkdead 3 s)",
+        killed.elapsed().as_millis()
+    );
     // Saved through router-2 (its next save round), so she comes back where she stood.
     std::thread::sleep(Duration::from_secs(6));
-    let mut back = TelnetClient::login(r2.telnet, "Ann", PW);
+    let mut back = TelnetClient::login(c.telnet("router-2"), "Ann", PW);
     let now = back.where_();
     assert!(
         (now.x - stood.x).abs() < 1.5 && (now.z - stood.z).abs() < 1.5,
@@ -695,40 +532,25 @@ fn rss(pid: u32) -> u64 {
 /// its lease gone and exits non-zero, and every cell stays with shard-2.
 #[test]
 fn a_shard_frozen_for_30_s_fails_over_and_is_fenced_when_it_wakes() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let DefaultCluster {
-        ca: _ca,
-        persistence: _store,
-        coordinator: _coord,
-        mut s1,
-        s2,
-        router,
-    } = DefaultCluster::start(&dir, &etcd);
-    let _swarm = BotSwarm::start(
-        dir.path(),
-        &router,
+    let mut c = default_cluster();
+    let _swarm = BotSwarm::start_at(
+        c.path(),
+        c.ready("router-1"),
+        &c.router_cert(),
         8,
         50,
         &["--quic", "8", "--scenario", "border", "--seed", "16"],
     );
     std::thread::sleep(Duration::from_secs(3));
-    let (router_pid, s2_pid) = (router.role.pid(), s2.role.pid());
+    let (router_pid, s2_pid) = (c.pid("router-1"), c.pid("shard-2"));
     let before = (rss(router_pid), rss(s2_pid));
 
     let frozen = Instant::now();
-    signal(s1.role.pid(), "STOP");
-    let failed_over = loop {
-        let rows = owners(&etcd);
-        if rows.len() == 16 && rows.iter().all(|r| r.owner == "shard-2") {
-            break frozen.elapsed();
-        }
-        assert!(
-            frozen.elapsed() < Duration::from_secs(10),
-            "the frozen shard's cells did not fail over: {rows:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    c.pause("shard-1");
+    c.wait_owners(Duration::from_secs(10), |rows| {
+        rows.len() == WORLD_CELLS && rows.iter().all(|r| r.owner == "shard-2")
+    });
+    let failed_over = frozen.elapsed();
     let mut peak = before;
     while frozen.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_secs(2));
@@ -753,67 +575,36 @@ fn a_shard_frozen_for_30_s_fails_over_and_is_fenced_when_it_wakes() {
     );
 
     // Woken, it learns its lease is gone and stops: never two owners.
-    signal(s1.role.pid(), "CONT");
-    let woke = Instant::now();
-    let status = loop {
-        if let Some(status) = s1.role.try_exit() {
-            break status;
-        }
-        assert!(
-            woke.elapsed() < Duration::from_secs(10),
-            "the woken shard kept running:\n{}",
-            s1.role.stderr_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    c.resume("shard-1");
+    let (status, _) = c.wait_exit("shard-1", Duration::from_secs(10));
     assert!(!status.success(), "a fenced shard exited 0");
     assert!(
-        s1.role.stderr().contains("lost its etcd lease"),
+        c.role("shard-1").stderr().contains("lost its etcd lease"),
         "{}",
-        s1.role.stderr_tail(20)
+        c.role("shard-1").stderr_tail(20)
     );
-    let rows = owners(&etcd);
+    let rows = c.owners();
     assert!(
-        rows.len() == 16 && rows.iter().all(|r| r.owner == "shard-2"),
+        rows.len() == WORLD_CELLS && rows.iter().all(|r| r.owner == "shard-2"),
         "{rows:?}"
     );
+    c.assert_one_owner_per_region();
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .expect("kill(1)")
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
-}
-
-fn placing_by_hand<'a>(etcd: &EtcdServer, id: &'a str) -> CoordinatorSpec<'a> {
-    CoordinatorSpec::local(etcd, id).not_rebalancing()
-}
-
-/// A cluster of three shards on loopback where every shard owns cells
-/// around the spawn: the X stripes leave shard-3 without cells (four
-/// columns over three shards), so the two cells north of the spawn move to
-/// it. Around the spawn, (-1,0) is shard-1's, (0,0) shard-2's and (-1,-1),
-/// (0,-1) shard-3's.
-fn three_shards(dir: &TestDir, etcd: &EtcdServer, ca: &std::path::Path) -> Vec<ShardProc> {
-    let shards: Vec<ShardProc> = ["shard-1", "shard-2", "shard-3"]
-        .iter()
-        .map(|id| shard(dir.path(), ca, &ShardSpec::local(etcd, id)))
-        .collect();
-    let metrics: Vec<_> = shards.iter().map(|s| s.metrics).collect();
-    wait_ticking(&metrics, 10.0);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while owners(etcd).len() < 16 {
-        assert!(Instant::now() < deadline, "cells not placed");
-        std::thread::sleep(Duration::from_millis(100));
+/// Three shards on loopback where every shard owns cells around the spawn: the X stripes
+/// leave shard-3 without cells (four columns over three shards), so the two cells north of
+/// the spawn move to it. Around the spawn, (-1,0) is shard-1's, (0,0) shard-2's and
+/// (-1,-1), (0,-1) shard-3's.
+fn three_shards(c: &mut Cluster) {
+    for id in ["shard-1", "shard-2", "shard-3"] {
+        c.start(MemberSpec::shard(id));
     }
+    c.wait_ticking(10.0);
+    c.wait_owners(Duration::from_secs(15), |rows| rows.len() == WORLD_CELLS);
     for cell in ["-1,-1", "0,-1"] {
-        let (ok, out, err) = ops(etcd, ca, &["move", cell, "shard-3"]);
+        let (ok, out, err) = c.ops(&["move", cell, "shard-3"]);
         assert!(ok, "ctl move {cell}: {out} {err}");
     }
-    shards
 }
 
 /// Invariant 6: SIGTERM on each shard in turn, each restarted with the same
@@ -828,52 +619,36 @@ fn three_shards(dir: &TestDir, etcd: &EtcdServer, ca: &std::path::Path) -> Vec<S
 #[test]
 fn a_rolling_restart_of_every_shard_disconnects_no_player() {
     use std::sync::atomic::Ordering;
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
+    let mut c = Cluster::new();
     // The rebalancer is on, as in production: a draining shard is cordoned
     // (it gets no cells while it drains) and a restarted one gets its share
     // back by join balance.
-    let _coord = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec::local(&etcd, "coordinator-a"),
-    );
-    let mut shards: Vec<ShardProc> = ["shard-1", "shard-2", "shard-3"]
-        .iter()
-        .map(|id| shard(dir.path(), &ca, &ShardSpec::local(&etcd, id)))
-        .collect();
-    let every_shard_owns_cells = |etcd: &EtcdServer| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let rows = owners(etcd);
-            let owning: BTreeSet<String> = rows.iter().map(|r| r.owner.clone()).collect();
-            if rows.len() == 16 && owning.len() == 3 && rows.iter().all(|r| r.owner_live) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "join balance did not give every shard cells: {rows:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    c.start(MemberSpec::coordinator("coordinator-a"));
+    for id in ["shard-1", "shard-2", "shard-3"] {
+        c.start(MemberSpec::shard(id));
+    }
+    let every_shard_owns_cells = |c: &Cluster| {
+        c.wait_owners(Duration::from_secs(30), |rows| {
+            let owning: BTreeSet<&str> = rows.iter().map(|r| r.owner.as_str()).collect();
+            rows.len() == WORLD_CELLS && owning.len() == 3 && rows.iter().all(|r| r.owner_live)
+        });
     };
-    every_shard_owns_cells(&etcd);
-    let router = router(dir.path(), &ca, &RouterSpec::local(&etcd));
+    every_shard_owns_cells(&c);
+    c.start(MemberSpec::router("router-1"));
     let flags = WalkFlags::paused();
     let mut walkers: Vec<Walker> = ["Rola", "Rolb", "Rolc", "Rold"]
         .iter()
         .zip(PACES)
         .map(|(name, pattern)| {
-            let client = TelnetClient::create(router.telnet, name, PW);
+            let client = TelnetClient::create(c.telnet("router-1"), name, PW);
             Walker::start(client, pattern, flags.clone(), WALKING)
         })
         .collect();
-    let metrics = |shards: &[ShardProc]| shards.iter().map(|s| s.metrics).collect::<Vec<_>>();
-    let world_without_bots = settled_entities(&metrics(&shards));
-    let mut swarm = BotSwarm::start(
-        dir.path(),
-        &router,
+    let world_without_bots = c.settled_entities();
+    let mut swarm = BotSwarm::start_at(
+        c.path(),
+        c.ready("router-1"),
+        &c.router_cert(),
         BOTS,
         ROLLING_RESTART_BOT_SECS,
         &[
@@ -892,47 +667,54 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
     let mut drain_seconds = BTreeMap::new();
     let restarts = Instant::now();
 
-    for i in 0..shards.len() {
+    for id in c.names(Kind::Shard) {
         std::thread::sleep(Duration::from_secs(1));
-        let id = format!("shard-{}", i + 1);
-        let owned = owners(&etcd).iter().filter(|r| r.owner == id).count();
+        let owned = c.owners().iter().filter(|r| r.owner == id).count();
+        let history_before = c.owner_check();
         let sigterm = Instant::now();
-        let status = shards[i].role.terminate(Duration::from_secs(40));
+        let status = c.stop_within(&id, Duration::from_secs(40));
         let drained_in = sigterm.elapsed();
         assert!(status.success(), "{id} exited with {status}");
         drain_seconds.insert(id.clone(), drained_in.as_secs_f64());
-        let drained = shards[i].role.wait_line(&format!("shard {id} drained: "));
+        // Drained: every cell left by a live migration (etcd's history), none by failover.
+        let history = c.owner_check();
         assert!(
-            !drained.starts_with("0 cells moved"),
-            "{id} owned {owned} cells: {drained}"
+            owned > 0 && history.migrations >= history_before.migrations + owned,
+            "{id} owned {owned} cells; migrations {} -> {}",
+            history_before.migrations,
+            history.migrations
+        );
+        assert_eq!(
+            history.failovers, history_before.failovers,
+            "{id}'s cells failed over instead of being drained"
         );
         assert!(
-            owners(&etcd).iter().all(|r| r.owner != id),
+            c.owners().iter().all(|r| r.owner != id),
             "{id} exited still owning cells"
         );
         // A drained shard leaves no cordon behind (a Kubernetes pod's name
         // never comes back to remove it).
         assert_eq!(
-            EtcdPeek::connect(&etcd).records("draining/"),
+            c.peek().records("draining/"),
             vec![],
             "{id} exited leaving a drain mark"
         );
         let restart = Instant::now();
-        shards[i] = shard(dir.path(), &ca, &ShardSpec::local(&etcd, &id));
-        wait_registered(&etcd, &id);
+        c.restart(&id);
+        wait_registered(&c.etcd, &id);
         let registered_in = restart.elapsed();
-        wait_ticking(&[shards[i].metrics], 3.0);
+        wait_ticking(&[c.metrics(&id)], 3.0);
         // Registered, so ready: Kubernetes may go on to the next shard.
-        let (status, body) = common::http_get(shards[i].metrics, "/readyz");
+        let (status, body) = common::http_get(c.metrics(&id), "/readyz");
         assert_eq!(status, 200, "{id} registered but not ready: {body}");
         // Join balance gives the restarted shard its share back.
-        every_shard_owns_cells(&etcd);
+        every_shard_owns_cells(&c);
         // Nobody has been lost or duplicated (the players stand still while
         // the shards are read; the bots keep pacing, so the count is exact
         // whenever none of them is in flight between shards).
         flags.paused.store(true, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(500));
-        let now = entities_reach(&metrics(&shards), world);
+        let now = entities_reach(&c.shard_metrics(), world);
         flags.paused.store(false, Ordering::Relaxed);
         eprintln!(
             "rolling restart: {id} drained {owned} cells and exited {} ms after SIGTERM; \
@@ -947,9 +729,9 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
             now, world,
             "entities lost or duplicated around {id}'s restart"
         );
-        let rows = owners(&etcd);
+        let rows = c.owners();
         assert!(
-            rows.len() == 16 && rows.iter().all(|r| r.owner_live),
+            rows.len() == WORLD_CELLS && rows.iter().all(|r| r.owner_live),
             "{rows:?}"
         );
     }
@@ -991,16 +773,13 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
         );
         clients.push(client);
     }
+    assert_eq!(c.router_connections(), 4.0, "a player was disconnected");
     assert_eq!(
-        router_connections(router.metrics),
-        4.0,
-        "a player was disconnected"
-    );
-    assert_eq!(
-        entities_reach(&metrics(&shards), world_without_bots),
+        entities_reach(&c.shard_metrics(), world_without_bots),
         world_without_bots
     );
     drop(clients);
+    c.assert_one_owner_per_region();
 }
 
 /// Bots in the rolling restart: QUIC and telnet.
@@ -1048,21 +827,20 @@ fn bot_lane(i: usize) -> ((f32, f32), (f32, f32)) {
 fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
     use std::sync::atomic::Ordering;
     const WALK: Duration = Duration::from_secs(30);
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
-    let _ca_coord = coordinator(dir.path(), &ca, &placing_by_hand(&etcd, "coordinator-a"));
-    let _cb_coord = coordinator(dir.path(), &ca, &placing_by_hand(&etcd, "coordinator-b"));
-    let shards = three_shards(&dir, &etcd, &ca);
-    let metrics: Vec<_> = shards.iter().map(|s| s.metrics).collect();
-    let router = router(dir.path(), &ca, &RouterSpec::local(&etcd));
+    let mut c = Cluster::new();
+    c.start(MemberSpec::coordinator("coordinator-a").not_rebalancing());
+    c.start(MemberSpec::coordinator("coordinator-b").not_rebalancing());
+    three_shards(&mut c);
+    let metrics = c.shard_metrics();
+    c.start(MemberSpec::router("router-1"));
+    let (router_quic, router_telnet) = (c.quic("router-1"), c.telnet("router-1"));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let cert = std::fs::read(&router.cert).expect("the router's certificate");
+    let cert = std::fs::read(c.router_cert()).expect("the router's certificate");
     let ep = {
         let _guard = rt.enter();
         tessera_client::endpoint(rustls::pki_types::CertificateDer::from(cert))
@@ -1072,7 +850,7 @@ fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
     for i in 0..12 {
         let name = format!("Bot{i}");
         let client = rt.block_on(async {
-            let mut c = tessera_client::Client::connect(&ep, router.quic)
+            let mut c = tessera_client::Client::connect(&ep, router_quic)
                 .await
                 .unwrap_or_else(|e| panic!("{name}: connect: {e}"));
             c.create(&name, PW)
@@ -1097,12 +875,12 @@ fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
         .iter()
         .zip(PACES)
         .map(|(name, pattern)| {
-            let client = TelnetClient::create(router.telnet, name, PW);
+            let client = TelnetClient::create(router_telnet, name, PW);
             Walker::start(client, pattern, flags.clone(), WALKING)
         })
         .collect();
     let world = settled_entities(&metrics);
-    assert_eq!(router_connections(router.metrics), 16.0);
+    assert_eq!(c.router_connections(), 16.0);
 
     let started = Instant::now();
     flags.paused.store(false, Ordering::Relaxed);
@@ -1217,11 +995,7 @@ fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
         3,
         "the players did not visit all three shards: {everyone_seen:?}"
     );
-    assert_eq!(
-        router_connections(router.metrics),
-        16.0,
-        "a player was disconnected"
-    );
+    assert_eq!(c.router_connections(), 16.0, "a player was disconnected");
     let settled = settled_entities(&metrics);
     eprintln!(
         "border walk: {} s, 12 QUIC bots ({crossed} crossed shard borders) + 4 telnet \
@@ -1232,4 +1006,138 @@ fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
     );
     assert_eq!(settled, world, "entities lost or duplicated");
     drop((clients, telnets));
+    c.assert_one_owner_per_region();
+}
+
+/// kill -9 of the shard simulating a telnet player, restarted with the same id two seconds
+/// later (what Kubernetes does when a shard's container crashes: the pod, and so
+/// `--id=$(POD_NAME)`, stays): the player must be served again, by whichever shard owns her
+/// cell, as when the shard stays dead
+/// (`kill_9_of_a_players_shard_with_default_leases_serves_her_again_within_3_s`).
+///
+/// Found by the chaos run (tests/chaos.rs): the router checked that a player's shard was
+/// still a member by its id only, so once the new incarnation had registered under the old
+/// id it never re-joined her; every command went to a shard that did not know her. The
+/// router now compares the shard's incarnation (`Player::ensure_in_world`).
+#[test]
+fn kill_9_and_a_quick_restart_of_a_players_shard_serves_her_again() {
+    let mut c = default_cluster();
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
+    assert_eq!(ann.where_().shard, "shard-1");
+    std::thread::sleep(Duration::from_secs(3));
+    let killed = Instant::now();
+    c.kill("shard-1");
+    std::thread::sleep(Duration::from_secs(2));
+    c.restart("shard-1");
+    let mut answers = Vec::new();
+    let back = loop {
+        let answer = ann.command("e");
+        if answer.starts_with("You walk") || answer.starts_with("Something blocks") {
+            break killed.elapsed();
+        }
+        answers.push((killed.elapsed().as_millis(), answer));
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "Ann was not served again within 30 s of the kill (restart after 2 s); answers: \
+             {answers:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "kill -9, restart after 2 s: Ann walks again {} ms after the kill",
+        back.as_millis()
+    );
+    c.assert_one_owner_per_region();
+}
+
+/// A router frozen (SIGSTOP) for longer than its lease: the liveness watchdog revokes its
+/// registration and its players are linkdead on the shards. Woken, it must either register
+/// again or exit (to be restarted): a router without a registration gets no frames and no
+/// player events, so it cannot serve anyone.
+///
+/// Found by the chaos run (tests/chaos.rs): the router member did not watch
+/// `Registration::lost` (unlike the shard's), so it went on running unregistered. It now
+/// stops and exits non-zero (`router/src/member.rs`).
+#[test]
+fn a_router_frozen_past_its_lease_registers_again_or_exits() {
+    let mut c = Cluster::new();
+    c.start(MemberSpec::coordinator("coordinator-a").not_rebalancing());
+    c.start(MemberSpec::shard("shard-1"));
+    c.wait_placed();
+    c.start(MemberSpec::router("router-1").lease(3));
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
+    assert!(ann.command("e").starts_with("You walk"));
+    c.pause("router-1");
+    let registered = |c: &Cluster| c.map_now().routers.contains("router-1");
+    eventually(Duration::from_secs(10), || (!registered(&c)).then_some(()))
+        .expect("the watchdog revoked the frozen router's registration");
+    std::thread::sleep(Duration::from_secs(3));
+    c.resume("router-1");
+    let woke = Instant::now();
+    let outcome = eventually(Duration::from_secs(10), || {
+        if c.try_exit("router-1").is_some() {
+            Some("exited")
+        } else if registered(&c) {
+            Some("registered again")
+        } else {
+            None
+        }
+    });
+    // Exited: the player's telnet connection to it is gone (a player behind a telnet
+    // gateway would be resumed on another router).
+    ann.send_line("e");
+    let answer = ann.try_read_until_prompt(Duration::from_secs(5));
+    eprintln!(
+        "router-1 frozen 3 s past its lease: {outcome:?} {} ms after SIGCONT; its player's \
+         next step: {answer:?}",
+        woke.elapsed().as_millis()
+    );
+    assert!(
+        outcome.is_some(),
+        "router-1 runs on without a registration 10 s after waking; its player's step \
+         answered {answer:?}"
+    );
+}
+
+/// Players of a router killed with kill -9 and restarted two seconds later (a crashed
+/// container in its pod, same `--id`) log in again through it at once: each must have one
+/// avatar in the world, not a new one beside the linkdead one the shard keeps for
+/// `--linkdead-secs` (60 s by default).
+#[test]
+fn players_of_a_router_killed_and_restarted_have_one_avatar_each() {
+    let mut c = Cluster::new();
+    c.start(MemberSpec::persistence());
+    c.start(MemberSpec::coordinator("coordinator-a").not_rebalancing());
+    c.start(MemberSpec::shard("shard-1"));
+    c.wait_placed();
+    c.start(MemberSpec::router("router-1"));
+    let s1 = [c.metrics("shard-1")];
+    let players = |c: &Cluster| {
+        common::metric_samples(
+            &common::scrape(c.metrics("shard-1")),
+            "tessera_shard_players",
+        )
+        .iter()
+        .map(|(_, v)| v)
+        .sum::<f64>()
+    };
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
+    ann.command("e");
+    let npcs_and_ann = settled_entities(&s1);
+    assert_eq!(players(&c), 1.0);
+    c.kill("router-1");
+    drop(ann);
+    std::thread::sleep(Duration::from_secs(2));
+    c.restart("router-1");
+    let mut ann = TelnetClient::login(c.telnet("router-1"), "Ann", PW);
+    let w = ann.where_();
+    std::thread::sleep(Duration::from_secs(2));
+    let (entities, avatars) = (settled_entities(&s1), players(&c));
+    eprintln!(
+        "router killed and restarted: Ann back at ({:.1}, {:.1}); {avatars} player avatars, \
+         {entities} entities (before: {npcs_and_ann})",
+        w.x, w.z
+    );
+    assert_eq!(avatars, 1.0, "Ann has {avatars} avatars in the world");
+    assert_eq!(entities, npcs_and_ann);
 }

@@ -16,9 +16,9 @@ mod common;
 mod etcd;
 mod support_cluster;
 
-use common::{TelnetClient, TestDir};
-use etcd::EtcdServer;
-use std::time::{Duration, Instant, SystemTime};
+use common::{eventually, TelnetClient};
+use std::time::{Duration, SystemTime};
+use support_cluster::cluster::{Cluster, MemberSpec};
 use support_cluster::*;
 
 /// Milliseconds from `from` to `to` (negative when `to` is earlier).
@@ -28,27 +28,12 @@ fn ms_between(from: SystemTime, to: SystemTime) -> i64 {
 
 /// A coordinator (placing cells, not rebalancing) and one shard, its cells placed: the
 /// routers of a test get every cell's frames and are ready at once.
-fn cluster_with_one_shard(
-    dir: &TestDir,
-    etcd: &EtcdServer,
-) -> (std::path::PathBuf, Role, ShardProc) {
-    let ca = ca_init(dir.path(), etcd);
-    let coord = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec::local(etcd, "coordinator-a").not_rebalancing(),
-    );
-    let shard = shard(dir.path(), &ca, &ShardSpec::local(etcd, "shard-1"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let rows = owners(etcd);
-        if rows.len() == 16 && rows.iter().all(|r| r.owner_live) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "cells not placed: {rows:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (ca, coord, shard)
+fn cluster_with_one_shard() -> Cluster {
+    let mut c = Cluster::new();
+    c.start(MemberSpec::coordinator("coordinator-a").not_rebalancing());
+    c.start(MemberSpec::shard("shard-1"));
+    c.wait_placed();
+    c
 }
 
 /// Two routers with 20 s leases; router-2's bus inbox pump panics 3 s after it starts (the
@@ -57,53 +42,37 @@ fn cluster_with_one_shard(
 #[test]
 fn a_router_whose_inbox_pump_dies_unregisters_and_exits_at_once() {
     const PANIC_AFTER_MS: u64 = 3000;
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let (ca, _coord, _shard) = cluster_with_one_shard(&dir, &etcd);
-    let spec = |id: &str| RouterSpec {
-        id: id.into(),
-        lease_ttl_secs: 20,
-        ..RouterSpec::local(&etcd)
-    };
-    let _healthy = router(dir.path(), &ca, &spec("router-1"));
-    let mut doomed = router_with_env(
-        dir.path(),
-        &ca,
-        &spec("router-2"),
-        &[(
+    let mut c = cluster_with_one_shard();
+    c.start(MemberSpec::router("router-1").lease(20));
+    // The pump starts just before the router is ready.
+    let running_at = c
+        .start(MemberSpec::router("router-2").lease(20).env(
             "TESSERA_FAULT_ROUTER_PANIC_AFTER_MS",
             &PANIC_AFTER_MS.to_string(),
-        )],
-    );
-    // The pump starts just before the router says it runs.
-    let (running_at, _) = doomed
-        .role
-        .wait_line_timed("router router-2 running", Duration::from_secs(20));
+        ))
+        .at;
     let panics_at = running_at + Duration::from_millis(PANIC_AFTER_MS);
-    let peek = EtcdPeek::connect(&etcd);
-    let registered = |id: &str| {
+    let registered = |c: &mut Cluster, id: &str| {
         let key = format!("/tessera/routers/{id}");
-        peek.records("routers/").iter().any(|(k, _)| *k == key)
+        c.peek().records("routers/").iter().any(|(k, _)| *k == key)
     };
-    assert!(registered("router-1") && registered("router-2"));
+    assert!(registered(&mut c, "router-1") && registered(&mut c, "router-2"));
     let (mut exited, mut unregistered) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while exited.is_none() || unregistered.is_none() {
+    let done = eventually(Duration::from_secs(15), || {
         if exited.is_none() {
-            exited = doomed.role.try_exit().map(|s| (s, SystemTime::now()));
+            exited = c.try_exit("router-2").map(|s| (s, SystemTime::now()));
         }
-        if unregistered.is_none() && !registered("router-2") {
+        if unregistered.is_none() && !registered(&mut c, "router-2") {
             unregistered = Some(SystemTime::now());
         }
-        assert!(
-            Instant::now() < deadline,
+        exited.zip(unregistered)
+    });
+    let ((status, exited_at), unregistered_at) = done.unwrap_or_else(|| {
+        panic!(
             "router-2 exited: {exited:?}, unregistered: {unregistered:?}; stderr:\n{}",
-            doomed.role.stderr_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let (status, exited_at) = exited.expect("exited");
-    let unregistered_at = unregistered.expect("unregistered");
+            c.role("router-2").stderr_tail(30)
+        )
+    });
     eprintln!(
         "router-2 (lease 20 s): registration gone {} ms and process exited {} ms after its \
          inbox pump was set to panic",
@@ -112,16 +81,19 @@ fn a_router_whose_inbox_pump_dies_unregisters_and_exits_at_once() {
     );
     assert!(!status.success(), "a router whose pump died exited 0");
     assert!(
-        doomed.role.stderr().contains("bus inbox pump panicked"),
+        c.role("router-2")
+            .stderr()
+            .contains("bus inbox pump panicked"),
         "the error does not name the task:\n{}",
-        doomed.role.stderr_tail(20)
+        c.role("router-2").stderr_tail(20)
     );
+    // Polled every 100 ms: the bound has that much slack.
     assert!(
         ms_between(panics_at, unregistered_at) < 2000 && ms_between(panics_at, exited_at) < 2000,
         "router-2 took over 2 s to give up its registration and exit"
     );
     assert!(
-        registered("router-1"),
+        registered(&mut c, "router-1"),
         "the healthy router lost its registration"
     );
 }
@@ -132,61 +104,56 @@ fn a_router_whose_inbox_pump_dies_unregisters_and_exits_at_once() {
 #[test]
 fn the_standby_coordinator_leads_within_a_second_when_the_leaders_loop_dies() {
     const PANIC_AFTER_MS: u64 = 5000;
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
-    let spec = |id| CoordinatorSpec {
-        lease_ttl_secs: Some(10),
-        ..CoordinatorSpec::local(&etcd, id).not_rebalancing()
-    };
-    let mut doomed = coordinator_with_env(
-        dir.path(),
-        &ca,
-        &spec("coordinator-a"),
-        &[(
-            "TESSERA_FAULT_COORDINATOR_PANIC_AFTER_MS",
-            &PANIC_AFTER_MS.to_string(),
-        )],
+    let mut c = Cluster::new();
+    c.start(
+        MemberSpec::coordinator("coordinator-a")
+            .lease(10)
+            .not_rebalancing()
+            .env(
+                "TESSERA_FAULT_COORDINATOR_PANIC_AFTER_MS",
+                &PANIC_AFTER_MS.to_string(),
+            ),
     );
-    let peek = EtcdPeek::connect(&etcd);
-    let leader = || {
-        peek.records("coordinator/")
+    let leader = |c: &mut Cluster| {
+        c.peek()
+            .records("coordinator/")
             .into_iter()
             .find(|(k, _)| k.ends_with("coordinator/leader"))
             .and_then(|(_, v)| serde_json::from_str::<serde_json::Value>(&v).ok())
             .and_then(|v| v["id"].as_str().map(str::to_string))
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while leader().as_deref() != Some("coordinator-a") {
-        assert!(Instant::now() < deadline, "coordinator-a never led");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(15), || {
+        (leader(&mut c).as_deref() == Some("coordinator-a")).then_some(())
+    })
+    .expect("coordinator-a never led");
     let panics_at = SystemTime::now() + Duration::from_millis(PANIC_AFTER_MS);
-    let _standby = coordinator(dir.path(), &ca, &spec("coordinator-b"));
+    c.start(
+        MemberSpec::coordinator("coordinator-b")
+            .lease(10)
+            .not_rebalancing(),
+    );
     assert!(
-        doomed.try_exit().is_none() && leader().as_deref() == Some("coordinator-a"),
+        c.is_running("coordinator-a") && leader(&mut c).as_deref() == Some("coordinator-a"),
         "the standby started too late: the leader is {:?} already",
-        leader()
+        leader(&mut c)
     );
     let (mut exited, mut standby_leads) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while exited.is_none() || standby_leads.is_none() {
+    let done = eventually(Duration::from_secs(20), || {
         if exited.is_none() {
-            exited = doomed.try_exit().map(|s| (s, SystemTime::now()));
+            exited = c.try_exit("coordinator-a").map(|s| (s, SystemTime::now()));
         }
-        if standby_leads.is_none() && leader().as_deref() == Some("coordinator-b") {
+        if standby_leads.is_none() && leader(&mut c).as_deref() == Some("coordinator-b") {
             standby_leads = Some(SystemTime::now());
         }
-        assert!(
-            Instant::now() < deadline,
+        exited.zip(standby_leads)
+    });
+    let ((status, exited_at), leads_at) = done.unwrap_or_else(|| {
+        panic!(
             "coordinator-a exited: {exited:?}; coordinator-b leads: {standby_leads:?}; \
              coordinator-a's stderr:\n{}",
-            doomed.stderr_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let (status, exited_at) = exited.expect("exited");
-    let leads_at = standby_leads.expect("leads");
+            c.role("coordinator-a").stderr_tail(30)
+        )
+    });
     eprintln!(
         "leader lease 10 s: coordinator-a exited {} ms after its loop was set to panic; \
          coordinator-b led {} ms after that point ({} ms after the exit)",
@@ -195,12 +162,12 @@ fn the_standby_coordinator_leads_within_a_second_when_the_leaders_loop_dies() {
         ms_between(exited_at, leads_at)
     );
     assert!(!status.success(), "a coordinator whose loop died exited 0");
-    let stderr = doomed.stderr();
+    let stderr = c.role("coordinator-a").stderr();
     assert!(
         stderr.contains("injected fault: the leading loop of coordinator coordinator-a dies")
             && stderr.contains("leader lease revoked"),
         "{}",
-        doomed.stderr_tail(20)
+        c.role("coordinator-a").stderr_tail(20)
     );
     // The loop checks the switch once a round (250 ms); etcd answers in milliseconds.
     assert!(
@@ -216,55 +183,37 @@ fn the_standby_coordinator_leads_within_a_second_when_the_leaders_loop_dies() {
 /// router links on the way out) rather than after the 5 s idle timeout of the link.
 #[test]
 fn a_telnet_gateway_whose_accept_loop_dies_exits_at_once() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let (ca, _coord, _shard) = cluster_with_one_shard(&dir, &etcd);
-    let router = router(
-        dir.path(),
-        &ca,
-        &RouterSpec {
-            lease_ttl_secs: 20,
-            ..RouterSpec::local(&etcd)
-        },
-    );
-    let mut gateway = gateway_with_env(
-        dir.path(),
-        &ca,
-        &GatewaySpec::local(&etcd, &router.cert),
-        &[("TESSERA_FAULT_GATEWAY_PANIC_AT_CONNECTION", "2")],
-    );
-    let mut alice = TelnetClient::create(gateway.telnet, "alice", PW);
+    let mut c = cluster_with_one_shard();
+    c.start(MemberSpec::router("router-1").lease(20));
+    c.start(MemberSpec::gateway("gateway-1").env("TESSERA_FAULT_GATEWAY_PANIC_AT_CONNECTION", "2"));
+    let router_metrics = c.metrics("router-1");
+    let mut alice = TelnetClient::create(c.telnet("gateway-1"), "alice", PW);
     assert_eq!(
         alice.where_().shard,
         "shard-1",
         "alice plays through the gateway"
     );
-    assert_eq!(router_connections(router.metrics), 1.0, "alice's relay");
+    assert_eq!(router_connections(router_metrics), 1.0, "alice's relay");
     let fault_at = SystemTime::now();
-    let _second = std::net::TcpStream::connect(gateway.telnet).expect("connect");
-    let (status, exited_at) = wait_exit(&mut gateway.role, Duration::from_secs(10));
+    let _second = std::net::TcpStream::connect(c.telnet("gateway-1")).expect("connect");
+    let (status, exited_at) = c.wait_exit("gateway-1", Duration::from_secs(10));
     assert!(
         !status.success(),
         "a gateway whose accept loop died exited 0"
     );
     assert!(
-        gateway
-            .role
+        c.role("gateway-1")
             .stderr()
             .contains("telnet accept loop panicked"),
         "the error does not name the task:\n{}",
-        gateway.role.stderr_tail(20)
+        c.role("gateway-1").stderr_tail(20)
     );
     alice.read_to_eof(Duration::from_secs(2));
     let closed_at = SystemTime::now();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while router_connections(router.metrics) > 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the router still holds alice's session"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(10), || {
+        (router_connections(router_metrics) == 0.0).then_some(())
+    })
+    .expect("the router still holds alice's session");
     let released_at = SystemTime::now();
     eprintln!(
         "gateway: exited {} ms after the fault, alice's connection closed {} ms after, \

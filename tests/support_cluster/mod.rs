@@ -8,6 +8,12 @@
 //! `ctl cells --json`). Every process and every network namespace started
 //! here is removed on drop, even when a test panics.
 //!
+//! Every role is started with a ready file (`TESSERA_READY_FILE`, src/ready.rs) and found
+//! through it ([`Role::wait_ready`], [`Ready`]): its addresses never come from the wording
+//! of a log line. [`cluster::Cluster`] is the one test cluster built on these helpers: it
+//! owns etcd, the CA and every member by name, and starts, stops, kills, pauses and
+//! partitions each.
+//!
 //! Include it with `mod support_cluster;` next to `mod common;` (TestDir,
 //! metrics scraping) and `mod etcd;` (the real etcd,
 //! `coordinator/tests/support/etcd.rs`). It is a directory module so that
@@ -15,8 +21,11 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use crate::common::{metric_samples, scrape, TelnetClient, Where};
 use crate::etcd::{tls_flags, EtcdServer};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -37,8 +46,75 @@ pub struct Role {
     lines: mpsc::Receiver<(SystemTime, String)>,
     seen: Vec<(SystemTime, String)>,
     pub stderr_log: PathBuf,
+    /// Where it announces readiness (`TESSERA_READY_FILE`): `<dir>/<name>.ready.json`.
+    pub ready_file: PathBuf,
     exit: Option<ExitStatus>,
 }
+
+/// What a role wrote to its ready file once ready (`--ready-file`, src/ready.rs): every
+/// address it serves, under the name of the flag that chose it.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub role: String,
+    pub id: String,
+    pub pid: u32,
+    /// When the role became ready, by its own clock.
+    pub at: SystemTime,
+    /// `cluster`, `telnet`, `telnet_tls`, `quic`, `metrics`, `listen`.
+    pub addrs: BTreeMap<String, SocketAddr>,
+    /// `quic_cert`: the certificate a router serves.
+    pub files: BTreeMap<String, PathBuf>,
+}
+
+impl Ready {
+    /// Reads a ready file; `None` while it is missing or not JSON of the right shape.
+    pub fn read(path: &Path) -> Option<Ready> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let map = |key: &str| -> Vec<(String, String)> {
+            v[key]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Some(Ready {
+            role: v["role"].as_str()?.to_string(),
+            id: v["id"].as_str()?.to_string(),
+            pid: u32::try_from(v["pid"].as_u64()?).ok()?,
+            at: UNIX_EPOCH + Duration::from_millis(v["ready_unix_ms"].as_u64()?),
+            addrs: map("addrs")
+                .into_iter()
+                .map(|(k, a)| Some((k, a.parse().ok()?)))
+                .collect::<Option<_>>()?,
+            files: map("files")
+                .into_iter()
+                .map(|(k, f)| (k, PathBuf::from(f)))
+                .collect(),
+        })
+    }
+
+    /// The address announced under `name`; panics when there is none.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self.addrs.get(name).unwrap_or_else(|| {
+            panic!(
+                "{} {} announced no {name:?} address: {:?}",
+                self.role, self.id, self.addrs
+            )
+        })
+    }
+
+    /// Where it serves `/metrics`.
+    pub fn metrics(&self) -> SocketAddr {
+        self.addr("metrics")
+    }
+}
+
+/// How long a role may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Role {
     pub fn start(dir: &Path, name: &str, args: &[String]) -> Role {
@@ -74,6 +150,9 @@ impl Role {
             .append(true)
             .open(&stderr_log)
             .expect("stderr log");
+        // A file left by an earlier start of this name must not count as this one's.
+        let ready_file = dir.join(format!("{name}.ready.json"));
+        let _ = std::fs::remove_file(&ready_file);
         let bin = env!("CARGO_BIN_EXE_tessera");
         let mut cmd = match netns {
             Some(ns) => {
@@ -88,6 +167,7 @@ impl Role {
             .current_dir(dir)
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
+            .env("TESSERA_READY_FILE", &ready_file)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -107,8 +187,59 @@ impl Role {
             lines: rx,
             seen: Vec::new(),
             stderr_log,
+            ready_file,
             exit: None,
         }
+    }
+
+    /// Waits (up to `timeout`) until the role wrote its ready file and returns what it
+    /// announced; panics with its log if it exits first or takes too long.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Ready {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(ready) = Ready::read(&self.ready_file) {
+                assert_eq!(
+                    ready.pid,
+                    self.pid(),
+                    "{}: the ready file is another process's",
+                    self.name
+                );
+                return ready;
+            }
+            if let Some(status) = self.try_exit() {
+                panic!(
+                    "{} exited ({status}) before it was ready; stderr:\n{}",
+                    self.name,
+                    self.stderr_tail(40)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} was not ready within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pid to signal: `ip netns exec` execs the binary, so it is tessera's own.
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {} ({})", self.pid(), self.name);
+    }
+
+    /// SIGSTOP: the process freezes, as on a stalled machine.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`Role::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
     }
 
     /// Waits (20 s at most) for a stdout line starting with `prefix`;
@@ -381,6 +512,10 @@ pub struct CoordinatorSpec<'a> {
     pub extra: &'a [&'a str],
     /// The world definition directory.
     pub world: String,
+    /// The address its metrics listen on.
+    pub ip: IpAddr,
+    /// The network namespace it runs in, if any.
+    pub netns: Option<&'a str>,
 }
 
 impl<'a> CoordinatorSpec<'a> {
@@ -396,6 +531,8 @@ impl<'a> CoordinatorSpec<'a> {
             rebalance: true,
             extra: &[],
             world: WORLD.into(),
+            ip: LOCALHOST,
+            netns: None,
         }
     }
 
@@ -445,23 +582,54 @@ pub fn persistence_at(
     etcd: &EtcdServer,
     router_accounts: bool,
 ) -> PersistenceProc {
+    persistence_with(
+        dir,
+        ca,
+        &PersistenceSpec {
+            listen,
+            etcd_url: etcd.client_url(),
+            etcd_tls: etcd.tls(),
+            netns: None,
+            router_accounts,
+        },
+    )
+}
+
+/// Where and how the persistence service runs.
+pub struct PersistenceSpec<'a> {
+    /// Its QUIC address (port 0: a free one); its metrics listen on the same IP.
+    pub listen: SocketAddr,
+    /// The etcd URL it reads the operators from.
+    pub etcd_url: String,
+    pub etcd_tls: EtcdTls,
+    /// The network namespace it runs in, if any.
+    pub netns: Option<&'a str>,
+    /// Whether routers may keep accounts in it (`--router-accounts`).
+    pub router_accounts: bool,
+}
+
+/// `tessera persistence` as `spec` says, its store under `dir/persistence-data`; waits until
+/// it is ready.
+pub fn persistence_with(dir: &Path, ca: &Path, spec: &PersistenceSpec) -> PersistenceProc {
     let mut args: Vec<String> = vec![
         "persistence".into(),
         "--cluster-ca".into(),
         member_dir(ca, "persistence").display().to_string(),
         "--listen".into(),
-        listen.to_string(),
+        spec.listen.to_string(),
         "--data-dir".into(),
         dir.join("persistence-data").display().to_string(),
         "--metrics".into(),
-        "127.0.0.1:0".into(),
+        SocketAddr::new(spec.listen.ip(), 0).to_string(),
+        "--etcd".into(),
+        spec.etcd_url.clone(),
     ];
-    args.extend(etcd.client_flags(&etcd.client_url()));
-    if router_accounts {
+    args.extend(tls_flags(&spec.etcd_tls));
+    if spec.router_accounts {
         args.push("--router-accounts".into());
     }
-    let mut role = Role::start(dir, "persistence", &args);
-    let addr = role.addr_after("persistence listening on ");
+    let mut role = Role::start_in(dir, "persistence", spec.netns, "warn", &args);
+    let addr = role.wait_ready(READY_TIMEOUT).addr("listen");
     PersistenceProc { role, addr }
 }
 
@@ -499,17 +667,18 @@ pub fn service(
         "127.0.0.1:0".into(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
-    let mut role_proc = Role::start(dir, name, &args);
-    let addr = role_proc.addr_after(&format!("{role} listening on "));
-    let line = role_proc.wait_line(&format!("{role} listening on "));
-    let metrics = line
-        .split_once("metrics on http://")
-        .and_then(|(_, m)| m.trim_end_matches("/metrics").parse().ok())
-        .unwrap_or_else(|| panic!("{name}: no metrics address in {line:?}"));
+    service_in(dir, name, None, &args)
+}
+
+/// Starts a front service with the full command line `args` (in network namespace `netns`
+/// if given) and waits until it is ready.
+pub fn service_in(dir: &Path, name: &str, netns: Option<&str>, args: &[String]) -> ServiceProc {
+    let mut role = Role::start_in(dir, name, netns, "warn", args);
+    let ready = role.wait_ready(READY_TIMEOUT);
     ServiceProc {
-        role: role_proc,
-        addr,
-        metrics,
+        role,
+        addr: ready.addr("listen"),
+        metrics: ready.metrics(),
     }
 }
 
@@ -576,6 +745,8 @@ impl<'a> ShardSpec<'a> {
 pub struct ShardProc {
     pub role: Role,
     pub metrics: SocketAddr,
+    /// What it announced (`cluster`, `metrics`).
+    pub ready: Ready,
 }
 
 /// Starts a shard and waits until it printed its addresses.
@@ -604,16 +775,12 @@ pub fn shard_with_env(dir: &Path, ca: &Path, spec: &ShardSpec, env: &[(&str, &st
     }
     args.extend(spec.extra.iter().map(|a| a.to_string()));
     let mut role = Role::start_with_env(dir, spec.id, spec.netns, spec.rust_log, &args, env);
-    let rest = role.wait_line(&format!("shard {} running; cluster address ", spec.id));
-    let metrics = rest
-        .split_once("metrics on http://")
-        .map(|(_, m)| {
-            m.trim_end_matches("/metrics")
-                .parse()
-                .expect("metrics address")
-        })
-        .expect("metrics address printed");
-    ShardProc { role, metrics }
+    let ready = role.wait_ready(READY_TIMEOUT);
+    ShardProc {
+        role,
+        metrics: ready.metrics(),
+        ready,
+    }
 }
 
 /// A running router and where it listens.
@@ -623,6 +790,8 @@ pub struct RouterProc {
     pub quic: SocketAddr,
     pub cert: PathBuf,
     pub metrics: SocketAddr,
+    /// What it announced (`cluster`, `telnet`, `quic`, `metrics`, ...).
+    pub ready: Ready,
 }
 
 /// How a router runs.
@@ -644,6 +813,8 @@ pub struct RouterSpec {
     pub id: String,
     /// More flags (`--auth ADDR`, `--chat ADDR`, ...).
     pub extra: Vec<String>,
+    /// The network namespace it runs in, if any (its metrics listen on `bus_ip`).
+    pub netns: Option<String>,
 }
 
 impl RouterSpec {
@@ -658,6 +829,7 @@ impl RouterSpec {
             world: WORLD.into(),
             id: "router-1".into(),
             extra: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -1016,6 +1188,164 @@ impl Drop for Netns {
     }
 }
 
+/// A private network for the members of one test, so that each can be cut off alone: a
+/// bridge on the host (`<net>.1` for the test itself and `<net>.2` for etcd) and, per
+/// member, a network namespace joined to it by a veth pair (`<net>.10`, `<net>.11`, ...).
+/// Members reach each other, etcd and the test across the bridge. Everything is removed
+/// on drop. Needs root and iproute2.
+pub struct Lan {
+    bridge: String,
+    /// The first three octets of the /24.
+    net: [u8; 3],
+    /// The host's address on the bridge (the test's clients come from it).
+    pub host_ip: IpAddr,
+    /// A second host address on the bridge, for etcd alone, so that a member can be cut off
+    /// from etcd without being cut off from the test ([`Lan::cut_off`]).
+    pub etcd_ip: IpAddr,
+    hosts: Vec<LanHost>,
+}
+
+/// One member's place on a [`Lan`]: its namespace and address.
+#[derive(Clone, Debug)]
+pub struct LanHost {
+    pub netns: String,
+    pub ip: IpAddr,
+    /// The host end of its veth pair (down: the member is cut off).
+    host_if: String,
+}
+
+impl Lan {
+    /// A bridge `tsb<pid>` on 10.201.<n>.0/24, `n` from the pid, skipping /24s another
+    /// test's network on this machine already uses.
+    pub fn create() -> Lan {
+        let pid = std::process::id();
+        let used = Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let n = (0..250)
+            .map(|i| ((pid + i) % 250) as u8)
+            .find(|n| !used.contains(&format!("10.201.{n}.")))
+            .expect("a free 10.201.x.0/24");
+        let net = [10, 201, n];
+        let ip = |last: u8| IpAddr::V4(Ipv4Addr::new(net[0], net[1], net[2], last));
+        let lan = Lan {
+            bridge: format!("tsb{pid}"),
+            net,
+            host_ip: ip(1),
+            etcd_ip: ip(2),
+            hosts: Vec::new(),
+        };
+        let (h1, h2) = (format!("{}/24", lan.host_ip), format!("{}/24", lan.etcd_ip));
+        // A bridge takes the lowest address of its ports unless it has one of its own: each
+        // member's port would change it, and the members' ARP caches would send the host's
+        // packets to an address it no longer has.
+        let mac = format!(
+            "02:54:53:{:02x}:{:02x}:{n:02x}",
+            (pid >> 8) & 0xff,
+            pid & 0xff
+        );
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["link", "add", &lan.bridge, "type", "bridge"],
+            vec!["link", "set", &lan.bridge, "address", &mac],
+            vec!["addr", "add", &h1, "dev", &lan.bridge],
+            vec!["addr", "add", &h2, "dev", &lan.bridge],
+            vec!["link", "set", &lan.bridge, "up"],
+        ];
+        for step in steps {
+            if let Err(e) = ip_cmd(&step) {
+                panic!("cannot set up the test network (root and iproute2 needed): {e}");
+            }
+        }
+        lan
+    }
+
+    /// The network, for `--limit-exempt`: the test's clients all come from one address.
+    pub fn cidr(&self) -> String {
+        format!("{}.{}.{}.0/24", self.net[0], self.net[1], self.net[2])
+    }
+
+    /// A new namespace on the bridge, for one member.
+    pub fn add_host(&mut self) -> LanHost {
+        let pid = std::process::id();
+        let k = self.hosts.len();
+        assert!(k < 200, "too many members on one test network");
+        let host = LanHost {
+            netns: format!("tsm{pid}x{k}"),
+            ip: IpAddr::V4(Ipv4Addr::new(
+                self.net[0],
+                self.net[1],
+                self.net[2],
+                10 + k as u8,
+            )),
+            host_if: format!("tsv{pid}x{k}"),
+        };
+        let inner_if = format!("tsi{pid}x{k}");
+        let addr = format!("{}/24", host.ip);
+        // Pushed first, so that drop removes whatever was created.
+        self.hosts.push(host.clone());
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", &host.netns],
+            vec![
+                "link",
+                "add",
+                &host.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &inner_if,
+            ],
+            vec!["link", "set", &inner_if, "netns", &host.netns],
+            vec!["link", "set", &host.host_if, "master", &self.bridge],
+            vec!["link", "set", &host.host_if, "up"],
+            vec!["-n", &host.netns, "addr", "add", &addr, "dev", &inner_if],
+            vec!["-n", &host.netns, "link", "set", &inner_if, "up"],
+            vec!["-n", &host.netns, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            if let Err(e) = ip_cmd(&step) {
+                panic!("cannot add a namespace to the test network: {e}");
+            }
+        }
+        host
+    }
+
+    /// Cuts `host` off from everyone (the host end of its link goes down): what it sends
+    /// and what is sent to it vanishes without an error, as in a network partition.
+    pub fn isolate(&self, host: &LanHost) {
+        ip_cmd(&["link", "set", &host.host_if, "down"]).expect("take the link down");
+    }
+
+    /// Joins `host` to the network again after [`Lan::isolate`].
+    pub fn rejoin(&self, host: &LanHost) {
+        ip_cmd(&["link", "set", &host.host_if, "up"]).expect("bring the link up");
+    }
+
+    /// Inside `host`'s namespace, drops everything sent to `ip` (a blackhole route).
+    pub fn cut_off(&self, host: &LanHost, ip: IpAddr) {
+        let dst = format!("{ip}/32");
+        ip_cmd(&["-n", &host.netns, "route", "add", "blackhole", &dst]).expect("blackhole route");
+    }
+
+    /// Removes the route [`Lan::cut_off`] added (no error if there is none).
+    pub fn restore_route(&self, host: &LanHost, ip: IpAddr) {
+        let dst = format!("{ip}/32");
+        let _ = ip_cmd(&["-n", &host.netns, "route", "del", "blackhole", &dst]);
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            let _ = ip_cmd(&["link", "del", &h.host_if]);
+            let _ = ip_cmd(&["netns", "del", &h.netns]);
+        }
+        let _ = ip_cmd(&["link", "del", &self.bridge]);
+    }
+}
+
 /// `GET /metrics`, or `None` if the process does not answer (it exited).
 pub fn try_scrape(addr: SocketAddr) -> Option<String> {
     use std::io::{Read, Write};
@@ -1060,7 +1390,7 @@ pub fn router_at_with_env(
         &spec.etcd_url,
         &spec.etcd_tls,
         "router",
-        LOCALHOST,
+        spec.bus_ip,
         &spec.world,
     );
     args.extend(member_args(
@@ -1090,17 +1420,19 @@ pub fn router_at_with_env(
     } else {
         &spec.id
     };
-    let mut role = Role::start_with_env(dir, name, None, "warn", &args, env);
-    let telnet = role.addr_after("telnet listening on ");
-    let quic = role.addr_after("quic listening on ");
-    let cert = data.join("quic-cert.der");
-    let metrics = role.addr_after("metrics on http://");
+    let mut role = Role::start_with_env(dir, name, spec.netns.as_deref(), "warn", &args, env);
+    let ready = role.wait_ready(READY_TIMEOUT);
     RouterProc {
         role,
-        telnet,
-        quic,
-        cert,
-        metrics,
+        telnet: ready.addr("telnet"),
+        quic: ready.addr("quic"),
+        cert: ready
+            .files
+            .get("quic_cert")
+            .cloned()
+            .unwrap_or_else(|| data.join("quic-cert.der")),
+        metrics: ready.metrics(),
+        ready,
     }
 }
 
@@ -1116,6 +1448,12 @@ pub struct GatewaySpec {
     pub router_cert: PathBuf,
     /// More flags (`--drain-timeout-secs N`, ...).
     pub extra: Vec<String>,
+    /// The address its telnet port and metrics listen on.
+    pub ip: IpAddr,
+    /// The network namespace it runs in, if any.
+    pub netns: Option<String>,
+    /// Its telnet address (port 0: a free one), to restart it where players expect it.
+    pub telnet: Option<SocketAddr>,
 }
 
 impl GatewaySpec {
@@ -1127,6 +1465,9 @@ impl GatewaySpec {
             id: "gateway-1".into(),
             router_cert: router_cert.to_path_buf(),
             extra: Vec::new(),
+            ip: LOCALHOST,
+            netns: None,
+            telnet: None,
         }
     }
 }
@@ -1175,15 +1516,28 @@ impl BotSwarm {
         secs: u64,
         args: &[&str],
     ) -> BotSwarm {
-        let before = router_connections(router.metrics);
+        BotSwarm::start_at(dir, &router.ready, &router.cert, bots, secs, args)
+    }
+
+    /// [`BotSwarm::start`] against the router that announced `router` (serving `cert`).
+    pub fn start_at(
+        dir: &Path,
+        router: &Ready,
+        cert: &Path,
+        bots: usize,
+        secs: u64,
+        args: &[&str],
+    ) -> BotSwarm {
+        let metrics = router.metrics();
+        let before = router_connections(metrics);
         let mut all: Vec<String> = vec![
             "bots".into(),
             "--quic-addr".into(),
-            router.quic.to_string(),
+            router.addr("quic").to_string(),
             "--cert".into(),
-            router.cert.display().to_string(),
+            cert.display().to_string(),
             "--telnet-addr".into(),
-            router.telnet.to_string(),
+            router.addr("telnet").to_string(),
             "--duration".into(),
             secs.to_string(),
             "--max-errors".into(),
@@ -1193,11 +1547,11 @@ impl BotSwarm {
         all.extend(args.iter().map(|a| a.to_string()));
         let role = Role::start(dir, "bots", &all);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while router_connections(router.metrics) < before + bots as f64 {
+        while router_connections(metrics) < before + bots as f64 {
             assert!(
                 Instant::now() < deadline,
                 "the bots did not all log in: {} connections",
-                router_connections(router.metrics)
+                router_connections(metrics)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -1360,7 +1714,7 @@ pub fn coordinator_with_env(
         &spec.etcd_url,
         &spec.etcd_tls,
         "coordinator",
-        LOCALHOST,
+        spec.ip,
         &spec.world,
     );
     args.extend([
@@ -1378,8 +1732,15 @@ pub fn coordinator_with_env(
         args.push("--no-rebalance".into());
     }
     args.extend(spec.extra.iter().map(|a| a.to_string()));
-    let mut role = Role::start_with_env(dir, id, None, "warn,tessera_coordinator=info", &args, env);
-    role.wait_line(&format!("coordinator {id} running"));
+    let mut role = Role::start_with_env(
+        dir,
+        id,
+        spec.netns,
+        "warn,tessera_coordinator=info",
+        &args,
+        env,
+    );
+    role.wait_ready(READY_TIMEOUT);
     role
 }
 
@@ -1417,26 +1778,27 @@ pub fn gateway_with_env(
         "--id".into(),
         spec.id.clone(),
         "--telnet".into(),
-        "127.0.0.1:0".into(),
+        spec.telnet
+            .unwrap_or(SocketAddr::new(spec.ip, 0))
+            .to_string(),
         "--metrics".into(),
-        "127.0.0.1:0".into(),
+        SocketAddr::new(spec.ip, 0).to_string(),
     ]);
     args.extend(spec.extra.iter().cloned());
-    let mut role =
-        Role::start_with_env(dir, &spec.id, None, "warn,tessera_gateway=info", &args, env);
-    role.wait_line(&format!("telnet gateway {} running", spec.id));
-    let telnet = role.addr_after("telnet listening on ");
-    let telnet_tls = spec
-        .extra
-        .iter()
-        .any(|f| f == "--telnet-tls")
-        .then(|| role.addr_after("telnet over TLS listening on "));
-    let metrics = role.addr_after("metrics on http://");
+    let mut role = Role::start_with_env(
+        dir,
+        &spec.id,
+        spec.netns.as_deref(),
+        "warn,tessera_gateway=info",
+        &args,
+        env,
+    );
+    let ready = role.wait_ready(READY_TIMEOUT);
     GatewayProc {
         role,
-        telnet,
-        telnet_tls,
-        metrics,
+        telnet: ready.addr("telnet"),
+        telnet_tls: ready.addrs.get("telnet_tls").copied(),
+        metrics: ready.metrics(),
     }
 }
 
