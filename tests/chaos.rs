@@ -110,10 +110,7 @@ impl Settings {
             quic_bots_per_router: 4,
             telnet_bots_per_router: 2,
             walkers_per_router: 2,
-            // One fault of each kind, on roles whose faults the cluster recovers from: a
-            // shard killed and restarted, and a router frozen past its lease, hit known
-            // findings (`KNOWN_RESTART_SAME_ID`, `KNOWN_ROUTER_UNREGISTERED`) that the long run
-            // and their ignored tests in cluster_faults.rs show; add them here once fixed.
+            // One fault of each kind.
             plan: vec![
                 Planned {
                     kind: FaultKind::Kill,
@@ -1501,25 +1498,23 @@ fn write_report(f: &Findings, broken: &[(String, Option<&'static str>)]) -> Path
 
 /// Findings of the chaos run that are reported but not fixed yet: a run that shows them
 /// (and nothing else) passes, and the report lists them. Remove an entry when it is fixed.
-const KNOWN_RESTART_SAME_ID: &str =
-    "a shard killed and restarted under the same id (a crashed container in its pod) leaves \
-     the players it simulated out of the world: the router checks a player's shard by its \
-     id (`Player::ensure_in_world`, `bus.has_shard`), so it never re-joins them elsewhere \
-     (tests/cluster_faults.rs, kill_9_and_a_quick_restart_of_a_players_shard_serves_her_again, \
-     ignored until fixed)";
+/// (Fixed since: a shard killed and restarted under the same id left its players out of the
+/// world, and a router whose registration was revoked ran on serving nobody; both are
+/// new findings again if they come back.)
 const KNOWN_DUAL_SIMULATION: &str =
     "a shard cut off from everyone is revoked by the liveness watchdog about 2 s after the \
      cut and its regions reopen elsewhere, but it goes on simulating until its own lease \
      deadline (3/4 of the TTL after its last renewal): two shards simulate those regions \
      meanwhile (coordinator/src/liveness.rs accepts it; harmless while the cut-off shard \
      reaches nobody)";
-const KNOWN_ROUTER_UNREGISTERED: &str =
-    "a router whose registration was revoked (frozen or cut off past its lease) runs on \
-     without one: it never watches `Registration::lost` (router/src/member.rs), gets no \
-     frames or player events, and answers its players and every login \"the world did not \
-     answer in time\" until it is restarted (tests/cluster_faults.rs, \
-     a_router_frozen_past_its_lease_registers_again_or_exits, ignored until fixed); the \
-     chaos run restarts it, as a liveness probe would";
+
+/// Seen once in the short run (2026-12-07, CI's test command on a busy 2-core machine):
+/// after shard-1 was frozen for 10 s, revoked, woken (it exited, fenced) and restarted, one
+/// of 16 players stayed out of the world until the end of the fault's window, although every
+/// bot and walker played on. Not understood yet (issue 16's open items).
+const KNOWN_FROZEN_SHARD_PLAYER: &str =
+    "after a shard frozen past its lease wakes, exits and is restarted, one player may stay \
+     out of the world for the rest of the window (under investigation)";
 
 const UNSTEADY: &str = "the fault started before the cluster was steady again after the one \
      before (see it), even after the bots were started again: what it shows is not its own";
@@ -1533,32 +1528,23 @@ fn verdict(f: &Findings) -> Vec<(String, Option<&'static str>)> {
     for r in &f.faults {
         let fault = format!("{} {}", r.kind, r.role);
         // Why players may be out of the world, or the fault unrecovered, for a known reason.
-        let known_outage = if fault == "kill -9 shard" {
-            Some(KNOWN_RESTART_SAME_ID)
-        } else if r.member_fate.contains(UNREGISTERED) {
-            Some(KNOWN_ROUTER_UNREGISTERED)
-        } else if !r.steady_before {
-            Some(UNSTEADY)
-        } else {
-            None
-        };
+        let known_outage = (!r.steady_before).then_some(UNSTEADY);
+        let known_missing =
+            known_outage.or(Some(KNOWN_FROZEN_SHARD_PLAYER).filter(|_| fault == "SIGSTOP shard"));
         let what = format!("fault {} ({fault} {})", r.n, r.member);
         if r.member_fate.contains(UNREGISTERED) {
-            broken.push((
-                format!("{what}: {}", r.member_fate),
-                Some(KNOWN_ROUTER_UNREGISTERED).filter(|_| r.role == "router"),
-            ));
+            broken.push((format!("{what}: {}", r.member_fate), None));
         }
         if matches!(r.players_exact_again, Back::Not) {
             broken.push((
                 format!("{what}: players missing from the world at the end of its window"),
-                known_outage,
+                known_missing,
             ));
         }
         if r.recovered_ms.is_none() {
             broken.push((
                 format!("{what}: not recovered within the bound"),
-                known_outage,
+                known_missing,
             ));
         }
         // A walker that had to log in again because of a known outage may find an older

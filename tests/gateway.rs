@@ -1126,7 +1126,9 @@ fn the_gateway_speaks_the_routers_telnet() {
         let other = relayed.text(label);
         let (a, b) = match *label {
             // Where the character stands and who is around differ.
-            "create" | "look" | "look after garbage" => (first_line(text), first_line(other)),
+            "create" | "look" | "look after garbage" | "look again" => {
+                (first_line(text), first_line(other))
+            }
             _ => (text.clone(), other.to_string()),
         };
         if a != b {

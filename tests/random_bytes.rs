@@ -40,6 +40,9 @@ const IAC: u8 = 255;
 const SB: u8 = 250;
 const SE: u8 = 240;
 const NAWS: u8 = 31;
+const DONT: u8 = 254;
+/// Option: MUD Client Compression Protocol v2.
+const MCCP2: u8 = 86;
 
 /// How long one write of garbage may block before we call the connection
 /// stalled (the server stopped reading it: back-pressure, not a failure).
@@ -337,7 +340,9 @@ fn pour(stream: TcpStream, label: &str, chunks: Vec<Vec<u8>>, probe: Probe) -> P
             std::thread::sleep(hold);
         } else {
             let marker = "endofgarbage";
-            let mut ask = vec![IAC, SE, b'\r', b'\n'];
+            // The garbage may have said DO MCCP2 (compression starts for a client that
+            // does): DONT MCCP2 ends the zlib stream, and the answer comes as text.
+            let mut ask = vec![IAC, SE, IAC, DONT, MCCP2, b'\r', b'\n'];
             ask.extend_from_slice(marker.as_bytes());
             ask.extend_from_slice(b"\r\n");
             let answer = format!("Unknown command '{marker}'");
