@@ -1141,3 +1141,38 @@ fn players_of_a_router_killed_and_restarted_have_one_avatar_each() {
     assert_eq!(avatars, 1.0, "Ann has {avatars} avatars in the world");
     assert_eq!(entities, npcs_and_ann);
 }
+
+/// The avatar of a player whose router was killed (kill -9) and restarted two seconds later
+/// under the same id, and who does not come back, is removed after `--linkdead-secs` (3 s
+/// here), as when the router stays dead
+/// (`a_crashed_routers_player_is_saved_and_removed_after_the_linkdead_time`): the router's
+/// new process does not hold her session.
+#[test]
+fn a_player_who_does_not_come_back_to_a_restarted_router_is_removed_after_the_linkdead_time() {
+    let mut c = Cluster::new();
+    c.start(MemberSpec::persistence());
+    c.start(MemberSpec::coordinator("coordinator-a").not_rebalancing());
+    c.start(MemberSpec::shard("shard-1").args(&["--linkdead-secs", "3"]));
+    c.wait_placed();
+    c.start(MemberSpec::router("router-1"));
+    let s1 = [c.metrics("shard-1")];
+    let npcs = settled_entities(&s1);
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
+    ann.command("e");
+    assert_eq!(settled_entities(&s1), npcs + 1.0);
+    c.kill("router-1");
+    drop(ann);
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    c.restart("router-1");
+    let gone = eventually(Duration::from_secs(20), || {
+        (settled_entities(&s1) == npcs).then(|| killed.elapsed())
+    });
+    eprintln!("router killed and restarted under its id: Ann's avatar removed after {gone:?}");
+    assert!(
+        gone.is_some(),
+        "Ann's avatar is still in the world 20 s after her router was killed and restarted \
+         (linkdead 3 s):\n{}",
+        c.role("shard-1").stderr_tail(20)
+    );
+}
