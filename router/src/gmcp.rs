@@ -201,6 +201,16 @@ pub fn module_name(entry: &str) -> Option<String> {
     .then_some(module)
 }
 
+/// The modules of a gateway's `ClientMsg::GmcpModules` list (at most
+/// [`MAX_MODULES`], each checked by [`module_name`]).
+pub fn module_set(entries: &[String]) -> std::collections::BTreeSet<String> {
+    entries
+        .iter()
+        .take(MAX_MODULES)
+        .filter_map(|m| module_name(m))
+        .collect()
+}
+
 /// The GMCP a player event makes (`Comm.Channel.Text` for speech and chat),
 /// if any.
 pub fn event_package(ev: &tessera_proto::cluster::PlayerEvent) -> Option<(&'static str, String)> {
@@ -240,6 +250,44 @@ pub struct GmcpTracker {
 }
 
 impl GmcpTracker {
+    /// The packages that changed for `player` (whose client wants `wants(package)`), from
+    /// the router's view around it; nothing when the client wants none of them. Both the
+    /// router's telnet port and its relayed sessions send these.
+    pub fn update_for(
+        &mut self,
+        player: &mut crate::session::Player,
+        wants: impl Fn(&str) -> bool,
+    ) -> Vec<(&'static str, String)> {
+        const TRACKED: [&str; 5] = [
+            "Char.Name",
+            "Comm.Channel.List",
+            "Room.Info",
+            "Char.Status",
+            "Tessera.Nearby",
+        ];
+        if !TRACKED.iter().any(|p| wants(p)) {
+            return Vec::new();
+        }
+        let pos = player.position();
+        let router = player.router.clone();
+        let around = router.view.around(&router.grid, pos, NEARBY_RADIUS);
+        let at = Whereabouts {
+            name: player.name(),
+            entity: player.entity,
+            pos,
+            region: player.region,
+            shard: &player.shard,
+        };
+        self.update(
+            &router.world,
+            &router.grid,
+            &at,
+            &around,
+            Instant::now(),
+            wants,
+        )
+    }
+
     /// The packages to send now for a player `at` (whose client wants
     /// `wants(package)`), seeing `around`.
     pub fn update(

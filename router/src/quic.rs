@@ -335,12 +335,7 @@ impl ClientConn {
                 ClientMsg::GmcpModules { modules } if self.relay.is_some() => {
                     // The player's MUD client enabled them at the login
                     // prompt; packages follow once it is in the world.
-                    let modules = modules
-                        .iter()
-                        .take(crate::gmcp::MAX_MODULES)
-                        .filter_map(|m| crate::gmcp::module_name(m))
-                        .collect();
-                    self.gmcp_modules = Some(modules);
+                    self.gmcp_modules = Some(crate::gmcp::module_set(&modules));
                     continue;
                 }
                 ClientMsg::Create { name, password } => {
@@ -623,12 +618,7 @@ impl ClientConn {
             }
             ClientMsg::Ping { nonce } => ctl.write(&ServerMsg::Pong { nonce }).await?,
             ClientMsg::GmcpModules { modules } if self.relay.is_some() => {
-                let modules = modules
-                    .iter()
-                    .take(crate::gmcp::MAX_MODULES)
-                    .filter_map(|m| crate::gmcp::module_name(m))
-                    .collect();
-                self.gmcp_modules = Some(modules);
+                self.gmcp_modules = Some(crate::gmcp::module_set(&modules));
                 self.send_gmcp(player, ctl).await?;
             }
             ClientMsg::GmcpModules { .. } => {
@@ -667,26 +657,9 @@ impl ClientConn {
         let Some(modules) = &self.gmcp_modules else {
             return Ok(());
         };
-        let pos = player.position();
-        let router = &self.router;
-        let around = router
-            .view
-            .around(&router.grid, pos, crate::gmcp::NEARBY_RADIUS);
-        let at = crate::gmcp::Whereabouts {
-            name: player.name(),
-            entity: player.entity,
-            pos,
-            region: player.region,
-            shard: &player.shard,
-        };
-        let changed = self.gmcp.update(
-            &router.world,
-            &router.grid,
-            &at,
-            &around,
-            std::time::Instant::now(),
-            |p| crate::gmcp::module_wants(modules, p),
-        );
+        let changed = self
+            .gmcp
+            .update_for(player, |p| crate::gmcp::module_wants(modules, p));
         for (package, data) in changed {
             ctl.write(&ServerMsg::Gmcp {
                 package: package.into(),

@@ -301,34 +301,11 @@ impl Connection {
     /// Sends the GMCP packages that changed (where the player is, what is
     /// around), if the client wants any.
     async fn send_gmcp(&mut self) -> std::io::Result<()> {
-        let wanted = ["Room.Info", "Char.Status", "Tessera.Nearby"];
-        if !wanted.iter().any(|p| self.dialogue.gmcp_wants(p)) {
-            return Ok(());
-        }
         let Some(player) = self.player.as_mut() else {
             return Ok(());
         };
-        let pos = player.position();
-        let router = &self.router;
-        let around = router
-            .view
-            .around(&router.grid, pos, crate::gmcp::NEARBY_RADIUS);
-        let at = crate::gmcp::Whereabouts {
-            name: player.name(),
-            entity: player.entity,
-            pos,
-            region: player.region,
-            shard: &player.shard,
-        };
         let dialogue = &self.dialogue;
-        let changed = self.gmcp.update(
-            &router.world,
-            &router.grid,
-            &at,
-            &around,
-            std::time::Instant::now(),
-            |p| dialogue.gmcp_wants(p),
-        );
+        let changed = self.gmcp.update_for(player, |p| dialogue.gmcp_wants(p));
         let mut bytes = Vec::new();
         for (package, json) in changed {
             bytes.extend(self.dialogue.gmcp(package, &json).unwrap_or_default());
