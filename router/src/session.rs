@@ -282,7 +282,9 @@ impl Player {
             pos,
         };
         self.router.to_shard(&owner, join)?;
-        self.set_shard(&owner);
+        // The player counts as back only once the new owner says so (`observe` then records
+        // its shard): a join lost on the way (the owner's map still named the dead shard and
+        // passed it on there) is sent again on the next turn.
         self.wait_for(|ev| match ev {
             PlayerEvent::Joined { .. } => Some(()),
             _ => None,
@@ -549,5 +551,112 @@ impl Drop for Player {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod rejoin_tests {
+    use super::*;
+    use crate::{Router, RouterConfig};
+    use tessera_coordinator::{Bus, CellMap, CellOwner, LocalBus};
+    use tessera_proto::world::parse_world;
+    use tessera_proto::{CellId, Epoch, RouterId};
+
+    const WORLD: &str = r#"
+name = "Rejoin"
+cell_size = 64
+spawn = [32, 0, 32]
+[extent]
+min = [0, 0]
+max = [1, 0]
+"#;
+
+    fn owner(shard: &str, epoch: u64) -> CellOwner {
+        CellOwner {
+            owner: ShardId::new(shard),
+            epoch: Epoch(epoch),
+        }
+    }
+
+    /// The next message shard `inbox` gets within 10 s.
+    async fn next_message(inbox: &crossbeam_channel::Receiver<ToShard>) -> ToShard {
+        let inbox = inbox.clone();
+        tokio::task::spawn_blocking(move || inbox.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("the shard got no message")
+    }
+
+    fn joined(shard: &str) -> PlayerEvent {
+        PlayerEvent::Joined {
+            entity: EntityId::for_player(PlayerId(1)),
+            pos: Vec3::new(32.0, 0.0, 32.0),
+            region: RegionId::cell(CellId::new(0, 0)),
+            shard: ShardId::new(shard),
+        }
+    }
+
+    /// After its shard died, a player is joined on the cell's new owner. When that join is
+    /// lost (the new owner's map still named the dead shard and passed it on there), the
+    /// router asks again rather than taking the player for back in the world.
+    #[tokio::test]
+    async fn a_rejoin_that_got_no_answer_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = tessera_persistence::Database::open_redb(&dir.path().join("db.redb")).unwrap();
+        let auth = tessera_auth::Auth::open(db.clone(), &dir.path().join("auth.key")).unwrap();
+        let world = Arc::new(parse_world(WORLD).unwrap());
+        let bus = LocalBus::new();
+        let a = bus.add_shard(ShardId::new("a"));
+        let b = bus.add_shard(ShardId::new("b"));
+        let _router_inbox = bus.add_router(RouterId("r".into()));
+        let map = CellMap::fixed([
+            (CellId::new(0, 0), owner("a", 1)),
+            (CellId::new(1, 0), owner("b", 1)),
+        ]);
+        let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
+        let router = Router::new(
+            RouterConfig::new(RouterId("r".into()), dir.path().to_path_buf()),
+            world,
+            dyn_bus,
+            map.clone(),
+            tessera_auth::Accounts::local(Arc::new(auth)),
+            None,
+            db,
+        );
+        let (events_tx, events) = mpsc::channel(64);
+        let login = Session {
+            account: Account {
+                id: 1,
+                name: "Ann".into(),
+                created_unix: 0,
+                role: Default::default(),
+            },
+            token: "token".into(),
+        };
+        let entering = tokio::spawn(Player::enter(router, SessionId(1), events, login));
+        assert!(matches!(next_message(&a).await, ToShard::Join { .. }));
+        events_tx.send(joined("a")).await.unwrap();
+        let mut player = entering.await.unwrap().map_err(|(e, _)| e).unwrap();
+        assert_eq!(player.ensure_in_world().await.unwrap(), None);
+
+        // Shard a dies; b gets its cell.
+        bus.remove_shard(&ShardId::new("a"));
+        map.set(CellId::new(0, 0), owner("b", 2));
+        // The first re-join is lost on the way.
+        let first = player.ensure_in_world().await;
+        assert!(first.is_err(), "{first:?}");
+        assert!(matches!(next_message(&b).await, ToShard::Join { .. }));
+        // The next turn asks again, and b answers.
+        let answer = events_tx.clone();
+        let again = tokio::spawn(async move {
+            let msg = next_message(&b).await;
+            answer.send(joined("b")).await.unwrap();
+            msg
+        });
+        let notice = player.ensure_in_world().await.unwrap();
+        assert!(notice.is_some_and(|n| n.contains("back where you last stood")));
+        assert!(matches!(again.await.unwrap(), ToShard::Join { .. }));
+        assert_eq!(player.shard, ShardId::new("b"));
+        assert_eq!(player.ensure_in_world().await.unwrap(), None);
     }
 }
