@@ -29,6 +29,7 @@ struct Cluster {
     router: Receiver<ToRouter>,
     events: Vec<(SessionId, PlayerEvent)>,
     bus: LocalBus,
+    map: CellMap,
 }
 
 impl Cluster {
@@ -69,6 +70,7 @@ impl Cluster {
             router,
             events: Vec::new(),
             bus,
+            map,
         }
     }
 
@@ -334,4 +336,95 @@ fn messages_that_waited_are_handled_before_the_tick() {
         .filter(|(_, e)| matches!(e, PlayerEvent::StepDone { .. }))
         .count();
     assert_eq!(answered, steps);
+}
+
+/// Shard b leaves the cluster (killed, or frozen and revoked) and the coordinator gives its
+/// cells to a.
+fn b_leaves(c: &mut Cluster) {
+    c.bus.remove_shard(&ShardId::new("b"));
+    let cells: Vec<CellId> = c
+        .map
+        .cells_of(&ShardId::new("b"))
+        .into_iter()
+        .map(|(cell, _)| cell)
+        .collect();
+    assert!(!cells.is_empty());
+    for cell in cells {
+        c.map.set(
+            cell,
+            CellOwner {
+                owner: ShardId::new("a"),
+                epoch: Epoch(2),
+            },
+        );
+    }
+}
+
+/// Ann, on a, one step west of the border, steps east: a hands her to b.
+fn step_ann_across(c: &mut Cluster) -> EntityId {
+    let ann = join(c, 0, 1, "Ann", Vec3::new(-0.5, 0.0, -8.0));
+    c.shards[0].handle(
+        ToShard::Step {
+            entity: ann,
+            dir: Compass::East,
+        },
+        Instant::now(),
+    );
+    c.shards[0].step(Instant::now());
+    assert_eq!(c.owner_of(ann), None, "handed off, not yet taken");
+    ann
+}
+
+#[test]
+fn a_hand_off_to_a_shard_that_dies_before_taking_it_goes_where_the_cell_went() {
+    let mut c = Cluster::new();
+    let ann = step_ann_across(&mut c);
+    // b is frozen: what was queued for it is never read, and it is revoked.
+    let lost = c.inboxes[1].try_iter().count();
+    assert!(lost >= 1, "the hand-off was queued for b");
+    b_leaves(&mut c);
+    for _ in 0..3 {
+        while let Ok(msg) = c.inboxes[0].try_recv() {
+            c.shards[0].handle(msg, Instant::now());
+        }
+        c.shards[0].step(Instant::now());
+    }
+    assert_eq!(c.owner_of(ann), Some(0), "Ann is in no shard");
+    assert_eq!(c.shards[0].entity_count(), 1);
+    // Her router follows her to a.
+    while let Ok(msg) = c.router.try_recv() {
+        if let ToRouter::Player { session, event } = msg {
+            c.events.push((session, event));
+        }
+    }
+    assert!(
+        c.events.iter().any(|(s, e)| *s == SessionId(1)
+            && matches!(e, PlayerEvent::OwnerChanged { shard, .. } if shard.0 == "a")),
+        "{:?}",
+        c.events
+    );
+}
+
+#[test]
+fn a_hand_off_the_target_took_is_not_sent_again_when_the_target_dies_later() {
+    let mut c = Cluster::new();
+    let ann = step_ann_across(&mut c);
+    // b takes her and sends its border ghosts (Ann among them) to a.
+    for _ in 0..2 {
+        c.tick();
+    }
+    assert_eq!(c.owner_of(ann), Some(1));
+    b_leaves(&mut c);
+    for _ in 0..3 {
+        while let Ok(msg) = c.inboxes[0].try_recv() {
+            c.shards[0].handle(msg, Instant::now());
+        }
+        c.shards[0].step(Instant::now());
+    }
+    // She was b's: its checkpoint brings her back where its cells reopen. A copy from a
+    // would be a second Ann once that checkpoint is restored.
+    assert!(
+        !c.shards[0].cells().any(|cell| cell.contains(ann)),
+        "a sent a hand-off again that had arrived"
+    );
 }

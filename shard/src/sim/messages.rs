@@ -1,10 +1,15 @@
 //! One method per kind of [`ToShard`] message. `Shard::handle` (in the
 //! parent module) acts on the newest cell map and then dispatches here.
 
+use super::inflight::Sent;
 use super::joins::{Deferral, Join};
 use super::Shard;
 use crate::cell::StepOutcome;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a hand-off whose target left waits for the map to name the region's new owner
+/// before the entity is kept by the shard that sent it.
+pub const RESEND_PATIENCE: Duration = Duration::from_secs(30);
 use tessera_proto::cluster::{EntityTransfer, GhostState, PlayerEvent, SessionRef, ToShard};
 use tessera_proto::msg::{EntityKind, Input, MAX_SAY_CHARS};
 use tessera_proto::{Compass, EntityId, Epoch, RegionId, Vec3};
@@ -173,6 +178,13 @@ impl Shard {
     }
 
     pub(super) fn on_ghosts(&mut self, from: RegionId, to: RegionId, ghosts: &[GhostState]) {
+        // An entity among another shard's ghosts is simulated there: a hand-off of it that
+        // this shard sent has arrived.
+        if !self.in_flight.is_empty() {
+            for g in ghosts {
+                self.in_flight.arrived(g.id);
+            }
+        }
         if let Some(cell) = self.cells.get_mut(&to) {
             cell.set_ghosts(from, ghosts);
         }
@@ -307,6 +319,7 @@ impl Shard {
             return;
         }
         self.forwarding.forget(entity.id);
+        self.in_flight.arrived(entity.id);
         let Some(cell) = self.cells.get_mut(&to) else {
             self.pass_on(to, entity);
             return;
@@ -354,26 +367,92 @@ impl Shard {
                     tracing::error!(shard = %self.id, cell = %to, error = %e, "cannot pass hand-off on");
                 }
             }
-            _ => {
-                let target = to.centre(&self.grid);
-                let nearest = self
-                    .cells
-                    .keys()
-                    .min_by(|a, b| {
-                        let da = a.centre(&self.grid).distance_xz(target);
-                        let db = b.centre(&self.grid).distance_xz(target);
-                        da.total_cmp(&db)
-                    })
-                    .copied();
-                tracing::error!(shard = %self.id, cell = %to, entity = %entity.id, "hand-off to an unowned cell; keeping it");
-                if let Some(c) = nearest {
-                    let mut e = entity;
-                    e.pos = c.centre(&self.grid);
-                    if let Some(cell) = self.cells.get_mut(&c) {
-                        cell.insert(e);
+            _ => self.keep_nearest(to, entity),
+        }
+    }
+
+    /// Keeps an entity handed to region `to`, which nobody owns, in this shard's region
+    /// nearest to it.
+    fn keep_nearest(&mut self, to: RegionId, entity: EntityTransfer) {
+        let target = to.centre(&self.grid);
+        let nearest = self
+            .cells
+            .keys()
+            .min_by(|a, b| {
+                let da = a.centre(&self.grid).distance_xz(target);
+                let db = b.centre(&self.grid).distance_xz(target);
+                da.total_cmp(&db)
+            })
+            .copied();
+        tracing::error!(shard = %self.id, cell = %to, entity = %entity.id, "hand-off to an unowned cell; keeping it");
+        if let Some(c) = nearest {
+            let mut e = entity;
+            e.pos = c.centre(&self.grid);
+            if let Some(cell) = self.cells.get_mut(&c) {
+                cell.insert(e);
+            }
+        }
+    }
+
+    /// Sends again the hand-offs whose target left the cluster or restarted before it was
+    /// seen to take them (`inflight`), to whoever simulates their region now: this shard, or
+    /// another live shard. While the map still names the gone target (or nobody), a
+    /// hand-off waits, for at most [`RESEND_PATIENCE`]; then the entity stays here.
+    pub(super) fn resend_lost_handoffs(&mut self, now: Instant) {
+        let bus = self.bus.clone();
+        for sent in self.in_flight.gone(now, |s| bus.shard_incarnation(s)) {
+            let id = sent.entity.id;
+            let owner = match self.map.region_owner(sent.to) {
+                Some(owner) => Some((sent.to, owner)),
+                None => self.map.owner_at(&self.grid, sent.entity.pos),
+            };
+            match owner {
+                Some((region, owner)) if owner.owner == self.id => {
+                    tracing::warn!(shard = %self.id, entity = %id, gone = %sent.target, cell = %region, "hand-off target left before taking the entity; taking it back");
+                    self.count_resent("here");
+                    self.forwarding.forget(id);
+                    self.on_handoff(region, owner.epoch, sent.entity, now);
+                }
+                Some((region, owner)) if bus.shard_incarnation(&owner.owner).is_some() => {
+                    tracing::warn!(shard = %self.id, entity = %id, gone = %sent.target, to = %owner.owner, cell = %region, "hand-off target left before taking the entity; sending it to the new owner");
+                    self.count_resent("elsewhere");
+                    let msg = ToShard::Handoff {
+                        to: region,
+                        epoch: owner.epoch,
+                        entity: sent.entity.clone(),
+                    };
+                    match bus.to_shard(&owner.owner, msg) {
+                        Ok(()) => {
+                            self.forwarding.remember(id, owner.owner.clone(), now);
+                            self.in_flight.record(Sent {
+                                to: region,
+                                entity: sent.entity,
+                                incarnation: bus.shard_incarnation(&owner.owner),
+                                target: owner.owner,
+                                at: now,
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(shard = %self.id, entity = %id, error = %e, "hand-off not sent again; trying next tick");
+                            self.in_flight.record(sent);
+                        }
                     }
+                }
+                // The map has not caught up with the departure: wait for it.
+                _ if now.saturating_duration_since(sent.at) < RESEND_PATIENCE => {
+                    self.in_flight.record(sent);
+                }
+                _ => {
+                    self.count_resent("kept");
+                    self.forwarding.forget(id);
+                    self.keep_nearest(sent.to, sent.entity);
                 }
             }
         }
+    }
+
+    fn count_resent(&self, outcome: &'static str) {
+        metrics::counter!("tessera_shard_handoffs_resent_total", "shard" => self.id.0.clone(), "to" => outcome)
+            .increment(1);
     }
 }

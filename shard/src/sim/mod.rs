@@ -14,6 +14,7 @@
 //! time, a migration's freeze time) are still read where they are made.
 
 mod forward;
+mod inflight;
 mod joins;
 mod linkdead;
 mod load;
@@ -33,6 +34,7 @@ use crate::script::{ScriptEngine, ScriptError};
 use crate::{ShardConfig, ShardError};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use forward::Forwarding;
+use inflight::{InFlight, Sent};
 use joins::{Join, PendingJoins};
 use load::TickHistory;
 use migrate::Migrations;
@@ -74,6 +76,8 @@ pub struct Shard {
     ghost_links: HashMap<(RegionId, RegionId), bool>,
     /// Where entities this shard handed to other shards went.
     forwarding: Forwarding,
+    /// Hand-offs sent to other shards and not yet known to have arrived.
+    in_flight: InFlight,
     /// Joins waiting for this shard's map to catch up.
     pending_joins: PendingJoins,
     migrations: Migrations,
@@ -130,6 +134,7 @@ impl Shard {
             events: Vec::new(),
             ghost_links: HashMap::new(),
             forwarding: Forwarding::default(),
+            in_flight: InFlight::default(),
             pending_joins: PendingJoins::default(),
             migrations: Migrations::default(),
             saving,
@@ -320,6 +325,9 @@ impl Shard {
             self.reconcile(now);
         }
         self.ship_migrations(now);
+        if !self.in_flight.is_empty() {
+            self.resend_lost_handoffs(now);
+        }
         if !self.pending_joins.is_empty() {
             self.retry_joins(now);
         }
@@ -407,12 +415,21 @@ impl Shard {
                     epoch: owner.epoch,
                     entity: transfer.clone(),
                 };
-                if let Err(e) = self.bus.to_shard(&owner.owner, msg) {
-                    // The neighbour is gone: keep the entity here.
-                    tracing::error!(shard = %self.id, error = %e, "hand-off failed; keeping entity");
-                    self.forwarding.forget(entity);
-                    if let Some(cell) = self.cells.get_mut(&c) {
-                        cell.insert(transfer);
+                match self.bus.to_shard(&owner.owner, msg) {
+                    Ok(()) => self.in_flight.record(Sent {
+                        to,
+                        entity: transfer,
+                        incarnation: self.bus.shard_incarnation(&owner.owner),
+                        target: owner.owner.clone(),
+                        at: now,
+                    }),
+                    Err(e) => {
+                        // The neighbour is gone: keep the entity here.
+                        tracing::error!(shard = %self.id, error = %e, "hand-off failed; keeping entity");
+                        self.forwarding.forget(entity);
+                        if let Some(cell) = self.cells.get_mut(&c) {
+                            cell.insert(transfer);
+                        }
                     }
                 }
             }
