@@ -675,11 +675,18 @@ pub(crate) fn router_services(
         crate::services::service_store(identity, backends.persistence, data_dir, "tessera.redb")?;
     let accounts = match backends.auth {
         Some(addr) => Accounts::remote(crate::services::auth_client(identity, addr)?),
-        None => Accounts::local(Arc::new(Auth::with_limits(
-            db.clone(),
-            &data_dir.join("auth-signing.key"),
-            limits,
-        )?)),
+        None => {
+            let auth = Arc::new(Auth::with_limits(
+                db.clone(),
+                &data_dir.join("auth-signing.key"),
+                limits,
+            )?);
+            tokio::spawn(tessera_auth::sweep_revoked_every(
+                auth.clone(),
+                tessera_auth::REVOKED_SWEEP_INTERVAL,
+            ));
+            Accounts::local(auth)
+        }
     };
     let chat = backends
         .chat

@@ -96,6 +96,10 @@ pub async fn auth(args: AuthArgs) -> anyhow::Result<()> {
         ..tessera_auth::RateLimits::default()
     };
     let auth = Arc::new(Auth::with_limits(db.clone(), &key, limits).context("cannot open auth")?);
+    tokio::spawn(tessera_auth::sweep_revoked_every(
+        auth.clone(),
+        tessera_auth::REVOKED_SWEEP_INTERVAL,
+    ));
     store_readiness("auth", &db);
     let config = identity.server_config_for(AUTH_ALPN)?;
     let operators = args.operators.operators(&args.cluster_ca).await?;

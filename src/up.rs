@@ -46,6 +46,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         )
         .context("cannot open auth")?,
     );
+    tokio::spawn(tessera_auth::sweep_revoked_every(
+        auth.clone(),
+        tessera_auth::REVOKED_SWEEP_INTERVAL,
+    ));
 
     // Coordinator: place every cell of the world on the shards.
     let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
@@ -387,6 +391,10 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         &args.data_dir.join("auth-signing.key"),
         args.abuse.rate_limits(),
     )?);
+    tokio::spawn(tessera_auth::sweep_revoked_every(
+        accounts.clone(),
+        tessera_auth::REVOKED_SWEEP_INTERVAL,
+    ));
     // The operators are in etcd, as for any cluster.
     let operators = crate::operator::OperatorsArgs {
         etcd: args.etcd.clone(),

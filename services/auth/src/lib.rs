@@ -48,6 +48,8 @@
 //! ("auth", "account", id u64 BE)   JSON {id, name, created_unix, password_hash (PHC string)}
 //! ("auth", "name", lowercase name) u64 BE account id
 //! ("auth", "seen", id u64 BE)      JSON [{network, unix}], where the account logged in from
+//! ("auth", "revoked", session hex) u64 BE, when the logged-out session's token expires
+//!                                  (deleted after that: Auth::sweep_revoked)
 //! ```
 
 use std::net::IpAddr;
@@ -153,6 +155,28 @@ fn last_id_key() -> Vec<u8> {
 
 fn account_key(id: u64) -> Vec<u8> {
     key(&[b"auth", b"account", &id.to_be_bytes()])
+}
+
+/// Revocations [`Auth::sweep_revoked`] reads and deletes per transaction.
+pub const REVOKED_SWEEP_BATCH: usize = 256;
+
+/// How often a serving process runs [`Auth::sweep_revoked`] ([`sweep_revoked_every`]).
+pub const REVOKED_SWEEP_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// Runs [`Auth::sweep_revoked`] every `interval` until dropped; a failure (the store is
+/// unreachable) is logged and tried again next time.
+pub async fn sweep_revoked_every(auth: Arc<Auth>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let a = auth.clone();
+        match tokio::task::spawn_blocking(move || a.sweep_revoked()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep expired revocations"),
+            Err(e) => tracing::warn!(error = %e, "the revocation sweep failed"),
+        }
+    }
 }
 
 fn revoked_key(session: &str) -> Vec<u8> {
@@ -520,6 +544,50 @@ impl Auth {
         )?;
         tracing::info!(player = claims.account_id, "session ended");
         Ok(())
+    }
+
+    /// Deletes the revocations of sessions whose tokens have expired (such a token is refused
+    /// as expired anyway), [`REVOKED_SWEEP_BATCH`] rows per transaction; how many went.
+    /// Without it every logout would leave a row for good. Every replica may sweep: deleting
+    /// a deleted row changes nothing.
+    pub fn sweep_revoked(&self) -> Result<usize, AuthError> {
+        let now = self.clock.unix_secs();
+        let (mut begin, end) = tessera_persistence::prefix_range(&key(&[b"auth", b"revoked"]));
+        let mut swept = 0;
+        loop {
+            let rows = self.db.get_range(&begin, &end, REVOKED_SWEEP_BATCH)?;
+            let Some(last) = rows.last() else {
+                break;
+            };
+            // The first key after the last one read.
+            begin = last.0.clone();
+            begin.push(0);
+            let expired: Vec<&[u8]> = rows
+                .iter()
+                .filter(|row| {
+                    // A row that is not 8 bytes was not written by this release: its
+                    // session's end is unknown, so it stays.
+                    <[u8; 8]>::try_from(row.1.as_slice()).is_ok_and(|b| u64::from_be_bytes(b) < now)
+                })
+                .map(|row| row.0.as_slice())
+                .collect();
+            if !expired.is_empty() {
+                self.db.transact(|tx| {
+                    for k in &expired {
+                        tx.clear(k)?;
+                    }
+                    Ok(())
+                })?;
+                swept += expired.len();
+            }
+            if rows.len() < REVOKED_SWEEP_BATCH {
+                break;
+            }
+        }
+        if swept > 0 {
+            tracing::debug!(swept, "revocations of expired sessions deleted");
+        }
+        Ok(swept)
     }
 
     /// Like [`Auth::verify_token`], and also refuses sessions that were logged out.

@@ -643,6 +643,39 @@ fn a_logged_out_session_is_refused_but_others_are_not() {
 }
 
 #[test]
+fn revocations_are_swept_once_their_tokens_expired() {
+    let f = Fixture::new(RateLimits::default());
+    let account = f.auth.create_account("Ona", "password", CREATOR).unwrap();
+    // More than one sweep batch of sessions ending at 60 s, and one at 600 s.
+    let short: Vec<String> = (0..REVOKED_SWEEP_BATCH + 20)
+        .map(|_| f.auth.issue_token(&account, Duration::from_secs(60)))
+        .collect();
+    let long = f.auth.issue_token(&account, Duration::from_secs(600));
+    for token in short.iter().chain([&long]) {
+        f.auth.revoke(token).unwrap();
+    }
+    let rows = |f: &Fixture| {
+        let (begin, end) = tessera_persistence::prefix_range(&key(&[b"auth", b"revoked"]));
+        f.auth.db.get_range(&begin, &end, 10_000).unwrap().len()
+    };
+    assert_eq!(rows(&f), short.len() + 1);
+    // Nothing has expired yet: nothing goes.
+    assert_eq!(f.auth.sweep_revoked().unwrap(), 0);
+    f.clock.advance(Duration::from_secs(61));
+    assert_eq!(f.auth.sweep_revoked().unwrap(), short.len());
+    assert_eq!(rows(&f), 1);
+    // The session still running stays refused; the swept ones are refused as expired.
+    assert!(matches!(
+        f.auth.check_session(&long),
+        Err(AuthError::SessionEnded)
+    ));
+    assert!(matches!(
+        f.auth.check_session(&short[0]),
+        Err(AuthError::TokenExpired)
+    ));
+}
+
+#[test]
 fn roles_are_stored_and_carried_by_new_tokens() {
     let f = Fixture::new(RateLimits::default());
     let account = f.auth.create_account("Oda", "password", CREATOR).unwrap();
