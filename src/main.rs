@@ -336,8 +336,9 @@ fn main() -> anyhow::Result<()> {
     // set must not remove a running role's file.
     let announces = matches!(
         cli.command,
-        Some(
-            Command::Coordinator(_)
+        None | Some(
+            Command::Up(_)
+                | Command::Coordinator(_)
                 | Command::Shard(_)
                 | Command::Router(_)
                 | Command::TelnetGateway(_)

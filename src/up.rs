@@ -75,7 +75,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ca_dir.join("operators"),
         ca.trust().to_vec(),
     );
-    let assets_url = serve_assets(&args, &db, operators.clone()).await?;
+    let (assets_url, assets_addr) = serve_assets(&args, &db, operators.clone()).await?;
 
     // Every migration, split and merge request is checked here as in a
     // cluster: members' certificates against the CA, operators' keys.
@@ -274,6 +274,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ca = ca_dir.display()
     );
     println!("Press Ctrl-C to stop; state is saved on the way out.");
+    crate::ready::Announcement::new("up", "tessera")
+        .addr("telnet", addrs.telnet)
+        .addr_opt("telnet_tls", addrs.telnet_tls)
+        .addr("quic", addrs.quic)
+        .addr("metrics", metrics_addr)
+        .addr("assets_listen", assets_addr)
+        .addr("auth", auth_server.local_addr()?)
+        .addr("chat", chat.local_addr()?)
+        .file("quic_cert", &addrs.cert_path)
+        .announce()?;
     router_task.await??;
     auth_server.close();
     chat.close();
@@ -316,12 +326,13 @@ fn front_services(
 }
 
 /// Starts the asset service on `--assets-listen` (uploads signed by
-/// operators of the CA in `ca_dir`); returns its URL for the shards.
+/// operators of the CA in `ca_dir`); returns its URL for the shards and the
+/// address it got.
 async fn serve_assets(
     args: &UpArgs,
     db: &Database,
     operators: tessera_coordinator::operators::Operators,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, std::net::SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(args.assets_listen)
         .await
         .with_context(|| format!("cannot listen for assets on {}", args.assets_listen))?;
@@ -344,7 +355,7 @@ async fn serve_assets(
         }
     });
     println!("assets on {url}   (upload: tessera ctl asset --assets {url} put NAME FILE)");
-    Ok(url)
+    Ok((url, addr))
 }
 
 /// Puts the world definition's `world.toml` into the asset store, so 3D
@@ -406,7 +417,7 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
     let (auth, chat) = front_services(&ca, accounts, operators.clone(), &db)?;
     let auth_addr = auth.local_addr()?;
     let chat_addr = chat.local_addr()?;
-    let assets_url = serve_assets(&args, &db, operators.clone()).await?;
+    let (assets_url, assets_addr) = serve_assets(&args, &db, operators.clone()).await?;
     let persistence = tessera_persistence::remote::PersistenceServer::start(
         db,
         "127.0.0.1:0".parse()?,
@@ -535,6 +546,17 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         {
             if let tessera_router::member::RouterState::Serving { addrs, .. } = &*serving.borrow() {
                 println!("{addrs}");
+                crate::ready::Announcement::new("up", "tessera")
+                    .addr("telnet", addrs.telnet)
+                    .addr_opt("telnet_tls", addrs.telnet_tls)
+                    .addr("quic", addrs.quic)
+                    .addr("metrics", metrics_addr)
+                    .addr("assets_listen", assets_addr)
+                    .addr("persistence", store_addr)
+                    .addr("auth", auth_addr)
+                    .addr("chat", chat_addr)
+                    .file("quic_cert", &addrs.cert_path)
+                    .announce_or_log();
             }
         }
     });
