@@ -6,56 +6,43 @@
 //! coordinator is dead (the standby completes it), and finally her shard
 //! killed with SIGKILL (failover; the router puts her back). The world's
 //! entity count never changes and she never disconnects. A second test
-//! stops etcd for 10 s.
+//! stops etcd for 10 s. Each test runs on the shared test cluster
+//! (`support_cluster::cluster::Cluster`).
 
 mod common;
 #[path = "../coordinator/tests/support/etcd.rs"]
 mod etcd;
 mod support_cluster;
 
-use common::{eventually, TelnetClient, TestDir};
-use etcd::EtcdServer;
+use common::{eventually, TelnetClient};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support_cluster::cluster::{Cluster, MemberSpec};
 use support_cluster::*;
 
 #[test]
 fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
+    let mut c = Cluster::new();
     // Shards checkpoint their cells here, so that a failed-over cell comes
     // back with its NPCs' state.
-    let store = persistence(dir.path(), &ca, &etcd);
+    c.start(MemberSpec::persistence());
 
     // Every cell that moves in this test is moved by the test itself
     // (`ctl move`, the drain, the failover); the rebalancer (on by default)
     // would start moving cells to shard-3 as soon as it joins, racing the
     // test's own move of Ann's cell there.
-    let coordinator_spec = |id| CoordinatorSpec {
-        settle_ms: 1500,
-        rebalance: false,
-        ..CoordinatorSpec::local(&etcd, id)
+    let coordinator = |id| {
+        MemberSpec::coordinator(id)
+            .settle_ms(1500)
+            .not_rebalancing()
     };
-    let shard_spec = |id| ShardSpec {
-        persistence: Some(store.addr),
-        ..ShardSpec::local(&etcd, id)
-    };
-    let mut c1 = coordinator(dir.path(), &ca, &coordinator_spec("coordinator-a"));
-    let s1 = shard(dir.path(), &ca, &shard_spec("shard-1"));
-    let mut s2 = shard(dir.path(), &ca, &shard_spec("shard-2"));
-    let (m1, m2) = (s1.metrics, s2.metrics);
-    let _c2 = coordinator(dir.path(), &ca, &coordinator_spec("coordinator-b"));
-
-    let router = router(
-        dir.path(),
-        &ca,
-        &RouterSpec {
-            persistence: Some(store.addr),
-            ..RouterSpec::local(&etcd)
-        },
-    );
-    let telnet = router.telnet;
+    c.start(coordinator("coordinator-a"));
+    c.start(MemberSpec::shard("shard-1"));
+    c.start(MemberSpec::shard("shard-2"));
+    let (m1, m2) = (c.metrics("shard-1"), c.metrics("shard-2"));
+    c.start(coordinator("coordinator-b"));
+    c.start(MemberSpec::router("router-1"));
+    let telnet = c.telnet("router-1");
 
     // Both shards simulate (the coordinator split the world between them).
     wait_ticking(&[m1, m2], 10.0);
@@ -91,7 +78,7 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     // The operator's view agrees: 16 cells split between the two shards,
     // and the load reports count the same entities as the metrics.
     std::thread::sleep(Duration::from_millis(1500));
-    let (ok, cells_json, _) = ctl(&etcd, &["cells", "--json"]);
+    let (ok, cells_json, _) = c.ctl(&["cells", "--json"]);
     assert!(ok);
     let cells: serde_json::Value = serde_json::from_str(&cells_json).expect("ctl cells --json");
     let cells = cells.as_array().expect("an array of cells");
@@ -101,16 +88,16 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
         .map(|c| c["entities"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(reported as f64, after, "ctl cells entities vs metrics");
-    for c in cells {
-        let owner = c["owner"].as_str().unwrap();
-        let x = c["cell"]["x"].as_i64().unwrap();
-        assert_eq!(owner, if x < 0 { "shard-1" } else { "shard-2" }, "{c}");
+    for cell in cells {
+        let owner = cell["owner"].as_str().unwrap();
+        let x = cell["cell"]["x"].as_i64().unwrap();
+        assert_eq!(owner, if x < 0 { "shard-1" } else { "shard-2" }, "{cell}");
     }
-    let (ok, shards, _) = ctl(&etcd, &["shards"]);
+    let (ok, shards, _) = c.ctl(&["shards"]);
     assert!(ok);
     assert!(shards.starts_with("SHARD"), "{shards}");
     assert_eq!(shards.lines().count(), 3, "{shards}");
-    let (ok, status, _) = ctl(&etcd, &["status"]);
+    let (ok, status, _) = c.ctl(&["status"]);
     assert!(ok && status.contains("leader: coordinator-a"), "{status}");
     // A wrong etcd address is a clear error, not a hang or a panic.
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -133,42 +120,35 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
         ("-1,0", "shard-1")
     );
     // Moves need an operator credential of this cluster.
-    let (ok, _, err) = ctl(&etcd, &["move", "-1,0", "shard-2"]);
+    let (ok, _, err) = c.ctl(&["move", "-1,0", "shard-2"]);
     assert!(!ok && err.contains("needs an operator credential"), "{err}");
     // An operator of another cluster (its own CA) is refused.
-    let stranger_ca = ca_init_offline(&dir.path().join("stranger"));
+    let stranger_ca = ca_init_offline(&c.path().join("stranger"));
     let stranger = operator_credential(&stranger_ca);
-    let (ok, _, err) = ctl_as(&etcd, &stranger, &["move", "-1,0", "shard-2"]);
+    let (ok, _, err) = ctl_as(&c.etcd, &stranger, &["move", "-1,0", "shard-2"]);
     assert!(!ok && err.contains("refused"), "{err}");
     assert_eq!(
         ann.where_().shard,
         "shard-1",
         "a refused move moved nothing"
     );
-    let (ok, moved, err) = ops(&etcd, &ca, &["move", "-1,0", "shard-2"]);
+    let (ok, moved, err) = c.ops(&["move", "-1,0", "shard-2"]);
     assert!(ok, "ctl move failed: {moved} {err}");
     eprintln!("{}", moved.trim());
     assert!(
         moved.starts_with("moved cell -1,0 from shard-1 to shard-2 (epoch 2)"),
         "{moved}"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let w = eventually(Duration::from_secs(5), || {
         let w = ann.where_();
-        if w.shard == "shard-2" {
-            assert_eq!(w.cell, "-1,0");
-            assert!(
-                w.distance_xz(&here) < 0.01,
-                "Ann moved during the migration"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Ann's commands never went to shard-2"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (w.shard == "shard-2").then_some(w)
+    })
+    .expect("Ann's commands never went to shard-2");
+    assert_eq!(w.cell, "-1,0");
+    assert!(
+        w.distance_xz(&here) < 0.01,
+        "Ann moved during the migration"
+    );
     ann.command("n");
     ann.command("say hello again Mira");
     // Mira's script state came along: she remembers being greeted.
@@ -181,17 +161,17 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     );
     // Moving it to where it already is, or to a shard that does not
     // exist, is a clear error.
-    let (ok, _, err) = ops(&etcd, &ca, &["move", "-1,0", "shard-2"]);
+    let (ok, _, err) = c.ops(&["move", "-1,0", "shard-2"]);
     assert!(!ok && err.contains("already owned by shard-2"), "{err}");
-    let (ok, _, err) = ops(&etcd, &ca, &["move", "-1,0", "shard-9"]);
+    let (ok, _, err) = c.ops(&["move", "-1,0", "shard-9"]);
     assert!(!ok && err.contains("shard-9 is not registered"), "{err}");
 
     // SIGTERM on shard-2 drains it: its cells, Ann's included, move to
     // shard-1 by live migration; Ann stays connected; nothing is lost.
-    let status = s2.role.terminate(Duration::from_secs(30));
+    let status = c.stop_within("shard-2", Duration::from_secs(30));
     assert!(status.success(), "shard-2 exited with {status}");
     assert!(
-        s2.role
+        c.role_mut("shard-2")
             .wait_line("shard shard-2 drained: ")
             .starts_with("9 cells moved"),
         "shard-2 owned its 8 cells and -1,0"
@@ -209,7 +189,7 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
         after,
         "entities lost or duplicated by the drain"
     );
-    let (_, cells_json, _) = ctl(&etcd, &["cells", "--json"]);
+    let (_, cells_json, _) = c.ctl(&["cells", "--json"]);
     let cells: serde_json::Value = serde_json::from_str(&cells_json).unwrap();
     assert!(cells
         .as_array()
@@ -220,27 +200,23 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     // A new shard joins. The leading coordinator dies, and a migration of
     // Ann's cell to the new shard is requested while no coordinator leads:
     // it completes once the standby takes over (its lease: 2 s).
-    let mut s3 = shard(dir.path(), &ca, &shard_spec("shard-3"));
-    let m3 = s3.metrics;
-    c1.kill();
-    let (ok, moved, err) = ops(&etcd, &ca, &["move", "-1,0", "shard-3"]);
+    c.start(MemberSpec::shard("shard-3"));
+    let m3 = c.metrics("shard-3");
+    c.kill("coordinator-a");
+    let (ok, moved, err) = c.ops(&["move", "-1,0", "shard-3"]);
     assert!(
         ok,
         "the move did not complete after the leader died: {moved} {err}"
     );
-    let (_, status, _) = ctl(&etcd, &["status"]);
+    let (_, status, _) = c.ctl(&["status"]);
     assert!(
         status.contains("leader: coordinator-b"),
         "standby did not take over: {status:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ann.where_().shard != "shard-3" {
-        assert!(
-            Instant::now() < deadline,
-            "Ann's cell did not reach shard-3"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(Duration::from_secs(5), || {
+        (ann.where_().shard == "shard-3").then_some(())
+    })
+    .expect("Ann's cell did not reach shard-3");
     assert_eq!(
         settled_entities(&[m1, m3]),
         after,
@@ -251,19 +227,13 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
     // lease (2 s) expires, restored from its last checkpoint, and the
     // router puts Ann back into the world there on her next command.
     let killed = Instant::now();
-    s3.role.kill();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let back = loop {
-        let answer = ann.command("where");
-        if answer.contains("shard shard-1") {
-            break killed.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Ann was not put back into the world: {answer:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    c.kill("shard-3");
+    let mut answer = String::new();
+    let back = eventually(Duration::from_secs(15), || {
+        answer = ann.command("where");
+        answer.contains("shard shard-1").then(|| killed.elapsed())
+    })
+    .unwrap_or_else(|| panic!("Ann was not put back into the world: {answer:?}"));
     eprintln!("kill -9 to serving again: {} ms", back.as_millis());
     assert!(
         back < Duration::from_secs(2 + 2 + 1),
@@ -283,7 +253,6 @@ fn processes_walk_migrate_drain_survive_a_leader_change_and_fail_over() {
         greetings + 1,
         "Mira's state after the failover: {greeted}"
     );
-    drop(s1);
 }
 
 /// The count in Mira's "You again, Ann? That's N greetings so far." line.
@@ -300,41 +269,21 @@ fn greeting_count(line: &str) -> u32 {
 /// changes owner, and afterwards the cluster answers again.
 #[test]
 fn an_etcd_outage_of_ten_seconds_changes_nothing() {
-    let dir = TestDir::new();
-    let mut etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
+    let mut c = Cluster::new();
     // The coordinator keeps its default lease; shards and router lease for
     // 20 s. No persistence service here: shards run without checkpoints.
-    let _c = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec {
-            lease_ttl_secs: None,
-            ..CoordinatorSpec::local(&etcd, "coordinator")
-        },
-    );
-    let shard_spec = |id| ShardSpec {
-        lease_ttl_secs: 20,
-        ..ShardSpec::local(&etcd, id)
-    };
-    let s1 = shard(dir.path(), &ca, &shard_spec("shard-1"));
-    let s2 = shard(dir.path(), &ca, &shard_spec("shard-2"));
-    let (m1, m2) = (s1.metrics, s2.metrics);
-    let router = router(
-        dir.path(),
-        &ca,
-        &RouterSpec {
-            lease_ttl_secs: 20,
-            ..RouterSpec::local(&etcd)
-        },
-    );
-    let mut bob = TelnetClient::create(router.telnet, "Bob", PW);
-    let before = placement(&etcd);
+    c.start(MemberSpec::coordinator("coordinator").default_lease());
+    c.start(MemberSpec::shard("shard-1").lease(20));
+    c.start(MemberSpec::shard("shard-2").lease(20));
+    let (m1, m2) = (c.metrics("shard-1"), c.metrics("shard-2"));
+    c.start(MemberSpec::router("router-1").lease(20));
+    let mut bob = TelnetClient::create(c.telnet("router-1"), "Bob", PW);
+    let before = placement(&c);
     assert_eq!(before.len(), 16);
 
     let ticks_before = ticks(m1) + ticks(m2);
     let outage = Instant::now();
-    etcd.stop();
+    c.etcd.stop();
     // Players are served throughout: nothing on the player path needs etcd.
     let mut steps = 0;
     while outage.elapsed() < Duration::from_secs(10) {
@@ -353,23 +302,18 @@ fn an_etcd_outage_of_ten_seconds_changes_nothing() {
         ticked > 400.0,
         "shards stopped simulating: {ticked} ticks in 10 s"
     );
-    etcd.restart();
+    c.etcd.restart();
 
     // The cluster converges: the map is readable, nothing moved.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (ok, status, _) = ctl(&etcd, &["status"]);
-        if ok && status.contains("leader: coordinator") && status.contains("shards: 2") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence after etcd came back: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let mut status = String::new();
+    eventually(Duration::from_secs(20), || {
+        let (ok, now, _) = c.ctl(&["status"]);
+        status = now;
+        (ok && status.contains("leader: coordinator") && status.contains("shards: 2")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no convergence after etcd came back: {status}"));
     assert_eq!(
-        placement(&etcd),
+        placement(&c),
         before,
         "a cell changed owner around the outage"
     );
@@ -378,8 +322,8 @@ fn an_etcd_outage_of_ten_seconds_changes_nothing() {
 
 /// (cell, owner, epoch) of every cell: who owns what, not whether the
 /// owner is live.
-fn placement(etcd: &EtcdServer) -> Vec<(String, String, u64)> {
-    owners(etcd)
+fn placement(c: &Cluster) -> Vec<(String, String, u64)> {
+    c.owners()
         .into_iter()
         .map(|r| (r.cell, r.owner, r.epoch))
         .collect()
@@ -391,15 +335,16 @@ fn placement(etcd: &EtcdServer) -> Vec<(String, String, u64)> {
 /// crosses the shard border, and SIGTERM stops everything cleanly.
 #[test]
 fn up_runs_the_cluster_roles_in_one_process_against_etcd() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let data = dir.path().join("up-data");
+    // `up` is every role in one process, with a CA of its own (the cluster's operator,
+    // vouched for by another CA, is no operator to it): of the cluster it takes etcd.
+    let c = Cluster::new();
+    let data = c.path().join("up-data");
     let mut up = Role::start(
-        dir.path(),
+        c.path(),
         "up",
-        &["up".into(), "--etcd".into(), etcd.client_url()]
+        &["up".into(), "--etcd".into(), c.etcd.client_url()]
             .into_iter()
-            .chain(etcd.tls_flags())
+            .chain(c.etcd.tls_flags())
             .chain([
                 "--world".into(),
                 WORLD.into(),
@@ -416,19 +361,29 @@ fn up_runs_the_cluster_roles_in_one_process_against_etcd() {
             ])
             .collect::<Vec<String>>(),
     );
-    let telnet = up.addr_after("telnet listening on ");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (ok, status, _) = ctl(&etcd, &["status"]);
-        if ok && status.contains("leader: coordinator-up") && status.contains("shards: 2") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no leader and two shards: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
+    let ready = up.wait_ready(READY_TIMEOUT);
+    assert_eq!((ready.role.as_str(), ready.id.as_str()), ("up", "tessera"));
+    for name in [
+        "telnet",
+        "quic",
+        "metrics",
+        "assets_listen",
+        "persistence",
+        "auth",
+        "chat",
+    ] {
+        assert_ne!(ready.addr(name).port(), 0, "{name}");
     }
+    assert!(ready.files["quic_cert"].exists());
+    let telnet = ready.addr("telnet");
+    let mut status = String::new();
+    eventually(Duration::from_secs(20), || {
+        let (ok, now, _) = c.ctl(&["status"]);
+        status = now;
+        (ok && status.contains("leader: coordinator-up") && status.contains("shards: 2"))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no leader and two shards: {status}"));
     let mut ann = TelnetClient::create(telnet, "Ann", PW);
     let start = ann.where_();
     assert_eq!(
@@ -443,17 +398,17 @@ fn up_runs_the_cluster_roles_in_one_process_against_etcd() {
     // The CA `up` created issues operator credentials that its coordinator
     // and shards accept.
     let ca = data.join("cluster-ca");
-    let credential = dir.path().join("alice.credential");
+    let credential = c.path().join("alice.credential");
     let status = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["ca", "operator", "alice", "--cluster-ca"])
         .arg(&ca)
         .arg("--out")
         .arg(&credential)
-        .args(etcd.client_flags(&etcd.client_url()))
+        .args(c.etcd.client_flags(&c.etcd.client_url()))
         .status()
         .expect("tessera ca operator");
     assert!(status.success());
-    let (ok, moved, err) = ctl_as(&etcd, &credential, &["move", "0,0", "shard-1"]);
+    let (ok, moved, err) = ctl_as(&c.etcd, &credential, &["move", "0,0", "shard-1"]);
     assert!(ok, "{moved} {err}");
     assert_eq!(ann.where_().shard, "shard-1", "her cell moved");
 
@@ -470,10 +425,10 @@ fn up_runs_the_cluster_roles_in_one_process_against_etcd() {
 fn moving_a_cell_of_a_thousand_entities_under_movement_loses_nothing() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
-    let dir = TestDir::new();
+    let mut c = Cluster::new();
     // The default world plus a crowd of 1,000 wanderers in cell -1,0 (the
     // spawn's cell).
-    let world = dir.path().join("crowded-world");
+    let world = c.path().join("crowded-world");
     std::fs::create_dir_all(world.join("scripts")).unwrap();
     for entry in std::fs::read_dir(format!("{WORLD}/scripts")).unwrap() {
         let entry = entry.unwrap();
@@ -487,52 +442,33 @@ fn moving_a_cell_of_a_thousand_entities_under_movement_loses_nothing() {
     std::fs::write(world.join("world.toml"), toml).unwrap();
     let world = world.display().to_string();
 
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
-    let store = persistence(dir.path(), &ca, &etcd);
-    let _coord = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec {
-            world: world.clone(),
-            ..CoordinatorSpec::local(&etcd, "coordinator").not_rebalancing()
-        },
+    c.start(MemberSpec::persistence());
+    c.start(
+        MemberSpec::coordinator("coordinator")
+            .not_rebalancing()
+            .world(&world),
     );
-    let spec = |id| ShardSpec {
-        world: world.clone(),
-        persistence: Some(store.addr),
-        ..ShardSpec::local(&etcd, id)
-    };
-    let s1 = shard(dir.path(), &ca, &spec("shard-1"));
-    let s2 = shard(dir.path(), &ca, &spec("shard-2"));
-    let router = router(
-        dir.path(),
-        &ca,
-        &RouterSpec {
-            world: world.clone(),
-            persistence: Some(store.addr),
-            ..RouterSpec::local(&etcd)
-        },
-    );
-    let metrics = [s1.metrics, s2.metrics];
+    c.start(MemberSpec::shard("shard-1").world(&world));
+    c.start(MemberSpec::shard("shard-2").world(&world));
+    c.start(MemberSpec::router("router-1").world(&world));
+    let telnet = c.telnet("router-1");
+    let metrics = [c.metrics("shard-1"), c.metrics("shard-2")];
     wait_ticking(&metrics, 10.0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let crowd = loop {
-        let crowd = entities_by_cell(&metrics)
+    let mut crowd = 0.0;
+    eventually(Duration::from_secs(20), || {
+        crowd = entities_by_cell(&metrics)
             .iter()
             .filter(|(_, labels, _)| labels.ends_with("cell=\"-1,0\""))
             .map(|(_, _, n)| *n)
             .sum::<f64>();
-        if crowd >= 900.0 {
-            break crowd;
-        }
-        assert!(
-            Instant::now() < deadline,
+        (crowd >= 900.0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
             "the crowd is not in -1,0: {crowd} ({:?})",
             entities_by_cell(&metrics)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        )
+    });
 
     // Three players pace north and south in the cell all along.
     let stop = Arc::new(AtomicBool::new(false));
@@ -540,7 +476,7 @@ fn moving_a_cell_of_a_thousand_entities_under_movement_loses_nothing() {
     let walkers: Vec<_> = ["Wan", "Wen", "Win"]
         .iter()
         .map(|name| {
-            let mut client = TelnetClient::create(router.telnet, name, PW);
+            let mut client = TelnetClient::create(telnet, name, PW);
             let (stop, steps) = (stop.clone(), steps.clone());
             std::thread::spawn(move || {
                 let mut north = true;
@@ -558,7 +494,7 @@ fn moving_a_cell_of_a_thousand_entities_under_movement_loses_nothing() {
     let before = settled_entities(&metrics);
     std::thread::sleep(Duration::from_millis(500));
     let steps_before = steps.load(Ordering::Relaxed);
-    let (ok, out, err) = ops(&etcd, &ca, &["move", "-1,0", "shard-2", "--json"]);
+    let (ok, out, err) = c.ops(&["move", "-1,0", "shard-2", "--json"]);
     assert!(ok, "ctl move: {out} {err}");
     let report: serde_json::Value = serde_json::from_str(out.trim()).expect("ctl move --json");
     eprintln!(
@@ -580,13 +516,13 @@ fn moving_a_cell_of_a_thousand_entities_under_movement_loses_nothing() {
         before,
         "entities lost or duplicated by the move"
     );
-    for c in &mut clients {
-        let w = c.where_();
+    for client in &mut clients {
+        let w = client.where_();
         if w.cell == "-1,0" {
             assert_eq!(w.shard, "shard-2", "a player left behind");
         }
     }
-    assert_eq!(router_connections(router.metrics), 3.0);
+    assert_eq!(router_connections(c.metrics("router-1")), 3.0);
 }
 
 /// `tessera ctl backup` and `restore`: accounts and cell checkpoints taken
@@ -595,47 +531,26 @@ fn moving_a_cell_of_a_thousand_entities_under_movement_loses_nothing() {
 /// credential is refused with a clear error.
 #[test]
 fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
-    let credential = operator_credential(&ca);
-    let first = persistence(dir.path(), &ca, &etcd);
-    let _coord = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec::local(&etcd, "coordinator").not_rebalancing(),
-    );
-    let start = |store: std::net::SocketAddr| {
-        let s = shard(
-            dir.path(),
-            &ca,
-            &ShardSpec {
-                persistence: Some(store),
-                ..ShardSpec::local(&etcd, "shard-1")
-            },
-        );
-        wait_ticking(&[s.metrics], 10.0);
-        let r = router(
-            dir.path(),
-            &ca,
-            &RouterSpec {
-                persistence: Some(store),
-                ..RouterSpec::local(&etcd)
-            },
-        );
-        (s, r)
-    };
-    let (mut s1, mut r1) = start(first.addr);
-    let mut ann = TelnetClient::create(r1.telnet, "Ann", PW);
+    let mut c = Cluster::new();
+    let credential = operator_credential(&c.ca);
+    c.start(MemberSpec::persistence());
+    c.start(MemberSpec::coordinator("coordinator").not_rebalancing());
+    c.start(MemberSpec::shard("shard-1"));
+    wait_ticking(&[c.metrics("shard-1")], 10.0);
+    c.start(MemberSpec::router("router-1"));
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
     ann.command("say hello Mira");
     ann.wait_for("Mira says,", Duration::from_secs(5));
     // Let a checkpoint round pass after the greeting.
     std::thread::sleep(Duration::from_millis(1500));
 
-    let file = dir.path().join("world.backup");
-    let addr = first.addr.to_string();
+    let file = c.path().join("world.backup");
+    let addr = c
+        .persistence_addr()
+        .expect("the persistence service")
+        .to_string();
     // ctl with a certificate issued for it (no CA key at hand).
-    let ctl_ca = member_dir(&ca, "ctl");
+    let ctl_ca = member_dir(&c.ca, "ctl");
     let args = [
         "backup",
         file.to_str().unwrap(),
@@ -644,9 +559,9 @@ fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
         "--cluster-ca",
         ctl_ca.to_str().unwrap(),
     ];
-    let (ok, _, err) = ctl(&etcd, &args);
+    let (ok, _, err) = c.ctl(&args);
     assert!(!ok && err.contains("needs an operator credential"), "{err}");
-    let (ok, out, err) = ctl_as(&etcd, &credential, &args);
+    let (ok, out, err) = ctl_as(&c.etcd, &credential, &args);
     assert!(ok, "backup: {out} {err}");
     assert!(out.starts_with("backed up "), "{out}");
     // It holds every password hash: readable by its owner alone.
@@ -657,30 +572,30 @@ fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
     }
 
     // The shard and router go; a fresh, empty store takes the old one's
-    // place.
+    // place (the same service on its address, its store removed).
     drop(ann);
-    r1.role.terminate(Duration::from_secs(10));
-    s1.role.kill();
-    let second_dir = dir.path().join("second");
-    std::fs::create_dir_all(&second_dir).unwrap();
-    let second = persistence(&second_dir, &ca, &etcd);
-    let router_ca = member_dir(&ca, "router");
+    c.stop_within("router-1", Duration::from_secs(10));
+    c.kill("shard-1");
+    c.stop("persistence");
+    std::fs::remove_dir_all(c.path().join("persistence-data")).expect("the old store");
+    let second = c.restart("persistence").addr("listen").to_string();
+    let router_ca = member_dir(&c.ca, "router");
     let restore = |file: &std::path::Path| {
         ctl_as(
-            &etcd,
+            &c.etcd,
             &credential,
             &[
                 "restore",
                 file.to_str().unwrap(),
                 "--persistence",
-                &second.addr.to_string(),
+                &second,
                 // As from inside a router's pod: its certificate, the operator's signature.
                 "--cluster-ca",
                 router_ca.to_str().unwrap(),
             ],
         )
     };
-    let junk = dir.path().join("junk");
+    let junk = c.path().join("junk");
     std::fs::write(&junk, b"definitely not a backup").unwrap();
     let (ok, _, err) = restore(&junk);
     assert!(!ok && err.contains("not a Tessera backup"), "{err}");
@@ -689,8 +604,10 @@ fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
 
     // The shard comes back under its old id and reopens its cells from
     // the restored checkpoints.
-    let (_s, r2) = start(second.addr);
-    let mut ann = TelnetClient::login(r2.telnet, "Ann", PW);
+    c.restart("shard-1");
+    wait_ticking(&[c.metrics("shard-1")], 10.0);
+    c.restart("router-1");
+    let mut ann = TelnetClient::login(c.telnet("router-1"), "Ann", PW);
     ann.command("say hello Mira");
     let mira = ann.wait_for("Mira says,", Duration::from_secs(5));
     assert!(mira.contains("You again, Ann?"), "Mira forgot Ann: {mira}");
@@ -702,23 +619,14 @@ fn a_backup_restores_accounts_and_world_state_into_a_fresh_store() {
 /// refused by the cluster itself.
 #[test]
 fn operators_are_added_and_revoked_and_the_cluster_follows() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
-    let ca_flag = ca.display().to_string();
-    let _c = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec {
-            rebalance: false,
-            ..CoordinatorSpec::local(&etcd, "coordinator-a")
-        },
-    );
-    let _s1 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-1"));
-    let _s2 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-2"));
+    let mut c = Cluster::new();
+    let ca_flag = c.ca.display().to_string();
+    c.start(MemberSpec::coordinator("coordinator-a").not_rebalancing());
+    c.start(MemberSpec::shard("shard-1"));
+    c.start(MemberSpec::shard("shard-2"));
     let row = |cell: &str| {
         eventually(Duration::from_secs(20), || {
-            owners(&etcd)
+            c.owners()
                 .into_iter()
                 .find(|r| r.cell == cell && r.owner_live)
         })
@@ -733,43 +641,36 @@ fn operators_are_added_and_revoked_and_the_cluster_follows() {
     };
 
     // Bob gets a key pair, and ops (whom the CA vouched for) adds him.
-    let bob = dir.path().join("bob.json");
+    let bob = c.path().join("bob.json");
     let bob_flag = bob.display().to_string();
-    let (ok, out, err) = ctl(&etcd, &["operator", "keygen", "bob", "--out", &bob_flag]);
+    let (ok, out, err) = c.ctl(&["operator", "keygen", "bob", "--out", &bob_flag]);
     assert!(ok, "{err}");
     let public = out
         .split("--public-key ")
         .nth(1)
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| panic!("no public key in {out:?}"));
-    let (ok, _, err) = ctl(
-        &etcd,
-        &[
-            "operator",
-            "add",
-            "bob",
-            "--public-key",
-            &public,
-            "--cluster-ca",
-            &ca_flag,
-        ],
-    );
+    let (ok, _, err) = c.ctl(&[
+        "operator",
+        "add",
+        "bob",
+        "--public-key",
+        &public,
+        "--cluster-ca",
+        &ca_flag,
+    ]);
     assert!(!ok && err.contains("needs an operator credential"), "{err}");
-    let (ok, out, err) = ops(
-        &etcd,
-        &ca,
-        &[
-            "operator",
-            "add",
-            "bob",
-            "--public-key",
-            &public,
-            "--cluster-ca",
-            &ca_flag,
-        ],
-    );
+    let (ok, out, err) = c.ops(&[
+        "operator",
+        "add",
+        "bob",
+        "--public-key",
+        &public,
+        "--cluster-ca",
+        &ca_flag,
+    ]);
     assert!(ok && out.contains("operator bob added"), "{out} {err}");
-    let (ok, list, err) = ctl(&etcd, &["operator", "list", "--cluster-ca", &ca_flag]);
+    let (ok, list, err) = c.ctl(&["operator", "list", "--cluster-ca", &ca_flag]);
     assert!(ok, "{err}");
     let bob_row = list.lines().find(|l| l.starts_with("bob ")).unwrap_or("");
     assert!(
@@ -780,31 +681,27 @@ fn operators_are_added_and_revoked_and_the_cluster_follows() {
     // Bob's move, right away.
     let start = row("0,0");
     let to = other(&start.owner);
-    let (ok, out, err) = ctl_as(&etcd, &bob, &["move", "0,0", to]);
+    let (ok, out, err) = ctl_as(&c.etcd, &bob, &["move", "0,0", to]);
     assert!(ok, "bob's move: {out} {err}");
     assert_eq!(row("0,0").owner, to);
 
     // Revoked by ops: refused within seconds, by the coordinator and shards.
-    let (ok, out, err) = ops(
-        &etcd,
-        &ca,
-        &["operator", "revoke", "bob", "--cluster-ca", &ca_flag],
-    );
+    let (ok, out, err) = c.ops(&["operator", "revoke", "bob", "--cluster-ca", &ca_flag]);
     assert!(ok && out.contains("revoked"), "{out} {err}");
-    let (_, list, _) = ctl(&etcd, &["operator", "list", "--cluster-ca", &ca_flag]);
+    let (_, list, _) = c.ctl(&["operator", "list", "--cluster-ca", &ca_flag]);
     assert!(
         list.lines()
             .any(|l| l.starts_with("bob ") && l.contains("revoked")),
         "{list}"
     );
     std::thread::sleep(Duration::from_secs(2));
-    let (ok, _, err) = ctl_as(&etcd, &bob, &["move", "0,0", other(to)]);
+    let (ok, _, err) = ctl_as(&c.etcd, &bob, &["move", "0,0", other(to)]);
     assert!(
         !ok && err.contains("refused"),
         "a revoked operator moved a cell: {err}"
     );
     assert_eq!(row("0,0").owner, to, "a refused move moved nothing");
     // Ops still can.
-    let (ok, out, err) = ops(&etcd, &ca, &["move", "0,0", other(to)]);
+    let (ok, out, err) = c.ops(&["move", "0,0", other(to)]);
     assert!(ok, "{out} {err}");
 }

@@ -1,23 +1,21 @@
 //! The rebalancer against real processes and a real etcd: a shard that
 //! joins gets its share of the world by live migration, and a crowd of QUIC
 //! players in one cell gets its shard relieved. `ctl rebalance --dry-run`
-//! and `ctl top` are checked on the way.
+//! and `ctl top` are checked on the way. Each test runs on the shared test
+//! cluster (`support_cluster::cluster::Cluster`).
 
 mod common;
 #[path = "../coordinator/tests/support/etcd.rs"]
 mod etcd;
 mod support_cluster;
 
-use common::TestDir;
-use etcd::EtcdServer;
+use common::eventually;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use support_cluster::{
-    ca_init, coordinator, ctl, ops, router, shard, CoordinatorSpec, RouterSpec, ShardSpec, PW,
-};
+use support_cluster::cluster::{Cluster, MemberSpec};
+use support_cluster::PW;
 
-/// A coordinator that places cells 1.5 s after the first shard registers.
 /// A copy of the default world in `dir` whose only NPCs are two crowds of
 /// busy clerks (their script works hard every time it thinks), 30 in cell
 /// -1,0 and 20 in cell -1,-1: a load that stays put and costs the same
@@ -55,16 +53,14 @@ scatter = 10
     to.display().to_string()
 }
 
-fn spec<'a>(etcd: &EtcdServer, id: &'a str) -> CoordinatorSpec<'a> {
-    CoordinatorSpec {
-        settle_ms: 1500,
-        ..CoordinatorSpec::local(etcd, id)
-    }
+/// A coordinator that places cells 1.5 s after the first shard registers.
+fn coordinator(id: &str) -> MemberSpec {
+    MemberSpec::coordinator(id).settle_ms(1500)
 }
 
 /// `ctl cells --json`.
-fn cells(etcd: &EtcdServer) -> Vec<Value> {
-    let (ok, out, err) = ctl(etcd, &["cells", "--json"]);
+fn cells(c: &Cluster) -> Vec<Value> {
+    let (ok, out, err) = c.ctl(&["cells", "--json"]);
     assert!(ok, "ctl cells: {err}");
     serde_json::from_str::<Value>(&out)
         .expect("ctl cells --json")
@@ -83,8 +79,8 @@ fn per_owner(cells: &[Value]) -> BTreeMap<String, usize> {
 }
 
 /// Entities of every cell, once every cell's owner reports it.
-fn reported_entities(etcd: &EtcdServer) -> Option<u64> {
-    cells(etcd)
+fn reported_entities(c: &Cluster) -> Option<u64> {
+    cells(c)
         .iter()
         .map(|c| c["entities"].as_u64())
         .sum::<Option<u64>>()
@@ -104,79 +100,65 @@ fn loads(cells: &[Value]) -> Option<BTreeMap<String, f64>> {
 
 #[test]
 fn a_joining_shard_gets_its_share_by_live_migration() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
-    let _c = coordinator(dir.path(), &ca, &spec(&etcd, "coordinator"));
-    let _s1 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-1"));
-    let _s2 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-2"));
+    let mut c = Cluster::new();
+    c.start(coordinator("coordinator"));
+    c.start(MemberSpec::shard("shard-1"));
+    c.start(MemberSpec::shard("shard-2"));
 
     // The first placement splits the 16 cells 8/8, and every cell reports.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let before = loop {
-        let n = per_owner(&cells(&etcd));
+    let mut n = BTreeMap::new();
+    let before = eventually(Duration::from_secs(20), || {
+        n = per_owner(&cells(&c));
         if n.values().sum::<usize>() == 16 && n.len() == 2 {
-            if let Some(e) = reported_entities(&etcd) {
+            if let Some(e) = reported_entities(&c) {
                 assert_eq!(n["shard-1"], 8);
-                break e;
+                return Some(e);
             }
         }
-        assert!(Instant::now() < deadline, "no placement: {n:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        None
+    })
+    .unwrap_or_else(|| panic!("no placement: {n:?}"));
     assert!(before > 0, "the world has NPCs");
     // Balanced: nothing to do, and the dry run says so.
-    let (ok, plan, err) = ctl(&etcd, &["rebalance", "--dry-run"]);
+    let (ok, plan, err) = c.ctl(&["rebalance", "--dry-run"]);
     assert!(ok, "{err}");
     assert!(plan.starts_with("nothing to move"), "{plan}");
 
     // A third shard joins; it gets its share (16/3, rounded down), a cell
     // at a time, by live migration.
     let joined = Instant::now();
-    let _s3 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-3"));
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let counts = loop {
-        let n = per_owner(&cells(&etcd));
-        if n.get("shard-3").copied().unwrap_or(0) >= 5 {
-            break n;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "shard-3 never got 5 cells: {n:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    c.start(MemberSpec::shard("shard-3"));
+    let counts = eventually(Duration::from_secs(40), || {
+        n = per_owner(&cells(&c));
+        (n.get("shard-3").copied().unwrap_or(0) >= 5).then(|| n.clone())
+    })
+    .unwrap_or_else(|| panic!("shard-3 never got 5 cells: {n:?}"));
     eprintln!(
         "shard-3 got its share in {} ms: {counts:?}",
         joined.elapsed().as_millis()
     );
     // It stops there: no more moves once shares are even, none back.
     std::thread::sleep(Duration::from_secs(4));
-    let all = cells(&etcd);
+    let all = cells(&c);
     let settled = per_owner(&all);
     assert_eq!(settled, counts, "cells kept moving");
     assert_eq!(settled["shard-3"], 5);
     assert!(settled["shard-1"].abs_diff(settled["shard-2"]) <= 1);
-    for c in &all {
-        let epoch = c["epoch"].as_u64().unwrap();
-        let moved = c["owner"] == "shard-3";
-        assert_eq!(epoch, if moved { 2 } else { 1 }, "{c}");
+    for cell in &all {
+        let epoch = cell["epoch"].as_u64().unwrap();
+        let moved = cell["owner"] == "shard-3";
+        assert_eq!(epoch, if moved { 2 } else { 1 }, "{cell}");
     }
     // Live migration loses and duplicates nothing.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match reported_entities(&etcd) {
-            Some(e) if e == before => break,
-            other => assert!(
-                Instant::now() < deadline,
-                "entities {other:?}, before {before}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let mut entities = None;
+    eventually(Duration::from_secs(10), || {
+        entities = reported_entities(&c);
+        (entities == Some(before)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("entities {entities:?}, before {before}"));
 
     // `ctl top` once: shards, then the hottest cells.
-    let (ok, top, err) = ctl(&etcd, &["top", "--iterations", "1"]);
+    let (ok, top, err) = c.ctl(&["top", "--iterations", "1"]);
     assert!(ok, "{err}");
     assert!(
         top.starts_with("\x1b[2J\x1b[H"),
@@ -187,19 +169,16 @@ fn a_joining_shard_gets_its_share_by_live_migration() {
     assert_eq!(shard_rows, 3, "{top}");
     assert!(top.contains("STEP_MS"), "{top}");
     // And as JSON: one object per refresh.
-    let (ok, top, err) = ctl(
-        &etcd,
-        &[
-            "top",
-            "--iterations",
-            "2",
-            "--interval",
-            "0.2",
-            "--json",
-            "--cells",
-            "4",
-        ],
-    );
+    let (ok, top, err) = c.ctl(&[
+        "top",
+        "--iterations",
+        "2",
+        "--interval",
+        "0.2",
+        "--json",
+        "--cells",
+        "4",
+    ]);
     assert!(ok, "{err}");
     let frames: Vec<Value> = top
         .lines()
@@ -287,35 +266,15 @@ const PLAYERS: usize = 6;
 
 #[test]
 fn crowds_on_one_shard_get_spread_over_shards() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
+    let mut c = Cluster::new();
     // Two crowds of busy NPCs are the load; a few players stand among them.
-    let world = world_with_busy_crowds(dir.path());
+    let world = world_with_busy_crowds(c.path());
     // First without rebalancing, to measure what the crowds cost.
-    let mut quiet = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec {
-            world: world.clone(),
-            ..spec(&etcd, "quiet").not_rebalancing()
-        },
-    );
-    let shard_spec = |id| ShardSpec {
-        world: world.clone(),
-        ..ShardSpec::local(&etcd, id)
-    };
-    let _s1 = shard(dir.path(), &ca, &shard_spec("shard-1"));
-    let _s2 = shard(dir.path(), &ca, &shard_spec("shard-2"));
-    let router = router(
-        dir.path(),
-        &ca,
-        &RouterSpec {
-            world: world.clone(),
-            ..RouterSpec::local(&etcd)
-        },
-    );
-    let (quic, cert) = (router.quic, router.cert.clone());
+    c.start(coordinator("quiet").not_rebalancing().world(&world));
+    c.start(MemberSpec::shard("shard-1").world(&world));
+    c.start(MemberSpec::shard("shard-2").world(&world));
+    c.start(MemberSpec::router("router-1").world(&world));
+    let (quic, cert) = (c.quic("router-1"), c.router_cert());
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -327,29 +286,27 @@ fn crowds_on_one_shard_get_spread_over_shards() {
 
     // Wait until both crowds stand in their cells (both on shard-1) and
     // every cell reports its cost.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let crowded: Vec<String> = loop {
-        let all = cells(&etcd);
+    let mut all = Vec::new();
+    let crowded: Vec<String> = eventually(Duration::from_secs(40), || {
+        all = cells(&c);
         let crowded: Vec<String> = all
             .iter()
             .filter(|c| c["entities"].as_u64().unwrap_or(0) >= 15)
             .map(cell_name)
             .collect();
-        if crowded.len() == 2 && loads(&all).is_some() {
-            break crowded;
-        }
-        assert!(
-            Instant::now() < deadline,
+        (crowded.len() == 2 && loads(&all).is_some()).then_some(crowded)
+    })
+    .unwrap_or_else(|| {
+        panic!(
             "the crowds never gathered: {:?}",
             all.iter()
                 .map(|c| (cell_name(c), c["players"].clone()))
                 .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
+        )
+    });
     // Let the per-cell means (64 ticks) fill with the crowds moving.
     std::thread::sleep(Duration::from_secs(3));
-    let all = cells(&etcd);
+    let all = cells(&c);
     let before = loads(&all).expect("every cell reports");
     let cost = |name: &str| {
         all.iter()
@@ -385,16 +342,13 @@ fn crowds_on_one_shard_get_spread_over_shards() {
     let budget_arg = format!("{budget:.4}");
 
     // The dry run plans moving one crowd off shard-1, and moves nothing.
-    let (ok, plan, err) = ctl(
-        &etcd,
-        &[
-            "rebalance",
-            "--dry-run",
-            "--json",
-            "--tick-budget-ms",
-            &budget_arg,
-        ],
-    );
+    let (ok, plan, err) = c.ctl(&[
+        "rebalance",
+        "--dry-run",
+        "--json",
+        "--tick-budget-ms",
+        &budget_arg,
+    ]);
     assert!(ok, "{err}");
     let plan: Value = serde_json::from_str(&plan).expect("plan JSON");
     let planned: Vec<&Value> = plan["waves"]
@@ -418,78 +372,75 @@ fn crowds_on_one_shard_get_spread_over_shards() {
     );
     assert!(m["to_load_after"].as_f64().unwrap() < 0.6, "{m}");
     assert!(m["from_load_after"].as_f64().unwrap() <= 0.8, "{m}");
-    let (_, table, _) = ctl(
-        &etcd,
-        &["rebalance", "--dry-run", "--tick-budget-ms", &budget_arg],
-    );
+    let (_, table, _) = c.ctl(&["rebalance", "--dry-run", "--tick-budget-ms", &budget_arg]);
     eprintln!("{table}");
     // The plan lists the splits it would make first (these crowds cost
     // more than 35 % of the tight budget), then the moves.
     assert!(table.contains("STEP  REGION"), "{table}");
     assert!(table.contains("overloaded"), "{table}");
     assert!(
-        cells(&etcd).iter().all(|c| c["epoch"] == 1),
+        cells(&c).iter().all(|c| c["epoch"] == 1),
         "a dry run moved a cell"
     );
 
     // Now a coordinator that rebalances against that budget takes over.
-    quiet.terminate(Duration::from_secs(10));
+    c.stop_within("quiet", Duration::from_secs(10));
     let started = Instant::now();
-    let _c = coordinator(
-        dir.path(),
-        &ca,
-        &CoordinatorSpec {
+    c.start(
+        coordinator("rebalancer")
             // Relief by moving whole cells is what this test is about:
             // no splits (tests/cluster_regions.rs and the planner's unit
             // tests cover those).
-            extra: &[
+            .args(&[
                 "--tick-budget-ms",
                 &budget_arg,
                 "--sustain-reports",
                 "2",
                 "--split-above",
                 "100",
-            ],
-            world: world.clone(),
-            ..spec(&etcd, "rebalancer")
-        },
+            ])
+            .world(&world),
     );
     // Relieved: a crowd moved to shard-2, and no shard is over its budget
-    // in three reads in a row.
-    let deadline = Instant::now() + Duration::from_secs(45);
+    // in three reads in a row, a second apart.
     let mut good = 0;
-    let mut relieved_after = None;
+    let mut first_good = None;
     let mut last = None;
-    while good < 3 {
-        let all = cells(&etcd);
+    let relieved_after = eventually(Duration::from_secs(45), || {
+        let all = cells(&c);
         let moved = all
             .iter()
             .any(|c| crowded.contains(&cell_name(c)) && c["owner"] == "shard-2");
         match loads(&all) {
             Some(l) if moved && l.values().all(|ms| *ms < budget) => {
-                relieved_after.get_or_insert(started.elapsed());
+                first_good.get_or_insert(started.elapsed());
                 good += 1;
             }
             l => {
                 good = 0;
-                relieved_after = None;
+                first_good = None;
                 last = Some((moved, l));
             }
         }
-        assert!(
-            Instant::now() < deadline,
+        if good >= 3 {
+            return first_good;
+        }
+        std::thread::sleep(Duration::from_millis(900));
+        None
+    })
+    .unwrap_or_else(|| {
+        panic!(
             "not relieved: (moved, loads) {last:?}, budget {budget:.3} ms; coordinator log:\n{}",
-            std::fs::read_to_string(dir.path().join("rebalancer.stderr.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(1000));
-    }
+            c.role("rebalancer").stderr()
+        )
+    });
     eprintln!(
         "relieved {} ms after the rebalancing coordinator started (it waits for 2 reports over the watermark)",
-        relieved_after.unwrap().as_millis()
+        relieved_after.as_millis()
     );
-    let all = cells(&etcd);
+    let all = cells(&c);
     eprintln!("loads after relief: {:?}", loads(&all));
-    eprintln!("{}", ctl(&etcd, &["cells"]).1);
+    eprintln!("{}", c.ctl(&["cells"]).1);
     // The crowds ended on different shards. (Costs on a shared machine
     // move around: if a crowd's cost alone came near the high watermark,
     // the hot-cell rule may also have moved idle cells; so count, do not
@@ -520,42 +471,30 @@ fn crowds_on_one_shard_get_spread_over_shards() {
 /// joins a world placed on one, and gets half of it.
 #[test]
 fn ctl_rebalance_carries_out_its_plan() {
-    let dir = TestDir::new();
-    let etcd = EtcdServer::start();
-    let ca = ca_init(dir.path(), &etcd);
-    let _c = coordinator(
-        dir.path(),
-        &ca,
-        &spec(&etcd, "coordinator").not_rebalancing(),
-    );
-    let _s1 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-1"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let before = loop {
-        if per_owner(&cells(&etcd)).get("shard-1") == Some(&16) {
-            if let Some(e) = reported_entities(&etcd) {
-                break e;
-            }
+    let mut c = Cluster::new();
+    c.start(coordinator("coordinator").not_rebalancing());
+    c.start(MemberSpec::shard("shard-1"));
+    let before = eventually(Duration::from_secs(20), || {
+        if per_owner(&cells(&c)).get("shard-1") == Some(&16) {
+            return reported_entities(&c);
         }
-        assert!(Instant::now() < deadline, "no placement");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _s2 = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-2"));
+        None
+    })
+    .expect("no placement");
+    c.start(MemberSpec::shard("shard-2"));
     // Wait for shard-2's first load report: the planner needs it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, plan, _) = ctl(&etcd, &["rebalance", "--dry-run"]);
-        if plan.contains("join-balance") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no plan for shard-2: {plan}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let mut plan = String::new();
+    eventually(Duration::from_secs(10), || {
+        plan = c.ctl(&["rebalance", "--dry-run"]).1;
+        plan.contains("join-balance").then_some(())
+    })
+    .unwrap_or_else(|| panic!("no plan for shard-2: {plan}"));
     // The coordinator does not move anything on its own...
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(per_owner(&cells(&etcd)).get("shard-2"), None);
+    assert_eq!(per_owner(&cells(&c)).get("shard-2"), None);
     // ...ctl rebalance does (as an operator: it moves cells), and says so.
     let started = Instant::now();
-    let (ok, out, err) = ops(&etcd, &ca, &["rebalance"]);
+    let (ok, out, err) = c.ops(&["rebalance"]);
     assert!(ok, "{out}\n{err}");
     eprintln!(
         "{out}ctl rebalance took {} ms",
@@ -563,13 +502,12 @@ fn ctl_rebalance_carries_out_its_plan() {
     );
     assert!(out.contains("rebalanced: 8 cells moved"), "{out}");
     assert_eq!(out.matches("join-balance)").count(), 8, "{out}");
-    let n = per_owner(&cells(&etcd));
+    let n = per_owner(&cells(&c));
     assert_eq!((n["shard-1"], n["shard-2"]), (8, 8));
-    let (_, plan, _) = ctl(&etcd, &["rebalance", "--dry-run"]);
+    let (_, plan, _) = c.ctl(&["rebalance", "--dry-run"]);
     assert!(plan.starts_with("nothing to move"), "{plan}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reported_entities(&etcd) != Some(before) {
-        assert!(Instant::now() < deadline, "entities lost or duplicated");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    eventually(Duration::from_secs(10), || {
+        (reported_entities(&c) == Some(before)).then_some(())
+    })
+    .expect("entities lost or duplicated");
 }

@@ -21,239 +21,112 @@ mod common;
 mod etcd;
 mod support_cluster;
 
-use common::{free_udp, TestDir, Where};
-use etcd::EtcdServer;
+use common::{eventually, Where};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support_cluster::cluster::{Cluster, MemberSpec};
 use support_cluster::*;
 
 /// A generous bound for one answer (argon2id logins included).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The gateway of every test.
+const GATEWAY: &str = "gateway-1";
+
 // ------------------------------------------------------------------ cluster
 
-/// One cluster with a gateway in front; everything is killed on drop
-/// (fields drop in order: the gateway first, the directory last).
-struct Cluster {
-    gateway: GatewayProc,
-    routers: Vec<RouterProc>,
-    _shards: Vec<ShardProc>,
-    _coordinator: Role,
-    _auth: Option<ServiceProc>,
-    store: PersistenceProc,
-    auth_addr: Option<SocketAddr>,
-    ca: PathBuf,
-    etcd: EtcdServer,
-    dir: TestDir,
-}
-
-impl Cluster {
-    /// Starts everything and waits until the gateway is ready. With
-    /// `with_auth`, the routers share one `tessera auth` service (and so
-    /// one login rate limiter); without, each router keeps accounts in the
-    /// persistence service itself.
-    fn start(with_auth: bool) -> Cluster {
-        let started = Instant::now();
-        let dir = TestDir::new();
-        let etcd = EtcdServer::start();
-        let ca = ca_init(dir.path(), &etcd);
-        let store = persistence(dir.path(), &ca, &etcd);
-        let auth_svc =
-            with_auth.then(|| auth(dir.path(), &ca, "auth-1", free_udp(), store.addr, &etcd));
-        let auth_addr = auth_svc.as_ref().map(|a| a.addr);
-        let coordinator = coordinator(
-            dir.path(),
-            &ca,
-            &CoordinatorSpec::local(&etcd, "coordinator-a"),
-        );
-        let shards: Vec<ShardProc> = ["shard-1", "shard-2"]
-            .into_iter()
-            .map(|id| {
-                shard(
-                    dir.path(),
-                    &ca,
-                    &ShardSpec {
-                        persistence: Some(store.addr),
-                        ..ShardSpec::local(&etcd, id)
-                    },
-                )
-            })
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let rows = owners(&etcd);
-            if rows.len() == 16 && rows.iter().all(|r| r.owner_live) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "cells not placed: {rows:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let metrics: Vec<SocketAddr> = shards.iter().map(|s| s.metrics).collect();
-        wait_ticking(&metrics, 5.0);
-        let spec = |i: usize| router_spec(&etcd, store.addr, auth_addr, i, dir.path());
-        let r1 = router(dir.path(), &ca, &spec(1));
-        // Every router of the cluster shows the same certificate (the
-        // gateway pins one: router 2 serves router 1's with --quic-cert) and
-        // signs session tokens with the same key (a player resumes on any of
-        // them).
-        share_signing_key(&r1.cert, &router_data_dir(dir.path(), 2));
-        let r2 = router(dir.path(), &ca, &spec(2));
-        // Players may also come in over TLS, with a certificate for the
-        // gateway's public name.
-        let ck = rcgen::generate_simple_self_signed(vec!["mud.example.org".into()])
-            .expect("a certificate");
-        std::fs::write(dir.path().join("gateway-tls.pem"), ck.cert.pem()).unwrap();
-        std::fs::write(
-            dir.path().join("gateway-tls-key.pem"),
-            ck.signing_key.serialize_pem(),
+/// Starts the cluster and waits until the gateway is ready. With `with_auth`, the routers
+/// share one `tessera auth` service (and so one login rate limiter); without, each router
+/// keeps accounts in the persistence service itself. Everything is killed when the cluster
+/// drops.
+fn gateway_cluster(with_auth: bool) -> Cluster {
+    let started = Instant::now();
+    let mut c = Cluster::new();
+    c.start(MemberSpec::persistence());
+    if with_auth {
+        c.start(MemberSpec::auth("auth-1"));
+    }
+    c.start(MemberSpec::coordinator("coordinator-a"));
+    for id in ["shard-1", "shard-2"] {
+        c.start(MemberSpec::shard(id));
+    }
+    c.wait_placed();
+    c.wait_ticking(5.0);
+    c.start(MemberSpec::router("router-1"));
+    // Every router of the cluster shows the same certificate (the gateway pins one: router 2
+    // serves router 1's) and signs session tokens with the same key (a player resumes on any
+    // of them).
+    c.start(MemberSpec::router("router-2").sharing_signing_key());
+    // Players may also come in over TLS, with a certificate for the gateway's public name.
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["mud.example.org".into()]).expect("a certificate");
+    let (cert, key) = (
+        c.path().join("gateway-tls.pem"),
+        c.path().join("gateway-tls-key.pem"),
+    );
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    c.start(MemberSpec::gateway(GATEWAY).args(&[
+        // 127.0.0.1 stays exempt (the players of most tests); other loopback addresses are
+        // players of their own, capped at 3.
+        "--limit-exempt",
+        "127.0.0.1",
+        "--connections-per-address",
+        "3",
+        "--telnet-tls",
+        "127.0.0.1:0",
+        "--telnet-tls-cert",
+        &cert,
+        "--telnet-tls-key",
+        &key,
+    ]));
+    let metrics = c.metrics(GATEWAY);
+    let mut last = None;
+    eventually(Duration::from_secs(15), || {
+        last = try_get(metrics, "/readyz");
+        matches!(last, Some((200, _))).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the gateway never became ready: /readyz {last:?}; stderr:\n{}",
+            c.role(GATEWAY).stderr_tail(40)
         )
-        .unwrap();
-        let tls_flags = vec![
-            // 127.0.0.1 stays exempt (the players of most tests); other
-            // loopback addresses are players of their own, capped at 3.
-            "--limit-exempt".to_string(),
-            "127.0.0.1".into(),
-            "--connections-per-address".into(),
-            "3".into(),
-            "--telnet-tls".to_string(),
-            "127.0.0.1:0".into(),
-            "--telnet-tls-cert".into(),
-            dir.path().join("gateway-tls.pem").display().to_string(),
-            "--telnet-tls-key".into(),
-            dir.path().join("gateway-tls-key.pem").display().to_string(),
-        ];
-        let gateway = gateway(
-            dir.path(),
-            &ca,
-            &GatewaySpec {
-                extra: tls_flags,
-                ..GatewaySpec::local(&etcd, &r1.cert)
-            },
-        );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match try_get(gateway.metrics, "/readyz") {
-                Some((200, _)) => break,
-                other => assert!(
-                    Instant::now() < deadline,
-                    "the gateway never became ready: /readyz {other:?}; stderr:\n{}",
-                    gateway.role.stderr_tail(40)
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!(
-            "gateway cluster up in {} ms (gateway telnet {}, routers {} and {})",
-            started.elapsed().as_millis(),
-            gateway.telnet,
-            r1.telnet,
-            r2.telnet
-        );
-        Cluster {
-            gateway,
-            routers: vec![r1, r2],
-            _shards: shards,
-            _coordinator: coordinator,
-            _auth: auth_svc,
-            store,
-            auth_addr,
-            ca,
-            etcd,
-            dir,
-        }
-    }
-
-    /// SIGTERM on router `i` (0-based), waits until it exits, starts it
-    /// again with the same id, ports and data dir and waits until it is
-    /// registered again. Returns (exited after, registered after).
-    fn restart_router(&mut self, i: usize) -> (Duration, Duration) {
-        let id = format!("router-{}", i + 1);
-        let (telnet, quic) = (self.routers[i].telnet, self.routers[i].quic);
-        let sigterm = Instant::now();
-        let status = self.routers[i].role.terminate(Duration::from_secs(30));
-        let exited = sigterm.elapsed();
-        assert!(status.success(), "{id} exited with {status} after SIGTERM");
-        let spec = router_spec(
-            &self.etcd,
-            self.store.addr,
-            self.auth_addr,
-            i + 1,
-            self.dir.path(),
-        );
-        self.routers[i] = router_at(self.dir.path(), &self.ca, &spec, telnet, quic);
-        let key = format!("/tessera/routers/{id}");
-        let peek = EtcdPeek::connect(&self.etcd);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let registered = peek
-                .records("routers/")
-                .iter()
-                .any(|(k, v)| k == &key && v.contains(&quic.to_string()));
-            if registered {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{id} never registered again");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (exited, sigterm.elapsed())
-    }
+    });
+    eprintln!(
+        "gateway cluster up in {} ms (gateway telnet {}, routers {} and {})",
+        started.elapsed().as_millis(),
+        c.telnet(GATEWAY),
+        c.telnet("router-1"),
+        c.telnet("router-2")
+    );
+    c
 }
 
-/// Router `i` (1-based) of the cluster: its players and accounts in the
-/// persistence service, or accounts in the auth service if there is one.
-/// Routers after the first serve the first one's QUIC certificate (`--quic-cert`, its PEM
-/// copy, and `--quic-key`), so the gateway pins one file.
-fn router_spec(
-    etcd: &EtcdServer,
-    store: SocketAddr,
-    auth: Option<SocketAddr>,
-    i: usize,
-    dir: &Path,
-) -> RouterSpec {
-    let mut extra = Vec::new();
-    if let Some(a) = auth {
-        extra.extend(["--auth".to_string(), a.to_string()]);
-    }
-    if i > 1 {
-        let first = router_data_dir(dir, 1);
-        extra.extend([
-            "--quic-cert".to_string(),
-            first.join("quic-cert.pem").display().to_string(),
-            "--quic-key".to_string(),
-            first.join("quic-key.der").display().to_string(),
-        ]);
-    }
-    RouterSpec {
-        persistence: Some(store),
-        id: format!("router-{i}"),
-        extra,
-        ..RouterSpec::local(etcd)
-    }
-}
-
-/// The data dir `support_cluster::router` gives router `i` (1-based).
-fn router_data_dir(dir: &Path, i: usize) -> PathBuf {
-    if i == 1 {
-        dir.join("router-data")
-    } else {
-        dir.join(format!("router-{i}-data"))
-    }
-}
-
-/// Copies the token signing key of the router whose certificate is `cert` into the data dir
-/// `to`.
-fn share_signing_key(cert: &Path, to: &Path) {
-    let from = cert.parent().expect("the certificate's directory");
-    std::fs::create_dir_all(to).expect("create the data dir");
-    let src = from.join("auth-signing.key");
-    if src.exists() {
-        std::fs::copy(&src, to.join("auth-signing.key"))
-            .unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
-    }
+/// SIGTERM on router `id`, waits until it exits, starts it again with the same id, ports
+/// and data dir and waits until it is registered again. Returns (exited after, registered
+/// after).
+fn restart_router(c: &mut Cluster, id: &str) -> (Duration, Duration) {
+    let quic = c.quic(id).to_string();
+    let sigterm = Instant::now();
+    let status = c.stop_within(id, Duration::from_secs(30));
+    let exited = sigterm.elapsed();
+    assert!(status.success(), "{id} exited with {status} after SIGTERM");
+    c.restart(id);
+    let key = format!("/tessera/routers/{id}");
+    eventually(Duration::from_secs(15), || {
+        c.peek()
+            .records("routers/")
+            .iter()
+            .any(|(k, v)| k == &key && v.contains(&quic))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{id} never registered again"));
+    (exited, sigterm.elapsed())
 }
 
 /// A GET of `path`: the status code and body, or `None` if nobody answers.
@@ -728,7 +601,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[test]
 fn telnet_players_ride_through_a_rolling_update_of_every_router() {
     let test_started = Instant::now();
-    let mut c = Cluster::start(false);
+    let mut c = gateway_cluster(false);
     // Each player gets a lane of its own, 3 m apart from the next (south of
     // the spawn, where the world is kept clear), so their steps east and
     // west never bump into each other. Created last-lane first, so nobody
@@ -736,7 +609,7 @@ fn telnet_players_ride_through_a_rolling_update_of_every_router() {
     let names = ["Rida", "Ridb", "Ridc", "Ridd"];
     let mut runs: Vec<Run> = Vec::new();
     for (i, name) in names.iter().enumerate().rev() {
-        let mut tn = Tn::create(c.gateway.telnet, name);
+        let mut tn = Tn::create(c.telnet(GATEWAY), name);
         for _ in 0..i {
             let a = tn.command("south").expect("an answer to south");
             assert!(a.starts_with("You walk south."), "{name}: south: {a:?}");
@@ -777,19 +650,18 @@ fn telnet_players_ride_through_a_rolling_update_of_every_router() {
     std::thread::sleep(Duration::from_secs(2));
 
     let mut windows = Vec::new();
-    for i in 0..2 {
-        let id = format!("router-{}", i + 1);
-        let on_router = router_connections(c.routers[i].metrics);
-        let resumes_before = gateway_resumes(c.gateway.metrics);
+    let gateway_metrics = c.metrics(GATEWAY);
+    for id in ["router-1", "router-2"] {
+        let on_router = router_connections(c.metrics(id));
+        let resumes_before = gateway_resumes(gateway_metrics);
         let start = t0.elapsed();
-        let (exited, registered) = c.restart_router(i);
+        let (exited, registered) = restart_router(&mut c, id);
         let sigterm = t0 + start;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut resumes = gateway_resumes(c.gateway.metrics) - resumes_before;
-        while resumes < on_router.min(names.len() as f64) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-            resumes = gateway_resumes(c.gateway.metrics) - resumes_before;
-        }
+        let mut resumes = 0.0;
+        eventually(Duration::from_secs(15), || {
+            resumes = gateway_resumes(gateway_metrics) - resumes_before;
+            (resumes >= on_router.min(names.len() as f64)).then_some(())
+        });
         let resumed_ms =
             (resumes >= on_router.min(names.len() as f64)).then(|| sigterm.elapsed().as_millis());
         std::thread::sleep(Duration::from_secs(1));
@@ -802,7 +674,7 @@ fn telnet_players_ride_through_a_rolling_update_of_every_router() {
             registered.as_millis()
         );
         windows.push(Window {
-            router: id,
+            router: id.to_string(),
             start,
             end,
             exited_ms: exited.as_millis(),
@@ -871,7 +743,7 @@ fn telnet_players_ride_through_a_rolling_update_of_every_router() {
     }
     // The gateway's own reading of the resumes (from the router's close to
     // the new router's welcome back).
-    let gw_metrics = common::scrape(c.gateway.metrics);
+    let gw_metrics = common::scrape(gateway_metrics);
     let sample = |name: &str| -> f64 {
         common::metric_samples(&gw_metrics, name)
             .iter()
@@ -932,7 +804,7 @@ fn telnet_players_ride_through_a_rolling_update_of_every_router() {
             .map(|p| p.as_str())
             .collect::<Vec<_>>()
             .join("\n"),
-        c.gateway.role.stderr_tail(40)
+        c.role(GATEWAY).stderr_tail(40)
     );
     for r in &runs {
         assert!(
@@ -958,7 +830,7 @@ fn telnet_players_ride_through_a_rolling_update_of_every_router() {
     );
     let total: f64 = windows.iter().map(|w| w.resumes).sum();
     assert!(total >= 1.0, "tessera_gateway_resumes_total never went up");
-    assert!(c.gateway.role.try_exit().is_none(), "the gateway exited");
+    assert!(c.try_exit(GATEWAY).is_none(), "the gateway exited");
 
     // They still hear each other (the first two stand 3 m apart).
     let (first, rest) = runs.split_at_mut(1);
@@ -1100,11 +972,11 @@ fn tour(addr: SocketAddr, known: &str, name: &str) -> Tour {
 #[test]
 fn the_gateway_speaks_the_routers_telnet() {
     let started = Instant::now();
-    let c = Cluster::start(false);
-    let mut ames = Tn::create(c.routers[0].telnet, "Ames");
+    let c = gateway_cluster(false);
+    let mut ames = Tn::create(c.telnet("router-1"), "Ames");
     ames.command("quit");
-    let direct = tour(c.routers[0].telnet, "Ames", "Tdir");
-    let relayed = tour(c.gateway.telnet, "Ames", "Tgat");
+    let direct = tour(c.telnet("router-1"), "Ames", "Tdir");
+    let relayed = tour(c.telnet(GATEWAY), "Ames", "Tgat");
     for (label, text, commands) in &direct.steps {
         eprintln!("telnet: router  {label}: {text:?} {commands:?}");
         eprintln!(
@@ -1204,15 +1076,15 @@ fn the_gateway_speaks_the_routers_telnet() {
         differences.join("\n")
     );
     // The same world over TLS through the gateway: Ames hears it.
-    let mut ames = Tn::open(c.routers[0].telnet);
+    let mut ames = Tn::open(c.telnet("router-1"));
     let back = ames.command(&format!("connect Ames {PW}"));
     assert!(
         back.as_deref().is_some_and(|b| b.contains("Ames")),
         "connect Ames: {back:?}"
     );
     let out = common::tls_session(
-        c.gateway.telnet_tls.expect("the gateway serves TLS"),
-        &c.dir.path().join("gateway-tls.pem"),
+        c.telnet_tls(GATEWAY).expect("the gateway serves TLS"),
+        &c.path().join("gateway-tls.pem"),
         "mud.example.org",
         "Tls",
         PW,
@@ -1241,19 +1113,19 @@ fn only_a_cluster_member_may_relay() {
     use tessera_proto::frame;
     use tessera_proto::msg::{ClientMsg, ServerMsg};
     let started = Instant::now();
-    let c = Cluster::start(false);
+    let c = gateway_cluster(false);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let router = &c.routers[0];
-    let der = std::fs::read(&router.cert).expect("the router's certificate");
+    let quic = c.quic("router-1");
+    let der = std::fs::read(c.router_cert()).expect("the router's certificate");
     let der_again = der.clone();
-    rt.block_on(async {
+    let (client, bytes) = rt.block_on(async {
         let ep = tessera_client::endpoint(rustls::pki_types::CertificateDer::from(der))
             .expect("an endpoint");
-        let mut client = tessera_client::Client::connect(&ep, router.quic)
+        let mut client = tessera_client::Client::connect(&ep, quic)
             .await
             .expect("QUIC connect to router 1");
         let relay = ClientMsg::Relay {
@@ -1282,16 +1154,18 @@ fn only_a_cluster_member_may_relay() {
             "relay: then logged in as a 3D client: {} at {:?}",
             me.name, me.pos
         );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while client.world.lock().snapshots == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "no snapshot within 5 s of a plain login: is the session a relayed text \
-                 session after all?"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        (client, bytes)
+    });
+    // The client's tasks run on the runtime's workers while this thread waits.
+    eventually(Duration::from_secs(5), || {
+        (client.world.lock().snapshots > 0).then_some(())
+    })
+    .expect(
+        "no snapshot within 5 s of a plain login: is the session a relayed text session after \
+         all?",
+    );
 
+    rt.block_on(async {
         // A cluster member of another role (here a shard's certificate) may not relay
         // either: the router checks the role its certificate names.
         let ca = tessera_coordinator::pki::ClusterCa::load(&c.ca).expect("the CA");
@@ -1305,7 +1179,7 @@ fn only_a_cluster_member_may_relay() {
             Duration::from_secs(30),
         )
         .expect("an endpoint with a member certificate");
-        let mut member = tessera_client::Client::connect(&ep, router.quic)
+        let mut member = tessera_client::Client::connect(&ep, quic)
             .await
             .expect("QUIC connect as a shard");
         member.write_raw(&bytes).await.expect("send Relay");
@@ -1316,6 +1190,7 @@ fn only_a_cluster_member_may_relay() {
             other => panic!("a shard's Relay was answered {other:?}, not refused"),
         }
     });
+    drop(client);
     eprintln!("relay: took {} ms", started.elapsed().as_millis());
 }
 
@@ -1327,19 +1202,18 @@ fn only_a_cluster_member_may_relay() {
 #[test]
 fn a_draining_gateway_keeps_its_players_and_refuses_new_ones() {
     let started = Instant::now();
-    let mut c = Cluster::start(false);
-    let mut dru = Tn::create(c.gateway.telnet, "Dru");
+    let mut c = gateway_cluster(false);
+    let (telnet, metrics) = (c.telnet(GATEWAY), c.metrics(GATEWAY));
+    let mut dru = Tn::create(telnet, "Dru");
     let sigterm = Instant::now();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &c.gateway.role.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success());
+    c.sigterm(GATEWAY);
+    let within = Duration::from_secs(2);
     let (mut refused, mut not_ready) = (None, None);
     let mut other_errors = Vec::new();
-    while sigterm.elapsed() < Duration::from_secs(2) && (refused.is_none() || not_ready.is_none()) {
-        if refused.is_none() {
-            match TcpStream::connect_timeout(&c.gateway.telnet, Duration::from_millis(300)) {
+    eventually(within, || {
+        // Only what was tried within 2 s of SIGTERM counts.
+        if refused.is_none() && sigterm.elapsed() < within {
+            match TcpStream::connect_timeout(&telnet, Duration::from_millis(300)) {
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                     refused = Some(sigterm.elapsed())
                 }
@@ -1347,13 +1221,13 @@ fn a_draining_gateway_keeps_its_players_and_refuses_new_ones() {
                 Ok(s) => drop(s),
             }
         }
-        if not_ready.is_none() {
-            if let Some((503, _)) = try_get(c.gateway.metrics, "/readyz") {
+        if not_ready.is_none() && sigterm.elapsed() < within {
+            if let Some((503, _)) = try_get(metrics, "/readyz") {
                 not_ready = Some(sigterm.elapsed());
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (refused.is_some() && not_ready.is_some()).then_some(())
+    });
     eprintln!(
         "drain: connections refused after {refused:?}, /readyz 503 after {not_ready:?} \
          (other connect errors: {other_errors:?})"
@@ -1365,12 +1239,12 @@ fn a_draining_gateway_keeps_its_players_and_refuses_new_ones() {
     assert!(
         not_ready.is_some(),
         "/readyz did not answer 503 within 2 s of SIGTERM: {:?}",
-        try_get(c.gateway.metrics, "/readyz")
+        try_get(metrics, "/readyz")
     );
     // It keeps the player (and does not exit) while the player stays.
     std::thread::sleep(Duration::from_secs(1));
     assert!(
-        c.gateway.role.try_exit().is_none(),
+        c.try_exit(GATEWAY).is_none(),
         "the gateway exited with a player still in the world"
     );
     let look = dru.command("look");
@@ -1391,17 +1265,8 @@ fn a_draining_gateway_keeps_its_players_and_refuses_new_ones() {
         "quit while the gateway drains: {bye:?}"
     );
     let quit = Instant::now();
-    let status = loop {
-        if let Some(status) = c.gateway.role.try_exit() {
-            break status;
-        }
-        assert!(
-            quit.elapsed() < Duration::from_secs(5),
-            "the gateway did not exit within 5 s of its last player's quit; stderr:\n{}",
-            c.gateway.role.stderr_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Within 5 s of its last player's quit (else a panic with its stderr).
+    let (status, _) = c.wait_exit(GATEWAY, Duration::from_secs(5));
     eprintln!(
         "drain: the gateway exited ({status}) {} ms after the last player quit",
         quit.elapsed().as_millis()
@@ -1423,13 +1288,14 @@ fn a_draining_gateway_keeps_its_players_and_refuses_new_ones() {
 #[test]
 fn login_limits_see_the_players_address_not_the_gateways() {
     let started = Instant::now();
-    let c = Cluster::start(true);
-    let mut lima = Tn::create(c.gateway.telnet, "Lima");
+    let c = gateway_cluster(true);
+    let gateway = c.telnet(GATEWAY);
+    let mut lima = Tn::create(gateway, "Lima");
     lima.send_line("quit").expect("quit");
     lima.read_to_eof(ANSWER_TIMEOUT).expect("quit closes");
 
     let guesser: IpAddr = "127.0.0.2".parse().unwrap();
-    let mut g = Tn::open_from(c.gateway.telnet, guesser);
+    let mut g = Tn::open_from(gateway, guesser);
     let mut limited = None;
     for k in 0..30 {
         let answer = g
@@ -1459,7 +1325,7 @@ fn login_limits_see_the_players_address_not_the_gateways() {
         "Lima's right password from the limited address: {answer:?}"
     );
     // From another address, through the same gateway: in.
-    let mut owner = Tn::open_from(c.gateway.telnet, "127.0.0.3".parse().unwrap());
+    let mut owner = Tn::open_from(gateway, "127.0.0.3".parse().unwrap());
     let answer = owner.command(&format!("connect Lima {PW}"));
     assert!(
         answer
@@ -1471,10 +1337,8 @@ fn login_limits_see_the_players_address_not_the_gateways() {
     // The gateway caps connections per player address (3 here), the
     // routers do not count its relayed ones.
     let crowded: IpAddr = "127.0.0.4".parse().unwrap();
-    let held: Vec<Tn> = (0..3)
-        .map(|_| Tn::open_from(c.gateway.telnet, crowded))
-        .collect();
-    let mut refused = Tn::connect_from(c.gateway.telnet, crowded);
+    let held: Vec<Tn> = (0..3).map(|_| Tn::open_from(gateway, crowded)).collect();
+    let mut refused = Tn::connect_from(gateway, crowded);
     let text = refused
         .read_to_eof(ANSWER_TIMEOUT)
         .expect("refused and closed");
@@ -1494,11 +1358,11 @@ fn login_limits_see_the_players_address_not_the_gateways() {
 /// have run.
 #[test]
 fn players_of_a_killed_router_go_on_within_seconds() {
-    let mut c = Cluster::start(false);
+    let mut c = gateway_cluster(false);
     // Two players: the gateway puts them on different routers.
     let mut players: Vec<(String, Tn)> = ["Kara", "Kobe"]
         .iter()
-        .map(|n| (n.to_string(), Tn::create(c.gateway.telnet, n)))
+        .map(|n| (n.to_string(), Tn::create(c.telnet(GATEWAY), n)))
         .collect();
     let before: Vec<Where> = players
         .iter_mut()
@@ -1510,27 +1374,24 @@ fn players_of_a_killed_router_go_on_within_seconds() {
         })
         .collect();
     let killed = Instant::now();
-    c.routers[0].role.kill();
+    c.kill("router-1");
     for (i, (name, tn)) in players.iter_mut().enumerate() {
         // Each player keeps asking; a command sent to the dead router gets
         // no answer, the next one does once the gateway resumed the player.
         // 20 s is well below the 30 s players' idle timeout.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let text = loop {
-            assert!(
-                Instant::now() < deadline,
-                "{name} got no answer within 20 s of the kill"
-            );
+        let (asking, within) = (Instant::now(), Duration::from_secs(20));
+        let text = eventually(within, || {
+            // Only what was asked within the 20 s counts.
+            if asking.elapsed() >= within {
+                return None;
+            }
             tn.send_line("where")
                 .expect("the gateway keeps the connection");
-            if let Some(w) = tn
-                .answer(Duration::from_secs(3))
+            tn.answer(Duration::from_secs(3))
                 .as_deref()
                 .and_then(Where::parse)
-            {
-                break w;
-            }
-        };
+        })
+        .unwrap_or_else(|| panic!("{name} got no answer within 20 s of the kill"));
         assert!(
             (text.x - before[i].x).abs() < 0.5 && (text.z - before[i].z).abs() < 0.5,
             "{name} was at {:?} and is now at {text:?}",

@@ -10,176 +10,74 @@ mod common;
 mod etcd;
 mod support_cluster;
 
-use common::{free_udp, http_get, metric_samples, scrape, TelnetClient, TestDir};
-use etcd::EtcdServer;
+use common::{eventually, http_get, metric_samples, scrape, TelnetClient};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
+use support_cluster::cluster::{Cluster, Kind, MemberSpec};
 use support_cluster::*;
 use tessera_client::{Client, ClientEvent};
 use tessera_proto::msg::ChatKind;
 
-/// A cluster with every service as its own process.
-struct Cluster {
-    dir: TestDir,
-    etcd: EtcdServer,
-    ca: PathBuf,
-    store: PersistenceProc,
-    auths: Vec<ServiceProc>,
-    chat: ServiceProc,
-    asset: ServiceProc,
-    _coordinator: Role,
-    shards: Vec<ShardProc>,
-    routers: Vec<RouterProc>,
+/// A cluster with every service as its own process: the persistence service (no accounts of
+/// routers in it), `auth_replicas` auth replicas on one address, chat, assets, a coordinator
+/// that moves no cell, two shards loading their scripts from the asset service and `routers`
+/// routers logging players in through auth and chatting through chat. A killed service
+/// comes back where the others look for it ([`Cluster::restart`]).
+fn services_cluster(routers: usize, auth_replicas: usize) -> Cluster {
+    let mut c = Cluster::new();
+    c.start(MemberSpec::persistence().without_router_accounts());
+    for i in 1..=auth_replicas {
+        c.start(MemberSpec::auth(&format!("auth-{i}")));
+    }
+    c.start(MemberSpec::chat());
+    c.start(MemberSpec::asset());
+    c.start(MemberSpec::coordinator("coordinator-a").not_rebalancing());
+    for id in ["shard-1", "shard-2"] {
+        c.start(MemberSpec::shard(id));
+    }
+    for i in 1..=routers {
+        c.start(MemberSpec::router(&format!("router-{i}")));
+    }
+    c.wait_ticking(10.0);
+    c
 }
 
-impl Cluster {
-    fn start(routers: usize, auth_replicas: usize) -> Cluster {
-        let dir = TestDir::new();
-        let etcd = EtcdServer::start();
-        let ca = ca_init(dir.path(), &etcd);
-        // Fixed addresses, so that a killed service comes back where the
-        // others look for it.
-        let store = persistence_at(dir.path(), &ca, free_udp(), &etcd, false);
-        let auth_addr = free_udp();
-        let auths: Vec<ServiceProc> = (1..=auth_replicas)
-            .map(|i| {
-                auth(
-                    dir.path(),
-                    &ca,
-                    &format!("auth-{i}"),
-                    auth_addr,
-                    store.addr,
-                    &etcd,
-                )
-            })
-            .collect();
-        let chat = service(dir.path(), &ca, "chat", "chat", free_udp(), store.addr, &[]);
-        // It reads the operators (who may upload) from etcd.
-        let etcd_flags = etcd.client_flags(&etcd.client_url());
-        let etcd_flags: Vec<&str> = etcd_flags.iter().map(String::as_str).collect();
-        let asset = service(
-            dir.path(),
-            &ca,
-            "asset",
-            "asset",
-            "127.0.0.1:0".parse().unwrap(),
-            store.addr,
-            &etcd_flags,
-        );
-        let coordinator = coordinator(
-            dir.path(),
-            &ca,
-            &CoordinatorSpec::local(&etcd, "coordinator-a").not_rebalancing(),
-        );
-        let assets_url = format!("http://{}", asset.addr);
-        let shards: Vec<ShardProc> = ["shard-1", "shard-2"]
-            .into_iter()
-            .map(|id| {
-                shard(
-                    dir.path(),
-                    &ca,
-                    &ShardSpec {
-                        persistence: Some(store.addr),
-                        assets: Some(assets_url.clone()),
-                        ..ShardSpec::local(&etcd, id)
-                    },
-                )
-            })
-            .collect();
-        let routers = (1..=routers)
-            .map(|i| {
-                router(
-                    dir.path(),
-                    &ca,
-                    &RouterSpec {
-                        persistence: Some(store.addr),
-                        id: format!("router-{i}"),
-                        extra: vec![
-                            "--auth".into(),
-                            auth_addr.to_string(),
-                            "--chat".into(),
-                            chat.addr.to_string(),
-                        ],
-                        ..RouterSpec::local(&etcd)
-                    },
-                )
-            })
-            .collect();
-        let shard_metrics: Vec<SocketAddr> = shards.iter().map(|s: &ShardProc| s.metrics).collect();
-        wait_ticking(&shard_metrics, 10.0);
-        Cluster {
-            dir,
-            etcd,
-            ca,
-            store,
-            auths,
-            chat,
-            asset,
-            _coordinator: coordinator,
-            shards,
-            routers,
-        }
-    }
-
-    fn shard_metrics(&self) -> Vec<SocketAddr> {
-        self.shards.iter().map(|s| s.metrics).collect()
-    }
-
-    fn telnet(&self, router: usize) -> SocketAddr {
-        self.routers[router].telnet
-    }
-
-    /// `tessera ctl args...`, as the operator or without a credential:
-    /// whether it succeeded, and everything it printed.
-    fn ctl(&self, operator: bool, args: &[&str]) -> (bool, String) {
-        let (ok, out, err) = if operator {
-            ops(&self.etcd, &self.ca, args)
-        } else {
-            ctl(&self.etcd, args)
-        };
-        (ok, out + &err)
-    }
-
-    /// The chat service again, on the address the routers know.
-    fn restart_chat(&mut self) {
-        let addr = self.chat.addr;
-        self.chat = service(
-            self.dir.path(),
-            &self.ca,
-            "chat",
-            "chat",
-            addr,
-            self.store.addr,
-            &[],
-        );
-    }
+/// `tessera ctl args...`, as the operator or without a credential: whether it succeeded,
+/// and everything it printed.
+fn ctl_as(c: &Cluster, operator: bool, args: &[&str]) -> (bool, String) {
+    let (ok, out, err) = if operator { c.ops(args) } else { c.ctl(args) };
+    (ok, out + &err)
 }
 
-/// A QUIC player on a router of `cluster`, with its own runtime.
+/// A QUIC player on a router of a cluster, with its own runtime.
 struct QuicPlayer {
     rt: tokio::runtime::Runtime,
     client: Client,
 }
 
 impl QuicPlayer {
-    fn create(router: &RouterProc, name: &str) -> QuicPlayer {
+    /// Connects to `router` of `c` (pinning the certificate every router serves) and
+    /// creates `name`.
+    fn create(c: &Cluster, router: &str, name: &str) -> QuicPlayer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("a tokio runtime");
-        let cert = std::fs::read(&router.cert).expect("the router's certificate");
+        let cert = std::fs::read(c.router_cert()).expect("the router's certificate");
+        let quic = c.quic(router);
         let client = rt.block_on(async {
             let ep = tessera_client::endpoint(rustls::pki_types::CertificateDer::from(cert))
                 .expect("a QUIC endpoint");
-            let mut c = Client::connect(&ep, router.quic)
+            let mut client = Client::connect(&ep, quic)
                 .await
                 .unwrap_or_else(|e| panic!("{name}: connect: {e}"));
-            c.create(name, PW)
+            client
+                .create(name, PW)
                 .await
                 .unwrap_or_else(|e| panic!("{name}: create: {e}"));
-            c
+            client
         });
         QuicPlayer { rt, client }
     }
@@ -220,19 +118,19 @@ fn assert_healthy(what: &str, addr: SocketAddr) {
 
 #[test]
 fn a_full_session_through_every_service_with_two_routers_and_two_auth_replicas() {
-    let mut c = Cluster::start(2, 2);
-    for s in &c.auths {
-        assert_healthy("auth", s.metrics);
+    let mut c = services_cluster(2, 2);
+    for s in c.names(Kind::Auth) {
+        assert_healthy("auth", c.metrics(&s));
     }
-    assert_healthy("chat", c.chat.metrics);
-    assert_healthy("asset", c.asset.metrics);
-    assert_healthy("router", c.routers[0].metrics);
+    assert_healthy("chat", c.metrics("chat"));
+    assert_healthy("asset", c.metrics("asset"));
+    assert_healthy("router", c.metrics("router-1"));
     // The asset service answers on its own port too.
-    assert_eq!(http_get(c.asset.addr, "/readyz").0, 200);
+    assert_eq!(http_get(c.ready("asset").addr("listen"), "/readyz").0, 200);
 
     // Ann plays over telnet on router-1, Bob over QUIC on router-2.
-    let mut ann = TelnetClient::create(c.telnet(0), "Ann", PW);
-    let mut bob = QuicPlayer::create(&c.routers[1], "Bob");
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
+    let mut bob = QuicPlayer::create(&c, "router-2", "Bob");
     let before = ann.where_();
     let walked = ann.command("n");
     assert!(walked.contains("You walk north"), "{walked}");
@@ -284,10 +182,10 @@ fn a_full_session_through_every_service_with_two_routers_and_two_auth_replicas()
         .contains("Only operators can do that."));
 
     // Lose one auth replica: logins go on through the other one.
-    c.auths[0].role.kill();
+    c.kill("auth-1");
     std::thread::sleep(Duration::from_millis(300));
-    for (i, name) in ["Cyd", "Dee"].into_iter().enumerate() {
-        let mut p = TelnetClient::create(c.telnet(i % 2), name, PW);
+    for (router, name) in ["router-1", "router-2"].into_iter().zip(["Cyd", "Dee"]) {
+        let mut p = TelnetClient::create(c.telnet(router), name, PW);
         p.quit();
     }
     // Sessions were logged out, and a known player comes back on the other
@@ -295,11 +193,11 @@ fn a_full_session_through_every_service_with_two_routers_and_two_auth_replicas()
     let at = ann.where_();
     let bye = ann.quit();
     assert!(bye.contains("Goodbye"), "{bye}");
-    let mut ann = TelnetClient::login(c.telnet(1), "Ann", PW);
+    let mut ann = TelnetClient::login(c.telnet("router-2"), "Ann", PW);
     assert!(ann.where_().distance_xz(&at) < 1.0);
     // With no replica left, a login says so and nothing else breaks.
-    c.auths[1].role.kill();
-    let mut eve = TelnetClient::connect(c.telnet(0));
+    c.kill("auth-2");
+    let mut eve = TelnetClient::connect(c.telnet("router-1"));
     let refused = eve.command(&format!("create Eve {PW}"));
     assert!(
         refused.contains("not available right now"),
@@ -310,13 +208,13 @@ fn a_full_session_through_every_service_with_two_routers_and_two_auth_replicas()
 
 #[test]
 fn players_keep_playing_while_chat_is_down_and_shout_comes_back_by_itself() {
-    let mut c = Cluster::start(1, 1);
-    let mut ann = TelnetClient::create(c.telnet(0), "Ann", PW);
-    let mut bob = TelnetClient::create(c.telnet(0), "Bob", PW);
+    let mut c = services_cluster(1, 1);
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
+    let mut bob = TelnetClient::create(c.telnet("router-1"), "Bob", PW);
     ann.command("shout one");
     bob.wait_for("Ann shouts, \"one\"", Duration::from_secs(10));
 
-    c.chat.role.kill();
+    c.kill("chat");
     // Movement and local speech do not need chat.
     assert!(ann.command("e").contains("You walk east"));
     assert!(ann.command("say still here").contains("You say"));
@@ -330,25 +228,23 @@ fn players_keep_playing_while_chat_is_down_and_shout_comes_back_by_itself() {
 
     // Back on the same address: the routers reconnect and register their
     // players again; nobody reconnects.
-    c.restart_chat();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let answer = ann.command("shout two");
-        if !answer.contains("unavailable") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "chat never came back: {answer}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    c.restart("chat");
+    let mut answer = String::new();
+    eventually(Duration::from_secs(20), || {
+        answer = ann.command("shout two");
+        (!answer.contains("unavailable")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("chat never came back: {answer}"));
     bob.wait_for("Ann shouts, \"two\"", Duration::from_secs(10));
     bob.command("tell ann welcome back");
     ann.wait_for("Bob tells you, \"welcome back\"", Duration::from_secs(10));
 
     // An operator (made one by `tessera ctl role`) mutes and kicks.
-    let auth_addr = c.auths[0].addr.to_string();
+    let auth_addr = c.ready("auth-1").addr("listen").to_string();
     let ca = c.ca.display().to_string();
     let role = |credential: bool| {
-        c.ctl(
+        ctl_as(
+            &c,
             credential,
             &[
                 "role",
@@ -366,7 +262,7 @@ fn players_keep_playing_while_chat_is_down_and_shout_comes_back_by_itself() {
     let (ok, text) = role(true);
     assert!(ok && text.contains("Ann is now an operator"), "{text}");
     assert!(ann.quit().contains("Goodbye"));
-    let mut ann = TelnetClient::login(c.telnet(0), "Ann", PW);
+    let mut ann = TelnetClient::login(c.telnet("router-1"), "Ann", PW);
     let muted = ann.command("mute Bob 5");
     assert!(muted.contains("Bob is muted for 5 minutes."), "{muted}");
     let refused = bob.command("shout let me speak");
@@ -390,8 +286,8 @@ fn players_keep_playing_while_chat_is_down_and_shout_comes_back_by_itself() {
     );
 }
 
-/// Sum of a shard metric over the shards.
-fn shard_metric(c: &Cluster, name: &str) -> f64 {
+/// Sum of a shard metric over the running shards.
+fn shard_metric(c: &mut Cluster, name: &str) -> f64 {
     c.shard_metrics()
         .iter()
         .flat_map(|m| metric_samples(&scrape(*m), name))
@@ -399,53 +295,51 @@ fn shard_metric(c: &Cluster, name: &str) -> f64 {
         .sum()
 }
 
+/// Waits (up to `timeout`) until `f` holds; panics naming `what` if it never does.
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(timeout, || f().then_some(()))
+        .unwrap_or_else(|| panic!("timed out waiting for {what}"));
 }
 
 #[test]
 fn a_persistence_outage_is_buffered_and_loses_nothing_a_player_saw() {
-    let mut c = Cluster::start(1, 1);
-    let mut ann = TelnetClient::create(c.telnet(0), "Ann", PW);
+    let mut c = services_cluster(1, 1);
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
     ann.command("e");
 
-    let store_addr = c.store.addr;
-    c.store.role.kill();
+    c.kill("persistence");
     // The world goes on: Ann walks and is told where she is.
     for _ in 0..3 {
         assert!(ann.command("n").contains("You walk north"));
     }
     let seen = ann.where_();
-    let ticks = shard_metric(&c, "tessera_shard_tick_seconds_count");
+    let ticks = shard_metric(&mut c, "tessera_shard_tick_seconds_count");
     // Checkpoints pile up instead of being dropped.
     wait_until("checkpoints to be pending", Duration::from_secs(30), || {
-        shard_metric(&c, "tessera_shard_checkpoints_pending") > 0.0
+        shard_metric(&mut c, "tessera_shard_checkpoints_pending") > 0.0
     });
     assert!(
-        shard_metric(&c, "tessera_shard_tick_seconds_count") > ticks + 30.0,
+        shard_metric(&mut c, "tessera_shard_tick_seconds_count") > ticks + 30.0,
         "shards must keep simulating"
     );
     // Ann leaves while her record cannot be written.
     assert!(ann.quit().contains("Goodbye"));
 
-    c.store = persistence_at(c.dir.path(), &c.ca, store_addr, &c.etcd, false);
+    // Back on its address, without routers' accounts, as it was.
+    c.restart("persistence");
     wait_until(
         "buffered checkpoints to land",
         Duration::from_secs(40),
-        || shard_metric(&c, "tessera_shard_checkpoints_pending") == 0.0,
+        || shard_metric(&mut c, "tessera_shard_checkpoints_pending") == 0.0,
     );
-    let router_metrics = c.routers[0].metrics;
+    let router_metrics = c.metrics("router-1");
     wait_until("Ann's record to land", Duration::from_secs(40), || {
         metric_samples(&scrape(router_metrics), "tessera_router_unsaved_players")
             .iter()
             .all(|(_, v)| *v == 0.0)
     });
     // She comes back exactly where she was told she stood.
-    let mut ann = TelnetClient::login(c.telnet(0), "Ann", PW);
+    let mut ann = TelnetClient::login(c.telnet("router-1"), "Ann", PW);
     let back = ann.where_();
     assert!(
         back.distance_xz(&seen) < 0.5,
@@ -455,9 +349,9 @@ fn a_persistence_outage_is_buffered_and_loses_nothing_a_player_saw() {
 
 #[test]
 fn an_npc_script_changes_through_ctl_asset_put_without_losing_its_state() {
-    let c = Cluster::start(1, 1);
-    let url = format!("http://{}", c.asset.addr);
-    let mut ann = TelnetClient::create(c.telnet(0), "Ann", PW);
+    let c = services_cluster(1, 1);
+    let url = format!("http://{}", c.ready("asset").addr("listen"));
+    let mut ann = TelnetClient::create(c.telnet("router-1"), "Ann", PW);
     ann.command("say hello Mira");
     ann.wait_for("Mira says,", Duration::from_secs(5));
     ann.command("say hello again Mira");
@@ -472,9 +366,9 @@ fn an_npc_script_changes_through_ctl_asset_put_without_losing_its_state() {
         v1_line,
         "say(`Version two, ${speaker}: greeting number ${state.greeted}.`);",
     );
-    let file = c.dir.path().join("greeter-v2.rhai");
+    let file = c.path().join("greeter-v2.rhai");
     std::fs::write(&file, v2).unwrap();
-    let put = |file: &std::path::Path, credential: bool| {
+    let put = |file: &Path, credential: bool| {
         let file = file.display().to_string();
         let args = [
             "asset",
@@ -484,7 +378,7 @@ fn an_npc_script_changes_through_ctl_asset_put_without_losing_its_state() {
             "scripts/greeter.rhai",
             &file,
         ];
-        c.ctl(credential, &args)
+        ctl_as(&c, credential, &args)
     };
     let (ok, text) = put(&file, false);
     assert!(!ok && text.contains("operator credential"), "{text}");
@@ -494,10 +388,11 @@ fn an_npc_script_changes_through_ctl_asset_put_without_losing_its_state() {
         "{text}"
     );
 
+    let shards = c.names(Kind::Shard);
     let logs = |needle: &str| {
-        c.shards
-            .iter()
-            .all(|s| std::fs::read_to_string(&s.role.stderr_log).is_ok_and(|l| l.contains(needle)))
+        shards.iter().all(|s| {
+            std::fs::read_to_string(&c.role(s).stderr_log).is_ok_and(|l| l.contains(needle))
+        })
     };
     wait_until(
         "every shard to reload the script",
@@ -512,7 +407,7 @@ fn an_npc_script_changes_through_ctl_asset_put_without_losing_its_state() {
     );
 
     // A broken version is refused; Mira keeps the working one.
-    let broken = c.dir.path().join("greeter-broken.rhai");
+    let broken = c.path().join("greeter-broken.rhai");
     std::fs::write(&broken, "fn on_hear(speaker, text) { say(").unwrap();
     assert!(put(&broken, true).0);
     wait_until(
@@ -524,18 +419,18 @@ fn an_npc_script_changes_through_ctl_asset_put_without_losing_its_state() {
     let fourth = ann.wait_for("Mira says,", Duration::from_secs(5));
     assert!(fourth.contains("greeting number 4."), "{fourth}");
     // No shard restarted.
-    for s in &c.shards {
-        assert!(scrape(s.metrics).contains("tessera_shard_script_reloads_total"));
+    for s in &shards {
+        assert!(scrape(c.metrics(s)).contains("tessera_shard_script_reloads_total"));
     }
 }
 
 #[test]
 fn a_brute_force_from_one_address_is_refused_while_the_owner_logs_in() {
-    let c = Cluster::start(1, 1);
-    let mut cyd = TelnetClient::create(c.telnet(0), "Cyd", PW);
+    let c = services_cluster(1, 1);
+    let mut cyd = TelnetClient::create(c.telnet("router-1"), "Cyd", PW);
     cyd.quit();
     let attacker: IpAddr = "127.0.0.1".parse().unwrap();
-    let mut conn = TelnetClient::connect_from(c.telnet(0), attacker);
+    let mut conn = TelnetClient::connect_from(c.telnet("router-1"), attacker);
     let mut limited = 0;
     for i in 0..100 {
         let answer = conn.command(&format!("connect Cyd guess{i:03}"));
@@ -550,7 +445,7 @@ fn a_brute_force_from_one_address_is_refused_while_the_owner_logs_in() {
     let answer = conn.command(&format!("connect Cyd {PW}"));
     assert!(answer.contains("Too many failed logins"), "{answer}");
     // ...but the owner, at another address, logs in.
-    let mut owner = TelnetClient::connect_from(c.telnet(0), "127.0.0.2".parse().unwrap());
+    let mut owner = TelnetClient::connect_from(c.telnet("router-1"), "127.0.0.2".parse().unwrap());
     let welcome = owner.command(&format!("connect Cyd {PW}"));
     assert!(welcome.contains("Welcome back, Cyd."), "{welcome}");
 }

@@ -2,10 +2,11 @@
 //! `test_raftstore::Cluster`: a [`Cluster`] owns a real etcd (TLS with client certificates),
 //! the cluster CA with an operator, the issued member certificates and every member it
 //! started by name (coordinators, shards, routers, the persistence service, auth replicas,
-//! telnet gateways). It finds their addresses in their ready files (`--ready-file`), never
-//! in their log lines, and can start, restart, stop (SIGTERM), kill (SIGKILL), pause
-//! (SIGSTOP), resume (SIGCONT), partition and heal each member. On drop it kills every
-//! member and removes every network namespace, even when the test panics.
+//! the chat and asset services, telnet gateways). It finds their addresses in their ready
+//! files (`--ready-file`), never in their log lines, and can start, restart, stop (SIGTERM),
+//! kill (SIGKILL), pause (SIGSTOP), resume (SIGCONT), partition and heal each member. On
+//! drop it kills every member and removes every network namespace, even when the test
+//! panics.
 //!
 //! ```ignore
 //! let mut c = Cluster::new();
@@ -31,7 +32,8 @@
 //! The shards and routers started after a persistence service keep their state in it; the
 //! routers after the first serve the first router's QUIC certificate (so a telnet gateway
 //! and the bots pin one certificate); the routers started after an auth replica log players
-//! in through it.
+//! in through it, and those started after the chat service carry their players' chat
+//! through it. The shards started after the asset service load their scripts from it.
 
 use super::*;
 use crate::common::{eventually, TestDir};
@@ -50,6 +52,8 @@ pub enum Kind {
     Persistence,
     Auth,
     Gateway,
+    Chat,
+    Asset,
 }
 
 impl Kind {
@@ -62,6 +66,8 @@ impl Kind {
             Kind::Persistence => "persistence",
             Kind::Auth => "auth",
             Kind::Gateway => "telnet-gateway",
+            Kind::Chat => "chat",
+            Kind::Asset => "asset",
         }
     }
 }
@@ -83,8 +89,13 @@ pub struct MemberSpec {
     pub router_accounts: bool,
     /// Shards and routers: whether they use the cluster's persistence service (if one runs).
     pub use_persistence: bool,
+    /// Routers: whether it signs session tokens with the first router's key (see
+    /// [`MemberSpec::sharing_signing_key`]).
+    pub share_signing_key: bool,
     /// Shards: `RUST_LOG`.
     pub rust_log: String,
+    /// Coordinators, shards and routers: the world definition directory (`--world`).
+    pub world: String,
     /// More flags.
     pub args: Vec<String>,
     /// More environment variables (the fault switches of test builds).
@@ -101,7 +112,9 @@ impl MemberSpec {
             settle_ms: 1000,
             router_accounts: true,
             use_persistence: true,
+            share_signing_key: false,
             rust_log: "warn,tessera_shard=info".into(),
+            world: WORLD.into(),
             args: Vec::new(),
             env: Vec::new(),
         }
@@ -124,7 +137,8 @@ impl MemberSpec {
         MemberSpec::new(Kind::Router, name)
     }
 
-    /// The persistence service (`persistence`), letting routers keep accounts in it.
+    /// The persistence service (`persistence`), letting routers keep accounts in it; its
+    /// store is `<dir>/persistence-data`.
     pub fn persistence() -> MemberSpec {
         MemberSpec::new(Kind::Persistence, "persistence")
     }
@@ -137,6 +151,19 @@ impl MemberSpec {
     /// A telnet gateway pinning the routers' certificate.
     pub fn gateway(name: &str) -> MemberSpec {
         MemberSpec::new(Kind::Gateway, name)
+    }
+
+    /// The chat service (`chat`), keeping its state in the persistence service; the routers
+    /// started after it carry their players' chat through it.
+    pub fn chat() -> MemberSpec {
+        MemberSpec::new(Kind::Chat, "chat")
+    }
+
+    /// The asset service (`asset`), keeping its files in the persistence service and reading
+    /// the operators (who may upload) from etcd; the shards started after it load and
+    /// hot-reload their scripts from it.
+    pub fn asset() -> MemberSpec {
+        MemberSpec::new(Kind::Asset, "asset")
     }
 
     /// This lease, seconds.
@@ -155,6 +182,23 @@ impl MemberSpec {
         }
     }
 
+    /// A coordinator that places cells `ms` milliseconds after the first shard registers.
+    pub fn settle_ms(self, ms: u64) -> MemberSpec {
+        MemberSpec {
+            settle_ms: ms,
+            ..self
+        }
+    }
+
+    /// Coordinators, shards and routers: the world in directory `dir` (the default world
+    /// unless told).
+    pub fn world(self, dir: &str) -> MemberSpec {
+        MemberSpec {
+            world: dir.into(),
+            ..self
+        }
+    }
+
     /// A coordinator that moves no cell on its own (`--no-rebalance`).
     pub fn not_rebalancing(self) -> MemberSpec {
         MemberSpec {
@@ -167,6 +211,25 @@ impl MemberSpec {
     pub fn without_persistence(self) -> MemberSpec {
         MemberSpec {
             use_persistence: false,
+            ..self
+        }
+    }
+
+    /// Persistence: routers may not keep accounts in it (only the auth service may).
+    pub fn without_router_accounts(self) -> MemberSpec {
+        MemberSpec {
+            router_accounts: false,
+            ..self
+        }
+    }
+
+    /// Routers after the first: signs session tokens with the first router's key (copied
+    /// into its data dir before its first start), as the routers of a deployment share one
+    /// secret, so a player (or a telnet gateway) resumes a session on any router. It matters
+    /// only without an auth service (with one, the auth service signs the tokens).
+    pub fn sharing_signing_key(self) -> MemberSpec {
+        MemberSpec {
+            share_signing_key: true,
             ..self
         }
     }
@@ -699,7 +762,7 @@ impl Cluster {
                         lease_ttl_secs: spec.lease_ttl_secs,
                         rebalance: spec.rebalance,
                         extra: &extra,
-                        world: WORLD.into(),
+                        world: spec.world.clone(),
                         ip,
                         netns: netns.as_deref(),
                     },
@@ -721,8 +784,10 @@ impl Cluster {
                         netns: netns.as_deref(),
                         rust_log: &spec.rust_log,
                         persistence,
-                        world: WORLD.into(),
-                        assets: None,
+                        world: spec.world.clone(),
+                        assets: self
+                            .first_of(Kind::Asset, name)
+                            .map(|a| format!("http://{}", a.addr("listen"))),
                         extra: &extra,
                     },
                     &env,
@@ -749,6 +814,12 @@ impl Cluster {
                 if let Some(auth) = self.first_of(Kind::Auth, name) {
                     extra.extend(["--auth".into(), auth.addr("listen").to_string()]);
                 }
+                if let Some(chat) = self.first_of(Kind::Chat, name) {
+                    extra.extend(["--chat".into(), chat.addr("listen").to_string()]);
+                }
+                if spec.share_signing_key && self.member(name).starts == 0 {
+                    self.copy_signing_key(name, &dir);
+                }
                 let any = SocketAddr::new(ip, 0);
                 let telnet = self.previous(name, "telnet").unwrap_or(any);
                 let quic = self.previous(name, "quic").unwrap_or(any);
@@ -761,7 +832,7 @@ impl Cluster {
                         bus_ip: ip,
                         lease_ttl_secs: spec.lease_ttl_secs.unwrap_or(20),
                         persistence,
-                        world: WORLD.into(),
+                        world: spec.world.clone(),
                         id: spec.name.clone(),
                         extra,
                         netns: netns.clone(),
@@ -846,12 +917,64 @@ impl Cluster {
                 let ready = Ready::read(&role.ready_file).expect("a ready file");
                 (role, ready)
             }
+            Kind::Chat | Kind::Asset => {
+                let what = spec.kind.role();
+                let store = persistence.unwrap_or_else(|| panic!("{what} needs persistence"));
+                let listen = self
+                    .previous(name, "listen")
+                    .unwrap_or(SocketAddr::new(ip, 0));
+                let mut args: Vec<String> = vec![
+                    what.into(),
+                    "--cluster-ca".into(),
+                    member_dir(&self.ca, what).display().to_string(),
+                    "--listen".into(),
+                    listen.to_string(),
+                    "--persistence".into(),
+                    store.to_string(),
+                    "--data-dir".into(),
+                    dir.join(format!("{name}-data")).display().to_string(),
+                    "--metrics".into(),
+                    SocketAddr::new(ip, 0).to_string(),
+                ];
+                if spec.kind == Kind::Asset {
+                    // It reads the operators (who may upload) from etcd.
+                    args.extend(["--etcd".into(), self.etcd_url()]);
+                    args.extend(tls_flags(&self.etcd.tls()));
+                }
+                args.extend(spec.args.iter().cloned());
+                let ServiceProc { role, .. } = service_in(&dir, name, netns.as_deref(), &args);
+                let ready = Ready::read(&role.ready_file).expect("a ready file");
+                (role, ready)
+            }
         };
         let m = self.member_mut(name);
         m.role = Some(role);
         m.ready = Some(ready.clone());
         m.starts += 1;
         ready
+    }
+
+    /// Copies the first router's session signing key into the data dir of router `name`
+    /// (`<dir>/router-data` for `router-1`, else `<dir>/<name>-data`), unless it is that one.
+    fn copy_signing_key(&self, name: &str, dir: &Path) {
+        let Some(cert) = self
+            .first_of(Kind::Router, name)
+            .and_then(|r| r.files.get("quic_cert"))
+        else {
+            return;
+        };
+        let from = cert.with_file_name("auth-signing.key");
+        let data = if name == "router-1" {
+            dir.join("router-data")
+        } else {
+            dir.join(format!("{name}-data"))
+        };
+        let to = data.join("auth-signing.key");
+        if from != to && from.exists() {
+            std::fs::create_dir_all(&data).expect("create the router's data dir");
+            std::fs::copy(&from, &to)
+                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+        }
     }
 
     /// What `name` announced when it last became ready.
@@ -870,6 +993,11 @@ impl Cluster {
     /// A router's or gateway's telnet address.
     pub fn telnet(&self, name: &str) -> SocketAddr {
         self.ready(name).addr("telnet")
+    }
+
+    /// A router's or gateway's telnet-over-TLS address, if it serves one (`--telnet-tls`).
+    pub fn telnet_tls(&self, name: &str) -> Option<SocketAddr> {
+        self.ready(name).addrs.get("telnet_tls").copied()
     }
 
     /// A router's QUIC address.
@@ -942,6 +1070,15 @@ impl Cluster {
             self.resume(name);
         }
         self.role_mut(name).terminate(timeout)
+    }
+
+    /// SIGTERM without waiting for the exit (to watch a drain); [`Cluster::wait_exit`] or
+    /// [`Cluster::try_exit`] then sees it.
+    pub fn sigterm(&mut self, name: &str) {
+        if self.member(name).paused {
+            self.resume(name);
+        }
+        self.role(name).signal("TERM");
     }
 
     /// SIGKILL (kill -9), and reaps it.
