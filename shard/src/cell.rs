@@ -158,6 +158,8 @@ pub struct Cell {
     ground: ColliderHandle,
     index: HashMap<EntityId, Entity>,
     ghosts: HashMap<EntityId, Entity>,
+    /// Entities pushed into `ecs` since it was made, owned and ghosts ([`Cell::churn`]).
+    created: u64,
     grid: Grid,
     /// Recent step durations (load reports).
     pub cost: crate::cost::StepCost,
@@ -248,6 +250,7 @@ impl Cell {
             ground,
             index: HashMap::new(),
             ghosts: HashMap::new(),
+            created: 0,
             grid,
             cost: Default::default(),
         }
@@ -303,6 +306,7 @@ impl Cell {
             vel: t.vel,
             yaw: t.yaw,
         };
+        self.created += 1;
         let entity = match (t.player, t.session) {
             (Some(player), Some(session)) => self.ecs.push((
                 identity,
@@ -914,6 +918,7 @@ impl Cell {
                 }
                 None => {
                     let handle = self.add_body(g.id, g.kind, g.pos);
+                    self.created += 1;
                     let entity = self.ecs.push((
                         Identity {
                             id: g.id,
@@ -949,6 +954,60 @@ impl Cell {
 
     pub fn ghost_count(&self) -> usize {
         self.ghosts.len()
+    }
+
+    /// Entities that left this cell's ECS world (handed off, removed, ghosts that went)
+    /// since it was made. legion 0.4 never frees the slot a world kept for an entity: its
+    /// location map holds a block of 16 slots (about 400 bytes) for every 16 entity ids it
+    /// ever saw, and entity ids are shared by every world of the process, so each entity that
+    /// passes through a cell costs it about a block for good, until [`Cell::compact`].
+    pub fn churn(&self) -> u64 {
+        self.created
+            .saturating_sub((self.index.len() + self.ghosts.len()) as u64)
+    }
+
+    /// Moves every entity, owned and ghost, into a fresh ECS world, which keeps slots for
+    /// them alone ([`Cell::churn`] becomes 0). Physics bodies, scripts' state, sessions and
+    /// inputs are kept as they are; only legion's handles change.
+    pub fn compact(&mut self) {
+        let mut fresh = World::default();
+        let mut index = HashMap::with_capacity(self.index.len());
+        let mut ghosts = HashMap::with_capacity(self.ghosts.len());
+        for (owned, from, to) in [
+            (true, &self.index, &mut index),
+            (false, &self.ghosts, &mut ghosts),
+        ] {
+            for (&id, &entity) in from {
+                let Ok(entry) = self.ecs.entry_ref(entity) else {
+                    continue;
+                };
+                let (Ok(identity), Ok(motion), Ok(body)) = (
+                    entry.get_component::<Identity>(),
+                    entry.get_component::<Motion>(),
+                    entry.get_component::<Body>(),
+                ) else {
+                    continue;
+                };
+                let base = (identity.clone(), *motion, *body);
+                let moved = if !owned {
+                    let Ok(ghost) = entry.get_component::<Ghost>() else {
+                        continue;
+                    };
+                    fresh.push((base.0, base.1, base.2, *ghost))
+                } else if let Ok(pilot) = entry.get_component::<Pilot>() {
+                    fresh.push((base.0, base.1, base.2, pilot.clone()))
+                } else if let Ok(npc) = entry.get_component::<Npc>() {
+                    fresh.push((base.0, base.1, base.2, npc.clone()))
+                } else {
+                    fresh.push(base)
+                };
+                to.insert(id, moved);
+            }
+        }
+        self.ecs = fresh;
+        self.created = (index.len() + ghosts.len()) as u64;
+        self.index = index;
+        self.ghosts = ghosts;
     }
 
     /// The owned entities as routers see them.
@@ -1078,6 +1137,56 @@ size = [1, 4, 10]
     fn cell() -> Cell {
         let world = parse_world(WORLD).expect("test world parses");
         Cell::new(RegionId::cell(CellId::new(0, 0)), Epoch(1), &world)
+    }
+
+    #[test]
+    fn compacting_keeps_every_entity_and_forgets_the_ones_that_left() {
+        let mut c = cell();
+        let mut npc = player(1000, Vec3::new(30.0, 0.0, 30.0));
+        npc.kind = EntityKind::Npc;
+        npc.player = None;
+        npc.session = None;
+        npc.walk_target = Some(Vec3::new(31.0, 0.0, 30.0));
+        npc.script = Some(ScriptState {
+            script: "greeter".into(),
+            state_json: r#"{"greeted":3}"#.into(),
+            disabled: None,
+        });
+        c.insert(npc.clone());
+        c.insert(player(1, Vec3::new(10.0, 0.0, 10.0)));
+        // Players pass through; ghosts come and go at the border.
+        for id in 2..500u64 {
+            c.insert(player(id, Vec3::new(12.0, 0.0, 12.0)));
+            assert!(c.extract(EntityId(id)).is_some());
+        }
+        let from = RegionId::cell(CellId::new(1, 0));
+        for round in 0..50u64 {
+            let states: Vec<GhostState> = (0..4)
+                .map(|k| GhostState {
+                    id: EntityId(10_000 + round * 4 + k),
+                    kind: EntityKind::Player,
+                    pos: Vec3::new(63.0, 0.0, 10.0 + k as f32),
+                    yaw: 0.0,
+                })
+                .collect();
+            c.set_ghosts(from, &states);
+        }
+        assert_eq!((c.entity_count(), c.ghost_count()), (2, 4));
+        assert_eq!(c.churn(), 498 + 196);
+        let before: Vec<_> = [1000, 1].map(|id| c.export(EntityId(id)).unwrap()).into();
+
+        c.compact();
+        assert_eq!(c.churn(), 0);
+        assert_eq!((c.entity_count(), c.ghost_count()), (2, 4));
+        let after: Vec<_> = [1000, 1].map(|id| c.export(EntityId(id)).unwrap()).into();
+        assert_eq!(format!("{before:?}"), format!("{after:?}"));
+        // The moved entities still act: a step, a session, ghosts replaced by the next update.
+        assert!(c.session(EntityId(1)).is_some());
+        assert!(!c.step(EntityId(1), Compass::North, 3.0).unwrap().blocked);
+        c.set_ghosts(from, &[]);
+        assert_eq!(c.ghost_count(), 0);
+        c.simulate(1.0 / 30.0, &Movement::default());
+        assert_eq!(c.view().len(), 2);
     }
 
     #[test]

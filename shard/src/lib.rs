@@ -25,7 +25,7 @@ use tessera_proto::ShardId;
 
 pub use cell::Movement;
 pub use script::ScriptLimits;
-pub use sim::Shard;
+pub use sim::{Shard, COMPACT_AFTER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
