@@ -83,7 +83,7 @@ fn run(passes: u64, compact: bool) -> (u64, u64, f64) {
         cell.extract(EntityId(n + 1));
         // A tick now and then, as a shard runs them (physics lets go of removed bodies
         // when it steps).
-        if (n / cells_len) % 4 == 0 {
+        if (n / cells_len).is_multiple_of(4) {
             cell.simulate(1.0 / 30.0, &Movement::default());
         }
         if compact && cell.churn() > COMPACT_AFTER {
