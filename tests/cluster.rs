@@ -650,7 +650,7 @@ fn operators_are_added_and_revoked_and_the_cluster_follows() {
         .nth(1)
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| panic!("no public key in {out:?}"));
-    let (ok, _, err) = c.ctl(&[
+    let add_bob = [
         "operator",
         "add",
         "bob",
@@ -658,17 +658,10 @@ fn operators_are_added_and_revoked_and_the_cluster_follows() {
         &public,
         "--cluster-ca",
         &ca_flag,
-    ]);
+    ];
+    let (ok, _, err) = c.ctl(&add_bob);
     assert!(!ok && err.contains("needs an operator credential"), "{err}");
-    let (ok, out, err) = c.ops(&[
-        "operator",
-        "add",
-        "bob",
-        "--public-key",
-        &public,
-        "--cluster-ca",
-        &ca_flag,
-    ]);
+    let (ok, out, err) = c.ops(&add_bob);
     assert!(ok && out.contains("operator bob added"), "{out} {err}");
     let (ok, list, err) = c.ctl(&["operator", "list", "--cluster-ca", &ca_flag]);
     assert!(ok, "{err}");

@@ -867,24 +867,14 @@ impl Cluster {
                     .previous(name, "listen")
                     .or_else(|| self.first_of(Kind::Auth, name).map(|r| r.addr("listen")))
                     .unwrap_or(SocketAddr::new(ip, 0));
-                let mut args: Vec<String> = vec![
-                    "auth".into(),
-                    "--cluster-ca".into(),
-                    member_dir(&self.ca, "auth").display().to_string(),
-                    "--listen".into(),
-                    listen.to_string(),
-                    "--persistence".into(),
-                    store.to_string(),
-                    "--data-dir".into(),
-                    dir.join(format!("{name}-data")).display().to_string(),
-                    "--metrics".into(),
-                    SocketAddr::new(ip, 0).to_string(),
+                let mut args = self.service_args("auth", name, listen, store, ip);
+                args.extend([
                     "--reuse-port".into(),
                     "--signing-key".into(),
                     dir.join("auth-signing.key").display().to_string(),
                     "--etcd".into(),
                     self.etcd_url(),
-                ];
+                ]);
                 args.extend(tls_flags(&self.etcd.tls()));
                 if let Some(e) = &exempt {
                     args.extend(["--limit-exempt".into(), e.clone()]);
@@ -923,19 +913,7 @@ impl Cluster {
                 let listen = self
                     .previous(name, "listen")
                     .unwrap_or(SocketAddr::new(ip, 0));
-                let mut args: Vec<String> = vec![
-                    what.into(),
-                    "--cluster-ca".into(),
-                    member_dir(&self.ca, what).display().to_string(),
-                    "--listen".into(),
-                    listen.to_string(),
-                    "--persistence".into(),
-                    store.to_string(),
-                    "--data-dir".into(),
-                    dir.join(format!("{name}-data")).display().to_string(),
-                    "--metrics".into(),
-                    SocketAddr::new(ip, 0).to_string(),
-                ];
+                let mut args = self.service_args(what, name, listen, store, ip);
                 if spec.kind == Kind::Asset {
                     // It reads the operators (who may upload) from etcd.
                     args.extend(["--etcd".into(), self.etcd_url()]);
@@ -952,6 +930,35 @@ impl Cluster {
         m.ready = Some(ready.clone());
         m.starts += 1;
         ready
+    }
+
+    /// The flags every front service (`auth`, `chat`, `asset`) named `name` starts with: its
+    /// member directory, where it listens, the persistence service, its data dir and a
+    /// metrics port on `ip`.
+    fn service_args(
+        &self,
+        what: &str,
+        name: &str,
+        listen: SocketAddr,
+        store: SocketAddr,
+        ip: IpAddr,
+    ) -> Vec<String> {
+        vec![
+            what.into(),
+            "--cluster-ca".into(),
+            member_dir(&self.ca, what).display().to_string(),
+            "--listen".into(),
+            listen.to_string(),
+            "--persistence".into(),
+            store.to_string(),
+            "--data-dir".into(),
+            self.path()
+                .join(format!("{name}-data"))
+                .display()
+                .to_string(),
+            "--metrics".into(),
+            SocketAddr::new(ip, 0).to_string(),
+        ]
     }
 
     /// Copies the first router's session signing key into the data dir of router `name`
