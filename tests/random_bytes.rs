@@ -73,12 +73,8 @@ fn random_bytes_on_every_port_leave_the_cluster_serving() {
     );
     let mut shard = shard(dir.path(), &ca, &ShardSpec::local(&etcd, "shard-1"));
     let mut router = router(dir.path(), &ca, &RouterSpec::local(&etcd));
-    let shard_bus = shard
-        .role
-        .addr_after("shard shard-1 running; cluster address ");
-    let router_bus = router
-        .role
-        .addr_after("router router-1 running; cluster address ");
+    let shard_bus = shard.role.wait_ready(READY_TIMEOUT).addr("cluster");
+    let router_bus = router.role.wait_ready(READY_TIMEOUT).addr("cluster");
     wait_ticking(&[shard.metrics], 10.0);
     eprintln!(
         "telnet {}, QUIC {}, router bus {router_bus}, shard bus {shard_bus}",
