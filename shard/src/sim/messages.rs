@@ -6,13 +6,15 @@ use super::joins::{Deferral, Join};
 use super::Shard;
 use crate::cell::StepOutcome;
 use std::time::{Duration, Instant};
+use tessera_coordinator::BusError;
+
+use tessera_proto::cluster::{EntityTransfer, GhostState, PlayerEvent, SessionRef, ToShard};
+use tessera_proto::msg::{EntityKind, Input, MAX_SAY_CHARS};
+use tessera_proto::{Compass, EntityId, Epoch, RegionId, ShardId, Vec3};
 
 /// How long a hand-off whose target left waits for the map to name the region's new owner
 /// before the entity is kept by the shard that sent it.
 pub const RESEND_PATIENCE: Duration = Duration::from_secs(30);
-use tessera_proto::cluster::{EntityTransfer, GhostState, PlayerEvent, SessionRef, ToShard};
-use tessera_proto::msg::{EntityKind, Input, MAX_SAY_CHARS};
-use tessera_proto::{Compass, EntityId, Epoch, RegionId, Vec3};
 
 impl Shard {
     /// Forwards a message for an entity this shard no longer has, to where
@@ -416,26 +418,12 @@ impl Shard {
                 Some((region, owner)) if bus.shard_incarnation(&owner.owner).is_some() => {
                     tracing::warn!(shard = %self.id, entity = %id, gone = %sent.target, to = %owner.owner, cell = %region, "hand-off target left before taking the entity; sending it to the new owner");
                     self.count_resent("elsewhere");
-                    let msg = ToShard::Handoff {
-                        to: region,
-                        epoch: owner.epoch,
-                        entity: sent.entity.clone(),
-                    };
-                    match bus.to_shard(&owner.owner, msg) {
-                        Ok(()) => {
-                            self.forwarding.remember(id, owner.owner.clone(), now);
-                            self.in_flight.record(Sent {
-                                to: region,
-                                entity: sent.entity,
-                                incarnation: bus.shard_incarnation(&owner.owner),
-                                target: owner.owner,
-                                at: now,
-                            });
-                        }
-                        Err(e) => {
-                            tracing::warn!(shard = %self.id, entity = %id, error = %e, "hand-off not sent again; trying next tick");
-                            self.in_flight.record(sent);
-                        }
+                    if let Err(refused) =
+                        self.send_handoff(region, owner.epoch, &owner.owner, sent.entity, now)
+                    {
+                        let (e, entity) = *refused;
+                        tracing::warn!(shard = %self.id, entity = %id, error = %e, "hand-off not sent again; trying next tick");
+                        self.in_flight.record(Sent { entity, ..sent });
                     }
                 }
                 // The map has not caught up with the departure: wait for it.
@@ -449,6 +437,37 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Hands `entity` to region `to` (at `epoch`) on another shard, `target`: on the way it
+    /// leaves a forwarding address for messages that follow it and a copy kept until it is
+    /// seen to arrive (`inflight`). When the bus refuses it (the target is gone), the entity
+    /// is given back with the error.
+    pub(super) fn send_handoff(
+        &mut self,
+        to: RegionId,
+        epoch: Epoch,
+        target: &ShardId,
+        entity: EntityTransfer,
+        now: Instant,
+    ) -> Result<(), Box<(BusError, EntityTransfer)>> {
+        let msg = ToShard::Handoff {
+            to,
+            epoch,
+            entity: entity.clone(),
+        };
+        if let Err(e) = self.bus.to_shard(target, msg) {
+            return Err(Box::new((e, entity)));
+        }
+        self.forwarding.remember(entity.id, target.clone(), now);
+        self.in_flight.record(Sent {
+            to,
+            entity,
+            incarnation: self.bus.shard_incarnation(target),
+            target: target.clone(),
+            at: now,
+        });
+        Ok(())
     }
 
     fn count_resent(&self, outcome: &'static str) {

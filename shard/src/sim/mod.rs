@@ -15,10 +15,6 @@
 
 mod forward;
 mod inflight;
-
-/// How many entities may leave a cell's ECS world before it is rebuilt
-/// (`Shard::compact_one_cell`): about 1.5 MiB of legion's slots.
-pub const COMPACT_AFTER: u64 = 4096;
 mod joins;
 mod linkdead;
 mod load;
@@ -38,7 +34,7 @@ use crate::script::{ScriptEngine, ScriptError};
 use crate::{ShardConfig, ShardError};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use forward::Forwarding;
-use inflight::{InFlight, Sent};
+use inflight::InFlight;
 use joins::{Join, PendingJoins};
 use load::TickHistory;
 use migrate::Migrations;
@@ -53,6 +49,10 @@ use tessera_coordinator::{Bus, CellMap};
 use tessera_proto::cluster::{CellFrame, PlayerEvent, SessionRef, ToRouter, ToShard};
 use tessera_proto::world::WorldDef;
 use tessera_proto::{EntityId, Epoch, Grid, RegionId, ShardId, Vec3};
+
+/// How many entities may leave a cell's ECS world before it is rebuilt
+/// (`Shard::compact_one_cell`): about 1.5 MiB of legion's slots.
+pub const COMPACT_AFTER: u64 = 4096;
 
 pub struct Shard {
     pub id: ShardId,
@@ -414,27 +414,14 @@ impl Shard {
                 if transfer.player.is_none() {
                     self.mark_dirty(c);
                 }
-                self.forwarding.remember(entity, owner.owner.clone(), now);
-                let msg = ToShard::Handoff {
-                    to,
-                    epoch: owner.epoch,
-                    entity: transfer.clone(),
-                };
-                match self.bus.to_shard(&owner.owner, msg) {
-                    Ok(()) => self.in_flight.record(Sent {
-                        to,
-                        entity: transfer,
-                        incarnation: self.bus.shard_incarnation(&owner.owner),
-                        target: owner.owner.clone(),
-                        at: now,
-                    }),
-                    Err(e) => {
-                        // The neighbour is gone: keep the entity here.
-                        tracing::error!(shard = %self.id, error = %e, "hand-off failed; keeping entity");
-                        self.forwarding.forget(entity);
-                        if let Some(cell) = self.cells.get_mut(&c) {
-                            cell.insert(transfer);
-                        }
+                if let Err(refused) =
+                    self.send_handoff(to, owner.epoch, &owner.owner, transfer, now)
+                {
+                    let (e, transfer) = *refused;
+                    // The neighbour is gone: keep the entity here.
+                    tracing::error!(shard = %self.id, error = %e, "hand-off failed; keeping entity");
+                    if let Some(cell) = self.cells.get_mut(&c) {
+                        cell.insert(transfer);
                     }
                 }
             }
