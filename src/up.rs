@@ -274,15 +274,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ca = ca_dir.display()
     );
     println!("Press Ctrl-C to stop; state is saved on the way out.");
-    crate::ready::Announcement::new("up", "tessera")
-        .addr("telnet", addrs.telnet)
-        .addr_opt("telnet_tls", addrs.telnet_tls)
-        .addr("quic", addrs.quic)
-        .addr("metrics", metrics_addr)
-        .addr("assets_listen", assets_addr)
+    up_announcement(&addrs, metrics_addr, assets_addr)
         .addr("auth", auth_server.local_addr()?)
         .addr("chat", chat.local_addr()?)
-        .file("quic_cert", &addrs.cert_path)
         .announce()?;
     router_task.await??;
     auth_server.close();
@@ -546,16 +540,10 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         {
             if let tessera_router::member::RouterState::Serving { addrs, .. } = &*serving.borrow() {
                 println!("{addrs}");
-                crate::ready::Announcement::new("up", "tessera")
-                    .addr("telnet", addrs.telnet)
-                    .addr_opt("telnet_tls", addrs.telnet_tls)
-                    .addr("quic", addrs.quic)
-                    .addr("metrics", metrics_addr)
-                    .addr("assets_listen", assets_addr)
+                up_announcement(addrs, metrics_addr, assets_addr)
                     .addr("persistence", store_addr)
                     .addr("auth", auth_addr)
                     .addr("chat", chat_addr)
-                    .file("quic_cert", &addrs.cert_path)
                     .announce_or_log();
             }
         }
@@ -586,6 +574,22 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
         println!("Tessera stopped; state saved.");
     }
     result
+}
+
+/// What `tessera up` announces in its ready file, either way it runs: the router's ports and
+/// certificate, metrics and assets (the callers add the services they started).
+fn up_announcement(
+    addrs: &tessera_router::RouterAddrs,
+    metrics: std::net::SocketAddr,
+    assets: std::net::SocketAddr,
+) -> crate::ready::Announcement {
+    crate::ready::Announcement::new("up", "tessera")
+        .addr("telnet", addrs.telnet)
+        .addr_opt("telnet_tls", addrs.telnet_tls)
+        .addr("quic", addrs.quic)
+        .addr("metrics", metrics)
+        .addr("assets_listen", assets)
+        .file("quic_cert", &addrs.cert_path)
 }
 
 fn connect_host(addr: std::net::SocketAddr) -> String {
