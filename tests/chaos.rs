@@ -194,6 +194,16 @@ thread_local! {
     static QUIET: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Sends `line` and reads the answer up to the next prompt: `None` when none came within
+/// [`ANSWER_WAIT`] or the connection broke (quietly: a fault makes that expected).
+fn ask(c: &mut TelnetClient, line: &str) -> Option<String> {
+    quietly(|| {
+        c.send_line(line);
+        c.try_read_until_prompt(ANSWER_WAIT)
+    })
+    .flatten()
+}
+
 /// Runs `f`, turning a panic (the telnet helpers panic on a lost connection) into `None`
 /// without printing it: a client in a chaos run expects to lose connections.
 fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
@@ -373,11 +383,7 @@ fn walk(
         };
         if checking {
             // After a failure: where does it stand now?
-            let text = quietly(|| {
-                c.send_line("where");
-                c.try_read_until_prompt(ANSWER_WAIT)
-            })
-            .flatten();
+            let text = ask(c, "where");
             match text.as_deref().and_then(Where::parse) {
                 Some(w) => {
                     compare(&state, &w, acked, pending);
@@ -395,11 +401,7 @@ fn walk(
         let Some(c) = client.as_mut() else { continue };
         let dir = PATTERN[i % PATTERN.len()];
         pending = Some(dir);
-        let answer = quietly(|| {
-            c.send_line(dir);
-            c.try_read_until_prompt(ANSWER_WAIT)
-        })
-        .flatten();
+        let answer = ask(c, dir);
         let walked = answer
             .as_deref()
             .is_some_and(|a| a.starts_with("You walk") || a.starts_with("Something blocks"));
@@ -421,11 +423,7 @@ fn walk(
             }
             continue;
         }
-        let text = quietly(|| {
-            c.send_line("where");
-            c.try_read_until_prompt(ANSWER_WAIT)
-        })
-        .flatten();
+        let text = ask(c, "where");
         match text.as_deref().and_then(Where::parse) {
             Some(w) => {
                 acked = Some((w.x, w.z));

@@ -636,14 +636,13 @@ fn a_rolling_restart_of_every_shard_disconnects_no_player() {
     every_shard_owns_cells(&c);
     c.start(MemberSpec::router("router-1"));
     let flags = WalkFlags::paused();
-    let mut walkers: Vec<Walker> = ["Rola", "Rolb", "Rolc", "Rold"]
-        .iter()
-        .zip(PACES)
-        .map(|(name, pattern)| {
-            let client = TelnetClient::create(c.telnet("router-1"), name, PW);
-            Walker::start(client, pattern, flags.clone(), WALKING)
-        })
-        .collect();
+    let mut walkers = Walker::start_each(
+        c.telnet("router-1"),
+        &["Rola", "Rolb", "Rolc", "Rold"],
+        &PACES,
+        &flags,
+        WALKING,
+    );
     let world_without_bots = c.settled_entities();
     let mut swarm = BotSwarm::start_at(
         c.path(),
@@ -871,14 +870,13 @@ fn bots_pacing_across_shard_borders_for_30_s_keep_every_entity() {
         bots.push((name, client));
     }
     let flags = WalkFlags::paused();
-    let mut walkers: Vec<Walker> = ["Tela", "Telb", "Telc", "Teld"]
-        .iter()
-        .zip(PACES)
-        .map(|(name, pattern)| {
-            let client = TelnetClient::create(router_telnet, name, PW);
-            Walker::start(client, pattern, flags.clone(), WALKING)
-        })
-        .collect();
+    let mut walkers = Walker::start_each(
+        router_telnet,
+        &["Tela", "Telb", "Telc", "Teld"],
+        &PACES,
+        &flags,
+        WALKING,
+    );
     let world = settled_entities(&metrics);
     assert_eq!(c.router_connections(), 16.0);
 

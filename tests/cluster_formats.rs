@@ -12,14 +12,12 @@ mod common;
 mod etcd;
 mod support_cluster;
 
-use common::{metric_samples, scrape, TelnetClient};
+use common::{metric_samples, scrape};
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support_cluster::cluster::{Cluster, MemberSpec, WORLD_CELLS};
 use support_cluster::*;
-
-const PW: &str = "correct-horse";
 
 /// Walkers cross the borders around the spawn.
 const PACES: [&[&str]; 3] = [
@@ -67,14 +65,13 @@ fn shards_of_the_previous_format_hand_over_to_this_release_in_a_rolling_update()
     });
     c.start(MemberSpec::router("router-1"));
     let flags = WalkFlags::paused();
-    let mut walkers: Vec<Walker> = ["Forma", "Formb", "Formc"]
-        .iter()
-        .zip(PACES)
-        .map(|(name, pattern)| {
-            let client = TelnetClient::create(c.telnet("router-1"), name, PW);
-            Walker::start(client, pattern, flags.clone(), WALKING)
-        })
-        .collect();
+    let mut walkers = Walker::start_each(
+        c.telnet("router-1"),
+        &["Forma", "Formb", "Formc"],
+        &PACES,
+        &flags,
+        WALKING,
+    );
     let world = c.settled_entities();
     flags.paused.store(false, Ordering::Relaxed);
 

@@ -1625,6 +1625,25 @@ pub struct Walker {
 }
 
 impl Walker {
+    /// Logs each of `names` in on `telnet` (password [`PW`]) and starts it walking the
+    /// pattern of `patterns` at its place (the first name the first pattern), at `pace`.
+    pub fn start_each(
+        telnet: SocketAddr,
+        names: &[&str],
+        patterns: &[&'static [&'static str]],
+        flags: &std::sync::Arc<WalkFlags>,
+        pace: Pace,
+    ) -> Vec<Walker> {
+        names
+            .iter()
+            .zip(patterns)
+            .map(|(name, pattern)| {
+                let client = TelnetClient::create(telnet, name, PW);
+                Walker::start(client, pattern, flags.clone(), pace)
+            })
+            .collect()
+    }
+
     pub fn start(
         mut client: TelnetClient,
         pattern: &'static [&'static str],
