@@ -14,6 +14,11 @@
    that uses it showing its own client certificate (the Secret
    tessera-etcd-<role>, never another role's nor the old shared
    tessera-etcd-client), a NetworkPolicy that admits exactly those roles;
+   a NetworkPolicy for every workload (issue 15, least privilege): the
+   players' and metrics ports open to everyone, every other port to the
+   roles of ADMITTED only (by app.kubernetes.io/name, never everyone), and
+   every role that passes --persistence, --auth, --chat or --assets among
+   them;
    and the cluster's Secrets: no Secret
    carries the CA key (ca-key.pem) and no pod mounts it, each role's
    --cluster-ca directory is its own Secret tessera-member-<role>, only auth
@@ -257,6 +262,7 @@ def rule_errors(objs, overlay, drain_measured_s):
         if not etcd["spec"].get("volumeClaimTemplates"):
             errs.append("etcd: no persistent volumes")
     errs += etcd_tls_errors(objs, by)
+    errs += network_policy_errors(objs)
     errs += secret_errors(objs)
     return errs
 
@@ -336,22 +342,9 @@ def etcd_tls_errors(objs, by):
         errs.append("NetworkPolicy/etcd: does not restrict ingress")
     admitted = {}
     for rule in policy["spec"].get("ingress", []):
-        names = set()
-        for peer in rule.get("from", [{}]):
-            if set(peer) != {"podSelector"}:
-                names.add("*")
-                continue
-            sel = peer["podSelector"]
-            name = sel.get("matchLabels", {}).get("app.kubernetes.io/name")
-            if name:
-                names.add(name)
-            for e in sel.get("matchExpressions", []):
-                if e.get("key") == "app.kubernetes.io/name" and e.get("operator") == "In":
-                    names.update(e.get("values", []))
-            if not name and not sel.get("matchExpressions"):
-                names.add("*")
-        for port in rule.get("ports", [{"port": "*"}]):
-            admitted.setdefault(port.get("port"), set()).update(names)
+        names = rule_peers(rule)
+        for port in rule.get("ports") or [{"port": "*"}]:
+            admitted.setdefault(port.get("port", "*"), set()).update(names)
     for port, who in admitted.items():
         if port == "*":
             errs.append("NetworkPolicy/etcd: a rule admits every port")
@@ -362,6 +355,166 @@ def etcd_tls_errors(objs, by):
         )
     if admitted.get("peer", set()) != {"etcd"}:
         errs.append(f"NetworkPolicy/etcd: the peer port admits {sorted(admitted.get('peer', set()))}, not etcd only")
+    return errs
+
+
+# ------------------------------------------------------- NetworkPolicies
+
+NAME_LABEL = "app.kubernetes.io/name"
+# A peer that is not a set of roles: every pod, another namespace, an address block.
+EVERYONE = "*"
+# Who may reach each port that is neither a players' port nor a metrics
+# port, by the app.kubernetes.io/name of the pods (issue 15: least
+# privilege). From the code: on the cluster bus shards take player traffic
+# from routers and everything else from shards, routers take only what
+# shards send (coordinator/src/identity.rs, may_send), and the leading
+# coordinator's liveness watchdog dials every shard and router
+# (coordinator/src/liveness.rs); the telnet gateways dial the routers' QUIC
+# port, a players' port. The services are dialled by the roles that pass
+# their flag (SERVICE_FLAGS), and by `tessera ctl` in an operator's pod
+# labelled `ctl` (docs/deploy.md, "NetworkPolicies"). etcd: as the policy's
+# own check (etcd_tls_errors) wants it.
+ADMITTED = {
+    ("etcd", "client"): {"coordinator", "shard", "router", "telnet-gateway", "persistence", "auth", "asset"},
+    ("etcd", "peer"): {"etcd"},
+    ("router", "cluster"): {"shard", "coordinator"},
+    ("shard", "cluster"): {"shard", "router", "coordinator"},
+    ("persistence", "persistence"): {"shard", "router", "auth", "chat", "asset", "ctl"},
+    ("auth", "auth"): {"router", "ctl"},
+    ("chat", "chat"): {"router"},
+    ("asset", "http"): {"shard", "ctl"},
+}
+# Open to everyone: the players' ports (the Services router and
+# tessera-telnet; a router's own telnet port, which no Service exposes,
+# plays the same login).
+PUBLIC_PORTS = {("router", "telnet"), ("router", "quic"), ("telnet-gateway", "telnet"), ("telnet-gateway", "telnet-tls")}
+# Open to everyone too: /healthz, /readyz, /metrics (etcd: /health), for
+# the kubelet's probes (from the node) and Prometheus (another namespace).
+METRICS_PORT = "metrics"
+# The flag that points a role at a service -> the (workload, port) it dials.
+SERVICE_FLAGS = {
+    "--persistence": ("persistence", "persistence"),
+    "--auth": ("auth", "auth"),
+    "--chat": ("chat", "chat"),
+    "--assets": ("asset", "http"),
+}
+
+
+def selects(selector, labels):
+    """Whether a label selector (matchLabels, matchExpressions) selects a pod's labels; an
+    empty selector selects every pod."""
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if (op == "In" and labels.get(key) not in values) \
+                or (op == "NotIn" and key in labels and labels[key] in values) \
+                or (op == "Exists" and key not in labels) \
+                or (op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+def selected_names(selector):
+    """The app.kubernetes.io/name values a pod selector admits, or None when it is not a
+    set of names alone (empty: every pod; other labels; other operators)."""
+    match = selector.get("matchLabels") or {}
+    if set(match) - {NAME_LABEL}:
+        return None
+    sets = [{match[NAME_LABEL]}] if NAME_LABEL in match else []
+    for e in selector.get("matchExpressions") or []:
+        if e.get("key") != NAME_LABEL or e.get("operator") != "In":
+            return None
+        sets.append(set(e.get("values") or []))
+    return set.intersection(*sets) if sets else None
+
+
+def rule_peers(rule):
+    """The roles (app.kubernetes.io/name) an ingress rule admits, with EVERYONE for a rule
+    without `from` and for a peer that is not a pod selector of names alone (a
+    namespaceSelector, an ipBlock, an empty podSelector)."""
+    peers = rule.get("from") or []
+    if not peers:
+        return {EVERYONE}
+    names = set()
+    for peer in peers:
+        chosen = selected_names(peer["podSelector"]) if set(peer) == {"podSelector"} else None
+        names |= {EVERYONE} if chosen is None else chosen
+    return names
+
+
+def rule_covers(rule, port):
+    """Whether an ingress rule's ports include a container port (by name or number, and
+    protocol; a rule without ports covers every port)."""
+    ports = rule.get("ports")
+    if not ports:
+        return True
+    number, protocol = port["containerPort"], port.get("protocol", "TCP")
+    for p in ports:
+        if p.get("protocol", "TCP") != protocol:
+            continue
+        want = p.get("port")
+        if want is None or want in (port.get("name"), number):
+            return True
+        if isinstance(want, int) and p.get("endPort") and want <= number <= p["endPort"]:
+            return True
+    return False
+
+
+def ingress_policies(objs):
+    """The NetworkPolicies that restrict ingress (policyTypes names Ingress, or is absent)."""
+    return [o for o in objs if o["kind"] == "NetworkPolicy"
+            and "Ingress" in (o["spec"].get("policyTypes") or ["Ingress"])]
+
+
+def network_policy_errors(objs):
+    """Least privilege on the pod network: every workload's pods are selected by an
+    ingress NetworkPolicy named after the workload; the players' ports and the metrics
+    port are open to everyone; every other container port admits named roles only (pod
+    selectors on app.kubernetes.io/name, never everyone), exactly the roles of ADMITTED;
+    and every role that passes a service's flag is one ADMITTED lets in."""
+    errs = []
+    policies = ingress_policies(objs)
+    for o in objs:
+        if o["kind"] not in WORKLOADS:
+            continue
+        labels = o["spec"]["template"]["metadata"].get("labels", {})
+        app = labels.get(NAME_LABEL)
+        for c in pod_spec(o).get("containers", []):
+            for flag, target in SERVICE_FLAGS.items():
+                if arg_value(c, flag) is not None and app not in ADMITTED[target]:
+                    errs.append(f"{name_of(o)}: passes {flag}, but {target[0]}'s {target[1]} port does not "
+                                f"admit {app} (ADMITTED in k8s/tests/check_manifests.py, and the policy)")
+        mine = [p for p in policies if selects(p["spec"].get("podSelector") or {}, labels)]
+        if not mine:
+            errs.append(f"{name_of(o)}: no NetworkPolicy selects its pods (every pod could reach every port)")
+            continue
+        if app not in {p["metadata"]["name"] for p in mine}:
+            errs.append(f"{name_of(o)}: no NetworkPolicy named {app} selects its pods")
+        for c in pod_spec(o).get("containers", []):
+            for port in c.get("ports", []):
+                who = set()
+                for p in mine:
+                    for rule in p["spec"].get("ingress") or []:
+                        if rule_covers(rule, port):
+                            who |= rule_peers(rule)
+                name = port.get("name")
+                where = f"{name_of(o)} port {name or port['containerPort']}/{port.get('protocol', 'TCP')}"
+                if (app, name) in PUBLIC_PORTS or name == METRICS_PORT:
+                    if EVERYONE not in who:
+                        why = "the probes and Prometheus" if name == METRICS_PORT else "the players"
+                        errs.append(f"{where}: not open to everyone ({why} need it); admits {sorted(who) or 'nobody'}")
+                    continue
+                want = ADMITTED.get((app, name))
+                if EVERYONE in who:
+                    errs.append(f"{where}: a NetworkPolicy admits everyone (or a namespace, or an address "
+                                f"block), not only the roles {sorted(want or [])}")
+                elif want is None:
+                    errs.append(f"{where}: no entry in ADMITTED (k8s/tests/check_manifests.py): say which roles "
+                                "may reach it")
+                elif who != want:
+                    errs.append(f"{where}: admits {sorted(who) or 'nobody'}, not {sorted(want)}")
     return errs
 
 
@@ -1095,6 +1248,43 @@ def self_tests(good_objs, exported):
     expect("an etcd client port closed to the telnet gateway", with_change(
         lambda b: b[("NetworkPolicy", "etcd")]["spec"]["ingress"][0]["from"][0]["podSelector"]
         ["matchExpressions"][0]["values"].remove("telnet-gateway")))
+    # NetworkPolicies: each broken one must be rejected, through rule_errors (as the overlays are checked).
+    def ingress(b, name):
+        return b[("NetworkPolicy", name)]["spec"]["ingress"]
+
+    def roles_of(b, name, rule=0):
+        return ingress(b, name)[rule]["from"][0]["podSelector"]["matchExpressions"][0]["values"]
+
+    expect("an overlay without the persistence NetworkPolicy", rule_errors(
+        [o for o in copy.deepcopy(good_objs) if name_of(o) != "NetworkPolicy/persistence"], "production", 12.0))
+    expect("a NetworkPolicy that restricts egress only", with_change(
+        lambda b: b[("NetworkPolicy", "chat")]["spec"].update(policyTypes=["Egress"])))
+    expect("a persistence port open to every pod", with_change(
+        lambda b: ingress(b, "persistence")[0].pop("from")))
+    expect("a persistence port open to every pod of the namespace (empty podSelector)", with_change(
+        lambda b: ingress(b, "persistence")[0]["from"].append({"podSelector": {}})))
+    expect("a persistence port open to another namespace", with_change(
+        lambda b: ingress(b, "persistence")[0]["from"].append({"namespaceSelector": {}})))
+    expect("a persistence port open to the telnet gateways", with_change(
+        lambda b: roles_of(b, "persistence").append("telnet-gateway")))
+    expect("a persistence port closed to the shards", with_change(
+        lambda b: roles_of(b, "persistence").remove("shard")))
+    expect("a shard cluster port closed to the coordinator's liveness watchdog", with_change(
+        lambda b: roles_of(b, "shard").remove("coordinator")))
+    expect("a router cluster port open to the telnet gateways", with_change(
+        lambda b: roles_of(b, "router", 1).append("telnet-gateway")))
+    expect("an asset policy admitting the routers on every port", with_change(
+        lambda b: ingress(b, "asset").append({"from": [{"podSelector": {"matchLabels": {NAME_LABEL: "router"}}}]})))
+    expect("a router QUIC port open to the telnet gateways only", with_change(
+        lambda b: ingress(b, "router")[0].update(
+            {"from": [{"podSelector": {"matchLabels": {NAME_LABEL: "telnet-gateway"}}}]})))
+    expect("a coordinator metrics port closed to the probes", with_change(
+        lambda b: ingress(b, "coordinator")[0].update(
+            {"from": [{"podSelector": {"matchLabels": {NAME_LABEL: "coordinator"}}}]})))
+    expect("a shard passing --chat that the chat policy does not admit", with_change(
+        lambda b: shard_c(b)["args"].append("--chat=chat:7300")))
+    expect("a NetworkPolicy not named after its workload", with_change(
+        lambda b: b[("NetworkPolicy", "auth")]["metadata"].update(name="accounts")))
     expect("a dashboard querying an unknown metric", dashboard_errors(
         {"panels": [{"title": "tick players cells migrations hand-offs",
                      "targets": [{"expr": "rate(tessera_shard_imaginary_total[1m])"}]}]}, exported))
@@ -1148,8 +1338,9 @@ def main():
             for e in rule_errors(objs, overlay, drain_measured):
                 fail(overlay, e)
         else:
-            # No overlay, but rendered all the same: no CA key, own Secrets only.
-            for e in secret_errors(objs):
+            # No overlay, but rendered all the same: no CA key, own Secrets only,
+            # and a NetworkPolicy on every port.
+            for e in secret_errors(objs) + network_policy_errors(objs):
                 fail(overlay, e)
         if TESSERA_BIN.exists():
             for e in flag_errors(objs):
