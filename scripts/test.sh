@@ -80,6 +80,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== FoundationDB backend (feature fdb): type-check and clippy only, no libfdb_c here"
 cargo check -p tessera-persistence --features fdb --all-targets --locked
 cargo clippy -p tessera-persistence --features fdb --all-targets --locked -- -D warnings
+echo "== web client: npm packages, type check, bundle (scripts/build-web.sh)"
+scripts/build-web.sh
+(cd client/web && npx tsc --noEmit -p .)
 echo "== build (one build shared by all tests)"
 cargo build --workspace --all-targets --locked
 echo "== tests"

@@ -9,4 +9,7 @@ if ! command -v cc >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1 \
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential pkg-config protobuf-compiler
 fi
+# The browser client (node and npm); the world runs without it, and its
+# page then says how to build it.
+scripts/build-web.sh || echo "warning: the web client was not built; browsers cannot play (scripts/build-web.sh)" >&2
 exec cargo run --release -- "$@"

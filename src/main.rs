@@ -106,6 +106,58 @@ impl TelnetTlsArgs {
     }
 }
 
+/// Browser players (`tessera up`, `tessera router`; docs/client.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebArgs {
+    /// Serve the web client's page (and /tessera.json) over HTTP on this
+    /// address. Browsers open WebTransport only from a secure context:
+    /// http://localhost or http://127.0.0.1, otherwise HTTPS (docs/client.md).
+    #[arg(long, value_name = "ADDR")]
+    pub web: Option<SocketAddr>,
+    /// The built web client (`scripts/build-web.sh` makes it).
+    #[arg(long, value_name = "DIR", default_value = "client/web/dist")]
+    pub web_dir: PathBuf,
+    /// The WebTransport URL the page is told, when browsers reach the QUIC
+    /// port under another name or port (default: https://<the page's
+    /// host>:<the QUIC port>/tessera).
+    #[arg(long, value_name = "URL")]
+    pub web_transport_url: Option<String>,
+    /// The PEM certificate chain browsers are shown on the QUIC port, from
+    /// a CA they trust (default: a development certificate valid 10 days,
+    /// renewed daily, which the page accepts by its hash).
+    #[arg(long, value_name = "FILE", requires = "web_key")]
+    pub web_cert: Option<PathBuf>,
+    /// The PEM private key of --web-cert.
+    #[arg(long, value_name = "FILE", requires = "web_cert")]
+    pub web_key: Option<PathBuf>,
+    /// Turn browsers away: no WebTransport on the QUIC port, and no page
+    /// (--web is then ignored).
+    #[arg(long, conflicts_with = "web_cert")]
+    pub no_webtransport: bool,
+}
+
+impl WebArgs {
+    /// Sets the router's WebTransport and page from these flags; `web` is
+    /// where the page is served when --web is not given.
+    pub fn apply(&self, rc: &mut tessera_router::RouterConfig, web: Option<SocketAddr>) {
+        rc.web_transport = (!self.no_webtransport).then(|| tessera_router::WebTransportConfig {
+            cert: self.web_cert.clone().zip(self.web_key.clone()),
+        });
+        rc.web_page = self
+            .web
+            .or(web)
+            .filter(|_| !self.no_webtransport)
+            .map(|addr| tessera_router::web::WebPage {
+                addr,
+                dir: self.web_dir.clone(),
+                public_url: self.web_transport_url.clone(),
+            });
+    }
+}
+
+/// The address `tessera up` serves the web client's page on by default.
+pub const UP_WEB_ADDR: &str = "0.0.0.0:8080";
+
 /// Where a role finds the cluster store: etcd's endpoints, how to reach them, and the key
 /// prefix of this cluster.
 #[derive(clap::Args, Debug, Clone)]
@@ -233,9 +285,14 @@ pub struct UpArgs {
     telnet_tls: TelnetTlsArgs,
     #[command(flatten)]
     abuse: AbuseArgs,
-    /// QUIC gateway address (UDP).
+    /// QUIC gateway address (UDP): native 3D clients, and browsers over
+    /// WebTransport.
     #[arg(long, default_value = "0.0.0.0:4433")]
     quic: SocketAddr,
+    /// Browser players: the page is served on --web, 0.0.0.0:8080 unless
+    /// given.
+    #[command(flatten)]
+    web: WebArgs,
     /// Prometheus metrics address (serves /metrics and /healthz).
     #[arg(long, default_value = "127.0.0.1:9100")]
     metrics: SocketAddr,

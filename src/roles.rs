@@ -311,6 +311,8 @@ pub struct RouterArgs {
     login_timeout_secs: u64,
     #[arg(long, default_value = "0.0.0.0:4433")]
     quic: SocketAddr,
+    #[command(flatten)]
+    web: crate::WebArgs,
     /// Accounts, player positions and the QUIC certificate.
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
@@ -724,6 +726,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     rc.quic_cert = args.quic_cert.clone().zip(args.quic_key.clone());
     rc.tick_hz = args.tick_hz;
     rc.spawn_radius = args.spawn_radius.max(0.0);
+    args.web.apply(&mut rc, None);
     let config = tessera_router::member::MemberConfig {
         router: rc,
         world,
@@ -747,6 +750,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
                 .addr("telnet", addrs.telnet)
                 .addr_opt("telnet_tls", addrs.telnet_tls)
                 .addr("quic", addrs.quic)
+                .addr_opt("web", addrs.web)
                 .addr("metrics", metrics)
                 .file("quic_cert", &addrs.cert_path)
                 .announce_or_log();

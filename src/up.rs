@@ -194,6 +194,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     rc.connections_per_address = args.abuse.connections_per_address;
     rc.limit_exempt = args.abuse.limit_exempt.clone();
     rc.spawn_radius = args.spawn_radius.max(0.0);
+    args.web.apply(&mut rc, Some(up_web_addr()));
     let router_inbox = bus.add_router(router_id);
     // The chat service, in this process but over real QUIC like anywhere
     // else; the account service on a loopback port too, for `tessera ctl
@@ -260,6 +261,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         addrs.quic,
         addrs.cert_path.display()
     );
+    if let Some(web) = addrs.web {
+        println!(
+            "play in a browser: {}   (the web client; scripts/build-web.sh builds it)",
+            tessera_router::web::page_url(web)
+        );
+    }
     println!("metrics on http://{metrics_addr}/metrics");
     println!(
         "auth on {}, chat on {}   (cluster CA {})",
@@ -518,6 +525,7 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
     rc.login_timeout = Duration::from_secs(args.login_timeout_secs);
     rc.connections_per_address = args.abuse.connections_per_address;
     rc.limit_exempt = args.abuse.limit_exempt.clone();
+    args.web.apply(&mut rc, Some(up_web_addr()));
     let router = tessera_router::member::MemberConfig {
         router: rc,
         world: world.clone(),
@@ -587,9 +595,14 @@ fn up_announcement(
         .addr("telnet", addrs.telnet)
         .addr_opt("telnet_tls", addrs.telnet_tls)
         .addr("quic", addrs.quic)
+        .addr_opt("web", addrs.web)
         .addr("metrics", metrics)
         .addr("assets_listen", assets)
         .file("quic_cert", &addrs.cert_path)
+}
+
+fn up_web_addr() -> std::net::SocketAddr {
+    crate::UP_WEB_ADDR.parse().expect("a valid address")
 }
 
 fn connect_host(addr: std::net::SocketAddr) -> String {

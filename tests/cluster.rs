@@ -358,6 +358,8 @@ fn up_runs_the_cluster_roles_in_one_process_against_etcd() {
                 "127.0.0.1:0".into(),
                 "--assets-listen".into(),
                 "127.0.0.1:0".into(),
+                "--web".into(),
+                "127.0.0.1:0".into(),
             ])
             .collect::<Vec<String>>(),
     );

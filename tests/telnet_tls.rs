@@ -124,6 +124,7 @@ fn a_missing_certificate_file_is_a_clear_error() {
     let dir = TestDir::new();
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["up", "--telnet", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+        .args(["--web", "127.0.0.1:0"])
         .args(["--metrics", "127.0.0.1:0", "--assets-listen", "127.0.0.1:0"])
         .args(["--telnet-tls", "127.0.0.1:0"])
         .args(["--telnet-tls-cert", "/nonexistent/cert.pem"])

@@ -23,6 +23,8 @@ pub mod text;
 pub mod tls;
 pub mod udp;
 pub mod view;
+pub mod web;
+pub mod webtransport;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -52,6 +54,8 @@ pub enum RouterError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("web client: {0}")]
+    WebClient(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -117,6 +121,20 @@ pub struct RouterConfig {
     /// Addresses the per-address connection cap leaves alone (loopback by
     /// default, for local bot swarms).
     pub limit_exempt: tessera_auth::AddressSet,
+    /// Browser players: WebTransport (HTTP/3) on the QUIC port, with the
+    /// certificate browsers are shown; `None` turns browsers away.
+    pub web_transport: Option<WebTransportConfig>,
+    /// The web client's page and `/tessera.json` over HTTP (`web.rs`).
+    pub web_page: Option<web::WebPage>,
+}
+
+/// WebTransport for browsers on the QUIC port (docs/client.md).
+#[derive(Clone, Debug, Default)]
+pub struct WebTransportConfig {
+    /// A PEM certificate chain and key from a CA browsers trust; without
+    /// them a short-lived development certificate, published by hash
+    /// (`webtransport.rs`).
+    pub cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// The telnet-over-TLS port (docs/operations.md, "Telnet over TLS").
@@ -151,6 +169,8 @@ impl RouterConfig {
             login_timeout: LOGIN_TIMEOUT,
             connections_per_address: caps::CONNECTIONS_PER_ADDRESS,
             limit_exempt: tessera_auth::AddressSet::default(),
+            web_transport: Some(WebTransportConfig::default()),
+            web_page: None,
         }
     }
 }
@@ -240,6 +260,8 @@ pub struct Router {
     started_unix: u64,
     /// Where it listens, once it does.
     listening: std::sync::OnceLock<RouterAddrs>,
+    /// What browsers are shown on the QUIC port, once it listens.
+    web_cert: std::sync::OnceLock<Arc<webtransport::WebCert>>,
 }
 
 struct SessionEntry {
@@ -294,6 +316,7 @@ impl Router {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             listening: std::sync::OnceLock::new(),
+            web_cert: std::sync::OnceLock::new(),
         })
     }
 
@@ -308,6 +331,13 @@ impl Router {
             port: addrs.map_or(self.config.telnet.port(), |a| a.telnet.port()),
             tls_port: addrs.and_then(|a| a.telnet_tls.map(|t| t.port())),
         }
+    }
+
+    /// What browsers are shown on the QUIC port (and the hashes their page
+    /// needs), once the router listens; `None` while it does not, or when
+    /// it turns browsers away.
+    pub fn web_cert(&self) -> Option<Arc<webtransport::WebCert>> {
+        self.web_cert.get().cloned()
     }
 
     /// Turns true when the router starts stopping: every connection then
@@ -670,6 +700,8 @@ pub struct RouterAddrs {
     pub telnet_tls: Option<SocketAddr>,
     pub quic: SocketAddr,
     pub cert_path: PathBuf,
+    /// The web client's page, if served.
+    pub web: Option<SocketAddr>,
 }
 
 /// The lines a router prints when it listens: where players connect, and the certificate 3D
@@ -685,7 +717,11 @@ impl std::fmt::Display for RouterAddrs {
             "quic listening on {}   (certificate to pin: {})",
             self.quic,
             self.cert_path.display()
-        )
+        )?;
+        if let Some(web) = self.web {
+            write!(f, "\nplay in a browser: {}", web::page_url(web))?;
+        }
+        Ok(())
     }
 }
 
@@ -725,7 +761,19 @@ pub async fn run(
         Some((cert, key)) => tls::load(cert, key)?,
         None => tls::load_or_create(&router.config.data_dir)?,
     };
-    let server_config = tls::server_config(&identity, &router.config.relay_cas)?;
+    let web_cert = match &router.config.web_transport {
+        Some(WebTransportConfig {
+            cert: Some((cert, key)),
+        }) => Some(Arc::new(webtransport::WebCert::from_pem(cert, key)?)),
+        Some(WebTransportConfig { cert: None }) => {
+            Some(Arc::new(webtransport::WebCert::development()?))
+        }
+        None => None,
+    };
+    if let Some(cert) = &web_cert {
+        let _ = router.web_cert.set(cert.clone());
+    }
+    let server_config = tls::server_config(&identity, &router.config.relay_cas, web_cert.clone())?;
     let telnet_tls = match &router.config.telnet_tls {
         Some(t) => {
             let acceptor = tls::telnet_acceptor(&identity, t.cert.as_ref())?;
@@ -751,7 +799,27 @@ pub async fn run(
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(bind_error)?;
+    let web_page = match &router.config.web_page {
+        Some(w) => {
+            let page = web::Page::load(&w.dir)?;
+            if page.is_built() {
+                let (raw, gz) = page.size();
+                tracing::info!(dir = %w.dir.display(), bytes = raw, gzip_bytes = gz, "web client loaded");
+            } else {
+                tracing::warn!(dir = %w.dir.display(), "the web client is not built (scripts/build-web.sh); its page says so");
+            }
+            let listener = tokio::net::TcpListener::bind(w.addr)
+                .await
+                .map_err(|source| RouterError::Bind {
+                    addr: w.addr,
+                    source,
+                })?;
+            Some((listener, page, w.public_url.clone()))
+        }
+        None => None,
+    };
     let addrs = RouterAddrs {
+        web: web_page.as_ref().and_then(|(l, _, _)| l.local_addr().ok()),
         telnet: telnet.local_addr().map_err(|source| RouterError::Bind {
             addr: router.config.telnet,
             source,
@@ -798,6 +866,25 @@ pub async fn run(
     let r = router.clone();
     let ep = endpoint.clone();
     tasks.spawn("QUIC accept loop", async move { quic::serve(r, ep).await });
+    if let Some((listener, page, public_url)) = web_page {
+        let mut stop = router.stopping();
+        let r = router.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = web::serve(r, listener, page, public_url) => {}
+                _ = until_stopping(&mut stop) => {}
+            }
+        });
+    }
+    if let Some(cert) = web_cert {
+        let mut stop = router.stopping();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = webtransport::renew_every_day(cert) => {}
+                _ = until_stopping(&mut stop) => {}
+            }
+        });
+    }
     let r = router.clone();
     tasks.spawn("periodic save", async move {
         let mut every = tokio::time::interval(r.config.save_interval);

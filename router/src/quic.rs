@@ -8,7 +8,7 @@ use crate::command;
 use crate::interest::{Interest, SnapshotClock};
 use crate::play;
 use crate::session::{self, Player};
-use crate::{Router, RouterError};
+use crate::{webtransport, Router, RouterError};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_auth::AuthError;
@@ -18,6 +18,7 @@ use tessera_proto::msg::{
     clean_text, ClientDatagram, ClientMsg, ErrorCode, ServerMsg, MAX_LINE_BYTES, MAX_SAY_CHARS,
 };
 use tessera_proto::{RegionId, PROTOCOL_VERSION};
+use web_transport_quinn::{Session, SessionError};
 
 /// Application close codes.
 pub const CLOSE_NORMAL: u32 = 0;
@@ -55,7 +56,39 @@ fn is_gateway(router: &Router, conn: &quinn::Connection) -> bool {
 /// A client must say hello this soon after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections until the endpoint closes.
+/// The ALPN `conn` agreed on.
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// The WebTransport session a browser opens on `conn` (HTTP/3 settings,
+/// then a CONNECT to [`webtransport::PATH`]; another path gets 404).
+async fn web_session(conn: quinn::Connection) -> Result<Session, String> {
+    let request = web_transport_quinn::Request::accept(conn)
+        .await
+        .map_err(|e| format!("WebTransport handshake: {e}"))?;
+    if request.url.path() != webtransport::PATH {
+        let path = request.url.path().to_string();
+        let conn = request.conn().clone();
+        let _ = request
+            .reject(web_transport_quinn::http::StatusCode::NOT_FOUND)
+            .await;
+        // Give the 404 time to arrive before the connection closes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        return Err(format!("WebTransport request for {path}"));
+    }
+    request
+        .ok()
+        .await
+        .map_err(|e| format!("WebTransport handshake: {e}"))
+}
+
+/// Accepts connections until the endpoint closes: native clients and
+/// telnet gateways (ALPN `tessera/1`) and browsers (WebTransport, `h3`),
+/// which then speak the same protocol.
 pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let r = router.clone();
@@ -68,13 +101,15 @@ pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
                 }
             };
             let peer = conn.remote_address();
+            let browser = alpn(&conn).as_deref() == Some(webtransport::ALPN_H3);
             // Cluster members (telnet gateways relaying many players) are
             // not capped by address: their gateway caps each player's.
-            let member = is_gateway(&r, &conn);
+            let member = !browser && is_gateway(&r, &conn);
+            let transport = if browser { "webtransport" } else { "quic" };
             let _slot = if member {
                 None
             } else {
-                match crate::caps::admit(&r.caps, peer.ip(), "quic") {
+                match crate::caps::admit(&r.caps, peer.ip(), transport) {
                     Some(slot) => Some(slot),
                     None => {
                         conn.close(
@@ -85,11 +120,27 @@ pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
                     }
                 }
             };
+            let conn = if browser {
+                match tokio::time::timeout(HELLO_TIMEOUT, web_session(conn.clone())).await {
+                    Ok(Ok(session)) => session,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer, error = %e, "WebTransport session refused");
+                        conn.close(CLOSE_PROTOCOL.into(), b"not a Tessera WebTransport session");
+                        return;
+                    }
+                    Err(_) => {
+                        conn.close(CLOSE_PROTOCOL.into(), b"no WebTransport session in time");
+                        return;
+                    }
+                }
+            } else {
+                Session::raw(conn)
+            };
             let Some((session, events)) = r.open_session() else {
-                conn.close(CLOSE_FULL.into(), b"server full; try again later");
+                conn.close(CLOSE_FULL, b"server full; try again later");
                 return;
             };
-            tracing::info!(peer = %peer, session = %session, "QUIC connection");
+            tracing::info!(peer = %peer, session = %session, transport, "QUIC connection");
             let mut c = ClientConn {
                 router: r.clone(),
                 conn: conn.clone(),
@@ -102,13 +153,13 @@ pub async fn serve(router: Arc<Router>, endpoint: quinn::Endpoint) {
                 stop: r.stopping(),
             };
             match c.run().await {
-                Ok(()) => conn.close(CLOSE_NORMAL.into(), b"bye"),
+                Ok(()) => conn.close(CLOSE_NORMAL, b"bye"),
                 Err(ConnError::Protocol(msg)) => {
                     tracing::info!(peer = %peer, error = %msg, "closing QUIC connection: protocol error");
-                    conn.close(CLOSE_PROTOCOL.into(), msg.as_bytes());
+                    conn.close(CLOSE_PROTOCOL, msg.as_bytes());
                 }
-                Err(ConnError::Version) => conn.close(CLOSE_VERSION.into(), b"protocol version"),
-                Err(ConnError::Restart) => conn.close(CLOSE_RESTART.into(), b"server restarting"),
+                Err(ConnError::Version) => conn.close(CLOSE_VERSION, b"protocol version"),
+                Err(ConnError::Restart) => conn.close(CLOSE_RESTART, b"server restarting"),
                 Err(ConnError::Closed(e)) => {
                     tracing::debug!(peer = %peer, error = %e, "QUIC connection closed")
                 }
@@ -127,16 +178,16 @@ enum ConnError {
     Restart,
 }
 
-impl From<quinn::ConnectionError> for ConnError {
-    fn from(e: quinn::ConnectionError) -> Self {
+impl From<SessionError> for ConnError {
+    fn from(e: SessionError) -> Self {
         ConnError::Closed(e.to_string())
     }
 }
 
 /// The control stream: framed, size-limited messages.
 struct Control {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: web_transport_quinn::SendStream,
+    recv: web_transport_quinn::RecvStream,
     buf: FrameBuffer,
 }
 
@@ -188,7 +239,9 @@ impl Control {
 
 struct ClientConn {
     router: Arc<Router>,
-    conn: quinn::Connection,
+    /// A native QUIC connection (`Session::raw`) or a browser's
+    /// WebTransport session: the same streams and datagrams either way.
+    conn: Session,
     session: tessera_proto::SessionId,
     events: Option<tokio::sync::mpsc::Receiver<PlayerEvent>>,
     ctl: Option<Control>,
@@ -284,7 +337,7 @@ impl ClientConn {
     /// certificate from the cluster CA (rustls verified it during the
     /// handshake) whose role is `gateway` (`tessera_coordinator::identity`).
     fn is_gateway(&self) -> bool {
-        is_gateway(&self.router, &self.conn)
+        self.conn.request().is_none() && is_gateway(&self.router, &self.conn)
     }
 
     /// Runs the login exchange until the player is in the world.
@@ -744,11 +797,10 @@ impl ClientConn {
         }
         let tick = router.view.latest_tick();
         let ack = plan.ack_input;
-        let max = self
-            .conn
-            .max_datagram_size()
-            .unwrap_or(MAX_DATAGRAM)
-            .min(MAX_DATAGRAM);
+        let max = match self.conn.max_datagram_size() {
+            0 => MAX_DATAGRAM,
+            n => n.min(MAX_DATAGRAM),
+        };
         let mut sent = 0u64;
         for dg in crate::interest::encode_snapshot(tick, ack, pos, &plan.updates, max) {
             sent += self.send_datagram(dg)?;
@@ -761,7 +813,12 @@ impl ClientConn {
         let n = bytes.len() as u64;
         match self.conn.send_datagram(bytes.into()) {
             Ok(()) => Ok(n),
-            Err(quinn::SendDatagramError::ConnectionLost(e)) => Err(e.into()),
+            Err(SessionError::SendDatagramError(quinn::SendDatagramError::ConnectionLost(e))) => {
+                Err(ConnError::Closed(e.to_string()))
+            }
+            Err(e @ (SessionError::ConnectionError(_) | SessionError::WebTransportError(_))) => {
+                Err(e.into())
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "snapshot datagram not sent");
                 Ok(0)

@@ -92,14 +92,16 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     opts.open(path)?.write_all(bytes)
 }
 
-/// A QUIC server configuration with the `tessera/1` ALPN. Players show no
-/// certificate; with `relay_cas`, a client may show one from those CAs (a
-/// telnet gateway, a cluster member), which rustls verifies before the
-/// connection is up, so a connection that has a peer certificate is a
-/// member's.
+/// A QUIC server configuration with the `tessera/1` ALPN, and with `web`
+/// WebTransport's `h3` too (browsers are shown that certificate:
+/// `webtransport.rs`). Players show no certificate; with `relay_cas`, a
+/// client may show one from those CAs (a telnet gateway, a cluster member),
+/// which rustls verifies before the connection is up, so a connection that
+/// has a peer certificate is a member's.
 pub fn server_config(
     id: &Identity,
     relay_cas: &[CertificateDer<'static>],
+    web: Option<Arc<crate::webtransport::WebCert>>,
 ) -> Result<quinn::ServerConfig, RouterError> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -123,10 +125,14 @@ pub fn server_config(
         .map_err(|e| RouterError::Tls(e.to_string()))?;
         builder.with_client_cert_verifier(verifier)
     };
-    let mut tls = builder
-        .with_single_cert(vec![id.cert.clone()], id.key.clone_key())
-        .map_err(|e| RouterError::Tls(format!("bad certificate or key: {e}")))?;
+    let browsers = web.is_some();
+    let resolver = crate::webtransport::ByAlpn::new(id.cert.clone(), id.key.clone_key(), web)?;
+    let mut tls = builder.with_cert_resolver(Arc::new(resolver));
     tls.alpn_protocols = vec![tessera_proto::ALPN.to_vec()];
+    if browsers {
+        tls.alpn_protocols
+            .push(crate::webtransport::ALPN_H3.to_vec());
+    }
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| RouterError::Tls(e.to_string()))?;
@@ -139,7 +145,9 @@ pub fn server_config(
                 .expect("30 s is a valid idle timeout"),
         ))
         .keep_alive_interval(Some(std::time::Duration::from_secs(5)))
-        .max_concurrent_uni_streams(0u32.into())
+        // HTTP/3 under WebTransport: the browser opens its control and
+        // QPACK streams (native clients open none).
+        .max_concurrent_uni_streams(4u32.into())
         .max_concurrent_bidi_streams(4u32.into())
         // Bounds on what one connection can make the router hold. Quinn's
         // defaults (about 1 MB of queued datagrams, 10 MB of unacknowledged

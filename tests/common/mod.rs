@@ -106,6 +106,8 @@ pub struct Server {
     pub telnet: SocketAddr,
     pub quic: SocketAddr,
     pub metrics: SocketAddr,
+    /// The web client's page (`--web`), once printed.
+    pub web: Option<SocketAddr>,
     pub cert_path: PathBuf,
     pub stderr_log: PathBuf,
     stdout: Arc<Mutex<String>>,
@@ -128,6 +130,7 @@ impl Server {
             .args(["--quic", &quic.to_string()])
             .args(["--metrics", "127.0.0.1:0"])
             .args(["--assets-listen", "127.0.0.1:0"])
+            .args(["--web", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.data_dir())
             .arg("--world")
@@ -169,6 +172,7 @@ impl Server {
             telnet: SocketAddr::from(([0, 0, 0, 0], 0)),
             quic: SocketAddr::from(([0, 0, 0, 0], 0)),
             metrics: SocketAddr::from(([0, 0, 0, 0], 0)),
+            web: None,
             cert_path: PathBuf::new(),
             stderr_log,
             stdout,
@@ -196,6 +200,9 @@ impl Server {
                     .map(|(_, p)| p.trim().trim_end_matches(')'))
                     .expect("the quic line names the certificate");
                 server.cert_path = PathBuf::from(cert);
+            } else if let Some(rest) = line.strip_prefix("play in a browser: http://") {
+                let addr = rest.split_whitespace().next().unwrap_or("");
+                server.web = Some(parse_addr(addr.trim_end_matches('/')));
             } else if let Some(rest) = line.strip_prefix("metrics on http://") {
                 metrics = Some(parse_addr(rest.trim().trim_end_matches("/metrics")));
             }
