@@ -275,7 +275,7 @@ const CLIENT_SAMPLES: { [T in ClientMsg["type"]]: Extract<ClientMsg, { type: T }
   Create: [{ type: "Create", name: "Ann", password: "pässwörd ✓" }],
   Connect: [{ type: "Connect", name: "", password: "" }],
   Say: [
-    { type: "Say", text: "héllo ✓" },
+    { type: "Say", text: "héllo ✓ 🙂" },
     { type: "Say", text: "x".repeat(300) },
   ],
   Command: [{ type: "Command", line: "who" }],
@@ -459,8 +459,7 @@ export function selfCheck(): Outcome {
       [{ type: "Welcome", version: 1, server: "tessera 0.1.0", world: "Tessera Vale" }],
     ),
   );
-  // The docs give variant 7 here, but CellChanged is 8 in msg.rs (ChatLine,
-  // declared before it, is 7).
+  // CellChanged is variant 8 (ChatLine, declared before it, is 7).
   c.run("docs: CellChanged frame", () =>
     c.equal("docs: CellChanged frame", readFrames(fromHex("0000000608010402" + "7331"), 2), [
       { type: "CellChanged", cell: { x: -1, z: 2 }, shard: "s1" },
@@ -529,6 +528,7 @@ export function selfCheck(): Outcome {
     ["encoding a u64 of 2^64", () => encodeClientMsg({ type: "Ping", nonce: 2n ** 64n })],
     ["encoding a negative u64", () => encodeClientMsg({ type: "Ping", nonce: -1n })],
     ["encoding a slot over MAX_SLOT", () => encodeSnapshotEntities([u(MAX_SLOT + 1, [0, 0, 0], [0, 0, 0], 0)])],
+    ["encoding a lone surrogate", () => encodeClientMsg({ type: "Say", text: "a\ud800b" })],
     ["encoding an unknown variant", () => encodeClientMsg({ type: "Relay" } as unknown as ClientMsg)],
   ];
   for (const [name, body] of garbage) {

@@ -27,7 +27,7 @@ try {
     bundle: true,
     platform: "node",
     format: "esm",
-    target: "node20",
+    target: "node18",
     outfile: bundle,
     logLevel: "warning",
   });

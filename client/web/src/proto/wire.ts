@@ -31,6 +31,9 @@ const U64_MAX = (1n << 64n) - 1n;
 
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const utf8Encoder = new TextEncoder();
+/** In a `u` regex, a surrogate pair is one code point: this finds only
+ * unpaired surrogates, which UTF-8 cannot carry. */
+const LONE_SURROGATE = /\p{Cs}/u;
 
 /** Reads one message's values from the front of `bytes`. */
 export class Reader {
@@ -283,6 +286,10 @@ export class Writer {
   string(s: string): void {
     if (typeof s !== "string") {
       throw new CodecError(`cannot encode ${String(s)} as a string`);
+    }
+    // TextEncoder would quietly turn a lone surrogate into U+FFFD.
+    if (LONE_SURROGATE.test(s)) {
+      throw new CodecError("cannot encode a string with a lone surrogate as UTF-8");
     }
     this.byteBuf(utf8Encoder.encode(s));
   }
