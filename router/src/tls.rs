@@ -181,21 +181,35 @@ pub fn telnet_acceptor_from_pem(
     cert: &Path,
     key: &Path,
 ) -> Result<tokio_rustls::TlsAcceptor, RouterError> {
+    let (chain, key) = read_pem(cert, key, "telnet TLS")?;
+    acceptor(chain, key)
+}
+
+/// The PEM certificate chain in `cert` (at least one) and the PEM private
+/// key in `key`; errors name the files as `what`'s.
+pub fn read_pem(
+    cert: &Path,
+    key: &Path,
+    what: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), RouterError> {
     use rustls::pki_types::pem::PemObject;
-    let bad = |what: &str, p: &Path, e: rustls::pki_types::pem::Error| {
-        RouterError::Tls(format!("cannot read the {what} {}: {e}", p.display()))
+    let bad = |file: &str, p: &Path, e: rustls::pki_types::pem::Error| {
+        RouterError::Tls(format!(
+            "cannot read the {what} {file} {}: {e}",
+            p.display()
+        ))
     };
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| bad("telnet TLS certificate", cert, e))?;
+        .map_err(|e| bad("certificate", cert, e))?;
     if chain.is_empty() {
         return Err(RouterError::Tls(format!(
             "no certificate in {}",
             cert.display()
         )));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("telnet TLS key", key, e))?;
-    acceptor(chain, key)
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("key", key, e))?;
+    Ok((chain, key))
 }
 
 fn acceptor(

@@ -66,20 +66,7 @@ impl WebCert {
     /// The PEM certificate chain `cert` and PEM private key `key`, from a
     /// CA browsers trust.
     pub fn from_pem(cert: &Path, key: &Path) -> Result<WebCert, RouterError> {
-        use rustls::pki_types::pem::PemObject;
-        let bad = |what: &str, p: &Path, e: rustls::pki_types::pem::Error| {
-            RouterError::Tls(format!("cannot read the {what} {}: {e}", p.display()))
-        };
-        let chain = CertificateDer::pem_file_iter(cert)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| bad("web certificate", cert, e))?;
-        if chain.is_empty() {
-            return Err(RouterError::Tls(format!(
-                "no certificate in {}",
-                cert.display()
-            )));
-        }
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("web key", key, e))?;
+        let (chain, key) = crate::tls::read_pem(cert, key, "web")?;
         Ok(WebCert {
             current: RwLock::new(certified(chain, key)?),
             development: false,
