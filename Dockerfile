@@ -2,8 +2,10 @@
 # The one `tessera` image: every role is a command (`tessera shard`,
 # `tessera router`, ...). Multi-arch without emulation: the build stage runs
 # on the builder's own platform ($BUILDPLATFORM) and cross-compiles for the
-# target with Debian's cross gcc; the runtime stage only copies files, so no
-# QEMU is needed for either architecture:
+# target with Debian's cross gcc; the web client's bundle (static files, the
+# same for every platform) is built once, on the builder's platform too; the
+# runtime stage only copies files, so no QEMU is needed for either
+# architecture:
 #
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/tessera:TAG --push .
 #   docker buildx build --platform linux/amd64,linux/arm64 --build-arg FEATURES=fdb \
@@ -14,6 +16,8 @@
 # The toolchain the project is built and tested with (some locked crates need > 1.90).
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
+# The node that builds the web client (client/web: esbuild wants >= 18).
+ARG NODE_VERSION=20
 
 FROM --platform=$BUILDPLATFORM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 ARG TARGETARCH
@@ -65,18 +69,34 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cp "target/$triple/release/tessera" /out/bin/tessera; \
     cp /opt/fdb/lib/. /out/lib/ -r
 
+# The browser client (client/web -> dist/, what `scripts/build-web.sh`
+# makes): HTML, JavaScript and CSS, the same for every target, so built once
+# on the builder's platform. The lock file first, so a change to the sources
+# alone reuses the installed packages (.dockerignore keeps the host's
+# node_modules/ and dist/ out: their esbuild binary is the host's).
+FROM --platform=$BUILDPLATFORM node:${NODE_VERSION}-${DEBIAN_RELEASE}-slim AS web
+WORKDIR /web
+COPY client/web/package.json client/web/package-lock.json ./
+RUN --mount=type=cache,target=/root/.npm \
+    npm ci --no-audit --no-fund --loglevel=error
+COPY client/web/ ./
+RUN node build.mjs
+
 # The runtime: Debian slim (glibc, as the binary and libfdb_c expect).
 # Nothing runs here at build time, so it needs no emulation.
 FROM debian:${DEBIAN_RELEASE}-slim
 COPY --from=build /out/bin/tessera /usr/local/bin/tessera
 COPY --from=build /out/lib/ /usr/local/lib/
 COPY worlds /usr/share/tessera/worlds
+# The page routers serve to browsers (`--web-dir`, docs/deploy.md "Browser players").
+COPY --from=web /web/dist /usr/share/tessera/web
 ENV LD_LIBRARY_PATH=/usr/local/lib
 # `--world worlds/default` (every role's default) resolves here.
 WORKDIR /usr/share/tessera
 # A numeric user that owns nothing: the pods also set runAsNonRoot.
 USER 10001:10001
-# telnet, QUIC, cluster bus, metrics/health
-EXPOSE 4000/tcp 4433/udp 7000/udp 9100/tcp
+# telnet, QUIC (and WebTransport), the web client's page, cluster bus, metrics/health
+EXPOSE 4000/tcp 4433/udp 8080/tcp 7000/udp 9100/tcp
 ENTRYPOINT ["/usr/local/bin/tessera"]
-CMD ["up", "--data-dir", "/tmp/tessera-data", "--metrics", "0.0.0.0:9100"]
+# `docker run -p 4433:4433/udp -p 8080:8080 IMAGE` plays at http://localhost:8080/.
+CMD ["up", "--data-dir", "/tmp/tessera-data", "--metrics", "0.0.0.0:9100", "--web-dir", "/usr/share/tessera/web"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Offline checks of Tessera's Kubernetes deployment (run by scripts/k8s-check.sh).
 
-1. `kubectl kustomize` builds the base and every overlay.
+1. `kubectl kustomize` builds the base, every overlay and the examples of
+   components under k8s/tests.
 2. Every rendered object validates against the Kubernetes OpenAPI schema
    (kubernetes-validate, strict: unknown fields are errors), and the
    FoundationDBCluster against k8s/crds/foundationdbcluster-v1beta2.schema.json.
@@ -9,7 +10,8 @@
    drain and its grace period, the telnet gateway's drain and its grace
    period, the router and telnet Services, telnet over TLS on the players'
    telnet Service with the certificate of a kubernetes.io/tls Secret,
-   arm64 placement, ...), and
+   arm64 placement, browser players' page and WebTransport certificate
+   where a router serves the page (--web), ...), and
    etcd's: TLS with client certificates for clients and peers, every role
    that uses it showing its own client certificate (the Secret
    tessera-etcd-<role>, never another role's nor the old shared
@@ -50,6 +52,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 K8S_VERSION = "1.32"  # k3s v1.32 (kubectl on the dev machines is v1.32 too)
 OVERLAYS = ["dev", "orangepi-staging", "production"]
+# Example overlays of a component (k8s/tests/*): checked by every rule, as the overlays are.
+EXAMPLES = ["tests/browser-players"]
 FDB_SCHEMA = json.loads((K8S / "crds" / "foundationdbcluster-v1beta2.schema.json").read_text())
 # What tests/cluster_faults.rs measured (written by the rolling-restart test).
 DRAIN_MEASURED = ROOT / "target" / "tmp" / "rolling-restart-drain.json"
@@ -193,6 +197,7 @@ def rule_errors(objs, overlay, drain_measured_s):
             errs.append("shard: no PodDisruptionBudget")
 
     errs += gateway_errors(by)
+    errs += web_errors(by)
 
     svc = by.get(("Service", "router"))
     if svc is None:
@@ -386,8 +391,10 @@ ADMITTED = {
 }
 # Open to everyone: the players' ports (the Services router and
 # tessera-telnet; a router's own telnet port, which no Service exposes,
-# plays the same login).
-PUBLIC_PORTS = {("router", "telnet"), ("router", "quic"), ("telnet-gateway", "telnet"), ("telnet-gateway", "telnet-tls")}
+# plays the same login; the web client's page, components/browser-players,
+# which the ingress controller's pods fetch for the browsers).
+PUBLIC_PORTS = {("router", "telnet"), ("router", "quic"), ("router", "web"),
+                ("telnet-gateway", "telnet"), ("telnet-gateway", "telnet-tls")}
 # Open to everyone too: /healthz, /readyz, /metrics (etcd: /health), for
 # the kubelet's probes (from the node) and Prometheus (another namespace).
 METRICS_PORT = "metrics"
@@ -674,6 +681,59 @@ def gateway_errors(by):
     labels = gw["spec"]["template"]["metadata"].get("labels", {})
     if not selector or any(labels.get(k) != v for k, v in selector.items()):
         errs.append("tessera-telnet Service: its selector does not select the telnet-gateway pods")
+    return errs
+
+
+WEB_TLS_SECRET = "tessera-web-tls"
+WEB_TLS_FILES = {"--web-cert": "tls.crt", "--web-key": "tls.key"}
+# Where the image keeps the web client's bundle (the Dockerfile copies it there).
+WEB_DIR = "/usr/share/tessera/web"
+
+
+def web_errors(by):
+    """Browser players (components/browser-players), where a router serves the
+    page (--web): the bundle of the image, and on the QUIC port the certificate
+    of the kubernetes.io/tls Secret, mounted read-only (behind the Service,
+    several routers cannot each publish their own development certificate's
+    hash); the Service tessera-web reaches the page, and the Ingress serves it
+    over HTTPS with the same Secret."""
+    router = by.get(("Deployment", "router"))
+    if router is None:
+        return []
+    spec = pod_spec(router)
+    c = spec["containers"][0]
+    addr = arg_value(c, "--web")
+    if addr is None:
+        return []
+    errs = []
+    port = int(addr.rsplit(":", 1)[1])
+    if container_port(c, port) is None:
+        errs.append(f"router: --web port {port} is no port of the container")
+    if arg_value(c, "--web-dir") != WEB_DIR:
+        errs.append(f"router: --web-dir is {arg_value(c, '--web-dir')!r}, not the image's bundle {WEB_DIR}")
+    for flag, key in WEB_TLS_FILES.items():
+        path = arg_value(c, flag)
+        if path is None:
+            errs.append(f"router: --web without {flag} (behind the Service a page may take one router's "
+                        "development certificate hash and connect to another)")
+        elif mounted_secret_key(spec, c, path) != (WEB_TLS_SECRET, key):
+            errs.append(f"router: {flag} {path} is not {key} of the Secret {WEB_TLS_SECRET}")
+        elif not mount_at(c, path).get("readOnly"):
+            errs.append(f"router: {flag} {path} is not mounted read-only")
+    svc = by.get(("Service", "tessera-web"))
+    if svc is None:
+        return errs + ["router: --web but no Service/tessera-web"]
+    if not any(container_port(c, p.get("targetPort", p["port"])) == port for p in svc["spec"]["ports"]):
+        errs.append(f"tessera-web Service: no port goes to the router's --web port {port}")
+    ingress = by.get(("Ingress", "tessera-web"))
+    if ingress is None:
+        return errs + ["router: --web but no Ingress/tessera-web (browsers need the page over HTTPS)"]
+    backends = {p["backend"].get("service", {}).get("name")
+                for r in ingress["spec"].get("rules", []) for p in r.get("http", {}).get("paths", [])}
+    if backends != {"tessera-web"}:
+        errs.append(f"Ingress/tessera-web: sends to {sorted(map(str, backends))}, not the Service tessera-web")
+    if {t.get("secretName") for t in ingress["spec"].get("tls", [])} != {WEB_TLS_SECRET}:
+        errs.append(f"Ingress/tessera-web: does not serve HTTPS with the Secret {WEB_TLS_SECRET}")
     return errs
 
 
@@ -1066,6 +1126,8 @@ def dockerfile_errors(text):
         check = subprocess.run(["sh", "-n"], input=r, capture_output=True, text=True)
         if check.returncode != 0:
             errs.append(f"Dockerfile: a RUN script has a shell syntax error: {check.stderr.strip()}")
+    if not any(c.cmd == "COPY" and c.value[-1].rstrip("/") == WEB_DIR for c in final):
+        errs.append(f"Dockerfile: the runtime stage does not copy the web client's bundle to {WEB_DIR}")
     if any(c.cmd == "RUN" for c in final):
         errs.append("Dockerfile: the runtime stage runs commands (they would need emulation for arm64)")
     users = [c.value[0] for c in final if c.cmd == "USER"]
@@ -1079,7 +1141,8 @@ def dockerfile_errors(text):
 
 def dockerignore_errors(text):
     ignored = {l.strip().rstrip("/") for l in text.splitlines() if l.strip() and not l.startswith("#")}
-    return [f".dockerignore: does not exclude {p}/" for p in ("target", ".git") if p not in ignored]
+    return [f".dockerignore: does not exclude {p}/" for p in ("target", ".git", "client/web/node_modules")
+            if p not in ignored]
 
 
 # ------------------------------------------------------------- self-tests
@@ -1310,6 +1373,41 @@ def self_tests(good_objs, exported):
     expect("a Dockerfile with a broken RUN script", dockerfile_errors(
         good_dockerfile.replace("esac;", "esca;", 1)))
     expect("a Dockerfile that does not parse", dockerfile_errors("FROM\n"))
+    expect("a Dockerfile without the web client's bundle", dockerfile_errors(
+        good_dockerfile.replace(f" {WEB_DIR}\n", " /srv/web\n")))
+    return errs
+
+
+def web_self_tests(good_objs):
+    """Each broken browser-players object (tests/browser-players) must be rejected."""
+    errs = []
+
+    def expect(label, change):
+        objs = copy.deepcopy(good_objs)
+        b = {(o["kind"], o["metadata"]["name"]): o for o in objs}
+        change(b)
+        if not rule_errors(objs, "tests/browser-players", 12.0):
+            errs.append(f"{label} was not rejected")
+
+    def router_c(b):
+        return pod_spec(b[("Deployment", "router")])["containers"][0]
+
+    def drop_web_cert(b):
+        router_c(b).update(args=[a for a in router_c(b)["args"] if not a.startswith(("--web-cert=", "--web-key="))])
+
+    expect("routers serving the page with development certificates", drop_web_cert)
+    expect("a router showing browsers a certificate from its data directory", lambda b: router_c(b)["args"].append(
+        "--web-cert=/data/quic-cert.pem"))
+    expect("a router whose web certificate is another Secret's", lambda b: next(
+        v for v in pod_spec(b[("Deployment", "router")])["volumes"] if v["name"] == "web-tls"
+    )["secret"].update(secretName=ROUTER_QUIC_SECRET))
+    expect("a router whose web certificate is writable", lambda b: next(
+        m for m in router_c(b)["volumeMounts"] if m["name"] == "web-tls").pop("readOnly"))
+    expect("a router web port closed to the players", lambda b: b[("NetworkPolicy", "router")]["spec"]
+           ["ingress"][0]["ports"].pop())
+    expect("an Ingress without TLS", lambda b: b[("Ingress", "tessera-web")]["spec"].pop("tls"))
+    expect("a Service tessera-web sending to the metrics port", lambda b: b[("Service", "tessera-web")]["spec"]
+           ["ports"][0].update(targetPort="metrics"))
     return errs
 
 
@@ -1324,6 +1422,8 @@ def main():
     rendered = {"base": render(K8S / "base")}
     for overlay in OVERLAYS:
         rendered[overlay] = render(K8S / "overlays" / overlay)
+    for example in EXAMPLES:
+        rendered[example] = render(K8S / example)
     # The example of components/external-etcd: schemas only (it is no overlay).
     rendered["tests/external-etcd"] = render(K8S / "tests" / "external-etcd")
     if any(o["metadata"]["name"].startswith("etcd") for o in rendered["tests/external-etcd"]):
@@ -1334,7 +1434,7 @@ def main():
         for o in objs:
             for e in schema_errors(o):
                 fail(f"{overlay} {name_of(o)}", e)
-        if overlay in OVERLAYS:
+        if overlay in OVERLAYS or overlay in EXAMPLES:
             for e in rule_errors(objs, overlay, drain_measured):
                 fail(overlay, e)
         else:
@@ -1364,6 +1464,9 @@ def main():
     if rendered["production"]:
         for e in self_tests(rendered["production"], exported):
             fail("self-test", e.removeprefix("self-test: "))
+    if rendered["tests/browser-players"]:
+        for e in web_self_tests(rendered["tests/browser-players"]):
+            fail("self-test", e)
     if not TESSERA_BIN.exists():
         print(f"no {TESSERA_BIN.relative_to(ROOT)}: the flags in the manifests were not checked "
               "against the binary (cargo build --bin tessera first)")
