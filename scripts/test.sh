@@ -62,6 +62,16 @@ if [ ! -x /usr/games/tt++ ]; then
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tintin++
 fi
+# Chromium, the real browser tests/browser.rs plays the web client in
+# (headless, software GL; its driver, playwright-core, comes with the npm
+# packages scripts/build-web.sh installs below).
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv

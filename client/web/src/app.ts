@@ -23,6 +23,7 @@ import {
   yawToRadians,
   type EntityKind,
   type ErrorCode,
+  type Input,
   type ServerDatagram,
   type ServerMsg,
 } from "./proto/index";
@@ -35,7 +36,7 @@ import { WorldScene, type AvatarKind } from "./scene";
 import { Session, SessionError, describeClose, errText, type CloseInfo, type LoggedIn } from "./session";
 import { chatLineKind, lineToMessage, renderChat, renderHeard, type LineKind } from "./chat";
 import { ChatPanel, Hud, LoginForm, type LoginError } from "./ui";
-import { installHook, type ClientState, type EntityView } from "./hook";
+import { PerfRecorder, installHook, onScreen, type ClientState, type EntityView } from "./hook";
 import { cellOf, formatCell, zoneAt, type CellXZ } from "./world";
 import { ZERO, type V3 } from "./vec";
 
@@ -135,6 +136,7 @@ export class App {
   private frames = 0;
   private lastFrame = performance.now() / 1000;
   private readonly frameTimes: number[] = [];
+  private perf = new PerfRecorder();
   private overlayAt = 0;
 
   constructor(root: HTMLElement) {
@@ -170,6 +172,9 @@ export class App {
       handoffs: () => this.handoffs,
       corrections: () => this.predictor.stats.corrections,
       pingMs: () => this.rttMs,
+      bytesIn: () => this.session?.bytesIn ?? 0,
+      bytesOut: () => this.session?.bytesOut ?? 0,
+      perf: () => this.perf.view(),
     });
   }
 
@@ -279,6 +284,7 @@ export class App {
     this.shard = me.shard;
     this.endError = null;
     this.pingsSent.clear();
+    this.perf = new PerfRecorder();
     this.link = { windowStart: now, in0: 0, out0: 0, inPerS: 0, outPerS: 0 };
     this.scene.setAvatar(this.myId, "own", me.name);
     this.scene.placeAvatar(this.myId, me.pos, this.controls.yaw);
@@ -543,6 +549,7 @@ export class App {
     this.snapshots += 1;
     if (d.ack_input !== 0 && (this.ackInput === 0 || seqNewer(d.ack_input, this.ackInput))) {
       this.ackInput = d.ack_input;
+      this.perf.snapshotAck(d.ack_input, now * 1000);
     }
     for (const u of updates) {
       const id = this.slots.get(u.slot);
@@ -611,7 +618,13 @@ export class App {
     if (this.state !== "playing" || !session || session.closed) return;
     if (performance.now() / 1000 - this.lastFrame < 0.25) return;
     this.controls.release();
-    this.predictor.pushInput(session.sendInput(0, 0, this.controls.yaw, false));
+    this.pushInput(session.sendInput(0, 0, this.controls.yaw, false));
+  }
+
+  /** An input just sent: predicted, and timed until its ack. */
+  private pushInput(input: Input): void {
+    this.predictor.pushInput(input);
+    this.perf.inputSent(input.seq, performance.now());
   }
 
   private ping(): void {
@@ -628,6 +641,7 @@ export class App {
   private frame(): void {
     requestAnimationFrame(() => this.frame());
     const now = performance.now() / 1000;
+    if (this.state === "playing") this.perf.frame((now - this.lastFrame) * 1000);
     const dt = Math.min(Math.max(now - this.lastFrame, 0), 0.25);
     this.lastFrame = now;
     this.frames += 1;
@@ -652,8 +666,7 @@ export class App {
       this.inputAcc += dt;
       if (this.inputAcc >= tickDt) {
         this.inputAcc = Math.min(this.inputAcc - tickDt, tickDt);
-        const input = session.sendInput(intent.moveX, intent.moveZ, this.controls.yaw, intent.jump);
-        this.predictor.pushInput(input);
+        this.pushInput(session.sendInput(intent.moveX, intent.moveZ, this.controls.yaw, intent.jump));
       }
     }
     this.interp.beginFrame(now);
@@ -744,7 +757,8 @@ export class App {
     const out: EntityView[] = [];
     for (const e of this.known.values()) {
       if (e.id === this.myId) continue;
-      out.push({ id: e.id, name: e.name, kind: e.kind, pos: e.drawn });
+      const on_screen = onScreen(this.scene.camera, e.drawn);
+      out.push({ id: e.id, name: e.name, kind: e.kind, pos: e.drawn, on_screen });
     }
     return out;
   }
