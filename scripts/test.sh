@@ -93,6 +93,10 @@ cargo clippy -p tessera-persistence --features fdb --all-targets --locked -- -D 
 echo "== web client: npm packages, type check, bundle (scripts/build-web.sh)"
 scripts/build-web.sh
 (cd client/web && npx tsc --noEmit -p .)
+# The page's interface in headless Chromium against a stand-in server inside
+# the page (errors, chat, F3, reconnecting; about 20 s). tests/browser.rs
+# plays it against a real tessera up.
+(cd client/web && node test/ui-smoke.mjs)
 echo "== build (one build shared by all tests)"
 cargo build --workspace --all-targets --locked
 echo "== tests"
