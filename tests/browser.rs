@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{Server, ServerOptions, TelnetClient, TestDir, ANSWER_TIMEOUT};
+use common::{free_tcp, free_udp, Server, ServerOptions, TelnetClient, TestDir, ANSWER_TIMEOUT};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -69,12 +69,13 @@ struct BrowserRun {
 }
 
 impl BrowserRun {
-    fn start(page: &str, out: &Path) -> BrowserRun {
+    fn start(page: &str, out: &Path, extra: &[&str]) -> BrowserRun {
         let log = out.with_extension("log");
         let log_file = fs::File::create(&log).expect("create the browser log");
         let child = Command::new("node")
             .arg(web_client().join("test/browser.mjs"))
-            .args(["--url", page, "--look-for", "Tella", "--say", SAID])
+            .args(["--url", page, "--say", SAID])
+            .args(extra)
             .args(["--size", &format!("{WIDTH}x{HEIGHT}")])
             .args(["--chromium", CHROMIUM])
             .arg("--out")
@@ -153,7 +154,7 @@ fn a_browser_player_sees_a_telnet_player_on_screen_and_is_heard() {
     let at = tella.where_();
 
     let out = dir.path().join("browser");
-    let mut run = BrowserRun::start(&format!("http://{web}/"), &out);
+    let mut run = BrowserRun::start(&format!("http://{web}/"), &out, &["--look-for", "Tella"]);
     let status = run.wait(BROWSER_TIMEOUT);
     let result_path = out.join("result.json");
     let text = fs::read_to_string(&result_path).unwrap_or_else(|e| {
@@ -237,4 +238,98 @@ fn a_browser_player_sees_a_telnet_player_on_screen_and_is_heard() {
         heard.contains(&format!("{name} says")),
         "Tella heard {heard:?}"
     );
+}
+
+/// Reads browser.mjs's result.json, panicking with its output if missing.
+fn result_of(run: &BrowserRun, out: &Path, status: ExitStatus) -> serde_json::Value {
+    let path = out.join("result.json");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "browser.mjs ({status}) wrote no {}: {e}; its output:\n{}",
+            path.display(),
+            run.output()
+        )
+    });
+    serde_json::from_str(&text).expect("result.json is JSON")
+}
+
+#[test]
+fn the_page_reconnects_by_itself_when_the_server_restarts() {
+    require_browser_tools();
+    let dir = TestDir::new();
+    let dist = web_client().join("dist");
+    let opts = ServerOptions {
+        quic: Some(free_udp()),
+        web: Some(free_tcp()),
+        extra_args: vec!["--web-dir".into(), dist.to_string_lossy().into_owned()],
+        ..ServerOptions::default()
+    };
+    let mut server = Server::start_with(&dir, &opts);
+    let web = server.web.expect("the page's address");
+
+    let out = dir.path().join("restart");
+    let marker = dir.path().join("ready-for-restart");
+    let mut run = BrowserRun::start(
+        &format!("http://{web}/"),
+        &out,
+        &[
+            "--look-for",
+            "",
+            "--then-restart",
+            marker.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    let deadline = Instant::now() + BROWSER_TIMEOUT;
+    while !marker.exists() {
+        if let Ok(Some(status)) = run.child.try_wait() {
+            panic!(
+                "browser.mjs ended ({status}) before the restart:\n{}",
+                run.output()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page did not get into the world in time:\n{}",
+            run.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A restart: the router closes with CLOSE_RESTART, saves the player and
+    // comes back on the same ports with a new development certificate.
+    assert!(
+        server.stop_with("-TERM").success(),
+        "{}",
+        server.stderr_tail(20)
+    );
+    let _server = Server::start_with(&dir, &opts);
+
+    let status = run.wait(Duration::from_secs(150));
+    let result = result_of(&run, &out, status);
+    let context = || format!("{result:#}\nbrowser.mjs output:\n{}", run.output());
+    assert!(
+        status.success() && result["ok"] == true,
+        "browser.mjs failed ({status}): {}",
+        context()
+    );
+    assert_eq!(result["resumed"], true, "{}", context());
+    assert_eq!(result["resumed_name"], result["name"], "{}", context());
+    let (before, after) = (&result["position"], &result["resumed_position"]);
+    let moved = (before["x"].as_f64().expect("x") - after["x"].as_f64().expect("x"))
+        .hypot(before["z"].as_f64().expect("z") - after["z"].as_f64().expect("z"));
+    assert!(
+        moved < 1.0,
+        "the player came back {moved} m from where the page left it\n{}",
+        context()
+    );
+    // While the server is down the browser itself logs each refused fetch
+    // of /tessera.json; the page's own code must log nothing.
+    let errors: Vec<&str> = result["console_errors"]
+        .as_array()
+        .expect("console_errors")
+        .iter()
+        .filter_map(|e| e.as_str())
+        .filter(|e| !e.starts_with("Failed to load resource: net::ERR_CONNECTION_REFUSED"))
+        .collect();
+    assert!(errors.is_empty(), "the page logged errors\n{}", context());
 }

@@ -80,6 +80,9 @@ pub struct ServerOptions {
     /// The QUIC address (default: any free loopback port), for a server
     /// restarted where its clients expect it.
     pub quic: Option<SocketAddr>,
+    /// The web client's page (default: any free loopback port), for a page
+    /// that must find its server again after a restart.
+    pub web: Option<SocketAddr>,
     /// Any further flags.
     pub extra_args: Vec<String>,
     /// `RUST_LOG` for the server; its stderr goes to a file in the test dir.
@@ -93,6 +96,7 @@ impl Default for ServerOptions {
             shards: None,
             tick_hz: None,
             quic: None,
+            web: None,
             extra_args: Vec::new(),
             // TESSERA_TEST_RUST_LOG=debug makes the logs useful for diagnosis.
             rust_log: std::env::var("TESSERA_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -126,11 +130,12 @@ impl Server {
         let stderr = fs::File::create(&stderr_log).expect("create the stderr log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
         let quic = opts.quic.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let web = opts.web.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
         cmd.args(["--telnet", "127.0.0.1:0"])
             .args(["--quic", &quic.to_string()])
             .args(["--metrics", "127.0.0.1:0"])
             .args(["--assets-listen", "127.0.0.1:0"])
-            .args(["--web", "127.0.0.1:0"])
+            .args(["--web", &web.to_string()])
             .arg("--data-dir")
             .arg(dir.data_dir())
             .arg("--world")
@@ -817,6 +822,13 @@ pub fn tick_count(addr: SocketAddr, shard: &str) -> f64 {
 }
 
 // ---------------------------------------------------------------------- quic
+
+/// A free loopback TCP port (for a server restarted on the same address).
+pub fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free TCP port")
+}
 
 /// A free loopback UDP port (for a server or service restarted on the same
 /// address).

@@ -4,6 +4,13 @@
 //
 //   node test/browser.mjs --url URL --out DIR [--name NAME] [--password PW]
 //        [--look-for NAME] [--say TEXT] [--size WxH] [--chromium PATH]
+//        [--then-restart FILE]
+//
+// With --then-restart, once the line is said the script writes FILE (the
+// caller then restarts the server) and waits for the page to reconnect by
+// itself: state "reconnecting", then "playing" again; result.json then also
+// has `resumed`, `resumed_name` and `resumed_position`. `--look-for ""`
+// skips looking for anyone.
 //
 // Headless Chromium (playwright-core; Debian's `chromium` package, software
 // GL through SwiftShader) opens the page, creates a character, walks for a
@@ -49,6 +56,7 @@ const lookFor = arg("look-for", "Tella");
 const say = arg("say", "hello from the browser");
 const [width, height] = arg("size", "1024x640").split("x").map(Number);
 const chromiumPath = arg("chromium", "/usr/bin/chromium");
+const restartMarker = arg("then-restart", "");
 
 /** Generous for a loaded 2-core machine (the whole run takes ~10 s alone). */
 const STEP_TIMEOUT = 30_000;
@@ -72,10 +80,13 @@ const result = {
 };
 
 // Whatever happens, the script ends (and says why) before the caller's deadline.
-const watchdog = setTimeout(() => {
-  console.error("browser.mjs: gave up after 90 s");
-  process.exit(1);
-}, 90_000);
+const watchdog = setTimeout(
+  () => {
+    console.error("browser.mjs: gave up");
+    process.exit(1);
+  },
+  restartMarker === "" ? 90_000 : 180_000,
+);
 
 const browser = await chromium.launch({
   executablePath: chromiumPath,
@@ -121,7 +132,9 @@ try {
     start,
     5000,
   ).catch(() => undefined); // reported through `position`; the caller decides
-  await step(`${lookFor} is in view`, (n) => window.tessera.entities.some((e) => e.name === n), lookFor);
+  if (lookFor !== "") {
+    await step(`${lookFor} is in view`, (n) => window.tessera.entities.some((e) => e.name === n), lookFor);
+  }
 
   await page.fill("#chat-input", say);
   await page.press("#chat-input", "Enter");
@@ -129,6 +142,15 @@ try {
   // Let the prediction's smoothing settle before the picture.
   await page.waitForTimeout(500);
   await page.screenshot({ path: screenshot });
+  if (restartMarker !== "") {
+    await writeFile(restartMarker, "ready\n");
+    await step("the page sees the server go", () => window.tessera.state === "reconnecting", undefined, 60_000);
+    await step("the page is back in the world", () => window.tessera.state === "playing", undefined, 60_000);
+    const back = await page.evaluate(() => ({ name: window.tessera.name, position: window.tessera.position }));
+    result.resumed = true;
+    result.resumed_name = back.name;
+    result.resumed_position = back.position;
+  }
   result.ok = true;
 } catch (e) {
   result.failure = e instanceof Error ? e.message : String(e);
