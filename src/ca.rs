@@ -37,13 +37,22 @@ pub enum CaCommand {
     /// public key the CA vouches for, in etcd with --etcd, else in DIR/operators/ (`tessera
     /// up`). Run it where the CA key is; later operators can be added by operators (`tessera
     /// ctl operator add`).
+    ///
+    /// Under `tessera up`, once it has started (it creates the CA in <data-dir>/cluster-ca):
+    /// `tessera ca operator ops --cluster-ca data/cluster-ca --out ops.json`; the running
+    /// world accepts the new operator at once. Then give `--credential ops.json` (or set
+    /// TESSERA_CREDENTIAL) to the `tessera ctl` commands that change something, such as
+    /// `tessera ctl --credential ops.json asset put scripts/NAME.rhai FILE` (`tessera ctl
+    /// --help` lists them). Keep the credential private: it is the operator's private key.
     Operator {
         /// The operator's name, shown in logs of every request they make.
         name: String,
-        /// The cluster CA directory (with its private key).
+        /// The cluster CA directory (with its private key); `tessera up` keeps it in
+        /// <data-dir>/cluster-ca.
         #[arg(long)]
         cluster_ca: PathBuf,
-        /// Where to write the credential (default: operator-NAME.json).
+        /// Where to write the credential, readable only by you (default: operator-NAME.json
+        /// in the current directory).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Vouch again for the operator's existing public key with this CA (after a CA

@@ -67,6 +67,16 @@ enum Command {
     Bots(bots::BotsArgs),
     /// Ask and steer the cluster: status, shards, cells, moves, drains,
     /// rebalancing, roles, assets, backups.
+    ///
+    /// Commands that change something are signed with an operator credential, `--credential
+    /// FILE` (or TESSERA_CREDENTIAL): asset put, asset rollback, asset rm, role, move, drain,
+    /// split, merge, rebalance (but not --dry-run), backup, restore, and operator add and
+    /// revoke. The others (status, shards, cells, top, asset ls and get, ...) need none.
+    ///
+    /// Make a credential with `tessera ca operator NAME --cluster-ca DIR --out FILE`, where
+    /// DIR is the cluster CA with its key: under `tessera up`, <data-dir>/cluster-ca
+    /// (./data/cluster-ca by default; its banner prints the command); for a cluster on etcd,
+    /// add --etcd (`tessera ca operator --help`, docs/security.md).
     Ctl(ctl::CtlArgs),
     /// Give each role its own etcd user and role (only the keys it uses)
     /// and turn etcd's auth on; run once, as etcd's root user.

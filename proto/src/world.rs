@@ -15,6 +15,7 @@ use crate::geometry::{CellId, Grid, Vec3};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Add, Sub};
+use toml::Spanned;
 
 /// Positions are kept this far inside the world's outer bounds.
 pub const EDGE_MARGIN: f32 = 0.5;
@@ -49,6 +50,11 @@ pub struct WorldDef {
     pub npcs: Vec<NpcDef>,
     /// Script name (file stem) -> rhai source; filled by the loader.
     pub scripts: BTreeMap<String, String>,
+    /// Where each item stands in the world.toml this was parsed from, so
+    /// that [`validate_scripts`](Self::validate_scripts), called later,
+    /// names lines too. Not shipped to clients.
+    #[serde(skip)]
+    source: SourceMap,
 }
 
 /// The rectangle of cells the world consists of, both corners inclusive.
@@ -112,9 +118,52 @@ pub struct NpcDef {
     pub scatter: f32,
 }
 
-/// Why a world definition was refused.
+/// A place in a world.toml: 1-based line, and column in characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourcePos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl std::fmt::Display for SourcePos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.column)
+    }
+}
+
+/// Why a world definition was refused, and where in its world.toml:
+/// `line 12, column 10: npc "Ann" uses script "walk", but ...`.
+#[derive(Debug)]
+pub struct WorldError {
+    /// The item at fault, or `None` where the message says it already (a
+    /// [`WorldErrorKind::Parse`] error carries the toml crate's line and
+    /// column) or the item was added in code rather than read from a file.
+    pub at: Option<SourcePos>,
+    pub kind: WorldErrorKind,
+}
+
+impl std::fmt::Display for WorldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(at) = self.at {
+            write!(f, "{at}: ")?;
+        }
+        self.kind.fmt(f)
+    }
+}
+
+/// The kind is part of the message, so it is not also a `source()`: error
+/// reports that print the chain would print it twice.
+impl std::error::Error for WorldError {}
+
+impl WorldErrorKind {
+    fn at(self, at: Option<SourcePos>) -> WorldError {
+        WorldError { at, kind: self }
+    }
+}
+
+/// What was wrong with a world definition.
 #[derive(Debug, thiserror::Error)]
-pub enum WorldError {
+pub enum WorldErrorKind {
     #[error("world definition is not valid TOML: {0}")]
     Parse(String),
     #[error("cell_size must be a positive number of metres, got {0}")]
@@ -394,7 +443,9 @@ impl StaticShape {
         (dx * dx + dz * dz).sqrt()
     }
 
-    /// How error messages name this shape.
+    /// How error messages name this shape: by its name, else `box #N` or
+    /// `ramp #N`, where `index` counts the shapes of its kind in file order
+    /// from 0.
     fn describe(&self, index: usize) -> String {
         let kind = match self {
             StaticShape::Box { .. } => "box",
@@ -404,6 +455,26 @@ impl StaticShape {
             Some(n) => format!("{kind} {n:?}"),
             None => format!("{kind} #{}", index + 1),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// NPCs
+
+impl NpcDef {
+    /// The NPCs this entry spawns, `(name, position)`: see
+    /// [`WorldDef::npc_spawns`].
+    fn spawns(&self) -> impl Iterator<Item = (String, Vec3)> + '_ {
+        let n = self.count as f32;
+        (0..self.count).map(move |i| {
+            if self.count == 1 {
+                return (self.name.clone(), self.pos);
+            }
+            let r = self.scatter * ((i as f32 + 0.5) / n).sqrt();
+            let (s, c) = (i as f32 * GOLDEN_ANGLE).sin_cos();
+            let pos = Vec3::new(self.pos.x + r * c, self.pos.y, self.pos.z + r * s);
+            (format!("{} {}", self.name, i + 1), pos)
+        })
     }
 }
 
@@ -459,42 +530,38 @@ impl WorldDef {
     /// Deterministic: copies of a counted NPC lie on a golden-angle spiral
     /// filling a disc of radius `scatter` around `pos`.
     pub fn npc_spawns(&self) -> Vec<(String, Vec3, &NpcDef)> {
-        let mut out = Vec::new();
-        for def in &self.npcs {
-            if def.count == 1 {
-                out.push((def.name.clone(), def.pos, def));
-                continue;
-            }
-            let n = def.count as f32;
-            for i in 0..def.count {
-                let r = def.scatter * ((i as f32 + 0.5) / n).sqrt();
-                let (s, c) = (i as f32 * GOLDEN_ANGLE).sin_cos();
-                let pos = Vec3::new(def.pos.x + r * c, def.pos.y, def.pos.z + r * s);
-                out.push((format!("{} {}", def.name, i + 1), pos, def));
-            }
-        }
-        out
+        self.npcs
+            .iter()
+            .flat_map(|def| def.spawns().map(move |(name, pos)| (name, pos, def)))
+            .collect()
     }
 
     /// Check everything except the scripts (see [`validate_scripts`](Self::validate_scripts)).
+    /// Errors name the line of the item at fault when the world was parsed
+    /// from a file.
     pub fn validate(&self) -> Result<(), WorldError> {
+        let src = &self.source;
         if !(self.cell_size.is_finite() && self.cell_size > 0.0) {
-            return Err(WorldError::BadCellSize(self.cell_size));
+            return Err(WorldErrorKind::BadCellSize(self.cell_size).at(src.cell_size));
         }
         if self.extent.is_empty() {
-            return Err(WorldError::EmptyExtent {
+            return Err(WorldErrorKind::EmptyExtent {
                 min: self.extent.min,
                 max: self.extent.max,
-            });
+            }
+            .at(src.extent));
         }
         let grid = self.grid();
         if !self.spawn.is_finite() {
-            return Err(non_finite("spawn"));
+            return Err(non_finite("spawn").at(src.spawn));
         }
         if !self.extent.contains_position(&grid, self.spawn) {
-            return Err(WorldError::SpawnOutside { spawn: self.spawn });
+            return Err(WorldErrorKind::SpawnOutside { spawn: self.spawn }.at(src.spawn));
         }
-        for zone in self.zones.iter().chain([&self.wilds]) {
+        // The wilds come last and have no entry in `src.zones` (a file gives
+        // them no bounds to get wrong).
+        for (i, zone) in self.zones.iter().chain([&self.wilds]).enumerate() {
+            let at = src.zones.get(i).copied();
             // The wilds may be unbounded; only NaN is refused there.
             let bounds = [zone.min_x, zone.min_z, zone.max_x, zone.max_z];
             let is_wilds = std::ptr::eq(zone, &self.wilds);
@@ -502,73 +569,100 @@ impl WorldDef {
                 .iter()
                 .any(|v| v.is_nan() || (!is_wilds && v.is_infinite()))
             {
-                return Err(non_finite(&format!("zone {:?}", zone.name)));
+                return Err(non_finite(&format!("zone {:?}", zone.name)).at(at));
             }
             if zone.min_x > zone.max_x || zone.min_z > zone.max_z {
-                return Err(WorldError::InvertedZone {
+                return Err(WorldErrorKind::InvertedZone {
                     zone: zone.name.clone(),
-                });
+                }
+                .at(at));
             }
         }
-        for l in &self.landmarks {
+        for (i, l) in self.landmarks.iter().enumerate() {
             if !l.pos.is_finite() {
-                return Err(non_finite(&format!("landmark {:?}", l.name)));
+                let at = src.landmarks.get(i).copied();
+                return Err(non_finite(&format!("landmark {:?}", l.name)).at(at));
             }
         }
+        let (mut boxes, mut ramps) = (0, 0);
         for (i, s) in self.statics.iter().enumerate() {
-            validate_shape(i, s)?;
+            let nth = match s {
+                StaticShape::Box { .. } => &mut boxes,
+                StaticShape::Ramp { .. } => &mut ramps,
+            };
+            validate_shape(*nth, s).map_err(|kind| kind.at(src.statics.get(i).copied()))?;
+            *nth += 1;
         }
         self.validate_npcs(&grid)
     }
 
     fn validate_npcs(&self, grid: &Grid) -> Result<(), WorldError> {
-        for def in &self.npcs {
+        // Field positions of the i-th entry, if it came from a file.
+        let at = |i: usize, field: fn(&NpcSource) -> Option<SourcePos>| {
+            self.source.npcs.get(i).and_then(field)
+        };
+        for (i, def) in self.npcs.iter().enumerate() {
             if !is_valid_name(&def.name) {
-                return Err(WorldError::BadNpcName {
+                return Err(WorldErrorKind::BadNpcName {
                     name: def.name.clone(),
-                });
+                }
+                .at(at(i, |s| Some(s.name))));
             }
-            if !def.pos.is_finite() || !def.scatter.is_finite() {
-                return Err(non_finite(&format!("npc {:?}", def.name)));
+            let non_finite_npc = || non_finite(&format!("npc {:?}", def.name));
+            if !def.pos.is_finite() {
+                return Err(non_finite_npc().at(at(i, |s| Some(s.pos))));
             }
-            let bad = |reason: String| WorldError::BadNpc {
+            if !def.scatter.is_finite() {
+                return Err(non_finite_npc().at(at(i, |s| s.scatter.or(Some(s.entry)))));
+            }
+            let bad = |reason: String| WorldErrorKind::BadNpc {
                 npc: def.name.clone(),
                 reason,
             };
             if def.count == 0 || def.count > MAX_NPC_COUNT {
-                return Err(bad(format!("count must be 1 to {MAX_NPC_COUNT}")));
+                let reason = format!("count must be 1 to {MAX_NPC_COUNT}");
+                return Err(bad(reason).at(at(i, |s| s.count.or(Some(s.entry)))));
             }
             if def.scatter < 0.0 {
-                return Err(bad("scatter must not be negative".to_string()));
+                let reason = "scatter must not be negative".to_string();
+                return Err(bad(reason).at(at(i, |s| s.scatter.or(Some(s.entry)))));
             }
             if def.script.is_empty() {
-                return Err(bad("script must name a file in scripts/".to_string()));
+                let reason = "script must name a file in scripts/".to_string();
+                return Err(bad(reason).at(at(i, |s| Some(s.script))));
             }
         }
         let mut seen = BTreeSet::new();
-        for (name, pos, _) in self.npc_spawns() {
-            if !self.extent.contains_position(grid, pos) {
-                return Err(WorldError::NpcOutside { npc: name, pos });
-            }
-            if !seen.insert(name.to_ascii_lowercase()) {
-                return Err(WorldError::DuplicateNpc { name });
+        for (i, def) in self.npcs.iter().enumerate() {
+            for (name, pos) in def.spawns() {
+                if !self.extent.contains_position(grid, pos) {
+                    return Err(
+                        WorldErrorKind::NpcOutside { npc: name, pos }.at(at(i, |s| Some(s.pos)))
+                    );
+                }
+                if !seen.insert(name.to_ascii_lowercase()) {
+                    return Err(WorldErrorKind::DuplicateNpc { name }.at(at(i, |s| Some(s.name))));
+                }
             }
         }
         Ok(())
     }
 
     /// Every NPC's script must be in [`scripts`](Self::scripts); call this
-    /// once the loader has filled them.
+    /// once the loader has filled them. The error names the line of the
+    /// NPC's `script`.
     pub fn validate_scripts(&self) -> Result<(), WorldError> {
         match self
             .npcs
             .iter()
-            .find(|n| !self.scripts.contains_key(&n.script))
+            .enumerate()
+            .find(|(_, n)| !self.scripts.contains_key(&n.script))
         {
-            Some(n) => Err(WorldError::UnknownScript {
+            Some((i, n)) => Err(WorldErrorKind::UnknownScript {
                 npc: n.name.clone(),
                 script: n.script.clone(),
-            }),
+            }
+            .at(self.source.npcs.get(i).map(|s| s.script))),
             None => Ok(()),
         }
     }
@@ -579,13 +673,14 @@ impl WorldDef {
     }
 }
 
-fn non_finite(item: &str) -> WorldError {
-    WorldError::NonFinite {
+fn non_finite(item: &str) -> WorldErrorKind {
+    WorldErrorKind::NonFinite {
         item: item.to_string(),
     }
 }
 
-fn validate_shape(index: usize, s: &StaticShape) -> Result<(), WorldError> {
+/// Checks the `index`-th shape of its kind.
+fn validate_shape(index: usize, s: &StaticShape) -> Result<(), WorldErrorKind> {
     let item = s.describe(index);
     let h = s.half_extents();
     if !s.center().is_finite() || !h.is_finite() || !s.yaw_deg().is_finite() {
@@ -595,13 +690,13 @@ fn validate_shape(index: usize, s: &StaticShape) -> Result<(), WorldError> {
         return Err(non_finite(&item));
     }
     if h.x <= 0.0 || h.y <= 0.0 || h.z <= 0.0 {
-        return Err(WorldError::BadShape {
+        return Err(WorldErrorKind::BadShape {
             item,
             reason: "every size must be positive".to_string(),
         });
     }
     if s.pitch_deg().abs() >= 90.0 {
-        return Err(WorldError::BadShape {
+        return Err(WorldErrorKind::BadShape {
             item,
             reason: "pitch must be between -90 and 90 degrees".to_string(),
         });
@@ -611,25 +706,28 @@ fn validate_shape(index: usize, s: &StaticShape) -> Result<(), WorldError> {
 
 // ---------------------------------------------------------------------------
 // The TOML format (see docs/world-format.md)
+//
+// The raw structs keep the spans of what errors point at (`Spanned`); the
+// parser turns them into a `SourceMap`, which the checks read.
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWorld {
     name: String,
-    cell_size: f32,
-    spawn: [f32; 3],
-    extent: RawExtent,
+    cell_size: Spanned<f32>,
+    spawn: Spanned<[f32; 3]>,
+    extent: Spanned<RawExtent>,
     wilds: Option<RawWilds>,
     #[serde(default)]
-    zone: Vec<RawZone>,
+    zone: Vec<Spanned<RawZone>>,
     #[serde(default)]
-    landmark: Vec<RawLandmark>,
+    landmark: Vec<Spanned<RawLandmark>>,
     #[serde(default, rename = "box")]
-    boxes: Vec<RawBox>,
+    boxes: Vec<Spanned<RawBox>>,
     #[serde(default)]
-    ramp: Vec<RawRamp>,
+    ramp: Vec<Spanned<RawRamp>>,
     #[serde(default)]
-    npc: Vec<RawNpc>,
+    npc: Vec<Spanned<RawNpc>>,
 }
 
 #[derive(Deserialize)]
@@ -692,18 +790,82 @@ struct RawRamp {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNpc {
-    name: String,
+    name: Spanned<String>,
     #[serde(default)]
     description: String,
-    pos: [f32; 3],
-    script: String,
-    #[serde(default = "one")]
-    count: u32,
-    scatter: Option<f32>,
+    pos: Spanned<[f32; 3]>,
+    script: Spanned<String>,
+    count: Option<Spanned<u32>>,
+    scatter: Option<Spanned<f32>>,
 }
 
-fn one() -> u32 {
-    1
+/// Where the items of a world.toml are: what [`WorldDef::validate`] and
+/// [`WorldDef::validate_scripts`] point at. Empty for a world built in code;
+/// entries added in code after parsing have none.
+#[derive(Clone, Debug, Default)]
+struct SourceMap {
+    cell_size: Option<SourcePos>,
+    spawn: Option<SourcePos>,
+    /// The `[extent]` table.
+    extent: Option<SourcePos>,
+    /// Each `[[zone]]`, `[[landmark]]`, and static (boxes, then ramps, as in
+    /// [`WorldDef::statics`]) at its header.
+    zones: Vec<SourcePos>,
+    landmarks: Vec<SourcePos>,
+    statics: Vec<SourcePos>,
+    npcs: Vec<NpcSource>,
+}
+
+/// Where a world was written down is not part of what it is: two worlds that
+/// differ only in layout are equal.
+impl PartialEq for SourceMap {
+    fn eq(&self, _: &SourceMap) -> bool {
+        true
+    }
+}
+
+/// Where an `[[npc]]` entry and its fields are.
+#[derive(Clone, Copy, Debug)]
+struct NpcSource {
+    entry: SourcePos,
+    name: SourcePos,
+    pos: SourcePos,
+    script: SourcePos,
+    count: Option<SourcePos>,
+    scatter: Option<SourcePos>,
+}
+
+/// Turns byte offsets into a text into lines and columns.
+struct LineIndex<'a> {
+    text: &'a str,
+    /// Byte offset of the start of each line.
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> LineIndex<'a> {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { text, starts }
+    }
+
+    /// The line and column of byte `offset` (clamped to the text).
+    fn pos(&self, offset: usize) -> SourcePos {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line - 1];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count())
+            + 1;
+        SourcePos { line, column }
+    }
+
+    fn at<T>(&self, item: &Spanned<T>) -> SourcePos {
+        self.pos(item.span().start)
+    }
 }
 
 fn v3(a: [f32; 3]) -> Vec3 {
@@ -711,12 +873,12 @@ fn v3(a: [f32; 3]) -> Vec3 {
 }
 
 impl RawRamp {
-    fn into_shape(self, index: usize) -> Result<StaticShape, WorldError> {
+    fn into_shape(self, index: usize) -> Result<StaticShape, WorldErrorKind> {
         let item = match &self.name {
             Some(n) => format!("ramp {n:?}"),
             None => format!("ramp #{}", index + 1),
         };
-        let bad = |reason: &str| WorldError::BadShape {
+        let bad = |reason: &str| WorldErrorKind::BadShape {
             item: item.clone(),
             reason: reason.to_string(),
         };
@@ -731,7 +893,7 @@ impl RawRamp {
                 let thickness = self.thickness.unwrap_or(DEFAULT_RAMP_THICKNESS);
                 let (from, to) = (v3(from), v3(to));
                 if !from.is_finite() || !to.is_finite() || !width.is_finite() {
-                    return Err(WorldError::NonFinite { item });
+                    return Err(WorldErrorKind::NonFinite { item });
                 }
                 if from.distance_xz(to) < 0.1 {
                     return Err(bad("from and to must be apart on the ground"));
@@ -760,9 +922,14 @@ impl RawRamp {
 }
 
 /// Parse and validate a world definition (all but its scripts, which the
-/// loader adds before calling [`WorldDef::validate_scripts`]).
+/// loader adds before calling [`WorldDef::validate_scripts`]). A syntax
+/// error carries the toml crate's line and column in its message; any other
+/// error has the line and column of the item at fault in
+/// [`WorldError::at`].
 pub fn parse_world(toml_text: &str) -> Result<WorldDef, WorldError> {
-    let raw: RawWorld = toml::from_str(toml_text).map_err(|e| WorldError::Parse(e.to_string()))?;
+    let raw: RawWorld =
+        toml::from_str(toml_text).map_err(|e| WorldErrorKind::Parse(e.to_string()).at(None))?;
+    let lines = LineIndex::new(toml_text);
     let wilds = match raw.wilds {
         Some(w) => Zone {
             name: w.name,
@@ -771,9 +938,30 @@ pub fn parse_world(toml_text: &str) -> Result<WorldDef, WorldError> {
         },
         None => Zone::default_wilds(),
     };
+    let mut source = SourceMap {
+        cell_size: Some(lines.at(&raw.cell_size)),
+        spawn: Some(lines.at(&raw.spawn)),
+        extent: Some(lines.at(&raw.extent)),
+        zones: raw.zone.iter().map(|z| lines.at(z)).collect(),
+        landmarks: raw.landmark.iter().map(|l| lines.at(l)).collect(),
+        statics: raw.boxes.iter().map(|b| lines.at(b)).collect(),
+        npcs: raw
+            .npc
+            .iter()
+            .map(|n| NpcSource {
+                entry: lines.at(n),
+                name: lines.at(&n.get_ref().name),
+                pos: lines.at(&n.get_ref().pos),
+                script: lines.at(&n.get_ref().script),
+                count: n.get_ref().count.as_ref().map(|c| lines.at(c)),
+                scatter: n.get_ref().scatter.as_ref().map(|s| lines.at(s)),
+            })
+            .collect(),
+    };
     let mut statics: Vec<StaticShape> = raw
         .boxes
         .into_iter()
+        .map(|b| b.into_inner())
         .map(|b| StaticShape::Box {
             name: b.name,
             center: v3(b.center),
@@ -782,19 +970,23 @@ pub fn parse_world(toml_text: &str) -> Result<WorldDef, WorldError> {
         })
         .collect();
     for (i, r) in raw.ramp.into_iter().enumerate() {
-        statics.push(r.into_shape(i)?);
+        let at = lines.at(&r);
+        statics.push(r.into_inner().into_shape(i).map_err(|e| e.at(Some(at)))?);
+        source.statics.push(at);
     }
+    let extent = raw.extent.into_inner();
     let world = WorldDef {
         name: raw.name,
-        cell_size: raw.cell_size,
+        cell_size: raw.cell_size.into_inner(),
         extent: Extent::new(
-            CellId::new(raw.extent.min[0], raw.extent.min[1]),
-            CellId::new(raw.extent.max[0], raw.extent.max[1]),
+            CellId::new(extent.min[0], extent.min[1]),
+            CellId::new(extent.max[0], extent.max[1]),
         ),
-        spawn: v3(raw.spawn),
+        spawn: v3(raw.spawn.into_inner()),
         zones: raw
             .zone
             .into_iter()
+            .map(|z| z.into_inner())
             .map(|z| Zone {
                 name: z.name,
                 description: z.description,
@@ -808,6 +1000,7 @@ pub fn parse_world(toml_text: &str) -> Result<WorldDef, WorldError> {
         landmarks: raw
             .landmark
             .into_iter()
+            .map(|l| l.into_inner())
             .map(|l| Landmark {
                 name: l.name,
                 description: l.description,
@@ -818,18 +1011,22 @@ pub fn parse_world(toml_text: &str) -> Result<WorldDef, WorldError> {
         npcs: raw
             .npc
             .into_iter()
-            .map(|n| NpcDef {
-                scatter: n
-                    .scatter
-                    .unwrap_or(if n.count > 1 { DEFAULT_SCATTER } else { 0.0 }),
-                name: n.name,
-                description: n.description,
-                pos: v3(n.pos),
-                script: n.script,
-                count: n.count,
+            .map(|n| n.into_inner())
+            .map(|n| {
+                let count = n.count.map_or(1, Spanned::into_inner);
+                let default_scatter = if count > 1 { DEFAULT_SCATTER } else { 0.0 };
+                NpcDef {
+                    scatter: n.scatter.map_or(default_scatter, Spanned::into_inner),
+                    name: n.name.into_inner(),
+                    description: n.description,
+                    pos: v3(n.pos.into_inner()),
+                    script: n.script.into_inner(),
+                    count,
+                }
             })
             .collect(),
         scripts: BTreeMap::new(),
+        source,
     };
     world.validate()?;
     Ok(world)
@@ -876,13 +1073,16 @@ mod tests {
         max = [1, 1]
     "#;
 
-    fn with(extra: &str) -> Result<WorldDef, WorldError> {
-        parse_world(&format!("{MINIMAL}\n{extra}"))
+    /// [`MINIMAL`] plus `extra`, parsed; only the kind of error, as most
+    /// tests check what was refused (`semantic_errors_name_their_line`
+    /// checks where).
+    fn with(extra: &str) -> Result<WorldDef, WorldErrorKind> {
+        parse_world(&format!("{MINIMAL}\n{extra}")).map_err(|e| e.kind)
     }
 
-    fn minimal_replacing(from: &str, to: &str) -> Result<WorldDef, WorldError> {
+    fn minimal_replacing(from: &str, to: &str) -> Result<WorldDef, WorldErrorKind> {
         assert!(MINIMAL.contains(from));
-        parse_world(&MINIMAL.replace(from, to))
+        parse_world(&MINIMAL.replace(from, to)).map_err(|e| e.kind)
     }
 
     #[test]
@@ -976,39 +1176,199 @@ mod tests {
 
     #[test]
     fn toml_errors_are_parse_errors() {
-        assert!(matches!(parse_world("name = "), Err(WorldError::Parse(_))));
+        let e = parse_world("name = ").unwrap_err();
+        assert!(matches!(e.kind, WorldErrorKind::Parse(_)), "{e:?}");
+        // The toml crate's message carries the line; nothing is added to it.
+        assert!(e.at.is_none() && e.to_string().contains("line 1"), "{e}");
         // Unknown keys are refused, so typos do not go unnoticed.
         let e = with("colour = \"red\"").unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    /// Where `# <-` marks a line of `text`: its 1-based number.
+    fn marked_line(text: &str) -> usize {
+        let lines: Vec<usize> = (text.lines().enumerate())
+            .filter(|(_, l)| l.contains("# <-"))
+            .map(|(i, _)| i + 1)
+            .collect();
+        assert_eq!(lines.len(), 1, "one marked line in {text}");
+        lines[0]
+    }
+
+    /// Every kind of semantic error names the line of the item at fault
+    /// (marked `# <-`), and its message starts with it.
+    #[test]
+    fn semantic_errors_name_their_line() {
+        const NPC: &str = "[[npc]]\nname = \"Ann\"\npos = [5, 0, 5]\nscript = \"w\"\n";
+        const BOX: &str = "[[box]]\ncenter = [1, 1, 1]\nsize = [1, 1, 1]\n";
+        let replacing = |from: &str, to: &str| {
+            assert!(MINIMAL.contains(from));
+            MINIMAL.replace(from, to)
+        };
+        let adding = |extra: &str| format!("{MINIMAL}\n{extra}");
+        type Check = fn(&WorldErrorKind) -> bool;
+        let cases: Vec<(String, Check)> = vec![
+            (replacing("cell_size = 10", "cell_size = 0 # <-"), |k| {
+                matches!(k, WorldErrorKind::BadCellSize(_))
+            }),
+            (
+                replacing("[extent]", "[extent] # <-").replace("max = [1, 1]", "max = [1, -1]"),
+                |k| matches!(k, WorldErrorKind::EmptyExtent { .. }),
+            ),
+            (replacing("spawn = [5, 0, 5]", "spawn = [25, 0, 5] # <-"), |k| {
+                matches!(k, WorldErrorKind::SpawnOutside { .. })
+            }),
+            (replacing("spawn = [5, 0, 5]", "spawn = [5, nan, 5] # <-"), |k| {
+                matches!(k, WorldErrorKind::NonFinite { .. })
+            }),
+            (
+                adding("[[zone]] # <-\nname = \"Back\"\ndescription = \"\"\nmin = [5, 0]\nmax = [1, 4]"),
+                |k| matches!(k, WorldErrorKind::InvertedZone { .. }),
+            ),
+            (
+                adding("[[landmark]]\nname = \"Well\"\ndescription = \"\"\npos = [1, 0, 1]\n\
+                        [[landmark]] # <-\nname = \"Pit\"\ndescription = \"\"\npos = [nan, 0, 1]"),
+                |k| matches!(k, WorldErrorKind::NonFinite { .. }),
+            ),
+            (
+                adding(&format!("{BOX}[[box]] # <-\ncenter = [1, 1, 1]\nsize = [1, 0, 1]")),
+                |k| matches!(k, WorldErrorKind::BadShape { .. }),
+            ),
+            // Refused while the ramp is read...
+            (
+                adding("[[ramp]] # <-\nfrom = [1, 0, 1]\nto = [1, 2, 9]"),
+                |k| matches!(k, WorldErrorKind::BadShape { .. }),
+            ),
+            // ...and when the shapes are checked, after the boxes.
+            (
+                adding(&format!(
+                    "{BOX}[[ramp]]\ncenter = [1, 1, 1]\nsize = [1, 1, 1]\npitch = 10\n\
+                     [[ramp]] # <-\ncenter = [1, 1, 1]\nsize = [1, 1, 1]\npitch = 95\n{BOX}"
+                )),
+                |k| matches!(k, WorldErrorKind::BadShape { .. }),
+            ),
+            (
+                adding(&format!("{NPC}{}", NPC.replace("\"Ann\"", "\"A n\" # <-"))),
+                |k| matches!(k, WorldErrorKind::BadNpcName { .. }),
+            ),
+            (adding(&format!("{NPC}count = 0 # <-")), |k| {
+                matches!(k, WorldErrorKind::BadNpc { .. })
+            }),
+            (adding(&format!("{NPC}scatter = nan # <-")), |k| {
+                matches!(k, WorldErrorKind::NonFinite { .. })
+            }),
+            (
+                adding(&format!(
+                    "{NPC}{}",
+                    NPC.replace("Ann", "Bob")
+                        .replace("[5, 0, 5]", "[50, 0, 5] # <-")
+                )),
+                |k| matches!(k, WorldErrorKind::NpcOutside { .. }),
+            ),
+            (
+                adding(&format!("{NPC}{}", NPC.replace("\"Ann\"", "\"ANN\" # <-"))),
+                |k| matches!(k, WorldErrorKind::DuplicateNpc { .. }),
+            ),
+        ];
+        for (text, is_kind) in cases {
+            let line = marked_line(&text);
+            let e = parse_world(&text).unwrap_err();
+            assert!(is_kind(&e.kind), "wrong error {e:?} for\n{text}");
+            assert_eq!(e.at.map(|at| at.line), Some(line), "{e} for\n{text}");
+            let prefix = format!("line {line}, column ");
+            assert!(e.to_string().starts_with(&prefix), "{e}");
+        }
+    }
+
+    /// An unknown script is found once the loader has added the scripts; it
+    /// names the line and column of the `script` value.
+    #[test]
+    fn unknown_script_names_its_line_and_column() {
+        let text = format!(
+            "{MINIMAL}\n[[npc]]\nname = \"Ann\"\npos = [5, 0, 5]\nscript = \"w\"\n\
+             [[npc]]\nname = \"Bob\"\npos = [5, 0, 6]\nscript = \"walk\" # <-\n"
+        );
+        let line = marked_line(&text);
+        let mut w = parse_world(&text).unwrap();
+        w.scripts.insert("w".into(), String::new());
+        let e = w.validate_scripts().unwrap_err();
+        assert_eq!(e.at, Some(SourcePos { line, column: 10 }));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "line {line}, column 10: npc \"Bob\" uses script \"walk\", \
+                 but there is no scripts/walk.rhai"
+            )
+        );
+    }
+
+    /// NPCs added in code have no place in a file: their errors say what,
+    /// not where, and the positions of the others still hold.
+    #[test]
+    fn npcs_added_in_code_have_no_line() {
+        let mut w = with("[[npc]]\nname = \"Ann\"\npos = [5, 0, 5]\nscript = \"w\"").unwrap();
+        w.scripts.insert("w".into(), String::new());
+        w.npcs.push(NpcDef {
+            name: "Bob".into(),
+            description: String::new(),
+            pos: Vec3::new(5.0, 0.0, 6.0),
+            script: "walk".into(),
+            count: 1,
+            scatter: 0.0,
+        });
+        let e = w.validate_scripts().unwrap_err();
+        assert_eq!(e.at, None);
+        assert!(e.to_string().starts_with("npc \"Bob\""), "{e}");
+    }
+
+    /// Columns count characters, not bytes.
+    #[test]
+    fn columns_count_characters() {
+        let text = MINIMAL.replace("name = \"Tiny\"", "name = \"Zoë\"; x = 1");
+        let lines = LineIndex::new(&text);
+        let offset = text.find("x = 1").unwrap();
+        let line = marked_line(&text.replace("x = 1", "# <-"));
+        assert_eq!(lines.pos(offset), SourcePos { line, column: 23 });
+        assert_eq!(lines.pos(0), SourcePos { line: 1, column: 1 });
+        assert_eq!(lines.pos(text.len()).line, text.matches('\n').count() + 1);
     }
 
     #[test]
     fn bad_cell_size() {
         for bad in ["0", "-64", "nan", "inf"] {
             let e = minimal_replacing("cell_size = 10", &format!("cell_size = {bad}"));
-            assert!(matches!(e, Err(WorldError::BadCellSize(_))), "{bad}: {e:?}");
+            assert!(
+                matches!(e, Err(WorldErrorKind::BadCellSize(_))),
+                "{bad}: {e:?}"
+            );
         }
     }
 
     #[test]
     fn empty_extent() {
         let e = minimal_replacing("max = [1, 1]", "max = [1, -1]");
-        assert!(matches!(e, Err(WorldError::EmptyExtent { .. })), "{e:?}");
+        assert!(
+            matches!(e, Err(WorldErrorKind::EmptyExtent { .. })),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn spawn_outside() {
         let e = minimal_replacing("spawn = [5, 0, 5]", "spawn = [25, 0, 5]");
-        assert!(matches!(e, Err(WorldError::SpawnOutside { .. })), "{e:?}");
+        assert!(
+            matches!(e, Err(WorldErrorKind::SpawnOutside { .. })),
+            "{e:?}"
+        );
         let e = minimal_replacing("spawn = [5, 0, 5]", "spawn = [5, nan, 5]");
-        assert!(matches!(e, Err(WorldError::NonFinite { .. })), "{e:?}");
+        assert!(matches!(e, Err(WorldErrorKind::NonFinite { .. })), "{e:?}");
     }
 
     #[test]
     fn inverted_zone() {
         let e = with("[[zone]]\nname = \"Back\"\ndescription = \"x\"\nmin = [5, 0]\nmax = [1, 4]");
         match e {
-            Err(WorldError::InvertedZone { zone }) => assert_eq!(zone, "Back"),
+            Err(WorldErrorKind::InvertedZone { zone }) => assert_eq!(zone, "Back"),
             other => panic!("{other:?}"),
         }
     }
@@ -1016,12 +1376,12 @@ mod tests {
     #[test]
     fn npc_outside() {
         let e = with("[[npc]]\nname = \"Walker\"\npos = [50, 0, 5]\nscript = \"w\"");
-        assert!(matches!(e, Err(WorldError::NpcOutside { .. })), "{e:?}");
+        assert!(matches!(e, Err(WorldErrorKind::NpcOutside { .. })), "{e:?}");
         // A scatter that reaches beyond the edge counts too.
         let e = with(
             "[[npc]]\nname = \"Hen\"\npos = [2, 0, 2]\nscript = \"w\"\ncount = 9\nscatter = 5",
         );
-        assert!(matches!(e, Err(WorldError::NpcOutside { .. })), "{e:?}");
+        assert!(matches!(e, Err(WorldErrorKind::NpcOutside { .. })), "{e:?}");
     }
 
     #[test]
@@ -1038,32 +1398,35 @@ mod tests {
                 "[[npc]]\nname = {bad:?}\npos = [5, 0, 5]\nscript = \"w\""
             ));
             assert!(
-                matches!(e, Err(WorldError::BadNpcName { .. })),
+                matches!(e, Err(WorldErrorKind::BadNpcName { .. })),
                 "{bad}: {e:?}"
             );
         }
         assert!(is_valid_name("Mira") && is_valid_name("R2d2") && is_valid_name("Bob"));
         let dup = "[[npc]]\nname = \"Ann\"\npos = [5, 0, 5]\nscript = \"w\"\n";
         let e = with(&format!("{dup}{}", dup.replace("Ann", "ANN")));
-        assert!(matches!(e, Err(WorldError::DuplicateNpc { .. })), "{e:?}");
+        assert!(
+            matches!(e, Err(WorldErrorKind::DuplicateNpc { .. })),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn npc_count_and_scatter_are_checked() {
         let base = "[[npc]]\nname = \"Hen\"\npos = [10, 0, 10]\nscript = \"w\"\n";
         let e = with(&format!("{base}count = 0"));
-        assert!(matches!(e, Err(WorldError::BadNpc { .. })), "{e:?}");
+        assert!(matches!(e, Err(WorldErrorKind::BadNpc { .. })), "{e:?}");
         let e = with(&format!("{base}count = 2\nscatter = -1"));
-        assert!(matches!(e, Err(WorldError::BadNpc { .. })), "{e:?}");
+        assert!(matches!(e, Err(WorldErrorKind::BadNpc { .. })), "{e:?}");
         let e = with(&format!("{base}scatter = nan"));
-        assert!(matches!(e, Err(WorldError::NonFinite { .. })), "{e:?}");
+        assert!(matches!(e, Err(WorldErrorKind::NonFinite { .. })), "{e:?}");
     }
 
     #[test]
     fn unknown_script() {
         let mut w = with("[[npc]]\nname = \"Walker\"\npos = [5, 0, 5]\nscript = \"walk\"").unwrap();
-        match w.validate_scripts() {
-            Err(WorldError::UnknownScript { npc, script }) => {
+        match w.validate_scripts().map_err(|e| e.kind) {
+            Err(WorldErrorKind::UnknownScript { npc, script }) => {
                 assert_eq!((npc.as_str(), script.as_str()), ("Walker", "walk"))
             }
             other => panic!("{other:?}"),
@@ -1075,24 +1438,33 @@ mod tests {
     #[test]
     fn non_finite_shapes_and_bad_sizes() {
         let e = with("[[box]]\nname = \"Crate\"\ncenter = [1, inf, 1]\nsize = [1, 1, 1]");
-        assert!(matches!(e, Err(WorldError::NonFinite { ref item }) if item.contains("Crate")));
+        assert!(matches!(e, Err(WorldErrorKind::NonFinite { ref item }) if item.contains("Crate")));
         let e = with("[[landmark]]\nname = \"Well\"\ndescription = \"\"\npos = [nan, 0, 1]");
-        assert!(matches!(e, Err(WorldError::NonFinite { .. })), "{e:?}");
+        assert!(matches!(e, Err(WorldErrorKind::NonFinite { .. })), "{e:?}");
         let e = with("[[zone]]\nname = \"Z\"\ndescription = \"\"\nmin = [0, -inf]\nmax = [1, 1]");
-        assert!(matches!(e, Err(WorldError::NonFinite { .. })), "{e:?}");
+        assert!(matches!(e, Err(WorldErrorKind::NonFinite { .. })), "{e:?}");
         let e = with("[[box]]\ncenter = [1, 1, 1]\nsize = [1, 0, 1]");
         match e {
-            Err(WorldError::BadShape { item, .. }) => assert_eq!(item, "box #1"),
+            Err(WorldErrorKind::BadShape { item, .. }) => assert_eq!(item, "box #1"),
+            other => panic!("{other:?}"),
+        }
+        // Shapes are counted per kind, as in the file.
+        let e = with(
+            "[[box]]\ncenter = [1, 1, 1]\nsize = [1, 1, 1]\n\
+                      [[ramp]]\ncenter = [1, 1, 1]\nsize = [1, 1, 1]\npitch = 95",
+        );
+        match e {
+            Err(WorldErrorKind::BadShape { item, .. }) => assert_eq!(item, "ramp #1"),
             other => panic!("{other:?}"),
         }
         let e = with("[[ramp]]\nfrom = [1, 0, 1]\nto = [1, 2, 9]");
         assert!(
-            matches!(e, Err(WorldError::BadShape { .. })),
+            matches!(e, Err(WorldErrorKind::BadShape { .. })),
             "needs width: {e:?}"
         );
         let e = with("[[ramp]]\nfrom = [1, 0, 1]\nto = [1, 2, 9]\nwidth = 2\npitch = 3");
         assert!(
-            matches!(e, Err(WorldError::BadShape { .. })),
+            matches!(e, Err(WorldErrorKind::BadShape { .. })),
             "mixed forms: {e:?}"
         );
     }

@@ -18,12 +18,15 @@ pub const MAX_WORLD_FILE_BYTES: u64 = 1024 * 1024;
 /// Largest script file accepted (the script host refuses larger sources too).
 pub const MAX_SCRIPT_FILE_BYTES: u64 = 64 * 1024;
 
+/// Each message names the file and includes the underlying error, which is
+/// therefore not also a `source()`: anyhow's report prints the whole chain,
+/// and would print the underlying message twice.
 #[derive(Debug, thiserror::Error)]
 pub enum WorldFileError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{} is {size} bytes, over the limit of {limit} bytes", path.display())]
     TooLarge {
@@ -31,25 +34,26 @@ pub enum WorldFileError {
         size: u64,
         limit: u64,
     },
-    #[error("{}: {source}", path.display())]
-    Invalid { path: PathBuf, source: WorldError },
+    /// `<path>: line 12, column 10: npc "Ann" uses script ...`.
+    #[error("{}: {error}", path.display())]
+    Invalid { path: PathBuf, error: WorldError },
 }
 
 /// Read, parse and validate the world in `dir`, scripts included.
 pub fn load_world_dir(dir: &Path) -> Result<WorldDef, WorldFileError> {
     let world_path = dir.join("world.toml");
     let text = read_limited(&world_path, MAX_WORLD_FILE_BYTES)?;
-    let invalid = |source| WorldFileError::Invalid {
+    let invalid = |error| WorldFileError::Invalid {
         path: world_path.clone(),
-        source,
+        error,
     };
     let mut world = parse_world(&text).map_err(invalid)?;
 
     let scripts_dir = dir.join("scripts");
     if scripts_dir.is_dir() {
-        let read_err = |source| WorldFileError::Read {
+        let read_err = |error| WorldFileError::Read {
             path: scripts_dir.clone(),
-            source,
+            error,
         };
         let mut paths = Vec::new();
         for entry in fs::read_dir(&scripts_dir).map_err(read_err)? {
@@ -74,9 +78,9 @@ pub fn load_world_dir(dir: &Path) -> Result<WorldDef, WorldFileError> {
 
 /// Read a UTF-8 file of at most `limit` bytes.
 fn read_limited(path: &Path, limit: u64) -> Result<String, WorldFileError> {
-    let read_err = |source| WorldFileError::Read {
+    let read_err = |error| WorldFileError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let file = fs::File::open(path).map_err(read_err)?;
     let mut bytes = Vec::new();
@@ -222,15 +226,35 @@ mod tests {
         assert_eq!(world.scripts.keys().collect::<Vec<_>>(), ["walk"]);
     }
 
+    /// Every message of `err`'s chain, as an error report prints them.
+    fn chain(err: &dyn std::error::Error) -> String {
+        std::iter::successors(Some(err), |e| e.source())
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     #[test]
-    fn unknown_script_names_world_toml() {
+    fn unknown_script_names_world_toml_and_the_line() {
         let dir = world_dir(SMALL, &[("run.rhai", "")]);
         let err = load_world_dir(dir.path()).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("world.toml") && text.contains("walk"),
-            "{text}"
+        let path = dir.path().join("world.toml");
+        let expected = format!(
+            "{}: line 10, column 10: npc \"Walker\" uses script \"walk\", but there is no \
+             scripts/walk.rhai",
+            path.display()
         );
+        assert_eq!(text, expected);
+        assert_eq!(chain(&err), expected, "printed once");
+    }
+
+    #[test]
+    fn a_missing_file_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_world_dir(dir.path()).unwrap_err();
+        let report = chain(&err);
+        assert_eq!(report.matches("No such file").count(), 1, "{report}");
     }
 
     #[test]
