@@ -45,7 +45,8 @@ pub struct CtlArgs {
     #[arg(long, global = true)]
     json: bool,
     /// Operator credential (`tessera ca operator NAME`), needed by the
-    /// commands that change the cluster (move, drain).
+    /// commands that change the cluster (move, drain, ...) or its assets
+    /// (asset put, rollback, rm).
     #[arg(long, env = "TESSERA_CREDENTIAL", global = true)]
     credential: Option<PathBuf>,
     #[command(subcommand)]
@@ -97,7 +98,8 @@ pub enum CtlCommand {
         #[command(flatten)]
         service: AuthService,
     },
-    /// Assets: upload (operators), list, download.
+    /// Assets: upload, roll back and remove (operators), list, download,
+    /// history.
     Asset {
         /// The asset service's URL.
         #[arg(long, env = "TESSERA_ASSETS", default_value = "http://127.0.0.1:7400")]
@@ -201,29 +203,68 @@ impl BackupStore {
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum AssetCommand {
     /// Upload FILE as asset NAME (e.g. `scripts/guard.rhai`); shards running
-    /// a script reload it within seconds.
-    Put { name: String, file: PathBuf },
-    /// Every asset: name, size, hash, last change.
+    /// a script reload it within seconds. The service refuses a script that
+    /// does not compile (with its line and column), a name outside
+    /// `scripts/<name>.rhai`, and a script no NPC of the world runs (unless
+    /// --force). Needs an operator credential.
+    Put {
+        name: String,
+        file: PathBuf,
+        /// Accept a script no NPC of the world runs (e.g. for an NPC the next
+        /// world adds); it is still compiled.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every script the world runs (from the world folder or an upload, and
+    /// which one is in effect), then every other asset.
     Ls,
-    /// Download asset NAME to FILE (`-`: standard output).
+    /// Download the running version of asset NAME to FILE (`-`: standard
+    /// output); for a script that no upload overrides, the world folder's.
     Get { name: String, file: PathBuf },
+    /// The versions of asset NAME: uploads, rollbacks and removals, oldest
+    /// first, and which one is in effect.
+    History { name: String },
+    /// Make an earlier version of NAME current again: HASH (or a unique
+    /// prefix of it, from `history`), by default the version in effect
+    /// before the current one. Needs an operator credential.
+    Rollback { name: String, hash: Option<String> },
+    /// Remove the upload of NAME; for a script the world folder's version
+    /// runs again. Needs an operator credential.
+    Rm { name: String },
 }
 
 /// `tessera ctl asset ...`: blocking HTTP, off the async threads.
 async fn ctl_asset(args: &CtlArgs, url: &str, command: &AssetCommand) -> anyhow::Result<()> {
     let client = tessera_asset::AssetClient::new(url);
     let credential = match command {
-        AssetCommand::Put { .. } => Some(operator_credential(args)?),
+        AssetCommand::Put { .. } | AssetCommand::Rollback { .. } | AssetCommand::Rm { .. } => {
+            Some(operator_credential(args)?)
+        }
         _ => None,
     };
     let (command, json) = (command.clone(), args.json);
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let credential = || credential.as_ref().expect("an operator's credential");
         match command {
-            AssetCommand::Put { name, file } => {
+            AssetCommand::Put { name, file, force } => {
                 let bytes = std::fs::read(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
-                let credential = credential.expect("an operator's credential");
-                let put = client.put(&name, &bytes, &credential)?;
+                let put = if force {
+                    client.put_forced(&name, &bytes, credential())
+                } else {
+                    client.put(&name, &bytes, credential())
+                }
+                .map_err(asset_error)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "name": put.name, "hash": put.hash, "size": put.size,
+                            "changed": put.changed,
+                        })
+                    );
+                    return Ok(());
+                }
                 println!(
                     "{} {} ({} bytes, blake3 {})",
                     if put.changed {
@@ -241,35 +282,347 @@ async fn ctl_asset(args: &CtlArgs, url: &str, command: &AssetCommand) -> anyhow:
                 else {
                     anyhow::bail!("the asset service answered 'not modified' to a plain request");
                 };
+                let scripts = client.scripts()?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&manifest)?);
+                    // The manifest's fields, and the scripts.
+                    let mut out = serde_json::to_value(&manifest)?;
+                    out["scripts"] = serde_json::to_value(&scripts)?;
+                    println!("{}", serde_json::to_string_pretty(&out)?);
                     return Ok(());
                 }
-                println!("manifest version {}", manifest.version);
-                for (name, e) in &manifest.assets {
-                    println!(
-                        "{name:<40} {:>10} B  {}  {}",
-                        e.size,
-                        &e.hash[..16.min(e.hash.len())],
-                        e.updated_unix_ms
+                print!("{}", asset_listing(&manifest, &scripts));
+            }
+            AssetCommand::Get { name, file } => {
+                let got = client.get_running(&name)?;
+                if file.as_os_str() == "-" {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&got.bytes)?;
+                } else {
+                    std::fs::write(&file, &got.bytes)
+                        .with_context(|| format!("cannot write {}", file.display()))?;
+                    eprintln!(
+                        "wrote {} bytes to {} (the {} version, blake3 {})",
+                        got.bytes.len(),
+                        file.display(),
+                        got.source.as_str(),
+                        short(&got.hash)
                     );
                 }
             }
-            AssetCommand::Get { name, file } => {
-                let bytes = client.get(&name)?;
-                if file.as_os_str() == "-" {
-                    use std::io::Write;
-                    std::io::stdout().write_all(&bytes)?;
+            AssetCommand::History { name } => {
+                let history = client.history(&name)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&history_json(&history))?);
+                    return Ok(());
+                }
+                print!("{}", history_listing(&history));
+            }
+            AssetCommand::Rollback { name, hash } => {
+                let history = client.history(&name)?;
+                let target = rollback_target(&history, hash.as_deref())?;
+                let done = client
+                    .rollback(&name, &target, credential())
+                    .map_err(asset_error)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "name": done.name, "hash": done.hash, "size": done.size,
+                            "changed": done.changed,
+                        })
+                    );
+                } else if done.changed {
+                    println!(
+                        "rolled back {} to {} ({} bytes)",
+                        done.name, done.hash, done.size
+                    );
                 } else {
-                    std::fs::write(&file, &bytes)
-                        .with_context(|| format!("cannot write {}", file.display()))?;
-                    eprintln!("wrote {} bytes to {}", bytes.len(), file.display());
+                    println!("unchanged: {} already runs {}", done.name, done.hash);
+                }
+            }
+            AssetCommand::Rm { name } => {
+                let removed = client.remove(&name, credential()).map_err(asset_error)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "name": removed.name, "removed": removed.removed,
+                            "in_effect": removed.in_effect,
+                        })
+                    );
+                } else {
+                    match &removed.in_effect {
+                        Some(world) => println!(
+                            "removed the upload of {} ({}); the world folder's version runs \
+                             again (blake3 {})",
+                            removed.name,
+                            short(&removed.removed),
+                            short(&world.hash)
+                        ),
+                        None => println!("removed {} ({})", removed.name, short(&removed.removed)),
+                    }
                 }
             }
         }
         Ok(())
     })
     .await?
+}
+
+/// A refused script as the service explains it (what is wrong and what to
+/// do), without the URL and status around it; anything else as it is.
+fn asset_error(e: tessera_asset::AssetError) -> anyhow::Error {
+    match e {
+        tessera_asset::AssetError::ScriptRefused { message, .. } => {
+            anyhow::anyhow!("the asset service refused it: {message}")
+        }
+        other => other.into(),
+    }
+}
+
+/// The first 16 hex digits of a hash.
+fn short(hash: &str) -> &str {
+    &hash[..16.min(hash.len())]
+}
+
+/// `YYYY-MM-DD HH:MM:SSZ` (UTC) of unix milliseconds.
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `ctl asset ls`: the scripts (each world and upload version, and which
+/// is in effect), then the other assets.
+fn asset_listing(
+    manifest: &tessera_asset::Manifest,
+    scripts: &tessera_asset::scripts::ScriptsView,
+) -> String {
+    use std::fmt::Write;
+    use tessera_asset::scripts::ScriptSource;
+    let mut out = String::new();
+    match &scripts.world {
+        Some(world) => {
+            let _ = writeln!(out, "scripts of world {world:?}:");
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "scripts (the asset service has no world: only uploads are listed):"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{:<32} {:<7} {:<10} {:>9}  {:<16}  CHANGED",
+        "NAME", "SOURCE", "IN EFFECT", "BYTES", "BLAKE3"
+    );
+    for script in &scripts.scripts {
+        let mut rows = Vec::new();
+        if let Some(upload) = &script.upload {
+            rows.push((
+                ScriptSource::Upload,
+                upload.size,
+                upload.hash.as_str(),
+                format!("{} by {}", utc(upload.updated_unix_ms), upload.by),
+            ));
+        }
+        if let Some(world) = &script.world {
+            rows.push((
+                ScriptSource::World,
+                world.size,
+                world.hash.as_str(),
+                String::new(),
+            ));
+        }
+        for (source, size, hash, changed) in rows {
+            let in_effect = if source == script.in_effect {
+                "yes"
+            } else {
+                "no"
+            };
+            let _ = writeln!(
+                out,
+                "{:<32} {:<7} {:<10} {size:>9}  {:<16}  {changed}",
+                script.name,
+                source.as_str(),
+                in_effect,
+                short(hash)
+            );
+        }
+        if !script.used && scripts.world.is_some() {
+            let _ = writeln!(out, "{:<32} (no NPC of the world runs it)", "");
+        }
+    }
+    let others: Vec<_> = manifest
+        .assets
+        .iter()
+        .filter(|(name, _)| tessera_asset::scripts::script_stem(name).is_none())
+        .collect();
+    if !others.is_empty() {
+        let _ = writeln!(out, "\nother assets:");
+        for (name, e) in others {
+            let _ = writeln!(
+                out,
+                "{name:<40} {:>9}  {:<16}  {}",
+                e.size,
+                short(&e.hash),
+                utc(e.updated_unix_ms)
+            );
+        }
+    }
+    let _ = writeln!(out, "\nmanifest version {}", manifest.version);
+    out
+}
+
+/// `ctl asset history NAME`.
+fn history_listing(history: &tessera_asset::HistoryView) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let in_effect = match (&history.in_effect, &history.current, &history.world) {
+        (_, Some(current), _) => format!("the upload {}", short(&current.hash)),
+        (_, None, Some(world)) => format!("the world folder's version {}", short(&world.hash)),
+        _ => "nothing (removed)".to_string(),
+    };
+    let _ = writeln!(out, "{}: in effect: {in_effect}", history.name);
+    if let Some(world) = &history.world {
+        let _ = writeln!(
+            out,
+            "world folder: {} ({} bytes)",
+            short(&world.hash),
+            world.size
+        );
+    }
+    if history.entries.is_empty() {
+        let _ = writeln!(out, "never uploaded");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<8}  {:<64}  {:>9}  {:<20}  BY",
+        "#", "ACTION", "BLAKE3", "BYTES", "WHEN"
+    );
+    let current = history.current.as_ref().map(|c| c.hash.as_str());
+    let last_effect = history
+        .entries
+        .iter()
+        .rposition(|e| e.hash.is_some() && e.hash.as_deref() == current);
+    for (i, e) in history.entries.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<8}  {:<64}  {:>9}  {:<20}  {}{}",
+            e.seq,
+            e.action.as_str(),
+            e.hash.as_deref().unwrap_or("-"),
+            e.size.map_or("-".to_string(), |s| s.to_string()),
+            utc(e.unix_ms),
+            e.by,
+            if Some(i) == last_effect {
+                "  <- in effect"
+            } else {
+                ""
+            }
+        );
+    }
+    match &history.previous {
+        Some(previous) => {
+            let _ = writeln!(
+                out,
+                "`ctl asset rollback {}` goes back to {}",
+                history.name,
+                short(previous)
+            );
+        }
+        None if history.current.is_none() && !history.entries.is_empty() => {
+            let _ = writeln!(
+                out,
+                "no upload is in effect; `ctl asset rollback {} HASH` makes one of the \
+                 versions above current again",
+                history.name
+            );
+        }
+        None => {}
+    }
+    out
+}
+
+fn history_json(history: &tessera_asset::HistoryView) -> serde_json::Value {
+    serde_json::json!({
+        "name": history.name,
+        "in_effect": history.in_effect,
+        "current": history.current,
+        "world": history.world,
+        "previous": history.previous,
+        "entries": history.entries,
+    })
+}
+
+/// The version `ctl asset rollback NAME [HASH]` goes to: the one of the
+/// history `hash` starts (at least 4 hex digits, one version only), or the
+/// version in effect before the current one.
+fn rollback_target(
+    history: &tessera_asset::HistoryView,
+    hash: Option<&str>,
+) -> anyhow::Result<String> {
+    let Some(prefix) = hash else {
+        return history
+            .previous
+            .clone()
+            .ok_or_else(|| match &history.current {
+                None => anyhow::anyhow!(
+                    "no upload of {} is in effect; name the version to make current \
+                 (`tessera ctl asset history {}` lists them)",
+                    history.name,
+                    history.name
+                ),
+                Some(_) => anyhow::anyhow!(
+                    "{} has no version before the current one; `tessera ctl asset rm {}` \
+                 brings back the world folder's",
+                    history.name,
+                    history.name
+                ),
+            });
+    };
+    let prefix = prefix.to_ascii_lowercase();
+    if prefix.len() < 4 {
+        anyhow::bail!("give at least 4 hex digits of the version's hash");
+    }
+    let mut matches: Vec<&str> = history
+        .entries
+        .iter()
+        .filter_map(|e| e.hash.as_deref())
+        .filter(|h| h.starts_with(&prefix))
+        .collect();
+    matches.sort_unstable();
+    matches.dedup();
+    match matches.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => anyhow::bail!(
+            "{} has no version {prefix}… in its history (`tessera ctl asset history {}` lists them)",
+            history.name,
+            history.name
+        ),
+        _ => anyhow::bail!(
+            "{prefix}… matches {} versions of {}; give more digits",
+            matches.len(),
+            history.name
+        ),
+    }
 }
 
 /// Where `ctl role` finds the account service.
@@ -853,4 +1206,69 @@ fn operator(args: &CtlArgs) -> anyhow::Result<Signer> {
 /// The operator key from `--credential`.
 fn operator_credential(args: &CtlArgs) -> anyhow::Result<OperatorKey> {
     crate::operator::load_credential(args.credential.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_asset::{HistoryAction, HistoryEntry, HistoryView};
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
+    }
+
+    fn history(hashes: &[&str], previous: Option<&str>, current: bool) -> HistoryView {
+        HistoryView {
+            name: "scripts/a.rhai".into(),
+            in_effect: None,
+            current: current.then(|| tessera_asset::AssetRecord {
+                hash: hashes.last().unwrap().to_string(),
+                size: 1,
+                content_type: String::new(),
+                updated_unix_ms: 0,
+                by: String::new(),
+            }),
+            world: None,
+            previous: previous.map(str::to_string),
+            entries: hashes
+                .iter()
+                .enumerate()
+                .map(|(i, h)| HistoryEntry {
+                    format: 1,
+                    seq: i as u64 + 1,
+                    action: HistoryAction::Upload,
+                    hash: Some(h.to_string()),
+                    size: Some(1),
+                    unix_ms: 0,
+                    by: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_rollback_names_one_version_of_the_history() {
+        let h = history(
+            &["abcd1111", "abcd2222", "ef001111"],
+            Some("abcd2222"),
+            true,
+        );
+        assert_eq!(rollback_target(&h, None).unwrap(), "abcd2222");
+        assert_eq!(rollback_target(&h, Some("EF00")).unwrap(), "ef001111");
+        assert_eq!(rollback_target(&h, Some("abcd1")).unwrap(), "abcd1111");
+        let err = rollback_target(&h, Some("abcd")).unwrap_err().to_string();
+        assert!(err.contains("matches 2 versions"), "{err}");
+        assert!(rollback_target(&h, Some("abc")).is_err());
+        let err = rollback_target(&h, Some("9999")).unwrap_err().to_string();
+        assert!(err.contains("no version 9999"), "{err}");
+        let first = history(&["abcd1111"], None, true);
+        let err = rollback_target(&first, None).unwrap_err().to_string();
+        assert!(err.contains("asset rm"), "{err}");
+        let removed = history(&["abcd1111"], None, false);
+        let err = rollback_target(&removed, None).unwrap_err().to_string();
+        assert!(err.contains("no upload"), "{err}");
+    }
 }

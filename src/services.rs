@@ -230,6 +230,12 @@ pub struct AssetArgs {
     /// Where the operators are (who may upload).
     #[command(flatten)]
     operators: crate::operator::OperatorsArgs,
+    /// The world definition directory the shards run (world.toml and
+    /// scripts/). Script uploads are checked against it: a script no NPC runs
+    /// is refused (unless forced), and `ctl asset ls|get` show the world
+    /// folder's scripts. Without it every script upload needs --force.
+    #[arg(long, value_name = "DIR")]
+    world: Option<PathBuf>,
 }
 
 /// `tessera asset`: content-addressed assets over HTTP.
@@ -240,6 +246,19 @@ pub async fn asset(args: AssetArgs) -> anyhow::Result<()> {
         tessera_coordinator::identity::MemberRole::Asset,
         "asset",
     )?;
+    let world = match &args.world {
+        Some(dir) => Some(
+            tessera_shard::worldfile::load_world_dir(dir)
+                .with_context(|| format!("cannot load the world from {}", dir.display()))?,
+        ),
+        None => {
+            tracing::warn!(
+                "no --world: the asset service cannot tell which scripts NPCs run, so every \
+                 script upload needs --force"
+            );
+            None
+        }
+    };
     let db = service_store(&identity, args.persistence, &args.data_dir, "assets.redb")?;
     store_readiness("asset", &db);
     let operators = args.operators.operators(&args.cluster_ca).await?;
@@ -256,7 +275,7 @@ pub async fn asset(args: AssetArgs) -> anyhow::Result<()> {
         .addr("metrics", metrics)
         .announce()?;
     tokio::select! {
-        r = tessera_asset::serve(listener, db, asset_config(operators)) => r.context("asset service failed")?,
+        r = tessera_asset::serve(listener, db, asset_config(operators, world.as_ref())) => r.context("asset service failed")?,
         _ = crate::up::shutdown_signal() => {}
     }
     println!("asset stopped.");
@@ -264,80 +283,244 @@ pub async fn asset(args: AssetArgs) -> anyhow::Result<()> {
 }
 
 /// The asset service's settings: uploads checked against `operators`,
-/// `/metrics` from this process's recorder.
+/// scripts against `world` and the shards' engine, `/metrics` from this
+/// process's recorder.
 pub fn asset_config(
     operators: tessera_coordinator::operators::Operators,
+    world: Option<&tessera_proto::world::WorldDef>,
 ) -> tessera_asset::AssetConfig {
     let mut config = tessera_asset::AssetConfig::new(operators);
     config.metrics = Some(Arc::new(|| {
         crate::metrics_http::render().unwrap_or_default()
     }));
+    config.scripts = tessera_asset::scripts::ScriptRules {
+        world: world.map(world_scripts),
+        compiler: Some(Arc::new(ShardCompiler::default())),
+    };
     config
+}
+
+/// What the asset service needs of a world: the scripts its NPCs run and
+/// the world folder's sources.
+pub fn world_scripts(
+    world: &tessera_proto::world::WorldDef,
+) -> tessera_asset::scripts::WorldScripts {
+    tessera_asset::scripts::WorldScripts::new(
+        world.name.clone(),
+        world.npcs.iter().map(|npc| npc.script.clone()),
+        world.scripts.clone(),
+    )
+}
+
+/// The shards' script engine with the shards' limits, as the asset
+/// service's compiler: an upload is refused exactly when a shard would
+/// refuse it.
+struct ShardCompiler(tessera_shard::script::ScriptEngine);
+
+impl Default for ShardCompiler {
+    fn default() -> Self {
+        ShardCompiler(tessera_shard::script::ScriptEngine::new(
+            tessera_shard::ShardConfig::new(tessera_proto::ShardId::new("asset")).script_limits,
+        ))
+    }
+}
+
+impl tessera_asset::scripts::ScriptCompiler for ShardCompiler {
+    fn check(&self, stem: &str, source: &str) -> Result<(), tessera_asset::scripts::CompileError> {
+        use tessera_shard::script::ScriptError;
+        self.0.check(stem, source).map_err(|e| match e {
+            ScriptError::Compile {
+                line,
+                column,
+                message,
+                ..
+            } => tessera_asset::scripts::CompileError {
+                line,
+                column,
+                message,
+            },
+            other => tessera_asset::scripts::CompileError {
+                line: None,
+                column: None,
+                message: other.to_string(),
+            },
+        })
+    }
 }
 
 /// How often shards ask the asset service for a new manifest.
 const SCRIPT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Follows the asset service's manifest and sends every new version of a
-/// script (`scripts/<name>.rhai`) to the shards of this process (one poller
-/// for all of them). `world_scripts` are the versions the shards started
-/// with, so only real changes are sent. Runs on its own thread until no
-/// shard listens any more.
+/// What a manifest asks of the shards for one script.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ScriptChange {
+    /// Load the uploaded version with this hash (a new upload or a rollback).
+    Upload { script: String, hash: String },
+    /// The upload was removed: load the world folder's version again.
+    World {
+        script: String,
+        hash: String,
+        source: String,
+    },
+    /// The upload of a script the world folder does not have was removed:
+    /// nothing to go back to, the shards keep what they run.
+    Forget { script: String },
+}
+
+/// Which version of each script the shards of this process run, and what
+/// a manifest changes about it; pure ([`watch_scripts`] does the I/O). The
+/// rule: a script's upload if the manifest has one, else the world
+/// folder's version.
+struct ScriptFollower {
+    /// The world folder's sources, by script.
+    world: std::collections::BTreeMap<String, String>,
+    /// What the shards run, by script: the hash of its source.
+    running: std::collections::HashMap<String, String>,
+}
+
+impl ScriptFollower {
+    /// Shards that started with the world folder's scripts.
+    fn new(world: &std::collections::BTreeMap<String, String>) -> ScriptFollower {
+        let running = world
+            .iter()
+            .map(|(name, source)| (name.clone(), tessera_asset::hash_hex(source.as_bytes())))
+            .collect();
+        ScriptFollower {
+            world: world.clone(),
+            running,
+        }
+    }
+
+    /// What `manifest` changes, in script order: uploads that differ from
+    /// what runs, then removed uploads.
+    fn changes(&self, manifest: &tessera_asset::Manifest) -> Vec<ScriptChange> {
+        let mut uploaded = std::collections::HashSet::new();
+        let mut changes = Vec::new();
+        for (name, entry) in &manifest.assets {
+            let Some(script) = tessera_asset::scripts::script_stem(name) else {
+                continue;
+            };
+            uploaded.insert(script);
+            if self.running.get(script) != Some(&entry.hash) {
+                changes.push(ScriptChange::Upload {
+                    script: script.to_string(),
+                    hash: entry.hash.clone(),
+                });
+            }
+        }
+        let mut removed: Vec<&String> = self
+            .running
+            .keys()
+            .filter(|script| !uploaded.contains(script.as_str()))
+            .collect();
+        removed.sort();
+        for script in removed {
+            match self.world.get(script) {
+                None => changes.push(ScriptChange::Forget {
+                    script: script.clone(),
+                }),
+                Some(source) => {
+                    let hash = tessera_asset::hash_hex(source.as_bytes());
+                    if self.running.get(script) != Some(&hash) {
+                        changes.push(ScriptChange::World {
+                            script: script.clone(),
+                            hash,
+                            source: source.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    /// The shards were sent version `hash` of `script` (or it was ignored
+    /// for good).
+    fn sent(&mut self, script: &str, hash: &str) {
+        self.running.insert(script.to_string(), hash.to_string());
+    }
+
+    fn forget(&mut self, script: &str) {
+        self.running.remove(script);
+    }
+}
+
+/// Follows the asset service's manifest and sends the shards of this
+/// process (one poller for all of them) every change of the version of a
+/// script that should run ([`ScriptFollower`]): a new upload or a rollback
+/// of `scripts/<name>.rhai` sends that version; a removal sends the world
+/// folder's version back. `world_scripts` are the world folder's versions,
+/// which the shards started with, so only real changes are sent; the first
+/// poll (at once) brings the uploads in effect, so after a restart a shard
+/// runs the world folder's version of an uploaded script only until that
+/// poll is answered. Runs on its own thread until no shard listens any
+/// more.
 pub fn watch_scripts(
     url: String,
     world_scripts: &std::collections::BTreeMap<String, String>,
     mut updates: Vec<crossbeam_channel::Sender<tessera_shard::ScriptUpdate>>,
 ) -> std::io::Result<()> {
-    let mut known: std::collections::HashMap<String, String> = world_scripts
-        .iter()
-        .map(|(name, source)| (name.clone(), tessera_asset::hash_hex(source.as_bytes())))
-        .collect();
+    let mut follower = ScriptFollower::new(world_scripts);
     std::thread::Builder::new()
         .name("script-watch".into())
         .spawn(move || {
             let client = tessera_asset::AssetClient::new(&url);
             let mut etag: Option<String> = None;
             let mut failing = false;
+            // Sends `source` of `script` to every shard; false once none listens.
+            let mut send = |script: &str, source: String| {
+                let update = tessera_shard::ScriptUpdate {
+                    name: script.to_string(),
+                    source,
+                };
+                // A shard that stopped listening is forgotten.
+                updates.retain(|tx| tx.send(update.clone()).is_ok());
+                !updates.is_empty()
+            };
             loop {
                 match client.manifest(etag.as_deref()) {
                     Ok(tessera_asset::ManifestFetch::NotModified) => failing = false,
                     Ok(tessera_asset::ManifestFetch::Fresh { manifest, etag: e }) => {
                         failing = false;
                         let mut complete = true;
-                        for (name, entry) in &manifest.assets {
-                            let Some(script) = name
-                                .strip_prefix("scripts/")
-                                .and_then(|n| n.strip_suffix(".rhai"))
-                            else {
-                                continue;
-                            };
-                            if known.get(script) == Some(&entry.hash) {
-                                continue;
-                            }
-                            let source = match client.blob(&entry.hash).map(String::from_utf8) {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(_)) => {
-                                    tracing::error!(asset = %name, "script is not UTF-8; ignored");
-                                    known.insert(script.to_string(), entry.hash.clone());
-                                    continue;
+                        for change in follower.changes(&manifest) {
+                            match change {
+                                ScriptChange::Upload { script, hash } => {
+                                    let source = match client.blob(&hash).map(String::from_utf8) {
+                                        Ok(Ok(s)) => s,
+                                        Ok(Err(_)) => {
+                                            tracing::error!(script, "script is not UTF-8; ignored");
+                                            follower.sent(&script, &hash);
+                                            continue;
+                                        }
+                                        Err(e) => {
+                                            tracing::warn!(script, error = %e, "cannot fetch a new script version");
+                                            complete = false;
+                                            continue;
+                                        }
+                                    };
+                                    tracing::info!(script, hash = %hash, "new script version");
+                                    if !send(&script, source) {
+                                        return;
+                                    }
+                                    follower.sent(&script, &hash);
                                 }
-                                Err(e) => {
-                                    tracing::warn!(asset = %name, error = %e, "cannot fetch a new script version");
-                                    complete = false;
-                                    continue;
+                                ScriptChange::World {
+                                    script,
+                                    hash,
+                                    source,
+                                } => {
+                                    tracing::info!(script, hash = %hash, "script upload removed; back to the world folder's version");
+                                    if !send(&script, source) {
+                                        return;
+                                    }
+                                    follower.sent(&script, &hash);
                                 }
-                            };
-                            tracing::info!(script, hash = %entry.hash, "new script version");
-                            let update = tessera_shard::ScriptUpdate {
-                                name: script.to_string(),
-                                source,
-                            };
-                            // A shard that stopped listening is forgotten.
-                            updates.retain(|tx| tx.send(update.clone()).is_ok());
-                            if updates.is_empty() {
-                                return;
+                                ScriptChange::Forget { script } => {
+                                    tracing::warn!(script, "the upload of a script the world folder does not have was removed; the shards keep the last version");
+                                    follower.forget(&script);
+                                }
                             }
-                            known.insert(script.to_string(), entry.hash.clone());
                         }
                         // Fetch the manifest in full again until every change got through.
                         etag = complete.then_some(e);
@@ -353,4 +536,106 @@ pub fn watch_scripts(
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_asset::{hash_hex, Manifest, ManifestEntry};
+
+    fn manifest(scripts: &[(&str, &str)]) -> Manifest {
+        let mut m = Manifest::default();
+        m.assets.insert(
+            "world.toml".into(),
+            ManifestEntry {
+                hash: hash_hex(b"world"),
+                size: 5,
+                content_type: String::new(),
+                updated_unix_ms: 0,
+            },
+        );
+        for (name, content) in scripts {
+            m.assets.insert(
+                format!("scripts/{name}.rhai"),
+                ManifestEntry {
+                    hash: hash_hex(content.as_bytes()),
+                    size: content.len() as u64,
+                    content_type: String::new(),
+                    updated_unix_ms: 0,
+                },
+            );
+        }
+        m
+    }
+
+    /// Applies every change as `watch_scripts` does once the shards got it.
+    fn apply(follower: &mut ScriptFollower, changes: &[ScriptChange]) {
+        for change in changes {
+            match change {
+                ScriptChange::Upload { script, hash }
+                | ScriptChange::World { script, hash, .. } => follower.sent(script, hash),
+                ScriptChange::Forget { script } => follower.forget(script),
+            }
+        }
+    }
+
+    #[test]
+    fn uploads_win_until_removed_and_then_the_world_folder_runs_again() {
+        let world = std::collections::BTreeMap::from([
+            ("greeter".to_string(), "world greeter".to_string()),
+            ("guard".to_string(), "world guard".to_string()),
+        ]);
+        let mut f = ScriptFollower::new(&world);
+        // Shards start with the world folder: nothing uploaded, nothing to do.
+        assert!(f.changes(&manifest(&[])).is_empty());
+        // An upload equal to the world folder's file changes nothing either.
+        assert!(f.changes(&manifest(&[("guard", "world guard")])).is_empty());
+        // After a restart, the first manifest brings the uploads in effect.
+        let m = manifest(&[("greeter", "v2"), ("extra", "forced")]);
+        let changes = f.changes(&m);
+        assert_eq!(
+            changes,
+            [
+                ScriptChange::Upload {
+                    script: "extra".into(),
+                    hash: hash_hex(b"forced")
+                },
+                ScriptChange::Upload {
+                    script: "greeter".into(),
+                    hash: hash_hex(b"v2")
+                },
+            ]
+        );
+        apply(&mut f, &changes);
+        assert!(f.changes(&m).is_empty());
+        // A rollback is a new hash like any upload.
+        let m = manifest(&[("greeter", "v1"), ("extra", "forced")]);
+        let changes = f.changes(&m);
+        assert_eq!(
+            changes,
+            [ScriptChange::Upload {
+                script: "greeter".into(),
+                hash: hash_hex(b"v1")
+            }]
+        );
+        apply(&mut f, &changes);
+        // Removals: the world folder's version comes back; a script only
+        // uploaded has nothing to come back to.
+        let changes = f.changes(&manifest(&[]));
+        assert_eq!(
+            changes,
+            [
+                ScriptChange::Forget {
+                    script: "extra".into()
+                },
+                ScriptChange::World {
+                    script: "greeter".into(),
+                    hash: hash_hex(b"world greeter"),
+                    source: "world greeter".into()
+                },
+            ]
+        );
+        apply(&mut f, &changes);
+        assert!(f.changes(&manifest(&[])).is_empty());
+    }
 }

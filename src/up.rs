@@ -75,7 +75,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ca_dir.join("operators"),
         ca.trust().to_vec(),
     );
-    let (assets_url, assets_addr) = serve_assets(&args, &db, operators.clone()).await?;
+    let (assets_url, assets_addr) = serve_assets(&args, &db, operators.clone(), &world).await?;
 
     // Every migration, split and merge request is checked here as in a
     // cluster: members' certificates against the CA, operators' keys.
@@ -275,10 +275,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ca_dir.display(),
     );
     println!(
-        "operators: tessera ca operator ops --cluster-ca {ca} --out ops.json, then e.g. \
-         tessera ctl --credential ops.json role NAME operator --auth {} --cluster-ca {ca}",
-        auth_server.local_addr()?,
-        ca = ca_dir.display()
+        "operators: tessera ca operator ops --cluster-ca {} --out ops.json writes ops.json, the \
+         credential that `ctl asset put` and every other ctl command that changes something \
+         needs (--credential ops.json)",
+        ca_dir.display()
     );
     println!("Press Ctrl-C to stop; state is saved on the way out.");
     up_announcement(&addrs, metrics_addr, assets_addr)
@@ -327,12 +327,13 @@ fn front_services(
 }
 
 /// Starts the asset service on `--assets-listen` (uploads signed by
-/// operators of the CA in `ca_dir`); returns its URL for the shards and the
-/// address it got.
+/// operators of the CA in `ca_dir`, scripts checked against `world`);
+/// returns its URL for the shards and the address it got.
 async fn serve_assets(
     args: &UpArgs,
     db: &Database,
     operators: tessera_coordinator::operators::Operators,
+    world: &tessera_proto::world::WorldDef,
 ) -> anyhow::Result<(String, std::net::SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(args.assets_listen)
         .await
@@ -347,7 +348,7 @@ async fn serve_assets(
         },
         addr.port()
     );
-    let config = crate::services::asset_config(operators);
+    let config = crate::services::asset_config(operators, Some(world));
     publish_world(db, &args.world).await?;
     let db = db.clone();
     tokio::spawn(async move {
@@ -355,7 +356,10 @@ async fn serve_assets(
             tracing::error!(error = %e, "asset service stopped");
         }
     });
-    println!("assets on {url}   (upload: tessera ctl asset --assets {url} put NAME FILE)");
+    println!(
+        "assets on {url}   (upload: tessera ctl --credential ops.json asset --assets {url} put \
+         scripts/NAME.rhai FILE)"
+    );
     Ok((url, addr))
 }
 
@@ -418,7 +422,11 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
     let (auth, chat) = front_services(&ca, accounts, operators.clone(), &db)?;
     let auth_addr = auth.local_addr()?;
     let chat_addr = chat.local_addr()?;
-    let (assets_url, assets_addr) = serve_assets(&args, &db, operators.clone()).await?;
+    let world = Arc::new(
+        tessera_shard::worldfile::load_world_dir(&args.world)
+            .with_context(|| format!("cannot load the world from {}", args.world.display()))?,
+    );
+    let (assets_url, assets_addr) = serve_assets(&args, &db, operators.clone(), &world).await?;
     let persistence = tessera_persistence::remote::PersistenceServer::start(
         db,
         "127.0.0.1:0".parse()?,
@@ -438,10 +446,6 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
     let etcd = args.etcd.join(",");
     let store: Arc<dyn ClusterStore> =
         Arc::new(crate::connect_etcd(&args.etcd, &args.etcd_tls).await?);
-    let world = Arc::new(
-        tessera_shard::worldfile::load_world_dir(&args.world)
-            .with_context(|| format!("cannot load the world from {}", args.world.display()))?,
-    );
     let trust = tessera_coordinator::authority::ClusterTrust::new(ca.trust().to_vec())
         .with_operators(tessera_coordinator::operators::OperatorCache::follow(operators).await);
     let member = |role: MemberRole, name: &str| -> anyhow::Result<Arc<_>> {

@@ -18,8 +18,8 @@
 
 use parking_lot::Mutex;
 use rhai::{
-    Array, CallFnOptions, Dynamic, Engine, EvalAltResult, FuncArgs, ImmutableString, Map, Scope,
-    AST, FLOAT, INT,
+    Array, CallFnOptions, Dynamic, Engine, EvalAltResult, FuncArgs, ImmutableString, Map, Position,
+    Scope, AST, FLOAT, INT,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -73,10 +73,13 @@ impl Default for ScriptLimits {
 /// host: they disable the one instance (see [`ScriptInstance::disabled`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ScriptError {
-    #[error("script {script:?} does not compile{}: {message}", at_line(*line))]
+    #[error("script {script:?} does not compile{}: {message}", at_position(*line, *column))]
     Compile {
         script: String,
+        /// 1-based, where rhai knows it.
         line: Option<usize>,
+        /// 1-based, where rhai knows it.
+        column: Option<usize>,
         message: String,
     },
     #[error("script {script:?} is {size} bytes, over the limit of {limit} bytes")]
@@ -87,8 +90,12 @@ pub enum ScriptError {
     },
 }
 
-fn at_line(line: Option<usize>) -> String {
-    line.map(|l| format!(" (line {l})")).unwrap_or_default()
+fn at_position(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
+        (Some(l), None) => format!(" (line {l})"),
+        _ => String::new(),
+    }
 }
 
 /// The script part of an NPC: everything that travels with the entity on
@@ -379,6 +386,13 @@ impl ScriptEngine {
             .collect()
     }
 
+    /// Checks that `source` would load as script `name` (size, syntax, limits, entry
+    /// points), as [`ScriptEngine::reload`] does, without keeping it. The asset service runs
+    /// this on uploads, so a version the shards would refuse is refused before it is stored.
+    pub fn check(&self, name: &str, source: &str) -> Result<(), ScriptError> {
+        self.try_compile(name, source).map(drop)
+    }
+
     /// Whether `name` compiled successfully.
     pub fn is_ready(&self, name: &str) -> bool {
         matches!(self.scripts.get(name), Some(Compiled::Ready { .. }))
@@ -392,20 +406,21 @@ impl ScriptEngine {
                 limit: MAX_SCRIPT_BYTES,
             });
         }
-        let compile_error = |line: Option<usize>, message: String| ScriptError::Compile {
+        let compile_error = |pos: Position, message: String| ScriptError::Compile {
             script: name.to_string(),
-            line,
+            line: pos.line(),
+            column: pos.position(),
             message,
         };
         let ast = self
             .engine
             .compile(source)
-            .map_err(|e| compile_error(e.position().line(), e.err_type().to_string()))?;
+            .map_err(|e| compile_error(e.position(), e.err_type().to_string()))?;
         // Only functions are ever called; code outside them would silently
         // never run, so refuse it.
         if let Some(stmt) = <AST as AsRef<[_]>>::as_ref(&ast).first() {
             return Err(compile_error(
-                stmt.position().line(),
+                stmt.position(),
                 "statements outside functions are never run; put set-up code in fn init()"
                     .to_string(),
             ));
@@ -425,7 +440,7 @@ impl ScriptEngine {
                     "(speaker, text)"
                 };
                 return Err(compile_error(
-                    None,
+                    Position::NONE,
                     format!("fn {} must take {wanted}", f.name),
                 ));
             }
@@ -1027,6 +1042,24 @@ mod tests {
             "{err}"
         );
         assert!(e.compile("arity", "fn on_hear(text) {}").is_err());
+        // A check reports where, and keeps nothing.
+        let err = e
+            .check("greeter", "fn on_tick() {\n    say(\"hi\"\n}")
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ScriptError::Compile {
+                    line: Some(3),
+                    column: Some(1),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("(line 3, column 1)"), "{err}");
+        e.check("fresh", "fn on_tick() {}").unwrap();
+        assert!(!e.is_ready("fresh"));
         let huge = format!("fn on_tick() {{}}\n//{}", "x".repeat(MAX_SCRIPT_BYTES));
         assert!(matches!(
             e.compile("huge", &huge),

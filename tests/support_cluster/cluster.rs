@@ -915,9 +915,11 @@ impl Cluster {
                     .unwrap_or(SocketAddr::new(ip, 0));
                 let mut args = self.service_args(what, name, listen, store, ip);
                 if spec.kind == Kind::Asset {
-                    // It reads the operators (who may upload) from etcd.
+                    // It reads the operators (who may upload) from etcd, and checks script
+                    // uploads against the world the shards run.
                     args.extend(["--etcd".into(), self.etcd_url()]);
                     args.extend(tls_flags(&self.etcd.tls()));
+                    args.extend(["--world".into(), spec.world.clone()]);
                 }
                 args.extend(spec.args.iter().cloned());
                 let ServiceProc { role, .. } = service_in(&dir, name, netns.as_deref(), &args);

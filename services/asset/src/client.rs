@@ -1,6 +1,11 @@
 //! A blocking client of the asset service, for `tessera ctl`, shards and tools.
 
-use crate::{hash_hex, is_hash_hex, upload_auth, AssetError, Manifest, MAX_ASSET_BYTES};
+use crate::scripts::{ScriptSource, ScriptsView, WorldVersion};
+use crate::upload_auth::SignedRequest;
+use crate::{
+    hash_hex, is_hash_hex, upload_auth, AssetError, AssetRecord, HistoryEntry, Manifest,
+    MAX_ASSET_BYTES, SOURCE_HEADER,
+};
 use serde::Deserialize;
 use std::time::Duration;
 use tessera_coordinator::operators::OperatorKey;
@@ -33,9 +38,55 @@ pub struct PutResult {
     pub changed: bool,
 }
 
+/// A named asset's running content and where it comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssetContent {
+    pub bytes: Vec<u8>,
+    /// blake3 of the bytes, hex.
+    pub hash: String,
+    /// An upload, or a script of the world folder that no upload overrides.
+    pub source: ScriptSource,
+}
+
+/// A name's versions (`GET /v1/history/<name>`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct HistoryView {
+    pub name: String,
+    /// Which version runs: the current upload, the world folder's, or none (removed).
+    pub in_effect: Option<ScriptSource>,
+    /// The current upload.
+    pub current: Option<AssetRecord>,
+    /// The world folder's version, for a script of the world.
+    pub world: Option<WorldVersion>,
+    /// What a rollback without a hash goes back to.
+    pub previous: Option<String>,
+    /// Every change, oldest first.
+    pub entries: Vec<HistoryEntry>,
+}
+
+/// What a removal did.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct RemoveResult {
+    pub name: String,
+    /// The hash of the upload that was in effect.
+    pub removed: String,
+    /// What runs now: the world folder's version of a script, if it has one.
+    pub in_effect: Option<WorldVersion>,
+}
+
 #[derive(Deserialize)]
 struct ErrorBody {
     error: String,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RollbackAnswer {
+    name: String,
+    hash: String,
+    size: u64,
+    changed: bool,
 }
 
 /// A blocking HTTP client of one asset service, such as `http://assets:7400`.
@@ -96,18 +147,107 @@ impl AssetClient {
     /// The current content of asset `name`, checked against the hash the service names in
     /// its ETag.
     pub fn get(&self, name: &str) -> Result<Vec<u8>, AssetError> {
+        Ok(self.get_running(name)?.bytes)
+    }
+
+    /// The running content of asset `name` (for a script: its current upload, else the world
+    /// folder's file), checked against its hash, and where it comes from.
+    pub fn get_running(&self, name: &str) -> Result<AssetContent, AssetError> {
         let url = format!("{}/v1/assets/{}", self.base, encode_path(name));
         let response = self
             .agent
             .get(&url)
             .call()
             .map_err(|e| unreachable(&url, e))?;
+        let source = match response
+            .headers()
+            .get(SOURCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("world") => ScriptSource::World,
+            _ => ScriptSource::Upload,
+        };
         let (etag, body) = success(&url, response)?;
         let hash = etag
             .map(|e| e.trim_matches('"').to_string())
             .filter(|h| is_hash_hex(h))
             .ok_or_else(|| invalid(&url, "the answer has no content hash (ETag)"))?;
-        verify(&url, &hash, body)
+        let bytes = verify(&url, &hash, body)?;
+        Ok(AssetContent {
+            bytes,
+            hash,
+            source,
+        })
+    }
+
+    /// Every script the world runs or an operator uploaded, and which version is in effect.
+    pub fn scripts(&self) -> Result<ScriptsView, AssetError> {
+        self.get_json(&format!("{}/v1/scripts", self.base))
+    }
+
+    /// The versions of asset `name`.
+    pub fn history(&self, name: &str) -> Result<HistoryView, AssetError> {
+        self.get_json(&format!("{}/v1/history/{}", self.base, encode_path(name)))
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, AssetError> {
+        let response = self
+            .agent
+            .get(url)
+            .call()
+            .map_err(|e| unreachable(url, e))?;
+        let (_, body) = success(url, response)?;
+        serde_json::from_slice(&body)
+            .map_err(|e| invalid(url, &format!("the answer is not the expected JSON: {e}")))
+    }
+
+    /// Makes version `hash` of asset `name` current again, signed with operator key
+    /// `credential`; `changed` is false when it already was.
+    pub fn rollback(
+        &self,
+        name: &str,
+        hash: &str,
+        credential: &OperatorKey,
+    ) -> Result<PutResult, AssetError> {
+        let url = format!(
+            "{}/v1/rollback/{}?hash={}",
+            self.base,
+            encode_path(name),
+            encode_path(hash)
+        );
+        let authorization =
+            upload_auth::authorization(credential, &SignedRequest::Rollback { name, hash });
+        let response = self
+            .agent
+            .post(&url)
+            .header("Authorization", &authorization)
+            .send_empty()
+            .map_err(|e| unreachable(&url, e))?;
+        let (_, body) = success(&url, response)?;
+        let answer: RollbackAnswer = serde_json::from_slice(&body)
+            .map_err(|e| invalid(&url, &format!("the rollback answer is not valid JSON: {e}")))?;
+        Ok(PutResult {
+            name: answer.name,
+            hash: answer.hash,
+            size: answer.size,
+            changed: answer.changed,
+        })
+    }
+
+    /// Removes asset `name`'s upload (a script's world folder version runs again), signed
+    /// with operator key `credential`.
+    pub fn remove(&self, name: &str, credential: &OperatorKey) -> Result<RemoveResult, AssetError> {
+        let url = format!("{}/v1/assets/{}", self.base, encode_path(name));
+        let authorization = upload_auth::authorization(credential, &SignedRequest::Remove { name });
+        let response = self
+            .agent
+            .delete(&url)
+            .header("Authorization", &authorization)
+            .call()
+            .map_err(|e| unreachable(&url, e))?;
+        let (_, body) = success(&url, response)?;
+        serde_json::from_slice(&body)
+            .map_err(|e| invalid(&url, &format!("the removal answer is not valid JSON: {e}")))
     }
 
     /// Uploads `bytes` as asset `name`, signed with operator key `credential`.
@@ -117,15 +257,46 @@ impl AssetClient {
         bytes: &[u8],
         credential: &OperatorKey,
     ) -> Result<PutResult, AssetError> {
+        self.upload(name, bytes, credential, false)
+    }
+
+    /// Uploads `bytes` as asset `name`, forced: a script no NPC of the world runs is accepted
+    /// (it is still compiled).
+    pub fn put_forced(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        credential: &OperatorKey,
+    ) -> Result<PutResult, AssetError> {
+        self.upload(name, bytes, credential, true)
+    }
+
+    fn upload(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        credential: &OperatorKey,
+        force: bool,
+    ) -> Result<PutResult, AssetError> {
         if bytes.len() > MAX_ASSET_BYTES {
             return Err(AssetError::TooLarge {
                 size: bytes.len(),
                 max: MAX_ASSET_BYTES,
             });
         }
-        let url = format!("{}/v1/assets/{}", self.base, encode_path(name));
+        let mut url = format!("{}/v1/assets/{}", self.base, encode_path(name));
+        if force {
+            url.push_str("?force=true");
+        }
         let hash = hash_hex(bytes);
-        let authorization = upload_auth::authorization(credential, name, &hash);
+        let authorization = upload_auth::authorization(
+            credential,
+            &SignedRequest::Put {
+                name,
+                hash: &hash,
+                force,
+            },
+        );
         let response = self
             .agent
             .put(&url)
@@ -184,10 +355,18 @@ fn success(
     if (200..300).contains(&status) {
         return Ok((etag, body));
     }
-    let message = serde_json::from_slice::<ErrorBody>(&body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
+    let (message, code) = serde_json::from_slice::<ErrorBody>(&body)
+        .map(|e| (e.error, e.code))
+        .unwrap_or_else(|_| (String::from_utf8_lossy(&body).trim().to_string(), None));
     let url = url.to_string();
+    if let Some(code) = code {
+        return Err(AssetError::ScriptRefused {
+            url,
+            status,
+            code,
+            message,
+        });
+    }
     Err(match status {
         404 => AssetError::NotFound { url, message },
         401 | 403 => AssetError::Denied {

@@ -11,6 +11,23 @@ pub enum AssetError {
     #[error("invalid asset name {name:?}: {reason}")]
     InvalidName { name: String, reason: String },
 
+    /// A rollback named content the name's history does not hold.
+    #[error(
+        "{name} has no version {hash} in its history (tessera ctl asset history {name} lists them)"
+    )]
+    NoSuchVersion { name: String, hash: String },
+
+    /// The service refused a script: its name or content would not run on the shards, or no
+    /// NPC runs it. `code` is the error body's kind (`script-name`, `unknown-script`,
+    /// `script-compile`, ...); the message says what to do.
+    #[error("refused: {message}")]
+    ScriptRefused {
+        url: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+
     /// The content is larger than the service accepts.
     #[error("the asset is {size} bytes, more than the limit of {max} bytes")]
     TooLarge { size: usize, max: usize },

@@ -12,10 +12,18 @@
 //!
 //! **Storage.** A blob is stored once per content under `("asset", "blob", <blake3 hex>)` with
 //! [`tessera_persistence::set_chunked`]; a name points at its current blob through a JSON
-//! [`AssetRecord`] under `("asset", "name", <name>)`; `("asset", "manifest-version")` counts
-//! changes. A put writes all three in one transaction, and one transaction may write at most
-//! 10 MB, so assets are limited to [`MAX_ASSET_BYTES`] (8 MiB). Blobs are never deleted, so a
-//! download streams them a chunk per transaction ([`AssetStore::open_blob`], [`BlobReader`]).
+//! [`AssetRecord`] under `("asset", "name", <name>)`, keeps its changes (uploads, rollbacks,
+//! removals) as [`HistoryEntry`] records, and `("asset", "manifest-version")` counts changes.
+//! A put writes them in one transaction, and one transaction may write at most 10 MB, so
+//! assets are limited to [`MAX_ASSET_BYTES`] (8 MiB). Blobs are never deleted, so a download
+//! streams them a chunk per transaction ([`AssetStore::open_blob`], [`BlobReader`]) and a
+//! rollback can point a name at an earlier blob again.
+//!
+//! **Scripts.** Uploads of NPC scripts (`*.rhai`) are checked before they are stored
+//! ([`scripts`]): the name, whether an NPC of the world runs it, and whether it compiles with
+//! the shards' engine; a broken version never replaces a good one. The running version of a
+//! script is its current upload, else the world folder's file, which the service serves too
+//! (`GET /v1/assets/scripts/<stem>.rhai`, `GET /v1/scripts`).
 //!
 //! **Limits.** [`http_server::serve_http`] caps connections and bounds how long a client may take
 //! to send a request head or to take an answer; the asset service and every role's metrics
@@ -25,7 +33,9 @@
 //! `docs/assets.md` for the full API, the caching rules and the upload signature
 //! ([`upload_auth`]).
 //!
-//! This crate must not depend on the shard, router or client crates: it only serves bytes.
+//! This crate must not depend on the shard, router or client crates (the router uses its HTTP
+//! server): it serves bytes, and checks scripts through the [`scripts::ScriptCompiler`] the
+//! `tessera` binary gives it (the shards' engine).
 
 mod blob_body;
 mod client;
@@ -33,17 +43,22 @@ mod conditional;
 mod error;
 pub mod http_server;
 mod name;
+pub mod scripts;
 mod server;
 mod store;
 pub mod upload_auth;
 
-pub use client::{AssetClient, ManifestFetch, PutResult};
+pub use client::{AssetClient, AssetContent, HistoryView, ManifestFetch, PutResult, RemoveResult};
 pub use error::AssetError;
 pub use name::{AssetName, MAX_NAME_LEN};
 pub use server::{
-    router, serve, AssetConfig, MetricsRender, MAX_CONCURRENT_UPLOADS, UPLOAD_TIMEOUT,
+    router, serve, AssetConfig, MetricsRender, MAX_CONCURRENT_UPLOADS, SOURCE_HEADER,
+    UPLOAD_TIMEOUT,
 };
-pub use store::{AssetRecord, AssetStore, BlobReader, Manifest, ManifestEntry, PutOutcome};
+pub use store::{
+    AssetRecord, AssetStore, BlobReader, History, HistoryAction, HistoryEntry, Manifest,
+    ManifestEntry, PutOutcome, HISTORY_FORMAT, HISTORY_LIMIT,
+};
 
 /// Largest asset, in bytes: a put writes the whole blob in one transaction, and transactions
 /// are limited to 10 MB (`tessera_persistence::MAX_TRANSACTION_BYTES`).

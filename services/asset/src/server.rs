@@ -1,22 +1,26 @@
-//! The HTTP service: axum handlers that only move bytes between HTTP and [`AssetStore`].
+//! The HTTP service: axum handlers that move bytes between HTTP and [`AssetStore`], and check
+//! script uploads against [`ScriptRules`] before they are stored.
 
 use crate::blob_body::BlobBody;
 use crate::conditional::{self, RangeRequest};
 use crate::http_server::{serve_http, HttpLimits};
+use crate::scripts::{self, ScriptRefusal, ScriptRules, ScriptSource, UploadVersion};
 use crate::store::BlobReader;
-use crate::upload_auth::{Claim, Refusal, SCHEME};
+use crate::upload_auth::{Claim, Refusal, SignedRequest, SCHEME};
 use crate::{
     hash_hex, is_hash_hex, AssetError, AssetName, AssetStore, PutOutcome, MAX_ASSET_BYTES,
 };
 use axum::body::Body;
-use axum::extract::{FromRequestParts, MatchedPath, Path, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tessera_coordinator::operators::Operators;
@@ -52,10 +56,13 @@ pub struct AssetConfig {
     pub upload_timeout: Duration,
     /// Uploads read at once; more get 503.
     pub max_concurrent_uploads: usize,
+    /// What script uploads are checked against (the world and the shards' compiler); by
+    /// default neither, which refuses every script.
+    pub scripts: ScriptRules,
 }
 
 impl AssetConfig {
-    /// No metrics page, the largest possible assets.
+    /// No metrics page, the largest possible assets, no script rules (scripts are refused).
     pub fn new(operators: Operators) -> AssetConfig {
         AssetConfig {
             operators,
@@ -64,6 +71,7 @@ impl AssetConfig {
             http: HttpLimits::asset(),
             upload_timeout: UPLOAD_TIMEOUT,
             max_concurrent_uploads: MAX_CONCURRENT_UPLOADS,
+            scripts: ScriptRules::default(),
         }
     }
 }
@@ -76,6 +84,7 @@ impl std::fmt::Debug for AssetConfig {
             .field("http", &self.http)
             .field("upload_timeout", &self.upload_timeout)
             .field("max_concurrent_uploads", &self.max_concurrent_uploads)
+            .field("scripts", &self.scripts)
             .finish_non_exhaustive()
     }
 }
@@ -89,6 +98,15 @@ struct App {
     /// One permit per upload being read.
     uploads: Arc<Semaphore>,
     max_concurrent_uploads: usize,
+    scripts: ScriptRules,
+}
+
+impl App {
+    /// The world folder's source of asset `name`, if it is a script of the world.
+    fn world_source(&self, name: &AssetName) -> Option<&str> {
+        let stem = scripts::script_stem(name.as_str())?;
+        self.scripts.world.as_ref()?.source(stem)
+    }
 }
 
 type Shared = Arc<App>;
@@ -121,6 +139,7 @@ pub fn router(db: Database, config: AssetConfig) -> Router {
         upload_timeout: config.upload_timeout,
         uploads: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
         max_concurrent_uploads: config.max_concurrent_uploads,
+        scripts: config.scripts,
     });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -128,7 +147,13 @@ pub fn router(db: Database, config: AssetConfig) -> Router {
         .route("/metrics", get(metrics_page))
         .route("/v1/manifest", get(manifest))
         .route("/v1/blobs/{hash}", get(blob))
-        .route("/v1/assets/{*name}", get(get_asset).put(put_asset))
+        .route("/v1/scripts", get(list_scripts))
+        .route("/v1/history/{*name}", get(history))
+        .route("/v1/rollback/{*name}", post(rollback))
+        .route(
+            "/v1/assets/{*name}",
+            get(get_asset).put(put_asset).delete(remove_asset),
+        )
         .route_layer(middleware::from_fn(count_requests))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -148,6 +173,15 @@ fn describe_metrics() {
     metrics::describe_counter!(
         "tessera_asset_uploads_total",
         "Accepted asset uploads, by outcome (changed or unchanged)"
+    );
+    metrics::describe_counter!(
+        "tessera_asset_script_refusals_total",
+        "Script uploads and rollbacks refused by the script checks, by code (script-name, \
+         unknown-script, script-compile, no-script-compiler)"
+    );
+    metrics::describe_counter!(
+        "tessera_asset_changes_total",
+        "Accepted rollbacks and removals, by action"
     );
 }
 
@@ -171,11 +205,13 @@ fn count(route: String, status: StatusCode) {
     .increment(1);
 }
 
-/// An error answer: `{"error": message}` with `status`.
+/// An error answer: `{"error": message, ...details}` with `status`.
 #[derive(Debug)]
 struct ApiError {
     status: StatusCode,
     message: String,
+    /// More fields of the body (a script refusal's `code`, `line`, `known`, ...).
+    details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -183,7 +219,13 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            details: serde_json::Map::new(),
         }
+    }
+
+    fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> ApiError {
+        self.details.insert(key.to_string(), value.into());
+        self
     }
 
     fn too_large(size: Option<u64>, max: usize) -> ApiError {
@@ -201,11 +243,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response();
+        let mut body = self.details;
+        body.insert("error".into(), self.message.into());
+        let mut response = (self.status, Json(serde_json::Value::Object(body))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -219,6 +259,7 @@ impl From<AssetError> for ApiError {
     fn from(err: AssetError) -> ApiError {
         let status = match &err {
             AssetError::InvalidName { .. } => StatusCode::BAD_REQUEST,
+            AssetError::NoSuchVersion { .. } => StatusCode::NOT_FOUND,
             AssetError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AssetError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -227,6 +268,32 @@ impl From<AssetError> for ApiError {
             tracing::warn!(error = %err, "asset request failed");
         }
         ApiError::new(status, err.to_string())
+    }
+}
+
+impl From<ScriptRefusal> for ApiError {
+    fn from(refusal: ScriptRefusal) -> ApiError {
+        metrics::counter!("tessera_asset_script_refusals_total", "code" => refusal.code())
+            .increment(1);
+        let status = match &refusal {
+            ScriptRefusal::Misplaced { .. } => StatusCode::BAD_REQUEST,
+            ScriptRefusal::Unknown { .. } | ScriptRefusal::Compile { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ScriptRefusal::NoCompiler => StatusCode::NOT_IMPLEMENTED,
+        };
+        let error = ApiError::new(status, refusal.to_string()).with("code", refusal.code());
+        match refusal {
+            ScriptRefusal::Misplaced { suggestion, .. } => error.with("suggestion", suggestion),
+            ScriptRefusal::Unknown { known, closest, .. } => error
+                .with("known", known)
+                .with("suggestion", closest.map(|c| scripts::script_name(&c))),
+            ScriptRefusal::Compile { error: e, .. } => error
+                .with("line", e.line)
+                .with("column", e.column)
+                .with("message", e.message),
+            ScriptRefusal::NoCompiler => error,
+        }
     }
 }
 
@@ -377,13 +444,28 @@ async fn get_asset(
     let store = app.store.clone();
     let wanted = name.clone();
     let inm = header_str(&headers, header::IF_NONE_MATCH).map(str::to_owned);
+    let world = app.world_source(&name).map(str::to_owned);
     let found = blocking(move || {
         let Some(record) = store.record(&wanted)? else {
-            return Ok(None);
+            // A script the world folder has and no upload overrides: that version runs.
+            let Some(source) = world else {
+                return Ok(None);
+            };
+            let hash = hash_hex(source.as_bytes());
+            let etag = format!("\"{hash}\"");
+            let content = (!inm.is_some_and(|inm| conditional::none_match(&inm, &etag)))
+                .then(|| store.reader_of(source.into_bytes()));
+            let content_type = wanted.content_type().to_string();
+            return Ok(Some((ScriptSource::World, hash, content_type, content)));
         };
         let etag = format!("\"{}\"", record.hash);
         if inm.is_some_and(|inm| conditional::none_match(&inm, &etag)) {
-            return Ok(Some((record, None)));
+            return Ok(Some((
+                ScriptSource::Upload,
+                record.hash,
+                record.content_type,
+                None,
+            )));
         }
         let content = store.open_blob(&record.hash)?.ok_or_else(|| {
             StoreError::Corrupt(format!(
@@ -391,19 +473,32 @@ async fn get_asset(
                 record.hash
             ))
         })?;
-        Ok(Some((record, Some(content))))
+        Ok(Some((
+            ScriptSource::Upload,
+            record.hash,
+            record.content_type,
+            Some(content),
+        )))
     })
     .await?;
-    let (record, content) = found
+    let (source, hash, content_type, content) = found
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no asset named {name}")))?;
-    Ok(content_response(
+    let mut response = content_response(
         &headers,
         content,
-        &format!("\"{}\"", record.hash),
+        &format!("\"{hash}\""),
         NO_CACHE,
-        &record.content_type,
-    ))
+        &content_type,
+    );
+    response
+        .headers_mut()
+        .insert(SOURCE_HEADER, HeaderValue::from_static(source.as_str()));
+    Ok(response)
 }
+
+/// Says where a named asset's bytes come from: `upload` (the store) or `world` (a script of
+/// the world folder that no upload overrides).
+pub const SOURCE_HEADER: &str = "tessera-source";
 
 fn parse_name(name: &str) -> Result<AssetName, ApiError> {
     AssetName::parse(name).map_err(|reason| {
@@ -515,11 +610,21 @@ async fn read_upload(app: &App, body: Body) -> Result<axum::body::Bytes, ApiErro
     }
 }
 
-/// What a PUT is checked for before its body is read: the name, the credential's form and
-/// time, and the declared size.
+/// The query of a PUT: `?force=true` lets a script no NPC runs through (signed).
+#[derive(Debug, Default, Deserialize)]
+struct PutParams {
+    #[serde(default)]
+    force: bool,
+}
+
+/// What a PUT is checked for before its body is read: the name (a script's too), the
+/// credential's form and time, and the declared size.
 struct Upload {
     name: AssetName,
     claim: Claim,
+    force: bool,
+    /// The stem, if the asset is a script.
+    script: Option<String>,
 }
 
 impl FromRequestParts<Shared> for Upload {
@@ -534,13 +639,64 @@ impl FromRequestParts<Shared> for Upload {
             .await
             .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
         let name = parse_name(&name)?;
+        let Query(params) = Query::<PutParams>::from_request_parts(parts, app)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
         let declared =
             header_str(&parts.headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         if let Some(size) = declared.filter(|&s| s > app.max_asset_bytes as u64) {
             return Err(ApiError::too_large(Some(size), app.max_asset_bytes));
         }
-        Ok(Upload { name, claim })
+        // Cheap, so before the body is read.
+        let script = scripts::check_name(&app.scripts, &name, params.force)?;
+        Ok(Upload {
+            name,
+            claim,
+            force: params.force,
+            script,
+        })
     }
+}
+
+/// A signed request that changes a name (rollback, removal): its credential, checked for form
+/// and time, and the name.
+struct Change {
+    name: AssetName,
+    claim: Claim,
+}
+
+impl FromRequestParts<Shared> for Change {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Change, ApiError> {
+        let claim = Claim::parse(
+            header_str(&parts.headers, header::AUTHORIZATION),
+            now_unix_ms(),
+        )?;
+        let Path(name) = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        Ok(Change {
+            name: parse_name(&name)?,
+            claim,
+        })
+    }
+}
+
+/// Compiles script content off the async workers.
+async fn check_script(
+    app: &Shared,
+    name: &AssetName,
+    stem: &str,
+    content: axum::body::Bytes,
+) -> Result<(), ApiError> {
+    let (app, name, stem) = (app.clone(), name.to_string(), stem.to_string());
+    tokio::task::spawn_blocking(move || {
+        scripts::check_content(&app.scripts, &name, &stem, &content)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(ApiError::from)
 }
 
 async fn put_asset(
@@ -562,8 +718,18 @@ async fn put_asset(
     let hash = hash_hex(&body);
     upload
         .claim
-        .verify(&app.operators, upload.name.as_str(), &hash)
+        .verify(
+            &app.operators,
+            &SignedRequest::Put {
+                name: upload.name.as_str(),
+                hash: &hash,
+                force: upload.force,
+            },
+        )
         .await?;
+    if let Some(stem) = &upload.script {
+        check_script(&app, &upload.name, stem, body.clone()).await?;
+    }
     let by = format!("operator:{}", upload.claim.sig.operator);
     let store = app.store.clone();
     let name = upload.name.clone();
@@ -579,6 +745,7 @@ async fn put_asset(
         size = record.size,
         operator = %upload.claim.sig.operator,
         outcome = outcome_label,
+        forced = upload.force,
         "asset upload"
     );
     Ok((
@@ -590,4 +757,175 @@ async fn put_asset(
         })),
     )
         .into_response())
+}
+
+/// The query of a rollback: the version to make current.
+#[derive(Debug, Deserialize)]
+struct RollbackParams {
+    hash: String,
+}
+
+/// `POST /v1/rollback/<name>?hash=<hex>`: makes a version of the name's history current
+/// again (a script is compiled again first: the engine may have changed since).
+async fn rollback(
+    State(app): State<Shared>,
+    change: Change,
+    params: Result<Query<RollbackParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(RollbackParams { hash }) = params.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a rollback names the version to make current: ?hash=<64 hex digits> \
+             (tessera ctl asset history NAME lists them)",
+        )
+    })?;
+    let hash = hash.to_ascii_lowercase();
+    if !is_hash_hex(&hash) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{hash:?} is not a version (64 hex digits of blake3)"),
+        ));
+    }
+    let Change { name, claim } = change;
+    claim
+        .verify(
+            &app.operators,
+            &SignedRequest::Rollback {
+                name: name.as_str(),
+                hash: &hash,
+            },
+        )
+        .await?;
+    if let Some(stem) = scripts::script_stem(name.as_str()) {
+        let store = app.store.clone();
+        let wanted = hash.clone();
+        let content = blocking(move || store.blob(&wanted)).await?;
+        if let Some(content) = content {
+            check_script(&app, &name, stem, content.into()).await?;
+        }
+    }
+    let by = format!("operator:{}", claim.sig.operator);
+    let store = app.store.clone();
+    let (wanted, target) = (name.clone(), hash.clone());
+    let outcome = blocking(move || store.rollback(&wanted, &target, &by, now_unix_ms())).await?;
+    let (changed, record) = match outcome {
+        PutOutcome::Changed(record) => (true, record),
+        PutOutcome::Unchanged(record) => (false, record),
+    };
+    if changed {
+        metrics::counter!("tessera_asset_changes_total", "action" => "rollback").increment(1);
+    }
+    tracing::info!(
+        asset = %name,
+        hash = %record.hash,
+        operator = %claim.sig.operator,
+        changed,
+        "asset rollback"
+    );
+    Ok(Json(serde_json::json!({
+        "name": name.as_str(),
+        "hash": record.hash,
+        "size": record.size,
+        "changed": changed,
+    }))
+    .into_response())
+}
+
+/// `DELETE /v1/assets/<name>`: removes the name's current upload; a script's world folder
+/// version runs again.
+async fn remove_asset(State(app): State<Shared>, change: Change) -> Result<Response, ApiError> {
+    let Change { name, claim } = change;
+    claim
+        .verify(
+            &app.operators,
+            &SignedRequest::Remove {
+                name: name.as_str(),
+            },
+        )
+        .await?;
+    let by = format!("operator:{}", claim.sig.operator);
+    let store = app.store.clone();
+    let wanted = name.clone();
+    let removed = blocking(move || store.remove(&wanted, &by, now_unix_ms()))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no upload of {name} to remove"),
+            )
+        })?;
+    metrics::counter!("tessera_asset_changes_total", "action" => "remove").increment(1);
+    let world = app.world_source(&name).map(scripts::WorldVersion::of);
+    tracing::info!(
+        asset = %name,
+        hash = %removed.hash,
+        operator = %claim.sig.operator,
+        world = world.is_some(),
+        "asset removed"
+    );
+    Ok(Json(serde_json::json!({
+        "name": name.as_str(),
+        "removed": removed.hash,
+        "in_effect": world.map(|w| serde_json::json!({
+            "source": ScriptSource::World,
+            "hash": w.hash,
+            "size": w.size,
+        })),
+    }))
+    .into_response())
+}
+
+/// `GET /v1/history/<name>`: the name's current version, the world folder's (for a script),
+/// every change oldest first, and what a rollback without a hash would go back to.
+async fn history(
+    State(app): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = parse_name(&name)?;
+    let store = app.store.clone();
+    let wanted = name.clone();
+    let history = blocking(move || store.history(&wanted)).await?;
+    let world = app.world_source(&name).map(scripts::WorldVersion::of);
+    if history.entries.is_empty() && history.current.is_none() && world.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no asset named {name} was ever uploaded"),
+        ));
+    }
+    let in_effect = match (&history.current, &world) {
+        (Some(_), _) => Some(ScriptSource::Upload),
+        (None, Some(_)) => Some(ScriptSource::World),
+        (None, None) => None,
+    };
+    Ok(Json(serde_json::json!({
+        "name": name.as_str(),
+        "in_effect": in_effect,
+        "current": history.current,
+        "world": world,
+        "previous": history.previous().and_then(|e| e.hash.clone()),
+        "entries": history.entries,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/scripts`: every script the world runs or an operator uploaded, and which version
+/// of each is in effect.
+async fn list_scripts(State(app): State<Shared>) -> Result<Response, ApiError> {
+    let store = app.store.clone();
+    let (_, records) = blocking(move || store.records()).await?;
+    let uploads: BTreeMap<String, UploadVersion> = records
+        .into_iter()
+        .filter(|(name, _)| scripts::script_stem(name).is_some())
+        .map(|(name, r)| {
+            let upload = UploadVersion {
+                hash: r.hash,
+                size: r.size,
+                updated_unix_ms: r.updated_unix_ms,
+                by: r.by,
+            };
+            (name, upload)
+        })
+        .collect();
+    let view = scripts::scripts_view(app.scripts.world.as_ref(), &uploads);
+    Ok(Json(view).into_response())
 }

@@ -1,17 +1,25 @@
-//! How an upload proves it comes from an operator: the `Authorization` header of a PUT.
+//! How a change of the assets proves it comes from an operator: the `Authorization` header of
+//! a PUT (upload), a POST to `/v1/rollback/<name>` or a DELETE (removal).
 //!
 //! ```text
 //! Authorization: Tessera-Operator <operator>:<unix_ms>:<nonce>:<hex ed25519 signature>
-//! signed = tessera-request/1|asset-put|<operator>|<unix_ms>|<nonce>|<name>|<blake3 hex of body>
+//! signed = tessera-request/1|<kind>|<operator>|<unix_ms>|<nonce>|<body>
+//!
+//! kind            body
+//! asset-put       <name>|<blake3 hex of the content>          (an upload)
+//! asset-put       <name>|<blake3 hex of the content>|force    (an upload with ?force=true)
+//! asset-rollback  <name>|<blake3 hex of the version>
+//! asset-rm        <name>
 //! ```
 //!
 //! The signature is the operator's ed25519 key (the credential file of `tessera ca operator
-//! NAME`) over the request ([`tessera_coordinator::operators::request_message`], kind
-//! `asset-put`, body [`put_body`]); the service checks it against the operators' public keys
+//! NAME`) over the request ([`tessera_coordinator::operators::request_message`], with the kind
+//! and body of a [`SignedRequest`]); the service checks it against the operators' public keys
 //! in the cluster store, with a time within [`MAX_SKEW`] of its clock and a nonce never used
 //! before ([`tessera_coordinator::operators::Operators::check`]), so a captured request cannot
-//! be replayed, and a revoked operator is refused at once. The body hash binds the signature
-//! to the content and the name to the place.
+//! be replayed, and a revoked operator is refused at once. The body binds the signature to the
+//! content, the place and, for an upload, whether it was forced: a signature of a plain upload
+//! does not hold for the same upload with `?force=true`.
 
 pub use tessera_coordinator::operators::MAX_SKEW;
 use tessera_coordinator::operators::{OperatorKey, OperatorSig, Operators};
@@ -21,15 +29,67 @@ pub const SCHEME: &str = "Tessera-Operator";
 
 /// The request kind an upload is signed as.
 pub const KIND: &str = "asset-put";
+/// The request kind a rollback is signed as.
+pub const ROLLBACK_KIND: &str = "asset-rollback";
+/// The request kind a removal is signed as.
+pub const REMOVE_KIND: &str = "asset-rm";
 
-/// The canonical body of an upload of content `hash_hex` as `name`.
-pub fn put_body(name: &str, hash_hex: &str) -> Vec<u8> {
-    format!("{name}|{hash_hex}").into_bytes()
+/// A change of the assets, as an operator signs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignedRequest<'a> {
+    /// Upload content `hash` as `name`; `force` lets a script no NPC runs through.
+    Put {
+        name: &'a str,
+        hash: &'a str,
+        force: bool,
+    },
+    /// Make version `hash` of `name` current again.
+    Rollback { name: &'a str, hash: &'a str },
+    /// Remove `name` (a script's world folder version runs again).
+    Remove { name: &'a str },
 }
 
-/// The `Authorization` header value for uploading content `hash_hex` as `name`, now.
-pub fn authorization(key: &OperatorKey, name: &str, hash_hex: &str) -> String {
-    header(&key.sign_request(KIND, &put_body(name, hash_hex)))
+impl SignedRequest<'_> {
+    /// The request kind it is signed as.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SignedRequest::Put { .. } => KIND,
+            SignedRequest::Rollback { .. } => ROLLBACK_KIND,
+            SignedRequest::Remove { .. } => REMOVE_KIND,
+        }
+    }
+
+    /// The canonical body it is signed with.
+    pub fn body(&self) -> Vec<u8> {
+        match self {
+            SignedRequest::Put { name, hash, force } => put_body(name, hash, *force),
+            SignedRequest::Rollback { name, hash } => format!("{name}|{hash}").into_bytes(),
+            SignedRequest::Remove { name } => name.as_bytes().to_vec(),
+        }
+    }
+
+    /// The name it changes.
+    pub fn name(&self) -> &str {
+        match self {
+            SignedRequest::Put { name, .. }
+            | SignedRequest::Rollback { name, .. }
+            | SignedRequest::Remove { name } => name,
+        }
+    }
+}
+
+/// The canonical body of an upload of content `hash_hex` as `name` (forced or not).
+pub fn put_body(name: &str, hash_hex: &str, force: bool) -> Vec<u8> {
+    if force {
+        format!("{name}|{hash_hex}|force").into_bytes()
+    } else {
+        format!("{name}|{hash_hex}").into_bytes()
+    }
+}
+
+/// The `Authorization` header value for `request`, signed now.
+pub fn authorization(key: &OperatorKey, request: &SignedRequest<'_>) -> String {
+    header(&key.sign_request(request.kind(), &request.body()))
 }
 
 /// The header value carrying `sig`.
@@ -61,8 +121,9 @@ impl Claim {
     pub fn parse(header: Option<&str>, now_unix_ms: u64) -> Result<Claim, Refusal> {
         let header = header.ok_or_else(|| {
             Refusal::Missing(format!(
-                "uploads need an operator credential's signature: Authorization: {SCHEME} \
-                 <operator>:<unix_ms>:<nonce>:<signature> (tessera ctl asset put signs for you)"
+                "changing assets needs an operator credential's signature: Authorization: \
+                 {SCHEME} <operator>:<unix_ms>:<nonce>:<signature> (tessera ctl asset \
+                 put|rollback|rm --credential FILE signs for you)"
             ))
         })?;
         let rest = header
@@ -115,21 +176,25 @@ impl Claim {
         })
     }
 
-    /// Checks the signature over the upload of content `hash_hex` as `name`, the operator's
-    /// standing, and that the request was not used before (using it up).
+    /// Checks the signature over `request`, the operator's standing, and that the request
+    /// was not used before (using it up).
     pub async fn verify(
         &self,
         operators: &Operators,
-        name: &str,
-        hash_hex: &str,
+        request: &SignedRequest<'_>,
     ) -> Result<(), Refusal> {
+        let what = match request {
+            SignedRequest::Put { .. } => "upload",
+            SignedRequest::Rollback { .. } => "rollback",
+            SignedRequest::Remove { .. } => "removal",
+        };
         match operators
-            .check(KIND, &put_body(name, hash_hex), Some(&self.sig))
+            .check(request.kind(), &request.body(), Some(&self.sig))
             .await
         {
             Ok(_) => Ok(()),
             Err(e) if e.is_refusal() => Err(Refusal::Bad(format!(
-                "the upload's signature by operator {:?} does not hold: {e}",
+                "the {what}'s signature by operator {:?} does not hold: {e}",
                 self.sig.operator
             ))),
             Err(e) => Err(Refusal::Unavailable(e.to_string())),
@@ -155,22 +220,54 @@ mod tests {
         let record = OperatorRecord::new("ann", &ann.public_hex(), &Voucher::Ca(&ca)).unwrap();
         operators.records().put(&record).await.unwrap();
 
-        let value = authorization(&ann, "a.rhai", "h1");
+        let put = |name, hash, force| SignedRequest::Put { name, hash, force };
+        let value = authorization(&ann, &put("a.rhai", "h1", false));
         let claim = Claim::parse(Some(&value), now_unix_ms()).unwrap();
         assert_eq!(claim.sig.operator, "ann");
-        assert!(claim.verify(&operators, "b.rhai", "h1").await.is_err());
-        assert!(claim.verify(&operators, "a.rhai", "h2").await.is_err());
-        claim.verify(&operators, "a.rhai", "h1").await.unwrap();
-        let Err(Refusal::Bad(msg)) = claim.verify(&operators, "a.rhai", "h1").await else {
+        assert!(claim
+            .verify(&operators, &put("b.rhai", "h1", false))
+            .await
+            .is_err());
+        assert!(claim
+            .verify(&operators, &put("a.rhai", "h2", false))
+            .await
+            .is_err());
+        // The force flag is signed: a plain upload's signature does not force.
+        assert!(claim
+            .verify(&operators, &put("a.rhai", "h1", true))
+            .await
+            .is_err());
+        // Nor is it a rollback or a removal of the same name.
+        let rollback = SignedRequest::Rollback {
+            name: "a.rhai",
+            hash: "h1",
+        };
+        assert!(claim.verify(&operators, &rollback).await.is_err());
+        let remove = SignedRequest::Remove { name: "a.rhai" };
+        assert!(claim.verify(&operators, &remove).await.is_err());
+        claim
+            .verify(&operators, &put("a.rhai", "h1", false))
+            .await
+            .unwrap();
+        let Err(Refusal::Bad(msg)) = claim.verify(&operators, &put("a.rhai", "h1", false)).await
+        else {
             panic!("a replay was accepted");
         };
         assert!(msg.contains("already used"), "{msg}");
+        for request in [put("a.rhai", "h1", true), rollback, remove] {
+            let claim = Claim::parse(Some(&authorization(&ann, &request)), now_unix_ms()).unwrap();
+            claim.verify(&operators, &request).await.unwrap();
+            assert!(
+                claim.verify(&operators, &request).await.is_err(),
+                "{request:?} replayed"
+            );
+        }
         // A key the cluster does not know.
         let stranger = OperatorKey::generate("ann").unwrap();
-        let value = authorization(&stranger, "a.rhai", "h1");
+        let value = authorization(&stranger, &put("a.rhai", "h1", false));
         let claim = Claim::parse(Some(&value), now_unix_ms()).unwrap();
         assert!(matches!(
-            claim.verify(&operators, "a.rhai", "h1").await,
+            claim.verify(&operators, &put("a.rhai", "h1", false)).await,
             Err(Refusal::Bad(_))
         ));
     }

@@ -5,6 +5,8 @@ use std::net::TcpStream;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tessera_asset::http_server::HttpLimits;
+use tessera_asset::scripts::{CompileError, ScriptCompiler, ScriptRules, WorldScripts};
+use tessera_asset::upload_auth::SignedRequest;
 use tessera_asset::{
     hash_hex, serve, upload_auth, AssetClient, AssetConfig, AssetError, ManifestFetch,
 };
@@ -12,6 +14,23 @@ use tessera_coordinator::operators::{OperatorKey, OperatorRecord, Operators, Vou
 use tessera_coordinator::pki::ClusterCa;
 use tessera_coordinator::{ClusterStore, MemStore};
 use tessera_persistence::{key, set_chunked, Backend, Database, StoreError, Transaction};
+
+struct AnythingCompiles;
+
+impl ScriptCompiler for AnythingCompiles {
+    fn check(&self, _: &str, _: &str) -> Result<(), CompileError> {
+        Ok(())
+    }
+}
+
+/// A plain upload of content `hash` as `name`.
+fn put_request<'a>(name: &'a str, hash: &'a str) -> SignedRequest<'a> {
+    SignedRequest::Put {
+        name,
+        hash,
+        force: false,
+    }
+}
 
 /// One asset service on a free loopback port; stops when dropped.
 struct Service {
@@ -53,6 +72,16 @@ impl Service {
         let record = OperatorRecord::new("ann", &ann.public_hex(), &Voucher::Ca(&ca)).unwrap();
         runtime.block_on(operators.records().put(&record)).unwrap();
         let mut config = AssetConfig::new(operators);
+        // These tests are about HTTP: scripts `guard` and `a` are NPCs' and anything compiles
+        // (tests/scripts.rs checks scripts with the shards' engine).
+        config.scripts = ScriptRules {
+            world: Some(WorldScripts::new(
+                "test",
+                ["guard".to_string(), "a".to_string()],
+                Default::default(),
+            )),
+            compiler: Some(Arc::new(AnythingCompiles)),
+        };
         configure(&mut config);
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -290,7 +319,7 @@ fn uploads_need_a_fresh_credential_of_this_cluster() {
 
     // A key the cluster does not know, under Ann's name.
     let foreign = OperatorKey::generate("ann").unwrap();
-    let auth = upload_auth::authorization(&foreign, "world.toml", &hash);
+    let auth = upload_auth::authorization(&foreign, &put_request("world.toml", &hash));
     let (status, v, _) = put(Some(auth));
     assert_eq!(status, 403);
     assert!(
@@ -301,7 +330,7 @@ fn uploads_need_a_fresh_credential_of_this_cluster() {
     let ann = svc.ann.clone();
     let stale = upload_auth::header(&ann.sign_request_at(
         upload_auth::KIND,
-        &upload_auth::put_body("world.toml", &hash),
+        &upload_auth::put_body("world.toml", &hash, false),
         now_ms() - 600_000,
     ));
     let (status, v, _) = put(Some(stale));
@@ -309,10 +338,10 @@ fn uploads_need_a_fresh_credential_of_this_cluster() {
     assert!(v["error"].as_str().unwrap().contains("clock"), "{v}");
 
     // Signed for other content: refused.
-    let other = upload_auth::authorization(&ann, "world.toml", &hash_hex(b"x"));
+    let other = upload_auth::authorization(&ann, &put_request("world.toml", &hash_hex(b"x")));
     assert_eq!(put(Some(other)).0, 403);
 
-    let good = upload_auth::authorization(&ann, "world.toml", &hash);
+    let good = upload_auth::authorization(&ann, &put_request("world.toml", &hash));
     let (status, v, _) = put(Some(good.clone()));
     assert_eq!(status, 201);
     // The same request again is a replay: refused.
@@ -373,9 +402,12 @@ fn bad_names_and_unknown_things_are_refused_with_reasons() {
     let r = svc.get("/v2/nothing", &[]);
     assert_eq!(r.status, 404);
     assert!(r.error().contains("/v1"));
-    let r = svc.request("DELETE", "/v1/assets/x", &[]);
+    let r = svc.request("POST", "/v1/assets/x", &[]);
     assert_eq!(r.status, 405);
-    assert!(r.error().contains("DELETE"));
+    assert!(r.error().contains("POST"));
+    // A removal is an operator's signed request (tests/scripts.rs).
+    let r = svc.request("DELETE", "/v1/assets/x", &[]);
+    assert_eq!(r.status, 401);
 }
 
 #[test]
@@ -389,7 +421,7 @@ fn uploads_over_the_limit_get_413() {
         .unwrap_err();
     assert!(matches!(err, AssetError::TooLarge { .. }), "{err}");
     // The server refuses on the declared length, before reading the body.
-    let auth = upload_auth::authorization(&svc.ann, "big.bin", &hash_hex(b""));
+    let auth = upload_auth::authorization(&svc.ann, &put_request("big.bin", &hash_hex(b"")));
     let addr = svc.url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(
@@ -889,7 +921,7 @@ fn uploads_that_trickle_get_408_and_only_a_few_are_read_at_once() {
     let ann = svc.ann.clone();
     // A credential of the right form and time is all it takes to get the body read: the
     // signature covers the body, so it is checked afterwards.
-    let auth = upload_auth::authorization(&ann, "slow.bin", &hash_hex(b"x"));
+    let auth = upload_auth::authorization(&ann, &put_request("slow.bin", &hash_hex(b"x")));
     let start_slow = || {
         let mut slow = TcpStream::connect(svc.addr()).unwrap();
         write!(
