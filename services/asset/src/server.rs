@@ -631,14 +631,7 @@ impl FromRequestParts<Shared> for Upload {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Upload, ApiError> {
-        let claim = Claim::parse(
-            header_str(&parts.headers, header::AUTHORIZATION),
-            now_unix_ms(),
-        )?;
-        let Path(name) = Path::<String>::from_request_parts(parts, app)
-            .await
-            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-        let name = parse_name(&name)?;
+        let Change { name, claim } = Change::from_request_parts(parts, app).await?;
         let Query(params) = Query::<PutParams>::from_request_parts(parts, app)
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
@@ -658,7 +651,7 @@ impl FromRequestParts<Shared> for Upload {
     }
 }
 
-/// A signed request that changes a name (rollback, removal): its credential, checked for form
+/// A signed request that changes a name (an upload, a rollback, a removal): its credential, checked for form
 /// and time, and the name.
 struct Change {
     name: AssetName,

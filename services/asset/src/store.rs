@@ -259,6 +259,17 @@ fn record_change(
     Ok(())
 }
 
+/// The record `name` (at `name_key`) points at in `tx`, if any.
+fn read_record(
+    tx: &mut dyn Transaction,
+    name_key: &[u8],
+    name: &AssetName,
+) -> Result<Option<AssetRecord>, StoreError> {
+    tx.get(name_key)?
+        .map(|bytes| decode_record(name.as_str().as_bytes(), &bytes))
+        .transpose()
+}
+
 fn decode_record(name: &[u8], bytes: &[u8]) -> Result<AssetRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| {
         StoreError::Corrupt(format!(
@@ -401,10 +412,7 @@ impl AssetStore {
         };
         let (name_key, blob_key) = (name_key(name), blob_key(&hash));
         let outcome = self.db.transact(|tx| {
-            let current = tx
-                .get(&name_key)?
-                .map(|bytes| decode_record(name.as_str().as_bytes(), &bytes))
-                .transpose()?;
+            let current = read_record(tx, &name_key, name)?;
             if let Some(current) = current.as_ref().filter(|c| c.hash == hash) {
                 return Ok(PutOutcome::Unchanged(current.clone()));
             }
@@ -429,10 +437,7 @@ impl AssetStore {
     ) -> Result<PutOutcome, AssetError> {
         let name_key = name_key(name);
         let outcome = self.db.transact(|tx| {
-            let current = tx
-                .get(&name_key)?
-                .map(|bytes| decode_record(name.as_str().as_bytes(), &bytes))
-                .transpose()?;
+            let current = read_record(tx, &name_key, name)?;
             if let Some(current) = current.as_ref().filter(|c| c.hash == hash) {
                 return Ok(Ok(PutOutcome::Unchanged(current.clone())));
             }
@@ -506,10 +511,7 @@ impl AssetStore {
     pub fn history(&self, name: &AssetName) -> Result<History, AssetError> {
         let name_key = name_key(name);
         Ok(self.db.transact(|tx| {
-            let current = tx
-                .get(&name_key)?
-                .map(|bytes| decode_record(name.as_str().as_bytes(), &bytes))
-                .transpose()?;
+            let current = read_record(tx, &name_key, name)?;
             let mut entries: Vec<HistoryEntry> = read_history(tx, name)?
                 .into_iter()
                 .map(|(_, e)| e)
