@@ -233,6 +233,11 @@ pub enum AssetCommand {
     Rm { name: String },
 }
 
+/// What an upload or a rollback did, for `--json`.
+fn put_result_json(r: &tessera_asset::PutResult) -> serde_json::Value {
+    serde_json::json!({"name": r.name, "hash": r.hash, "size": r.size, "changed": r.changed})
+}
+
 /// `tessera ctl asset ...`: blocking HTTP, off the async threads.
 async fn ctl_asset(args: &CtlArgs, url: &str, command: &AssetCommand) -> anyhow::Result<()> {
     let client = tessera_asset::AssetClient::new(url);
@@ -256,13 +261,7 @@ async fn ctl_asset(args: &CtlArgs, url: &str, command: &AssetCommand) -> anyhow:
                 }
                 .map_err(asset_error)?;
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "name": put.name, "hash": put.hash, "size": put.size,
-                            "changed": put.changed,
-                        })
-                    );
+                    println!("{}", put_result_json(&put));
                     return Ok(());
                 }
                 println!(
@@ -324,13 +323,7 @@ async fn ctl_asset(args: &CtlArgs, url: &str, command: &AssetCommand) -> anyhow:
                     .rollback(&name, &target, credential())
                     .map_err(asset_error)?;
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "name": done.name, "hash": done.hash, "size": done.size,
-                            "changed": done.changed,
-                        })
-                    );
+                    println!("{}", put_result_json(&done));
                 } else if done.changed {
                     println!(
                         "rolled back {} to {} ({} bytes)",

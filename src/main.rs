@@ -166,7 +166,10 @@ impl WebArgs {
 }
 
 /// The address `tessera up` serves the web client's page on by default.
-pub const UP_WEB_ADDR: &str = "0.0.0.0:8080";
+pub const UP_WEB_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    8080,
+));
 
 /// Where a role finds the cluster store: etcd's endpoints, how to reach them, and the key
 /// prefix of this cluster.

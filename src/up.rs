@@ -194,7 +194,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     rc.connections_per_address = args.abuse.connections_per_address;
     rc.limit_exempt = args.abuse.limit_exempt.clone();
     rc.spawn_radius = args.spawn_radius.max(0.0);
-    args.web.apply(&mut rc, Some(up_web_addr()));
+    args.web.apply(&mut rc, Some(crate::UP_WEB_ADDR));
     let router_inbox = bus.add_router(router_id);
     // The chat service, in this process but over real QUIC like anywhere
     // else; the account service on a loopback port too, for `tessera ctl
@@ -529,7 +529,7 @@ async fn run_on_etcd(args: UpArgs) -> anyhow::Result<()> {
     rc.login_timeout = Duration::from_secs(args.login_timeout_secs);
     rc.connections_per_address = args.abuse.connections_per_address;
     rc.limit_exempt = args.abuse.limit_exempt.clone();
-    args.web.apply(&mut rc, Some(up_web_addr()));
+    args.web.apply(&mut rc, Some(crate::UP_WEB_ADDR));
     let router = tessera_router::member::MemberConfig {
         router: rc,
         world: world.clone(),
@@ -603,10 +603,6 @@ fn up_announcement(
         .addr("metrics", metrics)
         .addr("assets_listen", assets)
         .file("quic_cert", &addrs.cert_path)
-}
-
-fn up_web_addr() -> std::net::SocketAddr {
-    crate::UP_WEB_ADDR.parse().expect("a valid address")
 }
 
 fn connect_host(addr: std::net::SocketAddr) -> String {

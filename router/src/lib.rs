@@ -189,6 +189,21 @@ pub async fn until_stopping(stopping: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// Runs `task` (one the router can serve without) until it ends or the
+/// router starts stopping.
+fn spawn_until_stopping(
+    router: &Router,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let mut stop = router.stopping();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = task => {}
+            _ = until_stopping(&mut stop) => {}
+        }
+    });
+}
+
 /// Where a new character `player` appears: within `radius` of `spawn`,
 /// spread evenly over the disc by account id (the same place every time).
 pub fn spawn_point(spawn: Vec3, radius: f32, player: PlayerId) -> Vec3 {
@@ -867,23 +882,11 @@ pub async fn run(
     let ep = endpoint.clone();
     tasks.spawn("QUIC accept loop", async move { quic::serve(r, ep).await });
     if let Some((listener, page, public_url)) = web_page {
-        let mut stop = router.stopping();
         let r = router.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = web::serve(r, listener, page, public_url) => {}
-                _ = until_stopping(&mut stop) => {}
-            }
-        });
+        spawn_until_stopping(&router, web::serve(r, listener, page, public_url));
     }
     if let Some(cert) = web_cert {
-        let mut stop = router.stopping();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = webtransport::renew_every_day(cert) => {}
-                _ = until_stopping(&mut stop) => {}
-            }
-        });
+        spawn_until_stopping(&router, webtransport::renew_every_day(cert));
     }
     let r = router.clone();
     tasks.spawn("periodic save", async move {

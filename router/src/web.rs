@@ -166,16 +166,21 @@ pub async fn serve(
     }
 }
 
-/// The URL to open for the page served on `addr` (an unspecified address:
-/// this machine's loopback, which browsers count as a secure context).
-pub fn page_url(addr: SocketAddr) -> String {
-    let host = match addr {
+/// The host part of a URL that reaches `addr` from this machine: the
+/// address itself, or the loopback of its family when it is unspecified
+/// (which browsers count as a secure context).
+fn url_host(addr: SocketAddr) -> String {
+    match addr {
         SocketAddr::V4(a) if a.ip().is_unspecified() => "127.0.0.1".to_string(),
         SocketAddr::V6(a) if a.ip().is_unspecified() => "[::1]".to_string(),
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
-    };
-    format!("http://{host}:{}/", addr.port())
+    }
+}
+
+/// The URL to open for the page served on `addr`.
+pub fn page_url(addr: SocketAddr) -> String {
+    format!("http://{}:{}/", url_host(addr), addr.port())
 }
 
 /// The host part of a `Host` header (`example.org:8080` → `example.org`,
@@ -191,11 +196,7 @@ fn host_name(host: &str) -> &str {
 fn transport_url(host: Option<&str>, quic: SocketAddr) -> String {
     let name = match host.map(host_name).filter(|h| !h.is_empty()) {
         Some(name) => name.to_string(),
-        None if quic.ip().is_unspecified() => "127.0.0.1".to_string(),
-        None => match quic {
-            SocketAddr::V4(a) => a.ip().to_string(),
-            SocketAddr::V6(a) => format!("[{}]", a.ip()),
-        },
+        None => url_host(quic),
     };
     format!("https://{name}:{}{}", quic.port(), webtransport::PATH)
 }
